@@ -1,0 +1,23 @@
+//! loopcast-proto: the sans-IO core of loopcast.
+//!
+//! Wire format, archive frame format, manifest, sender carousel and receiver state
+//! machine. Nothing here opens a socket, reads a clock or draws randomness: time,
+//! salts and datagrams are passed in, datagrams and storage instructions come out.
+//! `PROTOCOL.md` beside this crate is the normative specification.
+
+#![warn(missing_docs)]
+
+pub mod archive;
+pub mod codec;
+pub mod keys;
+pub mod manifest;
+pub mod received;
+pub mod receiver;
+pub mod sender;
+pub mod wire;
+
+pub use keys::{FileKey, MasterKey};
+pub use manifest::Manifest;
+pub use received::ReceivedMap;
+pub use receiver::{FileReceiver, Outcome, ReceiverStats};
+pub use sender::{Announcer, Carousel, PayloadSource, Transmit};

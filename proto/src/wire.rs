@@ -1,0 +1,399 @@
+//! Datagram format: common header, DATA / MANIFEST / ANNOUNCE bodies, CRC32 trailer.
+//! `proto/PROTOCOL.md` is the normative description of every field here.
+
+use crate::codec::{Reader, Truncated};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+/// First two bytes of every loopcast datagram: "LC".
+pub const MAGIC: [u8; 2] = *b"LC";
+/// Wire format version this code speaks.
+pub const VERSION: u8 = 1;
+/// Bytes of the common header (magic, version, type, session id).
+pub const COMMON_HEADER_LEN: usize = 8;
+/// Bytes of the CRC32 trailer.
+pub const TRAILER_LEN: usize = 4;
+/// Bytes of a DATA packet header, common header included.
+pub const DATA_HEADER_LEN: usize = COMMON_HEADER_LEN + 20;
+/// Bytes an IPv4 + UDP header add to a datagram.
+pub const IP_UDP_OVERHEAD: usize = 28;
+/// Default IP packet size: a standard Ethernet MTU.
+pub const DEFAULT_PACKET_SIZE: usize = 1500;
+/// Smallest IP packet size accepted; a manifest must fit in one packet.
+pub const MIN_PACKET_SIZE: usize = 576;
+/// Largest IP packet size accepted (a jumbo frame).
+pub const MAX_PACKET_SIZE: usize = 9000;
+
+/// Archive payload bytes carried by one DATA packet for a given IP packet size.
+pub fn payload_size_for_packet(packet_size: usize) -> usize {
+    packet_size - IP_UDP_OVERHEAD - DATA_HEADER_LEN - TRAILER_LEN
+}
+
+/// Datagram types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PacketType {
+    /// A slice of an archive body.
+    Data = 1,
+    /// The authenticated manifest of the archive looped on this channel.
+    Manifest = 2,
+    /// The list of files on air, sent on the directory group.
+    Announce = 3,
+}
+
+/// Why a datagram was rejected; receivers count these, never panic on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DecodeError {
+    /// Shorter than its header, or a body field runs past the end.
+    Truncated,
+    /// The CRC32 trailer does not match.
+    BadCrc,
+    /// Not "LC".
+    BadMagic,
+    /// A wire version this code does not speak.
+    BadVersion,
+    /// A type byte this code does not know.
+    UnknownType,
+    /// A field holds an impossible value (index ≥ count, bad lengths…).
+    Invalid,
+}
+
+impl From<Truncated> for DecodeError {
+    fn from(_: Truncated) -> Self {
+        DecodeError::Truncated
+    }
+}
+
+/// Header of a DATA packet (after the common header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataHeader {
+    /// Archive the payload belongs to.
+    pub archive_id: u64,
+    /// Packet number k: the payload is body bytes [k·P, k·P + len).
+    pub packet_index: u32,
+    /// Number of packets in one loop of the archive.
+    pub packet_count: u32,
+    /// Flag bits; none are defined in version 1 (sent as 0, ignored).
+    pub flags: u16,
+}
+
+/// One file on air, as listed in ANNOUNCE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnnounceEntry {
+    /// Archive id of the file's current archive.
+    pub archive_id: u64,
+    /// Size of the original file in bytes.
+    pub original_size: u64,
+    /// Bytes of the archive body looped on the channel.
+    pub body_len: u64,
+    /// Multicast group and port of the file's data channel.
+    pub channel: SocketAddrV4,
+    /// Channel rate in bits per second.
+    pub rate_bps: u64,
+    /// File name (UTF-8, at most 255 bytes).
+    pub name: String,
+}
+
+/// One ANNOUNCE datagram: part `part` of `parts` of the server's file list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announce {
+    /// Index of this part, from 0.
+    pub part: u8,
+    /// How many parts the whole list has.
+    pub parts: u8,
+    /// Files listed in this part.
+    pub entries: Vec<AnnounceEntry>,
+}
+
+/// A decoded datagram; DATA payloads and MANIFEST bodies borrow from the input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Packet<'a> {
+    /// A DATA packet and its payload.
+    Data(DataHeader, &'a [u8]),
+    /// A MANIFEST packet; the body is decoded by `Manifest::decode`.
+    Manifest(&'a [u8]),
+    /// An ANNOUNCE packet.
+    Announce(Announce),
+}
+
+/// A decoded datagram with its sender's session id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram<'a> {
+    /// Random id of the server instance that sent it.
+    pub session_id: u32,
+    /// The packet itself.
+    pub packet: Packet<'a>,
+}
+
+fn put_common(buf: &mut Vec<u8>, kind: PacketType, session_id: u32) {
+    buf.extend_from_slice(&MAGIC);
+    buf.push(VERSION);
+    buf.push(kind as u8);
+    buf.extend_from_slice(&session_id.to_be_bytes());
+}
+
+fn put_crc(buf: &mut Vec<u8>) {
+    let crc = crc32fast::hash(buf);
+    buf.extend_from_slice(&crc.to_be_bytes());
+}
+
+/// Writes a DATA header into `buf[..DATA_HEADER_LEN]`; the payload follows it.
+pub fn write_data_header(buf: &mut [u8], session_id: u32, header: &DataHeader) {
+    buf[0..2].copy_from_slice(&MAGIC);
+    buf[2] = VERSION;
+    buf[3] = PacketType::Data as u8;
+    buf[4..8].copy_from_slice(&session_id.to_be_bytes());
+    buf[8..16].copy_from_slice(&header.archive_id.to_be_bytes());
+    buf[16..20].copy_from_slice(&header.packet_index.to_be_bytes());
+    buf[20..24].copy_from_slice(&header.packet_count.to_be_bytes());
+    buf[24..26].copy_from_slice(&header.flags.to_be_bytes());
+    buf[26..28].copy_from_slice(&0u16.to_be_bytes());
+}
+
+/// Appends the CRC32 trailer over `buf[..len]` at `buf[len..len + 4]`; returns the datagram length.
+pub fn seal_in_place(buf: &mut [u8], len: usize) -> usize {
+    let crc = crc32fast::hash(&buf[..len]);
+    buf[len..len + TRAILER_LEN].copy_from_slice(&crc.to_be_bytes());
+    len + TRAILER_LEN
+}
+
+/// Encodes a complete DATA datagram (used by tests and tools; the sender writes in place).
+pub fn encode_data(session_id: u32, header: &DataHeader, payload: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; DATA_HEADER_LEN + payload.len() + TRAILER_LEN];
+    write_data_header(&mut buf, session_id, header);
+    buf[DATA_HEADER_LEN..DATA_HEADER_LEN + payload.len()].copy_from_slice(payload);
+    seal_in_place(&mut buf, DATA_HEADER_LEN + payload.len());
+    buf
+}
+
+/// Encodes a MANIFEST datagram around already-encoded manifest bytes.
+pub fn encode_manifest(session_id: u32, manifest: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(COMMON_HEADER_LEN + manifest.len() + TRAILER_LEN);
+    put_common(&mut buf, PacketType::Manifest, session_id);
+    buf.extend_from_slice(manifest);
+    put_crc(&mut buf);
+    buf
+}
+
+/// Bytes one entry takes in an ANNOUNCE datagram.
+pub fn announce_entry_len(entry: &AnnounceEntry) -> usize {
+    8 + 8 + 8 + 4 + 2 + 8 + 1 + entry.name.len()
+}
+
+/// Encodes an ANNOUNCE datagram. Names longer than 255 bytes are a caller bug.
+pub fn encode_announce(session_id: u32, announce: &Announce) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(256);
+    put_common(&mut buf, PacketType::Announce, session_id);
+    buf.push(announce.part);
+    buf.push(announce.parts);
+    buf.push(announce.entries.len() as u8);
+    for e in &announce.entries {
+        assert!(e.name.len() <= 255, "announce name longer than 255 bytes");
+        buf.extend_from_slice(&e.archive_id.to_be_bytes());
+        buf.extend_from_slice(&e.original_size.to_be_bytes());
+        buf.extend_from_slice(&e.body_len.to_be_bytes());
+        buf.extend_from_slice(&e.channel.ip().octets());
+        buf.extend_from_slice(&e.channel.port().to_be_bytes());
+        buf.extend_from_slice(&e.rate_bps.to_be_bytes());
+        buf.push(e.name.len() as u8);
+        buf.extend_from_slice(e.name.as_bytes());
+    }
+    put_crc(&mut buf);
+    buf
+}
+
+/// Decodes and checks one datagram; never panics, whatever the input.
+pub fn decode(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
+    if bytes.len() < COMMON_HEADER_LEN + TRAILER_LEN {
+        return Err(DecodeError::Truncated);
+    }
+    if bytes[0..2] != MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    let (content, trailer) = bytes.split_at(bytes.len() - TRAILER_LEN);
+    let crc = u32::from_be_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
+    if crc32fast::hash(content) != crc {
+        return Err(DecodeError::BadCrc);
+    }
+    if bytes[2] != VERSION {
+        return Err(DecodeError::BadVersion);
+    }
+    let mut r = Reader::new(&content[3..]);
+    let kind = r.u8()?;
+    let session_id = r.u32()?;
+    let packet = match kind {
+        k if k == PacketType::Data as u8 => {
+            let header = DataHeader {
+                archive_id: r.u64()?,
+                packet_index: r.u32()?,
+                packet_count: r.u32()?,
+                flags: r.u16()?,
+            };
+            let _reserved = r.u16()?;
+            if header.packet_index >= header.packet_count || r.rest().is_empty() {
+                return Err(DecodeError::Invalid);
+            }
+            Packet::Data(header, r.rest())
+        }
+        k if k == PacketType::Manifest as u8 => Packet::Manifest(r.rest()),
+        k if k == PacketType::Announce as u8 => Packet::Announce(decode_announce(&mut r)?),
+        _ => return Err(DecodeError::UnknownType),
+    };
+    Ok(Datagram { session_id, packet })
+}
+
+fn decode_announce(r: &mut Reader<'_>) -> Result<Announce, DecodeError> {
+    let part = r.u8()?;
+    let parts = r.u8()?;
+    let count = r.u8()?;
+    if parts == 0 || part >= parts {
+        return Err(DecodeError::Invalid);
+    }
+    let mut entries = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let archive_id = r.u64()?;
+        let original_size = r.u64()?;
+        let body_len = r.u64()?;
+        let ip = Ipv4Addr::from(r.array::<4>()?);
+        let port = r.u16()?;
+        let rate_bps = r.u64()?;
+        let name_len = r.u8()? as usize;
+        let name = std::str::from_utf8(r.take(name_len)?)
+            .map_err(|_| DecodeError::Invalid)?
+            .to_owned();
+        entries.push(AnnounceEntry {
+            archive_id,
+            original_size,
+            body_len,
+            channel: SocketAddrV4::new(ip, port),
+            rate_bps,
+            name,
+        });
+    }
+    if !r.rest().is_empty() {
+        return Err(DecodeError::Invalid);
+    }
+    Ok(Announce {
+        part,
+        parts,
+        entries,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry_strategy() -> impl Strategy<Value = AnnounceEntry> {
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<[u8; 4]>(),
+            any::<u16>(),
+            any::<u64>(),
+            "[a-zA-Z0-9._ -]{0,60}",
+        )
+            .prop_map(|(a, o, b, ip, port, rate, name)| AnnounceEntry {
+                archive_id: a,
+                original_size: o,
+                body_len: b,
+                channel: SocketAddrV4::new(Ipv4Addr::from(ip), port),
+                rate_bps: rate,
+                name,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn data_round_trips(session in any::<u32>(), id in any::<u64>(), count in 1u32.., idx in any::<u32>(),
+                            flags in any::<u16>(), payload in proptest::collection::vec(any::<u8>(), 1..1500)) {
+            let header = DataHeader { archive_id: id, packet_index: idx % count, packet_count: count, flags };
+            let bytes = encode_data(session, &header, &payload);
+            let d = decode(&bytes).unwrap();
+            prop_assert_eq!(d.session_id, session);
+            prop_assert_eq!(d.packet, Packet::Data(header, &payload[..]));
+        }
+
+        #[test]
+        fn manifest_packet_round_trips(session in any::<u32>(), body in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let bytes = encode_manifest(session, &body);
+            let d = decode(&bytes).unwrap();
+            prop_assert_eq!(d.packet, Packet::Manifest(&body[..]));
+        }
+
+        #[test]
+        fn announce_round_trips(session in any::<u32>(), parts in 1u8.., part in any::<u8>(),
+                                entries in proptest::collection::vec(entry_strategy(), 0..5)) {
+            let a = Announce { part: part % parts, parts, entries };
+            let bytes = encode_announce(session, &a);
+            prop_assert_eq!(decode(&bytes).unwrap().packet, Packet::Announce(a));
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn random_bodies_with_valid_crc_never_panic(kind in 0u8..5, body in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let mut bytes = vec![b'L', b'C', VERSION, kind, 0, 0, 0, 1];
+            bytes.extend_from_slice(&body);
+            let crc = crc32fast::hash(&bytes);
+            bytes.extend_from_slice(&crc.to_be_bytes());
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn any_flipped_bit_is_rejected(payload in proptest::collection::vec(any::<u8>(), 1..200), bit in any::<usize>()) {
+            let header = DataHeader { archive_id: 9, packet_index: 0, packet_count: 1, flags: 0 };
+            let mut bytes = encode_data(1, &header, &payload);
+            let bit = bit % (bytes.len() * 8);
+            bytes[bit / 8] ^= 1 << (bit % 8);
+            prop_assert!(decode(&bytes).is_err());
+        }
+    }
+
+    #[test]
+    fn rejects_each_kind_of_bad_datagram() {
+        let header = DataHeader {
+            archive_id: 1,
+            packet_index: 0,
+            packet_count: 1,
+            flags: 0,
+        };
+        let good = encode_data(5, &header, b"abc");
+        assert_eq!(decode(&good[..5]), Err(DecodeError::Truncated));
+        let mut bad_crc = good.clone();
+        *bad_crc.last_mut().unwrap() ^= 1;
+        assert_eq!(decode(&bad_crc), Err(DecodeError::BadCrc));
+        let mut bad_magic = good.clone();
+        bad_magic[0] = b'X';
+        assert_eq!(decode(&bad_magic), Err(DecodeError::BadMagic));
+        let reseal = |mut v: Vec<u8>| {
+            let n = v.len() - TRAILER_LEN;
+            seal_in_place(&mut v, n);
+            v
+        };
+        let mut bad_version = good.clone();
+        bad_version[2] = 9;
+        assert_eq!(decode(&reseal(bad_version)), Err(DecodeError::BadVersion));
+        let mut bad_type = good.clone();
+        bad_type[3] = 77;
+        assert_eq!(decode(&reseal(bad_type)), Err(DecodeError::UnknownType));
+        let out_of_range = DataHeader {
+            packet_index: 3,
+            packet_count: 3,
+            ..header
+        };
+        assert_eq!(
+            decode(&encode_data(5, &out_of_range, b"x")),
+            Err(DecodeError::Invalid)
+        );
+    }
+
+    #[test]
+    fn default_payload_size_is_1440() {
+        assert_eq!(payload_size_for_packet(DEFAULT_PACKET_SIZE), 1440);
+    }
+}

@@ -1,0 +1,184 @@
+//! Deterministic simulation: one carousel, several receivers joining at different
+//! times over lossy links, a virtual clock and a seeded RNG.
+
+use loopcast_proto::archive::{FileMeta, Packer, Unpacker};
+use loopcast_proto::{Carousel, FileReceiver, MasterKey, Outcome, PayloadSource};
+use rand::rngs::StdRng;
+use rand::{Rng, RngExt, SeedableRng};
+use std::io;
+use std::time::{Duration, Instant};
+
+struct Body(Vec<u8>);
+
+impl PayloadSource for Body {
+    fn read_payload(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let start = offset as usize;
+        buf.copy_from_slice(&self.0[start..start + buf.len()]);
+        Ok(())
+    }
+}
+
+/// Packs `original` in memory; returns (manifest, manifest bytes, body).
+fn pack(
+    key: &MasterKey,
+    original: &[u8],
+    frame_size: u32,
+    payload: u16,
+    rng: &mut StdRng,
+) -> (loopcast_proto::Manifest, Vec<u8>, Vec<u8>) {
+    let mut packer =
+        Packer::new(key, rng.next_u64(), original.len() as u64, frame_size, 3).unwrap();
+    let mut frames = Vec::new();
+    let mut offset = 0;
+    for _ in 0..packer.frame_count() {
+        let n = packer.next_frame_len();
+        let mut salt = [0u8; 16];
+        rng.fill_bytes(&mut salt);
+        frames.extend(
+            packer
+                .seal_next(&original[offset..offset + n], salt)
+                .unwrap(),
+        );
+        offset += n;
+    }
+    let meta = FileMeta {
+        name: "sim.bin".into(),
+        mode: 0o644,
+        mtime_secs: 0,
+        mtime_nanos: 0,
+    };
+    let (mut body, manifest, bytes) = packer.finish(meta, payload).unwrap();
+    body.extend(frames);
+    (manifest, bytes, body)
+}
+
+fn unpack(key: &MasterKey, m: &loopcast_proto::Manifest, body: &[u8]) -> Vec<u8> {
+    let mut u = Unpacker::new(key, m, &body[..m.table_len() as usize]).unwrap();
+    let mut out = Vec::new();
+    for (i, r) in u.frame_ranges().to_vec().into_iter().enumerate() {
+        out.extend(
+            u.open(i as u32, &body[r.start as usize..r.end as usize])
+                .unwrap(),
+        );
+    }
+    u.finish().unwrap();
+    out
+}
+
+struct SimReceiver {
+    fsm: FileReceiver,
+    body: Vec<u8>,
+    join_after: u64,
+    loss: f64,
+    done_at: Option<u64>,
+}
+
+#[test]
+fn receivers_joining_mid_stream_over_lossy_links_all_complete() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let key = MasterKey::from_bytes([9; 32]);
+    let mut original = vec![0u8; 4_000_000];
+    rng.fill_bytes(&mut original[..2_000_000]); // half random, half compressible
+    let (manifest, manifest_bytes, body) = pack(&key, &original, 256 * 1024, 1440, &mut rng);
+    let packets = manifest.packet_count() as u64;
+    let mut carousel = Carousel::new(77, &manifest, &manifest_bytes);
+    let mut source = Body(body);
+    let mut receivers: Vec<SimReceiver> = [
+        (0, 0.0),
+        (0, 0.05),
+        (packets / 3, 0.1),
+        (packets * 3 / 2, 0.2),
+    ]
+    .into_iter()
+    .map(|(join_after, loss)| SimReceiver {
+        fsm: FileReceiver::new(key.clone(), 77, manifest.archive_id),
+        body: vec![0; manifest.body_len as usize],
+        join_after,
+        loss,
+        done_at: None,
+    })
+    .collect();
+    let start = Instant::now();
+    let mut buf = vec![0u8; carousel.max_datagram_len()];
+    let limit = packets * 20;
+    for sent in 0..limit {
+        let now = start + Duration::from_millis(sent); // 1 packet per ms: a manifest every 500 packets
+        let t = carousel.poll_transmit(now, &mut buf, &mut source).unwrap();
+        let datagram = &buf[..t.len()];
+        for r in receivers
+            .iter_mut()
+            .filter(|r| sent >= r.join_after && r.done_at.is_none())
+        {
+            if rng.random_bool(r.loss) {
+                continue;
+            }
+            match r.fsm.handle_datagram(now, datagram) {
+                Outcome::Store {
+                    body_offset,
+                    payload,
+                    ..
+                } => r.body[body_offset as usize..body_offset as usize + payload.len()]
+                    .copy_from_slice(payload),
+                Outcome::WrongKey { .. } => panic!("wrong key"),
+                Outcome::ManifestAccepted | Outcome::Nothing => {}
+            }
+            if r.fsm.is_complete() {
+                r.done_at = Some(sent - r.join_after);
+            }
+        }
+        if receivers.iter().all(|r| r.done_at.is_some()) {
+            break;
+        }
+    }
+    for (i, r) in receivers.iter().enumerate() {
+        let took = r.done_at.unwrap_or_else(|| {
+            panic!(
+                "receiver {i} did not complete: {:?} {}/{}",
+                r.fsm.stats(),
+                r.fsm.received().count(),
+                packets
+            )
+        });
+        assert_eq!(unpack(&key, &manifest, &r.body), original, "receiver {i}");
+        // A joiner first waits up to 500 packets for a manifest. Without repair, the last
+        // of N packets lost with probability p comes after about ln(N)/ln(1/p) extra
+        // loops; allow ln(10·N) for the tail.
+        let loops = took as f64 / packets as f64;
+        let manifest_wait = 520.0 / packets as f64;
+        let tail = if r.loss == 0.0 {
+            0.0
+        } else {
+            (10.0 * packets as f64).ln() / (1.0 / r.loss).ln()
+        };
+        let bound = 1.0 + manifest_wait + tail;
+        assert!(
+            loops <= bound,
+            "receiver {i} needed {loops:.2} loops, bound {bound:.2}"
+        );
+    }
+    // A lossless receiver from the start needs exactly one loop plus the manifests.
+    assert!(receivers[0].done_at.unwrap() <= packets + packets / 100);
+}
+
+#[test]
+fn wrong_key_receiver_is_told_and_stores_nothing() {
+    let mut rng = StdRng::seed_from_u64(1);
+    let key = MasterKey::from_bytes([9; 32]);
+    let (manifest, manifest_bytes, body) = pack(&key, b"hello world", 1024, 1440, &mut rng);
+    let mut carousel = Carousel::new(1, &manifest, &manifest_bytes);
+    let mut source = Body(body);
+    let mut r = FileReceiver::new(MasterKey::from_bytes([8; 32]), 1, manifest.archive_id);
+    let mut buf = vec![0u8; carousel.max_datagram_len()];
+    let now = Instant::now();
+    let mut wrong_key = false;
+    for _ in 0..10 {
+        let t = carousel.poll_transmit(now, &mut buf, &mut source).unwrap();
+        match r.handle_datagram(now, &buf[..t.len()]) {
+            Outcome::WrongKey { theirs } => wrong_key = theirs == key.fingerprint(),
+            Outcome::Store { .. } => panic!("stored data under the wrong key"),
+            _ => {}
+        }
+    }
+    assert!(wrong_key);
+    assert_eq!(r.stats().stored, 0);
+}

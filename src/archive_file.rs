@@ -1,0 +1,285 @@
+//! Archive files on disk: packing a plain file into one, opening one to serve, and
+//! the server's cache of packed files.
+
+use crate::error::{Context, Error, Result};
+use loopcast_proto::archive::{self, FileMeta, Packer, SALT_LEN};
+use loopcast_proto::keys::hex;
+use loopcast_proto::manifest::ManifestError;
+use loopcast_proto::{Manifest, MasterKey, PayloadSource};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// How `pack` cuts and compresses.
+#[derive(Debug, Clone, Copy)]
+pub struct PackOptions {
+    /// Bytes of original data per frame.
+    pub frame_size: u32,
+    /// zstd level.
+    pub level: i32,
+}
+
+impl Default for PackOptions {
+    fn default() -> Self {
+        Self {
+            frame_size: archive::DEFAULT_FRAME_SIZE,
+            level: 3,
+        }
+    }
+}
+
+fn open_source(input: &Path) -> Result<(File, fs::Metadata, String)> {
+    let file = File::open(input).context(|| format!("cannot open {}", input.display()))?;
+    let meta = file
+        .metadata()
+        .context(|| format!("cannot stat {}", input.display()))?;
+    if !meta.is_file() {
+        return Err(Error::new(format!(
+            "{} is not a regular file",
+            input.display()
+        )));
+    }
+    let name = input
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::new(format!("{}: file name is not valid UTF-8", input.display())))?
+        .to_owned();
+    loopcast_proto::manifest::check_name(&name)
+        .map_err(|why| Error::new(format!("{}: {why}", input.display())))?;
+    Ok((file, meta, name))
+}
+
+/// Packs `input` into an archive at `output` (written to a temporary file, synced, then renamed).
+pub fn pack_file(
+    input: &Path,
+    output: &Path,
+    key: &MasterKey,
+    options: PackOptions,
+) -> Result<Manifest> {
+    let (mut source, meta, name) = open_source(input)?;
+    let archive_id = rand::random::<u64>();
+    let mut packer = Packer::new(
+        key,
+        archive_id,
+        meta.len(),
+        options.frame_size,
+        options.level,
+    )
+    .map_err(|e| Error::new(e.to_string()))?;
+    let manifest_len = loopcast_proto::manifest::FIXED_LEN + name.len();
+    let body_start = (archive::ARCHIVE_HEADER_LEN + manifest_len) as u64;
+    let table_len = archive::table_len(packer.frame_count());
+
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        output
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("archive"),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .context(|| format!("cannot create {}", tmp.display()))?;
+        let write_err = |e: io::Error| Error::new(format!("cannot write {}: {e}", tmp.display()));
+        let mut writer = io::BufWriter::with_capacity(4 << 20, &mut out);
+        writer
+            .write_all(&vec![0u8; (body_start + table_len) as usize])
+            .map_err(write_err)?;
+        let mut plain = vec![0u8; options.frame_size as usize];
+        for _ in 0..packer.frame_count() {
+            let n = packer.next_frame_len();
+            source.read_exact(&mut plain[..n]).map_err(|_| {
+                Error::new(format!(
+                    "{} changed while it was being packed",
+                    input.display()
+                ))
+            })?;
+            let mut salt = [0u8; SALT_LEN];
+            rand::fill(&mut salt);
+            let sealed = packer
+                .seal_next(&plain[..n], salt)
+                .map_err(|e| Error::new(e.to_string()))?;
+            writer.write_all(&sealed).map_err(write_err)?;
+        }
+        writer.flush().map_err(write_err)?;
+        drop(writer);
+        let after = source
+            .metadata()
+            .context(|| format!("cannot stat {}", input.display()))?;
+        if source.read(&mut [0u8; 1]).map(|n| n != 0).unwrap_or(true)
+            || after.len() != meta.len()
+            || after.mtime() != meta.mtime()
+            || after.mtime_nsec() != meta.mtime_nsec()
+        {
+            return Err(Error::new(format!(
+                "{} changed while it was being packed",
+                input.display()
+            )));
+        }
+        let file_meta = FileMeta {
+            name,
+            mode: meta.permissions().mode() & 0o7777,
+            mtime_secs: meta.mtime(),
+            mtime_nanos: meta.mtime_nsec() as u32,
+        };
+        let payload = loopcast_proto::wire::payload_size_for_packet(
+            loopcast_proto::wire::DEFAULT_PACKET_SIZE,
+        ) as u16;
+        let (table, manifest, manifest_bytes) = packer
+            .finish(file_meta, payload)
+            .map_err(|e| Error::new(e.to_string()))?;
+        debug_assert_eq!(manifest_bytes.len(), manifest_len);
+        out.write_all_at(&archive::encode_archive_header(manifest_bytes.len()), 0)
+            .map_err(write_err)?;
+        out.write_all_at(&manifest_bytes, archive::ARCHIVE_HEADER_LEN as u64)
+            .map_err(write_err)?;
+        out.write_all_at(&table, body_start).map_err(write_err)?;
+        out.sync_all().map_err(write_err)?;
+        fs::rename(&tmp, output)
+            .context(|| format!("cannot rename {} to {}", tmp.display(), output.display()))?;
+        sync_dir(dir);
+        Ok(manifest)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Fsyncs a directory so a rename in it survives a crash (best effort).
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// True if `path` starts with the archive magic.
+pub fn is_archive(path: &Path) -> Result<bool> {
+    let mut magic = [0u8; 8];
+    let mut f = File::open(path).context(|| format!("cannot open {}", path.display()))?;
+    match f.read_exact(&mut magic) {
+        Ok(()) => Ok(magic == archive::ARCHIVE_MAGIC),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(Error::new(format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
+/// An archive opened for serving: its verified manifest and positioned reads of its body.
+pub struct ArchiveFile {
+    file: File,
+    body_start: u64,
+    /// The manifest, verified with the server's key.
+    pub manifest: Manifest,
+}
+
+impl ArchiveFile {
+    /// Opens and verifies an archive: magic, manifest MAC against `key`, and length.
+    pub fn open(path: &Path, key: &MasterKey) -> Result<Self> {
+        let file = File::open(path).context(|| format!("cannot open {}", path.display()))?;
+        let mut header = [0u8; archive::ARCHIVE_HEADER_LEN];
+        let not_archive = || Error::new(format!("{} is not a loopcast archive", path.display()));
+        file.read_exact_at(&mut header, 0)
+            .map_err(|_| not_archive())?;
+        let manifest_len = archive::decode_archive_header(&header).ok_or_else(not_archive)?;
+        let mut bytes = vec![0u8; manifest_len];
+        file.read_exact_at(&mut bytes, archive::ARCHIVE_HEADER_LEN as u64)
+            .map_err(|_| Error::new(format!("{} is truncated", path.display())))?;
+        let manifest = Manifest::decode(&bytes, key).map_err(|e| match e {
+            ManifestError::WrongKey => Error::new(format!(
+                "{} was packed with another key (its fingerprint {}, this key's {})",
+                path.display(),
+                Manifest::decode_unverified(&bytes)
+                    .map(|m| hex(&m.key_fingerprint))
+                    .unwrap_or_default(),
+                hex(&key.fingerprint())
+            )),
+            _ => Error::new(format!("{} has a corrupt manifest", path.display())),
+        })?;
+        let body_start = (archive::ARCHIVE_HEADER_LEN + manifest_len) as u64;
+        let len = file
+            .metadata()
+            .context(|| format!("cannot stat {}", path.display()))?
+            .len();
+        if len != body_start + manifest.body_len {
+            return Err(Error::new(format!(
+                "{} is {} bytes, its manifest says {}: truncated or damaged",
+                path.display(),
+                len,
+                body_start + manifest.body_len
+            )));
+        }
+        Ok(Self {
+            file,
+            body_start,
+            manifest,
+        })
+    }
+}
+
+impl PayloadSource for ArchiveFile {
+    fn read_payload(&mut self, body_offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, self.body_start + body_offset)
+    }
+}
+
+/// Returns an archive for `path`: the file itself if it is one, else a packed copy in
+/// `cache_dir`, reused while the source (path, size, mtime, inode) and key are unchanged.
+pub fn archive_for(
+    path: &Path,
+    key: &MasterKey,
+    cache_dir: &Path,
+    options: PackOptions,
+) -> Result<PathBuf> {
+    if is_archive(path)? {
+        return Ok(path.to_owned());
+    }
+    let (_, meta, _) = open_source(path)?;
+    let canonical =
+        fs::canonicalize(path).context(|| format!("cannot resolve {}", path.display()))?;
+    let mut id = blake3::Hasher::new();
+    id.update(canonical.as_os_str().as_encoded_bytes());
+    for v in [
+        meta.len(),
+        meta.mtime() as u64,
+        meta.mtime_nsec() as u64,
+        meta.ino(),
+        meta.dev(),
+        options.frame_size as u64,
+        options.level as u64,
+    ] {
+        id.update(&v.to_be_bytes());
+    }
+    id.update(&key.fingerprint());
+    let cached = cache_dir.join(format!("{}.lcar", &id.finalize().to_hex()[..32]));
+    if cached.exists() && ArchiveFile::open(&cached, key).is_ok() {
+        log::info!(
+            "{}: reusing packed archive {}",
+            path.display(),
+            cached.display()
+        );
+        return Ok(cached);
+    }
+    fs::create_dir_all(cache_dir)
+        .context(|| format!("cannot create cache directory {}", cache_dir.display()))?;
+    log::info!("{}: packing into {}", path.display(), cached.display());
+    pack_file(path, &cached, key, options)?;
+    Ok(cached)
+}
+
+/// Default cache directory: $XDG_CACHE_HOME/loopcast, else ~/.cache/loopcast.
+pub fn default_cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("loopcast")
+}

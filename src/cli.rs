@@ -1,0 +1,255 @@
+//! Command-line interface: argument parsing and dispatch to the library.
+
+use crate::archive_file::{self, ArchiveFile, PackOptions};
+use crate::error::{Context, Error, Result};
+use crate::units::{format_bytes, format_rate, parse_group, parse_rate};
+use crate::{keyfile, net, recv, server};
+use clap::{Args, Parser, Subcommand};
+use loopcast_proto::wire;
+use std::net::SocketAddrV4;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default directory group.
+pub const DEFAULT_GROUP: &str = "239.255.77.1:7700";
+
+/// loopcast: push the same files to many machines over UDP multicast.
+///
+/// A server loops ("carousels") each file, compressed and encrypted, on its own
+/// multicast channel. Receivers may join at any time, store packets straight to
+/// disk, and finish when every packet has arrived and verified. Logs go to stderr;
+/// set RUST_LOG=debug for more.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write a new random master key (file mode 0600; never overwrites).
+    Keygen {
+        /// Key file to create.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Pack a file into an archive: compressed, encrypted frames plus a signed manifest.
+    Pack {
+        /// File to pack.
+        input: PathBuf,
+        /// Master key file (from `loopcast keygen`).
+        #[arg(short, long)]
+        key: PathBuf,
+        /// Archive to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        pack: PackArgs,
+    },
+    /// Unpack and verify an archive into a directory (the receiver's last step, offline).
+    Unpack {
+        /// Archive to unpack.
+        archive: PathBuf,
+        /// Master key file.
+        #[arg(short, long)]
+        key: PathBuf,
+        /// Directory to write the file into.
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Loop files on multicast until interrupted (SIGINT/SIGTERM).
+    Serve(ServeArgs),
+    /// Receive files from a server, verify them and write them into a directory.
+    Recv(RecvArgs),
+    /// List the files on air and exit.
+    Ls {
+        #[command(flatten)]
+        net: NetArgs,
+        /// Seconds to listen before giving up.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
+}
+
+#[derive(Args, Debug)]
+struct NetArgs {
+    /// Interface to use: a name (eth0) or one of this host's IPv4 addresses.
+    /// Default: the kernel's choice by its routing table.
+    #[arg(short, long, value_name = "IF")]
+    interface: Option<String>,
+    /// Directory group where servers announce their files.
+    #[arg(short, long, value_name = "G:P", default_value = DEFAULT_GROUP, value_parser = parse_group)]
+    group: SocketAddrV4,
+}
+
+#[derive(Args, Debug)]
+struct PackArgs {
+    /// Bytes of original data per frame (each frame is verified and unpacked on its own).
+    #[arg(long, default_value_t = loopcast_proto::archive::DEFAULT_FRAME_SIZE)]
+    frame_size: u32,
+    /// zstd compression level (1-19).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    level: i32,
+}
+
+impl From<&PackArgs> for PackOptions {
+    fn from(a: &PackArgs) -> Self {
+        PackOptions {
+            frame_size: a.frame_size,
+            level: a.level,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Files to serve: plain files (packed into the cache at start) or archives.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Master key file.
+    #[arg(short, long)]
+    key: PathBuf,
+    #[command(flatten)]
+    net: NetArgs,
+    /// Rate of each file's channel in bits/s, with K/M/G suffixes (e.g. 100M, 1.5G).
+    #[arg(short, long, default_value = "100M", value_parser = parse_rate)]
+    rate: u64,
+    /// IP packet size in bytes (576 to 9000; 1500 fits standard Ethernet).
+    #[arg(long, default_value_t = wire::DEFAULT_PACKET_SIZE as u16,
+          value_parser = clap::value_parser!(u16).range(wire::MIN_PACKET_SIZE as i64..=wire::MAX_PACKET_SIZE as i64))]
+    packet_size: u16,
+    /// Multicast TTL (1 keeps traffic on the local segment).
+    #[arg(long, default_value_t = net::DEFAULT_TTL)]
+    ttl: u32,
+    /// Where archives of plain files are kept and reused. Default: ~/.cache/loopcast.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pack: PackArgs,
+}
+
+#[derive(Args, Debug)]
+struct RecvArgs {
+    /// Files to receive, by name. Default: every file on air.
+    names: Vec<String>,
+    /// Master key file.
+    #[arg(short, long)]
+    key: PathBuf,
+    #[command(flatten)]
+    net: NetArgs,
+    /// Directory to write the received files into (created if missing).
+    #[arg(short, long)]
+    out: PathBuf,
+    /// Give up after this many seconds (exit code 3). Default: wait as long as it takes.
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u64>,
+}
+
+/// Parses arguments, runs the command, and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+    match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("loopcast: error: {e}");
+            e.code
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Keygen { output } => {
+            let key = keyfile::generate(&output)?;
+            println!(
+                "wrote {} (fingerprint {})",
+                output.display(),
+                loopcast_proto::keys::hex(&key.fingerprint())
+            );
+            Ok(())
+        }
+        Command::Pack {
+            input,
+            key,
+            output,
+            pack,
+        } => {
+            let key = keyfile::load(&key)?;
+            let m = archive_file::pack_file(&input, &output, &key, (&pack).into())?;
+            println!(
+                "{}: {} -> {} in {} frames",
+                output.display(),
+                format_bytes(m.original_size),
+                format_bytes(m.body_len),
+                m.frame_count
+            );
+            Ok(())
+        }
+        Command::Unpack { archive, key, out } => {
+            let key = keyfile::load(&key)?;
+            let a = ArchiveFile::open(&archive, &key)?;
+            let file = std::fs::File::open(&archive)
+                .context(|| format!("cannot open {}", archive.display()))?;
+            std::fs::create_dir_all(&out).context(|| format!("cannot create {}", out.display()))?;
+            let body_start =
+                std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0) - a.manifest.body_len;
+            let path = crate::storage::deliver(&file, body_start, &a.manifest, &key, &out, &out)
+                .map_err(|e| match e {
+                    crate::storage::UnpackFailure::Io(e) => e,
+                    other => Error::new(format!("{} is damaged: {other:?}", archive.display())),
+                })?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        Command::Serve(a) => server::serve(server::ServeConfig {
+            key: keyfile::load(&a.key)?,
+            interface: net::resolve_interface(a.net.interface.as_deref())?,
+            group: a.net.group,
+            rate_bps: a.rate,
+            packet_size: a.packet_size.into(),
+            ttl: a.ttl,
+            cache_dir: a.cache_dir.unwrap_or_else(archive_file::default_cache_dir),
+            pack: (&a.pack).into(),
+            paths: a.paths,
+        }),
+        Command::Recv(a) => recv::recv(recv::RecvConfig {
+            key: keyfile::load(&a.key)?,
+            interface: net::resolve_interface(a.net.interface.as_deref())?,
+            group: a.net.group,
+            out_dir: a.out,
+            names: a.names,
+            timeout: a.timeout.map(Duration::from_secs),
+        }),
+        Command::Ls { net: n, timeout } => {
+            let found = recv::list_on_air(
+                net::resolve_interface(n.interface.as_deref())?,
+                n.group,
+                Duration::from_secs(timeout),
+            )?;
+            if found.is_empty() {
+                return Err(Error::timeout(format!(
+                    "no server heard on {} within {timeout} s",
+                    n.group
+                )));
+            }
+            println!(
+                "{:<32} {:>12} {:>22} {:>14}  SESSION",
+                "NAME", "SIZE", "CHANNEL", "RATE"
+            );
+            for (session, e) in found {
+                println!(
+                    "{:<32} {:>12} {:>22} {:>14}  {session:08x}",
+                    e.name,
+                    format_bytes(e.original_size),
+                    e.channel.to_string(),
+                    format_rate(e.rate_bps as f64)
+                );
+            }
+            Ok(())
+        }
+    }
+}

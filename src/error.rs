@@ -1,0 +1,58 @@
+//! The one error type of the CLI: a one-line reason and the exit code it maps to.
+
+use std::fmt;
+
+/// Exit code for errors of every kind but the ones below.
+pub const EXIT_FAILURE: i32 = 1;
+/// Exit code when `--timeout` ran out before the work was done.
+pub const EXIT_TIMEOUT: i32 = 3;
+
+/// A failure with a one-line, user-facing reason.
+#[derive(Debug)]
+pub struct Error {
+    /// What went wrong, in one line.
+    pub message: String,
+    /// Process exit code to use.
+    pub code: i32,
+}
+
+/// Result with the CLI error.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// A general failure.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: EXIT_FAILURE,
+        }
+    }
+
+    /// A time-out.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: EXIT_TIMEOUT,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Adds "what we were doing" context to I/O and other errors.
+pub trait Context<T> {
+    /// Maps the error to `Error` with `what: cause`.
+    fn context(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T, E: fmt::Display> Context<T> for std::result::Result<T, E> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::new(format!("{}: {e}", what())))
+    }
+}

@@ -1,0 +1,20 @@
+//! loopcast: reliable multicast looping file broadcaster.
+//!
+//! This crate is the I/O driver around the sans-IO `loopcast-proto`: sockets and
+//! multicast joins, the event loop, timers and pacing, file storage, and the CLI.
+
+#![warn(missing_docs)]
+
+pub mod archive_file;
+pub mod cli;
+pub mod error;
+pub mod keyfile;
+pub mod net;
+pub mod pacer;
+pub mod progress;
+pub mod recv;
+pub mod server;
+pub mod signals;
+pub mod storage;
+pub mod timers;
+pub mod units;

@@ -1,0 +1,632 @@
+//! `loopcast recv` and `loopcast ls`: listen on the directory group, join each wanted
+//! file's channel, store packets at their offsets, verify and deliver.
+
+use crate::error::{Context, Error, Result};
+use crate::net;
+use crate::progress::{FileProgress, Progress};
+use crate::signals::StopSignals;
+use crate::storage::{self, PARTIAL_DIR, PartialFile, UnpackFailure};
+use crate::units::{format_bytes, format_rate};
+use loopcast_proto::keys::hex;
+use loopcast_proto::wire::{self, AnnounceEntry, Packet};
+use loopcast_proto::{FileReceiver, MasterKey, Outcome};
+use mio::{Interest, Token, Waker};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+/// What `recv` was asked to do.
+pub struct RecvConfig {
+    /// Master key.
+    pub key: MasterKey,
+    /// Local address to join groups on (unspecified: the kernel's choice).
+    pub interface: Ipv4Addr,
+    /// Directory group.
+    pub group: SocketAddrV4,
+    /// Where finished files go.
+    pub out_dir: PathBuf,
+    /// Files to receive; empty means every file on air.
+    pub names: Vec<String>,
+    /// Give up after this long.
+    pub timeout: Option<Duration>,
+}
+
+const DIRECTORY: Token = Token(0);
+const WAKER: Token = Token(1);
+const FIRST_CHANNEL: usize = 2;
+/// How often received maps are made durable.
+const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+/// How often plain progress lines are logged when no bar is drawn.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+/// A session silent this long may be replaced by another serving the same file.
+const SESSION_SILENCE: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Receiving,
+    Verifying,
+    Done,
+}
+
+/// One file being received.
+struct Reception {
+    entry: AnnounceEntry,
+    socket: mio::net::UdpSocket,
+    fsm: FileReceiver,
+    partial: Option<PartialFile>,
+    state: State,
+    dirty: bool,
+    joined: Instant,
+    resumed: u32,
+    progress: FileProgress,
+}
+
+type VerifyResult = (usize, std::result::Result<PathBuf, UnpackFailure>);
+
+struct Receiver {
+    config: RecvConfig,
+    work_dir: PathBuf,
+    signals: StopSignals,
+    directory: mio::net::UdpSocket,
+    waker: Arc<Waker>,
+    verified_tx: mpsc::Sender<VerifyResult>,
+    verified_rx: mpsc::Receiver<VerifyResult>,
+    receptions: Vec<Reception>,
+    /// Per server session: parts of its file list heard so far, and the names listed.
+    listings: HashMap<u32, (u8, HashSet<u8>, HashSet<String>)>,
+    progress: Progress,
+    buf: Vec<u8>,
+}
+
+/// Runs the receiver until every wanted file is delivered, the time-out, an error or a signal.
+pub fn recv(config: RecvConfig) -> Result<()> {
+    let work_dir = config.out_dir.join(PARTIAL_DIR);
+    std::fs::create_dir_all(&work_dir).context(|| {
+        format!(
+            "cannot create output directory {}",
+            config.out_dir.display()
+        )
+    })?;
+    probe_writable(&config.out_dir)?;
+    probe_writable(&work_dir)?;
+    let signals = StopSignals::new()?;
+    let mut directory = mio::net::UdpSocket::from_std(net::multicast_receiver(
+        config.group,
+        config.interface,
+        1 << 20,
+    )?);
+    signals
+        .poll
+        .registry()
+        .register(&mut directory, DIRECTORY, Interest::READABLE)
+        .context(|| "cannot register socket".into())?;
+    let waker = Arc::new(
+        Waker::new(signals.poll.registry(), WAKER).context(|| "cannot create waker".into())?,
+    );
+    let (verified_tx, verified_rx) = mpsc::channel();
+    let mut receiver = Receiver {
+        config,
+        work_dir,
+        signals,
+        directory,
+        waker,
+        verified_tx,
+        verified_rx,
+        receptions: Vec::new(),
+        listings: HashMap::new(),
+        progress: Progress::new(),
+        buf: vec![0u8; 65536],
+    };
+    receiver.run()
+}
+
+fn probe_writable(dir: &Path) -> Result<()> {
+    let probe = dir.join(format!(".loopcast-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").context(|| format!("cannot write to {}", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+impl Receiver {
+    fn run(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let deadline = self.config.timeout.map(|t| started + t);
+        let mut next_persist = started + PERSIST_INTERVAL;
+        let mut next_progress = started + PROGRESS_INTERVAL;
+        if self.config.names.is_empty() {
+            log::info!("waiting for files on {}", self.config.group);
+        } else {
+            log::info!(
+                "waiting for {} on {}",
+                self.config.names.join(", "),
+                self.config.group
+            );
+        }
+        loop {
+            if self.all_done() {
+                self.finish_log(started);
+                return Ok(());
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                self.persist_all();
+                return Err(Error::timeout(format!(
+                    "timed out after {} s: {}",
+                    self.config.timeout.unwrap_or_default().as_secs(),
+                    self.describe_missing()
+                )));
+            }
+            let wait = deadline.map_or(PERSIST_INTERVAL, |d| {
+                d.saturating_duration_since(now).min(PERSIST_INTERVAL)
+            });
+            if self.signals.wait(Some(wait))? {
+                self.persist_all();
+                return Err(Error::new(format!(
+                    "interrupted; progress saved, run again to resume: {}",
+                    self.describe_missing()
+                )));
+            }
+            let tokens: Vec<Token> = self.signals.events.iter().map(|e| e.token()).collect();
+            for token in tokens {
+                match token {
+                    DIRECTORY => self.drain_directory()?,
+                    WAKER => {}
+                    Token(t) if t >= FIRST_CHANNEL && t - FIRST_CHANNEL < self.receptions.len() => {
+                        self.drain_channel(t - FIRST_CHANNEL)?
+                    }
+                    _ => {}
+                }
+            }
+            while let Ok((index, result)) = self.verified_rx.try_recv() {
+                self.verified(index, result)?;
+            }
+            let now = Instant::now();
+            if now >= next_persist {
+                self.persist_all();
+                next_persist = now + PERSIST_INTERVAL;
+            }
+            if now >= next_progress {
+                self.log_progress();
+                next_progress = now + PROGRESS_INTERVAL;
+            }
+        }
+    }
+
+    fn wanted(&self, name: &str) -> bool {
+        self.config.names.is_empty() || self.config.names.iter().any(|n| n == name)
+    }
+
+    /// True when every wanted file is delivered (for "all files": once a whole listing was heard).
+    fn all_done(&self) -> bool {
+        let done: HashSet<&str> = self
+            .receptions
+            .iter()
+            .filter(|r| r.state == State::Done)
+            .map(|r| r.entry.name.as_str())
+            .collect();
+        if !self.config.names.is_empty() {
+            return self.config.names.iter().all(|n| done.contains(n.as_str()));
+        }
+        self.listings.values().any(|(parts, heard, names)| {
+            heard.len() == *parts as usize && names.iter().all(|n| done.contains(n.as_str()))
+        })
+    }
+
+    fn drain_directory(&mut self) -> Result<()> {
+        loop {
+            let n = match self.directory.recv_from(&mut self.buf) {
+                Ok((n, _)) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(Error::new(format!(
+                        "cannot receive on {}: {e}",
+                        self.config.group
+                    )));
+                }
+            };
+            let Ok(datagram) = wire::decode(&self.buf[..n]) else {
+                continue;
+            };
+            let Packet::Announce(announce) = datagram.packet else {
+                continue;
+            };
+            let session = datagram.session_id;
+            for entry in &announce.entries {
+                loopcast_proto::manifest::check_name(&entry.name).map_err(|why| {
+                    Error::new(format!(
+                        "server {session:08x} offers a file named {:?} ({why}); refusing it",
+                        entry.name
+                    ))
+                })?;
+            }
+            let listing = self
+                .listings
+                .entry(session)
+                .or_insert_with(|| (announce.parts, HashSet::new(), HashSet::new()));
+            listing.1.insert(announce.part);
+            listing
+                .2
+                .extend(announce.entries.iter().map(|e| e.name.clone()));
+            for entry in announce.entries {
+                if self.wanted(&entry.name) {
+                    self.follow(session, entry)?;
+                }
+            }
+        }
+    }
+
+    /// Starts receiving `entry`, or restarts it if the server now offers another archive
+    /// under that name, or took over from a silent session.
+    fn follow(&mut self, session: u32, entry: AnnounceEntry) -> Result<()> {
+        let now = Instant::now();
+        let existing = self
+            .receptions
+            .iter()
+            .position(|r| r.entry.name == entry.name);
+        if let Some(i) = existing {
+            let r = &self.receptions[i];
+            let changed = r.entry.archive_id != entry.archive_id;
+            let silent = r.fsm.session_id() != session
+                && r.fsm.last_heard().unwrap_or(r.joined) + SESSION_SILENCE < now;
+            if r.state != State::Receiving || !(changed || silent) {
+                return Ok(());
+            }
+            log::info!(
+                "{}: server {session:08x} now serves archive {:016x}; switching to it",
+                entry.name,
+                entry.archive_id
+            );
+            self.persist(i);
+        }
+        let mut socket = mio::net::UdpSocket::from_std(net::multicast_receiver(
+            entry.channel,
+            self.config.interface,
+            net::buffer_size_for_rate(entry.rate_bps),
+        )?);
+        let index = existing.unwrap_or(self.receptions.len());
+        let registry = self.signals.poll.registry();
+        registry
+            .register(
+                &mut socket,
+                Token(FIRST_CHANNEL + index),
+                Interest::READABLE,
+            )
+            .context(|| "cannot register socket".into())?;
+        log::info!(
+            "{}: joining {} ({}, {})",
+            entry.name,
+            entry.channel,
+            format_bytes(entry.original_size),
+            format_rate(entry.rate_bps as f64)
+        );
+        let reception = Reception {
+            fsm: FileReceiver::new(self.config.key.clone(), session, entry.archive_id),
+            progress: self.progress.add(&entry.name, 0),
+            entry,
+            socket,
+            partial: None,
+            state: State::Receiving,
+            dirty: false,
+            joined: now,
+            resumed: 0,
+        };
+        match existing {
+            Some(i) => {
+                let mut old = std::mem::replace(&mut self.receptions[i], reception);
+                let _ = registry.deregister(&mut old.socket);
+            }
+            None => self.receptions.push(reception),
+        }
+        Ok(())
+    }
+
+    fn drain_channel(&mut self, index: usize) -> Result<()> {
+        let now = Instant::now();
+        loop {
+            let r = &mut self.receptions[index];
+            let n = match r.socket.recv_from(&mut self.buf) {
+                Ok((n, _)) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(Error::new(format!(
+                        "cannot receive on {}: {e}",
+                        r.entry.channel
+                    )));
+                }
+            };
+            if r.state != State::Receiving {
+                continue; // drain and drop while verifying or done
+            }
+            match r.fsm.handle_datagram(now, &self.buf[..n]) {
+                Outcome::Store {
+                    body_offset,
+                    payload,
+                    ..
+                } => {
+                    r.partial
+                        .as_ref()
+                        .expect("storage opens when the manifest is accepted")
+                        .write(body_offset, payload)?;
+                    r.dirty = true;
+                }
+                Outcome::ManifestAccepted => Self::open_storage(r, &self.work_dir)?,
+                Outcome::WrongKey { theirs } => {
+                    return Err(Error::new(format!(
+                        "wrong key: {} was sealed with a key of fingerprint {}, ours is {}",
+                        r.entry.name,
+                        hex(&theirs),
+                        hex(&self.config.key.fingerprint())
+                    )));
+                }
+                Outcome::Nothing => {}
+            }
+        }
+        let r = &mut self.receptions[index];
+        r.progress.set(r.fsm.received().count() as u64);
+        if r.state == State::Receiving && r.fsm.is_complete() {
+            self.start_verify(index)?;
+        }
+        Ok(())
+    }
+
+    fn open_storage(r: &mut Reception, work_dir: &Path) -> Result<()> {
+        let manifest = r.fsm.manifest().expect("accepted").clone();
+        if manifest.name != r.entry.name {
+            return Err(Error::new(format!(
+                "server announced {:?} but its manifest names {:?}; refusing",
+                r.entry.name, manifest.name
+            )));
+        }
+        let (partial, resumed) = PartialFile::open(work_dir, &manifest)?;
+        if let Some(map) = resumed {
+            let held = map.count();
+            r.fsm.restore(map);
+            r.resumed = held;
+            log::info!(
+                "{}: resuming, {} of {} packets already stored",
+                manifest.name,
+                held,
+                manifest.packet_count()
+            );
+        }
+        r.progress.set_total(manifest.packet_count() as u64);
+        r.progress.set(r.fsm.received().count() as u64);
+        r.partial = Some(partial);
+        Ok(())
+    }
+
+    fn start_verify(&mut self, index: usize) -> Result<()> {
+        self.persist(index);
+        let r = &mut self.receptions[index];
+        r.state = State::Verifying;
+        let body = r
+            .partial
+            .as_ref()
+            .expect("complete implies storage")
+            .body()?;
+        let manifest = r.fsm.manifest().expect("complete implies manifest").clone();
+        let (key, work_dir, out_dir) = (
+            self.config.key.clone(),
+            self.work_dir.clone(),
+            self.config.out_dir.clone(),
+        );
+        let (tx, waker) = (self.verified_tx.clone(), Arc::clone(&self.waker));
+        log::debug!("{}: all packets held, verifying", manifest.name);
+        std::thread::Builder::new()
+            .name(format!("verify {}", manifest.name))
+            .spawn(move || {
+                let result = storage::deliver(&body, 0, &manifest, &key, &work_dir, &out_dir);
+                let _ = tx.send((index, result));
+                let _ = waker.wake();
+            })
+            .context(|| "cannot start verification thread".into())?;
+        Ok(())
+    }
+
+    fn verified(
+        &mut self,
+        index: usize,
+        result: std::result::Result<PathBuf, UnpackFailure>,
+    ) -> Result<()> {
+        let r = &mut self.receptions[index];
+        let manifest = r.fsm.manifest().expect("verified implies manifest").clone();
+        match result {
+            Ok(path) => {
+                r.state = State::Done;
+                if let Some(p) = r.partial.take() {
+                    p.remove();
+                }
+                let secs = r.joined.elapsed().as_secs_f64();
+                let s = r.fsm.stats();
+                log::info!(
+                    "{}: complete and verified in {:.2} s ({} at {}); {} packets stored, {} resumed, {} duplicates, {} dropped -> {}",
+                    manifest.name,
+                    secs,
+                    format_bytes(manifest.original_size),
+                    format_rate(manifest.original_size as f64 * 8.0 / secs.max(1e-9)),
+                    s.stored,
+                    r.resumed,
+                    s.duplicates,
+                    s.dropped(),
+                    path.display()
+                );
+                r.progress.finish(format!("{} done", manifest.name));
+                Ok(())
+            }
+            Err(UnpackFailure::Table) => {
+                log::warn!(
+                    "{}: frame table failed its digest; receiving it again",
+                    manifest.name
+                );
+                r.fsm.mark_missing(0..manifest.table_len());
+                r.state = State::Receiving;
+                r.dirty = true;
+                Ok(())
+            }
+            Err(UnpackFailure::Frames(ranges)) => {
+                let packets: u32 = ranges
+                    .into_iter()
+                    .map(|range| r.fsm.mark_missing(range))
+                    .sum();
+                log::warn!(
+                    "{}: {} packets of damaged frames to receive again",
+                    manifest.name,
+                    packets
+                );
+                r.state = State::Receiving;
+                r.dirty = true;
+                Ok(())
+            }
+            Err(UnpackFailure::Digest) => Err(Error::new(format!(
+                "{}: every frame verified but the file does not match its manifest digest; the server's archive is inconsistent",
+                manifest.name
+            ))),
+            Err(UnpackFailure::Io(e)) => Err(Error::new(format!("{}: {e}", manifest.name))),
+        }
+    }
+
+    fn persist(&mut self, index: usize) {
+        let r = &mut self.receptions[index];
+        if !r.dirty {
+            return;
+        }
+        if let Some(p) = &r.partial {
+            match p.persist(r.fsm.received()) {
+                Ok(()) => r.dirty = false,
+                Err(e) => log::warn!("{}: {e}", r.entry.name),
+            }
+        }
+    }
+
+    fn persist_all(&mut self) {
+        for i in 0..self.receptions.len() {
+            self.persist(i);
+        }
+    }
+
+    fn log_progress(&self) {
+        if self.progress.is_drawing() {
+            return;
+        }
+        for r in self
+            .receptions
+            .iter()
+            .filter(|r| r.state == State::Receiving)
+        {
+            let held = r.fsm.received().count();
+            match r.fsm.manifest() {
+                Some(m) => log::info!(
+                    "{}: {:.1}% ({} of {} packets)",
+                    r.entry.name,
+                    100.0 * held as f64 / m.packet_count().max(1) as f64,
+                    held,
+                    m.packet_count()
+                ),
+                None => log::info!(
+                    "{}: waiting for its manifest on {}",
+                    r.entry.name,
+                    r.entry.channel
+                ),
+            }
+        }
+    }
+
+    fn describe_missing(&self) -> String {
+        let mut parts: BTreeMap<String, String> = BTreeMap::new();
+        for r in &self.receptions {
+            let status = match (r.state, r.fsm.manifest()) {
+                (State::Done, _) => continue,
+                (State::Verifying, _) => "verifying".to_string(),
+                (_, Some(m)) => format!(
+                    "{} of {} packets",
+                    r.fsm.received().count(),
+                    m.packet_count()
+                ),
+                (_, None) => "no manifest heard".to_string(),
+            };
+            parts.insert(r.entry.name.clone(), status);
+        }
+        for name in &self.config.names {
+            parts
+                .entry(name.clone())
+                .or_insert_with(|| "not on air".to_string());
+        }
+        if parts.is_empty() {
+            return format!("no server heard on {}", self.config.group);
+        }
+        parts
+            .into_iter()
+            .map(|(n, s)| format!("{n}: {s}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn finish_log(&self, started: Instant) {
+        log::info!(
+            "all {} file(s) received in {:.2} s",
+            self.receptions
+                .iter()
+                .filter(|r| r.state == State::Done)
+                .count(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// Listens on the directory group for up to `timeout` and returns what is on air,
+/// as (session id, entry), stopping early once a whole listing was heard.
+pub fn list_on_air(
+    interface: Ipv4Addr,
+    group: SocketAddrV4,
+    timeout: Duration,
+) -> Result<Vec<(u32, AnnounceEntry)>> {
+    let socket = net::multicast_receiver(group, interface, 1 << 20)?;
+    let mut socket = mio::net::UdpSocket::from_std(socket);
+    let mut signals = StopSignals::new()?;
+    signals
+        .poll
+        .registry()
+        .register(&mut socket, DIRECTORY, Interest::READABLE)
+        .context(|| "cannot register socket".into())?;
+    let deadline = Instant::now() + timeout;
+    let mut parts: HashMap<u32, (u8, HashSet<u8>)> = HashMap::new();
+    let mut found: BTreeMap<(u32, String), AnnounceEntry> = BTreeMap::new();
+    let mut buf = vec![0u8; 65536];
+    while Instant::now() < deadline {
+        if signals.wait(Some(deadline.saturating_duration_since(Instant::now())))? {
+            return Err(Error::new("interrupted"));
+        }
+        loop {
+            let n = match socket.recv_from(&mut buf) {
+                Ok((n, _)) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::new(format!("cannot receive on {group}: {e}"))),
+            };
+            let Ok(d) = wire::decode(&buf[..n]) else {
+                continue;
+            };
+            if let Packet::Announce(a) = d.packet {
+                parts
+                    .entry(d.session_id)
+                    .or_insert_with(|| (a.parts, HashSet::new()))
+                    .1
+                    .insert(a.part);
+                for e in a.entries {
+                    found.insert((d.session_id, e.name.clone()), e);
+                }
+            }
+        }
+        if !parts.is_empty() && parts.values().all(|(n, heard)| heard.len() == *n as usize) {
+            break;
+        }
+    }
+    Ok(found
+        .into_iter()
+        .map(|((session, _), e)| (session, e))
+        .collect())
+}

@@ -1,0 +1,191 @@
+//! `loopcast serve`: loops each file on its own multicast channel, announces them all.
+
+use crate::archive_file::{ArchiveFile, PackOptions, archive_for};
+use crate::error::{Context, Error, Result};
+use crate::net;
+use crate::pacer::Pacer;
+use crate::signals::StopSignals;
+use crate::timers::TimerHeap;
+use crate::units::{format_bytes, format_rate};
+use loopcast_proto::wire::{self, AnnounceEntry};
+use loopcast_proto::{Announcer, Carousel, MasterKey};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// What `serve` was asked to do.
+pub struct ServeConfig {
+    /// Plain files or ready archives.
+    pub paths: Vec<PathBuf>,
+    /// Master key.
+    pub key: MasterKey,
+    /// Local address to send from (unspecified: the kernel's choice).
+    pub interface: Ipv4Addr,
+    /// Directory group.
+    pub group: SocketAddrV4,
+    /// Rate of each channel, bits/s.
+    pub rate_bps: u64,
+    /// IP packet size.
+    pub packet_size: usize,
+    /// Multicast TTL.
+    pub ttl: u32,
+    /// Where packed archives of plain files are kept.
+    pub cache_dir: PathBuf,
+    /// How plain files are packed.
+    pub pack: PackOptions,
+}
+
+/// One file on air.
+struct Channel {
+    archive: ArchiveFile,
+    carousel: Carousel,
+    pacer: Pacer,
+    address: SocketAddrV4,
+}
+
+/// Largest number of datagrams one channel sends per wake-up before yielding to others.
+const MAX_BATCH: usize = 256;
+
+/// Runs the server until SIGINT or SIGTERM.
+pub fn serve(config: ServeConfig) -> Result<()> {
+    let session_id: u32 = rand::random();
+    let payload_size = wire::payload_size_for_packet(config.packet_size) as u16;
+    let now = Instant::now();
+    let mut channels = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for (i, path) in config.paths.iter().enumerate() {
+        let archive_path = archive_for(path, &config.key, &config.cache_dir, config.pack)?;
+        let mut archive = ArchiveFile::open(&archive_path, &config.key)?;
+        if !names.insert(archive.manifest.name.clone()) {
+            return Err(Error::new(format!(
+                "two files are named {:?}; names must be unique on one server",
+                archive.manifest.name
+            )));
+        }
+        // Re-sign with this server's payload size; the body and archive id are unchanged.
+        archive.manifest.payload_size = payload_size;
+        let manifest_bytes = archive
+            .manifest
+            .encode(&config.key.file_key(archive.manifest.archive_id));
+        let carousel = Carousel::new(session_id, &archive.manifest, &manifest_bytes);
+        let address = net::channel_for(config.group, i as u32 + 1)?;
+        let pacer = Pacer::new(config.rate_bps, carousel.max_datagram_len(), now);
+        log::info!(
+            "serving {} ({}, archive {} in {} packets) on {} at {}",
+            archive.manifest.name,
+            format_bytes(archive.manifest.original_size),
+            format_bytes(archive.manifest.body_len),
+            archive.manifest.packet_count(),
+            address,
+            format_rate(config.rate_bps as f64)
+        );
+        channels.push(Channel {
+            archive,
+            carousel,
+            pacer,
+            address,
+        });
+    }
+    let entries: Vec<AnnounceEntry> = channels
+        .iter()
+        .map(|c| AnnounceEntry {
+            archive_id: c.archive.manifest.archive_id,
+            original_size: c.archive.manifest.original_size,
+            body_len: c.archive.manifest.body_len,
+            channel: c.address,
+            rate_bps: config.rate_bps,
+            name: c.archive.manifest.name.clone(),
+        })
+        .collect();
+    let max_datagram = config.packet_size - wire::IP_UDP_OVERHEAD;
+    let mut announcer = Announcer::new(session_id, &entries, max_datagram).map_err(Error::new)?;
+    let socket = net::multicast_sender(
+        config.interface,
+        config.ttl,
+        net::buffer_size_for_rate(config.rate_bps * channels.len() as u64),
+    )?;
+    log::info!(
+        "session {session_id:08x}: announcing {} file(s) on {}",
+        channels.len(),
+        config.group
+    );
+
+    let mut signals = StopSignals::new()?;
+    let mut timers = TimerHeap::default();
+    for id in 0..channels.len() {
+        timers.schedule(id, now);
+    }
+    let mut buf = vec![
+        0u8;
+        channels
+            .iter()
+            .map(|c| c.carousel.max_datagram_len())
+            .max()
+            .unwrap_or(0)
+            .max(max_datagram)
+    ];
+    let mut sent_bytes = 0u64;
+    let started = Instant::now();
+    loop {
+        let now = Instant::now();
+        if let Some(datagrams) = announcer.poll_transmit(now) {
+            for d in datagrams {
+                send(&socket, d, config.group)?;
+            }
+        }
+        while let Some(id) = timers.pop_due(now) {
+            let ch = &mut channels[id];
+            let len = ch.carousel.max_datagram_len();
+            for _ in 0..MAX_BATCH {
+                if !ch.pacer.try_send(now, len) {
+                    break;
+                }
+                let t = ch
+                    .carousel
+                    .poll_transmit(now, &mut buf, &mut ch.archive)
+                    .context(|| format!("cannot read archive of {}", ch.archive.manifest.name))?;
+                send(&socket, &buf[..t.len()], ch.address)?;
+                sent_bytes += t.len() as u64;
+            }
+            // A full batch may leave tokens: come back at once rather than at ready_at.
+            timers.schedule(id, ch.pacer.ready_at(len).max(now));
+        }
+        let deadline = [timers.next_deadline(), announcer.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min();
+        let wait = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if signals.wait(wait)? {
+            break;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let loops: Vec<String> = channels
+        .iter()
+        .map(|c| format!("{}: {} loops", c.archive.manifest.name, c.carousel.loops()))
+        .collect();
+    log::info!(
+        "stopped after {elapsed:.1} s, {} sent ({}); {}",
+        format_bytes(sent_bytes),
+        format_rate(sent_bytes as f64 * 8.0 / elapsed.max(1e-9)),
+        loops.join(", ")
+    );
+    Ok(())
+}
+
+fn send(socket: &UdpSocket, datagram: &[u8], to: SocketAddrV4) -> Result<()> {
+    loop {
+        match socket.send_to(datagram, to) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // The kernel queue is momentarily full: back off briefly instead of failing.
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENOBUFS)
+                    || e.kind() == std::io::ErrorKind::WouldBlock =>
+            {
+                std::thread::sleep(Duration::from_micros(200))
+            }
+            Err(e) => return Err(Error::new(format!("cannot send to {to}: {e}"))),
+        }
+    }
+}

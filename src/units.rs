@@ -1,0 +1,107 @@
+//! Parsing of command-line values: rates with K/M/G suffixes and multicast group addresses.
+
+use std::net::SocketAddrV4;
+
+/// Parses a rate in bits per second: "100M", "1.5G", "800k", "2000000".
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (number, scale) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let scale = match c.to_ascii_uppercase() {
+                'K' => 1e3,
+                'M' => 1e6,
+                'G' => 1e9,
+                _ => {
+                    return Err(format!(
+                        "unknown rate suffix {c:?} in {text:?} (use K, M or G)"
+                    ));
+                }
+            };
+            (&t[..i], scale)
+        }
+        _ => (t, 1.0),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a rate (examples: 100M, 1.5G, 800K)"))?;
+    let bps = value * scale;
+    if !(1000.0..=100e9).contains(&bps) {
+        return Err(format!("rate {text:?} is out of range (1K to 100G bits/s)"));
+    }
+    Ok(bps as u64)
+}
+
+/// Formats bits per second with a suffix, e.g. "100 Mbit/s".
+pub fn format_rate(bps: f64) -> String {
+    if bps >= 1e9 {
+        format!("{:.2} Gbit/s", bps / 1e9)
+    } else if bps >= 1e6 {
+        format!("{:.1} Mbit/s", bps / 1e6)
+    } else {
+        format!("{:.0} kbit/s", bps / 1e3)
+    }
+}
+
+/// Formats a byte count, e.g. "512.0 MiB".
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Parses a multicast group "G:P" with G in 224.0.0.0/4.
+pub fn parse_group(text: &str) -> Result<SocketAddrV4, String> {
+    let addr: SocketAddrV4 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not GROUP:PORT (example: 239.255.77.1:7700)"))?;
+    if !addr.ip().is_multicast() {
+        return Err(format!(
+            "{} is not a multicast address (use 224.0.0.0/4, e.g. 239.255.77.1)",
+            addr.ip()
+        ));
+    }
+    if addr.port() == 0 {
+        return Err("port 0 cannot be used for a group".into());
+    }
+    Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("100M"), Ok(100_000_000));
+        assert_eq!(parse_rate("1.5g"), Ok(1_500_000_000));
+        assert_eq!(parse_rate("800K"), Ok(800_000));
+        assert_eq!(parse_rate("2000000"), Ok(2_000_000));
+        for bad in ["", "M", "fast", "10X", "-5M", "1", "1000G", "NaN"] {
+            assert!(parse_rate(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn groups() {
+        assert!(parse_group("239.255.77.1:7700").is_ok());
+        assert!(parse_group("10.0.0.1:7700").is_err());
+        assert!(parse_group("239.1.1.1").is_err());
+        assert!(parse_group("239.1.1.1:0").is_err());
+    }
+
+    #[test]
+    fn formatting() {
+        assert_eq!(format_bytes(512 << 20), "512.0 MiB");
+        assert_eq!(format_bytes(10), "10 B");
+        assert_eq!(format_rate(2.5e9), "2.50 Gbit/s");
+    }
+}
