@@ -5,25 +5,20 @@ use std::net::SocketAddrV4;
 /// Parses a rate in bits per second: "100M", "1.5G", "800k", "2000000".
 pub fn parse_rate(text: &str) -> Result<u64, String> {
     let t = text.trim();
+    let not_a_rate = || format!("{text:?} is not a rate in bits/s (examples: 100M, 1.5G, 800K)");
     let (number, scale) = match t.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
             let scale = match c.to_ascii_uppercase() {
                 'K' => 1e3,
                 'M' => 1e6,
                 'G' => 1e9,
-                _ => {
-                    return Err(format!(
-                        "unknown rate suffix {c:?} in {text:?} (use K, M or G)"
-                    ));
-                }
+                _ => return Err(not_a_rate()),
             };
             (&t[..i], scale)
         }
         _ => (t, 1.0),
     };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a rate (examples: 100M, 1.5G, 800K)"))?;
+    let value: f64 = number.parse().map_err(|_| not_a_rate())?;
     let bps = value * scale;
     if !(1000.0..=100e9).contains(&bps) {
         return Err(format!("rate {text:?} is out of range (1K to 100G bits/s)"));

@@ -1,0 +1,168 @@
+//! Archive format through the file-level packer and unpacker: edge sizes, large
+//! incompressible data, wrong key, and a flipped bit in every frame.
+
+use loopcast::archive_file::{ArchiveFile, PackOptions, pack_file};
+use loopcast::storage::{UnpackFailure, deliver};
+use loopcast_proto::MasterKey;
+use rand::{Rng, RngExt, SeedableRng};
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+fn key(byte: u8) -> MasterKey {
+    MasterKey::from_bytes([byte; 32])
+}
+
+/// Packs `data` as `name`, unpacks it into a fresh directory, returns the result.
+fn round_trip(dir: &Path, name: &str, data: &[u8], frame_size: u32) -> Vec<u8> {
+    let input = dir.join(name);
+    fs::write(&input, data).unwrap();
+    let archive = dir.join(format!("{name}.lcar"));
+    let m = pack_file(
+        &input,
+        &archive,
+        &key(1),
+        PackOptions {
+            frame_size,
+            level: 3,
+        },
+    )
+    .unwrap();
+    assert_eq!(m.original_size, data.len() as u64);
+    let opened = ArchiveFile::open(&archive, &key(1)).unwrap();
+    let out = dir.join(format!("{name}.out"));
+    fs::create_dir_all(&out).unwrap();
+    let body_start = fs::metadata(&archive).unwrap().len() - opened.manifest.body_len;
+    let path = deliver(
+        &File::open(&archive).unwrap(),
+        body_start,
+        &opened.manifest,
+        &key(1),
+        &out,
+        &out,
+    )
+    .unwrap();
+    fs::read(path).unwrap()
+}
+
+#[test]
+fn edge_sizes_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let frame = 64 * 1024;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let mut three_frames = vec![0u8; 3 * frame as usize];
+    rng.fill_bytes(&mut three_frames);
+    for (name, data) in [
+        ("empty", Vec::new()),
+        ("one", vec![0x5a]),
+        ("exact", three_frames.clone()),
+        ("plus1", [three_frames.clone(), vec![1]].concat()),
+    ] {
+        assert_eq!(round_trip(dir.path(), name, &data, frame), data, "{name}");
+    }
+}
+
+#[test]
+fn incompressible_64_mib_round_trips_and_highly_compressible_shrinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut data = vec![0u8; 64 << 20];
+    rand::rngs::StdRng::seed_from_u64(4).fill_bytes(&mut data);
+    assert_eq!(round_trip(dir.path(), "random", &data, 1 << 20), data);
+    let archive_len = fs::metadata(dir.path().join("random.lcar")).unwrap().len();
+    assert!(
+        archive_len < data.len() as u64 + 64 * 100 + 1000,
+        "random data grew to {archive_len}"
+    );
+
+    let text: Vec<u8> = (0..8_000_000u32)
+        .flat_map(|i| format!("line {}\n", i % 1000).into_bytes())
+        .take(32 << 20)
+        .collect();
+    assert_eq!(round_trip(dir.path(), "text", &text, 1 << 20), text);
+    let archive_len = fs::metadata(dir.path().join("text.lcar")).unwrap().len();
+    assert!(
+        archive_len < text.len() as u64 / 20,
+        "compressible data only shrank to {archive_len}"
+    );
+}
+
+#[test]
+fn wrong_key_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("f");
+    fs::write(&input, b"secret").unwrap();
+    let archive = dir.path().join("f.lcar");
+    pack_file(&input, &archive, &key(1), PackOptions::default()).unwrap();
+    let err = ArchiveFile::open(&archive, &key(2))
+        .err()
+        .expect("opened with the wrong key");
+    assert!(err.message.contains("another key"), "{}", err.message);
+}
+
+#[test]
+fn a_flipped_bit_in_any_frame_is_detected_and_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut data = vec![0u8; 200_000];
+    rand::rngs::StdRng::seed_from_u64(5).fill_bytes(&mut data[..100_000]);
+    let input = dir.path().join("f");
+    fs::write(&input, &data).unwrap();
+    let archive = dir.path().join("f.lcar");
+    pack_file(
+        &input,
+        &archive,
+        &key(1),
+        PackOptions {
+            frame_size: 32 * 1024,
+            level: 3,
+        },
+    )
+    .unwrap();
+    let opened = ArchiveFile::open(&archive, &key(1)).unwrap();
+    let m = &opened.manifest;
+    let pristine = fs::read(&archive).unwrap();
+    let body_start = pristine.len() as u64 - m.body_len;
+    let mut table = vec![0u8; m.table_len() as usize];
+    table.copy_from_slice(&pristine[body_start as usize..(body_start + m.table_len()) as usize]);
+    let ranges = loopcast_proto::archive::decode_table(&table, m.frame_count, m.body_len).unwrap();
+    assert_eq!(ranges.len(), 7);
+    let out = dir.path().join("out");
+    fs::create_dir_all(&out).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+    for (i, range) in ranges.iter().enumerate() {
+        for _ in 0..4 {
+            let mut damaged = pristine.clone();
+            let offset = body_start + rng.random_range(range.clone());
+            damaged[offset as usize] ^= 1 << rng.random_range(0..8);
+            let path = dir.path().join("damaged.lcar");
+            fs::write(&path, &damaged).unwrap();
+            match deliver(
+                &File::open(&path).unwrap(),
+                body_start,
+                m,
+                &key(1),
+                &out,
+                &out,
+            ) {
+                Err(UnpackFailure::Frames(bad)) => {
+                    assert_eq!(bad, vec![range.clone()], "frame {i}")
+                }
+                other => panic!("frame {i}: damage not located: {other:?}"),
+            }
+            assert!(!out.join("f").exists(), "a damaged file was delivered");
+        }
+    }
+    // Damage in the table is reported as such.
+    let file = fs::OpenOptions::new().write(true).open(&archive).unwrap();
+    file.write_all_at(&[0xff], body_start + 1).unwrap();
+    assert!(matches!(
+        deliver(
+            &File::open(&archive).unwrap(),
+            body_start,
+            m,
+            &key(1),
+            &out,
+            &out
+        ),
+        Err(UnpackFailure::Table)
+    ));
+}

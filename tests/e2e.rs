@@ -1,0 +1,417 @@
+//! End-to-end tests through the real binary, multicast on loopback only
+//! (--interface 127.0.0.1). Every test uses its own group and port, and kills the
+//! processes it started (by handle) even when it fails.
+
+use loopcast_proto::MasterKey;
+use loopcast_proto::manifest::Manifest;
+use loopcast_proto::wire::{self, Announce, AnnounceEntry};
+use rand::{Rng, SeedableRng};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_loopcast");
+
+/// A child process killed when the test ends, pass or fail.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Directory group of test `n`: distinct groups and ports keep parallel tests apart.
+fn group(n: u8) -> String {
+    format!("239.255.{n}.1:{}", 21000 + n as u16 * 10)
+}
+
+fn loopcast(args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args).env("RUST_LOG", "info");
+    c
+}
+
+fn keygen(dir: &Path) -> PathBuf {
+    let key = dir.join("key");
+    let out = loopcast(&["keygen", "-o", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    key
+}
+
+fn random_file(path: &Path, len: usize, seed: u64) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+fn serve(dir: &Path, key: &Path, files: &[&Path], group: &str, rate: &str) -> Running {
+    let mut args = vec!["serve".to_string()];
+    args.extend(files.iter().map(|f| f.to_str().unwrap().to_string()));
+    args.extend(
+        [
+            "-k",
+            key.to_str().unwrap(),
+            "-i",
+            "127.0.0.1",
+            "-g",
+            group,
+            "--rate",
+            rate,
+            "--cache-dir",
+        ]
+        .map(String::from),
+    );
+    args.push(dir.join("cache").to_str().unwrap().to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let log = std::fs::File::create(dir.join("serve.log")).unwrap();
+    Running(
+        loopcast(&args)
+            .stderr(log)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn recv_command(key: &Path, group: &str, out: &Path, extra: &[&str]) -> Command {
+    let mut c = loopcast(&[
+        "recv",
+        "-k",
+        key.to_str().unwrap(),
+        "-i",
+        "127.0.0.1",
+        "-g",
+        group,
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    c.args(extra);
+    c
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_clean_failure(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {err}"
+    );
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+}
+
+#[test]
+fn two_files_to_a_receiver_from_the_start_and_one_joining_2s_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = keygen(d);
+    let a = random_file(&d.join("a.bin"), 6_000_000, 1);
+    let b: Vec<u8> = (0..400_000u32)
+        .flat_map(|i| format!("{i}\n").into_bytes())
+        .collect();
+    std::fs::write(d.join("b.txt"), &b).unwrap();
+    let g = group(101);
+    let _server = serve(d, &key, &[&d.join("a.bin"), &d.join("b.txt")], &g, "40M");
+    let first = recv_command(&key, &g, &d.join("outA"), &["--timeout", "60"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let late = recv_command(&key, &g, &d.join("outB"), &["--timeout", "60"])
+        .output()
+        .unwrap();
+    let first = first.wait_with_output().unwrap();
+    assert!(first.status.success(), "receiver A: {}", stderr(&first));
+    assert!(late.status.success(), "receiver B: {}", stderr(&late));
+    for out in ["outA", "outB"] {
+        assert_eq!(
+            std::fs::read(d.join(out).join("a.bin")).unwrap(),
+            a,
+            "{out}/a.bin"
+        );
+        assert_eq!(
+            std::fs::read(d.join(out).join("b.txt")).unwrap(),
+            b,
+            "{out}/b.txt"
+        );
+    }
+    // ls sees both files on air.
+    let ls = loopcast(&["ls", "-i", "127.0.0.1", "-g", &g])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&ls.stdout);
+    assert!(
+        ls.status.success() && listing.contains("a.bin") && listing.contains("b.txt"),
+        "{listing}"
+    );
+}
+
+#[test]
+fn a_receiver_killed_half_way_resumes_with_what_it_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = keygen(d);
+    // 24 MB at 40 Mbit/s: about 5 s per loop.
+    let data = random_file(&d.join("big.bin"), 24_000_000, 2);
+    let g = group(102);
+    let _server = serve(d, &key, &[&d.join("big.bin")], &g, "40M");
+    let out = d.join("out");
+    let map = out.join(".loopcast-partial").join("big.bin.map");
+    let mut first = Running(
+        recv_command(&key, &g, &out, &[])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    while !map.exists() && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(map.exists(), "no received map was persisted");
+    std::thread::sleep(Duration::from_millis(1200));
+    first.0.kill().unwrap(); // SIGKILL
+    first.0.wait().unwrap();
+    assert!(
+        !out.join("big.bin").exists(),
+        "file delivered before it was complete"
+    );
+    let second = recv_command(&key, &g, &out, &["--timeout", "60"])
+        .output()
+        .unwrap();
+    let log = stderr(&second);
+    assert!(second.status.success(), "{log}");
+    let resumed: u64 = log
+        .split("resuming, ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no resume line in: {log}"));
+    assert!(resumed > 1000, "resumed only {resumed} packets: {log}");
+    assert_eq!(std::fs::read(out.join("big.bin")).unwrap(), data);
+    assert!(
+        !out.join(".loopcast-partial").join("big.bin.part").exists(),
+        "partial file left behind"
+    );
+}
+
+#[test]
+fn wrong_key_is_reported_quickly_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = keygen(d);
+    random_file(&d.join("f.bin"), 2_000_000, 3);
+    let g = group(103);
+    let _server = serve(d, &key, &[&d.join("f.bin")], &g, "20M");
+    let other = d.join("other-key");
+    assert!(
+        loopcast(&["keygen", "-o", other.to_str().unwrap()])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let start = Instant::now();
+    let out = recv_command(&other, &g, &d.join("out"), &["--timeout", "30"])
+        .output()
+        .unwrap();
+    assert_clean_failure(&out, "wrong key");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(!d.join("out").join("f.bin").exists());
+    assert!(
+        !d.join("out")
+            .join(".loopcast-partial")
+            .join("f.bin.part")
+            .exists(),
+        "data stored under the wrong key"
+    );
+}
+
+#[test]
+fn a_path_traversal_name_from_a_rogue_sender_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key_path = keygen(d);
+    let hex = std::fs::read_to_string(&key_path).unwrap();
+    let mut bytes = [0u8; 32];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex.trim()[2 * i..2 * i + 2], 16).unwrap();
+    }
+    let key = MasterKey::from_bytes(bytes);
+    let g: SocketAddrV4 = group(104).parse().unwrap();
+    let channel = SocketAddrV4::new(Ipv4Addr::new(239, 255, 104, 2), g.port() + 1);
+    // A rogue sender with the right key, announcing and signing "../evil".
+    let manifest = Manifest {
+        archive_id: 5,
+        key_fingerprint: key.fingerprint(),
+        original_size: 1,
+        mode: 0o644,
+        mtime_secs: 0,
+        mtime_nanos: 0,
+        frame_size: 1 << 20,
+        frame_count: 1,
+        body_len: 65,
+        payload_size: 1440,
+        content_digest: [0; 32],
+        table_digest: [0; 32],
+        name: "../evil".into(),
+    };
+    let announce = wire::encode_announce(
+        9,
+        &Announce {
+            part: 0,
+            parts: 1,
+            entries: vec![AnnounceEntry {
+                archive_id: 5,
+                original_size: 1,
+                body_len: 65,
+                channel,
+                rate_bps: 1_000_000,
+                name: "../evil".into(),
+            }],
+        },
+    );
+    let manifest_datagram = wire::encode_manifest(9, &manifest.encode(&key.file_key(5)));
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let s2 = socket2::SockRef::from(&sender);
+    s2.set_multicast_if_v4(&Ipv4Addr::LOCALHOST).unwrap();
+    s2.set_multicast_ttl_v4(1).unwrap();
+    let out_dir = d.join("out");
+    let child = recv_command(&key_path, &g.to_string(), &out_dir, &["--timeout", "20"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Running(child);
+    let start = Instant::now();
+    while child.0.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(15) {
+        sender.send_to(&announce, g).unwrap();
+        sender.send_to(&manifest_datagram, channel).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = child.0.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("../evil") && err.contains("refusing"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!d.join("evil").exists() && !out_dir.join("../evil").exists());
+}
+
+#[test]
+fn bad_inputs_fail_with_a_clear_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = keygen(d);
+    let k = key.to_str().unwrap();
+    // Missing input, for pack and for serve.
+    assert_clean_failure(
+        &loopcast(&[
+            "pack",
+            "/nonexistent/x",
+            "-k",
+            k,
+            "-o",
+            d.join("x.lcar").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap(),
+        "cannot open /nonexistent/x",
+    );
+    assert_clean_failure(
+        &loopcast(&[
+            "serve",
+            "/nonexistent/x",
+            "-k",
+            k,
+            "-i",
+            "127.0.0.1",
+            "-g",
+            &group(105),
+        ])
+        .output()
+        .unwrap(),
+        "cannot open /nonexistent/x",
+    );
+    // Unwritable output directory: a path below a regular file.
+    std::fs::write(d.join("plain"), b"").unwrap();
+    let out = loopcast(&[
+        "recv",
+        "-k",
+        k,
+        "-i",
+        "127.0.0.1",
+        "-g",
+        &group(105),
+        "-o",
+        d.join("plain/sub").to_str().unwrap(),
+        "--timeout",
+        "5",
+    ])
+    .output()
+    .unwrap();
+    assert_clean_failure(&out, "cannot create output directory");
+    // Missing or malformed key file.
+    assert_clean_failure(
+        &loopcast(&["recv", "-k", "/nonexistent/key", "-o", d.to_str().unwrap()])
+            .output()
+            .unwrap(),
+        "cannot read key file",
+    );
+    assert_clean_failure(
+        &loopcast(&[
+            "recv",
+            "-k",
+            d.join("plain").to_str().unwrap(),
+            "-o",
+            d.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap(),
+        "not a loopcast key file",
+    );
+    // keygen never overwrites.
+    assert_clean_failure(
+        &loopcast(&["keygen", "-o", k]).output().unwrap(),
+        "refusing to overwrite",
+    );
+    // A non-multicast group and a bad rate are usage errors.
+    let out = loopcast(&["serve", k, "-k", k, "-g", "10.1.1.1:7700"])
+        .output()
+        .unwrap();
+    assert_clean_failure(&out, "not a multicast address");
+    let out = loopcast(&["serve", k, "-k", k, "--rate", "fast"])
+        .output()
+        .unwrap();
+    assert_clean_failure(&out, "not a rate");
+    // Nothing on air: time-out exit code 3 and a reason.
+    let out = loopcast(&[
+        "recv",
+        "-k",
+        k,
+        "-i",
+        "127.0.0.1",
+        "-g",
+        &group(106),
+        "-o",
+        d.join("o").to_str().unwrap(),
+        "wanted.bin",
+        "--timeout",
+        "1",
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_clean_failure(&out, "wanted.bin: not on air");
+}
