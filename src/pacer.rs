@@ -46,7 +46,9 @@ impl Pacer {
     /// When the bucket will hold `len` bytes of tokens again.
     pub fn ready_at(&self, len: usize) -> Instant {
         let missing = (len as f64 - self.tokens).max(0.0);
-        self.last + Duration::from_secs_f64(missing / self.bytes_per_sec)
+        // Round up, so that at the returned instant the tokens really are there.
+        let nanos = (missing / self.bytes_per_sec * 1e9).ceil() as u64;
+        self.last + Duration::from_nanos(nanos)
     }
 }
 
@@ -79,5 +81,22 @@ mod tests {
             max_burst as f64 <= 10e6 * BURST.as_secs_f64() + 1500.0,
             "burst {max_burst}"
         );
+    }
+
+    #[test]
+    fn tokens_are_there_at_ready_at_for_awkward_rates() {
+        let start = Instant::now();
+        for rate in [1_000_000_007u64, 999_999_937, 3_333_333_333, 80_000_001] {
+            let mut pacer = Pacer::new(rate, 1472, start);
+            let mut now = start;
+            for _ in 0..10_000 {
+                while pacer.try_send(now, 1472) {}
+                now = pacer.ready_at(1472);
+                assert!(
+                    pacer.try_send(now, 1472),
+                    "rate {rate}: no tokens at ready_at"
+                );
+            }
+        }
     }
 }

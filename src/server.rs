@@ -133,7 +133,10 @@ pub fn serve(config: ServeConfig) -> Result<()> {
                 send(&socket, d, config.group)?;
             }
         }
-        while let Some(id) = timers.pop_due(now) {
+        // Serve each due channel once per pass: a channel whose tokens are not yet
+        // back must wait for the next pass, never spin within this one.
+        let due: Vec<usize> = std::iter::from_fn(|| timers.pop_due(now)).collect();
+        for id in due {
             let ch = &mut channels[id];
             let len = ch.carousel.max_datagram_len();
             for _ in 0..MAX_BATCH {
@@ -147,8 +150,7 @@ pub fn serve(config: ServeConfig) -> Result<()> {
                 send(&socket, &buf[..t.len()], ch.address)?;
                 sent_bytes += t.len() as u64;
             }
-            // A full batch may leave tokens: come back at once rather than at ready_at.
-            timers.schedule(id, ch.pacer.ready_at(len).max(now));
+            timers.schedule(id, ch.pacer.ready_at(len));
         }
         let deadline = [timers.next_deadline(), announcer.poll_timeout()]
             .into_iter()
