@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Receiver goodput and peak RSS on loopback multicast, one receiver, no loss.
-# Usage: scripts/goodput.sh SIZE_MIB RATE [RATE...]   e.g. scripts/goodput.sh 512 1G 2G 4G
-# For each rate: a fresh server loops a random file; the receiver joins as the server
-# starts, and its own "complete and verified" line (time from join to a verified file
-# on disk) and its peak RSS (GNU time) are printed. Traffic stays on 127.0.0.1.
+# Usage: [REPS=3] scripts/goodput.sh SIZE_MIB RATE [RATE...]   e.g. scripts/goodput.sh 512 1G 2G 4G
+# For each rate, REPS runs: a fresh server loops a random file; the receiver joins as
+# the server starts; its own "complete and verified" line gives the time from joining
+# to a verified file on disk, GNU time its peak RSS. Medians are printed.
+# Traffic stays on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size_mib=${1:?size in MiB}; shift
@@ -18,23 +19,29 @@ trap cleanup EXIT
 head -c $((size_mib << 20)) /dev/urandom > "$work/data.bin"
 # Pack once so every run starts sending at once.
 "$BIN" pack "$work/data.bin" -k "$work/key" -o "$work/data.lcar" >/dev/null
-printf '| rate | time to verified file | goodput | duplicates | dropped before manifest/other | receiver peak RSS |\n|---|---|---|---|---|---|\n'
+reps=${REPS:-3}
+median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+printf '| rate | runs | median time to verified file | median goodput | median duplicates (loss refilled by later loops) | max receiver peak RSS |\n|---|---|---|---|---|---|\n'
 for rate in "$@"; do
-    rm -rf "$work/out"
-    # GNU time runs the receiver and reports its peak RSS (KiB).
-    /usr/bin/time -f '%M' -o "$work/rss" "$BIN" recv -k "$work/key" -i 127.0.0.1 -g 239.255.78.1:7800 \
-        -o "$work/out" --timeout 600 2> "$work/recv.log" &
-    recv_pid=$!
-    sleep 0.3
-    "$BIN" serve "$work/data.lcar" -k "$work/key" -i 127.0.0.1 -g 239.255.78.1:7800 --rate "$rate" 2> "$work/serve.log" &
-    server=$!
-    wait "$recv_pid"
-    kill "$server"; wait "$server" 2>/dev/null || true; server=""
-    cmp "$work/data.bin" "$work/out/data.bin"
-    line=$(grep 'complete and verified' "$work/recv.log")
-    secs=$(sed -E 's/.*verified in ([0-9.]+) s.*/\1/' <<<"$line")
-    goodput=$(sed -E 's/.* at ([0-9.]+ [GMk]bit\/s)\).*/\1/' <<<"$line")
-    dups=$(sed -E 's/.* ([0-9]+) duplicates.*/\1/' <<<"$line")
-    dropped=$(sed -E 's/.* ([0-9]+) dropped.*/\1/' <<<"$line")
-    printf '| %s | %s s | %s | %s | %s | %s MiB |\n' "$rate" "$secs" "$goodput" "$dups" "$dropped" "$(( $(tail -1 "$work/rss") / 1024 ))"
+    : > "$work/times"; : > "$work/dups"; : > "$work/rsses"
+    for _ in $(seq "$reps"); do
+        rm -rf "$work/out"
+        # GNU time runs the receiver and reports its peak RSS (KiB).
+        /usr/bin/time -f '%M' -o "$work/rss" "$BIN" recv -k "$work/key" -i 127.0.0.1 -g 239.255.78.1:7800 \
+            -o "$work/out" --timeout 600 2> "$work/recv.log" &
+        recv_pid=$!
+        sleep 0.3
+        "$BIN" serve "$work/data.lcar" -k "$work/key" -i 127.0.0.1 -g 239.255.78.1:7800 --rate "$rate" 2> "$work/serve.log" &
+        server=$!
+        wait "$recv_pid"
+        kill "$server"; wait "$server" 2>/dev/null || true; server=""
+        cmp "$work/data.bin" "$work/out/data.bin"
+        line=$(grep 'complete and verified' "$work/recv.log")
+        sed -E 's/.*verified in ([0-9.]+) s.*/\1/' <<<"$line" >> "$work/times"
+        sed -E 's/.* ([0-9]+) duplicates.*/\1/' <<<"$line" >> "$work/dups"
+        tail -1 "$work/rss" >> "$work/rsses"
+    done
+    secs=$(median < "$work/times")
+    goodput=$(awk -v s="$secs" -v m="$size_mib" 'BEGIN {printf "%.2f Gbit/s", m * 1048576 * 8 / s / 1e9}')
+    printf '| %s | %s | %s s | %s | %s | %s MiB |\n' "$rate" "$reps" "$secs" "$goodput" "$(median < "$work/dups")" "$(( $(sort -n "$work/rsses" | tail -1) / 1024 ))"
 done

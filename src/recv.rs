@@ -77,6 +77,7 @@ struct Receiver {
     /// Per server session: parts of its file list heard so far, and the names listed.
     listings: HashMap<u32, (u8, HashSet<u8>, HashSet<String>)>,
     progress: Progress,
+    persister: storage::Persister,
     buf: Vec<u8>,
 }
 
@@ -117,9 +118,14 @@ pub fn recv(config: RecvConfig) -> Result<()> {
         receptions: Vec::new(),
         listings: HashMap::new(),
         progress: Progress::new(),
+        persister: storage::Persister::new()?,
         buf: vec![0u8; 65536],
     };
-    receiver.run()
+    let result = receiver.run();
+    if result.is_err() {
+        receiver.save_progress();
+    }
+    result
 }
 
 fn probe_writable(dir: &Path) -> Result<()> {
@@ -151,7 +157,6 @@ impl Receiver {
             }
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
-                self.persist_all();
                 return Err(Error::timeout(format!(
                     "timed out after {} s: {}",
                     self.config.timeout.unwrap_or_default().as_secs(),
@@ -162,7 +167,6 @@ impl Receiver {
                 d.saturating_duration_since(now).min(PERSIST_INTERVAL)
             });
             if self.signals.wait(Some(wait))? {
-                self.persist_all();
                 return Err(Error::new(format!(
                     "interrupted; progress saved, run again to resume: {}",
                     self.describe_missing()
@@ -183,8 +187,11 @@ impl Receiver {
                 self.verified(index, result)?;
             }
             let now = Instant::now();
+            if let Some(e) = self.persister.take_error() {
+                return Err(e);
+            }
             if now >= next_persist {
-                self.persist_all();
+                self.persist_all()?;
                 next_persist = now + PERSIST_INTERVAL;
             }
             if now >= next_progress {
@@ -279,7 +286,7 @@ impl Receiver {
                 entry.name,
                 entry.archive_id
             );
-            self.persist(i);
+            self.persist(i)?;
         }
         let mut socket = mio::net::UdpSocket::from_std(net::multicast_receiver(
             entry.channel,
@@ -348,7 +355,7 @@ impl Receiver {
                     ..
                 } => {
                     r.partial
-                        .as_ref()
+                        .as_mut()
                         .expect("storage opens when the manifest is accepted")
                         .write(body_offset, payload)?;
                     r.dirty = true;
@@ -400,7 +407,13 @@ impl Receiver {
     }
 
     fn start_verify(&mut self, index: usize) -> Result<()> {
-        self.persist(index);
+        // The verifier reads through the page cache: pending payloads must be written.
+        let r = &mut self.receptions[index];
+        r.partial
+            .as_mut()
+            .expect("complete implies storage")
+            .flush()?;
+        self.persist(index)?;
         let r = &mut self.receptions[index];
         r.state = State::Verifying;
         let body = r
@@ -438,7 +451,7 @@ impl Receiver {
             Ok(path) => {
                 r.state = State::Done;
                 if let Some(p) = r.partial.take() {
-                    p.remove();
+                    p.remove(&self.persister);
                 }
                 let secs = r.joined.elapsed().as_secs_f64();
                 let s = r.fsm.stats();
@@ -489,22 +502,32 @@ impl Receiver {
         }
     }
 
-    fn persist(&mut self, index: usize) {
+    /// Writes out pending payloads and hands a snapshot of the received map to the
+    /// persister, which syncs the data and then saves the map off this thread.
+    fn persist(&mut self, index: usize) -> Result<()> {
         let r = &mut self.receptions[index];
-        if !r.dirty {
-            return;
+        if let (true, Some(p)) = (r.dirty, r.partial.as_mut()) {
+            let submitted = p
+                .persist_in_background(r.fsm.received(), &self.persister)
+                .map_err(|e| Error::new(format!("{}: {e}", r.entry.name)))?;
+            r.dirty = !submitted;
         }
-        if let Some(p) = &r.partial {
-            match p.persist(r.fsm.received()) {
-                Ok(()) => r.dirty = false,
-                Err(e) => log::warn!("{}: {e}", r.entry.name),
-            }
-        }
+        Ok(())
     }
 
-    fn persist_all(&mut self) {
-        for i in 0..self.receptions.len() {
-            self.persist(i);
+    fn persist_all(&mut self) -> Result<()> {
+        (0..self.receptions.len()).try_for_each(|i| self.persist(i))
+    }
+
+    /// Saves every file's progress synchronously on the way out (best effort).
+    fn save_progress(&mut self) {
+        self.persister.wait_idle();
+        for r in &mut self.receptions {
+            if let (true, Some(p)) = (r.dirty, r.partial.as_mut())
+                && let Err(e) = p.persist_now(r.fsm.received())
+            {
+                log::warn!("{}: {e}", r.entry.name);
+            }
         }
     }
 

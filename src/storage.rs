@@ -10,10 +10,14 @@ use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, SystemTime};
 
 /// Folder inside the output directory that holds partial files and their maps.
 pub const PARTIAL_DIR: &str = ".loopcast-partial";
+/// Largest run of consecutive payloads gathered into one write.
+const WRITE_RUN: usize = 256 << 10;
 const MAP_MAGIC: [u8; 8] = *b"LCMAP001";
 const MAP_HEADER_LEN: usize = 8 + 8 + 2 + 4 + 8;
 
@@ -135,6 +139,11 @@ pub fn deliver(
 /// One file being received: its preallocated body file and persisted received map.
 pub struct PartialFile {
     file: File,
+    /// Set while a background save of this file is queued or running.
+    saving: Arc<AtomicBool>,
+    /// Consecutive payloads not yet written: one positioned write per run, not per packet.
+    pending: Vec<u8>,
+    pending_offset: u64,
     /// Where the body is written.
     pub body_path: PathBuf,
     map_path: PathBuf,
@@ -177,6 +186,9 @@ impl PartialFile {
         Ok((
             Self {
                 file,
+                saving: Arc::new(AtomicBool::new(false)),
+                pending: Vec::with_capacity(WRITE_RUN),
+                pending_offset: 0,
                 body_path,
                 map_path,
                 manifest: manifest.clone(),
@@ -186,27 +198,54 @@ impl PartialFile {
     }
 
     /// Writes one payload at its body offset.
-    pub fn write(&self, body_offset: u64, payload: &[u8]) -> Result<()> {
-        self.file
-            .write_all_at(payload, body_offset)
-            .context(|| format!("cannot write {}", self.body_path.display()))
+    pub fn write(&mut self, body_offset: u64, payload: &[u8]) -> Result<()> {
+        let contiguous = body_offset == self.pending_offset + self.pending.len() as u64;
+        if !contiguous || self.pending.len() + payload.len() > WRITE_RUN {
+            self.flush()?;
+            self.pending_offset = body_offset;
+        }
+        self.pending.extend_from_slice(payload);
+        Ok(())
     }
 
-    /// Makes what was written durable, then records `map` (written aside and renamed), so
-    /// the map never claims a packet whose bytes might be lost.
-    pub fn persist(&self, map: &ReceivedMap) -> Result<()> {
+    /// Writes out the pending run of payloads.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
         self.file
-            .sync_data()
-            .context(|| format!("cannot sync {}", self.body_path.display()))?;
-        let tmp = self.map_path.with_extension("map.tmp");
-        let bytes = encode_map(map, &self.manifest);
-        let write = || -> io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_data()?;
-            fs::rename(&tmp, &self.map_path)
-        };
-        write().context(|| format!("cannot save {}", self.map_path.display()))
+            .write_all_at(&self.pending, self.pending_offset)
+            .context(|| format!("cannot write {}", self.body_path.display()))?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Writes out pending payloads and queues a durable save of `map` on `persister`.
+    /// Returns false, queueing nothing, while this file's previous save is under way.
+    pub fn persist_in_background(
+        &mut self,
+        map: &ReceivedMap,
+        persister: &Persister,
+    ) -> Result<bool> {
+        if self.saving.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        self.flush()?;
+        let file = self.body()?;
+        self.saving.store(true, Ordering::Release);
+        persister.submit(Job::Save {
+            file,
+            map_path: self.map_path.clone(),
+            map: encode_map(map, &self.manifest),
+            saving: Arc::clone(&self.saving),
+        });
+        Ok(true)
+    }
+
+    /// Writes out pending payloads, syncs them and saves `map`, on this thread.
+    pub fn persist_now(&mut self, map: &ReceivedMap) -> Result<()> {
+        self.flush()?;
+        save(&self.file, &self.map_path, &encode_map(map, &self.manifest))
     }
 
     /// A second handle on the body file, for unpacking on another thread.
@@ -216,10 +255,110 @@ impl PartialFile {
             .context(|| format!("cannot reopen {}", self.body_path.display()))
     }
 
-    /// Removes the partial file and its map (after delivery).
-    pub fn remove(self) {
-        let _ = fs::remove_file(&self.map_path);
-        let _ = fs::remove_file(&self.body_path);
+    /// Removes the partial file and its map (after delivery), after any queued save.
+    pub fn remove(self, persister: &Persister) {
+        persister.submit(Job::Remove(vec![self.map_path, self.body_path]));
+    }
+}
+
+/// Syncs the body's data, then writes the map aside and renames it into place, so a
+/// map never claims a packet whose bytes could be lost.
+fn save(body: &File, map_path: &Path, map: &[u8]) -> Result<()> {
+    body.sync_data()
+        .context(|| format!("cannot sync the partial file for {}", map_path.display()))?;
+    let tmp = map_path.with_extension("map.tmp");
+    let write = || -> io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(map)?;
+        f.sync_data()?;
+        fs::rename(&tmp, map_path)
+    };
+    write().context(|| format!("cannot save {}", map_path.display()))
+}
+
+/// Work for the persister thread, done in order.
+pub enum Job {
+    /// Sync a body file and save its map.
+    Save {
+        /// Handle on the body file.
+        file: File,
+        /// Where the map goes.
+        map_path: PathBuf,
+        /// The encoded map.
+        map: Vec<u8>,
+        /// Cleared when the save is done.
+        saving: Arc<AtomicBool>,
+    },
+    /// Remove these files.
+    Remove(Vec<PathBuf>),
+}
+
+/// A thread that makes partial files durable, so `fdatasync` never stalls the receive loop.
+pub struct Persister {
+    tx: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    error: Arc<Mutex<Option<Error>>>,
+}
+
+impl Persister {
+    /// Starts the thread.
+    pub fn new() -> Result<Self> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let error = Arc::new(Mutex::new(None));
+        let slot = Arc::clone(&error);
+        let thread = std::thread::Builder::new()
+            .name("persister".into())
+            .spawn(move || {
+                for job in rx {
+                    match job {
+                        Job::Save {
+                            file,
+                            map_path,
+                            map,
+                            saving,
+                        } => {
+                            if let Err(e) = save(&file, &map_path, &map) {
+                                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                            }
+                            saving.store(false, Ordering::Release);
+                        }
+                        Job::Remove(paths) => paths.iter().for_each(|p| {
+                            let _ = fs::remove_file(p);
+                        }),
+                    }
+                }
+            })
+            .context(|| "cannot start the persister thread".into())?;
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+            error,
+        })
+    }
+
+    fn submit(&self, job: Job) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(job);
+        }
+    }
+
+    /// The first error a background save hit, if any.
+    pub fn take_error(&self) -> Option<Error> {
+        self.error.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Finishes all queued work and stops the thread.
+    pub fn wait_idle(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Persister {
+    fn drop(&mut self) {
+        self.wait_idle();
     }
 }
 
