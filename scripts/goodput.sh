@@ -21,9 +21,9 @@ head -c $((size_mib << 20)) /dev/urandom > "$work/data.bin"
 "$BIN" pack "$work/data.bin" -k "$work/key" -o "$work/data.lcar" >/dev/null
 reps=${REPS:-3}
 median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
-printf '| rate | runs | median time to verified file | median goodput | median duplicates (loss refilled by later loops) | max receiver peak RSS |\n|---|---|---|---|---|---|\n'
+printf '| rate | runs | median time to last packet | median time to verified file | median goodput (verified) | median duplicates | max receiver peak RSS |\n|---|---|---|---|---|---|---|\n'
 for rate in "$@"; do
-    : > "$work/times"; : > "$work/dups"; : > "$work/rsses"
+    : > "$work/times"; : > "$work/held"; : > "$work/dups"; : > "$work/rsses"
     for _ in $(seq "$reps"); do
         rm -rf "$work/out"
         # GNU time runs the receiver and reports its peak RSS (KiB).
@@ -36,6 +36,7 @@ for rate in "$@"; do
         wait "$recv_pid"
         kill "$server"; wait "$server" 2>/dev/null || true; server=""
         cmp "$work/data.bin" "$work/out/data.bin"
+        grep 'packets held after' "$work/recv.log" | sed -E 's/.*held after ([0-9.]+) s.*/\1/' >> "$work/held"
         line=$(grep 'complete and verified' "$work/recv.log")
         sed -E 's/.*verified in ([0-9.]+) s.*/\1/' <<<"$line" >> "$work/times"
         sed -E 's/.* ([0-9]+) duplicates.*/\1/' <<<"$line" >> "$work/dups"
@@ -43,5 +44,5 @@ for rate in "$@"; do
     done
     secs=$(median < "$work/times")
     goodput=$(awk -v s="$secs" -v m="$size_mib" 'BEGIN {printf "%.2f Gbit/s", m * 1048576 * 8 / s / 1e9}')
-    printf '| %s | %s | %s s | %s | %s | %s MiB |\n' "$rate" "$reps" "$secs" "$goodput" "$(median < "$work/dups")" "$(( $(sort -n "$work/rsses" | tail -1) / 1024 ))"
+    printf '| %s | %s | %s s | %s s | %s | %s | %s MiB |\n' "$rate" "$reps" "$(median < "$work/held")" "$secs" "$goodput" "$(median < "$work/dups")" "$(( $(sort -n "$work/rsses" | tail -1) / 1024 ))"
 done

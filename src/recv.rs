@@ -428,7 +428,12 @@ impl Receiver {
             self.config.out_dir.clone(),
         );
         let (tx, waker) = (self.verified_tx.clone(), Arc::clone(&self.waker));
-        log::debug!("{}: all packets held, verifying", manifest.name);
+        log::info!(
+            "{}: all {} packets held after {:.2} s, verifying",
+            manifest.name,
+            manifest.packet_count(),
+            r.joined.elapsed().as_secs_f64()
+        );
         std::thread::Builder::new()
             .name(format!("verify {}", manifest.name))
             .spawn(move || {
