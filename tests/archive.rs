@@ -166,3 +166,45 @@ fn a_flipped_bit_in_any_frame_is_detected_and_located() {
         Err(UnpackFailure::Table)
     ));
 }
+
+#[test]
+fn the_cache_reuses_an_archive_while_the_source_is_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("src.bin");
+    fs::write(&input, vec![7u8; 300_000]).unwrap();
+    let cache = dir.path().join("cache");
+    let opts = PackOptions::default();
+    let first = loopcast::archive_file::archive_for(&input, &key(1), &cache, opts).unwrap();
+    let id = ArchiveFile::open(&first, &key(1))
+        .unwrap()
+        .manifest
+        .archive_id;
+    // A restarted server gets the very same archive (same id, so receivers resume).
+    let again = loopcast::archive_file::archive_for(&input, &key(1), &cache, opts).unwrap();
+    assert_eq!(again, first);
+    assert_eq!(
+        ArchiveFile::open(&again, &key(1))
+            .unwrap()
+            .manifest
+            .archive_id,
+        id
+    );
+    // Another key or a changed source gives a new archive.
+    let other_key = loopcast::archive_file::archive_for(&input, &key(2), &cache, opts).unwrap();
+    assert_ne!(other_key, first);
+    fs::write(&input, vec![8u8; 300_001]).unwrap();
+    let changed = loopcast::archive_file::archive_for(&input, &key(1), &cache, opts).unwrap();
+    assert_ne!(changed, first);
+    assert_ne!(
+        ArchiveFile::open(&changed, &key(1))
+            .unwrap()
+            .manifest
+            .archive_id,
+        id
+    );
+    // A ready archive is served as it is.
+    assert_eq!(
+        loopcast::archive_file::archive_for(&changed, &key(1), &cache, opts).unwrap(),
+        changed
+    );
+}

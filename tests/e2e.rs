@@ -79,6 +79,32 @@ fn serve(dir: &Path, key: &Path, files: &[&Path], group: &str, rate: &str) -> Ru
     )
 }
 
+/// A temporary directory with a key, one random file and a server looping it on
+/// test `n`'s group. Dropping it stops the server and removes the directory.
+struct Lab {
+    _server: Running,
+    key: PathBuf,
+    group: String,
+    data: Vec<u8>,
+    dir: tempfile::TempDir,
+}
+
+fn lab(n: u8, name: &str, len: usize, rate: &str) -> Lab {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path());
+    let file = dir.path().join(name);
+    let data = random_file(&file, len, n as u64);
+    let group = group(n);
+    let server = serve(dir.path(), &key, &[&file], &group, rate);
+    Lab {
+        _server: server,
+        key,
+        group,
+        data,
+        dir,
+    }
+}
+
 fn recv_command(key: &Path, group: &str, out: &Path, extra: &[&str]) -> Command {
     let mut c = loopcast(&[
         "recv",
@@ -157,13 +183,9 @@ fn two_files_to_a_receiver_from_the_start_and_one_joining_2s_later() {
 
 #[test]
 fn a_receiver_killed_half_way_resumes_with_what_it_stored() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let key = keygen(d);
     // 24 MB at 40 Mbit/s: about 5 s per loop.
-    let data = random_file(&d.join("big.bin"), 24_000_000, 2);
-    let g = group(102);
-    let _server = serve(d, &key, &[&d.join("big.bin")], &g, "40M");
+    let lab = lab(102, "big.bin", 24_000_000, "40M");
+    let (d, key, g, data) = (lab.dir.path(), &lab.key, &lab.group, &lab.data);
     let out = d.join("out");
     let map = out.join(".loopcast-partial").join("big.bin.map");
     let mut first = Running(
@@ -196,7 +218,7 @@ fn a_receiver_killed_half_way_resumes_with_what_it_stored() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no resume line in: {log}"));
     assert!(resumed > 1000, "resumed only {resumed} packets: {log}");
-    assert_eq!(std::fs::read(out.join("big.bin")).unwrap(), data);
+    assert_eq!(&std::fs::read(out.join("big.bin")).unwrap(), data);
     assert!(
         !out.join(".loopcast-partial").join("big.bin.part").exists(),
         "partial file left behind"
@@ -205,12 +227,8 @@ fn a_receiver_killed_half_way_resumes_with_what_it_stored() {
 
 #[test]
 fn wrong_key_is_reported_quickly_and_nothing_is_stored() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let key = keygen(d);
-    random_file(&d.join("f.bin"), 2_000_000, 3);
-    let g = group(103);
-    let _server = serve(d, &key, &[&d.join("f.bin")], &g, "20M");
+    let lab = lab(103, "f.bin", 2_000_000, "20M");
+    let (d, g) = (lab.dir.path(), &lab.group);
     let other = d.join("other-key");
     assert!(
         loopcast(&["keygen", "-o", other.to_str().unwrap()])
@@ -414,4 +432,39 @@ fn bad_inputs_fail_with_a_clear_reason() {
     .unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert_clean_failure(&out, "wanted.bin: not on air");
+}
+
+/// A small tmpfs mounted for one test and unmounted when it ends.
+struct SmallDisk(PathBuf);
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_reported_and_no_file_appears() {
+    let lab = lab(107, "f.bin", 3_000_000, "40M");
+    let (d, key, g) = (lab.dir.path(), &lab.key, &lab.group);
+    let mount = d.join("small");
+    std::fs::create_dir(&mount).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mount)
+        .status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    let _disk = SmallDisk(mount.clone());
+    let out = recv_command(key, g, &mount, &["--timeout", "30"])
+        .output()
+        .unwrap();
+    assert_clean_failure(&out, "No space left on device");
+    eprintln!(
+        "full disk reported as: {}",
+        stderr(&out).lines().last().unwrap_or("")
+    );
+    assert!(!mount.join("f.bin").exists());
 }

@@ -237,3 +237,132 @@ pub fn payload_len(m: &Manifest, index: u32) -> u64 {
     let offset = index as u64 * m.payload_size as u64;
     m.body_len.saturating_sub(offset).min(m.payload_size as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::{FileMeta, Packer};
+    use crate::wire::DataHeader;
+    use proptest::prelude::*;
+
+    fn setup() -> (MasterKey, Manifest, Vec<u8>) {
+        let key = MasterKey::from_bytes([4; 32]);
+        let mut packer = Packer::new(&key, 99, 5000, 4096, 3).unwrap();
+        let mut body = Vec::new();
+        for i in 0..2u8 {
+            // Incompressible content, so the body spans several 1000-byte packets.
+            let plain: Vec<u8> = (0..packer.next_frame_len() as u32)
+                .map(|j| (j.wrapping_mul(2654435761) >> (13 + i)) as u8)
+                .collect();
+            body.extend(packer.seal_next(&plain, [i; 16]).unwrap());
+        }
+        let meta = FileMeta {
+            name: "r.bin".into(),
+            mode: 0o600,
+            mtime_secs: 0,
+            mtime_nanos: 0,
+        };
+        let (table, manifest, bytes) = packer.finish(meta, 1000).unwrap();
+        let mut full = table;
+        full.extend(body);
+        assert_eq!(full.len() as u64, manifest.body_len);
+        (key, manifest, bytes)
+    }
+
+    #[test]
+    fn every_kind_of_bad_datagram_is_counted_not_stored() {
+        let (key, m, manifest_bytes) = setup();
+        let now = Instant::now();
+        let mut r = FileReceiver::new(key, 7, m.archive_id);
+        let data = |session, archive_id, index, count, len| {
+            wire::encode_data(
+                session,
+                &DataHeader {
+                    archive_id,
+                    packet_index: index,
+                    packet_count: count,
+                    flags: 0,
+                },
+                &vec![1u8; len],
+            )
+        };
+        let count = m.packet_count();
+        assert_eq!(
+            r.handle_datagram(now, &data(7, 99, 0, count, 1000)),
+            Outcome::Nothing
+        );
+        assert_eq!(r.stats().before_manifest, 1);
+        assert_eq!(
+            r.handle_datagram(now, &wire::encode_manifest(7, &manifest_bytes)),
+            Outcome::ManifestAccepted
+        );
+        let mut bad_crc = data(7, 99, 0, count, 1000);
+        bad_crc[40] ^= 1;
+        let mut not_ours = data(7, 99, 0, count, 1000);
+        not_ours[0] = b'X';
+        for (datagram, what) in [
+            (bad_crc, "bad crc"),
+            (not_ours, "magic"),
+            (vec![1, 2, 3], "truncated"),
+            (data(8, 99, 0, count, 1000), "other session"),
+            (data(7, 98, 0, count, 1000), "other archive"),
+            (data(7, 99, 0, count + 1, 1000), "wrong count"),
+            (data(7, 99, 0, count, 999), "short payload"),
+            (data(7, 99, count - 1, count, 1000), "long last payload"),
+        ] {
+            assert_eq!(
+                r.handle_datagram(now, &datagram),
+                Outcome::Nothing,
+                "{what}"
+            );
+        }
+        let s = r.stats().clone();
+        assert_eq!(
+            (
+                s.bad_crc,
+                s.not_ours,
+                s.foreign_session,
+                s.other_archive,
+                s.malformed
+            ),
+            (1, 1, 1, 1, 4)
+        );
+        assert_eq!(s.stored, 0);
+        let first = data(7, 99, 0, count, 1000);
+        let outcome = r.handle_datagram(now, &first);
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Store {
+                    packet_index: 0,
+                    body_offset: 0,
+                    ..
+                }
+            ),
+            "{outcome:?} {:?}",
+            r.stats()
+        );
+        assert_eq!(
+            r.handle_datagram(now, &data(7, 99, 0, count, 1000)),
+            Outcome::Nothing
+        );
+        assert_eq!(r.stats().duplicates, 1);
+        // A frame that failed verification makes its packets missing again.
+        assert_eq!(r.mark_missing(0..10), 1);
+        assert!(!r.received().contains(0));
+    }
+
+    proptest! {
+        #[test]
+        fn random_datagrams_never_panic(datagrams in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..1200), 1..20)) {
+            let (key, m, manifest_bytes) = setup();
+            let now = Instant::now();
+            let mut r = FileReceiver::new(key, 7, m.archive_id);
+            r.handle_datagram(now, &wire::encode_manifest(7, &manifest_bytes));
+            for d in &datagrams {
+                let _ = r.handle_datagram(now, d);
+            }
+            prop_assert_eq!(r.stats().stored, 0);
+        }
+    }
+}

@@ -2,7 +2,7 @@
 //! times over lossy links, a virtual clock and a seeded RNG.
 
 use loopcast_proto::archive::{FileMeta, Packer, Unpacker};
-use loopcast_proto::{Carousel, FileReceiver, MasterKey, Outcome, PayloadSource};
+use loopcast_proto::{Carousel, FileReceiver, MasterKey, Outcome, PayloadSource, Transmit, wire};
 use rand::rngs::StdRng;
 use rand::{Rng, RngExt, SeedableRng};
 use std::io;
@@ -181,4 +181,77 @@ fn wrong_key_receiver_is_told_and_stores_nothing() {
     }
     assert!(wrong_key);
     assert_eq!(r.stats().stored, 0);
+}
+
+#[test]
+fn a_payload_corrupted_past_the_crc_fails_its_frame_and_is_received_again() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let key = MasterKey::from_bytes([9; 32]);
+    let mut original = vec![0u8; 1_000_000];
+    rng.fill_bytes(&mut original);
+    let (manifest, manifest_bytes, body) = pack(&key, &original, 64 * 1024, 1440, &mut rng);
+    let packets = manifest.packet_count() as u64;
+    let mut carousel = Carousel::new(3, &manifest, &manifest_bytes);
+    let mut source = Body(body);
+    let mut fsm = FileReceiver::new(key.clone(), 3, manifest.archive_id);
+    let mut stored = vec![0u8; manifest.body_len as usize];
+    let mut buf = vec![0u8; carousel.max_datagram_len()];
+    let corrupt_index = packets as u32 / 2;
+    let (mut corrupted, mut repairs) = (false, 0);
+    let start = Instant::now();
+    for sent in 0..packets * 4 {
+        let now = start + Duration::from_micros(sent);
+        let t = carousel.poll_transmit(now, &mut buf, &mut source).unwrap();
+        let len = t.len();
+        if t == (Transmit::Data {
+            index: corrupt_index,
+            len,
+        }) && !corrupted
+        {
+            // Damage the payload and re-seal the CRC: only the frame's GCM tag can tell.
+            buf[wire::DATA_HEADER_LEN + 100] ^= 0x40;
+            wire::seal_in_place(&mut buf, len - wire::TRAILER_LEN);
+            corrupted = true;
+        }
+        if let Outcome::Store {
+            body_offset,
+            payload,
+            ..
+        } = fsm.handle_datagram(now, &buf[..len])
+        {
+            stored[body_offset as usize..body_offset as usize + payload.len()]
+                .copy_from_slice(payload);
+        }
+        if !fsm.is_complete() {
+            continue;
+        }
+        let mut u =
+            Unpacker::new(&key, &manifest, &stored[..manifest.table_len() as usize]).unwrap();
+        let mut out = Vec::new();
+        let mut failed = Vec::new();
+        for (i, r) in u.frame_ranges().to_vec().into_iter().enumerate() {
+            match u.open(i as u32, &stored[r.start as usize..r.end as usize]) {
+                Ok(plain) => out.extend(plain),
+                Err(_) => failed.push(r),
+            }
+        }
+        if failed.is_empty() {
+            u.finish().unwrap();
+            assert_eq!(out, original);
+            assert_eq!(repairs, 1, "the damaged frame was not caught");
+            assert!(
+                sent < packets * 2 + packets / 10,
+                "took {sent} sends for {packets} packets"
+            );
+            return;
+        }
+        assert_eq!(failed.len(), 1, "only the damaged frame fails");
+        let missing: u32 = failed.into_iter().map(|r| fsm.mark_missing(r)).sum();
+        assert!(
+            missing >= 1 && missing <= 64 * 1024 / 1440 + 2,
+            "{missing} packets marked missing"
+        );
+        repairs += 1;
+    }
+    panic!("never completed");
 }
