@@ -189,7 +189,7 @@ fn a_receiver_killed_half_way_resumes_with_what_it_stored() {
     let out = d.join("out");
     let map = out.join(".loopcast-partial").join("big.bin.map");
     let mut first = Running(
-        recv_command(&key, &g, &out, &[])
+        recv_command(key, g, &out, &[])
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
@@ -206,7 +206,7 @@ fn a_receiver_killed_half_way_resumes_with_what_it_stored() {
         !out.join("big.bin").exists(),
         "file delivered before it was complete"
     );
-    let second = recv_command(&key, &g, &out, &["--timeout", "60"])
+    let second = recv_command(key, g, &out, &["--timeout", "60"])
         .output()
         .unwrap();
     let log = stderr(&second);
@@ -238,7 +238,7 @@ fn wrong_key_is_reported_quickly_and_nothing_is_stored() {
             .success()
     );
     let start = Instant::now();
-    let out = recv_command(&other, &g, &d.join("out"), &["--timeout", "30"])
+    let out = recv_command(&other, g, &d.join("out"), &["--timeout", "30"])
         .output()
         .unwrap();
     assert_clean_failure(&out, "wrong key");
