@@ -146,7 +146,7 @@ fn two_files_to_a_receiver_from_the_start_and_one_joining_2s_later() {
         .collect();
     std::fs::write(d.join("b.txt"), &b).unwrap();
     let g = group(101);
-    let _server = serve(d, &key, &[&d.join("a.bin"), &d.join("b.txt")], &g, "40M");
+    let mut server = serve(d, &key, &[&d.join("a.bin"), &d.join("b.txt")], &g, "40M");
     let first = recv_command(&key, &g, &d.join("outA"), &["--timeout", "60"])
         .stderr(Stdio::piped())
         .spawn()
@@ -178,6 +178,18 @@ fn two_files_to_a_receiver_from_the_start_and_one_joining_2s_later() {
     assert!(
         ls.status.success() && listing.contains("a.bin") && listing.contains("b.txt"),
         "{listing}"
+    );
+    // SIGTERM stops the server cleanly: exit 0 and a closing summary.
+    // SAFETY: kill(2) on the PID of a child this test started and has not reaped.
+    assert_eq!(
+        unsafe { libc::kill(server.0.id() as i32, libc::SIGTERM) },
+        0
+    );
+    let status = server.0.wait().unwrap();
+    let log = std::fs::read_to_string(d.join("serve.log")).unwrap();
+    assert!(
+        status.success() && log.contains("stopped after"),
+        "{status:?}: {log}"
     );
 }
 
