@@ -122,6 +122,10 @@ struct ServeArgs {
     /// Multicast TTL (1 keeps traffic on the local segment).
     #[arg(long, default_value_t = net::DEFAULT_TTL)]
     ttl: u32,
+    /// Largest share of each channel's packets spent repairing what receivers NAK
+    /// (0 to 0.9; 0 turns repair off and receivers wait for the next loop).
+    #[arg(long, default_value_t = loopcast_proto::sender::DEFAULT_REPAIR_SHARE, value_parser = parse_share)]
+    repair_share: f64,
     /// Where archives of plain files are kept and reused. Default: ~/.cache/loopcast.
     #[arg(long)]
     cache_dir: Option<PathBuf>,
@@ -144,6 +148,24 @@ struct RecvArgs {
     /// Give up after this many seconds (exit code 3). Default: wait as long as it takes.
     #[arg(long, value_name = "SECS")]
     timeout: Option<u64>,
+    /// Testing aid for labs: drop this percentage of incoming DATA packets at random,
+    /// as if the network lost them, to exercise NAK repair.
+    #[arg(long, value_name = "PERCENT", default_value_t = 0.0, value_parser = parse_percent)]
+    debug_drop: f64,
+}
+
+fn parse_percent(text: &str) -> std::result::Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (0.0..=100.0).contains(&v) => Ok(v),
+        _ => Err(format!("{text:?} is not a percentage between 0 and 100")),
+    }
+}
+
+fn parse_share(text: &str) -> std::result::Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (0.0..=0.9).contains(&v) => Ok(v),
+        _ => Err(format!("{text:?} is not a share between 0 and 0.9")),
+    }
 }
 
 /// Parses arguments, runs the command, and returns the process exit code.
@@ -212,6 +234,7 @@ fn run(cli: Cli) -> Result<()> {
             rate_bps: a.rate,
             packet_size: a.packet_size.into(),
             ttl: a.ttl,
+            repair_share: a.repair_share,
             cache_dir: a.cache_dir.unwrap_or_else(archive_file::default_cache_dir),
             pack: (&a.pack).into(),
             paths: a.paths,
@@ -223,6 +246,7 @@ fn run(cli: Cli) -> Result<()> {
             out_dir: a.out,
             names: a.names,
             timeout: a.timeout.map(Duration::from_secs),
+            debug_drop: a.debug_drop / 100.0,
         }),
         Command::Ls { net: n, timeout } => {
             let found = recv::list_on_air(

@@ -167,6 +167,23 @@ pub fn channel_for(base: SocketAddrV4, offset: u32) -> Result<SocketAddrV4> {
     }
 }
 
+/// Distance between a channel's data port and its control (NAK) port.
+pub const CONTROL_PORT_OFFSET: u16 = 10000;
+
+/// The control port of a channel: NAKs go to the channel's group on this port, so the
+/// server reads NAKs without reading its own data stream.
+pub fn control_port_for(channel: SocketAddrV4) -> Result<u16> {
+    channel
+        .port()
+        .checked_add(CONTROL_PORT_OFFSET)
+        .ok_or_else(|| {
+            Error::new(format!(
+                "channel port {} leaves no room for its control port (+{CONTROL_PORT_OFFSET})",
+                channel.port()
+            ))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,8 +9,10 @@ use crate::storage::{self, PARTIAL_DIR, PartialFile, UnpackFailure};
 use crate::units::{format_bytes, format_rate};
 use loopcast_proto::keys::hex;
 use loopcast_proto::wire::{self, AnnounceEntry, Packet};
-use loopcast_proto::{FileReceiver, MasterKey, Outcome};
+use loopcast_proto::{FileReceiver, MasterKey, NakMode, Outcome};
 use mio::{Interest, Token, Waker};
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -31,6 +33,8 @@ pub struct RecvConfig {
     pub names: Vec<String>,
     /// Give up after this long.
     pub timeout: Option<Duration>,
+    /// Testing aid: drop this share (0 to 1) of incoming DATA packets at random.
+    pub debug_drop: f64,
 }
 
 const DIRECTORY: Token = Token(0);
@@ -54,6 +58,10 @@ enum State {
 struct Reception {
     entry: AnnounceEntry,
     socket: mio::net::UdpSocket,
+    /// The file's control port, where this and other receivers' NAKs go.
+    control: mio::net::UdpSocket,
+    /// DATA packets thrown away by `--debug-drop`.
+    debug_dropped: u64,
     fsm: FileReceiver,
     partial: Option<PartialFile>,
     state: State,
@@ -78,6 +86,8 @@ struct Receiver {
     listings: HashMap<u32, (u8, HashSet<u8>, HashSet<String>)>,
     progress: Progress,
     persister: storage::Persister,
+    nak_socket: std::net::UdpSocket,
+    rng: SmallRng,
     buf: Vec<u8>,
 }
 
@@ -107,6 +117,7 @@ pub fn recv(config: RecvConfig) -> Result<()> {
         Waker::new(signals.poll.registry(), WAKER).context(|| "cannot create waker".into())?,
     );
     let (verified_tx, verified_rx) = mpsc::channel();
+    let receiver_interface = config.interface;
     let mut receiver = Receiver {
         config,
         work_dir,
@@ -119,6 +130,8 @@ pub fn recv(config: RecvConfig) -> Result<()> {
         listings: HashMap::new(),
         progress: Progress::new(),
         persister: storage::Persister::new()?,
+        nak_socket: net::multicast_sender(receiver_interface, net::DEFAULT_TTL, 1 << 20)?,
+        rng: SmallRng::seed_from_u64(rand::random()),
         buf: vec![0u8; 65536],
     };
     let result = receiver.run();
@@ -163,9 +176,17 @@ impl Receiver {
                     self.describe_missing()
                 )));
             }
-            let wait = deadline.map_or(PERSIST_INTERVAL, |d| {
-                d.saturating_duration_since(now).min(PERSIST_INTERVAL)
-            });
+            let wake = [
+                deadline,
+                Some(now + PERSIST_INTERVAL),
+                self.next_nak_timer(),
+            ];
+            let wait = wake
+                .into_iter()
+                .flatten()
+                .min()
+                .expect("persist interval")
+                .saturating_duration_since(now);
             if self.signals.wait(Some(wait))? {
                 return Err(Error::new(format!(
                     "interrupted; progress saved, run again to resume: {}",
@@ -177,8 +198,16 @@ impl Receiver {
                 match token {
                     DIRECTORY => self.drain_directory()?,
                     WAKER => {}
-                    Token(t) if t >= FIRST_CHANNEL && t - FIRST_CHANNEL < self.receptions.len() => {
-                        self.drain_channel(t - FIRST_CHANNEL)?
+                    Token(t)
+                        if t >= FIRST_CHANNEL
+                            && (t - FIRST_CHANNEL) / 2 < self.receptions.len() =>
+                    {
+                        let index = (t - FIRST_CHANNEL) / 2;
+                        if (t - FIRST_CHANNEL) % 2 == 0 {
+                            self.drain_channel(index)?
+                        } else {
+                            self.drain_control(index)?
+                        }
                     }
                     _ => {}
                 }
@@ -186,6 +215,7 @@ impl Receiver {
             while let Ok((index, result)) = self.verified_rx.try_recv() {
                 self.verified(index, result)?;
             }
+            self.run_nak_timers()?;
             let now = Instant::now();
             if let Some(e) = self.persister.take_error() {
                 return Err(e);
@@ -293,15 +323,21 @@ impl Receiver {
             self.config.interface,
             net::buffer_size_for_rate(entry.rate_bps),
         )?);
+        let mut control = mio::net::UdpSocket::from_std(net::multicast_receiver(
+            SocketAddrV4::new(*entry.channel.ip(), entry.control_port),
+            self.config.interface,
+            1 << 20,
+        )?);
         let index = existing.unwrap_or(self.receptions.len());
         let registry = self.signals.poll.registry();
-        registry
-            .register(
-                &mut socket,
-                Token(FIRST_CHANNEL + index),
-                Interest::READABLE,
-            )
-            .context(|| "cannot register socket".into())?;
+        for (socket, token) in [
+            (&mut socket, FIRST_CHANNEL + 2 * index),
+            (&mut control, FIRST_CHANNEL + 2 * index + 1),
+        ] {
+            registry
+                .register(socket, Token(token), Interest::READABLE)
+                .context(|| "cannot register socket".into())?;
+        }
         log::info!(
             "{}: joining {} ({}, {})",
             entry.name,
@@ -310,10 +346,18 @@ impl Receiver {
             format_rate(entry.rate_bps as f64)
         );
         let reception = Reception {
-            fsm: FileReceiver::new(self.config.key.clone(), session, entry.archive_id),
+            fsm: FileReceiver::new(
+                self.config.key.clone(),
+                session,
+                entry.archive_id,
+                rand::random(),
+                NakMode::Suppressed,
+            ),
             progress: self.progress.add(&entry.name, 0),
             entry,
             socket,
+            control,
+            debug_dropped: 0,
             partial: None,
             state: State::Receiving,
             dirty: false,
@@ -324,6 +368,7 @@ impl Receiver {
             Some(i) => {
                 let mut old = std::mem::replace(&mut self.receptions[i], reception);
                 let _ = registry.deregister(&mut old.socket);
+                let _ = registry.deregister(&mut old.control);
             }
             None => self.receptions.push(reception),
         }
@@ -347,6 +392,14 @@ impl Receiver {
             };
             if r.state != State::Receiving {
                 continue; // drain and drop while verifying or done
+            }
+            let is_data = self.buf.get(3) == Some(&(wire::PacketType::Data as u8));
+            if self.config.debug_drop > 0.0
+                && is_data
+                && self.rng.random_bool(self.config.debug_drop)
+            {
+                r.debug_dropped += 1;
+                continue;
             }
             match r.fsm.handle_datagram(now, &self.buf[..n]) {
                 Outcome::Store {
@@ -376,6 +429,61 @@ impl Receiver {
         r.progress.set(r.fsm.received().count() as u64);
         if r.state == State::Receiving && r.fsm.is_complete() {
             self.start_verify(index)?;
+        }
+        Ok(())
+    }
+
+    /// Takes NAKs from the file's control port (other receivers', and our own echoed back).
+    fn drain_control(&mut self, index: usize) -> Result<()> {
+        let now = Instant::now();
+        loop {
+            let r = &mut self.receptions[index];
+            match r.control.recv(&mut self.buf) {
+                Ok(n) => {
+                    if r.state == State::Receiving {
+                        r.fsm.handle_datagram(now, &self.buf[..n]);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(Error::new(format!(
+                        "cannot receive NAKs for {}: {e}",
+                        r.entry.name
+                    )));
+                }
+            }
+        }
+    }
+
+    /// The earliest NAK timer of any file being received.
+    fn next_nak_timer(&self) -> Option<Instant> {
+        self.receptions
+            .iter()
+            .filter(|r| r.state == State::Receiving)
+            .filter_map(|r| r.fsm.poll_timeout())
+            .min()
+    }
+
+    /// Fires due NAK timers and sends the NAKs they produce to each file's control port.
+    fn run_nak_timers(&mut self) -> Result<()> {
+        let now = Instant::now();
+        for r in self
+            .receptions
+            .iter_mut()
+            .filter(|r| r.state == State::Receiving)
+        {
+            if r.fsm.poll_timeout().is_some_and(|at| at <= now) {
+                r.fsm.handle_timeout(now);
+            }
+            while let Some(nak) = r.fsm.poll_transmit() {
+                let to = SocketAddrV4::new(*r.entry.channel.ip(), r.entry.control_port);
+                match self.nak_socket.send_to(&nak, to) {
+                    Ok(_) => {}
+                    // A lost NAK is repaired by the next timer round, like one lost in the network.
+                    Err(e) => log::debug!("{}: NAK to {to} not sent: {e}", r.entry.name),
+                }
+            }
         }
         Ok(())
     }
@@ -461,7 +569,7 @@ impl Receiver {
                 let secs = r.joined.elapsed().as_secs_f64();
                 let s = r.fsm.stats();
                 log::info!(
-                    "{}: complete and verified in {:.2} s ({} at {}); {} packets stored, {} resumed, {} duplicates, {} dropped -> {}",
+                    "{}: complete and verified in {:.2} s ({} at {}); {} packets stored, {} resumed, {} duplicates, {} dropped, {} debug-dropped; repair: {} repairs received, {} NAKs sent, {} heard, {} suppressed -> {}",
                     manifest.name,
                     secs,
                     format_bytes(manifest.original_size),
@@ -470,6 +578,11 @@ impl Receiver {
                     r.resumed,
                     s.duplicates,
                     s.dropped(),
+                    r.debug_dropped,
+                    s.repairs,
+                    s.naks_sent,
+                    s.naks_heard,
+                    s.naks_suppressed,
                     path.display()
                 );
                 r.progress.finish(format!("{} done", manifest.name));
@@ -480,7 +593,7 @@ impl Receiver {
                     "{}: frame table failed its digest; receiving it again",
                     manifest.name
                 );
-                r.fsm.mark_missing(0..manifest.table_len());
+                r.fsm.mark_missing(Instant::now(), 0..manifest.table_len());
                 r.state = State::Receiving;
                 r.dirty = true;
                 Ok(())
@@ -488,7 +601,7 @@ impl Receiver {
             Err(UnpackFailure::Frames(ranges)) => {
                 let packets: u32 = ranges
                     .into_iter()
-                    .map(|range| r.fsm.mark_missing(range))
+                    .map(|range| r.fsm.mark_missing(Instant::now(), range))
                     .sum();
                 log::warn!(
                     "{}: {} packets of damaged frames to receive again",

@@ -8,7 +8,7 @@ use crate::signals::StopSignals;
 use crate::timers::TimerHeap;
 use crate::units::{format_bytes, format_rate};
 use loopcast_proto::wire::{self, AnnounceEntry};
-use loopcast_proto::{Announcer, Carousel, MasterKey};
+use loopcast_proto::{Announcer, Carousel, MasterKey, RepairConfig};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -29,6 +29,8 @@ pub struct ServeConfig {
     pub packet_size: usize,
     /// Multicast TTL.
     pub ttl: u32,
+    /// Largest share of each channel's packets spent on repairs (0 turns repair off).
+    pub repair_share: f64,
     /// Where packed archives of plain files are kept.
     pub cache_dir: PathBuf,
     /// How plain files are packed.
@@ -41,6 +43,9 @@ struct Channel {
     carousel: Carousel,
     pacer: Pacer,
     address: SocketAddrV4,
+    /// Where receivers send NAKs for this file.
+    control: mio::net::UdpSocket,
+    control_port: u16,
 }
 
 /// Largest number of datagrams one channel sends per wake-up before yielding to others.
@@ -67,8 +72,19 @@ pub fn serve(config: ServeConfig) -> Result<()> {
         let manifest_bytes = archive
             .manifest
             .encode(&config.key.file_key(archive.manifest.archive_id));
-        let carousel = Carousel::new(session_id, &archive.manifest, &manifest_bytes);
+        let repair = RepairConfig {
+            rate_bps: config.rate_bps,
+            share: config.repair_share,
+            ..RepairConfig::default()
+        };
+        let carousel = Carousel::new(session_id, &archive.manifest, &manifest_bytes, now, repair);
         let address = net::channel_for(config.group, i as u32 + 1)?;
+        let control_port = net::control_port_for(address)?;
+        let control = mio::net::UdpSocket::from_std(net::multicast_receiver(
+            SocketAddrV4::new(*address.ip(), control_port),
+            config.interface,
+            1 << 20,
+        )?);
         let pacer = Pacer::new(config.rate_bps, carousel.max_datagram_len(), now);
         log::info!(
             "serving {} ({}, archive {} in {} packets) on {} at {}",
@@ -84,6 +100,8 @@ pub fn serve(config: ServeConfig) -> Result<()> {
             carousel,
             pacer,
             address,
+            control,
+            control_port,
         });
     }
     let entries: Vec<AnnounceEntry> = channels
@@ -93,6 +111,7 @@ pub fn serve(config: ServeConfig) -> Result<()> {
             original_size: c.archive.manifest.original_size,
             body_len: c.archive.manifest.body_len,
             channel: c.address,
+            control_port: c.control_port,
             rate_bps: config.rate_bps,
             name: c.archive.manifest.name.clone(),
         })
@@ -111,6 +130,13 @@ pub fn serve(config: ServeConfig) -> Result<()> {
     );
 
     let mut signals = StopSignals::new()?;
+    for (id, ch) in channels.iter_mut().enumerate() {
+        signals
+            .poll
+            .registry()
+            .register(&mut ch.control, mio::Token(id), mio::Interest::READABLE)
+            .context(|| "cannot register socket".into())?;
+    }
     let mut timers = TimerHeap::default();
     for id in 0..channels.len() {
         timers.schedule(id, now);
@@ -160,11 +186,45 @@ pub fn serve(config: ServeConfig) -> Result<()> {
         if signals.wait(wait)? {
             break;
         }
+        let readable: Vec<usize> = signals
+            .events
+            .iter()
+            .map(|e| e.token().0)
+            .filter(|&t| t < channels.len())
+            .collect();
+        for id in readable {
+            let ch = &mut channels[id];
+            loop {
+                match ch.control.recv(&mut buf) {
+                    Ok(n) => ch.carousel.handle_datagram(Instant::now(), &buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        return Err(Error::new(format!(
+                            "cannot receive NAKs on port {}: {e}",
+                            ch.control_port
+                        )));
+                    }
+                }
+            }
+        }
     }
     let elapsed = started.elapsed().as_secs_f64();
     let loops: Vec<String> = channels
         .iter()
-        .map(|c| format!("{}: {} loops", c.archive.manifest.name, c.carousel.loops()))
+        .map(|c| {
+            let s = c.carousel.stats();
+            format!(
+                "{}: {} loops, {} repairs for {} NAKs ({} dropped), {} left to the loop, GRTT {:.1} ms",
+                c.archive.manifest.name,
+                c.carousel.loops(),
+                s.repair_packets,
+                s.naks,
+                s.naks_dropped,
+                s.repairs_skipped,
+                c.carousel.grtt().as_secs_f64() * 1e3
+            )
+        })
         .collect();
     log::info!(
         "stopped after {elapsed:.1} s, {} sent ({}); {}",

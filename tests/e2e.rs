@@ -308,6 +308,7 @@ fn a_path_traversal_name_from_a_rogue_sender_is_refused() {
                 original_size: 1,
                 body_len: 65,
                 channel,
+                control_port: channel.port() + 10000,
                 rate_bps: 1_000_000,
                 name: "../evil".into(),
             }],
@@ -479,4 +480,62 @@ fn a_full_disk_is_reported_and_no_file_appears() {
         stderr(&out).lines().last().unwrap_or("")
     );
     assert!(!mount.join("f.bin").exists());
+}
+
+/// Seconds a receiver log says it took from joining to holding every packet.
+fn held_after(log: &str) -> f64 {
+    log.split("packets held after ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no 'packets held' line in: {log}"))
+}
+
+/// The number just before `label` in a log line, e.g. "12 repairs received".
+fn count_before(log: &str, label: &str) -> u64 {
+    let head = log
+        .split(label)
+        .next()
+        .unwrap_or_else(|| panic!("no {label:?} in: {log}"));
+    head.split_whitespace()
+        .last()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count before {label:?} in: {log}"))
+}
+
+#[test]
+fn a_lossy_receiver_joining_mid_stream_is_repaired_within_1_5_loops() {
+    // 16 MB at 64 Mbit/s: one loop is about 2 s.
+    let lab = lab(108, "lossy.bin", 16_000_000, "64M");
+    let loop_secs = 16_000_000.0 * 8.0 / 64e6;
+    std::thread::sleep(Duration::from_millis(1000));
+    let out = recv_command(
+        &lab.key,
+        &lab.group,
+        &lab.dir.path().join("out"),
+        &["--debug-drop", "5", "--timeout", "60"],
+    )
+    .output()
+    .unwrap();
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(
+        &std::fs::read(lab.dir.path().join("out/lossy.bin")).unwrap(),
+        &lab.data
+    );
+    let held = held_after(&log);
+    let (dropped, repairs, naks) = (
+        count_before(&log, "debug-dropped"),
+        count_before(&log, "repairs received"),
+        count_before(&log, "NAKs sent"),
+    );
+    eprintln!(
+        "held every packet after {held:.2} s ({:.2} loops); {dropped} dropped, {repairs} repairs, {naks} NAKs",
+        held / loop_secs
+    );
+    assert!(dropped > 100 && repairs > 0 && naks > 0, "{log}");
+    assert!(
+        held <= 1.5 * loop_secs,
+        "took {held:.2} s, one loop is {loop_secs:.2} s: {log}"
+    );
 }

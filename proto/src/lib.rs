@@ -14,10 +14,11 @@ pub mod manifest;
 pub mod received;
 pub mod receiver;
 pub mod sender;
+pub mod sim;
 pub mod wire;
 
 pub use keys::{FileKey, MasterKey};
 pub use manifest::Manifest;
 pub use received::ReceivedMap;
-pub use receiver::{FileReceiver, Outcome, ReceiverStats};
-pub use sender::{Announcer, Carousel, PayloadSource, Transmit};
+pub use receiver::{FileReceiver, NakMode, Outcome, ReceiverStats};
+pub use sender::{Announcer, Carousel, CarouselStats, PayloadSource, RepairConfig, Transmit};

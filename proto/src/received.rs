@@ -80,6 +80,64 @@ impl ReceivedMap {
         range.into_iter().all(|i| self.contains(i))
     }
 
+    /// Runs of missing packets within `range`, in order, at most `max` of them.
+    pub fn missing_runs(&self, range: Range<u32>, max: usize) -> Vec<Range<u32>> {
+        self.missing_runs_except(range, None, max)
+    }
+
+    /// Runs of packets within `range` missing here and not in `except`, at most `max`;
+    /// scans a 64-packet word per step.
+    pub fn missing_runs_except(
+        &self,
+        range: Range<u32>,
+        except: Option<&ReceivedMap>,
+        max: usize,
+    ) -> Vec<Range<u32>> {
+        let mut runs: Vec<Range<u32>> = Vec::new();
+        let end = range.end.min(self.len);
+        let mut i = range.start;
+        while i < end && runs.len() < max {
+            let w = (i / 64) as usize;
+            let mut wanted =
+                !self.words[w] & !except.map_or(0, |e| e.words.get(w).copied().unwrap_or(0));
+            wanted &= u64::MAX << (i % 64);
+            let word_end = (w as u32 + 1) * 64;
+            if word_end > end {
+                wanted &= (1u64 << (end % 64)) - 1;
+            }
+            if wanted == 0 {
+                i = word_end;
+                continue;
+            }
+            let start = w as u32 * 64 + wanted.trailing_zeros();
+            let run_end = (start + (wanted >> (start % 64)).trailing_ones()).min(end);
+            match runs.last_mut() {
+                Some(last) if last.end == start => last.end = run_end,
+                _ => {
+                    if runs.len() == max {
+                        break;
+                    }
+                    runs.push(start..run_end)
+                }
+            }
+            i = run_end;
+        }
+        runs
+    }
+
+    /// Marks every packet in `range` held.
+    pub fn insert_range(&mut self, range: Range<u32>) {
+        for i in range.start..range.end.min(self.len) {
+            self.insert(i);
+        }
+    }
+
+    /// Forgets every packet.
+    pub fn clear(&mut self) {
+        self.words.iter_mut().for_each(|w| *w = 0);
+        self.count = 0;
+    }
+
     /// The map as little-endian bytes, bit i = packet i (for persisting).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out: Vec<u8> = self.words.iter().flat_map(|w| w.to_le_bytes()).collect();
@@ -129,6 +187,40 @@ mod tests {
             if let Some(m) = ReceivedMap::from_bytes(len, &bytes) {
                 prop_assert!(m.count() <= len);
             }
+        }
+    }
+
+    #[test]
+    fn missing_runs_are_found_in_order_and_capped() {
+        let mut m = ReceivedMap::new(300);
+        for i in (0..300).filter(|i| !(10..13).contains(i) && *i != 100 && !(250..300).contains(i))
+        {
+            m.insert(i);
+        }
+        assert_eq!(m.missing_runs(0..300, 10), vec![10..13, 100..101, 250..300]);
+        assert_eq!(m.missing_runs(11..260, 2), vec![11..13, 100..101]);
+        assert_eq!(m.missing_runs(0..10, 5), vec![]);
+        let mut asked = ReceivedMap::new(300);
+        asked.insert_range(11..12);
+        asked.insert_range(260..290);
+        assert_eq!(
+            m.missing_runs_except(0..300, Some(&asked), 10),
+            vec![10..11, 12..13, 100..101, 250..260, 290..300]
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn word_scan_matches_a_plain_scan(len in 1u32..700, held in proptest::collection::vec(any::<u32>(), 0..700),
+                                          asked in proptest::collection::vec(any::<u32>(), 0..100), a in any::<u32>(), b in any::<u32>()) {
+            let mut m = ReceivedMap::new(len);
+            held.iter().for_each(|&i| { m.insert(i % len); });
+            let mut e = ReceivedMap::new(len);
+            asked.iter().for_each(|&i| { e.insert(i % len); });
+            let (lo, hi) = ((a % (len + 1)).min(b % (len + 1)), (a % (len + 1)).max(b % (len + 1)));
+            let plain: Vec<u32> = (lo..hi).filter(|&i| !m.contains(i) && !e.contains(i)).collect();
+            let scanned: Vec<u32> = m.missing_runs_except(lo..hi, Some(&e), usize::MAX).into_iter().flatten().collect();
+            prop_assert_eq!(scanned, plain);
         }
     }
 

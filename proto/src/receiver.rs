@@ -4,9 +4,52 @@
 use crate::keys::{FINGERPRINT_LEN, MasterKey};
 use crate::manifest::{Manifest, ManifestError};
 use crate::received::ReceivedMap;
-use crate::wire::{self, DecodeError, Packet};
+use crate::wire::{self, DecodeError, Nak, Packet, Status};
+use rand::rngs::SmallRng;
+use rand::{Rng, RngExt, SeedableRng};
 use std::ops::Range;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// K: the NAK back-off window is K·GRTT (NORM's default backoff factor).
+pub const BACKOFF_FACTOR: f64 = 4.0;
+/// The NAK data timer (holdoff) lasts this many GRTTs: the back-off window plus a
+/// round trip and a margin for the server's repair queue.
+pub const HOLDOFF_GRTTS: f64 = BACKOFF_FACTOR + 2.0;
+/// GRTT assumed until the first STATUS arrives.
+pub const DEFAULT_GRTT: Duration = Duration::from_millis(10);
+/// Group size assumed until the first STATUS arrives.
+pub const DEFAULT_GROUP_SIZE: u32 = 100;
+
+/// How a receiver asks for repairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NakMode {
+    /// Multicast NAKs with suppression timers (the default).
+    Suppressed,
+    /// NAK at once, no back-off: for a receiver that has no multicast peers (unicast),
+    /// or to measure what suppression saves.
+    Immediate,
+    /// Never NAK: a plain carousel receiver (for comparisons).
+    Off,
+}
+
+/// The NAK timers of one receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NakTimer {
+    /// Nothing missing that the loop has passed, or nothing to do about it.
+    Idle,
+    /// Timer A: waiting a random back-off before sending a NAK.
+    Backoff(Instant),
+    /// The NAK data timer: a NAK (ours or another's) went out, waiting for repairs.
+    Holdoff(Instant),
+}
+
+/// Draws a NAK back-off from the truncated exponential distribution of RFC 5401:
+/// density grows towards `max`, so few receivers pick early times; λ = ln(group) + 1.
+pub fn random_backoff(max: Duration, group_size: u32, uniform: f64) -> Duration {
+    let lambda = (group_size.max(1) as f64).ln() + 1.0;
+    let x = max.as_secs_f64() / lambda * (1.0 + uniform * (lambda.exp() - 1.0)).ln();
+    Duration::from_secs_f64(x.clamp(0.0, max.as_secs_f64()))
+}
 
 /// What a datagram did to the receiver.
 #[derive(Debug, PartialEq, Eq)]
@@ -52,6 +95,14 @@ pub struct ReceiverStats {
     pub malformed: u64,
     /// Manifests that failed their MAC or layout checks.
     pub bad_manifest: u64,
+    /// Of `stored`, packets that arrived as repairs.
+    pub repairs: u64,
+    /// NAK packets this receiver sent.
+    pub naks_sent: u64,
+    /// NAK packets heard from other receivers.
+    pub naks_heard: u64,
+    /// Back-offs that ended without a NAK because others had asked for everything.
+    pub naks_suppressed: u64,
 }
 
 impl ReceiverStats {
@@ -87,11 +138,33 @@ pub struct FileReceiver {
     received: ReceivedMap,
     stats: ReceiverStats,
     last_heard: Option<Instant>,
+    receiver_id: u32,
+    rng: SmallRng,
+    mode: NakMode,
+    timer: NakTimer,
+    /// First loop packet seen, the latest, and how many loop positions passed since.
+    join: Option<u32>,
+    position: u32,
+    advanced: u64,
+    /// Packets other receivers NAKed, forgotten when `asked_until` passes.
+    asked: ReceivedMap,
+    asked_until: Option<Instant>,
+    /// Last STATUS and when it arrived.
+    status: Option<(Status, Instant)>,
+    outgoing: Option<Vec<u8>>,
 }
 
 impl FileReceiver {
     /// A receiver for archive `archive_id` sent by server session `session_id`.
-    pub fn new(master: MasterKey, session_id: u32, archive_id: u64) -> Self {
+    /// `seed` drives its receiver id and NAK back-offs.
+    pub fn new(
+        master: MasterKey,
+        session_id: u32,
+        archive_id: u64,
+        seed: u64,
+        mode: NakMode,
+    ) -> Self {
+        let mut rng = SmallRng::seed_from_u64(seed);
         Self {
             master,
             session_id,
@@ -100,6 +173,17 @@ impl FileReceiver {
             received: ReceivedMap::new(0),
             stats: ReceiverStats::default(),
             last_heard: None,
+            receiver_id: rng.next_u32(),
+            rng,
+            mode,
+            timer: NakTimer::Idle,
+            join: None,
+            position: 0,
+            advanced: 0,
+            asked: ReceivedMap::new(0),
+            asked_until: None,
+            status: None,
+            outgoing: None,
         }
     }
 
@@ -118,10 +202,18 @@ impl FileReceiver {
         }
         self.last_heard = Some(now);
         match datagram.packet {
-            Packet::Data(header, payload) => self.handle_data(header, payload),
+            Packet::Data(header, payload) => self.handle_data(now, header, payload),
             Packet::Manifest(body) => self.handle_manifest(body),
+            Packet::Status(status) if status.archive_id == self.archive_id => {
+                self.status = Some((status, now));
+                Outcome::Nothing
+            }
+            Packet::Nak(nak) if nak.archive_id == self.archive_id => {
+                self.hear_nak(now, &nak);
+                Outcome::Nothing
+            }
             // Announces belong on the directory group; one here is harmless.
-            Packet::Announce(_) => Outcome::Nothing,
+            Packet::Announce(_) | Packet::Status(_) | Packet::Nak(_) => Outcome::Nothing,
         }
     }
 
@@ -155,7 +247,12 @@ impl FileReceiver {
         }
     }
 
-    fn handle_data<'a>(&mut self, header: wire::DataHeader, payload: &'a [u8]) -> Outcome<'a> {
+    fn handle_data<'a>(
+        &mut self,
+        now: Instant,
+        header: wire::DataHeader,
+        payload: &'a [u8],
+    ) -> Outcome<'a> {
         if header.archive_id != self.archive_id {
             self.stats.other_archive += 1;
             return Outcome::Nothing;
@@ -171,16 +268,207 @@ impl FileReceiver {
             self.stats.malformed += 1;
             return Outcome::Nothing;
         }
+        let body_offset = index as u64 * m.payload_size as u64;
+        let repair = header.flags & wire::FLAG_REPAIR != 0;
+        if !repair {
+            self.advance(now, index);
+        }
         if !self.received.insert(index) {
             self.stats.duplicates += 1;
             return Outcome::Nothing;
         }
         self.stats.stored += 1;
+        self.stats.repairs += repair as u64;
+        if self.received.is_complete() {
+            self.timer = NakTimer::Idle;
+        }
         Outcome::Store {
             packet_index: index,
-            body_offset: index as u64 * m.payload_size as u64,
+            body_offset,
             payload,
         }
+    }
+
+    /// Moves the loop position to `index`; missing packets passed over are gaps.
+    fn advance(&mut self, now: Instant, index: u32) {
+        let count = self.received.len();
+        if self.join.is_none() {
+            self.join = Some(index);
+            self.position = index;
+            return;
+        }
+        let step = (index as u64 + count as u64 - self.position as u64) % count as u64;
+        if step == 0 {
+            return;
+        }
+        let from = self.position;
+        self.position = index;
+        self.advanced += step;
+        // Packets strictly between the old and new position were lost on the way.
+        let gap = step > 1
+            && if from < index {
+                !self.received.missing_runs(from + 1..index, 1).is_empty()
+            } else {
+                !self.received.missing_runs(from + 1..count, 1).is_empty()
+                    || !self.received.missing_runs(0..index, 1).is_empty()
+            };
+        if gap && self.timer == NakTimer::Idle {
+            self.start_backoff(now);
+        }
+    }
+
+    fn grtt(&self) -> Duration {
+        self.status.map_or(DEFAULT_GRTT, |(s, _)| {
+            Duration::from_micros(s.grtt_us as u64)
+        })
+    }
+
+    fn holdoff(&self) -> Duration {
+        self.grtt().mul_f64(HOLDOFF_GRTTS)
+    }
+
+    fn start_backoff(&mut self, now: Instant) {
+        let wait = match self.mode {
+            NakMode::Off => return,
+            NakMode::Immediate => Duration::ZERO,
+            NakMode::Suppressed => {
+                let group = self
+                    .status
+                    .map_or(DEFAULT_GROUP_SIZE, |(s, _)| s.group_size);
+                random_backoff(
+                    self.grtt().mul_f64(BACKOFF_FACTOR),
+                    group,
+                    self.rng.random::<f64>(),
+                )
+            }
+        };
+        self.timer = NakTimer::Backoff(now + wait);
+    }
+
+    fn hear_nak(&mut self, now: Instant, nak: &Nak) {
+        if nak.receiver_id == self.receiver_id || self.manifest.is_none() {
+            return;
+        }
+        self.stats.naks_heard += 1;
+        if self.mode != NakMode::Suppressed {
+            return; // without suppression, others' NAKs change nothing
+        }
+        self.expire_asked(now);
+        let until = now + self.holdoff();
+        self.asked_until = Some(until);
+        for &(first, count) in &nak.ranges {
+            self.asked
+                .insert_range(first..first.saturating_add(count as u32));
+        }
+        // Timer A is cancelled once others have asked for everything we miss.
+        if matches!(self.timer, NakTimer::Backoff(_)) && self.nak_ranges(now).is_empty() {
+            self.stats.naks_suppressed += 1;
+            self.timer = NakTimer::Holdoff(until);
+        }
+    }
+
+    fn expire_asked(&mut self, now: Instant) {
+        if self.asked_until.is_some_and(|t| now >= t) || self.asked.len() != self.received.len() {
+            self.asked = ReceivedMap::new(self.received.len());
+            self.asked_until = None;
+        }
+    }
+
+    /// Missing packets the loop has passed since this receiver joined, leaving out those
+    /// in `except`. Packets from before the join are not gaps: the loop brings them in turn.
+    fn missing_passed(&self, except: Option<&ReceivedMap>, max: usize) -> Vec<Range<u32>> {
+        let count = self.received.len();
+        let Some(join) = self.join else {
+            return Vec::new();
+        };
+        let scan =
+            |range: Range<u32>, max: usize| self.received.missing_runs_except(range, except, max);
+        if self.advanced + 1 >= count as u64 {
+            return scan(0..count, max);
+        }
+        if join <= self.position {
+            scan(join..self.position + 1, max)
+        } else {
+            let mut runs = scan(join..count, max);
+            let left = max - runs.len().min(max);
+            runs.extend(scan(0..self.position + 1, left));
+            runs
+        }
+    }
+
+    /// What our NAK would ask for now: passed gaps not already asked for by others.
+    fn nak_ranges(&mut self, now: Instant) -> Vec<(u32, u16)> {
+        self.expire_asked(now);
+        let mut out = Vec::new();
+        for run in self.missing_passed(Some(&self.asked), wire::MAX_NAK_RANGES) {
+            let mut start = run.start;
+            while start < run.end && out.len() < wire::MAX_NAK_RANGES {
+                let len = (run.end - start).min(u16::MAX as u32);
+                out.push((start, len as u16));
+                start += len;
+            }
+        }
+        out
+    }
+
+    /// When `handle_timeout` next needs to run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.timer {
+            NakTimer::Idle => None,
+            NakTimer::Backoff(at) | NakTimer::Holdoff(at) => Some(at),
+        }
+    }
+
+    /// Runs the NAK timers: an expired back-off sends a NAK (unless others asked for
+    /// everything); an expired holdoff with packets still missing starts a new back-off.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.timer {
+            NakTimer::Backoff(at) if now >= at => {
+                let ranges = self.nak_ranges(now);
+                if ranges.is_empty() {
+                    let waiting = !self.missing_passed(None, 1).is_empty();
+                    self.stats.naks_suppressed += waiting as u64;
+                    self.timer = if waiting {
+                        NakTimer::Holdoff(now + self.holdoff())
+                    } else {
+                        NakTimer::Idle
+                    };
+                    return;
+                }
+                let (echo_time_us, hold_us) = self.status.map_or((0, 0), |(s, at)| {
+                    let hold = now.saturating_duration_since(at).as_micros();
+                    (s.server_time_us, hold.min(u32::MAX as u128) as u32)
+                });
+                let nak = Nak {
+                    archive_id: self.archive_id,
+                    receiver_id: self.receiver_id,
+                    echo_time_us,
+                    hold_us,
+                    ranges,
+                };
+                self.outgoing = Some(wire::encode_nak(self.session_id, &nak));
+                self.stats.naks_sent += 1;
+                self.timer = NakTimer::Holdoff(now + self.holdoff());
+            }
+            NakTimer::Holdoff(at) if now >= at => {
+                if self.missing_passed(None, 1).is_empty() {
+                    self.timer = NakTimer::Idle;
+                } else {
+                    self.start_backoff(now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The NAK datagram to send, if one is due; it goes to the file's control port.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.outgoing.take()
+    }
+
+    /// This receiver's random id (its NAKs carry it).
+    pub fn receiver_id(&self) -> u32 {
+        self.receiver_id
     }
 
     /// Replaces the received map with one restored from disk (same archive and layout).
@@ -194,11 +482,16 @@ impl FileReceiver {
     }
 
     /// Marks the packets holding body bytes `range` missing again (after a frame failed).
-    pub fn mark_missing(&mut self, range: Range<u64>) -> u32 {
+    /// They are gaps the loop has passed, so a NAK for them starts at once.
+    pub fn mark_missing(&mut self, now: Instant, range: Range<u64>) -> u32 {
         let Some(m) = &self.manifest else { return 0 };
         let p = m.payload_size as u64;
         let packets = (range.start / p) as u32..range.end.div_ceil(p) as u32;
-        self.received.remove_range(packets)
+        let removed = self.received.remove_range(packets);
+        if removed > 0 && self.timer == NakTimer::Idle && self.join.is_some() {
+            self.start_backoff(now);
+        }
+        removed
     }
 
     /// The manifest, once one has been accepted.
@@ -273,7 +566,7 @@ mod tests {
     fn every_kind_of_bad_datagram_is_counted_not_stored() {
         let (key, m, manifest_bytes) = setup();
         let now = Instant::now();
-        let mut r = FileReceiver::new(key, 7, m.archive_id);
+        let mut r = FileReceiver::new(key, 7, m.archive_id, 1, NakMode::Suppressed);
         let data = |session, archive_id, index, count, len| {
             wire::encode_data(
                 session,
@@ -348,7 +641,7 @@ mod tests {
         );
         assert_eq!(r.stats().duplicates, 1);
         // A frame that failed verification makes its packets missing again.
-        assert_eq!(r.mark_missing(0..10), 1);
+        assert_eq!(r.mark_missing(now, 0..10), 1);
         assert!(!r.received().contains(0));
     }
 
@@ -357,7 +650,7 @@ mod tests {
         fn random_datagrams_never_panic(datagrams in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..1200), 1..20)) {
             let (key, m, manifest_bytes) = setup();
             let now = Instant::now();
-            let mut r = FileReceiver::new(key, 7, m.archive_id);
+            let mut r = FileReceiver::new(key, 7, m.archive_id, 1, NakMode::Suppressed);
             r.handle_datagram(now, &wire::encode_manifest(7, &manifest_bytes));
             for d in &datagrams {
                 let _ = r.handle_datagram(now, d);

@@ -1,13 +1,14 @@
 //! Server side: the carousel that loops one archive on its channel, and the announcer.
 
 use crate::wire::{self, Announce, AnnounceEntry, DataHeader};
+use std::collections::HashMap;
 use std::io;
 use std::time::{Duration, Instant};
 
 /// Longest time between two MANIFEST packets on a channel.
 pub const MANIFEST_INTERVAL: Duration = Duration::from_millis(500);
 /// Most DATA packets between two MANIFEST packets, so fast channels repeat it sooner.
-pub const MANIFEST_EVERY_PACKETS: u32 = 1024;
+pub const MANIFEST_EVERY_PACKETS: u32 = 256;
 /// Time between two rounds of ANNOUNCE packets on the directory group.
 pub const ANNOUNCE_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -22,6 +23,15 @@ pub trait PayloadSource {
 pub enum Transmit {
     /// A MANIFEST datagram of this many bytes.
     Manifest(usize),
+    /// A STATUS datagram of this many bytes.
+    Status(usize),
+    /// DATA packet `index` sent as a repair, a datagram of `len` bytes.
+    Repair {
+        /// Packet index.
+        index: u32,
+        /// Datagram length.
+        len: usize,
+    },
     /// DATA packet `index`, a datagram of `len` bytes.
     Data {
         /// Packet index.
@@ -35,7 +45,10 @@ impl Transmit {
     /// Length of the datagram written.
     pub fn len(&self) -> usize {
         match *self {
-            Transmit::Manifest(len) | Transmit::Data { len, .. } => len,
+            Transmit::Manifest(len)
+            | Transmit::Status(len)
+            | Transmit::Data { len, .. }
+            | Transmit::Repair { len, .. } => len,
         }
     }
 
@@ -45,7 +58,60 @@ impl Transmit {
     }
 }
 
-/// Loops one archive body on a channel, interleaving its manifest.
+/// How a carousel repairs.
+#[derive(Debug, Clone, Copy)]
+pub struct RepairConfig {
+    /// Channel rate in bits/s (to tell when a packet's natural turn beats its repair).
+    pub rate_bps: u64,
+    /// Largest share of the channel's packets that may be repairs (0 turns repair off).
+    pub share: f64,
+    /// Lowest GRTT advertised: keeps back-off windows above timer and scheduling jitter.
+    pub grtt_floor: Duration,
+    /// Group size advertised until more distinct receivers have NAKed.
+    pub group_size: u32,
+}
+
+impl Default for RepairConfig {
+    fn default() -> Self {
+        Self {
+            rate_bps: 100_000_000,
+            share: DEFAULT_REPAIR_SHARE,
+            grtt_floor: DEFAULT_GRTT_FLOOR,
+            group_size: 1,
+        }
+    }
+}
+
+/// Default largest share of a channel's packets spent on repairs.
+pub const DEFAULT_REPAIR_SHARE: f64 = 0.25;
+/// Default lowest GRTT advertised.
+pub const DEFAULT_GRTT_FLOOR: Duration = Duration::from_millis(5);
+/// Highest GRTT advertised.
+pub const MAX_GRTT: Duration = Duration::from_secs(2);
+/// Time between two STATUS packets on a channel.
+pub const STATUS_INTERVAL: Duration = Duration::from_millis(100);
+/// A receiver counts towards the group size estimate this long after its last NAK.
+pub const GROUP_MEMORY: Duration = Duration::from_secs(30);
+/// Repairs that may be saved up while none are wanted (a short burst).
+const MAX_REPAIR_CREDIT: f64 = 64.0;
+
+/// Counters of a carousel, for logs, tests and benchmarks.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CarouselStats {
+    /// DATA packets sent in loop order.
+    pub loop_packets: u64,
+    /// DATA packets sent as repairs.
+    pub repair_packets: u64,
+    /// NAKed packets not repaired because their natural turn came first.
+    pub repairs_skipped: u64,
+    /// NAK packets accepted.
+    pub naks: u64,
+    /// NAK packets dropped: malformed, foreign session or archive, or ranges beyond the file.
+    pub naks_dropped: u64,
+}
+
+/// Loops one archive body on a channel, interleaving its manifest and STATUS, and
+/// repairs what receivers NAK.
 pub struct Carousel {
     session_id: u32,
     archive_id: u64,
@@ -55,13 +121,28 @@ pub struct Carousel {
     packet_count: u32,
     next_index: u32,
     next_manifest_at: Option<Instant>,
+    next_status_at: Option<Instant>,
     data_since_manifest: u32,
     loops: u64,
+    epoch: Instant,
+    config: RepairConfig,
+    grtt: Duration,
+    pending: PacketSet,
+    credit: f64,
+    nakers: HashMap<u32, Instant>,
+    stats: CarouselStats,
 }
 
 impl Carousel {
-    /// A carousel for the archive described by `manifest`, whose encoded form is `manifest_bytes`.
-    pub fn new(session_id: u32, manifest: &crate::Manifest, manifest_bytes: &[u8]) -> Self {
+    /// A carousel for the archive described by `manifest`, whose encoded form is
+    /// `manifest_bytes`; `now` starts its clock.
+    pub fn new(
+        session_id: u32,
+        manifest: &crate::Manifest,
+        manifest_bytes: &[u8],
+        now: Instant,
+        config: RepairConfig,
+    ) -> Self {
         Self {
             session_id,
             archive_id: manifest.archive_id,
@@ -71,8 +152,16 @@ impl Carousel {
             packet_count: manifest.packet_count(),
             next_index: 0,
             next_manifest_at: None,
+            next_status_at: None,
             data_since_manifest: 0,
             loops: 0,
+            epoch: now,
+            grtt: config.grtt_floor,
+            config,
+            pending: PacketSet::new(manifest.packet_count()),
+            credit: 0.0,
+            nakers: HashMap::new(),
+            stats: CarouselStats::default(),
         }
     }
 
@@ -92,9 +181,97 @@ impl Carousel {
         self.packet_count
     }
 
-    /// Writes the next datagram into `buf`: the manifest when it is due (500 ms or 1024
-    /// DATA packets after the last), else the next DATA packet. The carousel never runs
-    /// dry; the driver's pacer decides when to call.
+    /// The GRTT this carousel advertises.
+    pub fn grtt(&self) -> Duration {
+        self.grtt
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &CarouselStats {
+        &self.stats
+    }
+
+    /// Packets waiting to be repaired.
+    pub fn pending_repairs(&self) -> u32 {
+        self.pending.count
+    }
+
+    fn micros_since_epoch(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_micros() as u64
+    }
+
+    fn group_size(&self) -> u32 {
+        self.config.group_size.max(self.nakers.len() as u32).max(1)
+    }
+
+    /// Takes a datagram from the control port: NAKs are queued for repair; anything
+    /// malformed, foreign or absurd is dropped and counted.
+    pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) {
+        let nak = match wire::decode(bytes) {
+            Ok(wire::Datagram {
+                session_id,
+                packet: wire::Packet::Nak(nak),
+            }) if session_id == self.session_id => nak,
+            _ => {
+                self.stats.naks_dropped += 1;
+                return;
+            }
+        };
+        let in_range = nak
+            .ranges
+            .iter()
+            .all(|&(first, count)| first as u64 + count as u64 <= self.packet_count as u64);
+        if nak.archive_id != self.archive_id || !in_range {
+            self.stats.naks_dropped += 1;
+            return;
+        }
+        self.stats.naks += 1;
+        if self.nakers.len() > 100_000 {
+            self.nakers
+                .retain(|_, at| now.saturating_duration_since(*at) < GROUP_MEMORY);
+        }
+        self.nakers.insert(nak.receiver_id, now);
+        if nak.echo_time_us != 0 {
+            let rtt_us = self
+                .micros_since_epoch(now)
+                .saturating_sub(nak.echo_time_us)
+                .saturating_sub(nak.hold_us as u64);
+            self.update_grtt(Duration::from_micros(rtt_us));
+        }
+        if self.config.share <= 0.0 {
+            return;
+        }
+        // A packet whose natural turn comes before its repair would is left to the loop.
+        let packet_time = self.max_datagram_len() as f64 * 8.0 / self.config.rate_bps as f64;
+        let repair_wait = (self.pending.count as f64 + 1.0) / self.config.share * packet_time;
+        let soon = ((repair_wait + self.grtt.as_secs_f64()) / packet_time) as u64;
+        for &(first, count) in &nak.ranges {
+            for index in first..first + count as u32 {
+                let turn = (index as u64 + self.packet_count as u64 - self.next_index as u64)
+                    % self.packet_count as u64;
+                if turn <= soon {
+                    self.stats.repairs_skipped += 1;
+                } else {
+                    self.pending.insert(index);
+                }
+            }
+        }
+    }
+
+    /// GRTT follows a larger sample at once and a smaller one slowly, within bounds.
+    fn update_grtt(&mut self, sample: Duration) {
+        let sample = sample.clamp(self.config.grtt_floor, MAX_GRTT);
+        self.grtt = if sample > self.grtt {
+            sample
+        } else {
+            self.grtt.mul_f64(0.9) + sample.mul_f64(0.1)
+        };
+    }
+
+    /// Writes the next datagram into `buf`: the manifest when due (500 ms or 1024 DATA
+    /// packets after the last), a STATUS when due (100 ms), a repair when one is pending
+    /// and the repair share allows, else the next DATA packet of the loop. The carousel
+    /// never runs dry; the driver's pacer decides when to call.
     pub fn poll_transmit(
         &mut self,
         now: Instant,
@@ -110,21 +287,32 @@ impl Carousel {
             buf[..len].copy_from_slice(&self.manifest_datagram);
             return Ok(Transmit::Manifest(len));
         }
+        if self.next_status_at.is_none_or(|at| now >= at) {
+            self.next_status_at = Some(now + STATUS_INTERVAL);
+            let status = wire::Status {
+                archive_id: self.archive_id,
+                server_time_us: self.micros_since_epoch(now).max(1),
+                grtt_us: self.grtt.as_micros() as u32,
+                group_size: self.group_size(),
+            };
+            let datagram = wire::encode_status(self.session_id, &status);
+            buf[..datagram.len()].copy_from_slice(&datagram);
+            return Ok(Transmit::Status(datagram.len()));
+        }
+        if self.credit >= 1.0
+            && let Some(index) = self.pending.take_furthest_before(self.next_index)
+        {
+            self.credit -= 1.0;
+            self.stats.repair_packets += 1;
+            let len = self.write_data(index, wire::FLAG_REPAIR, buf, source)?;
+            return Ok(Transmit::Repair { index, len });
+        }
         let index = self.next_index;
-        let offset = index as u64 * self.payload_size as u64;
-        let payload_len = (self.body_len - offset).min(self.payload_size as u64) as usize;
-        let header = DataHeader {
-            archive_id: self.archive_id,
-            packet_index: index,
-            packet_count: self.packet_count,
-            flags: 0,
-        };
-        wire::write_data_header(buf, self.session_id, &header);
-        source.read_payload(
-            offset,
-            &mut buf[wire::DATA_HEADER_LEN..wire::DATA_HEADER_LEN + payload_len],
-        )?;
-        let len = wire::seal_in_place(buf, wire::DATA_HEADER_LEN + payload_len);
+        self.pending.remove(index);
+        let len = self.write_data(index, 0, buf, source)?;
+        self.stats.loop_packets += 1;
+        let share = self.config.share.clamp(0.0, 0.9);
+        self.credit = (self.credit + share / (1.0 - share)).min(MAX_REPAIR_CREDIT);
         self.next_index += 1;
         self.data_since_manifest += 1;
         if self.next_index == self.packet_count {
@@ -132,6 +320,121 @@ impl Carousel {
             self.loops += 1;
         }
         Ok(Transmit::Data { index, len })
+    }
+
+    fn write_data(
+        &self,
+        index: u32,
+        flags: u16,
+        buf: &mut [u8],
+        source: &mut impl PayloadSource,
+    ) -> io::Result<usize> {
+        let offset = index as u64 * self.payload_size as u64;
+        let payload_len = (self.body_len - offset).min(self.payload_size as u64) as usize;
+        let header = DataHeader {
+            archive_id: self.archive_id,
+            packet_index: index,
+            packet_count: self.packet_count,
+            flags,
+        };
+        wire::write_data_header(buf, self.session_id, &header);
+        source.read_payload(
+            offset,
+            &mut buf[wire::DATA_HEADER_LEN..wire::DATA_HEADER_LEN + payload_len],
+        )?;
+        Ok(wire::seal_in_place(
+            buf,
+            wire::DATA_HEADER_LEN + payload_len,
+        ))
+    }
+}
+
+/// A set of packet indices with O(1) insert and remove and a word-wise search for the
+/// member whose natural loop turn is furthest away.
+struct PacketSet {
+    words: Vec<u64>,
+    len: u32,
+    count: u32,
+}
+
+impl PacketSet {
+    fn new(len: u32) -> Self {
+        Self {
+            words: vec![0; (len as usize).div_ceil(64)],
+            len,
+            count: 0,
+        }
+    }
+
+    fn insert(&mut self, i: u32) {
+        let (w, bit) = ((i / 64) as usize, 1u64 << (i % 64));
+        if i < self.len && self.words[w] & bit == 0 {
+            self.words[w] |= bit;
+            self.count += 1;
+        }
+    }
+
+    fn remove(&mut self, i: u32) {
+        let (w, bit) = ((i / 64) as usize, 1u64 << (i % 64));
+        if i < self.len && self.words[w] & bit != 0 {
+            self.words[w] &= !bit;
+            self.count -= 1;
+        }
+    }
+
+    /// Removes and returns the member just before `position` going backwards
+    /// (cyclically): the one the loop reaches last.
+    fn take_furthest_before(&mut self, position: u32) -> Option<u32> {
+        if self.count == 0 {
+            return None;
+        }
+        let found = self
+            .last_below(position)
+            .or_else(|| self.last_below(self.len))?;
+        self.remove(found);
+        Some(found)
+    }
+
+    /// Highest member < `end`.
+    fn last_below(&self, end: u32) -> Option<u32> {
+        let mut w = end as usize / 64;
+        let mut mask = if end % 64 == 0 {
+            0
+        } else {
+            (1u64 << (end % 64)) - 1
+        };
+        loop {
+            let bits = self.words.get(w).copied().unwrap_or(0) & mask;
+            if bits != 0 {
+                return Some(w as u32 * 64 + 63 - bits.leading_zeros());
+            }
+            if w == 0 {
+                return None;
+            }
+            w -= 1;
+            mask = u64::MAX;
+        }
+    }
+}
+
+#[cfg(test)]
+mod packet_set_tests {
+    use super::PacketSet;
+
+    #[test]
+    fn furthest_turn_first_and_wraps() {
+        let mut s = PacketSet::new(200);
+        for i in [3, 64, 65, 130, 199] {
+            s.insert(i);
+        }
+        s.insert(64);
+        assert_eq!(s.count, 5);
+        assert_eq!(s.take_furthest_before(100), Some(65));
+        assert_eq!(s.take_furthest_before(100), Some(64));
+        assert_eq!(s.take_furthest_before(100), Some(3));
+        assert_eq!(s.take_furthest_before(100), Some(199));
+        assert_eq!(s.take_furthest_before(0), Some(130));
+        assert_eq!(s.take_furthest_before(0), None);
     }
 }
 

@@ -38,6 +38,46 @@ pub enum PacketType {
     Manifest = 2,
     /// The list of files on air, sent on the directory group.
     Announce = 3,
+    /// Server timing and group facts for receivers' NAK timers, on the data channel.
+    Status = 4,
+    /// A receiver's request for missing packets, on the control port.
+    Nak = 5,
+}
+
+/// DATA flag: this packet is a repair sent out of loop order; it does not move the
+/// receiver's idea of where the loop is.
+pub const FLAG_REPAIR: u16 = 1;
+/// Most ranges one NAK may carry (keeps a NAK within 1472 bytes).
+pub const MAX_NAK_RANGES: usize = 200;
+/// Bytes of one NAK range: first packet (u32) and count (u16).
+pub const NAK_RANGE_LEN: usize = 6;
+
+/// Server facts carried by STATUS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    /// Archive looped on this channel.
+    pub archive_id: u64,
+    /// Server clock in microseconds (opaque to receivers, echoed in NAKs).
+    pub server_time_us: u64,
+    /// Smoothed group round-trip time, microseconds.
+    pub grtt_us: u32,
+    /// Estimated number of receivers.
+    pub group_size: u32,
+}
+
+/// A request for missing packets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nak {
+    /// Archive the packets belong to.
+    pub archive_id: u64,
+    /// Random id of the sending receiver (so it can ignore its own NAKs).
+    pub receiver_id: u32,
+    /// `server_time_us` of the last STATUS heard (0: none yet).
+    pub echo_time_us: u64,
+    /// Microseconds between hearing that STATUS and sending this NAK.
+    pub hold_us: u32,
+    /// Missing packets as (first, count) ranges.
+    pub ranges: Vec<(u32, u16)>,
 }
 
 /// Why a datagram was rejected; receivers count these, never panic on them.
@@ -72,7 +112,7 @@ pub struct DataHeader {
     pub packet_index: u32,
     /// Number of packets in one loop of the archive.
     pub packet_count: u32,
-    /// Flag bits; none are defined in version 1 (sent as 0, ignored).
+    /// Flag bits: `FLAG_REPAIR`; others are sent as 0 and ignored.
     pub flags: u16,
 }
 
@@ -87,6 +127,8 @@ pub struct AnnounceEntry {
     pub body_len: u64,
     /// Multicast group and port of the file's data channel.
     pub channel: SocketAddrV4,
+    /// UDP port on the channel's group where NAKs go.
+    pub control_port: u16,
     /// Channel rate in bits per second.
     pub rate_bps: u64,
     /// File name (UTF-8, at most 255 bytes).
@@ -113,6 +155,10 @@ pub enum Packet<'a> {
     Manifest(&'a [u8]),
     /// An ANNOUNCE packet.
     Announce(Announce),
+    /// A STATUS packet.
+    Status(Status),
+    /// A NAK packet.
+    Nak(Nak),
 }
 
 /// A decoded datagram with its sender's session id.
@@ -176,7 +222,7 @@ pub fn encode_manifest(session_id: u32, manifest: &[u8]) -> Vec<u8> {
 
 /// Bytes one entry takes in an ANNOUNCE datagram.
 pub fn announce_entry_len(entry: &AnnounceEntry) -> usize {
-    8 + 8 + 8 + 4 + 2 + 8 + 1 + entry.name.len()
+    8 + 8 + 8 + 4 + 2 + 2 + 8 + 1 + entry.name.len()
 }
 
 /// Encodes an ANNOUNCE datagram. Names longer than 255 bytes are a caller bug.
@@ -193,6 +239,7 @@ pub fn encode_announce(session_id: u32, announce: &Announce) -> Vec<u8> {
         buf.extend_from_slice(&e.body_len.to_be_bytes());
         buf.extend_from_slice(&e.channel.ip().octets());
         buf.extend_from_slice(&e.channel.port().to_be_bytes());
+        buf.extend_from_slice(&e.control_port.to_be_bytes());
         buf.extend_from_slice(&e.rate_bps.to_be_bytes());
         buf.push(e.name.len() as u8);
         buf.extend_from_slice(e.name.as_bytes());
@@ -236,9 +283,83 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
         }
         k if k == PacketType::Manifest as u8 => Packet::Manifest(r.rest()),
         k if k == PacketType::Announce as u8 => Packet::Announce(decode_announce(&mut r)?),
+        k if k == PacketType::Status as u8 => {
+            let status = Status {
+                archive_id: r.u64()?,
+                server_time_us: r.u64()?,
+                grtt_us: r.u32()?,
+                group_size: r.u32()?,
+            };
+            if !r.rest().is_empty() {
+                return Err(DecodeError::Invalid);
+            }
+            Packet::Status(status)
+        }
+        k if k == PacketType::Nak as u8 => Packet::Nak(decode_nak(&mut r)?),
         _ => return Err(DecodeError::UnknownType),
     };
     Ok(Datagram { session_id, packet })
+}
+
+/// Encodes a STATUS datagram.
+pub fn encode_status(session_id: u32, status: &Status) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(COMMON_HEADER_LEN + 24 + TRAILER_LEN);
+    put_common(&mut buf, PacketType::Status, session_id);
+    buf.extend_from_slice(&status.archive_id.to_be_bytes());
+    buf.extend_from_slice(&status.server_time_us.to_be_bytes());
+    buf.extend_from_slice(&status.grtt_us.to_be_bytes());
+    buf.extend_from_slice(&status.group_size.to_be_bytes());
+    put_crc(&mut buf);
+    buf
+}
+
+/// Encodes a NAK datagram. More than `MAX_NAK_RANGES` ranges is a caller bug.
+pub fn encode_nak(session_id: u32, nak: &Nak) -> Vec<u8> {
+    assert!(nak.ranges.len() <= MAX_NAK_RANGES, "too many NAK ranges");
+    let mut buf =
+        Vec::with_capacity(COMMON_HEADER_LEN + 26 + nak.ranges.len() * NAK_RANGE_LEN + TRAILER_LEN);
+    put_common(&mut buf, PacketType::Nak, session_id);
+    buf.extend_from_slice(&nak.archive_id.to_be_bytes());
+    buf.extend_from_slice(&nak.receiver_id.to_be_bytes());
+    buf.extend_from_slice(&nak.echo_time_us.to_be_bytes());
+    buf.extend_from_slice(&nak.hold_us.to_be_bytes());
+    buf.extend_from_slice(&(nak.ranges.len() as u16).to_be_bytes());
+    for &(first, count) in &nak.ranges {
+        buf.extend_from_slice(&first.to_be_bytes());
+        buf.extend_from_slice(&count.to_be_bytes());
+    }
+    put_crc(&mut buf);
+    buf
+}
+
+fn decode_nak(r: &mut Reader<'_>) -> Result<Nak, DecodeError> {
+    let archive_id = r.u64()?;
+    let receiver_id = r.u32()?;
+    let echo_time_us = r.u64()?;
+    let hold_us = r.u32()?;
+    let count = r.u16()? as usize;
+    if count == 0 || count > MAX_NAK_RANGES {
+        return Err(DecodeError::Invalid);
+    }
+    let mut ranges = Vec::with_capacity(count);
+    for _ in 0..count {
+        let first = r.u32()?;
+        let len = r.u16()?;
+        if len == 0 || first.checked_add(len as u32).is_none() {
+            return Err(DecodeError::Invalid);
+        }
+        ranges.push((first, len));
+    }
+    if !r.rest().is_empty() {
+        return Err(DecodeError::Invalid);
+    }
+    Ok(Nak {
+        archive_id,
+        receiver_id,
+        echo_time_us,
+        hold_us,
+        ranges,
+    })
 }
 
 fn decode_announce(r: &mut Reader<'_>) -> Result<Announce, DecodeError> {
@@ -255,6 +376,7 @@ fn decode_announce(r: &mut Reader<'_>) -> Result<Announce, DecodeError> {
         let body_len = r.u64()?;
         let ip = Ipv4Addr::from(r.array::<4>()?);
         let port = r.u16()?;
+        let control_port = r.u16()?;
         let rate_bps = r.u64()?;
         let name_len = r.u8()? as usize;
         let name = std::str::from_utf8(r.take(name_len)?)
@@ -265,6 +387,7 @@ fn decode_announce(r: &mut Reader<'_>) -> Result<Announce, DecodeError> {
             original_size,
             body_len,
             channel: SocketAddrV4::new(ip, port),
+            control_port,
             rate_bps,
             name,
         });
@@ -299,6 +422,7 @@ mod tests {
                 original_size: o,
                 body_len: b,
                 channel: SocketAddrV4::new(Ipv4Addr::from(ip), port),
+                control_port: port ^ 0x4000,
                 rate_bps: rate,
                 name,
             })
@@ -328,6 +452,22 @@ mod tests {
             let a = Announce { part: part % parts, parts, entries };
             let bytes = encode_announce(session, &a);
             prop_assert_eq!(decode(&bytes).unwrap().packet, Packet::Announce(a));
+        }
+
+        #[test]
+        fn status_round_trips(session in any::<u32>(), a in any::<u64>(), t in any::<u64>(), g in any::<u32>(), n in any::<u32>()) {
+            let st = Status { archive_id: a, server_time_us: t, grtt_us: g, group_size: n };
+            let bytes = encode_status(session, &st);
+            prop_assert_eq!(decode(&bytes).unwrap().packet, Packet::Status(st));
+        }
+
+        #[test]
+        fn nak_round_trips(session in any::<u32>(), a in any::<u64>(), id in any::<u32>(), echo in any::<u64>(), hold in any::<u32>(),
+                           ranges in proptest::collection::vec((0u32..u32::MAX / 2, 1u16..), 1..MAX_NAK_RANGES)) {
+            let nak = Nak { archive_id: a, receiver_id: id, echo_time_us: echo, hold_us: hold, ranges };
+            let bytes = encode_nak(session, &nak);
+            prop_assert!(bytes.len() <= DEFAULT_PACKET_SIZE - IP_UDP_OVERHEAD);
+            prop_assert_eq!(decode(&bytes).unwrap().packet, Packet::Nak(nak));
         }
 
         #[test]
