@@ -377,21 +377,9 @@ fn bad_inputs_fail_with_a_clear_reason() {
     );
     // Unwritable output directory: a path below a regular file.
     std::fs::write(d.join("plain"), b"").unwrap();
-    let out = loopcast(&[
-        "recv",
-        "-k",
-        k,
-        "-i",
-        "127.0.0.1",
-        "-g",
-        &group(105),
-        "-o",
-        d.join("plain/sub").to_str().unwrap(),
-        "--timeout",
-        "5",
-    ])
-    .output()
-    .unwrap();
+    let out = recv_command(&key, &group(105), &d.join("plain/sub"), &["--timeout", "5"])
+        .output()
+        .unwrap();
     assert_clean_failure(&out, "cannot create output directory");
     // Missing or malformed key file.
     assert_clean_failure(
@@ -427,20 +415,12 @@ fn bad_inputs_fail_with_a_clear_reason() {
         .unwrap();
     assert_clean_failure(&out, "not a rate");
     // Nothing on air: time-out exit code 3 and a reason.
-    let out = loopcast(&[
-        "recv",
-        "-k",
-        k,
-        "-i",
-        "127.0.0.1",
-        "-g",
+    let out = recv_command(
+        &key,
         &group(106),
-        "-o",
-        d.join("o").to_str().unwrap(),
-        "wanted.bin",
-        "--timeout",
-        "1",
-    ])
+        &d.join("o"),
+        &["wanted.bin", "--timeout", "1"],
+    )
     .output()
     .unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));

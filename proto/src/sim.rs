@@ -174,13 +174,18 @@ impl Queue {
     }
 }
 
-/// Packs a random file of `size` bytes; returns manifest, manifest bytes and body.
-fn pack(key: &MasterKey, size: usize, rng: &mut SmallRng) -> (crate::Manifest, Vec<u8>, Vec<u8>) {
-    let mut original = vec![0u8; size];
-    rng.fill_bytes(&mut original);
-    let mut packer =
-        Packer::new(key, rng.next_u64(), size as u64, 1 << 20, 1).expect("valid frame size");
-    let mut frames = Vec::with_capacity(size + 4096);
+/// Packs `original` in memory with `frame_size` frames and `payload`-byte packets,
+/// salts from `rng`; returns the manifest, its encoded bytes, and the body.
+pub fn pack(
+    key: &MasterKey,
+    original: &[u8],
+    frame_size: u32,
+    payload: u16,
+    rng: &mut impl Rng,
+) -> (crate::Manifest, Vec<u8>, Vec<u8>) {
+    let mut packer = Packer::new(key, rng.next_u64(), original.len() as u64, frame_size, 1)
+        .expect("valid frame size");
+    let mut frames = Vec::with_capacity(original.len() + 4096);
     let mut offset = 0;
     for _ in 0..packer.frame_count() {
         let n = packer.next_frame_len();
@@ -199,7 +204,7 @@ fn pack(key: &MasterKey, size: usize, rng: &mut SmallRng) -> (crate::Manifest, V
         mtime_secs: 0,
         mtime_nanos: 0,
     };
-    let (mut body, manifest, bytes) = packer.finish(meta, 1440).expect("valid name");
+    let (mut body, manifest, bytes) = packer.finish(meta, payload).expect("valid name");
     body.extend(frames);
     (manifest, bytes, body)
 }
@@ -208,7 +213,9 @@ fn pack(key: &MasterKey, size: usize, rng: &mut SmallRng) -> (crate::Manifest, V
 pub fn run(config: &SimConfig) -> SimReport {
     let mut rng = SmallRng::seed_from_u64(config.seed);
     let key = MasterKey::from_bytes([7; 32]);
-    let (manifest, manifest_bytes, body) = pack(&key, config.file_size, &mut rng);
+    let mut original = vec![0u8; config.file_size];
+    rng.fill_bytes(&mut original);
+    let (manifest, manifest_bytes, body) = pack(&key, &original, 1 << 20, 1440, &mut rng);
     let body = Rc::new(body);
     let origin = Instant::now();
     let repair = RepairConfig {

@@ -1,7 +1,8 @@
 //! Deterministic simulation: one carousel, several receivers joining at different
 //! times over lossy links, a virtual clock and a seeded RNG.
 
-use loopcast_proto::archive::{FileMeta, Packer, Unpacker};
+use loopcast_proto::archive::Unpacker;
+use loopcast_proto::sim::pack;
 use loopcast_proto::{
     Carousel, FileReceiver, MasterKey, NakMode, Outcome, PayloadSource, RepairConfig, Transmit,
     wire,
@@ -27,40 +28,6 @@ impl PayloadSource for Body {
         buf.copy_from_slice(&self.0[start..start + buf.len()]);
         Ok(())
     }
-}
-
-/// Packs `original` in memory; returns (manifest, manifest bytes, body).
-fn pack(
-    key: &MasterKey,
-    original: &[u8],
-    frame_size: u32,
-    payload: u16,
-    rng: &mut StdRng,
-) -> (loopcast_proto::Manifest, Vec<u8>, Vec<u8>) {
-    let mut packer =
-        Packer::new(key, rng.next_u64(), original.len() as u64, frame_size, 3).unwrap();
-    let mut frames = Vec::new();
-    let mut offset = 0;
-    for _ in 0..packer.frame_count() {
-        let n = packer.next_frame_len();
-        let mut salt = [0u8; 16];
-        rng.fill_bytes(&mut salt);
-        frames.extend(
-            packer
-                .seal_next(&original[offset..offset + n], salt)
-                .unwrap(),
-        );
-        offset += n;
-    }
-    let meta = FileMeta {
-        name: "sim.bin".into(),
-        mode: 0o644,
-        mtime_secs: 0,
-        mtime_nanos: 0,
-    };
-    let (mut body, manifest, bytes) = packer.finish(meta, payload).unwrap();
-    body.extend(frames);
-    (manifest, bytes, body)
 }
 
 fn unpack(key: &MasterKey, m: &loopcast_proto::Manifest, body: &[u8]) -> Vec<u8> {
