@@ -50,33 +50,27 @@ fn random_file(path: &Path, len: usize, seed: u64) -> Vec<u8> {
     data
 }
 
+/// `SUBCOMMAND -k KEY -i 127.0.0.1 -g GROUP`: every test's traffic stays on loopback.
+fn on_loopback(subcommand: &str, key: &Path, group: &str) -> Command {
+    let mut c = loopcast(&[
+        subcommand,
+        "-k",
+        key.to_str().unwrap(),
+        "-i",
+        "127.0.0.1",
+        "-g",
+        group,
+    ]);
+    c
+}
+
 fn serve(dir: &Path, key: &Path, files: &[&Path], group: &str, rate: &str) -> Running {
-    let mut args = vec!["serve".to_string()];
-    args.extend(files.iter().map(|f| f.to_str().unwrap().to_string()));
-    args.extend(
-        [
-            "-k",
-            key.to_str().unwrap(),
-            "-i",
-            "127.0.0.1",
-            "-g",
-            group,
-            "--rate",
-            rate,
-            "--cache-dir",
-        ]
-        .map(String::from),
-    );
-    args.push(dir.join("cache").to_str().unwrap().to_string());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let log = std::fs::File::create(dir.join("serve.log")).unwrap();
-    Running(
-        loopcast(&args)
-            .stderr(log)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+    let mut c = on_loopback("serve", key, group);
+    c.args(files)
+        .args(["--rate", rate, "--cache-dir"])
+        .arg(dir.join("cache"));
+    Running(c.stderr(log).stdout(Stdio::null()).spawn().unwrap())
 }
 
 /// A temporary directory with a key, one random file and a server looping it on
@@ -106,18 +100,8 @@ fn lab(n: u8, name: &str, len: usize, rate: &str) -> Lab {
 }
 
 fn recv_command(key: &Path, group: &str, out: &Path, extra: &[&str]) -> Command {
-    let mut c = loopcast(&[
-        "recv",
-        "-k",
-        key.to_str().unwrap(),
-        "-i",
-        "127.0.0.1",
-        "-g",
-        group,
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    c.args(extra);
+    let mut c = on_loopback("recv", key, group);
+    c.arg("-o").arg(out).args(extra);
     c
 }
 
