@@ -52,7 +52,7 @@ fn random_file(path: &Path, len: usize, seed: u64) -> Vec<u8> {
 
 /// `SUBCOMMAND -k KEY -i 127.0.0.1 -g GROUP`: every test's traffic stays on loopback.
 fn on_loopback(subcommand: &str, key: &Path, group: &str) -> Command {
-    let mut c = loopcast(&[
+    loopcast(&[
         subcommand,
         "-k",
         key.to_str().unwrap(),
@@ -60,8 +60,7 @@ fn on_loopback(subcommand: &str, key: &Path, group: &str) -> Command {
         "127.0.0.1",
         "-g",
         group,
-    ]);
-    c
+    ])
 }
 
 fn serve(dir: &Path, key: &Path, files: &[&Path], group: &str, rate: &str) -> Running {
