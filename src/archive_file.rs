@@ -225,6 +225,18 @@ impl ArchiveFile {
     }
 }
 
+impl ArchiveFile {
+    /// The open archive file (for unpacking it in place).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Offset of the body (frame table, then frames) within the file.
+    pub fn body_start(&self) -> u64 {
+        self.body_start
+    }
+}
+
 impl PayloadSource for ArchiveFile {
     fn read_payload(&mut self, body_offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.file.read_exact_at(buf, self.body_start + body_offset)

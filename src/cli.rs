@@ -214,16 +214,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Unpack { archive, key, out } => {
             let key = keyfile::load(&key)?;
             let a = ArchiveFile::open(&archive, &key)?;
-            let file = std::fs::File::open(&archive)
-                .context(|| format!("cannot open {}", archive.display()))?;
             std::fs::create_dir_all(&out).context(|| format!("cannot create {}", out.display()))?;
-            let body_start =
-                std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0) - a.manifest.body_len;
-            let path = crate::storage::deliver(&file, body_start, &a.manifest, &key, &out, &out)
-                .map_err(|e| match e {
-                    crate::storage::UnpackFailure::Io(e) => e,
-                    other => Error::new(format!("{} is damaged: {other:?}", archive.display())),
-                })?;
+            let path =
+                crate::storage::deliver(a.file(), a.body_start(), &a.manifest, &key, &out, &out)
+                    .map_err(|e| match e {
+                        crate::storage::UnpackFailure::Io(e) => e,
+                        other => Error::new(format!("{} is damaged: {other:?}", archive.display())),
+                    })?;
             println!("{}", path.display());
             Ok(())
         }

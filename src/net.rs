@@ -167,6 +167,22 @@ pub fn channel_for(base: SocketAddrV4, offset: u32) -> Result<SocketAddrV4> {
     }
 }
 
+/// Receives one datagram from a non-blocking socket into `buf`: `Ok(None)` once the
+/// socket is drained (edge-triggered polls need that), retrying on EINTR.
+pub fn recv_nonblocking(
+    socket: &mio::net::UdpSocket,
+    buf: &mut [u8],
+) -> std::io::Result<Option<usize>> {
+    loop {
+        match socket.recv(buf) {
+            Ok(n) => return Ok(Some(n)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Distance between a channel's data port and its control (NAK) port.
 pub const CONTROL_PORT_OFFSET: u16 = 10000;
 

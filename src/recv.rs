@@ -215,7 +215,7 @@ impl Receiver {
             while let Ok((index, result)) = self.verified_rx.try_recv() {
                 self.verified(index, result)?;
             }
-            self.run_nak_timers()?;
+            self.run_nak_timers();
             let now = Instant::now();
             if let Some(e) = self.persister.take_error() {
                 return Err(e);
@@ -252,18 +252,9 @@ impl Receiver {
     }
 
     fn drain_directory(&mut self) -> Result<()> {
-        loop {
-            let n = match self.directory.recv_from(&mut self.buf) {
-                Ok((n, _)) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(Error::new(format!(
-                        "cannot receive on {}: {e}",
-                        self.config.group
-                    )));
-                }
-            };
+        while let Some(n) = net::recv_nonblocking(&self.directory, &mut self.buf)
+            .context(|| format!("cannot receive on {}", self.config.group))?
+        {
             let Ok(datagram) = wire::decode(&self.buf[..n]) else {
                 continue;
             };
@@ -293,6 +284,7 @@ impl Receiver {
                 }
             }
         }
+        Ok(())
     }
 
     /// Starts receiving `entry`, or restarts it if the server now offers another archive
@@ -379,16 +371,10 @@ impl Receiver {
         let now = Instant::now();
         loop {
             let r = &mut self.receptions[index];
-            let n = match r.socket.recv_from(&mut self.buf) {
-                Ok((n, _)) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(Error::new(format!(
-                        "cannot receive on {}: {e}",
-                        r.entry.channel
-                    )));
-                }
+            let received = net::recv_nonblocking(&r.socket, &mut self.buf);
+            let Some(n) = received.context(|| format!("cannot receive on {}", r.entry.channel))?
+            else {
+                break;
             };
             if r.state != State::Receiving {
                 continue; // drain and drop while verifying or done
@@ -436,24 +422,15 @@ impl Receiver {
     /// Takes NAKs from the file's control port (other receivers', and our own echoed back).
     fn drain_control(&mut self, index: usize) -> Result<()> {
         let now = Instant::now();
-        loop {
-            let r = &mut self.receptions[index];
-            match r.control.recv(&mut self.buf) {
-                Ok(n) => {
-                    if r.state == State::Receiving {
-                        r.fsm.handle_datagram(now, &self.buf[..n]);
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(Error::new(format!(
-                        "cannot receive NAKs for {}: {e}",
-                        r.entry.name
-                    )));
-                }
+        let r = &mut self.receptions[index];
+        while let Some(n) = net::recv_nonblocking(&r.control, &mut self.buf)
+            .context(|| format!("cannot receive NAKs for {}", r.entry.name))?
+        {
+            if r.state == State::Receiving {
+                r.fsm.handle_datagram(now, &self.buf[..n]);
             }
         }
+        Ok(())
     }
 
     /// The earliest NAK timer of any file being received.
@@ -466,7 +443,7 @@ impl Receiver {
     }
 
     /// Fires due NAK timers and sends the NAKs they produce to each file's control port.
-    fn run_nak_timers(&mut self) -> Result<()> {
+    fn run_nak_timers(&mut self) {
         let now = Instant::now();
         for r in self
             .receptions
@@ -485,7 +462,6 @@ impl Receiver {
                 }
             }
         }
-        Ok(())
     }
 
     fn open_storage(r: &mut Reception, work_dir: &Path) -> Result<()> {
@@ -741,13 +717,9 @@ pub fn list_on_air(
         if signals.wait(Some(deadline.saturating_duration_since(Instant::now())))? {
             return Err(Error::new("interrupted"));
         }
-        loop {
-            let n = match socket.recv_from(&mut buf) {
-                Ok((n, _)) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::new(format!("cannot receive on {group}: {e}"))),
-            };
+        while let Some(n) = net::recv_nonblocking(&socket, &mut buf)
+            .context(|| format!("cannot receive on {group}"))?
+        {
             let Ok(d) = wire::decode(&buf[..n]) else {
                 continue;
             };

@@ -194,18 +194,10 @@ pub fn serve(config: ServeConfig) -> Result<()> {
             .collect();
         for id in readable {
             let ch = &mut channels[id];
-            loop {
-                match ch.control.recv(&mut buf) {
-                    Ok(n) => ch.carousel.handle_datagram(Instant::now(), &buf[..n]),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        return Err(Error::new(format!(
-                            "cannot receive NAKs on port {}: {e}",
-                            ch.control_port
-                        )));
-                    }
-                }
+            while let Some(n) = net::recv_nonblocking(&ch.control, &mut buf)
+                .context(|| format!("cannot receive NAKs on port {}", ch.control_port))?
+            {
+                ch.carousel.handle_datagram(Instant::now(), &buf[..n]);
             }
         }
     }

@@ -32,7 +32,7 @@ fn round_trip(dir: &Path, name: &str, data: &[u8], frame_size: u32) -> Vec<u8> {
     let opened = ArchiveFile::open(&archive, &key(1)).unwrap();
     let out = dir.join(format!("{name}.out"));
     fs::create_dir_all(&out).unwrap();
-    let body_start = fs::metadata(&archive).unwrap().len() - opened.manifest.body_len;
+    let body_start = opened.body_start();
     let path = deliver(
         &File::open(&archive).unwrap(),
         body_start,
@@ -120,7 +120,7 @@ fn a_flipped_bit_in_any_frame_is_detected_and_located() {
     let opened = ArchiveFile::open(&archive, &key(1)).unwrap();
     let m = &opened.manifest;
     let pristine = fs::read(&archive).unwrap();
-    let body_start = pristine.len() as u64 - m.body_len;
+    let body_start = opened.body_start();
     let mut table = vec![0u8; m.table_len() as usize];
     table.copy_from_slice(&pristine[body_start as usize..(body_start + m.table_len()) as usize]);
     let ranges = loopcast_proto::archive::decode_table(&table, m.frame_count, m.body_len).unwrap();

@@ -368,8 +368,10 @@ impl FileReceiver {
     }
 
     fn expire_asked(&mut self, now: Instant) {
-        if self.asked_until.is_some_and(|t| now >= t) || self.asked.len() != self.received.len() {
-            self.asked = ReceivedMap::new(self.received.len());
+        if self.asked.len() != self.received.len() {
+            self.asked = ReceivedMap::new(self.received.len()); // first use after the manifest
+        } else if self.asked_until.is_some_and(|t| now >= t) {
+            self.asked.clear();
             self.asked_until = None;
         }
     }
@@ -464,11 +466,6 @@ impl FileReceiver {
     /// The NAK datagram to send, if one is due; it goes to the file's control port.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         self.outgoing.take()
-    }
-
-    /// This receiver's random id (its NAKs carry it).
-    pub fn receiver_id(&self) -> u32 {
-        self.receiver_id
     }
 
     /// Replaces the received map with one restored from disk (same archive and layout).
