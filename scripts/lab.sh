@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# An isolated multicast LAN in network namespaces, for tests and benchmarks.
+#
+# Usage: scripts/lab.sh [-p PREFIX] COMMAND [ARGS]      (root only)
+#   up N              switch namespace PREFIX-sw with a bridge (multicast snooping off),
+#                     sender PREFIX-s (10.77.0.1) and receivers PREFIX-r1..rN (10.77.0.11..);
+#                     one veth each into the bridge, lo up, 224.0.0.0/4 routed on the lab
+#                     link, no default route. Nothing is created in the root namespace.
+#   loss NS PERCENT   drop PERCENT% (0-100, two decimals) of UDP arriving in NS (s, r1, ...);
+#                     0 removes the rule. nftables `numgen random`.
+#   rate RATE|off     token bucket (tc tbf) on the sender's link, e.g. 500mbit; off removes it.
+#   spawn NS LOG CMD...  start CMD in NS in the background, stdout+stderr to LOG; prints its
+#                     PID and records it so `down` can end it.
+#   exec NS CMD...    run CMD in NS in the foreground.
+#   addr NS           print the lab address of NS.
+#   status            namespaces, addresses, loss and rate rules, recorded processes.
+#   down              end the processes this lab started (by PID), delete its namespaces.
+#                     Safe to run twice.
+# PREFIX (-p or $LAB_PREFIX, default "lclab") names every namespace and the state
+# directory, so two labs with different prefixes coexist.
+set -euo pipefail
+
+prefix=${LAB_PREFIX:-lclab}
+if [ "${1:-}" = "-p" ]; then
+    prefix=${2:?-p needs a prefix}
+    shift 2
+fi
+command=${1:-}
+[ -n "$command" ] || { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+shift
+case "$prefix" in
+    *[!a-zA-Z0-9_]* | "") echo "lab.sh: prefix must be letters, digits or _: '$prefix'" >&2; exit 2 ;;
+esac
+[ ${#prefix} -le 12 ] || { echo "lab.sh: prefix longer than 12 characters: '$prefix'" >&2; exit 2; }
+if [ "$(id -u)" != 0 ]; then
+    echo "lab.sh: network namespaces need root; run as root (e.g. sudo $0 $command ...)" >&2
+    exit 1
+fi
+
+state=/run/loopcast-lab/$prefix
+subnet=10.77.0
+switch=$prefix-sw
+
+die() { echo "lab.sh: $*" >&2; exit 1; }
+
+# Namespace name for a short host name: s, r1, r2, ... (a full name is accepted too).
+ns_of() {
+    case "$1" in
+        "$prefix"-*) echo "$1" ;;
+        s | r[0-9]*) echo "$prefix-$1" ;;
+        *) die "unknown host '$1' (expected s, r1, r2, ...)" ;;
+    esac
+}
+
+host_addr() {
+    case "${1#"$prefix"-}" in
+        s) echo "$subnet.1" ;;
+        r[0-9]*) local i=${1#"$prefix"-r}; echo "$subnet.$((10 + i))" ;;
+        *) die "no address for '$1'" ;;
+    esac
+}
+
+own_namespaces() { [ -f "$state/namespaces" ] && cat "$state/namespaces" || true; }
+
+exists() { ip netns list | awk '{print $1}' | grep -qx "$1"; }
+
+add_host() {
+    local host=$1 ns=$prefix-$1
+    ip netns add "$ns"
+    echo "$ns" >> "$state/namespaces"
+    # The veth is made inside the host namespace with its peer inside the switch.
+    ip -n "$ns" link add eth0 type veth peer name "$host" netns "$switch"
+    ip -n "$switch" link set "$host" master br0 up
+    ip -n "$ns" link set lo up
+    ip -n "$ns" addr add "$(host_addr "$ns")/24" dev eth0
+    ip -n "$ns" link set eth0 up
+    ip -n "$ns" route add 224.0.0.0/4 dev eth0
+}
+
+up() {
+    local n=${1:?up needs the number of receivers}
+    [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 200 ] || die "receivers must be 1..200, not '$n'"
+    exists "$switch" && die "lab '$prefix' is already up (scripts/lab.sh -p $prefix down)"
+    mkdir -p "$state"
+    : > "$state/namespaces"
+    : > "$state/pids"
+    # Whatever fails half way is undone.
+    trap 'echo "lab.sh: up failed; removing what was made" >&2; down' ERR
+    ip netns add "$switch"
+    echo "$switch" >> "$state/namespaces"
+    ip -n "$switch" link set lo up
+    ip -n "$switch" link add br0 type bridge mcast_snooping 0
+    ip -n "$switch" link set br0 up
+    add_host s
+    for i in $(seq "$n"); do add_host "r$i"; done
+    trap - ERR
+    echo "lab '$prefix' up: sender $prefix-s ($subnet.1), receivers $prefix-r1..r$n ($subnet.11..$subnet.$((10 + n)))"
+}
+
+loss() {
+    local ns pct
+    ns=$(ns_of "${1:?loss needs a host}")
+    pct=${2:?loss needs a percentage}
+    [[ "$pct" =~ ^[0-9]+(\.[0-9]{1,2})?$ ]] || die "loss must be a percentage like 5 or 0.5, not '$pct'"
+    local per10k
+    per10k=$(awk -v p="$pct" 'BEGIN {printf "%d", p * 100 + 0.5}')
+    [ "$per10k" -le 10000 ] || die "loss above 100%: $pct"
+    exists "$ns" || die "no namespace $ns"
+    ip netns exec "$ns" nft delete table inet loopcast_lab 2>/dev/null || true
+    [ "$per10k" = 0 ] && return 0
+    ip netns exec "$ns" nft -f - <<EOF
+table inet loopcast_lab {
+    chain input {
+        type filter hook input priority 0; policy accept;
+        meta l4proto udp numgen random mod 10000 < $per10k drop
+    }
+}
+EOF
+}
+
+rate() {
+    local r=${1:?rate needs a rate like 500mbit, or off}
+    local ns=$prefix-s
+    exists "$ns" || die "no namespace $ns"
+    if [ "$r" = off ]; then
+        ip -n "$ns" link set eth0 up
+        tc -n "$ns" qdisc del dev eth0 root 2>/dev/null || true
+        return 0
+    fi
+    local bps
+    bps=$(awk -v r="$r" 'BEGIN {
+        n = r + 0; u = tolower(substr(r, length(n "") + 1))
+        m = (u == "kbit") ? 1e3 : (u == "mbit") ? 1e6 : (u == "gbit") ? 1e9 : (u == "bit" || u == "") ? 1 : -1
+        if (m < 0 || n <= 0) exit 1; printf "%d", n * m }') || die "rate must look like 500mbit or 1gbit, not '$r'"
+    # Burst: 4 ms of data, at least 64 KiB, so the bucket does not starve at high rates.
+    local burst=$((bps / 8 / 250))
+    [ "$burst" -ge 65536 ] || burst=65536
+    tc -n "$ns" qdisc replace dev eth0 root tbf rate "$r" burst "$burst" latency 50ms
+}
+
+spawn() {
+    local ns log
+    ns=$(ns_of "${1:?spawn needs a host}")
+    log=${2:?spawn needs a log file}
+    shift 2
+    [ $# -gt 0 ] || die "spawn needs a command"
+    exists "$ns" || die "no namespace $ns"
+    ip netns exec "$ns" "$@" > "$log" 2>&1 < /dev/null &
+    local pid=$!
+    echo "$pid $ns" >> "$state/pids"
+    echo "$pid"
+}
+
+status() {
+    local ns
+    own_namespaces | grep -q . || { echo "lab '$prefix' is down"; return 0; }
+    for ns in $(own_namespaces); do
+        exists "$ns" || { echo "$ns: missing"; continue; }
+        [ "$ns" = "$switch" ] && { echo "$ns: bridge $(ip -n "$ns" -br link show br0 | awk '{print $2}')"; continue; }
+        printf '%s: %s' "$ns" "$(ip -n "$ns" -br -4 addr show eth0 | awk '{print $3}')"
+        local drop
+        drop=$(ip netns exec "$ns" nft list table inet loopcast_lab 2>/dev/null | grep -o 'mod 10000 < [0-9]*' | awk '{print $4 / 100 "%"}') || true
+        [ -n "$drop" ] && printf ', loss %s' "$drop"
+        tc -n "$ns" qdisc show dev eth0 | grep -o 'tbf.*rate [^ ]*' | sed 's/^/, /' | tr -d '\n' || true
+        echo
+    done
+    [ -s "$state/pids" ] || return 0
+    local pid pns
+    while read -r pid pns; do
+        if kill -0 "$pid" 2>/dev/null; then echo "process $pid in $pns: running"; fi
+    done < "$state/pids"
+}
+
+down() {
+    local pid pns ns
+    if [ -f "$state/pids" ]; then
+        # A recorded PID is ended only while it still lives in the namespace it was
+        # started in, so a reused PID is never hit.
+        while read -r pid pns; do
+            [ "$(ip netns identify "$pid" 2>/dev/null)" = "$pns" ] && kill -TERM "$pid" 2>/dev/null || true
+        done < "$state/pids"
+    fi
+    # Anything still inside our own namespaces was started there by this lab's users.
+    for ns in $(own_namespaces); do
+        exists "$ns" && ip netns pids "$ns" 2>/dev/null | xargs -r kill -TERM 2>/dev/null || true
+    done
+    for _ in $(seq 50); do
+        local alive=""
+        for ns in $(own_namespaces); do
+            exists "$ns" && [ -n "$(ip netns pids "$ns" 2>/dev/null)" ] && alive=1
+        done
+        [ -z "$alive" ] && break
+        sleep 0.1
+    done
+    for ns in $(own_namespaces); do
+        exists "$ns" && ip netns pids "$ns" 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+    done
+    for ns in $(own_namespaces); do
+        exists "$ns" && ip netns del "$ns"
+    done
+    rm -rf "$state"
+    return 0
+}
+
+case "$command" in
+    up) up "$@" ;;
+    loss) loss "$@" ;;
+    rate) rate "$@" ;;
+    spawn) spawn "$@" ;;
+    exec) ns=$(ns_of "${1:?exec needs a host}"); shift; exists "$ns" || die "no namespace $ns"; exec ip netns exec "$ns" "$@" ;;
+    addr) host_addr "$(ns_of "${1:?addr needs a host}")" ;;
+    status) status ;;
+    down) down ;;
+    *) die "unknown command '$command' (up, loss, rate, spawn, exec, addr, status, down)" ;;
+esac
