@@ -72,7 +72,7 @@ add_host() {
     ip -n "$ns" link add eth0 type veth peer name "$host" netns "$switch"
     ip -n "$switch" link set "$host" master br0 up
     ip -n "$ns" link set lo up
-    ip -n "$ns" addr add "$(host_addr "$ns")/24" dev eth0
+    ip -n "$ns" addr add "$(host_addr "$ns")/24" brd + dev eth0
     ip -n "$ns" link set eth0 up
     ip -n "$ns" route add 224.0.0.0/4 dev eth0
 }

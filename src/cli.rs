@@ -131,6 +131,10 @@ struct ServeArgs {
     cache_dir: Option<PathBuf>,
     #[command(flatten)]
     pack: PackArgs,
+    /// Send one datagram per packet instead of UDP GSO batches (for NICs or
+    /// drivers that mishandle GSO; costs more CPU per packet).
+    #[arg(long)]
+    no_gso: bool,
 }
 
 #[derive(Args, Debug)]
@@ -152,6 +156,9 @@ struct RecvArgs {
     /// as if the network lost them, to exercise NAK repair.
     #[arg(long, value_name = "PERCENT", default_value_t = 0.0, value_parser = parse_percent)]
     debug_drop: f64,
+    /// Take one datagram per read instead of UDP GRO bundles (costs more CPU per packet).
+    #[arg(long)]
+    no_gro: bool,
 }
 
 fn parse_percent(text: &str) -> std::result::Result<f64, String> {
@@ -234,6 +241,7 @@ fn run(cli: Cli) -> Result<()> {
             repair_share: a.repair_share,
             cache_dir: a.cache_dir.unwrap_or_else(archive_file::default_cache_dir),
             pack: (&a.pack).into(),
+            gso: !a.no_gso,
             paths: a.paths,
         }),
         Command::Recv(a) => recv::recv(recv::RecvConfig {
@@ -244,6 +252,7 @@ fn run(cli: Cli) -> Result<()> {
             names: a.names,
             timeout: a.timeout.map(Duration::from_secs),
             debug_drop: a.debug_drop / 100.0,
+            gro: !a.no_gro,
         }),
         Command::Ls { net: n, timeout } => {
             let found = recv::list_on_air(

@@ -7,6 +7,7 @@
 
 pub mod archive_file;
 pub mod cli;
+pub mod datapath;
 pub mod error;
 pub mod keyfile;
 pub mod net;

@@ -1,20 +1,23 @@
 //! `loopcast recv` and `loopcast ls`: listen on the directory group, join each wanted
 //! file's channel, store packets at their offsets, verify and deliver.
 
+use crate::datapath::BatchReceiver;
 use crate::error::{Context, Error, Result};
 use crate::net;
 use crate::progress::{FileProgress, Progress};
 use crate::signals::StopSignals;
-use crate::storage::{self, PARTIAL_DIR, PartialFile, UnpackFailure};
+use crate::storage::{self, FrameReport, FrameWorker, PARTIAL_DIR, PartialFile, UnpackFailure};
 use crate::units::{format_bytes, format_rate};
+use loopcast_proto::archive::Unpacker;
 use loopcast_proto::keys::hex;
 use loopcast_proto::wire::{self, AnnounceEntry, Packet};
-use loopcast_proto::{FileReceiver, MasterKey, NakMode, Outcome};
+use loopcast_proto::{FileReceiver, FrameTracker, MasterKey, NakMode, Outcome};
 use mio::{Interest, Token, Waker};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
@@ -35,6 +38,8 @@ pub struct RecvConfig {
     pub timeout: Option<Duration>,
     /// Testing aid: drop this share (0 to 1) of incoming DATA packets at random.
     pub debug_drop: f64,
+    /// Read UDP GRO bundles where the kernel offers them (`--no-gro` clears it).
+    pub gro: bool,
 }
 
 const DIRECTORY: Token = Token(0);
@@ -64,6 +69,10 @@ struct Reception {
     debug_dropped: u64,
     fsm: FileReceiver,
     partial: Option<PartialFile>,
+    /// Which frames are whole; known once the frame table has arrived and verified.
+    frames: Option<FrameTracker>,
+    /// Verifies and unpacks whole frames off the receive loop.
+    worker: Option<FrameWorker>,
     state: State,
     dirty: bool,
     joined: Instant,
@@ -71,7 +80,8 @@ struct Reception {
     progress: FileProgress,
 }
 
-type VerifyResult = (usize, std::result::Result<PathBuf, UnpackFailure>);
+/// A frame worker's report: reception index, archive id, report.
+type VerifyResult = (usize, u64, FrameReport);
 
 struct Receiver {
     config: RecvConfig,
@@ -89,6 +99,10 @@ struct Receiver {
     nak_socket: std::net::UdpSocket,
     rng: SmallRng,
     buf: Vec<u8>,
+    /// Batched reads of the data channels.
+    batch: BatchReceiver,
+    /// Frames completed by the datagrams being handled (scratch).
+    completed: Vec<u32>,
 }
 
 /// Runs the receiver until every wanted file is delivered, the time-out, an error or a signal.
@@ -133,6 +147,8 @@ pub fn recv(config: RecvConfig) -> Result<()> {
         nak_socket: net::multicast_sender(receiver_interface, net::DEFAULT_TTL, 1 << 20)?,
         rng: SmallRng::seed_from_u64(rand::random()),
         buf: vec![0u8; 65536],
+        batch: BatchReceiver::new(),
+        completed: Vec::new(),
     };
     let result = receiver.run();
     if result.is_err() {
@@ -212,8 +228,11 @@ impl Receiver {
                     _ => {}
                 }
             }
-            while let Ok((index, result)) = self.verified_rx.try_recv() {
-                self.verified(index, result)?;
+            while let Ok((index, archive_id, report)) = self.verified_rx.try_recv() {
+                // Reports of a reception since replaced are stale.
+                if self.receptions[index].entry.archive_id == archive_id {
+                    self.frame_report(index, report)?;
+                }
             }
             self.run_nak_timers();
             let now = Instant::now();
@@ -320,6 +339,7 @@ impl Receiver {
             self.config.interface,
             1 << 20,
         )?);
+        BatchReceiver::setup(&socket, self.config.gro);
         let index = existing.unwrap_or(self.receptions.len());
         let registry = self.signals.poll.registry();
         for (socket, token) in [
@@ -351,6 +371,8 @@ impl Receiver {
             control,
             debug_dropped: 0,
             partial: None,
+            frames: None,
+            worker: None,
             state: State::Receiving,
             dirty: false,
             joined: now,
@@ -360,6 +382,7 @@ impl Receiver {
             Some(i) => {
                 let mut old = std::mem::replace(&mut self.receptions[i], reception);
                 let _ = registry.deregister(&mut old.socket);
+                self.batch.forget(&old.socket);
                 let _ = registry.deregister(&mut old.control);
             }
             None => self.receptions.push(reception),
@@ -371,51 +394,138 @@ impl Receiver {
         let now = Instant::now();
         loop {
             let r = &mut self.receptions[index];
-            let received = net::recv_nonblocking(&r.socket, &mut self.buf);
-            let Some(n) = received.context(|| format!("cannot receive on {}", r.entry.channel))?
-            else {
+            let taken = self
+                .batch
+                .recv(&r.socket)
+                .context(|| format!("cannot receive on {}", r.entry.channel))?;
+            if taken == 0 {
                 break;
-            };
+            }
             if r.state != State::Receiving {
                 continue; // drain and drop while verifying or done
             }
-            let is_data = self.buf.get(3) == Some(&(wire::PacketType::Data as u8));
-            if self.config.debug_drop > 0.0
-                && is_data
-                && self.rng.random_bool(self.config.debug_drop)
-            {
-                r.debug_dropped += 1;
-                continue;
-            }
-            match r.fsm.handle_datagram(now, &self.buf[..n]) {
-                Outcome::Store {
-                    body_offset,
-                    payload,
-                    ..
-                } => {
-                    r.partial
-                        .as_mut()
-                        .expect("storage opens when the manifest is accepted")
-                        .write(body_offset, payload)?;
-                    r.dirty = true;
+            for datagram in self.batch.datagrams() {
+                let is_data = datagram.get(3) == Some(&(wire::PacketType::Data as u8));
+                if self.config.debug_drop > 0.0
+                    && is_data
+                    && self.rng.random_bool(self.config.debug_drop)
+                {
+                    r.debug_dropped += 1;
+                    continue;
                 }
-                Outcome::ManifestAccepted => Self::open_storage(r, &self.work_dir)?,
-                Outcome::WrongKey { theirs } => {
-                    return Err(Error::new(format!(
-                        "wrong key: {} was sealed with a key of fingerprint {}, ours is {}",
-                        r.entry.name,
-                        hex(&theirs),
-                        hex(&self.config.key.fingerprint())
-                    )));
+                match r.fsm.handle_datagram(now, datagram) {
+                    Outcome::Store {
+                        body_offset,
+                        payload,
+                        packet_index,
+                    } => {
+                        r.partial
+                            .as_mut()
+                            .expect("storage opens when the manifest is accepted")
+                            .write(body_offset, payload)?;
+                        r.dirty = true;
+                        if let Some(frames) = r.frames.as_mut() {
+                            frames.packet_arrived(packet_index, &mut self.completed);
+                        }
+                    }
+                    Outcome::ManifestAccepted => Self::open_storage(r, &self.work_dir)?,
+                    Outcome::WrongKey { theirs } => {
+                        return Err(Error::new(format!(
+                            "wrong key: {} was sealed with a key of fingerprint {}, ours is {}",
+                            r.entry.name,
+                            hex(&theirs),
+                            hex(&self.config.key.fingerprint())
+                        )));
+                    }
+                    Outcome::Nothing => {}
                 }
-                Outcome::Nothing => {}
             }
         }
+        self.after_datagrams(index)
+    }
+
+    /// After a batch of datagrams: hands completed frames to the worker, starts the
+    /// worker once the frame table is whole, and notes when every packet is held.
+    fn after_datagrams(&mut self, index: usize) -> Result<()> {
         let r = &mut self.receptions[index];
         r.progress.set(r.fsm.received().count() as u64);
-        if r.state == State::Receiving && r.fsm.is_complete() {
-            self.start_verify(index)?;
+        if r.state != State::Receiving || r.partial.is_none() {
+            return Ok(());
         }
+        if !self.completed.is_empty() {
+            // The worker reads through the page cache: pending payloads go first.
+            r.partial.as_mut().expect("checked").flush()?;
+            let worker = r.worker.as_ref().expect("frames are tracked with a worker");
+            self.completed.drain(..).for_each(|f| worker.submit(f));
+        }
+        if r.frames.is_none() {
+            self.start_frames(index)?;
+        }
+        let r = &mut self.receptions[index];
+        if r.fsm.is_complete() {
+            r.state = State::Verifying;
+            log::info!(
+                "{}: all {} packets held after {:.2} s, finishing the last frames",
+                r.entry.name,
+                r.fsm.received().len(),
+                r.joined.elapsed().as_secs_f64()
+            );
+            self.persist(index)?;
+        }
+        Ok(())
+    }
+
+    /// Once the frame table's packets are held: checks the table, starts the frame
+    /// worker and gives it every frame already whole (all of them on a resume).
+    fn start_frames(&mut self, index: usize) -> Result<()> {
+        let r = &mut self.receptions[index];
+        let manifest = r.fsm.manifest().expect("storage implies manifest").clone();
+        let table_packets = manifest.table_len().div_ceil(manifest.payload_size as u64) as u32;
+        if !r.fsm.received().contains_range(0..table_packets) {
+            return Ok(());
+        }
+        let partial = r.partial.as_mut().expect("storage is open");
+        partial.flush()?;
+        let body = partial.body()?;
+        let mut table = vec![0u8; manifest.table_len() as usize];
+        body.read_exact_at(&mut table, 0)
+            .context(|| format!("{}: cannot read the frame table", manifest.name))?;
+        let unpacker = match Unpacker::new(&self.config.key, &manifest, &table) {
+            Ok(u) if !u.frame_ranges().is_empty() => u,
+            _ => {
+                log::warn!(
+                    "{}: frame table failed its digest; receiving it again",
+                    manifest.name
+                );
+                r.fsm.mark_missing(Instant::now(), 0..manifest.table_len());
+                r.dirty = true;
+                return Ok(());
+            }
+        };
+        let tracker = FrameTracker::new(
+            unpacker.frame_ranges().to_vec(),
+            manifest.payload_size as u32,
+            r.fsm.received(),
+        );
+        let (tx, waker, archive_id) = (
+            self.verified_tx.clone(),
+            Arc::clone(&self.waker),
+            manifest.archive_id,
+        );
+        let worker = FrameWorker::start(
+            body,
+            unpacker,
+            manifest,
+            &self.work_dir,
+            &self.config.out_dir,
+            move |report| {
+                let _ = tx.send((index, archive_id, report));
+                let _ = waker.wake();
+            },
+        )?;
+        tracker.complete_frames().for_each(|f| worker.submit(f));
+        r.frames = Some(tracker);
+        r.worker = Some(worker);
         Ok(())
     }
 
@@ -490,62 +600,20 @@ impl Receiver {
         Ok(())
     }
 
-    fn start_verify(&mut self, index: usize) -> Result<()> {
-        // The verifier reads through the page cache: pending payloads must be written.
+    fn frame_report(&mut self, index: usize, report: FrameReport) -> Result<()> {
         let r = &mut self.receptions[index];
-        r.partial
-            .as_mut()
-            .expect("complete implies storage")
-            .flush()?;
-        self.persist(index)?;
-        let r = &mut self.receptions[index];
-        r.state = State::Verifying;
-        let body = r
-            .partial
-            .as_ref()
-            .expect("complete implies storage")
-            .body()?;
-        let manifest = r.fsm.manifest().expect("complete implies manifest").clone();
-        let (key, work_dir, out_dir) = (
-            self.config.key.clone(),
-            self.work_dir.clone(),
-            self.config.out_dir.clone(),
-        );
-        let (tx, waker) = (self.verified_tx.clone(), Arc::clone(&self.waker));
-        log::info!(
-            "{}: all {} packets held after {:.2} s, verifying",
-            manifest.name,
-            manifest.packet_count(),
-            r.joined.elapsed().as_secs_f64()
-        );
-        std::thread::Builder::new()
-            .name(format!("verify {}", manifest.name))
-            .spawn(move || {
-                let result = storage::deliver(&body, 0, &manifest, &key, &work_dir, &out_dir);
-                let _ = tx.send((index, result));
-                let _ = waker.wake();
-            })
-            .context(|| "cannot start verification thread".into())?;
-        Ok(())
-    }
-
-    fn verified(
-        &mut self,
-        index: usize,
-        result: std::result::Result<PathBuf, UnpackFailure>,
-    ) -> Result<()> {
-        let r = &mut self.receptions[index];
-        let manifest = r.fsm.manifest().expect("verified implies manifest").clone();
-        match result {
-            Ok(path) => {
+        let manifest = r.fsm.manifest().expect("frames imply manifest").clone();
+        match report {
+            FrameReport::Delivered(path) => {
                 r.state = State::Done;
+                r.worker = None;
                 if let Some(p) = r.partial.take() {
                     p.remove(&self.persister);
                 }
                 let secs = r.joined.elapsed().as_secs_f64();
                 let s = r.fsm.stats();
                 log::info!(
-                    "{}: complete and verified in {:.2} s ({} at {}); {} packets stored, {} resumed, {} duplicates, {} dropped, {} debug-dropped; repair: {} repairs received, {} NAKs sent, {} heard, {} suppressed -> {}",
+                    "{}: complete and verified in {:.2} s ({} at {}); {} packets stored, {} resumed, {} duplicates, {} dropped, {} debug-dropped, {} dropped by the kernel (socket buffer full); repair: {} repairs received, {} NAKs sent, {} heard, {} suppressed -> {}",
                     manifest.name,
                     secs,
                     format_bytes(manifest.original_size),
@@ -555,6 +623,7 @@ impl Receiver {
                     s.duplicates,
                     s.dropped(),
                     r.debug_dropped,
+                    self.batch.kernel_drops(&r.socket),
                     s.repairs,
                     s.naks_sent,
                     s.naks_heard,
@@ -564,35 +633,30 @@ impl Receiver {
                 r.progress.finish(format!("{} done", manifest.name));
                 Ok(())
             }
-            Err(UnpackFailure::Table) => {
+            FrameReport::Bad(frame, range) => {
+                let packets = r.fsm.mark_missing(Instant::now(), range);
+                if let Some(frames) = r.frames.as_mut() {
+                    frames.recount(frame, r.fsm.received());
+                }
                 log::warn!(
-                    "{}: frame table failed its digest; receiving it again",
+                    "{}: frame {frame} is damaged; {packets} packets to receive again",
                     manifest.name
                 );
-                r.fsm.mark_missing(Instant::now(), 0..manifest.table_len());
                 r.state = State::Receiving;
                 r.dirty = true;
                 Ok(())
             }
-            Err(UnpackFailure::Frames(ranges)) => {
-                let packets: u32 = ranges
-                    .into_iter()
-                    .map(|range| r.fsm.mark_missing(Instant::now(), range))
-                    .sum();
-                log::warn!(
-                    "{}: {} packets of damaged frames to receive again",
-                    manifest.name,
-                    packets
-                );
-                r.state = State::Receiving;
-                r.dirty = true;
-                Ok(())
-            }
-            Err(UnpackFailure::Digest) => Err(Error::new(format!(
+            FrameReport::Failed(UnpackFailure::Digest) => Err(Error::new(format!(
                 "{}: every frame verified but the file does not match its manifest digest; the server's archive is inconsistent",
                 manifest.name
             ))),
-            Err(UnpackFailure::Io(e)) => Err(Error::new(format!("{}: {e}", manifest.name))),
+            FrameReport::Failed(UnpackFailure::Io(e)) => {
+                Err(Error::new(format!("{}: {e}", manifest.name)))
+            }
+            FrameReport::Failed(other) => Err(Error::new(format!(
+                "{}: cannot unpack: {other:?}",
+                manifest.name
+            ))),
         }
     }
 

@@ -1,6 +1,7 @@
 //! `loopcast serve`: loops each file on its own multicast channel, announces them all.
 
 use crate::archive_file::{ArchiveFile, PackOptions, archive_for};
+use crate::datapath::BatchSender;
 use crate::error::{Context, Error, Result};
 use crate::net;
 use crate::pacer::Pacer;
@@ -35,6 +36,8 @@ pub struct ServeConfig {
     pub cache_dir: PathBuf,
     /// How plain files are packed.
     pub pack: PackOptions,
+    /// Send with UDP GSO when the kernel allows (`--no-gso` clears it).
+    pub gso: bool,
 }
 
 /// One file on air.
@@ -42,14 +45,16 @@ struct Channel {
     archive: ArchiveFile,
     carousel: Carousel,
     pacer: Pacer,
+    /// Datagrams per send: about a millisecond of data at the channel rate.
+    batch: usize,
     address: SocketAddrV4,
     /// Where receivers send NAKs for this file.
     control: mio::net::UdpSocket,
     control_port: u16,
 }
 
-/// Largest number of datagrams one channel sends per wake-up before yielding to others.
-const MAX_BATCH: usize = 256;
+/// Most sends one channel makes per wake-up before yielding to the others.
+const MAX_SENDS_PER_WAKE: usize = 16;
 
 /// Runs the server until SIGINT or SIGTERM.
 pub fn serve(config: ServeConfig) -> Result<()> {
@@ -86,6 +91,7 @@ pub fn serve(config: ServeConfig) -> Result<()> {
             1 << 20,
         )?);
         let pacer = Pacer::new(config.rate_bps, carousel.max_datagram_len(), now);
+        let batch = pacer.burst_datagrams(carousel.max_datagram_len());
         log::info!(
             "serving {} ({}, archive {} in {} packets) on {} at {}",
             archive.manifest.name,
@@ -99,6 +105,7 @@ pub fn serve(config: ServeConfig) -> Result<()> {
             archive,
             carousel,
             pacer,
+            batch,
             address,
             control,
             control_port,
@@ -123,10 +130,21 @@ pub fn serve(config: ServeConfig) -> Result<()> {
         config.ttl,
         net::buffer_size_for_rate(config.rate_bps * channels.len() as u64),
     )?;
+    let mut sender = BatchSender::new(&socket, config.gso);
+    for ch in &mut channels {
+        ch.batch = ch
+            .batch
+            .min(sender.max_batch(ch.carousel.max_datagram_len()));
+    }
     log::info!(
-        "session {session_id:08x}: announcing {} file(s) on {}",
+        "session {session_id:08x}: announcing {} file(s) on {}; {}",
         channels.len(),
-        config.group
+        config.group,
+        if sender.gso() {
+            "sending with UDP GSO"
+        } else {
+            "sending without GSO (sendmmsg)"
+        }
     );
 
     let mut signals = StopSignals::new()?;
@@ -145,7 +163,7 @@ pub fn serve(config: ServeConfig) -> Result<()> {
         0u8;
         channels
             .iter()
-            .map(|c| c.carousel.max_datagram_len())
+            .map(|c| c.carousel.max_datagram_len() * (c.batch + 1))
             .max()
             .unwrap_or(0)
             .max(max_datagram)
@@ -156,7 +174,7 @@ pub fn serve(config: ServeConfig) -> Result<()> {
         let now = Instant::now();
         if let Some(datagrams) = announcer.poll_transmit(now) {
             for d in datagrams {
-                send(&socket, d, config.group)?;
+                send(&mut sender, &socket, d, d.len(), config.group)?;
             }
         }
         // Serve each due channel once per pass: a channel whose tokens are not yet
@@ -165,18 +183,13 @@ pub fn serve(config: ServeConfig) -> Result<()> {
         for id in due {
             let ch = &mut channels[id];
             let len = ch.carousel.max_datagram_len();
-            for _ in 0..MAX_BATCH {
-                if !ch.pacer.try_send(now, len) {
-                    break;
+            for _ in 0..MAX_SENDS_PER_WAKE {
+                match send_batch(ch, now, &mut buf, &mut sender, &socket)? {
+                    0 => break,
+                    bytes => sent_bytes += bytes as u64,
                 }
-                let t = ch
-                    .carousel
-                    .poll_transmit(now, &mut buf, &mut ch.archive)
-                    .context(|| format!("cannot read archive of {}", ch.archive.manifest.name))?;
-                send(&socket, &buf[..t.len()], ch.address)?;
-                sent_bytes += t.len() as u64;
             }
-            timers.schedule(id, ch.pacer.ready_at(len));
+            timers.schedule(id, ch.pacer.ready_at(len * ch.batch));
         }
         let deadline = [timers.next_deadline(), announcer.poll_timeout()]
             .into_iter()
@@ -227,12 +240,58 @@ pub fn serve(config: ServeConfig) -> Result<()> {
     Ok(())
 }
 
-fn send(socket: &UdpSocket, datagram: &[u8], to: SocketAddrV4) -> Result<()> {
+/// Sends up to `ch.batch` datagrams that the pacer allows as one batch; a longer
+/// datagram after shorter ones (GSO needs equal sizes, the last may be shorter)
+/// goes in a batch of its own. Returns the bytes sent, 0 when the pacer allowed none.
+fn send_batch(
+    ch: &mut Channel,
+    now: Instant,
+    buf: &mut [u8],
+    sender: &mut BatchSender,
+    socket: &UdpSocket,
+) -> Result<usize> {
+    let len = ch.carousel.max_datagram_len();
+    let (mut used, mut count, mut segment, mut total) = (0, 0, 0, 0);
+    while count < ch.batch && ch.pacer.try_send(now, len) {
+        let n = ch
+            .carousel
+            .poll_transmit(now, &mut buf[used..used + len], &mut ch.archive)
+            .context(|| format!("cannot read archive of {}", ch.archive.manifest.name))?
+            .len();
+        if count > 0 && n > segment {
+            send(sender, socket, &buf[..used], segment, ch.address)?;
+            total += used;
+            buf.copy_within(used..used + n, 0);
+            (used, count) = (0, 0);
+        }
+        if count == 0 {
+            segment = n;
+        }
+        used += n;
+        count += 1;
+        if n < segment {
+            break;
+        }
+    }
+    if count > 0 {
+        send(sender, socket, &buf[..used], segment, ch.address)?;
+        total += used;
+    }
+    Ok(total)
+}
+
+/// Sends `batch` as datagrams of `segment` bytes, waiting out a full kernel queue.
+fn send(
+    sender: &mut BatchSender,
+    socket: &UdpSocket,
+    batch: &[u8],
+    segment: usize,
+    to: SocketAddrV4,
+) -> Result<()> {
     loop {
-        match socket.send_to(datagram, to) {
-            Ok(_) => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            // The kernel queue is momentarily full: back off briefly instead of failing.
+        match sender.send(socket, batch, segment, to) {
+            Ok(()) => return Ok(()),
+            // The device queue is momentarily full: back off briefly instead of failing.
             Err(e)
                 if e.raw_os_error() == Some(libc::ENOBUFS)
                     || e.kind() == std::io::ErrorKind::WouldBlock =>

@@ -109,24 +109,7 @@ pub fn deliver(
         let mut writer = BufWriter::with_capacity(4 << 20, &file);
         unpack_body(body, body_start, manifest, key, &mut writer)?;
         drop(writer);
-        let finish = || -> io::Result<()> {
-            file.set_permissions(fs::Permissions::from_mode(manifest.mode & 0o777))?;
-            let mtime = if manifest.mtime_secs >= 0 {
-                SystemTime::UNIX_EPOCH
-                    + Duration::new(manifest.mtime_secs as u64, manifest.mtime_nanos)
-            } else {
-                SystemTime::UNIX_EPOCH - Duration::from_secs(manifest.mtime_secs.unsigned_abs())
-            };
-            file.set_times(FileTimes::new().set_modified(mtime))?;
-            file.sync_all()?;
-            fs::rename(&tmp, &target)
-        };
-        finish().map_err(|e| {
-            UnpackFailure::Io(Error::new(format!(
-                "cannot finish {}: {e}",
-                target.display()
-            )))
-        })?;
+        finish_delivery(&file, &tmp, &target, manifest)?;
         crate::archive_file::sync_dir(dir);
         Ok(target.clone())
     })();
@@ -134,6 +117,224 @@ pub fn deliver(
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Gives the unpacked `file` (at `tmp`) the original's mode and mtime, syncs it and
+/// renames it to `target`, then syncs the directory.
+fn finish_delivery(
+    file: &File,
+    tmp: &Path,
+    target: &Path,
+    manifest: &Manifest,
+) -> std::result::Result<(), UnpackFailure> {
+    let finish = || -> io::Result<()> {
+        file.set_permissions(fs::Permissions::from_mode(manifest.mode & 0o777))?;
+        let mtime = if manifest.mtime_secs >= 0 {
+            SystemTime::UNIX_EPOCH + Duration::new(manifest.mtime_secs as u64, manifest.mtime_nanos)
+        } else {
+            SystemTime::UNIX_EPOCH - Duration::from_secs(manifest.mtime_secs.unsigned_abs())
+        };
+        file.set_times(FileTimes::new().set_modified(mtime))?;
+        file.sync_all()?;
+        fs::rename(tmp, target)
+    };
+    finish().map_err(|e| {
+        UnpackFailure::Io(Error::new(format!(
+            "cannot finish {}: {e}",
+            target.display()
+        )))
+    })?;
+    if let Some(dir) = target.parent() {
+        crate::archive_file::sync_dir(dir);
+    }
+    Ok(())
+}
+
+/// What a frame worker reports to the receive loop.
+#[derive(Debug)]
+pub enum FrameReport {
+    /// This frame failed to verify: the packets of this body range must come again.
+    Bad(u32, Range<u64>),
+    /// Every frame verified, the whole matched its digest, and the file is in place.
+    Delivered(PathBuf),
+    /// The file could not be delivered.
+    Failed(UnpackFailure),
+}
+
+/// Verifies, decrypts and unpacks each frame on its own thread as soon as the receive
+/// loop says it is whole, writing it at its place in the output; once every frame
+/// is in and the digest matches, delivers the file atomically. Dropping it stops
+/// the thread at the next frame.
+pub struct FrameWorker {
+    jobs: mpsc::Sender<u32>,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl FrameWorker {
+    /// Starts a worker reading sealed frames from `body` (the partial file); `report`
+    /// is called on the worker thread.
+    pub fn start(
+        body: File,
+        unpacker: Unpacker,
+        manifest: Manifest,
+        work_dir: &Path,
+        out_dir: &Path,
+        report: impl Fn(FrameReport) + Send + 'static,
+    ) -> Result<Self> {
+        loopcast_proto::manifest::check_name(&manifest.name)
+            .map_err(|why| Error::new(format!("refusing file name {:?}: {why}", manifest.name)))?;
+        let tmp = work_dir.join(format!(
+            "{}.{:016x}.unpacking",
+            manifest.name, manifest.archive_id
+        ));
+        let target = out_dir.join(&manifest.name);
+        let output = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .context(|| format!("cannot create {}", tmp.display()))?;
+        preallocate(&output, manifest.original_size).context(|| {
+            format!(
+                "cannot allocate {} bytes for {}",
+                manifest.original_size,
+                tmp.display()
+            )
+        })?;
+        let (jobs, rx) = mpsc::channel::<u32>();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let stop = Arc::clone(&cancelled);
+        std::thread::Builder::new()
+            .name(format!("frames {}", manifest.name))
+            .spawn(move || {
+                let mut unpack = FrameUnpack {
+                    body,
+                    output,
+                    unpacker: Some(unpacker),
+                    done: vec![false; manifest.frame_count as usize],
+                    remaining: manifest.frame_count,
+                    manifest,
+                };
+                for frame in rx {
+                    if stop.load(Ordering::Acquire) {
+                        break;
+                    }
+                    match unpack.frame(frame) {
+                        Ok(None) => {}
+                        Ok(Some(FrameOutcome::Bad(range))) => {
+                            report(FrameReport::Bad(frame, range))
+                        }
+                        Ok(Some(FrameOutcome::AllIn)) => {
+                            let result = unpack.finish(&tmp, &target);
+                            if result.is_err() {
+                                let _ = fs::remove_file(&tmp);
+                            }
+                            report(match result {
+                                Ok(()) => FrameReport::Delivered(target),
+                                Err(e) => FrameReport::Failed(e),
+                            });
+                            break;
+                        }
+                        Err(e) => {
+                            let _ = fs::remove_file(&tmp);
+                            report(FrameReport::Failed(e));
+                            break;
+                        }
+                    }
+                }
+            })
+            .context(|| "cannot start the frame worker thread".into())?;
+        Ok(Self { jobs, cancelled })
+    }
+
+    /// Queues `frame`, whose packets are all written to the body file.
+    pub fn submit(&self, frame: u32) {
+        let _ = self.jobs.send(frame);
+    }
+}
+
+impl Drop for FrameWorker {
+    fn drop(&mut self) {
+        self.cancelled.store(true, Ordering::Release);
+    }
+}
+
+enum FrameOutcome {
+    Bad(Range<u64>),
+    AllIn,
+}
+
+/// The frame worker's state: which frames are in the output, and the in-order digest.
+struct FrameUnpack {
+    body: File,
+    output: File,
+    /// Taken by `finish`.
+    unpacker: Option<Unpacker>,
+    done: Vec<bool>,
+    remaining: u32,
+    manifest: Manifest,
+}
+
+impl FrameUnpack {
+    fn io(what: &str, e: io::Error) -> UnpackFailure {
+        UnpackFailure::Io(Error::new(format!("{what}: {e}")))
+    }
+
+    /// Plain bytes of frame `index` in the output.
+    fn plain_range(manifest: &Manifest, index: u32) -> Range<u64> {
+        let start = index as u64 * manifest.frame_size as u64;
+        start..(start + manifest.frame_size as u64).min(manifest.original_size)
+    }
+
+    fn frame(&mut self, index: u32) -> std::result::Result<Option<FrameOutcome>, UnpackFailure> {
+        let unpacker = self.unpacker.as_mut().expect("frames come before finish");
+        if self.done.get(index as usize) != Some(&false) {
+            return Ok(None);
+        }
+        let range = unpacker.frame_ranges()[index as usize].clone();
+        let mut sealed = vec![0u8; (range.end - range.start) as usize];
+        self.body
+            .read_exact_at(&mut sealed, range.start)
+            .map_err(|e| Self::io("cannot read frame", e))?;
+        let plain = match unpacker.open(index, &sealed) {
+            Ok(plain) => plain,
+            Err(e) => {
+                log::warn!(
+                    "frame {index} of {}: {e}; receiving its packets again",
+                    self.manifest.name
+                );
+                return Ok(Some(FrameOutcome::Bad(range)));
+            }
+        };
+        let at = Self::plain_range(&self.manifest, index).start;
+        self.output
+            .write_all_at(&plain, at)
+            .map_err(|e| Self::io("cannot write output", e))?;
+        self.done[index as usize] = true;
+        self.remaining -= 1;
+        // Frames opened ahead of the digest are read back once their turn comes.
+        while (unpacker.next_to_hash() as usize) < self.done.len()
+            && self.done[unpacker.next_to_hash() as usize]
+        {
+            let r = Self::plain_range(&self.manifest, unpacker.next_to_hash());
+            let mut plain = vec![0u8; (r.end - r.start) as usize];
+            self.output
+                .read_exact_at(&mut plain, r.start)
+                .map_err(|e| Self::io("cannot read back output", e))?;
+            unpacker.hash_next(&plain);
+        }
+        Ok((self.remaining == 0).then_some(FrameOutcome::AllIn))
+    }
+
+    fn finish(&mut self, tmp: &Path, target: &Path) -> std::result::Result<(), UnpackFailure> {
+        let unpacker = self.unpacker.take().expect("finish runs once");
+        unpacker.finish().map_err(|e| match e {
+            UnpackError::Table => UnpackFailure::Table,
+            UnpackError::Digest => UnpackFailure::Digest,
+        })?;
+        finish_delivery(&self.output, tmp, target, &self.manifest)
+    }
 }
 
 /// One file being received: its preallocated body file and persisted received map.

@@ -2,12 +2,14 @@
 //! incompressible data, wrong key, and a flipped bit in every frame.
 
 use loopcast::archive_file::{ArchiveFile, PackOptions, pack_file};
-use loopcast::storage::{UnpackFailure, deliver};
+use loopcast::storage::{FrameReport, FrameWorker, UnpackFailure, deliver};
 use loopcast_proto::MasterKey;
+use loopcast_proto::archive::Unpacker;
 use rand::{Rng, RngExt, SeedableRng};
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::time::Duration;
 
 fn key(byte: u8) -> MasterKey {
     MasterKey::from_bytes([byte; 32])
@@ -207,4 +209,77 @@ fn the_cache_reuses_an_archive_while_the_source_is_unchanged() {
         loopcast::archive_file::archive_for(&changed, &key(1), &cache, opts).unwrap(),
         changed
     );
+}
+
+#[test]
+fn the_frame_worker_unpacks_frames_out_of_order_reports_a_damaged_one_and_delivers_once_mended() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut data = vec![0u8; 700_000];
+    rand::rngs::StdRng::seed_from_u64(9).fill_bytes(&mut data[..400_000]);
+    let input = dir.path().join("w.bin");
+    fs::write(&input, &data).unwrap();
+    let archive = dir.path().join("w.lcar");
+    pack_file(
+        &input,
+        &archive,
+        &key(1),
+        PackOptions {
+            frame_size: 100_000,
+            level: 3,
+        },
+    )
+    .unwrap();
+    let opened = ArchiveFile::open(&archive, &key(1)).unwrap();
+    let m = opened.manifest.clone();
+    // The body alone, as a receiver's partial file holds it.
+    let bytes = fs::read(&archive).unwrap();
+    let body_path = dir.path().join("w.part");
+    fs::write(&body_path, &bytes[opened.body_start() as usize..]).unwrap();
+    let body = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&body_path)
+        .unwrap();
+    let table = &bytes[opened.body_start() as usize..][..m.table_len() as usize];
+    let unpacker = Unpacker::new(&key(1), &m, table).unwrap();
+    let ranges = unpacker.frame_ranges().to_vec();
+    assert_eq!(ranges.len(), 7);
+    // Damage frame 4.
+    let pristine_byte = bytes[(opened.body_start() + ranges[4].start + 30) as usize];
+    body.write_all_at(&[pristine_byte ^ 0x40], ranges[4].start + 30)
+        .unwrap();
+
+    let out = dir.path().join("out");
+    fs::create_dir_all(&out).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = FrameWorker::start(
+        body.try_clone().unwrap(),
+        unpacker,
+        m.clone(),
+        dir.path(),
+        &out,
+        move |report| tx.send(report).unwrap(),
+    )
+    .unwrap();
+    for frame in [6, 2, 4, 0, 1, 3, 5] {
+        worker.submit(frame);
+    }
+    let wait = || rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    match wait() {
+        FrameReport::Bad(4, range) => assert_eq!(range, ranges[4]),
+        other => panic!("expected frame 4 bad, got {other:?}"),
+    }
+    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+    assert!(
+        !out.join("w.bin").exists(),
+        "delivered with a frame missing"
+    );
+    // The repair arrives: the frame is whole again.
+    body.write_all_at(&[pristine_byte], ranges[4].start + 30)
+        .unwrap();
+    worker.submit(4);
+    match wait() {
+        FrameReport::Delivered(path) => assert_eq!(fs::read(path).unwrap(), data),
+        other => panic!("expected delivery, got {other:?}"),
+    }
 }

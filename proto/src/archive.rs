@@ -457,6 +457,18 @@ impl Unpacker {
         Ok(plain)
     }
 
+    /// Index of the next frame the digest needs, in order.
+    pub fn next_to_hash(&self) -> u32 {
+        self.next
+    }
+
+    /// Feeds the digest frame `next_to_hash()`'s plaintext, opened earlier out of
+    /// order (the caller kept or re-read it).
+    pub fn hash_next(&mut self, plain: &[u8]) {
+        self.digest.update(plain);
+        self.next += 1;
+    }
+
     /// Checks that all frames were opened in order and the result matches the manifest digest.
     pub fn finish(self) -> Result<(), UnpackError> {
         if self.next == self.manifest.frame_count

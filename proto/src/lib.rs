@@ -9,6 +9,7 @@
 
 pub mod archive;
 pub mod codec;
+pub mod frames;
 pub mod keys;
 pub mod manifest;
 pub mod received;
@@ -17,6 +18,7 @@ pub mod sender;
 pub mod sim;
 pub mod wire;
 
+pub use frames::FrameTracker;
 pub use keys::{FileKey, MasterKey};
 pub use manifest::Manifest;
 pub use received::ReceivedMap;
