@@ -11,9 +11,9 @@
 # file (compared byte for byte with the source), goodput (file size / wall time),
 # sender CPU seconds, receivers' CPU seconds (sum), and whether every receiver
 # verified. Medians of REPS runs. The file is random (incompressible) and lives on
-# tmpfs, as do the outputs. Prints a markdown table on stdout; logs of the last run of
-# each cell stay in $KEEP (default: removed).
-# Rates: LOOPCAST_RATE (default 1G, loopcast's --rate), UFTP_RATE_KBPS (default -1:
+# tmpfs, as do the outputs. Prints a markdown table on stdout; with KEEP=DIR the logs of
+# every run are copied to DIR/logs (TOOL-SCENARIO-REP-HOST.log).
+# Rates: LOOPCAST_RATE (default 1.2G, loopcast's --rate), UFTP_RATE_KBPS (default -1:
 # as fast as the interface allows), UDPCAST_RATE (default: none, udpcast's own pace).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,7 @@ reps=${REPS:-3}
 size_mib=${SIZE_MIB:-512}
 tools=${TOOLS:-"loopcast uftp uftp-aes udpcast iperf"}
 scenarios=${SCENARIOS:-"a b c d"}
-loopcast_rate=${LOOPCAST_RATE:-1G}
+loopcast_rate=${LOOPCAST_RATE:-1.2G}
 uftp_rate=${UFTP_RATE_KBPS:--1}
 late_wait=${LATE_WAIT:-20}   # seconds a late joiner may take after the others finished
 run_limit=${RUN_LIMIT:-120}  # seconds any single run may take
@@ -172,7 +172,7 @@ run_one() {
     for i in $(seq $n) $late; do
         cmp -s "$work/data.bin" "$work/out$i/data.bin" || ok=no
     done
-    for tag in s "${rtags[@]}"; do cp "$work/logs/$tag.log" "$work/logs/$tool-$scenario-$tag.log" 2>/dev/null || true; done
+    for tag in s "${rtags[@]}"; do cp "$work/logs/$tag.log" "$work/logs/$tool-$scenario-$rep-$tag.log" 2>/dev/null || true; done
     local rcpu=()
     for tag in "${rtags[@]}"; do rcpu+=("$work/$tag.cpu"); done
     echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}') $(cpu "$work/s.cpu") $(cpu "${rcpu[@]}") $ok"
@@ -221,7 +221,7 @@ for scenario in $scenarios; do
             continue
         fi
         : > "$work/cells"
-        for _ in $(seq "$reps"); do run_one "$tool" "$scenario" >> "$work/cells"; echo -n . >&2; done
+        for rep in $(seq "$reps"); do run_one "$tool" "$scenario" >> "$work/cells"; echo -n . >&2; done
         wall=$(cut -d' ' -f1 "$work/cells" | median)
         verified=$(awk '{print $4}' "$work/cells" | sort | uniq -c | awk '{printf "%s%s %s", sep, $1, $2; sep = ", "}')
         printf '| %s | %s | %s s | %s MB/s | %s s | %s s | %s |\n' "$scenario" "$tool" "$wall" \

@@ -146,6 +146,9 @@ pub struct FileReceiver {
     join: Option<u32>,
     position: u32,
     advanced: u64,
+    /// Packets that carry the frame table: gaps from the join on, wherever the loop is,
+    /// because no frame can be verified before the table is.
+    table_packets: u32,
     /// Packets other receivers NAKed, forgotten when `asked_until` passes.
     asked: ReceivedMap,
     asked_until: Option<Instant>,
@@ -178,6 +181,7 @@ impl FileReceiver {
             mode,
             timer: NakTimer::Idle,
             join: None,
+            table_packets: 0,
             position: 0,
             advanced: 0,
             asked: ReceivedMap::new(0),
@@ -224,6 +228,8 @@ impl FileReceiver {
         match Manifest::decode(body, &self.master) {
             Ok(m) if m.archive_id == self.archive_id => {
                 self.received = ReceivedMap::new(m.packet_count());
+                self.table_packets = (m.table_len().div_ceil(m.payload_size.max(1) as u64) as u32)
+                    .min(m.packet_count());
                 self.manifest = Some(m);
                 Outcome::ManifestAccepted
             }
@@ -295,6 +301,13 @@ impl FileReceiver {
         if self.join.is_none() {
             self.join = Some(index);
             self.position = index;
+            let table_missing = !self
+                .received
+                .missing_runs(0..self.table_packets, 1)
+                .is_empty();
+            if table_missing && self.timer == NakTimer::Idle {
+                self.start_backoff(now);
+            }
             return;
         }
         let step = (index as u64 + count as u64 - self.position as u64) % count as u64;
@@ -376,8 +389,9 @@ impl FileReceiver {
         }
     }
 
-    /// Missing packets the loop has passed since this receiver joined, leaving out those
-    /// in `except`. Packets from before the join are not gaps: the loop brings them in turn.
+    /// Missing packets the loop has passed since this receiver joined, and missing
+    /// packets of the frame table, leaving out those in `except`. Other packets from
+    /// before the join are not gaps: the loop brings them in turn.
     fn missing_passed(&self, except: Option<&ReceivedMap>, max: usize) -> Vec<Range<u32>> {
         let count = self.received.len();
         let Some(join) = self.join else {
@@ -385,17 +399,25 @@ impl FileReceiver {
         };
         let scan =
             |range: Range<u32>, max: usize| self.received.missing_runs_except(range, except, max);
+        let table = self.table_packets;
+        let mut runs = scan(0..table, max);
+        // The rest, from the table's end on (the table is already in `runs`).
+        let add = |range: Range<u32>, runs: &mut Vec<Range<u32>>| {
+            let range = range.start.max(table)..range.end;
+            if range.start < range.end && runs.len() < max {
+                let left = max - runs.len();
+                runs.extend(scan(range, left));
+            }
+        };
         if self.advanced + 1 >= count as u64 {
-            return scan(0..count, max);
-        }
-        if join <= self.position {
-            scan(join..self.position + 1, max)
+            add(0..count, &mut runs);
+        } else if join <= self.position {
+            add(join..self.position + 1, &mut runs);
         } else {
-            let mut runs = scan(join..count, max);
-            let left = max - runs.len().min(max);
-            runs.extend(scan(0..self.position + 1, left));
-            runs
+            add(join..count, &mut runs);
+            add(0..self.position + 1, &mut runs);
         }
+        runs
     }
 
     /// What our NAK would ask for now: passed gaps not already asked for by others.
@@ -557,6 +579,39 @@ mod tests {
         full.extend(body);
         assert_eq!(full.len() as u64, manifest.body_len);
         (key, manifest, bytes)
+    }
+
+    #[test]
+    fn a_mid_stream_joiner_naks_the_frame_table_at_once() {
+        let (key, m, manifest_bytes) = setup();
+        let now = Instant::now();
+        let mut r = FileReceiver::new(key, 7, m.archive_id, 1, NakMode::Immediate);
+        r.handle_datagram(now, &wire::encode_manifest(7, &manifest_bytes));
+        let count = m.packet_count();
+        assert!(count >= 2 && m.table_len() <= 1000, "{count} packets");
+        let data = |index: u32| {
+            let len = if index + 1 == count {
+                (m.body_len - index as u64 * 1000) as usize
+            } else {
+                1000
+            };
+            let header = DataHeader {
+                archive_id: m.archive_id,
+                packet_index: index,
+                packet_count: count,
+                flags: 0,
+            };
+            wire::encode_data(7, &header, &vec![0u8; len])
+        };
+        // Joins at the last packet: nothing the loop passed is missing, but the table
+        // (packet 0, before the join) is.
+        r.handle_datagram(now, &data(count - 1));
+        r.handle_timeout(now);
+        let nak = r.poll_transmit().expect("a NAK for the table");
+        let Packet::Nak(nak) = wire::decode(&nak).unwrap().packet else {
+            panic!("not a NAK");
+        };
+        assert_eq!(nak.ranges, vec![(0, 1)]);
     }
 
     #[test]
