@@ -215,6 +215,7 @@ impl FrameWorker {
                     done: vec![false; manifest.frame_count as usize],
                     remaining: manifest.frame_count,
                     manifest,
+                    sealed: Vec::new(),
                 };
                 for frame in rx {
                     if stop.load(Ordering::Acquire) {
@@ -274,6 +275,8 @@ struct FrameUnpack {
     done: Vec<bool>,
     remaining: u32,
     manifest: Manifest,
+    /// The frame being opened, as read from the body.
+    sealed: Vec<u8>,
 }
 
 impl FrameUnpack {
@@ -293,11 +296,12 @@ impl FrameUnpack {
             return Ok(None);
         }
         let range = unpacker.frame_ranges()[index as usize].clone();
-        let mut sealed = vec![0u8; (range.end - range.start) as usize];
+        // One buffer for every frame: no allocation and zeroing per frame.
+        self.sealed.resize((range.end - range.start) as usize, 0);
         self.body
-            .read_exact_at(&mut sealed, range.start)
+            .read_exact_at(&mut self.sealed, range.start)
             .map_err(|e| Self::io("cannot read frame", e))?;
-        let plain = match unpacker.open(index, &sealed) {
+        let plain = match unpacker.open(index, &self.sealed) {
             Ok(plain) => plain,
             Err(e) => {
                 log::warn!(
