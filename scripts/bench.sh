@@ -15,6 +15,7 @@
 # every run are copied to DIR/logs (TOOL-SCENARIO-REP-HOST.log).
 # Rates: LOOPCAST_RATE (default 1.2G, loopcast's --rate), UFTP_RATE_KBPS (default -1:
 # as fast as the interface allows), UDPCAST_RATE (default: none, udpcast's own pace).
+# LOOPCAST_SERVE_FLAGS adds flags to loopcast's serve (e.g. --no-gso).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench.sh: the namespace lab needs root" >&2; exit 1; }
@@ -111,7 +112,8 @@ run_one() {
             done
             sleep 0.5
             t0=$(now)
-            spawn s s "$BIN" serve "$work/data.lcar" -k "$work/key" -i 10.77.0.1 --rate "$loopcast_rate"
+            # shellcheck disable=SC2086
+            spawn s s "$BIN" serve "$work/data.lcar" -k "$work/key" -i 10.77.0.1 --rate "$loopcast_rate" ${LOOPCAST_SERVE_FLAGS:-}
             server=$spawned
             if [ -n "$late" ]; then
                 sleep 3

@@ -404,6 +404,8 @@ impl Receiver {
             if r.state != State::Receiving {
                 continue; // drain and drop while verifying or done
             }
+            // New payloads of this batch, written in one go from the receive buffers.
+            let mut stores: Vec<(u64, &[u8])> = Vec::new();
             for datagram in self.batch.datagrams() {
                 let is_data = datagram.get(3) == Some(&(wire::PacketType::Data as u8));
                 if self.config.debug_drop > 0.0
@@ -419,10 +421,7 @@ impl Receiver {
                         payload,
                         packet_index,
                     } => {
-                        r.partial
-                            .as_mut()
-                            .expect("storage opens when the manifest is accepted")
-                            .write(body_offset, payload)?;
+                        stores.push((body_offset, payload));
                         r.dirty = true;
                         if let Some(frames) = r.frames.as_mut() {
                             frames.packet_arrived(packet_index, &mut self.completed);
@@ -440,6 +439,12 @@ impl Receiver {
                     Outcome::Nothing => {}
                 }
             }
+            if !stores.is_empty() {
+                r.partial
+                    .as_ref()
+                    .expect("storage opens when the manifest is accepted")
+                    .write_payloads(&stores)?;
+            }
         }
         self.after_datagrams(index)
     }
@@ -453,8 +458,7 @@ impl Receiver {
             return Ok(());
         }
         if !self.completed.is_empty() {
-            // The worker reads through the page cache: pending payloads go first.
-            r.partial.as_mut().expect("checked").flush()?;
+            // Payloads are already written (per batch): the worker reads them back.
             let worker = r.worker.as_ref().expect("frames are tracked with a worker");
             self.completed.drain(..).for_each(|f| worker.submit(f));
         }
@@ -484,9 +488,7 @@ impl Receiver {
         if !r.fsm.received().contains_range(0..table_packets) {
             return Ok(());
         }
-        let partial = r.partial.as_mut().expect("storage is open");
-        partial.flush()?;
-        let body = partial.body()?;
+        let body = r.partial.as_ref().expect("storage is open").body()?;
         let mut table = vec![0u8; manifest.table_len() as usize];
         body.read_exact_at(&mut table, 0)
             .context(|| format!("{}: cannot read the frame table", manifest.name))?;
@@ -660,7 +662,7 @@ impl Receiver {
         }
     }
 
-    /// Writes out pending payloads and hands a snapshot of the received map to the
+    /// Hands a snapshot of the received map to the
     /// persister, which syncs the data and then saves the map off this thread.
     fn persist(&mut self, index: usize) -> Result<()> {
         let r = &mut self.receptions[index];

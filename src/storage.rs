@@ -16,8 +16,8 @@ use std::time::{Duration, SystemTime};
 
 /// Folder inside the output directory that holds partial files and their maps.
 pub const PARTIAL_DIR: &str = ".loopcast-partial";
-/// Largest run of consecutive payloads gathered into one write.
-const WRITE_RUN: usize = 256 << 10;
+/// Most payloads one vectored write takes (the kernel's IOV_MAX).
+const MAX_IOVECS: usize = 1024;
 const MAP_MAGIC: [u8; 8] = *b"LCMAP001";
 const MAP_HEADER_LEN: usize = 8 + 8 + 2 + 4 + 8;
 
@@ -346,9 +346,6 @@ pub struct PartialFile {
     file: File,
     /// Set while a background save of this file is queued or running.
     saving: Arc<AtomicBool>,
-    /// Consecutive payloads not yet written: one positioned write per run, not per packet.
-    pending: Vec<u8>,
-    pending_offset: u64,
     /// Where the body is written.
     pub body_path: PathBuf,
     map_path: PathBuf,
@@ -392,8 +389,6 @@ impl PartialFile {
             Self {
                 file,
                 saving: Arc::new(AtomicBool::new(false)),
-                pending: Vec::with_capacity(WRITE_RUN),
-                pending_offset: 0,
                 body_path,
                 map_path,
                 manifest: manifest.clone(),
@@ -402,30 +397,30 @@ impl PartialFile {
         ))
     }
 
-    /// Writes one payload at its body offset.
-    pub fn write(&mut self, body_offset: u64, payload: &[u8]) -> Result<()> {
-        let contiguous = body_offset == self.pending_offset + self.pending.len() as u64;
-        if !contiguous || self.pending.len() + payload.len() > WRITE_RUN {
-            self.flush()?;
-            self.pending_offset = body_offset;
+    /// Writes payloads (body offset, bytes) straight from the caller's receive
+    /// buffers: one positioned vectored write per run of consecutive payloads, so
+    /// the bytes are copied once, into the page cache.
+    pub fn write_payloads(&self, payloads: &[(u64, &[u8])]) -> Result<()> {
+        let mut rest = payloads;
+        while let Some(&(start, _)) = rest.first() {
+            let mut end = start;
+            let run = rest
+                .iter()
+                .take(MAX_IOVECS)
+                .take_while(|(offset, payload)| {
+                    let next = *offset == end;
+                    end += payload.len() as u64;
+                    next
+                })
+                .count();
+            write_vectored_at(&self.file, &rest[..run], start)
+                .context(|| format!("cannot write {}", self.body_path.display()))?;
+            rest = &rest[run..];
         }
-        self.pending.extend_from_slice(payload);
         Ok(())
     }
 
-    /// Writes out the pending run of payloads.
-    pub fn flush(&mut self) -> Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        self.file
-            .write_all_at(&self.pending, self.pending_offset)
-            .context(|| format!("cannot write {}", self.body_path.display()))?;
-        self.pending.clear();
-        Ok(())
-    }
-
-    /// Writes out pending payloads and queues a durable save of `map` on `persister`.
+    /// Queues a durable save of `map` on `persister`.
     /// Returns false, queueing nothing, while this file's previous save is under way.
     pub fn persist_in_background(
         &mut self,
@@ -435,7 +430,6 @@ impl PartialFile {
         if self.saving.load(Ordering::Acquire) {
             return Ok(false);
         }
-        self.flush()?;
         let file = self.body()?;
         self.saving.store(true, Ordering::Release);
         persister.submit(Job::Save {
@@ -447,9 +441,8 @@ impl PartialFile {
         Ok(true)
     }
 
-    /// Writes out pending payloads, syncs them and saves `map`, on this thread.
+    /// Syncs the payloads written and saves `map`, on this thread.
     pub fn persist_now(&mut self, map: &ReceivedMap) -> Result<()> {
-        self.flush()?;
         save(&self.file, &self.map_path, &encode_map(map, &self.manifest))
     }
 
@@ -464,6 +457,54 @@ impl PartialFile {
     pub fn remove(self, persister: &Persister) {
         persister.submit(Job::Remove(vec![self.map_path, self.body_path]));
     }
+}
+
+/// `pwritev` of consecutive `payloads` at `offset`, resumed after short writes.
+fn write_vectored_at(file: &File, payloads: &[(u64, &[u8])], offset: u64) -> io::Result<()> {
+    let mut iovs: Vec<libc::iovec> = payloads
+        .iter()
+        .map(|(_, p)| libc::iovec {
+            iov_base: p.as_ptr() as *mut libc::c_void,
+            iov_len: p.len(),
+        })
+        .collect();
+    let (mut first, mut at) = (0, offset);
+    while first < iovs.len() {
+        let rest = &iovs[first..];
+        // SAFETY: every iovec points into a payload the caller keeps alive for this call.
+        let n = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                rest.as_ptr(),
+                rest.len() as libc::c_int,
+                at as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        // Skip what was written: whole iovecs, then part of the next.
+        let mut written = n as usize;
+        at += written as u64;
+        while first < iovs.len() && written >= iovs[first].iov_len {
+            written -= iovs[first].iov_len;
+            first += 1;
+        }
+        if written > 0 {
+            let iov = &mut iovs[first];
+            // SAFETY: `written` is less than this iovec's length.
+            iov.iov_base = unsafe { iov.iov_base.cast::<u8>().add(written) }.cast();
+            iov.iov_len -= written;
+        }
+    }
+    Ok(())
 }
 
 /// Syncs the body's data, then writes the map aside and renames it into place, so a
@@ -609,4 +650,38 @@ pub fn decode_map(bytes: &[u8], manifest: &Manifest) -> Option<ReceivedMap> {
         return None; // another archive, payload size or length
     }
     ReceivedMap::from_bytes(manifest.packet_count(), &content[MAP_HEADER_LEN..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vectored_write_puts_every_payload_at_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("v"))
+            .unwrap();
+        // 1000 payloads of 1 to 7 bytes, consecutive from offset 5.
+        let payloads: Vec<Vec<u8>> = (0..1000u32)
+            .map(|i| vec![(i % 251) as u8; 1 + (i % 7) as usize])
+            .collect();
+        let mut at = 5u64;
+        let runs: Vec<(u64, &[u8])> = payloads
+            .iter()
+            .map(|p| {
+                let run = (at, p.as_slice());
+                at += p.len() as u64;
+                run
+            })
+            .collect();
+        write_vectored_at(&file, &runs, 5).unwrap();
+        let mut expected = vec![0u8; 5];
+        payloads.iter().for_each(|p| expected.extend(p));
+        assert_eq!(fs::read(dir.path().join("v")).unwrap(), expected);
+    }
 }

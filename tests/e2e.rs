@@ -63,12 +63,20 @@ fn on_loopback(subcommand: &str, key: &Path, group: &str) -> Command {
     ])
 }
 
-fn serve(dir: &Path, key: &Path, files: &[&Path], group: &str, rate: &str) -> Running {
+fn serve(
+    dir: &Path,
+    key: &Path,
+    files: &[&Path],
+    group: &str,
+    rate: &str,
+    extra: &[&str],
+) -> Running {
     let log = std::fs::File::create(dir.join("serve.log")).unwrap();
     let mut c = on_loopback("serve", key, group);
     c.args(files)
         .args(["--rate", rate, "--cache-dir"])
-        .arg(dir.join("cache"));
+        .arg(dir.join("cache"))
+        .args(extra);
     Running(c.stderr(log).stdout(Stdio::null()).spawn().unwrap())
 }
 
@@ -83,12 +91,17 @@ struct Lab {
 }
 
 fn lab(n: u8, name: &str, len: usize, rate: &str) -> Lab {
+    lab_with(n, name, len, rate, &[])
+}
+
+/// `lab` with extra `serve` arguments.
+fn lab_with(n: u8, name: &str, len: usize, rate: &str, serve_args: &[&str]) -> Lab {
     let dir = tempfile::tempdir().unwrap();
     let key = keygen(dir.path());
     let file = dir.path().join(name);
     let data = random_file(&file, len, n as u64);
     let group = group(n);
-    let server = serve(dir.path(), &key, &[&file], &group, rate);
+    let server = serve(dir.path(), &key, &[&file], &group, rate, serve_args);
     Lab {
         _server: server,
         key,
@@ -129,7 +142,14 @@ fn two_files_to_a_receiver_from_the_start_and_one_joining_2s_later() {
         .collect();
     std::fs::write(d.join("b.txt"), &b).unwrap();
     let g = group(101);
-    let mut server = serve(d, &key, &[&d.join("a.bin"), &d.join("b.txt")], &g, "40M");
+    let mut server = serve(
+        d,
+        &key,
+        &[&d.join("a.bin"), &d.join("b.txt")],
+        &g,
+        "40M",
+        &[],
+    );
     let first = recv_command(&key, &g, &d.join("outA"), &["--timeout", "60"])
         .stderr(Stdio::piped())
         .spawn()
@@ -501,4 +521,17 @@ fn a_lossy_receiver_joining_mid_stream_is_repaired_within_1_5_loops() {
         held <= 1.5 * loop_secs,
         "took {held:.2} s, one loop is {loop_secs:.2} s: {log}"
     );
+}
+
+#[test]
+fn without_gso_and_gro_the_file_still_arrives_whole() {
+    let lab = lab_with(109, "plain-path.bin", 3_000_000, "200M", &["--no-gso"]);
+    let out = lab.dir.path().join("out");
+    let result = recv_command(&lab.key, &lab.group, &out, &["--no-gro", "--timeout", "30"])
+        .output()
+        .unwrap();
+    assert!(result.status.success(), "{}", stderr(&result));
+    assert_eq!(std::fs::read(out.join("plain-path.bin")).unwrap(), lab.data);
+    let serve_log = std::fs::read_to_string(lab.dir.path().join("serve.log")).unwrap();
+    assert!(serve_log.contains("without GSO"), "{serve_log}");
 }
