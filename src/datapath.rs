@@ -2,6 +2,7 @@
 //! `sendmmsg` fallback, and `recvmmsg` receives with UDP GRO and the kernel's
 //! drop counter (SO_RXQ_OVFL). Linux only, like the rest of the driver.
 
+use crate::net::set_int_option;
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::SocketAddrV4;
@@ -15,19 +16,6 @@ pub const MAX_SEND_BYTES: usize = 65507;
 const RECV_BATCH: usize = 16;
 /// Room per received message: a GRO bundle is at most one IPv4 packet's worth.
 const RECV_SLOT: usize = 65536;
-
-fn set_int_option(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> bool {
-    // SAFETY: setsockopt on a caller-owned fd with a pointer to a c_int of that length.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        ) == 0
-    }
-}
 
 fn sockaddr(to: SocketAddrV4) -> libc::sockaddr_in {
     // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.

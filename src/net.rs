@@ -3,7 +3,7 @@
 use crate::error::{Context, Error, Result};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 /// Multicast TTL used unless `--ttl` says otherwise: stay on the LAN segment.
 pub const DEFAULT_TTL: u32 = 1;
@@ -50,6 +50,25 @@ pub fn resolve_interface(spec: Option<&str>) -> Result<Ipv4Addr> {
         })
 }
 
+/// Sets an integer socket option; returns whether the kernel accepted it.
+pub(crate) fn set_int_option(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> bool {
+    // SAFETY: setsockopt on a caller-owned fd with a pointer to a c_int of that length.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+    }
+}
+
 /// Socket buffer size for a stream of `rate_bps`: 50 ms of data, at least 4 MiB.
 pub fn buffer_size_for_rate(rate_bps: u64) -> usize {
     ((rate_bps / 8 / 20) as usize).max(MIN_SOCKET_BUFFER)
@@ -65,17 +84,7 @@ fn size_buffer(socket: &Socket, size: usize, receive: bool) -> usize {
     };
     let value = size.min(i32::MAX as usize / 2) as libc::c_int;
     for opt in [force, option] {
-        // SAFETY: setsockopt with a valid fd and a pointer to a c_int of the stated length.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&value as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
+        if set_int_option(socket.as_raw_fd(), libc::SOL_SOCKET, opt, value) {
             break;
         }
     }

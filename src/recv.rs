@@ -69,15 +69,19 @@ struct Reception {
     debug_dropped: u64,
     fsm: FileReceiver,
     partial: Option<PartialFile>,
-    /// Which frames are whole; known once the frame table has arrived and verified.
-    frames: Option<FrameTracker>,
-    /// Verifies and unpacks whole frames off the receive loop.
-    worker: Option<FrameWorker>,
+    /// Frame tracking and unpacking, from when the frame table has arrived and verified.
+    frames: Option<Frames>,
     state: State,
     dirty: bool,
     joined: Instant,
     resumed: u32,
     progress: FileProgress,
+}
+
+/// Which frames of a file are whole, and the worker that unpacks them off the loop.
+struct Frames {
+    tracker: FrameTracker,
+    worker: FrameWorker,
 }
 
 /// A frame worker's report: reception index, archive id, report.
@@ -372,7 +376,6 @@ impl Receiver {
             debug_dropped: 0,
             partial: None,
             frames: None,
-            worker: None,
             state: State::Receiving,
             dirty: false,
             joined: now,
@@ -424,7 +427,9 @@ impl Receiver {
                         stores.push((body_offset, payload));
                         r.dirty = true;
                         if let Some(frames) = r.frames.as_mut() {
-                            frames.packet_arrived(packet_index, &mut self.completed);
+                            frames
+                                .tracker
+                                .packet_arrived(packet_index, &mut self.completed);
                         }
                     }
                     Outcome::ManifestAccepted => Self::open_storage(r, &self.work_dir)?,
@@ -457,13 +462,13 @@ impl Receiver {
         if r.state != State::Receiving || r.partial.is_none() {
             return Ok(());
         }
-        if !self.completed.is_empty() {
+        match &r.frames {
             // Payloads are already written (per batch): the worker reads them back.
-            let worker = r.worker.as_ref().expect("frames are tracked with a worker");
-            self.completed.drain(..).for_each(|f| worker.submit(f));
-        }
-        if r.frames.is_none() {
-            self.start_frames(index)?;
+            Some(frames) => self
+                .completed
+                .drain(..)
+                .for_each(|f| frames.worker.submit(f)),
+            None => self.start_frames(index)?,
         }
         let r = &mut self.receptions[index];
         if r.fsm.is_complete() {
@@ -484,8 +489,7 @@ impl Receiver {
     fn start_frames(&mut self, index: usize) -> Result<()> {
         let r = &mut self.receptions[index];
         let manifest = r.fsm.manifest().expect("storage implies manifest").clone();
-        let table_packets = manifest.table_len().div_ceil(manifest.payload_size as u64) as u32;
-        if !r.fsm.received().contains_range(0..table_packets) {
+        if !r.fsm.received().contains_range(manifest.table_packets()) {
             return Ok(());
         }
         let body = r.partial.as_ref().expect("storage is open").body()?;
@@ -526,8 +530,7 @@ impl Receiver {
             },
         )?;
         tracker.complete_frames().for_each(|f| worker.submit(f));
-        r.frames = Some(tracker);
-        r.worker = Some(worker);
+        r.frames = Some(Frames { tracker, worker });
         Ok(())
     }
 
@@ -608,7 +611,7 @@ impl Receiver {
         match report {
             FrameReport::Delivered(path) => {
                 r.state = State::Done;
-                r.worker = None;
+                r.frames = None;
                 if let Some(p) = r.partial.take() {
                     p.remove(&self.persister);
                 }
@@ -638,7 +641,7 @@ impl Receiver {
             FrameReport::Bad(frame, range) => {
                 let packets = r.fsm.mark_missing(Instant::now(), range);
                 if let Some(frames) = r.frames.as_mut() {
-                    frames.recount(frame, r.fsm.received());
+                    frames.tracker.recount(frame, r.fsm.received());
                 }
                 log::warn!(
                     "{}: frame {frame} is damaged; {packets} packets to receive again",

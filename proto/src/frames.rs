@@ -1,7 +1,7 @@
 //! Which frames of an archive body have all their packets: lets a receiver verify
 //! and unpack each frame as soon as it is whole, instead of after the last packet.
 
-use crate::received::ReceivedMap;
+use crate::received::{ReceivedMap, packets_covering};
 use std::ops::Range;
 
 /// Per-frame count of missing packets, kept up to date as packets arrive.
@@ -9,7 +9,7 @@ use std::ops::Range;
 pub struct FrameTracker {
     /// Body byte range of each frame.
     frames: Vec<Range<u64>>,
-    payload_size: u64,
+    payload_size: u32,
     /// Packets overlapping each frame that are not held yet.
     missing: Vec<u32>,
 }
@@ -21,7 +21,7 @@ impl FrameTracker {
         let mut tracker = Self {
             missing: vec![0; frames.len()],
             frames,
-            payload_size: payload_size.max(1) as u64,
+            payload_size: payload_size.max(1),
         };
         for frame in 0..tracker.frames.len() as u32 {
             tracker.recount(frame, received);
@@ -41,8 +41,7 @@ impl FrameTracker {
 
     /// Packets that carry any byte of `frame`.
     pub fn packets_of(&self, frame: u32) -> Range<u32> {
-        let r = &self.frames[frame as usize];
-        (r.start / self.payload_size) as u32..r.end.div_ceil(self.payload_size) as u32
+        packets_covering(self.frames[frame as usize].clone(), self.payload_size)
     }
 
     /// Frames whose every packet is held.
@@ -53,8 +52,8 @@ impl FrameTracker {
     /// Records that packet `index` arrived (newly held) and appends the frames it
     /// completed to `completed`.
     pub fn packet_arrived(&mut self, index: u32, completed: &mut Vec<u32>) {
-        let start = index as u64 * self.payload_size;
-        let end = start + self.payload_size;
+        let start = index as u64 * self.payload_size as u64;
+        let end = start + self.payload_size as u64;
         // First frame ending after the packet's start; frames are in body order.
         let first = self.frames.partition_point(|f| f.end <= start);
         for frame in first..self.frames.len() {

@@ -2,6 +2,7 @@
 
 use crate::codec::{Reader, Truncated};
 use crate::keys::{FINGERPRINT_LEN, FileKey, MasterKey};
+use std::ops::Range;
 
 /// Manifest format version this code writes and reads.
 pub const MANIFEST_VERSION: u8 = 1;
@@ -72,6 +73,13 @@ impl Manifest {
     /// Bytes of the frame table at the start of the body.
     pub fn table_len(&self) -> u64 {
         crate::archive::table_len(self.frame_count)
+    }
+
+    /// The packets that carry the frame table (no frame can be opened without them).
+    pub fn table_packets(&self) -> Range<u32> {
+        let packets =
+            crate::received::packets_covering(0..self.table_len(), self.payload_size as u32);
+        packets.start..packets.end.min(self.packet_count())
     }
 
     /// Encodes the manifest and appends its MAC computed with `file_key`.

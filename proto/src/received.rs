@@ -2,6 +2,12 @@
 
 use std::ops::Range;
 
+/// Indices of the packets of `payload_size` bytes that carry any of body bytes `bytes`.
+pub fn packets_covering(bytes: Range<u64>, payload_size: u32) -> Range<u32> {
+    let p = payload_size.max(1) as u64;
+    (bytes.start / p) as u32..bytes.end.div_ceil(p) as u32
+}
+
 /// Bitset over packet indices with O(1) count.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedMap {

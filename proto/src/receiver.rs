@@ -146,9 +146,6 @@ pub struct FileReceiver {
     join: Option<u32>,
     position: u32,
     advanced: u64,
-    /// Packets that carry the frame table: gaps from the join on, wherever the loop is,
-    /// because no frame can be verified before the table is.
-    table_packets: u32,
     /// Packets other receivers NAKed, forgotten when `asked_until` passes.
     asked: ReceivedMap,
     asked_until: Option<Instant>,
@@ -181,7 +178,6 @@ impl FileReceiver {
             mode,
             timer: NakTimer::Idle,
             join: None,
-            table_packets: 0,
             position: 0,
             advanced: 0,
             asked: ReceivedMap::new(0),
@@ -228,8 +224,6 @@ impl FileReceiver {
         match Manifest::decode(body, &self.master) {
             Ok(m) if m.archive_id == self.archive_id => {
                 self.received = ReceivedMap::new(m.packet_count());
-                self.table_packets = (m.table_len().div_ceil(m.payload_size.max(1) as u64) as u32)
-                    .min(m.packet_count());
                 self.manifest = Some(m);
                 Outcome::ManifestAccepted
             }
@@ -303,7 +297,7 @@ impl FileReceiver {
             self.position = index;
             let table_missing = !self
                 .received
-                .missing_runs(0..self.table_packets, 1)
+                .missing_runs(self.table_packets(), 1)
                 .is_empty();
             if table_missing && self.timer == NakTimer::Idle {
                 self.start_backoff(now);
@@ -389,6 +383,12 @@ impl FileReceiver {
         }
     }
 
+    /// The packets carrying the frame table: gaps from the join on, wherever the loop
+    /// is, because no frame can be verified before the table is.
+    fn table_packets(&self) -> Range<u32> {
+        self.manifest.as_ref().map_or(0..0, |m| m.table_packets())
+    }
+
     /// Missing packets the loop has passed since this receiver joined, and missing
     /// packets of the frame table, leaving out those in `except`. Other packets from
     /// before the join are not gaps: the loop brings them in turn.
@@ -399,7 +399,7 @@ impl FileReceiver {
         };
         let scan =
             |range: Range<u32>, max: usize| self.received.missing_runs_except(range, except, max);
-        let table = self.table_packets;
+        let table = self.table_packets().end;
         let mut runs = scan(0..table, max);
         // The rest, from the table's end on (the table is already in `runs`).
         let add = |range: Range<u32>, runs: &mut Vec<Range<u32>>| {
@@ -504,8 +504,7 @@ impl FileReceiver {
     /// They are gaps the loop has passed, so a NAK for them starts at once.
     pub fn mark_missing(&mut self, now: Instant, range: Range<u64>) -> u32 {
         let Some(m) = &self.manifest else { return 0 };
-        let p = m.payload_size as u64;
-        let packets = (range.start / p) as u32..range.end.div_ceil(p) as u32;
+        let packets = crate::received::packets_covering(range, m.payload_size as u32);
         let removed = self.received.remove_range(packets);
         if removed > 0 && self.timer == NakTimer::Idle && self.join.is_some() {
             self.start_backoff(now);
