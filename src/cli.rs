@@ -5,7 +5,7 @@ use crate::error::{Context, Error, Result};
 use crate::units::{format_bytes, format_rate, parse_group, parse_rate};
 use crate::{keyfile, net, recv, server};
 use clap::{Args, Parser, Subcommand};
-use loopcast_proto::wire;
+use loopcast_proto::{AdaptMode, wire};
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -113,8 +113,50 @@ struct ServeArgs {
     #[command(flatten)]
     net: NetArgs,
     /// Rate of each file's channel in bits/s, with K/M/G suffixes (e.g. 100M, 1.5G).
-    #[arg(short, long, default_value = "100M", value_parser = parse_rate)]
+    #[arg(short, long, default_value = "100M", value_parser = parse_rate, conflicts_with = "rates")]
     rate: u64,
+    /// Loop each file on one channel per rate, each its own multicast group, so that
+    /// slow and fast receivers each take what they can (e.g. 20M,100M,500M; at most 8).
+    /// Receivers start on the fastest within their --max-rate and step down or up.
+    #[arg(long, value_name = "R1,R2,...", value_delimiter = ',', value_parser = parse_rate)]
+    rates: Vec<u64>,
+    /// Let each channel's rate follow its receivers' reports: the slowest receiver's
+    /// (min) or their average (avg), within --min-rate and --max-rate.
+    #[arg(long, value_name = "min|avg", value_parser = parse_adapt)]
+    adapt: Option<AdaptMode>,
+    /// Lowest rate an adaptive channel slows down to.
+    #[arg(long, default_value = "1M", value_parser = parse_rate, requires = "adapt")]
+    min_rate: u64,
+    /// Highest rate an adaptive channel speeds up to. Default: its starting rate.
+    #[arg(long, value_parser = parse_rate, requires = "adapt")]
+    max_rate: Option<u64>,
+    /// UDP port for receivers' requests, reports and unicast streams. Default: the
+    /// directory group's port.
+    #[arg(long, value_name = "PORT")]
+    unicast_port: Option<u16>,
+    /// Total rate of all unicast streams (receivers that cannot get multicast), shared
+    /// evenly among them; each stream adapts to its receiver's NAKs below its share.
+    #[arg(long, default_value = "100M", value_parser = parse_rate)]
+    unicast_max_rate: u64,
+    /// Most unicast streams at once; further requests are refused (logged).
+    #[arg(long, default_value_t = 16)]
+    unicast_max_clients: usize,
+    /// Start a file's channels only when a receiver asks for it, and stop them when no
+    /// receiver has reported for --idle seconds. ANNOUNCE still lists the file.
+    #[arg(long)]
+    on_demand: bool,
+    /// Seconds without a report before an on-demand file's channels stop.
+    #[arg(
+        long,
+        default_value_t = 10,
+        value_name = "SECS",
+        requires = "on_demand"
+    )]
+    idle: u64,
+    /// Print events (join, progress, channel change, fallback, rate change, done,
+    /// error) as JSON lines on stdout.
+    #[arg(long)]
+    json: bool,
     /// IP packet size in bytes (576 to 9000; 1500 fits standard Ethernet).
     #[arg(long, default_value_t = wire::DEFAULT_PACKET_SIZE as u16,
           value_parser = clap::value_parser!(u16).range(wire::MIN_PACKET_SIZE as i64..=wire::MAX_PACKET_SIZE as i64))]
@@ -159,6 +201,29 @@ struct RecvArgs {
     /// Take one datagram per read instead of UDP GRO bundles (costs more CPU per packet).
     #[arg(long)]
     no_gro: bool,
+    /// Fastest channel to take, bits/s (e.g. 50M). Default: the fastest on offer.
+    /// Also the most a unicast stream may send us.
+    #[arg(long, value_parser = parse_rate)]
+    max_rate: Option<u64>,
+    /// Join every channel of a file within --max-rate at once: their loops are out of
+    /// phase, so each brings mostly new packets and the file arrives sooner.
+    #[arg(long)]
+    aggregate: bool,
+    /// Seconds without data on multicast before asking the server for a unicast stream.
+    #[arg(long, default_value_t = 3.0, value_name = "SECS", value_parser = parse_seconds)]
+    sync_timeout: f64,
+    /// The server's unicast address, for hosts that hear no multicast at all (its
+    /// listing is asked for after --sync-timeout of silence). Default port: the
+    /// directory group's.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    server: Option<String>,
+    /// Skip multicast entirely: receive by unicast from --server.
+    #[arg(long, requires = "server")]
+    unicast: bool,
+    /// Print events (join, progress, channel change, fallback, done, error) as JSON
+    /// lines on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 fn parse_percent(text: &str) -> std::result::Result<f64, String> {
@@ -166,6 +231,46 @@ fn parse_percent(text: &str) -> std::result::Result<f64, String> {
         Ok(v) if (0.0..=100.0).contains(&v) => Ok(v),
         _ => Err(format!("{text:?} is not a percentage between 0 and 100")),
     }
+}
+
+fn parse_adapt(text: &str) -> std::result::Result<AdaptMode, String> {
+    match text {
+        "min" => Ok(AdaptMode::Min),
+        "avg" => Ok(AdaptMode::Avg),
+        _ => Err(format!("{text:?} is not min or avg")),
+    }
+}
+
+fn parse_seconds(text: &str) -> std::result::Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (0.1..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds between 0.1 and 3600"
+        )),
+    }
+}
+
+/// Resolves `--server HOST[:PORT]` (a name or an IPv4 address) with `default_port`.
+fn resolve_server(text: &str, default_port: u16) -> Result<SocketAddrV4> {
+    use std::net::ToSocketAddrs;
+    let with_port = if text
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        text.to_string()
+    } else {
+        format!("{text}:{default_port}")
+    };
+    let addrs = with_port
+        .to_socket_addrs()
+        .context(|| format!("--server {text}: cannot resolve"))?;
+    addrs
+        .filter_map(|a| match a {
+            std::net::SocketAddr::V4(v4) => Some(v4),
+            _ => None,
+        })
+        .next()
+        .ok_or_else(|| Error::new(format!("--server {text}: no IPv4 address")))
 }
 
 fn parse_share(text: &str) -> std::result::Result<f64, String> {
@@ -231,28 +336,72 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", path.display());
             Ok(())
         }
-        Command::Serve(a) => server::serve(server::ServeConfig {
-            key: keyfile::load(&a.key)?,
-            interface: net::resolve_interface(a.net.interface.as_deref())?,
-            group: a.net.group,
-            rate_bps: a.rate,
-            packet_size: a.packet_size.into(),
-            ttl: a.ttl,
-            repair_share: a.repair_share,
-            cache_dir: a.cache_dir.unwrap_or_else(archive_file::default_cache_dir),
-            pack: (&a.pack).into(),
-            gso: !a.no_gso,
-            paths: a.paths,
-        }),
+        Command::Serve(a) => {
+            let rates = if a.rates.is_empty() {
+                vec![a.rate]
+            } else {
+                a.rates.clone()
+            };
+            if rates.len() > wire::MAX_CHANNELS {
+                return Err(Error::new(format!(
+                    "--rates lists {} rates; at most {} channels per file",
+                    rates.len(),
+                    wire::MAX_CHANNELS
+                )));
+            }
+            let fastest = rates.iter().copied().max().unwrap_or(a.rate);
+            let adapt = a
+                .adapt
+                .map(|mode| (mode, a.min_rate, a.max_rate.unwrap_or(fastest)));
+            if let Some((_, min, max)) = adapt
+                && min > max
+            {
+                return Err(Error::new(format!(
+                    "--min-rate {} is above --max-rate {}",
+                    format_rate(min as f64),
+                    format_rate(max as f64)
+                )));
+            }
+            server::serve(server::ServeConfig {
+                key: keyfile::load(&a.key)?,
+                interface: net::resolve_interface(a.net.interface.as_deref())?,
+                group: a.net.group,
+                rates,
+                adapt,
+                packet_size: a.packet_size.into(),
+                ttl: a.ttl,
+                repair_share: a.repair_share,
+                cache_dir: a.cache_dir.unwrap_or_else(archive_file::default_cache_dir),
+                pack: (&a.pack).into(),
+                gso: !a.no_gso,
+                unicast_port: a.unicast_port.unwrap_or(a.net.group.port()),
+                unicast_max_rate: a.unicast_max_rate,
+                unicast_max_clients: a.unicast_max_clients,
+                on_demand: a.on_demand,
+                idle: Duration::from_secs(a.idle),
+                json: a.json,
+                paths: a.paths,
+            })
+        }
         Command::Recv(a) => recv::recv(recv::RecvConfig {
             key: keyfile::load(&a.key)?,
             interface: net::resolve_interface(a.net.interface.as_deref())?,
             group: a.net.group,
+            server: a
+                .server
+                .as_deref()
+                .map(|s| resolve_server(s, a.net.group.port()))
+                .transpose()?,
             out_dir: a.out,
             names: a.names,
             timeout: a.timeout.map(Duration::from_secs),
             debug_drop: a.debug_drop / 100.0,
             gro: !a.no_gro,
+            max_rate: a.max_rate,
+            aggregate: a.aggregate,
+            sync_timeout: Duration::from_secs_f64(a.sync_timeout),
+            unicast_only: a.unicast,
+            json: a.json,
         }),
         Command::Ls { net: n, timeout } => {
             let found = recv::list_on_air(
@@ -267,16 +416,21 @@ fn run(cli: Cli) -> Result<()> {
                 )));
             }
             println!(
-                "{:<32} {:>12} {:>22} {:>14}  SESSION",
-                "NAME", "SIZE", "CHANNEL", "RATE"
+                "{:<32} {:>12}  {:<8}  SESSION   CHANNELS",
+                "NAME", "SIZE", "STATE"
             );
             for (session, e) in found {
+                let channels: Vec<String> = e
+                    .channels
+                    .iter()
+                    .map(|c| format!("{} ({})", c.group, format_rate(c.rate_bps as f64)))
+                    .collect();
                 println!(
-                    "{:<32} {:>12} {:>22} {:>14}  {session:08x}",
+                    "{:<32} {:>12}  {:<8}  {session:08x}  {}",
                     e.name,
                     format_bytes(e.original_size),
-                    e.channel.to_string(),
-                    format_rate(e.rate_bps as f64)
+                    if e.idle() { "on-demand" } else { "on air" },
+                    channels.join(", ")
                 );
             }
             Ok(())

@@ -9,6 +9,7 @@ pub mod archive_file;
 pub mod cli;
 pub mod datapath;
 pub mod error;
+pub mod events;
 pub mod keyfile;
 pub mod net;
 pub mod pacer;

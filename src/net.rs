@@ -171,7 +171,7 @@ pub fn channel_for(base: SocketAddrV4, offset: u32) -> Result<SocketAddrV4> {
     match (ip, port) {
         (Some(ip), Some(port)) => Ok(SocketAddrV4::new(ip, port)),
         _ => Err(Error::new(format!(
-            "too many files for directory group {base}: channel {offset} would leave the multicast range"
+            "too many files or rates for directory group {base}: channel {offset} would leave the multicast range"
         ))),
     }
 }
@@ -182,14 +182,41 @@ pub fn recv_nonblocking(
     socket: &mio::net::UdpSocket,
     buf: &mut [u8],
 ) -> std::io::Result<Option<usize>> {
+    Ok(recv_from_nonblocking(socket, buf)?.map(|(n, _)| n))
+}
+
+/// `recv_nonblocking` that also says where the datagram came from (IPv4 only; others
+/// are skipped).
+pub fn recv_from_nonblocking(
+    socket: &mio::net::UdpSocket,
+    buf: &mut [u8],
+) -> std::io::Result<Option<(usize, SocketAddrV4)>> {
     loop {
-        match socket.recv(buf) {
-            Ok(n) => return Ok(Some(n)),
+        match socket.recv_from(buf) {
+            Ok((n, std::net::SocketAddr::V4(from))) => return Ok(Some((n, from))),
+            Ok(_) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
     }
+}
+
+/// A non-blocking UDP socket for unicast on `interface:port` (port 0: any free one;
+/// unspecified interface: every address of the host).
+pub fn unicast_socket(interface: Ipv4Addr, port: u16, buffer: usize) -> Result<UdpSocket> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
+        .context(|| "cannot create UDP socket".into())?;
+    size_buffer(&socket, buffer, true);
+    size_buffer(&socket, buffer, false);
+    let local = SocketAddrV4::new(interface, port);
+    socket
+        .bind(&local.into())
+        .context(|| format!("cannot bind a unicast socket to {local}"))?;
+    socket
+        .set_nonblocking(true)
+        .context(|| "cannot make socket non-blocking".into())?;
+    Ok(socket.into())
 }
 
 /// Distance between a channel's data port and its control (NAK) port.

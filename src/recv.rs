@@ -1,8 +1,10 @@
 //! `loopcast recv` and `loopcast ls`: listen on the directory group, join each wanted
-//! file's channel, store packets at their offsets, verify and deliver.
+//! file's channel (or several, or fall back to a unicast stream), store packets at
+//! their offsets, verify and deliver, and tell the server how it goes.
 
 use crate::datapath::BatchReceiver;
 use crate::error::{Context, Error, Result};
+use crate::events::Events;
 use crate::net;
 use crate::progress::{FileProgress, Progress};
 use crate::signals::StopSignals;
@@ -10,11 +12,13 @@ use crate::storage::{self, FrameReport, FrameWorker, PARTIAL_DIR, PartialFile, U
 use crate::units::{format_bytes, format_rate};
 use loopcast_proto::archive::Unpacker;
 use loopcast_proto::keys::hex;
-use loopcast_proto::wire::{self, AnnounceEntry, Packet};
-use loopcast_proto::{FileReceiver, FrameTracker, MasterKey, NakMode, Outcome};
+use loopcast_proto::rate::SELECT_SAMPLE;
+use loopcast_proto::wire::{self, AnnounceEntry, COOKIE_LEN, Packet};
+use loopcast_proto::{ChannelSelector, FileReceiver, FrameTracker, MasterKey, NakMode, Outcome};
 use mio::{Interest, Token, Waker};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
+use serde_json::json;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::fs::FileExt;
@@ -40,17 +44,37 @@ pub struct RecvConfig {
     pub debug_drop: f64,
     /// Read UDP GRO bundles where the kernel offers them (`--no-gro` clears it).
     pub gro: bool,
+    /// Fastest channel to take, bits/s (None: the fastest on offer).
+    pub max_rate: Option<u64>,
+    /// Join every channel within `max_rate` at once.
+    pub aggregate: bool,
+    /// Ask for a unicast stream after this long without data.
+    pub sync_timeout: Duration,
+    /// The server's unicast address, for when no multicast is heard at all.
+    pub server: Option<SocketAddrV4>,
+    /// Skip multicast entirely: unicast from `server`.
+    pub unicast_only: bool,
+    /// Print events as JSON lines on stdout.
+    pub json: bool,
 }
 
 const DIRECTORY: Token = Token(0);
 const WAKER: Token = Token(1);
-const FIRST_CHANNEL: usize = 2;
+/// The socket for requests and reports to servers.
+const LINK: Token = Token(2);
+const FIRST_RECEPTION: usize = 3;
+/// Tokens per reception: data and control socket per channel, then the unicast socket.
+const TOKENS_PER_RECEPTION: usize = 2 * wire::MAX_CHANNELS + 1;
+/// The receiver's loop track of a unicast stream (multicast channels use their index).
+const UNICAST_TRACK: usize = wire::MAX_CHANNELS;
 /// How often received maps are made durable.
 const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 /// How often plain progress lines are logged when no bar is drawn.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 /// A session silent this long may be replaced by another serving the same file.
 const SESSION_SILENCE: Duration = Duration::from_secs(3);
+/// How long to wait for an answer before repeating a request.
+const REQUEST_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -59,12 +83,98 @@ enum State {
     Done,
 }
 
+/// Where a reception's datagrams come from: token offsets within a reception.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Data socket of the joined channel in this slot.
+    Channel(usize),
+    /// Control socket (NAKs) of the joined channel in this slot.
+    Control(usize),
+    /// The unicast stream's socket.
+    Unicast,
+}
+
+impl Source {
+    fn offset(self) -> usize {
+        match self {
+            Source::Channel(slot) => 2 * slot,
+            Source::Control(slot) => 2 * slot + 1,
+            Source::Unicast => 2 * wire::MAX_CHANNELS,
+        }
+    }
+
+    fn from_offset(offset: usize) -> Source {
+        match offset {
+            o if o == 2 * wire::MAX_CHANNELS => Source::Unicast,
+            o if o % 2 == 0 => Source::Channel(o / 2),
+            o => Source::Control(o / 2),
+        }
+    }
+}
+
+/// A multicast channel a reception has joined.
+struct Joined {
+    /// The channel's index in the file's ANNOUNCE entry.
+    index: usize,
+    socket: mio::net::UdpSocket,
+    /// The channel's control port, where this and other receivers' NAKs go.
+    control: mio::net::UdpSocket,
+}
+
+/// A unicast stream's socket and the state of its request.
+struct UnicastPeer {
+    socket: mio::net::UdpSocket,
+    server: SocketAddrV4,
+    cookie: [u8; COOKIE_LEN],
+    next_request: Instant,
+}
+
+impl UnicastPeer {
+    fn open(interface: Ipv4Addr, server: SocketAddrV4, buffer: usize) -> Result<Self> {
+        Ok(Self {
+            socket: mio::net::UdpSocket::from_std(net::unicast_socket(interface, 0, buffer)?),
+            server,
+            cookie: [0; COOKIE_LEN],
+            next_request: Instant::now(),
+        })
+    }
+
+    /// Sends a request (with the cookie once we have one) and sets when to repeat it.
+    fn request(&mut self, now: Instant, receiver_id: u32, flags: u8, max_rate: u64, name: &str) {
+        let request = wire::Request {
+            receiver_id,
+            flags,
+            max_rate_bps: max_rate,
+            cookie: self.cookie,
+            name: name.to_string(),
+        };
+        self.send(&wire::encode_request(0, &request));
+        self.next_request = now + REQUEST_RETRY;
+    }
+
+    /// Sends one datagram to the server; a lost one is repeated by its timer.
+    fn send(&self, datagram: &[u8]) {
+        if let Err(e) = self.socket.send_to(datagram, self.server.into()) {
+            log::debug!("datagram to {} not sent: {e}", self.server);
+        }
+    }
+}
+
 /// One file being received.
 struct Reception {
     entry: AnnounceEntry,
-    socket: mio::net::UdpSocket,
-    /// The file's control port, where this and other receivers' NAKs go.
-    control: mio::net::UdpSocket,
+    /// The server's unicast address, when known (ANNOUNCE's source or `--server`).
+    server: Option<SocketAddrV4>,
+    /// Multicast channels joined (one, or several with `--aggregate`).
+    joined: Vec<Joined>,
+    selector: ChannelSelector,
+    next_sample: Instant,
+    /// The unicast stream, once this file fell back to one.
+    unicast: Option<UnicastPeer>,
+    /// When DATA last arrived (or the reception started): the sync time-out.
+    last_data: Instant,
+    /// On-demand file: when to ask again for its channels to start.
+    next_start_request: Option<Instant>,
     /// DATA packets thrown away by `--debug-drop`.
     debug_dropped: u64,
     fsm: FileReceiver,
@@ -73,9 +183,42 @@ struct Reception {
     frames: Option<Frames>,
     state: State,
     dirty: bool,
-    joined: Instant,
+    started: Instant,
     resumed: u32,
     progress: FileProgress,
+}
+
+impl Reception {
+    /// What to call the channel this reception reports on (announce index or unicast).
+    fn report_channel(&self) -> u8 {
+        match (&self.unicast, self.joined.first()) {
+            (None, Some(j)) => j.index as u8,
+            _ => wire::UNICAST_CHANNEL,
+        }
+    }
+
+    /// Datagrams the kernel dropped on this reception's sockets (buffer full).
+    fn kernel_drops(&self, batch: &BatchReceiver) -> u32 {
+        self.joined
+            .iter()
+            .map(|j| batch.kernel_drops(&j.socket))
+            .chain(self.unicast.iter().map(|u| batch.kernel_drops(&u.socket)))
+            .sum()
+    }
+
+    fn describe_channels(&self) -> String {
+        if let Some(u) = &self.unicast {
+            return format!("unicast from {}", u.server);
+        }
+        self.joined
+            .iter()
+            .map(|j| {
+                let c = &self.entry.channels[j.index];
+                format!("{} ({})", c.group, format_rate(c.rate_bps as f64))
+            })
+            .collect::<Vec<_>>()
+            .join(" + ")
+    }
 }
 
 /// Which frames of a file are whole, and the worker that unpacks them off the loop.
@@ -87,30 +230,52 @@ struct Frames {
 /// A frame worker's report: reception index, archive id, report.
 type VerifyResult = (usize, u64, FrameReport);
 
+/// One server's file list as heard so far.
+struct Listing {
+    parts: u8,
+    heard: HashSet<u8>,
+    names: HashSet<String>,
+}
+
 struct Receiver {
     config: RecvConfig,
     work_dir: PathBuf,
     signals: StopSignals,
-    directory: mio::net::UdpSocket,
+    directory: Option<mio::net::UdpSocket>,
+    /// Requests for listings and channel starts, reports and DONE of multicast receptions.
+    link: mio::net::UdpSocket,
+    /// Cookies servers gave the link.
+    cookies: HashMap<SocketAddrV4, [u8; COOKIE_LEN]>,
+    /// With `--server`: where and when to ask for the listing, until one is heard.
+    listing_request: Option<(SocketAddrV4, Instant)>,
     waker: Arc<Waker>,
     verified_tx: mpsc::Sender<VerifyResult>,
     verified_rx: mpsc::Receiver<VerifyResult>,
     receptions: Vec<Reception>,
-    /// Per server session: parts of its file list heard so far, and the names listed.
-    listings: HashMap<u32, (u8, HashSet<u8>, HashSet<String>)>,
+    /// Per server session: its file list as heard so far.
+    listings: HashMap<u32, Listing>,
+    /// Per server session: its unicast address.
+    servers: HashMap<u32, SocketAddrV4>,
     progress: Progress,
     persister: storage::Persister,
     nak_socket: std::net::UdpSocket,
     rng: SmallRng,
+    /// Random id for the link's requests.
+    link_id: u32,
     buf: Vec<u8>,
     /// Batched reads of the data channels.
     batch: BatchReceiver,
     /// Frames completed by the datagrams being handled (scratch).
     completed: Vec<u32>,
+    events: Events,
+    started: Instant,
 }
 
 /// Runs the receiver until every wanted file is delivered, the time-out, an error or a signal.
 pub fn recv(config: RecvConfig) -> Result<()> {
+    if config.unicast_only && config.server.is_none() {
+        return Err(Error::new("--unicast needs --server HOST[:PORT]"));
+    }
     let work_dir = config.out_dir.join(PARTIAL_DIR);
     std::fs::create_dir_all(&work_dir).context(|| {
         format!(
@@ -121,42 +286,71 @@ pub fn recv(config: RecvConfig) -> Result<()> {
     probe_writable(&config.out_dir)?;
     probe_writable(&work_dir)?;
     let signals = StopSignals::new()?;
-    let mut directory = mio::net::UdpSocket::from_std(net::multicast_receiver(
-        config.group,
-        config.interface,
-        1 << 20,
-    )?);
-    signals
-        .poll
-        .registry()
-        .register(&mut directory, DIRECTORY, Interest::READABLE)
+    let registry = signals.poll.registry();
+    let directory = if config.unicast_only {
+        None
+    } else {
+        let mut directory = mio::net::UdpSocket::from_std(net::multicast_receiver(
+            config.group,
+            config.interface,
+            1 << 20,
+        )?);
+        registry
+            .register(&mut directory, DIRECTORY, Interest::READABLE)
+            .context(|| "cannot register socket".into())?;
+        Some(directory)
+    };
+    let mut link =
+        mio::net::UdpSocket::from_std(net::unicast_socket(config.interface, 0, 1 << 20)?);
+    registry
+        .register(&mut link, LINK, Interest::READABLE)
         .context(|| "cannot register socket".into())?;
+    // With multicast, ask the server for its listing only if the directory stays silent.
+    let listing_request = config.server.map(|server| {
+        let wait = if config.unicast_only {
+            Duration::ZERO
+        } else {
+            config.sync_timeout
+        };
+        (server, Instant::now() + wait)
+    });
     let waker = Arc::new(
         Waker::new(signals.poll.registry(), WAKER).context(|| "cannot create waker".into())?,
     );
     let (verified_tx, verified_rx) = mpsc::channel();
     let receiver_interface = config.interface;
+    let mut rng = SmallRng::seed_from_u64(rand::random());
     let mut receiver = Receiver {
+        events: Events::new(config.json),
         config,
         work_dir,
         signals,
         directory,
+        link,
+        cookies: HashMap::new(),
+        listing_request,
         waker,
         verified_tx,
         verified_rx,
         receptions: Vec::new(),
         listings: HashMap::new(),
+        servers: HashMap::new(),
         progress: Progress::new(),
         persister: storage::Persister::new()?,
         nak_socket: net::multicast_sender(receiver_interface, net::DEFAULT_TTL, 1 << 20)?,
-        rng: SmallRng::seed_from_u64(rand::random()),
+        link_id: rng.random(),
+        rng,
         buf: vec![0u8; 65536],
         batch: BatchReceiver::new(),
         completed: Vec::new(),
+        started: Instant::now(),
     };
     let result = receiver.run();
-    if result.is_err() {
+    if let Err(e) = &result {
         receiver.save_progress();
+        receiver
+            .events
+            .emit("error", json!({"error": e.to_string()}));
     }
     result
 }
@@ -170,18 +364,18 @@ fn probe_writable(dir: &Path) -> Result<()> {
 
 impl Receiver {
     fn run(&mut self) -> Result<()> {
-        let started = Instant::now();
+        let started = self.started;
         let deadline = self.config.timeout.map(|t| started + t);
         let mut next_persist = started + PERSIST_INTERVAL;
         let mut next_progress = started + PROGRESS_INTERVAL;
-        if self.config.names.is_empty() {
-            log::info!("waiting for files on {}", self.config.group);
+        let wanted = if self.config.names.is_empty() {
+            "files".to_string()
         } else {
-            log::info!(
-                "waiting for {} on {}",
-                self.config.names.join(", "),
-                self.config.group
-            );
+            self.config.names.join(", ")
+        };
+        match (self.config.server, self.config.unicast_only) {
+            (Some(server), true) => log::info!("asking {server} for {wanted} by unicast"),
+            _ => log::info!("waiting for {wanted} on {}", self.config.group),
         }
         loop {
             if self.all_done() {
@@ -196,11 +390,7 @@ impl Receiver {
                     self.describe_missing()
                 )));
             }
-            let wake = [
-                deadline,
-                Some(now + PERSIST_INTERVAL),
-                self.next_nak_timer(),
-            ];
+            let wake = [deadline, Some(now + PERSIST_INTERVAL), self.next_timer()];
             let wait = wake
                 .into_iter()
                 .flatten()
@@ -217,16 +407,19 @@ impl Receiver {
             for token in tokens {
                 match token {
                     DIRECTORY => self.drain_directory()?,
+                    LINK => self.drain_link()?,
                     WAKER => {}
                     Token(t)
-                        if t >= FIRST_CHANNEL
-                            && (t - FIRST_CHANNEL) / 2 < self.receptions.len() =>
+                        if t >= FIRST_RECEPTION
+                            && (t - FIRST_RECEPTION) / TOKENS_PER_RECEPTION
+                                < self.receptions.len() =>
                     {
-                        let index = (t - FIRST_CHANNEL) / 2;
-                        if (t - FIRST_CHANNEL) % 2 == 0 {
-                            self.drain_channel(index)?
-                        } else {
-                            self.drain_control(index)?
+                        let index = (t - FIRST_RECEPTION) / TOKENS_PER_RECEPTION;
+                        let source =
+                            Source::from_offset((t - FIRST_RECEPTION) % TOKENS_PER_RECEPTION);
+                        match source {
+                            Source::Control(slot) => self.drain_control(index, slot)?,
+                            data => self.drain_data(index, data)?,
                         }
                     }
                     _ => {}
@@ -238,7 +431,7 @@ impl Receiver {
                     self.frame_report(index, report)?;
                 }
             }
-            self.run_nak_timers();
+            self.run_timers()?;
             let now = Instant::now();
             if let Some(e) = self.persister.take_error() {
                 return Err(e);
@@ -269,61 +462,142 @@ impl Receiver {
         if !self.config.names.is_empty() {
             return self.config.names.iter().all(|n| done.contains(n.as_str()));
         }
-        self.listings.values().any(|(parts, heard, names)| {
-            heard.len() == *parts as usize && names.iter().all(|n| done.contains(n.as_str()))
+        self.listings.values().any(|l| {
+            l.heard.len() == l.parts as usize && l.names.iter().all(|n| done.contains(n.as_str()))
         })
     }
 
     fn drain_directory(&mut self) -> Result<()> {
-        while let Some(n) = net::recv_nonblocking(&self.directory, &mut self.buf)
-            .context(|| format!("cannot receive on {}", self.config.group))?
+        loop {
+            let Some(directory) = &self.directory else {
+                return Ok(());
+            };
+            let Some((n, from)) = net::recv_from_nonblocking(directory, &mut self.buf)
+                .context(|| format!("cannot receive on {}", self.config.group))?
+            else {
+                return Ok(());
+            };
+            let bytes = self.buf[..n].to_vec();
+            self.take_listing(&bytes, *from.ip(), None)?;
+        }
+    }
+
+    /// Answers from servers to the link: cookies and listings.
+    fn drain_link(&mut self) -> Result<()> {
+        while let Some((n, from)) = net::recv_from_nonblocking(&self.link, &mut self.buf)
+            .context(|| "cannot receive from servers".into())?
         {
-            let Ok(datagram) = wire::decode(&self.buf[..n]) else {
-                continue;
-            };
-            let Packet::Announce(announce) = datagram.packet else {
-                continue;
-            };
-            let session = datagram.session_id;
-            for entry in &announce.entries {
-                loopcast_proto::manifest::check_name(&entry.name).map_err(|why| {
-                    Error::new(format!(
-                        "server {session:08x} offers a file named {:?} ({why}); refusing it",
-                        entry.name
-                    ))
-                })?;
-            }
-            let listing = self
-                .listings
-                .entry(session)
-                .or_insert_with(|| (announce.parts, HashSet::new(), HashSet::new()));
-            listing.1.insert(announce.part);
-            listing
-                .2
-                .extend(announce.entries.iter().map(|e| e.name.clone()));
-            for entry in announce.entries {
-                if self.wanted(&entry.name) {
-                    self.follow(session, entry)?;
+            let bytes = self.buf[..n].to_vec();
+            match wire::decode(&bytes) {
+                Ok(wire::Datagram {
+                    packet: Packet::Cookie(cookie),
+                    ..
+                }) => {
+                    // Ask again at once, validated this time.
+                    self.cookies.insert(from, cookie);
+                    let now = Instant::now();
+                    if let Some((server, at)) = self.listing_request.as_mut()
+                        && *server == from
+                    {
+                        *at = now;
+                    }
+                    for r in &mut self.receptions {
+                        if r.server == Some(from) && r.next_start_request.is_some() {
+                            r.next_start_request = Some(now);
+                        }
+                    }
                 }
+                Ok(_) => self.take_listing(&bytes, *from.ip(), Some(from))?,
+                Err(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a request from the link to `server`, with its cookie once we have one.
+    fn link_request(&self, server: SocketAddrV4, flags: u8, name: &str) {
+        let request = wire::Request {
+            receiver_id: self.link_id,
+            flags,
+            max_rate_bps: self.config.max_rate.unwrap_or(0),
+            cookie: self
+                .cookies
+                .get(&server)
+                .copied()
+                .unwrap_or([0; COOKIE_LEN]),
+            name: name.to_string(),
+        };
+        self.link_send(&wire::encode_request(0, &request), server);
+    }
+
+    /// Sends a datagram from the link; a lost one is repeated by its timer or not needed.
+    fn link_send(&self, datagram: &[u8], to: SocketAddrV4) {
+        if let Err(e) = self.link.send_to(datagram, to.into()) {
+            log::debug!("datagram to {to} not sent: {e}");
+        }
+    }
+
+    /// Takes an ANNOUNCE heard from `source` by multicast, or by unicast from
+    /// `unicast_from` (a server asked with `--server`), and follows the wanted files it lists.
+    fn take_listing(
+        &mut self,
+        bytes: &[u8],
+        source: Ipv4Addr,
+        unicast_from: Option<SocketAddrV4>,
+    ) -> Result<()> {
+        let Ok(datagram) = wire::decode(bytes) else {
+            return Ok(());
+        };
+        let Packet::Announce(announce) = datagram.packet else {
+            return Ok(());
+        };
+        let session = datagram.session_id;
+        for entry in &announce.entries {
+            loopcast_proto::manifest::check_name(&entry.name).map_err(|why| {
+                Error::new(format!(
+                    "server {session:08x} offers a file named {:?} ({why}); refusing it",
+                    entry.name
+                ))
+            })?;
+        }
+        let server = unicast_from.unwrap_or(SocketAddrV4::new(source, announce.unicast_port));
+        self.servers.insert(session, server);
+        self.listing_request = None; // a listing was heard: no need to ask for one
+        let listing = self.listings.entry(session).or_insert_with(|| Listing {
+            parts: announce.parts,
+            heard: HashSet::new(),
+            names: HashSet::new(),
+        });
+        listing.heard.insert(announce.part);
+        listing
+            .names
+            .extend(announce.entries.iter().map(|e| e.name.clone()));
+        for entry in announce.entries {
+            if self.wanted(&entry.name) {
+                self.follow(session, entry, unicast_from.is_some())?;
             }
         }
         Ok(())
     }
 
     /// Starts receiving `entry`, or restarts it if the server now offers another archive
-    /// under that name, or took over from a silent session.
-    fn follow(&mut self, session: u32, entry: AnnounceEntry) -> Result<()> {
+    /// under that name, or took over from a silent session. A file listed by unicast
+    /// (no multicast heard at all) is streamed by unicast at once.
+    fn follow(&mut self, session: u32, entry: AnnounceEntry, by_unicast: bool) -> Result<()> {
         let now = Instant::now();
         let existing = self
             .receptions
             .iter()
             .position(|r| r.entry.name == entry.name);
         if let Some(i) = existing {
-            let r = &self.receptions[i];
+            let r = &mut self.receptions[i];
             let changed = r.entry.archive_id != entry.archive_id;
             let silent = r.fsm.session_id() != session
-                && r.fsm.last_heard().unwrap_or(r.joined) + SESSION_SILENCE < now;
+                && r.fsm.last_heard().unwrap_or(r.started) + SESSION_SILENCE < now;
             if r.state != State::Receiving || !(changed || silent) {
+                if r.fsm.session_id() == session {
+                    r.entry.flags = entry.flags; // on-demand channels started or stopped
+                }
                 return Ok(());
             }
             log::info!(
@@ -333,33 +607,14 @@ impl Receiver {
             );
             self.persist(i)?;
         }
-        let mut socket = mio::net::UdpSocket::from_std(net::multicast_receiver(
-            entry.channel,
-            self.config.interface,
-            net::buffer_size_for_rate(entry.rate_bps),
-        )?);
-        let mut control = mio::net::UdpSocket::from_std(net::multicast_receiver(
-            SocketAddrV4::new(*entry.channel.ip(), entry.control_port),
-            self.config.interface,
-            1 << 20,
-        )?);
-        BatchReceiver::setup(&socket, self.config.gro);
         let index = existing.unwrap_or(self.receptions.len());
-        let registry = self.signals.poll.registry();
-        for (socket, token) in [
-            (&mut socket, FIRST_CHANNEL + 2 * index),
-            (&mut control, FIRST_CHANNEL + 2 * index + 1),
-        ] {
-            registry
-                .register(socket, Token(token), Interest::READABLE)
-                .context(|| "cannot register socket".into())?;
-        }
-        log::info!(
-            "{}: joining {} ({}, {})",
-            entry.name,
-            entry.channel,
-            format_bytes(entry.original_size),
-            format_rate(entry.rate_bps as f64)
+        let selector = ChannelSelector::new(
+            &entry
+                .channels
+                .iter()
+                .map(|c| c.rate_bps)
+                .collect::<Vec<_>>(),
+            self.config.max_rate,
         );
         let reception = Reception {
             fsm: FileReceiver::new(
@@ -370,37 +625,219 @@ impl Receiver {
                 NakMode::Suppressed,
             ),
             progress: self.progress.add(&entry.name, 0),
+            server: self.servers.get(&session).copied(),
+            joined: Vec::new(),
+            selector,
+            next_sample: now + SELECT_SAMPLE,
+            unicast: None,
+            last_data: now,
+            next_start_request: None,
             entry,
-            socket,
-            control,
             debug_dropped: 0,
             partial: None,
             frames: None,
             state: State::Receiving,
             dirty: false,
-            joined: now,
+            started: now,
             resumed: 0,
         };
         match existing {
             Some(i) => {
                 let mut old = std::mem::replace(&mut self.receptions[i], reception);
-                let _ = registry.deregister(&mut old.socket);
-                self.batch.forget(&old.socket);
-                let _ = registry.deregister(&mut old.control);
+                self.close_sources(&mut old);
             }
             None => self.receptions.push(reception),
         }
+        let r = &self.receptions[index];
+        self.events.emit(
+            "join",
+            json!({"file": r.entry.name, "size": r.entry.original_size,
+                   "server": r.server.map(|s| s.to_string())}),
+        );
+        if by_unicast || self.config.unicast_only {
+            return self.fall_back(index, "no multicast heard");
+        }
+        let channels = if self.config.aggregate {
+            r.selector.allowed().to_vec()
+        } else {
+            vec![r.selector.channel()]
+        };
+        for channel in channels {
+            self.join_channel(index, channel)?;
+        }
+        let r = &mut self.receptions[index];
+        if r.entry.idle() {
+            r.next_start_request = Some(now);
+        }
+        log::info!(
+            "{}: joining {} ({}{})",
+            r.entry.name,
+            r.describe_channels(),
+            format_bytes(r.entry.original_size),
+            if r.entry.idle() {
+                ", on demand: asking the server to start it"
+            } else {
+                ""
+            }
+        );
         Ok(())
     }
 
-    fn drain_channel(&mut self, index: usize) -> Result<()> {
+    fn token(index: usize, source: Source) -> Token {
+        Token(FIRST_RECEPTION + index * TOKENS_PER_RECEPTION + source.offset())
+    }
+
+    /// Joins channel `channel` (announce index) of reception `index` in a free slot.
+    fn join_channel(&mut self, index: usize, channel: usize) -> Result<()> {
+        let r = &mut self.receptions[index];
+        let info = r.entry.channels[channel];
+        let mut socket = mio::net::UdpSocket::from_std(net::multicast_receiver(
+            info.group,
+            self.config.interface,
+            net::buffer_size_for_rate(info.rate_bps),
+        )?);
+        let mut control = mio::net::UdpSocket::from_std(net::multicast_receiver(
+            info.control(),
+            self.config.interface,
+            1 << 20,
+        )?);
+        BatchReceiver::setup(&socket, self.config.gro);
+        let slot = (0..wire::MAX_CHANNELS)
+            .find(|s| r.joined.len() <= *s)
+            .expect("at most MAX_CHANNELS channels");
+        let registry = self.signals.poll.registry();
+        for (socket, source) in [
+            (&mut socket, Source::Channel(slot)),
+            (&mut control, Source::Control(slot)),
+        ] {
+            registry
+                .register(socket, Self::token(index, source), Interest::READABLE)
+                .context(|| "cannot register socket".into())?;
+        }
+        r.joined.push(Joined {
+            index: channel,
+            socket,
+            control,
+        });
+        Ok(())
+    }
+
+    /// Leaves the multicast channels `joined`.
+    fn leave(&mut self, joined: Vec<Joined>) {
+        let registry = self.signals.poll.registry();
+        for mut j in joined {
+            let _ = registry.deregister(&mut j.socket);
+            let _ = registry.deregister(&mut j.control);
+            self.batch.forget(&j.socket);
+        }
+    }
+
+    /// Leaves every multicast channel and the unicast stream of `r`.
+    fn close_sources(&mut self, r: &mut Reception) {
+        self.leave(std::mem::take(&mut r.joined));
+        if let Some(mut u) = r.unicast.take() {
+            let _ = self.signals.poll.registry().deregister(&mut u.socket);
+            self.batch.forget(&u.socket);
+        }
+    }
+
+    /// Moves reception `index` from its channel to channel `to` (a step down or up).
+    fn switch_channel(&mut self, index: usize, to: usize) -> Result<()> {
+        let joined = std::mem::take(&mut self.receptions[index].joined);
+        let from = joined.first().map(|j| j.index);
+        self.leave(joined);
+        self.join_channel(index, to)?;
+        let r = &self.receptions[index];
+        let down =
+            from.is_some_and(|f| r.entry.channels[f].rate_bps > r.entry.channels[to].rate_bps);
+        log::info!(
+            "{}: {} to {} ({})",
+            r.entry.name,
+            if down {
+                "sustained loss, stepping down"
+            } else {
+                "clean for a while, stepping up"
+            },
+            r.entry.channels[to].group,
+            format_rate(r.entry.channels[to].rate_bps as f64)
+        );
+        self.events.emit(
+            "channel_change",
+            json!({"file": r.entry.name, "from_rate_bps": from.map(|f| r.entry.channels[f].rate_bps),
+                   "to_rate_bps": r.entry.channels[to].rate_bps,
+                   "channel": r.entry.channels[to].group.to_string(),
+                   "reason": if down { "loss" } else { "clean" }}),
+        );
+        Ok(())
+    }
+
+    /// Leaves multicast for reception `index` and asks its server for a unicast stream.
+    fn fall_back(&mut self, index: usize, why: &str) -> Result<()> {
+        let Some(server) = self.receptions[index].server.or(self.config.server) else {
+            return Ok(()); // no server known: keep listening
+        };
+        let joined = std::mem::take(&mut self.receptions[index].joined);
+        self.leave(joined);
+        let registry = self.signals.poll.registry();
+        let rate = self.config.max_rate.unwrap_or(0);
+        let mut peer = UnicastPeer::open(
+            self.config.interface,
+            server,
+            net::buffer_size_for_rate(rate.max(1_000_000_000)),
+        )?;
+        BatchReceiver::setup(&peer.socket, self.config.gro);
+        registry
+            .register(
+                &mut peer.socket,
+                Self::token(index, Source::Unicast),
+                Interest::READABLE,
+            )
+            .context(|| "cannot register socket".into())?;
+        let r = &mut self.receptions[index];
+        let receiver_id = r.fsm.receiver_id();
+        peer.request(
+            Instant::now(),
+            receiver_id,
+            wire::REQUEST_UNICAST,
+            rate,
+            &r.entry.name,
+        );
+        r.unicast = Some(peer);
+        r.server = Some(server);
+        r.last_data = Instant::now();
+        r.fsm.set_nak_mode(NakMode::Immediate);
+        log::info!(
+            "{}: {why}; asking {server} for a unicast stream",
+            r.entry.name
+        );
+        self.events.emit(
+            "fallback",
+            json!({"file": r.entry.name, "server": server.to_string(), "reason": why}),
+        );
+        Ok(())
+    }
+
+    /// Takes every datagram waiting on a data source (a channel or the unicast stream)
+    /// of reception `index`, storing new payloads of each batch with one write.
+    fn drain_data(&mut self, index: usize, source: Source) -> Result<()> {
         let now = Instant::now();
         loop {
             let r = &mut self.receptions[index];
+            let (socket, track) = match source {
+                Source::Channel(slot) => match r.joined.get(slot) {
+                    Some(j) => (&j.socket, j.index),
+                    None => return Ok(()), // left since the event
+                },
+                Source::Unicast => match &r.unicast {
+                    Some(u) => (&u.socket, UNICAST_TRACK),
+                    None => return Ok(()),
+                },
+                Source::Control(_) => unreachable!("control sockets carry NAKs"),
+            };
             let taken = self
                 .batch
-                .recv(&r.socket)
-                .context(|| format!("cannot receive on {}", r.entry.channel))?;
+                .recv(socket)
+                .context(|| format!("cannot receive data for {}", r.entry.name))?;
             if taken == 0 {
                 break;
             }
@@ -410,7 +847,24 @@ impl Receiver {
             // New payloads of this batch, written in one go from the receive buffers.
             let mut stores: Vec<(u64, &[u8])> = Vec::new();
             for datagram in self.batch.datagrams() {
-                let is_data = datagram.get(3) == Some(&(wire::PacketType::Data as u8));
+                let kind = datagram.get(3).copied();
+                if kind == Some(wire::PacketType::Cookie as u8) {
+                    if let (
+                        Some(u),
+                        Ok(wire::Datagram {
+                            packet: Packet::Cookie(cookie),
+                            ..
+                        }),
+                    ) = (r.unicast.as_mut(), wire::decode(datagram))
+                    {
+                        u.cookie = cookie;
+                        let id = r.fsm.receiver_id();
+                        let rate = self.config.max_rate.unwrap_or(0);
+                        u.request(now, id, wire::REQUEST_UNICAST, rate, &r.entry.name);
+                    }
+                    continue;
+                }
+                let is_data = kind == Some(wire::PacketType::Data as u8);
                 if self.config.debug_drop > 0.0
                     && is_data
                     && self.rng.random_bool(self.config.debug_drop)
@@ -418,7 +872,7 @@ impl Receiver {
                     r.debug_dropped += 1;
                     continue;
                 }
-                match r.fsm.handle_datagram(now, datagram) {
+                match r.fsm.handle_datagram_on(now, track, datagram) {
                     Outcome::Store {
                         body_offset,
                         payload,
@@ -442,6 +896,10 @@ impl Receiver {
                         )));
                     }
                     Outcome::Nothing => {}
+                }
+                if is_data {
+                    r.last_data = now;
+                    r.next_start_request = None; // the channels are running
                 }
             }
             if !stores.is_empty() {
@@ -477,7 +935,7 @@ impl Receiver {
                 "{}: all {} packets held after {:.2} s, finishing the last frames",
                 r.entry.name,
                 r.fsm.received().len(),
-                r.joined.elapsed().as_secs_f64()
+                r.started.elapsed().as_secs_f64()
             );
             self.persist(index)?;
         }
@@ -534,47 +992,134 @@ impl Receiver {
         Ok(())
     }
 
-    /// Takes NAKs from the file's control port (other receivers', and our own echoed back).
-    fn drain_control(&mut self, index: usize) -> Result<()> {
+    /// Takes NAKs from a channel's control port (other receivers', and our own echoed back).
+    fn drain_control(&mut self, index: usize, slot: usize) -> Result<()> {
         let now = Instant::now();
         let r = &mut self.receptions[index];
-        while let Some(n) = net::recv_nonblocking(&r.control, &mut self.buf)
+        let Some(j) = r.joined.get(slot) else {
+            return Ok(());
+        };
+        while let Some(n) = net::recv_nonblocking(&j.control, &mut self.buf)
             .context(|| format!("cannot receive NAKs for {}", r.entry.name))?
         {
             if r.state == State::Receiving {
-                r.fsm.handle_datagram(now, &self.buf[..n]);
+                r.fsm.handle_datagram_on(now, j.index, &self.buf[..n]);
             }
         }
         Ok(())
     }
 
-    /// The earliest NAK timer of any file being received.
-    fn next_nak_timer(&self) -> Option<Instant> {
-        self.receptions
+    /// The earliest thing any timer waits for: NAK and report timers, channel
+    /// samples, sync time-outs, requests to repeat.
+    fn next_timer(&self) -> Option<Instant> {
+        let listing = self.listing_request.map(|(_, at)| at);
+        let receptions = self
+            .receptions
             .iter()
             .filter(|r| r.state == State::Receiving)
-            .filter_map(|r| r.fsm.poll_timeout())
-            .min()
+            .flat_map(|r| {
+                let multicast = r.unicast.is_none();
+                [
+                    r.fsm.poll_timeout(),
+                    (multicast && !self.config.aggregate).then_some(r.next_sample),
+                    (multicast && r.server.or(self.config.server).is_some())
+                        .then(|| r.last_data + self.config.sync_timeout),
+                    r.unicast
+                        .as_ref()
+                        .map(|u| u.next_request.max(r.last_data + REQUEST_RETRY)),
+                    r.next_start_request,
+                ]
+            })
+            .flatten();
+        receptions.chain(listing).min()
     }
 
-    /// Fires due NAK timers and sends the NAKs they produce to each file's control port.
-    fn run_nak_timers(&mut self) {
+    /// Runs every timer that is due: NAKs, reports, channel choice, fallback to
+    /// unicast, repeated requests.
+    fn run_timers(&mut self) -> Result<()> {
         let now = Instant::now();
-        for r in self
-            .receptions
-            .iter_mut()
-            .filter(|r| r.state == State::Receiving)
+        if let Some((server, at)) = self.listing_request
+            && now >= at
         {
-            if r.fsm.poll_timeout().is_some_and(|at| at <= now) {
-                r.fsm.handle_timeout(now);
+            self.link_request(server, 0, "");
+            self.listing_request = Some((server, now + REQUEST_RETRY));
+        }
+        for i in 0..self.receptions.len() {
+            if self.receptions[i].state != State::Receiving {
+                continue;
             }
-            while let Some(nak) = r.fsm.poll_transmit() {
-                let to = SocketAddrV4::new(*r.entry.channel.ip(), r.entry.control_port);
-                match self.nak_socket.send_to(&nak, to) {
-                    Ok(_) => {}
-                    // A lost NAK is repaired by the next timer round, like one lost in the network.
-                    Err(e) => log::debug!("{}: NAK to {to} not sent: {e}", r.entry.name),
+            self.run_reception_timers(i, now);
+            let r = &mut self.receptions[i];
+            if r.unicast.is_none()
+                && now >= r.last_data + self.config.sync_timeout
+                && r.server.or(self.config.server).is_some()
+            {
+                let why = format!(
+                    "no data for {:.1} s on multicast",
+                    self.config.sync_timeout.as_secs_f64()
+                );
+                self.fall_back(i, &why)?;
+                continue;
+            }
+            if r.unicast.is_none() && !self.config.aggregate && now >= r.next_sample {
+                r.next_sample = now + SELECT_SAMPLE;
+                let current = r.joined.first().map(|j| j.index);
+                if let Some(current) = current {
+                    let (advanced, arrived) = r.fsm.track_counters(current);
+                    if let Some(to) = r.selector.sample(advanced, arrived) {
+                        self.switch_channel(i, to)?;
+                    }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// NAKs, reports and repeated requests of reception `i`.
+    fn run_reception_timers(&mut self, i: usize, now: Instant) {
+        let r = &mut self.receptions[i];
+        if r.fsm.poll_timeout().is_some_and(|at| at <= now) {
+            r.fsm.handle_timeout(now);
+        }
+        let drops = r.kernel_drops(&self.batch);
+        let channel = r.report_channel();
+        let report = r.fsm.poll_report(now, channel, drops);
+        let mut naks = Vec::new();
+        while let Some(nak) = r.fsm.poll_transmit() {
+            naks.push(nak);
+        }
+        if let Some(u) = r.unicast.as_mut() {
+            // The stream's NAKs and reports go to the server from the stream's socket,
+            // which is how the server knows the client is still there.
+            naks.iter().chain(report.iter()).for_each(|d| u.send(d));
+            if now >= u.next_request && now >= r.last_data + REQUEST_RETRY {
+                let id = r.fsm.receiver_id();
+                let rate = self.config.max_rate.unwrap_or(0);
+                u.request(now, id, wire::REQUEST_UNICAST, rate, &r.entry.name);
+            }
+            return;
+        }
+        if let Some(j) = r.joined.first() {
+            let to = r.entry.channels[j.index].control();
+            for nak in &naks {
+                if let Err(e) = self.nak_socket.send_to(nak, to) {
+                    // A lost NAK is repaired by the next timer round, like one lost in the network.
+                    log::debug!("{}: NAK to {to} not sent: {e}", r.entry.name);
+                }
+            }
+        }
+        let server = r.server.or(self.config.server);
+        let start_due = r.next_start_request.is_some_and(|at| now >= at);
+        let name = r.entry.name.clone();
+        if start_due {
+            r.next_start_request = Some(now + REQUEST_RETRY);
+        }
+        if let Some(server) = server {
+            if let Some(report) = report {
+                self.link_send(&report, server);
+            }
+            if start_due {
+                self.link_request(server, wire::REQUEST_START, &name);
             }
         }
     }
@@ -615,20 +1160,23 @@ impl Receiver {
                 if let Some(p) = r.partial.take() {
                     p.remove(&self.persister);
                 }
-                let secs = r.joined.elapsed().as_secs_f64();
+                let elapsed = r.started.elapsed();
+                let secs = elapsed.as_secs_f64();
                 let s = r.fsm.stats();
+                let drops = r.kernel_drops(&self.batch);
                 log::info!(
-                    "{}: complete and verified in {:.2} s ({} at {}); {} packets stored, {} resumed, {} duplicates, {} dropped, {} debug-dropped, {} dropped by the kernel (socket buffer full); repair: {} repairs received, {} NAKs sent, {} heard, {} suppressed -> {}",
+                    "{}: complete and verified in {:.2} s ({} at {}) over {}; {} packets stored, {} resumed, {} duplicates, {} dropped, {} debug-dropped, {} dropped by the kernel (socket buffer full); repair: {} repairs received, {} NAKs sent, {} heard, {} suppressed -> {}",
                     manifest.name,
                     secs,
                     format_bytes(manifest.original_size),
                     format_rate(manifest.original_size as f64 * 8.0 / secs.max(1e-9)),
+                    r.describe_channels(),
                     s.stored,
                     r.resumed,
                     s.duplicates,
                     s.dropped(),
                     r.debug_dropped,
-                    self.batch.kernel_drops(&r.socket),
+                    drops,
                     s.repairs,
                     s.naks_sent,
                     s.naks_heard,
@@ -636,6 +1184,27 @@ impl Receiver {
                     path.display()
                 );
                 r.progress.finish(format!("{} done", manifest.name));
+                self.events.emit(
+                    "done",
+                    json!({"file": manifest.name, "path": path.display().to_string(),
+                           "seconds": secs, "bytes": manifest.original_size,
+                           "via": r.describe_channels()}),
+                );
+                // Tell the server; twice, as one datagram may be lost and nothing repeats it.
+                let done = r.fsm.done_datagram(elapsed);
+                let server = r.server.or(self.config.server);
+                r.progress.set(r.fsm.received().count() as u64);
+                match (&r.unicast, server) {
+                    (Some(u), _) => (0..2).for_each(|_| u.send(&done)),
+                    (None, Some(server)) => (0..2).for_each(|_| self.link_send(&done, server)),
+                    (None, None) => {}
+                }
+                // Nothing more to take from the channels or the stream.
+                let joined = std::mem::take(&mut self.receptions[index].joined);
+                self.leave(joined);
+                if let Some(mut u) = self.receptions[index].unicast.take() {
+                    let _ = self.signals.poll.registry().deregister(&mut u.socket);
+                }
                 Ok(())
             }
             FrameReport::Bad(frame, range) => {
@@ -695,27 +1264,35 @@ impl Receiver {
     }
 
     fn log_progress(&self) {
-        if self.progress.is_drawing() {
-            return;
-        }
         for r in self
             .receptions
             .iter()
             .filter(|r| r.state == State::Receiving)
         {
             let held = r.fsm.received().count();
+            if let Some(m) = r.fsm.manifest() {
+                self.events.emit(
+                    "progress",
+                    json!({"file": r.entry.name, "held": held, "packets": m.packet_count(),
+                           "via": r.describe_channels()}),
+                );
+            }
+            if self.progress.is_drawing() {
+                continue;
+            }
             match r.fsm.manifest() {
                 Some(m) => log::info!(
-                    "{}: {:.1}% ({} of {} packets)",
+                    "{}: {:.1}% ({} of {} packets) over {}",
                     r.entry.name,
                     100.0 * held as f64 / m.packet_count().max(1) as f64,
                     held,
-                    m.packet_count()
+                    m.packet_count(),
+                    r.describe_channels()
                 ),
                 None => log::info!(
                     "{}: waiting for its manifest on {}",
                     r.entry.name,
-                    r.entry.channel
+                    r.describe_channels()
                 ),
             }
         }
@@ -732,7 +1309,7 @@ impl Receiver {
                     r.fsm.received().count(),
                     m.packet_count()
                 ),
-                (_, None) => "no manifest heard".to_string(),
+                (_, None) => format!("nothing heard on {}", r.describe_channels()),
             };
             parts.insert(r.entry.name.clone(), status);
         }
@@ -742,7 +1319,16 @@ impl Receiver {
                 .or_insert_with(|| "not on air".to_string());
         }
         if parts.is_empty() {
-            return format!("no server heard on {}", self.config.group);
+            return match (self.config.server, self.config.unicast_only) {
+                (Some(server), true) => format!("no answer from {server}"),
+                (Some(server), false) => {
+                    format!(
+                        "no server heard on {} and no answer from {server}",
+                        self.config.group
+                    )
+                }
+                (None, _) => format!("no server heard on {}", self.config.group),
+            };
         }
         parts
             .into_iter()

@@ -4,7 +4,7 @@
 
 use loopcast_proto::MasterKey;
 use loopcast_proto::manifest::Manifest;
-use loopcast_proto::wire::{self, Announce, AnnounceEntry};
+use loopcast_proto::wire::{self, Announce, AnnounceEntry, ChannelInfo};
 use rand::{Rng, SeedableRng};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -306,14 +306,18 @@ fn a_path_traversal_name_from_a_rogue_sender_is_refused() {
         &Announce {
             part: 0,
             parts: 1,
+            unicast_port: channel.port(),
             entries: vec![AnnounceEntry {
                 archive_id: 5,
                 original_size: 1,
                 body_len: 65,
-                channel,
-                control_port: channel.port() + 10000,
-                rate_bps: 1_000_000,
+                flags: 0,
                 name: "../evil".into(),
+                channels: vec![ChannelInfo {
+                    group: channel,
+                    control_port: channel.port() + 10000,
+                    rate_bps: 1_000_000,
+                }],
             }],
         },
     );

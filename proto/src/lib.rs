@@ -9,18 +9,22 @@
 
 pub mod archive;
 pub mod codec;
+pub mod cookie;
 pub mod frames;
 pub mod keys;
 pub mod manifest;
+pub mod rate;
 pub mod received;
 pub mod receiver;
 pub mod sender;
 pub mod sim;
 pub mod wire;
 
+pub use cookie::CookieJar;
 pub use frames::FrameTracker;
 pub use keys::{FileKey, MasterKey};
 pub use manifest::Manifest;
+pub use rate::{AdaptMode, ChannelSelector, RateController, ReportTimer, UnicastRate};
 pub use received::ReceivedMap;
 pub use receiver::{FileReceiver, NakMode, Outcome, ReceiverStats};
 pub use sender::{Announcer, Carousel, CarouselStats, PayloadSource, RepairConfig, Transmit};

@@ -3,8 +3,9 @@
 
 use crate::keys::{FINGERPRINT_LEN, MasterKey};
 use crate::manifest::{Manifest, ManifestError};
+use crate::rate::{ReportTimer, report_interval};
 use crate::received::ReceivedMap;
-use crate::wire::{self, DecodeError, Nak, Packet, Status};
+use crate::wire::{self, DecodeError, Nak, Packet, Report, Status};
 use rand::rngs::SmallRng;
 use rand::{Rng, RngExt, SeedableRng};
 use std::ops::Range;
@@ -129,7 +130,36 @@ impl ReceiverStats {
     }
 }
 
-/// Receives one archive from its channel.
+/// Where one channel's loop is, as seen by a receiver on it.
+#[derive(Debug, Clone, Copy)]
+struct LoopTrack {
+    /// First loop packet seen on the channel.
+    join: u32,
+    /// Latest loop packet seen.
+    position: u32,
+    /// Loop positions passed since the join.
+    advanced: u64,
+    /// Loop packets that arrived (new or not).
+    arrived: u64,
+}
+
+impl LoopTrack {
+    /// The packets this track's loop has passed since its join, as 1 or 2 ranges.
+    fn passed(&self, count: u32) -> [Range<u32>; 2] {
+        if self.advanced + 1 >= count as u64 {
+            [0..count, 0..0]
+        } else if self.join <= self.position {
+            [self.join..self.position + 1, 0..0]
+        } else {
+            [self.join..count, 0..self.position + 1]
+        }
+    }
+}
+
+/// Most loop tracks (channels) one receiver follows for a file.
+pub const MAX_TRACKS: usize = 16;
+
+/// Receives one archive from its channels.
 pub struct FileReceiver {
     master: MasterKey,
     session_id: u32,
@@ -142,10 +172,12 @@ pub struct FileReceiver {
     rng: SmallRng,
     mode: NakMode,
     timer: NakTimer,
-    /// First loop packet seen, the latest, and how many loop positions passed since.
-    join: Option<u32>,
-    position: u32,
-    advanced: u64,
+    /// Per channel followed (by the driver's track number): where its loop is.
+    tracks: Vec<Option<LoopTrack>>,
+    /// When the next REPORT is due; started by the first datagram of the session.
+    report_timer: Option<ReportTimer>,
+    /// Track counters summed at the last report: (advanced, arrived).
+    reported: (u64, u64),
     /// Packets other receivers NAKed, forgotten when `asked_until` passes.
     asked: ReceivedMap,
     asked_until: Option<Instant>,
@@ -177,9 +209,9 @@ impl FileReceiver {
             rng,
             mode,
             timer: NakTimer::Idle,
-            join: None,
-            position: 0,
-            advanced: 0,
+            tracks: Vec::new(),
+            report_timer: None,
+            reported: (0, 0),
             asked: ReceivedMap::new(0),
             asked_until: None,
             status: None,
@@ -187,8 +219,19 @@ impl FileReceiver {
         }
     }
 
-    /// Takes one datagram from the file's channel.
+    /// Takes one datagram from the file's (only) channel: track 0.
     pub fn handle_datagram<'a>(&mut self, now: Instant, bytes: &'a [u8]) -> Outcome<'a> {
+        self.handle_datagram_on(now, 0, bytes)
+    }
+
+    /// Takes one datagram that came on the channel the driver numbers `track`
+    /// (below `MAX_TRACKS`); each channel's loop position is followed on its own.
+    pub fn handle_datagram_on<'a>(
+        &mut self,
+        now: Instant,
+        track: usize,
+        bytes: &'a [u8],
+    ) -> Outcome<'a> {
         let datagram = match wire::decode(bytes) {
             Ok(d) => d,
             Err(e) => {
@@ -201,8 +244,13 @@ impl FileReceiver {
             return Outcome::Nothing;
         }
         self.last_heard = Some(now);
+        if self.report_timer.is_none() {
+            self.report_timer = Some(ReportTimer::new(now, self.rng.random::<f64>()));
+        }
         match datagram.packet {
-            Packet::Data(header, payload) => self.handle_data(now, header, payload),
+            Packet::Data(header, payload) => {
+                self.handle_data(now, track.min(MAX_TRACKS - 1), header, payload)
+            }
             Packet::Manifest(body) => self.handle_manifest(body),
             Packet::Status(status) if status.archive_id == self.archive_id => {
                 self.status = Some((status, now));
@@ -212,8 +260,15 @@ impl FileReceiver {
                 self.hear_nak(now, &nak);
                 Outcome::Nothing
             }
-            // Announces belong on the directory group; one here is harmless.
-            Packet::Announce(_) | Packet::Status(_) | Packet::Nak(_) => Outcome::Nothing,
+            // Announces belong on the directory group, the others go to the server;
+            // one here is harmless.
+            Packet::Announce(_)
+            | Packet::Status(_)
+            | Packet::Nak(_)
+            | Packet::Report(_)
+            | Packet::Done(_)
+            | Packet::Request(_)
+            | Packet::Cookie(_) => Outcome::Nothing,
         }
     }
 
@@ -250,6 +305,7 @@ impl FileReceiver {
     fn handle_data<'a>(
         &mut self,
         now: Instant,
+        track: usize,
         header: wire::DataHeader,
         payload: &'a [u8],
     ) -> Outcome<'a> {
@@ -271,7 +327,7 @@ impl FileReceiver {
         let body_offset = index as u64 * m.payload_size as u64;
         let repair = header.flags & wire::FLAG_REPAIR != 0;
         if !repair {
-            self.advance(now, index);
+            self.advance(now, track, index);
         }
         if !self.received.insert(index) {
             self.stats.duplicates += 1;
@@ -289,12 +345,19 @@ impl FileReceiver {
         }
     }
 
-    /// Moves the loop position to `index`; missing packets passed over are gaps.
-    fn advance(&mut self, now: Instant, index: u32) {
+    /// Moves track `track`'s loop position to `index`; missing packets passed over are gaps.
+    fn advance(&mut self, now: Instant, track: usize, index: u32) {
         let count = self.received.len();
-        if self.join.is_none() {
-            self.join = Some(index);
-            self.position = index;
+        if self.tracks.len() <= track {
+            self.tracks.resize(track + 1, None);
+        }
+        let Some(t) = self.tracks[track].as_mut() else {
+            self.tracks[track] = Some(LoopTrack {
+                join: index,
+                position: index,
+                advanced: 0,
+                arrived: 1,
+            });
             let table_missing = !self
                 .received
                 .missing_runs(self.table_packets(), 1)
@@ -303,14 +366,15 @@ impl FileReceiver {
                 self.start_backoff(now);
             }
             return;
-        }
-        let step = (index as u64 + count as u64 - self.position as u64) % count as u64;
+        };
+        t.arrived += 1;
+        let step = (index as u64 + count as u64 - t.position as u64) % count as u64;
         if step == 0 {
             return;
         }
-        let from = self.position;
-        self.position = index;
-        self.advanced += step;
+        let from = t.position;
+        t.position = index;
+        t.advanced += step;
         // Packets strictly between the old and new position were lost on the way.
         let gap = step > 1
             && if from < index {
@@ -394,28 +458,36 @@ impl FileReceiver {
     /// before the join are not gaps: the loop brings them in turn.
     fn missing_passed(&self, except: Option<&ReceivedMap>, max: usize) -> Vec<Range<u32>> {
         let count = self.received.len();
-        let Some(join) = self.join else {
+        // What any channel's loop has passed since it joined, merged.
+        let mut passed: Vec<Range<u32>> = self
+            .tracks
+            .iter()
+            .flatten()
+            .flat_map(|t| t.passed(count))
+            .filter(|r| r.start < r.end)
+            .collect();
+        if passed.is_empty() {
             return Vec::new();
-        };
+        }
+        passed.sort_by_key(|r| r.start);
+        let mut merged: Vec<Range<u32>> = Vec::with_capacity(passed.len());
+        for r in passed {
+            match merged.last_mut() {
+                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
         let scan =
             |range: Range<u32>, max: usize| self.received.missing_runs_except(range, except, max);
         let table = self.table_packets().end;
         let mut runs = scan(0..table, max);
         // The rest, from the table's end on (the table is already in `runs`).
-        let add = |range: Range<u32>, runs: &mut Vec<Range<u32>>| {
+        for range in merged {
             let range = range.start.max(table)..range.end;
             if range.start < range.end && runs.len() < max {
                 let left = max - runs.len();
                 runs.extend(scan(range, left));
             }
-        };
-        if self.advanced + 1 >= count as u64 {
-            add(0..count, &mut runs);
-        } else if join <= self.position {
-            add(join..self.position + 1, &mut runs);
-        } else {
-            add(join..count, &mut runs);
-            add(0..self.position + 1, &mut runs);
         }
         runs
     }
@@ -435,12 +507,103 @@ impl FileReceiver {
         out
     }
 
-    /// When `handle_timeout` next needs to run.
+    /// When `handle_timeout` next needs to run (NAK timers), or a report is due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match self.timer {
+        let nak = match self.timer {
             NakTimer::Idle => None,
             NakTimer::Backoff(at) | NakTimer::Holdoff(at) => Some(at),
+        };
+        let report = self.report_timer.map(|t| t.due(self.report_interval()));
+        nak.into_iter().chain(report).min()
+    }
+
+    /// Mean interval between this receiver's reports, from the last STATUS heard.
+    fn report_interval(&self) -> Duration {
+        let (group, rate) = self
+            .status
+            .map_or((DEFAULT_GROUP_SIZE, 0), |(s, _)| (s.group_size, s.rate_bps));
+        let datagram = self
+            .manifest
+            .as_ref()
+            .map_or(wire::DEFAULT_PACKET_SIZE, |m| {
+                m.payload_size as usize + wire::DATA_HEADER_LEN + wire::TRAILER_LEN
+            });
+        // Until a STATUS says the rate, assume a slow channel: fewer reports, not more.
+        report_interval(group, rate.max(1_000_000), datagram)
+    }
+
+    /// The REPORT to send now, if one is due: `channel` is what the driver calls the
+    /// channel it is on (the file's announce index, or `wire::UNICAST_CHANNEL`), and
+    /// `kernel_drops` what its socket lost. It goes to the server's unicast port.
+    pub fn poll_report(&mut self, now: Instant, channel: u8, kernel_drops: u32) -> Option<Vec<u8>> {
+        let interval = self.report_interval();
+        let uniform = self.rng.random::<f64>();
+        let timer = self.report_timer.as_mut()?;
+        let since = now.saturating_duration_since(timer.last());
+        if !timer.fire(now, interval, uniform) {
+            return None;
         }
+        let (advanced, arrived) = self.track_totals();
+        let (was_advanced, was_arrived) =
+            std::mem::replace(&mut self.reported, (advanced, arrived));
+        let arrived = arrived - was_arrived;
+        let sent = (advanced - was_advanced).max(arrived);
+        let report = Report {
+            archive_id: self.archive_id,
+            receiver_id: self.receiver_id,
+            channel,
+            held: self.received.count(),
+            packet_count: self.received.len(),
+            arrived: arrived.min(u32::MAX as u64) as u32,
+            lost: (sent - arrived).min(u32::MAX as u64) as u32,
+            interval_ms: since.as_millis().min(u32::MAX as u128) as u32,
+            kernel_drops,
+        };
+        Some(wire::encode_report(self.session_id, &report))
+    }
+
+    /// Loop positions passed and loop packets arrived, summed over every track.
+    fn track_totals(&self) -> (u64, u64) {
+        self.tracks
+            .iter()
+            .flatten()
+            .fold((0, 0), |(a, b), t| (a + t.advanced, b + t.arrived))
+    }
+
+    /// Track `track`'s loop positions passed and loop packets arrived (0, 0 before
+    /// its first packet), for choosing a channel.
+    pub fn track_counters(&self, track: usize) -> (u64, u64) {
+        self.tracks
+            .get(track)
+            .copied()
+            .flatten()
+            .map_or((0, 0), |t| (t.advanced, t.arrived))
+    }
+
+    /// A DONE datagram saying this receiver delivered the file `elapsed` after joining.
+    pub fn done_datagram(&self, elapsed: Duration) -> Vec<u8> {
+        wire::encode_done(
+            self.session_id,
+            &wire::Done {
+                archive_id: self.archive_id,
+                receiver_id: self.receiver_id,
+                elapsed_ms: elapsed.as_millis().min(u32::MAX as u128) as u32,
+            },
+        )
+    }
+
+    /// Changes how this receiver NAKs (a receiver moving to a unicast stream has no
+    /// peers to suppress for).
+    pub fn set_nak_mode(&mut self, mode: NakMode) {
+        self.mode = mode;
+        if mode == NakMode::Off {
+            self.timer = NakTimer::Idle;
+        }
+    }
+
+    /// The random id this receiver puts in its NAKs, reports and DONE.
+    pub fn receiver_id(&self) -> u32 {
+        self.receiver_id
     }
 
     /// Runs the NAK timers: an expired back-off sends a NAK (unless others asked for
@@ -506,7 +669,8 @@ impl FileReceiver {
         let Some(m) = &self.manifest else { return 0 };
         let packets = crate::received::packets_covering(range, m.payload_size as u32);
         let removed = self.received.remove_range(packets);
-        if removed > 0 && self.timer == NakTimer::Idle && self.join.is_some() {
+        let joined = self.tracks.iter().any(Option::is_some);
+        if removed > 0 && self.timer == NakTimer::Idle && joined {
             self.start_backoff(now);
         }
         removed

@@ -1,7 +1,7 @@
 //! Server side: the carousel that loops one archive on its channel, and the announcer.
 
+use crate::rate::{Membership, membership_memory};
 use crate::wire::{self, Announce, AnnounceEntry, DataHeader};
-use std::collections::HashMap;
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -90,8 +90,6 @@ pub const DEFAULT_GRTT_FLOOR: Duration = Duration::from_millis(5);
 pub const MAX_GRTT: Duration = Duration::from_secs(2);
 /// Time between two STATUS packets on a channel.
 pub const STATUS_INTERVAL: Duration = Duration::from_millis(100);
-/// A receiver counts towards the group size estimate this long after its last NAK.
-pub const GROUP_MEMORY: Duration = Duration::from_secs(30);
 /// Repairs that may be saved up while none are wanted (a short burst).
 const MAX_REPAIR_CREDIT: f64 = 64.0;
 
@@ -129,7 +127,8 @@ pub struct Carousel {
     grtt: Duration,
     pending: PacketSet,
     credit: f64,
-    nakers: HashMap<u32, Instant>,
+    /// Receivers heard lately (NAKs, reports): the group size estimate.
+    members: Membership,
     stats: CarouselStats,
 }
 
@@ -160,9 +159,31 @@ impl Carousel {
             config,
             pending: PacketSet::new(manifest.packet_count()),
             credit: 0.0,
-            nakers: HashMap::new(),
+            members: Membership::default(),
             stats: CarouselStats::default(),
         }
+    }
+
+    /// Starts the loop at packet `index` instead of 0, so that channels of one file
+    /// are out of phase and a receiver on two of them gets mostly new packets.
+    pub fn with_phase(mut self, index: u32) -> Self {
+        self.next_index = index % self.packet_count.max(1);
+        self
+    }
+
+    /// The channel rate, bits/s.
+    pub fn rate(&self) -> u64 {
+        self.config.rate_bps
+    }
+
+    /// Changes the channel rate (advertised in STATUS, used for repair decisions).
+    pub fn set_rate(&mut self, rate_bps: u64) {
+        self.config.rate_bps = rate_bps.max(1);
+    }
+
+    /// Notes that receiver `id` was heard (a NAK or a report): it counts in the group size.
+    pub fn note_receiver(&mut self, now: Instant, id: u32) {
+        self.members.heard(id, now);
     }
 
     /// Largest datagram this carousel writes; buffers passed in must be at least this long.
@@ -200,13 +221,15 @@ impl Carousel {
         now.saturating_duration_since(self.epoch).as_micros() as u64
     }
 
-    fn group_size(&self) -> u32 {
-        self.config.group_size.max(self.nakers.len() as u32).max(1)
+    /// The group size estimate: the configured one, or the receivers heard lately.
+    pub fn group_size(&self) -> u32 {
+        self.config.group_size.max(self.members.len()).max(1)
     }
 
     /// Takes a datagram from the control port: NAKs are queued for repair; anything
-    /// malformed, foreign or absurd is dropped and counted.
-    pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) {
+    /// malformed, foreign or absurd is dropped and counted. Returns how many packets
+    /// the NAK newly asked for (queued or left to the loop), a loss signal.
+    pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) -> u32 {
         let nak = match wire::decode(bytes) {
             Ok(wire::Datagram {
                 session_id,
@@ -214,7 +237,7 @@ impl Carousel {
             }) if session_id == self.session_id => nak,
             _ => {
                 self.stats.naks_dropped += 1;
-                return;
+                return 0;
             }
         };
         let in_range = nak
@@ -223,14 +246,10 @@ impl Carousel {
             .all(|&(first, count)| first as u64 + count as u64 <= self.packet_count as u64);
         if nak.archive_id != self.archive_id || !in_range {
             self.stats.naks_dropped += 1;
-            return;
+            return 0;
         }
         self.stats.naks += 1;
-        if self.nakers.len() > 100_000 {
-            self.nakers
-                .retain(|_, at| now.saturating_duration_since(*at) < GROUP_MEMORY);
-        }
-        self.nakers.insert(nak.receiver_id, now);
+        self.members.heard(nak.receiver_id, now);
         if nak.echo_time_us != 0 {
             let rtt_us = self
                 .micros_since_epoch(now)
@@ -239,23 +258,26 @@ impl Carousel {
             self.update_grtt(Duration::from_micros(rtt_us));
         }
         if self.config.share <= 0.0 {
-            return;
+            return 0;
         }
         // A packet whose natural turn comes before its repair would is left to the loop.
         let packet_time = self.max_datagram_len() as f64 * 8.0 / self.config.rate_bps as f64;
         let repair_wait = (self.pending.count as f64 + 1.0) / self.config.share * packet_time;
         let soon = ((repair_wait + self.grtt.as_secs_f64()) / packet_time) as u64;
+        let mut new = 0;
         for &(first, count) in &nak.ranges {
             for index in first..first + count as u32 {
                 let turn = (index as u64 + self.packet_count as u64 - self.next_index as u64)
                     % self.packet_count as u64;
                 if turn <= soon {
                     self.stats.repairs_skipped += 1;
+                    new += 1;
                 } else {
-                    self.pending.insert(index);
+                    new += self.pending.insert(index) as u32;
                 }
             }
         }
+        new
     }
 
     /// GRTT follows a larger sample at once and a smaller one slowly, within bounds.
@@ -289,11 +311,18 @@ impl Carousel {
         }
         if self.next_status_at.is_none_or(|at| now >= at) {
             self.next_status_at = Some(now + STATUS_INTERVAL);
+            let memory = membership_memory(
+                self.group_size(),
+                self.config.rate_bps,
+                self.max_datagram_len(),
+            );
+            self.members.prune(now, memory);
             let status = wire::Status {
                 archive_id: self.archive_id,
                 server_time_us: self.micros_since_epoch(now).max(1),
                 grtt_us: self.grtt.as_micros() as u32,
                 group_size: self.group_size(),
+                rate_bps: self.config.rate_bps,
             };
             let datagram = wire::encode_status(self.session_id, &status);
             buf[..datagram.len()].copy_from_slice(&datagram);
@@ -366,12 +395,15 @@ impl PacketSet {
         }
     }
 
-    fn insert(&mut self, i: u32) {
+    /// Adds `i`; returns whether it was new.
+    fn insert(&mut self, i: u32) -> bool {
         let (w, bit) = ((i / 64) as usize, 1u64 << (i % 64));
-        if i < self.len && self.words[w] & bit == 0 {
+        let new = i < self.len && self.words[w] & bit == 0;
+        if new {
             self.words[w] |= bit;
             self.count += 1;
         }
+        new
     }
 
     fn remove(&mut self, i: u32) {
@@ -445,14 +477,17 @@ pub struct Announcer {
 }
 
 impl Announcer {
-    /// Splits `entries` into ANNOUNCE datagrams of at most `max_datagram` bytes.
-    /// Fails if there are more than 255 parts or an entry alone does not fit.
+    /// Splits `entries` into ANNOUNCE datagrams of at most `max_datagram` bytes that
+    /// name `unicast_port` as the server's. Fails if there are more than 255 parts or
+    /// an entry alone does not fit.
     pub fn new(
         session_id: u32,
         entries: &[AnnounceEntry],
+        unicast_port: u16,
         max_datagram: usize,
     ) -> Result<Self, String> {
-        let budget = max_datagram - wire::COMMON_HEADER_LEN - wire::TRAILER_LEN - 3;
+        let budget =
+            max_datagram - wire::COMMON_HEADER_LEN - wire::TRAILER_LEN - wire::ANNOUNCE_HEADER_LEN;
         let mut groups: Vec<Vec<AnnounceEntry>> = vec![Vec::new()];
         let mut used = 0;
         for e in entries {
@@ -483,6 +518,7 @@ impl Announcer {
                     &Announce {
                         part: i as u8,
                         parts,
+                        unicast_port,
                         entries,
                     },
                 )
@@ -492,6 +528,16 @@ impl Announcer {
             datagrams,
             next_at: None,
         })
+    }
+
+    /// The whole listing's datagrams, whether a round is due or not (unicast answers).
+    pub fn datagrams(&self) -> &[Vec<u8>] {
+        &self.datagrams
+    }
+
+    /// Replaces the listing (e.g. a file's channels started or stopped), keeping the schedule.
+    pub fn replace(&mut self, newer: Announcer) {
+        self.datagrams = newer.datagrams;
     }
 
     /// The ANNOUNCE datagrams to send now, if a round is due.

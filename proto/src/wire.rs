@@ -1,4 +1,4 @@
-//! Datagram format: common header, DATA / MANIFEST / ANNOUNCE bodies, CRC32 trailer.
+//! Datagram format: common header, the body of each packet type, CRC32 trailer.
 //! `proto/PROTOCOL.md` is the normative description of every field here.
 
 use crate::codec::{Reader, Truncated};
@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 /// First two bytes of every loopcast datagram: "LC".
 pub const MAGIC: [u8; 2] = *b"LC";
 /// Wire format version this code speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Bytes of the common header (magic, version, type, session id).
 pub const COMMON_HEADER_LEN: usize = 8;
 /// Bytes of the CRC32 trailer.
@@ -22,6 +22,12 @@ pub const DEFAULT_PACKET_SIZE: usize = 1500;
 pub const MIN_PACKET_SIZE: usize = 576;
 /// Largest IP packet size accepted (a jumbo frame).
 pub const MAX_PACKET_SIZE: usize = 9000;
+/// Most channels (rates) one file may be looped on.
+pub const MAX_CHANNELS: usize = 8;
+/// Bytes of an address-validation cookie.
+pub const COOKIE_LEN: usize = 24;
+/// `Report::channel` of a receiver fed by unicast.
+pub const UNICAST_CHANNEL: u8 = 255;
 
 /// Archive payload bytes carried by one DATA packet for a given IP packet size.
 pub fn payload_size_for_packet(packet_size: usize) -> usize {
@@ -38,10 +44,18 @@ pub enum PacketType {
     Manifest = 2,
     /// The list of files on air, sent on the directory group.
     Announce = 3,
-    /// Server timing and group facts for receivers' NAK timers, on the data channel.
+    /// Server timing and group facts for receivers' timers, on the data channel.
     Status = 4,
     /// A receiver's request for missing packets, on the control port.
     Nak = 5,
+    /// A receiver's reception report, to the server's unicast port.
+    Report = 6,
+    /// A receiver's notice that it verified a file, to the server's unicast port.
+    Done = 7,
+    /// A receiver's request for the listing, a unicast stream or a channel start.
+    Request = 8,
+    /// The server's answer to a request without a valid cookie.
+    Cookie = 9,
 }
 
 /// DATA flag: this packet is a repair sent out of loop order; it does not move the
@@ -51,6 +65,12 @@ pub const FLAG_REPAIR: u16 = 1;
 pub const MAX_NAK_RANGES: usize = 200;
 /// Bytes of one NAK range: first packet (u32) and count (u16).
 pub const NAK_RANGE_LEN: usize = 6;
+/// REQUEST flag: stream the named file to the sender of this request by unicast.
+pub const REQUEST_UNICAST: u8 = 1;
+/// REQUEST flag: start the named file's multicast channels (`--on-demand` servers).
+pub const REQUEST_START: u8 = 2;
+/// ANNOUNCE entry flag: the file's channels are stopped until a receiver asks (on demand).
+pub const ENTRY_IDLE: u8 = 1;
 
 /// Server facts carried by STATUS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +83,8 @@ pub struct Status {
     pub grtt_us: u32,
     /// Estimated number of receivers.
     pub group_size: u32,
+    /// The channel's current rate in bits/s.
+    pub rate_bps: u64,
 }
 
 /// A request for missing packets.
@@ -78,6 +100,55 @@ pub struct Nak {
     pub hold_us: u32,
     /// Missing packets as (first, count) ranges.
     pub ranges: Vec<(u32, u16)>,
+}
+
+/// A receiver's reception report for one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Report {
+    /// Archive being received.
+    pub archive_id: u64,
+    /// Random id of the receiver (as in its NAKs).
+    pub receiver_id: u32,
+    /// Index of the channel in the file's ANNOUNCE entry, or `UNICAST_CHANNEL`.
+    pub channel: u8,
+    /// Packets held so far.
+    pub held: u32,
+    /// Packets in the archive.
+    pub packet_count: u32,
+    /// Loop packets that arrived since the last report.
+    pub arrived: u32,
+    /// Loop packets the channel sent since the last report that did not arrive.
+    pub lost: u32,
+    /// Milliseconds the two counts above cover.
+    pub interval_ms: u32,
+    /// Datagrams the receiver's kernel dropped (socket buffer full), in total.
+    pub kernel_drops: u32,
+}
+
+/// A receiver's notice that it verified and delivered a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Done {
+    /// Archive delivered.
+    pub archive_id: u64,
+    /// Random id of the receiver.
+    pub receiver_id: u32,
+    /// Milliseconds from joining to delivery.
+    pub elapsed_ms: u32,
+}
+
+/// A receiver's request to the server's unicast port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Random id of the receiver.
+    pub receiver_id: u32,
+    /// `REQUEST_UNICAST`, `REQUEST_START`; none: just the listing.
+    pub flags: u8,
+    /// Highest rate the receiver wants, bits/s (0: no limit).
+    pub max_rate_bps: u64,
+    /// The cookie from the server's COOKIE answer; all zero on a first request.
+    pub cookie: [u8; COOKIE_LEN],
+    /// Name of the file wanted (empty with no flags: the listing only).
+    pub name: String,
 }
 
 /// Why a datagram was rejected; receivers count these, never panic on them.
@@ -116,6 +187,24 @@ pub struct DataHeader {
     pub flags: u16,
 }
 
+/// One multicast channel of a file: where and how fast it loops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelInfo {
+    /// Multicast group and port of the channel's data.
+    pub group: SocketAddrV4,
+    /// UDP port on the channel's group where NAKs go.
+    pub control_port: u16,
+    /// Channel rate in bits per second (its starting rate when the server adapts it).
+    pub rate_bps: u64,
+}
+
+impl ChannelInfo {
+    /// Where NAKs for this channel go.
+    pub fn control(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(*self.group.ip(), self.control_port)
+    }
+}
+
 /// One file on air, as listed in ANNOUNCE.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnnounceEntry {
@@ -125,14 +214,19 @@ pub struct AnnounceEntry {
     pub original_size: u64,
     /// Bytes of the archive body looped on the channel.
     pub body_len: u64,
-    /// Multicast group and port of the file's data channel.
-    pub channel: SocketAddrV4,
-    /// UDP port on the channel's group where NAKs go.
-    pub control_port: u16,
-    /// Channel rate in bits per second.
-    pub rate_bps: u64,
+    /// `ENTRY_IDLE` when the channels wait for a request.
+    pub flags: u8,
     /// File name (UTF-8, at most 255 bytes).
     pub name: String,
+    /// The file's channels, 1 to `MAX_CHANNELS`, in the server's order of rates.
+    pub channels: Vec<ChannelInfo>,
+}
+
+impl AnnounceEntry {
+    /// True when the file's channels are stopped until a receiver asks for it.
+    pub fn idle(&self) -> bool {
+        self.flags & ENTRY_IDLE != 0
+    }
 }
 
 /// One ANNOUNCE datagram: part `part` of `parts` of the server's file list.
@@ -142,6 +236,9 @@ pub struct Announce {
     pub part: u8,
     /// How many parts the whole list has.
     pub parts: u8,
+    /// The server's unicast port (requests, reports, unicast streams), on the
+    /// address the ANNOUNCE came from.
+    pub unicast_port: u16,
     /// Files listed in this part.
     pub entries: Vec<AnnounceEntry>,
 }
@@ -159,17 +256,26 @@ pub enum Packet<'a> {
     Status(Status),
     /// A NAK packet.
     Nak(Nak),
+    /// A REPORT packet.
+    Report(Report),
+    /// A DONE packet.
+    Done(Done),
+    /// A REQUEST packet.
+    Request(Request),
+    /// A COOKIE packet.
+    Cookie([u8; COOKIE_LEN]),
 }
 
 /// A decoded datagram with its sender's session id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Datagram<'a> {
-    /// Random id of the server instance that sent it.
+    /// Random id of the server instance the datagram belongs to.
     pub session_id: u32,
     /// The packet itself.
     pub packet: Packet<'a>,
 }
 
+/// Appends the common header to an empty `buf`.
 fn put_common(buf: &mut Vec<u8>, kind: PacketType, session_id: u32) {
     buf.extend_from_slice(&MAGIC);
     buf.push(VERSION);
@@ -177,9 +283,14 @@ fn put_common(buf: &mut Vec<u8>, kind: PacketType, session_id: u32) {
     buf.extend_from_slice(&session_id.to_be_bytes());
 }
 
-fn put_crc(buf: &mut Vec<u8>) {
-    let crc = crc32fast::hash(buf);
+/// A whole datagram: common header, the body `write` appends, CRC trailer.
+fn datagram(kind: PacketType, session_id: u32, write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(64);
+    put_common(&mut buf, kind, session_id);
+    write(&mut buf);
+    let crc = crc32fast::hash(&buf);
     buf.extend_from_slice(&crc.to_be_bytes());
+    buf
 }
 
 /// Writes a DATA header into `buf[..DATA_HEADER_LEN]`; the payload follows it.
@@ -213,39 +324,51 @@ pub fn encode_data(session_id: u32, header: &DataHeader, payload: &[u8]) -> Vec<
 
 /// Encodes a MANIFEST datagram around already-encoded manifest bytes.
 pub fn encode_manifest(session_id: u32, manifest: &[u8]) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(COMMON_HEADER_LEN + manifest.len() + TRAILER_LEN);
-    put_common(&mut buf, PacketType::Manifest, session_id);
-    buf.extend_from_slice(manifest);
-    put_crc(&mut buf);
-    buf
+    datagram(PacketType::Manifest, session_id, |b| {
+        b.extend_from_slice(manifest)
+    })
 }
+
+/// Bytes of the ANNOUNCE header after the common header: part, parts, unicast port, count.
+pub const ANNOUNCE_HEADER_LEN: usize = 5;
+/// Bytes one channel takes in an ANNOUNCE entry.
+const CHANNEL_INFO_LEN: usize = 4 + 2 + 2 + 8;
 
 /// Bytes one entry takes in an ANNOUNCE datagram.
 pub fn announce_entry_len(entry: &AnnounceEntry) -> usize {
-    8 + 8 + 8 + 4 + 2 + 2 + 8 + 1 + entry.name.len()
+    8 + 8 + 8 + 1 + 1 + entry.name.len() + 1 + entry.channels.len() * CHANNEL_INFO_LEN
 }
 
-/// Encodes an ANNOUNCE datagram. Names longer than 255 bytes are a caller bug.
+/// Encodes an ANNOUNCE datagram. Names over 255 bytes or more than `MAX_CHANNELS`
+/// channels are a caller bug.
 pub fn encode_announce(session_id: u32, announce: &Announce) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(256);
-    put_common(&mut buf, PacketType::Announce, session_id);
-    buf.push(announce.part);
-    buf.push(announce.parts);
-    buf.push(announce.entries.len() as u8);
-    for e in &announce.entries {
-        assert!(e.name.len() <= 255, "announce name longer than 255 bytes");
-        buf.extend_from_slice(&e.archive_id.to_be_bytes());
-        buf.extend_from_slice(&e.original_size.to_be_bytes());
-        buf.extend_from_slice(&e.body_len.to_be_bytes());
-        buf.extend_from_slice(&e.channel.ip().octets());
-        buf.extend_from_slice(&e.channel.port().to_be_bytes());
-        buf.extend_from_slice(&e.control_port.to_be_bytes());
-        buf.extend_from_slice(&e.rate_bps.to_be_bytes());
-        buf.push(e.name.len() as u8);
-        buf.extend_from_slice(e.name.as_bytes());
-    }
-    put_crc(&mut buf);
-    buf
+    datagram(PacketType::Announce, session_id, |buf| {
+        buf.push(announce.part);
+        buf.push(announce.parts);
+        buf.extend_from_slice(&announce.unicast_port.to_be_bytes());
+        buf.push(announce.entries.len() as u8);
+        for e in &announce.entries {
+            assert!(e.name.len() <= 255, "announce name longer than 255 bytes");
+            assert!(
+                (1..=MAX_CHANNELS).contains(&e.channels.len()),
+                "announce entry with {} channels",
+                e.channels.len()
+            );
+            buf.extend_from_slice(&e.archive_id.to_be_bytes());
+            buf.extend_from_slice(&e.original_size.to_be_bytes());
+            buf.extend_from_slice(&e.body_len.to_be_bytes());
+            buf.push(e.flags);
+            buf.push(e.name.len() as u8);
+            buf.extend_from_slice(e.name.as_bytes());
+            buf.push(e.channels.len() as u8);
+            for c in &e.channels {
+                buf.extend_from_slice(&c.group.ip().octets());
+                buf.extend_from_slice(&c.group.port().to_be_bytes());
+                buf.extend_from_slice(&c.control_port.to_be_bytes());
+                buf.extend_from_slice(&c.rate_bps.to_be_bytes());
+            }
+        }
+    })
 }
 
 /// Decodes and checks one datagram; never panics, whatever the input.
@@ -279,57 +402,146 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
             if header.packet_index >= header.packet_count || r.rest().is_empty() {
                 return Err(DecodeError::Invalid);
             }
-            Packet::Data(header, r.rest())
+            return Ok(Datagram {
+                session_id,
+                packet: Packet::Data(header, r.rest()),
+            });
         }
-        k if k == PacketType::Manifest as u8 => Packet::Manifest(r.rest()),
+        k if k == PacketType::Manifest as u8 => {
+            return Ok(Datagram {
+                session_id,
+                packet: Packet::Manifest(r.rest()),
+            });
+        }
         k if k == PacketType::Announce as u8 => Packet::Announce(decode_announce(&mut r)?),
-        k if k == PacketType::Status as u8 => {
-            let status = Status {
-                archive_id: r.u64()?,
-                server_time_us: r.u64()?,
-                grtt_us: r.u32()?,
-                group_size: r.u32()?,
-            };
-            if !r.rest().is_empty() {
-                return Err(DecodeError::Invalid);
-            }
-            Packet::Status(status)
-        }
+        k if k == PacketType::Status as u8 => Packet::Status(Status {
+            archive_id: r.u64()?,
+            server_time_us: r.u64()?,
+            grtt_us: r.u32()?,
+            group_size: r.u32()?,
+            rate_bps: r.u64()?,
+        }),
         k if k == PacketType::Nak as u8 => Packet::Nak(decode_nak(&mut r)?),
+        k if k == PacketType::Report as u8 => Packet::Report(Report {
+            archive_id: r.u64()?,
+            receiver_id: r.u32()?,
+            channel: r.u8()?,
+            held: r.u32()?,
+            packet_count: r.u32()?,
+            arrived: r.u32()?,
+            lost: r.u32()?,
+            interval_ms: r.u32()?,
+            kernel_drops: r.u32()?,
+        }),
+        k if k == PacketType::Done as u8 => Packet::Done(Done {
+            archive_id: r.u64()?,
+            receiver_id: r.u32()?,
+            elapsed_ms: r.u32()?,
+        }),
+        k if k == PacketType::Request as u8 => {
+            let receiver_id = r.u32()?;
+            let flags = r.u8()?;
+            let max_rate_bps = r.u64()?;
+            let cookie = r.array()?;
+            let name_len = r.u8()? as usize;
+            let name = std::str::from_utf8(r.take(name_len)?)
+                .map_err(|_| DecodeError::Invalid)?
+                .to_owned();
+            Packet::Request(Request {
+                receiver_id,
+                flags,
+                max_rate_bps,
+                cookie,
+                name,
+            })
+        }
+        k if k == PacketType::Cookie as u8 => Packet::Cookie(r.array()?),
         _ => return Err(DecodeError::UnknownType),
     };
+    // Every body but DATA's and MANIFEST's must end exactly where its fields do.
+    if !r.rest().is_empty() {
+        return Err(DecodeError::Invalid);
+    }
     Ok(Datagram { session_id, packet })
 }
 
 /// Encodes a STATUS datagram.
 pub fn encode_status(session_id: u32, status: &Status) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(COMMON_HEADER_LEN + 24 + TRAILER_LEN);
-    put_common(&mut buf, PacketType::Status, session_id);
-    buf.extend_from_slice(&status.archive_id.to_be_bytes());
-    buf.extend_from_slice(&status.server_time_us.to_be_bytes());
-    buf.extend_from_slice(&status.grtt_us.to_be_bytes());
-    buf.extend_from_slice(&status.group_size.to_be_bytes());
-    put_crc(&mut buf);
-    buf
+    datagram(PacketType::Status, session_id, |buf| {
+        buf.extend_from_slice(&status.archive_id.to_be_bytes());
+        buf.extend_from_slice(&status.server_time_us.to_be_bytes());
+        buf.extend_from_slice(&status.grtt_us.to_be_bytes());
+        buf.extend_from_slice(&status.group_size.to_be_bytes());
+        buf.extend_from_slice(&status.rate_bps.to_be_bytes());
+    })
 }
 
 /// Encodes a NAK datagram. More than `MAX_NAK_RANGES` ranges is a caller bug.
 pub fn encode_nak(session_id: u32, nak: &Nak) -> Vec<u8> {
     assert!(nak.ranges.len() <= MAX_NAK_RANGES, "too many NAK ranges");
-    let mut buf =
-        Vec::with_capacity(COMMON_HEADER_LEN + 26 + nak.ranges.len() * NAK_RANGE_LEN + TRAILER_LEN);
-    put_common(&mut buf, PacketType::Nak, session_id);
-    buf.extend_from_slice(&nak.archive_id.to_be_bytes());
-    buf.extend_from_slice(&nak.receiver_id.to_be_bytes());
-    buf.extend_from_slice(&nak.echo_time_us.to_be_bytes());
-    buf.extend_from_slice(&nak.hold_us.to_be_bytes());
-    buf.extend_from_slice(&(nak.ranges.len() as u16).to_be_bytes());
-    for &(first, count) in &nak.ranges {
-        buf.extend_from_slice(&first.to_be_bytes());
-        buf.extend_from_slice(&count.to_be_bytes());
-    }
-    put_crc(&mut buf);
-    buf
+    datagram(PacketType::Nak, session_id, |buf| {
+        buf.extend_from_slice(&nak.archive_id.to_be_bytes());
+        buf.extend_from_slice(&nak.receiver_id.to_be_bytes());
+        buf.extend_from_slice(&nak.echo_time_us.to_be_bytes());
+        buf.extend_from_slice(&nak.hold_us.to_be_bytes());
+        buf.extend_from_slice(&(nak.ranges.len() as u16).to_be_bytes());
+        for &(first, count) in &nak.ranges {
+            buf.extend_from_slice(&first.to_be_bytes());
+            buf.extend_from_slice(&count.to_be_bytes());
+        }
+    })
+}
+
+/// Encodes a REPORT datagram (session id: the server's).
+pub fn encode_report(session_id: u32, report: &Report) -> Vec<u8> {
+    datagram(PacketType::Report, session_id, |buf| {
+        buf.extend_from_slice(&report.archive_id.to_be_bytes());
+        buf.extend_from_slice(&report.receiver_id.to_be_bytes());
+        buf.push(report.channel);
+        for v in [
+            report.held,
+            report.packet_count,
+            report.arrived,
+            report.lost,
+            report.interval_ms,
+            report.kernel_drops,
+        ] {
+            buf.extend_from_slice(&v.to_be_bytes());
+        }
+    })
+}
+
+/// Encodes a DONE datagram (session id: the server's).
+pub fn encode_done(session_id: u32, done: &Done) -> Vec<u8> {
+    datagram(PacketType::Done, session_id, |buf| {
+        buf.extend_from_slice(&done.archive_id.to_be_bytes());
+        buf.extend_from_slice(&done.receiver_id.to_be_bytes());
+        buf.extend_from_slice(&done.elapsed_ms.to_be_bytes());
+    })
+}
+
+/// Encodes a REQUEST datagram (session id: the server's, or 0 when not known yet).
+/// Names over 255 bytes are a caller bug.
+pub fn encode_request(session_id: u32, request: &Request) -> Vec<u8> {
+    assert!(
+        request.name.len() <= 255,
+        "request name longer than 255 bytes"
+    );
+    datagram(PacketType::Request, session_id, |buf| {
+        buf.extend_from_slice(&request.receiver_id.to_be_bytes());
+        buf.push(request.flags);
+        buf.extend_from_slice(&request.max_rate_bps.to_be_bytes());
+        buf.extend_from_slice(&request.cookie);
+        buf.push(request.name.len() as u8);
+        buf.extend_from_slice(request.name.as_bytes());
+    })
+}
+
+/// Encodes a COOKIE datagram; it is never longer than the shortest REQUEST.
+pub fn encode_cookie(session_id: u32, cookie: &[u8; COOKIE_LEN]) -> Vec<u8> {
+    datagram(PacketType::Cookie, session_id, |buf| {
+        buf.extend_from_slice(cookie)
+    })
 }
 
 fn decode_nak(r: &mut Reader<'_>) -> Result<Nak, DecodeError> {
@@ -350,9 +562,6 @@ fn decode_nak(r: &mut Reader<'_>) -> Result<Nak, DecodeError> {
         }
         ranges.push((first, len));
     }
-    if !r.rest().is_empty() {
-        return Err(DecodeError::Invalid);
-    }
     Ok(Nak {
         archive_id,
         receiver_id,
@@ -365,6 +574,7 @@ fn decode_nak(r: &mut Reader<'_>) -> Result<Nak, DecodeError> {
 fn decode_announce(r: &mut Reader<'_>) -> Result<Announce, DecodeError> {
     let part = r.u8()?;
     let parts = r.u8()?;
+    let unicast_port = r.u16()?;
     let count = r.u8()?;
     if parts == 0 || part >= parts {
         return Err(DecodeError::Invalid);
@@ -374,30 +584,37 @@ fn decode_announce(r: &mut Reader<'_>) -> Result<Announce, DecodeError> {
         let archive_id = r.u64()?;
         let original_size = r.u64()?;
         let body_len = r.u64()?;
-        let ip = Ipv4Addr::from(r.array::<4>()?);
-        let port = r.u16()?;
-        let control_port = r.u16()?;
-        let rate_bps = r.u64()?;
+        let flags = r.u8()?;
         let name_len = r.u8()? as usize;
         let name = std::str::from_utf8(r.take(name_len)?)
             .map_err(|_| DecodeError::Invalid)?
             .to_owned();
+        let channel_count = r.u8()? as usize;
+        if !(1..=MAX_CHANNELS).contains(&channel_count) {
+            return Err(DecodeError::Invalid);
+        }
+        let mut channels = Vec::with_capacity(channel_count);
+        for _ in 0..channel_count {
+            let ip = Ipv4Addr::from(r.array::<4>()?);
+            channels.push(ChannelInfo {
+                group: SocketAddrV4::new(ip, r.u16()?),
+                control_port: r.u16()?,
+                rate_bps: r.u64()?,
+            });
+        }
         entries.push(AnnounceEntry {
             archive_id,
             original_size,
             body_len,
-            channel: SocketAddrV4::new(ip, port),
-            control_port,
-            rate_bps,
+            flags,
             name,
+            channels,
         });
-    }
-    if !r.rest().is_empty() {
-        return Err(DecodeError::Invalid);
     }
     Ok(Announce {
         part,
         parts,
+        unicast_port,
         entries,
     })
 }
@@ -407,24 +624,32 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn channel_strategy() -> impl Strategy<Value = ChannelInfo> {
+        (any::<[u8; 4]>(), any::<u16>(), any::<u16>(), any::<u64>()).prop_map(
+            |(ip, port, control_port, rate_bps)| ChannelInfo {
+                group: SocketAddrV4::new(Ipv4Addr::from(ip), port),
+                control_port,
+                rate_bps,
+            },
+        )
+    }
+
     fn entry_strategy() -> impl Strategy<Value = AnnounceEntry> {
         (
             any::<u64>(),
             any::<u64>(),
             any::<u64>(),
-            any::<[u8; 4]>(),
-            any::<u16>(),
-            any::<u64>(),
+            any::<u8>(),
             "[a-zA-Z0-9._ -]{0,60}",
+            proptest::collection::vec(channel_strategy(), 1..=MAX_CHANNELS),
         )
-            .prop_map(|(a, o, b, ip, port, rate, name)| AnnounceEntry {
+            .prop_map(|(a, o, b, flags, name, channels)| AnnounceEntry {
                 archive_id: a,
                 original_size: o,
                 body_len: b,
-                channel: SocketAddrV4::new(Ipv4Addr::from(ip), port),
-                control_port: port ^ 0x4000,
-                rate_bps: rate,
+                flags,
                 name,
+                channels,
             })
     }
 
@@ -447,16 +672,16 @@ mod tests {
         }
 
         #[test]
-        fn announce_round_trips(session in any::<u32>(), parts in 1u8.., part in any::<u8>(),
+        fn announce_round_trips(session in any::<u32>(), parts in 1u8.., part in any::<u8>(), unicast_port in any::<u16>(),
                                 entries in proptest::collection::vec(entry_strategy(), 0..5)) {
-            let a = Announce { part: part % parts, parts, entries };
+            let a = Announce { part: part % parts, parts, unicast_port, entries };
             let bytes = encode_announce(session, &a);
             prop_assert_eq!(decode(&bytes).unwrap().packet, Packet::Announce(a));
         }
 
         #[test]
-        fn status_round_trips(session in any::<u32>(), a in any::<u64>(), t in any::<u64>(), g in any::<u32>(), n in any::<u32>()) {
-            let st = Status { archive_id: a, server_time_us: t, grtt_us: g, group_size: n };
+        fn status_round_trips(session in any::<u32>(), a in any::<u64>(), t in any::<u64>(), g in any::<u32>(), n in any::<u32>(), rate in any::<u64>()) {
+            let st = Status { archive_id: a, server_time_us: t, grtt_us: g, group_size: n, rate_bps: rate };
             let bytes = encode_status(session, &st);
             prop_assert_eq!(decode(&bytes).unwrap().packet, Packet::Status(st));
         }
@@ -471,12 +696,35 @@ mod tests {
         }
 
         #[test]
+        fn report_and_done_round_trip(session in any::<u32>(), a in any::<u64>(), id in any::<u32>(), channel in any::<u8>(),
+                                      counts in any::<[u32; 6]>()) {
+            let report = Report { archive_id: a, receiver_id: id, channel, held: counts[0], packet_count: counts[1],
+                                  arrived: counts[2], lost: counts[3], interval_ms: counts[4], kernel_drops: counts[5] };
+            let bytes = encode_report(session, &report);
+            prop_assert_eq!(decode(&bytes).unwrap().packet, Packet::Report(report));
+            let done = Done { archive_id: a, receiver_id: id, elapsed_ms: counts[0] };
+            let bytes = encode_done(session, &done);
+            prop_assert_eq!(decode(&bytes).unwrap().packet, Packet::Done(done));
+        }
+
+        #[test]
+        fn requests_round_trip_and_a_cookie_answer_is_never_longer(session in any::<u32>(), id in any::<u32>(), flags in any::<u8>(),
+                                      rate in any::<u64>(), cookie in any::<[u8; COOKIE_LEN]>(), name in "[a-z.]{0,40}") {
+            let request = Request { receiver_id: id, flags, max_rate_bps: rate, cookie, name };
+            let bytes = encode_request(session, &request);
+            let answer = encode_cookie(session, &cookie);
+            prop_assert!(answer.len() <= bytes.len());
+            prop_assert_eq!(decode(&answer).unwrap().packet, Packet::Cookie(cookie));
+            prop_assert_eq!(decode(&bytes).unwrap().packet, Packet::Request(request));
+        }
+
+        #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
             let _ = decode(&bytes);
         }
 
         #[test]
-        fn random_bodies_with_valid_crc_never_panic(kind in 0u8..5, body in proptest::collection::vec(any::<u8>(), 0..400)) {
+        fn random_bodies_with_valid_crc_never_panic(kind in 0u8..11, body in proptest::collection::vec(any::<u8>(), 0..400)) {
             let mut bytes = vec![b'L', b'C', VERSION, kind, 0, 0, 0, 1];
             bytes.extend_from_slice(&body);
             let crc = crc32fast::hash(&bytes);
