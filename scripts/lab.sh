@@ -9,6 +9,8 @@
 #   loss NS PERCENT   drop PERCENT% (0-100, two decimals) of UDP arriving in NS (s, r1, ...);
 #                     0 removes the rule. nftables `numgen random`.
 #   rate RATE|off     token bucket (tc tbf) on the sender's link, e.g. 500mbit; off removes it.
+#   block-multicast NS  drop every multicast datagram arriving in NS (a host behind a
+#                     switch that drops multicast); unicast still flows.
 #   spawn NS LOG CMD...  start CMD in NS in the background, stdout+stderr to LOG; prints its
 #                     PID and records it so `down` can end it.
 #   exec NS CMD...    run CMD in NS in the foreground.
@@ -26,7 +28,7 @@ if [ "${1:-}" = "-p" ]; then
     shift 2
 fi
 command=${1:-}
-[ -n "$command" ] || { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ -n "$command" ] || { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 shift
 case "$prefix" in
     *[!a-zA-Z0-9_]* | "") echo "lab.sh: prefix must be letters, digits or _: '$prefix'" >&2; exit 2 ;;
@@ -151,6 +153,21 @@ spawn() {
     echo "$pid"
 }
 
+block_multicast() {
+    local ns
+    ns=$(ns_of "${1:?block-multicast needs a host}")
+    exists "$ns" || die "no namespace $ns"
+    ip netns exec "$ns" nft delete table ip loopcast_lab_nomcast 2>/dev/null || true
+    ip netns exec "$ns" nft -f - <<EOF
+table ip loopcast_lab_nomcast {
+    chain input {
+        type filter hook input priority 0; policy accept;
+        ip daddr 224.0.0.0/4 drop
+    }
+}
+EOF
+}
+
 status() {
     local ns
     own_namespaces | grep -q . || { echo "lab '$prefix' is down"; return 0; }
@@ -161,6 +178,7 @@ status() {
         local drop
         drop=$(ip netns exec "$ns" nft list table inet loopcast_lab 2>/dev/null | grep -o 'mod 10000 < [0-9]*' | awk '{print $4 / 100 "%"}') || true
         [ -n "$drop" ] && printf ', loss %s' "$drop"
+        ip netns exec "$ns" nft list table ip loopcast_lab_nomcast >/dev/null 2>&1 && printf ', multicast blocked'
         tc -n "$ns" qdisc show dev eth0 | grep -o 'tbf.*rate [^ ]*' | sed 's/^/, /' | tr -d '\n' || true
         echo
     done
@@ -205,6 +223,7 @@ down() {
 case "$command" in
     up) up "$@" ;;
     loss) loss "$@" ;;
+    block-multicast) block_multicast "$@" ;;
     rate) rate "$@" ;;
     spawn) spawn "$@" ;;
     exec) ns=$(ns_of "${1:?exec needs a host}"); shift; exists "$ns" || die "no namespace $ns"; exec ip netns exec "$ns" "$@" ;;

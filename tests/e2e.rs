@@ -539,3 +539,54 @@ fn without_gso_and_gro_the_file_still_arrives_whole() {
     let serve_log = std::fs::read_to_string(lab.dir.path().join("serve.log")).unwrap();
     assert!(serve_log.contains("without GSO"), "{serve_log}");
 }
+
+#[test]
+fn with_two_rates_a_capped_receiver_takes_the_slow_channel_and_another_the_fast_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = keygen(d);
+    let file = d.join("two-rates.bin");
+    let data = random_file(&file, 8_000_000, 110);
+    let g = group(110);
+    let log = std::fs::File::create(d.join("serve.log")).unwrap();
+    let mut serve = on_loopback("serve", &key, &g);
+    serve
+        .arg(&file)
+        .args(["--rates", "40M,160M", "--cache-dir"])
+        .arg(d.join("cache"));
+    let _server = Running(serve.stderr(log).stdout(Stdio::null()).spawn().unwrap());
+    let capped = recv_command(
+        &key,
+        &g,
+        &d.join("slow"),
+        &["--max-rate", "50M", "--timeout", "60"],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let uncapped = recv_command(&key, &g, &d.join("fast"), &["--timeout", "60"])
+        .output()
+        .unwrap();
+    let capped = capped.wait_with_output().unwrap();
+    // Channel 1 of the file is the group's +1 (40M), channel 2 its +2 (160M).
+    let slow_channel = "over 239.255.110.2:22101 (40.0 Mbit/s)";
+    let fast_channel = "over 239.255.110.3:22102 (160.0 Mbit/s)";
+    for (out, name, channel) in [
+        (&capped, "slow", slow_channel),
+        (&uncapped, "fast", fast_channel),
+    ] {
+        let err = stderr(out);
+        assert!(out.status.success(), "{name}: {err}");
+        assert!(err.contains(channel), "{name} did not use {channel}: {err}");
+        assert_eq!(
+            std::fs::read(d.join(name).join("two-rates.bin")).unwrap(),
+            data
+        );
+    }
+    let serve_log = std::fs::read_to_string(d.join("serve.log")).unwrap();
+    assert_eq!(
+        serve_log.matches(" completed in ").count(),
+        2,
+        "{serve_log}"
+    );
+}

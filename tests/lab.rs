@@ -19,8 +19,9 @@ struct Lab {
 }
 
 impl Lab {
-    fn up(receivers: usize) -> Lab {
-        let prefix = format!("lct{}", std::process::id() % 1_000_000);
+    /// A lab named after this process and `tag` (tests in one process run side by side).
+    fn up(receivers: usize, tag: &str) -> Lab {
+        let prefix = format!("lct{}{tag}", std::process::id() % 1_000_000);
         let lab = Lab {
             prefix,
             children: Vec::new(),
@@ -54,6 +55,29 @@ impl Lab {
             .unwrap();
         self.children.push(child);
         self.children.len() - 1
+    }
+
+    /// Runs this test binary's `unicast_probe_helper` in host `host` with `env`; returns its output.
+    fn probe(&self, host: &str, env: &[(&str, &str)]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &format!("{}-{host}", self.prefix)])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "unicast_probe_helper",
+                "--ignored",
+                "--nocapture",
+            ])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "probe failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
     }
 
     /// Waits for child `i` to exit, for at most `limit`.
@@ -116,17 +140,30 @@ fn recv_args<'a>(key: &'a str, iface: &'a str, out: &'a str) -> Vec<&'a str> {
     ]
 }
 
+/// `serve SOURCE` at 80 Mbit/s from the lab's sender address.
+fn serve_args<'a>(source: &'a str, key: &'a str, cache: &'a str) -> Vec<&'a str> {
+    vec![
+        "serve",
+        source,
+        "-k",
+        key,
+        "-i",
+        "10.77.0.1",
+        "-g",
+        GROUP,
+        "--rate",
+        "80M",
+        "--cache-dir",
+        cache,
+    ]
+}
+
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-#[test]
-fn four_receivers_with_loss_a_late_join_and_a_crash_all_get_identical_files() {
-    if !lab_available() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// A new key and a 24 MB random payload in `d`: (key file, payload file, payload).
+fn key_and_payload(d: &Path, seed: u64) -> (PathBuf, PathBuf, Vec<u8>) {
     let key = d.join("key");
     assert!(
         Command::new(BIN)
@@ -136,13 +173,24 @@ fn four_receivers_with_loss_a_late_join_and_a_crash_all_get_identical_files() {
             .status
             .success()
     );
-    // 24 MB at 80 Mbit/s: about 2.5 s per loop.
     let mut data = vec![0u8; 24_000_000];
-    rand::rngs::StdRng::seed_from_u64(77).fill_bytes(&mut data);
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
     let source = d.join("payload.bin");
     std::fs::write(&source, &data).unwrap();
+    (key, source, data)
+}
 
-    let mut lab = Lab::up(4);
+#[test]
+fn four_receivers_with_loss_a_late_join_and_a_crash_all_get_identical_files() {
+    if !lab_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 24 MB at 80 Mbit/s: about 2.5 s per loop.
+    let (key, source, data) = key_and_payload(d, 77);
+
+    let mut lab = Lab::up(4, "a");
     lab.script(&["loss", "r2", "5"]);
     let out: Vec<PathBuf> = (1..=4).map(|i| d.join(format!("out{i}"))).collect();
     let logs: Vec<PathBuf> = (1..=4).map(|i| d.join(format!("r{i}.log"))).collect();
@@ -152,24 +200,8 @@ fn four_receivers_with_loss_a_late_join_and_a_crash_all_get_identical_files() {
     let r2 = lab.start("r2", &logs[1], &recv_args(key_s, "10.77.0.12", o2));
     let r4 = lab.start("r4", &logs[3], &recv_args(key_s, "10.77.0.14", o4));
     let cache = d.join("cache");
-    lab.start(
-        "s",
-        &d.join("s.log"),
-        &[
-            "serve",
-            path(&source),
-            "-k",
-            key_s,
-            "-i",
-            "10.77.0.1",
-            "-g",
-            GROUP,
-            "--rate",
-            "80M",
-            "--cache-dir",
-            path(&cache),
-        ],
-    );
+    let server = serve_args(path(&source), key_s, path(&cache));
+    lab.start("s", &d.join("s.log"), &server);
     let started = Instant::now();
 
     // r4 is killed (SIGKILL) half way through its first loop, once its map is on disk.
@@ -227,4 +259,205 @@ fn four_receivers_with_loss_a_late_join_and_a_crash_all_get_identical_files() {
     assert!(naks > 0, "r2 lost packets yet sent no NAK: {log2}");
     let log4 = std::fs::read_to_string(&log4b).unwrap();
     assert!(log4.contains("resuming, "), "r4 did not resume: {log4}");
+}
+
+/// Reads `key=value` from the probe helper's output line.
+fn probe_value(output: &str, key: &str) -> u64 {
+    output
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in probe output: {output}"))
+}
+
+/// Waits until `log` contains `needle`, for at most `limit`; returns whether it did.
+fn wait_for_log(log: &Path, needle: &str, limit: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if std::fs::read_to_string(log).is_ok_and(|t| t.contains(needle)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn a_host_without_multicast_gets_the_file_by_unicast_beside_three_multicast_receivers() {
+    if !lab_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (key, source, data) = key_and_payload(d, 78);
+
+    let mut lab = Lab::up(4, "u");
+    lab.script(&["block-multicast", "r4"]);
+    let key_s = path(&key);
+    let server_log = d.join("s.log");
+    let cache = d.join("cache");
+    let mut server = serve_args(path(&source), key_s, path(&cache));
+    server.extend(["--on-demand", "--idle", "3", "--unicast-max-rate", "400M"]);
+    lab.start("s", &server_log, &server);
+    assert!(
+        wait_for_log(&server_log, "announcing", Duration::from_secs(60)),
+        "server did not start"
+    );
+
+    // Before anyone asks: the on-demand channel is silent, and requests without a
+    // valid cookie (none, or a forged one) get a cookie no larger than themselves
+    // and no stream.
+    let probe = lab.probe(
+        "r3",
+        &[
+            ("LOOPCAST_PROBE_SERVER", "10.77.0.1:7700"),
+            ("LOOPCAST_PROBE_CHANNEL", "239.77.0.2:7701"),
+            ("LOOPCAST_PROBE_IFACE", "10.77.0.13"),
+        ],
+    );
+    println!("probe before: {probe}");
+    assert_eq!(probe_value(&probe, "channel_datagrams"), 0, "{probe}");
+    assert_eq!(probe_value(&probe, "stream_datagrams"), 0, "{probe}");
+    assert!(
+        probe_value(&probe, "answer_bytes") <= probe_value(&probe, "request_bytes"),
+        "{probe}"
+    );
+    assert!(probe_value(&probe, "cookies") >= 1, "{probe}");
+
+    let out: Vec<PathBuf> = (1..=4).map(|i| d.join(format!("out{i}"))).collect();
+    let logs: Vec<PathBuf> = (1..=4).map(|i| d.join(format!("r{i}.log"))).collect();
+    let mut receivers = Vec::new();
+    for i in 0..4 {
+        let iface = format!("10.77.0.{}", 11 + i);
+        let mut args = recv_args(key_s, &iface, path(&out[i]));
+        if i == 3 {
+            args.extend(["--server", "10.77.0.1"]);
+        }
+        let host = format!("r{}", i + 1);
+        receivers.push(lab.start(&host, &logs[i], &args));
+    }
+    for (i, &child) in receivers.iter().enumerate() {
+        let status = lab.wait(child, Duration::from_secs(100));
+        let text = std::fs::read_to_string(&logs[i]).unwrap_or_default();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "r{} did not finish: {status:?}\n{text}",
+            i + 1
+        );
+        let got = std::fs::read(out[i].join("payload.bin")).unwrap();
+        assert!(got == data, "r{}: output differs from the source", i + 1);
+    }
+    let log4 = std::fs::read_to_string(&logs[3]).unwrap();
+    assert!(
+        log4.contains("a unicast stream"),
+        "r4 did not fall back: {log4}"
+    );
+    assert!(log4.contains("over unicast from 10.77.0.1:7700"), "{log4}");
+    for (i, log) in logs.iter().take(3).enumerate() {
+        let log = std::fs::read_to_string(log).unwrap();
+        assert!(log.contains("over 239.77.0.2:7701"), "r{}: {log}", i + 1);
+    }
+    let goodput = log4
+        .split(" Mbit/s) over unicast")
+        .next()
+        .and_then(|before| before.rsplit(" at ").next())
+        .unwrap_or("?");
+    println!("unicast fallback goodput: {goodput} Mbit/s");
+
+    // On demand: the first request started the channel; with every receiver done
+    // and gone, it stops after the idle time and is silent again.
+    assert!(
+        wait_for_log(
+            &server_log,
+            "stopping its channels",
+            Duration::from_secs(20)
+        ),
+        "{}",
+        std::fs::read_to_string(&server_log).unwrap_or_default()
+    );
+    let server_text = std::fs::read_to_string(&server_log).unwrap();
+    assert!(
+        server_text.contains("starting its channels on request"),
+        "{server_text}"
+    );
+    assert!(
+        server_text.contains("streaming by unicast to 10.77.0.14"),
+        "{server_text}"
+    );
+    assert_eq!(
+        server_text.matches(" completed in ").count(),
+        4,
+        "{server_text}"
+    );
+    let after = lab.probe(
+        "r3",
+        &[
+            ("LOOPCAST_PROBE_CHANNEL", "239.77.0.2:7701"),
+            ("LOOPCAST_PROBE_IFACE", "10.77.0.13"),
+        ],
+    );
+    assert_eq!(probe_value(&after, "channel_datagrams"), 0, "{after}");
+}
+
+/// Not a test on its own: `probe` runs it inside a lab namespace. It listens on the
+/// channel `LOOPCAST_PROBE_CHANNEL` and, given `LOOPCAST_PROBE_SERVER`, sends that
+/// server a REQUEST for a unicast stream with no cookie and one with a forged
+/// cookie, then counts for 1.5 s what comes back and what the channel carries.
+#[test]
+#[ignore]
+fn unicast_probe_helper() {
+    use loopcast_proto::wire::{self, COOKIE_LEN, Packet, Request};
+    use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+    let Ok(channel) = std::env::var("LOOPCAST_PROBE_CHANNEL") else {
+        return; // run by hand or by `cargo test -- --ignored`: nothing to probe
+    };
+    let channel: SocketAddrV4 = channel.parse().unwrap();
+    let iface: Ipv4Addr = std::env::var("LOOPCAST_PROBE_IFACE")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let group = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    group.set_reuse_address(true).unwrap();
+    group.bind(&channel.into()).unwrap();
+    group.join_multicast_v4(channel.ip(), &iface).unwrap();
+    let group: UdpSocket = group.into();
+    group.set_nonblocking(true).unwrap();
+    let unicast = UdpSocket::bind(SocketAddrV4::new(iface, 0)).unwrap();
+    unicast.set_nonblocking(true).unwrap();
+    let mut request_bytes = 0;
+    if let Ok(server) = std::env::var("LOOPCAST_PROBE_SERVER") {
+        for cookie in [[0u8; COOKIE_LEN], [0x5a; COOKIE_LEN]] {
+            let request = wire::encode_request(
+                0,
+                &Request {
+                    receiver_id: 1,
+                    flags: wire::REQUEST_UNICAST | wire::REQUEST_START,
+                    max_rate_bps: 0,
+                    cookie,
+                    name: "payload.bin".into(),
+                },
+            );
+            unicast.send_to(&request, &server).unwrap();
+            request_bytes += request.len();
+        }
+    }
+    let (mut channel_datagrams, mut answer_bytes, mut stream, mut cookies) = (0, 0, 0, 0);
+    let mut buf = [0u8; 65536];
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1500) {
+        while group.recv(&mut buf).is_ok() {
+            channel_datagrams += 1;
+        }
+        while let Ok(n) = unicast.recv(&mut buf) {
+            answer_bytes += n;
+            match wire::decode(&buf[..n]).map(|d| d.packet) {
+                Ok(Packet::Cookie(_)) => cookies += 1,
+                _ => stream += 1,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!(
+        "probe: channel_datagrams={channel_datagrams} request_bytes={request_bytes} answer_bytes={answer_bytes} cookies={cookies} stream_datagrams={stream}"
+    );
 }
