@@ -564,7 +564,7 @@ fn with_two_rates_a_capped_receiver_takes_the_slow_channel_and_another_the_fast_
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
-    let uncapped = recv_command(&key, &g, &d.join("fast"), &["--timeout", "60"])
+    let uncapped = recv_command(&key, &g, &d.join("fast"), &["--timeout", "60", "--json"])
         .output()
         .unwrap();
     let capped = capped.wait_with_output().unwrap();
@@ -583,10 +583,27 @@ fn with_two_rates_a_capped_receiver_takes_the_slow_channel_and_another_the_fast_
             data
         );
     }
-    let serve_log = std::fs::read_to_string(d.join("serve.log")).unwrap();
-    assert_eq!(
-        serve_log.matches(" completed in ").count(),
-        2,
-        "{serve_log}"
-    );
+    // The server logs each receiver's DONE (sent just before the receiver exits).
+    let started = Instant::now();
+    let completions = || {
+        let log = std::fs::read_to_string(d.join("serve.log")).unwrap();
+        (log.matches(" completed in ").count(), log)
+    };
+    while completions().0 < 2 && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (count, serve_log) = completions();
+    assert_eq!(count, 2, "{serve_log}");
+    // --json: one event object per line, from join to done.
+    let events: Vec<serde_json::Value> = String::from_utf8(uncapped.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"join"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"done"), "{kinds:?}");
+    let done = events.last().unwrap();
+    assert_eq!(done["file"], "two-rates.bin");
+    assert_eq!(done["bytes"], 8_000_000);
 }

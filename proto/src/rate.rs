@@ -241,9 +241,22 @@ pub struct RateController {
     min_bps: f64,
     max_bps: f64,
     rate: f64,
-    /// Per receiver: when it last reported, and the rate it can take.
-    capacity: HashMap<u32, (Instant, f64)>,
+    /// Per receiver: what its reports told.
+    receivers: HashMap<u32, ReceiverRate>,
     next_step: Option<Instant>,
+}
+
+/// What an adaptive channel learned of one receiver.
+#[derive(Debug, Clone, Copy)]
+struct ReceiverRate {
+    /// When it last reported.
+    at: Instant,
+    /// The rate it can take, bits/s.
+    capacity: f64,
+    /// Loss it shows whatever the rate (e.g. a radio link): not a sign of overload.
+    base_loss: f64,
+    /// (rate, goodput) when its loss first went above what it may lose.
+    lossy_since: Option<(f64, f64)>,
 }
 
 impl RateController {
@@ -255,7 +268,7 @@ impl RateController {
             min_bps,
             max_bps,
             rate: (start_bps as f64).clamp(min_bps, max_bps),
-            capacity: HashMap::new(),
+            receivers: HashMap::new(),
             next_step: None,
         }
     }
@@ -265,8 +278,9 @@ impl RateController {
         self.rate as u64
     }
 
-    /// Takes a receiver's report: a receiver that lost more than it may is credited
-    /// with what got through; one that kept up, with more than the current rate.
+    /// Takes a receiver's report: a receiver that lost more than it may (beyond the
+    /// loss it shows at any rate) is credited with what got through; one that kept
+    /// up, with more than the current rate.
     pub fn handle_report(&mut self, now: Instant, report: &Report, datagram_len: usize) {
         let sent = report.arrived as u64 + report.lost as u64;
         if report.interval_ms == 0 || sent == 0 {
@@ -275,12 +289,41 @@ impl RateController {
         let loss = report.lost as f64 / sent as f64;
         let goodput = report.arrived as f64 * datagram_len as f64 * 8.0
             / (report.interval_ms as f64 / 1000.0);
-        let capacity = if loss > ADAPT_LOSS_TOLERATED {
-            goodput
+        let rate = self.rate;
+        let r = self
+            .receivers
+            .entry(report.receiver_id)
+            .or_insert(ReceiverRate {
+                at: now,
+                capacity: rate,
+                base_loss: 0.0,
+                lossy_since: None,
+            });
+        r.at = now;
+        r.capacity = if loss <= r.base_loss + ADAPT_LOSS_TOLERATED {
+            r.lossy_since = None;
+            r.base_loss = r.base_loss.min(loss);
+            goodput.max(rate) * ADAPT_PROBE
         } else {
-            goodput.max(self.rate) * ADAPT_PROBE
+            match r.lossy_since {
+                // Overload: slowing down leaves what gets through about the same. Here
+                // it fell with the rate instead, so the loss does not come from the
+                // rate: learn it as this receiver's own and stop slowing down for it.
+                Some((since_rate, since_goodput))
+                    if rate <= 0.8 * since_rate
+                        && goodput < since_goodput * (1.0 + rate / since_rate) / 2.0 =>
+                {
+                    r.base_loss = loss;
+                    r.lossy_since = None;
+                    rate * ADAPT_PROBE
+                }
+                Some(_) => goodput,
+                None => {
+                    r.lossy_since = Some((rate, goodput));
+                    goodput
+                }
+            }
         };
-        self.capacity.insert(report.receiver_id, (now, capacity));
     }
 
     /// Moves the rate a step towards the target when a step is due; returns the new
@@ -290,13 +333,13 @@ impl RateController {
             return None;
         }
         self.next_step = Some(now + ADAPT_STEP);
-        self.capacity
-            .retain(|_, (at, _)| now.saturating_duration_since(*at) < memory);
-        let capacities = self.capacity.values().map(|&(_, c)| c);
+        self.receivers
+            .retain(|_, r| now.saturating_duration_since(r.at) < memory);
+        let capacities = self.receivers.values().map(|r| r.capacity);
         let target = match self.mode {
             AdaptMode::Min => capacities.fold(f64::INFINITY, f64::min),
             AdaptMode::Avg => {
-                let n = self.capacity.len();
+                let n = self.receivers.len();
                 if n == 0 {
                     f64::INFINITY
                 } else {
@@ -489,6 +532,26 @@ mod tests {
         assert!((avg.rate() as f64 - 20e6).abs() < 0.1e6, "{}", avg.rate());
         // Reports expire: with none left the rate holds.
         assert_eq!(min.poll(t + memory * 200, memory), None);
+    }
+
+    #[test]
+    fn loss_that_does_not_fall_with_the_rate_is_not_taken_for_overload() {
+        // A receiver that loses 30% at any rate (a bad radio link), 1000-byte datagrams.
+        let mut c = RateController::new(AdaptMode::Min, 1_000_000, 100_000_000, 100_000_000);
+        let mut t = Instant::now();
+        let mut lowest = c.rate();
+        for _ in 0..60 {
+            let packets_per_sec = c.rate() as f64 / 8000.0;
+            let arrived = (0.7 * packets_per_sec) as u32;
+            let lost = (0.3 * packets_per_sec) as u32;
+            c.handle_report(t, &report(1, arrived, lost), 1000);
+            t += ADAPT_STEP;
+            c.poll(t, Duration::from_secs(30));
+            lowest = lowest.min(c.rate());
+        }
+        // It slows down until slowing down is seen not to help, then returns to the top.
+        assert!(lowest >= 50_000_000, "fell to {lowest}");
+        assert_eq!(c.rate(), 100_000_000);
     }
 
     #[test]
