@@ -163,7 +163,7 @@ impl UnicastPeer {
 /// One file being received.
 struct Reception {
     entry: AnnounceEntry,
-    /// The server's unicast address, when known (ANNOUNCE's source or `--server`).
+    /// The server's unicast address, when known (ANNOUNCE's source, else `--server`).
     server: Option<SocketAddrV4>,
     /// Multicast channels joined (one, or several with `--aggregate`).
     joined: Vec<Joined>,
@@ -625,7 +625,7 @@ impl Receiver {
                 NakMode::Suppressed,
             ),
             progress: self.progress.add(&entry.name, 0),
-            server: self.servers.get(&session).copied(),
+            server: self.servers.get(&session).copied().or(self.config.server),
             joined: Vec::new(),
             selector,
             next_sample: now + SELECT_SAMPLE,
@@ -773,7 +773,7 @@ impl Receiver {
 
     /// Leaves multicast for reception `index` and asks its server for a unicast stream.
     fn fall_back(&mut self, index: usize, why: &str) -> Result<()> {
-        let Some(server) = self.receptions[index].server.or(self.config.server) else {
+        let Some(server) = self.receptions[index].server else {
             return Ok(()); // no server known: keep listening
         };
         let joined = std::mem::take(&mut self.receptions[index].joined);
@@ -1022,7 +1022,7 @@ impl Receiver {
                 [
                     r.fsm.poll_timeout(),
                     (multicast && !self.config.aggregate).then_some(r.next_sample),
-                    (multicast && r.server.or(self.config.server).is_some())
+                    (multicast && r.server.is_some())
                         .then(|| r.last_data + self.config.sync_timeout),
                     r.unicast
                         .as_ref()
@@ -1052,7 +1052,7 @@ impl Receiver {
             let r = &mut self.receptions[i];
             if r.unicast.is_none()
                 && now >= r.last_data + self.config.sync_timeout
-                && r.server.or(self.config.server).is_some()
+                && r.server.is_some()
             {
                 let why = format!(
                     "no data for {:.1} s on multicast",
@@ -1108,9 +1108,10 @@ impl Receiver {
                 }
             }
         }
-        let server = r.server.or(self.config.server);
+        let server = r.server;
         let start_due = r.next_start_request.is_some_and(|at| now >= at);
-        let name = r.entry.name.clone();
+        // Cloned only when a request goes out: this runs on every wake-up.
+        let start = start_due.then(|| r.entry.name.clone());
         if start_due {
             r.next_start_request = Some(now + REQUEST_RETRY);
         }
@@ -1118,7 +1119,7 @@ impl Receiver {
             if let Some(report) = report {
                 self.link_send(&report, server);
             }
-            if start_due {
+            if let Some(name) = start {
                 self.link_request(server, wire::REQUEST_START, &name);
             }
         }
@@ -1192,7 +1193,7 @@ impl Receiver {
                 );
                 // Tell the server; twice, as one datagram may be lost and nothing repeats it.
                 let done = r.fsm.done_datagram(elapsed);
-                let server = r.server.or(self.config.server);
+                let server = r.server;
                 r.progress.set(r.fsm.received().count() as u64);
                 match (&r.unicast, server) {
                     (Some(u), _) => (0..2).for_each(|_| u.send(&done)),

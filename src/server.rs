@@ -609,8 +609,9 @@ impl Server {
             return;
         }
         let file = &self.files[f];
+        let rate = UnicastRate::new(now, self.config.unicast_max_rate, UNICAST_MIN_RATE);
         let repair = RepairConfig {
-            rate_bps: UNICAST_MIN_RATE,
+            rate_bps: rate.rate(),
             share: self.config.repair_share.max(0.1),
             ..RepairConfig::default()
         };
@@ -621,9 +622,7 @@ impl Server {
             now,
             repair,
         );
-        let rate = UnicastRate::new(now, self.config.unicast_max_rate, UNICAST_MIN_RATE);
-        let mut stream = Stream::new(carousel, from, now, &self.unicast_sender);
-        stream.set_rate(rate.rate(), now, &self.unicast_sender);
+        let stream = Stream::new(carousel, from, now, &self.unicast_sender);
         let slot = match self.clients.iter().position(Option::is_none) {
             Some(slot) => slot,
             None => {
