@@ -932,10 +932,11 @@ impl Receiver {
         if r.fsm.is_complete() {
             r.state = State::Verifying;
             log::info!(
-                "{}: all {} packets held after {:.2} s, finishing the last frames",
+                "{}: all {} packets held after {:.2} s ({:.2} loops), finishing the last frames",
                 r.entry.name,
                 r.fsm.received().len(),
-                r.started.elapsed().as_secs_f64()
+                r.started.elapsed().as_secs_f64(),
+                r.fsm.loops_waited()
             );
             self.persist(index)?;
         }
@@ -1134,15 +1135,21 @@ impl Receiver {
             )));
         }
         let (partial, resumed) = PartialFile::open(work_dir, &manifest)?;
-        if let Some(map) = resumed {
+        if let Some((map, point)) = resumed {
             let held = map.count();
             r.fsm.restore(map);
+            let behind = point.is_some_and(|p| r.fsm.restore_tracks(&p));
             r.resumed = held;
             log::info!(
-                "{}: resuming, {} of {} packets already stored",
+                "{}: resuming, {} of {} packets already stored{}",
                 manifest.name,
                 held,
-                manifest.packet_count()
+                manifest.packet_count(),
+                if behind {
+                    "; repairing what the loop passed meanwhile"
+                } else {
+                    ""
+                }
             );
         }
         r.progress.set_total(manifest.packet_count() as u64);
@@ -1241,7 +1248,7 @@ impl Receiver {
         let r = &mut self.receptions[index];
         if let (true, Some(p)) = (r.dirty, r.partial.as_mut()) {
             let submitted = p
-                .persist_in_background(r.fsm.received(), &self.persister)
+                .persist_in_background(r.fsm.received(), &r.fsm.resume_point(), &self.persister)
                 .map_err(|e| Error::new(format!("{}: {e}", r.entry.name)))?;
             r.dirty = !submitted;
         }
@@ -1257,7 +1264,7 @@ impl Receiver {
         self.persister.wait_idle();
         for r in &mut self.receptions {
             if let (true, Some(p)) = (r.dirty, r.partial.as_mut())
-                && let Err(e) = p.persist_now(r.fsm.received())
+                && let Err(e) = p.persist_now(r.fsm.received(), &r.fsm.resume_point())
             {
                 log::warn!("{}: {e}", r.entry.name);
             }

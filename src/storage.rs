@@ -3,7 +3,7 @@
 
 use crate::error::{Context, Error, Result};
 use loopcast_proto::archive::{UnpackError, Unpacker};
-use loopcast_proto::{Manifest, MasterKey, ReceivedMap};
+use loopcast_proto::{Manifest, MasterKey, ReceivedMap, ResumePoint};
 use std::fs::{self, File, FileTimes, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::ops::Range;
@@ -341,6 +341,9 @@ impl FrameUnpack {
     }
 }
 
+/// A received map read back from disk, with where the loops stood when it was saved.
+pub type SavedMap = (ReceivedMap, Option<ResumePoint>);
+
 /// One file being received: its preallocated body file and persisted received map.
 pub struct PartialFile {
     file: File,
@@ -355,7 +358,7 @@ pub struct PartialFile {
 impl PartialFile {
     /// Opens the partial file for `manifest` in `work_dir`; resumes the stored map if it
     /// belongs to the same archive and layout, else starts over with a fresh preallocated file.
-    pub fn open(work_dir: &Path, manifest: &Manifest) -> Result<(Self, Option<ReceivedMap>)> {
+    pub fn open(work_dir: &Path, manifest: &Manifest) -> Result<(Self, Option<SavedMap>)> {
         let body_path = work_dir.join(format!("{}.part", manifest.name));
         let map_path = work_dir.join(format!("{}.map", manifest.name));
         let resumed = fs::read(&map_path)
@@ -425,6 +428,7 @@ impl PartialFile {
     pub fn persist_in_background(
         &mut self,
         map: &ReceivedMap,
+        resume: &ResumePoint,
         persister: &Persister,
     ) -> Result<bool> {
         if self.saving.load(Ordering::Acquire) {
@@ -435,15 +439,19 @@ impl PartialFile {
         persister.submit(Job::Save {
             file,
             map_path: self.map_path.clone(),
-            map: encode_map(map, &self.manifest),
+            map: encode_map(map, resume, &self.manifest),
             saving: Arc::clone(&self.saving),
         });
         Ok(true)
     }
 
     /// Syncs the payloads written and saves `map`, on this thread.
-    pub fn persist_now(&mut self, map: &ReceivedMap) -> Result<()> {
-        save(&self.file, &self.map_path, &encode_map(map, &self.manifest))
+    pub fn persist_now(&mut self, map: &ReceivedMap, resume: &ResumePoint) -> Result<()> {
+        save(
+            &self.file,
+            &self.map_path,
+            &encode_map(map, resume, &self.manifest),
+        )
     }
 
     /// A second handle on the body file, for unpacking on another thread.
@@ -622,39 +630,49 @@ fn preallocate(file: &File, len: u64) -> io::Result<()> {
     }
 }
 
-/// Encodes a received map with the layout it belongs to and a CRC32.
-pub fn encode_map(map: &ReceivedMap, manifest: &Manifest) -> Vec<u8> {
-    let mut out = Vec::with_capacity(MAP_HEADER_LEN + map.len() as usize / 8 + 8);
-    out.extend_from_slice(&MAP_MAGIC);
-    out.extend_from_slice(&manifest.archive_id.to_be_bytes());
-    out.extend_from_slice(&manifest.payload_size.to_be_bytes());
-    out.extend_from_slice(&map.len().to_be_bytes());
-    out.extend_from_slice(&manifest.body_len.to_be_bytes());
+/// Encodes a received map with the layout it belongs to, where the loops stood
+/// (`ResumePoint`, after the map; maps saved before it was added end without it)
+/// and a CRC32.
+pub fn encode_map(map: &ReceivedMap, resume: &ResumePoint, manifest: &Manifest) -> Vec<u8> {
+    let mut out = encode_map_header(manifest);
     out.extend_from_slice(&map.to_bytes());
+    out.extend_from_slice(&resume.encode());
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_be_bytes());
     out
 }
 
-/// Decodes a persisted map; None unless it is intact and belongs to `manifest`'s layout.
-pub fn decode_map(bytes: &[u8], manifest: &Manifest) -> Option<ReceivedMap> {
+/// The part of a saved map that names the archive and layout.
+fn encode_map_header(manifest: &Manifest) -> Vec<u8> {
+    let mut out = Vec::with_capacity(MAP_HEADER_LEN + manifest.packet_count() as usize / 8 + 128);
+    out.extend_from_slice(&MAP_MAGIC);
+    out.extend_from_slice(&manifest.archive_id.to_be_bytes());
+    out.extend_from_slice(&manifest.payload_size.to_be_bytes());
+    out.extend_from_slice(&manifest.packet_count().to_be_bytes());
+    out.extend_from_slice(&manifest.body_len.to_be_bytes());
+    out
+}
+
+/// Decodes a persisted map; None unless it is intact and belongs to `manifest`'s
+/// layout. The resume point is None in a map saved without one.
+pub fn decode_map(bytes: &[u8], manifest: &Manifest) -> Option<SavedMap> {
     let (content, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
     if crc32fast::hash(content).to_be_bytes() != crc
         || content.len() < MAP_HEADER_LEN
-        || content[..8] != MAP_MAGIC
+        || content[..MAP_HEADER_LEN] != encode_map_header(manifest)[..]
     {
-        return None;
+        return None; // damaged, or another archive, payload size or length
     }
-    let expected = encode_map(&ReceivedMap::new(manifest.packet_count()), manifest);
-    if content[..MAP_HEADER_LEN] != expected[..MAP_HEADER_LEN] {
-        return None; // another archive, payload size or length
-    }
-    ReceivedMap::from_bytes(manifest.packet_count(), &content[MAP_HEADER_LEN..])
+    let body = &content[MAP_HEADER_LEN..];
+    let (map, resume) = body.split_at_checked((manifest.packet_count() as usize).div_ceil(8))?;
+    let map = ReceivedMap::from_bytes(manifest.packet_count(), map)?;
+    Some((map, ResumePoint::decode(resume)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
 
     #[test]
     fn a_vectored_write_puts_every_payload_at_its_place() {
@@ -683,5 +701,38 @@ mod tests {
         let mut expected = vec![0u8; 5];
         payloads.iter().for_each(|p| expected.extend(p));
         assert_eq!(fs::read(dir.path().join("v")).unwrap(), expected);
+    }
+
+    #[test]
+    fn a_saved_map_keeps_its_resume_point_and_old_maps_still_load() {
+        let key = MasterKey::from_bytes([3; 32]);
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
+        let (manifest, _, _) =
+            loopcast_proto::sim::pack(&key, &[7u8; 50_000], 1 << 16, 1000, &mut rng);
+        let mut map = ReceivedMap::new(manifest.packet_count());
+        map.insert_range(0..17);
+        let point = ResumePoint {
+            session_id: 9,
+            tracks: vec![loopcast_proto::receiver::SavedTrack {
+                track: 0,
+                join: 0,
+                position: 16,
+                advanced: 16,
+            }],
+        };
+        let bytes = encode_map(&map, &point, &manifest);
+        assert_eq!(
+            decode_map(&bytes, &manifest),
+            Some((map.clone(), Some(point)))
+        );
+        // A map saved before resume points: header, bits, CRC.
+        let mut old = encode_map_header(&manifest);
+        old.extend_from_slice(&map.to_bytes());
+        let crc = crc32fast::hash(&old);
+        old.extend_from_slice(&crc.to_be_bytes());
+        assert_eq!(decode_map(&old, &manifest), Some((map, None)));
+        let mut damaged = bytes.clone();
+        damaged[MAP_HEADER_LEN] ^= 1;
+        assert_eq!(decode_map(&damaged, &manifest), None);
     }
 }

@@ -26,5 +26,5 @@ pub use keys::{FileKey, MasterKey};
 pub use manifest::Manifest;
 pub use rate::{AdaptMode, ChannelSelector, RateController, ReportTimer, UnicastRate};
 pub use received::ReceivedMap;
-pub use receiver::{FileReceiver, NakMode, Outcome, ReceiverStats};
+pub use receiver::{FileReceiver, NakMode, Outcome, ReceiverStats, ResumePoint};
 pub use sender::{Announcer, Carousel, CarouselStats, PayloadSource, RepairConfig, Transmit};

@@ -141,6 +141,11 @@ struct LoopTrack {
     advanced: u64,
     /// Loop packets that arrived (new or not).
     arrived: u64,
+    /// Of `advanced`, positions restored from disk or passed while the receiver was
+    /// not running: passed, but not losses to report or to choose a channel by.
+    uncounted: u64,
+    /// Restored from disk and not yet moved by a packet of this run.
+    resumed: bool,
 }
 
 impl LoopTrack {
@@ -158,6 +163,71 @@ impl LoopTrack {
 
 /// Most loop tracks (channels) one receiver follows for a file.
 pub const MAX_TRACKS: usize = 16;
+
+/// One loop track as saved beside the received map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavedTrack {
+    /// The driver's track number (channel index, or the unicast track).
+    pub track: u8,
+    /// First loop packet seen on the channel.
+    pub join: u32,
+    /// Latest loop packet seen when the map was saved.
+    pub position: u32,
+    /// Loop positions passed since the join.
+    pub advanced: u64,
+}
+
+/// Where a receiver's loops stood when its received map was saved: lets a restarted
+/// receiver tell the packets the loop passed while it was down (repaired at once)
+/// from those still ahead of the loop (spec §6.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumePoint {
+    /// The server session whose loops these are.
+    pub session_id: u32,
+    /// One entry per track followed.
+    pub tracks: Vec<SavedTrack>,
+}
+
+/// Bytes of one saved track: track (1), join (4), position (4), advanced (8).
+const SAVED_TRACK_LEN: usize = 17;
+
+impl ResumePoint {
+    /// Encodes as session id (4), track count (1), then each track, big-endian.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(5 + SAVED_TRACK_LEN * self.tracks.len());
+        out.extend_from_slice(&self.session_id.to_be_bytes());
+        out.push(self.tracks.len().min(MAX_TRACKS) as u8);
+        for t in self.tracks.iter().take(MAX_TRACKS) {
+            out.push(t.track);
+            out.extend_from_slice(&t.join.to_be_bytes());
+            out.extend_from_slice(&t.position.to_be_bytes());
+            out.extend_from_slice(&t.advanced.to_be_bytes());
+        }
+        out
+    }
+
+    /// Decodes `encode`'s output; None unless the length matches the track count exactly.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let (head, rest) = bytes.split_at_checked(5)?;
+        let count = head[4] as usize;
+        if count > MAX_TRACKS || rest.len() != count * SAVED_TRACK_LEN {
+            return None;
+        }
+        let tracks = rest
+            .chunks_exact(SAVED_TRACK_LEN)
+            .map(|c| SavedTrack {
+                track: c[0],
+                join: u32::from_be_bytes(c[1..5].try_into().expect("4 bytes")),
+                position: u32::from_be_bytes(c[5..9].try_into().expect("4 bytes")),
+                advanced: u64::from_be_bytes(c[9..17].try_into().expect("8 bytes")),
+            })
+            .collect();
+        Some(Self {
+            session_id: u32::from_be_bytes(head[..4].try_into().expect("4 bytes")),
+            tracks,
+        })
+    }
+}
 
 /// Receives one archive from its channels.
 pub struct FileReceiver {
@@ -357,6 +427,8 @@ impl FileReceiver {
                 position: index,
                 advanced: 0,
                 arrived: 1,
+                uncounted: 0,
+                resumed: false,
             });
             let table_missing = !self
                 .received
@@ -369,20 +441,28 @@ impl FileReceiver {
         };
         t.arrived += 1;
         let step = (index as u64 + count as u64 - t.position as u64) % count as u64;
-        if step == 0 {
-            return;
+        let resumed = std::mem::take(&mut t.resumed);
+        if resumed {
+            // The loop went on while this receiver was down: what it passed in the
+            // meantime is behind the loop now, and repair brings it sooner.
+            t.uncounted += step;
         }
         let from = t.position;
         t.position = index;
         t.advanced += step;
-        // Packets strictly between the old and new position were lost on the way.
-        let gap = step > 1
-            && if from < index {
-                !self.received.missing_runs(from + 1..index, 1).is_empty()
-            } else {
-                !self.received.missing_runs(from + 1..count, 1).is_empty()
-                    || !self.received.missing_runs(0..index, 1).is_empty()
-            };
+        // Packets strictly between the old and new position were lost on the way; a
+        // resumed track's holes from its earlier run are gaps too.
+        let gap = if resumed {
+            !self.missing_passed(None, 1).is_empty()
+        } else {
+            step > 1
+                && if from < index {
+                    !self.received.missing_runs(from + 1..index, 1).is_empty()
+                } else {
+                    !self.received.missing_runs(from + 1..count, 1).is_empty()
+                        || !self.received.missing_runs(0..index, 1).is_empty()
+                }
+        };
         if gap && self.timer == NakTimer::Idle {
             self.start_backoff(now);
         }
@@ -564,10 +644,22 @@ impl FileReceiver {
 
     /// Loop positions passed and loop packets arrived, summed over every track.
     fn track_totals(&self) -> (u64, u64) {
-        self.tracks
+        self.tracks.iter().flatten().fold((0, 0), |(a, b), t| {
+            (a + t.advanced - t.uncounted, b + t.arrived)
+        })
+    }
+
+    /// Loops this run has waited through: loop positions passed since the join on
+    /// the track that passed the most, over the packet count (0 before any).
+    pub fn loops_waited(&self) -> f64 {
+        let most = self
+            .tracks
             .iter()
             .flatten()
-            .fold((0, 0), |(a, b), t| (a + t.advanced, b + t.arrived))
+            .map(|t| t.advanced - t.uncounted)
+            .max()
+            .unwrap_or(0);
+        most as f64 / self.received.len().max(1) as f64
     }
 
     /// Track `track`'s loop positions passed and loop packets arrived (0, 0 before
@@ -577,7 +669,7 @@ impl FileReceiver {
             .get(track)
             .copied()
             .flatten()
-            .map_or((0, 0), |t| (t.advanced, t.arrived))
+            .map_or((0, 0), |t| (t.advanced - t.uncounted, t.arrived))
     }
 
     /// A DONE datagram saying this receiver delivered the file `elapsed` after joining.
@@ -663,6 +755,59 @@ impl FileReceiver {
         true
     }
 
+    /// Where this receiver's loop tracks stand, to save beside its received map.
+    pub fn resume_point(&self) -> ResumePoint {
+        ResumePoint {
+            session_id: self.session_id,
+            tracks: self
+                .tracks
+                .iter()
+                .enumerate()
+                .filter_map(|(i, t)| {
+                    t.map(|t| SavedTrack {
+                        track: i as u8,
+                        join: t.join,
+                        position: t.position,
+                        advanced: t.advanced,
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Takes up the loop tracks saved by an earlier run on the same archive (after
+    /// `restore`), so that what the loop passed while this receiver was down counts
+    /// as gaps behind the loop and is NAKed (spec §6.1). Ignored (false) when the
+    /// server session changed, since a new server's loop starts elsewhere, or when
+    /// the tracks do not fit the archive.
+    pub fn restore_tracks(&mut self, point: &ResumePoint) -> bool {
+        let count = self.received.len();
+        let fits = |t: &SavedTrack| {
+            (t.track as usize) < MAX_TRACKS && t.join < count && t.position < count
+        };
+        if point.session_id != self.session_id
+            || self.manifest.is_none()
+            || !point.tracks.iter().all(fits)
+        {
+            return false;
+        }
+        for t in &point.tracks {
+            let track = t.track as usize;
+            if self.tracks.len() <= track {
+                self.tracks.resize(track + 1, None);
+            }
+            self.tracks[track] = Some(LoopTrack {
+                join: t.join,
+                position: t.position,
+                advanced: t.advanced,
+                arrived: 0,
+                uncounted: t.advanced,
+                resumed: true,
+            });
+        }
+        true
+    }
+
     /// Marks the packets holding body bytes `range` missing again (after a frame failed).
     /// They are gaps the loop has passed, so a NAK for them starts at once.
     pub fn mark_missing(&mut self, now: Instant, range: Range<u64>) -> u32 {
@@ -742,6 +887,92 @@ mod tests {
         full.extend(body);
         assert_eq!(full.len() as u64, manifest.body_len);
         (key, manifest, bytes)
+    }
+
+    /// DATA packet `index` of `m`'s archive with zero payload, sent by session 7.
+    fn zero_data(m: &Manifest, index: u32) -> Vec<u8> {
+        let header = DataHeader {
+            archive_id: m.archive_id,
+            packet_index: index,
+            packet_count: m.packet_count(),
+            flags: 0,
+        };
+        wire::encode_data(7, &header, &vec![0u8; payload_len(m, index) as usize])
+    }
+
+    fn nak_of(datagram: &[u8]) -> Nak {
+        match wire::decode(datagram).unwrap().packet {
+            Packet::Nak(nak) => nak,
+            other => panic!("not a NAK: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_resumed_receiver_naks_what_the_loop_passed_while_it_was_down() {
+        let key = MasterKey::from_bytes([4; 32]);
+        let mut rng = SmallRng::seed_from_u64(5);
+        let mut original = vec![0u8; 20_000];
+        rand::Rng::fill_bytes(&mut rng, &mut original);
+        let (m, manifest_bytes, _) = crate::sim::pack(&key, &original, 4096, 1000, &mut rng);
+        let count = m.packet_count();
+        assert!(count >= 5, "{count} packets");
+        let now = Instant::now();
+        let manifest = wire::encode_manifest(7, &manifest_bytes);
+        // First run: joins at 0, holds 0 and 1, is killed.
+        let mut first = FileReceiver::new(key.clone(), 7, m.archive_id, 1, NakMode::Immediate);
+        first.handle_datagram(now, &manifest);
+        for i in 0..2 {
+            first.handle_datagram(now, &zero_data(&m, i));
+        }
+        let (map, point) = (first.received().clone(), first.resume_point());
+        assert_eq!(ResumePoint::decode(&point.encode()), Some(point.clone()));
+        let restart = |point: Option<&ResumePoint>| {
+            let mut r = FileReceiver::new(key.clone(), 7, m.archive_id, 2, NakMode::Immediate);
+            r.handle_datagram(now, &manifest);
+            assert!(r.restore(map.clone()));
+            if let Some(p) = point {
+                assert!(r.restore_tracks(p));
+            }
+            // The loop went on to 4 while it was down.
+            r.handle_datagram(now, &zero_data(&m, 4));
+            r.handle_timeout(now);
+            r.poll_transmit()
+        };
+        let nak = nak_of(&restart(Some(&point)).expect("a NAK for what the loop passed"));
+        assert_eq!(nak.ranges, vec![(2, 2)]);
+        // Without the saved tracks, 2..4 look like packets from before the join.
+        assert_eq!(restart(None), None);
+        // Another server session's loop tells nothing of this one's.
+        let mut other = point.clone();
+        other.session_id = 8;
+        let mut r = FileReceiver::new(key.clone(), 7, m.archive_id, 3, NakMode::Immediate);
+        r.handle_datagram(now, &manifest);
+        r.restore(map.clone());
+        assert!(!r.restore_tracks(&other));
+        // The jump over the time it was down is not reported as loss.
+        let mut r = FileReceiver::new(key, 7, m.archive_id, 4, NakMode::Immediate);
+        r.handle_datagram(now, &manifest);
+        r.restore(map);
+        r.restore_tracks(&point);
+        r.handle_datagram(now, &zero_data(&m, 3));
+        r.handle_datagram(now, &zero_data(&m, 4));
+        assert_eq!(r.track_counters(0), (1, 2));
+    }
+
+    proptest! {
+        #[test]
+        fn resume_points_decode_what_they_encode_and_never_panic(
+            session in any::<u32>(),
+            tracks in proptest::collection::vec((0u8..16, any::<u32>(), any::<u32>(), any::<u64>()), 0..16),
+            junk in proptest::collection::vec(any::<u8>(), 0..400),
+        ) {
+            let point = ResumePoint {
+                session_id: session,
+                tracks: tracks.into_iter().map(|(track, join, position, advanced)| SavedTrack { track, join, position, advanced }).collect(),
+            };
+            prop_assert_eq!(ResumePoint::decode(&point.encode()), Some(point));
+            let _ = ResumePoint::decode(&junk);
+        }
     }
 
     #[test]

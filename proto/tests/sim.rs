@@ -233,7 +233,7 @@ fn a_payload_corrupted_past_the_crc_fails_its_frame_and_is_received_again() {
         assert_eq!(failed.len(), 1, "only the damaged frame fails");
         let missing: u32 = failed.into_iter().map(|r| fsm.mark_missing(now, r)).sum();
         assert!(
-            missing >= 1 && missing <= 64 * 1024 / 1440 + 2,
+            (1..=64 * 1024 / 1440 + 2).contains(&missing),
             "{missing} packets marked missing"
         );
         repairs += 1;
