@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Receiver goodput and peak RSS on loopback multicast, one receiver, no loss.
-# Usage: [REPS=3] scripts/goodput.sh SIZE_MIB RATE [RATE...]   e.g. scripts/goodput.sh 512 1G 2G 4G
+# Usage: [REPS=3] [LOOPCAST_BIN=path] scripts/goodput.sh SIZE_MIB RATE [RATE...]   e.g. scripts/goodput.sh 512 1G 2G 4G
 # For each rate, REPS runs: a fresh server loops a random file; the receiver joins as
 # the server starts; its own "complete and verified" line gives the time from joining
 # to a verified file on disk, GNU time its peak RSS. Medians are printed.
@@ -9,8 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 size_mib=${1:?size in MiB}; shift
 command -v /usr/bin/time >/dev/null || { echo "needs GNU time: apt-get install -y time" >&2; exit 1; }
-cargo build --release --quiet
-BIN=$PWD/target/release/loopcast
+# LOOPCAST_BIN measures another build (e.g. an older commit's, for a before/after).
+if [ -z "${LOOPCAST_BIN:-}" ]; then cargo build --release --quiet; fi
+BIN=${LOOPCAST_BIN:-$PWD/target/release/loopcast}
 work=$(mktemp -d -p "${WORKDIR:-/var/tmp}")
 server=""
 cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }

@@ -13,11 +13,14 @@ pub mod cookie;
 pub mod frames;
 pub mod keys;
 pub mod manifest;
+pub mod pacer;
 pub mod rate;
 pub mod received;
 pub mod receiver;
 pub mod sender;
+pub mod server;
 pub mod sim;
+pub mod timers;
 pub mod wire;
 
 pub use cookie::CookieJar;

@@ -93,6 +93,15 @@ pub const STATUS_INTERVAL: Duration = Duration::from_millis(100);
 /// Repairs that may be saved up while none are wanted (a short burst).
 const MAX_REPAIR_CREDIT: f64 = 64.0;
 
+/// What a carousel sends next.
+#[derive(Debug, Clone, Copy)]
+enum Next {
+    Manifest,
+    Status,
+    Repair(u32),
+    Data(u32),
+}
+
 /// Counters of a carousel, for logs, tests and benchmarks.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CarouselStats {
@@ -230,16 +239,20 @@ impl Carousel {
     /// malformed, foreign or absurd is dropped and counted. Returns how many packets
     /// the NAK newly asked for (queued or left to the loop), a loss signal.
     pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) -> u32 {
-        let nak = match wire::decode(bytes) {
+        match wire::decode(bytes) {
             Ok(wire::Datagram {
                 session_id,
                 packet: wire::Packet::Nak(nak),
-            }) if session_id == self.session_id => nak,
+            }) if session_id == self.session_id => self.handle_nak(now, &nak),
             _ => {
                 self.stats.naks_dropped += 1;
-                return 0;
+                0
             }
-        };
+        }
+    }
+
+    /// Takes a decoded NAK of this session (see `handle_datagram`).
+    pub fn handle_nak(&mut self, now: Instant, nak: &wire::Nak) -> u32 {
         let in_range = nak
             .ranges
             .iter()
@@ -290,65 +303,99 @@ impl Carousel {
         };
     }
 
-    /// Writes the next datagram into `buf`: the manifest when due (500 ms or 1024 DATA
+    /// What `poll_transmit` sends next at `now`, without sending it.
+    fn next(&self, now: Instant) -> Next {
+        if self.next_manifest_at.is_none_or(|at| now >= at)
+            || self.data_since_manifest >= MANIFEST_EVERY_PACKETS
+        {
+            return Next::Manifest;
+        }
+        if self.next_status_at.is_none_or(|at| now >= at) {
+            return Next::Status;
+        }
+        match self.pending.furthest_before(self.next_index) {
+            Some(index) if self.credit >= 1.0 => Next::Repair(index),
+            _ => Next::Data(self.next_index),
+        }
+    }
+
+    /// Length of the datagram `poll_transmit` would write at `now`: a batch of
+    /// equal-sized datagrams (UDP GSO) must know before it takes one more.
+    pub fn next_len(&self, now: Instant) -> usize {
+        match self.next(now) {
+            Next::Manifest => self.manifest_datagram.len(),
+            Next::Status => wire::STATUS_DATAGRAM_LEN,
+            Next::Repair(index) | Next::Data(index) => {
+                wire::DATA_HEADER_LEN + self.payload_len(index) + wire::TRAILER_LEN
+            }
+        }
+    }
+
+    /// Writes the next datagram into `buf`: the manifest when due (500 ms or 256 DATA
     /// packets after the last), a STATUS when due (100 ms), a repair when one is pending
     /// and the repair share allows, else the next DATA packet of the loop. The carousel
-    /// never runs dry; the driver's pacer decides when to call.
+    /// never runs dry; the caller's pacer decides when to call.
     pub fn poll_transmit(
         &mut self,
         now: Instant,
         buf: &mut [u8],
         source: &mut impl PayloadSource,
     ) -> io::Result<Transmit> {
-        if self.next_manifest_at.is_none_or(|at| now >= at)
-            || self.data_since_manifest >= MANIFEST_EVERY_PACKETS
-        {
-            self.next_manifest_at = Some(now + MANIFEST_INTERVAL);
-            self.data_since_manifest = 0;
-            let len = self.manifest_datagram.len();
-            buf[..len].copy_from_slice(&self.manifest_datagram);
-            return Ok(Transmit::Manifest(len));
+        match self.next(now) {
+            Next::Manifest => {
+                self.next_manifest_at = Some(now + MANIFEST_INTERVAL);
+                self.data_since_manifest = 0;
+                let len = self.manifest_datagram.len();
+                buf[..len].copy_from_slice(&self.manifest_datagram);
+                Ok(Transmit::Manifest(len))
+            }
+            Next::Status => {
+                self.next_status_at = Some(now + STATUS_INTERVAL);
+                let memory = membership_memory(
+                    self.group_size(),
+                    self.config.rate_bps,
+                    self.max_datagram_len(),
+                );
+                self.members.prune(now, memory);
+                let status = wire::Status {
+                    archive_id: self.archive_id,
+                    server_time_us: self.micros_since_epoch(now).max(1),
+                    grtt_us: self.grtt.as_micros() as u32,
+                    group_size: self.group_size(),
+                    rate_bps: self.config.rate_bps,
+                };
+                let datagram = wire::encode_status(self.session_id, &status);
+                buf[..datagram.len()].copy_from_slice(&datagram);
+                Ok(Transmit::Status(datagram.len()))
+            }
+            Next::Repair(index) => {
+                self.pending.remove(index);
+                self.credit -= 1.0;
+                self.stats.repair_packets += 1;
+                let len = self.write_data(index, wire::FLAG_REPAIR, buf, source)?;
+                Ok(Transmit::Repair { index, len })
+            }
+            Next::Data(index) => {
+                self.pending.remove(index);
+                let len = self.write_data(index, 0, buf, source)?;
+                self.stats.loop_packets += 1;
+                let share = self.config.share.clamp(0.0, 0.9);
+                self.credit = (self.credit + share / (1.0 - share)).min(MAX_REPAIR_CREDIT);
+                self.next_index += 1;
+                self.data_since_manifest += 1;
+                if self.next_index == self.packet_count {
+                    self.next_index = 0;
+                    self.loops += 1;
+                }
+                Ok(Transmit::Data { index, len })
+            }
         }
-        if self.next_status_at.is_none_or(|at| now >= at) {
-            self.next_status_at = Some(now + STATUS_INTERVAL);
-            let memory = membership_memory(
-                self.group_size(),
-                self.config.rate_bps,
-                self.max_datagram_len(),
-            );
-            self.members.prune(now, memory);
-            let status = wire::Status {
-                archive_id: self.archive_id,
-                server_time_us: self.micros_since_epoch(now).max(1),
-                grtt_us: self.grtt.as_micros() as u32,
-                group_size: self.group_size(),
-                rate_bps: self.config.rate_bps,
-            };
-            let datagram = wire::encode_status(self.session_id, &status);
-            buf[..datagram.len()].copy_from_slice(&datagram);
-            return Ok(Transmit::Status(datagram.len()));
-        }
-        if self.credit >= 1.0
-            && let Some(index) = self.pending.take_furthest_before(self.next_index)
-        {
-            self.credit -= 1.0;
-            self.stats.repair_packets += 1;
-            let len = self.write_data(index, wire::FLAG_REPAIR, buf, source)?;
-            return Ok(Transmit::Repair { index, len });
-        }
-        let index = self.next_index;
-        self.pending.remove(index);
-        let len = self.write_data(index, 0, buf, source)?;
-        self.stats.loop_packets += 1;
-        let share = self.config.share.clamp(0.0, 0.9);
-        self.credit = (self.credit + share / (1.0 - share)).min(MAX_REPAIR_CREDIT);
-        self.next_index += 1;
-        self.data_since_manifest += 1;
-        if self.next_index == self.packet_count {
-            self.next_index = 0;
-            self.loops += 1;
-        }
-        Ok(Transmit::Data { index, len })
+    }
+
+    /// Payload bytes of packet `index`.
+    fn payload_len(&self, index: u32) -> usize {
+        let offset = index as u64 * self.payload_size as u64;
+        (self.body_len - offset).min(self.payload_size as u64) as usize
     }
 
     fn write_data(
@@ -359,7 +406,7 @@ impl Carousel {
         source: &mut impl PayloadSource,
     ) -> io::Result<usize> {
         let offset = index as u64 * self.payload_size as u64;
-        let payload_len = (self.body_len - offset).min(self.payload_size as u64) as usize;
+        let payload_len = self.payload_len(index);
         let header = DataHeader {
             archive_id: self.archive_id,
             packet_index: index,
@@ -414,17 +461,14 @@ impl PacketSet {
         }
     }
 
-    /// Removes and returns the member just before `position` going backwards
-    /// (cyclically): the one the loop reaches last.
-    fn take_furthest_before(&mut self, position: u32) -> Option<u32> {
+    /// The member just before `position` going backwards (cyclically): the one the
+    /// loop reaches last.
+    fn furthest_before(&self, position: u32) -> Option<u32> {
         if self.count == 0 {
             return None;
         }
-        let found = self
-            .last_below(position)
-            .or_else(|| self.last_below(self.len))?;
-        self.remove(found);
-        Some(found)
+        self.last_below(position)
+            .or_else(|| self.last_below(self.len))
     }
 
     /// Highest member < `end`.
@@ -461,12 +505,16 @@ mod packet_set_tests {
         }
         s.insert(64);
         assert_eq!(s.count, 5);
-        assert_eq!(s.take_furthest_before(100), Some(65));
-        assert_eq!(s.take_furthest_before(100), Some(64));
-        assert_eq!(s.take_furthest_before(100), Some(3));
-        assert_eq!(s.take_furthest_before(100), Some(199));
-        assert_eq!(s.take_furthest_before(0), Some(130));
-        assert_eq!(s.take_furthest_before(0), None);
+        let mut take = |position| {
+            let found = s.furthest_before(position);
+            found.inspect(|&i| s.remove(i))
+        };
+        assert_eq!(take(100), Some(65));
+        assert_eq!(take(100), Some(64));
+        assert_eq!(take(100), Some(3));
+        assert_eq!(take(100), Some(199));
+        assert_eq!(take(0), Some(130));
+        assert_eq!(take(0), None);
     }
 }
 

@@ -58,6 +58,8 @@ pub enum PacketType {
     Cookie = 9,
 }
 
+/// Bytes of a STATUS datagram: common header, 32-byte body, trailer.
+pub const STATUS_DATAGRAM_LEN: usize = COMMON_HEADER_LEN + 32 + TRAILER_LEN;
 /// DATA flag: this packet is a repair sent out of loop order; it does not move the
 /// receiver's idea of where the loop is.
 pub const FLAG_REPAIR: u16 = 1;

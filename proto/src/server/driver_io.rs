@@ -1,0 +1,109 @@
+//! What the server endpoint takes from and gives to its driver: configuration,
+//! files, where datagrams come from and go.
+
+use crate::Manifest;
+use crate::rate::AdaptMode;
+use std::io;
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+/// The largest batch the driver's socket takes in one send (UDP GSO limits).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// Bytes in one send.
+    pub bytes: usize,
+    /// Datagrams in one send.
+    pub datagrams: usize,
+}
+
+/// What `serve` was asked to do, as far as the protocol is concerned.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// This server instance's random session id.
+    pub session_id: u32,
+    /// Directory group (ANNOUNCE goes there).
+    pub directory: SocketAddrV4,
+    /// Port for requests, reports and unicast streams.
+    pub unicast_port: u16,
+    /// Largest UDP payload (ANNOUNCE parts are cut to fit).
+    pub max_datagram: usize,
+    /// Largest share of each channel's packets spent on repairs (0 turns repair off).
+    pub repair_share: f64,
+    /// Adapt each channel's rate to its receivers' reports, within (min, max).
+    pub adapt: Option<(AdaptMode, u64, u64)>,
+    /// Total rate of all unicast streams, bits/s.
+    pub unicast_max_rate: u64,
+    /// Most unicast streams at once.
+    pub unicast_max_clients: usize,
+    /// Start a file's channels only when a receiver asks, stop them when idle.
+    pub on_demand: bool,
+    /// How long an on-demand file's channels run with no request or report.
+    pub idle: Duration,
+    /// What one send may carry.
+    pub batch: BatchLimits,
+}
+
+/// One multicast channel of a file, as the driver set it up.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelSpec {
+    /// Multicast group and port of its data.
+    pub group: SocketAddrV4,
+    /// Port on the same group where NAKs come.
+    pub control_port: u16,
+    /// Starting rate, bits/s.
+    pub rate_bps: u64,
+}
+
+/// One file to serve: its manifest (signed for this server's payload size) and channels.
+#[derive(Debug, Clone)]
+pub struct FileSpec {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// Its encoded, signed form.
+    pub manifest_bytes: Vec<u8>,
+    /// Its channels, one per rate, all files the same number.
+    pub channels: Vec<ChannelSpec>,
+}
+
+/// Where the archive bytes come from: the driver reads file `file`'s body.
+pub trait Archives {
+    /// Fills `buf` with body bytes of file `file` from `body_offset`.
+    fn read_payload(&mut self, file: usize, body_offset: u64, buf: &mut [u8]) -> io::Result<()>;
+}
+
+/// Which of the driver's sockets a datagram goes out of, or came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Socket {
+    /// The multicast sender (channels and the directory).
+    Multicast,
+    /// The unicast port.
+    Unicast,
+}
+
+/// Datagrams to send: `buf[..len]`, cut in datagrams of `segment` bytes (the last
+/// may be shorter), all to `to` from `socket`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// The socket to send from.
+    pub socket: Socket,
+    /// The destination.
+    pub to: SocketAddrV4,
+    /// Bytes in the buffer.
+    pub len: usize,
+    /// Datagram size.
+    pub segment: usize,
+}
+
+/// Where a datagram came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The control port of channel `channel` of file `file` (multicast NAKs).
+    Control {
+        /// File index.
+        file: usize,
+        /// Channel index.
+        channel: usize,
+    },
+    /// The unicast port, from this address.
+    Unicast(SocketAddrV4),
+}

@@ -1,0 +1,332 @@
+//! `loopcast serve`, the driver: opens the archives and sockets, and runs the
+//! protocol's server endpoint (`loopcast_proto::server`) on a mio loop. It forwards
+//! datagrams to the endpoint, sends what the endpoint transmits and renders its
+//! events; every protocol decision is the endpoint's.
+
+mod render;
+
+use crate::archive_file::{ArchiveFile, PackOptions, archive_for};
+use crate::datapath::{BatchSender, MAX_GSO_SEGMENTS, MAX_SEND_BYTES};
+use crate::error::{Context, Error, Result};
+use crate::events::Events;
+use crate::net;
+use crate::signals::StopSignals;
+use crate::units::{format_bytes, format_rate};
+use loopcast_proto::server::{
+    Archives, BatchLimits, ChannelSpec, Endpoint, FileSpec, Origin, ServerConfig, Socket, Transmit,
+};
+use loopcast_proto::wire;
+use loopcast_proto::{AdaptMode, CookieJar, MasterKey, PayloadSource};
+use std::collections::HashSet;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// What `serve` was asked to do.
+pub struct ServeConfig {
+    /// Plain files or ready archives.
+    pub paths: Vec<PathBuf>,
+    /// Master key.
+    pub key: MasterKey,
+    /// Local address to send from (unspecified: the kernel's choice).
+    pub interface: Ipv4Addr,
+    /// Directory group.
+    pub group: SocketAddrV4,
+    /// One channel per rate for every file, bits/s.
+    pub rates: Vec<u64>,
+    /// Adapt each channel's rate to its receivers' reports, within (min, max).
+    pub adapt: Option<(AdaptMode, u64, u64)>,
+    /// IP packet size.
+    pub packet_size: usize,
+    /// Multicast TTL.
+    pub ttl: u32,
+    /// Largest share of each channel's packets spent on repairs (0 turns repair off).
+    pub repair_share: f64,
+    /// Where packed archives of plain files are kept.
+    pub cache_dir: PathBuf,
+    /// How plain files are packed.
+    pub pack: PackOptions,
+    /// Send with UDP GSO when the kernel allows (`--no-gso` clears it).
+    pub gso: bool,
+    /// UDP port for requests, reports and unicast streams.
+    pub unicast_port: u16,
+    /// Total rate of all unicast streams, bits/s.
+    pub unicast_max_rate: u64,
+    /// Most unicast streams at once.
+    pub unicast_max_clients: usize,
+    /// Start a file's channels only when a receiver asks, stop them when idle.
+    pub on_demand: bool,
+    /// How long an on-demand file's channels run with no receiver reporting.
+    pub idle: Duration,
+    /// Print events as JSON lines on stdout.
+    pub json: bool,
+}
+
+/// How long to wait before sending again when the device queue was full.
+const SEND_RETRY: Duration = Duration::from_micros(200);
+/// Token of the unicast socket (channel control sockets use their channel's number).
+const UNICAST: mio::Token = mio::Token(usize::MAX - 16);
+
+/// The archives being served, read by the endpoint's carousels.
+struct ArchiveSet(Vec<ArchiveFile>);
+
+impl Archives for ArchiveSet {
+    fn read_payload(&mut self, file: usize, body_offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.0[file].read_payload(body_offset, buf)
+    }
+}
+
+struct Server {
+    endpoint: Endpoint,
+    archives: ArchiveSet,
+    /// Multicast sender (channels and directory).
+    socket: UdpSocket,
+    sender: BatchSender,
+    unicast: mio::net::UdpSocket,
+    unicast_sender: BatchSender,
+    /// Control sockets, one per channel, in the endpoint's (file, channel) order.
+    controls: Vec<mio::net::UdpSocket>,
+    /// Datagrams the kernel could not take yet (ENOBUFS), and when to try again.
+    blocked: Option<(Transmit, Vec<u8>, Instant)>,
+    render: render::Render,
+    buf: Vec<u8>,
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub fn serve(config: ServeConfig) -> Result<()> {
+    let session_id: u32 = rand::random();
+    let payload_size = wire::payload_size_for_packet(config.packet_size) as u16;
+    let now = Instant::now();
+    let total_rate: u64 = config.rates.iter().sum();
+    let socket = net::multicast_sender(
+        config.interface,
+        config.ttl,
+        net::buffer_size_for_rate(total_rate * config.paths.len() as u64),
+    )?;
+    let sender = BatchSender::new(&socket, config.gso);
+    let mut signals = StopSignals::new()?;
+    let mut archives = Vec::new();
+    let mut specs = Vec::new();
+    let mut controls = Vec::new();
+    let mut names = HashSet::new();
+    for (i, path) in config.paths.iter().enumerate() {
+        let archive_path = archive_for(path, &config.key, &config.cache_dir, config.pack)?;
+        let mut archive = ArchiveFile::open(&archive_path, &config.key)?;
+        if !names.insert(archive.manifest.name.clone()) {
+            return Err(Error::new(format!(
+                "two files are named {:?}; names must be unique on one server",
+                archive.manifest.name
+            )));
+        }
+        // Re-sign with this server's payload size; the body and archive id are unchanged.
+        archive.manifest.payload_size = payload_size;
+        let manifest_bytes = archive
+            .manifest
+            .encode(&config.key.file_key(archive.manifest.archive_id));
+        let mut channels = Vec::new();
+        for (j, &rate_bps) in config.rates.iter().enumerate() {
+            let number = i * config.rates.len() + j;
+            let group = net::channel_for(config.group, number as u32 + 1)?;
+            let control_port = net::control_port_for(group)?;
+            let mut control = mio::net::UdpSocket::from_std(net::multicast_receiver(
+                SocketAddrV4::new(*group.ip(), control_port),
+                config.interface,
+                1 << 20,
+            )?);
+            signals
+                .poll
+                .registry()
+                .register(&mut control, mio::Token(number), mio::Interest::READABLE)
+                .context(|| "cannot register socket".into())?;
+            controls.push(control);
+            log::info!(
+                "serving {} ({}, archive {} in {} packets) on {} at {}",
+                archive.manifest.name,
+                format_bytes(archive.manifest.original_size),
+                format_bytes(archive.manifest.body_len),
+                archive.manifest.packet_count(),
+                group,
+                format_rate(rate_bps as f64)
+            );
+            channels.push(ChannelSpec {
+                group,
+                control_port,
+                rate_bps,
+            });
+        }
+        specs.push(FileSpec {
+            manifest: archive.manifest.clone(),
+            manifest_bytes,
+            channels,
+        });
+        archives.push(archive);
+    }
+    let mut unicast = mio::net::UdpSocket::from_std(net::unicast_socket(
+        config.interface,
+        config.unicast_port,
+        net::buffer_size_for_rate(config.unicast_max_rate),
+    )?);
+    signals
+        .poll
+        .registry()
+        .register(&mut unicast, UNICAST, mio::Interest::READABLE)
+        .context(|| "cannot register socket".into())?;
+    let unicast_sender = BatchSender::new(&unicast, config.gso);
+    let mut cookie_key = [0u8; 32];
+    rand::fill(&mut cookie_key);
+    let endpoint = Endpoint::new(
+        ServerConfig {
+            session_id,
+            directory: config.group,
+            unicast_port: config.unicast_port,
+            max_datagram: config.packet_size - wire::IP_UDP_OVERHEAD,
+            repair_share: config.repair_share,
+            adapt: config.adapt,
+            unicast_max_rate: config.unicast_max_rate,
+            unicast_max_clients: config.unicast_max_clients,
+            on_demand: config.on_demand,
+            idle: config.idle,
+            batch: BatchLimits {
+                bytes: MAX_SEND_BYTES,
+                datagrams: MAX_GSO_SEGMENTS,
+            },
+        },
+        specs,
+        CookieJar::new(cookie_key, now),
+        now,
+    )
+    .map_err(Error::new)?;
+    log::info!(
+        "session {session_id:08x}: announcing {} file(s) on {}, {} channel(s) each; unicast on port {}; {}",
+        endpoint.file_count(),
+        config.group,
+        config.rates.len(),
+        config.unicast_port,
+        if sender.gso() {
+            "sending with UDP GSO"
+        } else {
+            "sending without GSO (sendmmsg)"
+        }
+    );
+    let mut server = Server {
+        buf: vec![0u8; endpoint.buffer_len().max(65536)],
+        endpoint,
+        archives: ArchiveSet(archives),
+        socket,
+        sender,
+        unicast,
+        unicast_sender,
+        controls,
+        blocked: None,
+        render: render::Render::new(Events::new(config.json), config.idle),
+    };
+    server.run(&mut signals)
+}
+
+impl Server {
+    fn run(&mut self, signals: &mut StopSignals) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            let now = Instant::now();
+            self.endpoint.handle_timeout(now);
+            self.transmit(now)?;
+            while let Some(event) = self.endpoint.poll_event() {
+                self.render.server_event(&self.endpoint, &event);
+            }
+            let wake = match &self.blocked {
+                Some((.., retry)) => *retry,
+                None => self.endpoint.poll_timeout(),
+            };
+            if signals.wait(Some(wake.saturating_duration_since(Instant::now())))? {
+                break;
+            }
+            let readable: Vec<mio::Token> = signals.events.iter().map(|e| e.token()).collect();
+            for token in readable {
+                self.drain(token)?;
+            }
+        }
+        self.render.final_log(&self.endpoint, started);
+        Ok(())
+    }
+
+    /// Hands every datagram waiting on the socket of `token` to the endpoint.
+    fn drain(&mut self, token: mio::Token) -> Result<()> {
+        let per_file = self.endpoint.channels_per_file().max(1);
+        loop {
+            let (n, origin) = if token == UNICAST {
+                match net::recv_from_nonblocking(&self.unicast, &mut self.buf)
+                    .context(|| "cannot receive on the unicast port".into())?
+                {
+                    Some((n, from)) => (n, Origin::Unicast(from)),
+                    None => return Ok(()),
+                }
+            } else {
+                let Some(control) = self.controls.get(token.0) else {
+                    return Ok(());
+                };
+                match net::recv_nonblocking(control, &mut self.buf)
+                    .context(|| "cannot receive NAKs".into())?
+                {
+                    Some(n) => (
+                        n,
+                        Origin::Control {
+                            file: token.0 / per_file,
+                            channel: token.0 % per_file,
+                        },
+                    ),
+                    None => return Ok(()),
+                }
+            };
+            self.endpoint
+                .handle_datagram(Instant::now(), origin, &self.buf[..n]);
+        }
+    }
+
+    /// Sends what the endpoint has to send now, after anything the kernel refused
+    /// before; a full device queue stops it until `SEND_RETRY` has passed.
+    fn transmit(&mut self, now: Instant) -> Result<()> {
+        if let Some((t, bytes, retry)) = self.blocked.take() {
+            if now < retry || !self.send(&t, &bytes)? {
+                self.blocked = Some((t, bytes, retry.max(now + SEND_RETRY)));
+                return Ok(());
+            }
+        }
+        while let Some(t) = self
+            .endpoint
+            .poll_transmit(now, &mut self.buf, &mut self.archives)
+            .context(|| "cannot read an archive".into())?
+        {
+            let bytes = std::mem::take(&mut self.buf);
+            let sent = self.send(&t, &bytes[..t.len])?;
+            self.buf = bytes;
+            if !sent {
+                self.blocked = Some((t, self.buf[..t.len].to_vec(), now + SEND_RETRY));
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one transmit; false when the kernel's queue is full (try again later).
+    fn send(&mut self, t: &Transmit, bytes: &[u8]) -> Result<bool> {
+        let result = match t.socket {
+            Socket::Multicast => self.sender.send(&self.socket, bytes, t.segment, t.to),
+            Socket::Unicast => self
+                .unicast_sender
+                .send(&self.unicast, bytes, t.segment, t.to),
+        };
+        match result {
+            Ok(()) => Ok(true),
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENOBUFS)
+                    || e.kind() == io::ErrorKind::WouldBlock =>
+            {
+                Ok(false)
+            }
+            // A unicast client that went away: its time-out will drop it.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(true),
+            Err(e) => Err(Error::new(format!("cannot send to {}: {e}", t.to))),
+        }
+    }
+}

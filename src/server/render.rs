@@ -1,0 +1,215 @@
+//! The server's events as log lines and `--json` events: the one place that words them.
+
+use crate::events::Events;
+use crate::units::{format_bytes, format_rate};
+use loopcast_proto::server::{Endpoint, ServerEvent, StreamEnd};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// Renders server events.
+pub struct Render {
+    events: Events,
+    idle: Duration,
+}
+
+impl Render {
+    /// A renderer printing `--json` events through `events`; `idle` is `--idle`.
+    pub fn new(events: Events, idle: Duration) -> Self {
+        Self { events, idle }
+    }
+
+    /// Logs `event` and prints it as JSON when asked.
+    pub fn server_event(&self, endpoint: &Endpoint, event: &ServerEvent) {
+        let name = |file: usize| endpoint.manifest(file).name.as_str();
+        let receiver = |id: u32| format!("{id:08x}");
+        match *event {
+            ServerEvent::ReceiverJoined {
+                file,
+                receiver: id,
+                addr,
+                channel,
+            } => {
+                let channel = describe_channel(endpoint, file, channel);
+                log::info!(
+                    "{}: receiver {} at {addr} joined ({channel})",
+                    name(file),
+                    receiver(id)
+                );
+                self.events.emit(
+                    "join",
+                    json!({"file": name(file), "receiver": receiver(id),
+                           "addr": addr.to_string(), "channel": channel}),
+                );
+            }
+            ServerEvent::ReceiverMoved {
+                file,
+                receiver: id,
+                channel,
+            } => {
+                let channel = describe_channel(endpoint, file, channel);
+                log::info!(
+                    "{}: receiver {} moved to {channel}",
+                    name(file),
+                    receiver(id)
+                );
+                self.events.emit(
+                    "channel_change",
+                    json!({"file": name(file), "receiver": receiver(id), "channel": channel}),
+                );
+            }
+            ServerEvent::ReceiverProgress { file, report } => self.events.emit(
+                "progress",
+                json!({"file": name(file), "receiver": receiver(report.receiver_id),
+                       "held": report.held, "packets": report.packet_count,
+                       "arrived": report.arrived, "lost": report.lost,
+                       "kernel_drops": report.kernel_drops}),
+            ),
+            ServerEvent::ReceiverDone {
+                file,
+                receiver: id,
+                addr,
+                elapsed,
+            } => {
+                log::info!(
+                    "{}: receiver {} at {addr} completed in {:.2} s",
+                    name(file),
+                    receiver(id),
+                    elapsed.as_secs_f64()
+                );
+                self.events.emit(
+                    "done",
+                    json!({"file": name(file), "receiver": receiver(id),
+                           "addr": addr.to_string(), "seconds": elapsed.as_secs_f64()}),
+                );
+            }
+            ServerEvent::ChannelsStarted { file, by } => {
+                log::info!("{}: starting its channels on request from {by}", name(file));
+                self.events.emit(
+                    "channel_start",
+                    json!({"file": name(file), "from": by.to_string()}),
+                );
+            }
+            ServerEvent::ChannelsStopped { file } => {
+                log::info!(
+                    "{}: no receiver for {} s; stopping its channels",
+                    name(file),
+                    self.idle.as_secs()
+                );
+                self.events
+                    .emit("channel_stop", json!({"file": name(file)}));
+            }
+            ServerEvent::RateChanged {
+                file,
+                channel,
+                rate_bps,
+            } => {
+                let group = endpoint
+                    .channel(file, channel)
+                    .map(|(_, group)| group.to_string())
+                    .unwrap_or_default();
+                log::info!(
+                    "{}: {group} now at {}",
+                    name(file),
+                    format_rate(rate_bps as f64)
+                );
+                self.events.emit(
+                    "rate_change",
+                    json!({"file": name(file), "channel": group, "rate_bps": rate_bps}),
+                );
+            }
+            ServerEvent::StreamStarted { file, to } => {
+                log::info!("{}: streaming by unicast to {to}", name(file));
+                self.events.emit(
+                    "fallback",
+                    json!({"file": name(file), "receiver_addr": to.to_string()}),
+                );
+            }
+            ServerEvent::StreamEnded {
+                file,
+                to,
+                after,
+                why,
+            } => log::info!(
+                "{}: unicast stream to {to} ended ({}) after {:.1} s",
+                name(file),
+                match why {
+                    StreamEnd::Done => "done",
+                    StreamEnd::Silent => "silent",
+                },
+                after.as_secs_f64()
+            ),
+            ServerEvent::StreamRefused { file, to, clients } => {
+                log::warn!(
+                    "{}: refusing a unicast stream to {to}: {clients} clients already (--unicast-max-clients)",
+                    name(file)
+                );
+                self.events.emit(
+                    "error",
+                    json!({"file": name(file), "from": to.to_string(),
+                           "error": "too many unicast clients"}),
+                );
+            }
+        }
+    }
+
+    /// The closing line: what was sent, per channel, and who finished.
+    pub fn final_log(&self, endpoint: &Endpoint, started: Instant) {
+        let elapsed = started.elapsed().as_secs_f64();
+        let loops: Vec<String> = (0..endpoint.file_count())
+            .flat_map(|f| (0..endpoint.channels_per_file()).map(move |j| (f, j)))
+            .filter_map(|(f, j)| {
+                let (c, group) = endpoint.channel(f, j)?;
+                let s = c.stats();
+                Some(format!(
+                    "{} on {}: {} loops, {} repairs for {} NAKs ({} dropped), {} left to the loop, GRTT {:.1} ms",
+                    endpoint.manifest(f).name,
+                    group,
+                    c.loops(),
+                    s.repair_packets,
+                    s.naks,
+                    s.naks_dropped,
+                    s.repairs_skipped,
+                    c.grtt().as_secs_f64() * 1e3
+                ))
+            })
+            .collect();
+        let receivers = endpoint.receivers();
+        let done = receivers.iter().filter(|r| r.done).count();
+        let pending: Vec<String> = receivers
+            .iter()
+            .filter(|r| !r.done)
+            .map(|r| {
+                format!(
+                    "{} at {} ({}/{} packets)",
+                    endpoint.manifest(r.file).name,
+                    r.addr,
+                    r.held,
+                    r.packet_count
+                )
+            })
+            .collect();
+        let stats = endpoint.stats();
+        log::info!(
+            "stopped after {elapsed:.1} s, {} sent ({}), {} of it by unicast; {} unvalidated requests answered with a cookie; {} receiver(s) done{}; {}",
+            format_bytes(stats.sent_bytes),
+            format_rate(stats.sent_bytes as f64 * 8.0 / elapsed.max(1e-9)),
+            format_bytes(stats.unicast_bytes),
+            stats.unvalidated,
+            done,
+            if pending.is_empty() {
+                String::new()
+            } else {
+                format!(", unfinished: {}", pending.join(", "))
+            },
+            loops.join(", ")
+        );
+    }
+}
+
+/// "channel GROUP at RATE", or "unicast".
+fn describe_channel(endpoint: &Endpoint, file: usize, channel: u8) -> String {
+    match endpoint.channel(file, channel as usize) {
+        Some((c, group)) => format!("channel {group} at {}", format_rate(c.rate() as f64)),
+        None => "unicast".to_string(),
+    }
+}
