@@ -1,0 +1,276 @@
+//! What the receiver session takes from and gives to its driver: configuration,
+//! where datagrams come from and go, commands, storage results and events.
+
+use crate::keys::FINGERPRINT_LEN;
+use crate::wire::ChannelInfo;
+use crate::{Manifest, MasterKey, ReceivedMap, ResumePoint};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::ops::Range;
+use std::time::Duration;
+
+/// What `recv` was asked to do, as far as the protocol is concerned.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// Master key.
+    pub key: MasterKey,
+    /// Files to receive; empty means every file on air.
+    pub names: Vec<String>,
+    /// Fastest channel to take, bits/s (None: the fastest on offer).
+    pub max_rate: Option<u64>,
+    /// Join every channel within `max_rate` at once.
+    pub aggregate: bool,
+    /// Ask for a unicast stream after this long without data.
+    pub sync_timeout: Duration,
+    /// The server's unicast address, for when no multicast is heard at all.
+    pub server: Option<SocketAddrV4>,
+    /// Skip multicast entirely: unicast from `server`.
+    pub unicast_only: bool,
+}
+
+/// A file being received: its place in the session (stable while it runs; a
+/// reception replaced by a newer archive of the same name keeps the number).
+pub type ReceptionId = usize;
+
+/// Where a datagram came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The directory group, sent from `source`.
+    Directory {
+        /// The sender's address.
+        source: Ipv4Addr,
+    },
+    /// The link (the socket for requests and reports), from a server.
+    Link {
+        /// The sender.
+        from: SocketAddrV4,
+    },
+    /// The data socket of channel `channel` (announce index) of a reception.
+    Channel {
+        /// The reception.
+        reception: ReceptionId,
+        /// The channel's index in the file's ANNOUNCE entry.
+        channel: usize,
+    },
+    /// The control socket (NAKs) of channel `channel` of a reception.
+    Control {
+        /// The reception.
+        reception: ReceptionId,
+        /// The channel's index.
+        channel: usize,
+    },
+    /// The socket of a reception's unicast stream.
+    Stream {
+        /// The reception.
+        reception: ReceptionId,
+    },
+}
+
+/// Which socket a datagram goes out of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The link: requests, reports and DONE of multicast receptions.
+    Link,
+    /// The multicast NAK sender (to a channel's control port).
+    Multicast,
+    /// A reception's unicast stream socket (its NAKs, reports, requests and DONE).
+    Stream(ReceptionId),
+}
+
+/// A datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// The socket.
+    pub via: Via,
+    /// The destination.
+    pub to: SocketAddrV4,
+    /// The datagram.
+    pub datagram: Vec<u8>,
+}
+
+/// New payload for the partial file of a reception, borrowed from the datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Store<'a> {
+    /// The reception.
+    pub reception: ReceptionId,
+    /// Where the payload goes in the archive body.
+    pub body_offset: u64,
+    /// The payload bytes.
+    pub payload: &'a [u8],
+}
+
+/// What the driver must do for the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Join channel `channel` (open its data and control sockets).
+    Join {
+        /// The reception.
+        reception: ReceptionId,
+        /// The channel's index in the ANNOUNCE entry.
+        channel: usize,
+        /// Where it is and how fast.
+        info: ChannelInfo,
+    },
+    /// Leave channel `channel` (close its sockets).
+    Leave {
+        /// The reception.
+        reception: ReceptionId,
+        /// The channel's index.
+        channel: usize,
+    },
+    /// Open a socket for a unicast stream from `server`.
+    OpenStream {
+        /// The reception.
+        reception: ReceptionId,
+        /// The server.
+        server: SocketAddrV4,
+    },
+    /// Close the reception's unicast stream socket.
+    CloseStream {
+        /// The reception.
+        reception: ReceptionId,
+    },
+    /// Open (or resume) the partial file for `manifest`, then call `storage_opened`.
+    OpenStorage {
+        /// The reception.
+        reception: ReceptionId,
+        /// The accepted manifest.
+        manifest: Box<Manifest>,
+    },
+    /// Save the reception's progress now and let its storage go (the archive or
+    /// the server changed; a new `OpenStorage` follows when a manifest arrives).
+    CloseStorage {
+        /// The reception.
+        reception: ReceptionId,
+        /// What it held, to save.
+        map: ReceivedMap,
+        /// Where its loops stood.
+        resume: ResumePoint,
+    },
+    /// The frame table's packets are all held: read it, check it, and call
+    /// `table_checked` with the frames' body ranges (or the failure).
+    CheckTable {
+        /// The reception.
+        reception: ReceptionId,
+    },
+    /// These frames have all their packets: verify, decrypt and unpack them, and
+    /// call `frame_failed` for any that fails and `delivered` when the file is whole.
+    Unpack {
+        /// The reception.
+        reception: ReceptionId,
+        /// Frame indices.
+        frames: Vec<u32>,
+    },
+}
+
+/// What the storage found when it opened a partial file.
+pub type Resumed = Option<(ReceivedMap, Option<ResumePoint>)>;
+
+/// Why a reception fell back to a unicast stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// No DATA on multicast for the sync time-out.
+    SyncTimeout(Duration),
+    /// The file was listed by unicast (no multicast heard), or `--unicast`.
+    NoMulticast,
+}
+
+/// An error that ends the reception session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientError {
+    /// A file's manifest is sealed with another master key.
+    WrongKey {
+        /// The file.
+        name: String,
+        /// Fingerprint of the key it was sealed with.
+        theirs: [u8; FINGERPRINT_LEN],
+    },
+    /// A server offers a file under a name that is not one safe path component.
+    UnsafeName {
+        /// The server session.
+        session: u32,
+        /// The name as offered.
+        name: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// The manifest names another file than the listing did.
+    NameMismatch {
+        /// The name listed.
+        announced: String,
+        /// The name in the manifest.
+        manifest: String,
+    },
+    /// Every frame verified but the file does not match its digest.
+    Inconsistent {
+        /// The file.
+        name: String,
+    },
+}
+
+/// What happened, for logs, progress bars and `--json`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientEvent {
+    /// A file is being received (new, or switched to a newer archive).
+    Following {
+        /// The reception.
+        reception: ReceptionId,
+        /// True when it replaced an older archive or a silent server.
+        switched: bool,
+    },
+    /// Storage resumed `held` packets from an earlier run.
+    Resumed {
+        /// The reception.
+        reception: ReceptionId,
+        /// Packets resumed.
+        held: u32,
+        /// True when the loop's progress since then is repaired at once (§6.1).
+        behind: bool,
+    },
+    /// The reception moved to another channel.
+    ChannelChanged {
+        /// The reception.
+        reception: ReceptionId,
+        /// The channel it left.
+        from: Option<usize>,
+        /// The channel it joined.
+        to: usize,
+    },
+    /// The reception asked for a unicast stream.
+    FellBack {
+        /// The reception.
+        reception: ReceptionId,
+        /// The server asked.
+        server: SocketAddrV4,
+        /// Why.
+        why: Fallback,
+    },
+    /// Every packet is held; the last frames are being unpacked.
+    AllHeld {
+        /// The reception.
+        reception: ReceptionId,
+    },
+    /// The frame table failed its digest; its packets are fetched again.
+    TableDamaged {
+        /// The reception.
+        reception: ReceptionId,
+    },
+    /// A frame failed; its packets are fetched again.
+    FrameDamaged {
+        /// The reception.
+        reception: ReceptionId,
+        /// The frame.
+        frame: u32,
+        /// Packets to fetch again.
+        packets: u32,
+    },
+    /// The file is delivered; the server was told.
+    Delivered {
+        /// The reception.
+        reception: ReceptionId,
+    },
+    /// The session cannot go on.
+    Failed(ClientError),
+}
+
+/// Body ranges of an archive's frames, in order (what the frame table says).
+pub type FrameRanges = Vec<Range<u64>>;

@@ -1,0 +1,828 @@
+//! The receiver session: everything `recv` decides, as one machine without I/O.
+//! It follows the wanted files from the listings it hears, joins and leaves
+//! channels, steps between rates, falls back to a unicast stream, asks idle
+//! on-demand files to start, NAKs, reports, tracks frames and says DONE.
+//!
+//! Contract (after quinn-proto's): after any input (`handle_datagram`,
+//! `handle_timeout`, or a storage result), call `poll_command` and `poll_transmit`
+//! until both return `None`, carrying each out as it comes; then `poll_event` until `None`; then sleep until `poll_timeout`.
+//! Commands and transmits come out in the order the session made them, because
+//! commands open and close the sockets that transmits go out of: each poll returns
+//! `None` while the other queue holds something older. A datagram's new
+//! payload comes back from `handle_datagram` itself, borrowed, so the driver can
+//! write a whole batch at once; it must carry out an `OpenStorage` command before
+//! it writes payloads of that reception. Where servers come from (ANNOUNCE, the
+//! configured `--server`) is an input, so a director's alternates can plug in.
+
+mod driver_io;
+mod reception;
+
+pub use driver_io::{
+    ClientConfig, ClientError, ClientEvent, Command, Fallback, FrameRanges, Origin, ReceptionId,
+    Resumed, Store, Transmit, Via,
+};
+pub use reception::{Phase, Reception};
+
+use crate::manifest::check_name;
+use crate::rate::SELECT_SAMPLE;
+use crate::receiver::{NakMode, Outcome};
+use crate::wire::{self, AnnounceEntry, COOKIE_LEN, Packet};
+use crate::{FileReceiver, FrameTracker};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use reception::{Stream, selector_for};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+/// A session silent this long may be replaced by another serving the same file.
+pub const SESSION_SILENCE: Duration = Duration::from_secs(3);
+/// How long to wait for an answer before repeating a request.
+pub const REQUEST_RETRY: Duration = Duration::from_secs(1);
+/// The receiver's loop track of a unicast stream (multicast channels use their index).
+const STREAM_TRACK: usize = wire::MAX_CHANNELS;
+
+/// One server's file list as heard so far.
+struct Listing {
+    parts: u8,
+    heard: HashSet<u8>,
+    names: HashSet<String>,
+}
+
+/// Commands and transmits in order of making: (sequence, item).
+#[derive(Default)]
+struct Outputs {
+    transmits: VecDeque<(u64, Transmit)>,
+    commands: VecDeque<(u64, Command)>,
+    made: u64,
+}
+
+impl Outputs {
+    fn transmit(&mut self, transmit: Transmit) {
+        self.made += 1;
+        self.transmits.push_back((self.made, transmit));
+    }
+
+    fn command(&mut self, command: Command) {
+        self.made += 1;
+        self.commands.push_back((self.made, command));
+    }
+}
+
+/// The receiver session (see the module documentation for its contract).
+pub struct Session {
+    config: ClientConfig,
+    receptions: Vec<Reception>,
+    /// Per server session: its file list as heard so far.
+    listings: HashMap<u32, Listing>,
+    /// Per server session: its unicast address.
+    servers: HashMap<u32, SocketAddrV4>,
+    /// Cookies servers gave the link.
+    cookies: HashMap<SocketAddrV4, [u8; COOKIE_LEN]>,
+    /// With `--server`: where and when to ask for the listing, until one is heard.
+    listing_request: Option<(SocketAddrV4, Instant)>,
+    /// Random id of the link's requests.
+    link_id: u32,
+    rng: SmallRng,
+    out: Outputs,
+    events: VecDeque<ClientEvent>,
+    /// Frames completed by the datagrams being handled (scratch).
+    completed: Vec<u32>,
+}
+
+impl Session {
+    /// A session started at `now`; `seed` drives every random choice (ids, back-offs).
+    pub fn new(config: ClientConfig, now: Instant, seed: u64) -> Self {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        // With multicast, ask the server for its listing only if the directory stays silent.
+        let listing_request = config.server.map(|server| {
+            let wait = if config.unicast_only {
+                Duration::ZERO
+            } else {
+                config.sync_timeout
+            };
+            (server, now + wait)
+        });
+        Self {
+            link_id: rng.next_u32(),
+            rng,
+            config,
+            receptions: Vec::new(),
+            listings: HashMap::new(),
+            servers: HashMap::new(),
+            cookies: HashMap::new(),
+            listing_request,
+            out: Outputs::default(),
+            events: VecDeque::new(),
+            completed: Vec::new(),
+        }
+    }
+
+    /// Takes one datagram. New payload comes back to be written at its offset.
+    pub fn handle_datagram<'a>(
+        &mut self,
+        now: Instant,
+        origin: Origin,
+        bytes: &'a [u8],
+    ) -> Option<Store<'a>> {
+        match origin {
+            Origin::Directory { source } => {
+                self.take_listing(now, bytes, source, None);
+                None
+            }
+            Origin::Link { from } => {
+                self.handle_link(now, from, bytes);
+                None
+            }
+            Origin::Control { reception, channel } => {
+                let r = self.receptions.get_mut(reception)?;
+                if r.phase == Phase::Receiving {
+                    r.fsm.handle_datagram_on(now, channel, bytes);
+                }
+                None
+            }
+            Origin::Channel { reception, channel } => {
+                self.handle_data(now, reception, channel, bytes)
+            }
+            Origin::Stream { reception } => {
+                if bytes.get(3) == Some(&(wire::PacketType::Cookie as u8)) {
+                    self.stream_cookie(now, reception, bytes);
+                    return None;
+                }
+                self.handle_data(now, reception, STREAM_TRACK, bytes)
+            }
+        }
+    }
+
+    /// Answers from servers to the link: cookies and listings.
+    fn handle_link(&mut self, now: Instant, from: SocketAddrV4, bytes: &[u8]) {
+        if let Ok(wire::Datagram {
+            packet: Packet::Cookie(cookie),
+            ..
+        }) = wire::decode(bytes)
+        {
+            // Ask again at once, validated this time.
+            self.cookies.insert(from, cookie);
+            if let Some((server, at)) = self.listing_request.as_mut()
+                && *server == from
+            {
+                *at = now;
+            }
+            for r in &mut self.receptions {
+                if r.server == Some(from) && r.next_start_request.is_some() {
+                    r.next_start_request = Some(now);
+                }
+            }
+            return;
+        }
+        self.take_listing(now, bytes, *from.ip(), Some(from));
+    }
+
+    /// A COOKIE on a reception's stream socket: repeat the stream request with it.
+    fn stream_cookie(&mut self, now: Instant, reception: ReceptionId, bytes: &[u8]) {
+        let Ok(wire::Datagram {
+            packet: Packet::Cookie(cookie),
+            ..
+        }) = wire::decode(bytes)
+        else {
+            return;
+        };
+        let Some(r) = self.receptions.get_mut(reception) else {
+            return;
+        };
+        if let Some(s) = r.stream.as_mut() {
+            s.cookie = cookie;
+            s.next_request = now;
+        }
+        self.run_stream_request(now, reception);
+    }
+
+    /// Takes an ANNOUNCE heard from `source` by multicast, or by unicast from
+    /// `unicast_from` (a server asked with `--server`), and follows the wanted files.
+    fn take_listing(
+        &mut self,
+        now: Instant,
+        bytes: &[u8],
+        source: Ipv4Addr,
+        unicast_from: Option<SocketAddrV4>,
+    ) {
+        let Ok(datagram) = wire::decode(bytes) else {
+            return;
+        };
+        let Packet::Announce(announce) = datagram.packet else {
+            return;
+        };
+        let session = datagram.session_id;
+        for entry in &announce.entries {
+            if let Err(why) = check_name(&entry.name) {
+                self.events
+                    .push_back(ClientEvent::Failed(ClientError::UnsafeName {
+                        session,
+                        name: entry.name.clone(),
+                        why,
+                    }));
+                return;
+            }
+        }
+        let server = unicast_from.unwrap_or(SocketAddrV4::new(source, announce.unicast_port));
+        self.servers.insert(session, server);
+        self.listing_request = None; // a listing was heard: no need to ask for one
+        let listing = self.listings.entry(session).or_insert_with(|| Listing {
+            parts: announce.parts,
+            heard: HashSet::new(),
+            names: HashSet::new(),
+        });
+        listing.heard.insert(announce.part);
+        listing
+            .names
+            .extend(announce.entries.iter().map(|e| e.name.clone()));
+        for entry in announce.entries {
+            if self.wanted(&entry.name) {
+                self.follow(now, session, entry, unicast_from.is_some());
+            }
+        }
+    }
+
+    fn wanted(&self, name: &str) -> bool {
+        self.config.names.is_empty() || self.config.names.iter().any(|n| n == name)
+    }
+
+    /// Starts receiving `entry`, or starts it over if the server now offers another
+    /// archive under that name or took over from a silent session. A file listed by
+    /// unicast (no multicast heard at all) is streamed by unicast at once.
+    fn follow(&mut self, now: Instant, session: u32, entry: AnnounceEntry, by_unicast: bool) {
+        let existing = self
+            .receptions
+            .iter()
+            .position(|r| r.entry.name == entry.name);
+        if let Some(i) = existing {
+            let r = &mut self.receptions[i];
+            let changed = r.entry.archive_id != entry.archive_id;
+            let other = r.fsm.session_id() != session;
+            let silent = other && r.fsm.last_heard().unwrap_or(r.started) + SESSION_SILENCE < now;
+            // A new session from the very address of the one followed: that server
+            // restarted (two cannot hold one port), so its old session is gone.
+            let restarted = other
+                && self.servers.contains_key(&r.fsm.session_id())
+                && self.servers.get(&r.fsm.session_id()) == self.servers.get(&session);
+            if r.phase != Phase::Receiving || !(changed || silent || restarted) {
+                if r.fsm.session_id() == session {
+                    r.entry.flags = entry.flags; // on-demand channels started or stopped
+                }
+                return;
+            }
+            self.close_sources(i);
+            let r = &self.receptions[i];
+            if r.storage_open {
+                self.out.command(Command::CloseStorage {
+                    reception: i,
+                    map: r.fsm.received().clone(),
+                    resume: r.fsm.resume_point(),
+                });
+            }
+        }
+        let id = existing.unwrap_or(self.receptions.len());
+        let reception = Reception {
+            fsm: FileReceiver::new(
+                self.config.key.clone(),
+                session,
+                entry.archive_id,
+                self.rng.next_u64(),
+                NakMode::Suppressed,
+            ),
+            server: self.servers.get(&session).copied().or(self.config.server),
+            joined: Vec::new(),
+            selector: selector_for(&entry, self.config.max_rate),
+            next_sample: now + SELECT_SAMPLE,
+            stream: None,
+            last_data: now,
+            next_start_request: None,
+            entry,
+            frames: None,
+            checking_table: false,
+            storage_open: false,
+            phase: Phase::Receiving,
+            started: now,
+            resumed: 0,
+            kernel_drops: 0,
+        };
+        match existing {
+            Some(i) => self.receptions[i] = reception,
+            None => self.receptions.push(reception),
+        }
+        self.events.push_back(ClientEvent::Following {
+            reception: id,
+            switched: existing.is_some(),
+        });
+        if by_unicast || self.config.unicast_only {
+            self.fall_back(now, id, Fallback::NoMulticast);
+            return;
+        }
+        let r = &self.receptions[id];
+        let channels = if self.config.aggregate {
+            r.selector.allowed().to_vec()
+        } else {
+            vec![r.selector.channel()]
+        };
+        for channel in channels {
+            self.join(id, channel);
+        }
+        let r = &mut self.receptions[id];
+        if r.entry.idle() {
+            r.next_start_request = Some(now);
+        }
+    }
+
+    fn join(&mut self, id: ReceptionId, channel: usize) {
+        let r = &mut self.receptions[id];
+        r.joined.push(channel);
+        self.out.command(Command::Join {
+            reception: id,
+            channel,
+            info: r.entry.channels[channel],
+        });
+    }
+
+    /// Leaves every multicast channel and the unicast stream of reception `id`.
+    fn close_sources(&mut self, id: ReceptionId) {
+        let r = &mut self.receptions[id];
+        for channel in std::mem::take(&mut r.joined) {
+            self.out.command(Command::Leave {
+                reception: id,
+                channel,
+            });
+        }
+        if r.stream.take().is_some() {
+            self.out.command(Command::CloseStream { reception: id });
+        }
+    }
+
+    /// Leaves multicast for reception `id` and asks its server for a unicast stream.
+    fn fall_back(&mut self, now: Instant, id: ReceptionId, why: Fallback) {
+        let Some(server) = self.receptions[id].server else {
+            return; // no server known: keep listening
+        };
+        self.close_sources(id);
+        self.out.command(Command::OpenStream {
+            reception: id,
+            server,
+        });
+        let r = &mut self.receptions[id];
+        r.stream = Some(Stream {
+            server,
+            cookie: [0; COOKIE_LEN],
+            next_request: now,
+        });
+        r.last_data = now;
+        r.fsm.set_nak_mode(NakMode::Immediate);
+        self.events.push_back(ClientEvent::FellBack {
+            reception: id,
+            server,
+            why,
+        });
+        self.run_stream_request(now, id);
+    }
+
+    /// Sends the stream request of reception `id` when due.
+    fn run_stream_request(&mut self, now: Instant, id: ReceptionId) {
+        let max_rate = self.config.max_rate.unwrap_or(0);
+        let r = &mut self.receptions[id];
+        let Some(s) = r.stream.as_mut() else { return };
+        if now < s.next_request {
+            return;
+        }
+        s.next_request = now + REQUEST_RETRY;
+        let request = wire::Request {
+            receiver_id: r.fsm.receiver_id(),
+            flags: wire::REQUEST_UNICAST,
+            max_rate_bps: max_rate,
+            cookie: s.cookie,
+            name: r.entry.name.clone(),
+        };
+        self.out.transmit(Transmit {
+            via: Via::Stream(id),
+            to: s.server,
+            datagram: wire::encode_request(0, &request),
+        });
+    }
+
+    /// A data-carrying datagram (channel or stream) of reception `id`, on `track`.
+    fn handle_data<'a>(
+        &mut self,
+        now: Instant,
+        id: ReceptionId,
+        track: usize,
+        bytes: &'a [u8],
+    ) -> Option<Store<'a>> {
+        let r = self.receptions.get_mut(id)?;
+        if r.phase != Phase::Receiving {
+            return None; // drained and dropped while verifying or done
+        }
+        let is_data = bytes.get(3) == Some(&(wire::PacketType::Data as u8));
+        let outcome = r.fsm.handle_datagram_on(now, track, bytes);
+        if is_data {
+            r.last_data = now;
+            r.next_start_request = None; // the channels are running
+        }
+        match outcome {
+            Outcome::Store {
+                packet_index,
+                body_offset,
+                payload,
+            } => {
+                if let Some(frames) = r.frames.as_mut() {
+                    frames.packet_arrived(packet_index, &mut self.completed);
+                    if !self.completed.is_empty() {
+                        self.out.command(Command::Unpack {
+                            reception: id,
+                            frames: std::mem::take(&mut self.completed),
+                        });
+                    }
+                } else if !r.checking_table
+                    && r.storage_open
+                    && r.fsm
+                        .received()
+                        .contains_range(r.fsm.manifest()?.table_packets())
+                {
+                    r.checking_table = true;
+                    self.out.command(Command::CheckTable { reception: id });
+                }
+                if r.fsm.is_complete() {
+                    r.phase = Phase::Verifying;
+                    self.events
+                        .push_back(ClientEvent::AllHeld { reception: id });
+                }
+                Some(Store {
+                    reception: id,
+                    body_offset,
+                    payload,
+                })
+            }
+            Outcome::ManifestAccepted => {
+                let manifest = r.fsm.manifest()?.clone();
+                if manifest.name != r.entry.name {
+                    self.events
+                        .push_back(ClientEvent::Failed(ClientError::NameMismatch {
+                            announced: r.entry.name.clone(),
+                            manifest: manifest.name,
+                        }));
+                    return None;
+                }
+                self.out.command(Command::OpenStorage {
+                    reception: id,
+                    manifest: Box::new(manifest),
+                });
+                None
+            }
+            Outcome::WrongKey { theirs } => {
+                self.events
+                    .push_back(ClientEvent::Failed(ClientError::WrongKey {
+                        name: r.entry.name.clone(),
+                        theirs,
+                    }));
+                None
+            }
+            Outcome::Nothing => None,
+        }
+    }
+
+    /// The driver opened storage for reception `id` and found `resumed` there.
+    pub fn storage_opened(&mut self, id: ReceptionId, resumed: Resumed) {
+        let Some(r) = self.receptions.get_mut(id) else {
+            return;
+        };
+        r.storage_open = true;
+        if let Some((map, point)) = resumed
+            && r.fsm.restore(map)
+        {
+            let behind = point.is_some_and(|p| r.fsm.restore_tracks(&p));
+            r.resumed = r.fsm.received().count();
+            self.events.push_back(ClientEvent::Resumed {
+                reception: id,
+                held: r.resumed,
+                behind,
+            });
+        }
+        let table = r.fsm.manifest().map(|m| m.table_packets());
+        if table.is_some_and(|t| r.fsm.received().contains_range(t)) {
+            r.checking_table = true;
+            self.out.command(Command::CheckTable { reception: id });
+        }
+        if r.fsm.is_complete() {
+            r.phase = Phase::Verifying;
+            self.events
+                .push_back(ClientEvent::AllHeld { reception: id });
+        }
+    }
+
+    /// The driver checked reception `id`'s frame table (archive `archive_id`):
+    /// the frames' body ranges, or None when the table failed its digest.
+    pub fn table_checked(
+        &mut self,
+        now: Instant,
+        id: ReceptionId,
+        archive_id: u64,
+        frames: Option<FrameRanges>,
+    ) {
+        let Some(r) = self.live(id, archive_id) else {
+            return;
+        };
+        r.checking_table = false;
+        let Some(m) = r.fsm.manifest() else { return };
+        match frames.filter(|f| !f.is_empty()) {
+            Some(ranges) => {
+                let tracker = FrameTracker::new(ranges, m.payload_size as u32, r.fsm.received());
+                let whole: Vec<u32> = tracker.complete_frames().collect();
+                r.frames = Some(tracker);
+                if !whole.is_empty() {
+                    self.out.command(Command::Unpack {
+                        reception: id,
+                        frames: whole,
+                    });
+                }
+            }
+            None => {
+                let table = m.table_len();
+                r.fsm.mark_missing(now, 0..table);
+                r.phase = Phase::Receiving;
+                self.events
+                    .push_back(ClientEvent::TableDamaged { reception: id });
+            }
+        }
+    }
+
+    /// Frame `frame` (body bytes `range`) of reception `id` failed: its packets
+    /// are fetched again.
+    pub fn frame_failed(
+        &mut self,
+        now: Instant,
+        id: ReceptionId,
+        archive_id: u64,
+        frame: u32,
+        range: Range<u64>,
+    ) {
+        let Some(r) = self.live(id, archive_id) else {
+            return;
+        };
+        let packets = r.fsm.mark_missing(now, range);
+        if let Some(frames) = r.frames.as_mut() {
+            frames.recount(frame, r.fsm.received());
+        }
+        r.phase = Phase::Receiving;
+        self.events.push_back(ClientEvent::FrameDamaged {
+            reception: id,
+            frame,
+            packets,
+        });
+    }
+
+    /// Every frame of reception `id` verified, but the whole failed its digest.
+    pub fn digest_failed(&mut self, id: ReceptionId, archive_id: u64) {
+        if let Some(r) = self.live(id, archive_id) {
+            let name = r.entry.name.clone();
+            self.events
+                .push_back(ClientEvent::Failed(ClientError::Inconsistent { name }));
+        }
+    }
+
+    /// Reception `id`'s file is delivered: tell the server (twice, as one datagram
+    /// may be lost and nothing repeats it) and leave its channels or stream.
+    pub fn delivered(&mut self, now: Instant, id: ReceptionId, archive_id: u64) {
+        let Some(r) = self.live(id, archive_id) else {
+            return;
+        };
+        r.phase = Phase::Done;
+        r.frames = None;
+        let done = r
+            .fsm
+            .done_datagram(now.saturating_duration_since(r.started));
+        let to = match (&r.stream, r.server) {
+            (Some(s), _) => Some((Via::Stream(id), s.server)),
+            (None, Some(server)) => Some((Via::Link, server)),
+            (None, None) => None,
+        };
+        if let Some((via, to)) = to {
+            for _ in 0..2 {
+                self.out.transmit(Transmit {
+                    via,
+                    to,
+                    datagram: done.clone(),
+                });
+            }
+        }
+        self.close_sources(id);
+        self.events
+            .push_back(ClientEvent::Delivered { reception: id });
+    }
+
+    /// Reception `id` if it still receives archive `archive_id` (results of a
+    /// replaced archive are stale).
+    fn live(&mut self, id: ReceptionId, archive_id: u64) -> Option<&mut Reception> {
+        self.receptions
+            .get_mut(id)
+            .filter(|r| r.entry.archive_id == archive_id && r.phase != Phase::Done)
+    }
+
+    /// Notes how many datagrams the kernel dropped on reception `id`'s sockets, for its reports.
+    pub fn set_kernel_drops(&mut self, id: ReceptionId, drops: u32) {
+        if let Some(r) = self.receptions.get_mut(id) {
+            r.kernel_drops = drops;
+        }
+    }
+
+    /// Runs every timer that is due: listing requests, NAKs, reports, on-demand
+    /// start requests, stream requests, fallback to unicast, channel choice.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some((server, at)) = self.listing_request
+            && now >= at
+        {
+            self.link_request(server, 0, String::new());
+            self.listing_request = Some((server, now + REQUEST_RETRY));
+        }
+        for id in 0..self.receptions.len() {
+            if self.receptions[id].phase != Phase::Receiving {
+                continue;
+            }
+            self.reception_timers(now, id);
+        }
+    }
+
+    fn reception_timers(&mut self, now: Instant, id: ReceptionId) {
+        let r = &mut self.receptions[id];
+        if r.fsm.poll_timeout().is_some_and(|at| at <= now) {
+            r.fsm.handle_timeout(now);
+        }
+        let report = r.fsm.poll_report(now, r.report_channel(), r.kernel_drops);
+        let nak = r.fsm.poll_transmit();
+        if let Some(s) = &r.stream {
+            // The stream's NAKs and reports go to the server from the stream's socket,
+            // which is how the server knows the client is still there.
+            let to = s.server;
+            for datagram in nak.into_iter().chain(report) {
+                self.out.transmit(Transmit {
+                    via: Via::Stream(id),
+                    to,
+                    datagram,
+                });
+            }
+            if now >= r.last_data + REQUEST_RETRY {
+                self.run_stream_request(now, id);
+            }
+            return;
+        }
+        if let (Some(nak), Some(&j)) = (nak, r.joined.first()) {
+            self.out.transmit(Transmit {
+                via: Via::Multicast,
+                to: r.entry.channels[j].control(),
+                datagram: nak,
+            });
+        }
+        if let Some(server) = r.server {
+            if let Some(datagram) = report {
+                self.out.transmit(Transmit {
+                    via: Via::Link,
+                    to: server,
+                    datagram,
+                });
+            }
+            if r.next_start_request.is_some_and(|at| now >= at) {
+                r.next_start_request = Some(now + REQUEST_RETRY);
+                let name = r.entry.name.clone();
+                self.link_request(server, wire::REQUEST_START, name);
+            }
+        }
+        let r = &mut self.receptions[id];
+        if r.server.is_some() && now >= r.last_data + self.config.sync_timeout {
+            let wait = self.config.sync_timeout;
+            self.fall_back(now, id, Fallback::SyncTimeout(wait));
+            return;
+        }
+        if !self.config.aggregate && now >= r.next_sample {
+            r.next_sample = now + SELECT_SAMPLE;
+            if let Some(&current) = r.joined.first() {
+                let (advanced, arrived) = r.fsm.track_counters(current);
+                if let Some(to) = r.selector.sample(advanced, arrived) {
+                    self.switch_channel(id, current, to);
+                }
+            }
+        }
+    }
+
+    /// Moves reception `id` from channel `from` to `to` (a step down or up).
+    fn switch_channel(&mut self, id: ReceptionId, from: usize, to: usize) {
+        for channel in std::mem::take(&mut self.receptions[id].joined) {
+            self.out.command(Command::Leave {
+                reception: id,
+                channel,
+            });
+        }
+        self.join(id, to);
+        self.events.push_back(ClientEvent::ChannelChanged {
+            reception: id,
+            from: Some(from),
+            to,
+        });
+    }
+
+    /// Sends a request from the link to `server`, with its cookie once we have one.
+    fn link_request(&mut self, server: SocketAddrV4, flags: u8, name: String) {
+        let request = wire::Request {
+            receiver_id: self.link_id,
+            flags,
+            max_rate_bps: self.config.max_rate.unwrap_or(0),
+            cookie: self
+                .cookies
+                .get(&server)
+                .copied()
+                .unwrap_or([0; COOKIE_LEN]),
+            name,
+        };
+        self.out.transmit(Transmit {
+            via: Via::Link,
+            to: server,
+            datagram: wire::encode_request(0, &request),
+        });
+    }
+
+    /// The earliest thing any timer waits for.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let listing = self.listing_request.map(|(_, at)| at);
+        let receptions = self
+            .receptions
+            .iter()
+            .filter(|r| r.phase == Phase::Receiving)
+            .flat_map(|r| {
+                let multicast = r.stream.is_none();
+                [
+                    r.fsm.poll_timeout(),
+                    (multicast && !self.config.aggregate).then_some(r.next_sample),
+                    (multicast && r.server.is_some())
+                        .then(|| r.last_data + self.config.sync_timeout),
+                    r.stream
+                        .as_ref()
+                        .map(|s| s.next_request.max(r.last_data + REQUEST_RETRY)),
+                    r.next_start_request,
+                ]
+            })
+            .flatten();
+        receptions.chain(listing).min()
+    }
+
+    /// The next datagram to send, unless an older command must be carried out first.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        let out = &mut self.out;
+        let (seq, _) = out.transmits.front()?;
+        if out.commands.front().is_some_and(|(c, _)| c < seq) {
+            return None;
+        }
+        out.transmits.pop_front().map(|(_, t)| t)
+    }
+
+    /// The next thing the driver must do, unless an older transmit must go first.
+    pub fn poll_command(&mut self) -> Option<Command> {
+        let out = &mut self.out;
+        let (seq, _) = out.commands.front()?;
+        if out.transmits.front().is_some_and(|(t, _)| t < seq) {
+            return None;
+        }
+        out.commands.pop_front().map(|(_, c)| c)
+    }
+
+    /// The next thing that happened.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// True when every wanted file is delivered (for "all files": once a whole
+    /// listing of one server was heard and all of it delivered).
+    pub fn is_finished(&self) -> bool {
+        let done: HashSet<&str> = self
+            .receptions
+            .iter()
+            .filter(|r| r.phase == Phase::Done)
+            .map(|r| r.entry.name.as_str())
+            .collect();
+        if !self.config.names.is_empty() {
+            return self.config.names.iter().all(|n| done.contains(n.as_str()));
+        }
+        self.listings.values().any(|l| {
+            l.heard.len() == l.parts as usize && l.names.iter().all(|n| done.contains(n.as_str()))
+        })
+    }
+
+    /// Every reception so far.
+    pub fn receptions(&self) -> &[Reception] {
+        &self.receptions
+    }
+
+    /// Reception `id`.
+    pub fn reception(&self, id: ReceptionId) -> Option<&Reception> {
+        self.receptions.get(id)
+    }
+
+    /// What the session was asked to do.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+}

@@ -1,0 +1,112 @@
+//! One file being received: its receiver machine, channels or unicast stream,
+//! frames, and the timers around them.
+
+use crate::rate::ChannelSelector;
+use crate::wire::{AnnounceEntry, COOKIE_LEN};
+use crate::{FileReceiver, FrameTracker};
+use std::net::SocketAddrV4;
+use std::time::Instant;
+
+/// Where a reception stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Taking packets.
+    Receiving,
+    /// Every packet held; waiting for the last frames to unpack.
+    Verifying,
+    /// Delivered.
+    Done,
+}
+
+/// A unicast stream's server and the state of its request.
+#[derive(Debug, Clone)]
+pub(super) struct Stream {
+    pub(super) server: SocketAddrV4,
+    pub(super) cookie: [u8; COOKIE_LEN],
+    pub(super) next_request: Instant,
+}
+
+/// One file being received.
+pub struct Reception {
+    pub(super) entry: AnnounceEntry,
+    /// The server's unicast address, when known (ANNOUNCE's source, else `--server`).
+    pub(super) server: Option<SocketAddrV4>,
+    /// Multicast channels joined (announce indices; several with `--aggregate`).
+    pub(super) joined: Vec<usize>,
+    pub(super) selector: ChannelSelector,
+    pub(super) next_sample: Instant,
+    /// The unicast stream, once this file fell back to one.
+    pub(super) stream: Option<Stream>,
+    /// When DATA last arrived (or the reception started): the sync time-out.
+    pub(super) last_data: Instant,
+    /// On-demand file: when to ask again for its channels to start.
+    pub(super) next_start_request: Option<Instant>,
+    pub(super) fsm: FileReceiver,
+    /// Frame tracking, from when the frame table has arrived and verified.
+    pub(super) frames: Option<FrameTracker>,
+    /// True while the driver checks the frame table.
+    pub(super) checking_table: bool,
+    /// True once the driver opened storage for the manifest.
+    pub(super) storage_open: bool,
+    pub(super) phase: Phase,
+    pub(super) started: Instant,
+    pub(super) resumed: u32,
+    /// Datagrams the driver's sockets for this reception dropped (buffer full).
+    pub(super) kernel_drops: u32,
+}
+
+impl Reception {
+    /// The file as listed.
+    pub fn entry(&self) -> &AnnounceEntry {
+        &self.entry
+    }
+
+    /// The receiver machine (manifest, received map, counters).
+    pub fn receiver(&self) -> &FileReceiver {
+        &self.fsm
+    }
+
+    /// Where it stands.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Channels joined (announce indices).
+    pub fn joined(&self) -> &[usize] {
+        &self.joined
+    }
+
+    /// The server of its unicast stream, if it fell back to one.
+    pub fn stream_server(&self) -> Option<SocketAddrV4> {
+        self.stream.as_ref().map(|s| s.server)
+    }
+
+    /// The server's unicast address, when known.
+    pub fn server(&self) -> Option<SocketAddrV4> {
+        self.server
+    }
+
+    /// When it started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Packets resumed from an earlier run.
+    pub fn resumed(&self) -> u32 {
+        self.resumed
+    }
+
+    /// What to call the channel it reports on (announce index or unicast).
+    pub(super) fn report_channel(&self) -> u8 {
+        match (&self.stream, self.joined.first()) {
+            (None, Some(&j)) => j as u8,
+            _ => crate::wire::UNICAST_CHANNEL,
+        }
+    }
+}
+
+/// Creates the selector for `entry`'s channels within `max_rate`.
+pub(super) fn selector_for(entry: &AnnounceEntry, max_rate: Option<u64>) -> ChannelSelector {
+    let rates: Vec<u64> = entry.channels.iter().map(|c| c.rate_bps).collect();
+    ChannelSelector::new(&rates, max_rate)
+}
