@@ -198,6 +198,10 @@ struct RecvArgs {
     /// as if the network lost them, to exercise NAK repair.
     #[arg(long, value_name = "PERCENT", default_value_t = 0.0, value_parser = parse_percent)]
     debug_drop: f64,
+    /// Seed of --debug-drop's random choices, to repeat a lossy run exactly as it
+    /// went (the seed used is logged). Default: a random seed.
+    #[arg(long, value_name = "N", requires = "debug_drop")]
+    debug_seed: Option<u64>,
     /// Take one datagram per read instead of UDP GRO bundles (costs more CPU per packet).
     #[arg(long)]
     no_gro: bool,
@@ -396,6 +400,7 @@ fn run(cli: Cli) -> Result<()> {
             names: a.names,
             timeout: a.timeout.map(Duration::from_secs),
             debug_drop: a.debug_drop / 100.0,
+            debug_seed: a.debug_seed,
             gro: !a.no_gro,
             max_rate: a.max_rate,
             aggregate: a.aggregate,

@@ -445,6 +445,17 @@ impl PartialFile {
         Ok(true)
     }
 
+    /// Waits for this file's background save, if one is under way (so that it cannot
+    /// land after this one), then syncs and saves `map` on this thread.
+    pub fn persist_when_idle(&mut self, map: &ReceivedMap, resume: &ResumePoint) -> Result<()> {
+        // A save is one fdatasync and a small write; a minute means the disk is gone.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while self.saving.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.persist_now(map, resume)
+    }
+
     /// Syncs the payloads written and saves `map`, on this thread.
     pub fn persist_now(&mut self, map: &ReceivedMap, resume: &ResumePoint) -> Result<()> {
         save(

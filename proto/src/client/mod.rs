@@ -10,8 +10,9 @@
 //! commands open and close the sockets that transmits go out of: each poll returns
 //! `None` while the other queue holds something older. A datagram's new
 //! payload comes back from `handle_datagram` itself, borrowed, so the driver can
-//! write a whole batch at once; it must carry out an `OpenStorage` command before
-//! it writes payloads of that reception. Where servers come from (ANNOUNCE, the
+//! write a whole batch at once; but it must write the payloads it holds before it
+//! carries out the commands that follow them (`CheckTable` and `Unpack` read them
+//! back; `has_output` tells when there are some). Where servers come from (ANNOUNCE, the
 //! configured `--server`) is an input, so a director's alternates can plug in.
 
 mod driver_io;
@@ -611,7 +612,17 @@ impl Session {
                 });
             }
         }
-        self.close_sources(id);
+        // Its channels and stream are left, but still named (for the last report).
+        let r = &self.receptions[id];
+        for &channel in &r.joined {
+            self.out.command(Command::Leave {
+                reception: id,
+                channel,
+            });
+        }
+        if r.stream.is_some() {
+            self.out.command(Command::CloseStream { reception: id });
+        }
         self.events
             .push_back(ClientEvent::Delivered { reception: id });
     }
@@ -767,6 +778,11 @@ impl Session {
             })
             .flatten();
         receptions.chain(listing).min()
+    }
+
+    /// True when a command or datagram waits to be polled.
+    pub fn has_output(&self) -> bool {
+        !self.out.commands.is_empty() || !self.out.transmits.is_empty()
     }
 
     /// The next datagram to send, unless an older command must be carried out first.

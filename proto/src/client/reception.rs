@@ -91,6 +91,11 @@ impl Reception {
         self.started
     }
 
+    /// Datagrams the kernel dropped on its sockets (buffer full), as the driver said.
+    pub fn kernel_drops(&self) -> u32 {
+        self.kernel_drops
+    }
+
     /// Packets resumed from an earlier run.
     pub fn resumed(&self) -> u32 {
         self.resumed

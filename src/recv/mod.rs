@@ -1,0 +1,790 @@
+//! `loopcast recv`, the driver: sockets, the mio loop, storage and the frame
+//! workers around the protocol's receiver session (`loopcast_proto::client`). It
+//! forwards datagrams to the session, carries out its commands (join, leave, open
+//! storage, unpack), sends its datagrams and renders its events; every protocol
+//! decision is the session's.
+
+mod ls;
+mod render;
+
+pub use ls::list_on_air;
+
+use crate::datapath::BatchReceiver;
+use crate::error::{Context, Error, Result};
+use crate::events::Events;
+use crate::net;
+use crate::progress::{FileProgress, Progress};
+use crate::signals::StopSignals;
+use crate::storage::{self, FrameReport, FrameWorker, PARTIAL_DIR, PartialFile, UnpackFailure};
+use loopcast_proto::archive::Unpacker;
+use loopcast_proto::client::{
+    ClientConfig, ClientEvent, Command, Origin, ReceptionId, Session, Store, Transmit, Via,
+};
+use loopcast_proto::wire;
+use loopcast_proto::{Manifest, MasterKey};
+use mio::{Interest, Token, Waker};
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+/// What `recv` was asked to do.
+pub struct RecvConfig {
+    /// Master key.
+    pub key: MasterKey,
+    /// Local address to join groups on (unspecified: the kernel's choice).
+    pub interface: Ipv4Addr,
+    /// Directory group.
+    pub group: SocketAddrV4,
+    /// Where finished files go.
+    pub out_dir: PathBuf,
+    /// Files to receive; empty means every file on air.
+    pub names: Vec<String>,
+    /// Give up after this long.
+    pub timeout: Option<Duration>,
+    /// Testing aid: drop this share (0 to 1) of incoming DATA packets at random.
+    pub debug_drop: f64,
+    /// Seed of `debug_drop`'s random choices (None: a random one, logged).
+    pub debug_seed: Option<u64>,
+    /// Read UDP GRO bundles where the kernel offers them (`--no-gro` clears it).
+    pub gro: bool,
+    /// Fastest channel to take, bits/s (None: the fastest on offer).
+    pub max_rate: Option<u64>,
+    /// Join every channel within `max_rate` at once.
+    pub aggregate: bool,
+    /// Ask for a unicast stream after this long without data.
+    pub sync_timeout: Duration,
+    /// The server's unicast address, for when no multicast is heard at all.
+    pub server: Option<SocketAddrV4>,
+    /// Skip multicast entirely: unicast from `server`.
+    pub unicast_only: bool,
+    /// Print events as JSON lines on stdout.
+    pub json: bool,
+}
+
+const DIRECTORY: Token = Token(0);
+const WAKER: Token = Token(1);
+/// The socket for requests and reports to servers.
+const LINK: Token = Token(2);
+const FIRST_RECEPTION: usize = 3;
+/// Tokens per reception: data and control socket per channel, then the stream socket.
+const TOKENS_PER_RECEPTION: usize = 2 * wire::MAX_CHANNELS + 1;
+/// How often received maps are made durable (the saved map trails the data by at
+/// most this plus one save: spec §5).
+const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+/// How often plain progress lines are logged when no bar is drawn.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Where a reception's datagrams come from, by token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Data socket of channel (announce index) `c`.
+    Channel(usize),
+    /// Control socket (NAKs) of channel `c`.
+    Control(usize),
+    /// The unicast stream's socket.
+    Stream,
+}
+
+impl Source {
+    fn offset(self) -> usize {
+        match self {
+            Source::Channel(c) => 2 * c,
+            Source::Control(c) => 2 * c + 1,
+            Source::Stream => 2 * wire::MAX_CHANNELS,
+        }
+    }
+
+    fn from_offset(offset: usize) -> Source {
+        match offset {
+            o if o == 2 * wire::MAX_CHANNELS => Source::Stream,
+            o if o % 2 == 0 => Source::Channel(o / 2),
+            o => Source::Control(o / 2),
+        }
+    }
+}
+
+fn token(reception: ReceptionId, source: Source) -> Token {
+    Token(FIRST_RECEPTION + reception * TOKENS_PER_RECEPTION + source.offset())
+}
+
+/// A joined channel's sockets.
+struct Joined {
+    data: mio::net::UdpSocket,
+    control: mio::net::UdpSocket,
+}
+
+/// What the driver holds for one reception: sockets, storage, the frame worker.
+struct Local {
+    joined: HashMap<usize, Joined>,
+    stream: Option<mio::net::UdpSocket>,
+    partial: Option<PartialFile>,
+    worker: Option<FrameWorker>,
+    /// Payloads written since the map was last saved.
+    dirty: bool,
+    progress: FileProgress,
+    /// DATA packets thrown away by `--debug-drop`.
+    debug_dropped: u64,
+    /// Where the file was delivered.
+    delivered: Option<PathBuf>,
+}
+
+/// A frame worker's report: reception, archive id, report.
+type WorkerReport = (ReceptionId, u64, FrameReport);
+
+/// Everything the driver owns but the session and the receive batch.
+struct Io {
+    config: RecvConfig,
+    work_dir: PathBuf,
+    signals: StopSignals,
+    directory: Option<mio::net::UdpSocket>,
+    link: mio::net::UdpSocket,
+    nak_socket: std::net::UdpSocket,
+    waker: Arc<Waker>,
+    reports_tx: mpsc::Sender<WorkerReport>,
+    locals: Vec<Local>,
+    progress: Progress,
+    persister: storage::Persister,
+    /// `--debug-drop`'s random choices.
+    drop_rng: SmallRng,
+    render: render::Render,
+    buf: Vec<u8>,
+}
+
+struct Receiver {
+    session: Session,
+    batch: BatchReceiver,
+    io: Io,
+    reports_rx: mpsc::Receiver<WorkerReport>,
+}
+
+/// Runs the receiver until every wanted file is delivered, the time-out, an error or a signal.
+pub fn recv(config: RecvConfig) -> Result<()> {
+    if config.unicast_only && config.server.is_none() {
+        return Err(Error::new("--unicast needs --server HOST[:PORT]"));
+    }
+    let work_dir = config.out_dir.join(PARTIAL_DIR);
+    std::fs::create_dir_all(&work_dir).context(|| {
+        format!(
+            "cannot create output directory {}",
+            config.out_dir.display()
+        )
+    })?;
+    probe_writable(&config.out_dir)?;
+    probe_writable(&work_dir)?;
+    let signals = StopSignals::new()?;
+    let registry = signals.poll.registry();
+    let directory = if config.unicast_only {
+        None
+    } else {
+        let mut directory = mio::net::UdpSocket::from_std(net::multicast_receiver(
+            config.group,
+            config.interface,
+            1 << 20,
+        )?);
+        registry
+            .register(&mut directory, DIRECTORY, Interest::READABLE)
+            .context(|| "cannot register socket".into())?;
+        Some(directory)
+    };
+    let mut link =
+        mio::net::UdpSocket::from_std(net::unicast_socket(config.interface, 0, 1 << 20)?);
+    registry
+        .register(&mut link, LINK, Interest::READABLE)
+        .context(|| "cannot register socket".into())?;
+    let waker = Arc::new(
+        Waker::new(signals.poll.registry(), WAKER).context(|| "cannot create waker".into())?,
+    );
+    let (reports_tx, reports_rx) = mpsc::channel();
+    let now = Instant::now();
+    let session = Session::new(
+        ClientConfig {
+            key: config.key.clone(),
+            names: config.names.clone(),
+            max_rate: config.max_rate,
+            aggregate: config.aggregate,
+            sync_timeout: config.sync_timeout,
+            server: config.server,
+            unicast_only: config.unicast_only,
+        },
+        now,
+        rand::random(),
+    );
+    let debug_seed = config.debug_seed.unwrap_or_else(rand::random);
+    if config.debug_drop > 0.0 {
+        log::info!(
+            "--debug-drop {}%: dropping DATA at random, --debug-seed {debug_seed}",
+            config.debug_drop * 100.0
+        );
+    }
+    let mut receiver = Receiver {
+        session,
+        batch: BatchReceiver::new(),
+        reports_rx,
+        io: Io {
+            nak_socket: net::multicast_sender(config.interface, net::DEFAULT_TTL, 1 << 20)?,
+            render: render::Render::new(Events::new(config.json)),
+            config,
+            work_dir,
+            signals,
+            directory,
+            link,
+            waker,
+            reports_tx,
+            locals: Vec::new(),
+            progress: Progress::new(),
+            persister: storage::Persister::new()?,
+            drop_rng: SmallRng::seed_from_u64(debug_seed),
+            buf: vec![0u8; 65536],
+        },
+    };
+    let result = receiver.run();
+    if let Err(e) = &result {
+        receiver.save_progress();
+        receiver.io.render.error(e);
+    }
+    result
+}
+
+fn probe_writable(dir: &Path) -> Result<()> {
+    let probe = dir.join(format!(".loopcast-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").context(|| format!("cannot write to {}", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+impl Receiver {
+    fn run(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let deadline = self.io.config.timeout.map(|t| started + t);
+        let mut next_persist = started + PERSIST_INTERVAL;
+        let mut next_progress = started + PROGRESS_INTERVAL;
+        self.io.render.waiting(&self.io.config);
+        loop {
+            self.settle()?;
+            if self.session.is_finished() {
+                self.io.render.finished(&self.session, started);
+                return Ok(());
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(Error::timeout(format!(
+                    "timed out after {} s: {}",
+                    self.io.config.timeout.unwrap_or_default().as_secs(),
+                    render::missing(&self.session, &self.io.config)
+                )));
+            }
+            if now >= next_persist {
+                self.persist_all()?;
+                next_persist = now + PERSIST_INTERVAL;
+            }
+            if now >= next_progress {
+                self.io.render.progress(&self.session);
+                next_progress = now + PROGRESS_INTERVAL;
+            }
+            let wake = [deadline, Some(next_persist), self.session.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(next_persist);
+            if self
+                .io
+                .signals
+                .wait(Some(wake.saturating_duration_since(Instant::now())))?
+            {
+                return Err(Error::new(format!(
+                    "interrupted; progress saved, run again to resume: {}",
+                    render::missing(&self.session, &self.io.config)
+                )));
+            }
+            let tokens: Vec<Token> = self.io.signals.events.iter().map(|e| e.token()).collect();
+            for t in tokens {
+                self.drain(t)?;
+            }
+            while let Ok((id, archive_id, report)) = self.reports_rx.try_recv() {
+                self.worker_report(id, archive_id, report)?;
+            }
+            if let Some(e) = self.io.persister.take_error() {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Runs the session's timers, then carries out what it asks and renders what it says.
+    fn settle(&mut self) -> Result<()> {
+        let now = Instant::now();
+        for (id, local) in self.io.locals.iter().enumerate() {
+            let drops = local
+                .joined
+                .values()
+                .map(|j| self.batch.kernel_drops(&j.data))
+                .chain(local.stream.iter().map(|s| self.batch.kernel_drops(s)))
+                .sum();
+            self.session.set_kernel_drops(id, drops);
+        }
+        self.session.handle_timeout(now);
+        self.io.outputs(&mut self.session, &mut self.batch)
+    }
+
+    /// Hands every datagram waiting on the socket of `token` to the session.
+    fn drain(&mut self, token: Token) -> Result<()> {
+        match token {
+            DIRECTORY | LINK => loop {
+                let socket = match token {
+                    DIRECTORY => self.io.directory.as_ref(),
+                    _ => Some(&self.io.link),
+                };
+                let Some(socket) = socket else { return Ok(()) };
+                let Some((n, from)) = net::recv_from_nonblocking(socket, &mut self.io.buf)
+                    .context(|| "cannot receive".into())?
+                else {
+                    return Ok(());
+                };
+                let origin = match token {
+                    DIRECTORY => Origin::Directory { source: *from.ip() },
+                    _ => Origin::Link { from },
+                };
+                self.session
+                    .handle_datagram(Instant::now(), origin, &self.io.buf[..n]);
+                self.io.outputs(&mut self.session, &mut self.batch)?;
+            },
+            Token(t) if t >= FIRST_RECEPTION => {
+                let id = (t - FIRST_RECEPTION) / TOKENS_PER_RECEPTION;
+                match Source::from_offset((t - FIRST_RECEPTION) % TOKENS_PER_RECEPTION) {
+                    Source::Control(channel) => self.drain_control(id, channel),
+                    source => self.drain_data(id, source),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// NAKs heard on a channel's control port (other receivers', and our own).
+    fn drain_control(&mut self, id: ReceptionId, channel: usize) -> Result<()> {
+        loop {
+            let Some(j) = self.io.locals.get(id).and_then(|l| l.joined.get(&channel)) else {
+                return Ok(());
+            };
+            let Some(n) = net::recv_nonblocking(&j.control, &mut self.io.buf)
+                .context(|| "cannot receive NAKs".into())?
+            else {
+                return Ok(());
+            };
+            let origin = Origin::Control {
+                reception: id,
+                channel,
+            };
+            self.session
+                .handle_datagram(Instant::now(), origin, &self.io.buf[..n]);
+            self.io.outputs(&mut self.session, &mut self.batch)?;
+        }
+    }
+
+    /// Takes every datagram waiting on a data source (a channel or the stream) of
+    /// reception `id`, writing each batch's new payloads with one vectored write.
+    fn drain_data(&mut self, id: ReceptionId, source: Source) -> Result<()> {
+        let now = Instant::now();
+        loop {
+            let Some(local) = self.io.locals.get(id) else {
+                return Ok(());
+            };
+            let (socket, origin) = match source {
+                Source::Channel(channel) => match local.joined.get(&channel) {
+                    Some(j) => (
+                        &j.data,
+                        Origin::Channel {
+                            reception: id,
+                            channel,
+                        },
+                    ),
+                    None => return Ok(()), // left since the event
+                },
+                Source::Stream => match &local.stream {
+                    Some(s) => (s, Origin::Stream { reception: id }),
+                    None => return Ok(()),
+                },
+                Source::Control(_) => return Ok(()),
+            };
+            if self
+                .batch
+                .recv(socket)
+                .context(|| "cannot receive data".into())?
+                == 0
+            {
+                return Ok(());
+            }
+            let mut stores: Vec<(u64, &[u8])> = Vec::new();
+            for datagram in self.batch.datagrams() {
+                let is_data = datagram.get(3) == Some(&(wire::PacketType::Data as u8));
+                let drop = self.io.config.debug_drop;
+                if drop > 0.0 && is_data && self.io.drop_rng.random_bool(drop) {
+                    self.io.locals[id].debug_dropped += 1;
+                    continue;
+                }
+                if let Some(Store {
+                    body_offset,
+                    payload,
+                    ..
+                }) = self.session.handle_datagram(now, origin, datagram)
+                {
+                    stores.push((body_offset, payload));
+                }
+                if self.session.has_output() {
+                    // What the session asks next may read these payloads back (the
+                    // frame table, whole frames), or open the storage they go to.
+                    self.io.write(id, &mut stores)?;
+                    self.io.outputs_without_batch(&mut self.session)?;
+                }
+            }
+            self.io.write(id, &mut stores)?;
+            let local = &mut self.io.locals[id];
+            if let Some(r) = self.session.reception(id) {
+                local.progress.set(r.receiver().received().count() as u64);
+            }
+            drop(stores);
+            self.io.outputs(&mut self.session, &mut self.batch)?;
+        }
+    }
+
+    fn worker_report(
+        &mut self,
+        id: ReceptionId,
+        archive_id: u64,
+        report: FrameReport,
+    ) -> Result<()> {
+        let now = Instant::now();
+        match report {
+            FrameReport::Delivered(path) => {
+                let local = &mut self.io.locals[id];
+                local.worker = None;
+                if let Some(p) = local.partial.take() {
+                    p.remove(&self.io.persister);
+                }
+                local.delivered = Some(path);
+                self.session.delivered(now, id, archive_id);
+            }
+            FrameReport::Bad(frame, range) => {
+                self.session.frame_failed(now, id, archive_id, frame, range);
+                self.io.locals[id].dirty = true;
+            }
+            FrameReport::Failed(UnpackFailure::Digest) => {
+                self.session.digest_failed(id, archive_id)
+            }
+            FrameReport::Failed(UnpackFailure::Io(e)) => {
+                let name = self.session.reception(id).map(|r| r.entry().name.clone());
+                return Err(Error::new(format!("{}: {e}", name.unwrap_or_default())));
+            }
+            FrameReport::Failed(other) => {
+                return Err(Error::new(format!("cannot unpack: {other:?}")));
+            }
+        }
+        self.io.outputs(&mut self.session, &mut self.batch)
+    }
+
+    /// Hands a snapshot of each changed received map to the persister, which syncs
+    /// the data and then saves the map off this thread.
+    fn persist_all(&mut self) -> Result<()> {
+        for (id, local) in self.io.locals.iter_mut().enumerate() {
+            let (Some(partial), Some(r)) = (local.partial.as_mut(), self.session.reception(id))
+            else {
+                continue;
+            };
+            if local.dirty {
+                let fsm = r.receiver();
+                let submitted = partial
+                    .persist_in_background(fsm.received(), &fsm.resume_point(), &self.io.persister)
+                    .map_err(|e| Error::new(format!("{}: {e}", r.entry().name)))?;
+                local.dirty = !submitted;
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves every file's progress synchronously on the way out (best effort).
+    fn save_progress(&mut self) {
+        self.io.persister.wait_idle();
+        for (id, local) in self.io.locals.iter_mut().enumerate() {
+            if let (true, Some(p), Some(r)) = (
+                local.dirty,
+                local.partial.as_mut(),
+                self.session.reception(id),
+            ) && let Err(e) =
+                p.persist_now(r.receiver().received(), &r.receiver().resume_point())
+            {
+                log::warn!("{}: {e}", r.entry().name);
+            }
+        }
+    }
+}
+
+impl Io {
+    /// Carries out the session's commands and sends its datagrams, in order, then
+    /// renders its events; a failure event ends the run.
+    fn outputs(&mut self, session: &mut Session, batch: &mut BatchReceiver) -> Result<()> {
+        loop {
+            if let Some(command) = session.poll_command() {
+                self.carry_out(session, Some(batch), command)?;
+            } else if let Some(t) = session.poll_transmit() {
+                self.send(&t);
+            } else {
+                break;
+            }
+        }
+        self.events(session)
+    }
+
+    /// `outputs` in the middle of a receive batch (the batch is borrowed): sockets
+    /// left now are forgotten by the batch reader at the next `outputs`.
+    fn outputs_without_batch(&mut self, session: &mut Session) -> Result<()> {
+        loop {
+            if let Some(command) = session.poll_command() {
+                self.carry_out(session, None, command)?;
+            } else if let Some(t) = session.poll_transmit() {
+                self.send(&t);
+            } else {
+                break;
+            }
+        }
+        self.events(session)
+    }
+
+    fn events(&mut self, session: &mut Session) -> Result<()> {
+        while let Some(event) = session.poll_event() {
+            if let ClientEvent::Failed(e) = &event {
+                return Err(Error::new(render::failure(e, &self.config.key)));
+            }
+            let local = match &event {
+                ClientEvent::Following { reception, .. }
+                | ClientEvent::Resumed { reception, .. }
+                | ClientEvent::AllHeld { reception }
+                | ClientEvent::Delivered { reception }
+                | ClientEvent::FrameDamaged { reception, .. } => self.locals.get(*reception),
+                _ => None,
+            };
+            self.render.client_event(session, local, &event);
+            if let ClientEvent::AllHeld { reception } = event
+                && let Some(local) = self.locals.get_mut(reception)
+            {
+                local.dirty = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `stores` (body offset, payload) to reception `id`'s partial file and empties it.
+    fn write(&mut self, id: ReceptionId, stores: &mut Vec<(u64, &[u8])>) -> Result<()> {
+        if stores.is_empty() {
+            return Ok(());
+        }
+        if let Some(local) = self.locals.get_mut(id)
+            && let Some(partial) = &local.partial
+        {
+            partial.write_payloads(stores)?;
+            local.dirty = true;
+        }
+        stores.clear();
+        Ok(())
+    }
+
+    /// Sends one datagram; a lost one is repeated by the session's timers.
+    fn send(&self, t: &Transmit) {
+        let result = match t.via {
+            Via::Link => self.link.send_to(&t.datagram, t.to.into()),
+            Via::Multicast => self.nak_socket.send_to(&t.datagram, t.to),
+            Via::Stream(id) => match self.locals.get(id).and_then(|l| l.stream.as_ref()) {
+                Some(s) => s.send_to(&t.datagram, t.to.into()),
+                None => return,
+            },
+        };
+        if let Err(e) = result {
+            log::debug!("datagram to {} not sent: {e}", t.to);
+        }
+    }
+
+    fn local(&mut self, session: &Session, id: ReceptionId) -> &mut Local {
+        while self.locals.len() <= id {
+            let name = session
+                .reception(self.locals.len())
+                .map_or(String::new(), |r| r.entry().name.clone());
+            self.locals.push(Local {
+                joined: HashMap::new(),
+                stream: None,
+                partial: None,
+                worker: None,
+                dirty: false,
+                progress: self.progress.add(&name, 0),
+                debug_dropped: 0,
+                delivered: None,
+            });
+        }
+        &mut self.locals[id]
+    }
+
+    fn carry_out(
+        &mut self,
+        session: &mut Session,
+        batch: Option<&mut BatchReceiver>,
+        command: Command,
+    ) -> Result<()> {
+        let interface = self.config.interface;
+        let gro = self.config.gro;
+        match command {
+            Command::Join {
+                reception,
+                channel,
+                info,
+            } => {
+                let mut data = mio::net::UdpSocket::from_std(net::multicast_receiver(
+                    info.group,
+                    interface,
+                    net::buffer_size_for_rate(info.rate_bps),
+                )?);
+                let mut control = mio::net::UdpSocket::from_std(net::multicast_receiver(
+                    info.control(),
+                    interface,
+                    1 << 20,
+                )?);
+                BatchReceiver::setup(&data, gro);
+                let registry = self.signals.poll.registry();
+                registry
+                    .register(
+                        &mut data,
+                        token(reception, Source::Channel(channel)),
+                        Interest::READABLE,
+                    )
+                    .context(|| "cannot register socket".into())?;
+                registry
+                    .register(
+                        &mut control,
+                        token(reception, Source::Control(channel)),
+                        Interest::READABLE,
+                    )
+                    .context(|| "cannot register socket".into())?;
+                self.local(session, reception)
+                    .joined
+                    .insert(channel, Joined { data, control });
+            }
+            Command::Leave { reception, channel } => {
+                if let Some(mut j) = self.local(session, reception).joined.remove(&channel) {
+                    let registry = self.signals.poll.registry();
+                    let _ = registry.deregister(&mut j.data);
+                    let _ = registry.deregister(&mut j.control);
+                    if let Some(batch) = batch {
+                        batch.forget(&j.data);
+                    }
+                }
+            }
+            Command::OpenStream { reception, server } => {
+                let rate = self.config.max_rate.unwrap_or(0);
+                let mut socket = mio::net::UdpSocket::from_std(net::unicast_socket(
+                    interface,
+                    0,
+                    net::buffer_size_for_rate(rate.max(1_000_000_000)),
+                )?);
+                BatchReceiver::setup(&socket, gro);
+                self.signals
+                    .poll
+                    .registry()
+                    .register(
+                        &mut socket,
+                        token(reception, Source::Stream),
+                        Interest::READABLE,
+                    )
+                    .context(|| "cannot register socket".into())?;
+                log::debug!("stream socket for {server} open");
+                self.local(session, reception).stream = Some(socket);
+            }
+            Command::CloseStream { reception } => {
+                if let Some(mut s) = self.local(session, reception).stream.take() {
+                    let _ = self.signals.poll.registry().deregister(&mut s);
+                    if let Some(batch) = batch {
+                        batch.forget(&s);
+                    }
+                }
+            }
+            Command::OpenStorage {
+                reception,
+                manifest,
+            } => {
+                let (partial, resumed) = PartialFile::open(&self.work_dir, &manifest)?;
+                let local = self.local(session, reception);
+                local.progress.set_total(manifest.packet_count() as u64);
+                local.partial = Some(partial);
+                local.worker = None;
+                session.storage_opened(reception, resumed);
+            }
+            Command::CloseStorage {
+                reception,
+                map,
+                resume,
+            } => {
+                let local = self.local(session, reception);
+                local.worker = None;
+                if let Some(mut partial) = local.partial.take() {
+                    partial.persist_when_idle(&map, &resume)?;
+                }
+                local.dirty = false;
+            }
+            Command::CheckTable { reception } => {
+                let now = Instant::now();
+                let Some(manifest) = session
+                    .reception(reception)
+                    .and_then(|r| r.receiver().manifest())
+                    .cloned()
+                else {
+                    return Ok(());
+                };
+                let ranges = self.start_worker(reception, &manifest)?;
+                session.table_checked(now, reception, manifest.archive_id, ranges);
+            }
+            Command::Unpack { reception, frames } => {
+                if let Some(worker) = self.local(session, reception).worker.as_ref() {
+                    frames.into_iter().for_each(|f| worker.submit(f));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and checks the frame table of reception `id` and starts its frame
+    /// worker; returns the frames' body ranges, or None if the table is damaged.
+    fn start_worker(
+        &mut self,
+        id: ReceptionId,
+        manifest: &Manifest,
+    ) -> Result<Option<loopcast_proto::client::FrameRanges>> {
+        let Some(partial) = self.locals.get(id).and_then(|l| l.partial.as_ref()) else {
+            return Ok(None);
+        };
+        let body = partial.body()?;
+        let mut table = vec![0u8; manifest.table_len() as usize];
+        body.read_exact_at(&mut table, 0)
+            .context(|| format!("{}: cannot read the frame table", manifest.name))?;
+        let Ok(unpacker) = Unpacker::new(&self.config.key, manifest, &table) else {
+            return Ok(None);
+        };
+        let ranges = unpacker.frame_ranges().to_vec();
+        let (tx, waker, archive_id) = (
+            self.reports_tx.clone(),
+            Arc::clone(&self.waker),
+            manifest.archive_id,
+        );
+        let worker = FrameWorker::start(
+            body,
+            unpacker,
+            manifest.clone(),
+            &self.work_dir,
+            &self.config.out_dir,
+            move |report| {
+                let _ = tx.send((id, archive_id, report));
+                let _ = waker.wake();
+            },
+        )?;
+        self.locals[id].worker = Some(worker);
+        Ok(Some(ranges))
+    }
+}

@@ -1,0 +1,333 @@
+//! The receiver's events as log lines, progress bars and `--json` events: the one
+//! place that words them.
+
+use super::{Local, RecvConfig};
+use crate::events::Events;
+use crate::units::{format_bytes, format_rate};
+use loopcast_proto::MasterKey;
+use loopcast_proto::client::{ClientError, ClientEvent, Fallback, Phase, Reception, Session};
+use loopcast_proto::keys::hex;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// Renders receiver events.
+pub struct Render {
+    events: Events,
+}
+
+impl Render {
+    /// A renderer printing `--json` events through `events`.
+    pub fn new(events: Events) -> Self {
+        Self { events }
+    }
+
+    /// The first line: what is awaited, where.
+    pub fn waiting(&self, config: &RecvConfig) {
+        let wanted = if config.names.is_empty() {
+            "files".to_string()
+        } else {
+            config.names.join(", ")
+        };
+        match (config.server, config.unicast_only) {
+            (Some(server), true) => log::info!("asking {server} for {wanted} by unicast"),
+            _ => log::info!("waiting for {wanted} on {}", config.group),
+        }
+    }
+
+    /// Logs `event` and prints it as JSON when asked.
+    pub fn client_event(&self, session: &Session, local: Option<&Local>, event: &ClientEvent) {
+        let reception = |id| session.reception(id).expect("events name live receptions");
+        match *event {
+            ClientEvent::Following {
+                reception: id,
+                switched,
+            } => {
+                let r = reception(id);
+                let e = r.entry();
+                if switched {
+                    log::info!(
+                        "{}: server {:08x} now serves archive {:016x}; switching to it",
+                        e.name,
+                        r.receiver().session_id(),
+                        e.archive_id
+                    );
+                }
+                self.events.emit(
+                    "join",
+                    json!({"file": e.name, "size": e.original_size,
+                           "server": r.server().map(|s| s.to_string())}),
+                );
+                if !r.joined().is_empty() {
+                    log::info!(
+                        "{}: joining {} ({}{})",
+                        e.name,
+                        via(r),
+                        format_bytes(e.original_size),
+                        if e.idle() {
+                            ", on demand: asking the server to start it"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+            ClientEvent::Resumed {
+                reception: id,
+                held,
+                behind,
+            } => {
+                let r = reception(id);
+                let total = r.receiver().received().len();
+                log::info!(
+                    "{}: resuming, {held} of {total} packets already stored{}",
+                    r.entry().name,
+                    if behind {
+                        "; repairing what the loop passed meanwhile"
+                    } else {
+                        ""
+                    }
+                );
+                if let Some(l) = local {
+                    l.progress.set(held as u64);
+                }
+            }
+            ClientEvent::ChannelChanged {
+                reception: id,
+                from,
+                to,
+            } => {
+                let r = reception(id);
+                let channels = &r.entry().channels;
+                let down = from.is_some_and(|f| channels[f].rate_bps > channels[to].rate_bps);
+                log::info!(
+                    "{}: {} to {} ({})",
+                    r.entry().name,
+                    if down {
+                        "sustained loss, stepping down"
+                    } else {
+                        "clean for a while, stepping up"
+                    },
+                    channels[to].group,
+                    format_rate(channels[to].rate_bps as f64)
+                );
+                self.events.emit(
+                    "channel_change",
+                    json!({"file": r.entry().name,
+                           "from_rate_bps": from.map(|f| channels[f].rate_bps),
+                           "to_rate_bps": channels[to].rate_bps,
+                           "channel": channels[to].group.to_string(),
+                           "reason": if down { "loss" } else { "clean" }}),
+                );
+            }
+            ClientEvent::FellBack {
+                reception: id,
+                server,
+                why,
+            } => {
+                let r = reception(id);
+                let why = match why {
+                    Fallback::SyncTimeout(t) => {
+                        format!("no data for {:.1} s on multicast", t.as_secs_f64())
+                    }
+                    Fallback::NoMulticast => "no multicast heard".to_string(),
+                };
+                log::info!(
+                    "{}: {why}; asking {server} for a unicast stream",
+                    r.entry().name
+                );
+                self.events.emit(
+                    "fallback",
+                    json!({"file": r.entry().name, "server": server.to_string(), "reason": why}),
+                );
+            }
+            ClientEvent::AllHeld { reception: id } => {
+                let r = reception(id);
+                log::info!(
+                    "{}: all {} packets held after {:.2} s ({:.2} loops), finishing the last frames",
+                    r.entry().name,
+                    r.receiver().received().len(),
+                    r.started().elapsed().as_secs_f64(),
+                    r.receiver().loops_waited()
+                );
+                if let Some(l) = local {
+                    l.progress.set(r.receiver().received().count() as u64);
+                }
+            }
+            ClientEvent::TableDamaged { reception: id } => log::warn!(
+                "{}: frame table failed its digest; receiving it again",
+                reception(id).entry().name
+            ),
+            ClientEvent::FrameDamaged {
+                reception: id,
+                frame,
+                packets,
+            } => log::warn!(
+                "{}: frame {frame} is damaged; {packets} packets to receive again",
+                reception(id).entry().name
+            ),
+            ClientEvent::Delivered { reception: id } => self.delivered(reception(id), local),
+            ClientEvent::Failed(_) => {}
+        }
+    }
+
+    fn delivered(&self, r: &Reception, local: Option<&Local>) {
+        let elapsed = r.started().elapsed();
+        let secs = elapsed.as_secs_f64();
+        let s = r.receiver().stats();
+        let size = r.entry().original_size;
+        let path = local
+            .and_then(|l| l.delivered.as_ref())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        log::info!(
+            "{}: complete and verified in {secs:.2} s ({} at {}) over {}; {} packets stored, {} resumed, {} duplicates, {} dropped, {} debug-dropped, {} dropped by the kernel (socket buffer full); repair: {} repairs received, {} NAKs sent, {} heard, {} suppressed -> {path}",
+            r.entry().name,
+            format_bytes(size),
+            format_rate(size as f64 * 8.0 / secs.max(1e-9)),
+            via(r),
+            s.stored,
+            r.resumed(),
+            s.duplicates,
+            s.dropped(),
+            local.map_or(0, |l| l.debug_dropped),
+            r.kernel_drops(),
+            s.repairs,
+            s.naks_sent,
+            s.naks_heard,
+            s.naks_suppressed,
+        );
+        if let Some(l) = local {
+            l.progress.set(r.receiver().received().count() as u64);
+            l.progress.finish(format!("{} done", r.entry().name));
+        }
+        self.events.emit(
+            "done",
+            json!({"file": r.entry().name, "path": path, "seconds": secs,
+                   "bytes": size, "via": via(r)}),
+        );
+    }
+
+    /// A progress line per file being received (JSON always; a log line when no
+    /// bar is drawn).
+    pub fn progress(&self, session: &Session) {
+        for r in session
+            .receptions()
+            .iter()
+            .filter(|r| r.phase() == Phase::Receiving)
+        {
+            let held = r.receiver().received().count();
+            let name = &r.entry().name;
+            match r.receiver().manifest() {
+                Some(m) => {
+                    self.events.emit(
+                        "progress",
+                        json!({"file": name, "held": held, "packets": m.packet_count(),
+                               "via": via(r)}),
+                    );
+                    log::info!(
+                        "{name}: {:.1}% ({held} of {} packets) over {}",
+                        100.0 * held as f64 / m.packet_count().max(1) as f64,
+                        m.packet_count(),
+                        via(r)
+                    );
+                }
+                None => log::info!("{name}: waiting for its manifest on {}", via(r)),
+            }
+        }
+    }
+
+    /// The last line of a successful run.
+    pub fn finished(&self, session: &Session, started: Instant) {
+        let done = session
+            .receptions()
+            .iter()
+            .filter(|r| r.phase() == Phase::Done)
+            .count();
+        log::info!(
+            "all {done} file(s) received in {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+
+    /// An error that ends the run, as a JSON event (the log line is main's).
+    pub fn error(&self, e: &crate::error::Error) {
+        self.events.emit("error", json!({"error": e.to_string()}));
+    }
+}
+
+/// The channels or stream a reception takes its packets from.
+fn via(r: &Reception) -> String {
+    if let Some(server) = r.stream_server() {
+        return format!("unicast from {server}");
+    }
+    r.joined()
+        .iter()
+        .map(|&j| {
+            let c = &r.entry().channels[j];
+            format!("{} ({})", c.group, format_rate(c.rate_bps as f64))
+        })
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
+/// The one-line reason of an error that ends the session.
+pub fn failure(e: &ClientError, key: &MasterKey) -> String {
+    match e {
+        ClientError::WrongKey { name, theirs } => format!(
+            "wrong key: {name} was sealed with a key of fingerprint {}, ours is {}",
+            hex(theirs),
+            hex(&key.fingerprint())
+        ),
+        ClientError::UnsafeName { session, name, why } => {
+            format!("server {session:08x} offers a file named {name:?} ({why}); refusing it")
+        }
+        ClientError::NameMismatch {
+            announced,
+            manifest,
+        } => {
+            format!("server announced {announced:?} but its manifest names {manifest:?}; refusing")
+        }
+        ClientError::Inconsistent { name } => format!(
+            "{name}: every frame verified but the file does not match its manifest digest; the server's archive is inconsistent"
+        ),
+    }
+}
+
+/// What is still missing, per file, for time-out and interruption messages.
+pub fn missing(session: &Session, config: &RecvConfig) -> String {
+    let mut parts: BTreeMap<String, String> = BTreeMap::new();
+    for r in session.receptions() {
+        let status = match (r.phase(), r.receiver().manifest()) {
+            (Phase::Done, _) => continue,
+            (Phase::Verifying, _) => "verifying".to_string(),
+            (_, Some(m)) => format!(
+                "{} of {} packets",
+                r.receiver().received().count(),
+                m.packet_count()
+            ),
+            (_, None) => format!("nothing heard on {}", via(r)),
+        };
+        parts.insert(r.entry().name.clone(), status);
+    }
+    for name in &config.names {
+        parts
+            .entry(name.clone())
+            .or_insert_with(|| "not on air".to_string());
+    }
+    if parts.is_empty() {
+        return match (config.server, config.unicast_only) {
+            (Some(server), true) => format!("no answer from {server}"),
+            (Some(server), false) => format!(
+                "no server heard on {} and no answer from {server}",
+                config.group
+            ),
+            (None, _) => format!("no server heard on {}", config.group),
+        };
+    }
+    parts
+        .into_iter()
+        .map(|(n, s)| format!("{n}: {s}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
