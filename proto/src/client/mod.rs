@@ -17,6 +17,8 @@
 
 mod driver_io;
 mod reception;
+mod results;
+mod timers;
 
 pub use driver_io::{
     ClientConfig, ClientError, ClientEvent, Command, Fallback, FrameRanges, Origin, ReceptionId,
@@ -24,17 +26,16 @@ pub use driver_io::{
 };
 pub use reception::{Phase, Reception};
 
+use crate::FileReceiver;
 use crate::manifest::check_name;
 use crate::rate::SELECT_SAMPLE;
 use crate::receiver::{NakMode, Outcome};
 use crate::wire::{self, AnnounceEntry, COOKIE_LEN, Packet};
-use crate::{FileReceiver, FrameTracker};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use reception::{Stream, selector_for};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::ops::Range;
 use std::time::{Duration, Instant};
 
 /// A session silent this long may be replaced by another serving the same file.
@@ -488,296 +489,11 @@ impl Session {
         }
     }
 
-    /// The driver opened storage for reception `id` and found `resumed` there.
-    pub fn storage_opened(&mut self, id: ReceptionId, resumed: Resumed) {
-        let Some(r) = self.receptions.get_mut(id) else {
-            return;
-        };
-        r.storage_open = true;
-        if let Some((map, point)) = resumed
-            && r.fsm.restore(map)
-        {
-            let behind = point.is_some_and(|p| r.fsm.restore_tracks(&p));
-            r.resumed = r.fsm.received().count();
-            self.events.push_back(ClientEvent::Resumed {
-                reception: id,
-                held: r.resumed,
-                behind,
-            });
-        }
-        let table = r.fsm.manifest().map(|m| m.table_packets());
-        if table.is_some_and(|t| r.fsm.received().contains_range(t)) {
-            r.checking_table = true;
-            self.out.command(Command::CheckTable { reception: id });
-        }
-        if r.fsm.is_complete() {
-            r.phase = Phase::Verifying;
-            self.events
-                .push_back(ClientEvent::AllHeld { reception: id });
-        }
-    }
-
-    /// The driver checked reception `id`'s frame table (archive `archive_id`):
-    /// the frames' body ranges, or None when the table failed its digest.
-    pub fn table_checked(
-        &mut self,
-        now: Instant,
-        id: ReceptionId,
-        archive_id: u64,
-        frames: Option<FrameRanges>,
-    ) {
-        let Some(r) = self.live(id, archive_id) else {
-            return;
-        };
-        r.checking_table = false;
-        let Some(m) = r.fsm.manifest() else { return };
-        match frames.filter(|f| !f.is_empty()) {
-            Some(ranges) => {
-                let tracker = FrameTracker::new(ranges, m.payload_size as u32, r.fsm.received());
-                let whole: Vec<u32> = tracker.complete_frames().collect();
-                r.frames = Some(tracker);
-                if !whole.is_empty() {
-                    self.out.command(Command::Unpack {
-                        reception: id,
-                        frames: whole,
-                    });
-                }
-            }
-            None => {
-                let table = m.table_len();
-                r.fsm.mark_missing(now, 0..table);
-                r.phase = Phase::Receiving;
-                self.events
-                    .push_back(ClientEvent::TableDamaged { reception: id });
-            }
-        }
-    }
-
-    /// Frame `frame` (body bytes `range`) of reception `id` failed: its packets
-    /// are fetched again.
-    pub fn frame_failed(
-        &mut self,
-        now: Instant,
-        id: ReceptionId,
-        archive_id: u64,
-        frame: u32,
-        range: Range<u64>,
-    ) {
-        let Some(r) = self.live(id, archive_id) else {
-            return;
-        };
-        let packets = r.fsm.mark_missing(now, range);
-        if let Some(frames) = r.frames.as_mut() {
-            frames.recount(frame, r.fsm.received());
-        }
-        r.phase = Phase::Receiving;
-        self.events.push_back(ClientEvent::FrameDamaged {
-            reception: id,
-            frame,
-            packets,
-        });
-    }
-
-    /// Every frame of reception `id` verified, but the whole failed its digest.
-    pub fn digest_failed(&mut self, id: ReceptionId, archive_id: u64) {
-        if let Some(r) = self.live(id, archive_id) {
-            let name = r.entry.name.clone();
-            self.events
-                .push_back(ClientEvent::Failed(ClientError::Inconsistent { name }));
-        }
-    }
-
-    /// Reception `id`'s file is delivered: tell the server (twice, as one datagram
-    /// may be lost and nothing repeats it) and leave its channels or stream.
-    pub fn delivered(&mut self, now: Instant, id: ReceptionId, archive_id: u64) {
-        let Some(r) = self.live(id, archive_id) else {
-            return;
-        };
-        r.phase = Phase::Done;
-        r.frames = None;
-        let done = r
-            .fsm
-            .done_datagram(now.saturating_duration_since(r.started));
-        let to = match (&r.stream, r.server) {
-            (Some(s), _) => Some((Via::Stream(id), s.server)),
-            (None, Some(server)) => Some((Via::Link, server)),
-            (None, None) => None,
-        };
-        if let Some((via, to)) = to {
-            for _ in 0..2 {
-                self.out.transmit(Transmit {
-                    via,
-                    to,
-                    datagram: done.clone(),
-                });
-            }
-        }
-        // Its channels and stream are left, but still named (for the last report).
-        let r = &self.receptions[id];
-        for &channel in &r.joined {
-            self.out.command(Command::Leave {
-                reception: id,
-                channel,
-            });
-        }
-        if r.stream.is_some() {
-            self.out.command(Command::CloseStream { reception: id });
-        }
-        self.events
-            .push_back(ClientEvent::Delivered { reception: id });
-    }
-
-    /// Reception `id` if it still receives archive `archive_id` (results of a
-    /// replaced archive are stale).
-    fn live(&mut self, id: ReceptionId, archive_id: u64) -> Option<&mut Reception> {
-        self.receptions
-            .get_mut(id)
-            .filter(|r| r.entry.archive_id == archive_id && r.phase != Phase::Done)
-    }
-
     /// Notes how many datagrams the kernel dropped on reception `id`'s sockets, for its reports.
     pub fn set_kernel_drops(&mut self, id: ReceptionId, drops: u32) {
         if let Some(r) = self.receptions.get_mut(id) {
             r.kernel_drops = drops;
         }
-    }
-
-    /// Runs every timer that is due: listing requests, NAKs, reports, on-demand
-    /// start requests, stream requests, fallback to unicast, channel choice.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        if let Some((server, at)) = self.listing_request
-            && now >= at
-        {
-            self.link_request(server, 0, String::new());
-            self.listing_request = Some((server, now + REQUEST_RETRY));
-        }
-        for id in 0..self.receptions.len() {
-            if self.receptions[id].phase != Phase::Receiving {
-                continue;
-            }
-            self.reception_timers(now, id);
-        }
-    }
-
-    fn reception_timers(&mut self, now: Instant, id: ReceptionId) {
-        let r = &mut self.receptions[id];
-        if r.fsm.poll_timeout().is_some_and(|at| at <= now) {
-            r.fsm.handle_timeout(now);
-        }
-        let report = r.fsm.poll_report(now, r.report_channel(), r.kernel_drops);
-        let nak = r.fsm.poll_transmit();
-        if let Some(s) = &r.stream {
-            // The stream's NAKs and reports go to the server from the stream's socket,
-            // which is how the server knows the client is still there.
-            let to = s.server;
-            for datagram in nak.into_iter().chain(report) {
-                self.out.transmit(Transmit {
-                    via: Via::Stream(id),
-                    to,
-                    datagram,
-                });
-            }
-            if now >= r.last_data + REQUEST_RETRY {
-                self.run_stream_request(now, id);
-            }
-            return;
-        }
-        if let (Some(nak), Some(&j)) = (nak, r.joined.first()) {
-            self.out.transmit(Transmit {
-                via: Via::Multicast,
-                to: r.entry.channels[j].control(),
-                datagram: nak,
-            });
-        }
-        if let Some(server) = r.server {
-            if let Some(datagram) = report {
-                self.out.transmit(Transmit {
-                    via: Via::Link,
-                    to: server,
-                    datagram,
-                });
-            }
-            if r.next_start_request.is_some_and(|at| now >= at) {
-                r.next_start_request = Some(now + REQUEST_RETRY);
-                let name = r.entry.name.clone();
-                self.link_request(server, wire::REQUEST_START, name);
-            }
-        }
-        let r = &mut self.receptions[id];
-        if r.server.is_some() && now >= r.last_data + self.config.sync_timeout {
-            let wait = self.config.sync_timeout;
-            self.fall_back(now, id, Fallback::SyncTimeout(wait));
-            return;
-        }
-        if !self.config.aggregate && now >= r.next_sample {
-            r.next_sample = now + SELECT_SAMPLE;
-            if let Some(&current) = r.joined.first() {
-                let (advanced, arrived) = r.fsm.track_counters(current);
-                if let Some(to) = r.selector.sample(advanced, arrived) {
-                    self.switch_channel(id, current, to);
-                }
-            }
-        }
-    }
-
-    /// Moves reception `id` from channel `from` to `to` (a step down or up).
-    fn switch_channel(&mut self, id: ReceptionId, from: usize, to: usize) {
-        for channel in std::mem::take(&mut self.receptions[id].joined) {
-            self.out.command(Command::Leave {
-                reception: id,
-                channel,
-            });
-        }
-        self.join(id, to);
-        self.events.push_back(ClientEvent::ChannelChanged {
-            reception: id,
-            from: Some(from),
-            to,
-        });
-    }
-
-    /// Sends a request from the link to `server`, with its cookie once we have one.
-    fn link_request(&mut self, server: SocketAddrV4, flags: u8, name: String) {
-        let request = wire::Request {
-            receiver_id: self.link_id,
-            flags,
-            max_rate_bps: self.config.max_rate.unwrap_or(0),
-            cookie: self
-                .cookies
-                .get(&server)
-                .copied()
-                .unwrap_or([0; COOKIE_LEN]),
-            name,
-        };
-        self.out.transmit(Transmit {
-            via: Via::Link,
-            to: server,
-            datagram: wire::encode_request(0, &request),
-        });
-    }
-
-    /// The earliest thing any timer waits for.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        let listing = self.listing_request.map(|(_, at)| at);
-        let receptions = self
-            .receptions
-            .iter()
-            .filter(|r| r.phase == Phase::Receiving)
-            .flat_map(|r| {
-                let multicast = r.stream.is_none();
-                [
-                    r.fsm.poll_timeout(),
-                    (multicast && !self.config.aggregate).then_some(r.next_sample),
-                    (multicast && r.server.is_some())
-                        .then(|| r.last_data + self.config.sync_timeout),
-                    r.stream
-                        .as_ref()
-                        .map(|s| s.next_request.max(r.last_data + REQUEST_RETRY)),
-                    r.next_start_request,
-                ]
-            })
-            .flatten();
-        receptions.chain(listing).min()
     }
 
     /// True when a command or datagram waits to be polled.

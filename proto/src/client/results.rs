@@ -1,0 +1,159 @@
+//! The receiver session's answers from storage: the manifest's storage opened,
+//! the frame table checked, frames failed, the file delivered.
+
+use super::{
+    ClientError, ClientEvent, Command, FrameRanges, Phase, Reception, ReceptionId, Resumed,
+    Session, Transmit, Via,
+};
+use crate::FrameTracker;
+use std::ops::Range;
+use std::time::Instant;
+
+impl Session {
+    /// The driver opened storage for reception `id` and found `resumed` there.
+    pub fn storage_opened(&mut self, id: ReceptionId, resumed: Resumed) {
+        let Some(r) = self.receptions.get_mut(id) else {
+            return;
+        };
+        r.storage_open = true;
+        if let Some((map, point)) = resumed
+            && r.fsm.restore(map)
+        {
+            let behind = point.is_some_and(|p| r.fsm.restore_tracks(&p));
+            r.resumed = r.fsm.received().count();
+            self.events.push_back(ClientEvent::Resumed {
+                reception: id,
+                held: r.resumed,
+                behind,
+            });
+        }
+        let table = r.fsm.manifest().map(|m| m.table_packets());
+        if table.is_some_and(|t| r.fsm.received().contains_range(t)) {
+            r.checking_table = true;
+            self.out.command(Command::CheckTable { reception: id });
+        }
+        if r.fsm.is_complete() {
+            r.phase = Phase::Verifying;
+            self.events
+                .push_back(ClientEvent::AllHeld { reception: id });
+        }
+    }
+
+    /// The driver checked reception `id`'s frame table (archive `archive_id`):
+    /// the frames' body ranges, or None when the table failed its digest.
+    pub fn table_checked(
+        &mut self,
+        now: Instant,
+        id: ReceptionId,
+        archive_id: u64,
+        frames: Option<FrameRanges>,
+    ) {
+        let Some(r) = self.live(id, archive_id) else {
+            return;
+        };
+        r.checking_table = false;
+        let Some(m) = r.fsm.manifest() else { return };
+        match frames.filter(|f| !f.is_empty()) {
+            Some(ranges) => {
+                let tracker = FrameTracker::new(ranges, m.payload_size as u32, r.fsm.received());
+                let whole: Vec<u32> = tracker.complete_frames().collect();
+                r.frames = Some(tracker);
+                if !whole.is_empty() {
+                    self.out.command(Command::Unpack {
+                        reception: id,
+                        frames: whole,
+                    });
+                }
+            }
+            None => {
+                let table = m.table_len();
+                r.fsm.mark_missing(now, 0..table);
+                r.phase = Phase::Receiving;
+                self.events
+                    .push_back(ClientEvent::TableDamaged { reception: id });
+            }
+        }
+    }
+
+    /// Frame `frame` (body bytes `range`) of reception `id` failed: its packets
+    /// are fetched again.
+    pub fn frame_failed(
+        &mut self,
+        now: Instant,
+        id: ReceptionId,
+        archive_id: u64,
+        frame: u32,
+        range: Range<u64>,
+    ) {
+        let Some(r) = self.live(id, archive_id) else {
+            return;
+        };
+        let packets = r.fsm.mark_missing(now, range);
+        if let Some(frames) = r.frames.as_mut() {
+            frames.recount(frame, r.fsm.received());
+        }
+        r.phase = Phase::Receiving;
+        self.events.push_back(ClientEvent::FrameDamaged {
+            reception: id,
+            frame,
+            packets,
+        });
+    }
+
+    /// Every frame of reception `id` verified, but the whole failed its digest.
+    pub fn digest_failed(&mut self, id: ReceptionId, archive_id: u64) {
+        if let Some(r) = self.live(id, archive_id) {
+            let name = r.entry.name.clone();
+            self.events
+                .push_back(ClientEvent::Failed(ClientError::Inconsistent { name }));
+        }
+    }
+
+    /// Reception `id`'s file is delivered: tell the server (twice, as one datagram
+    /// may be lost and nothing repeats it) and leave its channels or stream.
+    pub fn delivered(&mut self, now: Instant, id: ReceptionId, archive_id: u64) {
+        let Some(r) = self.live(id, archive_id) else {
+            return;
+        };
+        r.phase = Phase::Done;
+        r.frames = None;
+        let done = r
+            .fsm
+            .done_datagram(now.saturating_duration_since(r.started));
+        let to = match (&r.stream, r.server) {
+            (Some(s), _) => Some((Via::Stream(id), s.server)),
+            (None, Some(server)) => Some((Via::Link, server)),
+            (None, None) => None,
+        };
+        if let Some((via, to)) = to {
+            for _ in 0..2 {
+                self.out.transmit(Transmit {
+                    via,
+                    to,
+                    datagram: done.clone(),
+                });
+            }
+        }
+        // Its channels and stream are left, but still named (for the last report).
+        let r = &self.receptions[id];
+        for &channel in &r.joined {
+            self.out.command(Command::Leave {
+                reception: id,
+                channel,
+            });
+        }
+        if r.stream.is_some() {
+            self.out.command(Command::CloseStream { reception: id });
+        }
+        self.events
+            .push_back(ClientEvent::Delivered { reception: id });
+    }
+
+    /// Reception `id` if it still receives archive `archive_id` (results of a
+    /// replaced archive are stale).
+    pub(super) fn live(&mut self, id: ReceptionId, archive_id: u64) -> Option<&mut Reception> {
+        self.receptions
+            .get_mut(id)
+            .filter(|r| r.entry.archive_id == archive_id && r.phase != Phase::Done)
+    }
+}

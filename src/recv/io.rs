@@ -1,0 +1,288 @@
+//! The receiver driver carrying out its session's outputs: commands (sockets,
+//! storage, frame workers), datagrams to send, events to render.
+
+use super::{Io, Joined, Local, Source, render, token};
+use crate::datapath::BatchReceiver;
+use crate::error::{Context, Error, Result};
+use crate::net;
+use crate::storage::{FrameWorker, PartialFile};
+use loopcast_proto::Manifest;
+use loopcast_proto::archive::Unpacker;
+use loopcast_proto::client::{ClientEvent, Command, ReceptionId, Session, Transmit, Via};
+use mio::Interest;
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::Instant;
+
+impl Io {
+    /// Carries out the session's commands and sends its datagrams, in order, then
+    /// renders its events; a failure event ends the run.
+    pub(super) fn outputs(
+        &mut self,
+        session: &mut Session,
+        batch: &mut BatchReceiver,
+    ) -> Result<()> {
+        loop {
+            if let Some(command) = session.poll_command() {
+                self.carry_out(session, Some(batch), command)?;
+            } else if let Some(t) = session.poll_transmit() {
+                self.send(&t);
+            } else {
+                break;
+            }
+        }
+        self.events(session)
+    }
+
+    /// `outputs` in the middle of a receive batch (the batch is borrowed): sockets
+    /// left now are forgotten by the batch reader at the next `outputs`.
+    pub(super) fn outputs_without_batch(&mut self, session: &mut Session) -> Result<()> {
+        loop {
+            if let Some(command) = session.poll_command() {
+                self.carry_out(session, None, command)?;
+            } else if let Some(t) = session.poll_transmit() {
+                self.send(&t);
+            } else {
+                break;
+            }
+        }
+        self.events(session)
+    }
+
+    pub(super) fn events(&mut self, session: &mut Session) -> Result<()> {
+        while let Some(event) = session.poll_event() {
+            if let ClientEvent::Failed(e) = &event {
+                return Err(Error::new(render::failure(e, &self.config.key)));
+            }
+            let local = match &event {
+                ClientEvent::Following { reception, .. }
+                | ClientEvent::Resumed { reception, .. }
+                | ClientEvent::AllHeld { reception }
+                | ClientEvent::Delivered { reception }
+                | ClientEvent::FrameDamaged { reception, .. } => self.locals.get(*reception),
+                _ => None,
+            };
+            self.render.client_event(session, local, &event);
+            if let ClientEvent::AllHeld { reception } = event
+                && let Some(local) = self.locals.get_mut(reception)
+            {
+                local.dirty = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `stores` (body offset, payload) to reception `id`'s partial file and empties it.
+    pub(super) fn write(&mut self, id: ReceptionId, stores: &mut Vec<(u64, &[u8])>) -> Result<()> {
+        if stores.is_empty() {
+            return Ok(());
+        }
+        if let Some(local) = self.locals.get_mut(id)
+            && let Some(partial) = &local.partial
+        {
+            partial.write_payloads(stores)?;
+            local.dirty = true;
+        }
+        stores.clear();
+        Ok(())
+    }
+
+    /// Sends one datagram; a lost one is repeated by the session's timers.
+    pub(super) fn send(&self, t: &Transmit) {
+        let result = match t.via {
+            Via::Link => self.link.send_to(&t.datagram, t.to.into()),
+            Via::Multicast => self.nak_socket.send_to(&t.datagram, t.to),
+            Via::Stream(id) => match self.locals.get(id).and_then(|l| l.stream.as_ref()) {
+                Some(s) => s.send_to(&t.datagram, t.to.into()),
+                None => return,
+            },
+        };
+        if let Err(e) = result {
+            log::debug!("datagram to {} not sent: {e}", t.to);
+        }
+    }
+
+    pub(super) fn local(&mut self, session: &Session, id: ReceptionId) -> &mut Local {
+        while self.locals.len() <= id {
+            let name = session
+                .reception(self.locals.len())
+                .map_or(String::new(), |r| r.entry().name.clone());
+            self.locals.push(Local {
+                joined: HashMap::new(),
+                stream: None,
+                partial: None,
+                worker: None,
+                dirty: false,
+                progress: self.progress.add(&name, 0),
+                debug_dropped: 0,
+                delivered: None,
+            });
+        }
+        &mut self.locals[id]
+    }
+
+    pub(super) fn carry_out(
+        &mut self,
+        session: &mut Session,
+        batch: Option<&mut BatchReceiver>,
+        command: Command,
+    ) -> Result<()> {
+        let interface = self.config.interface;
+        let gro = self.config.gro;
+        match command {
+            Command::Join {
+                reception,
+                channel,
+                info,
+            } => {
+                let mut data = mio::net::UdpSocket::from_std(net::multicast_receiver(
+                    info.group,
+                    interface,
+                    net::buffer_size_for_rate(info.rate_bps),
+                )?);
+                let mut control = mio::net::UdpSocket::from_std(net::multicast_receiver(
+                    info.control(),
+                    interface,
+                    1 << 20,
+                )?);
+                BatchReceiver::setup(&data, gro);
+                let registry = self.signals.poll.registry();
+                registry
+                    .register(
+                        &mut data,
+                        token(reception, Source::Channel(channel)),
+                        Interest::READABLE,
+                    )
+                    .context(|| "cannot register socket".into())?;
+                registry
+                    .register(
+                        &mut control,
+                        token(reception, Source::Control(channel)),
+                        Interest::READABLE,
+                    )
+                    .context(|| "cannot register socket".into())?;
+                self.local(session, reception)
+                    .joined
+                    .insert(channel, Joined { data, control });
+            }
+            Command::Leave { reception, channel } => {
+                if let Some(mut j) = self.local(session, reception).joined.remove(&channel) {
+                    let registry = self.signals.poll.registry();
+                    let _ = registry.deregister(&mut j.data);
+                    let _ = registry.deregister(&mut j.control);
+                    if let Some(batch) = batch {
+                        batch.forget(&j.data);
+                    }
+                }
+            }
+            Command::OpenStream { reception, server } => {
+                let rate = self.config.max_rate.unwrap_or(0);
+                let mut socket = mio::net::UdpSocket::from_std(net::unicast_socket(
+                    interface,
+                    0,
+                    net::buffer_size_for_rate(rate.max(1_000_000_000)),
+                )?);
+                BatchReceiver::setup(&socket, gro);
+                self.signals
+                    .poll
+                    .registry()
+                    .register(
+                        &mut socket,
+                        token(reception, Source::Stream),
+                        Interest::READABLE,
+                    )
+                    .context(|| "cannot register socket".into())?;
+                log::debug!("stream socket for {server} open");
+                self.local(session, reception).stream = Some(socket);
+            }
+            Command::CloseStream { reception } => {
+                if let Some(mut s) = self.local(session, reception).stream.take() {
+                    let _ = self.signals.poll.registry().deregister(&mut s);
+                    if let Some(batch) = batch {
+                        batch.forget(&s);
+                    }
+                }
+            }
+            Command::OpenStorage {
+                reception,
+                manifest,
+            } => {
+                let (partial, resumed) = PartialFile::open(&self.work_dir, &manifest)?;
+                let local = self.local(session, reception);
+                local.progress.set_total(manifest.packet_count() as u64);
+                local.partial = Some(partial);
+                local.worker = None;
+                session.storage_opened(reception, resumed);
+            }
+            Command::CloseStorage {
+                reception,
+                map,
+                resume,
+            } => {
+                let local = self.local(session, reception);
+                local.worker = None;
+                if let Some(mut partial) = local.partial.take() {
+                    partial.persist_when_idle(&map, &resume)?;
+                }
+                local.dirty = false;
+            }
+            Command::CheckTable { reception } => {
+                let now = Instant::now();
+                let Some(manifest) = session
+                    .reception(reception)
+                    .and_then(|r| r.receiver().manifest())
+                    .cloned()
+                else {
+                    return Ok(());
+                };
+                let ranges = self.start_worker(reception, &manifest)?;
+                session.table_checked(now, reception, manifest.archive_id, ranges);
+            }
+            Command::Unpack { reception, frames } => {
+                if let Some(worker) = self.local(session, reception).worker.as_ref() {
+                    frames.into_iter().for_each(|f| worker.submit(f));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and checks the frame table of reception `id` and starts its frame
+    /// worker; returns the frames' body ranges, or None if the table is damaged.
+    pub(super) fn start_worker(
+        &mut self,
+        id: ReceptionId,
+        manifest: &Manifest,
+    ) -> Result<Option<loopcast_proto::client::FrameRanges>> {
+        let Some(partial) = self.locals.get(id).and_then(|l| l.partial.as_ref()) else {
+            return Ok(None);
+        };
+        let body = partial.body()?;
+        let mut table = vec![0u8; manifest.table_len() as usize];
+        body.read_exact_at(&mut table, 0)
+            .context(|| format!("{}: cannot read the frame table", manifest.name))?;
+        let Ok(unpacker) = Unpacker::new(&self.config.key, manifest, &table) else {
+            return Ok(None);
+        };
+        let ranges = unpacker.frame_ranges().to_vec();
+        let (tx, waker, archive_id) = (
+            self.reports_tx.clone(),
+            Arc::clone(&self.waker),
+            manifest.archive_id,
+        );
+        let worker = FrameWorker::start(
+            body,
+            unpacker,
+            manifest.clone(),
+            &self.work_dir,
+            &self.config.out_dir,
+            move |report| {
+                let _ = tx.send((id, archive_id, report));
+                let _ = waker.wake();
+            },
+        )?;
+        self.locals[id].worker = Some(worker);
+        Ok(Some(ranges))
+    }
+}
