@@ -121,14 +121,25 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn assert_clean_failure(out: &Output, needle: &str) {
+/// Checks a documented failure: exit code `code` (1 error, 2 usage, 3 time-out),
+/// no panic, and for errors and time-outs a one-line reason naming `needle` as
+/// the last line (usage errors are clap's, naming `needle` somewhere).
+fn assert_clean_failure(out: &Output, code: i32, needle: &str) {
     let err = stderr(out);
-    assert!(
-        !out.status.success(),
-        "expected failure, got success: {err}"
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "exit code, expected {code}: {err}"
     );
     assert!(err.contains(needle), "expected {needle:?} in: {err}");
     assert!(!err.contains("panicked"), "panic: {err}");
+    if code != 2 {
+        let last = err.lines().last().unwrap_or("");
+        assert!(
+            last.starts_with("loopcast: error: ") && last.contains(needle),
+            "the last line is not a one-line reason naming {needle:?}: {last:?}"
+        );
+    }
 }
 
 #[test]
@@ -244,7 +255,7 @@ fn a_receiver_killed_half_way_resumes_with_what_it_stored() {
 fn a_receiver_killed_at_60_percent_repairs_what_the_loop_passed_and_needs_under_a_loop() {
     // 24 MB at 24 Mbit/s: one loop is 8 s, so the map (saved every second) trails
     // the data by a small part of a loop.
-    let lab = lab(110, "resume.bin", 24_000_000, "24M");
+    let lab = lab(111, "resume.bin", 24_000_000, "24M");
     let loop_secs = 24_000_000.0 * 8.0 / 24e6;
     let (d, key, g, data) = (lab.dir.path(), &lab.key, &lab.group, &lab.data);
     let out = d.join("out");
@@ -302,7 +313,7 @@ fn wrong_key_is_reported_quickly_and_nothing_is_stored() {
     let out = recv_command(&other, g, &d.join("out"), &["--timeout", "30"])
         .output()
         .unwrap();
-    assert_clean_failure(&out, "wrong key");
+    assert_clean_failure(&out, 1, "wrong key");
     assert!(
         start.elapsed() < Duration::from_secs(10),
         "took {:?}",
@@ -411,6 +422,7 @@ fn bad_inputs_fail_with_a_clear_reason() {
         ])
         .output()
         .unwrap(),
+        1,
         "cannot open /nonexistent/x",
     );
     assert_clean_failure(
@@ -426,6 +438,7 @@ fn bad_inputs_fail_with_a_clear_reason() {
         ])
         .output()
         .unwrap(),
+        1,
         "cannot open /nonexistent/x",
     );
     // Unwritable output directory: a path below a regular file.
@@ -433,12 +446,13 @@ fn bad_inputs_fail_with_a_clear_reason() {
     let out = recv_command(&key, &group(105), &d.join("plain/sub"), &["--timeout", "5"])
         .output()
         .unwrap();
-    assert_clean_failure(&out, "cannot create output directory");
+    assert_clean_failure(&out, 1, "cannot create output directory");
     // Missing or malformed key file.
     assert_clean_failure(
         &loopcast(&["recv", "-k", "/nonexistent/key", "-o", d.to_str().unwrap()])
             .output()
             .unwrap(),
+        1,
         "cannot read key file",
     );
     assert_clean_failure(
@@ -451,22 +465,24 @@ fn bad_inputs_fail_with_a_clear_reason() {
         ])
         .output()
         .unwrap(),
+        1,
         "not a loopcast key file",
     );
     // keygen never overwrites.
     assert_clean_failure(
         &loopcast(&["keygen", "-o", k]).output().unwrap(),
+        1,
         "refusing to overwrite",
     );
     // A non-multicast group and a bad rate are usage errors.
     let out = loopcast(&["serve", k, "-k", k, "-g", "10.1.1.1:7700"])
         .output()
         .unwrap();
-    assert_clean_failure(&out, "not a multicast address");
+    assert_clean_failure(&out, 2, "not a multicast address");
     let out = loopcast(&["serve", k, "-k", k, "--rate", "fast"])
         .output()
         .unwrap();
-    assert_clean_failure(&out, "not a rate");
+    assert_clean_failure(&out, 2, "not a rate");
     // Nothing on air: time-out exit code 3 and a reason.
     let out = recv_command(
         &key,
@@ -477,7 +493,7 @@ fn bad_inputs_fail_with_a_clear_reason() {
     .output()
     .unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert_clean_failure(&out, "wanted.bin: not on air");
+    assert_clean_failure(&out, 3, "wanted.bin: not on air");
 }
 
 /// A small tmpfs mounted for one test and unmounted when it ends.
@@ -500,6 +516,11 @@ fn a_full_disk_is_reported_and_no_file_appears() {
         .arg(&mount)
         .status();
     if !mounted.is_ok_and(|s| s.success()) {
+        // CI runs as root and sets this: there the test must run, not skip.
+        assert!(
+            std::env::var_os("LOOPCAST_LAB_REQUIRED").is_none(),
+            "cannot mount a tmpfs, and LOOPCAST_LAB_REQUIRED is set"
+        );
         eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
         return;
     }
@@ -507,21 +528,12 @@ fn a_full_disk_is_reported_and_no_file_appears() {
     let out = recv_command(key, g, &mount, &["--timeout", "30"])
         .output()
         .unwrap();
-    assert_clean_failure(&out, "No space left on device");
+    assert_clean_failure(&out, 1, "No space left on device");
     eprintln!(
         "full disk reported as: {}",
         stderr(&out).lines().last().unwrap_or("")
     );
     assert!(!mount.join("f.bin").exists());
-}
-
-/// Seconds a receiver log says it took from joining to holding every packet.
-fn held_after(log: &str) -> f64 {
-    log.split("packets held after ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no 'packets held' line in: {log}"))
 }
 
 /// Loops a receiver log says it waited from joining to holding every packet.
@@ -548,39 +560,36 @@ fn count_before(log: &str, label: &str) -> u64 {
 
 #[test]
 fn a_lossy_receiver_joining_mid_stream_is_repaired_within_1_5_loops() {
-    // 16 MB at 64 Mbit/s: one loop is about 2 s.
+    // 16 MB at 64 Mbit/s: one loop is about 2 s. Counted in loops the receiver saw
+    // pass, not in seconds: two busy cores make wall time a poor measure.
     let lab = lab(108, "lossy.bin", 16_000_000, "64M");
-    let loop_secs = 16_000_000.0 * 8.0 / 64e6;
     std::thread::sleep(Duration::from_millis(1000));
     let out = recv_command(
         &lab.key,
         &lab.group,
         &lab.dir.path().join("out"),
-        &["--debug-drop", "5", "--timeout", "60"],
+        &["--debug-drop", "5", "--debug-seed", "7", "--timeout", "60"],
     )
     .output()
     .unwrap();
     let log = stderr(&out);
     assert!(out.status.success(), "{log}");
+    assert!(log.contains("--debug-seed 7"), "{log}");
     assert_eq!(
         &std::fs::read(lab.dir.path().join("out/lossy.bin")).unwrap(),
         &lab.data
     );
-    let held = held_after(&log);
+    let loops = loops_after(&log);
     let (dropped, repairs, naks) = (
         count_before(&log, "debug-dropped"),
         count_before(&log, "repairs received"),
         count_before(&log, "NAKs sent"),
     );
     eprintln!(
-        "held every packet after {held:.2} s ({:.2} loops); {dropped} dropped, {repairs} repairs, {naks} NAKs",
-        held / loop_secs
+        "held every packet after {loops:.2} loops; {dropped} dropped, {repairs} repairs, {naks} NAKs"
     );
     assert!(dropped > 100 && repairs > 0 && naks > 0, "{log}");
-    assert!(
-        held <= 1.5 * loop_secs,
-        "took {held:.2} s, one loop is {loop_secs:.2} s: {log}"
-    );
+    assert!(loops <= 1.5, "took {loops:.2} loops: {log}");
 }
 
 #[test]
@@ -662,4 +671,150 @@ fn with_two_rates_a_capped_receiver_takes_the_slow_channel_and_another_the_fast_
     let done = events.last().unwrap();
     assert_eq!(done["file"], "two-rates.bin");
     assert_eq!(done["bytes"], 8_000_000);
+}
+
+/// Stops a child with SIGTERM (a clean stop: the server prints its closing line).
+fn terminate(child: &mut Running) {
+    let pid = child.0.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let _ = child.0.wait();
+}
+
+/// JSON event kinds printed on a process's stdout, one object per line.
+fn json_kinds(stdout: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}"));
+            v["event"].as_str().unwrap_or_default().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn an_archive_and_a_plain_file_served_with_every_serve_flag_and_one_picked_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = keygen(d);
+    let k = key.to_str().unwrap();
+    let a = random_file(&d.join("a.bin"), 16_000_000, 112);
+    random_file(&d.join("b.bin"), 1_000_000, 113);
+    // pack, and unpack offline.
+    let archive = d.join("a.lcar");
+    let packed = loopcast(&["pack", d.join("a.bin").to_str().unwrap(), "-k", k, "-o"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(packed.status.success(), "{}", stderr(&packed));
+    let unpacked = loopcast(&["unpack", archive.to_str().unwrap(), "-k", k, "-o"])
+        .arg(d.join("restored"))
+        .output()
+        .unwrap();
+    assert!(unpacked.status.success(), "{}", stderr(&unpacked));
+    assert_eq!(std::fs::read(d.join("restored/a.bin")).unwrap(), a);
+    // The ready archive and a plain file, two rates each, adaptive, 1200-byte
+    // packets, repair off, events as JSON.
+    let g = group(112);
+    let mut serve = on_loopback("serve", &key, &g);
+    serve
+        .arg(&archive)
+        .arg(d.join("b.bin"))
+        .args(["--rates", "20M,40M", "--adapt", "min", "--min-rate", "10M"])
+        .args([
+            "--max-rate",
+            "80M",
+            "--packet-size",
+            "1200",
+            "--repair-share",
+            "0",
+        ])
+        .arg("--json")
+        .arg("--cache-dir")
+        .arg(d.join("cache"));
+    let mut server = Running(
+        serve
+            .stderr(std::fs::File::create(d.join("serve.log")).unwrap())
+            .stdout(std::fs::File::create(d.join("serve.json")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let out = d.join("out");
+    let got = recv_command(
+        &key,
+        &g,
+        &out,
+        &["a.bin", "--aggregate", "--json", "--timeout", "60"],
+    )
+    .output()
+    .unwrap();
+    let log = stderr(&got);
+    assert!(got.status.success(), "{log}");
+    assert_eq!(std::fs::read(out.join("a.bin")).unwrap(), a);
+    assert!(!out.join("b.bin").exists(), "b.bin was not asked for");
+    // --aggregate: both channels of a.bin at once.
+    assert!(log.contains("(20.0 Mbit/s) + "), "{log}");
+    // recv --json: join first, done last, progress lines between when it took long.
+    let kinds = json_kinds(&got.stdout);
+    assert_eq!(kinds.first().map(String::as_str), Some("join"), "{kinds:?}");
+    assert_eq!(kinds.last().map(String::as_str), Some("done"), "{kinds:?}");
+    // --packet-size 1200: payloads of 1140 bytes, so more packets than 1500 would give.
+    let packets = count_before(&log.replace("all ", "all\n"), "packets held after");
+    assert!(
+        packets as f64 >= 16_000_000.0 / 1140.0,
+        "{packets} packets: {log}"
+    );
+    std::thread::sleep(Duration::from_millis(300)); // the server logs the DONE
+    terminate(&mut server);
+    let serve_log = std::fs::read_to_string(d.join("serve.log")).unwrap();
+    assert!(serve_log.contains("stopped after"), "{serve_log}");
+    // --repair-share 0: no channel repaired anything.
+    assert_eq!(
+        serve_log.matches(" 0 repairs for ").count(),
+        4,
+        "{serve_log}"
+    );
+    assert!(!serve_log.contains("in 0 packets"), "{serve_log}");
+    // serve --json: the receiver's join and done; --adapt moved a channel's rate.
+    let served = json_kinds(&std::fs::read(d.join("serve.json")).unwrap());
+    for kind in ["join", "progress", "done", "rate_change"] {
+        assert!(served.iter().any(|k| k == kind), "no {kind} in {served:?}");
+    }
+}
+
+#[test]
+fn unicast_only_receivers_beyond_the_client_cap_wait_their_turn() {
+    let lab = lab_with(
+        113,
+        "u.bin",
+        6_000_000,
+        "40M",
+        &["--unicast-max-clients", "1", "--unicast-max-rate", "30M"],
+    );
+    let (d, key, g) = (lab.dir.path(), &lab.key, &lab.group);
+    let server = format!("127.0.0.1:{}", g.rsplit(':').next().unwrap());
+    let args = ["--unicast", "--server", server.as_str(), "--timeout", "60"];
+    let first = recv_command(key, g, &d.join("one"), &args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let second = recv_command(key, g, &d.join("two"), &args)
+        .output()
+        .unwrap();
+    let first = first.wait_with_output().unwrap();
+    for (out, name) in [(&first, "one"), (&second, "two")] {
+        let log = stderr(out);
+        assert!(out.status.success(), "{name}: {log}");
+        assert!(
+            log.contains(&format!("over unicast from {server}")),
+            "{log}"
+        );
+        assert_eq!(std::fs::read(d.join(name).join("u.bin")).unwrap(), lab.data);
+    }
+    let serve_log = std::fs::read_to_string(d.join("serve.log")).unwrap();
+    assert!(
+        serve_log.contains("refusing a unicast stream"),
+        "the second receiver was never refused: {serve_log}"
+    );
 }

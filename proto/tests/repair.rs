@@ -30,7 +30,7 @@ fn everyone_completes_with_identical_contents() {
 }
 
 #[test]
-fn suppression_keeps_naks_per_lost_packet_at_most_2_with_50_receivers() {
+fn suppression_keeps_naks_per_lost_packet_near_0_08_with_50_receivers() {
     let base = SimConfig {
         receivers: 50,
         shared_loss: 0.05,
@@ -47,8 +47,9 @@ fn suppression_keeps_naks_per_lost_packet_at_most_2_with_50_receivers() {
         with.naks_per_loss(),
         without.naks_per_loss()
     );
+    // README: 0.08 with suppression, 3.98 without.
     assert!(
-        with.naks_per_loss() <= 2.0,
+        with.naks_per_loss() <= 0.16,
         "with suppression: {:.2}",
         with.naks_per_loss()
     );
@@ -67,7 +68,7 @@ fn suppression_keeps_naks_per_lost_packet_at_most_2_with_50_receivers() {
 }
 
 #[test]
-fn a_mid_stream_joiner_at_5_percent_loss_finishes_within_1_2_ideal() {
+fn a_mid_stream_joiner_at_5_percent_loss_finishes_near_1_11_ideal() {
     // The 16 MiB file of the issue: 1.4 s per loop at 100 Mbit/s; join 40% in.
     let base = SimConfig {
         receivers: 1,
@@ -87,13 +88,14 @@ fn a_mid_stream_joiner_at_5_percent_loss_finishes_within_1_2_ideal() {
         repaired.worst_ratio(),
         carousel_only.worst_ratio()
     );
+    // README: 1.11 with repair, 3.14 as a plain carousel.
     assert!(
-        repaired.worst_ratio() <= 1.2,
+        repaired.worst_ratio() <= 1.15,
         "with repair: {:.3}",
         repaired.worst_ratio()
     );
     assert!(
-        carousel_only.worst_ratio() >= 1.9,
+        carousel_only.worst_ratio() >= 2.5,
         "plain carousel: {:.3}",
         carousel_only.worst_ratio()
     );
@@ -122,4 +124,18 @@ fn repair_traffic_never_exceeds_its_cap() {
             r.repair_overhead()
         );
     }
+    // With the cap as good as off (the largest share there is), the same scene
+    // spends far more than a quarter of the channel on repairs.
+    let uncapped = run(&SimConfig {
+        receivers: 30,
+        independent_loss: 0.2,
+        repair_share: 0.9,
+        ..scene()
+    });
+    println!("uncapped repair overhead {:.3}", uncapped.repair_overhead());
+    assert!(
+        uncapped.repair_overhead() > 0.25 + 0.1,
+        "uncapped: {:.3}",
+        uncapped.repair_overhead()
+    );
 }
