@@ -20,6 +20,7 @@ pub mod received;
 pub mod receiver;
 pub mod sender;
 pub mod server;
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod timers;
 pub mod wire;

@@ -72,6 +72,8 @@ fn server_config(session_id: u32) -> ServerConfig {
         unicast_port: SERVER.port(),
         max_datagram: 1472,
         repair_share: 0.25,
+        grtt_floor: loopcast_proto::sender::DEFAULT_GRTT_FLOOR,
+        group_size: 1,
         adapt: None,
         unicast_max_rate: 40_000_000,
         unicast_max_clients: 4,
@@ -171,6 +173,7 @@ impl Lan {
             sync_timeout: Duration::from_secs(3),
             server: None,
             unicast_only: false,
+            nak_mode: loopcast_proto::NakMode::Suppressed,
         };
         configure(&mut config);
         let i = self.nodes.len();

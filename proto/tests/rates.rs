@@ -24,7 +24,7 @@ fn a_receiver_steps_down_under_10_percent_loss_and_back_up_when_clean() {
         sham_body: true,
         rate_bps: 20 * M,
         more_rates: vec![100 * M],
-        select: true,
+
         loss_schedule: vec![vec![(Duration::ZERO, 0.10), (secs(6.0), 0.0)]],
         time_limit: secs(30.0),
         ..SimConfig::default()
@@ -54,7 +54,7 @@ fn a_receiver_capped_below_every_fast_channel_starts_and_stays_on_the_slow_one()
         file_size: 4 << 20,
         rate_bps: 40 * M,
         more_rates: vec![160 * M],
-        select: true,
+
         max_rate: Some(50 * M),
         ..SimConfig::default()
     });
@@ -116,7 +116,7 @@ fn two_aggregated_channels_of_equal_rate_finish_in_about_half_the_time_of_one() 
         file_size: 8 << 20,
         rate_bps: 50 * M,
         more_rates: vec![50 * M],
-        select: true,
+
         ..SimConfig::default()
     };
     let one = run(&base);

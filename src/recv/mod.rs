@@ -208,6 +208,7 @@ pub fn recv(config: RecvConfig) -> Result<()> {
             sync_timeout: config.sync_timeout,
             server: config.server,
             unicast_only: config.unicast_only,
+            nak_mode: loopcast_proto::NakMode::Suppressed,
         },
         now,
         rand::random(),

@@ -182,6 +182,8 @@ pub fn serve(config: ServeConfig) -> Result<()> {
             unicast_port: config.unicast_port,
             max_datagram: config.packet_size - wire::IP_UDP_OVERHEAD,
             repair_share: config.repair_share,
+            grtt_floor: loopcast_proto::sender::DEFAULT_GRTT_FLOOR,
+            group_size: 1,
             adapt: config.adapt,
             unicast_max_rate: config.unicast_max_rate,
             unicast_max_clients: config.unicast_max_clients,

@@ -3,7 +3,7 @@
 
 use crate::keys::FINGERPRINT_LEN;
 use crate::wire::ChannelInfo;
-use crate::{Manifest, MasterKey, ReceivedMap, ResumePoint};
+use crate::{Manifest, MasterKey, NakMode, ReceivedMap, ResumePoint};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::Range;
 use std::time::Duration;
@@ -25,6 +25,8 @@ pub struct ClientConfig {
     pub server: Option<SocketAddrV4>,
     /// Skip multicast entirely: unicast from `server`.
     pub unicast_only: bool,
+    /// How multicast receptions NAK (`Suppressed`; the others are for comparisons).
+    pub nak_mode: NakMode,
 }
 
 /// A file being received: its place in the session (stable while it runs; a

@@ -291,7 +291,7 @@ impl Session {
                 session,
                 entry.archive_id,
                 self.rng.next_u64(),
-                NakMode::Suppressed,
+                self.config.nak_mode,
             ),
             server: self.servers.get(&session).copied().or(self.config.server),
             joined: Vec::new(),

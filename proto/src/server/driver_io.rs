@@ -29,6 +29,10 @@ pub struct ServerConfig {
     pub max_datagram: usize,
     /// Largest share of each channel's packets spent on repairs (0 turns repair off).
     pub repair_share: f64,
+    /// Lowest GRTT advertised (`sender::DEFAULT_GRTT_FLOOR`).
+    pub grtt_floor: Duration,
+    /// Group size advertised until more receivers are heard (1 unless known).
+    pub group_size: u32,
     /// Adapt each channel's rate to its receivers' reports, within (min, max).
     pub adapt: Option<(AdaptMode, u64, u64)>,
     /// Total rate of all unicast streams, bits/s.

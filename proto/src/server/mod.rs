@@ -530,7 +530,8 @@ impl FileOnAir {
                 let repair = RepairConfig {
                     rate_bps: c.rate_bps,
                     share: config.repair_share,
-                    ..RepairConfig::default()
+                    grtt_floor: config.grtt_floor,
+                    group_size: config.group_size,
                 };
                 // Loops of one file's channels start evenly spread over the file.
                 let phase = (packets as u64 * j as u64 / count) as u32;

@@ -45,6 +45,8 @@ fn harness(configure: impl FnOnce(&mut ServerConfig)) -> Harness {
         unicast_port: 7000,
         max_datagram: 1472,
         repair_share: 0.25,
+        grtt_floor: crate::sender::DEFAULT_GRTT_FLOOR,
+        group_size: 1,
         adapt: None,
         unicast_max_rate: 100_000_000,
         unicast_max_clients: 2,
