@@ -319,7 +319,7 @@ impl Lan<'_> {
                 .map(|d| Rc::new(d.to_vec()))
                 .collect();
             for d in datagrams {
-                self.from_server(t.to, d);
+                self.deliver_from_server(t.to, d);
             }
         }
         while let Some(e) = self.server.poll_event() {
@@ -349,7 +349,7 @@ impl Lan<'_> {
     }
 
     /// Delivers a server datagram: a channel's to the receivers on it, over their links.
-    fn from_server(&mut self, to: SocketAddrV4, datagram: Rc<Vec<u8>>) {
+    fn deliver_from_server(&mut self, to: SocketAddrV4, datagram: Rc<Vec<u8>>) {
         if to == DIRECTORY {
             self.announce = Some(datagram);
             return;
@@ -381,13 +381,13 @@ impl Lan<'_> {
                 reception: 0,
                 channel,
             };
-            self.to_node(i, origin, Rc::clone(&datagram));
+            self.send_to_node(i, origin, Rc::clone(&datagram));
         }
         self.lost_data += (is_data && lost_by_someone) as u64;
     }
 
     /// Queues `datagram` for receiver `i`, after its link's delay, never overtaking.
-    fn to_node(&mut self, i: usize, origin: ClientOrigin, datagram: Rc<Vec<u8>>) {
+    fn send_to_node(&mut self, i: usize, origin: ClientOrigin, datagram: Rc<Vec<u8>>) {
         let at = (self.now + self.link_delay()).max(self.nodes[i].last_arrival);
         self.nodes[i].last_arrival = at;
         self.queue.push(at, Event::ToNode(i, origin, datagram));
@@ -518,7 +518,7 @@ impl Lan<'_> {
                 reception: 0,
                 channel,
             };
-            self.to_node(j, origin, Rc::clone(&datagram));
+            self.send_to_node(j, origin, Rc::clone(&datagram));
         }
     }
 

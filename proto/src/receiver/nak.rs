@@ -1,0 +1,225 @@
+//! NAK timers of the receiver (spec §6.2): back-off, suppression by others' NAKs,
+//! holdoff, and what a NAK asks for.
+
+use super::FileReceiver;
+use crate::received::ReceivedMap;
+use crate::wire::{self, Nak};
+use rand::RngExt;
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+/// K: the NAK back-off window is K·GRTT (NORM's default backoff factor).
+pub const BACKOFF_FACTOR: f64 = 4.0;
+/// The NAK data timer (holdoff) lasts this many GRTTs: the back-off window plus a
+/// round trip and a margin for the server's repair queue.
+pub const HOLDOFF_GRTTS: f64 = BACKOFF_FACTOR + 2.0;
+/// GRTT assumed until the first STATUS arrives.
+pub const DEFAULT_GRTT: Duration = Duration::from_millis(10);
+/// Group size assumed until the first STATUS arrives.
+pub const DEFAULT_GROUP_SIZE: u32 = 100;
+
+/// How a receiver asks for repairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NakMode {
+    /// Multicast NAKs with suppression timers (the default).
+    Suppressed,
+    /// NAK at once, no back-off: for a receiver that has no multicast peers (unicast),
+    /// or to measure what suppression saves.
+    Immediate,
+    /// Never NAK: a plain carousel receiver (for comparisons).
+    Off,
+}
+
+/// The NAK timers of one receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NakTimer {
+    /// Nothing missing that the loop has passed, or nothing to do about it.
+    Idle,
+    /// Timer A: waiting a random back-off before sending a NAK.
+    Backoff(Instant),
+    /// The NAK data timer: a NAK (ours or another's) went out, waiting for repairs.
+    Holdoff(Instant),
+}
+
+/// Draws a NAK back-off from the truncated exponential distribution of RFC 5401:
+/// density grows towards `max`, so few receivers pick early times; λ = ln(group) + 1.
+pub fn random_backoff(max: Duration, group_size: u32, uniform: f64) -> Duration {
+    let lambda = (group_size.max(1) as f64).ln() + 1.0;
+    let x = max.as_secs_f64() / lambda * (1.0 + uniform * (lambda.exp() - 1.0)).ln();
+    Duration::from_secs_f64(x.clamp(0.0, max.as_secs_f64()))
+}
+
+impl FileReceiver {
+    pub(super) fn grtt(&self) -> Duration {
+        self.status.map_or(DEFAULT_GRTT, |(s, _)| {
+            Duration::from_micros(s.grtt_us as u64)
+        })
+    }
+
+    pub(super) fn holdoff(&self) -> Duration {
+        self.grtt().mul_f64(HOLDOFF_GRTTS)
+    }
+
+    pub(super) fn start_backoff(&mut self, now: Instant) {
+        let wait = match self.mode {
+            NakMode::Off => return,
+            NakMode::Immediate => Duration::ZERO,
+            NakMode::Suppressed => {
+                let group = self
+                    .status
+                    .map_or(DEFAULT_GROUP_SIZE, |(s, _)| s.group_size);
+                random_backoff(
+                    self.grtt().mul_f64(BACKOFF_FACTOR),
+                    group,
+                    self.rng.random::<f64>(),
+                )
+            }
+        };
+        self.timer = NakTimer::Backoff(now + wait);
+    }
+
+    pub(super) fn hear_nak(&mut self, now: Instant, nak: &Nak) {
+        if nak.receiver_id == self.receiver_id || self.manifest.is_none() {
+            return;
+        }
+        self.stats.naks_heard += 1;
+        if self.mode != NakMode::Suppressed {
+            return; // without suppression, others' NAKs change nothing
+        }
+        self.expire_asked(now);
+        let until = now + self.holdoff();
+        self.asked_until = Some(until);
+        for &(first, count) in &nak.ranges {
+            self.asked
+                .insert_range(first..first.saturating_add(count as u32));
+        }
+        // Timer A is cancelled once others have asked for everything we miss.
+        if matches!(self.timer, NakTimer::Backoff(_)) && self.nak_ranges(now).is_empty() {
+            self.stats.naks_suppressed += 1;
+            self.timer = NakTimer::Holdoff(until);
+        }
+    }
+
+    pub(super) fn expire_asked(&mut self, now: Instant) {
+        if self.asked.len() != self.received.len() {
+            self.asked = ReceivedMap::new(self.received.len()); // first use after the manifest
+        } else if self.asked_until.is_some_and(|t| now >= t) {
+            self.asked.clear();
+            self.asked_until = None;
+        }
+    }
+
+    /// Missing packets the loop has passed since this receiver joined, and missing
+    /// packets of the frame table, leaving out those in `except`. Other packets from
+    /// before the join are not gaps: the loop brings them in turn.
+    pub(super) fn missing_passed(
+        &self,
+        except: Option<&ReceivedMap>,
+        max: usize,
+    ) -> Vec<Range<u32>> {
+        let count = self.received.len();
+        // What any channel's loop has passed since it joined, merged.
+        let mut passed: Vec<Range<u32>> = self
+            .tracks
+            .iter()
+            .flatten()
+            .flat_map(|t| t.passed(count))
+            .filter(|r| r.start < r.end)
+            .collect();
+        if passed.is_empty() {
+            return Vec::new();
+        }
+        passed.sort_by_key(|r| r.start);
+        let mut merged: Vec<Range<u32>> = Vec::with_capacity(passed.len());
+        for r in passed {
+            match merged.last_mut() {
+                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        let scan =
+            |range: Range<u32>, max: usize| self.received.missing_runs_except(range, except, max);
+        let table = self.table_packets().end;
+        let mut runs = scan(0..table, max);
+        // The rest, from the table's end on (the table is already in `runs`).
+        for range in merged {
+            let range = range.start.max(table)..range.end;
+            if range.start < range.end && runs.len() < max {
+                let left = max - runs.len();
+                runs.extend(scan(range, left));
+            }
+        }
+        runs
+    }
+
+    /// What our NAK would ask for now: passed gaps not already asked for by others.
+    pub(super) fn nak_ranges(&mut self, now: Instant) -> Vec<(u32, u16)> {
+        self.expire_asked(now);
+        let mut out = Vec::new();
+        for run in self.missing_passed(Some(&self.asked), wire::MAX_NAK_RANGES) {
+            let mut start = run.start;
+            while start < run.end && out.len() < wire::MAX_NAK_RANGES {
+                let len = (run.end - start).min(u16::MAX as u32);
+                out.push((start, len as u16));
+                start += len;
+            }
+        }
+        out
+    }
+
+    /// Changes how this receiver NAKs (a receiver moving to a unicast stream has no
+    /// peers to suppress for).
+    pub fn set_nak_mode(&mut self, mode: NakMode) {
+        self.mode = mode;
+        if mode == NakMode::Off {
+            self.timer = NakTimer::Idle;
+        }
+    }
+
+    /// Runs the NAK timers: an expired back-off sends a NAK (unless others asked for
+    /// everything); an expired holdoff with packets still missing starts a new back-off.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.timer {
+            NakTimer::Backoff(at) if now >= at => {
+                let ranges = self.nak_ranges(now);
+                if ranges.is_empty() {
+                    let waiting = !self.missing_passed(None, 1).is_empty();
+                    self.stats.naks_suppressed += waiting as u64;
+                    self.timer = if waiting {
+                        NakTimer::Holdoff(now + self.holdoff())
+                    } else {
+                        NakTimer::Idle
+                    };
+                    return;
+                }
+                let (echo_time_us, hold_us) = self.status.map_or((0, 0), |(s, at)| {
+                    let hold = now.saturating_duration_since(at).as_micros();
+                    (s.server_time_us, hold.min(u32::MAX as u128) as u32)
+                });
+                let nak = Nak {
+                    archive_id: self.archive_id,
+                    receiver_id: self.receiver_id,
+                    echo_time_us,
+                    hold_us,
+                    ranges,
+                };
+                self.outgoing = Some(wire::encode_nak(self.session_id, &nak));
+                self.stats.naks_sent += 1;
+                self.timer = NakTimer::Holdoff(now + self.holdoff());
+            }
+            NakTimer::Holdoff(at) if now >= at => {
+                if self.missing_passed(None, 1).is_empty() {
+                    self.timer = NakTimer::Idle;
+                } else {
+                    self.start_backoff(now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The NAK datagram to send, if one is due; it goes to the file's control port.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.outgoing.take()
+    }
+}

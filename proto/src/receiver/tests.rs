@@ -1,0 +1,247 @@
+//! Unit tests of the receiver machine.
+
+use super::*;
+use crate::archive::{FileMeta, Packer};
+use crate::wire::DataHeader;
+use crate::wire::Nak;
+use proptest::prelude::*;
+
+fn setup() -> (MasterKey, Manifest, Vec<u8>) {
+    let key = MasterKey::from_bytes([4; 32]);
+    let mut packer = Packer::new(&key, 99, 5000, 4096, 3).unwrap();
+    let mut body = Vec::new();
+    for i in 0..2u8 {
+        // Incompressible content, so the body spans several 1000-byte packets.
+        let plain: Vec<u8> = (0..packer.next_frame_len() as u32)
+            .map(|j| (j.wrapping_mul(2654435761) >> (13 + i)) as u8)
+            .collect();
+        body.extend(packer.seal_next(&plain, [i; 16]).unwrap());
+    }
+    let meta = FileMeta {
+        name: "r.bin".into(),
+        mode: 0o600,
+        mtime_secs: 0,
+        mtime_nanos: 0,
+    };
+    let (table, manifest, bytes) = packer.finish(meta, 1000).unwrap();
+    let mut full = table;
+    full.extend(body);
+    assert_eq!(full.len() as u64, manifest.body_len);
+    (key, manifest, bytes)
+}
+
+/// DATA packet `index` of `m`'s archive with zero payload, sent by session 7.
+fn zero_data(m: &Manifest, index: u32) -> Vec<u8> {
+    let header = DataHeader {
+        archive_id: m.archive_id,
+        packet_index: index,
+        packet_count: m.packet_count(),
+        flags: 0,
+    };
+    wire::encode_data(7, &header, &vec![0u8; payload_len(m, index) as usize])
+}
+
+fn nak_of(datagram: &[u8]) -> Nak {
+    match wire::decode(datagram).unwrap().packet {
+        Packet::Nak(nak) => nak,
+        other => panic!("not a NAK: {other:?}"),
+    }
+}
+
+#[test]
+fn a_resumed_receiver_naks_what_the_loop_passed_while_it_was_down() {
+    let key = MasterKey::from_bytes([4; 32]);
+    let mut rng = SmallRng::seed_from_u64(5);
+    let mut original = vec![0u8; 20_000];
+    rand::Rng::fill_bytes(&mut rng, &mut original);
+    let (m, manifest_bytes, _) = crate::sim::pack(&key, &original, 4096, 1000, &mut rng);
+    let count = m.packet_count();
+    assert!(count >= 5, "{count} packets");
+    let now = Instant::now();
+    let manifest = wire::encode_manifest(7, &manifest_bytes);
+    // First run: joins at 0, holds 0 and 1, is killed.
+    let mut first = FileReceiver::new(key.clone(), 7, m.archive_id, 1, NakMode::Immediate);
+    first.handle_datagram(now, &manifest);
+    for i in 0..2 {
+        first.handle_datagram(now, &zero_data(&m, i));
+    }
+    let (map, point) = (first.received().clone(), first.resume_point());
+    assert_eq!(ResumePoint::decode(&point.encode()), Some(point.clone()));
+    let restart = |point: Option<&ResumePoint>| {
+        let mut r = FileReceiver::new(key.clone(), 7, m.archive_id, 2, NakMode::Immediate);
+        r.handle_datagram(now, &manifest);
+        assert!(r.restore(map.clone()));
+        if let Some(p) = point {
+            assert!(r.restore_tracks(p));
+        }
+        // The loop went on to 4 while it was down.
+        r.handle_datagram(now, &zero_data(&m, 4));
+        r.handle_timeout(now);
+        r.poll_transmit()
+    };
+    let nak = nak_of(&restart(Some(&point)).expect("a NAK for what the loop passed"));
+    assert_eq!(nak.ranges, vec![(2, 2)]);
+    // Without the saved tracks, 2..4 look like packets from before the join.
+    assert_eq!(restart(None), None);
+    // Another server session's loop tells nothing of this one's.
+    let mut other = point.clone();
+    other.session_id = 8;
+    let mut r = FileReceiver::new(key.clone(), 7, m.archive_id, 3, NakMode::Immediate);
+    r.handle_datagram(now, &manifest);
+    r.restore(map.clone());
+    assert!(!r.restore_tracks(&other));
+    // The jump over the time it was down is not reported as loss.
+    let mut r = FileReceiver::new(key, 7, m.archive_id, 4, NakMode::Immediate);
+    r.handle_datagram(now, &manifest);
+    r.restore(map);
+    r.restore_tracks(&point);
+    r.handle_datagram(now, &zero_data(&m, 3));
+    r.handle_datagram(now, &zero_data(&m, 4));
+    assert_eq!(r.track_counters(0), (1, 2));
+}
+
+proptest! {
+    #[test]
+    fn resume_points_decode_what_they_encode_and_never_panic(
+        session in any::<u32>(),
+        tracks in proptest::collection::vec((0u8..16, any::<u32>(), any::<u32>(), any::<u64>()), 0..16),
+        junk in proptest::collection::vec(any::<u8>(), 0..400),
+    ) {
+        let point = ResumePoint {
+            session_id: session,
+            tracks: tracks.into_iter().map(|(track, join, position, advanced)| SavedTrack { track, join, position, advanced }).collect(),
+        };
+        prop_assert_eq!(ResumePoint::decode(&point.encode()), Some(point));
+        let _ = ResumePoint::decode(&junk);
+    }
+}
+
+#[test]
+fn a_mid_stream_joiner_naks_the_frame_table_at_once() {
+    let (key, m, manifest_bytes) = setup();
+    let now = Instant::now();
+    let mut r = FileReceiver::new(key, 7, m.archive_id, 1, NakMode::Immediate);
+    r.handle_datagram(now, &wire::encode_manifest(7, &manifest_bytes));
+    let count = m.packet_count();
+    assert!(count >= 2 && m.table_len() <= 1000, "{count} packets");
+    let data = |index: u32| {
+        let len = if index + 1 == count {
+            (m.body_len - index as u64 * 1000) as usize
+        } else {
+            1000
+        };
+        let header = DataHeader {
+            archive_id: m.archive_id,
+            packet_index: index,
+            packet_count: count,
+            flags: 0,
+        };
+        wire::encode_data(7, &header, &vec![0u8; len])
+    };
+    // Joins at the last packet: nothing the loop passed is missing, but the table
+    // (packet 0, before the join) is.
+    r.handle_datagram(now, &data(count - 1));
+    r.handle_timeout(now);
+    let nak = r.poll_transmit().expect("a NAK for the table");
+    let Packet::Nak(nak) = wire::decode(&nak).unwrap().packet else {
+        panic!("not a NAK");
+    };
+    assert_eq!(nak.ranges, vec![(0, 1)]);
+}
+
+#[test]
+fn every_kind_of_bad_datagram_is_counted_not_stored() {
+    let (key, m, manifest_bytes) = setup();
+    let now = Instant::now();
+    let mut r = FileReceiver::new(key, 7, m.archive_id, 1, NakMode::Suppressed);
+    let data = |session, archive_id, index, count, len| {
+        wire::encode_data(
+            session,
+            &DataHeader {
+                archive_id,
+                packet_index: index,
+                packet_count: count,
+                flags: 0,
+            },
+            &vec![1u8; len],
+        )
+    };
+    let count = m.packet_count();
+    assert_eq!(
+        r.handle_datagram(now, &data(7, 99, 0, count, 1000)),
+        Outcome::Nothing
+    );
+    assert_eq!(r.stats().before_manifest, 1);
+    assert_eq!(
+        r.handle_datagram(now, &wire::encode_manifest(7, &manifest_bytes)),
+        Outcome::ManifestAccepted
+    );
+    let mut bad_crc = data(7, 99, 0, count, 1000);
+    bad_crc[40] ^= 1;
+    let mut not_ours = data(7, 99, 0, count, 1000);
+    not_ours[0] = b'X';
+    for (datagram, what) in [
+        (bad_crc, "bad crc"),
+        (not_ours, "magic"),
+        (vec![1, 2, 3], "truncated"),
+        (data(8, 99, 0, count, 1000), "other session"),
+        (data(7, 98, 0, count, 1000), "other archive"),
+        (data(7, 99, 0, count + 1, 1000), "wrong count"),
+        (data(7, 99, 0, count, 999), "short payload"),
+        (data(7, 99, count - 1, count, 1000), "long last payload"),
+    ] {
+        assert_eq!(
+            r.handle_datagram(now, &datagram),
+            Outcome::Nothing,
+            "{what}"
+        );
+    }
+    let s = r.stats().clone();
+    assert_eq!(
+        (
+            s.bad_crc,
+            s.not_ours,
+            s.foreign_session,
+            s.other_archive,
+            s.malformed
+        ),
+        (1, 1, 1, 1, 4)
+    );
+    assert_eq!(s.stored, 0);
+    let first = data(7, 99, 0, count, 1000);
+    let outcome = r.handle_datagram(now, &first);
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Store {
+                packet_index: 0,
+                body_offset: 0,
+                ..
+            }
+        ),
+        "{outcome:?} {:?}",
+        r.stats()
+    );
+    assert_eq!(
+        r.handle_datagram(now, &data(7, 99, 0, count, 1000)),
+        Outcome::Nothing
+    );
+    assert_eq!(r.stats().duplicates, 1);
+    // A frame that failed verification makes its packets missing again.
+    assert_eq!(r.mark_missing(now, 0..10), 1);
+    assert!(!r.received().contains(0));
+}
+
+proptest! {
+    #[test]
+    fn random_datagrams_never_panic(datagrams in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..1200), 1..20)) {
+        let (key, m, manifest_bytes) = setup();
+        let now = Instant::now();
+        let mut r = FileReceiver::new(key, 7, m.archive_id, 1, NakMode::Suppressed);
+        r.handle_datagram(now, &wire::encode_manifest(7, &manifest_bytes));
+        for d in &datagrams {
+            let _ = r.handle_datagram(now, d);
+        }
+        prop_assert_eq!(r.stats().stored, 0);
+    }
+}

@@ -1,0 +1,94 @@
+//! The carousel's repair queue as a bit set.
+
+/// A set of packet indices with O(1) insert and remove and a word-wise search for the
+/// member whose natural loop turn is furthest away.
+pub(super) struct PacketSet {
+    words: Vec<u64>,
+    len: u32,
+    pub(super) count: u32,
+}
+
+impl PacketSet {
+    pub(super) fn new(len: u32) -> Self {
+        Self {
+            words: vec![0; (len as usize).div_ceil(64)],
+            len,
+            count: 0,
+        }
+    }
+
+    /// Adds `i`; returns whether it was new.
+    pub(super) fn insert(&mut self, i: u32) -> bool {
+        let (w, bit) = ((i / 64) as usize, 1u64 << (i % 64));
+        let new = i < self.len && self.words[w] & bit == 0;
+        if new {
+            self.words[w] |= bit;
+            self.count += 1;
+        }
+        new
+    }
+
+    pub(super) fn remove(&mut self, i: u32) {
+        let (w, bit) = ((i / 64) as usize, 1u64 << (i % 64));
+        if i < self.len && self.words[w] & bit != 0 {
+            self.words[w] &= !bit;
+            self.count -= 1;
+        }
+    }
+
+    /// The member just before `position` going backwards (cyclically): the one the
+    /// loop reaches last.
+    pub(super) fn furthest_before(&self, position: u32) -> Option<u32> {
+        if self.count == 0 {
+            return None;
+        }
+        self.last_below(position)
+            .or_else(|| self.last_below(self.len))
+    }
+
+    /// Highest member < `end`.
+    pub(super) fn last_below(&self, end: u32) -> Option<u32> {
+        let mut w = end as usize / 64;
+        let mut mask = if end % 64 == 0 {
+            0
+        } else {
+            (1u64 << (end % 64)) - 1
+        };
+        loop {
+            let bits = self.words.get(w).copied().unwrap_or(0) & mask;
+            if bits != 0 {
+                return Some(w as u32 * 64 + 63 - bits.leading_zeros());
+            }
+            if w == 0 {
+                return None;
+            }
+            w -= 1;
+            mask = u64::MAX;
+        }
+    }
+}
+
+#[cfg(test)]
+mod packet_set_tests {
+    use super::PacketSet;
+
+    #[test]
+    pub(super) fn furthest_turn_first_and_wraps() {
+        let mut s = PacketSet::new(200);
+        for i in [3, 64, 65, 130, 199] {
+            s.insert(i);
+        }
+        s.insert(64);
+        assert_eq!(s.count, 5);
+        let mut take = |position| {
+            let found = s.furthest_before(position);
+            found.inspect(|&i| s.remove(i))
+        };
+        assert_eq!(take(100), Some(65));
+        assert_eq!(take(100), Some(64));
+        assert_eq!(take(100), Some(3));
+        assert_eq!(take(100), Some(199));
+        assert_eq!(take(0), Some(130));
+        assert_eq!(take(0), None);
+    }
+}

@@ -1,0 +1,253 @@
+//! Datagram format: common header, the body of each packet type, CRC32 trailer.
+//! `proto/PROTOCOL.md` is the normative description of every field here.
+
+use crate::codec::{Reader, Truncated};
+
+mod control;
+mod data;
+mod directory;
+
+use control::decode_nak;
+pub use control::{
+    Done, Nak, Report, Request, Status, encode_cookie, encode_done, encode_nak, encode_report,
+    encode_request, encode_status,
+};
+pub use data::{DataHeader, encode_data, encode_manifest, seal_in_place, write_data_header};
+use directory::decode_announce;
+pub use directory::{
+    ANNOUNCE_HEADER_LEN, Announce, AnnounceEntry, ChannelInfo, announce_entry_len, encode_announce,
+};
+
+/// First two bytes of every loopcast datagram: "LC".
+pub const MAGIC: [u8; 2] = *b"LC";
+/// Wire format version this code speaks.
+pub const VERSION: u8 = 2;
+/// Bytes of the common header (magic, version, type, session id).
+pub const COMMON_HEADER_LEN: usize = 8;
+/// Bytes of the CRC32 trailer.
+pub const TRAILER_LEN: usize = 4;
+/// Bytes of a DATA packet header, common header included.
+pub const DATA_HEADER_LEN: usize = COMMON_HEADER_LEN + 20;
+/// Bytes an IPv4 + UDP header add to a datagram.
+pub const IP_UDP_OVERHEAD: usize = 28;
+/// Default IP packet size: a standard Ethernet MTU.
+pub const DEFAULT_PACKET_SIZE: usize = 1500;
+/// Smallest IP packet size accepted; a manifest must fit in one packet.
+pub const MIN_PACKET_SIZE: usize = 576;
+/// Largest IP packet size accepted (a jumbo frame).
+pub const MAX_PACKET_SIZE: usize = 9000;
+/// Most channels (rates) one file may be looped on.
+pub const MAX_CHANNELS: usize = 8;
+/// Bytes of an address-validation cookie.
+pub const COOKIE_LEN: usize = 24;
+/// `Report::channel` of a receiver fed by unicast.
+pub const UNICAST_CHANNEL: u8 = 255;
+
+/// Archive payload bytes carried by one DATA packet for a given IP packet size.
+pub fn payload_size_for_packet(packet_size: usize) -> usize {
+    packet_size - IP_UDP_OVERHEAD - DATA_HEADER_LEN - TRAILER_LEN
+}
+
+/// Datagram types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PacketType {
+    /// A slice of an archive body.
+    Data = 1,
+    /// The authenticated manifest of the archive looped on this channel.
+    Manifest = 2,
+    /// The list of files on air, sent on the directory group.
+    Announce = 3,
+    /// Server timing and group facts for receivers' timers, on the data channel.
+    Status = 4,
+    /// A receiver's request for missing packets, on the control port.
+    Nak = 5,
+    /// A receiver's reception report, to the server's unicast port.
+    Report = 6,
+    /// A receiver's notice that it verified a file, to the server's unicast port.
+    Done = 7,
+    /// A receiver's request for the listing, a unicast stream or a channel start.
+    Request = 8,
+    /// The server's answer to a request without a valid cookie.
+    Cookie = 9,
+}
+
+/// Bytes of a STATUS datagram: common header, 32-byte body, trailer.
+pub const STATUS_DATAGRAM_LEN: usize = COMMON_HEADER_LEN + 32 + TRAILER_LEN;
+/// DATA flag: this packet is a repair sent out of loop order; it does not move the
+/// receiver's idea of where the loop is.
+pub const FLAG_REPAIR: u16 = 1;
+/// Most ranges one NAK may carry (keeps a NAK within 1472 bytes).
+pub const MAX_NAK_RANGES: usize = 200;
+/// Bytes of one NAK range: first packet (u32) and count (u16).
+pub const NAK_RANGE_LEN: usize = 6;
+/// REQUEST flag: stream the named file to the sender of this request by unicast.
+pub const REQUEST_UNICAST: u8 = 1;
+/// REQUEST flag: start the named file's multicast channels (`--on-demand` servers).
+pub const REQUEST_START: u8 = 2;
+/// ANNOUNCE entry flag: the file's channels are stopped until a receiver asks (on demand).
+pub const ENTRY_IDLE: u8 = 1;
+
+/// Why a datagram was rejected; receivers count these, never panic on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DecodeError {
+    /// Shorter than its header, or a body field runs past the end.
+    Truncated,
+    /// The CRC32 trailer does not match.
+    BadCrc,
+    /// Not "LC".
+    BadMagic,
+    /// A wire version this code does not speak.
+    BadVersion,
+    /// A type byte this code does not know.
+    UnknownType,
+    /// A field holds an impossible value (index ≥ count, bad lengths…).
+    Invalid,
+}
+impl From<Truncated> for DecodeError {
+    fn from(_: Truncated) -> Self {
+        DecodeError::Truncated
+    }
+}
+/// A decoded datagram; DATA payloads and MANIFEST bodies borrow from the input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Packet<'a> {
+    /// A DATA packet and its payload.
+    Data(DataHeader, &'a [u8]),
+    /// A MANIFEST packet; the body is decoded by `Manifest::decode`.
+    Manifest(&'a [u8]),
+    /// An ANNOUNCE packet.
+    Announce(Announce),
+    /// A STATUS packet.
+    Status(Status),
+    /// A NAK packet.
+    Nak(Nak),
+    /// A REPORT packet.
+    Report(Report),
+    /// A DONE packet.
+    Done(Done),
+    /// A REQUEST packet.
+    Request(Request),
+    /// A COOKIE packet.
+    Cookie([u8; COOKIE_LEN]),
+}
+/// A decoded datagram with its sender's session id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram<'a> {
+    /// Random id of the server instance the datagram belongs to.
+    pub session_id: u32,
+    /// The packet itself.
+    pub packet: Packet<'a>,
+}
+/// Appends the common header to an empty `buf`.
+fn put_common(buf: &mut Vec<u8>, kind: PacketType, session_id: u32) {
+    buf.extend_from_slice(&MAGIC);
+    buf.push(VERSION);
+    buf.push(kind as u8);
+    buf.extend_from_slice(&session_id.to_be_bytes());
+}
+/// A whole datagram: common header, the body `write` appends, CRC trailer.
+fn datagram(kind: PacketType, session_id: u32, write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(64);
+    put_common(&mut buf, kind, session_id);
+    write(&mut buf);
+    let crc = crc32fast::hash(&buf);
+    buf.extend_from_slice(&crc.to_be_bytes());
+    buf
+}
+/// Decodes and checks one datagram; never panics, whatever the input.
+pub fn decode(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
+    if bytes.len() < COMMON_HEADER_LEN + TRAILER_LEN {
+        return Err(DecodeError::Truncated);
+    }
+    if bytes[0..2] != MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    let (content, trailer) = bytes.split_at(bytes.len() - TRAILER_LEN);
+    let crc = u32::from_be_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
+    if crc32fast::hash(content) != crc {
+        return Err(DecodeError::BadCrc);
+    }
+    if bytes[2] != VERSION {
+        return Err(DecodeError::BadVersion);
+    }
+    let mut r = Reader::new(&content[3..]);
+    let kind = r.u8()?;
+    let session_id = r.u32()?;
+    let packet = match kind {
+        k if k == PacketType::Data as u8 => {
+            let header = DataHeader {
+                archive_id: r.u64()?,
+                packet_index: r.u32()?,
+                packet_count: r.u32()?,
+                flags: r.u16()?,
+            };
+            let _reserved = r.u16()?;
+            if header.packet_index >= header.packet_count || r.rest().is_empty() {
+                return Err(DecodeError::Invalid);
+            }
+            return Ok(Datagram {
+                session_id,
+                packet: Packet::Data(header, r.rest()),
+            });
+        }
+        k if k == PacketType::Manifest as u8 => {
+            return Ok(Datagram {
+                session_id,
+                packet: Packet::Manifest(r.rest()),
+            });
+        }
+        k if k == PacketType::Announce as u8 => Packet::Announce(decode_announce(&mut r)?),
+        k if k == PacketType::Status as u8 => Packet::Status(Status {
+            archive_id: r.u64()?,
+            server_time_us: r.u64()?,
+            grtt_us: r.u32()?,
+            group_size: r.u32()?,
+            rate_bps: r.u64()?,
+        }),
+        k if k == PacketType::Nak as u8 => Packet::Nak(decode_nak(&mut r)?),
+        k if k == PacketType::Report as u8 => Packet::Report(Report {
+            archive_id: r.u64()?,
+            receiver_id: r.u32()?,
+            channel: r.u8()?,
+            held: r.u32()?,
+            packet_count: r.u32()?,
+            arrived: r.u32()?,
+            lost: r.u32()?,
+            interval_ms: r.u32()?,
+            kernel_drops: r.u32()?,
+        }),
+        k if k == PacketType::Done as u8 => Packet::Done(Done {
+            archive_id: r.u64()?,
+            receiver_id: r.u32()?,
+            elapsed_ms: r.u32()?,
+        }),
+        k if k == PacketType::Request as u8 => {
+            let receiver_id = r.u32()?;
+            let flags = r.u8()?;
+            let max_rate_bps = r.u64()?;
+            let cookie = r.array()?;
+            let name_len = r.u8()? as usize;
+            let name = std::str::from_utf8(r.take(name_len)?)
+                .map_err(|_| DecodeError::Invalid)?
+                .to_owned();
+            Packet::Request(Request {
+                receiver_id,
+                flags,
+                max_rate_bps,
+                cookie,
+                name,
+            })
+        }
+        k if k == PacketType::Cookie as u8 => Packet::Cookie(r.array()?),
+        _ => return Err(DecodeError::UnknownType),
+    };
+    // Every body but DATA's and MANIFEST's must end exactly where its fields do.
+    if !r.rest().is_empty() {
+        return Err(DecodeError::Invalid);
+    }
+    Ok(Datagram { session_id, packet })
+}
+
+#[cfg(test)]
+mod tests;

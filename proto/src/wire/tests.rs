@@ -1,0 +1,166 @@
+//! Round trips of every packet type and random bytes into the decoder.
+
+use super::*;
+use proptest::prelude::*;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+fn channel_strategy() -> impl Strategy<Value = ChannelInfo> {
+    (any::<[u8; 4]>(), any::<u16>(), any::<u16>(), any::<u64>()).prop_map(
+        |(ip, port, control_port, rate_bps)| ChannelInfo {
+            group: SocketAddrV4::new(Ipv4Addr::from(ip), port),
+            control_port,
+            rate_bps,
+        },
+    )
+}
+
+fn entry_strategy() -> impl Strategy<Value = AnnounceEntry> {
+    (
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u8>(),
+        "[a-zA-Z0-9._ -]{0,60}",
+        proptest::collection::vec(channel_strategy(), 1..=MAX_CHANNELS),
+    )
+        .prop_map(|(a, o, b, flags, name, channels)| AnnounceEntry {
+            archive_id: a,
+            original_size: o,
+            body_len: b,
+            flags,
+            name,
+            channels,
+        })
+}
+
+proptest! {
+    #[test]
+    fn data_round_trips(session in any::<u32>(), id in any::<u64>(), count in 1u32.., idx in any::<u32>(),
+                        flags in any::<u16>(), payload in proptest::collection::vec(any::<u8>(), 1..1500)) {
+        let header = DataHeader { archive_id: id, packet_index: idx % count, packet_count: count, flags };
+        let bytes = encode_data(session, &header, &payload);
+        let d = decode(&bytes).unwrap();
+        prop_assert_eq!(d.session_id, session);
+        prop_assert_eq!(d.packet, Packet::Data(header, &payload[..]));
+    }
+
+    #[test]
+    fn manifest_packet_round_trips(session in any::<u32>(), body in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let bytes = encode_manifest(session, &body);
+        let d = decode(&bytes).unwrap();
+        prop_assert_eq!(d.packet, Packet::Manifest(&body[..]));
+    }
+
+    #[test]
+    fn announce_round_trips(session in any::<u32>(), parts in 1u8.., part in any::<u8>(), unicast_port in any::<u16>(),
+                            entries in proptest::collection::vec(entry_strategy(), 0..5)) {
+        let a = Announce { part: part % parts, parts, unicast_port, entries };
+        let bytes = encode_announce(session, &a);
+        prop_assert_eq!(decode(&bytes).unwrap().packet, Packet::Announce(a));
+    }
+
+    #[test]
+    fn status_round_trips(session in any::<u32>(), a in any::<u64>(), t in any::<u64>(), g in any::<u32>(), n in any::<u32>(), rate in any::<u64>()) {
+        let st = Status { archive_id: a, server_time_us: t, grtt_us: g, group_size: n, rate_bps: rate };
+        let bytes = encode_status(session, &st);
+        prop_assert_eq!(decode(&bytes).unwrap().packet, Packet::Status(st));
+    }
+
+    #[test]
+    fn nak_round_trips(session in any::<u32>(), a in any::<u64>(), id in any::<u32>(), echo in any::<u64>(), hold in any::<u32>(),
+                       ranges in proptest::collection::vec((0u32..u32::MAX / 2, 1u16..), 1..MAX_NAK_RANGES)) {
+        let nak = Nak { archive_id: a, receiver_id: id, echo_time_us: echo, hold_us: hold, ranges };
+        let bytes = encode_nak(session, &nak);
+        prop_assert!(bytes.len() <= DEFAULT_PACKET_SIZE - IP_UDP_OVERHEAD);
+        prop_assert_eq!(decode(&bytes).unwrap().packet, Packet::Nak(nak));
+    }
+
+    #[test]
+    fn report_and_done_round_trip(session in any::<u32>(), a in any::<u64>(), id in any::<u32>(), channel in any::<u8>(),
+                                  counts in any::<[u32; 6]>()) {
+        let report = Report { archive_id: a, receiver_id: id, channel, held: counts[0], packet_count: counts[1],
+                              arrived: counts[2], lost: counts[3], interval_ms: counts[4], kernel_drops: counts[5] };
+        let bytes = encode_report(session, &report);
+        prop_assert_eq!(decode(&bytes).unwrap().packet, Packet::Report(report));
+        let done = Done { archive_id: a, receiver_id: id, elapsed_ms: counts[0] };
+        let bytes = encode_done(session, &done);
+        prop_assert_eq!(decode(&bytes).unwrap().packet, Packet::Done(done));
+    }
+
+    #[test]
+    fn requests_round_trip_and_a_cookie_answer_is_never_longer(session in any::<u32>(), id in any::<u32>(), flags in any::<u8>(),
+                                  rate in any::<u64>(), cookie in any::<[u8; COOKIE_LEN]>(), name in "[a-z.]{0,40}") {
+        let request = Request { receiver_id: id, flags, max_rate_bps: rate, cookie, name };
+        let bytes = encode_request(session, &request);
+        let answer = encode_cookie(session, &cookie);
+        prop_assert!(answer.len() <= bytes.len());
+        prop_assert_eq!(decode(&answer).unwrap().packet, Packet::Cookie(cookie));
+        prop_assert_eq!(decode(&bytes).unwrap().packet, Packet::Request(request));
+    }
+
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+        let _ = decode(&bytes);
+    }
+
+    #[test]
+    fn random_bodies_with_valid_crc_never_panic(kind in 0u8..11, body in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let mut bytes = vec![b'L', b'C', VERSION, kind, 0, 0, 0, 1];
+        bytes.extend_from_slice(&body);
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_be_bytes());
+        let _ = decode(&bytes);
+    }
+
+    #[test]
+    fn any_flipped_bit_is_rejected(payload in proptest::collection::vec(any::<u8>(), 1..200), bit in any::<usize>()) {
+        let header = DataHeader { archive_id: 9, packet_index: 0, packet_count: 1, flags: 0 };
+        let mut bytes = encode_data(1, &header, &payload);
+        let bit = bit % (bytes.len() * 8);
+        bytes[bit / 8] ^= 1 << (bit % 8);
+        prop_assert!(decode(&bytes).is_err());
+    }
+}
+
+#[test]
+fn rejects_each_kind_of_bad_datagram() {
+    let header = DataHeader {
+        archive_id: 1,
+        packet_index: 0,
+        packet_count: 1,
+        flags: 0,
+    };
+    let good = encode_data(5, &header, b"abc");
+    assert_eq!(decode(&good[..5]), Err(DecodeError::Truncated));
+    let mut bad_crc = good.clone();
+    *bad_crc.last_mut().unwrap() ^= 1;
+    assert_eq!(decode(&bad_crc), Err(DecodeError::BadCrc));
+    let mut bad_magic = good.clone();
+    bad_magic[0] = b'X';
+    assert_eq!(decode(&bad_magic), Err(DecodeError::BadMagic));
+    let reseal = |mut v: Vec<u8>| {
+        let n = v.len() - TRAILER_LEN;
+        seal_in_place(&mut v, n);
+        v
+    };
+    let mut bad_version = good.clone();
+    bad_version[2] = 9;
+    assert_eq!(decode(&reseal(bad_version)), Err(DecodeError::BadVersion));
+    let mut bad_type = good.clone();
+    bad_type[3] = 77;
+    assert_eq!(decode(&reseal(bad_type)), Err(DecodeError::UnknownType));
+    let out_of_range = DataHeader {
+        packet_index: 3,
+        packet_count: 3,
+        ..header
+    };
+    assert_eq!(
+        decode(&encode_data(5, &out_of_range, b"x")),
+        Err(DecodeError::Invalid)
+    );
+}
+
+#[test]
+fn default_payload_size_is_1440() {
+    assert_eq!(payload_size_for_packet(DEFAULT_PACKET_SIZE), 1440);
+}
