@@ -15,7 +15,8 @@
 # every run are copied to DIR/logs (TOOL-SCENARIO-REP-HOST.log).
 # Rates: LOOPCAST_RATE (default 1.2G, loopcast's --rate), UFTP_RATE_KBPS (default -1:
 # as fast as the interface allows), UDPCAST_RATE (default: none, udpcast's own pace).
-# LOOPCAST_SERVE_FLAGS adds flags to loopcast's serve (e.g. --no-gso).
+# LOOPCAST_SERVE_FLAGS adds flags to loopcast's serve (e.g. --no-gso); LOOPCAST_BIN
+# runs another loopcast build instead of building this tree's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench.sh: the namespace lab needs root" >&2; exit 1; }
@@ -37,8 +38,9 @@ if [ -n "$need" ]; then
     echo "bench.sh: installing$need" >&2
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
 fi
-cargo build --release --quiet
-BIN=$PWD/target/release/loopcast
+# LOOPCAST_BIN measures another build (e.g. an older commit's, for a before/after).
+if [ -z "${LOOPCAST_BIN:-}" ]; then cargo build --release --quiet; fi
+BIN=${LOOPCAST_BIN:-$PWD/target/release/loopcast}
 LAB="$PWD/scripts/lab.sh -p lcb$$"
 
 work=$(mktemp -d -p /dev/shm loopcast-bench.XXXXXX)

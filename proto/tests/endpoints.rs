@@ -8,31 +8,21 @@ use loopcast_proto::client::{
     ClientConfig, ClientEvent, Command, Origin as ClientOrigin, ReceptionId, Session, Via,
 };
 use loopcast_proto::server::{
-    Archives, BatchLimits, ChannelSpec, Endpoint, FileSpec, Origin as ServerOrigin, ServerConfig,
+    BatchLimits, ChannelSpec, Endpoint, FileSpec, Origin as ServerOrigin, ServerConfig,
     ServerEvent, Socket,
 };
+use loopcast_proto::sim::Bodies;
 use loopcast_proto::wire::ChannelInfo;
 use loopcast_proto::{CookieJar, Manifest, MasterKey, ReceivedMap, ResumePoint};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 const LATENCY: Duration = Duration::from_micros(300);
 const SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7000);
 const DIRECTORY: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(239, 9, 0, 1), 7000);
-
-struct Bodies(Vec<Vec<u8>>);
-
-impl Archives for Bodies {
-    fn read_payload(&mut self, file: usize, body_offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let start = body_offset as usize;
-        buf.copy_from_slice(&self.0[file][start..start + buf.len()]);
-        Ok(())
-    }
-}
 
 /// One file: manifest, its encoded form, the body (what the server loops).
 #[derive(Clone)]

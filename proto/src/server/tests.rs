@@ -2,22 +2,13 @@
 
 use super::*;
 use crate::MasterKey;
+use crate::sim::Bodies;
 use crate::wire::{Datagram, Request};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use std::net::Ipv4Addr;
 
 const SESSION: u32 = 0x5e55;
-
-struct Bodies(Vec<Vec<u8>>);
-
-impl Archives for Bodies {
-    fn read_payload(&mut self, file: usize, body_offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let start = body_offset as usize;
-        buf.copy_from_slice(&self.0[file][start..start + buf.len()]);
-        Ok(())
-    }
-}
 
 fn addr(port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), port)

@@ -359,16 +359,24 @@ impl Lan<'_> {
         };
         let is_data = datagram.get(3) == Some(&(wire::PacketType::Data as u8));
         let shared_lost = self.rng.random_bool(self.config.shared_loss);
-        let rates: Vec<u64> = (0..self.channels.len())
-            .map(|j| self.server.channel(0, j).map_or(0, |(c, _)| c.rate()))
-            .collect();
+        // The channels' current rates matter only to links with a capacity.
+        let rates: Vec<u64> = if self.config.capacity_bps.is_empty() {
+            Vec::new()
+        } else {
+            (0..self.channels.len())
+                .map(|j| self.server.channel(0, j).map_or(0, |(c, _)| c.rate()))
+                .collect()
+        };
         let mut lost_by_someone = false;
         for i in 0..self.nodes.len() {
             let node = &self.nodes[i];
             if node.done.is_some() || !node.joined.contains_key(&channel) {
                 continue;
             }
-            let joined_rate = node.joined.keys().map(|&c| rates[c]).sum();
+            let joined_rate = match node.capacity {
+                Some(_) => node.joined.keys().map(|&c| rates[c]).sum(),
+                None => 0,
+            };
             let extra = node.extra_loss(self.now, joined_rate);
             if shared_lost
                 || self.rng.random_bool(self.config.independent_loss)
