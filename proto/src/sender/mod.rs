@@ -144,6 +144,8 @@ pub struct Carousel {
     credit: f64,
     /// Receivers heard lately (NAKs, reports): the group size estimate.
     members: Membership,
+    /// What `next_len` found would go next, and when it looked.
+    peeked: Option<(Instant, Next)>,
     stats: CarouselStats,
 }
 
@@ -175,6 +177,7 @@ impl Carousel {
             pending: PacketSet::new(manifest.packet_count()),
             credit: 0.0,
             members: Membership::default(),
+            peeked: None,
             stats: CarouselStats::default(),
         }
     }
@@ -259,6 +262,7 @@ impl Carousel {
 
     /// Takes a decoded NAK of this session (see `handle_datagram`).
     pub fn handle_nak(&mut self, now: Instant, nak: &wire::Nak) -> u32 {
+        self.peeked = None; // the repair set may change
         let in_range = nak
             .ranges
             .iter()
@@ -319,16 +323,24 @@ impl Carousel {
         if self.next_status_at.is_none_or(|at| now >= at) {
             return Next::Status;
         }
-        match self.pending.furthest_before(self.next_index) {
-            Some(index) if self.credit >= 1.0 => Next::Repair(index),
-            _ => Next::Data(self.next_index),
+        // The repair set is searched only when a repair may go out (credit first).
+        match (self.credit >= 1.0)
+            .then(|| self.pending.furthest_before(self.next_index))
+            .flatten()
+        {
+            Some(index) => Next::Repair(index),
+            None => Next::Data(self.next_index),
         }
     }
 
     /// Length of the datagram `poll_transmit` would write at `now`: a batch of
     /// equal-sized datagrams (UDP GSO) must know before it takes one more.
-    pub fn next_len(&self, now: Instant) -> usize {
-        match self.next(now) {
+    pub fn next_len(&mut self, now: Instant) -> usize {
+        let next = self.next(now);
+        // Kept for the `poll_transmit` that follows at the same instant: one search
+        // of the repair set per datagram, not two.
+        self.peeked = Some((now, next));
+        match next {
             Next::Manifest => self.manifest_datagram.len(),
             Next::Status => wire::STATUS_DATAGRAM_LEN,
             Next::Repair(index) | Next::Data(index) => {
@@ -347,7 +359,11 @@ impl Carousel {
         buf: &mut [u8],
         source: &mut impl PayloadSource,
     ) -> io::Result<Transmit> {
-        match self.next(now) {
+        let next = match self.peeked.take() {
+            Some((at, next)) if at == now => next,
+            _ => self.next(now),
+        };
+        match next {
             Next::Manifest => {
                 self.next_manifest_at = Some(now + MANIFEST_INTERVAL);
                 self.data_since_manifest = 0;
