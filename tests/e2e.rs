@@ -675,8 +675,8 @@ fn with_two_rates_a_capped_receiver_takes_the_slow_channel_and_another_the_fast_
 
 /// Stops a child with SIGTERM (a clean stop: the server prints its closing line).
 fn terminate(child: &mut Running) {
-    let pid = child.0.id().to_string();
-    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    // SAFETY: kill(2) on the PID of a child this test started and has not reaped.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
     let _ = child.0.wait();
 }
 
