@@ -818,3 +818,40 @@ fn unicast_only_receivers_beyond_the_client_cap_wait_their_turn() {
         "the second receiver was never refused: {serve_log}"
     );
 }
+
+#[test]
+fn a_server_restarted_with_its_cache_is_followed_at_once_and_nothing_stored_is_lost() {
+    // 16 MB at 32 Mbit/s: a loop is 4 s; the server stops 2 s in and comes back.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = keygen(d);
+    let file = d.join("restart.bin");
+    let data = random_file(&file, 16_000_000, 114);
+    let g = group(114);
+    let mut first = serve(d, &key, &[&file], &g, "32M", &[]);
+    let receiver = recv_command(&key, &g, &d.join("out"), &["--timeout", "60"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2000));
+    terminate(&mut first);
+    std::thread::sleep(Duration::from_millis(300));
+    let _second = serve(d, &key, &[&file], &g, "32M", &[]);
+    let out = receiver.wait_with_output().unwrap();
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(std::fs::read(d.join("out/restart.bin")).unwrap(), data);
+    assert!(log.contains("switching to it"), "{log}");
+    // What it held before the restart was kept: it resumed a good part of the file.
+    let resumed: f64 = log
+        .split("resuming, ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no resume line in: {log}"));
+    let total = 16_000_000.0 / 1440.0;
+    eprintln!("resumed {resumed} of about {total:.0} packets after the server restart");
+    assert!(resumed > 0.25 * total, "{log}");
+    // It followed the new session at its first listing, before the sync time-out.
+    assert!(!log.contains("unicast stream"), "{log}");
+}

@@ -1,0 +1,134 @@
+//! The receiver driver's input side: every datagram waiting on a socket goes to
+//! the session; a data batch's new payloads are written with one vectored write.
+
+use super::{DIRECTORY, LINK};
+use super::{FIRST_RECEPTION, Receiver, Source, TOKENS_PER_RECEPTION};
+use crate::error::{Context, Result};
+use crate::net;
+use loopcast_proto::client::{Origin, ReceptionId, Store};
+use loopcast_proto::wire;
+use mio::Token;
+use rand::RngExt;
+use std::time::Instant;
+
+impl Receiver {
+    /// Hands every datagram waiting on the socket of `token` to the session.
+    pub(super) fn drain(&mut self, token: Token) -> Result<()> {
+        match token {
+            DIRECTORY | LINK => loop {
+                let socket = match token {
+                    DIRECTORY => self.io.directory.as_ref(),
+                    _ => Some(&self.io.link),
+                };
+                let Some(socket) = socket else { return Ok(()) };
+                let Some((n, from)) = net::recv_from_nonblocking(socket, &mut self.io.buf)
+                    .context(|| "cannot receive".into())?
+                else {
+                    return Ok(());
+                };
+                let origin = match token {
+                    DIRECTORY => Origin::Directory { source: *from.ip() },
+                    _ => Origin::Link { from },
+                };
+                self.session
+                    .handle_datagram(Instant::now(), origin, &self.io.buf[..n]);
+                self.io.outputs(&mut self.session, &mut self.batch)?;
+            },
+            Token(t) if t >= FIRST_RECEPTION => {
+                let id = (t - FIRST_RECEPTION) / TOKENS_PER_RECEPTION;
+                match Source::from_offset((t - FIRST_RECEPTION) % TOKENS_PER_RECEPTION) {
+                    Source::Control(channel) => self.drain_control(id, channel),
+                    source => self.drain_data(id, source),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// NAKs heard on a channel's control port (other receivers', and our own).
+    pub(super) fn drain_control(&mut self, id: ReceptionId, channel: usize) -> Result<()> {
+        loop {
+            let Some(j) = self.io.locals.get(id).and_then(|l| l.joined.get(&channel)) else {
+                return Ok(());
+            };
+            let Some(n) = net::recv_nonblocking(&j.control, &mut self.io.buf)
+                .context(|| "cannot receive NAKs".into())?
+            else {
+                return Ok(());
+            };
+            let origin = Origin::Control {
+                reception: id,
+                channel,
+            };
+            self.session
+                .handle_datagram(Instant::now(), origin, &self.io.buf[..n]);
+            self.io.outputs(&mut self.session, &mut self.batch)?;
+        }
+    }
+
+    /// Takes every datagram waiting on a data source (a channel or the stream) of
+    /// reception `id`, writing each batch's new payloads with one vectored write.
+    pub(super) fn drain_data(&mut self, id: ReceptionId, source: Source) -> Result<()> {
+        let now = Instant::now();
+        loop {
+            let Some(local) = self.io.locals.get(id) else {
+                return Ok(());
+            };
+            let (socket, origin) = match source {
+                Source::Channel(channel) => match local.joined.get(&channel) {
+                    Some(j) => (
+                        &j.data,
+                        Origin::Channel {
+                            reception: id,
+                            channel,
+                        },
+                    ),
+                    None => return Ok(()), // left since the event
+                },
+                Source::Stream => match &local.stream {
+                    Some(s) => (s, Origin::Stream { reception: id }),
+                    None => return Ok(()),
+                },
+                Source::Control(_) => return Ok(()),
+            };
+            if self
+                .batch
+                .recv(socket)
+                .context(|| "cannot receive data".into())?
+                == 0
+            {
+                return Ok(());
+            }
+            let mut stores: Vec<(u64, &[u8])> = Vec::new();
+            for datagram in self.batch.datagrams() {
+                let is_data = datagram.get(3) == Some(&(wire::PacketType::Data as u8));
+                let drop = self.io.config.debug_drop;
+                if drop > 0.0 && is_data && self.io.drop_rng.random_bool(drop) {
+                    self.io.locals[id].debug_dropped += 1;
+                    continue;
+                }
+                if let Some(Store {
+                    body_offset,
+                    payload,
+                    ..
+                }) = self.session.handle_datagram(now, origin, datagram)
+                {
+                    stores.push((body_offset, payload));
+                }
+                if self.session.has_output() {
+                    // What the session asks next may read these payloads back (the
+                    // frame table, whole frames), or open the storage they go to.
+                    self.io.write(id, &mut stores)?;
+                    self.io.outputs_without_batch(&mut self.session)?;
+                }
+            }
+            self.io.write(id, &mut stores)?;
+            let local = &mut self.io.locals[id];
+            if let Some(r) = self.session.reception(id) {
+                local.progress.set(r.receiver().received().count() as u64);
+            }
+            drop(stores);
+            self.io.outputs(&mut self.session, &mut self.batch)?;
+        }
+    }
+}
