@@ -1,14 +1,13 @@
-//! Command-line interface: argument parsing and dispatch to the library.
+//! The raw arguments ("low args"): clap definitions and value parsers.
 
-use crate::archive_file::{self, ArchiveFile, PackOptions};
+use crate::archive_file::PackOptions;
 use crate::error::{Context, Error, Result};
-use crate::units::{format_bytes, format_rate, parse_group, parse_rate};
-use crate::{keyfile, net, recv, server};
+use crate::net;
+use crate::units::{parse_group, parse_rate};
 use clap::{Args, Parser, Subcommand};
 use loopcast_proto::{AdaptMode, wire};
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// Default directory group.
 pub const DEFAULT_GROUP: &str = "239.255.77.1:7700";
@@ -19,15 +18,20 @@ pub const DEFAULT_GROUP: &str = "239.255.77.1:7700";
 /// multicast channel. Receivers may join at any time, store packets straight to
 /// disk, and finish when every packet has arrived and verified. Logs go to stderr;
 /// set RUST_LOG=debug for more.
+///
+/// Exit status: 0 done; 1 an error, with a one-line reason on stderr (wrong key,
+/// unwritable directory, full disk, unsafe file name, interrupted); 2 bad
+/// arguments; 3 a time-out (recv --timeout, ls finding no server). A receiver
+/// stopped in any way keeps its progress: run the same command again to resume.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
-pub struct Cli {
+pub(super) struct Cli {
     #[command(subcommand)]
-    command: Command,
+    pub(super) command: Command,
 }
 
 #[derive(Subcommand, Debug)]
-enum Command {
+pub(super) enum Command {
     /// Write a new random master key (file mode 0600; never overwrites).
     Keygen {
         /// Key file to create.
@@ -73,24 +77,24 @@ enum Command {
 }
 
 #[derive(Args, Debug)]
-struct NetArgs {
+pub(super) struct NetArgs {
     /// Interface to use: a name (eth0) or one of this host's IPv4 addresses.
     /// Default: the kernel's choice by its routing table.
     #[arg(short, long, value_name = "IF")]
-    interface: Option<String>,
+    pub(super) interface: Option<String>,
     /// Directory group where servers announce their files.
     #[arg(short, long, value_name = "G:P", default_value = DEFAULT_GROUP, value_parser = parse_group)]
-    group: SocketAddrV4,
+    pub(super) group: SocketAddrV4,
 }
 
 #[derive(Args, Debug)]
-struct PackArgs {
+pub(super) struct PackArgs {
     /// Bytes of original data per frame (each frame is verified and unpacked on its own).
     #[arg(long, default_value_t = loopcast_proto::archive::DEFAULT_FRAME_SIZE)]
-    frame_size: u32,
+    pub(super) frame_size: u32,
     /// zstd compression level (1-19).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
-    level: i32,
+    pub(super) level: i32,
 }
 
 impl From<&PackArgs> for PackOptions {
@@ -103,48 +107,48 @@ impl From<&PackArgs> for PackOptions {
 }
 
 #[derive(Args, Debug)]
-struct ServeArgs {
+pub(super) struct ServeArgs {
     /// Files to serve: plain files (packed into the cache at start) or archives.
     #[arg(required = true)]
-    paths: Vec<PathBuf>,
+    pub(super) paths: Vec<PathBuf>,
     /// Master key file.
     #[arg(short, long)]
-    key: PathBuf,
+    pub(super) key: PathBuf,
     #[command(flatten)]
-    net: NetArgs,
+    pub(super) net: NetArgs,
     /// Rate of each file's channel in bits/s, with K/M/G suffixes (e.g. 100M, 1.5G).
     #[arg(short, long, default_value = "100M", value_parser = parse_rate, conflicts_with = "rates")]
-    rate: u64,
+    pub(super) rate: u64,
     /// Loop each file on one channel per rate, each its own multicast group, so that
     /// slow and fast receivers each take what they can (e.g. 20M,100M,500M; at most 8).
     /// Receivers start on the fastest within their --max-rate and step down or up.
     #[arg(long, value_name = "R1,R2,...", value_delimiter = ',', value_parser = parse_rate)]
-    rates: Vec<u64>,
+    pub(super) rates: Vec<u64>,
     /// Let each channel's rate follow its receivers' reports: the slowest receiver's
     /// (min) or their average (avg), within --min-rate and --max-rate.
     #[arg(long, value_name = "min|avg", value_parser = parse_adapt)]
-    adapt: Option<AdaptMode>,
+    pub(super) adapt: Option<AdaptMode>,
     /// Lowest rate an adaptive channel slows down to.
     #[arg(long, default_value = "1M", value_parser = parse_rate, requires = "adapt")]
-    min_rate: u64,
+    pub(super) min_rate: u64,
     /// Highest rate an adaptive channel speeds up to. Default: its starting rate.
     #[arg(long, value_parser = parse_rate, requires = "adapt")]
-    max_rate: Option<u64>,
+    pub(super) max_rate: Option<u64>,
     /// UDP port for receivers' requests, reports and unicast streams. Default: the
     /// directory group's port.
     #[arg(long, value_name = "PORT")]
-    unicast_port: Option<u16>,
+    pub(super) unicast_port: Option<u16>,
     /// Total rate of all unicast streams (receivers that cannot get multicast), shared
     /// evenly among them; each stream adapts to its receiver's NAKs below its share.
     #[arg(long, default_value = "100M", value_parser = parse_rate)]
-    unicast_max_rate: u64,
+    pub(super) unicast_max_rate: u64,
     /// Most unicast streams at once; further requests are refused (logged).
     #[arg(long, default_value_t = 16)]
-    unicast_max_clients: usize,
+    pub(super) unicast_max_clients: usize,
     /// Start a file's channels only when a receiver asks for it, and stop them when no
     /// receiver has reported for --idle seconds. ANNOUNCE still lists the file.
     #[arg(long)]
-    on_demand: bool,
+    pub(super) on_demand: bool,
     /// Seconds without a report before an on-demand file's channels stop.
     #[arg(
         long,
@@ -152,92 +156,92 @@ struct ServeArgs {
         value_name = "SECS",
         requires = "on_demand"
     )]
-    idle: u64,
+    pub(super) idle: u64,
     /// Print events (join, progress, channel change, fallback, rate change, done,
     /// error) as JSON lines on stdout.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
     /// IP packet size in bytes (576 to 9000; 1500 fits standard Ethernet).
     #[arg(long, default_value_t = wire::DEFAULT_PACKET_SIZE as u16,
           value_parser = clap::value_parser!(u16).range(wire::MIN_PACKET_SIZE as i64..=wire::MAX_PACKET_SIZE as i64))]
-    packet_size: u16,
+    pub(super) packet_size: u16,
     /// Multicast TTL (1 keeps traffic on the local segment).
     #[arg(long, default_value_t = net::DEFAULT_TTL)]
-    ttl: u32,
+    pub(super) ttl: u32,
     /// Largest share of each channel's packets spent repairing what receivers NAK
     /// (0 to 0.9; 0 turns repair off and receivers wait for the next loop).
     #[arg(long, default_value_t = loopcast_proto::sender::DEFAULT_REPAIR_SHARE, value_parser = parse_share)]
-    repair_share: f64,
+    pub(super) repair_share: f64,
     /// Where archives of plain files are kept and reused. Default: ~/.cache/loopcast.
     #[arg(long)]
-    cache_dir: Option<PathBuf>,
+    pub(super) cache_dir: Option<PathBuf>,
     #[command(flatten)]
-    pack: PackArgs,
+    pub(super) pack: PackArgs,
     /// Send one datagram per packet instead of UDP GSO batches (for NICs or
     /// drivers that mishandle GSO; costs more CPU per packet).
     #[arg(long)]
-    no_gso: bool,
+    pub(super) no_gso: bool,
 }
 
 #[derive(Args, Debug)]
-struct RecvArgs {
+pub(super) struct RecvArgs {
     /// Files to receive, by name. Default: every file on air.
-    names: Vec<String>,
+    pub(super) names: Vec<String>,
     /// Master key file.
     #[arg(short, long)]
-    key: PathBuf,
+    pub(super) key: PathBuf,
     #[command(flatten)]
-    net: NetArgs,
+    pub(super) net: NetArgs,
     /// Directory to write the received files into (created if missing).
     #[arg(short, long)]
-    out: PathBuf,
+    pub(super) out: PathBuf,
     /// Give up after this many seconds (exit code 3). Default: wait as long as it takes.
     #[arg(long, value_name = "SECS")]
-    timeout: Option<u64>,
+    pub(super) timeout: Option<u64>,
     /// Testing aid for labs: drop this percentage of incoming DATA packets at random,
     /// as if the network lost them, to exercise NAK repair.
     #[arg(long, value_name = "PERCENT", default_value_t = 0.0, value_parser = parse_percent)]
-    debug_drop: f64,
+    pub(super) debug_drop: f64,
     /// Seed of --debug-drop's random choices, to repeat a lossy run exactly as it
     /// went (the seed used is logged). Default: a random seed.
     #[arg(long, value_name = "N", requires = "debug_drop")]
-    debug_seed: Option<u64>,
+    pub(super) debug_seed: Option<u64>,
     /// Take one datagram per read instead of UDP GRO bundles (costs more CPU per packet).
     #[arg(long)]
-    no_gro: bool,
+    pub(super) no_gro: bool,
     /// Fastest channel to take, bits/s (e.g. 50M). Default: the fastest on offer.
     /// Also the most a unicast stream may send us.
     #[arg(long, value_parser = parse_rate)]
-    max_rate: Option<u64>,
+    pub(super) max_rate: Option<u64>,
     /// Join every channel of a file within --max-rate at once: their loops are out of
     /// phase, so each brings mostly new packets and the file arrives sooner.
     #[arg(long)]
-    aggregate: bool,
+    pub(super) aggregate: bool,
     /// Seconds without data on multicast before asking the server for a unicast stream.
     #[arg(long, default_value_t = 3.0, value_name = "SECS", value_parser = parse_seconds)]
-    sync_timeout: f64,
+    pub(super) sync_timeout: f64,
     /// The server's unicast address, for hosts that hear no multicast at all (its
     /// listing is asked for after --sync-timeout of silence). Default port: the
     /// directory group's.
     #[arg(long, value_name = "HOST[:PORT]")]
-    server: Option<String>,
+    pub(super) server: Option<String>,
     /// Skip multicast entirely: receive by unicast from --server.
     #[arg(long, requires = "server")]
-    unicast: bool,
+    pub(super) unicast: bool,
     /// Print events (join, progress, channel change, fallback, done, error) as JSON
     /// lines on stdout.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
-fn parse_percent(text: &str) -> std::result::Result<f64, String> {
+pub(super) fn parse_percent(text: &str) -> std::result::Result<f64, String> {
     match text.parse::<f64>() {
         Ok(v) if (0.0..=100.0).contains(&v) => Ok(v),
         _ => Err(format!("{text:?} is not a percentage between 0 and 100")),
     }
 }
 
-fn parse_adapt(text: &str) -> std::result::Result<AdaptMode, String> {
+pub(super) fn parse_adapt(text: &str) -> std::result::Result<AdaptMode, String> {
     match text {
         "min" => Ok(AdaptMode::Min),
         "avg" => Ok(AdaptMode::Avg),
@@ -245,7 +249,7 @@ fn parse_adapt(text: &str) -> std::result::Result<AdaptMode, String> {
     }
 }
 
-fn parse_seconds(text: &str) -> std::result::Result<f64, String> {
+pub(super) fn parse_seconds(text: &str) -> std::result::Result<f64, String> {
     match text.parse::<f64>() {
         Ok(v) if (0.1..=3600.0).contains(&v) => Ok(v),
         _ => Err(format!(
@@ -255,7 +259,7 @@ fn parse_seconds(text: &str) -> std::result::Result<f64, String> {
 }
 
 /// Resolves `--server HOST[:PORT]` (a name or an IPv4 address) with `default_port`.
-fn resolve_server(text: &str, default_port: u16) -> Result<SocketAddrV4> {
+pub(super) fn resolve_server(text: &str, default_port: u16) -> Result<SocketAddrV4> {
     use std::net::ToSocketAddrs;
     let with_port = if text
         .rsplit_once(':')
@@ -277,168 +281,9 @@ fn resolve_server(text: &str, default_port: u16) -> Result<SocketAddrV4> {
         .ok_or_else(|| Error::new(format!("--server {text}: no IPv4 address")))
 }
 
-fn parse_share(text: &str) -> std::result::Result<f64, String> {
+pub(super) fn parse_share(text: &str) -> std::result::Result<f64, String> {
     match text.parse::<f64>() {
         Ok(v) if (0.0..=0.9).contains(&v) => Ok(v),
         _ => Err(format!("{text:?} is not a share between 0 and 0.9")),
-    }
-}
-
-/// Parses arguments, runs the command, and returns the process exit code.
-pub fn main() -> i32 {
-    let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .init();
-    match run(cli) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("loopcast: error: {e}");
-            e.code
-        }
-    }
-}
-
-fn run(cli: Cli) -> Result<()> {
-    match cli.command {
-        Command::Keygen { output } => {
-            let key = keyfile::generate(&output)?;
-            println!(
-                "wrote {} (fingerprint {})",
-                output.display(),
-                loopcast_proto::keys::hex(&key.fingerprint())
-            );
-            Ok(())
-        }
-        Command::Pack {
-            input,
-            key,
-            output,
-            pack,
-        } => {
-            let key = keyfile::load(&key)?;
-            let m = archive_file::pack_file(&input, &output, &key, (&pack).into())?;
-            println!(
-                "{}: {} -> {} in {} frames",
-                output.display(),
-                format_bytes(m.original_size),
-                format_bytes(m.body_len),
-                m.frame_count
-            );
-            Ok(())
-        }
-        Command::Unpack { archive, key, out } => {
-            let key = keyfile::load(&key)?;
-            let a = ArchiveFile::open(&archive, &key)?;
-            std::fs::create_dir_all(&out).context(|| format!("cannot create {}", out.display()))?;
-            let path =
-                crate::storage::deliver(a.file(), a.body_start(), &a.manifest, &key, &out, &out)
-                    .map_err(|e| match e {
-                        crate::storage::UnpackFailure::Io(e) => e,
-                        other => Error::new(format!("{} is damaged: {other:?}", archive.display())),
-                    })?;
-            println!("{}", path.display());
-            Ok(())
-        }
-        Command::Serve(a) => {
-            let rates = if a.rates.is_empty() {
-                vec![a.rate]
-            } else {
-                a.rates.clone()
-            };
-            if rates.len() > wire::MAX_CHANNELS {
-                return Err(Error::new(format!(
-                    "--rates lists {} rates; at most {} channels per file",
-                    rates.len(),
-                    wire::MAX_CHANNELS
-                )));
-            }
-            let fastest = rates.iter().copied().max().unwrap_or(a.rate);
-            let adapt = a
-                .adapt
-                .map(|mode| (mode, a.min_rate, a.max_rate.unwrap_or(fastest)));
-            if let Some((_, min, max)) = adapt
-                && min > max
-            {
-                return Err(Error::new(format!(
-                    "--min-rate {} is above --max-rate {}",
-                    format_rate(min as f64),
-                    format_rate(max as f64)
-                )));
-            }
-            server::serve(server::ServeConfig {
-                key: keyfile::load(&a.key)?,
-                interface: net::resolve_interface(a.net.interface.as_deref())?,
-                group: a.net.group,
-                rates,
-                adapt,
-                packet_size: a.packet_size.into(),
-                ttl: a.ttl,
-                repair_share: a.repair_share,
-                cache_dir: a.cache_dir.unwrap_or_else(archive_file::default_cache_dir),
-                pack: (&a.pack).into(),
-                gso: !a.no_gso,
-                unicast_port: a.unicast_port.unwrap_or(a.net.group.port()),
-                unicast_max_rate: a.unicast_max_rate,
-                unicast_max_clients: a.unicast_max_clients,
-                on_demand: a.on_demand,
-                idle: Duration::from_secs(a.idle),
-                json: a.json,
-                paths: a.paths,
-            })
-        }
-        Command::Recv(a) => recv::recv(recv::RecvConfig {
-            key: keyfile::load(&a.key)?,
-            interface: net::resolve_interface(a.net.interface.as_deref())?,
-            group: a.net.group,
-            server: a
-                .server
-                .as_deref()
-                .map(|s| resolve_server(s, a.net.group.port()))
-                .transpose()?,
-            out_dir: a.out,
-            names: a.names,
-            timeout: a.timeout.map(Duration::from_secs),
-            debug_drop: a.debug_drop / 100.0,
-            debug_seed: a.debug_seed,
-            gro: !a.no_gro,
-            max_rate: a.max_rate,
-            aggregate: a.aggregate,
-            sync_timeout: Duration::from_secs_f64(a.sync_timeout),
-            unicast_only: a.unicast,
-            json: a.json,
-        }),
-        Command::Ls { net: n, timeout } => {
-            let found = recv::list_on_air(
-                net::resolve_interface(n.interface.as_deref())?,
-                n.group,
-                Duration::from_secs(timeout),
-            )?;
-            if found.is_empty() {
-                return Err(Error::timeout(format!(
-                    "no server heard on {} within {timeout} s",
-                    n.group
-                )));
-            }
-            println!(
-                "{:<32} {:>12}  {:<8}  SESSION   CHANNELS",
-                "NAME", "SIZE", "STATE"
-            );
-            for (session, e) in found {
-                let channels: Vec<String> = e
-                    .channels
-                    .iter()
-                    .map(|c| format!("{} ({})", c.group, format_rate(c.rate_bps as f64)))
-                    .collect();
-                println!(
-                    "{:<32} {:>12}  {:<8}  {session:08x}  {}",
-                    e.name,
-                    format_bytes(e.original_size),
-                    if e.idle() { "on-demand" } else { "on air" },
-                    channels.join(", ")
-                );
-            }
-            Ok(())
-        }
     }
 }

@@ -1,0 +1,85 @@
+//! Raw arguments turned into validated configurations ("high args"): every check
+//! that can fail before anything runs, with a clear reason.
+
+use super::args::{RecvArgs, ServeArgs, resolve_server};
+use crate::error::{Error, Result};
+use crate::recv::RecvConfig;
+use crate::server::ServeConfig;
+use crate::units::format_rate;
+use crate::{archive_file, keyfile, net};
+use loopcast_proto::wire;
+use std::time::Duration;
+
+/// `serve`'s arguments, checked: rates, adaptive bounds, the key, the interface.
+pub(super) fn serve(a: ServeArgs) -> Result<ServeConfig> {
+    let rates = if a.rates.is_empty() {
+        vec![a.rate]
+    } else {
+        a.rates.clone()
+    };
+    if rates.len() > wire::MAX_CHANNELS {
+        return Err(Error::new(format!(
+            "--rates lists {} rates; at most {} channels per file",
+            rates.len(),
+            wire::MAX_CHANNELS
+        )));
+    }
+    let fastest = rates.iter().copied().max().unwrap_or(a.rate);
+    let adapt = a
+        .adapt
+        .map(|mode| (mode, a.min_rate, a.max_rate.unwrap_or(fastest)));
+    if let Some((_, min, max)) = adapt
+        && min > max
+    {
+        return Err(Error::new(format!(
+            "--min-rate {} is above --max-rate {}",
+            format_rate(min as f64),
+            format_rate(max as f64)
+        )));
+    }
+    Ok(ServeConfig {
+        key: keyfile::load(&a.key)?,
+        interface: net::resolve_interface(a.net.interface.as_deref())?,
+        group: a.net.group,
+        rates,
+        adapt,
+        packet_size: a.packet_size.into(),
+        ttl: a.ttl,
+        repair_share: a.repair_share,
+        cache_dir: a.cache_dir.unwrap_or_else(archive_file::default_cache_dir),
+        pack: (&a.pack).into(),
+        gso: !a.no_gso,
+        unicast_port: a.unicast_port.unwrap_or(a.net.group.port()),
+        unicast_max_rate: a.unicast_max_rate,
+        unicast_max_clients: a.unicast_max_clients,
+        on_demand: a.on_demand,
+        idle: Duration::from_secs(a.idle),
+        json: a.json,
+        paths: a.paths,
+    })
+}
+
+/// `recv`'s arguments, checked: the key, the interface, the server address.
+pub(super) fn recv(a: RecvArgs) -> Result<RecvConfig> {
+    Ok(RecvConfig {
+        key: keyfile::load(&a.key)?,
+        interface: net::resolve_interface(a.net.interface.as_deref())?,
+        group: a.net.group,
+        server: a
+            .server
+            .as_deref()
+            .map(|s| resolve_server(s, a.net.group.port()))
+            .transpose()?,
+        out_dir: a.out,
+        names: a.names,
+        timeout: a.timeout.map(Duration::from_secs),
+        debug_drop: a.debug_drop / 100.0,
+        debug_seed: a.debug_seed,
+        gro: !a.no_gro,
+        max_rate: a.max_rate,
+        aggregate: a.aggregate,
+        sync_timeout: Duration::from_secs_f64(a.sync_timeout),
+        unicast_only: a.unicast,
+        json: a.json,
+    })
+}

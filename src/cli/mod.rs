@@ -1,0 +1,111 @@
+//! Command-line interface: raw arguments (`args`), validated into configurations
+//! (`config`), then the command runs.
+
+mod args;
+mod config;
+
+use crate::archive_file::{self, ArchiveFile};
+use crate::error::{Context, Error, Result};
+use crate::units::{format_bytes, format_rate};
+use crate::{keyfile, net, recv, server};
+use args::{Cli, Command, NetArgs};
+use clap::Parser;
+use std::time::Duration;
+
+pub use args::DEFAULT_GROUP;
+
+/// Parses arguments, runs the command, and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+    match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("loopcast: error: {e}");
+            e.code
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Keygen { output } => {
+            let key = keyfile::generate(&output)?;
+            println!(
+                "wrote {} (fingerprint {})",
+                output.display(),
+                loopcast_proto::keys::hex(&key.fingerprint())
+            );
+            Ok(())
+        }
+        Command::Pack {
+            input,
+            key,
+            output,
+            pack,
+        } => {
+            let key = keyfile::load(&key)?;
+            let m = archive_file::pack_file(&input, &output, &key, (&pack).into())?;
+            println!(
+                "{}: {} -> {} in {} frames",
+                output.display(),
+                format_bytes(m.original_size),
+                format_bytes(m.body_len),
+                m.frame_count
+            );
+            Ok(())
+        }
+        Command::Unpack { archive, key, out } => {
+            let key = keyfile::load(&key)?;
+            let a = ArchiveFile::open(&archive, &key)?;
+            std::fs::create_dir_all(&out).context(|| format!("cannot create {}", out.display()))?;
+            let path =
+                crate::storage::deliver(a.file(), a.body_start(), &a.manifest, &key, &out, &out)
+                    .map_err(|e| match e {
+                        crate::storage::UnpackFailure::Io(e) => e,
+                        other => Error::new(format!("{} is damaged: {other:?}", archive.display())),
+                    })?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        Command::Serve(a) => server::serve(config::serve(a)?),
+        Command::Recv(a) => recv::recv(config::recv(a)?),
+        Command::Ls { net: n, timeout } => ls(n, timeout),
+    }
+}
+
+/// `ls`: what is on air, one line per file.
+fn ls(n: NetArgs, timeout: u64) -> Result<()> {
+    let found = recv::list_on_air(
+        net::resolve_interface(n.interface.as_deref())?,
+        n.group,
+        Duration::from_secs(timeout),
+    )?;
+    if found.is_empty() {
+        return Err(Error::timeout(format!(
+            "no server heard on {} within {timeout} s",
+            n.group
+        )));
+    }
+    println!(
+        "{:<32} {:>12}  {:<8}  SESSION   CHANNELS",
+        "NAME", "SIZE", "STATE"
+    );
+    for (session, e) in found {
+        let channels: Vec<String> = e
+            .channels
+            .iter()
+            .map(|c| format!("{} ({})", c.group, format_rate(c.rate_bps as f64)))
+            .collect();
+        println!(
+            "{:<32} {:>12}  {:<8}  {session:08x}  {}",
+            e.name,
+            format_bytes(e.original_size),
+            if e.idle() { "on-demand" } else { "on air" },
+            channels.join(", ")
+        );
+    }
+    Ok(())
+}
