@@ -237,12 +237,7 @@ fn a_receiver_killed_half_way_resumes_with_what_it_stored() {
         .unwrap();
     let log = stderr(&second);
     assert!(second.status.success(), "{log}");
-    let resumed: u64 = log
-        .split("resuming, ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no resume line in: {log}"));
+    let resumed = resumed_packets(&log) as u64;
     assert!(resumed > 1000, "resumed only {resumed} packets: {log}");
     assert_eq!(&std::fs::read(out.join("big.bin")).unwrap(), data);
     assert!(
@@ -274,12 +269,7 @@ fn a_receiver_killed_at_60_percent_repairs_what_the_loop_passed_and_needs_under_
     let log = stderr(&second);
     assert!(second.status.success(), "{log}");
     assert_eq!(&std::fs::read(out.join("resume.bin")).unwrap(), data);
-    let resumed: f64 = log
-        .split("resuming, ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no resume line in: {log}"));
+    let resumed = resumed_packets(&log);
     let total = 24_000_000f64 / 1440.0;
     let loops = loops_after(&log);
     let repairs = count_before(&log, "repairs received");
@@ -534,6 +524,15 @@ fn a_full_disk_is_reported_and_no_file_appears() {
         stderr(&out).lines().last().unwrap_or("")
     );
     assert!(!mount.join("f.bin").exists());
+}
+
+/// Packets a receiver log says it resumed from an earlier run.
+fn resumed_packets(log: &str) -> f64 {
+    log.split("resuming, ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no resume line in: {log}"))
 }
 
 /// Loops a receiver log says it waited from joining to holding every packet.
@@ -843,12 +842,7 @@ fn a_server_restarted_with_its_cache_is_followed_at_once_and_nothing_stored_is_l
     assert_eq!(std::fs::read(d.join("out/restart.bin")).unwrap(), data);
     assert!(log.contains("switching to it"), "{log}");
     // What it held before the restart was kept: it resumed a good part of the file.
-    let resumed: f64 = log
-        .split("resuming, ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no resume line in: {log}"));
+    let resumed = resumed_packets(&log);
     let total = 16_000_000.0 / 1440.0;
     eprintln!("resumed {resumed} of about {total:.0} packets after the server restart");
     assert!(resumed > 0.25 * total, "{log}");

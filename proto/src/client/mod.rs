@@ -157,6 +157,26 @@ impl Session {
         }
     }
 
+    /// After reception `id` took packets (or resumed them): once the frame table
+    /// is whole, the driver checks it; once every packet is held, it is verifying.
+    fn took_packets(&mut self, id: ReceptionId) {
+        let r = &mut self.receptions[id];
+        let table = r.fsm.manifest().map(|m| m.table_packets());
+        if r.frames.is_none()
+            && !r.checking_table
+            && r.storage_open
+            && table.is_some_and(|t| r.fsm.received().contains_range(t))
+        {
+            r.checking_table = true;
+            self.out.command(Command::CheckTable { reception: id });
+        }
+        if r.phase == Phase::Receiving && r.fsm.is_complete() {
+            r.phase = Phase::Verifying;
+            self.events
+                .push_back(ClientEvent::AllHeld { reception: id });
+        }
+    }
+
     /// Answers from servers to the link: cookies and listings.
     fn handle_link(&mut self, now: Instant, from: SocketAddrV4, bytes: &[u8]) {
         if let Ok(wire::Datagram {
@@ -441,20 +461,8 @@ impl Session {
                             frames: std::mem::take(&mut self.completed),
                         });
                     }
-                } else if !r.checking_table
-                    && r.storage_open
-                    && r.fsm
-                        .received()
-                        .contains_range(r.fsm.manifest()?.table_packets())
-                {
-                    r.checking_table = true;
-                    self.out.command(Command::CheckTable { reception: id });
                 }
-                if r.fsm.is_complete() {
-                    r.phase = Phase::Verifying;
-                    self.events
-                        .push_back(ClientEvent::AllHeld { reception: id });
-                }
+                self.took_packets(id);
                 Some(Store {
                     reception: id,
                     body_offset,

@@ -27,16 +27,7 @@ impl Session {
                 behind,
             });
         }
-        let table = r.fsm.manifest().map(|m| m.table_packets());
-        if table.is_some_and(|t| r.fsm.received().contains_range(t)) {
-            r.checking_table = true;
-            self.out.command(Command::CheckTable { reception: id });
-        }
-        if r.fsm.is_complete() {
-            r.phase = Phase::Verifying;
-            self.events
-                .push_back(ClientEvent::AllHeld { reception: id });
-        }
+        self.took_packets(id);
     }
 
     /// The driver checked reception `id`'s frame table (archive `archive_id`):
