@@ -100,3 +100,30 @@ mod tests {
         assert_eq!(format_rate(2.5e9), "2.50 Gbit/s");
     }
 }
+
+/// A file name from the network, fit for a terminal: as it is when it is one safe
+/// path component, else quoted with its control characters escaped, so that a
+/// name cannot move the cursor, retitle or clear the terminal (threat T17).
+pub fn display_name(name: &str) -> std::borrow::Cow<'_, str> {
+    match loopcast_proto::manifest::check_name(name) {
+        Ok(()) => name.into(),
+        Err(_) => format!("{name:?}").into(),
+    }
+}
+
+#[cfg(test)]
+mod display_tests {
+    use super::display_name;
+
+    #[test]
+    fn names_with_terminal_escapes_are_shown_escaped() {
+        assert_eq!(display_name("notes.txt"), "notes.txt");
+        let hostile = "x\u{1b}]0;owned\u{7}\u{1b}[2J";
+        let shown = display_name(hostile);
+        assert!(
+            !shown.contains('\u{1b}') && !shown.contains('\u{7}'),
+            "{shown}"
+        );
+        assert!(shown.contains("\\u{1b}"), "{shown}");
+    }
+}

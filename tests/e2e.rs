@@ -320,10 +320,20 @@ fn wrong_key_is_reported_quickly_and_nothing_is_stored() {
 }
 
 #[test]
-fn a_path_traversal_name_from_a_rogue_sender_is_refused() {
+fn a_path_traversal_name_from_a_rogue_sender_is_skipped_and_the_real_file_arrives() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let key_path = keygen(d);
+    // A real server on the group, and beside it the rogue.
+    let good = random_file(&d.join("good.bin"), 2_000_000, 104);
+    let _server = serve(
+        d,
+        &key_path,
+        &[&d.join("good.bin")],
+        &group(104),
+        "40M",
+        &[],
+    );
     let hex = std::fs::read_to_string(&key_path).unwrap();
     let mut bytes = [0u8; 32];
     for (i, b) in bytes.iter_mut().enumerate() {
@@ -388,8 +398,11 @@ fn a_path_traversal_name_from_a_rogue_sender_is_refused() {
     let status = child.0.wait().unwrap();
     let mut err = String::new();
     std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut err).unwrap();
-    assert!(!status.success(), "{err}");
-    assert!(err.contains("../evil") && err.contains("refusing"), "{err}");
+    // The rogue entry is skipped, told once, and never fatal: the real file arrives.
+    assert!(status.success(), "{err}");
+    assert_eq!(std::fs::read(out_dir.join("good.bin")).unwrap(), good);
+    assert_eq!(err.matches("../evil").count(), 1, "{err}");
+    assert!(err.contains("skipping it"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     assert!(!d.join("evil").exists() && !out_dir.join("../evil").exists());
 }

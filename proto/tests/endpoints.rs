@@ -650,7 +650,7 @@ fn an_on_demand_file_starts_when_asked_and_stops_when_nobody_reports() {
 }
 
 #[test]
-fn a_wrong_key_and_an_unsafe_name_end_the_session_with_a_reason() {
+fn a_wrong_key_ends_the_session_after_its_grace_and_stores_nothing() {
     let mut lan = Lan::new(one_file(100_000), |_| {});
     let node = lan.add_node(|c| c.key = MasterKey::from_bytes([9; 32]), true);
     let failed = |lan: &Lan| {
@@ -661,37 +661,108 @@ fn a_wrong_key_and_an_unsafe_name_end_the_session_with_a_reason() {
             )
         })
     };
-    assert!(lan.run_until(Duration::from_secs(2), failed));
+    let start = lan.now;
+    assert!(lan.run_until(Duration::from_secs(6), failed));
+    let took = lan.now - start;
+    assert!(
+        took >= loopcast_proto::client::WRONG_KEY_GRACE && took < Duration::from_secs(5),
+        "{took:?}"
+    );
     assert!(lan.nodes[node].disk.is_empty(), "nothing stored");
+}
 
-    let mut lan = Lan::new(one_file(100_000), |_| {});
-    let node = lan.add_node(|_| {}, true);
-    let rogue = loopcast_proto::wire::encode_announce(
+/// One rogue ANNOUNCE datagram of session 0xbad listing `entries`.
+fn rogue_listing(entries: Vec<loopcast_proto::wire::AnnounceEntry>) -> Vec<u8> {
+    loopcast_proto::wire::encode_announce(
         0xbad,
         &loopcast_proto::wire::Announce {
             part: 0,
             parts: 1,
             unicast_port: 7000,
-            entries: vec![loopcast_proto::wire::AnnounceEntry {
-                archive_id: 1,
-                original_size: 1,
-                body_len: 100,
-                flags: 0,
-                name: "../evil".into(),
-                channels: vec![ChannelInfo {
-                    group: channel_of(0).group,
-                    control_port: 1,
-                    rate_bps: 1,
-                }],
-            }],
+            entries,
         },
+    )
+}
+
+fn rogue_entry(name: &str, archive_id: u64) -> loopcast_proto::wire::AnnounceEntry {
+    loopcast_proto::wire::AnnounceEntry {
+        archive_id,
+        original_size: 1,
+        body_len: 100,
+        flags: 0,
+        name: name.into(),
+        channels: vec![ChannelInfo {
+            group: SocketAddrV4::new(Ipv4Addr::new(239, 9, 9, 9), 9999),
+            control_port: 19999,
+            rate_bps: 1_000_000,
+        }],
+    }
+}
+
+const ROGUE: ClientOrigin = ClientOrigin::Directory {
+    source: Ipv4Addr::new(10, 0, 0, 66),
+};
+
+#[test]
+fn hostile_listings_are_skipped_bounded_and_never_fatal() {
+    let mut lan = Lan::new(one_file(300_000), |_| {});
+    let node = lan.add_node(|_| {}, true);
+    // T1: an unsafe name is skipped and told once, however often it comes.
+    for _ in 0..3 {
+        lan.node_datagram(node, ROGUE, &rogue_listing(vec![rogue_entry("../evil", 1)]));
+    }
+    // An empty listing completes nothing.
+    lan.node_datagram(node, ROGUE, &rogue_listing(Vec::new()));
+    assert!(!lan.nodes[node].session.is_finished());
+    // T16: hundreds of entries make at most MAX_ACTIVE_RECEPTIONS receptions.
+    for part in 0..8u64 {
+        let entries = (0..100)
+            .map(|i| rogue_entry(&format!("f{part}-{i}"), 1000 + part * 100 + i))
+            .take(12)
+            .collect();
+        lan.node_datagram(node, ROGUE, &rogue_listing(entries));
+    }
+    let receptions = lan.nodes[node].session.receptions().len();
+    assert_eq!(receptions, loopcast_proto::client::MAX_ACTIVE_RECEPTIONS);
+    let events = &lan.nodes[node].events;
+    let refused = events
+        .iter()
+        .filter(|e| matches!(e, ClientEvent::EntryRefused { .. }))
+        .count();
+    assert_eq!(refused, 1, "{events:?}");
+    assert_eq!(lan.nodes[node].session.refused_entries(), 3);
+    assert!(!events.iter().any(|e| matches!(e, ClientEvent::Failed(_))));
+}
+
+#[test]
+fn a_forged_manifest_of_another_key_does_not_end_a_reception() {
+    let mut lan = Lan::new(one_file(300_000), |_| {});
+    let node = lan.add_node(|_| {}, true);
+    // Wait for the listing, then feed the channel a manifest of the real archive id
+    // sealed with another key, before the real one comes.
+    let joined = |lan: &Lan| !lan.nodes[node].joined.is_empty();
+    assert!(lan.run_until(Duration::from_secs(1), joined));
+    let other = MasterKey::from_bytes([66; 32]);
+    let mut forged = lan.files[0].manifest.clone();
+    forged.key_fingerprint = other.fingerprint();
+    let forged = loopcast_proto::wire::encode_manifest(
+        0xa11ce,
+        &forged.encode(&other.file_key(forged.archive_id)),
     );
-    let source = ClientOrigin::Directory {
-        source: Ipv4Addr::new(10, 0, 0, 66),
+    let origin = ClientOrigin::Channel {
+        reception: 0,
+        channel: 0,
     };
-    lan.node_datagram(node, source, &rogue);
-    assert!(lan.nodes[node].events.iter().any(|e| matches!(
-        e,
-        ClientEvent::Failed(loopcast_proto::client::ClientError::UnsafeName { why: _, .. })
-    )));
+    for _ in 0..20 {
+        lan.node_datagram(node, origin, &forged);
+    }
+    let name = lan.files[0].manifest.name.clone();
+    assert!(lan.run_until(Duration::from_secs(5), |l| l.delivered(node, &name)));
+    assert!(lan.body_matches(node, 0));
+    assert!(
+        !lan.nodes[node]
+            .events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Failed(_)))
+    );
 }

@@ -61,6 +61,10 @@ pub(super) fn serve(a: ServeArgs) -> Result<ServeConfig> {
 
 /// `recv`'s arguments, checked: the key, the interface, the server address.
 pub(super) fn recv(a: RecvArgs) -> Result<RecvConfig> {
+    for name in &a.names {
+        loopcast_proto::manifest::check_name(name)
+            .map_err(|why| Error::new(format!("{name:?} cannot be a file name: {why}")))?;
+    }
     Ok(RecvConfig {
         key: keyfile::load(&a.key)?,
         interface: net::resolve_interface(a.net.interface.as_deref())?,

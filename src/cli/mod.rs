@@ -6,7 +6,7 @@ mod config;
 
 use crate::archive_file::{self, ArchiveFile};
 use crate::error::{Context, Error, Result};
-use crate::units::{format_bytes, format_rate};
+use crate::units::{display_name, format_bytes, format_rate};
 use crate::{keyfile, net, recv, server};
 use args::{Cli, Command, NetArgs};
 use clap::Parser;
@@ -101,7 +101,7 @@ fn ls(n: NetArgs, timeout: u64) -> Result<()> {
             .collect();
         println!(
             "{:<32} {:>12}  {:<8}  {session:08x}  {}",
-            e.name,
+            display_name(&e.name),
             format_bytes(e.original_size),
             if e.idle() { "on-demand" } else { "on air" },
             channels.join(", ")

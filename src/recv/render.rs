@@ -167,6 +167,13 @@ impl Render {
                 reception(id).entry().name
             ),
             ClientEvent::Delivered { reception: id } => self.delivered(reception(id), local),
+            ClientEvent::EntryRefused {
+                session,
+                ref name,
+                why,
+            } => {
+                log::warn!("server {session:08x} offers a file named {name:?} ({why}); skipping it")
+            }
             ClientEvent::Failed(_) => {}
         }
     }
@@ -279,9 +286,6 @@ pub fn failure(e: &ClientError, key: &MasterKey) -> String {
             hex(theirs),
             hex(&key.fingerprint())
         ),
-        ClientError::UnsafeName { session, name, why } => {
-            format!("server {session:08x} offers a file named {name:?} ({why}); refusing it")
-        }
         ClientError::NameMismatch {
             announced,
             manifest,

@@ -179,21 +179,12 @@ pub enum Fallback {
 /// An error that ends the reception session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientError {
-    /// A file's manifest is sealed with another master key.
+    /// A file's manifests are all sealed with another master key (for `WRONG_KEY_GRACE`).
     WrongKey {
         /// The file.
         name: String,
         /// Fingerprint of the key it was sealed with.
         theirs: [u8; FINGERPRINT_LEN],
-    },
-    /// A server offers a file under a name that is not one safe path component.
-    UnsafeName {
-        /// The server session.
-        session: u32,
-        /// The name as offered.
-        name: String,
-        /// What is wrong with it.
-        why: &'static str,
     },
     /// The manifest names another file than the listing did.
     NameMismatch {
@@ -269,6 +260,16 @@ pub enum ClientEvent {
     Delivered {
         /// The reception.
         reception: ReceptionId,
+    },
+    /// A listing entry was skipped: its name is not one safe path component (told
+    /// once per name).
+    EntryRefused {
+        /// The server session that offered it.
+        session: u32,
+        /// The name as offered.
+        name: String,
+        /// What is wrong with it.
+        why: &'static str,
     },
     /// The session cannot go on.
     Failed(ClientError),

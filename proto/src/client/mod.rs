@@ -38,6 +38,13 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
+/// Most files received at once; further wanted files wait for a free place.
+pub const MAX_ACTIVE_RECEPTIONS: usize = 32;
+/// How long manifests sealed with another key may come before that is an error,
+/// unless one sealed with ours arrives (a manifest goes out every 500 ms).
+pub const WRONG_KEY_GRACE: Duration = Duration::from_secs(3);
+/// Refused names remembered (each is told once).
+const MAX_REFUSED_NAMES: usize = 64;
 /// A session silent this long may be replaced by another serving the same file.
 pub const SESSION_SILENCE: Duration = Duration::from_secs(3);
 /// How long to wait for an answer before repeating a request.
@@ -91,6 +98,10 @@ pub struct Session {
     events: VecDeque<ClientEvent>,
     /// Frames completed by the datagrams being handled (scratch).
     completed: Vec<u32>,
+    /// ANNOUNCE entries skipped for an unsafe name.
+    refused_entries: u64,
+    /// Names refused so far (bounded), so that each is told once.
+    refused_names: HashSet<String>,
 }
 
 impl Session {
@@ -118,6 +129,8 @@ impl Session {
             out: Outputs::default(),
             events: VecDeque::new(),
             completed: Vec::new(),
+            refused_entries: 0,
+            refused_names: HashSet::new(),
         }
     }
 
@@ -236,17 +249,25 @@ impl Session {
             return;
         };
         let session = datagram.session_id;
-        for entry in &announce.entries {
-            if let Err(why) = check_name(&entry.name) {
-                self.events
-                    .push_back(ClientEvent::Failed(ClientError::UnsafeName {
+        // An entry whose name is not one safe path component is skipped and counted,
+        // never fatal: anyone on the segment can send an ANNOUNCE (threat T1).
+        let mut entries = announce.entries;
+        entries.retain(|entry| match check_name(&entry.name) {
+            Ok(()) => true,
+            Err(why) => {
+                self.refused_entries += 1;
+                if self.refused_names.len() < MAX_REFUSED_NAMES
+                    && self.refused_names.insert(entry.name.clone())
+                {
+                    self.events.push_back(ClientEvent::EntryRefused {
                         session,
                         name: entry.name.clone(),
                         why,
-                    }));
-                return;
+                    });
+                }
+                false
             }
-        }
+        });
         let server = unicast_from.unwrap_or(SocketAddrV4::new(source, announce.unicast_port));
         self.servers.insert(session, server);
         self.listing_request = None; // a listing was heard: no need to ask for one
@@ -256,10 +277,8 @@ impl Session {
             names: HashSet::new(),
         });
         listing.heard.insert(announce.part);
-        listing
-            .names
-            .extend(announce.entries.iter().map(|e| e.name.clone()));
-        for entry in announce.entries {
+        listing.names.extend(entries.iter().map(|e| e.name.clone()));
+        for entry in entries {
             if self.wanted(&entry.name) {
                 self.follow(now, session, entry, unicast_from.is_some());
             }
@@ -304,6 +323,15 @@ impl Session {
                 });
             }
         }
+        let receiving = self
+            .receptions
+            .iter()
+            .filter(|r| r.phase == Phase::Receiving)
+            .count();
+        if existing.is_none() && receiving >= MAX_ACTIVE_RECEPTIONS {
+            // Taken up when one finishes: the listing comes round every 500 ms (T16).
+            return;
+        }
         let id = existing.unwrap_or(self.receptions.len());
         let reception = Reception {
             fsm: FileReceiver::new(
@@ -324,6 +352,7 @@ impl Session {
             frames: None,
             checking_table: false,
             storage_open: false,
+            wrong_key: None,
             phase: Phase::Receiving,
             started: now,
             resumed: 0,
@@ -486,11 +515,9 @@ impl Session {
                 None
             }
             Outcome::WrongKey { theirs } => {
-                self.events
-                    .push_back(ClientEvent::Failed(ClientError::WrongKey {
-                        name: r.entry.name.clone(),
-                        theirs,
-                    }));
+                // Said only if no manifest verifies for a while: a forged one must
+                // not end the reception (T2). See `reception_timers`.
+                r.wrong_key.get_or_insert((now, theirs));
                 None
             }
             Outcome::Nothing => None,
@@ -546,8 +573,12 @@ impl Session {
         if !self.config.names.is_empty() {
             return self.config.names.iter().all(|n| done.contains(n.as_str()));
         }
+        // A listing with no (acceptable) name finishes nothing: an empty ANNOUNCE
+        // from anyone must not end an all-files receiver.
         self.listings.values().any(|l| {
-            l.heard.len() == l.parts as usize && l.names.iter().all(|n| done.contains(n.as_str()))
+            l.heard.len() == l.parts as usize
+                && !l.names.is_empty()
+                && l.names.iter().all(|n| done.contains(n.as_str()))
         })
     }
 
@@ -559,6 +590,11 @@ impl Session {
     /// Reception `id`.
     pub fn reception(&self, id: ReceptionId) -> Option<&Reception> {
         self.receptions.get(id)
+    }
+
+    /// ANNOUNCE entries skipped for an unsafe name.
+    pub fn refused_entries(&self) -> u64 {
+        self.refused_entries
     }
 
     /// What the session was asked to do.

@@ -48,6 +48,8 @@ pub struct Reception {
     pub(super) checking_table: bool,
     /// True once the driver opened storage for the manifest.
     pub(super) storage_open: bool,
+    /// Since when manifests sealed with another key came, and that key's fingerprint.
+    pub(super) wrong_key: Option<(Instant, [u8; crate::keys::FINGERPRINT_LEN])>,
     pub(super) phase: Phase,
     pub(super) started: Instant,
     pub(super) resumed: u32,

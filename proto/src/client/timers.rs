@@ -2,7 +2,8 @@
 //! stream requests, fallback to unicast, channel choice.
 
 use super::{
-    ClientEvent, Command, Fallback, Phase, REQUEST_RETRY, ReceptionId, Session, Transmit, Via,
+    ClientError, ClientEvent, Command, Fallback, Phase, REQUEST_RETRY, ReceptionId, Session,
+    Transmit, Via, WRONG_KEY_GRACE,
 };
 use crate::rate::SELECT_SAMPLE;
 use crate::wire::{self, COOKIE_LEN};
@@ -29,6 +30,16 @@ impl Session {
 
     pub(super) fn reception_timers(&mut self, now: Instant, id: ReceptionId) {
         let r = &mut self.receptions[id];
+        if let Some((since, theirs)) = r.wrong_key
+            && r.fsm.manifest().is_none()
+            && now >= since + WRONG_KEY_GRACE
+        {
+            r.wrong_key = None;
+            let name = r.entry.name.clone();
+            self.events
+                .push_back(ClientEvent::Failed(ClientError::WrongKey { name, theirs }));
+            return;
+        }
         if r.fsm.poll_timeout().is_some_and(|at| at <= now) {
             r.fsm.handle_timeout(now);
         }
@@ -142,6 +153,9 @@ impl Session {
                         .as_ref()
                         .map(|s| s.next_request.max(r.last_data + REQUEST_RETRY)),
                     r.next_start_request,
+                    r.wrong_key
+                        .filter(|_| r.fsm.manifest().is_none())
+                        .map(|(since, _)| since + WRONG_KEY_GRACE),
                 ]
             })
             .flatten();
