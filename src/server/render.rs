@@ -175,9 +175,12 @@ impl Render {
             .collect();
         let receivers = endpoint.receivers();
         let done = receivers.iter().filter(|r| r.done).count();
-        let pending: Vec<String> = receivers
+        let unfinished = receivers.iter().filter(|r| !r.done).count();
+        // The closing line names at most 20 of them: the table may hold thousands.
+        let mut pending: Vec<String> = receivers
             .iter()
             .filter(|r| !r.done)
+            .take(20)
             .map(|r| {
                 format!(
                     "{} at {} ({}/{} packets)",
@@ -188,6 +191,9 @@ impl Render {
                 )
             })
             .collect();
+        if unfinished > pending.len() {
+            pending.push(format!("and {} more", unfinished - pending.len()));
+        }
         let stats = endpoint.stats();
         log::info!(
             "stopped after {elapsed:.1} s, {} sent ({}), {} of it by unicast; {} unvalidated requests answered with a cookie; {} receiver(s) done{}; {}",

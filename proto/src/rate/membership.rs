@@ -4,6 +4,9 @@ use super::report_interval;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+/// Most receivers one channel's membership counts (the group-size estimate's ceiling).
+pub const MAX_MEMBERS: usize = 4096;
+
 /// Which receivers a server has heard lately, to estimate the group size.
 #[derive(Debug, Default, Clone)]
 pub struct Membership {
@@ -13,7 +16,10 @@ pub struct Membership {
 impl Membership {
     /// Notes that receiver `id` was heard at `now`.
     pub fn heard(&mut self, id: u32, now: Instant) {
-        self.heard.insert(id, now);
+        // Bounded: past `MAX_MEMBERS`, only receivers already known are refreshed.
+        if self.heard.len() < MAX_MEMBERS || self.heard.contains_key(&id) {
+            self.heard.insert(id, now);
+        }
     }
 
     /// Forgets receivers not heard for `memory`; returns how many remain.

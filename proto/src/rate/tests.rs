@@ -135,3 +135,19 @@ fn unicast_rate_climbs_when_clean_and_backs_off_on_loss() {
     r.set_cap(20_000_000);
     assert_eq!(r.rate(), 20_000_000);
 }
+
+#[test]
+fn membership_is_bounded() {
+    // T9: a million forged ids cannot grow it (nor the group-size estimate) without end.
+    let now = Instant::now();
+    let mut m = Membership::default();
+    for id in 0..10_000 {
+        m.heard(id, now);
+    }
+    assert_eq!(m.len() as usize, MAX_MEMBERS);
+    m.heard(3, now + Duration::from_secs(1)); // a known one is still refreshed
+    assert_eq!(
+        m.prune(now + Duration::from_millis(1500), Duration::from_secs(1)),
+        1
+    );
+}

@@ -5,6 +5,7 @@ use crate::keys::{FINGERPRINT_LEN, MasterKey};
 use crate::manifest::{Manifest, ManifestError};
 use crate::rate::{ReportTimer, report_interval};
 use crate::received::ReceivedMap;
+use crate::sender::{DEFAULT_GRTT_FLOOR, MAX_GRTT};
 use crate::wire::{self, DecodeError, Packet, Report, Status};
 
 mod nak;
@@ -192,7 +193,13 @@ impl FileReceiver {
                 self.handle_data(now, track.min(MAX_TRACKS - 1), header, payload)
             }
             Packet::Manifest(body) => self.handle_manifest(body),
-            Packet::Status(status) if status.archive_id == self.archive_id => {
+            Packet::Status(mut status) if status.archive_id == self.archive_id => {
+                // STATUS is not authenticated: a GRTT out of the server's own bounds
+                // would make NAK back-offs vanish (a storm) or stall repair (T5).
+                let (floor, max) = (DEFAULT_GRTT_FLOOR, MAX_GRTT);
+                status.grtt_us =
+                    (status.grtt_us as u128).clamp(floor.as_micros(), max.as_micros()) as u32;
+                status.group_size = status.group_size.max(1);
                 self.status = Some((status, now));
                 Outcome::Nothing
             }

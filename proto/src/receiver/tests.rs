@@ -245,3 +245,35 @@ proptest! {
         prop_assert_eq!(r.stats().stored, 0);
     }
 }
+
+#[test]
+fn a_status_advertising_grtt_0_cannot_shrink_the_nak_timers() {
+    // T5: GRTT 0 would make back-off and holdoff 0, a NAK storm; it is clamped to
+    // the server's floor.
+    let key = MasterKey::from_bytes([4; 32]);
+    let mut rng = SmallRng::seed_from_u64(5);
+    let mut original = vec![0u8; 20_000];
+    rand::Rng::fill_bytes(&mut rng, &mut original);
+    let (m, manifest_bytes, _) = crate::sim::pack(&key, &original, 4096, 1000, &mut rng);
+    let now = Instant::now();
+    let mut r = FileReceiver::new(key, 7, m.archive_id, 1, NakMode::Suppressed);
+    r.handle_datagram(now, &wire::encode_manifest(7, &manifest_bytes));
+    let status = Status {
+        archive_id: m.archive_id,
+        server_time_us: 1,
+        grtt_us: 0,
+        group_size: 0,
+        rate_bps: 1_000_000,
+    };
+    r.handle_datagram(now, &wire::encode_status(7, &status));
+    // Packets 0, 1 and 4: 2 and 3 are a gap.
+    for i in [0, 1, 4] {
+        r.handle_datagram(now, &zero_data(&m, i));
+    }
+    let backoff = r.poll_timeout().expect("a back-off");
+    r.handle_timeout(backoff);
+    assert!(r.poll_transmit().is_some(), "a NAK");
+    let holdoff = r.poll_timeout().expect("a holdoff") - backoff;
+    let floor = crate::sender::DEFAULT_GRTT_FLOOR.mul_f64(HOLDOFF_GRTTS);
+    assert!(holdoff >= floor, "{holdoff:?} < {floor:?}");
+}

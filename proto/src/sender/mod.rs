@@ -96,6 +96,8 @@ pub const DEFAULT_GRTT_FLOOR: Duration = Duration::from_millis(5);
 pub const MAX_GRTT: Duration = Duration::from_secs(2);
 /// Time between two STATUS packets on a channel.
 pub const STATUS_INTERVAL: Duration = Duration::from_millis(100);
+/// STATUS times remembered for echo checks: 2.5 s of them, a bit more than `MAX_GRTT`.
+const STATUS_TIMES_KEPT: usize = 25;
 /// Repairs that may be saved up while none are wanted (a short burst).
 const MAX_REPAIR_CREDIT: f64 = 64.0;
 
@@ -146,6 +148,8 @@ pub struct Carousel {
     members: Membership,
     /// What `next_len` found would go next, and when it looked.
     peeked: Option<(Instant, Next)>,
+    /// Server times of the STATUS packets sent lately: the only echoes accepted.
+    sent_status_times: std::collections::VecDeque<u64>,
     stats: CarouselStats,
 }
 
@@ -178,6 +182,7 @@ impl Carousel {
             credit: 0.0,
             members: Membership::default(),
             peeked: None,
+            sent_status_times: std::collections::VecDeque::with_capacity(STATUS_TIMES_KEPT),
             stats: CarouselStats::default(),
         }
     }
@@ -273,7 +278,8 @@ impl Carousel {
         }
         self.stats.naks += 1;
         self.members.heard(nak.receiver_id, now);
-        if nak.echo_time_us != 0 {
+        // Only an echo of a STATUS this carousel sent lately gives a sample (T4).
+        if nak.echo_time_us != 0 && self.sent_status_times.contains(&nak.echo_time_us) {
             let rtt_us = self
                 .micros_since_epoch(now)
                 .saturating_sub(nak.echo_time_us)
@@ -287,17 +293,43 @@ impl Carousel {
         let packet_time = self.max_datagram_len() as f64 * 8.0 / self.config.rate_bps as f64;
         let repair_wait = (self.pending.count as f64 + 1.0) / self.config.share * packet_time;
         let soon = ((repair_wait + self.grtt.as_secs_f64()) / packet_time) as u64;
+        // Packets whose turn is within `soon`: the cyclic run from the loop position.
+        let n = self.packet_count as u64;
+        let (p, end) = (self.next_index as u64, self.next_index as u64 + soon + 1);
+        let loop_first: [std::ops::Range<u64>; 2] = if soon + 1 >= n {
+            [0..n, 0..0]
+        } else if end <= n {
+            [p..end, 0..0]
+        } else {
+            [p..n, 0..end - n]
+        };
+        // Range by range, a word at a time: a NAK costs O(its ranges and words), not
+        // O(the packets it names) (threat T3).
         let mut new = 0;
         for &(first, count) in &nak.ranges {
-            for index in first..first + count as u32 {
-                let turn = (index as u64 + self.packet_count as u64 - self.next_index as u64)
-                    % self.packet_count as u64;
-                if turn <= soon {
-                    self.stats.repairs_skipped += 1;
-                    new += 1;
-                } else {
-                    new += self.pending.insert(index) as u32;
+            let asked = first as u64..first as u64 + count as u64;
+            let mut rest = vec![asked.clone()];
+            for skip in &loop_first {
+                let overlap = asked.start.max(skip.start)..asked.end.min(skip.end);
+                if overlap.start >= overlap.end {
+                    continue;
                 }
+                let skipped = overlap.end - overlap.start;
+                self.stats.repairs_skipped += skipped;
+                new += skipped as u32;
+                rest = rest
+                    .into_iter()
+                    .flat_map(|r| {
+                        [
+                            r.start..r.end.min(overlap.start),
+                            r.start.max(overlap.end)..r.end,
+                        ]
+                    })
+                    .filter(|r| r.start < r.end)
+                    .collect();
+            }
+            for r in rest {
+                new += self.pending.insert_range(r.start as u32..r.end as u32);
             }
         }
         new
@@ -379,9 +411,14 @@ impl Carousel {
                     self.max_datagram_len(),
                 );
                 self.members.prune(now, memory);
+                let server_time_us = self.micros_since_epoch(now).max(1);
+                if self.sent_status_times.len() == STATUS_TIMES_KEPT {
+                    self.sent_status_times.pop_front();
+                }
+                self.sent_status_times.push_back(server_time_us);
                 let status = wire::Status {
                     archive_id: self.archive_id,
-                    server_time_us: self.micros_since_epoch(now).max(1),
+                    server_time_us,
                     grtt_us: self.grtt.as_micros() as u32,
                     group_size: self.group_size(),
                     rate_bps: self.config.rate_bps,

@@ -17,15 +17,27 @@ impl PacketSet {
         }
     }
 
-    /// Adds `i`; returns whether it was new.
-    pub(super) fn insert(&mut self, i: u32) -> bool {
-        let (w, bit) = ((i / 64) as usize, 1u64 << (i % 64));
-        let new = i < self.len && self.words[w] & bit == 0;
-        if new {
-            self.words[w] |= bit;
-            self.count += 1;
+    /// Adds every index in `range` (clipped to the set), a word at a time; returns
+    /// how many were new. Work is one step per 64 indices, whatever is set.
+    pub(super) fn insert_range(&mut self, range: std::ops::Range<u32>) -> u32 {
+        let (start, end) = (range.start.min(self.len), range.end.min(self.len));
+        let mut added = 0;
+        let mut i = start;
+        while i < end {
+            let w = (i / 64) as usize;
+            let lo = i % 64;
+            let hi = (end - w as u32 * 64).min(64);
+            let mask = if hi - lo == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << (hi - lo)) - 1) << lo
+            };
+            added += (mask & !self.words[w]).count_ones();
+            self.words[w] |= mask;
+            i = w as u32 * 64 + hi;
         }
-        new
+        self.count += added;
+        added
     }
 
     pub(super) fn remove(&mut self, i: u32) {
@@ -76,9 +88,9 @@ mod packet_set_tests {
     pub(super) fn furthest_turn_first_and_wraps() {
         let mut s = PacketSet::new(200);
         for i in [3, 64, 65, 130, 199] {
-            s.insert(i);
+            s.insert_range(i..i + 1);
         }
-        s.insert(64);
+        s.insert_range(64..65);
         assert_eq!(s.count, 5);
         let mut take = |position| {
             let found = s.furthest_before(position);
@@ -90,5 +102,19 @@ mod packet_set_tests {
         assert_eq!(take(100), Some(199));
         assert_eq!(take(0), Some(130));
         assert_eq!(take(0), None);
+    }
+
+    #[test]
+    fn ranges_are_inserted_a_word_at_a_time_and_counted_once() {
+        let mut s = PacketSet::new(300);
+        assert_eq!(s.insert_range(10..20), 10);
+        assert_eq!(s.insert_range(15..140), 120);
+        assert_eq!(s.insert_range(0..300), 300 - 130);
+        assert_eq!(s.insert_range(250..1000), 0, "clipped to the set");
+        assert_eq!(s.count, 300);
+        let mut t = PacketSet::new(128);
+        assert_eq!(t.insert_range(64..128), 64);
+        assert_eq!(t.insert_range(0..64), 64);
+        assert_eq!(t.count, 128);
     }
 }

@@ -92,3 +92,82 @@ fn repairs_are_flagged_capped_and_left_to_the_loop_when_it_comes_first() {
     );
     assert_eq!(c.stats().repair_packets, 1);
 }
+
+/// Sends datagrams until a STATUS went out; returns its server time.
+fn next_status_time(c: &mut Carousel, now: Instant, buf: &mut [u8]) -> u64 {
+    loop {
+        let t = c.poll_transmit(now, buf, &mut Zeros).unwrap();
+        if let Transmit::Status(len) = t
+            && let Ok(wire::Datagram {
+                packet: Packet::Status(s),
+                ..
+            }) = wire::decode(&buf[..len])
+        {
+            return s.server_time_us;
+        }
+    }
+}
+
+fn echo_nak(echo_time_us: u64, hold_us: u32) -> Nak {
+    Nak {
+        archive_id: 5,
+        receiver_id: 1,
+        echo_time_us,
+        hold_us,
+        ranges: vec![(500, 1)],
+    }
+}
+
+#[test]
+fn only_echoes_of_status_times_sent_move_the_grtt() {
+    let start = Instant::now();
+    let mut c = carousel(start);
+    let mut buf = vec![0u8; c.max_datagram_len()];
+    let at = start + Duration::from_millis(200);
+    let sent = next_status_time(&mut c, at, &mut buf);
+    let later = at + Duration::from_millis(900);
+    // T4: an echo of a time never sent would give a 900 ms sample: ignored.
+    c.handle_nak(later, &echo_nak(12_345, 0));
+    assert_eq!(c.grtt(), DEFAULT_GRTT_FLOOR);
+    c.handle_nak(later, &echo_nak(sent + 7, 0));
+    assert_eq!(c.grtt(), DEFAULT_GRTT_FLOOR);
+    // The echo of a STATUS sent, held 880 ms: a 20 ms round trip.
+    c.handle_nak(later, &echo_nak(sent, 880_000));
+    let grtt = c.grtt().as_secs_f64() * 1e3;
+    assert!((grtt - 20.0).abs() < 1.0, "{grtt} ms");
+}
+
+proptest::proptest! {
+    #[test]
+    fn range_wise_nak_handling_matches_packet_by_packet(
+        position in 0u32..1000,
+        ranges in proptest::collection::vec((0u32..1000, 1u16..400), 1..20),
+    ) {
+        let now = Instant::now();
+        let mut c = carousel(now).with_phase(position);
+        let ranges: Vec<(u32, u16)> = ranges
+            .into_iter()
+            .map(|(first, count)| (first, count.min((1000 - first) as u16).max(1)))
+            .filter(|&(first, count)| first + count as u32 <= 1000)
+            .collect();
+        proptest::prop_assume!(!ranges.is_empty());
+        // The model: the rule of §6.3, one packet at a time.
+        let packet_time = c.max_datagram_len() as f64 * 8.0 / 100e6;
+        let soon = ((1.0 / 0.25 * packet_time + c.grtt().as_secs_f64()) / packet_time) as u64;
+        let mut queued = std::collections::BTreeSet::new();
+        let mut skipped = 0u64;
+        for &(first, count) in &ranges {
+            for i in first..first + count as u32 {
+                if (i as u64 + 1000 - position as u64) % 1000 <= soon {
+                    skipped += 1;
+                } else {
+                    queued.insert(i);
+                }
+            }
+        }
+        let nak = Nak { archive_id: 5, receiver_id: 1, echo_time_us: 0, hold_us: 0, ranges };
+        c.handle_nak(now, &nak);
+        proptest::prop_assert_eq!(c.pending_repairs() as usize, queued.len());
+        proptest::prop_assert_eq!(c.stats().repairs_skipped, skipped);
+    }
+}

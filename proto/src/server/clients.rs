@@ -37,7 +37,15 @@ impl<A: Admission> Endpoint<A> {
             client.last_heard = now; // a repeated request: keep streaming
             return;
         }
-        if self.client_slots.len() >= self.config.unicast_max_clients {
+        // One host may hold at most a quarter of the places (at least one), so that
+        // requests from many ports of one address cannot take them all (T12).
+        let per_host = (self.config.unicast_max_clients / 4).max(1);
+        let from_host = self
+            .client_slots
+            .keys()
+            .filter(|a| a.ip() == from.ip())
+            .count();
+        if self.client_slots.len() >= self.config.unicast_max_clients || from_host >= per_host {
             self.events.push_back(ServerEvent::StreamRefused {
                 file: f,
                 to: from,

@@ -243,7 +243,8 @@ fn on_demand_channels_start_on_request_and_stop_when_idle() {
 #[test]
 fn done_ends_a_stream_once_and_a_silent_client_is_dropped() {
     let mut h = harness(|_| {});
-    let (a, b, c) = (addr(5000), addr(5001), addr(5002));
+    let host = |n| SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, n), 5000);
+    let (a, b, c) = (host(2), host(3), host(4));
     for client in [a, b, c] {
         h.request(client, wire::REQUEST_UNICAST, [0; wire::COOKIE_LEN]);
         let cookie = cookie_in(&h.step(Duration::ZERO), client);
@@ -380,4 +381,29 @@ fn a_channel_holds_its_rate_in_gso_sized_batches() {
         assert!(rest.iter().all(|d| d.len() == rest[0].len()), "{to}");
         assert!(rest.first().is_none_or(|d| last.len() <= d.len()));
     }
+}
+
+#[test]
+fn one_host_cannot_take_every_unicast_place() {
+    // T12: with 8 places, one address may hold 2, whatever ports it asks from.
+    let mut h = harness(|c| c.unicast_max_clients = 8);
+    for port in 5000..5006 {
+        let client = addr(port);
+        h.request(client, wire::REQUEST_UNICAST, [0; wire::COOKIE_LEN]);
+        let cookie = cookie_in(&h.step(Duration::ZERO), client);
+        h.request(client, wire::REQUEST_UNICAST, cookie);
+    }
+    assert_eq!(h.server.unicast_clients(), 2);
+    let refused = h
+        .events()
+        .iter()
+        .filter(|e| matches!(e, ServerEvent::StreamRefused { .. }))
+        .count();
+    assert_eq!(refused, 4);
+    // Another host still gets a place.
+    let other = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 9), 5000);
+    h.request(other, wire::REQUEST_UNICAST, [0; wire::COOKIE_LEN]);
+    let cookie = cookie_in(&h.step(Duration::ZERO), other);
+    h.request(other, wire::REQUEST_UNICAST, cookie);
+    assert_eq!(h.server.unicast_clients(), 3);
 }
