@@ -862,3 +862,160 @@ fn a_server_restarted_with_its_cache_is_followed_at_once_and_nothing_stored_is_l
     // It followed the new session at its first listing, before the sync time-out.
     assert!(!log.contains("unicast stream"), "{log}");
 }
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn the_partial_directory_is_private_and_nothing_in_it_is_followed_or_left_readable() {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    // 16 MB at 32 Mbit/s: 4 s a loop, time to look inside while it runs.
+    let lab = lab(115, "p.bin", 16_000_000, "32M");
+    let (d, key, g) = (lab.dir.path(), &lab.key, &lab.group);
+    // T14: the partial directory a symlink to elsewhere: refused, nothing written there.
+    let elsewhere = d.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let linked = d.join("linked");
+    std::fs::create_dir_all(&linked).unwrap();
+    symlink(&elsewhere, linked.join(".loopcast-partial")).unwrap();
+    let out = recv_command(key, g, &linked, &["--timeout", "10"])
+        .output()
+        .unwrap();
+    assert_clean_failure(&out, 1, "not a directory of ours");
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    // T14: a directory of ours left open to all, with a link planted in it towards
+    // a file of ours: narrowed to 0700, the link replaced, the victim untouched.
+    let out_dir = d.join("out");
+    let partial = out_dir.join(".loopcast-partial");
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let victim = d.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    symlink(&victim, partial.join("p.bin.part")).unwrap();
+    symlink(&victim, partial.join("p.bin.map")).unwrap();
+    // A plaintext leftover of a killed run is removed at start.
+    std::fs::write(
+        partial.join("p.bin.0000000000000001.unpacking"),
+        b"old plain",
+    )
+    .unwrap();
+    let mut child = Running(
+        recv_command(key, g, &out_dir, &["--timeout", "60"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // T15: while it runs, the plaintext being unpacked is ours alone.
+    let start = Instant::now();
+    let mut seen = None;
+    while seen.is_none() && start.elapsed() < Duration::from_secs(20) {
+        seen = std::fs::read_dir(&partial)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = p.to_string_lossy();
+                name.ends_with(".unpacking") && !name.contains("0000000000000001")
+            })
+            .find_map(|p| std::fs::symlink_metadata(&p).ok().map(|m| (p, m)));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (seen, meta) = seen.expect("an unpacking file while receiving");
+    assert_eq!(mode_of(&partial), 0o700);
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "{}",
+        seen.display()
+    );
+    assert!(!partial.join("p.bin.0000000000000001.unpacking").exists());
+    let status = child.0.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{err}");
+    assert_eq!(std::fs::read(out_dir.join("p.bin")).unwrap(), lab.data);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious", "{err}");
+    assert_eq!(mode_of(&victim), 0o600);
+    // Delivered with the file's own mode (the source's), and nothing plain left.
+    let left: Vec<_> = std::fs::read_dir(&partial).unwrap().flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
+    // T15: a run that ends by time-out leaves no plaintext either.
+    let out2 = d.join("out2");
+    let timed = recv_command(key, g, &out2, &["--timeout", "2"])
+        .output()
+        .unwrap();
+    assert_clean_failure(&timed, 3, "timed out");
+    let plain = std::fs::read_dir(out2.join(".loopcast-partial"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".unpacking"))
+        .count();
+    assert_eq!(plain, 0);
+}
+
+#[test]
+fn as_another_user_the_partial_directory_of_someone_else_is_refused() {
+    // Needs root to act as another user (nobody, via setpriv); CI runs as root.
+    let root = unsafe { libc::geteuid() } == 0;
+    let setpriv = Command::new("setpriv").arg("--version").output().is_ok();
+    if !(root && setpriv) {
+        assert!(
+            std::env::var_os("LOOPCAST_LAB_REQUIRED").is_none(),
+            "needs root and setpriv under CI"
+        );
+        eprintln!("SKIPPED: needs root and setpriv");
+        return;
+    }
+    let lab = lab(116, "n.bin", 2_000_000, "40M");
+    let (d, g) = (lab.dir.path(), &lab.group);
+    let nobody = |c: &mut Command| {
+        let program = c.get_program().to_owned();
+        let args: Vec<_> = c.get_args().map(|a| a.to_owned()).collect();
+        let mut wrapped = Command::new("setpriv");
+        wrapped
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(program)
+            .args(args)
+            .env("RUST_LOG", "info");
+        wrapped
+    };
+    // The key and a directory that belong to nobody.
+    let home = d.join("nobody");
+    std::fs::create_dir_all(&home).unwrap();
+    let key = home.join("key");
+    std::fs::copy(&lab.key, &key).unwrap();
+    for p in [&home, &key] {
+        std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+    }
+    std::os::unix::fs::chown(d, Some(0), Some(0)).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Its partial directory made beforehand by root: not ours, refused.
+    let out = home.join("out");
+    std::fs::create_dir_all(out.join(".loopcast-partial")).unwrap();
+    std::os::unix::fs::chown(&out, Some(65534), Some(65534)).unwrap();
+    let refused = nobody(&mut recv_command(&key, g, &out, &["--timeout", "10"]))
+        .output()
+        .unwrap();
+    assert_clean_failure(&refused, 1, "owned by uid 0");
+    // Its own: the file arrives, and the partial directory is nobody's, 0700.
+    let own = home.join("own");
+    std::fs::create_dir_all(&own).unwrap();
+    std::os::unix::fs::chown(&own, Some(65534), Some(65534)).unwrap();
+    let got = nobody(&mut recv_command(&key, g, &own, &["--timeout", "30"]))
+        .output()
+        .unwrap();
+    assert!(got.status.success(), "{}", stderr(&got));
+    assert_eq!(std::fs::read(own.join("n.bin")).unwrap(), lab.data);
+    let partial = own.join(".loopcast-partial");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&partial).unwrap().uid(), 65534);
+    assert_eq!(mode_of(&partial), 0o700);
+}

@@ -5,6 +5,7 @@
 
 use hkdf::Hkdf;
 use sha2::Sha256;
+use zeroize::{Zeroize, ZeroizeOnDrop};
 
 /// Length in bytes of every symmetric key in loopcast.
 pub const KEY_LEN: usize = 32;
@@ -17,14 +18,16 @@ const MANIFEST_MAC_INFO: &[u8] = b"loopcast/v1/manifest-mac";
 const FRAME_KEY_INFO: &[u8] = b"loopcast/v1/frame-key";
 
 /// The secret shared by server and receivers; 32 random bytes from `keygen`.
-#[derive(Clone)]
+/// Wiped from memory when dropped, like every key derived from it.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct MasterKey([u8; KEY_LEN]);
 
 /// Key of one archive, derived from the master key and the archive id.
-#[derive(Clone)]
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct FileKey([u8; KEY_LEN]);
 
 /// AES-256-GCM key and nonce of one frame, derived from the file key and the frame's salt.
+#[derive(Zeroize, ZeroizeOnDrop)]
 pub struct FrameKey {
     /// AES-256 key.
     pub key: [u8; KEY_LEN],
@@ -94,11 +97,14 @@ impl FileKey {
     pub fn frame_key(&self, salt: &[u8]) -> FrameKey {
         let mut out = [0u8; KEY_LEN + 12];
         expand(&self.0, Some(salt), &[FRAME_KEY_INFO], &mut out);
-        let mut key = [0u8; KEY_LEN];
-        let mut nonce = [0u8; 12];
-        key.copy_from_slice(&out[..KEY_LEN]);
-        nonce.copy_from_slice(&out[KEY_LEN..]);
-        FrameKey { key, nonce }
+        let mut key = FrameKey {
+            key: [0u8; KEY_LEN],
+            nonce: [0u8; 12],
+        };
+        key.key.copy_from_slice(&out[..KEY_LEN]);
+        key.nonce.copy_from_slice(&out[KEY_LEN..]);
+        out.zeroize();
+        key
     }
 }
 

@@ -18,7 +18,7 @@ use crate::events::Events;
 use crate::net;
 use crate::progress::{FileProgress, Progress};
 use crate::signals::StopSignals;
-use crate::storage::{self, FrameReport, FrameWorker, PARTIAL_DIR, PartialFile};
+use crate::storage::{self, FrameReport, FrameWorker, PartialFile};
 use loopcast_proto::MasterKey;
 use loopcast_proto::client::{ClientConfig, ReceptionId, Session};
 use loopcast_proto::wire;
@@ -27,6 +27,7 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
@@ -166,13 +167,7 @@ pub fn recv(config: RecvConfig) -> Result<()> {
     if config.unicast_only && config.server.is_none() {
         return Err(Error::new("--unicast needs --server HOST[:PORT]"));
     }
-    let work_dir = config.out_dir.join(PARTIAL_DIR);
-    std::fs::create_dir_all(&work_dir).context(|| {
-        format!(
-            "cannot create output directory {}",
-            config.out_dir.display()
-        )
-    })?;
+    let work_dir = storage::partial_dir(&config.out_dir)?;
     probe_writable(&config.out_dir)?;
     probe_writable(&work_dir)?;
     let signals = StopSignals::new()?;
@@ -247,12 +242,22 @@ pub fn recv(config: RecvConfig) -> Result<()> {
         receiver.save_progress();
         receiver.io.render.error(e);
     }
+    // Whatever the outcome, no plaintext stays behind in the partial directory.
+    receiver.io.locals.clear(); // stops the frame workers
+    storage::remove_plaintext(&receiver.io.work_dir);
     result
 }
 
 fn probe_writable(dir: &Path) -> Result<()> {
     let probe = dir.join(format!(".loopcast-probe-{}", std::process::id()));
-    std::fs::write(&probe, b"").context(|| format!("cannot write to {}", dir.display()))?;
+    // Created exclusively and never through a link: the name is predictable.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&probe)
+        .context(|| format!("cannot write to {}", dir.display()))?;
     let _ = std::fs::remove_file(probe);
     Ok(())
 }

@@ -4,10 +4,12 @@
 
 mod partial;
 mod persister;
+mod private;
 mod unpack;
 
 pub use partial::{PartialFile, SavedMap, decode_map, encode_map};
 pub use persister::{Job, Persister};
+pub use private::{partial_dir, remove_plaintext};
 pub use unpack::{FrameReport, FrameWorker, deliver};
 
 use crate::error::Error;

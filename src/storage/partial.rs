@@ -2,9 +2,10 @@
 //! received map saved beside it (synced data first, then the map, renamed into place).
 
 use super::persister::{Job, Persister};
+use super::private::{create_private, open_private, read_private};
 use crate::error::{Context, Result};
 use loopcast_proto::{Manifest, ReceivedMap, ResumePoint};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -37,16 +38,8 @@ impl PartialFile {
     pub fn open(work_dir: &Path, manifest: &Manifest) -> Result<(Self, Option<SavedMap>)> {
         let body_path = work_dir.join(format!("{}.part", manifest.name));
         let map_path = work_dir.join(format!("{}.map", manifest.name));
-        let resumed = fs::read(&map_path)
-            .ok()
-            .and_then(|bytes| decode_map(&bytes, manifest));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&body_path)
-            .context(|| format!("cannot open {}", body_path.display()))?;
+        let resumed = read_private(&map_path).and_then(|bytes| decode_map(&bytes, manifest));
+        let file = open_private(&body_path)?;
         let length_ok = file
             .metadata()
             .map(|m| m.len() == manifest.body_len)
@@ -209,7 +202,7 @@ pub(super) fn save(body: &File, map_path: &Path, map: &[u8]) -> Result<()> {
         .context(|| format!("cannot sync the partial file for {}", map_path.display()))?;
     let tmp = map_path.with_extension("map.tmp");
     let write = || -> io::Result<()> {
-        let mut f = File::create(&tmp)?;
+        let mut f = create_private(&tmp)?;
         f.write_all(map)?;
         f.sync_data()?;
         fs::rename(&tmp, map_path)
@@ -278,7 +271,7 @@ mod tests {
     #[test]
     fn a_vectored_write_puts_every_payload_at_its_place() {
         let dir = tempfile::tempdir().unwrap();
-        let file = OpenOptions::new()
+        let file = fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)

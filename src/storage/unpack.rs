@@ -4,10 +4,11 @@
 
 use super::UnpackFailure;
 use super::partial::preallocate;
+use super::private::{UNPACKING_SUFFIX, create_private};
 use crate::error::{Context, Error, Result};
 use loopcast_proto::archive::{UnpackError, Unpacker};
 use loopcast_proto::{Manifest, MasterKey};
-use std::fs::{self, File, FileTimes, OpenOptions};
+use std::fs::{self, File, FileTimes};
 use std::io;
 use std::ops::Range;
 use std::os::unix::fs::{FileExt, PermissionsExt};
@@ -144,22 +145,24 @@ impl FrameWorker {
                         }
                         Ok(Some(FrameOutcome::AllIn)) => {
                             let result = unpack.finish();
-                            if result.is_err() {
-                                let _ = fs::remove_file(&unpack.tmp);
-                            }
+                            let delivered = result.is_ok();
                             report(match result {
-                                Ok(()) => FrameReport::Delivered(unpack.target),
+                                Ok(()) => FrameReport::Delivered(unpack.target.clone()),
                                 Err(e) => FrameReport::Failed(e),
                             });
+                            if delivered {
+                                return; // renamed into place: nothing left behind
+                            }
                             break;
                         }
                         Err(e) => {
-                            let _ = fs::remove_file(&unpack.tmp);
                             report(FrameReport::Failed(e));
                             break;
                         }
                     }
                 }
+                // Stopped, cancelled or failed: no plaintext is left behind.
+                let _ = fs::remove_file(&unpack.tmp);
             })
             .context(|| "cannot start the frame worker thread".into())?;
         Ok(Self { jobs, cancelled })
@@ -215,16 +218,11 @@ impl FrameUnpack {
         loopcast_proto::manifest::check_name(&manifest.name)
             .map_err(|why| Error::new(format!("refusing file name {:?}: {why}", manifest.name)))?;
         let tmp = work_dir.join(format!(
-            "{}.{:016x}.unpacking",
+            "{}.{:016x}{UNPACKING_SUFFIX}",
             manifest.name, manifest.archive_id
         ));
-        let output = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .context(|| format!("cannot create {}", tmp.display()))?;
+        // Plaintext: 0600 until the final rename gives it the file's mode.
+        let output = create_private(&tmp).context(|| format!("cannot create {}", tmp.display()))?;
         preallocate(&output, manifest.original_size).context(|| {
             format!(
                 "cannot allocate {} bytes for {}",
