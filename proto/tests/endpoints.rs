@@ -766,3 +766,55 @@ fn a_forged_manifest_of_another_key_does_not_end_a_reception() {
             .any(|e| matches!(e, ClientEvent::Failed(_)))
     );
 }
+
+#[test]
+fn a_forged_announce_flapping_the_archive_or_session_does_not_move_a_reception() {
+    // T7: ANNOUNCEs from the server's own address, naming the file with other
+    // archive ids under its real session and under a made-up one, 20 times a second.
+    let mut lan = Lan::new(one_file(1_000_000), |_| {});
+    let node = lan.add_node(|_| {}, true);
+    let name = lan.files[0].manifest.name.clone();
+    let server = ClientOrigin::Directory {
+        source: *SERVER.ip(),
+    };
+    let mut flap = 0u64;
+    let done = loop {
+        if lan.run_until(Duration::from_millis(50), |l| l.delivered(node, &name)) {
+            break true;
+        }
+        if flap > 200 {
+            break false;
+        }
+        flap += 1;
+        let mut entry = rogue_entry(&name, 0xf1a9 + flap);
+        entry.channels = vec![ChannelInfo {
+            group: channel_of(0).group,
+            control_port: channel_of(0).control_port,
+            rate_bps: channel_of(0).rate_bps,
+        }];
+        let session = if flap % 2 == 0 { 0xa11ce } else { 0xf0e };
+        let forged = loopcast_proto::wire::encode_announce(
+            session,
+            &loopcast_proto::wire::Announce {
+                part: 0,
+                parts: 1,
+                unicast_port: SERVER.port(),
+                entries: vec![entry],
+            },
+        );
+        lan.node_datagram(node, server, &forged);
+    };
+    assert!(done, "never completed under {flap} forged listings");
+    assert!(lan.body_matches(node, 0));
+    let switched = lan.nodes[node].events.iter().any(|e| {
+        matches!(
+            e,
+            ClientEvent::Following {
+                switched: true,
+                ..
+            }
+        )
+    });
+    assert!(!switched, "{:?}", lan.nodes[node].events);
+    assert!(flap >= 2, "the forgeries went out during the transfer");
+}

@@ -18,6 +18,7 @@
 mod driver_io;
 mod reception;
 mod results;
+mod switch;
 mod timers;
 
 pub use driver_io::{
@@ -26,14 +27,12 @@ pub use driver_io::{
 };
 pub use reception::{Phase, Reception};
 
-use crate::FileReceiver;
 use crate::manifest::check_name;
-use crate::rate::SELECT_SAMPLE;
 use crate::receiver::{NakMode, Outcome};
-use crate::wire::{self, AnnounceEntry, COOKIE_LEN, Packet};
+use crate::wire::{self, COOKIE_LEN, Packet};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use reception::{Stream, selector_for};
+use reception::Stream;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -289,102 +288,6 @@ impl Session {
         self.config.names.is_empty() || self.config.names.iter().any(|n| n == name)
     }
 
-    /// Starts receiving `entry`, or starts it over if the server now offers another
-    /// archive under that name or took over from a silent session. A file listed by
-    /// unicast (no multicast heard at all) is streamed by unicast at once.
-    fn follow(&mut self, now: Instant, session: u32, entry: AnnounceEntry, by_unicast: bool) {
-        let existing = self
-            .receptions
-            .iter()
-            .position(|r| r.entry.name == entry.name);
-        if let Some(i) = existing {
-            let r = &mut self.receptions[i];
-            let changed = r.entry.archive_id != entry.archive_id;
-            let other = r.fsm.session_id() != session;
-            let silent = other && r.fsm.last_heard().unwrap_or(r.started) + SESSION_SILENCE < now;
-            // A new session from the very address of the one followed: that server
-            // restarted (two cannot hold one port), so its old session is gone.
-            let restarted = other
-                && self.servers.contains_key(&r.fsm.session_id())
-                && self.servers.get(&r.fsm.session_id()) == self.servers.get(&session);
-            if r.phase != Phase::Receiving || !(changed || silent || restarted) {
-                if r.fsm.session_id() == session {
-                    r.entry.flags = entry.flags; // on-demand channels started or stopped
-                }
-                return;
-            }
-            self.close_sources(i);
-            let r = &self.receptions[i];
-            if r.storage_open {
-                self.out.command(Command::CloseStorage {
-                    reception: i,
-                    map: r.fsm.received().clone(),
-                    resume: r.fsm.resume_point(),
-                });
-            }
-        }
-        let receiving = self
-            .receptions
-            .iter()
-            .filter(|r| r.phase == Phase::Receiving)
-            .count();
-        if existing.is_none() && receiving >= MAX_ACTIVE_RECEPTIONS {
-            // Taken up when one finishes: the listing comes round every 500 ms (T16).
-            return;
-        }
-        let id = existing.unwrap_or(self.receptions.len());
-        let reception = Reception {
-            fsm: FileReceiver::new(
-                self.config.key.clone(),
-                session,
-                entry.archive_id,
-                self.rng.next_u64(),
-                self.config.nak_mode,
-            ),
-            server: self.servers.get(&session).copied().or(self.config.server),
-            joined: Vec::new(),
-            selector: selector_for(&entry, self.config.max_rate),
-            next_sample: now + SELECT_SAMPLE,
-            stream: None,
-            last_data: now,
-            next_start_request: None,
-            entry,
-            frames: None,
-            checking_table: false,
-            storage_open: false,
-            wrong_key: None,
-            phase: Phase::Receiving,
-            started: now,
-            resumed: 0,
-            kernel_drops: 0,
-        };
-        match existing {
-            Some(i) => self.receptions[i] = reception,
-            None => self.receptions.push(reception),
-        }
-        self.events.push_back(ClientEvent::Following {
-            reception: id,
-            switched: existing.is_some(),
-        });
-        if by_unicast || self.config.unicast_only {
-            self.fall_back(now, id, Fallback::NoMulticast);
-            return;
-        }
-        let r = &self.receptions[id];
-        let channels = if self.config.aggregate {
-            r.selector.allowed().to_vec()
-        } else {
-            vec![r.selector.channel()]
-        };
-        for channel in channels {
-            self.join(id, channel);
-        }
-        let r = &mut self.receptions[id];
-        if r.entry.idle() {
-            r.next_start_request = Some(now);
-        }
-    }
-
     fn join(&mut self, id: ReceptionId, channel: usize) {
         let r = &mut self.receptions[id];
         r.joined.push(channel);
@@ -470,6 +373,13 @@ impl Session {
         if r.phase != Phase::Receiving {
             return None; // drained and dropped while verifying or done
         }
+        if r.pending.is_some()
+            && bytes.get(3) == Some(&(wire::PacketType::Manifest as u8))
+            && self.take_pending(now, id, bytes)
+        {
+            return None;
+        }
+        let r = &mut self.receptions[id];
         let is_data = bytes.get(3) == Some(&(wire::PacketType::Data as u8));
         let outcome = r.fsm.handle_datagram_on(now, track, bytes);
         if is_data {

@@ -26,6 +26,14 @@ pub(super) struct Stream {
     pub(super) next_request: Instant,
 }
 
+/// A switch waiting for the new archive's manifest to verify.
+#[derive(Debug, Clone)]
+pub(super) struct Pending {
+    pub(super) session: u32,
+    pub(super) entry: AnnounceEntry,
+    pub(super) by_unicast: bool,
+}
+
 /// One file being received.
 pub struct Reception {
     pub(super) entry: AnnounceEntry,
@@ -48,6 +56,8 @@ pub struct Reception {
     pub(super) checking_table: bool,
     /// True once the driver opened storage for the manifest.
     pub(super) storage_open: bool,
+    /// A switch to another archive or session, until its manifest verifies.
+    pub(super) pending: Option<Pending>,
     /// Since when manifests sealed with another key came, and that key's fingerprint.
     pub(super) wrong_key: Option<(Instant, [u8; crate::keys::FINGERPRINT_LEN])>,
     pub(super) phase: Phase,
