@@ -806,15 +806,10 @@ fn a_forged_announce_flapping_the_archive_or_session_does_not_move_a_reception()
     };
     assert!(done, "never completed under {flap} forged listings");
     assert!(lan.body_matches(node, 0));
-    let switched = lan.nodes[node].events.iter().any(|e| {
-        matches!(
-            e,
-            ClientEvent::Following {
-                switched: true,
-                ..
-            }
-        )
-    });
+    let switched = lan.nodes[node]
+        .events
+        .iter()
+        .any(|e| matches!(e, ClientEvent::Following { switched: true, .. }));
     assert!(!switched, "{:?}", lan.nodes[node].events);
     assert!(flap >= 2, "the forgeries went out during the transfer");
 }
