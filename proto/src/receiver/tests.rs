@@ -48,13 +48,20 @@ fn nak_of(datagram: &[u8]) -> Nak {
     }
 }
 
-#[test]
-fn a_resumed_receiver_naks_what_the_loop_passed_while_it_was_down() {
+/// A 20 kB random file packed in 4 kB frames and 1000-byte packets: (key,
+/// manifest, encoded manifest), about 21 packets.
+fn random_archive() -> (MasterKey, Manifest, Vec<u8>) {
     let key = MasterKey::from_bytes([4; 32]);
     let mut rng = SmallRng::seed_from_u64(5);
     let mut original = vec![0u8; 20_000];
     rand::Rng::fill_bytes(&mut rng, &mut original);
     let (m, manifest_bytes, _) = crate::sim::pack(&key, &original, 4096, 1000, &mut rng);
+    (key, m, manifest_bytes)
+}
+
+#[test]
+fn a_resumed_receiver_naks_what_the_loop_passed_while_it_was_down() {
+    let (key, m, manifest_bytes) = random_archive();
     let count = m.packet_count();
     assert!(count >= 5, "{count} packets");
     let now = Instant::now();
@@ -250,11 +257,7 @@ proptest! {
 fn a_status_advertising_grtt_0_cannot_shrink_the_nak_timers() {
     // T5: GRTT 0 would make back-off and holdoff 0, a NAK storm; it is clamped to
     // the server's floor.
-    let key = MasterKey::from_bytes([4; 32]);
-    let mut rng = SmallRng::seed_from_u64(5);
-    let mut original = vec![0u8; 20_000];
-    rand::Rng::fill_bytes(&mut rng, &mut original);
-    let (m, manifest_bytes, _) = crate::sim::pack(&key, &original, 4096, 1000, &mut rng);
+    let (key, m, manifest_bytes) = random_archive();
     let now = Instant::now();
     let mut r = FileReceiver::new(key, 7, m.archive_id, 1, NakMode::Suppressed);
     r.handle_datagram(now, &wire::encode_manifest(7, &manifest_bytes));
