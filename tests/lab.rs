@@ -3,182 +3,11 @@
 //! when the test ends, pass or fail. Without root the test is skipped, unless
 //! LOOPCAST_LAB_REQUIRED=1 (CI sets it) makes that a failure.
 
-use rand::{Rng, SeedableRng};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+mod common;
+
+use common::*;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_loopcast");
-const LAB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lab.sh");
-const GROUP: &str = "239.77.0.1:7700";
-
-/// A lab brought up for one test and torn down (processes first) when dropped.
-struct Lab {
-    prefix: String,
-    children: Vec<Child>,
-}
-
-impl Lab {
-    /// A lab named after this process and `tag` (tests in one process run side by side).
-    fn up(receivers: usize, tag: &str) -> Lab {
-        let prefix = format!("lct{}{tag}", std::process::id() % 1_000_000);
-        let lab = Lab {
-            prefix,
-            children: Vec::new(),
-        };
-        lab.script(&["up", &receivers.to_string()]);
-        lab
-    }
-
-    fn script(&self, args: &[&str]) {
-        let out = Command::new(LAB)
-            .arg("-p")
-            .arg(&self.prefix)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "lab.sh {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Starts loopcast in host `host` (s, r1, ...) with its log in `log`; returns its index.
-    fn start(&mut self, host: &str, log: &Path, args: &[&str]) -> usize {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &format!("{}-{host}", self.prefix), BIN])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap();
-        self.children.push(child);
-        self.children.len() - 1
-    }
-
-    /// Runs this test binary's `unicast_probe_helper` in host `host` with `env`; returns its output.
-    fn probe(&self, host: &str, env: &[(&str, &str)]) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &format!("{}-{host}", self.prefix)])
-            .arg(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "unicast_probe_helper",
-                "--ignored",
-                "--nocapture",
-            ])
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "probe failed: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
-    }
-
-    /// Waits for child `i` to exit, for at most `limit`.
-    fn wait(&mut self, i: usize, limit: Duration) -> Option<ExitStatus> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Some(status) = self.children[i].try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = Command::new(LAB)
-            .args(["-p", &self.prefix, "down"])
-            .status();
-    }
-}
-
-fn lab_available() -> bool {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0\n"))
-        .unwrap_or(false);
-    let nft = Command::new("nft").arg("--version").output().is_ok();
-    if root && nft {
-        return true;
-    }
-    let why = if root { "nft is missing" } else { "not root" };
-    assert!(
-        std::env::var_os("LOOPCAST_LAB_REQUIRED").is_none(),
-        "lab test required but {why}"
-    );
-    eprintln!("skipping the namespace lab test: {why}");
-    false
-}
-
-fn recv_args<'a>(key: &'a str, iface: &'a str, out: &'a str) -> Vec<&'a str> {
-    vec![
-        "recv",
-        "-k",
-        key,
-        "-i",
-        iface,
-        "-g",
-        GROUP,
-        "-o",
-        out,
-        "--timeout",
-        "90",
-    ]
-}
-
-/// `serve SOURCE` at 80 Mbit/s from the lab's sender address.
-fn serve_args<'a>(source: &'a str, key: &'a str, cache: &'a str) -> Vec<&'a str> {
-    vec![
-        "serve",
-        source,
-        "-k",
-        key,
-        "-i",
-        "10.77.0.1",
-        "-g",
-        GROUP,
-        "--rate",
-        "80M",
-        "--cache-dir",
-        cache,
-    ]
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// A new key and a 24 MB random payload in `d`: (key file, payload file, payload).
-fn key_and_payload(d: &Path, seed: u64) -> (PathBuf, PathBuf, Vec<u8>) {
-    let key = d.join("key");
-    assert!(
-        Command::new(BIN)
-            .args(["keygen", "-o", path(&key)])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    );
-    let mut data = vec![0u8; 24_000_000];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
-    let source = d.join("payload.bin");
-    std::fs::write(&source, &data).unwrap();
-    (key, source, data)
-}
 
 #[test]
 fn four_receivers_with_loss_a_late_join_and_a_crash_all_get_identical_files() {
@@ -261,27 +90,6 @@ fn four_receivers_with_loss_a_late_join_and_a_crash_all_get_identical_files() {
     assert!(log4.contains("resuming, "), "r4 did not resume: {log4}");
 }
 
-/// Reads `key=value` from the probe helper's output line.
-fn probe_value(output: &str, key: &str) -> u64 {
-    output
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key}= in probe output: {output}"))
-}
-
-/// Waits until `log` contains `needle`, for at most `limit`; returns whether it did.
-fn wait_for_log(log: &Path, needle: &str, limit: Duration) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if std::fs::read_to_string(log).is_ok_and(|t| t.contains(needle)) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
 #[test]
 fn a_host_without_multicast_gets_the_file_by_unicast_beside_three_multicast_receivers() {
     if !lab_available() {
@@ -307,8 +115,9 @@ fn a_host_without_multicast_gets_the_file_by_unicast_beside_three_multicast_rece
     // Before anyone asks: the on-demand channel is silent, and requests without a
     // valid cookie (none, or a forged one) get a cookie no larger than themselves
     // and no stream.
-    let probe = lab.probe(
+    let probe = lab.run_helper(
         "r3",
+        "unicast_probe_helper",
         &[
             ("LOOPCAST_PROBE_SERVER", "10.77.0.1:7700"),
             ("LOOPCAST_PROBE_CHANNEL", "239.77.0.2:7701"),
@@ -389,8 +198,9 @@ fn a_host_without_multicast_gets_the_file_by_unicast_beside_three_multicast_rece
         4,
         "{server_text}"
     );
-    let after = lab.probe(
+    let after = lab.run_helper(
         "r3",
+        "unicast_probe_helper",
         &[
             ("LOOPCAST_PROBE_CHANNEL", "239.77.0.2:7701"),
             ("LOOPCAST_PROBE_IFACE", "10.77.0.13"),

@@ -1,0 +1,219 @@
+//! The namespace lab for integration tests: a lab per test built by
+//! `scripts/lab.sh` (root only), named uniquely and torn down, processes first,
+//! even when the test fails.
+#![allow(dead_code)] // each test file uses its own part of it
+
+use rand::{Rng, SeedableRng};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_loopcast");
+pub const LAB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lab.sh");
+pub const GROUP: &str = "239.77.0.1:7700";
+
+/// A lab brought up for one test and torn down (processes first) when dropped.
+pub struct Lab {
+    pub prefix: String,
+    pub children: Vec<Child>,
+}
+
+impl Lab {
+    /// A lab named after this process and `tag` (tests in one process run side by side).
+    pub fn up(receivers: usize, tag: &str) -> Lab {
+        let prefix = format!("lct{}{tag}", std::process::id() % 1_000_000);
+        let lab = Lab {
+            prefix,
+            children: Vec::new(),
+        };
+        lab.script(&["up", &receivers.to_string()]);
+        lab
+    }
+
+    pub fn script(&self, args: &[&str]) {
+        let out = Command::new(LAB)
+            .arg("-p")
+            .arg(&self.prefix)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "lab.sh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts loopcast in host `host` (s, r1, ...) with its log in `log`; returns its index.
+    pub fn start(&mut self, host: &str, log: &Path, args: &[&str]) -> usize {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &format!("{}-{host}", self.prefix), BIN])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
+    /// Runs this test binary's ignored helper test `helper` in host `host`, with
+    /// `env`; returns what it printed (it must succeed).
+    pub fn run_helper(&self, host: &str, helper: &str, env: &[(&str, &str)]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &format!("{}-{host}", self.prefix)])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", helper, "--ignored", "--nocapture"])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{helper} failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    }
+
+    /// Like `run_helper`, in the background: the helper's exit is the caller's to await.
+    pub fn spawn_helper(
+        &mut self,
+        host: &str,
+        helper: &str,
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> usize {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &format!("{}-{host}", self.prefix)])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", helper, "--ignored", "--nocapture"])
+            .envs(env.iter().copied())
+            .stdout(std::fs::File::create(log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
+    /// Waits for child `i` to exit, for at most `limit`.
+    pub fn wait(&mut self, i: usize, limit: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.children[i].try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new(LAB)
+            .args(["-p", &self.prefix, "down"])
+            .status();
+    }
+}
+
+pub fn lab_available() -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false);
+    let nft = Command::new("nft").arg("--version").output().is_ok();
+    if root && nft {
+        return true;
+    }
+    let why = if root { "nft is missing" } else { "not root" };
+    assert!(
+        std::env::var_os("LOOPCAST_LAB_REQUIRED").is_none(),
+        "lab test required but {why}"
+    );
+    eprintln!("skipping the namespace lab test: {why}");
+    false
+}
+
+pub fn recv_args<'a>(key: &'a str, iface: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "recv",
+        "-k",
+        key,
+        "-i",
+        iface,
+        "-g",
+        GROUP,
+        "-o",
+        out,
+        "--timeout",
+        "90",
+    ]
+}
+
+/// `serve SOURCE` at 80 Mbit/s from the lab's sender address.
+pub fn serve_args<'a>(source: &'a str, key: &'a str, cache: &'a str) -> Vec<&'a str> {
+    vec![
+        "serve",
+        source,
+        "-k",
+        key,
+        "-i",
+        "10.77.0.1",
+        "-g",
+        GROUP,
+        "--rate",
+        "80M",
+        "--cache-dir",
+        cache,
+    ]
+}
+
+pub fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A new key and a 24 MB random payload in `d`: (key file, payload file, payload).
+pub fn key_and_payload(d: &Path, seed: u64) -> (PathBuf, PathBuf, Vec<u8>) {
+    let key = d.join("key");
+    assert!(
+        Command::new(BIN)
+            .args(["keygen", "-o", path(&key)])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let mut data = vec![0u8; 24_000_000];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
+    let source = d.join("payload.bin");
+    std::fs::write(&source, &data).unwrap();
+    (key, source, data)
+}
+
+/// Waits until `log` contains `needle`, for at most `limit`; returns whether it did.
+pub fn wait_for_log(log: &Path, needle: &str, limit: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if std::fs::read_to_string(log).is_ok_and(|t| t.contains(needle)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// Reads `key=value` from the probe helper's output line.
+pub fn probe_value(output: &str, key: &str) -> u64 {
+    output
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in probe output: {output}"))
+}
