@@ -63,6 +63,8 @@ pub struct ServeConfig {
     pub json: bool,
 }
 
+/// Most datagrams taken from one socket per turn of the loop.
+const MAX_DRAIN: usize = 256;
 /// How long to wait before sending again when the device queue was full.
 const SEND_RETRY: Duration = Duration::from_micros(200);
 /// Token of the unicast socket (channel control sockets use their channel's number).
@@ -229,6 +231,7 @@ pub fn serve(config: ServeConfig) -> Result<()> {
 impl Server {
     fn run(&mut self, signals: &mut StopSignals) -> Result<()> {
         let started = Instant::now();
+        let mut unfinished: Vec<mio::Token> = Vec::new();
         loop {
             let now = Instant::now();
             self.endpoint.handle_timeout(now);
@@ -240,32 +243,44 @@ impl Server {
                 Some((.., retry)) => *retry,
                 None => self.endpoint.poll_timeout(),
             };
-            if signals.wait(Some(wake.saturating_duration_since(Instant::now())))? {
+            // Sockets left with datagrams by a bounded drain: look again at once.
+            let wait = match unfinished.is_empty() {
+                true => wake.saturating_duration_since(Instant::now()),
+                false => Duration::ZERO,
+            };
+            if signals.wait(Some(wait))? {
                 break;
             }
-            let readable: Vec<mio::Token> = signals.events.iter().map(|e| e.token()).collect();
+            let mut readable: Vec<mio::Token> = signals.events.iter().map(|e| e.token()).collect();
+            readable.append(&mut unfinished);
+            readable.sort_unstable_by_key(|t| t.0);
+            readable.dedup();
             for token in readable {
-                self.drain(token)?;
+                if !self.drain(token)? {
+                    unfinished.push(token);
+                }
             }
         }
         self.render.final_log(&self.endpoint, started);
         Ok(())
     }
 
-    /// Hands every datagram waiting on the socket of `token` to the endpoint.
-    fn drain(&mut self, token: mio::Token) -> Result<()> {
+    /// Hands the datagrams waiting on the socket of `token` to the endpoint, at
+    /// most `MAX_DRAIN` of them, so that a flood on one socket cannot hold the loop
+    /// (the pacer, the other sockets). Returns true when the socket is empty.
+    fn drain(&mut self, token: mio::Token) -> Result<bool> {
         let per_file = self.endpoint.channels_per_file().max(1);
-        loop {
+        for _ in 0..MAX_DRAIN {
             let (n, origin) = if token == UNICAST {
                 match net::recv_from_nonblocking(&self.unicast, &mut self.buf)
                     .context(|| "cannot receive on the unicast port".into())?
                 {
                     Some((n, from)) => (n, Origin::Unicast(from)),
-                    None => return Ok(()),
+                    None => return Ok(true),
                 }
             } else {
                 let Some(control) = self.controls.get(token.0) else {
-                    return Ok(());
+                    return Ok(true);
                 };
                 match net::recv_nonblocking(control, &mut self.buf)
                     .context(|| "cannot receive NAKs".into())?
@@ -277,12 +292,13 @@ impl Server {
                             channel: token.0 % per_file,
                         },
                     ),
-                    None => return Ok(()),
+                    None => return Ok(true),
                 }
             };
             self.endpoint
                 .handle_datagram(Instant::now(), origin, &self.buf[..n]);
         }
+        Ok(false)
     }
 
     /// Sends what the endpoint has to send now, after anything the kernel refused
