@@ -140,11 +140,7 @@ fn hostile_host_helper() {
         .parse()
         .unwrap();
     let listen = |group: SocketAddrV4| -> UdpSocket {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
-        s.set_reuse_address(true).unwrap();
-        s.bind(&group.into()).unwrap();
-        s.join_multicast_v4(group.ip(), &iface).unwrap();
-        let s: UdpSocket = s.into();
+        let s = join_group(group, iface);
         s.set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
         s

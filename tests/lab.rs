@@ -226,11 +226,7 @@ fn unicast_probe_helper() {
         .unwrap()
         .parse()
         .unwrap();
-    let group = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
-    group.set_reuse_address(true).unwrap();
-    group.bind(&channel.into()).unwrap();
-    group.join_multicast_v4(channel.ip(), &iface).unwrap();
-    let group: UdpSocket = group.into();
+    let group = join_group(channel, iface);
     group.set_nonblocking(true).unwrap();
     let unicast = UdpSocket::bind(SocketAddrV4::new(iface, 0)).unwrap();
     unicast.set_nonblocking(true).unwrap();

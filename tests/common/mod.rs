@@ -217,3 +217,13 @@ pub fn probe_value(output: &str, key: &str) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {key}= in probe output: {output}"))
 }
+
+/// A UDP socket bound to multicast `group` and joined to it on `iface` (for the
+/// helpers that run inside a lab namespace).
+pub fn join_group(group: std::net::SocketAddrV4, iface: std::net::Ipv4Addr) -> std::net::UdpSocket {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.bind(&group.into()).unwrap();
+    s.join_multicast_v4(group.ip(), &iface).unwrap();
+    s.into()
+}
