@@ -1,6 +1,10 @@
 //! End-to-end tests through the real binary, multicast on loopback only
 //! (--interface 127.0.0.1). Every test uses its own group and port, and kills the
 //! processes it started (by handle) even when it fails.
+//!
+//! Over 600 lines on purpose: one file keeps the group numbers of all loopback
+//! tests in view (two tests on one group would hear each other's servers); the
+//! tests are independent and short, behind shared helpers at the top.
 
 use loopcast_proto::MasterKey;
 use loopcast_proto::manifest::Manifest;

@@ -2,6 +2,9 @@
 //! (`server::Endpoint`) and receiver sessions (`client::Session`), a virtual clock,
 //! a one-way latency, and per receiver an in-memory disk. Each test reads as a
 //! script of a conversation, in the manner of quinn-proto's `Pair`.
+//!
+//! Over 600 lines on purpose: the harness (the in-memory driver of both sides)
+//! is half of it, and the tests read it in place.
 
 use loopcast_proto::archive::Unpacker;
 use loopcast_proto::client::{
