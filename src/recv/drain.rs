@@ -32,7 +32,7 @@ impl Receiver {
                 };
                 self.session
                     .handle_datagram(Instant::now(), origin, &self.io.buf[..n]);
-                self.io.outputs(&mut self.session, &mut self.batch)?;
+                self.io.outputs(&mut self.session, Some(&mut self.batch))?;
             },
             Token(t) if t >= FIRST_RECEPTION => {
                 let id = (t - FIRST_RECEPTION) / TOKENS_PER_RECEPTION;
@@ -62,7 +62,7 @@ impl Receiver {
             };
             self.session
                 .handle_datagram(Instant::now(), origin, &self.io.buf[..n]);
-            self.io.outputs(&mut self.session, &mut self.batch)?;
+            self.io.outputs(&mut self.session, Some(&mut self.batch))?;
         }
     }
 
@@ -119,7 +119,7 @@ impl Receiver {
                     // What the session asks next may read these payloads back (the
                     // frame table, whole frames), or open the storage they go to.
                     self.io.write(id, &mut stores)?;
-                    self.io.outputs_without_batch(&mut self.session)?;
+                    self.io.outputs(&mut self.session, None)?;
                 }
             }
             self.io.write(id, &mut stores)?;
@@ -128,7 +128,7 @@ impl Receiver {
                 local.progress.set(r.receiver().received().count() as u64);
             }
             drop(stores);
-            self.io.outputs(&mut self.session, &mut self.batch)?;
+            self.io.outputs(&mut self.session, Some(&mut self.batch))?;
         }
     }
 }

@@ -17,30 +17,18 @@ use std::time::Instant;
 
 impl Io {
     /// Carries out the session's commands and sends its datagrams, in order, then
-    /// renders its events; a failure event ends the run.
+    /// renders its events; a failure event ends the run. `batch` is None in the
+    /// middle of a receive batch (it is borrowed): a socket left then keeps its
+    /// kernel-drop counter in the batch reader, which a later socket with the same
+    /// descriptor would inherit in its reports.
     pub(super) fn outputs(
         &mut self,
         session: &mut Session,
-        batch: &mut BatchReceiver,
+        mut batch: Option<&mut BatchReceiver>,
     ) -> Result<()> {
         loop {
             if let Some(command) = session.poll_command() {
-                self.carry_out(session, Some(batch), command)?;
-            } else if let Some(t) = session.poll_transmit() {
-                self.send(&t);
-            } else {
-                break;
-            }
-        }
-        self.events(session)
-    }
-
-    /// `outputs` in the middle of a receive batch (the batch is borrowed): sockets
-    /// left now are forgotten by the batch reader at the next `outputs`.
-    pub(super) fn outputs_without_batch(&mut self, session: &mut Session) -> Result<()> {
-        loop {
-            if let Some(command) = session.poll_command() {
-                self.carry_out(session, None, command)?;
+                self.carry_out(session, batch.as_deref_mut(), command)?;
             } else if let Some(t) = session.poll_transmit() {
                 self.send(&t);
             } else {

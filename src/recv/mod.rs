@@ -332,6 +332,6 @@ impl Receiver {
             self.session.set_kernel_drops(id, drops);
         }
         self.session.handle_timeout(now);
-        self.io.outputs(&mut self.session, &mut self.batch)
+        self.io.outputs(&mut self.session, Some(&mut self.batch))
     }
 }

@@ -40,7 +40,7 @@ impl Receiver {
                 return Err(Error::new(format!("cannot unpack: {other:?}")));
             }
         }
-        self.io.outputs(&mut self.session, &mut self.batch)
+        self.io.outputs(&mut self.session, Some(&mut self.batch))
     }
 
     /// Hands a snapshot of each changed received map to the persister, which syncs
