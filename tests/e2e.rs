@@ -6,7 +6,6 @@
 //! tests in view (two tests on one group would hear each other's servers); the
 //! tests are independent and short, behind shared helpers at the top.
 
-use loopcast_proto::MasterKey;
 use loopcast_proto::manifest::Manifest;
 use loopcast_proto::wire::{self, Announce, AnnounceEntry, ChannelInfo};
 use rand::{Rng, SeedableRng};
@@ -338,12 +337,7 @@ fn a_path_traversal_name_from_a_rogue_sender_is_skipped_and_the_real_file_arrive
         "40M",
         &[],
     );
-    let hex = std::fs::read_to_string(&key_path).unwrap();
-    let mut bytes = [0u8; 32];
-    for (i, b) in bytes.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex.trim()[2 * i..2 * i + 2], 16).unwrap();
-    }
-    let key = MasterKey::from_bytes(bytes);
+    let key = loopcast::keyfile::load(&key_path).unwrap();
     let g: SocketAddrV4 = group(104).parse().unwrap();
     let channel = SocketAddrV4::new(Ipv4Addr::new(239, 255, 104, 2), g.port() + 1);
     // A rogue sender with the right key, announcing and signing "../evil".
@@ -357,17 +351,19 @@ fn a_path_traversal_name_from_a_rogue_sender_is_skipped_and_the_real_file_arrive
         frame_size: 1 << 20,
         frame_count: 1,
         body_len: 65,
-        payload_size: 1440,
+        payload_size: 1428,
         content_digest: [0; 32],
         table_digest: [0; 32],
         name: "../evil".into(),
     };
     let announce = wire::encode_announce(
+        &key.directory_mac_key(),
         9,
         &Announce {
             part: 0,
             parts: 1,
             unicast_port: channel.port(),
+            key_fingerprint: key.fingerprint(),
             entries: vec![AnnounceEntry {
                 archive_id: 5,
                 original_size: 1,
@@ -382,7 +378,11 @@ fn a_path_traversal_name_from_a_rogue_sender_is_skipped_and_the_real_file_arrive
             }],
         },
     );
-    let manifest_datagram = wire::encode_manifest(9, &manifest.encode(&key.file_key(5)));
+    let manifest_datagram = wire::encode_manifest(
+        &key.file_key(5).session_mac_key(9),
+        9,
+        &manifest.encode(&key.file_key(5)),
+    );
     let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
     let s2 = socket2::SockRef::from(&sender);
     s2.set_multicast_if_v4(&Ipv4Addr::LOCALHOST).unwrap();

@@ -122,6 +122,7 @@ fn a_host_without_multicast_gets_the_file_by_unicast_beside_three_multicast_rece
             ("LOOPCAST_PROBE_SERVER", "10.77.0.1:7700"),
             ("LOOPCAST_PROBE_CHANNEL", "239.77.0.2:7701"),
             ("LOOPCAST_PROBE_IFACE", "10.77.0.13"),
+            ("LOOPCAST_PROBE_KEY", key_s),
         ],
     );
     println!("probe before: {probe}");
@@ -210,8 +211,8 @@ fn a_host_without_multicast_gets_the_file_by_unicast_beside_three_multicast_rece
 }
 
 /// Not a test on its own: `probe` runs it inside a lab namespace. It listens on the
-/// channel `LOOPCAST_PROBE_CHANNEL` and, given `LOOPCAST_PROBE_SERVER`, sends that
-/// server a REQUEST for a unicast stream with no cookie and one with a forged
+/// channel `LOOPCAST_PROBE_CHANNEL` and, given `LOOPCAST_PROBE_SERVER` (and the
+/// key file `LOOPCAST_PROBE_KEY`), sends that server a REQUEST for a unicast stream with no cookie and one with a forged
 /// cookie, then counts for 1.5 s what comes back and what the channel carries.
 #[test]
 #[ignore]
@@ -232,8 +233,12 @@ fn unicast_probe_helper() {
     unicast.set_nonblocking(true).unwrap();
     let mut request_bytes = 0;
     if let Ok(server) = std::env::var("LOOPCAST_PROBE_SERVER") {
+        // Tagged with the site key: this probes the cookie rule, not the tag check.
+        let key_file = std::env::var("LOOPCAST_PROBE_KEY").unwrap();
+        let key = loopcast::keyfile::load(std::path::Path::new(&key_file)).unwrap();
         for cookie in [[0u8; COOKIE_LEN], [0x5a; COOKIE_LEN]] {
             let request = wire::encode_request(
+                &key.directory_mac_key(),
                 0,
                 &Request {
                     receiver_id: 1,

@@ -1,4 +1,5 @@
-//! Key hierarchy: master key → per-file key → per-frame key and manifest MAC key.
+//! Key hierarchy: master key → directory MAC key and per-file key → per-frame
+//! key, manifest MAC key and the session's packet keys.
 //!
 //! Every derivation is HKDF-SHA256 with a distinct `info` label, so no key is
 //! ever used for two purposes. The master key never leaves the machine.
@@ -6,6 +7,8 @@
 use hkdf::Hkdf;
 use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop};
+
+pub use crate::wire::auth::{DataMac, MacKey};
 
 /// Length in bytes of every symmetric key in loopcast.
 pub const KEY_LEN: usize = 32;
@@ -16,6 +19,9 @@ const FILE_KEY_INFO: &[u8] = b"loopcast/v1/file-key";
 const FINGERPRINT_INFO: &[u8] = b"loopcast/v1/fingerprint";
 const MANIFEST_MAC_INFO: &[u8] = b"loopcast/v1/manifest-mac";
 const FRAME_KEY_INFO: &[u8] = b"loopcast/v1/frame-key";
+const DIRECTORY_MAC_INFO: &[u8] = b"loopcast/v3/directory-mac";
+const SESSION_MAC_INFO: &[u8] = b"loopcast/v3/session-mac";
+const DATA_MAC_INFO: &[u8] = b"loopcast/v3/data-gmac";
 
 /// The secret shared by server and receivers; 32 random bytes from `keygen`.
 /// Wiped from memory when dropped, like every key derived from it.
@@ -76,6 +82,13 @@ impl MasterKey {
         );
         FileKey(out)
     }
+
+    /// Key of the tags on ANNOUNCE, REQUEST and COOKIE, which name no archive.
+    pub fn directory_mac_key(&self) -> MacKey {
+        let mut out = [0u8; KEY_LEN];
+        expand(&self.0, None, &[DIRECTORY_MAC_INFO], &mut out);
+        MacKey::from_bytes(out)
+    }
 }
 
 impl std::fmt::Debug for MasterKey {
@@ -85,12 +98,53 @@ impl std::fmt::Debug for MasterKey {
     }
 }
 
+impl std::fmt::Debug for FileKey {
+    /// Key bytes never reach a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FileKey(…)")
+    }
+}
+
 impl FileKey {
     /// Key of the blake3 keyed hash that authenticates the manifest.
     pub fn manifest_mac_key(&self) -> [u8; KEY_LEN] {
         let mut out = [0u8; KEY_LEN];
         expand(&self.0, None, &[MANIFEST_MAC_INFO], &mut out);
         out
+    }
+
+    /// Key of the tags on one server session's MANIFEST, STATUS, NAK, REPORT and
+    /// DONE packets of this archive: bound to the session, so a packet of another
+    /// session (or another server serving the same archive) never verifies here.
+    pub fn session_mac_key(&self, session_id: u32) -> MacKey {
+        let mut out = [0u8; KEY_LEN];
+        expand(
+            &self.0,
+            None,
+            &[SESSION_MAC_INFO, &session_id.to_be_bytes()],
+            &mut out,
+        );
+        MacKey::from_bytes(out)
+    }
+
+    /// GMAC key of one session's DATA packets of this archive at payload size
+    /// `payload_size`. Bound to both, so one nonce (packet index and flags) never
+    /// tags two different datagrams.
+    pub fn data_mac(&self, session_id: u32, payload_size: u16) -> DataMac {
+        let mut out = [0u8; KEY_LEN];
+        expand(
+            &self.0,
+            None,
+            &[
+                DATA_MAC_INFO,
+                &session_id.to_be_bytes(),
+                &payload_size.to_be_bytes(),
+            ],
+            &mut out,
+        );
+        let mac = DataMac::from_bytes(&out);
+        out.zeroize();
+        mac
     }
 
     /// Key and nonce of the frame whose header carries `salt`.
@@ -128,5 +182,18 @@ mod tests {
         let fk = a.file_key(7);
         assert_ne!(fk.frame_key(&[0; 16]).key, fk.frame_key(&[1; 16]).key);
         assert_ne!(fk.manifest_mac_key(), fk.frame_key(&[0; 16]).key);
+        let tagged = |k: &MacKey| k.tag(b"x");
+        assert_ne!(
+            tagged(&fk.session_mac_key(1)),
+            tagged(&fk.session_mac_key(2))
+        );
+        assert_ne!(
+            tagged(&fk.session_mac_key(1)),
+            tagged(&a.directory_mac_key())
+        );
+        assert_ne!(
+            tagged(&a.directory_mac_key()),
+            tagged(&b.directory_mac_key())
+        );
     }
 }

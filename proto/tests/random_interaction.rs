@@ -1,16 +1,16 @@
 //! Both endpoints under random datagram sequences (after quinn-proto's
-//! `random_interaction`): valid datagrams of every type, mutated at random (with
-//! their CRC mended half the time, so that mutations reach the decoders behind it),
-//! from random origins, with time moving on. Nothing may panic, and state stays
-//! within its bounds. A stand-in for coverage-guided fuzzing where that toolchain
-//! is not at hand.
+//! `random_interaction`): valid datagrams of every type, mutated at random (tagged
+//! anew half the time, as a key holder could, so that mutations reach the code
+//! behind the tag check), from random origins, with time moving on. Nothing may
+//! panic, and state stays within its bounds. The fuzz targets under `fuzz/` do the
+//! same under coverage guidance.
 
 use loopcast_proto::client::{self, ClientConfig, Command, Session};
 use loopcast_proto::server::{
     BatchLimits, ChannelSpec, Endpoint, FileSpec, MAX_RECEIVERS, Origin, ServerConfig,
 };
 use loopcast_proto::sim::Bodies;
-use loopcast_proto::wire::{self, Announce, AnnounceEntry, ChannelInfo, DataHeader};
+use loopcast_proto::wire::{self, Announce, AnnounceEntry, ChannelInfo, DataHeader, SessionKeys};
 use loopcast_proto::{CookieJar, MasterKey, NakMode};
 use proptest::prelude::*;
 use rand::SeedableRng;
@@ -26,6 +26,16 @@ struct World {
     manifest_bytes: Vec<u8>,
     body: Vec<u8>,
     channel: ChannelSpec,
+}
+
+impl World {
+    fn session_keys(&self) -> SessionKeys {
+        SessionKeys::new(
+            &self.key.file_key(self.manifest.archive_id),
+            SESSION,
+            self.manifest.payload_size,
+        )
+    }
 }
 
 fn world() -> World {
@@ -64,18 +74,23 @@ fn seeds(w: &World) -> Vec<Vec<u8>> {
             rate_bps: w.channel.rate_bps,
         }],
     };
+    let keys = w.session_keys();
+    let directory = w.key.directory_mac_key();
     vec![
         wire::encode_announce(
+            &directory,
             SESSION,
             &Announce {
                 part: 0,
                 parts: 1,
                 unicast_port: 7000,
+                key_fingerprint: w.key.fingerprint(),
                 entries: vec![entry],
             },
         ),
-        wire::encode_manifest(SESSION, &w.manifest_bytes),
+        wire::encode_manifest(&keys.mac, SESSION, &w.manifest_bytes),
         wire::encode_data(
+            &keys.data,
             SESSION,
             &DataHeader {
                 archive_id: id,
@@ -83,9 +98,10 @@ fn seeds(w: &World) -> Vec<Vec<u8>> {
                 packet_count: count,
                 flags: 0,
             },
-            &w.body[..1440],
+            &w.body[..w.manifest.payload_size as usize],
         ),
         wire::encode_status(
+            &keys.mac,
             SESSION,
             &wire::Status {
                 archive_id: id,
@@ -96,6 +112,7 @@ fn seeds(w: &World) -> Vec<Vec<u8>> {
             },
         ),
         wire::encode_nak(
+            &keys.mac,
             SESSION,
             &wire::Nak {
                 archive_id: id,
@@ -106,6 +123,7 @@ fn seeds(w: &World) -> Vec<Vec<u8>> {
             },
         ),
         wire::encode_report(
+            &keys.mac,
             SESSION,
             &wire::Report {
                 archive_id: id,
@@ -117,9 +135,12 @@ fn seeds(w: &World) -> Vec<Vec<u8>> {
                 lost: 5,
                 interval_ms: 1000,
                 kernel_drops: 0,
+                // The first STATUS a carousel sends carries time 1.
+                echo_time_us: 1,
             },
         ),
         wire::encode_done(
+            &keys.mac,
             SESSION,
             &wire::Done {
                 archive_id: id,
@@ -128,6 +149,7 @@ fn seeds(w: &World) -> Vec<Vec<u8>> {
             },
         ),
         wire::encode_request(
+            &directory,
             0,
             &wire::Request {
                 receiver_id: 9,
@@ -137,7 +159,7 @@ fn seeds(w: &World) -> Vec<Vec<u8>> {
                 name: w.manifest.name.clone(),
             },
         ),
-        wire::encode_cookie(SESSION, &[3; wire::COOKIE_LEN]),
+        wire::encode_cookie(&directory, SESSION, &[3; wire::COOKIE_LEN]),
     ]
 }
 
@@ -147,7 +169,7 @@ struct Step {
     seed: usize,
     mutations: Vec<(usize, u8)>,
     truncate: Option<usize>,
-    mend_crc: bool,
+    retag: bool,
     origin: u8,
     source: u8,
     dt_ms: u16,
@@ -164,11 +186,11 @@ fn step() -> impl Strategy<Value = Step> {
         0u16..300,
     )
         .prop_map(
-            |(seed, mutations, truncate, mend_crc, origin, source, dt_ms)| Step {
+            |(seed, mutations, truncate, retag, origin, source, dt_ms)| Step {
                 seed,
                 mutations,
                 truncate,
-                mend_crc,
+                retag,
                 origin,
                 source,
                 dt_ms,
@@ -176,7 +198,7 @@ fn step() -> impl Strategy<Value = Step> {
         )
 }
 
-fn datagram(seeds: &[Vec<u8>], s: &Step) -> Vec<u8> {
+fn datagram(w: &World, seeds: &[Vec<u8>], s: &Step) -> Vec<u8> {
     let mut d = seeds[s.seed].clone();
     for &(at, value) in &s.mutations {
         if let Some(b) = d.get_mut(at) {
@@ -186,10 +208,23 @@ fn datagram(seeds: &[Vec<u8>], s: &Step) -> Vec<u8> {
     if let Some(len) = s.truncate {
         d.truncate(len);
     }
-    if s.mend_crc && d.len() >= wire::TRAILER_LEN {
-        let body = d.len() - wire::TRAILER_LEN;
-        let crc = crc32fast::hash(&d[..body]);
-        d[body..].copy_from_slice(&crc.to_be_bytes());
+    if s.retag && d.len() >= wire::DATA_HEADER_LEN + wire::TRAILER_LEN {
+        let content = d.len() - wire::TRAILER_LEN;
+        d.truncate(content);
+        let keys = w.session_keys();
+        match d[3] {
+            t if t == wire::PacketType::Data as u8 => {
+                d.resize(content + wire::TRAILER_LEN, 0);
+                keys.data.seal_in_place(&mut d, content);
+            }
+            t if t == wire::PacketType::Announce as u8
+                || t == wire::PacketType::Request as u8
+                || t == wire::PacketType::Cookie as u8 =>
+            {
+                w.key.directory_mac_key().seal(&mut d)
+            }
+            _ => keys.mac.seal(&mut d),
+        }
     }
     d
 }
@@ -204,6 +239,8 @@ proptest! {
         let mut now = Instant::now();
         let config = ServerConfig {
             session_id: SESSION,
+            directory_key: w.key.directory_mac_key(),
+            key_fingerprint: w.key.fingerprint(),
             directory: "239.1.2.1:7000".parse().unwrap(),
             unicast_port: 7000,
             max_datagram: 1472,
@@ -221,6 +258,7 @@ proptest! {
         let spec = FileSpec {
             manifest: w.manifest.clone(),
             manifest_bytes: w.manifest_bytes.clone(),
+            file_key: w.key.file_key(w.manifest.archive_id),
             channels: vec![w.channel],
         };
         let mut server = Endpoint::new(config, vec![spec], CookieJar::new([1; 32], now), now).unwrap();
@@ -233,7 +271,7 @@ proptest! {
                 0 => Origin::Control { file: (s.origin / 3 % 2) as usize, channel: 0 },
                 _ => Origin::Unicast(from),
             };
-            server.handle_datagram(now, origin, &datagram(&seeds, s));
+            server.handle_datagram(now, origin, &datagram(&w, &seeds, s));
             server.handle_timeout(now);
             let mut sent = 0;
             while server.poll_transmit(now, &mut buf, &mut bodies).unwrap().is_some() {
@@ -273,7 +311,7 @@ proptest! {
                 3 => client::Origin::Control { reception, channel: 0 },
                 _ => client::Origin::Stream { reception },
             };
-            let d = datagram(&seeds, s);
+            let d = datagram(&w, &seeds, s);
             let _ = session.handle_datagram(now, origin, &d);
             session.handle_timeout(now);
             loop {

@@ -3,6 +3,7 @@
 
 use loopcast_proto::archive::Unpacker;
 use loopcast_proto::sim::pack;
+use loopcast_proto::wire::SessionKeys;
 use loopcast_proto::{
     Carousel, FileReceiver, MasterKey, NakMode, Outcome, PayloadSource, RepairConfig, Transmit,
     wire,
@@ -59,7 +60,18 @@ fn receivers_joining_mid_stream_over_lossy_links_all_complete() {
     rng.fill_bytes(&mut original[..2_000_000]); // half random, half compressible
     let (manifest, manifest_bytes, body) = pack(&key, &original, 256 * 1024, 1440, &mut rng);
     let packets = manifest.packet_count() as u64;
-    let mut carousel = Carousel::new(77, &manifest, &manifest_bytes, Instant::now(), NO_REPAIR);
+    let mut carousel = Carousel::new(
+        SessionKeys::new(
+            &key.file_key(manifest.archive_id),
+            77,
+            manifest.payload_size,
+        ),
+        77,
+        &manifest,
+        &manifest_bytes,
+        Instant::now(),
+        NO_REPAIR,
+    );
     let mut source = Body(body);
     let mut receivers: Vec<SimReceiver> = [
         (0, 0.0),
@@ -144,7 +156,14 @@ fn wrong_key_receiver_is_told_and_stores_nothing() {
     let mut rng = StdRng::seed_from_u64(1);
     let key = MasterKey::from_bytes([9; 32]);
     let (manifest, manifest_bytes, body) = pack(&key, b"hello world", 1024, 1440, &mut rng);
-    let mut carousel = Carousel::new(1, &manifest, &manifest_bytes, Instant::now(), NO_REPAIR);
+    let mut carousel = Carousel::new(
+        SessionKeys::new(&key.file_key(manifest.archive_id), 1, manifest.payload_size),
+        1,
+        &manifest,
+        &manifest_bytes,
+        Instant::now(),
+        NO_REPAIR,
+    );
     let mut source = Body(body);
     let mut r = FileReceiver::new(
         MasterKey::from_bytes([8; 32]),
@@ -169,14 +188,21 @@ fn wrong_key_receiver_is_told_and_stores_nothing() {
 }
 
 #[test]
-fn a_payload_corrupted_past_the_crc_fails_its_frame_and_is_received_again() {
+fn a_payload_corrupted_by_a_key_holder_fails_its_frame_and_is_received_again() {
     let mut rng = StdRng::seed_from_u64(11);
     let key = MasterKey::from_bytes([9; 32]);
     let mut original = vec![0u8; 1_000_000];
     rng.fill_bytes(&mut original);
     let (manifest, manifest_bytes, body) = pack(&key, &original, 64 * 1024, 1440, &mut rng);
     let packets = manifest.packet_count() as u64;
-    let mut carousel = Carousel::new(3, &manifest, &manifest_bytes, Instant::now(), NO_REPAIR);
+    let mut carousel = Carousel::new(
+        SessionKeys::new(&key.file_key(manifest.archive_id), 3, manifest.payload_size),
+        3,
+        &manifest,
+        &manifest_bytes,
+        Instant::now(),
+        NO_REPAIR,
+    );
     let mut source = Body(body);
     let mut fsm = FileReceiver::new(key.clone(), 3, manifest.archive_id, 1, NakMode::Off);
     let mut stored = vec![0u8; manifest.body_len as usize];
@@ -193,9 +219,13 @@ fn a_payload_corrupted_past_the_crc_fails_its_frame_and_is_received_again() {
             len,
         }) && !corrupted
         {
-            // Damage the payload and re-seal the CRC: only the frame's GCM tag can tell.
+            // A key holder damages the payload and tags it anew: only the frame's
+            // GCM tag can tell.
             buf[wire::DATA_HEADER_LEN + 100] ^= 0x40;
-            wire::seal_in_place(&mut buf, len - wire::TRAILER_LEN);
+            let data_mac = key
+                .file_key(manifest.archive_id)
+                .data_mac(3, manifest.payload_size);
+            data_mac.seal_in_place(&mut buf, len - wire::TRAILER_LEN);
             corrupted = true;
         }
         if let Outcome::Store {

@@ -188,7 +188,7 @@ impl Render {
             .map(|p| p.display().to_string())
             .unwrap_or_default();
         log::info!(
-            "{}: complete and verified in {secs:.2} s ({} at {}) over {}; {} packets stored, {} resumed, {} duplicates, {} dropped, {} debug-dropped, {} dropped by the kernel (socket buffer full); repair: {} repairs received, {} NAKs sent, {} heard, {} suppressed -> {path}",
+            "{}: complete and verified in {secs:.2} s ({} at {}) over {}; {} packets stored, {} resumed, {} duplicates, {} dropped ({} forged), {} debug-dropped, {} dropped by the kernel (socket buffer full); repair: {} repairs received, {} NAKs sent, {} heard, {} suppressed -> {path}",
             r.entry().name,
             format_bytes(size),
             format_rate(size as f64 * 8.0 / secs.max(1e-9)),
@@ -197,6 +197,7 @@ impl Render {
             r.resumed(),
             s.duplicates,
             s.dropped(),
+            s.unauthenticated,
             local.map_or(0, |l| l.debug_dropped),
             r.kernel_drops(),
             s.repairs,

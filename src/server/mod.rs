@@ -158,6 +158,7 @@ pub fn serve(config: ServeConfig) -> Result<()> {
             });
         }
         specs.push(FileSpec {
+            file_key: config.key.file_key(archive.manifest.archive_id),
             manifest: archive.manifest.clone(),
             manifest_bytes,
             channels,
@@ -180,6 +181,8 @@ pub fn serve(config: ServeConfig) -> Result<()> {
     let endpoint = Endpoint::new(
         ServerConfig {
             session_id,
+            directory_key: config.key.directory_mac_key(),
+            key_fingerprint: config.key.fingerprint(),
             directory: config.group,
             unicast_port: config.unicast_port,
             max_datagram: config.packet_size - wire::IP_UDP_OVERHEAD,

@@ -196,11 +196,12 @@ impl Render {
         }
         let stats = endpoint.stats();
         log::info!(
-            "stopped after {elapsed:.1} s, {} sent ({}), {} of it by unicast; {} unvalidated requests answered with a cookie; {} receiver(s) done{}; {}",
+            "stopped after {elapsed:.1} s, {} sent ({}), {} of it by unicast; {} unvalidated requests answered with a cookie; {} forged datagrams dropped on the unicast port; {} receiver(s) done{}; {}",
             format_bytes(stats.sent_bytes),
             format_rate(stats.sent_bytes as f64 * 8.0 / elapsed.max(1e-9)),
             format_bytes(stats.unicast_bytes),
             stats.unvalidated,
+            stats.unauthenticated,
             done,
             if pending.is_empty() {
                 String::new()

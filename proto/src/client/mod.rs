@@ -29,7 +29,7 @@ pub use reception::{Phase, Reception};
 
 use crate::manifest::check_name;
 use crate::receiver::{NakMode, Outcome};
-use crate::wire::{self, COOKIE_LEN, Packet};
+use crate::wire::{self, COOKIE_LEN, MacKey, Packet};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use reception::Stream;
@@ -101,6 +101,14 @@ pub struct Session {
     refused_entries: u64,
     /// Names refused so far (bounded), so that each is told once.
     refused_names: HashSet<String>,
+    /// Key of ANNOUNCE, REQUEST and COOKIE tags.
+    directory_key: MacKey,
+    /// Listings and cookies whose tag did not verify.
+    unauthenticated: u64,
+    /// Since when listings of a wanted file come only under another key: (first
+    /// heard, the file, their key's fingerprint). Reported after `WRONG_KEY_GRACE`
+    /// unless a listing of ours verifies meanwhile.
+    foreign_listing: Option<(Instant, String, [u8; crate::keys::FINGERPRINT_LEN])>,
 }
 
 impl Session {
@@ -117,6 +125,7 @@ impl Session {
             (server, now + wait)
         });
         Self {
+            directory_key: config.key.directory_mac_key(),
             link_id: rng.next_u32(),
             rng,
             config,
@@ -129,6 +138,8 @@ impl Session {
             events: VecDeque::new(),
             completed: Vec::new(),
             refused_entries: 0,
+            unauthenticated: 0,
+            foreign_listing: None,
             refused_names: HashSet::new(),
         }
     }
@@ -191,6 +202,10 @@ impl Session {
 
     /// Answers from servers to the link: cookies and listings.
     fn handle_link(&mut self, now: Instant, from: SocketAddrV4, bytes: &[u8]) {
+        if !self.directory_key.verifies(bytes) {
+            self.unauthenticated += 1;
+            return;
+        }
         if let Ok(wire::Datagram {
             packet: Packet::Cookie(cookie),
             ..
@@ -215,6 +230,10 @@ impl Session {
 
     /// A COOKIE on a reception's stream socket: repeat the stream request with it.
     fn stream_cookie(&mut self, now: Instant, reception: ReceptionId, bytes: &[u8]) {
+        if !self.directory_key.verifies(bytes) {
+            self.unauthenticated += 1;
+            return;
+        }
         let Ok(wire::Datagram {
             packet: Packet::Cookie(cookie),
             ..
@@ -247,6 +266,20 @@ impl Session {
         let Packet::Announce(announce) = datagram.packet else {
             return;
         };
+        // Only the holder of the site key lists files (T1, T7, T16).
+        if !self.directory_key.verifies(bytes) {
+            self.unauthenticated += 1;
+            let wanted = announce.entries.iter().find(|e| self.wanted(&e.name));
+            if let Some(entry) = wanted
+                && announce.key_fingerprint != self.config.key.fingerprint()
+                && self.foreign_listing.is_none()
+            {
+                let name = entry.name.clone();
+                self.foreign_listing = Some((now, name, announce.key_fingerprint));
+            }
+            return;
+        }
+        self.foreign_listing = None;
         let session = datagram.session_id;
         // An entry whose name is not one safe path component is skipped and counted,
         // never fatal: anyone on the segment can send an ANNOUNCE (threat T1).
@@ -357,7 +390,7 @@ impl Session {
         self.out.transmit(Transmit {
             via: Via::Stream(id),
             to: s.server,
-            datagram: wire::encode_request(0, &request),
+            datagram: wire::encode_request(&self.directory_key, 0, &request),
         });
     }
 
@@ -505,6 +538,11 @@ impl Session {
     /// ANNOUNCE entries skipped for an unsafe name.
     pub fn refused_entries(&self) -> u64 {
         self.refused_entries
+    }
+
+    /// Listings and cookies dropped because their tag did not verify.
+    pub fn unauthenticated(&self) -> u64 {
+        self.unauthenticated
     }
 
     /// What the session was asked to do.

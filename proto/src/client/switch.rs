@@ -72,7 +72,8 @@ impl Session {
     }
 
     /// A MANIFEST came on reception `id`'s channel while a switch waits: if it is
-    /// the awaited archive's, under the awaited session, and verifies with our key,
+    /// the awaited archive's, under the awaited session, and verifies with our key
+    /// (its packet tag binds it to that session, T8),
     /// the switch happens now. Returns whether the datagram was taken.
     pub(super) fn take_pending(&mut self, now: Instant, id: ReceptionId, bytes: &[u8]) -> bool {
         let r = &self.receptions[id];
@@ -86,7 +87,10 @@ impl Session {
         else {
             return false;
         };
+        let packet_key =
+            (self.config.key.file_key(pending.entry.archive_id)).session_mac_key(pending.session);
         let verified = session_id == pending.session
+            && packet_key.verifies(bytes)
             && Manifest::decode(body, &self.config.key)
                 .is_ok_and(|m| m.archive_id == pending.entry.archive_id);
         if !verified {

@@ -20,6 +20,14 @@ impl Session {
             self.link_request(server, 0, String::new());
             self.listing_request = Some((server, now + REQUEST_RETRY));
         }
+        if let Some((since, name, theirs)) = self.foreign_listing.take() {
+            if now >= since + WRONG_KEY_GRACE {
+                self.events
+                    .push_back(ClientEvent::Failed(ClientError::WrongKey { name, theirs }));
+            } else {
+                self.foreign_listing = Some((since, name, theirs));
+            }
+        }
         for id in 0..self.receptions.len() {
             if self.receptions[id].phase != Phase::Receiving {
                 continue;
@@ -131,13 +139,14 @@ impl Session {
         self.out.transmit(Transmit {
             via: Via::Link,
             to: server,
-            datagram: wire::encode_request(0, &request),
+            datagram: wire::encode_request(&self.directory_key, 0, &request),
         });
     }
 
     /// The earliest thing any timer waits for.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let listing = self.listing_request.map(|(_, at)| at);
+        let foreign = (self.foreign_listing.as_ref()).map(|(since, ..)| *since + WRONG_KEY_GRACE);
         let receptions = self
             .receptions
             .iter()
@@ -159,6 +168,6 @@ impl Session {
                 ]
             })
             .flatten();
-        receptions.chain(listing).min()
+        receptions.chain(listing).chain(foreign).min()
     }
 }

@@ -2,11 +2,11 @@
 //! says which payload goes where. The driver does the writing.
 
 use crate::keys::{FINGERPRINT_LEN, MasterKey};
-use crate::manifest::{Manifest, ManifestError};
+use crate::manifest::Manifest;
 use crate::rate::{ReportTimer, report_interval};
 use crate::received::ReceivedMap;
 use crate::sender::{DEFAULT_GRTT_FLOOR, MAX_GRTT};
-use crate::wire::{self, DecodeError, Packet, Report, Status};
+use crate::wire::{self, DataMac, DecodeError, MacKey, Packet, Report, Status};
 
 mod nak;
 mod tracks;
@@ -58,8 +58,8 @@ pub struct ReceiverStats {
     pub foreign_session: u64,
     /// DATA or MANIFEST packets of another archive.
     pub other_archive: u64,
-    /// Datagrams with a bad CRC.
-    pub bad_crc: u64,
+    /// Datagrams of this session whose tag did not verify (forged or corrupt).
+    pub unauthenticated: u64,
     /// Datagrams that were not loopcast's (bad magic) or of an unknown version or type.
     pub not_ours: u64,
     /// Truncated datagrams or impossible field values.
@@ -80,7 +80,6 @@ impl ReceiverStats {
     /// Counts a datagram that failed to decode.
     fn count_decode_error(&mut self, e: DecodeError) {
         match e {
-            DecodeError::BadCrc => self.bad_crc += 1,
             DecodeError::BadMagic | DecodeError::BadVersion | DecodeError::UnknownType => {
                 self.not_ours += 1
             }
@@ -93,7 +92,7 @@ impl ReceiverStats {
         self.before_manifest
             + self.foreign_session
             + self.other_archive
-            + self.bad_crc
+            + self.unauthenticated
             + self.not_ours
             + self.malformed
             + self.bad_manifest
@@ -104,6 +103,10 @@ impl ReceiverStats {
 pub struct FileReceiver {
     master: MasterKey,
     session_id: u32,
+    /// Tags of this archive's control packets in this session.
+    mac: MacKey,
+    /// Tags of its DATA, known once the manifest gives the payload size.
+    data_mac: Option<DataMac>,
     archive_id: u64,
     manifest: Option<Manifest>,
     received: ReceivedMap,
@@ -139,6 +142,8 @@ impl FileReceiver {
     ) -> Self {
         let mut rng = SmallRng::seed_from_u64(seed);
         Self {
+            mac: master.file_key(archive_id).session_mac_key(session_id),
+            data_mac: None,
             master,
             session_id,
             archive_id,
@@ -184,6 +189,26 @@ impl FileReceiver {
             self.stats.foreign_session += 1;
             return Outcome::Nothing;
         }
+        // Nothing is acted on before its tag verifies (spec §2.10): DATA under the
+        // session's GMAC key, the rest under its blake3 key.
+        let verified = match (&datagram.packet, &self.data_mac) {
+            (Packet::Data(..), Some(data_mac)) => data_mac.verifies(bytes),
+            (Packet::Data(..), None) => {
+                self.stats.before_manifest += 1;
+                return Outcome::Nothing;
+            }
+            (Packet::Manifest(_) | Packet::Status(_) | Packet::Nak(_), _) => {
+                self.mac.verifies(bytes)
+            }
+            _ => return Outcome::Nothing,
+        };
+        if !verified {
+            if let Packet::Manifest(body) = datagram.packet {
+                return self.unverified_manifest(body);
+            }
+            self.stats.unauthenticated += 1;
+            return Outcome::Nothing;
+        }
         self.last_heard = Some(now);
         if self.report_timer.is_none() {
             self.report_timer = Some(ReportTimer::new(now, self.rng.random::<f64>()));
@@ -194,8 +219,8 @@ impl FileReceiver {
             }
             Packet::Manifest(body) => self.handle_manifest(body),
             Packet::Status(mut status) if status.archive_id == self.archive_id => {
-                // STATUS is not authenticated: a GRTT out of the server's own bounds
-                // would make NAK back-offs vanish (a storm) or stall repair (T5).
+                // A GRTT out of the server's own bounds would make NAK back-offs
+                // vanish (a storm) or stall repair (T5): clamped even when genuine.
                 let (floor, max) = (DEFAULT_GRTT_FLOOR, MAX_GRTT);
                 status.grtt_us =
                     (status.grtt_us as u128).clamp(floor.as_micros(), max.as_micros()) as u32;
@@ -207,15 +232,7 @@ impl FileReceiver {
                 self.hear_nak(now, &nak);
                 Outcome::Nothing
             }
-            // Announces belong on the directory group, the others go to the server;
-            // one here is harmless.
-            Packet::Announce(_)
-            | Packet::Status(_)
-            | Packet::Nak(_)
-            | Packet::Report(_)
-            | Packet::Done(_)
-            | Packet::Request(_)
-            | Packet::Cookie(_) => Outcome::Nothing,
+            _ => Outcome::Nothing,
         }
     }
 
@@ -226,6 +243,11 @@ impl FileReceiver {
         match Manifest::decode(body, &self.master) {
             Ok(m) if m.archive_id == self.archive_id => {
                 self.received = ReceivedMap::new(m.packet_count());
+                self.data_mac = Some(
+                    self.master
+                        .file_key(self.archive_id)
+                        .data_mac(self.session_id, m.payload_size),
+                );
                 self.manifest = Some(m);
                 Outcome::ManifestAccepted
             }
@@ -233,17 +255,29 @@ impl FileReceiver {
                 self.stats.other_archive += 1;
                 Outcome::Nothing
             }
-            Err(ManifestError::WrongKey) => match Manifest::decode_unverified(body) {
-                Ok(m) if m.archive_id == self.archive_id => Outcome::WrongKey {
-                    theirs: m.key_fingerprint,
-                },
-                _ => {
-                    self.stats.bad_manifest += 1;
-                    Outcome::Nothing
-                }
-            },
             Err(_) => {
                 self.stats.bad_manifest += 1;
+                Outcome::Nothing
+            }
+        }
+    }
+
+    /// A MANIFEST whose packet tag failed: a forgery, or an archive sealed with
+    /// another master key. Only the latter is told (as a possible wrong key, which
+    /// the session reports only if no manifest of ours verifies for a while).
+    fn unverified_manifest<'a>(&mut self, body: &[u8]) -> Outcome<'a> {
+        match Manifest::decode_unverified(body) {
+            Ok(m)
+                if self.manifest.is_none()
+                    && m.archive_id == self.archive_id
+                    && m.key_fingerprint != self.master.fingerprint() =>
+            {
+                Outcome::WrongKey {
+                    theirs: m.key_fingerprint,
+                }
+            }
+            _ => {
+                self.stats.unauthenticated += 1;
                 Outcome::Nothing
             }
         }
@@ -349,13 +383,15 @@ impl FileReceiver {
             lost: (sent - arrived).min(u32::MAX as u64) as u32,
             interval_ms: since.as_millis().min(u32::MAX as u128) as u32,
             kernel_drops,
+            echo_time_us: self.status.map_or(0, |(s, _)| s.server_time_us),
         };
-        Some(wire::encode_report(self.session_id, &report))
+        Some(wire::encode_report(&self.mac, self.session_id, &report))
     }
 
     /// A DONE datagram saying this receiver delivered the file `elapsed` after joining.
     pub fn done_datagram(&self, elapsed: Duration) -> Vec<u8> {
         wire::encode_done(
+            &self.mac,
             self.session_id,
             &wire::Done {
                 archive_id: self.archive_id,

@@ -203,7 +203,7 @@ impl FileReceiver {
                     hold_us,
                     ranges,
                 };
-                self.outgoing = Some(wire::encode_nak(self.session_id, &nak));
+                self.outgoing = Some(wire::encode_nak(&self.mac, self.session_id, &nak));
                 self.stats.naks_sent += 1;
                 self.timer = NakTimer::Holdoff(now + self.holdoff());
             }

@@ -6,6 +6,17 @@ use crate::wire::DataHeader;
 use crate::wire::Nak;
 use proptest::prelude::*;
 
+/// The packet keys of `m`'s archive in session `session` (every test here uses key [4; 32]).
+fn keys_of(m: &Manifest, session: u32) -> wire::SessionKeys {
+    let file_key = MasterKey::from_bytes([4; 32]).file_key(m.archive_id);
+    wire::SessionKeys::new(&file_key, session, m.payload_size)
+}
+
+/// The packet keys of `m`'s archive in session 7.
+fn keys(m: &Manifest) -> wire::SessionKeys {
+    keys_of(m, 7)
+}
+
 fn setup() -> (MasterKey, Manifest, Vec<u8>) {
     let key = MasterKey::from_bytes([4; 32]);
     let mut packer = Packer::new(&key, 99, 5000, 4096, 3).unwrap();
@@ -38,7 +49,12 @@ fn zero_data(m: &Manifest, index: u32) -> Vec<u8> {
         packet_count: m.packet_count(),
         flags: 0,
     };
-    wire::encode_data(7, &header, &vec![0u8; payload_len(m, index) as usize])
+    wire::encode_data(
+        &keys(m).data,
+        7,
+        &header,
+        &vec![0u8; payload_len(m, index) as usize],
+    )
 }
 
 fn nak_of(datagram: &[u8]) -> Nak {
@@ -65,7 +81,7 @@ fn a_resumed_receiver_naks_what_the_loop_passed_while_it_was_down() {
     let count = m.packet_count();
     assert!(count >= 5, "{count} packets");
     let now = Instant::now();
-    let manifest = wire::encode_manifest(7, &manifest_bytes);
+    let manifest = wire::encode_manifest(&keys(&m).mac, 7, &manifest_bytes);
     // First run: joins at 0, holds 0 and 1, is killed.
     let mut first = FileReceiver::new(key.clone(), 7, m.archive_id, 1, NakMode::Immediate);
     first.handle_datagram(now, &manifest);
@@ -128,7 +144,10 @@ fn a_mid_stream_joiner_naks_the_frame_table_at_once() {
     let (key, m, manifest_bytes) = setup();
     let now = Instant::now();
     let mut r = FileReceiver::new(key, 7, m.archive_id, 1, NakMode::Immediate);
-    r.handle_datagram(now, &wire::encode_manifest(7, &manifest_bytes));
+    r.handle_datagram(
+        now,
+        &wire::encode_manifest(&keys(&m).mac, 7, &manifest_bytes),
+    );
     let count = m.packet_count();
     assert!(count >= 2 && m.table_len() <= 1000, "{count} packets");
     let data = |index: u32| {
@@ -143,7 +162,7 @@ fn a_mid_stream_joiner_naks_the_frame_table_at_once() {
             packet_count: count,
             flags: 0,
         };
-        wire::encode_data(7, &header, &vec![0u8; len])
+        wire::encode_data(&keys(&m).data, 7, &header, &vec![0u8; len])
     };
     // Joins at the last packet: nothing the loop passed is missing, but the table
     // (packet 0, before the join) is.
@@ -163,6 +182,7 @@ fn every_kind_of_bad_datagram_is_counted_not_stored() {
     let mut r = FileReceiver::new(key, 7, m.archive_id, 1, NakMode::Suppressed);
     let data = |session, archive_id, index, count, len| {
         wire::encode_data(
+            &keys_of(&m, session).data,
             session,
             &DataHeader {
                 archive_id,
@@ -180,15 +200,18 @@ fn every_kind_of_bad_datagram_is_counted_not_stored() {
     );
     assert_eq!(r.stats().before_manifest, 1);
     assert_eq!(
-        r.handle_datagram(now, &wire::encode_manifest(7, &manifest_bytes)),
+        r.handle_datagram(
+            now,
+            &wire::encode_manifest(&keys(&m).mac, 7, &manifest_bytes)
+        ),
         Outcome::ManifestAccepted
     );
-    let mut bad_crc = data(7, 99, 0, count, 1000);
-    bad_crc[40] ^= 1;
+    let mut forged = data(7, 99, 0, count, 1000);
+    forged[40] ^= 1;
     let mut not_ours = data(7, 99, 0, count, 1000);
     not_ours[0] = b'X';
     for (datagram, what) in [
-        (bad_crc, "bad crc"),
+        (forged, "forged"),
         (not_ours, "magic"),
         (vec![1, 2, 3], "truncated"),
         (data(8, 99, 0, count, 1000), "other session"),
@@ -206,7 +229,7 @@ fn every_kind_of_bad_datagram_is_counted_not_stored() {
     let s = r.stats().clone();
     assert_eq!(
         (
-            s.bad_crc,
+            s.unauthenticated,
             s.not_ours,
             s.foreign_session,
             s.other_archive,
@@ -245,7 +268,7 @@ proptest! {
         let (key, m, manifest_bytes) = setup();
         let now = Instant::now();
         let mut r = FileReceiver::new(key, 7, m.archive_id, 1, NakMode::Suppressed);
-        r.handle_datagram(now, &wire::encode_manifest(7, &manifest_bytes));
+        r.handle_datagram(now, &wire::encode_manifest(&keys(&m).mac, 7, &manifest_bytes));
         for d in &datagrams {
             let _ = r.handle_datagram(now, d);
         }
@@ -260,7 +283,10 @@ fn a_status_advertising_grtt_0_cannot_shrink_the_nak_timers() {
     let (key, m, manifest_bytes) = random_archive();
     let now = Instant::now();
     let mut r = FileReceiver::new(key, 7, m.archive_id, 1, NakMode::Suppressed);
-    r.handle_datagram(now, &wire::encode_manifest(7, &manifest_bytes));
+    r.handle_datagram(
+        now,
+        &wire::encode_manifest(&keys(&m).mac, 7, &manifest_bytes),
+    );
     let status = Status {
         archive_id: m.archive_id,
         server_time_us: 1,
@@ -268,7 +294,7 @@ fn a_status_advertising_grtt_0_cannot_shrink_the_nak_timers() {
         group_size: 0,
         rate_bps: 1_000_000,
     };
-    r.handle_datagram(now, &wire::encode_status(7, &status));
+    r.handle_datagram(now, &wire::encode_status(&keys(&m).mac, 7, &status));
     // Packets 0, 1 and 4: 2 and 3 are a gap.
     for i in [0, 1, 4] {
         r.handle_datagram(now, &zero_data(&m, i));

@@ -11,10 +11,12 @@ pub struct Announcer {
 }
 
 impl Announcer {
-    /// Splits `entries` into ANNOUNCE datagrams of at most `max_datagram` bytes that
-    /// name `unicast_port` as the server's. Fails if there are more than 255 parts or
-    /// an entry alone does not fit.
+    /// Splits `entries` into ANNOUNCE datagrams of at most `max_datagram` bytes,
+    /// tagged with the directory key `key` (of fingerprint `key_fingerprint`), that name `unicast_port` as the
+    /// server's. Fails if there are more than 255 parts or an entry alone does not fit.
     pub fn new(
+        key: &wire::MacKey,
+        key_fingerprint: [u8; crate::keys::FINGERPRINT_LEN],
         session_id: u32,
         entries: &[AnnounceEntry],
         unicast_port: u16,
@@ -48,11 +50,13 @@ impl Announcer {
             .enumerate()
             .map(|(i, entries)| {
                 wire::encode_announce(
+                    key,
                     session_id,
                     &Announce {
                         part: i as u8,
                         parts,
                         unicast_port,
+                        key_fingerprint,
                         entries,
                     },
                 )

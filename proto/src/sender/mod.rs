@@ -98,6 +98,8 @@ pub const MAX_GRTT: Duration = Duration::from_secs(2);
 pub const STATUS_INTERVAL: Duration = Duration::from_millis(100);
 /// STATUS times remembered for echo checks: 2.5 s of them, a bit more than `MAX_GRTT`.
 const STATUS_TIMES_KEPT: usize = 25;
+/// (receiver, echo) pairs remembered so that each gives one GRTT sample at most.
+const SAMPLES_KEPT: usize = 256;
 /// Repairs that may be saved up while none are wanted (a short burst).
 const MAX_REPAIR_CREDIT: f64 = 64.0;
 
@@ -129,6 +131,7 @@ pub struct CarouselStats {
 /// repairs what receivers NAK.
 pub struct Carousel {
     session_id: u32,
+    keys: wire::SessionKeys,
     archive_id: u64,
     manifest_datagram: Vec<u8>,
     body_len: u64,
@@ -150,13 +153,16 @@ pub struct Carousel {
     peeked: Option<(Instant, Next)>,
     /// Server times of the STATUS packets sent lately: the only echoes accepted.
     sent_status_times: std::collections::VecDeque<u64>,
+    /// (receiver, echo) pairs that gave a GRTT sample lately: a replayed NAK gives none.
+    sampled: std::collections::VecDeque<(u32, u64)>,
     stats: CarouselStats,
 }
 
 impl Carousel {
     /// A carousel for the archive described by `manifest`, whose encoded form is
-    /// `manifest_bytes`; `now` starts its clock.
+    /// `manifest_bytes`, tagging its datagrams with `keys`; `now` starts its clock.
     pub fn new(
+        keys: wire::SessionKeys,
         session_id: u32,
         manifest: &crate::Manifest,
         manifest_bytes: &[u8],
@@ -166,7 +172,8 @@ impl Carousel {
         Self {
             session_id,
             archive_id: manifest.archive_id,
-            manifest_datagram: wire::encode_manifest(session_id, manifest_bytes),
+            manifest_datagram: wire::encode_manifest(&keys.mac, session_id, manifest_bytes),
+            keys,
             body_len: manifest.body_len,
             payload_size: manifest.payload_size as usize,
             packet_count: manifest.packet_count(),
@@ -183,6 +190,7 @@ impl Carousel {
             members: Membership::default(),
             peeked: None,
             sent_status_times: std::collections::VecDeque::with_capacity(STATUS_TIMES_KEPT),
+            sampled: std::collections::VecDeque::with_capacity(SAMPLES_KEPT),
             stats: CarouselStats::default(),
         }
     }
@@ -250,14 +258,17 @@ impl Carousel {
     }
 
     /// Takes a datagram from the control port: NAKs are queued for repair; anything
-    /// malformed, foreign or absurd is dropped and counted. Returns how many packets
-    /// the NAK newly asked for (queued or left to the loop), a loss signal.
+    /// malformed, foreign, unauthenticated or absurd is dropped and counted. Returns
+    /// how many packets the NAK newly asked for (queued or left to the loop), a loss
+    /// signal.
     pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) -> u32 {
         match wire::decode(bytes) {
             Ok(wire::Datagram {
                 session_id,
                 packet: wire::Packet::Nak(nak),
-            }) if session_id == self.session_id => self.handle_nak(now, &nak),
+            }) if session_id == self.session_id && self.verifies(bytes) => {
+                self.handle_nak(now, &nak)
+            }
             _ => {
                 self.stats.naks_dropped += 1;
                 0
@@ -265,7 +276,18 @@ impl Carousel {
         }
     }
 
-    /// Takes a decoded NAK of this session (see `handle_datagram`).
+    /// True when `time` is the server time of a STATUS this carousel sent in the
+    /// last 2.5 s (an echo worth believing).
+    pub fn sent_status_lately(&self, time: u64) -> bool {
+        time != 0 && self.sent_status_times.contains(&time)
+    }
+
+    /// True when `datagram` (not DATA) carries this session's tag for this archive.
+    pub fn verifies(&self, datagram: &[u8]) -> bool {
+        self.keys.mac.verifies(datagram)
+    }
+
+    /// Takes a decoded and verified NAK of this session (see `handle_datagram`).
     pub fn handle_nak(&mut self, now: Instant, nak: &wire::Nak) -> u32 {
         self.peeked = None; // the repair set may change
         let in_range = nak
@@ -278,8 +300,14 @@ impl Carousel {
         }
         self.stats.naks += 1;
         self.members.heard(nak.receiver_id, now);
-        // Only an echo of a STATUS this carousel sent lately gives a sample (T4).
-        if nak.echo_time_us != 0 && self.sent_status_times.contains(&nak.echo_time_us) {
+        // Only an echo of a STATUS this carousel sent lately gives a sample, and
+        // only once per receiver: a replayed NAK would add its delay (T4).
+        let sample = (nak.receiver_id, nak.echo_time_us);
+        if self.sent_status_lately(nak.echo_time_us) && !self.sampled.contains(&sample) {
+            if self.sampled.len() == SAMPLES_KEPT {
+                self.sampled.pop_front();
+            }
+            self.sampled.push_back(sample);
             let rtt_us = self
                 .micros_since_epoch(now)
                 .saturating_sub(nak.echo_time_us)
@@ -423,7 +451,7 @@ impl Carousel {
                     group_size: self.group_size(),
                     rate_bps: self.config.rate_bps,
                 };
-                let datagram = wire::encode_status(self.session_id, &status);
+                let datagram = wire::encode_status(&self.keys.mac, self.session_id, &status);
                 buf[..datagram.len()].copy_from_slice(&datagram);
                 Ok(Transmit::Status(datagram.len()))
             }
@@ -477,10 +505,10 @@ impl Carousel {
             offset,
             &mut buf[wire::DATA_HEADER_LEN..wire::DATA_HEADER_LEN + payload_len],
         )?;
-        Ok(wire::seal_in_place(
-            buf,
-            wire::DATA_HEADER_LEN + payload_len,
-        ))
+        Ok(self
+            .keys
+            .data
+            .seal_in_place(buf, wire::DATA_HEADER_LEN + payload_len))
     }
 }
 

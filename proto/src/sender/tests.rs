@@ -26,6 +26,7 @@ fn carousel(now: Instant) -> Carousel {
     manifest.body_len = 1440 * 1000; // a 1000-packet body of zeros is enough here
     let bytes = manifest.encode(&key.file_key(5));
     Carousel::new(
+        wire::SessionKeys::new(&key.file_key(5), 9, manifest.payload_size),
         9,
         &manifest,
         &bytes,
@@ -38,8 +39,11 @@ fn carousel(now: Instant) -> Carousel {
     )
 }
 
+/// A NAK of `archive_id` in `session`, tagged with that archive's session key.
 fn nak(session: u32, archive_id: u64, ranges: Vec<(u32, u16)>) -> Vec<u8> {
+    let key = crate::MasterKey::from_bytes([1; 32]);
     wire::encode_nak(
+        &key.file_key(archive_id).session_mac_key(session),
         session,
         &Nak {
             archive_id,
@@ -59,7 +63,10 @@ fn bad_naks_are_counted_and_dropped() {
     c.handle_datagram(now, &nak(8, 5, vec![(600, 1)])); // other session
     c.handle_datagram(now, &nak(9, 6, vec![(600, 1)])); // other archive
     c.handle_datagram(now, &nak(9, 5, vec![(999, 2)])); // beyond the file
-    assert_eq!(c.stats().naks_dropped, 4);
+    let mut forged = nak(9, 5, vec![(600, 1)]);
+    forged[20] ^= 1;
+    c.handle_datagram(now, &forged); // tag fails
+    assert_eq!(c.stats().naks_dropped, 5);
     assert_eq!(c.pending_repairs(), 0);
     c.handle_datagram(now, &nak(9, 5, vec![(600, 3)]));
     c.handle_datagram(now, &nak(9, 5, vec![(600, 3)])); // already queued: costs nothing
@@ -135,6 +142,13 @@ fn only_echoes_of_status_times_sent_move_the_grtt() {
     c.handle_nak(later, &echo_nak(sent, 880_000));
     let grtt = c.grtt().as_secs_f64() * 1e3;
     assert!((grtt - 20.0).abs() < 1.0, "{grtt} ms");
+    // The same NAK replayed 1.5 s later (still within the echo window) would give a
+    // 1.5 s sample: each receiver's echo counts once.
+    c.handle_nak(
+        later + Duration::from_millis(1500),
+        &echo_nak(sent, 880_000),
+    );
+    assert_eq!(c.grtt().as_secs_f64() * 1e3, grtt);
 }
 
 proptest::proptest! {

@@ -61,6 +61,7 @@ impl<A: Admission> Endpoint<A> {
             ..RepairConfig::default()
         };
         let carousel = Carousel::new(
+            file.keys.clone(),
             self.config.session_id,
             &file.manifest,
             &file.manifest_bytes,

@@ -1,8 +1,9 @@
 //! What the server endpoint takes from and gives to its driver: configuration,
 //! files, where datagrams come from and go.
 
-use crate::Manifest;
 use crate::rate::AdaptMode;
+use crate::wire::MacKey;
+use crate::{FileKey, Manifest};
 use std::io;
 use std::net::SocketAddrV4;
 use std::time::Duration;
@@ -21,6 +22,10 @@ pub struct BatchLimits {
 pub struct ServerConfig {
     /// This server instance's random session id.
     pub session_id: u32,
+    /// Key of ANNOUNCE, REQUEST and COOKIE tags (`MasterKey::directory_mac_key`).
+    pub directory_key: MacKey,
+    /// Fingerprint of the master key, told in ANNOUNCE.
+    pub key_fingerprint: [u8; crate::keys::FINGERPRINT_LEN],
     /// Directory group (ANNOUNCE goes there).
     pub directory: SocketAddrV4,
     /// Port for requests, reports and unicast streams.
@@ -65,6 +70,8 @@ pub struct FileSpec {
     pub manifest: Manifest,
     /// Its encoded, signed form.
     pub manifest_bytes: Vec<u8>,
+    /// Its key: the session's packet keys are derived from it.
+    pub file_key: FileKey,
     /// Its channels, one per rate, all files the same number.
     pub channels: Vec<ChannelSpec>,
 }

@@ -115,4 +115,8 @@ pub struct ServerStats {
     pub unvalidated: u64,
     /// Datagrams on the unicast port that did not decode or were not ours.
     pub dropped: u64,
+    /// Datagrams on the unicast port whose tag did not verify (forged or corrupt).
+    pub unauthenticated: u64,
+    /// Reports that echoed no STATUS sent lately (stale or replayed), ignored.
+    pub stale_reports: u64,
 }

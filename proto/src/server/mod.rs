@@ -28,7 +28,7 @@ use crate::cookie::CookieJar;
 use crate::rate::{RateController, membership_memory};
 use crate::sender::{Announcer, Carousel, PayloadSource, RepairConfig};
 use crate::timers::TimerHeap;
-use crate::wire::{self, AnnounceEntry, ChannelInfo, Packet, Report};
+use crate::wire::{self, AnnounceEntry, ChannelInfo, Packet, Report, SessionKeys};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddrV4;
@@ -54,6 +54,8 @@ struct Channel {
 /// One file and its channels.
 struct FileOnAir {
     manifest: Manifest,
+    /// This session's packet keys for the file.
+    keys: SessionKeys,
     manifest_bytes: Vec<u8>,
     channels: Vec<Channel>,
     /// False while an on-demand file waits for a request.
@@ -115,6 +117,8 @@ impl<A: Admission> Endpoint<A> {
             .map(|spec| FileOnAir::new(&config, spec, now))
             .collect();
         let announcer = Announcer::new(
+            &config.directory_key,
+            config.key_fingerprint,
             config.session_id,
             &listing(&files),
             config.unicast_port,
@@ -171,6 +175,21 @@ impl<A: Admission> Endpoint<A> {
             return;
         };
         let ours = datagram.session_id == self.config.session_id;
+        // Nothing is acted on before its tag verifies: a request under the
+        // directory key, the rest under the session key of the file it names.
+        let key = match &datagram.packet {
+            Packet::Request(_) => Some(&self.config.directory_key),
+            Packet::Nak(wire::Nak { archive_id, .. })
+            | Packet::Report(Report { archive_id, .. })
+            | Packet::Done(wire::Done { archive_id, .. }) => {
+                self.file_of(*archive_id).map(|f| &self.files[f].keys.mac)
+            }
+            _ => None,
+        };
+        if !key.is_some_and(|key| key.verifies(bytes)) {
+            self.stats.unauthenticated += 1;
+            return;
+        }
         match datagram.packet {
             Packet::Request(request) => self.handle_request(now, from, bytes.len(), &request),
             Packet::Nak(nak) if ours => match self.client_at(from) {
@@ -200,7 +219,8 @@ impl<A: Admission> Endpoint<A> {
         if !self.admission.admits(now, from, &request.cookie) {
             self.stats.unvalidated += 1;
             let cookie = self.admission.challenge(now, from);
-            let answer = wire::encode_cookie(self.config.session_id, &cookie);
+            let answer =
+                wire::encode_cookie(&self.config.directory_key, self.config.session_id, &cookie);
             if answer.len() <= request_len {
                 self.control.push_back((Socket::Unicast, from, answer));
             }
@@ -234,6 +254,19 @@ impl<A: Admission> Endpoint<A> {
             self.stats.dropped += 1;
             return;
         };
+        // A report must echo a STATUS sent in the last 2.5 s on one of the file's
+        // channels or the sender's stream: a replayed one neither keeps a stream
+        // alive nor moves a rate for longer than that (T10, T11).
+        let echo = report.echo_time_us;
+        let on_channel =
+            (self.files[f].channels.iter()).any(|c| c.stream.carousel.sent_status_lately(echo));
+        let on_stream = (self.client_slots.get(&from))
+            .and_then(|&slot| self.clients[slot].as_ref())
+            .is_some_and(|c| c.stream.carousel.sent_status_lately(echo));
+        if !on_channel && !on_stream {
+            self.stats.stale_reports += 1;
+            return;
+        }
         let file = &mut self.files[f];
         file.last_interest = now;
         if let Some(channel) = file.channels.get_mut(report.channel as usize) {
@@ -313,6 +346,8 @@ impl<A: Admission> Endpoint<A> {
     /// entries keep their sizes, so the listing still fits as it did at start.
     fn relist(&mut self) {
         if let Ok(newer) = Announcer::new(
+            &self.config.directory_key,
+            self.config.key_fingerprint,
             self.config.session_id,
             &listing(&self.files),
             self.config.unicast_port,
@@ -521,6 +556,11 @@ impl<A: Admission> Endpoint<A> {
 impl FileOnAir {
     fn new(config: &ServerConfig, spec: FileSpec, now: Instant) -> Self {
         let packets = spec.manifest.packet_count();
+        let keys = SessionKeys::new(
+            &spec.file_key,
+            config.session_id,
+            spec.manifest.payload_size,
+        );
         let count = spec.channels.len().max(1) as u64;
         let channels = spec
             .channels
@@ -536,6 +576,7 @@ impl FileOnAir {
                 // Loops of one file's channels start evenly spread over the file.
                 let phase = (packets as u64 * j as u64 / count) as u32;
                 let carousel = Carousel::new(
+                    keys.clone(),
                     config.session_id,
                     &spec.manifest,
                     &spec.manifest_bytes,
@@ -553,6 +594,7 @@ impl FileOnAir {
             })
             .collect();
         Self {
+            keys,
             manifest: spec.manifest,
             manifest_bytes: spec.manifest_bytes,
             channels,

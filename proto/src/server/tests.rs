@@ -23,8 +23,18 @@ struct Harness {
     name: String,
 }
 
+/// The site key of these tests.
+fn site_key() -> MasterKey {
+    MasterKey::from_bytes([2; 32])
+}
+
+/// The key of `archive_id`'s control packets in session `session`.
+fn session_mac(archive_id: u64, session: u32) -> wire::MacKey {
+    site_key().file_key(archive_id).session_mac_key(session)
+}
+
 fn harness(configure: impl FnOnce(&mut ServerConfig)) -> Harness {
-    let key = MasterKey::from_bytes([2; 32]);
+    let key = site_key();
     let mut rng = SmallRng::seed_from_u64(3);
     let mut original = vec![0u8; 200_000];
     rand::Rng::fill_bytes(&mut rng, &mut original);
@@ -32,6 +42,8 @@ fn harness(configure: impl FnOnce(&mut ServerConfig)) -> Harness {
         crate::sim::pack(&key, &original, 1 << 16, 1440, &mut rng);
     let mut config = ServerConfig {
         session_id: SESSION,
+        directory_key: key.directory_mac_key(),
+        key_fingerprint: key.fingerprint(),
         directory: "239.1.1.1:7000".parse().unwrap(),
         unicast_port: 7000,
         max_datagram: 1472,
@@ -51,6 +63,7 @@ fn harness(configure: impl FnOnce(&mut ServerConfig)) -> Harness {
     configure(&mut config);
     let name = manifest.name.clone();
     let spec = FileSpec {
+        file_key: key.file_key(manifest.archive_id),
         manifest,
         manifest_bytes,
         channels: vec![ChannelSpec {
@@ -113,7 +126,7 @@ impl Harness {
             cookie,
             name: self.name.clone(),
         };
-        let bytes = wire::encode_request(0, &request);
+        let bytes = wire::encode_request(&site_key().directory_mac_key(), 0, &request);
         self.server
             .handle_datagram(self.t, Origin::Unicast(from), &bytes);
         bytes.len()
@@ -263,6 +276,7 @@ fn done_ends_a_stream_once_and_a_silent_client_is_dropped() {
     );
     let archive_id = h.server.manifest(0).archive_id;
     let done = wire::encode_done(
+        &session_mac(archive_id, SESSION),
         SESSION,
         &wire::Done {
             archive_id,
@@ -305,9 +319,18 @@ fn done_ends_a_stream_once_and_a_silent_client_is_dropped() {
 #[test]
 fn reports_make_receivers_known_and_moves_are_told() {
     let mut h = harness(|_| {});
+    // Reports echo the server time of a STATUS the channel sent.
+    let echo = (h.run(Duration::from_millis(200)).into_iter())
+        .flat_map(|(_, _, datagrams)| datagrams)
+        .find_map(|d| match wire::decode(&d).map(|d| d.packet) {
+            Ok(Packet::Status(s)) => Some(s.server_time_us),
+            _ => None,
+        })
+        .expect("a STATUS");
     let archive_id = h.server.manifest(0).archive_id;
     let report = |channel| {
         wire::encode_report(
+            &session_mac(archive_id, SESSION),
             SESSION,
             &Report {
                 archive_id,
@@ -315,6 +338,7 @@ fn reports_make_receivers_known_and_moves_are_told() {
                 channel,
                 held: 5,
                 packet_count: 150,
+                echo_time_us: echo,
                 ..Report::default()
             },
         )
@@ -328,6 +352,7 @@ fn reports_make_receivers_known_and_moves_are_told() {
         .handle_datagram(h.t, Origin::Unicast(from), &report(wire::UNICAST_CHANNEL));
     // Another session's report, and junk, are dropped.
     let foreign = wire::encode_report(
+        &session_mac(archive_id, SESSION + 1),
         SESSION + 1,
         &Report {
             archive_id,
@@ -338,6 +363,18 @@ fn reports_make_receivers_known_and_moves_are_told() {
         .handle_datagram(h.t, Origin::Unicast(from), &foreign);
     h.server
         .handle_datagram(h.t, Origin::Unicast(from), b"junk");
+    // A report echoing no STATUS sent lately (stale, or replayed) is ignored.
+    let stale = wire::encode_report(
+        &session_mac(archive_id, SESSION),
+        SESSION,
+        &Report {
+            archive_id,
+            receiver_id: 78,
+            echo_time_us: 12345,
+            ..Report::default()
+        },
+    );
+    h.server.handle_datagram(h.t, Origin::Unicast(from), &stale);
     let events: Vec<_> = h
         .events()
         .into_iter()
@@ -360,7 +397,10 @@ fn reports_make_receivers_known_and_moves_are_told() {
         ]
     );
     assert_eq!(h.server.receivers().len(), 1);
-    assert_eq!(h.server.stats().dropped, 2);
+    // Junk does not decode; the other session's report does not verify.
+    assert_eq!(h.server.stats().dropped, 1);
+    assert_eq!(h.server.stats().unauthenticated, 1);
+    assert_eq!(h.server.stats().stale_reports, 1);
 }
 
 #[test]

@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 
 const SESSION: u32 = 0x5eed;
 const DIRECTORY: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(239, 255, 0, 1), 7000);
+/// Payload size of the simulated archives: a 1500-byte IP packet's.
+const SIM_PAYLOAD: u16 =
+    (wire::DEFAULT_PACKET_SIZE - wire::IP_UDP_OVERHEAD - wire::DATA_HEADER_LEN - wire::TRAILER_LEN)
+        as u16;
 
 enum Event {
     /// The server's timers or pacer are due (stale unless it is the one scheduled).
@@ -127,14 +131,14 @@ pub fn run(config: &SimConfig) -> SimReport {
     let mut rng = SmallRng::seed_from_u64(config.seed);
     let key = MasterKey::from_bytes([7; 32]);
     let (manifest, manifest_bytes, body) = if config.sham_body {
-        let (mut manifest, _, _) = pack(&key, &[], 1 << 20, 1440, &mut rng);
+        let (mut manifest, _, _) = pack(&key, &[], 1 << 20, SIM_PAYLOAD, &mut rng);
         manifest.body_len = config.file_size.max(64) as u64;
         let bytes = manifest.encode(&key.file_key(manifest.archive_id));
         (manifest, bytes, vec![0; config.file_size.max(64)])
     } else {
         let mut original = vec![0u8; config.file_size];
         rng.fill_bytes(&mut original);
-        pack(&key, &original, 1 << 20, 1440, &mut rng)
+        pack(&key, &original, 1 << 20, SIM_PAYLOAD, &mut rng)
     };
     let origin = Instant::now();
     let channels: Vec<ChannelSpec> = std::iter::once(config.rate_bps)
@@ -148,6 +152,8 @@ pub fn run(config: &SimConfig) -> SimReport {
         .collect();
     let server_config = ServerConfig {
         session_id: SESSION,
+        directory_key: key.directory_mac_key(),
+        key_fingerprint: key.fingerprint(),
         directory: DIRECTORY,
         unicast_port: 7000,
         max_datagram: 1472,
@@ -167,6 +173,7 @@ pub fn run(config: &SimConfig) -> SimReport {
     let spec = FileSpec {
         manifest: manifest.clone(),
         manifest_bytes,
+        file_key: key.file_key(manifest.archive_id),
         channels: channels.clone(),
     };
     let server = Endpoint::new(

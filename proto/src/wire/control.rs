@@ -1,7 +1,7 @@
 //! Control packets: STATUS (server to receivers), NAK, REPORT, DONE and REQUEST
 //! (receivers to server), COOKIE (the server's answer to an unvalidated REQUEST).
 
-use super::{COOKIE_LEN, DecodeError, MAX_NAK_RANGES, PacketType, datagram};
+use super::{COOKIE_LEN, DecodeError, MAX_NAK_RANGES, MacKey, PacketType, datagram};
 use crate::codec::Reader;
 
 /// Server facts carried by STATUS.
@@ -53,6 +53,9 @@ pub struct Report {
     pub interval_ms: u32,
     /// Datagrams the receiver's kernel dropped (socket buffer full), in total.
     pub kernel_drops: u32,
+    /// `server_time_us` of the last STATUS heard (0: none yet): a report that does
+    /// not echo a recent one is stale or replayed, and ignored (T10, T11).
+    pub echo_time_us: u64,
 }
 /// A receiver's notice that it verified and delivered a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,8 +82,8 @@ pub struct Request {
     pub name: String,
 }
 /// Encodes a STATUS datagram.
-pub fn encode_status(session_id: u32, status: &Status) -> Vec<u8> {
-    datagram(PacketType::Status, session_id, |buf| {
+pub fn encode_status(key: &MacKey, session_id: u32, status: &Status) -> Vec<u8> {
+    datagram(key, PacketType::Status, session_id, |buf| {
         buf.extend_from_slice(&status.archive_id.to_be_bytes());
         buf.extend_from_slice(&status.server_time_us.to_be_bytes());
         buf.extend_from_slice(&status.grtt_us.to_be_bytes());
@@ -89,9 +92,9 @@ pub fn encode_status(session_id: u32, status: &Status) -> Vec<u8> {
     })
 }
 /// Encodes a NAK datagram. More than `MAX_NAK_RANGES` ranges is a caller bug.
-pub fn encode_nak(session_id: u32, nak: &Nak) -> Vec<u8> {
+pub fn encode_nak(key: &MacKey, session_id: u32, nak: &Nak) -> Vec<u8> {
     assert!(nak.ranges.len() <= MAX_NAK_RANGES, "too many NAK ranges");
-    datagram(PacketType::Nak, session_id, |buf| {
+    datagram(key, PacketType::Nak, session_id, |buf| {
         buf.extend_from_slice(&nak.archive_id.to_be_bytes());
         buf.extend_from_slice(&nak.receiver_id.to_be_bytes());
         buf.extend_from_slice(&nak.echo_time_us.to_be_bytes());
@@ -104,8 +107,8 @@ pub fn encode_nak(session_id: u32, nak: &Nak) -> Vec<u8> {
     })
 }
 /// Encodes a REPORT datagram (session id: the server's).
-pub fn encode_report(session_id: u32, report: &Report) -> Vec<u8> {
-    datagram(PacketType::Report, session_id, |buf| {
+pub fn encode_report(key: &MacKey, session_id: u32, report: &Report) -> Vec<u8> {
+    datagram(key, PacketType::Report, session_id, |buf| {
         buf.extend_from_slice(&report.archive_id.to_be_bytes());
         buf.extend_from_slice(&report.receiver_id.to_be_bytes());
         buf.push(report.channel);
@@ -119,11 +122,12 @@ pub fn encode_report(session_id: u32, report: &Report) -> Vec<u8> {
         ] {
             buf.extend_from_slice(&v.to_be_bytes());
         }
+        buf.extend_from_slice(&report.echo_time_us.to_be_bytes());
     })
 }
 /// Encodes a DONE datagram (session id: the server's).
-pub fn encode_done(session_id: u32, done: &Done) -> Vec<u8> {
-    datagram(PacketType::Done, session_id, |buf| {
+pub fn encode_done(key: &MacKey, session_id: u32, done: &Done) -> Vec<u8> {
+    datagram(key, PacketType::Done, session_id, |buf| {
         buf.extend_from_slice(&done.archive_id.to_be_bytes());
         buf.extend_from_slice(&done.receiver_id.to_be_bytes());
         buf.extend_from_slice(&done.elapsed_ms.to_be_bytes());
@@ -131,12 +135,12 @@ pub fn encode_done(session_id: u32, done: &Done) -> Vec<u8> {
 }
 /// Encodes a REQUEST datagram (session id: the server's, or 0 when not known yet).
 /// Names over 255 bytes are a caller bug.
-pub fn encode_request(session_id: u32, request: &Request) -> Vec<u8> {
+pub fn encode_request(key: &MacKey, session_id: u32, request: &Request) -> Vec<u8> {
     assert!(
         request.name.len() <= 255,
         "request name longer than 255 bytes"
     );
-    datagram(PacketType::Request, session_id, |buf| {
+    datagram(key, PacketType::Request, session_id, |buf| {
         buf.extend_from_slice(&request.receiver_id.to_be_bytes());
         buf.push(request.flags);
         buf.extend_from_slice(&request.max_rate_bps.to_be_bytes());
@@ -146,8 +150,8 @@ pub fn encode_request(session_id: u32, request: &Request) -> Vec<u8> {
     })
 }
 /// Encodes a COOKIE datagram; it is never longer than the shortest REQUEST.
-pub fn encode_cookie(session_id: u32, cookie: &[u8; COOKIE_LEN]) -> Vec<u8> {
-    datagram(PacketType::Cookie, session_id, |buf| {
+pub fn encode_cookie(key: &MacKey, session_id: u32, cookie: &[u8; COOKIE_LEN]) -> Vec<u8> {
+    datagram(key, PacketType::Cookie, session_id, |buf| {
         buf.extend_from_slice(cookie)
     })
 }

@@ -1,6 +1,6 @@
 //! DATA (archive body bytes at fixed offsets) and MANIFEST packets.
 
-use super::{DATA_HEADER_LEN, MAGIC, PacketType, TRAILER_LEN, VERSION, datagram};
+use super::{DATA_HEADER_LEN, DataMac, MAGIC, MacKey, PacketType, TRAILER_LEN, VERSION, datagram};
 
 /// Header of a DATA packet (after the common header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,23 +26,17 @@ pub fn write_data_header(buf: &mut [u8], session_id: u32, header: &DataHeader) {
     buf[24..26].copy_from_slice(&header.flags.to_be_bytes());
     buf[26..28].copy_from_slice(&0u16.to_be_bytes());
 }
-/// Appends the CRC32 trailer over `buf[..len]` at `buf[len..len + 4]`; returns the datagram length.
-pub fn seal_in_place(buf: &mut [u8], len: usize) -> usize {
-    let crc = crc32fast::hash(&buf[..len]);
-    buf[len..len + TRAILER_LEN].copy_from_slice(&crc.to_be_bytes());
-    len + TRAILER_LEN
-}
 /// Encodes a complete DATA datagram (used by tests and tools; the sender writes in place).
-pub fn encode_data(session_id: u32, header: &DataHeader, payload: &[u8]) -> Vec<u8> {
+pub fn encode_data(mac: &DataMac, session_id: u32, header: &DataHeader, payload: &[u8]) -> Vec<u8> {
     let mut buf = vec![0u8; DATA_HEADER_LEN + payload.len() + TRAILER_LEN];
     write_data_header(&mut buf, session_id, header);
     buf[DATA_HEADER_LEN..DATA_HEADER_LEN + payload.len()].copy_from_slice(payload);
-    seal_in_place(&mut buf, DATA_HEADER_LEN + payload.len());
+    mac.seal_in_place(&mut buf, DATA_HEADER_LEN + payload.len());
     buf
 }
 /// Encodes a MANIFEST datagram around already-encoded manifest bytes.
-pub fn encode_manifest(session_id: u32, manifest: &[u8]) -> Vec<u8> {
-    datagram(PacketType::Manifest, session_id, |b| {
+pub fn encode_manifest(key: &MacKey, session_id: u32, manifest: &[u8]) -> Vec<u8> {
+    datagram(key, PacketType::Manifest, session_id, |b| {
         b.extend_from_slice(manifest)
     })
 }

@@ -1,7 +1,8 @@
 //! ANNOUNCE: the server's file list and each file's channels.
 
-use super::{DecodeError, ENTRY_IDLE, MAX_CHANNELS, PacketType, datagram};
+use super::{DecodeError, ENTRY_IDLE, MAX_CHANNELS, MacKey, PacketType, datagram};
 use crate::codec::Reader;
+use crate::keys::FINGERPRINT_LEN;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// One multicast channel of a file: where and how fast it loops.
@@ -52,11 +53,15 @@ pub struct Announce {
     /// The server's unicast port (requests, reports, unicast streams), on the
     /// address the ANNOUNCE came from.
     pub unicast_port: u16,
+    /// Fingerprint of the server's master key, so a receiver holding another key
+    /// can say so instead of waiting (not secret; a forger can write any).
+    pub key_fingerprint: [u8; FINGERPRINT_LEN],
     /// Files listed in this part.
     pub entries: Vec<AnnounceEntry>,
 }
-/// Bytes of the ANNOUNCE header after the common header: part, parts, unicast port, count.
-pub const ANNOUNCE_HEADER_LEN: usize = 5;
+/// Bytes of the ANNOUNCE header after the common header: part, parts, unicast
+/// port, key fingerprint, count.
+pub const ANNOUNCE_HEADER_LEN: usize = 5 + FINGERPRINT_LEN;
 /// Bytes one channel takes in an ANNOUNCE entry.
 const CHANNEL_INFO_LEN: usize = 4 + 2 + 2 + 8;
 /// Bytes one entry takes in an ANNOUNCE datagram.
@@ -65,11 +70,12 @@ pub fn announce_entry_len(entry: &AnnounceEntry) -> usize {
 }
 /// Encodes an ANNOUNCE datagram. Names over 255 bytes or more than `MAX_CHANNELS`
 /// channels are a caller bug.
-pub fn encode_announce(session_id: u32, announce: &Announce) -> Vec<u8> {
-    datagram(PacketType::Announce, session_id, |buf| {
+pub fn encode_announce(key: &MacKey, session_id: u32, announce: &Announce) -> Vec<u8> {
+    datagram(key, PacketType::Announce, session_id, |buf| {
         buf.push(announce.part);
         buf.push(announce.parts);
         buf.extend_from_slice(&announce.unicast_port.to_be_bytes());
+        buf.extend_from_slice(&announce.key_fingerprint);
         buf.push(announce.entries.len() as u8);
         for e in &announce.entries {
             assert!(e.name.len() <= 255, "announce name longer than 255 bytes");
@@ -98,6 +104,7 @@ pub(super) fn decode_announce(r: &mut Reader<'_>) -> Result<Announce, DecodeErro
     let part = r.u8()?;
     let parts = r.u8()?;
     let unicast_port = r.u16()?;
+    let key_fingerprint = r.array()?;
     let count = r.u8()?;
     if parts == 0 || part >= parts {
         return Err(DecodeError::Invalid);
@@ -138,6 +145,7 @@ pub(super) fn decode_announce(r: &mut Reader<'_>) -> Result<Announce, DecodeErro
         part,
         parts,
         unicast_port,
+        key_fingerprint,
         entries,
     })
 }

@@ -1,8 +1,10 @@
-//! Datagram format: common header, the body of each packet type, CRC32 trailer.
+//! Datagram format: common header, the body of each packet type, tag trailer.
 //! `proto/PROTOCOL.md` is the normative description of every field here.
 
 use crate::codec::{Reader, Truncated};
+pub use auth::{DataMac, MacKey, SessionKeys, TAG_LEN};
 
+pub mod auth;
 mod control;
 mod data;
 mod directory;
@@ -12,7 +14,7 @@ pub use control::{
     Done, Nak, Report, Request, Status, encode_cookie, encode_done, encode_nak, encode_report,
     encode_request, encode_status,
 };
-pub use data::{DataHeader, encode_data, encode_manifest, seal_in_place, write_data_header};
+pub use data::{DataHeader, encode_data, encode_manifest, write_data_header};
 use directory::decode_announce;
 pub use directory::{
     ANNOUNCE_HEADER_LEN, Announce, AnnounceEntry, ChannelInfo, announce_entry_len, encode_announce,
@@ -21,11 +23,11 @@ pub use directory::{
 /// First two bytes of every loopcast datagram: "LC".
 pub const MAGIC: [u8; 2] = *b"LC";
 /// Wire format version this code speaks.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Bytes of the common header (magic, version, type, session id).
 pub const COMMON_HEADER_LEN: usize = 8;
-/// Bytes of the CRC32 trailer.
-pub const TRAILER_LEN: usize = 4;
+/// Bytes of the trailer: the packet's authentication tag.
+pub const TRAILER_LEN: usize = TAG_LEN;
 /// Bytes of a DATA packet header, common header included.
 pub const DATA_HEADER_LEN: usize = COMMON_HEADER_LEN + 20;
 /// Bytes an IPv4 + UDP header add to a datagram.
@@ -93,8 +95,6 @@ pub const ENTRY_IDLE: u8 = 1;
 pub enum DecodeError {
     /// Shorter than its header, or a body field runs past the end.
     Truncated,
-    /// The CRC32 trailer does not match.
-    BadCrc,
     /// Not "LC".
     BadMagic,
     /// A wire version this code does not speak.
@@ -146,16 +146,23 @@ fn put_common(buf: &mut Vec<u8>, kind: PacketType, session_id: u32) {
     buf.push(kind as u8);
     buf.extend_from_slice(&session_id.to_be_bytes());
 }
-/// A whole datagram: common header, the body `write` appends, CRC trailer.
-fn datagram(kind: PacketType, session_id: u32, write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+/// A whole datagram: common header, the body `write` appends, the tag under `key`.
+fn datagram(
+    key: &MacKey,
+    kind: PacketType,
+    session_id: u32,
+    write: impl FnOnce(&mut Vec<u8>),
+) -> Vec<u8> {
     let mut buf = Vec::with_capacity(64);
     put_common(&mut buf, kind, session_id);
     write(&mut buf);
-    let crc = crc32fast::hash(&buf);
-    buf.extend_from_slice(&crc.to_be_bytes());
+    key.seal(&mut buf);
     buf
 }
-/// Decodes and checks one datagram; never panics, whatever the input.
+/// Decodes one datagram's fields; never panics, whatever the input. The tag is
+/// not checked here: the caller checks it with the key the packet's type,
+/// session and archive call for (`MacKey::verifies`, `DataMac::verifies`)
+/// before acting on anything in it.
 pub fn decode(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
     if bytes.len() < COMMON_HEADER_LEN + TRAILER_LEN {
         return Err(DecodeError::Truncated);
@@ -163,11 +170,7 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
     if bytes[0..2] != MAGIC {
         return Err(DecodeError::BadMagic);
     }
-    let (content, trailer) = bytes.split_at(bytes.len() - TRAILER_LEN);
-    let crc = u32::from_be_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
-    if crc32fast::hash(content) != crc {
-        return Err(DecodeError::BadCrc);
-    }
+    let content = &bytes[..bytes.len() - TRAILER_LEN];
     if bytes[2] != VERSION {
         return Err(DecodeError::BadVersion);
     }
@@ -216,6 +219,7 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
             lost: r.u32()?,
             interval_ms: r.u32()?,
             kernel_drops: r.u32()?,
+            echo_time_us: r.u64()?,
         }),
         k if k == PacketType::Done as u8 => Packet::Done(Done {
             archive_id: r.u64()?,

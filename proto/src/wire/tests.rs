@@ -1,6 +1,14 @@
-//! Round trips of every packet type and random bytes into the decoder.
+//! Round trips of every packet type, random bytes into the decoder, and the tags.
 
 use super::*;
+
+fn mac() -> MacKey {
+    MacKey::from_bytes([4; 32])
+}
+
+fn data_mac() -> DataMac {
+    DataMac::from_bytes(&[5; 32])
+}
 use proptest::prelude::*;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -38,7 +46,7 @@ proptest! {
     fn data_round_trips(session in any::<u32>(), id in any::<u64>(), count in 1u32.., idx in any::<u32>(),
                         flags in any::<u16>(), payload in proptest::collection::vec(any::<u8>(), 1..1500)) {
         let header = DataHeader { archive_id: id, packet_index: idx % count, packet_count: count, flags };
-        let bytes = encode_data(session, &header, &payload);
+        let bytes = encode_data(&data_mac(), session, &header, &payload);
         let d = decode(&bytes).unwrap();
         prop_assert_eq!(d.session_id, session);
         prop_assert_eq!(d.packet, Packet::Data(header, &payload[..]));
@@ -46,23 +54,23 @@ proptest! {
 
     #[test]
     fn manifest_packet_round_trips(session in any::<u32>(), body in proptest::collection::vec(any::<u8>(), 0..600)) {
-        let bytes = encode_manifest(session, &body);
+        let bytes = encode_manifest(&mac(), session, &body);
         let d = decode(&bytes).unwrap();
         prop_assert_eq!(d.packet, Packet::Manifest(&body[..]));
     }
 
     #[test]
     fn announce_round_trips(session in any::<u32>(), parts in 1u8.., part in any::<u8>(), unicast_port in any::<u16>(),
-                            entries in proptest::collection::vec(entry_strategy(), 0..5)) {
-        let a = Announce { part: part % parts, parts, unicast_port, entries };
-        let bytes = encode_announce(session, &a);
+                            key_fingerprint in any::<[u8; 16]>(), entries in proptest::collection::vec(entry_strategy(), 0..5)) {
+        let a = Announce { part: part % parts, parts, unicast_port, key_fingerprint, entries };
+        let bytes = encode_announce(&mac(), session, &a);
         prop_assert_eq!(decode(&bytes).unwrap().packet, Packet::Announce(a));
     }
 
     #[test]
     fn status_round_trips(session in any::<u32>(), a in any::<u64>(), t in any::<u64>(), g in any::<u32>(), n in any::<u32>(), rate in any::<u64>()) {
         let st = Status { archive_id: a, server_time_us: t, grtt_us: g, group_size: n, rate_bps: rate };
-        let bytes = encode_status(session, &st);
+        let bytes = encode_status(&mac(), session, &st);
         prop_assert_eq!(decode(&bytes).unwrap().packet, Packet::Status(st));
     }
 
@@ -70,20 +78,21 @@ proptest! {
     fn nak_round_trips(session in any::<u32>(), a in any::<u64>(), id in any::<u32>(), echo in any::<u64>(), hold in any::<u32>(),
                        ranges in proptest::collection::vec((0u32..u32::MAX / 2, 1u16..), 1..MAX_NAK_RANGES)) {
         let nak = Nak { archive_id: a, receiver_id: id, echo_time_us: echo, hold_us: hold, ranges };
-        let bytes = encode_nak(session, &nak);
+        let bytes = encode_nak(&mac(), session, &nak);
         prop_assert!(bytes.len() <= DEFAULT_PACKET_SIZE - IP_UDP_OVERHEAD);
         prop_assert_eq!(decode(&bytes).unwrap().packet, Packet::Nak(nak));
     }
 
     #[test]
     fn report_and_done_round_trip(session in any::<u32>(), a in any::<u64>(), id in any::<u32>(), channel in any::<u8>(),
-                                  counts in any::<[u32; 6]>()) {
+                                  counts in any::<[u32; 6]>(), echo in any::<u64>()) {
         let report = Report { archive_id: a, receiver_id: id, channel, held: counts[0], packet_count: counts[1],
-                              arrived: counts[2], lost: counts[3], interval_ms: counts[4], kernel_drops: counts[5] };
-        let bytes = encode_report(session, &report);
+                              arrived: counts[2], lost: counts[3], interval_ms: counts[4], kernel_drops: counts[5],
+                              echo_time_us: echo };
+        let bytes = encode_report(&mac(), session, &report);
         prop_assert_eq!(decode(&bytes).unwrap().packet, Packet::Report(report));
         let done = Done { archive_id: a, receiver_id: id, elapsed_ms: counts[0] };
-        let bytes = encode_done(session, &done);
+        let bytes = encode_done(&mac(), session, &done);
         prop_assert_eq!(decode(&bytes).unwrap().packet, Packet::Done(done));
     }
 
@@ -91,8 +100,8 @@ proptest! {
     fn requests_round_trip_and_a_cookie_answer_is_never_longer(session in any::<u32>(), id in any::<u32>(), flags in any::<u8>(),
                                   rate in any::<u64>(), cookie in any::<[u8; COOKIE_LEN]>(), name in "[a-z.]{0,40}") {
         let request = Request { receiver_id: id, flags, max_rate_bps: rate, cookie, name };
-        let bytes = encode_request(session, &request);
-        let answer = encode_cookie(session, &cookie);
+        let bytes = encode_request(&mac(), session, &request);
+        let answer = encode_cookie(&mac(), session, &cookie);
         prop_assert!(answer.len() <= bytes.len());
         prop_assert_eq!(decode(&answer).unwrap().packet, Packet::Cookie(cookie));
         prop_assert_eq!(decode(&bytes).unwrap().packet, Packet::Request(request));
@@ -104,22 +113,70 @@ proptest! {
     }
 
     #[test]
-    fn random_bodies_with_valid_crc_never_panic(kind in 0u8..11, body in proptest::collection::vec(any::<u8>(), 0..400)) {
+    fn random_bodies_never_panic(kind in 0u8..11, body in proptest::collection::vec(any::<u8>(), 0..400)) {
         let mut bytes = vec![b'L', b'C', VERSION, kind, 0, 0, 0, 1];
         bytes.extend_from_slice(&body);
-        let crc = crc32fast::hash(&bytes);
-        bytes.extend_from_slice(&crc.to_be_bytes());
         let _ = decode(&bytes);
+        let _ = data_mac().verifies(&bytes);
+        let _ = mac().verifies(&bytes);
     }
 
     #[test]
-    fn any_flipped_bit_is_rejected(payload in proptest::collection::vec(any::<u8>(), 1..200), bit in any::<usize>()) {
+    fn any_flipped_bit_fails_the_data_tag(payload in proptest::collection::vec(any::<u8>(), 1..200), bit in any::<usize>()) {
         let header = DataHeader { archive_id: 9, packet_index: 0, packet_count: 1, flags: 0 };
-        let mut bytes = encode_data(1, &header, &payload);
+        let mut bytes = encode_data(&data_mac(), 1, &header, &payload);
+        prop_assert!(data_mac().verifies(&bytes));
         let bit = bit % (bytes.len() * 8);
         bytes[bit / 8] ^= 1 << (bit % 8);
-        prop_assert!(decode(&bytes).is_err());
+        prop_assert!(!data_mac().verifies(&bytes));
     }
+
+    #[test]
+    fn any_flipped_bit_fails_the_control_tag(n in any::<u32>(), bit in any::<usize>()) {
+        let done = Done { archive_id: 1, receiver_id: n, elapsed_ms: 3 };
+        let mut bytes = encode_done(&mac(), 1, &done);
+        prop_assert!(mac().verifies(&bytes));
+        let bit = bit % (bytes.len() * 8);
+        bytes[bit / 8] ^= 1 << (bit % 8);
+        prop_assert!(!mac().verifies(&bytes));
+    }
+}
+
+#[test]
+fn tags_need_the_right_key_and_nonce() {
+    let header = DataHeader {
+        archive_id: 1,
+        packet_index: 4,
+        packet_count: 9,
+        flags: 0,
+    };
+    let data = encode_data(&data_mac(), 5, &header, b"abc");
+    assert!(!DataMac::from_bytes(&[6; 32]).verifies(&data));
+    assert!(!data_mac().verifies(&data[..data.len() - 1]));
+    assert!(!data_mac().verifies(&[]));
+    // The same bytes under another index or flags (the nonce) do not verify.
+    let repair = DataHeader {
+        flags: FLAG_REPAIR,
+        ..header
+    };
+    let mut moved = encode_data(&data_mac(), 5, &repair, b"abc");
+    let tag_at = moved.len() - TAG_LEN;
+    moved[tag_at..].copy_from_slice(&data[tag_at..]);
+    assert!(!data_mac().verifies(&moved));
+    let status = encode_status(
+        &mac(),
+        5,
+        &Status {
+            archive_id: 1,
+            server_time_us: 2,
+            grtt_us: 3,
+            group_size: 4,
+            rate_bps: 5,
+        },
+    );
+    assert!(mac().verifies(&status));
+    assert!(!MacKey::from_bytes([7; 32]).verifies(&status));
+    assert!(!mac().verifies(&status[..TAG_LEN - 1]));
 }
 
 #[test]
@@ -130,17 +187,14 @@ fn rejects_each_kind_of_bad_datagram() {
         packet_count: 1,
         flags: 0,
     };
-    let good = encode_data(5, &header, b"abc");
+    let good = encode_data(&data_mac(), 5, &header, b"abc");
     assert_eq!(decode(&good[..5]), Err(DecodeError::Truncated));
-    let mut bad_crc = good.clone();
-    *bad_crc.last_mut().unwrap() ^= 1;
-    assert_eq!(decode(&bad_crc), Err(DecodeError::BadCrc));
     let mut bad_magic = good.clone();
     bad_magic[0] = b'X';
     assert_eq!(decode(&bad_magic), Err(DecodeError::BadMagic));
     let reseal = |mut v: Vec<u8>| {
         let n = v.len() - TRAILER_LEN;
-        seal_in_place(&mut v, n);
+        data_mac().seal_in_place(&mut v, n);
         v
     };
     let mut bad_version = good.clone();
@@ -155,12 +209,12 @@ fn rejects_each_kind_of_bad_datagram() {
         ..header
     };
     assert_eq!(
-        decode(&encode_data(5, &out_of_range, b"x")),
+        decode(&encode_data(&data_mac(), 5, &out_of_range, b"x")),
         Err(DecodeError::Invalid)
     );
 }
 
 #[test]
-fn default_payload_size_is_1440() {
-    assert_eq!(payload_size_for_packet(DEFAULT_PACKET_SIZE), 1440);
+fn default_payload_size_is_1428() {
+    assert_eq!(payload_size_for_packet(DEFAULT_PACKET_SIZE), 1428);
 }
