@@ -6,6 +6,7 @@
 //! one `Instant::now()` is only the origin of the virtual time line). Test support,
 //! not API: built for this crate's tests and with the `sim` feature.
 
+pub mod fuzz;
 mod lan;
 
 pub use lan::run;

@@ -1,0 +1,441 @@
+//! Both endpoints driven by arbitrary datagram sequences, for the proptest in
+//! `tests/random_interaction.rs` and the coverage-guided targets under `fuzz/`
+//! (after quinn-proto's `random_interaction`). A step is a valid datagram of one
+//! type, mutated, or raw bytes; either may be tagged anew with the right key, as a
+//! key holder could, so that inputs reach the code behind the tag checks. Each
+//! drive checks the endpoints' bounds after every step and says which one broke.
+
+use super::{Bodies, pack};
+use crate::ReceivedMap;
+use crate::archive::{FramePlace, decode_table, open_frame};
+use crate::client::{self, ClientConfig, Command, Session};
+use crate::receiver::ResumePoint;
+use crate::server::{
+    BatchLimits, ChannelSpec, Endpoint, FileSpec, MAX_RECEIVERS, Origin, ServerConfig,
+};
+use crate::wire::{
+    self, Announce, AnnounceEntry, ChannelInfo, DataHeader, PacketType, SessionKeys,
+};
+use crate::wire::{DataMac, MacKey};
+use crate::{AdaptMode, CookieJar, Manifest, MasterKey, NakMode};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+/// The server session of the world.
+pub const SESSION: u32 = 0x5e55;
+/// Unicast streams the world's server allows.
+const MAX_CLIENTS: usize = 4;
+
+/// One small file, its keys and its channel.
+pub struct World {
+    key: MasterKey,
+    manifest: Manifest,
+    manifest_bytes: Vec<u8>,
+    body: Vec<u8>,
+    channel: ChannelSpec,
+    seeds: Vec<Vec<u8>>,
+}
+
+/// One step of a drive: a datagram, where it comes from, and the time that passes.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// The datagram: a seed of `World` mutated, or raw bytes.
+    pub input: Input,
+    /// Tag it anew with the key its type calls for.
+    pub retag: bool,
+    /// Picks the origin (socket, and for receivers the reception and channel).
+    pub origin: u8,
+    /// Picks the source address.
+    pub source: u8,
+    /// Milliseconds that pass before it arrives.
+    pub dt_ms: u16,
+}
+
+/// What a step's datagram is made from.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// Seed `seed` (modulo the number of seeds) with bytes set at offsets, then cut.
+    Seed {
+        /// Which seed.
+        seed: usize,
+        /// (offset, byte) replacements; offsets past the end are ignored.
+        mutations: Vec<(usize, u8)>,
+        /// Length to cut to.
+        truncate: Option<usize>,
+    },
+    /// These bytes as they are.
+    Raw(Vec<u8>),
+}
+
+impl Step {
+    /// Reads steps from fuzzer bytes: per step a 5-byte header (kind, origin,
+    /// source, time, length) and `length` bytes. Kind bit 0: raw bytes (else a
+    /// seed: first byte which, then (offset, byte) pairs); bit 1: tag anew.
+    pub fn parse_all(mut bytes: &[u8]) -> Vec<Step> {
+        let mut steps = Vec::new();
+        while let [kind, origin, source, dt, len, rest @ ..] = bytes {
+            let len = (*len as usize).min(rest.len());
+            let (body, tail) = rest.split_at(len);
+            bytes = tail;
+            let input = if kind & 1 == 1 {
+                Input::Raw(body.to_vec())
+            } else {
+                let (seed, pairs) = body.split_first().map_or((0, &[][..]), |(s, p)| (*s, p));
+                Input::Seed {
+                    seed: seed as usize,
+                    mutations: pairs
+                        .chunks_exact(2)
+                        .map(|p| (p[0] as usize * 8, p[1]))
+                        .collect(),
+                    truncate: (kind & 4 != 0).then_some(len * 8),
+                }
+            };
+            steps.push(Step {
+                input,
+                retag: kind & 2 != 0,
+                origin: *origin,
+                source: *source,
+                dt_ms: *dt as u16 * 4,
+            });
+        }
+        steps
+    }
+}
+
+impl World {
+    /// The world: a 50 kB file packed in 16 kB frames, on one 50 Mbit/s channel.
+    pub fn new() -> Self {
+        let key = MasterKey::from_bytes([8; 32]);
+        let mut rng = SmallRng::seed_from_u64(11);
+        let mut original = vec![0u8; 50_000];
+        rand::Rng::fill_bytes(&mut rng, &mut original);
+        let (manifest, manifest_bytes, body) = pack(&key, &original, 1 << 14, 1428, &mut rng);
+        let mut world = World {
+            key,
+            manifest,
+            manifest_bytes,
+            body,
+            channel: ChannelSpec {
+                group: SocketAddrV4::new(Ipv4Addr::new(239, 1, 2, 3), 7001),
+                control_port: 17001,
+                rate_bps: 50_000_000,
+            },
+            seeds: Vec::new(),
+        };
+        world.seeds = world.make_seeds();
+        world
+    }
+
+    fn session_keys(&self) -> SessionKeys {
+        let file_key = self.key.file_key(self.manifest.archive_id);
+        SessionKeys::new(&file_key, SESSION, self.manifest.payload_size)
+    }
+
+    /// One valid datagram of each type, for mutation.
+    fn make_seeds(&self) -> Vec<Vec<u8>> {
+        let (m, keys, directory) = (
+            &self.manifest,
+            self.session_keys(),
+            self.key.directory_mac_key(),
+        );
+        let (id, count) = (m.archive_id, m.packet_count());
+        let entry = AnnounceEntry {
+            archive_id: id,
+            original_size: m.original_size,
+            body_len: m.body_len,
+            flags: 0,
+            name: m.name.clone(),
+            channels: vec![ChannelInfo {
+                group: self.channel.group,
+                control_port: self.channel.control_port,
+                rate_bps: self.channel.rate_bps,
+            }],
+        };
+        let announce = Announce {
+            part: 0,
+            parts: 1,
+            unicast_port: 7000,
+            key_fingerprint: self.key.fingerprint(),
+            entries: vec![entry],
+        };
+        let data = DataHeader {
+            archive_id: id,
+            packet_index: 0,
+            packet_count: count,
+            flags: 0,
+        };
+        let status = wire::Status {
+            archive_id: id,
+            server_time_us: 1,
+            grtt_us: 5000,
+            group_size: 3,
+            rate_bps: 50_000_000,
+        };
+        let nak = wire::Nak {
+            archive_id: id,
+            receiver_id: 9,
+            echo_time_us: 1,
+            hold_us: 0,
+            ranges: vec![(1, 3), (10, 60000)],
+        };
+        let report = wire::Report {
+            archive_id: id,
+            receiver_id: 9,
+            channel: 0,
+            held: 3,
+            packet_count: count,
+            arrived: 100,
+            lost: 5,
+            interval_ms: 1000,
+            kernel_drops: 0,
+            // The first STATUS a carousel sends carries time 1.
+            echo_time_us: 1,
+        };
+        let done = wire::Done {
+            archive_id: id,
+            receiver_id: 9,
+            elapsed_ms: 10,
+        };
+        let request = wire::Request {
+            receiver_id: 9,
+            flags: wire::REQUEST_UNICAST | wire::REQUEST_START,
+            max_rate_bps: 0,
+            cookie: [0; wire::COOKIE_LEN],
+            name: m.name.clone(),
+        };
+        let payload = &self.body[..m.payload_size as usize];
+        vec![
+            wire::encode_announce(&directory, SESSION, &announce),
+            wire::encode_manifest(&keys.mac, SESSION, &self.manifest_bytes),
+            wire::encode_data(&keys.data, SESSION, &data, payload),
+            wire::encode_status(&keys.mac, SESSION, &status),
+            wire::encode_nak(&keys.mac, SESSION, &nak),
+            wire::encode_report(&keys.mac, SESSION, &report),
+            wire::encode_done(&keys.mac, SESSION, &done),
+            wire::encode_request(&directory, 0, &request),
+            wire::encode_cookie(&directory, SESSION, &[3; wire::COOKIE_LEN]),
+        ]
+    }
+
+    /// The datagram of `step`.
+    pub fn datagram(&self, step: &Step) -> Vec<u8> {
+        let mut d = match &step.input {
+            Input::Raw(bytes) => bytes.clone(),
+            Input::Seed {
+                seed,
+                mutations,
+                truncate,
+            } => {
+                let mut d = self.seeds[seed % self.seeds.len()].clone();
+                for &(at, value) in mutations {
+                    if let Some(b) = d.get_mut(at) {
+                        *b = value;
+                    }
+                }
+                if let Some(len) = truncate {
+                    d.truncate(*len);
+                }
+                d
+            }
+        };
+        if step.retag {
+            self.retag(&mut d);
+        }
+        d
+    }
+
+    /// Replaces the tag of `d` with the one its type calls for (a key holder's forgery).
+    fn retag(&self, d: &mut Vec<u8>) {
+        if d.len() < wire::DATA_HEADER_LEN + wire::TRAILER_LEN {
+            return;
+        }
+        let content = d.len() - wire::TRAILER_LEN;
+        d.truncate(content);
+        let keys = self.session_keys();
+        match d[3] {
+            t if t == PacketType::Data as u8 => {
+                d.resize(content + wire::TRAILER_LEN, 0);
+                keys.data.seal_in_place(d, content);
+            }
+            t if t == PacketType::Announce as u8
+                || t == PacketType::Request as u8
+                || t == PacketType::Cookie as u8 =>
+            {
+                self.key.directory_mac_key().seal(d)
+            }
+            _ => keys.mac.seal(d),
+        }
+    }
+
+    /// A server of the world's file, on demand or looping from the start.
+    pub fn server(&self, on_demand: bool, now: Instant) -> Endpoint {
+        let config = ServerConfig {
+            session_id: SESSION,
+            directory_key: self.key.directory_mac_key(),
+            key_fingerprint: self.key.fingerprint(),
+            directory: SocketAddrV4::new(Ipv4Addr::new(239, 1, 2, 1), 7000),
+            unicast_port: 7000,
+            max_datagram: 1472,
+            repair_share: 0.25,
+            grtt_floor: crate::sender::DEFAULT_GRTT_FLOOR,
+            group_size: 1,
+            adapt: Some((AdaptMode::Min, 1_000_000, 100_000_000)),
+            unicast_max_rate: 10_000_000,
+            unicast_max_clients: MAX_CLIENTS,
+            on_demand,
+            idle: Duration::from_secs(1),
+            batch: BatchLimits {
+                bytes: 65_000,
+                datagrams: 44,
+            },
+        };
+        let spec = FileSpec {
+            manifest: self.manifest.clone(),
+            manifest_bytes: self.manifest_bytes.clone(),
+            file_key: self.key.file_key(self.manifest.archive_id),
+            channels: vec![self.channel],
+        };
+        Endpoint::new(config, vec![spec], CookieJar::new([1; 32], now), now)
+            .expect("one small file fits a listing")
+    }
+
+    /// Runs `steps` into a server; Err names the bound that broke.
+    pub fn drive_server(&self, steps: &[Step], on_demand: bool) -> Result<(), String> {
+        let mut now = Instant::now();
+        let mut server = self.server(on_demand, now);
+        let mut bodies = Bodies(vec![self.body.clone()]);
+        let mut buf = vec![0u8; server.buffer_len()];
+        for s in steps {
+            now += Duration::from_millis(s.dt_ms as u64);
+            let from = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, s.source), 5000 + s.source as u16);
+            let origin = match s.origin % 3 {
+                0 => Origin::Control {
+                    file: (s.origin / 3 % 2) as usize,
+                    channel: 0,
+                },
+                _ => Origin::Unicast(from),
+            };
+            server.handle_datagram(now, origin, &self.datagram(s));
+            server.handle_timeout(now);
+            let mut sent = 0;
+            while server
+                .poll_transmit(now, &mut buf, &mut bodies)
+                .map_err(|e| e.to_string())?
+                .is_some()
+            {
+                sent += 1;
+                if sent >= 100_000 {
+                    return Err("poll_transmit never ends".into());
+                }
+            }
+            while server.poll_event().is_some() {}
+            if server.receivers().len() > MAX_RECEIVERS {
+                return Err(format!("{} receivers", server.receivers().len()));
+            }
+            if server.unicast_clients() > MAX_CLIENTS {
+                return Err(format!("{} unicast clients", server.unicast_clients()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `steps` into a receiver session; Err names the bound that broke.
+    pub fn drive_session(&self, steps: &[Step]) -> Result<(), String> {
+        let mut now = Instant::now();
+        let config = ClientConfig {
+            key: self.key.clone(),
+            names: Vec::new(),
+            max_rate: None,
+            aggregate: false,
+            sync_timeout: Duration::from_secs(1),
+            server: Some(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7000)),
+            unicast_only: false,
+            nak_mode: NakMode::Suppressed,
+        };
+        let mut session = Session::new(config, now, 3);
+        for s in steps {
+            now += Duration::from_millis(s.dt_ms as u64);
+            let reception = (s.source % 3) as usize;
+            let origin = match s.origin % 5 {
+                0 => client::Origin::Directory {
+                    source: Ipv4Addr::new(10, 0, 0, s.source),
+                },
+                1 => client::Origin::Link {
+                    from: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7000),
+                },
+                2 => client::Origin::Channel {
+                    reception,
+                    channel: (s.origin / 5 % 9) as usize,
+                },
+                3 => client::Origin::Control {
+                    reception,
+                    channel: 0,
+                },
+                _ => client::Origin::Stream { reception },
+            };
+            let _ = session.handle_datagram(now, origin, &self.datagram(s));
+            session.handle_timeout(now);
+            let mut outputs = 0;
+            loop {
+                outputs += 1;
+                if outputs >= 100_000 {
+                    return Err("outputs never end".into());
+                }
+                if let Some(command) = session.poll_command() {
+                    match command {
+                        Command::OpenStorage { reception, .. } => {
+                            session.storage_opened(reception, None)
+                        }
+                        Command::CheckTable { reception } => {
+                            let archive =
+                                session.reception(reception).map(|r| r.entry().archive_id);
+                            if let Some(archive) = archive {
+                                session.table_checked(now, reception, archive, None);
+                            }
+                        }
+                        _ => {}
+                    }
+                } else if session.poll_transmit().is_none() {
+                    break;
+                }
+            }
+            while session.poll_event().is_some() {}
+            if session.receptions().len() > client::MAX_ACTIVE_RECEPTIONS {
+                return Err(format!("{} receptions", session.receptions().len()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every decoder of bytes from the network or the disk, on `data`: the datagram
+/// decoder and both tag checks, the manifest, the resume point, the received map,
+/// the frame table and a sealed frame's checks. Must not panic.
+pub fn decode_everything(data: &[u8]) {
+    let key = MasterKey::from_bytes([8; 32]);
+    let _ = wire::decode(data);
+    let _ = MacKey::from_bytes([1; 32]).verifies(data);
+    let _ = DataMac::from_bytes(&[2; 32]).verifies(data);
+    let _ = Manifest::decode(data, &key);
+    let _ = Manifest::decode_unverified(data);
+    let _ = ResumePoint::decode(data);
+    if let Some((&n, rest)) = data.split_first() {
+        let _ = ReceivedMap::from_bytes(n as u32 * 8, rest);
+        let _ = decode_table(rest, n as u32, rest.len() as u64 * 3);
+        let place = FramePlace {
+            archive_id: 1,
+            index: 0,
+            count: n as u32 + 1,
+            frame_size: 1 << 16,
+        };
+        let _ = open_frame(&key.file_key(1), &place, rest);
+    }
+}
+
+impl Default for World {
+    fn default() -> Self {
+        Self::new()
+    }
+}
