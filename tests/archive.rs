@@ -2,7 +2,7 @@
 //! incompressible data, wrong key, and a flipped bit in every frame.
 
 use loopcast::archive_file::{ArchiveFile, PackOptions, pack_file};
-use loopcast::storage::{FrameReport, FrameWorker, UnpackFailure, deliver};
+use loopcast::storage::{FrameReport, FrameWorker, OutputDir, UnpackFailure, deliver};
 use loopcast_proto::MasterKey;
 use loopcast_proto::archive::Unpacker;
 use rand::{Rng, RngExt, SeedableRng};
@@ -41,7 +41,7 @@ fn round_trip(dir: &Path, name: &str, data: &[u8], frame_size: u32) -> Vec<u8> {
         &opened.manifest,
         &key(1),
         &out,
-        &out,
+        &OutputDir::replacing(&out),
     )
     .unwrap();
     fs::read(path).unwrap()
@@ -143,7 +143,7 @@ fn a_flipped_bit_in_any_frame_is_detected_and_located() {
                 m,
                 &key(1),
                 &out,
-                &out,
+                &OutputDir::replacing(&out),
             ) {
                 Err(UnpackFailure::Frames(bad)) => {
                     assert_eq!(bad, vec![range.clone()], "frame {i}")
@@ -163,7 +163,7 @@ fn a_flipped_bit_in_any_frame_is_detected_and_located() {
             m,
             &key(1),
             &out,
-            &out
+            &OutputDir::replacing(&out)
         ),
         Err(UnpackFailure::Table)
     ));
@@ -257,7 +257,7 @@ fn the_frame_worker_unpacks_frames_out_of_order_reports_a_damaged_one_and_delive
         unpacker,
         m.clone(),
         dir.path(),
-        &out,
+        &OutputDir::replacing(&out),
         move |report| tx.send(report).unwrap(),
     )
     .unwrap();

@@ -622,6 +622,25 @@ fn without_gso_and_gro_the_file_still_arrives_whole() {
 }
 
 #[test]
+fn no_clobber_keeps_an_existing_file_and_without_it_the_file_is_replaced() {
+    let lab = lab(117, "kept.bin", 500_000, "200M");
+    let out = lab.dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("kept.bin"), b"the old one").unwrap();
+    let args = ["--no-clobber", "--timeout", "30", "kept.bin"];
+    let refused = recv_command(&lab.key, &lab.group, &out, &args)
+        .output()
+        .unwrap();
+    assert_clean_failure(&refused, 1, "already exists; keeping it (--no-clobber)");
+    assert_eq!(std::fs::read(out.join("kept.bin")).unwrap(), b"the old one");
+    let replaced = recv_command(&lab.key, &lab.group, &out, &["--timeout", "30", "kept.bin"])
+        .output()
+        .unwrap();
+    assert!(replaced.status.success(), "{}", stderr(&replaced));
+    assert_eq!(std::fs::read(out.join("kept.bin")).unwrap(), lab.data);
+}
+
+#[test]
 fn with_two_rates_a_capped_receiver_takes_the_slow_channel_and_another_the_fast_one() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -195,6 +195,11 @@ pub(super) struct RecvArgs {
     /// Directory to write the received files into (created if missing).
     #[arg(short, long)]
     pub(super) out: PathBuf,
+    /// Never replace a file already in the output directory: a wanted file found
+    /// there ends the run with an error (exit 1) before anything of it is received.
+    /// Default: a verified file replaces an older one atomically (by rename).
+    #[arg(long)]
+    pub no_clobber: bool,
     /// Give up after this many seconds (exit code 3). Default: wait as long as it takes.
     #[arg(long, value_name = "SECS")]
     pub(super) timeout: Option<u64>,

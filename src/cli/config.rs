@@ -75,6 +75,7 @@ pub(super) fn recv(a: RecvArgs) -> Result<RecvConfig> {
             .map(|s| resolve_server(s, a.net.group.port()))
             .transpose()?,
         out_dir: a.out,
+        no_clobber: a.no_clobber,
         names: a.names,
         timeout: a.timeout.map(Duration::from_secs),
         debug_drop: a.debug_drop / 100.0,

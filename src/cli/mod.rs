@@ -61,12 +61,18 @@ fn run(cli: Cli) -> Result<()> {
             let key = keyfile::load(&key)?;
             let a = ArchiveFile::open(&archive, &key)?;
             std::fs::create_dir_all(&out).context(|| format!("cannot create {}", out.display()))?;
-            let path =
-                crate::storage::deliver(a.file(), a.body_start(), &a.manifest, &key, &out, &out)
-                    .map_err(|e| match e {
-                        crate::storage::UnpackFailure::Io(e) => e,
-                        other => Error::new(format!("{} is damaged: {other:?}", archive.display())),
-                    })?;
+            let path = crate::storage::deliver(
+                a.file(),
+                a.body_start(),
+                &a.manifest,
+                &key,
+                &out,
+                &crate::storage::OutputDir::replacing(&out),
+            )
+            .map_err(|e| match e {
+                crate::storage::UnpackFailure::Io(e) => e,
+                other => Error::new(format!("{} is damaged: {other:?}", archive.display())),
+            })?;
             println!("{}", path.display());
             Ok(())
         }

@@ -1,5 +1,7 @@
-//! The receiver driver's input side: every datagram waiting on a socket goes to
-//! the session; a data batch's new payloads are written with one vectored write.
+//! The receiver driver's input side: the datagrams waiting on a socket go to the
+//! session, a bounded number per turn so that a flood on one socket (a forged
+//! listing storm on the directory group, say) cannot starve the others; a data
+//! batch's new payloads are written with one vectored write.
 
 use super::{DIRECTORY, LINK};
 use super::{FIRST_RECEPTION, Receiver, Source, TOKENS_PER_RECEPTION};
@@ -11,29 +13,24 @@ use mio::Token;
 use rand::RngExt;
 use std::time::Instant;
 
+/// Most datagrams (or receive batches, on a data socket) taken from one socket per
+/// turn of the loop; a socket left non-empty is polled again at once.
+const MAX_DRAIN: usize = 256;
+
 impl Receiver {
-    /// Hands every datagram waiting on the socket of `token` to the session.
-    pub(super) fn drain(&mut self, token: Token) -> Result<()> {
+    /// Hands the datagrams waiting on the socket of `token` to the session, at most
+    /// `MAX_DRAIN` of them (batches on a data socket). Returns true when the socket
+    /// is empty.
+    pub(super) fn drain(&mut self, token: Token) -> Result<bool> {
         match token {
-            DIRECTORY | LINK => loop {
-                let socket = match token {
-                    DIRECTORY => self.io.directory.as_ref(),
-                    _ => Some(&self.io.link),
-                };
-                let Some(socket) = socket else { return Ok(()) };
-                let Some((n, from)) = net::recv_from_nonblocking(socket, &mut self.io.buf)
-                    .context(|| "cannot receive".into())?
-                else {
-                    return Ok(());
-                };
-                let origin = match token {
-                    DIRECTORY => Origin::Directory { source: *from.ip() },
-                    _ => Origin::Link { from },
-                };
-                self.session
-                    .handle_datagram(Instant::now(), origin, &self.io.buf[..n]);
-                self.io.outputs(&mut self.session, Some(&mut self.batch))?;
-            },
+            DIRECTORY | LINK => {
+                for _ in 0..MAX_DRAIN {
+                    if !self.take_one(token)? {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            }
             Token(t) if t >= FIRST_RECEPTION => {
                 let id = (t - FIRST_RECEPTION) / TOKENS_PER_RECEPTION;
                 match Source::from_offset((t - FIRST_RECEPTION) % TOKENS_PER_RECEPTION) {
@@ -41,20 +38,45 @@ impl Receiver {
                     source => self.drain_data(id, source),
                 }
             }
-            _ => Ok(()),
+            _ => Ok(true),
         }
     }
 
+    /// Hands one datagram from the directory socket or the link to the session;
+    /// false when there was none.
+    fn take_one(&mut self, token: Token) -> Result<bool> {
+        let socket = match token {
+            DIRECTORY => self.io.directory.as_ref(),
+            _ => Some(&self.io.link),
+        };
+        let Some(socket) = socket else {
+            return Ok(false);
+        };
+        let Some((n, from)) = net::recv_from_nonblocking(socket, &mut self.io.buf)
+            .context(|| "cannot receive".into())?
+        else {
+            return Ok(false);
+        };
+        let origin = match token {
+            DIRECTORY => Origin::Directory { source: *from.ip() },
+            _ => Origin::Link { from },
+        };
+        self.session
+            .handle_datagram(Instant::now(), origin, &self.io.buf[..n]);
+        self.io.outputs(&mut self.session, Some(&mut self.batch))?;
+        Ok(true)
+    }
+
     /// NAKs heard on a channel's control port (other receivers', and our own).
-    pub(super) fn drain_control(&mut self, id: ReceptionId, channel: usize) -> Result<()> {
-        loop {
+    pub(super) fn drain_control(&mut self, id: ReceptionId, channel: usize) -> Result<bool> {
+        for _ in 0..MAX_DRAIN {
             let Some(j) = self.io.locals.get(id).and_then(|l| l.joined.get(&channel)) else {
-                return Ok(());
+                return Ok(true);
             };
             let Some(n) = net::recv_nonblocking(&j.control, &mut self.io.buf)
                 .context(|| "cannot receive NAKs".into())?
             else {
-                return Ok(());
+                return Ok(true);
             };
             let origin = Origin::Control {
                 reception: id,
@@ -64,15 +86,16 @@ impl Receiver {
                 .handle_datagram(Instant::now(), origin, &self.io.buf[..n]);
             self.io.outputs(&mut self.session, Some(&mut self.batch))?;
         }
+        Ok(false)
     }
 
-    /// Takes every datagram waiting on a data source (a channel or the stream) of
+    /// Takes the datagrams waiting on a data source (a channel or the stream) of
     /// reception `id`, writing each batch's new payloads with one vectored write.
-    pub(super) fn drain_data(&mut self, id: ReceptionId, source: Source) -> Result<()> {
+    pub(super) fn drain_data(&mut self, id: ReceptionId, source: Source) -> Result<bool> {
         let now = Instant::now();
-        loop {
+        for _ in 0..MAX_DRAIN {
             let Some(local) = self.io.locals.get(id) else {
-                return Ok(());
+                return Ok(true);
             };
             let (socket, origin) = match source {
                 Source::Channel(channel) => match local.joined.get(&channel) {
@@ -83,13 +106,13 @@ impl Receiver {
                             channel,
                         },
                     ),
-                    None => return Ok(()), // left since the event
+                    None => return Ok(true), // left since the event
                 },
                 Source::Stream => match &local.stream {
                     Some(s) => (s, Origin::Stream { reception: id }),
-                    None => return Ok(()),
+                    None => return Ok(true),
                 },
-                Source::Control(_) => return Ok(()),
+                Source::Control(_) => return Ok(true),
             };
             if self
                 .batch
@@ -97,7 +120,7 @@ impl Receiver {
                 .context(|| "cannot receive data".into())?
                 == 0
             {
-                return Ok(());
+                return Ok(true);
             }
             let mut stores: Vec<(u64, &[u8])> = Vec::new();
             for datagram in self.batch.datagrams() {
@@ -130,5 +153,6 @@ impl Receiver {
             drop(stores);
             self.io.outputs(&mut self.session, Some(&mut self.batch))?;
         }
+        Ok(false)
     }
 }

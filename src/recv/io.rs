@@ -5,7 +5,7 @@ use super::{Io, Joined, Local, Source, render, token};
 use crate::datapath::BatchReceiver;
 use crate::error::{Context, Error, Result};
 use crate::net;
-use crate::storage::{FrameWorker, PartialFile};
+use crate::storage::{FrameWorker, OutputDir, PartialFile};
 use loopcast_proto::Manifest;
 use loopcast_proto::archive::Unpacker;
 use loopcast_proto::client::{ClientEvent, Command, ReceptionId, Session, Transmit, Via};
@@ -88,6 +88,14 @@ impl Io {
         };
         if let Err(e) = result {
             log::debug!("datagram to {} not sent: {e}", t.to);
+        }
+    }
+
+    /// Where delivered files go, and whether they may replace existing ones.
+    fn output(&self) -> OutputDir {
+        OutputDir {
+            path: self.config.out_dir.clone(),
+            replace: !self.config.no_clobber,
         }
     }
 
@@ -196,6 +204,7 @@ impl Io {
                 reception,
                 manifest,
             } => {
+                self.output().check_free(&manifest.name)?;
                 let (partial, resumed) = PartialFile::open(&self.work_dir, &manifest)?;
                 let local = self.local(session, reception);
                 local.progress.set_total(manifest.packet_count() as u64);
@@ -264,7 +273,7 @@ impl Io {
             unpacker,
             manifest.clone(),
             &self.work_dir,
-            &self.config.out_dir,
+            &self.output(),
             move |report| {
                 let _ = tx.send((id, archive_id, report));
                 let _ = waker.wake();

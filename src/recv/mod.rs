@@ -42,6 +42,8 @@ pub struct RecvConfig {
     pub group: SocketAddrV4,
     /// Where finished files go.
     pub out_dir: PathBuf,
+    /// Refuse to replace a file already in `out_dir` (`--no-clobber`).
+    pub no_clobber: bool,
     /// Files to receive; empty means every file on air.
     pub names: Vec<String>,
     /// Give up after this long.
@@ -269,6 +271,8 @@ impl Receiver {
         let mut next_persist = started + PERSIST_INTERVAL;
         let mut next_progress = started + PROGRESS_INTERVAL;
         self.io.render.waiting(&self.io.config);
+        // Sockets a bounded drain left with datagrams: looked at again at once.
+        let mut unfinished: Vec<Token> = Vec::new();
         loop {
             self.settle()?;
             if self.session.is_finished() {
@@ -296,19 +300,24 @@ impl Receiver {
                 .flatten()
                 .min()
                 .unwrap_or(next_persist);
-            if self
-                .io
-                .signals
-                .wait(Some(wake.saturating_duration_since(Instant::now())))?
-            {
+            let wait = match unfinished.is_empty() {
+                true => wake.saturating_duration_since(Instant::now()),
+                false => Duration::ZERO,
+            };
+            if self.io.signals.wait(Some(wait))? {
                 return Err(Error::new(format!(
                     "interrupted; progress saved, run again to resume: {}",
                     render::missing(&self.session, &self.io.config)
                 )));
             }
-            let tokens: Vec<Token> = self.io.signals.events.iter().map(|e| e.token()).collect();
+            let mut tokens: Vec<Token> = self.io.signals.events.iter().map(|e| e.token()).collect();
+            tokens.append(&mut unfinished);
+            tokens.sort_unstable_by_key(|t| t.0);
+            tokens.dedup();
             for t in tokens {
-                self.drain(t)?;
+                if !self.drain(t)? {
+                    unfinished.push(t);
+                }
             }
             while let Ok((id, archive_id, report)) = self.reports_rx.try_recv() {
                 self.worker_report(id, archive_id, report)?;

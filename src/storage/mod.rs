@@ -10,7 +10,7 @@ mod unpack;
 pub use partial::{PartialFile, SavedMap, decode_map, encode_map};
 pub use persister::{Job, Persister};
 pub use private::{partial_dir, remove_plaintext};
-pub use unpack::{FrameReport, FrameWorker, deliver};
+pub use unpack::{FrameReport, FrameWorker, OutputDir, deliver};
 
 use crate::error::Error;
 use std::ops::Range;

@@ -17,6 +17,39 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, SystemTime};
 
+/// Where delivered files go, and whether a delivery may replace a file of the same
+/// name already there (`recv --no-clobber` says no).
+#[derive(Debug, Clone)]
+pub struct OutputDir {
+    /// The directory.
+    pub path: PathBuf,
+    /// Replace an existing file (atomically, by rename) instead of refusing.
+    pub replace: bool,
+}
+
+impl OutputDir {
+    /// An output directory whose existing files are replaced.
+    pub fn replacing(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            replace: true,
+        }
+    }
+
+    /// Fails if `name` is already there and may not be replaced: checked before
+    /// anything is received for it, so no transfer is wasted.
+    pub fn check_free(&self, name: &str) -> Result<()> {
+        let target = self.path.join(name);
+        if !self.replace && fs::symlink_metadata(&target).is_ok() {
+            return Err(Error::new(format!(
+                "{} already exists; keeping it (--no-clobber)",
+                target.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Unpacks the whole body in `body` (from byte `body_start`) into
 /// `dir/<manifest name>` atomically, on this thread, by the frame worker's path:
 /// every frame checked and written at its place in a temporary file, the digest
@@ -28,7 +61,7 @@ pub fn deliver(
     manifest: &Manifest,
     key: &MasterKey,
     work_dir: &Path,
-    dir: &Path,
+    out: &OutputDir,
 ) -> std::result::Result<PathBuf, UnpackFailure> {
     let io = |what: &str, e: io::Error| UnpackFailure::Io(Error::new(format!("{what}: {e}")));
     let mut table = vec![0u8; manifest.table_len() as usize];
@@ -38,7 +71,7 @@ pub fn deliver(
     let body = body
         .try_clone()
         .map_err(|e| io("cannot reopen the archive", e))?;
-    let mut unpack = FrameUnpack::new(body, body_start, unpacker, manifest.clone(), work_dir, dir)
+    let mut unpack = FrameUnpack::new(body, body_start, unpacker, manifest.clone(), work_dir, out)
         .map_err(UnpackFailure::Io)?;
     let mut bad = Vec::new();
     let mut result = Ok(());
@@ -66,12 +99,14 @@ pub fn deliver(
 }
 
 /// Gives the unpacked `file` (at `tmp`) the original's mode and mtime, syncs it and
-/// renames it to `target`, then syncs the directory.
+/// renames it to `target` (never over an existing file unless `replace`), then
+/// syncs the directory.
 fn finish_delivery(
     file: &File,
     tmp: &Path,
     target: &Path,
     manifest: &Manifest,
+    replace: bool,
 ) -> std::result::Result<(), UnpackFailure> {
     let finish = || -> io::Result<()> {
         file.set_permissions(fs::Permissions::from_mode(manifest.mode & 0o777))?;
@@ -82,7 +117,11 @@ fn finish_delivery(
         };
         file.set_times(FileTimes::new().set_modified(mtime))?;
         file.sync_all()?;
-        fs::rename(tmp, target)
+        if replace {
+            fs::rename(tmp, target)
+        } else {
+            rename_no_replace(tmp, target)
+        }
     };
     finish().map_err(|e| {
         UnpackFailure::Io(Error::new(format!(
@@ -94,6 +133,38 @@ fn finish_delivery(
         crate::archive_file::sync_dir(dir);
     }
     Ok(())
+}
+
+/// Renames `from` to `to` unless `to` exists, atomically (renameat2 RENAME_NOREPLACE).
+fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))
+    };
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: both are valid NUL-terminated paths that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            return Err(io::Error::new(
+                e.kind(),
+                "it appeared meanwhile; keeping it (--no-clobber)",
+            ));
+        }
+        Err(e)
+    }
 }
 
 /// What a frame worker reports to the receive loop.
@@ -124,10 +195,10 @@ impl FrameWorker {
         unpacker: Unpacker,
         manifest: Manifest,
         work_dir: &Path,
-        out_dir: &Path,
+        out: &OutputDir,
         report: impl Fn(FrameReport) + Send + 'static,
     ) -> Result<Self> {
-        let mut unpack = FrameUnpack::new(body, 0, unpacker, manifest, work_dir, out_dir)?;
+        let mut unpack = FrameUnpack::new(body, 0, unpacker, manifest, work_dir, out)?;
         let (jobs, rx) = mpsc::channel::<u32>();
         let cancelled = Arc::new(AtomicBool::new(false));
         let stop = Arc::clone(&cancelled);
@@ -195,6 +266,8 @@ struct FrameUnpack {
     /// The output while it is written, and its final name.
     tmp: PathBuf,
     target: PathBuf,
+    /// May the final rename replace an existing file.
+    replace: bool,
     /// Taken by `finish`.
     unpacker: Option<Unpacker>,
     done: Vec<bool>,
@@ -205,7 +278,7 @@ struct FrameUnpack {
 }
 
 impl FrameUnpack {
-    /// Prepares to unpack into `out_dir/<name>`, through a preallocated temporary
+    /// Prepares to unpack into `out/<name>`, through a preallocated temporary
     /// file in `work_dir`; refuses a name that is not one safe path component.
     fn new(
         body: File,
@@ -213,7 +286,7 @@ impl FrameUnpack {
         unpacker: Unpacker,
         manifest: Manifest,
         work_dir: &Path,
-        out_dir: &Path,
+        out: &OutputDir,
     ) -> Result<Self> {
         loopcast_proto::manifest::check_name(&manifest.name)
             .map_err(|why| Error::new(format!("refusing file name {:?}: {why}", manifest.name)))?;
@@ -235,7 +308,8 @@ impl FrameUnpack {
             body_start,
             output,
             tmp,
-            target: out_dir.join(&manifest.name),
+            target: out.path.join(&manifest.name),
+            replace: out.replace,
             unpacker: Some(unpacker),
             done: vec![false; manifest.frame_count as usize],
             remaining: manifest.frame_count,
@@ -301,6 +375,45 @@ impl FrameUnpack {
             UnpackError::Table => UnpackFailure::Table,
             UnpackError::Digest => UnpackFailure::Digest,
         })?;
-        finish_delivery(&self.output, &self.tmp, &self.target, &self.manifest)
+        finish_delivery(
+            &self.output,
+            &self.tmp,
+            &self.target,
+            &self.manifest,
+            self.replace,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_no_replace_rename_keeps_an_existing_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("new"), dir.path().join("old"));
+        fs::write(&from, b"new").unwrap();
+        fs::write(&to, b"old").unwrap();
+        let e = rename_no_replace(&from, &to).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&to).unwrap(), b"old");
+        fs::remove_file(&to).unwrap();
+        rename_no_replace(&from, &to).unwrap();
+        assert_eq!(fs::read(&to).unwrap(), b"new");
+        assert!(!from.exists());
+    }
+
+    #[test]
+    fn check_free_refuses_only_without_replace() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("f"), b"x").unwrap();
+        assert!(OutputDir::replacing(dir.path()).check_free("f").is_ok());
+        let keep = OutputDir {
+            path: dir.path().to_path_buf(),
+            replace: false,
+        };
+        assert!(keep.check_free("f").is_err());
+        assert!(keep.check_free("g").is_ok());
     }
 }
