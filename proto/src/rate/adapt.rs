@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 pub enum AdaptMode {
     /// The slowest receiver's.
     Min,
-    /// The average of the receivers'.
+    /// The average of the receivers', leaving out the highest and lowest tenth.
     Avg,
 }
 
@@ -22,6 +22,12 @@ pub const ADAPT_LOSS_TOLERATED: f64 = 0.02;
 /// A receiver keeping up is credited with this much more than the current rate, so
 /// the rate probes upward.
 pub const ADAPT_PROBE: f64 = 1.25;
+/// Share of the receivers left out at each end of the average (`AdaptMode::Avg`),
+/// so that a few extreme reports do not steer it.
+pub const ADAPT_TRIM: f64 = 0.1;
+/// Most receivers one adaptive channel keeps reports of; new ones beyond are not
+/// counted until older ones are forgotten.
+pub const ADAPT_MAX_RECEIVERS: usize = crate::rate::MAX_MEMBERS;
 
 /// The rate of one adaptive channel, set from its receivers' reports.
 #[derive(Debug, Clone)]
@@ -76,9 +82,16 @@ impl RateController {
             return;
         }
         let loss = report.lost as f64 / sent as f64;
-        let goodput = report.arrived as f64 * datagram_len as f64 * 8.0
-            / (report.interval_ms as f64 / 1000.0);
         let rate = self.rate;
+        // No receiver gets more than the channel sent: a larger claim is capped.
+        let goodput = (report.arrived as f64 * datagram_len as f64 * 8.0
+            / (report.interval_ms as f64 / 1000.0))
+            .min(rate);
+        if self.receivers.len() >= ADAPT_MAX_RECEIVERS
+            && !self.receivers.contains_key(&report.receiver_id)
+        {
+            return;
+        }
         let r = self
             .receivers
             .entry(report.receiver_id)
@@ -128,11 +141,14 @@ impl RateController {
         let target = match self.mode {
             AdaptMode::Min => capacities.fold(f64::INFINITY, f64::min),
             AdaptMode::Avg => {
-                let n = self.receivers.len();
-                if n == 0 {
+                let mut sorted: Vec<f64> = capacities.collect();
+                sorted.sort_by(f64::total_cmp);
+                let cut = (sorted.len() as f64 * ADAPT_TRIM) as usize;
+                let kept = &sorted[cut..sorted.len() - cut];
+                if kept.is_empty() {
                     f64::INFINITY
                 } else {
-                    capacities.sum::<f64>() / n as f64
+                    kept.iter().sum::<f64>() / kept.len() as f64
                 }
             }
         };

@@ -77,6 +77,39 @@ fn report(id: u32, arrived: u32, lost: u32) -> Report {
 }
 
 #[test]
+fn an_average_is_not_steered_by_a_few_extreme_reports() {
+    let now = Instant::now();
+    let memory = Duration::from_secs(30);
+    let mut avg = RateController::new(AdaptMode::Avg, 1_000_000, 1_000_000_000, 50_000_000);
+    // Ten receivers losing half at 50M (20 Mbit/s got through each, 1000-byte
+    // datagrams), and one claiming a million times what the channel sent.
+    for id in 0..10 {
+        avg.handle_report(now, &report(id, 2500, 2500), 1000);
+    }
+    avg.handle_report(now, &report(99, 4_000_000_000, 0), 1000);
+    let mut t = now;
+    for _ in 0..40 {
+        t += ADAPT_STEP;
+        avg.poll(t, memory);
+    }
+    assert!((avg.rate() as f64 - 20e6).abs() < 0.5e6, "{}", avg.rate());
+    // Without the trim and the cap the liar alone would have lifted it far above.
+}
+
+#[test]
+fn an_adaptive_channel_keeps_at_most_its_bound_of_receivers() {
+    let now = Instant::now();
+    let mut min = RateController::new(AdaptMode::Min, 1_000_000, 100_000_000, 50_000_000);
+    for id in 0..ADAPT_MAX_RECEIVERS as u32 {
+        min.handle_report(now, &report(id, 6250, 0), 1000);
+    }
+    // One more, losing everything, is not counted while the table is full.
+    min.handle_report(now, &report(u32::MAX, 1, 100_000), 1000);
+    let first = min.poll(now, Duration::from_secs(30)).unwrap();
+    assert!(first > 50_000_000, "{first}");
+}
+
+#[test]
 fn adaptive_rate_moves_smoothly_towards_the_slowest_or_the_average() {
     let now = Instant::now();
     let memory = Duration::from_secs(30);
