@@ -196,6 +196,41 @@ fn two_files_to_a_receiver_from_the_start_and_one_joining_2s_later() {
         ls.status.success() && listing.contains("a.bin") && listing.contains("b.txt"),
         "{listing}"
     );
+    assert!(stderr(&ls).contains("unverified"), "{}", stderr(&ls));
+    // With the key: verified, and the key's fingerprint shown.
+    let k = key.to_str().unwrap();
+    let ls = loopcast(&["ls", "-i", "127.0.0.1", "-g", &g, "-k", k])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&ls.stdout);
+    let fingerprint =
+        loopcast_proto::keys::hex(&loopcast::keyfile::load(&key).unwrap().fingerprint());
+    assert!(
+        ls.status.success() && listing.contains("a.bin") && listing.contains(&fingerprint[..8]),
+        "{listing}"
+    );
+    assert!(!stderr(&ls).contains("unverified"), "{}", stderr(&ls));
+    // With another key nothing verifies: a time-out naming what was ignored.
+    std::fs::create_dir(d.join("other")).unwrap();
+    let other = keygen(&d.join("other"));
+    let args = [
+        "ls",
+        "-i",
+        "127.0.0.1",
+        "-g",
+        &g,
+        "-k",
+        other.to_str().unwrap(),
+        "--timeout",
+        "1",
+    ];
+    let ls = loopcast(&args).output().unwrap();
+    assert_clean_failure(&ls, 3, "no server heard");
+    assert!(
+        stderr(&ls).contains("do not verify with the key"),
+        "{}",
+        stderr(&ls)
+    );
     // SIGTERM stops the server cleanly: exit 0 and a closing summary.
     // SAFETY: kill(2) on the PID of a child this test started and has not reaped.
     assert_eq!(

@@ -71,11 +71,13 @@ fn forged_data(key: &MasterKey) -> (bool, usize, u64, u64) {
 fn forged_data_is_dropped_before_it_is_stored() {
     // T6: without the key, 14% forged DATA damages no frame.
     let (delivered, damaged, forged, sent) = forged_data(&MasterKey::from_bytes(STRANGER));
+    println!("stranger: {sent} forged DATA, {forged} dropped as forged, {damaged} frames damaged");
     assert!(delivered);
     assert_eq!(damaged, 0);
     assert!(forged >= sent / 2, "{forged} of {sent} dropped as forged");
     // With the key, the same packets reach the partial file and damage frames.
     let (_, damaged, forged, _) = forged_data(&site_key());
+    println!("key holder: {damaged} frames damaged");
     assert!(damaged > 0 && forged == 0, "{damaged} damaged, {forged}");
 }
 
@@ -160,10 +162,12 @@ fn forged_reports(key: &MasterKey) -> (u64, usize) {
 fn forged_reports_neither_slow_a_channel_nor_fill_the_receiver_table() {
     // T9, T10: 6,000 forged receivers in 3 s. Only the honest one is known.
     let (lowest, known) = forged_reports(&MasterKey::from_bytes(STRANGER));
+    println!("stranger: lowest rate {lowest}, {known} receivers known");
     assert!(lowest >= 20_000_000, "slowed to {lowest}");
     assert!(known <= 1, "{known} receivers known");
     // With the key (and a sniffed echo) the same reports slow it and fill the table.
     let (lowest, known) = forged_reports(&site_key());
+    println!("key holder: lowest rate {lowest}, {known} receivers known");
     assert!(lowest < 10_000_000, "only slowed to {lowest}");
     assert!(known > 1000, "{known} receivers known");
 }
@@ -252,8 +256,10 @@ fn third_party_naks_are_neither_heard_nor_repaired() {
     // T3, T13: without the key, a receiver hears none and the server takes none of
     // the 40 forged NAKs (it takes the honest receiver's own).
     let (heard, taken) = third_party_naks(&MasterKey::from_bytes(STRANGER));
+    println!("stranger: {heard} NAKs heard, {taken} taken");
     assert_eq!(heard, 0);
     assert!(taken < 40, "{taken} NAKs taken");
     let (heard, taken) = third_party_naks(&site_key());
+    println!("key holder: {heard} NAKs heard, {taken} taken");
     assert!(heard > 0 && taken >= 40, "heard {heard}, taken {taken}");
 }

@@ -70,6 +70,11 @@ pub(super) enum Command {
     Ls {
         #[command(flatten)]
         net: NetArgs,
+        /// Master key file: list only servers whose listings verify with it. Without
+        /// it every listing heard is shown, marked unverified: anyone on the LAN can
+        /// forge one.
+        #[arg(short, long)]
+        key: Option<PathBuf>,
         /// Seconds to listen before giving up.
         #[arg(long, default_value_t = 3)]
         timeout: u64,

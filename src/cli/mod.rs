@@ -10,6 +10,8 @@ use crate::units::{display_name, format_bytes, format_rate};
 use crate::{keyfile, net, recv, server};
 use args::{Cli, Command, NetArgs};
 use clap::Parser;
+use loopcast_proto::keys::hex;
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub use args::DEFAULT_GROUP;
@@ -78,38 +80,54 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Serve(a) => server::serve(config::serve(a)?),
         Command::Recv(a) => recv::recv(config::recv(a)?),
-        Command::Ls { net: n, timeout } => ls(n, timeout),
+        Command::Ls {
+            net: n,
+            key,
+            timeout,
+        } => ls(n, key, timeout),
     }
 }
 
 /// `ls`: what is on air, one line per file.
-fn ls(n: NetArgs, timeout: u64) -> Result<()> {
-    let found = recv::list_on_air(
+fn ls(n: NetArgs, key: Option<PathBuf>, timeout: u64) -> Result<()> {
+    let key = key.map(|k| keyfile::load(&k)).transpose()?;
+    let listing = recv::list_on_air(
         net::resolve_interface(n.interface.as_deref())?,
         n.group,
         Duration::from_secs(timeout),
+        key.as_ref().map(|k| k.directory_mac_key()).as_ref(),
     )?;
-    if found.is_empty() {
+    if listing.unverified > 0 {
+        log::warn!(
+            "ignored {} listing(s) that do not verify with the key (forged, or another key's)",
+            listing.unverified
+        );
+    }
+    if listing.entries.is_empty() {
         return Err(Error::timeout(format!(
             "no server heard on {} within {timeout} s",
             n.group
         )));
     }
+    if key.is_none() {
+        log::warn!("without --key these listings are unverified: anyone on the LAN can forge one");
+    }
     println!(
-        "{:<32} {:>12}  {:<8}  SESSION   CHANNELS",
+        "{:<32} {:>12}  {:<8}  SESSION   KEY       CHANNELS",
         "NAME", "SIZE", "STATE"
     );
-    for (session, e) in found {
+    for (session, fingerprint, e) in listing.entries {
         let channels: Vec<String> = e
             .channels
             .iter()
             .map(|c| format!("{} ({})", c.group, format_rate(c.rate_bps as f64)))
             .collect();
         println!(
-            "{:<32} {:>12}  {:<8}  {session:08x}  {}",
+            "{:<32} {:>12}  {:<8}  {session:08x}  {}  {}",
             display_name(&e.name),
             format_bytes(e.original_size),
             if e.idle() { "on-demand" } else { "on air" },
+            &hex(&fingerprint)[..8],
             channels.join(", ")
         );
     }

@@ -3,7 +3,8 @@
 use crate::error::{Context, Error, Result};
 use crate::net;
 use crate::signals::StopSignals;
-use loopcast_proto::wire::{self, AnnounceEntry, Packet};
+use loopcast_proto::keys::FINGERPRINT_LEN;
+use loopcast_proto::wire::{self, AnnounceEntry, MacKey, Packet};
 use mio::{Interest, Token};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -11,13 +12,23 @@ use std::time::{Duration, Instant};
 
 const DIRECTORY: Token = Token(0);
 
+/// What `list_on_air` heard.
+pub struct Listing {
+    /// (session id, the server's key fingerprint, entry), by session and name.
+    pub entries: Vec<(u32, [u8; FINGERPRINT_LEN], AnnounceEntry)>,
+    /// Listings left out because they did not verify with the key given.
+    pub unverified: u64,
+}
+
 /// Listens on the directory group for up to `timeout` and returns what is on air,
-/// as (session id, entry), stopping early once a whole listing was heard.
+/// stopping early once a whole listing was heard. With `key`, listings whose tag
+/// does not verify with it are left out (and counted).
 pub fn list_on_air(
     interface: Ipv4Addr,
     group: SocketAddrV4,
     timeout: Duration,
-) -> Result<Vec<(u32, AnnounceEntry)>> {
+    key: Option<&MacKey>,
+) -> Result<Listing> {
     let socket = net::multicast_receiver(group, interface, 1 << 20)?;
     let mut socket = mio::net::UdpSocket::from_std(socket);
     let mut signals = StopSignals::new()?;
@@ -28,7 +39,9 @@ pub fn list_on_air(
         .context(|| "cannot register socket".into())?;
     let deadline = Instant::now() + timeout;
     let mut parts: HashMap<u32, (u8, HashSet<u8>)> = HashMap::new();
-    let mut found: BTreeMap<(u32, String), AnnounceEntry> = BTreeMap::new();
+    let mut found: BTreeMap<(u32, String), ([u8; FINGERPRINT_LEN], AnnounceEntry)> =
+        BTreeMap::new();
+    let mut unverified = 0;
     let mut buf = vec![0u8; 65536];
     while Instant::now() < deadline {
         if signals.wait(Some(deadline.saturating_duration_since(Instant::now())))? {
@@ -41,13 +54,17 @@ pub fn list_on_air(
                 continue;
             };
             if let Packet::Announce(a) = d.packet {
+                if key.is_some_and(|k| !k.verifies(&buf[..n])) {
+                    unverified += 1;
+                    continue;
+                }
                 parts
                     .entry(d.session_id)
                     .or_insert_with(|| (a.parts, HashSet::new()))
                     .1
                     .insert(a.part);
                 for e in a.entries {
-                    found.insert((d.session_id, e.name.clone()), e);
+                    found.insert((d.session_id, e.name.clone()), (a.key_fingerprint, e));
                 }
             }
         }
@@ -55,8 +72,11 @@ pub fn list_on_air(
             break;
         }
     }
-    Ok(found
-        .into_iter()
-        .map(|((session, _), e)| (session, e))
-        .collect())
+    Ok(Listing {
+        entries: found
+            .into_iter()
+            .map(|((session, _), (fingerprint, e))| (session, fingerprint, e))
+            .collect(),
+        unverified,
+    })
 }
