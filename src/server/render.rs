@@ -6,20 +6,50 @@ use loopcast_proto::server::{Endpoint, ServerEvent, StreamEnd};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
+/// Most log lines about single receivers (joined, moved, completed) per second; the
+/// rest are counted and told in one line, so thousands of receivers (or a key
+/// holder inventing them) cannot flood the log. `--json` still has every event.
+const RECEIVER_LINES_PER_SECOND: u32 = 20;
+
 /// Renders server events.
 pub struct Render {
     events: Events,
     idle: Duration,
+    /// The second being counted, lines logged in it, lines held back.
+    receiver_lines: (Instant, u32, u64),
 }
 
 impl Render {
     /// A renderer printing `--json` events through `events`; `idle` is `--idle`.
     pub fn new(events: Events, idle: Duration) -> Self {
-        Self { events, idle }
+        Self {
+            events,
+            idle,
+            receiver_lines: (Instant::now(), 0, 0),
+        }
+    }
+
+    /// True when one more line about a single receiver may be logged now.
+    fn receiver_line(&mut self) -> bool {
+        let now = Instant::now();
+        let (since, logged, held) = &mut self.receiver_lines;
+        if now.duration_since(*since) >= Duration::from_secs(1) {
+            if *held > 0 {
+                log::info!("{held} more receiver events in the last second (--json has them all)");
+            }
+            (*since, *logged, *held) = (now, 0, 0);
+        }
+        if *logged < RECEIVER_LINES_PER_SECOND {
+            *logged += 1;
+            true
+        } else {
+            *held += 1;
+            false
+        }
     }
 
     /// Logs `event` and prints it as JSON when asked.
-    pub fn server_event(&self, endpoint: &Endpoint, event: &ServerEvent) {
+    pub fn server_event(&mut self, endpoint: &Endpoint, event: &ServerEvent) {
         let name = |file: usize| endpoint.manifest(file).name.as_str();
         let receiver = |id: u32| format!("{id:08x}");
         match *event {
@@ -30,11 +60,13 @@ impl Render {
                 channel,
             } => {
                 let channel = describe_channel(endpoint, file, channel);
-                log::info!(
-                    "{}: receiver {} at {addr} joined ({channel})",
-                    name(file),
-                    receiver(id)
-                );
+                if self.receiver_line() {
+                    log::info!(
+                        "{}: receiver {} at {addr} joined ({channel})",
+                        name(file),
+                        receiver(id)
+                    );
+                }
                 self.events.emit(
                     "join",
                     json!({"file": name(file), "receiver": receiver(id),
@@ -47,11 +79,13 @@ impl Render {
                 channel,
             } => {
                 let channel = describe_channel(endpoint, file, channel);
-                log::info!(
-                    "{}: receiver {} moved to {channel}",
-                    name(file),
-                    receiver(id)
-                );
+                if self.receiver_line() {
+                    log::info!(
+                        "{}: receiver {} moved to {channel}",
+                        name(file),
+                        receiver(id)
+                    );
+                }
                 self.events.emit(
                     "channel_change",
                     json!({"file": name(file), "receiver": receiver(id), "channel": channel}),
@@ -70,12 +104,14 @@ impl Render {
                 addr,
                 elapsed,
             } => {
-                log::info!(
-                    "{}: receiver {} at {addr} completed in {:.2} s",
-                    name(file),
-                    receiver(id),
-                    elapsed.as_secs_f64()
-                );
+                if self.receiver_line() {
+                    log::info!(
+                        "{}: receiver {} at {addr} completed in {:.2} s",
+                        name(file),
+                        receiver(id),
+                        elapsed.as_secs_f64()
+                    );
+                }
                 self.events.emit(
                     "done",
                     json!({"file": name(file), "receiver": receiver(id),
@@ -154,6 +190,10 @@ impl Render {
 
     /// The closing line: what was sent, per channel, and who finished.
     pub fn final_log(&self, endpoint: &Endpoint, started: Instant) {
+        let held = self.receiver_lines.2;
+        if held > 0 {
+            log::info!("{held} more receiver events in the last second (--json has them all)");
+        }
         let elapsed = started.elapsed().as_secs_f64();
         let loops: Vec<String> = (0..endpoint.file_count())
             .flat_map(|f| (0..endpoint.channels_per_file()).map(move |j| (f, j)))
@@ -218,5 +258,18 @@ fn describe_channel(endpoint: &Endpoint, file: usize, channel: u8) -> String {
     match endpoint.channel(file, channel as usize) {
         Some((c, group)) => format!("channel {group} at {}", format_rate(c.rate() as f64)),
         None => "unicast".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_about_single_receivers_are_limited_per_second() {
+        let mut render = Render::new(Events::new(false), Duration::from_secs(10));
+        let logged = (0..100).filter(|_| render.receiver_line()).count();
+        assert_eq!(logged, RECEIVER_LINES_PER_SECOND as usize);
+        assert_eq!(render.receiver_lines.2, 100 - logged as u64);
     }
 }
