@@ -97,7 +97,9 @@ fn a_hostile_host_on_the_lab_lan_stops_no_transfer() {
     let server_text = std::fs::read_to_string(&server_log).unwrap();
     let r1_text = std::fs::read_to_string(&log1).unwrap();
     println!("{}", server_text.lines().last().unwrap_or_default());
-    let r1_done = r1_text.lines().find(|l| l.contains("complete and verified"));
+    let r1_done = r1_text
+        .lines()
+        .find(|l| l.contains("complete and verified"));
     println!("{}", r1_done.unwrap_or_default());
     // T1, T16: forged listings are not followed, not even told; T2, T7: no wrong
     // key, no switch.

@@ -241,6 +241,7 @@ fn third_party_naks(key: &MasterKey) -> (u64, u64) {
         let origin = ServerOrigin::Control {
             file: 0,
             channel: 0,
+            from: SocketAddrV4::new(Ipv4Addr::new(10, 0, 9, 9), 4000),
         };
         lan.server.handle_datagram(lan.now, origin, &nak);
     }

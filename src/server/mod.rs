@@ -285,14 +285,15 @@ impl Server {
                 let Some(control) = self.controls.get(token.0) else {
                     return Ok(true);
                 };
-                match net::recv_nonblocking(control, &mut self.buf)
+                match net::recv_from_nonblocking(control, &mut self.buf)
                     .context(|| "cannot receive NAKs".into())?
                 {
-                    Some(n) => (
+                    Some((n, from)) => (
                         n,
                         Origin::Control {
                             file: token.0 / per_file,
                             channel: token.0 % per_file,
+                            from,
                         },
                     ),
                     None => return Ok(true),

@@ -9,6 +9,7 @@ mod packet_set;
 pub use announcer::Announcer;
 use packet_set::PacketSet;
 use std::io;
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 /// Longest time between two MANIFEST packets on a channel.
@@ -100,6 +101,12 @@ pub const STATUS_INTERVAL: Duration = Duration::from_millis(100);
 const STATUS_TIMES_KEPT: usize = 25;
 /// (receiver, echo) pairs remembered so that each gives one GRTT sample at most.
 const SAMPLES_KEPT: usize = 256;
+/// Most NAK source addresses a carousel keeps a repair budget for.
+pub const MAX_NAK_SOURCES: usize = 1024;
+/// A source that NAKed within this long shares the repair budget.
+pub const NAK_SOURCE_ACTIVE: Duration = Duration::from_secs(2);
+/// Fewest repairs a source may always have queued at once (a frame table, a burst).
+const MIN_SOURCE_BURST: f64 = 64.0;
 /// Repairs that may be saved up while none are wanted (a short burst).
 const MAX_REPAIR_CREDIT: f64 = 64.0;
 
@@ -155,6 +162,8 @@ pub struct Carousel {
     sent_status_times: std::collections::VecDeque<u64>,
     /// (receiver, echo) pairs that gave a GRTT sample lately: a replayed NAK gives none.
     sampled: std::collections::VecDeque<(u32, u64)>,
+    /// Per source address: repairs it may still queue, and when that was worked out.
+    sources: std::collections::HashMap<Ipv4Addr, (f64, Instant)>,
     stats: CarouselStats,
 }
 
@@ -191,6 +200,7 @@ impl Carousel {
             peeked: None,
             sent_status_times: std::collections::VecDeque::with_capacity(STATUS_TIMES_KEPT),
             sampled: std::collections::VecDeque::with_capacity(SAMPLES_KEPT),
+            sources: std::collections::HashMap::new(),
             stats: CarouselStats::default(),
         }
     }
@@ -261,13 +271,13 @@ impl Carousel {
     /// malformed, foreign, unauthenticated or absurd is dropped and counted. Returns
     /// how many packets the NAK newly asked for (queued or left to the loop), a loss
     /// signal.
-    pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) -> u32 {
+    pub fn handle_datagram(&mut self, now: Instant, from: Ipv4Addr, bytes: &[u8]) -> u32 {
         match wire::decode(bytes) {
             Ok(wire::Datagram {
                 session_id,
                 packet: wire::Packet::Nak(nak),
             }) if session_id == self.session_id && self.verifies(bytes) => {
-                self.handle_nak(now, &nak)
+                self.handle_nak(now, from, &nak)
             }
             _ => {
                 self.stats.naks_dropped += 1;
@@ -287,8 +297,9 @@ impl Carousel {
         self.keys.mac.verifies(datagram)
     }
 
-    /// Takes a decoded and verified NAK of this session (see `handle_datagram`).
-    pub fn handle_nak(&mut self, now: Instant, nak: &wire::Nak) -> u32 {
+    /// Takes a decoded and verified NAK of this session from address `from` (see
+    /// `handle_datagram`).
+    pub fn handle_nak(&mut self, now: Instant, from: Ipv4Addr, nak: &wire::Nak) -> u32 {
         self.peeked = None; // the repair set may change
         let in_range = nak
             .ranges
@@ -332,7 +343,10 @@ impl Carousel {
             [p..n, 0..end - n]
         };
         // Range by range, a word at a time: a NAK costs O(its ranges and words), not
-        // O(the packets it names) (threat T3).
+        // O(the packets it names) (threat T3). Each source queues within its share.
+        let Some(mut budget) = self.source_budget(now, from, packet_time) else {
+            return 0;
+        };
         let mut new = 0;
         for &(first, count) in &nak.ranges {
             let asked = first as u64..first as u64 + count as u64;
@@ -357,10 +371,40 @@ impl Carousel {
                     .collect();
             }
             for r in rest {
-                new += self.pending.insert_range(r.start as u32..r.end as u32);
+                let queued =
+                    (self.pending).insert_range_up_to(r.start as u32..r.end as u32, budget);
+                budget -= queued;
+                new += queued;
             }
         }
+        if let Some((tokens, _)) = self.sources.get_mut(&from) {
+            *tokens = budget as f64 + tokens.fract();
+        }
         new
+    }
+
+    /// The repairs source `from` may queue now. The repair share is split evenly
+    /// among the sources that NAKed in the last `NAK_SOURCE_ACTIVE`, each holding
+    /// at most a second of its part (or `MIN_SOURCE_BURST`), so one host cannot take
+    /// the share from the others (T3, T13). None when the table of sources is full.
+    fn source_budget(&mut self, now: Instant, from: Ipv4Addr, packet_time: f64) -> Option<u32> {
+        let active = |at: Instant| now.saturating_duration_since(at) < NAK_SOURCE_ACTIVE;
+        if !self.sources.contains_key(&from) && self.sources.len() >= MAX_NAK_SOURCES {
+            self.sources.retain(|_, (_, at)| active(*at));
+            if self.sources.len() >= MAX_NAK_SOURCES {
+                return None;
+            }
+        }
+        let others = (self.sources.iter())
+            .filter(|(ip, (_, at))| **ip != from && active(*at))
+            .count();
+        let per_second = self.config.share / packet_time / (others + 1) as f64;
+        let cap = per_second.max(MIN_SOURCE_BURST);
+        let (tokens, at) = self.sources.entry(from).or_insert((cap, now));
+        let elapsed = now.saturating_duration_since(*at).as_secs_f64();
+        *tokens = (*tokens + per_second * elapsed).min(cap);
+        *at = now;
+        Some(*tokens as u32)
     }
 
     /// GRTT follows a larger sample at once and a smaller one slowly, within bounds.

@@ -19,11 +19,18 @@ impl PacketSet {
 
     /// Adds every index in `range` (clipped to the set), a word at a time; returns
     /// how many were new. Work is one step per 64 indices, whatever is set.
+    #[cfg(test)]
     pub(super) fn insert_range(&mut self, range: std::ops::Range<u32>) -> u32 {
+        self.insert_range_up_to(range, u32::MAX)
+    }
+
+    /// Adds the indices of `range` (clipped to the set) from its start, a word at
+    /// a time, until `limit` new ones were added; returns how many were new.
+    pub(super) fn insert_range_up_to(&mut self, range: std::ops::Range<u32>, limit: u32) -> u32 {
         let (start, end) = (range.start.min(self.len), range.end.min(self.len));
         let mut added = 0;
         let mut i = start;
-        while i < end {
+        while i < end && added < limit {
             let w = (i / 64) as usize;
             let lo = i % 64;
             let hi = (end - w as u32 * 64).min(64);
@@ -32,8 +39,13 @@ impl PacketSet {
             } else {
                 ((1u64 << (hi - lo)) - 1) << lo
             };
-            added += (mask & !self.words[w]).count_ones();
-            self.words[w] |= mask;
+            let mut new = mask & !self.words[w];
+            // Over the limit: keep the lowest new indices only.
+            while new.count_ones() > limit - added {
+                new &= !(1u64 << (63 - new.leading_zeros()));
+            }
+            added += new.count_ones();
+            self.words[w] |= new;
             i = w as u32 * 64 + hi;
         }
         self.count += added;
@@ -116,5 +128,17 @@ mod packet_set_tests {
         assert_eq!(t.insert_range(64..128), 64);
         assert_eq!(t.insert_range(0..64), 64);
         assert_eq!(t.count, 128);
+        // Up to a limit: the lowest new indices first, old ones not counted.
+        let mut u = PacketSet::new(300);
+        u.insert_range(12..14);
+        assert_eq!(u.insert_range_up_to(10..200, 5), 5);
+        assert_eq!(
+            (0..300)
+                .filter(|&i| u.words[i / 64] >> (i % 64) & 1 == 1)
+                .collect::<Vec<_>>(),
+            vec![10, 11, 12, 13, 14, 15, 16]
+        );
+        assert_eq!(u.insert_range_up_to(60..200, 100), 100);
+        assert_eq!(u.count, 107);
     }
 }

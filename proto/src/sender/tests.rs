@@ -3,6 +3,9 @@
 use super::*;
 use crate::wire::{Nak, Packet};
 
+/// The address the test NAKs come from.
+const RECEIVER: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 0, 2);
+
 struct Zeros;
 
 impl PayloadSource for Zeros {
@@ -13,6 +16,11 @@ impl PayloadSource for Zeros {
 }
 
 fn carousel(now: Instant) -> Carousel {
+    carousel_at(now, 100_000_000)
+}
+
+/// A carousel of a 1000-packet archive at `rate_bps`, repair share 25%.
+fn carousel_at(now: Instant, rate_bps: u64) -> Carousel {
     let key = crate::MasterKey::from_bytes([1; 32]);
     let mut packer = crate::archive::Packer::new(&key, 5, 0, 1 << 20, 1).unwrap();
     packer.seal_next(&[], [0; 16]).unwrap();
@@ -32,7 +40,7 @@ fn carousel(now: Instant) -> Carousel {
         &bytes,
         now,
         RepairConfig {
-            rate_bps: 100_000_000,
+            rate_bps,
             share: 0.25,
             ..RepairConfig::default()
         },
@@ -59,17 +67,17 @@ fn nak(session: u32, archive_id: u64, ranges: Vec<(u32, u16)>) -> Vec<u8> {
 fn bad_naks_are_counted_and_dropped() {
     let now = Instant::now();
     let mut c = carousel(now);
-    c.handle_datagram(now, b"garbage");
-    c.handle_datagram(now, &nak(8, 5, vec![(600, 1)])); // other session
-    c.handle_datagram(now, &nak(9, 6, vec![(600, 1)])); // other archive
-    c.handle_datagram(now, &nak(9, 5, vec![(999, 2)])); // beyond the file
+    c.handle_datagram(now, RECEIVER, b"garbage");
+    c.handle_datagram(now, RECEIVER, &nak(8, 5, vec![(600, 1)])); // other session
+    c.handle_datagram(now, RECEIVER, &nak(9, 6, vec![(600, 1)])); // other archive
+    c.handle_datagram(now, RECEIVER, &nak(9, 5, vec![(999, 2)])); // beyond the file
     let mut forged = nak(9, 5, vec![(600, 1)]);
     forged[20] ^= 1;
-    c.handle_datagram(now, &forged); // tag fails
+    c.handle_datagram(now, RECEIVER, &forged); // tag fails
     assert_eq!(c.stats().naks_dropped, 5);
     assert_eq!(c.pending_repairs(), 0);
-    c.handle_datagram(now, &nak(9, 5, vec![(600, 3)]));
-    c.handle_datagram(now, &nak(9, 5, vec![(600, 3)])); // already queued: costs nothing
+    c.handle_datagram(now, RECEIVER, &nak(9, 5, vec![(600, 3)]));
+    c.handle_datagram(now, RECEIVER, &nak(9, 5, vec![(600, 3)])); // already queued: costs nothing
     assert_eq!((c.stats().naks, c.pending_repairs()), (2, 3));
 }
 
@@ -79,7 +87,7 @@ fn repairs_are_flagged_capped_and_left_to_the_loop_when_it_comes_first() {
     let mut c = carousel(now);
     let mut buf = vec![0u8; c.max_datagram_len()];
     // Packets 1..4 come round in the loop at once: not worth a repair. 900 is far.
-    c.handle_datagram(now, &nak(9, 5, vec![(1, 3), (900, 1)]));
+    c.handle_datagram(now, RECEIVER, &nak(9, 5, vec![(1, 3), (900, 1)]));
     assert_eq!((c.pending_repairs(), c.stats().repairs_skipped), (1, 3));
     let mut sent = Vec::new();
     for _ in 0..20 {
@@ -126,6 +134,29 @@ fn echo_nak(echo_time_us: u64, hold_us: u32) -> Nak {
 }
 
 #[test]
+fn one_source_cannot_take_the_repair_share_from_the_others() {
+    // T3, T13 from a key holder: at 10 Mbit/s a 25% share is about 213 repairs a
+    // second. One host NAKing the whole 1000-packet archive queues about a second
+    // of it, not the archive, and then nothing more until its part refills.
+    let now = Instant::now();
+    let mut c = carousel_at(now, 10_000_000);
+    let flooder = std::net::Ipv4Addr::new(10, 0, 0, 66);
+    let whole = nak(9, 5, vec![(0, 1000)]);
+    c.handle_datagram(now, flooder, &whole);
+    let first = c.pending_repairs();
+    assert!((200..=215).contains(&first), "{first} queued");
+    c.handle_datagram(now, flooder, &whole);
+    assert_eq!(c.pending_repairs(), first);
+    // An honest receiver elsewhere still has its repairs queued.
+    c.handle_datagram(now, RECEIVER, &nak(9, 5, vec![(900, 10)]));
+    assert_eq!(c.pending_repairs(), first + 10);
+    // A second on, with two sources active, the flooder gets half the share.
+    c.handle_datagram(now + Duration::from_secs(1), flooder, &whole);
+    let more = c.pending_repairs() - first - 10;
+    assert!((95..=110).contains(&more), "{more} more queued");
+}
+
+#[test]
 fn only_echoes_of_status_times_sent_move_the_grtt() {
     let start = Instant::now();
     let mut c = carousel(start);
@@ -134,20 +165,18 @@ fn only_echoes_of_status_times_sent_move_the_grtt() {
     let sent = next_status_time(&mut c, at, &mut buf);
     let later = at + Duration::from_millis(900);
     // T4: an echo of a time never sent would give a 900 ms sample: ignored.
-    c.handle_nak(later, &echo_nak(12_345, 0));
+    c.handle_nak(later, RECEIVER, &echo_nak(12_345, 0));
     assert_eq!(c.grtt(), DEFAULT_GRTT_FLOOR);
-    c.handle_nak(later, &echo_nak(sent + 7, 0));
+    c.handle_nak(later, RECEIVER, &echo_nak(sent + 7, 0));
     assert_eq!(c.grtt(), DEFAULT_GRTT_FLOOR);
     // The echo of a STATUS sent, held 880 ms: a 20 ms round trip.
-    c.handle_nak(later, &echo_nak(sent, 880_000));
+    c.handle_nak(later, RECEIVER, &echo_nak(sent, 880_000));
     let grtt = c.grtt().as_secs_f64() * 1e3;
     assert!((grtt - 20.0).abs() < 1.0, "{grtt} ms");
     // The same NAK replayed 1.5 s later (still within the echo window) would give a
     // 1.5 s sample: each receiver's echo counts once.
-    c.handle_nak(
-        later + Duration::from_millis(1500),
-        &echo_nak(sent, 880_000),
-    );
+    let replayed = later + Duration::from_millis(1500);
+    c.handle_nak(replayed, RECEIVER, &echo_nak(sent, 880_000));
     assert_eq!(c.grtt().as_secs_f64() * 1e3, grtt);
 }
 
@@ -180,7 +209,7 @@ proptest::proptest! {
             }
         }
         let nak = Nak { archive_id: 5, receiver_id: 1, echo_time_us: 0, hold_us: 0, ranges };
-        c.handle_nak(now, &nak);
+        c.handle_nak(now, RECEIVER, &nak);
         proptest::prop_assert_eq!(c.pending_repairs() as usize, queued.len());
         proptest::prop_assert_eq!(c.stats().repairs_skipped, skipped);
     }

@@ -114,6 +114,8 @@ pub enum Origin {
         file: usize,
         /// Channel index.
         channel: usize,
+        /// The sender's address (repairs are shared out per source address).
+        from: SocketAddrV4,
     },
     /// The unicast port, from this address.
     Unicast(SocketAddrV4),

@@ -156,13 +156,17 @@ impl<A: Admission> Endpoint<A> {
     /// Takes a datagram that came in from `origin`.
     pub fn handle_datagram(&mut self, now: Instant, origin: Origin, bytes: &[u8]) {
         match origin {
-            Origin::Control { file, channel } => {
+            Origin::Control {
+                file,
+                channel,
+                from,
+            } => {
                 if let Some(c) = self
                     .files
                     .get_mut(file)
                     .and_then(|f| f.channels.get_mut(channel))
                 {
-                    c.stream.carousel.handle_datagram(now, bytes);
+                    c.stream.carousel.handle_datagram(now, *from.ip(), bytes);
                 }
             }
             Origin::Unicast(from) => self.handle_unicast(now, from, bytes),
@@ -195,7 +199,7 @@ impl<A: Admission> Endpoint<A> {
             Packet::Nak(nak) if ours => match self.client_at(from) {
                 Some(client) => {
                     client.last_heard = now;
-                    let lost = client.stream.carousel.handle_nak(now, &nak);
+                    let lost = client.stream.carousel.handle_nak(now, *from.ip(), &nak);
                     client.rate.count(0, lost as u64);
                 }
                 None => self.stats.dropped += 1,

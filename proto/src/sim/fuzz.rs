@@ -314,6 +314,7 @@ impl World {
                 0 => Origin::Control {
                     file: (s.origin / 3 % 2) as usize,
                     channel: 0,
+                    from,
                 },
                 _ => Origin::Unicast(from),
             };

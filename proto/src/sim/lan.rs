@@ -515,7 +515,11 @@ impl Lan<'_> {
         };
         if !self.rng.random_bool(self.config.independent_loss) {
             let at = self.now + self.link_delay();
-            let origin = ServerOrigin::Control { file: 0, channel };
+            let origin = ServerOrigin::Control {
+                file: 0,
+                channel,
+                from: self.nodes[from].addr,
+            };
             self.queue
                 .push(at, Event::ToServer(origin, Rc::clone(&datagram)));
         }

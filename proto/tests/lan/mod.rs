@@ -368,7 +368,11 @@ impl Lan {
                         })
                         .expect("a control port");
                     if multicast {
-                        let origin = ServerOrigin::Control { file, channel: 0 };
+                        let origin = ServerOrigin::Control {
+                            file,
+                            channel: 0,
+                            from: n.link,
+                        };
                         self.send(Delivery::ToServer(origin, t.datagram.clone()));
                     }
                     let others: Vec<(usize, ReceptionId)> = self
