@@ -1,27 +1,69 @@
-//! A hostile host on the lab LAN, in a namespace of its own and without the key,
-//! attacks a live transfer (spec §8): unsafe and hundreds of fake listing entries
-//! (T1, T16), listings flapping the file's archive (T7), STATUS with GRTT 0 and
-//! time 1 (T4, T5), NAK floods asking for the whole file (T3, T13), forged DATA
-//! (T6), a manifest sealed with another key (T2), and REPORTs from a hundred
-//! thousand receiver ids (T9). With the key (a rogue insider, the one exception) it
-//! asks for unicast streams from 16 ports (T12). The honest receivers must finish
-//! with identical files and the harm must be absent. Root only, like the lab (CI
-//! requires it).
+//! The hostile-LAN suite (spec §8): for each row a host of the lab LAN, in a
+//! namespace of its own and without the key, runs that attack against a live 24 MB
+//! transfer. The honest receivers must finish byte-identical, and the row's harm
+//! must be absent within the bound each test states. Row 12 alone is run with the
+//! key (it is a key holder's attack once requests are tagged). Rows 8, 10, 11 need
+//! a key holder's or a spoofed source's position and run on the virtual LAN
+//! (`proto/tests/forgery.rs`); rows 14, 15, 17 are file-system and display rules
+//! tested end to end (`tests/e2e.rs`). Root only, like the lab (CI requires it);
+//! the tests take the lab one at a time.
 
+#[path = "hostile/attacker.rs"]
+mod attacker;
 mod common;
 
 use common::*;
+use std::sync::Mutex;
 use std::time::Duration;
 
-#[test]
-fn a_hostile_host_on_the_lab_lan_stops_no_transfer() {
-    if !lab_available() {
-        return;
+/// One lab at a time: the attacks share the machine's two cores.
+static LAB_IN_USE: Mutex<()> = Mutex::new(());
+/// How long each attack lasts.
+const ATTACK_SECS: &str = "6";
+/// The channel rate of the lab's server (`serve_args`), bits/s.
+const CHANNEL_RATE: f64 = 80e6;
+
+/// What one attack left behind.
+struct Outcome {
+    /// The multicast receiver's log (every file on air, 3% dropped on purpose).
+    r1: String,
+    /// The server's log, ending with its closing line.
+    server: String,
+    /// The attacker's summary line.
+    attack: String,
+    /// The server's peak RSS, KiB.
+    peak_kib: u64,
+}
+
+impl Outcome {
+    /// r1's closing line about the file.
+    fn r1_done(&self) -> &str {
+        let line = self
+            .r1
+            .lines()
+            .find(|l| l.contains("complete and verified"));
+        line.unwrap_or_else(|| panic!("r1 did not finish: {}", self.r1))
     }
+
+    /// The server's closing line.
+    fn closing(&self) -> &str {
+        let line = self.server.lines().rfind(|l| l.contains("stopped after"));
+        line.unwrap_or_else(|| panic!("no closing line: {}", self.server))
+    }
+}
+
+/// Runs rows `rows` of the attacker against a transfer to r1 (multicast) and, with
+/// `unicast`, r2 (a unicast stream asked for 1.5 s into the attack). None without
+/// a lab (not root, and not required).
+fn attack(rows: &str, unicast: bool) -> Option<Outcome> {
+    if !lab_available() {
+        return None;
+    }
+    let _one_lab = LAB_IN_USE.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (key, source, data) = key_and_payload(d, 91);
-    let mut lab = Lab::up(3, "h");
+    let mut lab = Lab::up(3, &format!("h{}", rows.replace(',', "")));
     let key_s = path(&key);
     let server_log = d.join("s.log");
     let cache = d.join("cache");
@@ -32,14 +74,12 @@ fn a_hostile_host_on_the_lab_lan_stops_no_transfer() {
         wait_for_log(&server_log, "announcing", Duration::from_secs(60)),
         "server did not start"
     );
-    // r1: every file on air, by multicast, dropping 3% to make it NAK.
     let out1 = d.join("out1");
     let log1 = d.join("r1.log");
     let mut args1 = recv_args(key_s, "10.77.0.11", path(&out1));
     args1.extend(["--debug-drop", "3", "--debug-seed", "1"]);
     let r1 = lab.start("r1", &log1, &args1);
     assert!(wait_for_log(&log1, "joining", Duration::from_secs(10)));
-    // The attacker, on r3, for 8 s.
     let attack_log = d.join("attack.log");
     lab.spawn_helper(
         "r3",
@@ -47,7 +87,8 @@ fn a_hostile_host_on_the_lab_lan_stops_no_transfer() {
         &[
             ("LOOPCAST_ATTACK_IFACE", "10.77.0.13"),
             ("LOOPCAST_ATTACK_SERVER", "10.77.0.1:7700"),
-            ("LOOPCAST_ATTACK_SECS", "8"),
+            ("LOOPCAST_ATTACK_SECS", ATTACK_SECS),
+            ("LOOPCAST_ATTACK_ROWS", rows),
             ("LOOPCAST_ATTACK_KEY", key_s),
         ],
         &attack_log,
@@ -57,22 +98,21 @@ fn a_hostile_host_on_the_lab_lan_stops_no_transfer() {
         "attacking",
         Duration::from_secs(10)
     ));
-    // r2 asks for a unicast stream once the attacker holds what it can.
-    std::thread::sleep(Duration::from_millis(1500));
-    let out2 = d.join("out2");
-    let log2 = d.join("r2.log");
-    let mut args2 = recv_args(key_s, "10.77.0.12", path(&out2));
-    args2.extend(["--unicast", "--server", "10.77.0.1:7700", "payload.bin"]);
-    let r2 = lab.start("r2", &log2, &args2);
-    for (i, log, out) in [(r1, &log1, &out1), (r2, &log2, &out2)] {
+    let mut receivers = vec![(r1, log1.clone(), out1)];
+    if unicast {
+        std::thread::sleep(Duration::from_millis(1500));
+        let out2 = d.join("out2");
+        let log2 = d.join("r2.log");
+        let mut args2 = recv_args(key_s, "10.77.0.12", path(&out2));
+        args2.extend(["--unicast", "--server", "10.77.0.1:7700", "payload.bin"]);
+        receivers.push((lab.start("r2", &log2, &args2), log2, out2));
+    }
+    for (i, log, out) in receivers {
         let status = lab.wait(i, Duration::from_secs(90));
         let text = std::fs::read_to_string(log).unwrap_or_default();
         assert!(status.is_some_and(|s| s.success()), "{text}");
-        assert_eq!(
-            std::fs::read(out.join("payload.bin")).unwrap(),
-            data,
-            "{text}"
-        );
+        let got = std::fs::read(out.join("payload.bin")).unwrap();
+        assert!(got == data, "output differs: {text}");
     }
     assert!(wait_for_log(
         &attack_log,
@@ -80,9 +120,12 @@ fn a_hostile_host_on_the_lab_lan_stops_no_transfer() {
         Duration::from_secs(20)
     ));
     let attack = std::fs::read_to_string(&attack_log).unwrap();
-    let summary = attack.lines().find(|l| l.starts_with("attack done"));
-    println!("{}", summary.unwrap_or_default());
-    // T9: the server's peak memory, then stop it cleanly, for its closing line.
+    let attack = attack
+        .lines()
+        .find(|l| l.starts_with("attack done"))
+        .unwrap_or_default()
+        .to_string();
+    // The server's peak memory, then stop it cleanly, for its closing line.
     let server_pid = lab.children[s].id();
     let peak_kib = std::fs::read_to_string(format!("/proc/{server_pid}/status"))
         .unwrap()
@@ -90,323 +133,147 @@ fn a_hostile_host_on_the_lab_lan_stops_no_transfer() {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .unwrap();
-    println!("server peak RSS {} MiB", peak_kib / 1024);
     // SAFETY: kill(2) on a child this test started (ip netns exec runs loopcast in place).
     unsafe { libc::kill(server_pid as i32, libc::SIGTERM) };
     lab.wait(s, Duration::from_secs(10));
-    let server_text = std::fs::read_to_string(&server_log).unwrap();
-    let r1_text = std::fs::read_to_string(&log1).unwrap();
-    println!("{}", server_text.lines().last().unwrap_or_default());
-    let r1_done = r1_text
+    let outcome = Outcome {
+        r1: std::fs::read_to_string(&log1).unwrap(),
+        server: std::fs::read_to_string(&server_log).unwrap(),
+        attack,
+        peak_kib,
+    };
+    println!("rows {rows}: {}", outcome.attack);
+    println!("{}", outcome.server.lines().last().unwrap_or_default());
+    let r1_done = outcome
+        .r1
         .lines()
         .find(|l| l.contains("complete and verified"));
     println!("{}", r1_done.unwrap_or_default());
-    // T1, T16: forged listings are not followed, not even told; T2, T7: no wrong
-    // key, no switch.
-    assert!(
-        !r1_text.contains("../evil") && !r1_text.contains("fake-"),
-        "{r1_text}"
-    );
-    assert!(!r1_text.contains("wrong key") && !r1_text.contains("switching"));
-    // T6: forged DATA reached r1 and was dropped as forged, not stored.
-    let forged_at_r1: u64 = r1_text
-        .split(" forged)")
+    println!("server peak RSS {} MiB", peak_kib / 1024);
+    Some(outcome)
+}
+
+/// The number just before `label` in `text` (e.g. "65" in "65 NAKs sent").
+fn number_before(text: &str, label: &str) -> f64 {
+    text.split(label)
         .next()
-        .and_then(|t| t.rsplit('(').next())
+        .and_then(|t| t.rsplit([' ', '(']).next())
         .and_then(|t| t.parse().ok())
-        .unwrap_or_else(|| panic!("no forged count in: {r1_text}"));
-    assert!(forged_at_r1 >= 100, "{forged_at_r1} forged at r1");
-    // T3, T13: every forged NAK was dropped by the server, none repaired.
-    let (naks_taken, naks_dropped) = server_text
-        .split(" NAKs (")
-        .next()
-        .and_then(|t| t.rsplit(" for ").next())
-        .zip(
-            server_text
-                .split(" NAKs (")
-                .nth(1)
-                .and_then(|t| t.split(' ').next()),
-        )
-        .map(|(a, b)| (a.parse::<u64>().unwrap(), b.parse::<u64>().unwrap()))
-        .unwrap_or_else(|| panic!("no NAK counts in: {server_text}"));
-    let naks_forged = probe_value(&attack, "naks_sent");
-    assert!(
-        naks_dropped >= naks_forged * 9 / 10,
-        "{naks_dropped} of {naks_forged} dropped"
-    );
-    // T9: a hundred thousand forged report ids left no trace and no memory.
-    assert!(server_text.contains("2 receiver(s) done;"), "{server_text}");
-    assert!(!server_text.contains("unfinished"), "{server_text}");
-    assert!(peak_kib < 64 * 1024, "server peak RSS {peak_kib} KiB");
-    // T4: the forged echoes did not pin GRTT at 2 s.
-    let grtt: f64 = server_text
-        .split("GRTT ")
+        .unwrap_or_else(|| panic!("no number before {label:?} in: {text}"))
+}
+
+/// The number just after `label` in `text`.
+fn number_after(text: &str, label: &str) -> f64 {
+    text.split(label)
         .nth(1)
-        .and_then(|t| t.split(" ms").next())
+        .and_then(|t| t.split([' ', ')', ',']).next())
         .and_then(|t| t.parse().ok())
-        .unwrap_or_else(|| panic!("no GRTT in: {server_text}"));
+        .unwrap_or_else(|| panic!("no number after {label:?} in: {text}"))
+}
+
+#[test]
+fn t01_an_unsafe_name_in_a_forged_listing_is_neither_followed_nor_told() {
+    let Some(o) = attack("1", false) else { return };
+    assert!(!o.r1.contains("../evil"), "{}", o.r1);
+}
+
+#[test]
+fn t02_a_manifest_of_another_key_before_the_real_one_is_not_fatal() {
+    let Some(o) = attack("2", false) else { return };
+    assert!(!o.r1.contains("wrong key"), "{}", o.r1);
+}
+
+#[test]
+fn t03_a_nak_flood_is_dropped_and_the_channel_keeps_its_rate() {
+    // 100 NAKs/s for the whole file. Bound: every one dropped, the channel takes
+    // no more NAKs than r1 sent, and keeps ≥ 90% of its rate.
+    let Some(o) = attack("3", false) else { return };
+    let forged = number_after(&o.attack, "naks_sent=");
+    let dropped = number_before(o.closing(), " dropped), ");
+    let taken = number_before(o.closing(), " NAKs (");
+    let r1_naks = number_before(o.r1_done(), " NAKs sent");
+    assert!(dropped >= forged * 0.9, "{dropped} of {forged} dropped");
+    assert!(taken <= r1_naks, "{taken} NAKs taken, r1 sent {r1_naks}");
+    let rate = number_before(o.closing(), " Mbit/s), ") * 1e6;
+    assert!(rate >= 0.9 * CHANNEL_RATE, "channel at {rate} bit/s");
+}
+
+#[test]
+fn t04_forged_grtt_echoes_do_not_pin_the_grtt() {
+    // NAKs echoing time 1 and STATUS with time 1. Bound: GRTT < 100 ms (it was
+    // pinned at 2 s).
+    let Some(o) = attack("4", false) else { return };
+    let grtt = number_after(o.closing(), "GRTT ");
     assert!(grtt < 100.0, "GRTT {grtt} ms");
-    // T5: with GRTT 0 advertised, r1 still spaced its NAKs (no storm).
-    let naks: u64 = r1_text
-        .split(" NAKs sent")
-        .next()
-        .and_then(|t| t.rsplit(' ').next())
-        .and_then(|t| t.parse().ok())
-        .unwrap_or_else(|| panic!("no NAK count in: {r1_text}"));
-    assert!(naks < 2000, "{naks} NAKs");
-    // T3, T13: the channel took no more NAKs than r1 (its one honest receiver) sent.
+}
+
+#[test]
+fn t05_a_status_advertising_grtt_0_makes_no_nak_storm() {
+    // Bound: r1 sends < 2,000 NAKs (3,655 before; 44 is normal).
+    let Some(o) = attack("5", false) else { return };
+    let naks = number_before(o.r1_done(), " NAKs sent");
+    assert!(naks < 2000.0, "{naks} NAKs");
+}
+
+#[test]
+fn t06_forged_data_is_dropped_before_it_is_stored() {
+    // About 1,000 forged DATA a second (12% of the channel). Bound: r1 finishes
+    // identical, and counts them as forged.
+    let Some(o) = attack("6", false) else { return };
+    let forged = number_before(o.r1_done(), " forged)");
+    assert!(forged >= 100.0, "{forged} forged at r1");
+}
+
+#[test]
+fn t07_listings_flapping_the_archive_move_no_reception() {
+    let Some(o) = attack("7", false) else { return };
+    assert!(!o.r1.contains("switching"), "{}", o.r1);
+}
+
+#[test]
+fn t09_reports_from_many_receiver_ids_leave_no_state() {
+    // 10,000 new ids a second. Bound: server RSS < 64 MiB, one receiver known.
+    let Some(o) = attack("9", false) else { return };
+    assert!(o.peak_kib < 64 * 1024, "server peak RSS {} KiB", o.peak_kib);
+    assert!(o.closing().contains("1 receiver(s) done;"), "{}", o.server);
+    assert!(!o.closing().contains("unfinished"), "{}", o.server);
+    let forged = number_after(&o.attack, "reports_sent=");
+    let dropped = number_before(o.closing(), " forged datagrams dropped");
+    assert!(dropped >= forged * 0.9, "{dropped} of {forged} dropped");
+}
+
+#[test]
+fn t12_one_host_on_16_ports_takes_a_quarter_of_the_unicast_places() {
+    // With the key. Bound: at most 4 of the 16 places, and r2's stream runs.
+    let Some(o) = attack("12", true) else { return };
+    let granted = number_after(&o.attack, "streams_granted=");
+    assert!(granted <= 4.0, "{}", o.attack);
     assert!(
-        naks_taken <= naks,
-        "{naks_taken} NAKs taken, r1 sent {naks}"
-    );
-    // T12 (with the key): 16 ports of one host got at most a quarter of the places.
-    let granted = probe_value(&attack, "streams_granted");
-    assert!(granted <= 4, "{attack}");
-    assert!(
-        server_text.contains("refusing a unicast stream"),
-        "{server_text}"
+        o.server.contains("refusing a unicast stream"),
+        "{}",
+        o.server
     );
 }
 
-/// Not a test on its own: the attacker, run inside the lab by the test above.
+#[test]
+fn t13_a_third_party_naking_everything_suppresses_no_honest_nak() {
+    // Bound: r1 hears none of the forged NAKs.
+    let Some(o) = attack("13", false) else { return };
+    let heard = number_before(o.r1_done(), " heard");
+    assert_eq!(heard, 0.0, "{}", o.r1);
+}
+
+#[test]
+fn t16_hundreds_of_forged_entries_are_not_followed() {
+    // 60 entries in 3 parts, 20 times a second. Bound: r1 joins the real file only.
+    let Some(o) = attack("16", false) else { return };
+    assert!(!o.r1.contains("fake-"), "{}", o.r1);
+    assert_eq!(o.r1.matches(": joining ").count(), 1, "{}", o.r1);
+}
+
+/// Not a test on its own: the attacker, run inside the lab by the tests above.
 #[test]
 #[ignore]
 fn hostile_host_helper() {
-    use loopcast_proto::MasterKey;
-    use loopcast_proto::manifest::Manifest;
-    use loopcast_proto::wire::{self, Announce, AnnounceEntry, ChannelInfo, Packet};
-    use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-    use std::time::Instant;
-    let Ok(iface) = std::env::var("LOOPCAST_ATTACK_IFACE") else {
-        return; // run by hand or by `cargo test -- --ignored`: nothing to attack
-    };
-    let iface: Ipv4Addr = iface.parse().unwrap();
-    let server: SocketAddrV4 = std::env::var("LOOPCAST_ATTACK_SERVER")
-        .unwrap()
-        .parse()
-        .unwrap();
-    let secs: u64 = std::env::var("LOOPCAST_ATTACK_SECS")
-        .unwrap()
-        .parse()
-        .unwrap();
-    // Used for the stream requests of T12 only; everything else is forged under a
-    // key of the attacker's own.
-    let insider = loopcast::keyfile::load(std::path::Path::new(
-        &std::env::var("LOOPCAST_ATTACK_KEY").unwrap(),
-    ))
-    .unwrap();
-    let own = MasterKey::from_bytes([0x66; 32]);
-    let listen = |group: SocketAddrV4| -> UdpSocket {
-        let s = join_group(group, iface);
-        s.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        s
-    };
-    let mut buf = vec![0u8; 65536];
-    // Learn the session and the file from the listing, and a manifest from the channel.
-    let directory = listen(GROUP.parse().unwrap());
-    let (session, entry) = loop {
-        if let Ok(n) = directory.recv(&mut buf)
-            && let Ok(d) = wire::decode(&buf[..n])
-            && let Packet::Announce(a) = d.packet
-            && let Some(e) = a.entries.into_iter().next()
-        {
-            break (d.session_id, e);
-        }
-    };
-    let channel = entry.channels[0];
-    let data = listen(channel.group);
-    let manifest = loop {
-        if let Ok(n) = data.recv(&mut buf)
-            && let Ok(d) = wire::decode(&buf[..n])
-            && let Packet::Manifest(body) = d.packet
-        {
-            break Manifest::decode_unverified(body).unwrap();
-        }
-    };
-    let sender = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
-    sender.set_multicast_if_v4(&iface).unwrap();
-    sender.set_multicast_ttl_v4(1).unwrap();
-    sender.bind(&SocketAddrV4::new(iface, 0).into()).unwrap();
-    let sender: UdpSocket = sender.into();
-    // Forgeries, all under the attacker's own key.
-    let own_keys = wire::SessionKeys::new(
-        &own.file_key(manifest.archive_id),
-        session,
-        manifest.payload_size,
-    );
-    let mut forged = manifest.clone();
-    forged.key_fingerprint = own.fingerprint();
-    let forged_manifest = wire::encode_manifest(
-        &own_keys.mac,
-        session,
-        &forged.encode(&own.file_key(forged.archive_id)),
-    );
-    let fake = |name: String, n: u8| AnnounceEntry {
-        archive_id: 0xfa4e + n as u64,
-        original_size: 1000,
-        body_len: 2000,
-        flags: 0,
-        name,
-        channels: vec![ChannelInfo {
-            group: SocketAddrV4::new(Ipv4Addr::new(239, 77, 9, n), 9000 + n as u16),
-            control_port: 19000,
-            rate_bps: 1_000_000,
-        }],
-    };
-    let rogue_listing: Vec<Vec<u8>> = (0..3u8)
-        .map(|part| {
-            let mut entries: Vec<AnnounceEntry> = (0..20u8)
-                .map(|i| fake(format!("fake-{part}-{i}"), part * 20 + i))
-                .collect();
-            if part == 0 {
-                entries.push(fake("../evil".into(), 99));
-            }
-            wire::encode_announce(
-                &own.directory_mac_key(),
-                0xbad,
-                &Announce {
-                    part,
-                    parts: 3,
-                    unicast_port: 7700,
-                    key_fingerprint: own.fingerprint(),
-                    entries,
-                },
-            )
-        })
-        .collect();
-    let count = manifest.packet_count();
-    let nak = wire::encode_nak(
-        &own_keys.mac,
-        session,
-        &wire::Nak {
-            archive_id: manifest.archive_id,
-            receiver_id: 0xbad,
-            echo_time_us: 1,
-            hold_us: 0,
-            ranges: (0..count)
-                .step_by(60_000)
-                .map(|first| (first, (count - first).min(60_000) as u16))
-                .take(wire::MAX_NAK_RANGES)
-                .collect(),
-        },
-    );
-    let requesters: Vec<UdpSocket> = (0..16)
-        .map(|_| {
-            let s = UdpSocket::bind(SocketAddrV4::new(iface, 0)).unwrap();
-            s.set_nonblocking(true).unwrap();
-            s
-        })
-        .collect();
-    let request = |cookie: [u8; wire::COOKIE_LEN]| {
-        wire::encode_request(
-            &insider.directory_mac_key(),
-            0,
-            &wire::Request {
-                receiver_id: 0xbad,
-                flags: wire::REQUEST_UNICAST,
-                max_rate_bps: 0,
-                cookie,
-                name: manifest.name.clone(),
-            },
-        )
-    };
-    for r in &requesters {
-        r.send_to(&request([0; wire::COOKIE_LEN]), server).unwrap();
-    }
-    println!("attacking session {session:08x}");
-    let mut streamed = vec![0u64; requesters.len()];
-    let mut flap = 0u64;
-    let (mut naks_sent, mut data_sent, mut reports_sent) = (0u64, 0u64, 0u64);
-    let payload = vec![0xa5u8; manifest.payload_size as usize];
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(secs) {
-        flap += 1;
-        for d in &rogue_listing {
-            let _ = sender.send_to(d, GROUP);
-        }
-        let mut flapping = entry.clone();
-        flapping.archive_id = 0xf1a9_0000 + flap;
-        let flapping = wire::encode_announce(
-            &own.directory_mac_key(),
-            session,
-            &Announce {
-                part: 0,
-                parts: 1,
-                unicast_port: 7700,
-                key_fingerprint: insider.fingerprint(),
-                entries: vec![flapping],
-            },
-        );
-        let _ = sender.send_to(&flapping, GROUP);
-        let status = wire::encode_status(
-            &own_keys.mac,
-            session,
-            &wire::Status {
-                archive_id: manifest.archive_id,
-                server_time_us: 1,
-                grtt_us: 0,
-                group_size: 1,
-                rate_bps: 1_000_000,
-            },
-        );
-        let _ = sender.send_to(&status, channel.group);
-        let _ = sender.send_to(&forged_manifest, channel.group);
-        // T3, T13: 100 NAKs/s for the whole file; T6: about 1,000 forged DATA/s.
-        for _ in 0..5 {
-            naks_sent += sender.send_to(&nak, channel.control()).is_ok() as u64;
-        }
-        for i in 0..50u32 {
-            let index = (flap as u32 * 50 + i) % (count - 1);
-            let header = wire::DataHeader {
-                archive_id: manifest.archive_id,
-                packet_index: index,
-                packet_count: count,
-                flags: 0,
-            };
-            let forged = wire::encode_data(&own_keys.data, session, &header, &payload);
-            data_sent += sender.send_to(&forged, channel.group).is_ok() as u64;
-        }
-        // T9: 500 new receiver ids a round, 10,000 a second.
-        for i in 0..500u32 {
-            let report = wire::encode_report(
-                &own_keys.mac,
-                session,
-                &wire::Report {
-                    archive_id: manifest.archive_id,
-                    receiver_id: flap as u32 * 500 + i,
-                    channel: 0,
-                    held: 0,
-                    packet_count: count,
-                    arrived: 0,
-                    lost: 1000,
-                    interval_ms: 100,
-                    kernel_drops: 0,
-                    echo_time_us: 1,
-                },
-            );
-            reports_sent += sender.send_to(&report, server).is_ok() as u64;
-        }
-        for (i, r) in requesters.iter().enumerate() {
-            while let Ok(n) = r.recv(&mut buf) {
-                match wire::decode(&buf[..n]).map(|d| d.packet) {
-                    Ok(Packet::Cookie(c)) => {
-                        let _ = r.send_to(&request(c), server);
-                    }
-                    Ok(Packet::Data(..)) => streamed[i] += 1,
-                    _ => {}
-                }
-            }
-            // Keep what was granted: a stream ends when its client falls silent.
-            if flap % 20 == 0 {
-                let _ = r.send_to(&request([0; wire::COOKIE_LEN]), server);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let granted = streamed.iter().filter(|&&n| n > 0).count();
-    println!(
-        "attack done: rounds={flap} streams_granted={granted} stream_datagrams={} naks_sent={naks_sent} data_sent={data_sent} reports_sent={reports_sent}",
-        streamed.iter().sum::<u64>()
-    );
+    attacker::run();
 }

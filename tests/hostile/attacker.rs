@@ -1,0 +1,266 @@
+//! The attacker of `tests/hostile.rs`: a host of the lab LAN without the key (but
+//! for row 12), running the rows of spec §8 named in `LOOPCAST_ATTACK_ROWS`
+//! against the transfer it finds on the directory group, for
+//! `LOOPCAST_ATTACK_SECS`. It prints a summary line for the test to read.
+
+use super::common::*;
+use std::time::Duration;
+
+/// Runs the attack the environment describes (see the module documentation).
+pub fn run() {
+    use loopcast_proto::MasterKey;
+    use loopcast_proto::manifest::Manifest;
+    use loopcast_proto::wire::{self, Announce, AnnounceEntry, ChannelInfo, Packet};
+    use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+    use std::time::Instant;
+    let Ok(iface) = std::env::var("LOOPCAST_ATTACK_IFACE") else {
+        return; // run by hand or by `cargo test -- --ignored`: nothing to attack
+    };
+    let iface: Ipv4Addr = iface.parse().unwrap();
+    let server: SocketAddrV4 = std::env::var("LOOPCAST_ATTACK_SERVER")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let secs: u64 = std::env::var("LOOPCAST_ATTACK_SECS")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let rows: Vec<u8> = std::env::var("LOOPCAST_ATTACK_ROWS")
+        .unwrap()
+        .split(',')
+        .map(|r| r.parse().unwrap())
+        .collect();
+    let row = |n: u8| rows.contains(&n);
+    // Used for the stream requests of T12 only; everything else is forged under a
+    // key of the attacker's own.
+    let insider = loopcast::keyfile::load(std::path::Path::new(
+        &std::env::var("LOOPCAST_ATTACK_KEY").unwrap(),
+    ))
+    .unwrap();
+    let own = MasterKey::from_bytes([0x66; 32]);
+    let listen = |group: SocketAddrV4| -> UdpSocket {
+        let s = join_group(group, iface);
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        s
+    };
+    let mut buf = vec![0u8; 65536];
+    // Learn the session and the file from the listing, and a manifest from the channel.
+    let directory = listen(GROUP.parse().unwrap());
+    let (session, entry) = loop {
+        if let Ok(n) = directory.recv(&mut buf)
+            && let Ok(d) = wire::decode(&buf[..n])
+            && let Packet::Announce(a) = d.packet
+            && let Some(e) = a.entries.into_iter().next()
+        {
+            break (d.session_id, e);
+        }
+    };
+    let channel = entry.channels[0];
+    let data = listen(channel.group);
+    let manifest = loop {
+        if let Ok(n) = data.recv(&mut buf)
+            && let Ok(d) = wire::decode(&buf[..n])
+            && let Packet::Manifest(body) = d.packet
+        {
+            break Manifest::decode_unverified(body).unwrap();
+        }
+    };
+    let sender = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    sender.set_multicast_if_v4(&iface).unwrap();
+    sender.set_multicast_ttl_v4(1).unwrap();
+    sender.bind(&SocketAddrV4::new(iface, 0).into()).unwrap();
+    let sender: UdpSocket = sender.into();
+    // Forgeries, all under the attacker's own key.
+    let own_keys = wire::SessionKeys::new(
+        &own.file_key(manifest.archive_id),
+        session,
+        manifest.payload_size,
+    );
+    let mut forged = manifest.clone();
+    forged.key_fingerprint = own.fingerprint();
+    let forged_manifest = wire::encode_manifest(
+        &own_keys.mac,
+        session,
+        &forged.encode(&own.file_key(forged.archive_id)),
+    );
+    let fake = |name: String, n: u8| AnnounceEntry {
+        archive_id: 0xfa4e + n as u64,
+        original_size: 1000,
+        body_len: 2000,
+        flags: 0,
+        name,
+        channels: vec![ChannelInfo {
+            group: SocketAddrV4::new(Ipv4Addr::new(239, 77, 9, n), 9000 + n as u16),
+            control_port: 19000,
+            rate_bps: 1_000_000,
+        }],
+    };
+    let rogue_listing: Vec<Vec<u8>> = (0..3u8)
+        .map(|part| {
+            let mut entries: Vec<AnnounceEntry> = (0..20u8)
+                .map(|i| fake(format!("fake-{part}-{i}"), part * 20 + i))
+                .collect();
+            if part == 0 {
+                entries.push(fake("../evil".into(), 99));
+            }
+            wire::encode_announce(
+                &own.directory_mac_key(),
+                0xbad,
+                &Announce {
+                    part,
+                    parts: 3,
+                    unicast_port: 7700,
+                    key_fingerprint: own.fingerprint(),
+                    entries,
+                },
+            )
+        })
+        .collect();
+    let count = manifest.packet_count();
+    let nak = wire::encode_nak(
+        &own_keys.mac,
+        session,
+        &wire::Nak {
+            archive_id: manifest.archive_id,
+            receiver_id: 0xbad,
+            echo_time_us: 1,
+            hold_us: 0,
+            ranges: (0..count)
+                .step_by(60_000)
+                .map(|first| (first, (count - first).min(60_000) as u16))
+                .take(wire::MAX_NAK_RANGES)
+                .collect(),
+        },
+    );
+    let requesters: Vec<UdpSocket> = (0..16)
+        .map(|_| {
+            let s = UdpSocket::bind(SocketAddrV4::new(iface, 0)).unwrap();
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+        .collect();
+    let request = |cookie: [u8; wire::COOKIE_LEN]| {
+        wire::encode_request(
+            &insider.directory_mac_key(),
+            0,
+            &wire::Request {
+                receiver_id: 0xbad,
+                flags: wire::REQUEST_UNICAST,
+                max_rate_bps: 0,
+                cookie,
+                name: manifest.name.clone(),
+            },
+        )
+    };
+    if row(12) {
+        for r in &requesters {
+            r.send_to(&request([0; wire::COOKIE_LEN]), server).unwrap();
+        }
+    }
+    println!("attacking session {session:08x}");
+    let mut streamed = vec![0u64; requesters.len()];
+    let mut flap = 0u64;
+    let (mut naks_sent, mut data_sent, mut reports_sent) = (0u64, 0u64, 0u64);
+    let payload = vec![0xa5u8; manifest.payload_size as usize];
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        flap += 1;
+        if row(1) || row(16) {
+            for d in &rogue_listing {
+                let _ = sender.send_to(d, GROUP);
+            }
+        }
+        let mut flapping = entry.clone();
+        flapping.archive_id = 0xf1a9_0000 + flap;
+        let flapping = wire::encode_announce(
+            &own.directory_mac_key(),
+            session,
+            &Announce {
+                part: 0,
+                parts: 1,
+                unicast_port: 7700,
+                key_fingerprint: insider.fingerprint(),
+                entries: vec![flapping],
+            },
+        );
+        if row(7) {
+            let _ = sender.send_to(&flapping, GROUP);
+        }
+        let status = wire::encode_status(
+            &own_keys.mac,
+            session,
+            &wire::Status {
+                archive_id: manifest.archive_id,
+                server_time_us: 1,
+                grtt_us: 0,
+                group_size: 1,
+                rate_bps: 1_000_000,
+            },
+        );
+        if row(4) || row(5) {
+            let _ = sender.send_to(&status, channel.group);
+        }
+        if row(2) {
+            let _ = sender.send_to(&forged_manifest, channel.group);
+        }
+        // T3, T13: 100 NAKs/s for the whole file; T6: about 1,000 forged DATA/s.
+        for _ in 0..5 {
+            if row(3) || row(4) || row(13) {
+                naks_sent += sender.send_to(&nak, channel.control()).is_ok() as u64;
+            }
+        }
+        for i in 0..50u32 * row(6) as u32 {
+            let index = (flap as u32 * 50 + i) % (count - 1);
+            let header = wire::DataHeader {
+                archive_id: manifest.archive_id,
+                packet_index: index,
+                packet_count: count,
+                flags: 0,
+            };
+            let forged = wire::encode_data(&own_keys.data, session, &header, &payload);
+            data_sent += sender.send_to(&forged, channel.group).is_ok() as u64;
+        }
+        // T9: 500 new receiver ids a round, 10,000 a second.
+        for i in 0..500u32 * row(9) as u32 {
+            let report = wire::encode_report(
+                &own_keys.mac,
+                session,
+                &wire::Report {
+                    archive_id: manifest.archive_id,
+                    receiver_id: flap as u32 * 500 + i,
+                    channel: 0,
+                    held: 0,
+                    packet_count: count,
+                    arrived: 0,
+                    lost: 1000,
+                    interval_ms: 100,
+                    kernel_drops: 0,
+                    echo_time_us: 1,
+                },
+            );
+            reports_sent += sender.send_to(&report, server).is_ok() as u64;
+        }
+        for (i, r) in requesters.iter().enumerate() {
+            while let Ok(n) = r.recv(&mut buf) {
+                match wire::decode(&buf[..n]).map(|d| d.packet) {
+                    Ok(Packet::Cookie(c)) => {
+                        let _ = r.send_to(&request(c), server);
+                    }
+                    Ok(Packet::Data(..)) => streamed[i] += 1,
+                    _ => {}
+                }
+            }
+            // Keep what was granted: a stream ends when its client falls silent.
+            if row(12) && flap % 20 == 0 {
+                let _ = r.send_to(&request([0; wire::COOKIE_LEN]), server);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let granted = streamed.iter().filter(|&&n| n > 0).count();
+    println!(
+        "attack done: rounds={flap} streams_granted={granted} stream_datagrams={} naks_sent={naks_sent} data_sent={data_sent} reports_sent={reports_sent}",
+        streamed.iter().sum::<u64>()
+    );
+}
