@@ -105,8 +105,10 @@ const SAMPLES_KEPT: usize = 256;
 pub const MAX_NAK_SOURCES: usize = 1024;
 /// A source that NAKed within this long shares the repair budget.
 pub const NAK_SOURCE_ACTIVE: Duration = Duration::from_secs(2);
-/// Fewest repairs a source may always have queued at once (a frame table, a burst).
-const MIN_SOURCE_BURST: f64 = 64.0;
+/// Seconds of its part of the repair share a source may save up (a burst of loss).
+const SOURCE_BURST_SECS: f64 = 4.0;
+/// Fewest repairs a source may always queue at once (a frame table, a burst).
+const MIN_SOURCE_BURST: f64 = 256.0;
 /// Repairs that may be saved up while none are wanted (a short burst).
 const MAX_REPAIR_CREDIT: f64 = 64.0;
 
@@ -385,7 +387,7 @@ impl Carousel {
 
     /// The repairs source `from` may queue now. The repair share is split evenly
     /// among the sources that NAKed in the last `NAK_SOURCE_ACTIVE`, each holding
-    /// at most a second of its part (or `MIN_SOURCE_BURST`), so one host cannot take
+    /// at most `SOURCE_BURST_SECS` of its part (or `MIN_SOURCE_BURST`), so one host cannot take
     /// the share from the others (T3, T13). None when the table of sources is full.
     fn source_budget(&mut self, now: Instant, from: Ipv4Addr, packet_time: f64) -> Option<u32> {
         let active = |at: Instant| now.saturating_duration_since(at) < NAK_SOURCE_ACTIVE;
@@ -399,7 +401,7 @@ impl Carousel {
             .filter(|(ip, (_, at))| **ip != from && active(*at))
             .count();
         let per_second = self.config.share / packet_time / (others + 1) as f64;
-        let cap = per_second.max(MIN_SOURCE_BURST);
+        let cap = (per_second * SOURCE_BURST_SECS).max(MIN_SOURCE_BURST);
         let (tokens, at) = self.sources.entry(from).or_insert((cap, now));
         let elapsed = now.saturating_duration_since(*at).as_secs_f64();
         *tokens = (*tokens + per_second * elapsed).min(cap);
