@@ -3,7 +3,7 @@
 use super::*;
 use crate::MasterKey;
 use crate::sim::Bodies;
-use crate::wire::{Datagram, Request};
+use crate::wire::{Datagram, Packet, Report, Request};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use std::net::Ipv4Addr;
