@@ -18,6 +18,8 @@ pub struct PackOptions {
     pub frame_size: u32,
     /// zstd level.
     pub level: i32,
+    /// Threads that seal frames (1: on the calling thread).
+    pub threads: usize,
 }
 
 impl Default for PackOptions {
@@ -25,6 +27,7 @@ impl Default for PackOptions {
         Self {
             frame_size: archive::DEFAULT_FRAME_SIZE,
             level: 3,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -94,22 +97,22 @@ pub fn pack_file(
         writer
             .write_all(&vec![0u8; (body_start + table_len) as usize])
             .map_err(write_err)?;
-        let mut plain = vec![0u8; options.frame_size as usize];
-        for _ in 0..packer.frame_count() {
-            let n = packer.next_frame_len();
-            source.read_exact(&mut plain[..n]).map_err(|_| {
+        seal_frames(
+            &mut packer,
+            &mut source,
+            &mut writer,
+            options.threads,
+            || {
                 Error::new(format!(
                     "{} changed while it was being packed",
                     input.display()
                 ))
-            })?;
-            let mut salt = [0u8; SALT_LEN];
-            rand::fill(&mut salt);
-            let sealed = packer
-                .seal_next(&plain[..n], salt)
-                .map_err(|e| Error::new(e.to_string()))?;
-            writer.write_all(&sealed).map_err(write_err)?;
-        }
+            },
+        )
+        .map_err(|e| match e {
+            SealError::Read(e) => e,
+            SealError::Write(e) => write_err(e),
+        })?;
         writer.flush().map_err(write_err)?;
         drop(writer);
         let after = source
@@ -153,6 +156,98 @@ pub fn pack_file(
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Why sealing the frames stopped.
+enum SealError {
+    /// The source could not be read as far as it should (it changed).
+    Read(Error),
+    /// The archive could not be written.
+    Write(io::Error),
+}
+
+/// Reads every frame of the source, in order, into the packer's digest, seals them
+/// on `threads` threads (compression and encryption), and writes them to `out` in
+/// order. At most two frames per thread are in flight, so memory stays bounded;
+/// one thread seals in place, as before.
+fn seal_frames(
+    packer: &mut Packer,
+    source: &mut impl Read,
+    out: &mut impl Write,
+    threads: usize,
+    changed: impl Fn() -> Error,
+) -> std::result::Result<(), SealError> {
+    let read = |source: &mut dyn Read, packer: &mut Packer| {
+        let mut plain = vec![0u8; packer.next_frame_len()];
+        source
+            .read_exact(&mut plain)
+            .map_err(|_| SealError::Read(changed()))?;
+        let sealer = packer
+            .take_next(&plain)
+            .map_err(|e| SealError::Read(Error::new(e.to_string())))?;
+        let mut salt = [0u8; SALT_LEN];
+        rand::fill(&mut salt);
+        Ok::<_, SealError>((sealer, plain, salt))
+    };
+    let count = packer.frame_count();
+    if threads <= 1 {
+        for _ in 0..count {
+            let (sealer, plain, salt) = read(source, packer)?;
+            let sealed = sealer.seal(&plain, salt);
+            packer.record_sealed(sealed.len());
+            out.write_all(&sealed).map_err(SealError::Write)?;
+        }
+        return Ok(());
+    }
+    let in_flight = 2 * threads;
+    let (jobs_tx, jobs_rx) =
+        std::sync::mpsc::sync_channel::<(archive::FrameSealer, Vec<u8>, [u8; SALT_LEN])>(in_flight);
+    let jobs_rx = std::sync::Mutex::new(jobs_rx);
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<(u32, Vec<u8>)>();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let (jobs_rx, done_tx) = (&jobs_rx, done_tx.clone());
+            scope.spawn(move || {
+                loop {
+                    let job = jobs_rx.lock().map(|rx| rx.recv());
+                    let Ok(Ok((sealer, plain, salt))) = job else {
+                        return;
+                    };
+                    if done_tx
+                        .send((sealer.index(), sealer.seal(&plain, salt)))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        // Frames come back in any order; they are written in order.
+        let mut waiting = std::collections::BTreeMap::new();
+        let (mut sent, mut written) = (0u32, 0u32);
+        while written < count {
+            if sent < count && sent - written < in_flight as u32 {
+                let job = read(source, packer)?;
+                if jobs_tx.send(job).is_err() {
+                    break;
+                }
+                sent += 1;
+                continue;
+            }
+            let Ok((index, sealed)) = done_rx.recv() else {
+                break;
+            };
+            waiting.insert(index, sealed);
+            while let Some(sealed) = waiting.remove(&written) {
+                packer.record_sealed(sealed.len());
+                out.write_all(&sealed).map_err(SealError::Write)?;
+                written += 1;
+            }
+        }
+        drop(jobs_tx);
+        Ok(())
+    })
 }
 
 /// Fsyncs a directory so a rename in it survives a crash (best effort).

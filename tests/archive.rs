@@ -15,8 +15,25 @@ fn key(byte: u8) -> MasterKey {
     MasterKey::from_bytes([byte; 32])
 }
 
-/// Packs `data` as `name`, unpacks it into a fresh directory, returns the result.
+/// Packs `data` as `name` on 1 and on 3 threads, unpacks both into fresh
+/// directories, checks they agree (same frame table), returns the result.
 fn round_trip(dir: &Path, name: &str, data: &[u8], frame_size: u32) -> Vec<u8> {
+    let serial = round_trip_on(dir, &format!("{name}.1"), data, frame_size, 1);
+    let parallel = round_trip_on(dir, &format!("{name}.3"), data, frame_size, 3);
+    assert_eq!(serial.1, parallel.1, "{name}: frame tables differ");
+    assert!(serial.0 == parallel.0, "{name}: unpacked files differ");
+    serial.0
+}
+
+/// Packs `data` as `name` with `threads` sealing threads and unpacks it: (the
+/// result, the archive's frame table).
+fn round_trip_on(
+    dir: &Path,
+    name: &str,
+    data: &[u8],
+    frame_size: u32,
+    threads: usize,
+) -> (Vec<u8>, Vec<u8>) {
     let input = dir.join(name);
     fs::write(&input, data).unwrap();
     let archive = dir.join(format!("{name}.lcar"));
@@ -27,6 +44,7 @@ fn round_trip(dir: &Path, name: &str, data: &[u8], frame_size: u32) -> Vec<u8> {
         PackOptions {
             frame_size,
             level: 3,
+            threads,
         },
     )
     .unwrap();
@@ -44,7 +62,14 @@ fn round_trip(dir: &Path, name: &str, data: &[u8], frame_size: u32) -> Vec<u8> {
         &OutputDir::replacing(&out),
     )
     .unwrap();
-    fs::read(path).unwrap()
+    let mut table = vec![0u8; opened.manifest.table_len() as usize];
+    std::os::unix::fs::FileExt::read_exact_at(
+        &File::open(&archive).unwrap(),
+        &mut table,
+        body_start,
+    )
+    .unwrap();
+    (fs::read(path).unwrap(), table)
 }
 
 #[test]
@@ -70,7 +95,7 @@ fn incompressible_64_mib_round_trips_and_highly_compressible_shrinks() {
     let mut data = vec![0u8; 64 << 20];
     rand::rngs::StdRng::seed_from_u64(4).fill_bytes(&mut data);
     assert_eq!(round_trip(dir.path(), "random", &data, 1 << 20), data);
-    let archive_len = fs::metadata(dir.path().join("random.lcar")).unwrap().len();
+    let archive_len = fs::metadata(dir.path().join("random.3.lcar")).unwrap().len();
     assert!(
         archive_len < data.len() as u64 + 64 * 100 + 1000,
         "random data grew to {archive_len}"
@@ -81,7 +106,7 @@ fn incompressible_64_mib_round_trips_and_highly_compressible_shrinks() {
         .take(32 << 20)
         .collect();
     assert_eq!(round_trip(dir.path(), "text", &text, 1 << 20), text);
-    let archive_len = fs::metadata(dir.path().join("text.lcar")).unwrap().len();
+    let archive_len = fs::metadata(dir.path().join("text.3.lcar")).unwrap().len();
     assert!(
         archive_len < text.len() as u64 / 20,
         "compressible data only shrank to {archive_len}"
@@ -116,6 +141,7 @@ fn a_flipped_bit_in_any_frame_is_detected_and_located() {
         PackOptions {
             frame_size: 32 * 1024,
             level: 3,
+            ..PackOptions::default()
         },
     )
     .unwrap();
@@ -226,6 +252,7 @@ fn the_frame_worker_unpacks_frames_out_of_order_reports_a_damaged_one_and_delive
         PackOptions {
             frame_size: 100_000,
             level: 3,
+            ..PackOptions::default()
         },
     )
     .unwrap();

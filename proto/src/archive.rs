@@ -343,6 +343,16 @@ impl Packer {
 
     /// Seals the next frame; `plain` must be exactly `next_frame_len()` bytes.
     pub fn seal_next(&mut self, plain: &[u8], salt: [u8; SALT_LEN]) -> Result<Vec<u8>, PackError> {
+        let sealer = self.take_next(plain)?;
+        let sealed = sealer.seal(plain, salt);
+        self.record_sealed(sealed.len());
+        Ok(sealed)
+    }
+
+    /// Takes the next frame's original bytes (exactly `next_frame_len()`) into the
+    /// digest, in order, and returns what seals it, which may run on another thread;
+    /// each sealed length must then come back through `record_sealed`, in order.
+    pub fn take_next(&mut self, plain: &[u8]) -> Result<FrameSealer, PackError> {
         if self.place.index >= self.place.count {
             return Err(PackError::FrameCount);
         }
@@ -350,10 +360,18 @@ impl Packer {
             return Err(PackError::SizeMismatch);
         }
         self.digest.update(plain);
-        let sealed = seal_frame(&self.file_key, &self.place, plain, self.level, salt);
-        self.sealed_lens.push(sealed.len() as u32);
+        let sealer = FrameSealer {
+            file_key: self.file_key.clone(),
+            place: self.place,
+            level: self.level,
+        };
         self.place.index += 1;
-        Ok(sealed)
+        Ok(sealer)
+    }
+
+    /// Records the sealed length of the next frame in the table (frames in order).
+    pub fn record_sealed(&mut self, sealed_len: usize) {
+        self.sealed_lens.push(sealed_len as u32);
     }
 
     /// Finishes the archive: returns the frame table, the manifest, and the manifest's encoded bytes.
@@ -362,7 +380,9 @@ impl Packer {
         meta: FileMeta,
         payload_size: u16,
     ) -> Result<(Vec<u8>, crate::Manifest, Vec<u8>), PackError> {
-        if self.place.index != self.place.count {
+        if self.place.index != self.place.count
+            || self.sealed_lens.len() != self.place.count as usize
+        {
             return Err(PackError::FrameCount);
         }
         crate::manifest::check_name(&meta.name)
@@ -386,6 +406,26 @@ impl Packer {
         };
         let bytes = manifest.encode(&self.file_key);
         Ok((table, manifest, bytes))
+    }
+}
+
+/// Seals one frame (compression and encryption, the costly part of packing), apart
+/// from the `Packer`, so frames can be sealed on several threads.
+pub struct FrameSealer {
+    file_key: FileKey,
+    place: FramePlace,
+    level: i32,
+}
+
+impl FrameSealer {
+    /// The sealed frame of `plain` (the bytes given to `take_next`) under `salt`.
+    pub fn seal(&self, plain: &[u8], salt: [u8; SALT_LEN]) -> Vec<u8> {
+        seal_frame(&self.file_key, &self.place, plain, self.level, salt)
+    }
+
+    /// The frame's index.
+    pub fn index(&self) -> u32 {
+        self.place.index
     }
 }
 

@@ -107,6 +107,7 @@ impl From<&PackArgs> for PackOptions {
         PackOptions {
             frame_size: a.frame_size,
             level: a.level,
+            ..PackOptions::default()
         }
     }
 }
