@@ -177,8 +177,11 @@ fn seal_frames(
     threads: usize,
     changed: impl Fn() -> Error,
 ) -> std::result::Result<(), SealError> {
-    let read = |source: &mut dyn Read, packer: &mut Packer| {
-        let mut plain = vec![0u8; packer.next_frame_len()];
+    // Frame buffers come back from the sealing threads and are used again: fresh
+    // megabytes each time would cost page faults.
+    let read = |source: &mut dyn Read, packer: &mut Packer, spare: Option<Vec<u8>>| {
+        let mut plain = spare.unwrap_or_default();
+        plain.resize(packer.next_frame_len(), 0);
         source
             .read_exact(&mut plain)
             .map_err(|_| SealError::Read(changed()))?;
@@ -192,7 +195,7 @@ fn seal_frames(
     let count = packer.frame_count();
     if threads <= 1 {
         for _ in 0..count {
-            let (sealer, plain, salt) = read(source, packer)?;
+            let (sealer, plain, salt) = read(source, packer, None)?;
             let sealed = sealer.seal(&plain, salt);
             packer.record_sealed(sealed.len());
             out.write_all(&sealed).map_err(SealError::Write)?;
@@ -203,7 +206,7 @@ fn seal_frames(
     let (jobs_tx, jobs_rx) =
         std::sync::mpsc::sync_channel::<(archive::FrameSealer, Vec<u8>, [u8; SALT_LEN])>(in_flight);
     let jobs_rx = std::sync::Mutex::new(jobs_rx);
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<(u32, Vec<u8>)>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<(u32, Vec<u8>, Vec<u8>)>();
     std::thread::scope(|scope| {
         for _ in 0..threads {
             let (jobs_rx, done_tx) = (&jobs_rx, done_tx.clone());
@@ -213,10 +216,8 @@ fn seal_frames(
                     let Ok(Ok((sealer, plain, salt))) = job else {
                         return;
                     };
-                    if done_tx
-                        .send((sealer.index(), sealer.seal(&plain, salt)))
-                        .is_err()
-                    {
+                    let sealed = sealer.seal(&plain, salt);
+                    if done_tx.send((sealer.index(), sealed, plain)).is_err() {
                         return;
                     }
                 }
@@ -225,19 +226,21 @@ fn seal_frames(
         drop(done_tx);
         // Frames come back in any order; they are written in order.
         let mut waiting = std::collections::BTreeMap::new();
+        let mut spare: Vec<Vec<u8>> = Vec::new();
         let (mut sent, mut written) = (0u32, 0u32);
         while written < count {
             if sent < count && sent - written < in_flight as u32 {
-                let job = read(source, packer)?;
+                let job = read(source, packer, spare.pop())?;
                 if jobs_tx.send(job).is_err() {
                     break;
                 }
                 sent += 1;
                 continue;
             }
-            let Ok((index, sealed)) = done_rx.recv() else {
+            let Ok((index, sealed, plain)) = done_rx.recv() else {
                 break;
             };
+            spare.push(plain);
             waiting.insert(index, sealed);
             while let Some(sealed) = waiting.remove(&written) {
                 packer.record_sealed(sealed.len());

@@ -95,7 +95,9 @@ fn incompressible_64_mib_round_trips_and_highly_compressible_shrinks() {
     let mut data = vec![0u8; 64 << 20];
     rand::rngs::StdRng::seed_from_u64(4).fill_bytes(&mut data);
     assert_eq!(round_trip(dir.path(), "random", &data, 1 << 20), data);
-    let archive_len = fs::metadata(dir.path().join("random.3.lcar")).unwrap().len();
+    let archive_len = fs::metadata(dir.path().join("random.3.lcar"))
+        .unwrap()
+        .len();
     assert!(
         archive_len < data.len() as u64 + 64 * 100 + 1000,
         "random data grew to {archive_len}"
