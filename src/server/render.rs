@@ -11,6 +11,13 @@ use std::time::{Duration, Instant};
 /// holder inventing them) cannot flood the log. `--json` still has every event.
 const RECEIVER_LINES_PER_SECOND: u32 = 20;
 
+/// Tells how many lines about single receivers were held back, if any.
+fn tell_held(held: u64) {
+    if held > 0 {
+        log::info!("{held} more receiver events in the last second (--json has them all)");
+    }
+}
+
 /// Renders server events.
 pub struct Render {
     events: Events,
@@ -34,9 +41,7 @@ impl Render {
         let now = Instant::now();
         let (since, logged, held) = &mut self.receiver_lines;
         if now.duration_since(*since) >= Duration::from_secs(1) {
-            if *held > 0 {
-                log::info!("{held} more receiver events in the last second (--json has them all)");
-            }
+            tell_held(*held);
             (*since, *logged, *held) = (now, 0, 0);
         }
         if *logged < RECEIVER_LINES_PER_SECOND {
@@ -190,10 +195,7 @@ impl Render {
 
     /// The closing line: what was sent, per channel, and who finished.
     pub fn final_log(&self, endpoint: &Endpoint, started: Instant) {
-        let held = self.receiver_lines.2;
-        if held > 0 {
-            log::info!("{held} more receiver events in the last second (--json has them all)");
-        }
+        tell_held(self.receiver_lines.2);
         let elapsed = started.elapsed().as_secs_f64();
         let loops: Vec<String> = (0..endpoint.file_count())
             .flat_map(|f| (0..endpoint.channels_per_file()).map(move |j| (f, j)))
