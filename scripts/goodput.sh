@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# Receiver goodput and peak RSS on loopback multicast, one receiver, no loss.
-# Usage: [REPS=3] [LOOPCAST_BIN=path] scripts/goodput.sh SIZE_MIB RATE [RATE...]   e.g. scripts/goodput.sh 512 1G 2G 4G
+# Receiver goodput, CPU, disk writes, disk space and peak RSS on loopback
+# multicast, one receiver, no loss.
+# Usage: [REPS=3] [WORKDIR=/var/tmp] [LOOPCAST_BIN=path] scripts/goodput.sh SIZE_MIB RATE [RATE...]
+#   e.g. scripts/goodput.sh 512 1G 2G 4G
 # For each rate, REPS runs: a fresh server loops a random file; the receiver joins as
-# the server starts; its own "complete and verified" line gives the time from joining
-# to a verified file on disk, GNU time its peak RSS. Medians are printed.
-# Traffic stays on 127.0.0.1.
+# the server starts; its own lines give the time from joining to the last packet
+# and to a verified file on disk. GNU time gives its CPU seconds (user + system),
+# its peak RSS and the bytes it had written to the device (ru_oublock: bytes dirtied
+# less those dropped before writeback, as /proc/PID/io's write_bytes less
+# cancelled_write_bytes). Disk space is the most the output directory held (du,
+# sampled every 50 ms). Medians are printed; writes and space also as a multiple
+# of the file. Traffic stays on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size_mib=${1:?size in MiB}; shift
@@ -22,28 +28,44 @@ head -c $((size_mib << 20)) /dev/urandom > "$work/data.bin"
 "$BIN" pack "$work/data.bin" -k "$work/key" -o "$work/data.lcar" >/dev/null
 reps=${REPS:-3}
 median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
-printf '| rate | runs | median time to last packet | median time to verified file | median goodput (verified) | median duplicates | max receiver peak RSS |\n|---|---|---|---|---|---|---|\n'
+size_bytes=$((size_mib << 20))
+printf '| rate | runs | time to last packet | time to verified file | goodput (verified) | duplicates | receiver CPU | CPU-s per GiB | device writes | peak disk space | max peak RSS |\n|---|---|---|---|---|---|---|---|---|---|---|\n'
 for rate in "$@"; do
     : > "$work/times"; : > "$work/held"; : > "$work/dups"; : > "$work/rsses"
+    : > "$work/cpus"; : > "$work/writes"; : > "$work/spaces"
     for _ in $(seq "$reps"); do
-        rm -rf "$work/out"
-        # GNU time runs the receiver and reports its peak RSS (KiB).
-        /usr/bin/time -f '%M' -o "$work/rss" "$BIN" recv -k "$work/key" -i 127.0.0.1 -g 239.255.78.1:7800 \
+        rm -rf "$work/out"; mkdir "$work/out"
+        # GNU time: peak RSS (KiB), CPU seconds, blocks of 512 bytes written.
+        /usr/bin/time -f '%M %U %S %O' -o "$work/rss" "$BIN" recv -k "$work/key" -i 127.0.0.1 -g 239.255.78.1:7800 \
             -o "$work/out" --timeout 600 2> "$work/recv.log" &
         recv_pid=$!
+        ( peak=0; while kill -0 "$recv_pid" 2>/dev/null; do
+              used=$(du -s -B1 "$work/out" 2>/dev/null | cut -f1); [ "${used:-0}" -gt "$peak" ] && peak=$used
+              echo "$peak" > "$work/space"; sleep 0.05
+          done ) &
+        sampler=$!
         sleep 0.3
         "$BIN" serve "$work/data.lcar" -k "$work/key" -i 127.0.0.1 -g 239.255.78.1:7800 --rate "$rate" 2> "$work/serve.log" &
         server=$!
         wait "$recv_pid"
+        wait "$sampler"
         kill "$server"; wait "$server" 2>/dev/null || true; server=""
         cmp "$work/data.bin" "$work/out/data.bin"
         grep 'packets held after' "$work/recv.log" | sed -E 's/.*held after ([0-9.]+) s.*/\1/' >> "$work/held"
         line=$(grep 'complete and verified' "$work/recv.log")
         sed -E 's/.*verified in ([0-9.]+) s.*/\1/' <<<"$line" >> "$work/times"
         sed -E 's/.* ([0-9]+) duplicates.*/\1/' <<<"$line" >> "$work/dups"
-        tail -1 "$work/rss" >> "$work/rsses"
+        read -r rss user sys blocks < <(tail -1 "$work/rss")
+        echo "$rss" >> "$work/rsses"
+        awk -v u="$user" -v s="$sys" 'BEGIN {print u + s}' >> "$work/cpus"
+        echo $((blocks * 512)) >> "$work/writes"
+        cat "$work/space" >> "$work/spaces"
     done
     secs=$(median < "$work/times")
     goodput=$(awk -v s="$secs" -v m="$size_mib" 'BEGIN {printf "%.2f Gbit/s", m * 1048576 * 8 / s / 1e9}')
-    printf '| %s | %s | %s s | %s s | %s | %s | %s MiB |\n' "$rate" "$reps" "$(median < "$work/held")" "$secs" "$goodput" "$(median < "$work/dups")" "$(( $(sort -n "$work/rsses" | tail -1) / 1024 ))"
+    cpu=$(median < "$work/cpus")
+    per_gib=$(awk -v c="$cpu" -v m="$size_mib" 'BEGIN {printf "%.2f", c * 1024 / m}')
+    times_file() { awk -v b="$1" -v f="$size_bytes" 'BEGIN {printf "%.0f MiB (%.2fx)", b / 1048576, b / f}'; }
+    printf '| %s | %s | %s s | %s s | %s | %s | %s s | %s | %s | %s | %s MiB |\n' "$rate" "$reps" "$(median < "$work/held")" "$secs" "$goodput" "$(median < "$work/dups")" \
+        "$cpu" "$per_gib" "$(times_file "$(median < "$work/writes")")" "$(times_file "$(median < "$work/spaces")")" "$(( $(sort -n "$work/rsses" | tail -1) / 1024 ))"
 done

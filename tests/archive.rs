@@ -2,7 +2,10 @@
 //! incompressible data, wrong key, and a flipped bit in every frame.
 
 use loopcast::archive_file::{ArchiveFile, PackOptions, pack_file};
-use loopcast::storage::{FrameReport, FrameWorker, OutputDir, UnpackFailure, deliver};
+use loopcast::storage::{
+    FrameBuffer, FrameReport, FrameSource, FrameWorker, OutputDir, PlainOutput, UnpackFailure,
+    deliver,
+};
 use loopcast_proto::MasterKey;
 use loopcast_proto::archive::Unpacker;
 use rand::{Rng, RngExt, SeedableRng};
@@ -281,32 +284,66 @@ fn the_frame_worker_unpacks_frames_out_of_order_reports_a_damaged_one_and_delive
     let out = dir.path().join("out");
     fs::create_dir_all(&out).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let output = PlainOutput::create(dir.path(), &m).unwrap();
     let worker = FrameWorker::start(
         body.try_clone().unwrap(),
+        output,
+        vec![false; 7],
         unpacker,
         m.clone(),
-        dir.path(),
         &OutputDir::replacing(&out),
         move |report| tx.send(report).unwrap(),
     )
     .unwrap();
+    // Frames held in memory, as a receiver assembles them.
+    let in_memory = |frame: usize| {
+        let r = &ranges[frame];
+        let mut buffer = FrameBuffer::new((r.end - r.start) as usize);
+        buffer
+            .sealed_mut((r.end - r.start) as usize)
+            .copy_from_slice(
+                &bytes[(opened.body_start() + r.start) as usize..][..(r.end - r.start) as usize],
+            );
+        FrameSource::Memory(buffer)
+    };
     for frame in [6, 2, 4, 0, 1, 3, 5] {
-        worker.submit(frame);
+        let source = match frame {
+            6 | 2 | 0 => in_memory(frame),
+            _ => FrameSource::Disk,
+        };
+        worker.submit(frame as u32, source);
     }
     let wait = || rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    match wait() {
-        FrameReport::Bad(4, range) => assert_eq!(range, ranges[4]),
-        other => panic!("expected frame 4 bad, got {other:?}"),
+    let mut opened_frames = Vec::new();
+    loop {
+        match wait() {
+            FrameReport::Opened(frame, buffer) => {
+                assert_eq!(buffer.is_some(), [6, 2, 0].contains(&frame));
+                opened_frames.push(frame);
+            }
+            FrameReport::Bad(4, range, None) => {
+                assert_eq!(range, ranges[4]);
+                break;
+            }
+            other => panic!("expected frame 4 bad, got {other:?}"),
+        }
+    }
+    assert_eq!(opened_frames, vec![6, 2], "in the order submitted");
+    for _ in 0..4 {
+        assert!(matches!(wait(), FrameReport::Opened(..)));
     }
     assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
     assert!(
         !out.join("w.bin").exists(),
         "delivered with a frame missing"
     );
-    // The repair arrives: the frame is whole again.
-    body.write_all_at(&[pristine_byte], ranges[4].start + 30)
-        .unwrap();
-    worker.submit(4);
+    // Frames opened from the partial file are punched out of it.
+    let mut punched = vec![1u8; (ranges[1].end - ranges[1].start) as usize];
+    body.read_exact_at(&mut punched, ranges[1].start).unwrap();
+    assert!(punched.iter().all(|&b| b == 0));
+    // The repair arrives (into memory): the frame is whole again.
+    worker.submit(4, in_memory(4));
+    assert!(matches!(wait(), FrameReport::Opened(4, Some(_))));
     match wait() {
         FrameReport::Delivered(path) => assert_eq!(fs::read(path).unwrap(), data),
         other => panic!("expected delivery, got {other:?}"),

@@ -141,11 +141,11 @@ impl Receiver {
                 if self.session.has_output() {
                     // What the session asks next may read these payloads back (the
                     // frame table, whole frames), or open the storage they go to.
-                    self.io.write(id, &mut stores)?;
+                    self.io.write(&mut self.session, id, &mut stores)?;
                     self.io.outputs(&mut self.session, None)?;
                 }
             }
-            self.io.write(id, &mut stores)?;
+            self.io.write(&mut self.session, id, &mut stores)?;
             let local = &mut self.io.locals[id];
             if let Some(r) = self.session.reception(id) {
                 local.progress.set(r.receiver().received().count() as u64);

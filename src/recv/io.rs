@@ -61,16 +61,32 @@ impl Io {
         Ok(())
     }
 
-    /// Writes `stores` (body offset, payload) to reception `id`'s partial file and empties it.
-    pub(super) fn write(&mut self, id: ReceptionId, stores: &mut Vec<(u64, &[u8])>) -> Result<()> {
+    /// Stores `stores` (body offset, payload) for reception `id` (in memory or its
+    /// partial file) and empties it; frames let go for want of room are given
+    /// back to the session, whose packets then come again.
+    pub(super) fn write(
+        &mut self,
+        session: &mut Session,
+        id: ReceptionId,
+        stores: &mut Vec<(u64, &[u8])>,
+    ) -> Result<()> {
         if stores.is_empty() {
             return Ok(());
         }
         if let Some(local) = self.locals.get_mut(id)
-            && let Some(partial) = &local.partial
+            && let Some(partial) = &mut local.partial
         {
             partial.write_payloads(stores)?;
             local.dirty = true;
+            let let_go = partial.take_let_go();
+            if !let_go.is_empty() {
+                local.let_go += let_go.len() as u64;
+                let now = Instant::now();
+                let archive_id = session.reception(id).map_or(0, |r| r.entry().archive_id);
+                for (frame, range) in let_go {
+                    session.frame_discarded(now, id, archive_id, frame, range);
+                }
+            }
         }
         stores.clear();
         Ok(())
@@ -112,6 +128,7 @@ impl Io {
                 dirty: false,
                 progress: self.progress.add(&name, 0),
                 debug_dropped: 0,
+                let_go: 0,
                 delivered: None,
             });
         }
@@ -233,12 +250,17 @@ impl Io {
                 else {
                     return Ok(());
                 };
-                let ranges = self.start_worker(reception, &manifest)?;
+                let ranges = self.start_worker(session, reception, &manifest)?;
                 session.table_checked(now, reception, manifest.archive_id, ranges);
             }
             Command::Unpack { reception, frames } => {
-                if let Some(worker) = self.local(session, reception).worker.as_ref() {
-                    frames.into_iter().for_each(|f| worker.submit(f));
+                let local = self.local(session, reception);
+                if let (Some(worker), Some(partial)) = (&local.worker, &mut local.partial) {
+                    for frame in frames {
+                        if let Some(source) = partial.take_frame(frame) {
+                            worker.submit(frame, source);
+                        }
+                    }
                 }
             }
         }
@@ -249,10 +271,12 @@ impl Io {
     /// worker; returns the frames' body ranges, or None if the table is damaged.
     pub(super) fn start_worker(
         &mut self,
+        session: &Session,
         id: ReceptionId,
         manifest: &Manifest,
     ) -> Result<Option<loopcast_proto::client::FrameRanges>> {
-        let Some(partial) = self.locals.get(id).and_then(|l| l.partial.as_ref()) else {
+        let out = self.output();
+        let Some(partial) = self.locals.get_mut(id).and_then(|l| l.partial.as_mut()) else {
             return Ok(None);
         };
         let body = partial.body()?;
@@ -263,6 +287,9 @@ impl Io {
             return Ok(None);
         };
         let ranges = unpacker.frame_ranges().to_vec();
+        if let Some(r) = session.reception(id) {
+            partial.set_frames(ranges.clone(), r.receiver().received())?;
+        }
         let (tx, waker, archive_id) = (
             self.reports_tx.clone(),
             Arc::clone(&self.waker),
@@ -270,10 +297,11 @@ impl Io {
         );
         let worker = FrameWorker::start(
             body,
+            partial.output()?,
+            partial.done_at_open().to_vec(),
             unpacker,
             manifest.clone(),
-            &self.work_dir,
-            &self.output(),
+            &out,
             move |report| {
                 let _ = tx.send((id, archive_id, report));
                 let _ = waker.wake();

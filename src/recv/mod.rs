@@ -131,6 +131,8 @@ struct Local {
     progress: FileProgress,
     /// DATA packets thrown away by `--debug-drop`.
     debug_dropped: u64,
+    /// Frames let go for want of room in memory and the partial file.
+    let_go: u64,
     /// Where the file was delivered.
     delivered: Option<PathBuf>,
 }
@@ -244,9 +246,9 @@ pub fn recv(config: RecvConfig) -> Result<()> {
         receiver.save_progress();
         receiver.io.render.error(e);
     }
-    // Whatever the outcome, no plaintext stays behind in the partial directory.
-    receiver.io.locals.clear(); // stops the frame workers
-    storage::remove_plaintext(&receiver.io.work_dir);
+    // Stops the frame workers. What they unpacked stays (0600, in our 0700
+    // partial directory) for a resume, and is claimed in the saved map.
+    receiver.io.locals.clear();
     result
 }
 

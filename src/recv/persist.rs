@@ -25,7 +25,20 @@ impl Receiver {
                 local.delivered = Some(path);
                 self.session.delivered(now, id, archive_id);
             }
-            FrameReport::Bad(frame, range) => {
+            FrameReport::Opened(frame, buffer) => {
+                if let Some(p) = self.io.locals[id].partial.as_mut()
+                    && p.archive_id() == archive_id
+                {
+                    p.frame_opened(frame, true, buffer);
+                }
+                return Ok(()); // nothing for the session: it counted the packets
+            }
+            FrameReport::Bad(frame, range, buffer) => {
+                if let Some(p) = self.io.locals[id].partial.as_mut()
+                    && p.archive_id() == archive_id
+                {
+                    p.frame_opened(frame, false, buffer);
+                }
                 self.session.frame_failed(now, id, archive_id, frame, range);
                 self.io.locals[id].dirty = true;
             }

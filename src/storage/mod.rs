@@ -1,15 +1,19 @@
-//! Receiver storage: the partial file written at packet offsets, its persisted
-//! received map, the persister thread, and unpacking a body into the original with
-//! its atomic delivery.
+//! Receiver storage: frames assembled in memory, the partial file for the rest,
+//! the persisted received map, the persister thread, and unpacking a body into
+//! the original with its atomic delivery.
 
+mod frames;
+mod output;
 mod partial;
 mod persister;
 mod private;
 mod unpack;
 
-pub use partial::{PartialFile, SavedMap, decode_map, encode_map};
+pub use frames::{FrameBuffer, FrameSource};
+pub use output::PlainOutput;
+pub use partial::{PartialFile, SavedMap, SavedState, decode_state, encode_map};
 pub use persister::{Job, Persister};
-pub use private::{partial_dir, remove_plaintext};
+pub use private::partial_dir;
 pub use unpack::{FrameReport, FrameWorker, OutputDir, deliver};
 
 use crate::error::Error;

@@ -1,13 +1,18 @@
-//! The partial file of one reception: payloads written at their offsets, and its
-//! received map saved beside it (synced data first, then the map, renamed into place).
+//! The storage of one reception: frames assembled in memory, the partial file
+//! (sparse: the frame table, bytes that came before it, frames spilled while
+//! waiting for repair), the output being unpacked, and the received map saved
+//! beside them (synced data first, then the map, renamed into place). Spec §5.
 
+use super::frames::{FrameAssembly, FrameBuffer, FrameSource, MEMORY_BUDGET};
+use super::output::PlainOutput;
 use super::persister::{Job, Persister};
 use super::private::{create_private, open_private, read_private};
-use crate::error::{Context, Result};
+use crate::error::{Context, Error, Result};
 use loopcast_proto::{Manifest, ReceivedMap, ResumePoint};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,13 +20,27 @@ use std::time::Duration;
 
 /// Most payloads one vectored write takes (the kernel's IOV_MAX).
 const MAX_IOVECS: usize = 1024;
-const MAP_MAGIC: [u8; 8] = *b"LCMAP001";
+/// Maps saved before frames were unpacked from memory (no list of frames in the output).
+const MAP_MAGIC_V1: [u8; 8] = *b"LCMAP001";
+const MAP_MAGIC: [u8; 8] = *b"LCMAP002";
 const MAP_HEADER_LEN: usize = 8 + 8 + 2 + 4 + 8;
 
 /// A received map read back from disk, with where the loops stood when it was saved.
 pub type SavedMap = (ReceivedMap, Option<ResumePoint>);
 
-/// One file being received: its preallocated body file and persisted received map.
+/// A saved map, where the loops stood, and which frames were in the output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedState {
+    /// Packets held (in the partial file, or in frames in the output).
+    pub map: ReceivedMap,
+    /// Where the loops stood (None in maps saved before resume points).
+    pub resume: Option<ResumePoint>,
+    /// Frames verified and written to the output.
+    pub done: Vec<bool>,
+}
+
+/// One file being received: its frames in memory, its partial file, its output
+/// and its persisted received map.
 pub struct PartialFile {
     file: File,
     /// Set while a background save of this file is queued or running.
@@ -30,33 +49,60 @@ pub struct PartialFile {
     pub body_path: PathBuf,
     map_path: PathBuf,
     manifest: Manifest,
+    /// The plaintext being unpacked.
+    output: PlainOutput,
+    /// Frames in the output when the storage was opened (from the saved map).
+    done_at_open: Vec<bool>,
+    /// From when the frame table is known.
+    assembly: Option<FrameAssembly>,
+    /// Payloads (but their frame-table part) that came before the frame table,
+    /// held in memory up to `MEMORY_BUDGET` bytes until it is known.
+    early: Vec<(u64, Vec<u8>)>,
+    early_bytes: usize,
 }
 
 impl PartialFile {
-    /// Opens the partial file for `manifest` in `work_dir`; resumes the stored map if it
-    /// belongs to the same archive and layout, else starts over with a fresh preallocated file.
+    /// Opens the storage for `manifest` in `work_dir`; resumes the stored map (and
+    /// the output's frames) if it belongs to the same archive and layout, else
+    /// starts over, after checking that the disk has room for the output and the
+    /// partial file's cap.
     pub fn open(work_dir: &Path, manifest: &Manifest) -> Result<(Self, Option<SavedMap>)> {
         let body_path = work_dir.join(format!("{}.part", manifest.name));
         let map_path = work_dir.join(format!("{}.map", manifest.name));
-        let resumed = read_private(&map_path).and_then(|bytes| decode_map(&bytes, manifest));
+        PlainOutput::remove_others(work_dir, manifest);
+        let saved = read_private(&map_path).and_then(|bytes| decode_state(&bytes, manifest));
         let file = open_private(&body_path)?;
         let length_ok = file
             .metadata()
             .map(|m| m.len() == manifest.body_len)
             .unwrap_or(false);
-        let resumed = resumed.filter(|_| length_ok);
-        if resumed.is_none() {
-            let _ = fs::remove_file(&map_path);
-            file.set_len(0)
-                .context(|| format!("cannot truncate {}", body_path.display()))?;
-            preallocate(&file, manifest.body_len).context(|| {
-                format!(
-                    "cannot allocate {} bytes for {}",
-                    manifest.body_len,
-                    body_path.display()
-                )
-            })?;
-        }
+        let resumed = saved.filter(|_| length_ok).and_then(|state| {
+            // Frames claimed in the output need the output that holds them.
+            match state.done.contains(&true) {
+                true => PlainOutput::reopen(work_dir, manifest).map(|o| (state, o)),
+                false => PlainOutput::create(work_dir, manifest)
+                    .ok()
+                    .map(|o| (state, o)),
+            }
+        });
+        let (resumed, output) = match resumed {
+            Some((state, output)) => (Some(state), output),
+            None => {
+                let _ = fs::remove_file(&map_path);
+                file.set_len(0)
+                    .context(|| format!("cannot truncate {}", body_path.display()))?;
+                check_space(work_dir, manifest)?;
+                let output = PlainOutput::create(work_dir, manifest)?;
+                // Sparse: only what goes to disk takes space.
+                file.set_len(manifest.body_len)
+                    .context(|| format!("cannot size {}", body_path.display()))?;
+                (None, output)
+            }
+        };
+        let done_at_open = resumed.as_ref().map_or_else(
+            || vec![false; manifest.frame_count as usize],
+            |s| s.done.clone(),
+        );
         Ok((
             Self {
                 file,
@@ -64,15 +110,111 @@ impl PartialFile {
                 body_path,
                 map_path,
                 manifest: manifest.clone(),
+                output,
+                done_at_open,
+                assembly: None,
+                early: Vec::new(),
+                early_bytes: 0,
             },
-            resumed,
+            resumed.map(|s| (s.map, s.resume)),
         ))
     }
 
-    /// Writes payloads (body offset, bytes) straight from the caller's receive
-    /// buffers: one positioned vectored write per run of consecutive payloads, so
-    /// the bytes are copied once, into the page cache.
-    pub fn write_payloads(&self, payloads: &[(u64, &[u8])]) -> Result<()> {
+    /// The frame table is known: frames at body `ranges` are assembled in memory
+    /// from now on, but those with bytes already held (`received`) in the partial
+    /// file stay there.
+    pub fn set_frames(
+        &mut self,
+        ranges: Vec<std::ops::Range<u64>>,
+        received: &ReceivedMap,
+    ) -> Result<()> {
+        let early = std::mem::take(&mut self.early);
+        self.early_bytes = 0;
+        let mut on_disk = received.clone();
+        for (offset, _) in &early {
+            on_disk.remove_range(self.packet_of(*offset)..self.packet_of(*offset) + 1);
+        }
+        self.assembly = Some(FrameAssembly::new(
+            ranges,
+            self.manifest.payload_size as u32,
+            self.manifest.body_len,
+            &self.done_at_open,
+            &on_disk,
+        ));
+        let payloads: Vec<(u64, &[u8])> = early.iter().map(|(o, p)| (*o, p.as_slice())).collect();
+        self.write_payloads(&payloads)
+    }
+
+    /// The packet whose payload starts at body offset `offset`.
+    fn packet_of(&self, offset: u64) -> u32 {
+        (offset / self.manifest.payload_size.max(1) as u64) as u32
+    }
+
+    /// The archive this storage holds.
+    pub fn archive_id(&self) -> u64 {
+        self.manifest.archive_id
+    }
+
+    /// Frames in the output when the storage was opened.
+    pub fn done_at_open(&self) -> &[bool] {
+        &self.done_at_open
+    }
+
+    /// A second handle on the output, for the frame worker.
+    pub fn output(&self) -> Result<PlainOutput> {
+        self.output
+            .try_clone()
+            .context(|| format!("cannot reopen {}", self.output.path.display()))
+    }
+
+    /// Takes payloads (body offset, bytes) from the caller's receive buffers: into
+    /// frames held in memory, else into the partial file with one positioned
+    /// vectored write per run of consecutive payloads.
+    pub fn write_payloads(&mut self, payloads: &[(u64, &[u8])]) -> Result<()> {
+        let Some(assembly) = self.assembly.as_mut() else {
+            return self.hold_early(payloads);
+        };
+        let (mut to_disk, mut spill) = (Vec::new(), Vec::new());
+        for &(offset, payload) in payloads {
+            assembly.store(offset, payload, &mut to_disk, &mut spill);
+        }
+        // Spilled frames first: later parts of them are in `to_disk`.
+        for (frame, mut buffer) in spill {
+            let r = assembly.range(frame);
+            self.file
+                .write_all_at(buffer.sealed_mut((r.end - r.start) as usize), r.start)
+                .context(|| format!("cannot write {}", self.body_path.display()))?;
+            assembly.recycle(buffer);
+        }
+        self.write_to_disk(&to_disk)
+    }
+
+    /// Before the frame table: its bytes go to the partial file (to be checked
+    /// there), the rest to memory while there is room.
+    fn hold_early(&mut self, payloads: &[(u64, &[u8])]) -> Result<()> {
+        let table = self.manifest.table_len();
+        let mut to_disk = Vec::new();
+        for &(offset, payload) in payloads {
+            let in_table = (table.saturating_sub(offset) as usize).min(payload.len());
+            let (head, rest) = payload.split_at(in_table);
+            if !head.is_empty() {
+                to_disk.push((offset, head));
+            }
+            if rest.is_empty() {
+                continue;
+            }
+            let at = offset + in_table as u64;
+            if in_table == 0 && self.early_bytes + rest.len() <= MEMORY_BUDGET {
+                self.early_bytes += rest.len();
+                self.early.push((at, rest.to_vec()));
+            } else {
+                to_disk.push((at, rest));
+            }
+        }
+        self.write_to_disk(&to_disk)
+    }
+
+    fn write_to_disk(&self, payloads: &[(u64, &[u8])]) -> Result<()> {
         let mut rest = payloads;
         while let Some(&(start, _)) = rest.first() {
             let mut end = start;
@@ -92,6 +234,45 @@ impl PartialFile {
         Ok(())
     }
 
+    /// Hands `frame` to the frame worker (None: it has it, or it is done).
+    pub fn take_frame(&mut self, frame: u32) -> Option<FrameSource> {
+        self.assembly.as_mut()?.take(frame)
+    }
+
+    /// The worker is through with `frame` (`ok`: it is in the output).
+    pub fn frame_opened(&mut self, frame: u32, ok: bool, buffer: Option<FrameBuffer>) {
+        if let Some(a) = self.assembly.as_mut() {
+            a.opened(frame, ok, buffer);
+        }
+    }
+
+    /// Frames let go for want of room, with their body ranges: their packets
+    /// must come again.
+    pub fn take_let_go(&mut self) -> Vec<(u32, std::ops::Range<u64>)> {
+        let Some(a) = self.assembly.as_mut() else {
+            return Vec::new();
+        };
+        a.take_let_go()
+            .into_iter()
+            .map(|f| (f, a.range(f)))
+            .collect()
+    }
+
+    /// What a saved map may claim of `map`, and which frames are in the output.
+    fn durable(&self, map: &ReceivedMap) -> (ReceivedMap, Vec<bool>) {
+        match &self.assembly {
+            Some(a) => (a.durable(map), a.done()),
+            None => {
+                let mut map = map.clone();
+                for (offset, _) in &self.early {
+                    let p = self.packet_of(*offset);
+                    map.remove_range(p..p + 1);
+                }
+                (map, self.done_at_open.clone())
+            }
+        }
+    }
+
     /// Queues a durable save of `map` on `persister`.
     /// Returns false, queueing nothing, while this file's previous save is under way.
     pub fn persist_in_background(
@@ -104,11 +285,13 @@ impl PartialFile {
             return Ok(false);
         }
         let file = self.body()?;
+        let output = self.output()?.file;
+        let (map, done) = self.durable(map);
         self.saving.store(true, Ordering::Release);
         persister.submit(Job::Save {
-            file,
+            files: vec![file, output],
             map_path: self.map_path.clone(),
-            map: encode_map(map, resume, &self.manifest),
+            map: encode_map(&map, &done, resume, &self.manifest),
             saving: Arc::clone(&self.saving),
         });
         Ok(true)
@@ -127,10 +310,11 @@ impl PartialFile {
 
     /// Syncs the payloads written and saves `map`, on this thread.
     pub fn persist_now(&mut self, map: &ReceivedMap, resume: &ResumePoint) -> Result<()> {
+        let (map, done) = self.durable(map);
         save(
-            &self.file,
+            &[&self.file, &self.output.file],
             &self.map_path,
-            &encode_map(map, resume, &self.manifest),
+            &encode_map(&map, &done, resume, &self.manifest),
         )
     }
 
@@ -145,6 +329,40 @@ impl PartialFile {
     pub fn remove(self, persister: &Persister) {
         persister.submit(Job::Remove(vec![self.map_path, self.body_path]));
     }
+}
+
+/// Fails, naming what is needed, unless `work_dir`'s file system has room for the
+/// output and for the partial file at its cap (spec §5).
+fn check_space(work_dir: &Path, manifest: &Manifest) -> Result<()> {
+    let spill = FrameAssembly::spill_cap(manifest.body_len) + manifest.table_len();
+    let needed = manifest.original_size + spill;
+    let Some(free) = free_bytes(work_dir) else {
+        return Ok(()); // cannot tell: preallocating the output will
+    };
+    if free >= needed {
+        return Ok(());
+    }
+    let mib = |b: u64| b as f64 / 1048576.0;
+    Err(Error::new(format!(
+        "not enough space in {} for {}: it needs {:.1} MiB (the file, {:.1} MiB, and up to {:.1} MiB for frames waiting for repair), {:.1} MiB are free",
+        work_dir.display(),
+        manifest.name,
+        mib(needed),
+        mib(manifest.original_size),
+        mib(spill),
+        mib(free)
+    )))
+}
+
+/// Bytes an unprivileged user may still write on `dir`'s file system.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is plain old data; all zeroes is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a statvfs to fill.
+    (unsafe { libc::statvfs(path.as_ptr(), &mut st) } == 0)
+        .then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// `pwritev` of consecutive `payloads` at `offset`, resumed after short writes.
@@ -195,11 +413,13 @@ fn write_vectored_at(file: &File, payloads: &[(u64, &[u8])], offset: u64) -> io:
     Ok(())
 }
 
-/// Syncs the body's data, then writes the map aside and renames it into place, so a
+/// Syncs the data (partial file and output), then writes the map aside and renames it into place, so a
 /// map never claims a packet whose bytes could be lost.
-pub(super) fn save(body: &File, map_path: &Path, map: &[u8]) -> Result<()> {
-    body.sync_data()
-        .context(|| format!("cannot sync the partial file for {}", map_path.display()))?;
+pub(super) fn save(files: &[&File], map_path: &Path, map: &[u8]) -> Result<()> {
+    for file in files {
+        file.sync_data()
+            .context(|| format!("cannot sync the data for {}", map_path.display()))?;
+    }
     let tmp = map_path.with_extension("map.tmp");
     let write = || -> io::Result<()> {
         let mut f = create_private(&tmp)?;
@@ -224,12 +444,21 @@ pub(super) fn preallocate(file: &File, len: u64) -> io::Result<()> {
     }
 }
 
-/// Encodes a received map with the layout it belongs to, where the loops stood
-/// (`ResumePoint`, after the map; maps saved before it was added end without it)
-/// and a CRC32.
-pub fn encode_map(map: &ReceivedMap, resume: &ResumePoint, manifest: &Manifest) -> Vec<u8> {
-    let mut out = encode_map_header(manifest);
+/// Encodes a received map with the layout it belongs to, which frames are in the
+/// output, where the loops stood (`ResumePoint`) and a CRC32.
+pub fn encode_map(
+    map: &ReceivedMap,
+    done: &[bool],
+    resume: &ResumePoint,
+    manifest: &Manifest,
+) -> Vec<u8> {
+    let mut out = encode_map_header(&MAP_MAGIC, manifest);
     out.extend_from_slice(&map.to_bytes());
+    let mut bits = vec![0u8; (manifest.frame_count as usize).div_ceil(8)];
+    for (frame, _) in done.iter().enumerate().filter(|(_, d)| **d) {
+        bits[frame / 8] |= 1 << (frame % 8);
+    }
+    out.extend_from_slice(&bits);
     out.extend_from_slice(&resume.encode());
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_be_bytes());
@@ -237,9 +466,9 @@ pub fn encode_map(map: &ReceivedMap, resume: &ResumePoint, manifest: &Manifest) 
 }
 
 /// The part of a saved map that names the archive and layout.
-fn encode_map_header(manifest: &Manifest) -> Vec<u8> {
+fn encode_map_header(magic: &[u8; 8], manifest: &Manifest) -> Vec<u8> {
     let mut out = Vec::with_capacity(MAP_HEADER_LEN + manifest.packet_count() as usize / 8 + 128);
-    out.extend_from_slice(&MAP_MAGIC);
+    out.extend_from_slice(magic);
     out.extend_from_slice(&manifest.archive_id.to_be_bytes());
     out.extend_from_slice(&manifest.payload_size.to_be_bytes());
     out.extend_from_slice(&manifest.packet_count().to_be_bytes());
@@ -248,19 +477,34 @@ fn encode_map_header(manifest: &Manifest) -> Vec<u8> {
 }
 
 /// Decodes a persisted map; None unless it is intact and belongs to `manifest`'s
-/// layout. The resume point is None in a map saved without one.
-pub fn decode_map(bytes: &[u8], manifest: &Manifest) -> Option<SavedMap> {
+/// layout. Maps of the first format (no frames in the output; the resume point
+/// may be missing too) still load.
+pub fn decode_state(bytes: &[u8], manifest: &Manifest) -> Option<SavedState> {
     let (content, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
-    if crc32fast::hash(content).to_be_bytes() != crc
-        || content.len() < MAP_HEADER_LEN
-        || content[..MAP_HEADER_LEN] != encode_map_header(manifest)[..]
-    {
-        return None; // damaged, or another archive, payload size or length
+    if crc32fast::hash(content).to_be_bytes() != crc || content.len() < MAP_HEADER_LEN {
+        return None; // damaged
+    }
+    let version_1 = content[..MAP_HEADER_LEN] == encode_map_header(&MAP_MAGIC_V1, manifest)[..];
+    if !version_1 && content[..MAP_HEADER_LEN] != encode_map_header(&MAP_MAGIC, manifest)[..] {
+        return None; // another archive, payload size or length
     }
     let body = &content[MAP_HEADER_LEN..];
-    let (map, resume) = body.split_at_checked((manifest.packet_count() as usize).div_ceil(8))?;
+    let (map, rest) = body.split_at_checked((manifest.packet_count() as usize).div_ceil(8))?;
     let map = ReceivedMap::from_bytes(manifest.packet_count(), map)?;
-    Some((map, ResumePoint::decode(resume)))
+    let frames = manifest.frame_count as usize;
+    let (done, resume) = match version_1 {
+        true => (vec![false; frames], rest),
+        false => {
+            let (bits, resume) = rest.split_at_checked(frames.div_ceil(8))?;
+            let done = (0..frames).map(|f| bits[f / 8] & (1 << (f % 8)) != 0);
+            (done.collect(), resume)
+        }
+    };
+    Some(SavedState {
+        map,
+        resume: ResumePoint::decode(resume),
+        done,
+    })
 }
 
 #[cfg(test)]
@@ -298,11 +542,12 @@ mod tests {
     }
 
     #[test]
-    fn a_saved_map_keeps_its_resume_point_and_old_maps_still_load() {
+    fn a_saved_map_keeps_its_frames_and_resume_point_and_old_maps_still_load() {
         let key = loopcast_proto::MasterKey::from_bytes([3; 32]);
         let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
         let (manifest, _, _) =
-            loopcast_proto::sim::pack(&key, &[7u8; 50_000], 1 << 16, 1000, &mut rng);
+            loopcast_proto::sim::pack(&key, &[7u8; 300_000], 1 << 16, 1000, &mut rng);
+        assert_eq!(manifest.frame_count, 5);
         let mut map = ReceivedMap::new(manifest.packet_count());
         map.insert_range(0..17);
         let point = ResumePoint {
@@ -314,19 +559,34 @@ mod tests {
                 advanced: 16,
             }],
         };
-        let bytes = encode_map(&map, &point, &manifest);
+        let done = vec![true, false, false, true, false];
+        let bytes = encode_map(&map, &done, &point, &manifest);
+        let state = |map: &ReceivedMap, done: &[bool], resume| SavedState {
+            map: map.clone(),
+            resume,
+            done: done.to_vec(),
+        };
         assert_eq!(
-            decode_map(&bytes, &manifest),
-            Some((map.clone(), Some(point)))
+            decode_state(&bytes, &manifest),
+            Some(state(&map, &done, Some(point.clone())))
         );
-        // A map saved before resume points: header, bits, CRC.
-        let mut old = encode_map_header(&manifest);
-        old.extend_from_slice(&map.to_bytes());
-        let crc = crc32fast::hash(&old);
-        old.extend_from_slice(&crc.to_be_bytes());
-        assert_eq!(decode_map(&old, &manifest), Some((map, None)));
+        let none = vec![false; 5];
+        // The first format: header, bits, resume point (or not), CRC.
+        for resume in [Some(point), None] {
+            let mut old = encode_map_header(&MAP_MAGIC_V1, &manifest);
+            old.extend_from_slice(&map.to_bytes());
+            if let Some(p) = &resume {
+                old.extend_from_slice(&p.encode());
+            }
+            let crc = crc32fast::hash(&old);
+            old.extend_from_slice(&crc.to_be_bytes());
+            assert_eq!(
+                decode_state(&old, &manifest),
+                Some(state(&map, &none, resume))
+            );
+        }
         let mut damaged = bytes.clone();
         damaged[MAP_HEADER_LEN] ^= 1;
-        assert_eq!(decode_map(&damaged, &manifest), None);
+        assert_eq!(decode_state(&damaged, &manifest), None);
     }
 }

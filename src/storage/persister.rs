@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex, mpsc};
 
 /// Work for the persister thread, done in order.
 pub enum Job {
-    /// Sync a body file and save its map.
+    /// Sync a reception's files and save its map.
     Save {
-        /// Handle on the body file.
-        file: File,
+        /// Handles on the partial file and the output.
+        files: Vec<File>,
         /// Where the map goes.
         map_path: PathBuf,
         /// The encoded map.
@@ -43,12 +43,13 @@ impl Persister {
                 for job in rx {
                     match job {
                         Job::Save {
-                            file,
+                            files,
                             map_path,
                             map,
                             saving,
                         } => {
-                            if let Err(e) = save(&file, &map_path, &map) {
+                            let files: Vec<&File> = files.iter().collect();
+                            if let Err(e) = save(&files, &map_path, &map) {
                                 *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                             }
                             saving.store(false, Ordering::Release);

@@ -15,7 +15,7 @@ pub const UNPACKING_SUFFIX: &str = ".unpacking";
 
 /// Creates `out_dir` if needed and returns its partial directory, made ours: created
 /// 0700; an existing one must be a real directory owned by this user, and is set to
-/// 0700. Plaintext left by a run that was killed is removed.
+/// 0700 (plaintext a stopped run left there, 0600, is kept for its resume).
 pub fn partial_dir(out_dir: &Path) -> Result<PathBuf> {
     fs::create_dir_all(out_dir)
         .context(|| format!("cannot create output directory {}", out_dir.display()))?;
@@ -42,27 +42,7 @@ pub fn partial_dir(out_dir: &Path) -> Result<PathBuf> {
             }
         }
     }
-    remove_plaintext(&dir);
     Ok(dir)
-}
-
-/// Removes unpacked plaintext left in the partial directory (a run stopped before
-/// delivery). Only regular files are removed; nothing is followed.
-pub fn remove_plaintext(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let plain = name.to_string_lossy().ends_with(UNPACKING_SUFFIX);
-        if plain
-            && entry
-                .file_type()
-                .is_ok_and(|t| t.is_file() || t.is_symlink())
-        {
-            let _ = fs::remove_file(entry.path());
-        }
-    }
 }
 
 /// Opens `path` for reading and writing, creating it 0600 if missing; a symlink
@@ -125,13 +105,11 @@ mod tests {
         let dir = partial_dir(&out).unwrap();
         let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
-        // A wider directory of ours is narrowed; plaintext left in it is removed.
+        // A wider directory of ours is narrowed.
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
-        fs::write(dir.join("f.bin.1234.unpacking"), b"plain").unwrap();
         partial_dir(&out).unwrap();
         let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
-        assert!(!dir.join("f.bin.1234.unpacking").exists());
         // A planted link is removed, not followed: the victim keeps its bytes.
         let victim = top.path().join("victim");
         fs::write(&victim, b"precious").unwrap();

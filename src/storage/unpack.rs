@@ -1,10 +1,10 @@
 //! Unpacking a body into the original file: frame by frame as they arrive (the
-//! frame worker) or all at once (`loopcast unpack`), one path for both; then the
-//! atomic delivery under the final name.
+//! frame worker, from memory or the partial file) or all at once (`loopcast
+//! unpack`), one path for both; then the atomic delivery under the final name.
 
 use super::UnpackFailure;
-use super::partial::preallocate;
-use super::private::{UNPACKING_SUFFIX, create_private};
+use super::frames::{FrameBuffer, FrameSource};
+use super::output::PlainOutput;
 use crate::error::{Context, Error, Result};
 use loopcast_proto::archive::{UnpackError, Unpacker};
 use loopcast_proto::{Manifest, MasterKey};
@@ -71,12 +71,23 @@ pub fn deliver(
     let body = body
         .try_clone()
         .map_err(|e| io("cannot reopen the archive", e))?;
-    let mut unpack = FrameUnpack::new(body, body_start, unpacker, manifest.clone(), work_dir, out)
-        .map_err(UnpackFailure::Io)?;
+    let output = PlainOutput::create(work_dir, manifest).map_err(UnpackFailure::Io)?;
+    let done = vec![false; manifest.frame_count as usize];
+    let mut unpack = FrameUnpack::new(
+        body,
+        body_start,
+        unpacker,
+        manifest.clone(),
+        output,
+        done,
+        out,
+    )
+    .map_err(UnpackFailure::Io)?;
+    unpack.punch = false; // an archive, not a partial file
     let mut bad = Vec::new();
     let mut result = Ok(());
     for frame in 0..manifest.frame_count {
-        match unpack.frame(frame) {
+        match unpack.frame(frame, None) {
             Ok(Some(FrameOutcome::Bad(range))) => bad.push(range),
             Ok(Some(FrameOutcome::AllIn)) => result = unpack.finish(),
             Ok(None) => {}
@@ -92,7 +103,7 @@ pub fn deliver(
     match result {
         Ok(()) => Ok(unpack.target),
         Err(e) => {
-            let _ = fs::remove_file(&unpack.tmp);
+            let _ = fs::remove_file(&unpack.output.path);
             Err(e)
         }
     }
@@ -170,8 +181,11 @@ fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
 /// What a frame worker reports to the receive loop.
 #[derive(Debug)]
 pub enum FrameReport {
-    /// This frame failed to verify: the packets of this body range must come again.
-    Bad(u32, Range<u64>),
+    /// This frame is verified and in the output; its buffer comes back.
+    Opened(u32, Option<FrameBuffer>),
+    /// This frame failed to verify: the packets of this body range must come
+    /// again; its buffer comes back.
+    Bad(u32, Range<u64>, Option<FrameBuffer>),
     /// Every frame verified, the whole matched its digest, and the file is in place.
     Delivered(PathBuf),
     /// The file could not be delivered.
@@ -183,37 +197,35 @@ pub enum FrameReport {
 /// is in and the digest matches, delivers the file atomically. Dropping it stops
 /// the thread at the next frame.
 pub struct FrameWorker {
-    jobs: mpsc::Sender<u32>,
+    jobs: mpsc::Sender<(u32, FrameSource)>,
     cancelled: Arc<AtomicBool>,
 }
 
 impl FrameWorker {
-    /// Starts a worker reading sealed frames from `body` (the partial file); `report`
-    /// is called on the worker thread.
+    /// Starts a worker for the partial file `body` and the output `output`, whose
+    /// frames in `done` are there already; `report` is called on the worker thread.
     pub fn start(
         body: File,
+        output: PlainOutput,
+        done: Vec<bool>,
         unpacker: Unpacker,
         manifest: Manifest,
-        work_dir: &Path,
         out: &OutputDir,
         report: impl Fn(FrameReport) + Send + 'static,
     ) -> Result<Self> {
-        let mut unpack = FrameUnpack::new(body, 0, unpacker, manifest, work_dir, out)?;
-        let (jobs, rx) = mpsc::channel::<u32>();
+        let mut unpack = FrameUnpack::new(body, 0, unpacker, manifest, output, done, out)?;
+        let (jobs, rx) = mpsc::channel::<(u32, FrameSource)>();
         let cancelled = Arc::new(AtomicBool::new(false));
         let stop = Arc::clone(&cancelled);
         std::thread::Builder::new()
             .name(format!("frames {}", unpack.manifest.name))
             .spawn(move || {
-                for frame in rx {
-                    if stop.load(Ordering::Acquire) {
-                        break;
-                    }
-                    match unpack.frame(frame) {
+                // Frames a stopped run left in the output count for the digest now.
+                let mut outcome = unpack.catch_up();
+                let mut jobs = rx.into_iter();
+                loop {
+                    match outcome {
                         Ok(None) => {}
-                        Ok(Some(FrameOutcome::Bad(range))) => {
-                            report(FrameReport::Bad(frame, range))
-                        }
                         Ok(Some(FrameOutcome::AllIn)) => {
                             let result = unpack.finish();
                             let delivered = result.is_ok();
@@ -221,27 +233,48 @@ impl FrameWorker {
                                 Ok(()) => FrameReport::Delivered(unpack.target.clone()),
                                 Err(e) => FrameReport::Failed(e),
                             });
-                            if delivered {
-                                return; // renamed into place: nothing left behind
+                            if !delivered {
+                                let _ = fs::remove_file(&unpack.output.path);
                             }
-                            break;
+                            return;
                         }
+                        Ok(Some(FrameOutcome::Bad(_))) => unreachable!("reported with its buffer"),
                         Err(e) => {
+                            // The output stays for a resume; the run ends.
                             report(FrameReport::Failed(e));
-                            break;
+                            return;
                         }
                     }
+                    let Some((frame, source)) = jobs.next() else {
+                        return;
+                    };
+                    if stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let mut buffer = match source {
+                        FrameSource::Memory(b) => Some(b),
+                        FrameSource::Disk => None,
+                    };
+                    outcome = match unpack.frame(frame, buffer.as_mut()) {
+                        Ok(Some(FrameOutcome::Bad(range))) => {
+                            report(FrameReport::Bad(frame, range, buffer));
+                            Ok(None)
+                        }
+                        Ok(done) => {
+                            report(FrameReport::Opened(frame, buffer));
+                            Ok(done)
+                        }
+                        Err(e) => Err(e),
+                    };
                 }
-                // Stopped, cancelled or failed: no plaintext is left behind.
-                let _ = fs::remove_file(&unpack.tmp);
             })
             .context(|| "cannot start the frame worker thread".into())?;
         Ok(Self { jobs, cancelled })
     }
 
-    /// Queues `frame`, whose packets are all written to the body file.
-    pub fn submit(&self, frame: u32) {
-        let _ = self.jobs.send(frame);
+    /// Queues `frame`, whose packets are all held, in memory or in the partial file.
+    pub fn submit(&self, frame: u32, source: FrameSource) {
+        let _ = self.jobs.send((frame, source));
     }
 }
 
@@ -262,9 +295,11 @@ struct FrameUnpack {
     /// Where the body starts in `body` (0 in a partial file; after the header and
     /// manifest in an archive).
     body_start: u64,
-    output: File,
-    /// The output while it is written, and its final name.
-    tmp: PathBuf,
+    /// Punch frames out of `body` once opened (a partial file: the space and the
+    /// dirty pages go at once).
+    punch: bool,
+    output: PlainOutput,
+    /// The final name.
     target: PathBuf,
     /// May the final rename replace an existing file.
     replace: bool,
@@ -273,48 +308,45 @@ struct FrameUnpack {
     done: Vec<bool>,
     remaining: u32,
     manifest: Manifest,
-    /// The frame being opened, as read from the body.
-    sealed: Vec<u8>,
+    /// A frame read from `body`.
+    sealed: FrameBuffer,
+    /// Decompressed plaintext, and plaintext read back for the digest.
+    plain: FrameBuffer,
 }
 
 impl FrameUnpack {
-    /// Prepares to unpack into `out/<name>`, through a preallocated temporary
-    /// file in `work_dir`; refuses a name that is not one safe path component.
+    /// Prepares to unpack into `output` and then `out/<name>`; frames in `done`
+    /// are in `output` already. Refuses a name that is not one safe path component.
     fn new(
         body: File,
         body_start: u64,
         unpacker: Unpacker,
         manifest: Manifest,
-        work_dir: &Path,
+        output: PlainOutput,
+        done: Vec<bool>,
         out: &OutputDir,
     ) -> Result<Self> {
         loopcast_proto::manifest::check_name(&manifest.name)
             .map_err(|why| Error::new(format!("refusing file name {:?}: {why}", manifest.name)))?;
-        let tmp = work_dir.join(format!(
-            "{}.{:016x}{UNPACKING_SUFFIX}",
-            manifest.name, manifest.archive_id
-        ));
-        // Plaintext: 0600 until the final rename gives it the file's mode.
-        let output = create_private(&tmp).context(|| format!("cannot create {}", tmp.display()))?;
-        preallocate(&output, manifest.original_size).context(|| {
-            format!(
-                "cannot allocate {} bytes for {}",
-                manifest.original_size,
-                tmp.display()
-            )
-        })?;
+        let largest = unpacker
+            .frame_ranges()
+            .iter()
+            .map(|r| r.end - r.start)
+            .max()
+            .unwrap_or(0) as usize;
         Ok(Self {
             body,
             body_start,
+            punch: true,
             output,
-            tmp,
             target: out.path.join(&manifest.name),
             replace: out.replace,
             unpacker: Some(unpacker),
-            done: vec![false; manifest.frame_count as usize],
-            remaining: manifest.frame_count,
+            remaining: done.iter().filter(|d| !**d).count() as u32,
+            done,
+            sealed: FrameBuffer::new(largest),
+            plain: FrameBuffer::new(manifest.frame_size as usize),
             manifest,
-            sealed: Vec::new(),
         })
     }
 
@@ -328,43 +360,72 @@ impl FrameUnpack {
         start..(start + manifest.frame_size as u64).min(manifest.original_size)
     }
 
-    fn frame(&mut self, index: u32) -> std::result::Result<Option<FrameOutcome>, UnpackFailure> {
+    /// Opens frame `index` from `buffer` (in memory) or from the body, and writes
+    /// it to the output.
+    fn frame(
+        &mut self,
+        index: u32,
+        buffer: Option<&mut FrameBuffer>,
+    ) -> std::result::Result<Option<FrameOutcome>, UnpackFailure> {
         let unpacker = self.unpacker.as_mut().expect("frames come before finish");
         if self.done.get(index as usize) != Some(&false) {
-            return Ok(None);
+            return self.catch_up();
         }
         let range = unpacker.frame_ranges()[index as usize].clone();
-        // One buffer for every frame: no allocation and zeroing per frame.
-        self.sealed.resize((range.end - range.start) as usize, 0);
-        self.body
-            .read_exact_at(&mut self.sealed, self.body_start + range.start)
-            .map_err(|e| Self::io("cannot read frame", e))?;
-        let plain = match unpacker.open(index, &self.sealed) {
-            Ok(plain) => plain,
-            Err(e) => {
+        let len = (range.end - range.start) as usize;
+        let from_disk = buffer.is_none();
+        let sealed = match buffer {
+            Some(b) => b.sealed_mut(len),
+            None => {
+                let sealed = self.sealed.sealed_mut(len);
+                self.body
+                    .read_exact_at(sealed, self.body_start + range.start)
+                    .map_err(|e| Self::io("cannot read frame", e))?;
+                sealed
+            }
+        };
+        let scratch = self.plain.aligned_mut(self.manifest.frame_size as usize);
+        let opened = unpacker.open_in_place(index, sealed, scratch);
+        let at = Self::plain_range(&self.manifest, index).start;
+        let written = match &opened {
+            Ok(plain) => Some(self.output.write_at(plain, at)),
+            Err(_) => None,
+        };
+        if from_disk && self.punch {
+            punch_hole(&self.body, self.body_start + range.start, len as u64);
+        }
+        match (opened, written) {
+            (Err(e), _) => {
                 log::warn!(
                     "frame {index} of {}: {e}; receiving its packets again",
                     self.manifest.name
                 );
                 return Ok(Some(FrameOutcome::Bad(range)));
             }
-        };
-        let at = Self::plain_range(&self.manifest, index).start;
-        self.output
-            .write_all_at(&plain, at)
-            .map_err(|e| Self::io("cannot write output", e))?;
+            (_, Some(Err(e))) => return Err(Self::io("cannot write output", e)),
+            _ => {}
+        }
         self.done[index as usize] = true;
         self.remaining -= 1;
-        // Frames opened ahead of the digest are read back once their turn comes.
+        self.catch_up()
+    }
+
+    /// Feeds the digest the frames opened ahead of it, read back from the output,
+    /// once their turn comes; AllIn when every frame is in.
+    fn catch_up(&mut self) -> std::result::Result<Option<FrameOutcome>, UnpackFailure> {
+        let Some(unpacker) = self.unpacker.as_mut() else {
+            return Ok(None);
+        };
         while (unpacker.next_to_hash() as usize) < self.done.len()
             && self.done[unpacker.next_to_hash() as usize]
         {
             let r = Self::plain_range(&self.manifest, unpacker.next_to_hash());
-            let mut plain = vec![0u8; (r.end - r.start) as usize];
+            let plain = self.plain.aligned_mut((r.end - r.start) as usize);
             self.output
-                .read_exact_at(&mut plain, r.start)
+                .file
+                .read_exact_at(plain, r.start)
                 .map_err(|e| Self::io("cannot read back output", e))?;
-            unpacker.hash_next(&plain);
+            unpacker.hash_next(plain);
         }
         Ok((self.remaining == 0).then_some(FrameOutcome::AllIn))
     }
@@ -376,12 +437,29 @@ impl FrameUnpack {
             UnpackError::Digest => UnpackFailure::Digest,
         })?;
         finish_delivery(
-            &self.output,
-            &self.tmp,
+            &self.output.file,
+            &self.output.path,
             &self.target,
             &self.manifest,
             self.replace,
         )
+    }
+}
+
+/// Frees `len` bytes of `file` at `at` (their dirty pages are dropped, never
+/// written back); a file system that cannot is left as it is.
+fn punch_hole(file: &File, at: u64, len: u64) {
+    // SAFETY: fallocate on a valid, open file descriptor.
+    let rc = unsafe {
+        libc::fallocate(
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            at as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc != 0 {
+        log::debug!("cannot punch a hole: {}", io::Error::last_os_error());
     }
 }
 

@@ -145,6 +145,28 @@ pub fn open_frame(
     place: &FramePlace,
     sealed: &[u8],
 ) -> Result<Vec<u8>, FrameError> {
+    let mut copy = sealed.to_vec();
+    let mut scratch = match frame_is_compressed(sealed) {
+        true => vec![0u8; place.frame_size.min(MAX_FRAME_SIZE) as usize],
+        false => Vec::new(),
+    };
+    Ok(open_frame_in_place(file_key, place, &mut copy, &mut scratch)?.to_vec())
+}
+
+fn frame_is_compressed(sealed: &[u8]) -> bool {
+    sealed.get(1).is_some_and(|f| f & FLAG_COMPRESSED != 0)
+}
+
+/// Verifies and decrypts one sealed frame found at `place` where it lies, and
+/// returns its plaintext: inside `sealed` (right after the frame header) when the
+/// frame was stored uncompressed, else decompressed into `scratch` (at least
+/// `frame_size` bytes). No allocation, no copy of an uncompressed frame.
+pub fn open_frame_in_place<'a>(
+    file_key: &FileKey,
+    place: &FramePlace,
+    sealed: &'a mut [u8],
+    scratch: &'a mut [u8],
+) -> Result<&'a [u8], FrameError> {
     if sealed.len() < FRAME_OVERHEAD {
         return Err(FrameError::Invalid);
     }
@@ -179,21 +201,26 @@ pub fn open_frame(
     if !matches {
         return Err(FrameError::Invalid);
     }
-    let mut data = sealed[FRAME_HEADER_LEN..FRAME_HEADER_LEN + stored_len as usize].to_vec();
-    let tag = Tag::try_from(&sealed[sealed.len() - TAG_LEN..]).map_err(|_| FrameError::Invalid)?;
+    let (head, rest) = sealed.split_at_mut(FRAME_HEADER_LEN);
+    let (data, tag) = rest.split_at_mut(stored_len as usize);
+    let tag = Tag::try_from(&tag[..]).map_err(|_| FrameError::Invalid)?;
     let (cipher, nonce) = cipher(file_key, salt);
     cipher
-        .decrypt_inout_detached(&nonce, &header, (&mut data[..]).into(), &tag)
+        .decrypt_inout_detached(&nonce, head, (&mut data[..]).into(), &tag)
         .map_err(|_| FrameError::BadTag)?;
     if flags & FLAG_COMPRESSED == 0 {
         return Ok(data);
     }
-    let plain =
-        zstd::bulk::decompress(&data, plain_len as usize).map_err(|_| FrameError::Decompress)?;
-    if plain.len() != plain_len as usize {
+    let out = scratch
+        .get_mut(..plain_len as usize)
+        .ok_or(FrameError::Invalid)?;
+    let n = zstd::bulk::Decompressor::new()
+        .and_then(|mut d| d.decompress_to_buffer(&data[..], out))
+        .map_err(|_| FrameError::Decompress)?;
+    if n != plain_len as usize {
         return Err(FrameError::Decompress);
     }
-    Ok(plain)
+    Ok(&scratch[..n])
 }
 
 /// Encodes the frame table: the sealed length of every frame, in order.
@@ -475,19 +502,8 @@ impl Unpacker {
 
     /// Opens frame `index` (frames must be opened in order, each once it has verified).
     pub fn open(&mut self, index: u32, sealed: &[u8]) -> Result<Vec<u8>, FrameError> {
-        let place = FramePlace {
-            archive_id: self.manifest.archive_id,
-            index,
-            count: self.manifest.frame_count,
-            frame_size: self.manifest.frame_size,
-        };
-        let plain = open_frame(&self.file_key, &place, sealed)?;
-        let expected = self
-            .manifest
-            .original_size
-            .saturating_sub(index as u64 * self.manifest.frame_size as u64)
-            .min(self.manifest.frame_size as u64);
-        if plain.len() as u64 != expected {
+        let plain = open_frame(&self.file_key, &self.place(index), sealed)?;
+        if plain.len() as u64 != self.expected_len(index) {
             return Err(FrameError::Invalid);
         }
         if index == self.next {
@@ -495,6 +511,44 @@ impl Unpacker {
             self.next += 1;
         }
         Ok(plain)
+    }
+
+    /// Opens frame `index` where it lies (see `open_frame_in_place`), feeding the
+    /// digest when it is the next in order, as `open` does.
+    pub fn open_in_place<'a>(
+        &mut self,
+        index: u32,
+        sealed: &'a mut [u8],
+        scratch: &'a mut [u8],
+    ) -> Result<&'a [u8], FrameError> {
+        let place = self.place(index);
+        let plain = open_frame_in_place(&self.file_key, &place, sealed, scratch)?;
+        if plain.len() as u64 != self.expected_len(index) {
+            return Err(FrameError::Invalid);
+        }
+        if index == self.next {
+            self.digest.update(plain);
+            self.next += 1;
+        }
+        Ok(plain)
+    }
+
+    /// Where frame `index` sits in this archive.
+    fn place(&self, index: u32) -> FramePlace {
+        FramePlace {
+            archive_id: self.manifest.archive_id,
+            index,
+            count: self.manifest.frame_count,
+            frame_size: self.manifest.frame_size,
+        }
+    }
+
+    /// Plaintext length of frame `index`.
+    fn expected_len(&self, index: u32) -> u64 {
+        self.manifest
+            .original_size
+            .saturating_sub(index as u64 * self.manifest.frame_size as u64)
+            .min(self.manifest.frame_size as u64)
     }
 
     /// Index of the next frame the digest needs, in order.

@@ -29,6 +29,31 @@ fn compressible_frames_shrink_and_random_ones_stay_raw() {
 }
 
 #[test]
+fn opening_in_place_decrypts_raw_frames_where_they_lie_and_decompresses_into_scratch() {
+    let fk = MasterKey::from_bytes([5; 32]).file_key(11);
+    let mut noise = vec![0u8; 1 << 16];
+    blake3::Hasher::new().finalize_xof().fill(&mut noise);
+    let mut sealed = seal_frame(&fk, &place(1), &noise, 3, [2; 16]);
+    let mut scratch = vec![0u8; 1 << 16];
+    let plain = open_frame_in_place(&fk, &place(1), &mut sealed, &mut scratch).unwrap();
+    assert_eq!(plain, &noise[..]);
+    // Raw: the plaintext is the sealed buffer, right after the header.
+    assert_eq!(plain.as_ptr(), sealed[FRAME_HEADER_LEN..].as_ptr());
+    let text = b"loopcast ".repeat(5000);
+    let mut sealed = seal_frame(&fk, &place(2), &text, 3, [3; 16]);
+    let plain = open_frame_in_place(&fk, &place(2), &mut sealed, &mut scratch).unwrap();
+    assert_eq!(plain, &text[..]);
+    assert_eq!(plain.as_ptr(), scratch.as_ptr());
+    // Too small a scratch for the frame: refused, no panic.
+    let mut sealed = seal_frame(&fk, &place(2), &text, 3, [3; 16]);
+    let mut small = vec![0u8; 100];
+    assert_eq!(
+        open_frame_in_place(&fk, &place(2), &mut sealed, &mut small),
+        Err(FrameError::Invalid)
+    );
+}
+
+#[test]
 fn frames_cannot_move_or_be_opened_with_another_key() {
     let fk = MasterKey::from_bytes([5; 32]).file_key(11);
     let sealed = seal_frame(&fk, &place(2), b"hello frame", 3, [3; 16]);

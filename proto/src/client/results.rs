@@ -76,19 +76,46 @@ impl Session {
         frame: u32,
         range: Range<u64>,
     ) {
-        let Some(r) = self.live(id, archive_id) else {
-            return;
-        };
+        if let Some(packets) = self.refetch(now, id, archive_id, frame, range) {
+            self.events.push_back(ClientEvent::FrameDamaged {
+                reception: id,
+                frame,
+                packets,
+            });
+        }
+    }
+
+    /// The driver let frame `frame` (body bytes `range`) of reception `id` go
+    /// before it was whole (its memory was wanted and the partial file had no room
+    /// left under its cap, spec §5): its packets are fetched again, as after damage
+    /// but without a warning.
+    pub fn frame_discarded(
+        &mut self,
+        now: Instant,
+        id: ReceptionId,
+        archive_id: u64,
+        frame: u32,
+        range: Range<u64>,
+    ) {
+        self.refetch(now, id, archive_id, frame, range);
+    }
+
+    /// Marks frame `frame`'s packets missing again; how many were held.
+    fn refetch(
+        &mut self,
+        now: Instant,
+        id: ReceptionId,
+        archive_id: u64,
+        frame: u32,
+        range: Range<u64>,
+    ) -> Option<u32> {
+        let r = self.live(id, archive_id)?;
         let packets = r.fsm.mark_missing(now, range);
         if let Some(frames) = r.frames.as_mut() {
             frames.recount(frame, r.fsm.received());
         }
         r.phase = Phase::Receiving;
-        self.events.push_back(ClientEvent::FrameDamaged {
-            reception: id,
-            frame,
-            packets,
-        });
+        Some(packets)
     }
 
     /// Every frame of reception `id` verified, but the whole failed its digest.

@@ -1,0 +1,319 @@
+//! Frames assembled in memory as their packets arrive. A frame whose packets all
+//! come while it is held is verified, decrypted and written to the output from
+//! memory: its bytes never touch the partial file (spec §5, "Storage"). A frame
+//! still missing packets when its memory is wanted goes to the partial file
+//! (spilled), up to a cap on the partial file's size; past the cap a new frame is
+//! let go and its packets are fetched again.
+
+use loopcast_proto::ReceivedMap;
+use loopcast_proto::archive::FRAME_HEADER_LEN;
+use loopcast_proto::received::packets_covering;
+use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
+
+/// Alignment of plaintext for direct (O_DIRECT) writes of the output.
+pub const ALIGN: usize = 4096;
+/// Most bytes of frames held in memory at once, counting frames handed to the
+/// frame worker and not yet given back.
+pub const MEMORY_BUDGET: usize = 32 << 20;
+/// The partial file holds at most 1/`SPILL_SHARE` of the body in frames waiting
+/// for repair (files up to `MEMORY_BUDGET` never need it).
+pub const SPILL_SHARE: u64 = 5;
+
+/// A reusable buffer for one frame, laid out so that the byte after the sealed
+/// frame's header, where an uncompressed frame's plaintext starts, is `ALIGN`ed:
+/// the plaintext is written to the output without a copy.
+pub struct FrameBuffer {
+    bytes: Vec<u8>,
+    /// First `ALIGN`ed byte of `bytes`.
+    aligned: usize,
+}
+
+impl std::fmt::Debug for FrameBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FrameBuffer({} bytes)", self.capacity())
+    }
+}
+
+impl FrameBuffer {
+    /// A buffer for frames of up to `capacity` sealed bytes.
+    pub fn new(capacity: usize) -> Self {
+        let bytes = vec![0u8; capacity + 2 * ALIGN];
+        let aligned = bytes.as_ptr().align_offset(ALIGN);
+        Self { bytes, aligned }
+    }
+
+    /// How long a sealed frame it holds.
+    pub fn capacity(&self) -> usize {
+        self.bytes.len() - 2 * ALIGN
+    }
+
+    /// Room for a sealed frame of `len` bytes, its plaintext `ALIGN`ed.
+    pub fn sealed_mut(&mut self, len: usize) -> &mut [u8] {
+        let start = self.aligned + ALIGN - FRAME_HEADER_LEN;
+        &mut self.bytes[start..start + len]
+    }
+
+    /// `len` bytes starting on an `ALIGN`ed address (for decompressed plaintext).
+    pub fn aligned_mut(&mut self, len: usize) -> &mut [u8] {
+        let start = self.aligned;
+        &mut self.bytes[start..start + len]
+    }
+}
+
+/// Where a frame's bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// Nothing of it is held, or what is held is in the partial file and it has
+    /// not gone to memory (it may: the first packet decides).
+    Nowhere,
+    /// In a buffer of ours.
+    Memory,
+    /// In the partial file (spilled, or stored before the frame table was known).
+    Disk,
+    /// Handed to the frame worker.
+    Sent,
+    /// Verified and in the output.
+    Done,
+}
+
+/// What the frame worker is to open a frame from.
+pub enum FrameSource {
+    /// This buffer holds the sealed frame.
+    Memory(FrameBuffer),
+    /// The partial file holds it.
+    Disk,
+}
+
+/// The frames of one reception: where each one's bytes are, the buffers of those
+/// in memory, and the partial file's share.
+pub struct FrameAssembly {
+    ranges: Vec<Range<u64>>,
+    payload_size: u32,
+    place: Vec<Place>,
+    buffers: HashMap<u32, FrameBuffer>,
+    /// Frames in memory, oldest first (the first to spill).
+    oldest: VecDeque<u32>,
+    pool: Vec<FrameBuffer>,
+    buffer_len: usize,
+    /// Bytes of buffers out of the pool (in memory or sent), and the most there may be.
+    held: usize,
+    budget: usize,
+    /// Body bytes of frames in the partial file, and the most it may hold.
+    spilled: u64,
+    spill_cap: u64,
+    /// Frames let go since the driver last asked (their packets must come again).
+    let_go: Vec<u32>,
+}
+
+impl FrameAssembly {
+    /// Frames at body `ranges`, carried in packets of `payload_size` bytes; those
+    /// in `done` are in the output already, and any other with a packet in
+    /// `received` has its bytes in the partial file.
+    pub fn new(
+        ranges: Vec<Range<u64>>,
+        payload_size: u32,
+        body_len: u64,
+        done: &[bool],
+        received: &ReceivedMap,
+    ) -> Self {
+        let buffer_len = ranges.iter().map(|r| r.end - r.start).max().unwrap_or(0) as usize;
+        let place: Vec<Place> = ranges
+            .iter()
+            .enumerate()
+            .map(|(f, r)| {
+                let packets = packets_covering(r.clone(), payload_size);
+                if done.get(f) == Some(&true) {
+                    Place::Done
+                } else if packets.clone().any(|p| received.contains(p)) {
+                    Place::Disk
+                } else {
+                    Place::Nowhere
+                }
+            })
+            .collect();
+        let spilled = ranges
+            .iter()
+            .zip(&place)
+            .filter(|(_, p)| **p == Place::Disk)
+            .map(|(r, _)| r.end - r.start)
+            .sum();
+        Self {
+            payload_size: payload_size.max(1),
+            place,
+            buffers: HashMap::new(),
+            oldest: VecDeque::new(),
+            pool: Vec::new(),
+            held: 0,
+            budget: MEMORY_BUDGET,
+            spilled,
+            spill_cap: Self::spill_cap(body_len),
+            let_go: Vec::new(),
+            buffer_len,
+            ranges,
+        }
+    }
+
+    /// The most the partial file holds in frames waiting for repair (bytes).
+    pub fn spill_cap(body_len: u64) -> u64 {
+        body_len / SPILL_SHARE
+    }
+
+    /// Takes a payload at body `offset`: the parts in frames held in memory (or
+    /// now taken into memory) are copied there; the rest is pushed to `to_disk`
+    /// (with `spill`, frames moved out of memory to make room, to be written
+    /// first, whole, at their place). Parts of frames let go or already done are dropped.
+    pub fn store<'a>(
+        &mut self,
+        offset: u64,
+        payload: &'a [u8],
+        to_disk: &mut Vec<(u64, &'a [u8])>,
+        spill: &mut Vec<(u32, FrameBuffer)>,
+    ) {
+        let end = offset + payload.len() as u64;
+        let first = self.ranges.partition_point(|r| r.end <= offset);
+        let mut covered = offset;
+        for frame in first..self.ranges.len() {
+            let r = self.ranges[frame].clone();
+            if r.start >= end {
+                break;
+            }
+            if covered < r.start {
+                // Bytes before this frame (the frame table): the partial file.
+                to_disk.push((
+                    covered,
+                    &payload[(covered - offset) as usize..(r.start - offset) as usize],
+                ));
+            }
+            let (from, to) = (covered.max(r.start), end.min(r.end));
+            let part = &payload[(from - offset) as usize..(to - offset) as usize];
+            covered = to;
+            let frame = frame as u32;
+            if self.place[frame as usize] == Place::Nowhere {
+                self.take_into_memory(frame, spill);
+            }
+            match self.place[frame as usize] {
+                Place::Memory => {
+                    let buffer = self.buffers.get_mut(&frame).expect("held in memory");
+                    let at = (from - r.start) as usize;
+                    buffer.sealed_mut((r.end - r.start) as usize)[at..at + part.len()]
+                        .copy_from_slice(part);
+                }
+                Place::Disk => to_disk.push((from, part)),
+                Place::Nowhere | Place::Sent | Place::Done => {}
+            }
+        }
+        if covered < end {
+            to_disk.push((covered, &payload[(covered - offset) as usize..]));
+        }
+    }
+
+    /// Gives `frame` a buffer: from the pool, or new while under the budget, or
+    /// by spilling the oldest frame in memory; else the frame is let go.
+    fn take_into_memory(&mut self, frame: u32, spill: &mut Vec<(u32, FrameBuffer)>) {
+        if self.held + self.buffer_len > self.budget
+            && let Some(oldest) = self.oldest.front().copied()
+        {
+            let len = self.len(oldest);
+            if self.spilled + len <= self.spill_cap {
+                self.oldest.pop_front();
+                let buffer = self.buffers.remove(&oldest).expect("held in memory");
+                self.place[oldest as usize] = Place::Disk;
+                self.spilled += len;
+                self.held -= self.buffer_len;
+                spill.push((oldest, buffer));
+            }
+        }
+        if self.held + self.buffer_len > self.budget && self.held > 0 {
+            self.let_go.push(frame);
+            return;
+        }
+        let buffer = self
+            .pool
+            .pop()
+            .unwrap_or_else(|| FrameBuffer::new(self.buffer_len));
+        self.held += self.buffer_len;
+        self.buffers.insert(frame, buffer);
+        self.oldest.push_back(frame);
+        self.place[frame as usize] = Place::Memory;
+    }
+
+    /// Returns a spilled frame's buffer, once its bytes are written.
+    pub fn recycle(&mut self, buffer: FrameBuffer) {
+        if buffer.capacity() == self.buffer_len {
+            self.pool.push(buffer);
+        }
+    }
+
+    /// Body bytes of frame `frame`.
+    pub fn len(&self, frame: u32) -> u64 {
+        let r = &self.ranges[frame as usize];
+        r.end - r.start
+    }
+
+    /// Body range of frame `frame`.
+    pub fn range(&self, frame: u32) -> Range<u64> {
+        self.ranges[frame as usize].clone()
+    }
+
+    /// Hands `frame` (all its packets held) to the frame worker: from memory, or
+    /// from the partial file. None if it is already there or done.
+    pub fn take(&mut self, frame: u32) -> Option<FrameSource> {
+        let place = self.place.get_mut(frame as usize)?;
+        let source = match *place {
+            Place::Memory => {
+                self.oldest.retain(|&f| f != frame);
+                FrameSource::Memory(self.buffers.remove(&frame).expect("held in memory"))
+            }
+            Place::Disk | Place::Nowhere => FrameSource::Disk,
+            Place::Sent | Place::Done => return None,
+        };
+        let was_on_disk = matches!(source, FrameSource::Disk) && *place == Place::Disk;
+        *place = Place::Sent;
+        if was_on_disk {
+            // The worker punches it out of the partial file once opened.
+            self.spilled = self.spilled.saturating_sub(self.len(frame));
+        }
+        Some(source)
+    }
+
+    /// The worker opened `frame` (or it failed, `ok` false: its packets come
+    /// again); its buffer, if it had one, goes back to the pool.
+    pub fn opened(&mut self, frame: u32, ok: bool, buffer: Option<FrameBuffer>) {
+        if let Some(b) = buffer {
+            self.held = self.held.saturating_sub(self.buffer_len);
+            self.recycle(b);
+        }
+        if let Some(p) = self.place.get_mut(frame as usize) {
+            *p = if ok { Place::Done } else { Place::Nowhere };
+        }
+    }
+
+    /// Frames let go since the last call.
+    pub fn take_let_go(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.let_go)
+    }
+
+    /// Which frames are verified and in the output.
+    pub fn done(&self) -> Vec<bool> {
+        self.place.iter().map(|p| *p == Place::Done).collect()
+    }
+
+    /// `received` less the packets with bytes only in memory (frames held or sent
+    /// and not yet in the output): what a saved map may claim.
+    pub fn durable(&self, received: &ReceivedMap) -> ReceivedMap {
+        let mut map = received.clone();
+        for (frame, place) in self.place.iter().enumerate() {
+            if matches!(place, Place::Memory | Place::Sent) {
+                map.remove_range(packets_covering(
+                    self.ranges[frame].clone(),
+                    self.payload_size,
+                ));
+            }
+        }
+        map
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,112 @@
+use super::*;
+
+/// A 40-byte table, then frames of 2500, 100 and 4000 bytes; 1000-byte packets.
+fn layout() -> (Vec<Range<u64>>, Vec<u8>) {
+    let body: Vec<u8> = (0..6640u32).map(|i| (i % 251) as u8).collect();
+    (vec![40..2540, 2540..2640, 2640..6640], body)
+}
+
+fn packet(body: &[u8], index: usize) -> (u64, &[u8]) {
+    let start = index * 1000;
+    (start as u64, &body[start..(start + 1000).min(body.len())])
+}
+
+fn sealed(source: FrameSource, len: usize) -> Vec<u8> {
+    match source {
+        FrameSource::Memory(mut b) => b.sealed_mut(len).to_vec(),
+        FrameSource::Disk => panic!("expected the frame in memory"),
+    }
+}
+
+#[test]
+fn frames_whose_packets_come_while_held_never_touch_the_disk() {
+    let (ranges, body) = layout();
+    let received = ReceivedMap::new(7);
+    let mut a = FrameAssembly::new(ranges, 1000, 6640, &[false; 3], &received);
+    let (mut to_disk, mut spill) = (Vec::new(), Vec::new());
+    for p in [6, 0, 5, 1, 3, 4, 2] {
+        let (at, payload) = packet(&body, p);
+        a.store(at, payload, &mut to_disk, &mut spill);
+    }
+    // Only the frame table goes to the partial file.
+    assert_eq!(to_disk, vec![(0, &body[..40])]);
+    assert!(spill.is_empty());
+    let mut all = ReceivedMap::new(7);
+    all.insert_range(0..7);
+    // Held in memory: a saved map may not claim them.
+    assert_eq!(a.durable(&all).count(), 0);
+    assert_eq!(sealed(a.take(0).unwrap(), 2500), &body[40..2540]);
+    assert_eq!(sealed(a.take(2).unwrap(), 4000), &body[2640..6640]);
+    assert!(a.take(0).is_none(), "handed over once");
+    a.opened(0, true, None);
+    a.opened(2, false, None);
+    assert_eq!(a.done(), vec![true, false, false]);
+    // Frame 0 is in the output: its packets (0..3) may be claimed but for
+    // packet 2, which frame 1 (still in memory) shares.
+    let durable = a.durable(&all);
+    assert!(durable.contains_range(0..2) && !durable.contains(2));
+}
+
+#[test]
+fn past_the_budget_the_oldest_frame_spills_and_past_the_cap_a_new_one_is_let_go() {
+    // Ten frames of 1000 bytes after a 40-byte table; room in memory for two,
+    // and the partial file may hold 10040 / 5 = 2008 bytes: two frames.
+    let ranges: Vec<Range<u64>> = (0..10).map(|f| 40 + f * 1000..1040 + f * 1000).collect();
+    let body: Vec<u8> = (0..10040u32).map(|i| (i % 241) as u8).collect();
+    let received = ReceivedMap::new(11);
+    let mut a = FrameAssembly::new(ranges, 1000, 10040, &[false; 10], &received);
+    a.budget = 2 * a.buffer_len;
+    let (mut to_disk, mut spill) = (Vec::new(), Vec::new());
+    // The first byte of frames 0..=4, one at a time.
+    for f in 0..5u64 {
+        let at = 40 + f * 1000;
+        a.store(
+            at,
+            &body[at as usize..at as usize + 1],
+            &mut to_disk,
+            &mut spill,
+        );
+    }
+    // Frames 0 and 1 were spilled to make room for 2 and 3; frame 4 found the
+    // partial file full and was let go.
+    let spilled: Vec<u32> = spill.iter().map(|(f, _)| *f).collect();
+    assert_eq!(spilled, vec![0, 1]);
+    assert_eq!(a.take_let_go(), vec![4]);
+    let mut buffer = spill.remove(0).1;
+    assert_eq!(buffer.sealed_mut(1000)[0], body[40]);
+    // Later bytes of a spilled frame go to disk; of a frame let go, nowhere.
+    to_disk.clear();
+    a.store(41, &body[41..42], &mut to_disk, &mut spill);
+    a.store(4041, &body[4041..4042], &mut to_disk, &mut spill);
+    assert_eq!(to_disk, vec![(41, &body[41..42])]);
+    assert_eq!(a.take_let_go(), vec![4]);
+    // A spilled frame is opened from the partial file, which then has room again.
+    assert!(matches!(a.take(0), Some(FrameSource::Disk)));
+    a.opened(0, true, None);
+    a.recycle(buffer);
+    a.store(4040, &body[4040..4041], &mut to_disk, &mut spill);
+    assert_eq!(spill.len(), 2, "frame 2 spilled to make room for frame 4");
+    assert!(a.take_let_go().is_empty());
+}
+
+#[test]
+fn frames_with_bytes_held_before_the_table_stay_on_disk() {
+    let (ranges, body) = layout();
+    let mut received = ReceivedMap::new(7);
+    received.insert(4); // bytes 4000..5000: frame 2
+    let mut a = FrameAssembly::new(ranges, 1000, 6640, &[true, false, false], &received);
+    let (mut to_disk, mut spill) = (Vec::new(), Vec::new());
+    for p in [1, 2, 3] {
+        let (at, payload) = packet(&body, p);
+        a.store(at, payload, &mut to_disk, &mut spill);
+    }
+    // Frame 0 is done (its part of packets 1 and 2 is dropped), frame 1 goes to
+    // memory, frame 2 to disk.
+    assert_eq!(
+        to_disk,
+        vec![(2640, &body[2640..3000]), (3000, &body[3000..4000])]
+    );
+    assert_eq!(sealed(a.take(1).unwrap(), 100), &body[2540..2640]);
+    assert!(matches!(a.take(2), Some(FrameSource::Disk)));
+    assert!(a.take(0).is_none());
+}

@@ -1,0 +1,124 @@
+//! The output being unpacked: a preallocated 0600 file in the partial directory,
+//! written frame by frame at the frames' plaintext offsets, directly (O_DIRECT,
+//! no copy into the page cache) where the file system allows, and kept across
+//! runs so that a resumed reception does not unpack its frames again.
+
+use super::frames::ALIGN;
+use super::partial::preallocate;
+use super::private::{UNPACKING_SUFFIX, create_private};
+use crate::error::{Context, Result};
+use loopcast_proto::Manifest;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// The plaintext output of one reception, before its final rename.
+pub struct PlainOutput {
+    /// Buffered handle: unaligned writes, reads, sync, metadata.
+    pub file: File,
+    /// Direct handle for aligned writes (None where O_DIRECT is refused).
+    direct: Option<File>,
+    /// Where it is.
+    pub path: PathBuf,
+}
+
+impl PlainOutput {
+    /// Where the output of `manifest` is unpacked in `work_dir`.
+    pub fn path(work_dir: &Path, manifest: &Manifest) -> PathBuf {
+        work_dir.join(format!(
+            "{}.{:016x}{UNPACKING_SUFFIX}",
+            manifest.name, manifest.archive_id
+        ))
+    }
+
+    /// A new output for `manifest`, preallocated (so a full disk shows now).
+    pub fn create(work_dir: &Path, manifest: &Manifest) -> Result<Self> {
+        let path = Self::path(work_dir, manifest);
+        let file = create_private(&path).context(|| format!("cannot create {}", path.display()))?;
+        preallocate(&file, manifest.original_size).context(|| {
+            format!(
+                "cannot allocate {} bytes for {}",
+                manifest.original_size,
+                path.display()
+            )
+        })?;
+        Ok(Self::with_direct(file, path))
+    }
+
+    /// The output a stopped run left for `manifest`, if it is there, a regular
+    /// file of the right length.
+    pub fn reopen(work_dir: &Path, manifest: &Manifest) -> Option<Self> {
+        let path = Self::path(work_dir, manifest);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .ok()?;
+        let meta = file.metadata().ok()?;
+        (meta.is_file() && meta.len() == manifest.original_size)
+            .then(|| Self::with_direct(file, path))
+    }
+
+    fn with_direct(file: File, path: PathBuf) -> Self {
+        let direct = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT | libc::O_NOFOLLOW)
+            .open(&path)
+            .ok();
+        Self { file, direct, path }
+    }
+
+    /// A second handle, for the frame worker.
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            file: self.file.try_clone()?,
+            direct: self.direct.as_ref().map(File::try_clone).transpose()?,
+            path: self.path.clone(),
+        })
+    }
+
+    /// Writes `plain` at `at`: the `ALIGN`ed part directly when it starts aligned
+    /// in memory and in the file, the rest through the page cache.
+    pub fn write_at(&mut self, plain: &[u8], at: u64) -> io::Result<()> {
+        let aligned = plain.len() / ALIGN * ALIGN;
+        let direct_ok =
+            (plain.as_ptr() as usize) % ALIGN == 0 && at % ALIGN as u64 == 0 && aligned > 0;
+        if let (true, Some(direct)) = (direct_ok, &self.direct) {
+            match direct.write_all_at(&plain[..aligned], at) {
+                Ok(()) => {
+                    return self
+                        .file
+                        .write_all_at(&plain[aligned..], at + aligned as u64);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    log::debug!("{}: direct writes refused ({e})", self.path.display());
+                    self.direct = None;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.file.write_all_at(plain, at)
+    }
+
+    /// Removes outputs of other archives of the same name left in `work_dir`.
+    pub fn remove_others(work_dir: &Path, manifest: &Manifest) {
+        let ours = Self::path(work_dir, manifest);
+        let prefix = format!("{}.", manifest.name);
+        let Ok(entries) = fs::read_dir(work_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let id = name
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.strip_suffix(UNPACKING_SUFFIX));
+            if id.is_some_and(|id| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+                && entry.path() != ours
+            {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+}
