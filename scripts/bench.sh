@@ -7,10 +7,12 @@
 #   b  2% loss at every receiver
 #   c  5% loss at one receiver
 #   d  no loss, a fourth receiver starting 3 s after the sender
+#   j  as a, with jumbo frames: every lab link at MTU 9000, loopcast --packet-size
+#      9000, uftp -b 8800 (udpcast and iperf are not run)
 # Each cell: wall time from the sender's start until every receiver holds a verified
 # file (compared byte for byte with the source), goodput (file size / wall time),
-# sender CPU seconds, receivers' CPU seconds (sum), and whether every receiver
-# verified. Medians of REPS runs. The file is random (incompressible) and lives on
+# sender CPU seconds, receivers' CPU seconds (sum, and per receiver per GiB of
+# file), and whether every receiver verified. Medians of REPS runs. The file is random (incompressible) and lives on
 # tmpfs, as do the outputs. Prints a markdown table on stdout; with KEEP=DIR the logs of
 # every run are copied to DIR/logs (TOOL-SCENARIO-REP-HOST.log).
 # Rates: LOOPCAST_RATE (default 1.2G, loopcast's --rate), UFTP_RATE_KBPS (default -1:
@@ -101,8 +103,9 @@ wait_all() {
 
 # Runs one cell: tool $1, scenario $2. Prints "wall sender_cpu receivers_cpu verified".
 run_one() {
-    local tool=$1 scenario=$2 n=3 late=""
+    local tool=$1 scenario=$2 n=3 late="" packet=() block=()
     [ "$scenario" = d ] && late=4
+    [ "$scenario" = j ] && packet=(--packet-size 9000) && block=(-b 8800)
     rm -rf "$work"/out* "$work"/*.cpu
     for i in 1 2 3 4; do mkdir -p "$work/out$i"; done
     local receivers=() rtags=() server t0 t1
@@ -115,7 +118,7 @@ run_one() {
             sleep 0.5
             t0=$(now)
             # shellcheck disable=SC2086
-            spawn s s "$BIN" serve "$work/data.lcar" -k "$work/key" -i 10.77.0.1 --rate "$loopcast_rate" ${LOOPCAST_SERVE_FLAGS:-}
+            spawn s s "$BIN" serve "$work/data.lcar" -k "$work/key" -i 10.77.0.1 --rate "$loopcast_rate" "${packet[@]}" ${LOOPCAST_SERVE_FLAGS:-}
             server=$spawned
             if [ -n "$late" ]; then
                 sleep 3
@@ -137,7 +140,7 @@ run_one() {
             sleep 0.5
             t0=$(now)
             spawn s s uftp -I 10.77.0.1 -M 239.77.1.1 -P 239.77.1.2 -R "$uftp_rate" -B 104857600 \
-                -H "$ids" "${crypt[@]}" -x 1 "$work/data.bin"
+                -H "$ids" "${crypt[@]}" "${block[@]}" -x 1 "$work/data.bin"
             server=$spawned
             if [ -n "$late" ]; then
                 sleep 3
@@ -207,20 +210,24 @@ run_iperf() {
 median() { sort -n | awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]; else print "-"}'; }
 
 echo "bench: ${size_mib} MiB random file, $reps runs per cell, loopcast --rate $loopcast_rate, uftp -R $uftp_rate" >&2
-printf '| scenario | tool | wall time | goodput | sender CPU | receivers CPU | verified |\n|---|---|---|---|---|---|---|\n'
+printf '| scenario | tool | wall time | goodput | sender CPU | receivers CPU | CPU-s per receiver per GiB | verified |\n|---|---|---|---|---|---|---|---|\n'
 for scenario in $scenarios; do
+    if [ "$scenario" = j ]; then $LAB mtu 9000; else $LAB mtu 1500; fi
     case "$scenario" in
-        a | d) for i in 1 2 3 4; do $LAB loss "r$i" 0; done ;;
+        a | d | j) for i in 1 2 3 4; do $LAB loss "r$i" 0; done ;;
         b) for i in 1 2 3 4; do $LAB loss "r$i" 2; done ;;
         c) for i in 1 2 3 4; do $LAB loss "r$i" 0; done; $LAB loss r1 5 ;;
         *) echo "bench.sh: unknown scenario '$scenario'" >&2; exit 2 ;;
     esac
     for tool in $tools; do
+        if [ "$scenario" = j ] && { [ "$tool" = udpcast ] || [ "$tool" = iperf ]; }; then
+            continue
+        fi
         if [ "$tool" = iperf ]; then
             [ "$scenario" = a ] || continue
             : > "$work/cells"
             for _ in $(seq "$reps"); do run_iperf >> "$work/cells"; echo -n . >&2; done
-            printf '| a | iperf2 ceiling (sendto, 1470 B) | 5 s | %s MB/s (loss %s%%) | - | - | - |\n' \
+            printf '| a | iperf2 ceiling (sendto, 1470 B) | 5 s | %s MB/s (loss %s%%) | - | - | - | - |\n' \
                 "$(cut -d' ' -f1 "$work/cells" | median)" "$(cut -d' ' -f2 "$work/cells" | median)"
             continue
         fi
@@ -228,9 +235,12 @@ for scenario in $scenarios; do
         for rep in $(seq "$reps"); do run_one "$tool" "$scenario" >> "$work/cells"; echo -n . >&2; done
         wall=$(cut -d' ' -f1 "$work/cells" | median)
         verified=$(awk '{print $4}' "$work/cells" | sort | uniq -c | awk '{printf "%s%s %s", sep, $1, $2; sep = ", "}')
-        printf '| %s | %s | %s s | %s MB/s | %s s | %s s | %s |\n' "$scenario" "$tool" "$wall" \
+        rcpu=$(cut -d' ' -f3 "$work/cells" | median)
+        nrecv=3; [ "$scenario" = d ] && nrecv=4
+        printf '| %s | %s | %s s | %s MB/s | %s s | %s s | %s | %s |\n' "$scenario" "$tool" "$wall" \
             "$(awk -v w="$wall" -v m="$size_mib" 'BEGIN {printf "%.1f", m * 1048576 / w / 1e6}')" \
-            "$(cut -d' ' -f2 "$work/cells" | median)" "$(cut -d' ' -f3 "$work/cells" | median)" "$verified"
+            "$(cut -d' ' -f2 "$work/cells" | median)" "$rcpu" \
+            "$(awk -v c="$rcpu" -v n="$nrecv" -v m="$size_mib" 'BEGIN {printf "%.2f", c / n / (m / 1024)}')" "$verified"
     done
 done
 echo >&2

@@ -9,6 +9,7 @@
 #   loss NS PERCENT   drop PERCENT% (0-100, two decimals) of UDP arriving in NS (s, r1, ...);
 #                     0 removes the rule. nftables `numgen random`.
 #   rate RATE|off     token bucket (tc tbf) on the sender's link, e.g. 500mbit; off removes it.
+#   mtu BYTES         MTU of every lab link, both ends, and the bridge (1500; 9000 for jumbo frames).
 #   block-multicast NS  drop every multicast datagram arriving in NS (a host behind a
 #                     switch that drops multicast); unicast still flows.
 #   spawn NS LOG CMD...  start CMD in NS in the background, stdout+stderr to LOG; prints its
@@ -28,7 +29,7 @@ if [ "${1:-}" = "-p" ]; then
     shift 2
 fi
 command=${1:-}
-[ -n "$command" ] || { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ -n "$command" ] || { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 shift
 case "$prefix" in
     *[!a-zA-Z0-9_]* | "") echo "lab.sh: prefix must be letters, digits or _: '$prefix'" >&2; exit 2 ;;
@@ -140,6 +141,19 @@ rate() {
     tc -n "$ns" qdisc replace dev eth0 root tbf rate "$r" burst "$burst" latency 50ms
 }
 
+mtu() {
+    local bytes=${1:?mtu needs a size in bytes} ns host
+    [[ "$bytes" =~ ^[0-9]+$ ]] && [ "$bytes" -ge 576 ] && [ "$bytes" -le 65535 ] || die "mtu must be 576..65535, not '$bytes'"
+    exists "$switch" || die "lab '$prefix' is down"
+    for ns in $(own_namespaces); do
+        [ "$ns" = "$switch" ] && continue
+        host=${ns#"$prefix"-}
+        ip -n "$switch" link set "$host" mtu "$bytes"
+        ip -n "$ns" link set eth0 mtu "$bytes"
+    done
+    ip -n "$switch" link set br0 mtu "$bytes"
+}
+
 spawn() {
     local ns log
     ns=$(ns_of "${1:?spawn needs a host}")
@@ -225,10 +239,11 @@ case "$command" in
     loss) loss "$@" ;;
     block-multicast) block_multicast "$@" ;;
     rate) rate "$@" ;;
+    mtu) mtu "$@" ;;
     spawn) spawn "$@" ;;
     exec) ns=$(ns_of "${1:?exec needs a host}"); shift; exists "$ns" || die "no namespace $ns"; exec ip netns exec "$ns" "$@" ;;
     addr) host_addr "$(ns_of "${1:?addr needs a host}")" ;;
     status) status ;;
     down) down ;;
-    *) die "unknown command '$command' (up, loss, rate, spawn, exec, addr, status, down)" ;;
+    *) die "unknown command '$command' (up, loss, rate, mtu, block-multicast, spawn, exec, addr, status, down)" ;;
 esac

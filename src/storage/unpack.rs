@@ -410,22 +410,21 @@ impl FrameUnpack {
         self.catch_up()
     }
 
-    /// Feeds the digest the frames opened ahead of it, read back from the output,
-    /// once their turn comes; AllIn when every frame is in.
+    /// Feeds the digest the frames in the output it still needs (opened ahead of
+    /// their turn when it hashes in order, or left by a stopped run), read back;
+    /// AllIn when every frame is in.
     fn catch_up(&mut self) -> std::result::Result<Option<FrameOutcome>, UnpackFailure> {
         let Some(unpacker) = self.unpacker.as_mut() else {
             return Ok(None);
         };
-        while (unpacker.next_to_hash() as usize) < self.done.len()
-            && self.done[unpacker.next_to_hash() as usize]
-        {
-            let r = Self::plain_range(&self.manifest, unpacker.next_to_hash());
+        while let Some(index) = unpacker.wanted(&self.done) {
+            let r = Self::plain_range(&self.manifest, index);
             let plain = self.plain.aligned_mut((r.end - r.start) as usize);
             self.output
                 .file
                 .read_exact_at(plain, r.start)
                 .map_err(|e| Self::io("cannot read back output", e))?;
-            unpacker.hash_next(plain);
+            unpacker.hash_frame(index, plain);
         }
         Ok((self.remaining == 0).then_some(FrameOutcome::AllIn))
     }

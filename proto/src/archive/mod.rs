@@ -11,6 +11,9 @@ use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Key, Nonce, Tag};
 use std::ops::Range;
 
+mod digest;
+pub use digest::ContentDigest;
+
 /// First bytes of an archive file on disk.
 pub const ARCHIVE_MAGIC: [u8; 8] = *b"LCARCH01";
 /// Bytes before the manifest in an archive file: magic and manifest length.
@@ -470,8 +473,7 @@ pub struct Unpacker {
     file_key: FileKey,
     manifest: crate::Manifest,
     ranges: Vec<Range<u64>>,
-    digest: blake3::Hasher,
-    next: u32,
+    digest: ContentDigest,
 }
 
 impl Unpacker {
@@ -490,8 +492,7 @@ impl Unpacker {
             file_key: master.file_key(manifest.archive_id),
             manifest: manifest.clone(),
             ranges,
-            digest: blake3::Hasher::new(),
-            next: 0,
+            digest: ContentDigest::new(manifest.frame_count, manifest.frame_size),
         })
     }
 
@@ -506,10 +507,7 @@ impl Unpacker {
         if plain.len() as u64 != self.expected_len(index) {
             return Err(FrameError::Invalid);
         }
-        if index == self.next {
-            self.digest.update(&plain);
-            self.next += 1;
-        }
+        self.digest.add(index, &plain);
         Ok(plain)
     }
 
@@ -526,10 +524,7 @@ impl Unpacker {
         if plain.len() as u64 != self.expected_len(index) {
             return Err(FrameError::Invalid);
         }
-        if index == self.next {
-            self.digest.update(plain);
-            self.next += 1;
-        }
+        self.digest.add(index, plain);
         Ok(plain)
     }
 
@@ -551,22 +546,23 @@ impl Unpacker {
             .min(self.manifest.frame_size as u64)
     }
 
-    /// Index of the next frame the digest needs, in order.
-    pub fn next_to_hash(&self) -> u32 {
-        self.next
+    /// A frame in `done` (opened earlier, its plaintext in the output) whose
+    /// plaintext the digest still needs and can take now; feed it with `hash_frame`.
+    pub fn wanted(&mut self, done: &[bool]) -> Option<u32> {
+        self.digest.wanted(done)
     }
 
-    /// Feeds the digest frame `next_to_hash()`'s plaintext, opened earlier out of
-    /// order (the caller kept or re-read it).
-    pub fn hash_next(&mut self, plain: &[u8]) {
-        self.digest.update(plain);
-        self.next += 1;
+    /// Feeds the digest frame `index`'s plaintext, opened earlier (`wanted`).
+    pub fn hash_frame(&mut self, index: u32, plain: &[u8]) {
+        self.digest.add(index, plain);
     }
 
-    /// Checks that all frames were opened in order and the result matches the manifest digest.
+    /// Checks that every frame was opened and the whole matches the manifest digest.
     pub fn finish(self) -> Result<(), UnpackError> {
-        if self.next == self.manifest.frame_count
-            && self.digest.finalize().as_bytes() == &self.manifest.content_digest
+        if self
+            .digest
+            .finalize()
+            .is_some_and(|d| d.as_bytes() == &self.manifest.content_digest)
         {
             Ok(())
         } else {
