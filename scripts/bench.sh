@@ -15,7 +15,8 @@
 # file), and whether every receiver verified. Medians of REPS runs. The file is random (incompressible) and lives on
 # tmpfs, as do the outputs. Prints a markdown table on stdout; with KEEP=DIR the logs of
 # every run are copied to DIR/logs (TOOL-SCENARIO-REP-HOST.log).
-# Rates: LOOPCAST_RATE (default 1.2G, loopcast's --rate), UFTP_RATE_KBPS (default -1:
+# Rates: LOOPCAST_RATE (default 1.2G, loopcast's --rate; LOOPCAST_JUMBO_RATE in
+# scenario j, default 4G), UFTP_RATE_KBPS (default -1:
 # as fast as the interface allows), UDPCAST_RATE (default: none, udpcast's own pace).
 # LOOPCAST_SERVE_FLAGS adds flags to loopcast's serve (e.g. --no-gso); LOOPCAST_BIN
 # runs another loopcast build instead of building this tree's.
@@ -28,6 +29,7 @@ size_mib=${SIZE_MIB:-512}
 tools=${TOOLS:-"loopcast uftp uftp-aes udpcast iperf"}
 scenarios=${SCENARIOS:-"a b c d"}
 loopcast_rate=${LOOPCAST_RATE:-1.2G}
+jumbo_rate=${LOOPCAST_JUMBO_RATE:-4G}
 uftp_rate=${UFTP_RATE_KBPS:--1}
 late_wait=${LATE_WAIT:-20}   # seconds a late joiner may take after the others finished
 run_limit=${RUN_LIMIT:-120}  # seconds any single run may take
@@ -105,7 +107,8 @@ wait_all() {
 run_one() {
     local tool=$1 scenario=$2 n=3 late="" packet=() block=()
     [ "$scenario" = d ] && late=4
-    [ "$scenario" = j ] && packet=(--packet-size 9000) && block=(-b 8800)
+    local rate=$loopcast_rate
+    [ "$scenario" = j ] && packet=(--packet-size 9000) && block=(-b 8800) && rate=$jumbo_rate
     rm -rf "$work"/out* "$work"/*.cpu
     for i in 1 2 3 4; do mkdir -p "$work/out$i"; done
     local receivers=() rtags=() server t0 t1
@@ -118,7 +121,7 @@ run_one() {
             sleep 0.5
             t0=$(now)
             # shellcheck disable=SC2086
-            spawn s s "$BIN" serve "$work/data.lcar" -k "$work/key" -i 10.77.0.1 --rate "$loopcast_rate" "${packet[@]}" ${LOOPCAST_SERVE_FLAGS:-}
+            spawn s s "$BIN" serve "$work/data.lcar" -k "$work/key" -i 10.77.0.1 --rate "$rate" "${packet[@]}" ${LOOPCAST_SERVE_FLAGS:-}
             server=$spawned
             if [ -n "$late" ]; then
                 sleep 3
@@ -209,7 +212,7 @@ run_iperf() {
 
 median() { sort -n | awk '{v[NR] = $1} END {if (NR) print v[int((NR + 1) / 2)]; else print "-"}'; }
 
-echo "bench: ${size_mib} MiB random file, $reps runs per cell, loopcast --rate $loopcast_rate, uftp -R $uftp_rate" >&2
+echo "bench: ${size_mib} MiB random file, $reps runs per cell, loopcast --rate $loopcast_rate (j: $jumbo_rate), uftp -R $uftp_rate" >&2
 printf '| scenario | tool | wall time | goodput | sender CPU | receivers CPU | CPU-s per receiver per GiB | verified |\n|---|---|---|---|---|---|---|---|\n'
 for scenario in $scenarios; do
     if [ "$scenario" = j ]; then $LAB mtu 9000; else $LAB mtu 1500; fi

@@ -74,6 +74,14 @@ pub fn buffer_size_for_rate(rate_bps: u64) -> usize {
     ((rate_bps / 8 / 20) as usize).max(MIN_SOCKET_BUFFER)
 }
 
+/// Receive buffer size for DATA at `rate_bps`: 200 ms of data, at least 4 MiB. A
+/// receiver shares its cores (with other receptions, its frame worker, other
+/// programs) and the kernel charges each datagram's whole allocation, about
+/// twice its payload: what a 50 ms buffer holds is gone in one lost time slice.
+pub fn receive_buffer_for_rate(rate_bps: u64) -> usize {
+    ((rate_bps / 8 / 5) as usize).max(MIN_SOCKET_BUFFER)
+}
+
 /// Asks for a buffer of `size` bytes, forcing past the sysctl limit when permitted
 /// (root), and warns when the kernel granted less. Returns the size granted.
 fn size_buffer(socket: &Socket, size: usize, receive: bool) -> usize {

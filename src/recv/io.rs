@@ -152,7 +152,7 @@ impl Io {
                 let mut data = mio::net::UdpSocket::from_std(net::multicast_receiver(
                     info.group,
                     interface,
-                    net::buffer_size_for_rate(info.rate_bps),
+                    net::receive_buffer_for_rate(info.rate_bps),
                 )?);
                 let mut control = mio::net::UdpSocket::from_std(net::multicast_receiver(
                     info.control(),
@@ -194,7 +194,7 @@ impl Io {
                 let mut socket = mio::net::UdpSocket::from_std(net::unicast_socket(
                     interface,
                     0,
-                    net::buffer_size_for_rate(rate.max(1_000_000_000)),
+                    net::receive_buffer_for_rate(rate.max(1_000_000_000)),
                 )?);
                 BatchReceiver::setup(&socket, gro);
                 self.signals
