@@ -8,11 +8,13 @@
 use crate::codec::Reader;
 use crate::keys::FileKey;
 use aes_gcm::aead::{AeadInOut, KeyInit};
-use aes_gcm::{Aes256Gcm, Key, Nonce, Tag};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
 use std::ops::Range;
 
 mod digest;
+mod open;
 pub use digest::ContentDigest;
+pub use open::{open_frame, open_frame_in_place};
 
 /// First bytes of an archive file on disk.
 pub const ARCHIVE_MAGIC: [u8; 8] = *b"LCARCH01";
@@ -140,90 +142,6 @@ pub fn seal_frame(
         .expect("frame is far below the GCM length limit");
     out.extend_from_slice(&tag);
     out
-}
-
-/// Verifies, decrypts and decompresses one sealed frame found at `place`.
-pub fn open_frame(
-    file_key: &FileKey,
-    place: &FramePlace,
-    sealed: &[u8],
-) -> Result<Vec<u8>, FrameError> {
-    let mut copy = sealed.to_vec();
-    let mut scratch = match frame_is_compressed(sealed) {
-        true => vec![0u8; place.frame_size.min(MAX_FRAME_SIZE) as usize],
-        false => Vec::new(),
-    };
-    Ok(open_frame_in_place(file_key, place, &mut copy, &mut scratch)?.to_vec())
-}
-
-fn frame_is_compressed(sealed: &[u8]) -> bool {
-    sealed.get(1).is_some_and(|f| f & FLAG_COMPRESSED != 0)
-}
-
-/// Verifies and decrypts one sealed frame found at `place` where it lies, and
-/// returns its plaintext: inside `sealed` (right after the frame header) when the
-/// frame was stored uncompressed, else decompressed into `scratch` (at least
-/// `frame_size` bytes). No allocation, no copy of an uncompressed frame.
-pub fn open_frame_in_place<'a>(
-    file_key: &FileKey,
-    place: &FramePlace,
-    sealed: &'a mut [u8],
-    scratch: &'a mut [u8],
-) -> Result<&'a [u8], FrameError> {
-    if sealed.len() < FRAME_OVERHEAD {
-        return Err(FrameError::Invalid);
-    }
-    let mut r = Reader::new(sealed);
-    let header: [u8; FRAME_HEADER_LEN] = r.array().map_err(|_| FrameError::Invalid)?;
-    let mut h = Reader::new(&header);
-    let parse = (|| {
-        Some((
-            h.u8().ok()?,
-            h.u8().ok()?,
-            h.u16().ok()?,
-            h.u64().ok()?,
-            h.u32().ok()?,
-            h.u32().ok()?,
-            h.u32().ok()?,
-            h.u32().ok()?,
-        ))
-    })();
-    let Some((version, flags, _reserved, archive_id, index, count, plain_len, stored_len)) = parse
-    else {
-        return Err(FrameError::Invalid);
-    };
-    let salt = &header[28..];
-    let matches = version == FRAME_VERSION
-        && flags & !FLAG_COMPRESSED == 0
-        && archive_id == place.archive_id
-        && index == place.index
-        && count == place.count
-        && plain_len <= place.frame_size
-        && stored_len as usize + FRAME_OVERHEAD == sealed.len()
-        && (flags & FLAG_COMPRESSED != 0 || stored_len == plain_len);
-    if !matches {
-        return Err(FrameError::Invalid);
-    }
-    let (head, rest) = sealed.split_at_mut(FRAME_HEADER_LEN);
-    let (data, tag) = rest.split_at_mut(stored_len as usize);
-    let tag = Tag::try_from(&tag[..]).map_err(|_| FrameError::Invalid)?;
-    let (cipher, nonce) = cipher(file_key, salt);
-    cipher
-        .decrypt_inout_detached(&nonce, head, (&mut data[..]).into(), &tag)
-        .map_err(|_| FrameError::BadTag)?;
-    if flags & FLAG_COMPRESSED == 0 {
-        return Ok(data);
-    }
-    let out = scratch
-        .get_mut(..plain_len as usize)
-        .ok_or(FrameError::Invalid)?;
-    let n = zstd::bulk::Decompressor::new()
-        .and_then(|mut d| d.decompress_to_buffer(&data[..], out))
-        .map_err(|_| FrameError::Decompress)?;
-    if n != plain_len as usize {
-        return Err(FrameError::Decompress);
-    }
-    Ok(&scratch[..n])
 }
 
 /// Encodes the frame table: the sealed length of every frame, in order.
