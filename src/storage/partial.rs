@@ -3,7 +3,7 @@
 //! waiting for repair), the output being unpacked, and the received map saved
 //! beside them (synced data first, then the map, renamed into place). Spec §5.
 
-use super::frames::{FrameAssembly, FrameBuffer, FrameSource, MEMORY_BUDGET};
+use super::frames::{FrameAssembly, FrameBuffer, FrameSource};
 use super::output::PlainOutput;
 use super::persister::{Job, Persister};
 use super::private::{create_private, open_private, read_private};
@@ -24,6 +24,9 @@ const MAX_IOVECS: usize = 1024;
 const MAP_MAGIC_V1: [u8; 8] = *b"LCMAP001";
 const MAP_MAGIC: [u8; 8] = *b"LCMAP002";
 const MAP_HEADER_LEN: usize = 8 + 8 + 2 + 4 + 8;
+/// Most payload bytes held in memory before the frame table is known (the
+/// table's packets are NAKed at once, so this is a short while).
+const EARLY_BUDGET: usize = 16 << 20;
 
 /// A received map read back from disk, with where the loops stood when it was saved.
 pub type SavedMap = (ReceivedMap, Option<ResumePoint>);
@@ -56,9 +59,10 @@ pub struct PartialFile {
     /// From when the frame table is known.
     assembly: Option<FrameAssembly>,
     /// Payloads (but their frame-table part) that came before the frame table,
-    /// held in memory up to `MEMORY_BUDGET` bytes until it is known.
-    early: Vec<(u64, Vec<u8>)>,
-    early_bytes: usize,
+    /// held in memory until it is known: their bytes one after another (one
+    /// allocation, at most `EARLY_BUDGET`), and each one's body offset and length.
+    early: Vec<u8>,
+    early_payloads: Vec<(u64, usize)>,
 }
 
 impl PartialFile {
@@ -114,7 +118,7 @@ impl PartialFile {
                 done_at_open,
                 assembly: None,
                 early: Vec::new(),
-                early_bytes: 0,
+                early_payloads: Vec::new(),
             },
             resumed.map(|s| (s.map, s.resume)),
         ))
@@ -129,9 +133,9 @@ impl PartialFile {
         received: &ReceivedMap,
     ) -> Result<()> {
         let early = std::mem::take(&mut self.early);
-        self.early_bytes = 0;
+        let early_payloads = std::mem::take(&mut self.early_payloads);
         let mut on_disk = received.clone();
-        for (offset, _) in &early {
+        for (offset, _) in &early_payloads {
             on_disk.remove_range(self.packet_of(*offset)..self.packet_of(*offset) + 1);
         }
         self.assembly = Some(FrameAssembly::new(
@@ -141,7 +145,14 @@ impl PartialFile {
             &self.done_at_open,
             &on_disk,
         ));
-        let payloads: Vec<(u64, &[u8])> = early.iter().map(|(o, p)| (*o, p.as_slice())).collect();
+        let mut at = 0;
+        let payloads: Vec<(u64, &[u8])> = early_payloads
+            .iter()
+            .map(|&(offset, len)| {
+                at += len;
+                (offset, &early[at - len..at])
+            })
+            .collect();
         self.write_payloads(&payloads)
     }
 
@@ -204,9 +215,12 @@ impl PartialFile {
                 continue;
             }
             let at = offset + in_table as u64;
-            if in_table == 0 && self.early_bytes + rest.len() <= MEMORY_BUDGET {
-                self.early_bytes += rest.len();
-                self.early.push((at, rest.to_vec()));
+            if in_table == 0 && self.early.len() + rest.len() <= EARLY_BUDGET {
+                if self.early.capacity() == 0 {
+                    self.early.reserve_exact(EARLY_BUDGET);
+                }
+                self.early.extend_from_slice(rest);
+                self.early_payloads.push((at, rest.len()));
             } else {
                 to_disk.push((at, rest));
             }
@@ -264,7 +278,7 @@ impl PartialFile {
             Some(a) => (a.durable(map), a.done()),
             None => {
                 let mut map = map.clone();
-                for (offset, _) in &self.early {
+                for (offset, _) in &self.early_payloads {
                     let p = self.packet_of(*offset);
                     map.remove_range(p..p + 1);
                 }
