@@ -71,8 +71,9 @@ enum Place {
     Memory,
     /// In the partial file (spilled, or stored before the frame table was known).
     Disk,
-    /// Handed to the frame worker.
-    Sent,
+    /// Handed to the frame worker (from the partial file: it counts there until
+    /// the worker punches it out).
+    Sent { from_disk: bool },
     /// Verified and in the output.
     Done,
 }
@@ -200,7 +201,7 @@ impl FrameAssembly {
                         .copy_from_slice(part);
                 }
                 Place::Disk => to_disk.push((from, part)),
-                Place::Nowhere | Place::Sent | Place::Done => {}
+                Place::Nowhere | Place::Sent { .. } | Place::Done => {}
             }
         }
         if covered < end {
@@ -266,14 +267,11 @@ impl FrameAssembly {
                 FrameSource::Memory(self.buffers.remove(&frame).expect("held in memory"))
             }
             Place::Disk | Place::Nowhere => FrameSource::Disk,
-            Place::Sent | Place::Done => return None,
+            Place::Sent { .. } | Place::Done => return None,
         };
-        let was_on_disk = matches!(source, FrameSource::Disk) && *place == Place::Disk;
-        *place = Place::Sent;
-        if was_on_disk {
-            // The worker punches it out of the partial file once opened.
-            self.spilled = self.spilled.saturating_sub(self.len(frame));
-        }
+        *place = Place::Sent {
+            from_disk: *place == Place::Disk,
+        };
         Some(source)
     }
 
@@ -284,7 +282,12 @@ impl FrameAssembly {
             self.held = self.held.saturating_sub(self.buffer_len);
             self.recycle(b);
         }
+        let len = self.len(frame);
         if let Some(p) = self.place.get_mut(frame as usize) {
+            if *p == (Place::Sent { from_disk: true }) {
+                // Punched out of the partial file by the worker.
+                self.spilled = self.spilled.saturating_sub(len);
+            }
             *p = if ok { Place::Done } else { Place::Nowhere };
         }
     }
@@ -304,7 +307,7 @@ impl FrameAssembly {
     pub fn durable(&self, received: &ReceivedMap) -> ReceivedMap {
         let mut map = received.clone();
         for (frame, place) in self.place.iter().enumerate() {
-            if matches!(place, Place::Memory | Place::Sent) {
+            if matches!(place, Place::Memory | Place::Sent { .. }) {
                 map.remove_range(packets_covering(
                     self.ranges[frame].clone(),
                     self.payload_size,
