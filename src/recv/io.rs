@@ -84,7 +84,7 @@ impl Io {
                 let now = Instant::now();
                 let archive_id = session.reception(id).map_or(0, |r| r.entry().archive_id);
                 for (frame, range) in let_go {
-                    session.frame_discarded(now, id, archive_id, frame, range);
+                    session.storage_dropped(now, id, archive_id, frame, range);
                 }
             }
         }

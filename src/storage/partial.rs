@@ -63,6 +63,8 @@ pub struct PartialFile {
     /// allocation, at most `EARLY_BUDGET`), and each one's body offset and length.
     early: Vec<u8>,
     early_payloads: Vec<(u64, usize)>,
+    /// Body ranges that came before the frame table with no room left for them.
+    early_dropped: Vec<std::ops::Range<u64>>,
 }
 
 impl PartialFile {
@@ -119,6 +121,7 @@ impl PartialFile {
                 assembly: None,
                 early: Vec::new(),
                 early_payloads: Vec::new(),
+                early_dropped: Vec::new(),
             },
             resumed.map(|s| (s.map, s.resume)),
         ))
@@ -201,7 +204,7 @@ impl PartialFile {
     }
 
     /// Before the frame table: its bytes go to the partial file (to be checked
-    /// there), the rest to memory while there is room.
+    /// there), the rest to memory while there is room, else they are let go.
     fn hold_early(&mut self, payloads: &[(u64, &[u8])]) -> Result<()> {
         let table = self.manifest.table_len();
         let mut to_disk = Vec::new();
@@ -221,8 +224,10 @@ impl PartialFile {
                 }
                 self.early.extend_from_slice(rest);
                 self.early_payloads.push((at, rest.len()));
+            } else if in_table == 0 {
+                self.early_dropped.push(at..at + rest.len() as u64);
             } else {
-                to_disk.push((at, rest));
+                to_disk.push((at, rest)); // the rest of a packet carrying the table's end
             }
         }
         self.write_to_disk(&to_disk)
@@ -260,16 +265,15 @@ impl PartialFile {
         }
     }
 
-    /// Frames let go for want of room, with their body ranges: their packets
-    /// must come again.
-    pub fn take_let_go(&mut self) -> Vec<(u32, std::ops::Range<u64>)> {
-        let Some(a) = self.assembly.as_mut() else {
-            return Vec::new();
-        };
-        a.take_let_go()
-            .into_iter()
-            .map(|f| (f, a.range(f)))
-            .collect()
+    /// Body ranges let go for want of room (with their frame, None before the
+    /// frame table was known): their packets must come again.
+    pub fn take_let_go(&mut self) -> Vec<(Option<u32>, std::ops::Range<u64>)> {
+        let mut let_go: Vec<_> = self.early_dropped.drain(..).map(|r| (None, r)).collect();
+        if let Some(a) = self.assembly.as_mut() {
+            let frames = a.take_let_go().into_iter();
+            let_go.extend(frames.map(|f| (Some(f), a.range(f))));
+        }
+        let_go
     }
 
     /// What a saved map may claim of `map`, and which frames are in the output.

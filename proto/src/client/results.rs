@@ -85,19 +85,29 @@ impl Session {
         }
     }
 
-    /// The driver let frame `frame` (body bytes `range`) of reception `id` go
-    /// before it was whole (its memory was wanted and the partial file had no room
-    /// left under its cap, spec §5): its packets are fetched again, as after damage
-    /// but without a warning.
-    pub fn frame_discarded(
+    /// The driver let body bytes `range` of reception `id` go before their frame
+    /// was whole (frame `frame`, or before the frame table was known: None),
+    /// for want of room in memory and under the partial file's cap (spec §5):
+    /// their packets are fetched again, as after damage but without a warning.
+    pub fn storage_dropped(
         &mut self,
         now: Instant,
         id: ReceptionId,
         archive_id: u64,
-        frame: u32,
+        frame: Option<u32>,
         range: Range<u64>,
     ) {
-        self.refetch(now, id, archive_id, frame, range);
+        match frame {
+            Some(frame) => {
+                self.refetch(now, id, archive_id, frame, range);
+            }
+            None => {
+                if let Some(r) = self.live(id, archive_id) {
+                    r.fsm.mark_missing(now, range);
+                    r.phase = Phase::Receiving;
+                }
+            }
+        }
     }
 
     /// Marks frame `frame`'s packets missing again; how many were held.
