@@ -608,3 +608,44 @@ mod tests {
         assert_eq!(decode_state(&damaged, &manifest), None);
     }
 }
+
+#[cfg(test)]
+mod early_tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn payloads_before_the_table_are_held_in_memory_up_to_the_budget_then_let_go() {
+        let key = loopcast_proto::MasterKey::from_bytes([3; 32]);
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(2);
+        let mut original = vec![0u8; 20 << 20];
+        blake3::Hasher::new().finalize_xof().fill(&mut original);
+        let (manifest, _, _) = loopcast_proto::sim::pack(&key, &original, 1 << 20, 1428, &mut rng);
+        let dir = tempfile::tempdir().unwrap();
+        let (mut partial, resumed) = PartialFile::open(dir.path(), &manifest).unwrap();
+        assert!(resumed.is_none());
+        // Every packet after the table's, before the table is known.
+        let p = manifest.payload_size as u64;
+        let first = manifest.table_len().div_ceil(p);
+        let bytes = vec![9u8; p as usize];
+        let payloads: Vec<(u64, &[u8])> = (first..manifest.packet_count() as u64 - 1)
+            .map(|k| (k * p, &bytes[..]))
+            .collect();
+        partial.write_payloads(&payloads).unwrap();
+        let held = EARLY_BUDGET as u64 / p;
+        let let_go = partial.take_let_go();
+        assert_eq!(let_go.len() as u64, payloads.len() as u64 - held);
+        assert_eq!(
+            let_go[0],
+            (None, (first + held) * p..(first + held + 1) * p)
+        );
+        // None of it went to the partial file: it holds no block.
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(fs::metadata(&partial.body_path).unwrap().blocks(), 0);
+        // What is only in memory is not claimed by a saved map.
+        let mut map = ReceivedMap::new(manifest.packet_count());
+        map.insert_range(0..manifest.packet_count());
+        let (durable, _) = partial.durable(&map);
+        assert_eq!(durable.count() as u64, map.count() as u64 - held);
+    }
+}
