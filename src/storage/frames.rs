@@ -210,7 +210,8 @@ impl FrameAssembly {
     }
 
     /// Gives `frame` a buffer: from the pool, or new while under the budget, or
-    /// by spilling the oldest frame in memory; else the frame is let go.
+    /// by spilling the oldest frame in memory; else the frame goes to disk, or
+    /// past the partial file's cap is let go.
     fn take_into_memory(&mut self, frame: u32, spill: &mut Vec<(u32, FrameBuffer)>) {
         if self.held + self.buffer_len > self.budget
             && let Some(oldest) = self.oldest.front().copied()
@@ -226,7 +227,15 @@ impl FrameAssembly {
             }
         }
         if self.held + self.buffer_len > self.budget && self.held > 0 {
-            self.let_go.push(frame);
+            // The memory is the worker's (a backlog): the frame goes to disk while
+            // the partial file has room, else it is let go.
+            let len = self.len(frame);
+            if self.spilled + len <= self.spill_cap {
+                self.place[frame as usize] = Place::Disk;
+                self.spilled += len;
+            } else {
+                self.let_go.push(frame);
+            }
             return;
         }
         let buffer = self

@@ -63,6 +63,9 @@ pub struct PartialFile {
     /// allocation, at most `EARLY_BUDGET`), and each one's body offset and length.
     early: Vec<u8>,
     early_payloads: Vec<(u64, usize)>,
+    /// Bytes that came before the frame table written to the partial file once
+    /// the memory for them was full (they count against its cap).
+    early_on_disk: u64,
     /// Body ranges that came before the frame table with no room left for them.
     early_dropped: Vec<std::ops::Range<u64>>,
 }
@@ -121,6 +124,7 @@ impl PartialFile {
                 assembly: None,
                 early: Vec::new(),
                 early_payloads: Vec::new(),
+                early_on_disk: 0,
                 early_dropped: Vec::new(),
             },
             resumed.map(|s| (s.map, s.resume)),
@@ -204,7 +208,8 @@ impl PartialFile {
     }
 
     /// Before the frame table: its bytes go to the partial file (to be checked
-    /// there), the rest to memory while there is room, else they are let go.
+    /// there), the rest to memory while there is room, then to the partial file
+    /// up to its cap, and past that they are let go.
     fn hold_early(&mut self, payloads: &[(u64, &[u8])]) -> Result<()> {
         let table = self.manifest.table_len();
         let mut to_disk = Vec::new();
@@ -224,10 +229,15 @@ impl PartialFile {
                 }
                 self.early.extend_from_slice(rest);
                 self.early_payloads.push((at, rest.len()));
-            } else if in_table == 0 {
+            } else if in_table == 0
+                && self.early_on_disk + rest.len() as u64
+                    > FrameAssembly::spill_cap(self.manifest.body_len)
+            {
                 self.early_dropped.push(at..at + rest.len() as u64);
             } else {
-                to_disk.push((at, rest)); // the rest of a packet carrying the table's end
+                // Past the memory for it, or the rest of the packet ending the table.
+                self.early_on_disk += rest.len() as u64;
+                to_disk.push((at, rest));
             }
         }
         self.write_to_disk(&to_disk)
@@ -615,10 +625,10 @@ mod early_tests {
     use rand::SeedableRng;
 
     #[test]
-    fn payloads_before_the_table_are_held_in_memory_up_to_the_budget_then_let_go() {
+    fn payloads_before_the_table_go_to_memory_then_to_disk_up_to_its_cap_then_are_let_go() {
         let key = loopcast_proto::MasterKey::from_bytes([3; 32]);
         let mut rng = rand::rngs::SmallRng::seed_from_u64(2);
-        let mut original = vec![0u8; 20 << 20];
+        let mut original = vec![0u8; 40 << 20];
         blake3::Hasher::new().finalize_xof().fill(&mut original);
         let (manifest, _, _) = loopcast_proto::sim::pack(&key, &original, 1 << 20, 1428, &mut rng);
         let dir = tempfile::tempdir().unwrap();
@@ -632,20 +642,27 @@ mod early_tests {
             .map(|k| (k * p, &bytes[..]))
             .collect();
         partial.write_payloads(&payloads).unwrap();
-        let held = EARLY_BUDGET as u64 / p;
+        let in_memory = EARLY_BUDGET as u64 / p;
+        let cap = FrameAssembly::spill_cap(manifest.body_len);
+        let on_disk = cap / p;
         let let_go = partial.take_let_go();
-        assert_eq!(let_go.len() as u64, payloads.len() as u64 - held);
         assert_eq!(
-            let_go[0],
-            (None, (first + held) * p..(first + held + 1) * p)
+            let_go.len() as u64,
+            payloads.len() as u64 - in_memory - on_disk
         );
-        // None of it went to the partial file: it holds no block.
+        let dropped = first + in_memory + on_disk;
+        assert_eq!(let_go[0], (None, dropped * p..(dropped + 1) * p));
+        // The partial file holds no more than its cap.
         use std::os::unix::fs::MetadataExt;
-        assert_eq!(fs::metadata(&partial.body_path).unwrap().blocks(), 0);
+        let used = fs::metadata(&partial.body_path).unwrap().blocks() * 512;
+        assert!(
+            used > 0 && used <= cap + 4096,
+            "{used} bytes on disk, cap {cap}"
+        );
         // What is only in memory is not claimed by a saved map.
         let mut map = ReceivedMap::new(manifest.packet_count());
         map.insert_range(0..manifest.packet_count());
         let (durable, _) = partial.durable(&map);
-        assert_eq!(durable.count() as u64, map.count() as u64 - held);
+        assert_eq!(durable.count() as u64, map.count() as u64 - in_memory);
     }
 }

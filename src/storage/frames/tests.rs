@@ -110,3 +110,43 @@ fn frames_with_bytes_held_before_the_table_stay_on_disk() {
     assert!(matches!(a.take(2), Some(FrameSource::Disk)));
     assert!(a.take(0).is_none());
 }
+
+#[test]
+fn with_the_memory_all_at_the_worker_a_new_frame_goes_to_disk_within_the_cap() {
+    let ranges: Vec<Range<u64>> = (0..10).map(|f| 40 + f * 1000..1040 + f * 1000).collect();
+    let body: Vec<u8> = (0..10040u32).map(|i| (i % 239) as u8).collect();
+    let received = ReceivedMap::new(11);
+    let mut a = FrameAssembly::new(ranges, 1000, 10040, &[false; 10], &received);
+    a.budget = 2 * a.buffer_len;
+    let (mut to_disk, mut spill) = (Vec::new(), Vec::new());
+    for f in 0..2u64 {
+        let at = 40 + f * 1000;
+        a.store(
+            at,
+            &body[at as usize..at as usize + 1000],
+            &mut to_disk,
+            &mut spill,
+        );
+    }
+    // Both frames whole and at the worker: nothing in memory to spill.
+    assert!(matches!(a.take(0), Some(FrameSource::Memory(_))));
+    assert!(matches!(a.take(1), Some(FrameSource::Memory(_))));
+    to_disk.clear();
+    for f in 2..5u64 {
+        let at = 40 + f * 1000;
+        a.store(
+            at,
+            &body[at as usize..at as usize + 1],
+            &mut to_disk,
+            &mut spill,
+        );
+    }
+    // Frames 2 and 3 go to disk (the cap is 2008 bytes), frame 4 is let go.
+    assert_eq!(
+        to_disk,
+        vec![(2040, &body[2040..2041]), (3040, &body[3040..3041])]
+    );
+    assert!(spill.is_empty());
+    assert_eq!(a.take_let_go(), vec![4]);
+    assert!(matches!(a.take(2), Some(FrameSource::Disk)));
+}
