@@ -47,15 +47,20 @@ fn frames_whose_packets_come_while_held_never_touch_the_disk() {
     assert!(durable.contains_range(0..2) && !durable.contains(2));
 }
 
-#[test]
-fn past_the_budget_the_oldest_frame_spills_and_past_the_cap_a_new_one_is_let_go() {
-    // Ten frames of 1000 bytes after a 40-byte table; room in memory for two,
-    // and the partial file may hold 10040 / 5 = 2008 bytes: two frames.
+/// Ten frames of 1000 bytes after a 40-byte table; room in memory for two, and
+/// the partial file may hold 10040 / 5 = 2008 bytes: two frames.
+fn ten_frames() -> (FrameAssembly, Vec<u8>) {
     let ranges: Vec<Range<u64>> = (0..10).map(|f| 40 + f * 1000..1040 + f * 1000).collect();
     let body: Vec<u8> = (0..10040u32).map(|i| (i % 241) as u8).collect();
     let received = ReceivedMap::new(11);
     let mut a = FrameAssembly::new(ranges, 1000, 10040, &[false; 10], &received);
     a.budget = 2 * a.buffer_len;
+    (a, body)
+}
+
+#[test]
+fn past_the_budget_the_oldest_frame_spills_and_past_the_cap_a_new_one_is_let_go() {
+    let (mut a, body) = ten_frames();
     let (mut to_disk, mut spill) = (Vec::new(), Vec::new());
     // The first byte of frames 0..=4, one at a time.
     for f in 0..5u64 {
@@ -113,11 +118,7 @@ fn frames_with_bytes_held_before_the_table_stay_on_disk() {
 
 #[test]
 fn with_the_memory_all_at_the_worker_a_new_frame_goes_to_disk_within_the_cap() {
-    let ranges: Vec<Range<u64>> = (0..10).map(|f| 40 + f * 1000..1040 + f * 1000).collect();
-    let body: Vec<u8> = (0..10040u32).map(|i| (i % 239) as u8).collect();
-    let received = ReceivedMap::new(11);
-    let mut a = FrameAssembly::new(ranges, 1000, 10040, &[false; 10], &received);
-    a.budget = 2 * a.buffer_len;
+    let (mut a, body) = ten_frames();
     let (mut to_disk, mut spill) = (Vec::new(), Vec::new());
     for f in 0..2u64 {
         let at = 40 + f * 1000;
