@@ -166,9 +166,9 @@ enum SealError {
     Write(io::Error),
 }
 
-/// Reads every frame of the source, in order, into the packer's digest, seals them
-/// on `threads` threads (compression and encryption), and writes them to `out` in
-/// order. At most two frames per thread are in flight, so memory stays bounded;
+/// Reads every frame of the source, in order, seals them on `threads` threads
+/// (compression, encryption, and each frame's share of the content digest), and
+/// writes them to `out` in order. At most two frames per thread are in flight, so memory stays bounded;
 /// one thread seals in place, as before.
 fn seal_frames(
     packer: &mut Packer,
@@ -197,7 +197,7 @@ fn seal_frames(
         for _ in 0..count {
             let (sealer, plain, salt) = read(source, packer, None)?;
             let sealed = sealer.seal(&plain, salt);
-            packer.record_sealed(sealed.len());
+            packer.record_sealed(sealed.len(), sealer.digest_part(&plain));
             out.write_all(&sealed).map_err(SealError::Write)?;
         }
         return Ok(());
@@ -206,7 +206,8 @@ fn seal_frames(
     let (jobs_tx, jobs_rx) =
         std::sync::mpsc::sync_channel::<(archive::FrameSealer, Vec<u8>, [u8; SALT_LEN])>(in_flight);
     let jobs_rx = std::sync::Mutex::new(jobs_rx);
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<(u32, Vec<u8>, Vec<u8>)>();
+    type Sealed = (u32, Vec<u8>, Option<archive::FramePart>, Vec<u8>);
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Sealed>();
     std::thread::scope(|scope| {
         for _ in 0..threads {
             let (jobs_rx, done_tx) = (&jobs_rx, done_tx.clone());
@@ -217,7 +218,8 @@ fn seal_frames(
                         return;
                     };
                     let sealed = sealer.seal(&plain, salt);
-                    if done_tx.send((sealer.index(), sealed, plain)).is_err() {
+                    let part = sealer.digest_part(&plain);
+                    if done_tx.send((sealer.index(), sealed, part, plain)).is_err() {
                         return;
                     }
                 }
@@ -237,13 +239,13 @@ fn seal_frames(
                 sent += 1;
                 continue;
             }
-            let Ok((index, sealed, plain)) = done_rx.recv() else {
+            let Ok((index, sealed, part, plain)) = done_rx.recv() else {
                 break;
             };
             spare.push(plain);
-            waiting.insert(index, sealed);
-            while let Some(sealed) = waiting.remove(&written) {
-                packer.record_sealed(sealed.len());
+            waiting.insert(index, (sealed, part));
+            while let Some((sealed, part)) = waiting.remove(&written) {
+                packer.record_sealed(sealed.len(), part);
                 out.write_all(&sealed).map_err(SealError::Write)?;
                 written += 1;
             }

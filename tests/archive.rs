@@ -52,6 +52,8 @@ fn round_trip_on(
     )
     .unwrap();
     assert_eq!(m.original_size, data.len() as u64);
+    // Hashed frame by frame on the sealing threads, it is blake3 of the whole.
+    assert_eq!(&m.content_digest, blake3::hash(data).as_bytes(), "{name}");
     let opened = ArchiveFile::open(&archive, &key(1)).unwrap();
     let out = dir.join(format!("{name}.out"));
     fs::create_dir_all(&out).unwrap();

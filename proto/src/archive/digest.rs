@@ -9,7 +9,16 @@ use blake3::hazmat::{
     ChainingValue, HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root,
 };
 
-/// The content digest of an archive's frames, fed as they are opened.
+/// One frame's share of the content digest (`ContentDigest::part`).
+#[derive(Debug, Clone, Copy)]
+pub enum FramePart {
+    /// The chaining value of the frame's subtree.
+    Value(ChainingValue),
+    /// The digest itself (a one-frame file).
+    Root(blake3::Hash),
+}
+
+/// The content digest of an archive's frames, fed as they are opened (or packed).
 pub struct ContentDigest {
     frame_size: u64,
     frame_count: u32,
@@ -34,8 +43,7 @@ enum Kind {
 impl ContentDigest {
     /// A digest of `frame_count` frames of `frame_size` bytes (the last may be shorter).
     pub fn new(frame_count: u32, frame_size: u32) -> Self {
-        let tree = frame_size.is_power_of_two() && frame_size as usize >= blake3::CHUNK_LEN;
-        let kind = match tree {
+        let kind = match Self::hashes_apart(frame_size) {
             true => Kind::Tree {
                 values: vec![None; frame_count as usize],
                 single: None,
@@ -53,27 +61,55 @@ impl ContentDigest {
         }
     }
 
+    /// True when frames of `frame_size` bytes are hashed apart, in any order and
+    /// on any thread (`part`, `add_part`); else in order (`add`).
+    pub fn hashes_apart(frame_size: u32) -> bool {
+        frame_size.is_power_of_two() && frame_size as usize >= blake3::CHUNK_LEN
+    }
+
+    /// Frame `index`'s share of the digest of `frame_count` frames of
+    /// `frame_size` bytes, computed on any thread; None when frames of that size
+    /// are hashed in order.
+    pub fn part(frame_size: u32, frame_count: u32, index: u32, plain: &[u8]) -> Option<FramePart> {
+        if !Self::hashes_apart(frame_size) {
+            return None;
+        }
+        if frame_count == 1 {
+            return Some(FramePart::Root(blake3::hash(plain)));
+        }
+        let mut hasher = blake3::Hasher::new();
+        hasher.set_input_offset(index as u64 * frame_size as u64);
+        hasher.update(plain);
+        Some(FramePart::Value(hasher.finalize_non_root()))
+    }
+
+    /// Takes frame `index`'s share, from `part`.
+    pub fn add_part(&mut self, index: u32, part: FramePart) {
+        if let Kind::Tree { values, single, .. } = &mut self.kind {
+            match part {
+                FramePart::Root(h) => *single = Some(h),
+                FramePart::Value(v) => {
+                    if let Some(slot) = values.get_mut(index as usize) {
+                        *slot = Some(v);
+                    }
+                }
+            }
+        }
+    }
+
     /// Takes frame `index`'s plaintext; false if the digest cannot take it now
     /// (hashing in order, and it is not the next frame).
     pub fn add(&mut self, index: u32, plain: &[u8]) -> bool {
-        match &mut self.kind {
-            Kind::InOrder { hasher, next } => {
-                if index != *next {
-                    return false;
-                }
-                hasher.update(plain);
-                *next += 1;
+        if let Kind::InOrder { hasher, next } = &mut self.kind {
+            if index != *next {
+                return false;
             }
-            Kind::Tree { values, single, .. } => {
-                if self.frame_count == 1 {
-                    *single = Some(blake3::hash(plain));
-                } else if let Some(slot) = values.get_mut(index as usize) {
-                    let mut hasher = blake3::Hasher::new();
-                    hasher.set_input_offset(index as u64 * self.frame_size);
-                    hasher.update(plain);
-                    *slot = Some(hasher.finalize_non_root());
-                }
-            }
+            hasher.update(plain);
+            *next += 1;
+        } else if let Some(part) =
+            Self::part(self.frame_size as u32, self.frame_count, index, plain)
+        {
+            self.add_part(index, part);
         }
         true
     }

@@ -13,7 +13,7 @@ use std::ops::Range;
 
 mod digest;
 mod open;
-pub use digest::ContentDigest;
+pub use digest::{ContentDigest, FramePart};
 pub use open::{open_frame, open_frame_in_place};
 
 /// First bytes of an archive file on disk.
@@ -242,7 +242,7 @@ pub struct Packer {
     place: FramePlace,
     original_size: u64,
     level: i32,
-    digest: blake3::Hasher,
+    digest: ContentDigest,
     sealed_lens: Vec<u32>,
 }
 
@@ -271,7 +271,7 @@ impl Packer {
             },
             original_size,
             level,
-            digest: blake3::Hasher::new(),
+            digest: ContentDigest::new(count, frame_size),
             sealed_lens: Vec::with_capacity(count as usize),
         })
     }
@@ -293,13 +293,15 @@ impl Packer {
     pub fn seal_next(&mut self, plain: &[u8], salt: [u8; SALT_LEN]) -> Result<Vec<u8>, PackError> {
         let sealer = self.take_next(plain)?;
         let sealed = sealer.seal(plain, salt);
-        self.record_sealed(sealed.len());
+        self.record_sealed(sealed.len(), sealer.digest_part(plain));
         Ok(sealed)
     }
 
-    /// Takes the next frame's original bytes (exactly `next_frame_len()`) into the
-    /// digest, in order, and returns what seals it, which may run on another thread;
-    /// each sealed length must then come back through `record_sealed`, in order.
+    /// Takes the next frame's original bytes (exactly `next_frame_len()`; into the
+    /// digest here if frames are hashed in order) and returns what seals it, which
+    /// may run on another thread; each sealed length, with the frame's share of
+    /// the digest (`FrameSealer::digest_part`), must then come back through
+    /// `record_sealed`, in order.
     pub fn take_next(&mut self, plain: &[u8]) -> Result<FrameSealer, PackError> {
         if self.place.index >= self.place.count {
             return Err(PackError::FrameCount);
@@ -307,7 +309,9 @@ impl Packer {
         if plain.len() != self.next_frame_len() {
             return Err(PackError::SizeMismatch);
         }
-        self.digest.update(plain);
+        if !ContentDigest::hashes_apart(self.place.frame_size) {
+            self.digest.add(self.place.index, plain);
+        }
         let sealer = FrameSealer {
             file_key: self.file_key.clone(),
             place: self.place,
@@ -317,8 +321,12 @@ impl Packer {
         Ok(sealer)
     }
 
-    /// Records the sealed length of the next frame in the table (frames in order).
-    pub fn record_sealed(&mut self, sealed_len: usize) {
+    /// Records the sealed length of the next frame in the table (frames in order)
+    /// and its share of the digest, if frames are hashed apart.
+    pub fn record_sealed(&mut self, sealed_len: usize, part: Option<FramePart>) {
+        if let Some(part) = part {
+            self.digest.add_part(self.sealed_lens.len() as u32, part);
+        }
         self.sealed_lens.push(sealed_len as u32);
     }
 
@@ -348,7 +356,11 @@ impl Packer {
             frame_count: self.place.count,
             body_len,
             payload_size,
-            content_digest: *self.digest.finalize().as_bytes(),
+            content_digest: *self
+                .digest
+                .finalize()
+                .ok_or(PackError::FrameCount)?
+                .as_bytes(),
             table_digest: *blake3::hash(&table).as_bytes(),
             name: meta.name,
         };
@@ -374,6 +386,17 @@ impl FrameSealer {
     /// The frame's index.
     pub fn index(&self) -> u32 {
         self.place.index
+    }
+
+    /// The frame's share of the content digest (None when frames are hashed in
+    /// order, by `take_next`): computed here, on the sealing thread.
+    pub fn digest_part(&self, plain: &[u8]) -> Option<FramePart> {
+        ContentDigest::part(
+            self.place.frame_size,
+            self.place.count,
+            self.place.index,
+            plain,
+        )
     }
 }
 
