@@ -3,6 +3,7 @@
 //! the original with its atomic delivery.
 
 mod frames;
+mod map;
 mod output;
 mod partial;
 mod persister;
@@ -10,8 +11,9 @@ mod private;
 mod unpack;
 
 pub use frames::{FrameBuffer, FrameSource};
+pub use map::{SavedMap, SavedState, decode_state, encode_map};
 pub use output::PlainOutput;
-pub use partial::{PartialFile, SavedMap, SavedState, decode_state, encode_map};
+pub use partial::PartialFile;
 pub use persister::{Job, Persister};
 pub use private::partial_dir;
 pub use unpack::{FrameReport, FrameWorker, OutputDir, deliver};

@@ -1,6 +1,6 @@
 //! A thread that makes partial files durable, off the receive loop.
 
-use super::partial::save;
+use super::map::save;
 use crate::error::{Context, Error, Result};
 use std::fs::{self, File};
 use std::path::PathBuf;
