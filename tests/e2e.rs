@@ -664,6 +664,63 @@ fn without_gso_and_gro_the_file_still_arrives_whole() {
     assert!(serve_log.contains("without GSO"), "{serve_log}");
 }
 
+#[test]
+fn ls_lists_every_server_on_the_group() {
+    // Two servers on one directory group, each with its own file (issue 13's
+    // first lab trial: ls stopped at the first whole listing).
+    let top = tempfile::tempdir().unwrap();
+    let key = keygen(top.path());
+    let g = group(119);
+    let port: u16 = g.rsplit(':').next().unwrap().parse().unwrap();
+    let mut servers = Vec::new();
+    for (name, unicast_port) in [("one.bin", port), ("two.bin", port + 9)] {
+        let dir = top.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        let file = dir.join(name);
+        random_file(&file, 100_000, unicast_port as u64);
+        let unicast = unicast_port.to_string();
+        servers.push(serve(
+            &dir,
+            &key,
+            &[&file],
+            &g,
+            "10M",
+            &["--unicast-port", &unicast],
+        ));
+        // Half an announce interval apart: a listing that stops at the first whole
+        // one misses the other server most of the time.
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let ls = loopcast(&[
+        "ls",
+        "-i",
+        "127.0.0.1",
+        "-g",
+        &g,
+        "-k",
+        key.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    let listing = String::from_utf8_lossy(&ls.stdout);
+    assert!(ls.status.success(), "{}", stderr(&ls));
+    assert!(
+        listing.contains("one.bin") && listing.contains("two.bin"),
+        "{listing}"
+    );
+    let sessions: std::collections::HashSet<&str> = listing
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            // The session: the first column of 8 hex digits.
+            l.split_whitespace()
+                .find(|w| w.len() == 8 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+        })
+        .collect();
+    assert_eq!(sessions.len(), 2, "{listing}");
+}
+
 /// Runs `command` to its end and returns its status and the bytes it wrote to
 /// block devices (ru_oublock: bytes dirtied less those dropped before writeback).
 fn run_counting_writes(mut command: Command) -> (std::process::ExitStatus, u64) {

@@ -11,6 +11,10 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 const DIRECTORY: Token = Token(0);
+/// Every server announces once per `ANNOUNCE_INTERVAL`: listening this long hears
+/// each one on the group at least once (with room for a late announcement).
+const HEAR_EVERY_SERVER: Duration =
+    Duration::from_millis(loopcast_proto::sender::ANNOUNCE_INTERVAL.as_millis() as u64 * 3 / 2);
 
 /// What `list_on_air` heard.
 pub struct Listing {
@@ -21,7 +25,8 @@ pub struct Listing {
 }
 
 /// Listens on the directory group for up to `timeout` and returns what is on air,
-/// stopping early once a whole listing was heard. With `key`, listings whose tag
+/// stopping early once every server heard has been heard whole, and not before
+/// every server on the group has announced once (`HEAR_EVERY_SERVER`). With `key`, listings whose tag
 /// does not verify with it are left out (and counted).
 pub fn list_on_air(
     interface: Ipv4Addr,
@@ -37,7 +42,8 @@ pub fn list_on_air(
         .registry()
         .register(&mut socket, DIRECTORY, Interest::READABLE)
         .context(|| "cannot register socket".into())?;
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let deadline = started + timeout;
     let mut parts: HashMap<u32, (u8, HashSet<u8>)> = HashMap::new();
     let mut found: BTreeMap<(u32, String), ([u8; FINGERPRINT_LEN], AnnounceEntry)> =
         BTreeMap::new();
@@ -68,7 +74,8 @@ pub fn list_on_air(
                 }
             }
         }
-        if !parts.is_empty() && parts.values().all(|(n, heard)| heard.len() == *n as usize) {
+        let all_whole = parts.values().all(|(n, heard)| heard.len() == *n as usize);
+        if !parts.is_empty() && all_whole && started.elapsed() >= HEAR_EVERY_SERVER {
             break;
         }
     }
