@@ -237,6 +237,7 @@ impl Io {
                 let local = self.local(session, reception);
                 local.worker = None;
                 if let Some(mut partial) = local.partial.take() {
+                    partial.flush_memory()?;
                     partial.persist_when_idle(&map, &resume)?;
                 }
                 local.dirty = false;

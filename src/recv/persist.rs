@@ -79,13 +79,16 @@ impl Receiver {
     pub(super) fn save_progress(&mut self) {
         self.io.persister.wait_idle();
         for (id, local) in self.io.locals.iter_mut().enumerate() {
-            if let (true, Some(p), Some(r)) = (
-                local.dirty,
-                local.partial.as_mut(),
-                self.session.reception(id),
-            ) && let Err(e) =
-                p.persist_now(r.receiver().received(), &r.receiver().resume_point())
-            {
+            let (Some(p), Some(r)) = (local.partial.as_mut(), self.session.reception(id)) else {
+                continue;
+            };
+            let saved = p.flush_memory().and_then(|flushed| {
+                if local.dirty || flushed {
+                    p.persist_now(r.receiver().received(), &r.receiver().resume_point())?;
+                }
+                Ok(())
+            });
+            if let Err(e) = saved {
                 log::warn!("{}: {e}", r.entry().name);
             }
         }

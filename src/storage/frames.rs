@@ -301,6 +301,22 @@ impl FrameAssembly {
         }
     }
 
+    /// Every frame held in memory, to be written whole at its place in the
+    /// partial file (the receiver is stopping or closing this storage): from now
+    /// on they are on disk, whatever the cap.
+    pub fn take_memory(&mut self) -> Vec<(u32, FrameBuffer)> {
+        let frames: Vec<u32> = self.oldest.drain(..).collect();
+        frames
+            .into_iter()
+            .map(|frame| {
+                self.place[frame as usize] = Place::Disk;
+                self.spilled += self.len(frame);
+                self.held = self.held.saturating_sub(self.buffer_len);
+                (frame, self.buffers.remove(&frame).expect("held in memory"))
+            })
+            .collect()
+    }
+
     /// Frames let go since the last call.
     pub fn take_let_go(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.let_go)

@@ -135,15 +135,7 @@ impl PartialFile {
             &self.done_at_open,
             &on_disk,
         ));
-        let mut at = 0;
-        let payloads: Vec<(u64, &[u8])> = early_payloads
-            .iter()
-            .map(|&(offset, len)| {
-                at += len;
-                (offset, &early[at - len..at])
-            })
-            .collect();
-        self.write_payloads(&payloads)
+        self.write_payloads(&early_slices(&early, &early_payloads))
     }
 
     /// The packet whose payload starts at body offset `offset`.
@@ -180,14 +172,37 @@ impl PartialFile {
             assembly.store(offset, payload, &mut to_disk, &mut spill);
         }
         // Spilled frames first: later parts of them are in `to_disk`.
-        for (frame, mut buffer) in spill {
+        self.write_frames(spill)?;
+        self.write_to_disk(&to_disk)
+    }
+
+    /// Writes frames that were in memory whole at their place in the partial file.
+    fn write_frames(&mut self, frames: Vec<(u32, FrameBuffer)>) -> Result<()> {
+        let Some(assembly) = self.assembly.as_mut() else {
+            return Ok(());
+        };
+        for (frame, mut buffer) in frames {
             let r = assembly.range(frame);
             self.file
                 .write_all_at(buffer.sealed_mut((r.end - r.start) as usize), r.start)
                 .context(|| format!("cannot write {}", self.body_path.display()))?;
             assembly.recycle(buffer);
         }
-        self.write_to_disk(&to_disk)
+        Ok(())
+    }
+
+    /// Writes what is held only in memory (frames, and payloads that came before
+    /// the frame table) to the partial file, so that a save claims it: the
+    /// receiver is stopping, or closing this storage. True if there was any.
+    pub fn flush_memory(&mut self) -> Result<bool> {
+        let early = std::mem::take(&mut self.early);
+        let early_payloads = std::mem::take(&mut self.early_payloads);
+        self.write_to_disk(&early_slices(&early, &early_payloads))?;
+        let frames = self.assembly.as_mut().map(FrameAssembly::take_memory);
+        let frames = frames.unwrap_or_default();
+        let any = !early_payloads.is_empty() || !frames.is_empty();
+        self.write_frames(frames)?;
+        Ok(any)
     }
 
     /// Before the frame table: its bytes go to the partial file (to be checked
@@ -340,6 +355,19 @@ impl PartialFile {
     pub fn remove(self, persister: &Persister) {
         persister.submit(Job::Remove(vec![self.map_path, self.body_path]));
     }
+}
+
+/// The payloads held before the frame table: (body offset, bytes) from the
+/// arena's bytes and their (offset, length) list.
+fn early_slices<'a>(early: &'a [u8], payloads: &[(u64, usize)]) -> Vec<(u64, &'a [u8])> {
+    let mut at = 0;
+    payloads
+        .iter()
+        .map(|&(offset, len)| {
+            at += len;
+            (offset, &early[at - len..at])
+        })
+        .collect()
 }
 
 /// Fails, naming what is needed, unless `work_dir`'s file system has room for the
@@ -517,5 +545,11 @@ mod early_tests {
         map.insert_range(0..manifest.packet_count());
         let (durable, _) = partial.durable(&map);
         assert_eq!(durable.count() as u64, map.count() as u64 - in_memory);
+        // Stopping in order: what was in memory goes to the partial file, and a
+        // save may claim it.
+        assert!(partial.flush_memory().unwrap());
+        let (durable, _) = partial.durable(&map);
+        assert_eq!(durable.count(), map.count());
+        assert!(!partial.flush_memory().unwrap(), "nothing left in memory");
     }
 }
