@@ -665,9 +665,10 @@ fn without_gso_and_gro_the_file_still_arrives_whole() {
 }
 
 #[test]
-fn ls_lists_every_server_on_the_group() {
+fn two_servers_on_one_group_take_their_own_channels_and_a_receiver_gets_both_files() {
     // Two servers on one directory group, each with its own file (issue 13's
-    // first lab trial: ls stopped at the first whole listing).
+    // first lab trial: ls stopped at the first whole listing, and both servers
+    // looped on the same channel address).
     let top = tempfile::tempdir().unwrap();
     let key = keygen(top.path());
     let g = group(119);
@@ -719,6 +720,32 @@ fn ls_lists_every_server_on_the_group() {
         })
         .collect();
     assert_eq!(sessions.len(), 2, "{listing}");
+    let channels: std::collections::HashSet<&str> = listing
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("239.")))
+        .collect();
+    assert_eq!(channels.len(), 2, "one channel each: {listing}");
+    let out = top.path().join("out");
+    let got = recv_command(&key, &g, &out, &["--timeout", "60", "one.bin", "two.bin"])
+        .output()
+        .unwrap();
+    assert!(got.status.success(), "{}", stderr(&got));
+    // Asking for every file: every server's files, not only the first heard.
+    let all = top.path().join("all");
+    let got_all = recv_command(&key, &g, &all, &["--timeout", "60"])
+        .output()
+        .unwrap();
+    assert!(got_all.status.success(), "{}", stderr(&got_all));
+    for (dir, name) in [
+        (&out, "one.bin"),
+        (&out, "two.bin"),
+        (&all, "one.bin"),
+        (&all, "two.bin"),
+    ] {
+        let sent = std::fs::read(top.path().join(name).join(name)).unwrap();
+        assert_eq!(std::fs::read(dir.join(name)).unwrap(), sent, "{name}");
+    }
 }
 
 /// Runs `command` to its end and returns its status and the bytes it wrote to
@@ -1015,7 +1042,8 @@ fn a_server_restarted_with_its_cache_is_followed_at_once_and_nothing_stored_is_l
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(2000));
+    // The server listens 750 ms for others on its group before it starts.
+    std::thread::sleep(Duration::from_millis(2750));
     terminate(&mut first);
     std::thread::sleep(Duration::from_millis(300));
     let _second = serve(d, &key, &[&file], &g, "32M", &[]);

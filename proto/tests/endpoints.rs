@@ -6,6 +6,7 @@ mod lan;
 use lan::*;
 use loopcast_proto::MasterKey;
 use loopcast_proto::client::{ClientEvent, Origin as ClientOrigin};
+use loopcast_proto::sender::HEAR_EVERY_SERVER;
 use loopcast_proto::server::ServerEvent;
 use loopcast_proto::wire::ChannelInfo;
 use std::time::Duration;
@@ -28,8 +29,16 @@ fn a_receiver_from_the_start_and_one_joining_mid_stream_both_deliver_every_file(
         for file in 0..2 {
             assert!(lan.body_matches(node, file), "node {node} file {file}");
         }
-        assert!(lan.nodes[node].session.is_finished());
     }
+    // Finished once every server on the group has had time to announce
+    // (750 ms after the first listing heard), not before.
+    let finished = |lan: &Lan| {
+        [first, late]
+            .iter()
+            .all(|&n| lan.nodes[n].session.is_finished())
+    };
+    assert!(!finished(&lan));
+    assert!(lan.run_until(HEAR_EVERY_SERVER, finished));
     // DONE reached the server from both, for both files.
     lan.run(Duration::from_millis(10));
     assert_eq!(lan.server_done(), 4);

@@ -4,6 +4,7 @@ use crate::error::{Context, Error, Result};
 use crate::net;
 use crate::signals::StopSignals;
 use loopcast_proto::keys::FINGERPRINT_LEN;
+use loopcast_proto::sender::HEAR_EVERY_SERVER;
 use loopcast_proto::wire::{self, AnnounceEntry, MacKey, Packet};
 use mio::{Interest, Token};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -11,10 +12,6 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 const DIRECTORY: Token = Token(0);
-/// Every server announces once per `ANNOUNCE_INTERVAL`: listening this long hears
-/// each one on the group at least once (with room for a late announcement).
-const HEAR_EVERY_SERVER: Duration =
-    Duration::from_millis(loopcast_proto::sender::ANNOUNCE_INTERVAL.as_millis() as u64 * 3 / 2);
 
 /// What `list_on_air` heard.
 pub struct Listing {

@@ -29,6 +29,7 @@ pub use reception::{Phase, Reception};
 
 use crate::manifest::check_name;
 use crate::receiver::{NakMode, Outcome};
+use crate::sender::HEAR_EVERY_SERVER;
 use crate::wire::{self, COOKIE_LEN, MacKey, Packet};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -56,6 +57,9 @@ struct Listing {
     parts: u8,
     heard: HashSet<u8>,
     names: HashSet<String>,
+    /// When a part of it was last heard (a server silent for `SESSION_SILENCE`
+    /// no longer holds back an all-files receiver).
+    last_heard: Instant,
 }
 
 /// Commands and transmits in order of making: (sequence, item).
@@ -109,6 +113,11 @@ pub struct Session {
     /// heard, the file, their key's fingerprint). Reported after `WRONG_KEY_GRACE`
     /// unless a listing of ours verifies meanwhile.
     foreign_listing: Option<(Instant, String, [u8; crate::keys::FINGERPRINT_LEN])>,
+    /// When the first listing was heard: an all-files receiver waits
+    /// `HEAR_EVERY_SERVER` from then, so that every server on the group is heard.
+    first_listing: Option<Instant>,
+    /// The latest time given to the session.
+    now: Instant,
 }
 
 impl Session {
@@ -141,6 +150,8 @@ impl Session {
             unauthenticated: 0,
             foreign_listing: None,
             refused_names: HashSet::new(),
+            first_listing: None,
+            now,
         }
     }
 
@@ -151,6 +162,7 @@ impl Session {
         origin: Origin,
         bytes: &'a [u8],
     ) -> Option<Store<'a>> {
+        self.now = self.now.max(now);
         match origin {
             Origin::Directory { source } => {
                 self.take_listing(now, bytes, source, None);
@@ -307,8 +319,11 @@ impl Session {
             parts: announce.parts,
             heard: HashSet::new(),
             names: HashSet::new(),
+            last_heard: now,
         });
         listing.heard.insert(announce.part);
+        listing.last_heard = now;
+        self.first_listing.get_or_insert(now);
         listing.names.extend(entries.iter().map(|e| e.name.clone()));
         for entry in entries {
             if self.wanted(&entry.name) {
@@ -504,8 +519,10 @@ impl Session {
         self.events.pop_front()
     }
 
-    /// True when every wanted file is delivered (for "all files": once a whole
-    /// listing of one server was heard and all of it delivered).
+    /// True when every wanted file is delivered. For "all files": once every
+    /// server on the group has had time to announce (`HEAR_EVERY_SERVER` after the
+    /// first listing), at least one whole listing (not empty) is delivered, and so
+    /// is every other one heard within `SESSION_SILENCE`.
     pub fn is_finished(&self) -> bool {
         let done: HashSet<&str> = self
             .receptions
@@ -516,13 +533,26 @@ impl Session {
         if !self.config.names.is_empty() {
             return self.config.names.iter().all(|n| done.contains(n.as_str()));
         }
+        let Some(first) = self.first_listing else {
+            return false;
+        };
+        if self.now < first + HEAR_EVERY_SERVER {
+            return false;
+        }
         // A listing with no (acceptable) name finishes nothing: an empty ANNOUNCE
-        // from anyone must not end an all-files receiver.
-        self.listings.values().any(|l| {
-            l.heard.len() == l.parts as usize
-                && !l.names.is_empty()
-                && l.names.iter().all(|n| done.contains(n.as_str()))
-        })
+        // must not end an all-files receiver. A server silent for
+        // `SESSION_SILENCE` whose files are not all here holds nothing back.
+        let mut any = false;
+        for l in self.listings.values().filter(|l| !l.names.is_empty()) {
+            let delivered = l.heard.len() == l.parts as usize
+                && l.names.iter().all(|n| done.contains(n.as_str()));
+            if delivered {
+                any = true;
+            } else if l.last_heard + SESSION_SILENCE >= self.now {
+                return false;
+            }
+        }
+        any
     }
 
     /// Every reception so far.

@@ -6,6 +6,7 @@ use super::{
     Transmit, Via, WRONG_KEY_GRACE,
 };
 use crate::rate::SELECT_SAMPLE;
+use crate::sender::HEAR_EVERY_SERVER;
 use crate::wire::{self, COOKIE_LEN};
 use std::net::SocketAddrV4;
 use std::time::Instant;
@@ -14,6 +15,7 @@ impl Session {
     /// Runs every timer that is due: listing requests, NAKs, reports, on-demand
     /// start requests, stream requests, fallback to unicast, channel choice.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
         if let Some((server, at)) = self.listing_request
             && now >= at
         {
@@ -168,6 +170,15 @@ impl Session {
                 ]
             })
             .flatten();
-        receptions.chain(listing).chain(foreign).min()
+        // An all-files receiver looks again once every server has had its turn.
+        let every_server = (self.config.names.is_empty())
+            .then(|| self.first_listing.map(|f| f + HEAR_EVERY_SERVER))
+            .flatten()
+            .filter(|at| *at > self.now);
+        receptions
+            .chain(listing)
+            .chain(foreign)
+            .chain(every_server)
+            .min()
     }
 }

@@ -18,6 +18,10 @@ pub const MANIFEST_INTERVAL: Duration = Duration::from_millis(500);
 pub const MANIFEST_EVERY_PACKETS: u32 = 256;
 /// Time between two rounds of ANNOUNCE packets on the directory group.
 pub const ANNOUNCE_INTERVAL: Duration = Duration::from_millis(500);
+/// Listening this long on a directory group hears every server there announce at
+/// least once (an announce interval and a half, for a late one).
+pub const HEAR_EVERY_SERVER: Duration =
+    Duration::from_millis(ANNOUNCE_INTERVAL.as_millis() as u64 * 3 / 2);
 
 /// Where the carousel reads archive body bytes from (the driver does the I/O).
 pub trait PayloadSource {
