@@ -665,10 +665,10 @@ fn without_gso_and_gro_the_file_still_arrives_whole() {
 }
 
 #[test]
-fn two_servers_on_one_group_take_their_own_channels_and_a_receiver_gets_both_files() {
+fn two_servers_on_one_group_are_both_listed_and_a_receiver_gets_both_files() {
     // Two servers on one directory group, each with its own file (issue 13's
-    // first lab trial: ls stopped at the first whole listing, and both servers
-    // looped on the same channel address).
+    // first lab trial: ls stopped at the first whole listing, and a receiver of
+    // every file stopped after one server's).
     let top = tempfile::tempdir().unwrap();
     let key = keygen(top.path());
     let g = group(119);
@@ -720,12 +720,6 @@ fn two_servers_on_one_group_take_their_own_channels_and_a_receiver_gets_both_fil
         })
         .collect();
     assert_eq!(sessions.len(), 2, "{listing}");
-    let channels: std::collections::HashSet<&str> = listing
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("239.")))
-        .collect();
-    assert_eq!(channels.len(), 2, "one channel each: {listing}");
     let out = top.path().join("out");
     let got = recv_command(&key, &g, &out, &["--timeout", "60", "one.bin", "two.bin"])
         .output()
@@ -1042,8 +1036,7 @@ fn a_server_restarted_with_its_cache_is_followed_at_once_and_nothing_stored_is_l
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The server listens 750 ms for others on its group before it starts.
-    std::thread::sleep(Duration::from_millis(2750));
+    std::thread::sleep(Duration::from_millis(2000));
     terminate(&mut first);
     std::thread::sleep(Duration::from_millis(300));
     let _second = serve(d, &key, &[&file], &g, "32M", &[]);

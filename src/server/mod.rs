@@ -14,7 +14,6 @@ use crate::signals::StopSignals;
 use crate::units::{format_bytes, format_rate};
 use loopcast_proto::server::{
     Archives, BatchLimits, ChannelSpec, Endpoint, FileSpec, Origin, ServerConfig, Socket, Transmit,
-    free_channel_numbers,
 };
 use loopcast_proto::wire;
 use loopcast_proto::{AdaptMode, CookieJar, MasterKey, PayloadSource};
@@ -96,45 +95,6 @@ struct Server {
     buf: Vec<u8>,
 }
 
-/// Channel numbers for every file and rate: first the directory group is heard
-/// for an announce interval and a half, and numbers whose addresses (data or
-/// control) another server there uses are skipped (spec §7.8).
-fn free_channels(config: &ServeConfig) -> Result<Vec<u32>> {
-    let heard = crate::recv::list_on_air(
-        config.interface,
-        config.group,
-        loopcast_proto::sender::HEAR_EVERY_SERVER,
-        None,
-    )?;
-    let used: HashSet<SocketAddrV4> = heard
-        .entries
-        .iter()
-        .flat_map(|(_, _, e)| e.channels.iter().flat_map(|c| [c.group, c.control()]))
-        .collect();
-    if !used.is_empty() {
-        log::info!(
-            "{} other server session(s) heard on {}; leaving their channels alone",
-            heard
-                .entries
-                .iter()
-                .map(|(s, _, _)| s)
-                .collect::<HashSet<_>>()
-                .len(),
-            config.group
-        );
-    }
-    let taken = |n: u32| {
-        net::channel_for(config.group, n).is_ok_and(|g| {
-            let control = net::control_port_for(g).map(|p| SocketAddrV4::new(*g.ip(), p));
-            used.contains(&g) || control.is_ok_and(|c| used.contains(&c))
-        })
-    };
-    Ok(free_channel_numbers(
-        config.paths.len() * config.rates.len(),
-        taken,
-    ))
-}
-
 /// Runs the server until SIGINT or SIGTERM.
 pub fn serve(config: ServeConfig) -> Result<()> {
     let session_id: u32 = rand::random();
@@ -147,7 +107,6 @@ pub fn serve(config: ServeConfig) -> Result<()> {
         net::buffer_size_for_rate(total_rate * config.paths.len() as u64),
     )?;
     let sender = BatchSender::new(&socket, config.gso);
-    let numbers = free_channels(&config)?;
     let mut signals = StopSignals::new()?;
     let mut archives = Vec::new();
     let mut specs = Vec::new();
@@ -170,7 +129,7 @@ pub fn serve(config: ServeConfig) -> Result<()> {
         let mut channels = Vec::new();
         for (j, &rate_bps) in config.rates.iter().enumerate() {
             let number = i * config.rates.len() + j;
-            let group = net::channel_for(config.group, numbers[number])?;
+            let group = net::channel_for(config.group, number as u32 + 1)?;
             let control_port = net::control_port_for(group)?;
             let mut control = mio::net::UdpSocket::from_std(net::multicast_receiver(
                 SocketAddrV4::new(*group.ip(), control_port),

@@ -8,7 +8,6 @@
 //! the endpoint reads no clock, opens no socket and draws no randomness.
 
 mod admission;
-mod channel_plan;
 mod clients;
 mod driver_io;
 mod events;
@@ -17,7 +16,6 @@ mod receivers;
 mod stream;
 
 pub use admission::Admission;
-pub use channel_plan::{MAX_CHANNELS_SKIPPED, free_channel_numbers};
 use clients::UnicastClient;
 pub use driver_io::{
     Archives, BatchLimits, ChannelSpec, FileSpec, Origin, ServerConfig, Socket, Transmit,
