@@ -215,16 +215,10 @@ impl FrameAssembly {
     fn take_into_memory(&mut self, frame: u32, spill: &mut Vec<(u32, FrameBuffer)>) {
         if self.held + self.buffer_len > self.budget
             && let Some(oldest) = self.oldest.front().copied()
+            && self.spilled + self.len(oldest) <= self.spill_cap
         {
-            let len = self.len(oldest);
-            if self.spilled + len <= self.spill_cap {
-                self.oldest.pop_front();
-                let buffer = self.buffers.remove(&oldest).expect("held in memory");
-                self.place[oldest as usize] = Place::Disk;
-                self.spilled += len;
-                self.held -= self.buffer_len;
-                spill.push((oldest, buffer));
-            }
+            self.oldest.pop_front();
+            spill.push((oldest, self.move_to_disk(oldest)));
         }
         if self.held + self.buffer_len > self.budget && self.held > 0 {
             // The memory is the worker's (a backlog): the frame goes to disk while
@@ -308,13 +302,17 @@ impl FrameAssembly {
         let frames: Vec<u32> = self.oldest.drain(..).collect();
         frames
             .into_iter()
-            .map(|frame| {
-                self.place[frame as usize] = Place::Disk;
-                self.spilled += self.len(frame);
-                self.held = self.held.saturating_sub(self.buffer_len);
-                (frame, self.buffers.remove(&frame).expect("held in memory"))
-            })
+            .map(|frame| (frame, self.move_to_disk(frame)))
             .collect()
+    }
+
+    /// Takes frame `frame`'s buffer out of memory (the caller writes it to the
+    /// partial file, where the frame now counts; `oldest` is the caller's).
+    fn move_to_disk(&mut self, frame: u32) -> FrameBuffer {
+        self.place[frame as usize] = Place::Disk;
+        self.spilled += self.len(frame);
+        self.held = self.held.saturating_sub(self.buffer_len);
+        self.buffers.remove(&frame).expect("held in memory")
     }
 
     /// Frames let go since the last call.

@@ -122,12 +122,9 @@ impl PartialFile {
         ranges: Vec<std::ops::Range<u64>>,
         received: &ReceivedMap,
     ) -> Result<()> {
+        let on_disk = self.without_early(received);
         let early = std::mem::take(&mut self.early);
         let early_payloads = std::mem::take(&mut self.early_payloads);
-        let mut on_disk = received.clone();
-        for (offset, _) in &early_payloads {
-            on_disk.remove_range(self.packet_of(*offset)..self.packet_of(*offset) + 1);
-        }
         self.assembly = Some(FrameAssembly::new(
             ranges,
             self.manifest.payload_size as u32,
@@ -138,9 +135,16 @@ impl PartialFile {
         self.write_payloads(&early_slices(&early, &early_payloads))
     }
 
-    /// The packet whose payload starts at body offset `offset`.
-    fn packet_of(&self, offset: u64) -> u32 {
-        (offset / self.manifest.payload_size.max(1) as u64) as u32
+    /// `map` less the packets held only in the memory for payloads that came
+    /// before the frame table.
+    fn without_early(&self, map: &ReceivedMap) -> ReceivedMap {
+        let mut map = map.clone();
+        let payload_size = self.manifest.payload_size.max(1) as u64;
+        for (offset, _) in &self.early_payloads {
+            let packet = (offset / payload_size) as u32;
+            map.remove_range(packet..packet + 1);
+        }
+        map
     }
 
     /// The archive this storage holds.
@@ -288,14 +292,7 @@ impl PartialFile {
     fn durable(&self, map: &ReceivedMap) -> (ReceivedMap, Vec<bool>) {
         match &self.assembly {
             Some(a) => (a.durable(map), a.done()),
-            None => {
-                let mut map = map.clone();
-                for (offset, _) in &self.early_payloads {
-                    let p = self.packet_of(*offset);
-                    map.remove_range(p..p + 1);
-                }
-                (map, self.done_at_open.clone())
-            }
+            None => (self.without_early(map), self.done_at_open.clone()),
         }
     }
 
@@ -469,6 +466,7 @@ pub(super) fn preallocate(file: &File, len: u64) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
 
     #[test]
     fn a_vectored_write_puts_every_payload_at_its_place() {
@@ -498,12 +496,6 @@ mod tests {
         payloads.iter().for_each(|p| expected.extend(p));
         assert_eq!(fs::read(dir.path().join("v")).unwrap(), expected);
     }
-}
-
-#[cfg(test)]
-mod early_tests {
-    use super::*;
-    use rand::SeedableRng;
 
     #[test]
     fn payloads_before_the_table_go_to_memory_then_to_disk_up_to_its_cap_then_are_let_go() {
