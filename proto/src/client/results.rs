@@ -76,7 +76,7 @@ impl Session {
         frame: u32,
         range: Range<u64>,
     ) {
-        if let Some(packets) = self.refetch(now, id, archive_id, frame, range) {
+        if let Some(packets) = self.refetch(now, id, archive_id, Some(frame), range) {
             self.events.push_back(ClientEvent::FrameDamaged {
                 reception: id,
                 frame,
@@ -97,31 +97,22 @@ impl Session {
         frame: Option<u32>,
         range: Range<u64>,
     ) {
-        match frame {
-            Some(frame) => {
-                self.refetch(now, id, archive_id, frame, range);
-            }
-            None => {
-                if let Some(r) = self.live(id, archive_id) {
-                    r.fsm.mark_missing(now, range);
-                    r.phase = Phase::Receiving;
-                }
-            }
-        }
+        self.refetch(now, id, archive_id, frame, range);
     }
 
-    /// Marks frame `frame`'s packets missing again; how many were held.
+    /// Marks the packets of body bytes `range` (frame `frame`'s, if it is one)
+    /// missing again; how many were held.
     fn refetch(
         &mut self,
         now: Instant,
         id: ReceptionId,
         archive_id: u64,
-        frame: u32,
+        frame: Option<u32>,
         range: Range<u64>,
     ) -> Option<u32> {
         let r = self.live(id, archive_id)?;
         let packets = r.fsm.mark_missing(now, range);
-        if let Some(frames) = r.frames.as_mut() {
+        if let (Some(frame), Some(frames)) = (frame, r.frames.as_mut()) {
             frames.recount(frame, r.fsm.received());
         }
         r.phase = Phase::Receiving;
