@@ -198,10 +198,7 @@ fn two_files_to_a_receiver_from_the_start_and_one_joining_2s_later() {
     );
     assert!(stderr(&ls).contains("unverified"), "{}", stderr(&ls));
     // With the key: verified, and the key's fingerprint shown.
-    let k = key.to_str().unwrap();
-    let ls = loopcast(&["ls", "-i", "127.0.0.1", "-g", &g, "-k", k])
-        .output()
-        .unwrap();
+    let ls = on_loopback("ls", &key, &g).output().unwrap();
     let listing = String::from_utf8_lossy(&ls.stdout);
     let fingerprint =
         loopcast_proto::keys::hex(&loopcast::keyfile::load(&key).unwrap().fingerprint());
@@ -213,18 +210,10 @@ fn two_files_to_a_receiver_from_the_start_and_one_joining_2s_later() {
     // With another key nothing verifies: a time-out naming what was ignored.
     std::fs::create_dir(d.join("other")).unwrap();
     let other = keygen(&d.join("other"));
-    let args = [
-        "ls",
-        "-i",
-        "127.0.0.1",
-        "-g",
-        &g,
-        "-k",
-        other.to_str().unwrap(),
-        "--timeout",
-        "1",
-    ];
-    let ls = loopcast(&args).output().unwrap();
+    let ls = on_loopback("ls", &other, &g)
+        .args(["--timeout", "1"])
+        .output()
+        .unwrap();
     assert_clean_failure(&ls, 3, "no server heard");
     assert!(
         stderr(&ls).contains("do not verify with the key"),
@@ -693,17 +682,7 @@ fn two_servers_on_one_group_are_both_listed_and_a_receiver_gets_both_files() {
         std::thread::sleep(Duration::from_millis(250));
     }
     std::thread::sleep(Duration::from_millis(300));
-    let ls = loopcast(&[
-        "ls",
-        "-i",
-        "127.0.0.1",
-        "-g",
-        &g,
-        "-k",
-        key.to_str().unwrap(),
-    ])
-    .output()
-    .unwrap();
+    let ls = on_loopback("ls", &key, &g).output().unwrap();
     let listing = String::from_utf8_lossy(&ls.stdout);
     assert!(ls.status.success(), "{}", stderr(&ls));
     assert!(

@@ -58,20 +58,27 @@ fn ten_frames() -> (FrameAssembly, Vec<u8>) {
     (a, body)
 }
 
+/// Stores the first `len` bytes of each of `frames` of the ten-frame layout.
+fn store_frame_starts<'a>(
+    a: &mut FrameAssembly,
+    body: &'a [u8],
+    frames: Range<u64>,
+    len: usize,
+    to_disk: &mut Vec<(u64, &'a [u8])>,
+    spill: &mut Vec<(u32, FrameBuffer)>,
+) {
+    for f in frames {
+        let at = (40 + f * 1000) as usize;
+        a.store(at as u64, &body[at..at + len], to_disk, spill);
+    }
+}
+
 #[test]
 fn past_the_budget_the_oldest_frame_spills_and_past_the_cap_a_new_one_is_let_go() {
     let (mut a, body) = ten_frames();
     let (mut to_disk, mut spill) = (Vec::new(), Vec::new());
     // The first byte of frames 0..=4, one at a time.
-    for f in 0..5u64 {
-        let at = 40 + f * 1000;
-        a.store(
-            at,
-            &body[at as usize..at as usize + 1],
-            &mut to_disk,
-            &mut spill,
-        );
-    }
+    store_frame_starts(&mut a, &body, 0..5, 1, &mut to_disk, &mut spill);
     // Frames 0 and 1 were spilled to make room for 2 and 3; frame 4 found the
     // partial file full and was let go.
     let spilled: Vec<u32> = spill.iter().map(|(f, _)| *f).collect();
@@ -120,28 +127,12 @@ fn frames_with_bytes_held_before_the_table_stay_on_disk() {
 fn with_the_memory_all_at_the_worker_a_new_frame_goes_to_disk_within_the_cap() {
     let (mut a, body) = ten_frames();
     let (mut to_disk, mut spill) = (Vec::new(), Vec::new());
-    for f in 0..2u64 {
-        let at = 40 + f * 1000;
-        a.store(
-            at,
-            &body[at as usize..at as usize + 1000],
-            &mut to_disk,
-            &mut spill,
-        );
-    }
+    store_frame_starts(&mut a, &body, 0..2, 1000, &mut to_disk, &mut spill);
     // Both frames whole and at the worker: nothing in memory to spill.
     assert!(matches!(a.take(0), Some(FrameSource::Memory(_))));
     assert!(matches!(a.take(1), Some(FrameSource::Memory(_))));
     to_disk.clear();
-    for f in 2..5u64 {
-        let at = 40 + f * 1000;
-        a.store(
-            at,
-            &body[at as usize..at as usize + 1],
-            &mut to_disk,
-            &mut spill,
-        );
-    }
+    store_frame_starts(&mut a, &body, 2..5, 1, &mut to_disk, &mut spill);
     // Frames 2 and 3 go to disk (the cap is 2008 bytes), frame 4 is let go.
     assert_eq!(
         to_disk,
