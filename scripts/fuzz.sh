@@ -2,7 +2,7 @@
 # Coverage-guided fuzzing of every decoder and of both endpoints (cargo fuzz,
 # libFuzzer), on the stable toolchain (RUSTC_BOOTSTRAP=1 lets it take the
 # sanitizer flags).
-# Usage: [FUZZ_SECONDS=600] scripts/fuzz.sh [TARGET...]   (targets: decoders server_endpoint receiver_session)
+# Usage: [FUZZ_SECONDS=600] scripts/fuzz.sh [TARGET...]   (targets: decoders server_endpoint receiver_session director)
 # Each target runs SECONDS, starting from its corpus (fuzz/corpus/, kept between
 # runs, not committed) and the kept inputs (fuzz/regressions/). A crash stops the
 # run with exit status 1 and leaves its input in fuzz/artifacts/TARGET/: fix the
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/../fuzz"
 seconds=${FUZZ_SECONDS:-600}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(decoders server_endpoint receiver_session)
+[ ${#targets[@]} -gt 0 ] || targets=(decoders server_endpoint receiver_session director)
 export RUSTC_BOOTSTRAP=1
 cargo fuzz build -O
 for t in "${targets[@]}"; do

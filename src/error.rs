@@ -6,6 +6,8 @@ use std::fmt;
 pub const EXIT_FAILURE: i32 = 1;
 /// Exit code when `--timeout` ran out before the work was done.
 pub const EXIT_TIMEOUT: i32 = 3;
+/// Exit code when a director says no live server carries a wanted file.
+pub const EXIT_NOT_CARRIED: i32 = 4;
 
 /// A failure with a one-line, user-facing reason.
 #[derive(Debug)]
@@ -25,6 +27,14 @@ impl Error {
         Self {
             message: message.into(),
             code: EXIT_FAILURE,
+        }
+    }
+
+    /// A failure with its own exit code.
+    pub fn with_code(message: impl Into<String>, code: i32) -> Self {
+        Self {
+            message: message.into(),
+            code,
         }
     }
 

@@ -8,6 +8,7 @@
 pub mod archive_file;
 pub mod cli;
 pub mod datapath;
+pub mod director;
 pub mod error;
 pub mod events;
 pub mod keyfile;

@@ -6,6 +6,8 @@
 //! tests in view (two tests on one group would hear each other's servers); the
 //! tests are independent and short, behind shared helpers at the top.
 
+mod common;
+
 use loopcast_proto::manifest::Manifest;
 use loopcast_proto::wire::{self, Announce, AnnounceEntry, ChannelInfo};
 use rand::{Rng, SeedableRng};
@@ -1194,4 +1196,106 @@ fn as_another_user_the_partial_directory_of_someone_else_is_refused() {
     use std::os::unix::fs::MetadataExt;
     assert_eq!(std::fs::metadata(&partial).unwrap().uid(), 65534);
     assert_eq!(mode_of(&partial), 0o700);
+}
+
+#[test]
+fn a_receiver_told_only_directors_fails_over_to_the_other_server_keeping_what_it_holds() {
+    // Two servers loop one archive (packed once, copied: same archive id) on
+    // their own groups and heartbeat to a director; a receiver knows only a dead
+    // director and the live one. The primary is killed at about 40%: the
+    // receiver finishes from the other server with what it stored kept.
+    let top = tempfile::tempdir().unwrap();
+    let key = keygen(top.path());
+    let file = top.path().join("image.bin");
+    let data = random_file(&file, 6_000_000, 120);
+    let archive = top.path().join("image.lca");
+    let packed = loopcast(&[
+        "pack",
+        file.to_str().unwrap(),
+        "-k",
+        key.to_str().unwrap(),
+        "-o",
+    ])
+    .arg(&archive)
+    .output()
+    .unwrap();
+    assert!(packed.status.success(), "{}", stderr(&packed));
+    let director_at = format!("127.0.0.1:{}", 21000 + 123 * 10);
+    let dead_director = format!("127.0.0.1:{}", 21000 + 123 * 10 + 1);
+    let director_log = std::fs::File::create(top.path().join("director.log")).unwrap();
+    let _director = Running(
+        loopcast(&[
+            "director",
+            "-k",
+            key.to_str().unwrap(),
+            "--listen",
+            &director_at,
+            "--json",
+        ])
+        .stdout(std::fs::File::create(top.path().join("director.json")).unwrap())
+        .stderr(director_log)
+        .spawn()
+        .unwrap(),
+    );
+    let mut servers = Vec::new();
+    // The first has the lower load (8M of 100M against 8M of 10M): the primary.
+    for (n, capacity) in [(120u8, "100M"), (121, "10M")] {
+        let dir = top.path().join(n.to_string());
+        std::fs::create_dir(&dir).unwrap();
+        let extra = ["--director", &director_at, "--capacity", capacity];
+        servers.push(serve(&dir, &key, &[&archive], &group(n), "8M", &extra));
+    }
+    let primary = format!("127.0.0.1:{}", 21000 + 120 * 10);
+    let alternate = format!("127.0.0.1:{}", 21000 + 121 * 10);
+    // Within two heartbeats the director knows both; before, it says "not yet".
+    std::thread::sleep(Duration::from_millis(2500));
+    let directors = format!("{dead_director},{director_at}");
+    let absent = recv_command(&key, &group(122), &top.path().join("none"), &[])
+        .args(["--director", &directors, "--timeout", "20", "absent.bin"])
+        .output()
+        .unwrap();
+    assert_clean_failure(&absent, 4, "no live server carries it");
+    let out = top.path().join("out");
+    let events = top.path().join("recv.json");
+    let mut receiver = Running(
+        recv_command(&key, &group(122), &out, &[])
+            .args([
+                "--director",
+                &directors,
+                "--json",
+                "--timeout",
+                "60",
+                "image.bin",
+            ])
+            .stdout(std::fs::File::create(&events).unwrap())
+            .stderr(std::fs::File::create(top.path().join("recv.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let joined = format!("\"server\":\"{primary}\"");
+    assert!(
+        common::wait_for_log(&events, &joined, Duration::from_secs(10)),
+        "never joined {primary}"
+    );
+    std::thread::sleep(Duration::from_millis(2400)); // 40% of a 6 s loop
+    drop(servers.remove(0));
+    let status = receiver.0.wait().unwrap();
+    let log = std::fs::read_to_string(top.path().join("recv.log")).unwrap();
+    assert!(status.success(), "{log}");
+    assert_eq!(std::fs::read(out.join("image.bin")).unwrap(), data);
+    let json = std::fs::read_to_string(&events).unwrap();
+    let lost = format!("\"next\":\"{alternate}\"");
+    assert!(
+        json.contains("\"event\":\"server_lost\"") && json.contains(&lost),
+        "{json}"
+    );
+    assert!(
+        json.contains(&format!("\"server\":\"{alternate}\"")),
+        "{json}"
+    );
+    // What the primary sent was kept: the switch resumed it (about 40% of the
+    // 4202 packets; at least 20%).
+    assert!(resumed_packets(&log) >= 840.0, "{log}");
+    let director = std::fs::read_to_string(top.path().join("director.json")).unwrap();
+    assert!(director.contains("\"event\":\"server_down\""), "{director}");
 }

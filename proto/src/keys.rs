@@ -20,6 +20,7 @@ const FINGERPRINT_INFO: &[u8] = b"loopcast/v1/fingerprint";
 const MANIFEST_MAC_INFO: &[u8] = b"loopcast/v1/manifest-mac";
 const FRAME_KEY_INFO: &[u8] = b"loopcast/v1/frame-key";
 const DIRECTORY_MAC_INFO: &[u8] = b"loopcast/v3/directory-mac";
+const DIRECTOR_MAC_INFO: &[u8] = b"loopcast/v3/director-mac";
 const SESSION_MAC_INFO: &[u8] = b"loopcast/v3/session-mac";
 const DATA_MAC_INFO: &[u8] = b"loopcast/v3/data-gmac";
 
@@ -87,6 +88,14 @@ impl MasterKey {
     pub fn directory_mac_key(&self) -> MacKey {
         let mut out = [0u8; KEY_LEN];
         expand(&self.0, None, &[DIRECTORY_MAC_INFO], &mut out);
+        MacKey::from_bytes(out)
+    }
+
+    /// Key of the tags on HEARTBEAT, LOOKUP and DIRECTIONS (servers, receivers
+    /// and directors of one site).
+    pub fn director_mac_key(&self) -> MacKey {
+        let mut out = [0u8; KEY_LEN];
+        expand(&self.0, None, &[DIRECTOR_MAC_INFO], &mut out);
         MacKey::from_bytes(out)
     }
 }

@@ -11,6 +11,7 @@ pub mod archive;
 pub mod client;
 pub mod codec;
 pub mod cookie;
+pub mod director;
 pub mod frames;
 pub mod keys;
 pub mod manifest;

@@ -53,3 +53,12 @@ fn kept_receiver_session_inputs_keep_its_bounds() {
         assert_eq!(world.drive_session(&steps), Ok(()), "{}", path.display());
     }
 }
+
+#[test]
+fn kept_director_inputs_keep_its_bounds() {
+    let world = World::new();
+    for (path, bytes) in inputs("director") {
+        let steps = Step::parse_all(&bytes);
+        assert_eq!(world.drive_director(&steps), Ok(()), "{}", path.display());
+    }
+}

@@ -1,4 +1,4 @@
-//! Both endpoints under random datagram sequences (after quinn-proto's
+//! Both endpoints and the director under random datagram sequences (after quinn-proto's
 //! `random_interaction`), through `sim::fuzz`: valid datagrams of every type,
 //! mutated at random and tagged anew half the time (as a key holder could, so
 //! that mutations reach the code behind the tag check), from random origins, with
@@ -10,7 +10,7 @@ use proptest::prelude::*;
 
 fn step() -> impl Strategy<Value = Step> {
     (
-        0usize..9,
+        0usize..12,
         proptest::collection::vec((0usize..1600, any::<u8>()), 0..4),
         proptest::option::of(0usize..1600),
         any::<bool>(),
@@ -41,6 +41,11 @@ proptest! {
         // On demand or looping from the start, one run in two.
         let on_demand = steps.len() % 2 == 0;
         prop_assert_eq!(World::new().drive_server(&steps, on_demand), Ok(()));
+    }
+
+    #[test]
+    fn the_director_takes_any_datagrams(steps in proptest::collection::vec(step(), 1..120)) {
+        prop_assert_eq!(World::new().drive_director(&steps), Ok(()));
     }
 
     #[test]

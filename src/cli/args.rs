@@ -11,6 +11,8 @@ use std::path::PathBuf;
 
 /// Default directory group.
 pub const DEFAULT_GROUP: &str = "239.255.77.1:7700";
+/// Default UDP port of a director.
+pub const DEFAULT_DIRECTOR_PORT: u16 = 7790;
 
 /// loopcast: push the same files to many machines over UDP multicast.
 ///
@@ -21,7 +23,8 @@ pub const DEFAULT_GROUP: &str = "239.255.77.1:7700";
 ///
 /// Exit status: 0 done; 1 an error, with a one-line reason on stderr (wrong key,
 /// unwritable directory, full disk, unsafe file name, interrupted); 2 bad
-/// arguments; 3 a time-out (recv --timeout, ls finding no server). A receiver
+/// arguments; 3 a time-out (recv --timeout, ls finding no server); 4 a director
+/// says no live server carries a wanted file (recv --director). A receiver
 /// stopped in any way keeps its progress: run the same command again to resume.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
@@ -66,6 +69,20 @@ pub(super) enum Command {
     Serve(ServeArgs),
     /// Receive files from a server, verify them and write them into a directory.
     Recv(RecvArgs),
+    /// Keep a live map of servers and their files from their heartbeats, and
+    /// answer receivers' look-ups with the best servers for a file (until
+    /// SIGINT/SIGTERM). Run several for redundancy: servers heartbeat to each.
+    Director {
+        /// Master key file of the site (heartbeats and look-ups are tagged with it).
+        #[arg(short, long)]
+        key: PathBuf,
+        /// Address and UDP port to listen on.
+        #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:7790")]
+        listen: SocketAddrV4,
+        /// Print events (server up or down, look-ups answered) as JSON lines on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the files on air and exit.
     Ls {
         #[command(flatten)]
@@ -151,6 +168,15 @@ pub(super) struct ServeArgs {
     /// Most unicast streams at once; further requests are refused (logged).
     #[arg(long, default_value_t = 16)]
     pub(super) unicast_max_clients: usize,
+    /// Directors to heartbeat to every second (default port 7790), so that receivers
+    /// asking them find this server's files.
+    #[arg(long, value_name = "HOST[:PORT],...", value_delimiter = ',')]
+    pub(super) director: Vec<String>,
+    /// The most this server should send, bits/s (e.g. 1G): directors rank servers
+    /// by their sending rate against it (and by unicast streams against
+    /// --unicast-max-clients). Default: rank by streams only.
+    #[arg(long, value_parser = parse_rate, requires = "director")]
+    pub(super) capacity: Option<u64>,
     /// Start a file's channels only when a receiver asks for it, and stop them when no
     /// receiver has reported for --idle seconds. ANNOUNCE still lists the file.
     #[arg(long)]
@@ -239,6 +265,12 @@ pub(super) struct RecvArgs {
     /// Skip multicast entirely: receive by unicast from --server.
     #[arg(long, requires = "server")]
     pub(super) unicast: bool,
+    /// Directors to ask which servers carry the wanted files (default port 7790).
+    /// The best server named is taken (its multicast, else a unicast stream); when it
+    /// goes silent the next one named is, keeping what is stored. Exit code 4 when
+    /// a director says no live server carries a file.
+    #[arg(long, value_name = "HOST[:PORT],...", value_delimiter = ',', conflicts_with_all = ["server", "unicast"])]
+    pub(super) director: Vec<String>,
     /// Print events (join, progress, channel change, fallback, done, error) as JSON
     /// lines on stdout.
     #[arg(long)]
@@ -269,8 +301,8 @@ pub(super) fn parse_seconds(text: &str) -> std::result::Result<f64, String> {
     }
 }
 
-/// Resolves `--server HOST[:PORT]` (a name or an IPv4 address) with `default_port`.
-pub(super) fn resolve_server(text: &str, default_port: u16) -> Result<SocketAddrV4> {
+/// Resolves `HOST[:PORT]` (a name or an IPv4 address) given to `flag`, with `default_port`.
+pub(super) fn resolve_server(flag: &str, text: &str, default_port: u16) -> Result<SocketAddrV4> {
     use std::net::ToSocketAddrs;
     let with_port = if text
         .rsplit_once(':')
@@ -282,14 +314,14 @@ pub(super) fn resolve_server(text: &str, default_port: u16) -> Result<SocketAddr
     };
     let addrs = with_port
         .to_socket_addrs()
-        .context(|| format!("--server {text}: cannot resolve"))?;
+        .context(|| format!("{flag} {text}: cannot resolve"))?;
     addrs
         .filter_map(|a| match a {
             std::net::SocketAddr::V4(v4) => Some(v4),
             _ => None,
         })
         .next()
-        .ok_or_else(|| Error::new(format!("--server {text}: no IPv4 address")))
+        .ok_or_else(|| Error::new(format!("{flag} {text}: no IPv4 address")))
 }
 
 pub(super) fn parse_share(text: &str) -> std::result::Result<f64, String> {

@@ -52,6 +52,8 @@ pub(super) fn serve(a: ServeArgs) -> Result<ServeConfig> {
         unicast_port: a.unicast_port.unwrap_or(a.net.group.port()),
         unicast_max_rate: a.unicast_max_rate,
         unicast_max_clients: a.unicast_max_clients,
+        directors: directors(&a.director)?,
+        capacity: a.capacity.unwrap_or(0),
         on_demand: a.on_demand,
         idle: Duration::from_secs(a.idle),
         json: a.json,
@@ -61,6 +63,11 @@ pub(super) fn serve(a: ServeArgs) -> Result<ServeConfig> {
 
 /// `recv`'s arguments, checked: the key, the interface, the server address.
 pub(super) fn recv(a: RecvArgs) -> Result<RecvConfig> {
+    if !a.director.is_empty() && a.names.is_empty() {
+        return Err(Error::new(
+            "--director needs the names of the files to look up".to_string(),
+        ));
+    }
     for name in &a.names {
         loopcast_proto::manifest::check_name(name)
             .map_err(|why| Error::new(format!("{name:?} cannot be a file name: {why}")))?;
@@ -72,7 +79,7 @@ pub(super) fn recv(a: RecvArgs) -> Result<RecvConfig> {
         server: a
             .server
             .as_deref()
-            .map(|s| resolve_server(s, a.net.group.port()))
+            .map(|s| resolve_server("--server", s, a.net.group.port()))
             .transpose()?,
         out_dir: a.out,
         no_clobber: a.no_clobber,
@@ -85,6 +92,14 @@ pub(super) fn recv(a: RecvArgs) -> Result<RecvConfig> {
         aggregate: a.aggregate,
         sync_timeout: Duration::from_secs_f64(a.sync_timeout),
         unicast_only: a.unicast,
+        directors: directors(&a.director)?,
         json: a.json,
     })
+}
+
+/// Resolves `--director HOST[:PORT],…` (default port `DEFAULT_DIRECTOR_PORT`).
+pub(super) fn directors(list: &[String]) -> Result<Vec<std::net::SocketAddrV4>> {
+    list.iter()
+        .map(|d| resolve_server("--director", d, super::args::DEFAULT_DIRECTOR_PORT))
+        .collect()
 }

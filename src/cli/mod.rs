@@ -7,7 +7,7 @@ mod config;
 use crate::archive_file::{self, ArchiveFile};
 use crate::error::{Context, Error, Result};
 use crate::units::{display_name, format_bytes, format_rate};
-use crate::{keyfile, net, recv, server};
+use crate::{director, keyfile, net, recv, server};
 use args::{Cli, Command, NetArgs};
 use clap::Parser;
 use loopcast_proto::keys::hex;
@@ -80,6 +80,11 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Serve(a) => server::serve(config::serve(a)?),
         Command::Recv(a) => recv::recv(config::recv(a)?),
+        Command::Director { key, listen, json } => director::run(director::DirectorConfig {
+            key: keyfile::load(&key)?,
+            listen,
+            json,
+        }),
         Command::Ls {
             net: n,
             key,

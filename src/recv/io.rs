@@ -8,7 +8,9 @@ use crate::net;
 use crate::storage::{FrameWorker, OutputDir, PartialFile};
 use loopcast_proto::Manifest;
 use loopcast_proto::archive::Unpacker;
-use loopcast_proto::client::{ClientEvent, Command, ReceptionId, Session, Transmit, Via};
+use loopcast_proto::client::{
+    ClientError, ClientEvent, Command, ReceptionId, Session, Transmit, Via,
+};
 use mio::Interest;
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
@@ -41,7 +43,11 @@ impl Io {
     pub(super) fn events(&mut self, session: &mut Session) -> Result<()> {
         while let Some(event) = session.poll_event() {
             if let ClientEvent::Failed(e) = &event {
-                return Err(Error::new(render::failure(e, &self.config.key)));
+                let code = match e {
+                    ClientError::NotCarried { .. } => crate::error::EXIT_NOT_CARRIED,
+                    _ => crate::error::EXIT_FAILURE,
+                };
+                return Err(Error::with_code(render::failure(e, &self.config.key), code));
             }
             let local = match &event {
                 ClientEvent::Following { reception, .. }

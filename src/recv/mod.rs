@@ -64,6 +64,8 @@ pub struct RecvConfig {
     pub server: Option<SocketAddrV4>,
     /// Skip multicast entirely: unicast from `server`.
     pub unicast_only: bool,
+    /// Directors to look the wanted files up with (empty: the directory group).
+    pub directors: Vec<SocketAddrV4>,
     /// Print events as JSON lines on stdout.
     pub json: bool,
 }
@@ -209,6 +211,7 @@ pub fn recv(config: RecvConfig) -> Result<()> {
             server: config.server,
             unicast_only: config.unicast_only,
             nak_mode: loopcast_proto::NakMode::Suppressed,
+            directors: config.directors.clone(),
         },
         now,
         rand::random(),

@@ -120,6 +120,32 @@ impl Render {
                            "reason": if down { "loss" } else { "clean" }}),
                 );
             }
+            ClientEvent::Directed {
+                ref name,
+                ref servers,
+            } => {
+                let list: Vec<String> = servers.iter().map(ToString::to_string).collect();
+                log::info!("{}: the director names {}", name, list.join(", "));
+                self.events
+                    .emit("directed", json!({"file": name, "servers": list}));
+            }
+            ClientEvent::ServerLost {
+                ref name,
+                server,
+                next,
+            } => {
+                match next {
+                    Some(next) => log::warn!("{}: {server} went silent; asking {next}", name),
+                    None => {
+                        log::warn!("{}: {server} went silent; asking the directors again", name)
+                    }
+                }
+                self.events.emit(
+                    "server_lost",
+                    json!({"file": name, "server": server.to_string(),
+                           "next": next.map(|n| n.to_string())}),
+                );
+            }
             ClientEvent::FellBack {
                 reception: id,
                 server,
@@ -296,6 +322,9 @@ pub fn failure(e: &ClientError, key: &MasterKey) -> String {
         ClientError::Inconsistent { name } => format!(
             "{name}: every frame verified but the file does not match its manifest digest; the server's archive is inconsistent"
         ),
+        ClientError::NotCarried { name } => {
+            format!("{name}: the director says no live server carries it")
+        }
     }
 }
 

@@ -13,7 +13,8 @@ use crate::net;
 use crate::signals::StopSignals;
 use crate::units::{format_bytes, format_rate};
 use loopcast_proto::server::{
-    Archives, BatchLimits, ChannelSpec, Endpoint, FileSpec, Origin, ServerConfig, Socket, Transmit,
+    Archives, BatchLimits, ChannelSpec, DirectorLink, Endpoint, FileSpec, Origin, ServerConfig,
+    Socket, Transmit,
 };
 use loopcast_proto::wire;
 use loopcast_proto::{AdaptMode, CookieJar, MasterKey, PayloadSource};
@@ -55,6 +56,10 @@ pub struct ServeConfig {
     pub unicast_max_rate: u64,
     /// Most unicast streams at once.
     pub unicast_max_clients: usize,
+    /// Directors to heartbeat to (empty: none).
+    pub directors: Vec<SocketAddrV4>,
+    /// The most this server means to send, bits/s, told to directors (0: not said).
+    pub capacity: u64,
     /// Start a file's channels only when a receiver asks, stop them when idle.
     pub on_demand: bool,
     /// How long an on-demand file's channels run with no receiver reporting.
@@ -198,6 +203,11 @@ pub fn serve(config: ServeConfig) -> Result<()> {
                 bytes: MAX_SEND_BYTES,
                 datagrams: MAX_GSO_SEGMENTS,
             },
+            directors: (!config.directors.is_empty()).then(|| DirectorLink {
+                addresses: config.directors.clone(),
+                key: config.key.director_mac_key(),
+                capacity_bps: config.capacity,
+            }),
         },
         specs,
         CookieJar::new(cookie_key, now),

@@ -27,6 +27,8 @@ pub struct ClientConfig {
     pub unicast_only: bool,
     /// How multicast receptions NAK (`Suppressed`; the others are for comparisons).
     pub nak_mode: NakMode,
+    /// Directors to look the wanted files up with (empty: the directory group).
+    pub directors: Vec<SocketAddrV4>,
 }
 
 /// A file being received: its place in the session (stable while it runs; a
@@ -198,6 +200,11 @@ pub enum ClientError {
         /// The file.
         name: String,
     },
+    /// A director says no live server carries the file.
+    NotCarried {
+        /// The file.
+        name: String,
+    },
 }
 
 /// What happened, for logs, progress bars and `--json`.
@@ -270,6 +277,22 @@ pub enum ClientEvent {
         name: String,
         /// What is wrong with it.
         why: &'static str,
+    },
+    /// A director named the servers carrying a file, best first.
+    Directed {
+        /// The file.
+        name: String,
+        /// The servers' unicast addresses.
+        servers: Vec<SocketAddrV4>,
+    },
+    /// The server followed (or asked) for a file went silent; the next named is asked.
+    ServerLost {
+        /// The file.
+        name: String,
+        /// The silent server.
+        server: SocketAddrV4,
+        /// The server asked next, if any is left (the directors are asked again too).
+        next: Option<SocketAddrV4>,
     },
     /// The session cannot go on.
     Failed(ClientError),

@@ -15,7 +15,9 @@
 //! back; `has_output` tells when there are some). Where servers come from (ANNOUNCE, the
 //! configured `--server`) is an input, so a director's alternates can plug in.
 
+mod directions;
 mod driver_io;
+mod listings;
 mod reception;
 mod results;
 mod switch;
@@ -27,15 +29,15 @@ pub use driver_io::{
 };
 pub use reception::{Phase, Reception};
 
-use crate::manifest::check_name;
 use crate::receiver::{NakMode, Outcome};
 use crate::sender::HEAR_EVERY_SERVER;
-use crate::wire::{self, COOKIE_LEN, MacKey, Packet};
+use crate::wire::{self, COOKIE_LEN, MacKey};
+use directions::Directed;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use reception::Stream;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
 /// Most files received at once; further wanted files wait for a free place.
@@ -118,6 +120,8 @@ pub struct Session {
     first_listing: Option<Instant>,
     /// The latest time given to the session.
     now: Instant,
+    /// With directors: each wanted file's look-up and the servers it named.
+    directed: Directed,
 }
 
 impl Session {
@@ -133,7 +137,15 @@ impl Session {
             };
             (server, now + wait)
         });
+        let directed = Directed::new(
+            config.key.director_mac_key(),
+            config.directors.clone(),
+            &config.names,
+            now,
+            &mut rng,
+        );
         Self {
+            directed,
             directory_key: config.key.directory_mac_key(),
             link_id: rng.next_u32(),
             rng,
@@ -210,130 +222,6 @@ impl Session {
             self.events
                 .push_back(ClientEvent::AllHeld { reception: id });
         }
-    }
-
-    /// Answers from servers to the link: cookies and listings.
-    fn handle_link(&mut self, now: Instant, from: SocketAddrV4, bytes: &[u8]) {
-        if !self.directory_key.verifies(bytes) {
-            self.unauthenticated += 1;
-            return;
-        }
-        if let Ok(wire::Datagram {
-            packet: Packet::Cookie(cookie),
-            ..
-        }) = wire::decode(bytes)
-        {
-            // Ask again at once, validated this time.
-            self.cookies.insert(from, cookie);
-            if let Some((server, at)) = self.listing_request.as_mut()
-                && *server == from
-            {
-                *at = now;
-            }
-            for r in &mut self.receptions {
-                if r.server == Some(from) && r.next_start_request.is_some() {
-                    r.next_start_request = Some(now);
-                }
-            }
-            return;
-        }
-        self.take_listing(now, bytes, *from.ip(), Some(from));
-    }
-
-    /// A COOKIE on a reception's stream socket: repeat the stream request with it.
-    fn stream_cookie(&mut self, now: Instant, reception: ReceptionId, bytes: &[u8]) {
-        if !self.directory_key.verifies(bytes) {
-            self.unauthenticated += 1;
-            return;
-        }
-        let Ok(wire::Datagram {
-            packet: Packet::Cookie(cookie),
-            ..
-        }) = wire::decode(bytes)
-        else {
-            return;
-        };
-        let Some(r) = self.receptions.get_mut(reception) else {
-            return;
-        };
-        if let Some(s) = r.stream.as_mut() {
-            s.cookie = cookie;
-            s.next_request = now;
-        }
-        self.run_stream_request(now, reception);
-    }
-
-    /// Takes an ANNOUNCE heard from `source` by multicast, or by unicast from
-    /// `unicast_from` (a server asked with `--server`), and follows the wanted files.
-    fn take_listing(
-        &mut self,
-        now: Instant,
-        bytes: &[u8],
-        source: Ipv4Addr,
-        unicast_from: Option<SocketAddrV4>,
-    ) {
-        let Ok(datagram) = wire::decode(bytes) else {
-            return;
-        };
-        let Packet::Announce(announce) = datagram.packet else {
-            return;
-        };
-        // Only the holder of the site key lists files (T1, T7, T16).
-        if !self.directory_key.verifies(bytes) {
-            self.unauthenticated += 1;
-            let wanted = announce.entries.iter().find(|e| self.wanted(&e.name));
-            if let Some(entry) = wanted
-                && announce.key_fingerprint != self.config.key.fingerprint()
-                && self.foreign_listing.is_none()
-            {
-                let name = entry.name.clone();
-                self.foreign_listing = Some((now, name, announce.key_fingerprint));
-            }
-            return;
-        }
-        self.foreign_listing = None;
-        let session = datagram.session_id;
-        // An entry whose name is not one safe path component is skipped and counted,
-        // never fatal: anyone on the segment can send an ANNOUNCE (threat T1).
-        let mut entries = announce.entries;
-        entries.retain(|entry| match check_name(&entry.name) {
-            Ok(()) => true,
-            Err(why) => {
-                self.refused_entries += 1;
-                if self.refused_names.len() < MAX_REFUSED_NAMES
-                    && self.refused_names.insert(entry.name.clone())
-                {
-                    self.events.push_back(ClientEvent::EntryRefused {
-                        session,
-                        name: entry.name.clone(),
-                        why,
-                    });
-                }
-                false
-            }
-        });
-        let server = unicast_from.unwrap_or(SocketAddrV4::new(source, announce.unicast_port));
-        self.servers.insert(session, server);
-        self.listing_request = None; // a listing was heard: no need to ask for one
-        let listing = self.listings.entry(session).or_insert_with(|| Listing {
-            parts: announce.parts,
-            heard: HashSet::new(),
-            names: HashSet::new(),
-            last_heard: now,
-        });
-        listing.heard.insert(announce.part);
-        listing.last_heard = now;
-        self.first_listing.get_or_insert(now);
-        listing.names.extend(entries.iter().map(|e| e.name.clone()));
-        for entry in entries {
-            if self.wanted(&entry.name) {
-                self.follow(now, session, entry, unicast_from.is_some());
-            }
-        }
-    }
-
-    fn wanted(&self, name: &str) -> bool {
-        self.config.names.is_empty() || self.config.names.iter().any(|n| n == name)
     }
 
     fn join(&mut self, id: ReceptionId, channel: usize) {

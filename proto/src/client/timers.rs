@@ -2,8 +2,8 @@
 //! stream requests, fallback to unicast, channel choice.
 
 use super::{
-    ClientError, ClientEvent, Command, Fallback, Phase, REQUEST_RETRY, ReceptionId, Session,
-    Transmit, Via, WRONG_KEY_GRACE,
+    ClientError, ClientEvent, Command, Fallback, Phase, REQUEST_RETRY, ReceptionId,
+    SESSION_SILENCE, Session, Transmit, Via, WRONG_KEY_GRACE,
 };
 use crate::rate::SELECT_SAMPLE;
 use crate::sender::HEAR_EVERY_SERVER;
@@ -30,6 +30,7 @@ impl Session {
                 self.foreign_listing = Some((since, name, theirs));
             }
         }
+        self.directed_timers(now);
         for id in 0..self.receptions.len() {
             if self.receptions[id].phase != Phase::Receiving {
                 continue;
@@ -93,7 +94,11 @@ impl Session {
             }
         }
         let r = &mut self.receptions[id];
-        if r.server.is_some() && now >= r.last_data + self.config.sync_timeout {
+        // A server a director named that went silent is left, not asked for a stream.
+        let lost = r
+            .server
+            .is_some_and(|s| self.directed.gave_up(&r.entry.name, s));
+        if r.server.is_some() && !lost && now >= r.last_data + self.config.sync_timeout {
             let wait = self.config.sync_timeout;
             self.fall_back(now, id, Fallback::SyncTimeout(wait));
             return;
@@ -175,10 +180,18 @@ impl Session {
             .then(|| self.first_listing.map(|f| f + HEAR_EVERY_SERVER))
             .flatten()
             .filter(|at| *at > self.now);
+        // With directors, a followed server's silence moves the file to the next one.
+        let silence = (self.receptions.iter())
+            .filter(|r| r.phase == Phase::Receiving && self.directed.active())
+            .map(|r| r.fsm.last_heard().unwrap_or(r.started) + SESSION_SILENCE)
+            .filter(|at| *at > self.now)
+            .map(|at| at + std::time::Duration::from_millis(1));
         receptions
             .chain(listing)
             .chain(foreign)
             .chain(every_server)
+            .chain(self.directed.poll_timeout())
+            .chain(silence)
             .min()
     }
 }

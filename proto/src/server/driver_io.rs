@@ -50,6 +50,19 @@ pub struct ServerConfig {
     pub idle: Duration,
     /// What one send may carry.
     pub batch: BatchLimits,
+    /// Directors to heartbeat to (none: the server is found by its ANNOUNCE only).
+    pub directors: Option<DirectorLink>,
+}
+
+/// Where and how a server heartbeats (spec §9.1).
+#[derive(Debug, Clone)]
+pub struct DirectorLink {
+    /// Every director's address.
+    pub addresses: Vec<SocketAddrV4>,
+    /// Key of HEARTBEAT tags (`MasterKey::director_mac_key`).
+    pub key: MacKey,
+    /// The most the server means to send, bits/s (0: not said).
+    pub capacity_bps: u64,
 }
 
 /// One multicast channel of a file, as the driver set it up.

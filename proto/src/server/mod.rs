@@ -18,7 +18,8 @@ mod stream;
 pub use admission::Admission;
 use clients::UnicastClient;
 pub use driver_io::{
-    Archives, BatchLimits, ChannelSpec, FileSpec, Origin, ServerConfig, Socket, Transmit,
+    Archives, BatchLimits, ChannelSpec, DirectorLink, FileSpec, Origin, ServerConfig, Socket,
+    Transmit,
 };
 pub use events::{ServerEvent, ServerStats, StreamEnd};
 pub use receivers::{MAX_RECEIVERS, Noted, RECEIVER_MEMORY, ReceiverEntry, ReceiverTable};
@@ -96,6 +97,10 @@ pub struct Endpoint<A: Admission = CookieJar> {
     control: VecDeque<(Socket, SocketAddrV4, Vec<u8>)>,
     events: VecDeque<ServerEvent>,
     next_housekeeping: Instant,
+    /// When the endpoint started (heartbeat sequence numbers count from it).
+    started: Instant,
+    /// When the next heartbeat goes to the directors (with `ServerConfig::directors`).
+    next_heartbeat: Instant,
     stats: ServerStats,
 }
 
@@ -137,6 +142,8 @@ impl<A: Admission> Endpoint<A> {
             control: VecDeque::new(),
             events: VecDeque::new(),
             next_housekeeping: now + HOUSEKEEPING,
+            started: now,
+            next_heartbeat: now,
             stats: ServerStats::default(),
             files,
             config,
@@ -249,6 +256,9 @@ impl<A: Admission> Endpoint<A> {
         buf: &mut [u8],
         archives: &mut impl Archives,
     ) -> io::Result<Option<Transmit>> {
+        if self.control.is_empty() {
+            self.heartbeat(now);
+        }
         if self.control.is_empty()
             && let Some(datagrams) = self.announcer.poll_transmit(now)
         {
@@ -326,12 +336,55 @@ impl<A: Admission> Endpoint<A> {
         }
     }
 
+    /// When due, queues a HEARTBEAT and the listing for every director (spec §9.1).
+    fn heartbeat(&mut self, now: Instant) {
+        let Some(link) = &self.config.directors else {
+            return;
+        };
+        if now < self.next_heartbeat {
+            return;
+        }
+        self.next_heartbeat = now + crate::director::HEARTBEAT_INTERVAL;
+        let channels = self
+            .files
+            .iter()
+            .filter(|f| f.active)
+            .flat_map(|f| &f.channels);
+        let clients = self.clients.iter().flatten();
+        let sending_bps = channels.map(|c| c.stream.carousel.rate()).sum::<u64>()
+            + clients.map(|c| c.stream.carousel.rate()).sum::<u64>();
+        let listing = self.announcer.datagrams();
+        let heartbeat = wire::Heartbeat {
+            // Never 0, and growing: a replayed heartbeat is older than the last heard.
+            sequence: now.duration_since(self.started).as_millis() as u64 + 1,
+            unicast_port: self.config.unicast_port,
+            listing_parts: listing.len() as u8,
+            capacity_bps: link.capacity_bps,
+            sending_bps,
+            unicast_clients: self.client_slots.len().min(u16::MAX as usize) as u16,
+            unicast_max_clients: self.config.unicast_max_clients.min(u16::MAX as usize) as u16,
+            receivers: self.receivers.len() as u32,
+        };
+        let beat = wire::encode_heartbeat(&link.key, self.config.session_id, &heartbeat);
+        for &to in &link.addresses {
+            self.control.push_back((Socket::Unicast, to, beat.clone()));
+            for part in listing {
+                self.control.push_back((Socket::Unicast, to, part.clone()));
+            }
+        }
+    }
+
     /// When the endpoint next needs `handle_timeout` or `poll_transmit`.
     pub fn poll_timeout(&mut self) -> Instant {
-        [self.timers.next_deadline(), self.announcer.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .fold(self.next_housekeeping, Instant::min)
+        let heartbeat = self.config.directors.as_ref().map(|_| self.next_heartbeat);
+        [
+            self.timers.next_deadline(),
+            self.announcer.poll_timeout(),
+            heartbeat,
+        ]
+        .into_iter()
+        .flatten()
+        .fold(self.next_housekeeping, Instant::min)
     }
 
     /// The next thing that happened, for logs and `--json`.

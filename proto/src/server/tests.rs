@@ -59,6 +59,7 @@ fn harness(configure: impl FnOnce(&mut ServerConfig)) -> Harness {
             bytes: 65_000,
             datagrams: 44,
         },
+        directors: None,
     };
     configure(&mut config);
     let name = manifest.name.clone();
@@ -446,4 +447,60 @@ fn one_host_cannot_take_every_unicast_place() {
     let cookie = cookie_in(&h.step(Duration::ZERO), other);
     h.request(other, wire::REQUEST_UNICAST, cookie);
     assert_eq!(h.server.unicast_clients(), 3);
+}
+
+#[test]
+fn a_server_heartbeats_each_second_to_every_director_which_then_names_it() {
+    let directors: Vec<SocketAddrV4> = vec![addr(7790), addr(7791)];
+    let mut h = harness(|c| {
+        c.directors = Some(DirectorLink {
+            addresses: directors.clone(),
+            key: site_key().director_mac_key(),
+            capacity_bps: 160_000_000,
+        })
+    });
+    let start = h.t;
+    let mut director = crate::director::Director::new(
+        site_key().director_mac_key(),
+        site_key().directory_mac_key(),
+        start,
+    );
+    let sent = h.run(Duration::from_millis(3500));
+    let mut beats = 0;
+    for (socket, to, datagrams) in &sent {
+        if !directors.contains(to) {
+            continue;
+        }
+        assert_eq!(*socket, Socket::Unicast);
+        for d in datagrams {
+            if let Ok(Datagram {
+                packet: Packet::Heartbeat(beat),
+                ..
+            }) = wire::decode(d)
+            {
+                beats += 1;
+                assert_eq!(
+                    (beat.capacity_bps, beat.sending_bps),
+                    (160_000_000, 80_000_000)
+                );
+                assert_eq!(beat.unicast_max_clients, 2);
+            }
+            // The driver's unicast socket is the server's address as the director sees it.
+            if *to == directors[0] {
+                director.handle_datagram(
+                    h.t,
+                    SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7000),
+                    d,
+                );
+            }
+        }
+    }
+    assert_eq!(beats, 2 * 4, "at 0, 1, 2 and 3 s to each of two directors");
+    let record = director.servers().next().expect("registered");
+    assert_eq!(record.session_id, SESSION);
+    assert_eq!(
+        record.files().map(|e| e.name.clone()).collect::<Vec<_>>(),
+        vec![h.name.clone()]
+    );
+    assert_eq!(crate::director::load_fraction(&record.load), 0.5);
 }

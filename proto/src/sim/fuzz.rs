@@ -9,6 +9,7 @@ use super::{Bodies, pack};
 use crate::ReceivedMap;
 use crate::archive::{FramePlace, decode_table, open_frame};
 use crate::client::{self, ClientConfig, Command, Session};
+use crate::director::{Director, MAX_SERVERS};
 use crate::receiver::ResumePoint;
 use crate::server::{
     BatchLimits, ChannelSpec, Endpoint, FileSpec, MAX_RECEIVERS, Origin, ServerConfig,
@@ -198,6 +199,33 @@ impl World {
             receiver_id: 9,
             elapsed_ms: 10,
         };
+        let director = self.key.director_mac_key();
+        let heartbeat = wire::Heartbeat {
+            sequence: 1,
+            unicast_port: 7000,
+            listing_parts: 1,
+            capacity_bps: 100_000_000,
+            sending_bps: 50_000_000,
+            unicast_clients: 1,
+            unicast_max_clients: MAX_CLIENTS as u16,
+            receivers: 2,
+        };
+        let lookup = wire::Lookup {
+            receiver_id: 9,
+            nonce: 1,
+            name: m.name.clone(),
+        };
+        let directions = wire::Directions {
+            nonce: 1,
+            found: wire::Found::Carried,
+            name: m.name.clone(),
+            archive_id: id,
+            servers: vec![wire::Direction {
+                server: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7000),
+                session_id: SESSION,
+                load_permille: 500,
+            }],
+        };
         let request = wire::Request {
             receiver_id: 9,
             flags: wire::REQUEST_UNICAST | wire::REQUEST_START,
@@ -216,6 +244,9 @@ impl World {
             wire::encode_done(&keys.mac, SESSION, &done),
             wire::encode_request(&directory, 0, &request),
             wire::encode_cookie(&directory, SESSION, &[3; wire::COOKIE_LEN]),
+            wire::encode_heartbeat(&director, SESSION, &heartbeat),
+            wire::encode_lookup(&director, &lookup),
+            wire::encode_directions(&director, &directions),
         ]
     }
 
@@ -265,6 +296,12 @@ impl World {
             {
                 self.key.directory_mac_key().seal(d)
             }
+            t if t == PacketType::Heartbeat as u8
+                || t == PacketType::Lookup as u8
+                || t == PacketType::Directions as u8 =>
+            {
+                self.key.director_mac_key().seal(d)
+            }
             _ => keys.mac.seal(d),
         }
     }
@@ -290,6 +327,7 @@ impl World {
                 bytes: 65_000,
                 datagrams: 44,
             },
+            directors: None,
         };
         let spec = FileSpec {
             manifest: self.manifest.clone(),
@@ -342,6 +380,37 @@ impl World {
         Ok(())
     }
 
+    /// Runs `steps` into a director; Err names the bound that broke.
+    pub fn drive_director(&self, steps: &[Step]) -> Result<(), String> {
+        let mut now = Instant::now();
+        let mut director = Director::new(
+            self.key.director_mac_key(),
+            self.key.directory_mac_key(),
+            now,
+        );
+        for s in steps {
+            now += Duration::from_millis(s.dt_ms as u64 * 4);
+            let from = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, s.source), 7000);
+            let datagram = self.datagram(s);
+            director.handle_datagram(now, from, &datagram);
+            director.handle_timeout(now);
+            while let Some((to, answer)) = director.poll_transmit() {
+                if to != from || answer.len() > datagram.len() {
+                    return Err(format!(
+                        "{} bytes to {to} for {}",
+                        answer.len(),
+                        datagram.len()
+                    ));
+                }
+            }
+            while director.poll_event().is_some() {}
+            if director.servers().count() > MAX_SERVERS {
+                return Err(format!("{} servers", director.servers().count()));
+            }
+        }
+        Ok(())
+    }
+
     /// Runs `steps` into a receiver session; Err names the bound that broke.
     pub fn drive_session(&self, steps: &[Step]) -> Result<(), String> {
         let mut now = Instant::now();
@@ -354,6 +423,7 @@ impl World {
             server: Some(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7000)),
             unicast_only: false,
             nak_mode: NakMode::Suppressed,
+            directors: Vec::new(),
         };
         let mut session = Session::new(config, now, 3);
         for s in steps {

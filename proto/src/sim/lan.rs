@@ -169,6 +169,7 @@ pub fn run(config: &SimConfig) -> SimReport {
             bytes: 65_507,
             datagrams: 64,
         },
+        directors: None,
     };
     let spec = FileSpec {
         manifest: manifest.clone(),
@@ -301,6 +302,7 @@ impl Lan<'_> {
             server: None,
             unicast_only: false,
             nak_mode: self.config.nak_mode,
+            directors: Vec::new(),
         };
         let seed = self.config.seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         self.nodes[i].session = Some(Session::new(config, self.instant(), seed));

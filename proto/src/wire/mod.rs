@@ -7,6 +7,7 @@ pub use auth::{DataMac, MacKey, SessionKeys, TAG_LEN};
 pub mod auth;
 mod control;
 mod data;
+mod director;
 mod directory;
 
 use control::decode_nak;
@@ -15,6 +16,11 @@ pub use control::{
     encode_request, encode_status,
 };
 pub use data::{DataHeader, encode_data, encode_manifest, write_data_header};
+pub use director::{
+    Direction, Directions, Found, Heartbeat, LOOKUP_PADDING, Lookup, MAX_DIRECTIONS,
+    encode_directions, encode_heartbeat, encode_lookup,
+};
+use director::{decode_directions, decode_heartbeat, decode_lookup};
 use directory::decode_announce;
 pub use directory::{
     ANNOUNCE_HEADER_LEN, Announce, AnnounceEntry, ChannelInfo, announce_entry_len, encode_announce,
@@ -72,6 +78,12 @@ pub enum PacketType {
     Request = 8,
     /// The server's answer to a request without a valid cookie.
     Cookie = 9,
+    /// A server's load and liveness, to each director (its listing follows).
+    Heartbeat = 10,
+    /// A receiver's question to a director: who carries this file?
+    Lookup = 11,
+    /// A director's answer: the servers carrying the file, best first.
+    Directions = 12,
 }
 
 /// Bytes of a STATUS datagram: common header, 32-byte body, trailer.
@@ -130,6 +142,12 @@ pub enum Packet<'a> {
     Request(Request),
     /// A COOKIE packet.
     Cookie([u8; COOKIE_LEN]),
+    /// A HEARTBEAT packet.
+    Heartbeat(Heartbeat),
+    /// A LOOKUP packet.
+    Lookup(Lookup),
+    /// A DIRECTIONS packet.
+    Directions(Directions),
 }
 /// A decoded datagram with its sender's session id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,6 +262,9 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
             })
         }
         k if k == PacketType::Cookie as u8 => Packet::Cookie(r.array()?),
+        k if k == PacketType::Heartbeat as u8 => Packet::Heartbeat(decode_heartbeat(&mut r)?),
+        k if k == PacketType::Lookup as u8 => Packet::Lookup(decode_lookup(&mut r)?),
+        k if k == PacketType::Directions as u8 => Packet::Directions(decode_directions(&mut r)?),
         _ => return Err(DecodeError::UnknownType),
     };
     // Every body but DATA's and MANIFEST's must end exactly where its fields do.

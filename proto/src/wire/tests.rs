@@ -108,12 +108,40 @@ proptest! {
     }
 
     #[test]
+    fn heartbeats_round_trip(session in any::<u32>(), sequence in any::<u64>(), port in any::<u16>(), parts in 1u8..,
+                             capacity in any::<u64>(), sending in any::<u64>(), clients in any::<u16>(),
+                             max_clients in any::<u16>(), receivers in any::<u32>()) {
+        let h = Heartbeat { sequence, unicast_port: port, listing_parts: parts, capacity_bps: capacity,
+                            sending_bps: sending, unicast_clients: clients, unicast_max_clients: max_clients, receivers };
+        let bytes = encode_heartbeat(&mac(), session, &h);
+        let d = decode(&bytes).unwrap();
+        prop_assert_eq!(d.session_id, session);
+        prop_assert_eq!(d.packet, Packet::Heartbeat(h));
+    }
+
+    #[test]
+    fn lookups_round_trip_and_no_answer_is_longer(id in any::<u32>(), nonce in any::<u64>(), name in "[a-z.]{0,255}",
+                                                  archive_id in any::<u64>(),
+                                                  servers in proptest::collection::vec((any::<[u8; 4]>(), any::<u16>(), any::<u32>(), any::<u16>()), 0..=MAX_DIRECTIONS)) {
+        let lookup = Lookup { receiver_id: id, nonce, name: name.clone() };
+        let question = encode_lookup(&mac(), &lookup);
+        prop_assert_eq!(decode(&question).unwrap().packet, Packet::Lookup(lookup));
+        let found = if servers.is_empty() { Found::NotCarried } else { Found::Carried };
+        let servers = servers.into_iter().map(|(ip, port, session_id, load_permille)| Direction {
+            server: SocketAddrV4::new(Ipv4Addr::from(ip), port), session_id, load_permille }).collect();
+        let d = Directions { nonce, found, name, archive_id, servers };
+        let answer = encode_directions(&mac(), &d);
+        prop_assert!(answer.len() <= question.len());
+        prop_assert_eq!(decode(&answer).unwrap().packet, Packet::Directions(d));
+    }
+
+    #[test]
     fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
         let _ = decode(&bytes);
     }
 
     #[test]
-    fn random_bodies_never_panic(kind in 0u8..11, body in proptest::collection::vec(any::<u8>(), 0..400)) {
+    fn random_bodies_never_panic(kind in 0u8..14, body in proptest::collection::vec(any::<u8>(), 0..400)) {
         let mut bytes = vec![b'L', b'C', VERSION, kind, 0, 0, 0, 1];
         bytes.extend_from_slice(&body);
         let _ = decode(&bytes);

@@ -61,6 +61,21 @@ pub fn site_key() -> MasterKey {
     MasterKey::from_bytes([1; 32])
 }
 
+/// A receiver of every file on air, by multicast, with the defaults of `recv`.
+pub fn client_config(key: MasterKey) -> ClientConfig {
+    ClientConfig {
+        key,
+        names: Vec::new(),
+        max_rate: None,
+        aggregate: false,
+        sync_timeout: Duration::from_secs(3),
+        server: None,
+        unicast_only: false,
+        nak_mode: loopcast_proto::NakMode::Suppressed,
+        directors: Vec::new(),
+    }
+}
+
 pub fn server_config(session_id: u32) -> ServerConfig {
     ServerConfig {
         session_id,
@@ -81,6 +96,7 @@ pub fn server_config(session_id: u32) -> ServerConfig {
             bytes: 65_000,
             datagrams: 44,
         },
+        directors: None,
     }
 }
 
@@ -176,16 +192,7 @@ impl Lan {
         configure: impl FnOnce(&mut ClientConfig),
         multicast: bool,
     ) -> usize {
-        let mut config = ClientConfig {
-            key: self.key.clone(),
-            names: Vec::new(),
-            max_rate: None,
-            aggregate: false,
-            sync_timeout: Duration::from_secs(3),
-            server: None,
-            unicast_only: false,
-            nak_mode: loopcast_proto::NakMode::Suppressed,
-        };
+        let mut config = client_config(self.key.clone());
         configure(&mut config);
         let i = self.nodes.len();
         self.nodes.push(Node {

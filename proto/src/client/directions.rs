@@ -1,0 +1,234 @@
+//! Receiving with directors (`recv --director`, spec §9.2): look each wanted file
+//! up, ask the best server named for its listing, and when the server followed
+//! goes silent move to the next one named, keeping every stored packet (the
+//! servers carry the same archive).
+
+use super::{
+    ClientError, ClientEvent, Phase, REQUEST_RETRY, SESSION_SILENCE, Session, Transmit, Via,
+};
+use crate::wire::{self, Direction, Found, MacKey, Packet};
+use rand::Rng;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddrV4;
+use std::time::Instant;
+
+/// The look-up of one wanted file and the servers it named.
+struct Ask {
+    nonce: u64,
+    /// Which director the next LOOKUP goes to (round robin on time-out).
+    next_director: usize,
+    /// When to send the next LOOKUP (None: answered, nothing to ask).
+    next_lookup: Option<Instant>,
+    /// The servers named, best first, less those given up.
+    servers: Vec<Direction>,
+    /// The server whose listing is asked for, since when, and when again.
+    asking: Option<(SocketAddrV4, Instant, Instant)>,
+    /// Servers that went silent while followed or asked.
+    given_up: HashSet<SocketAddrV4>,
+}
+
+/// Every look-up of a receiver that was given directors.
+pub(super) struct Directed {
+    key: MacKey,
+    directors: Vec<SocketAddrV4>,
+    asks: HashMap<String, Ask>,
+}
+
+impl Directed {
+    /// Look-ups of `names` from `directors`, the first due at `now`.
+    pub(super) fn new(
+        key: MacKey,
+        directors: Vec<SocketAddrV4>,
+        names: &[String],
+        now: Instant,
+        rng: &mut impl Rng,
+    ) -> Self {
+        let asks = if directors.is_empty() {
+            HashMap::new()
+        } else {
+            (names.iter())
+                .map(|name| {
+                    let ask = Ask {
+                        nonce: rng.next_u64(),
+                        next_director: 0,
+                        next_lookup: Some(now),
+                        servers: Vec::new(),
+                        asking: None,
+                        given_up: HashSet::new(),
+                    };
+                    (name.clone(), ask)
+                })
+                .collect()
+        };
+        Self {
+            key,
+            directors,
+            asks,
+        }
+    }
+
+    /// True when files are found through directors, not the directory group.
+    pub(super) fn active(&self) -> bool {
+        !self.directors.is_empty()
+    }
+
+    /// True when `from` is a director.
+    pub(super) fn is_director(&self, from: SocketAddrV4) -> bool {
+        self.directors.contains(&from)
+    }
+
+    /// A COOKIE came from `server`: ask for its listing again at once, validated.
+    pub(super) fn cookie_from(&mut self, server: SocketAddrV4, now: Instant) {
+        for ask in self.asks.values_mut() {
+            if let Some((asked, since, _)) = ask.asking
+                && asked == server
+            {
+                ask.asking = Some((asked, since, now));
+            }
+        }
+    }
+
+    /// True when `server` went silent while it served `name`, and another is asked.
+    pub(super) fn gave_up(&self, name: &str, server: SocketAddrV4) -> bool {
+        self.asks
+            .get(name)
+            .is_some_and(|a| a.given_up.contains(&server))
+    }
+
+    /// The earliest look-up or listing request due.
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+        (self.asks.values())
+            .flat_map(|a| [a.next_lookup, a.asking.map(|(_, _, next)| next)])
+            .flatten()
+            .min()
+    }
+}
+
+impl Session {
+    /// A DIRECTIONS from a director, to the link.
+    pub(super) fn take_directions(&mut self, now: Instant, bytes: &[u8]) {
+        if !self.directed.key.verifies(bytes) {
+            self.unauthenticated += 1;
+            return;
+        }
+        let Ok(wire::Datagram {
+            packet: Packet::Directions(d),
+            ..
+        }) = wire::decode(bytes)
+        else {
+            return;
+        };
+        let Some(ask) = self.directed.asks.get_mut(&d.name) else {
+            return;
+        };
+        if ask.nonce != d.nonce || ask.next_lookup.is_none() {
+            return; // not the question outstanding (a replay, or answered already)
+        }
+        match d.found {
+            Found::NotYetKnown => ask.next_lookup = Some(now + REQUEST_RETRY),
+            Found::NotCarried => {
+                ask.next_lookup = None;
+                self.events
+                    .push_back(ClientEvent::Failed(ClientError::NotCarried {
+                        name: d.name,
+                    }));
+            }
+            Found::Carried => {
+                ask.next_lookup = None;
+                ask.nonce = self.rng.next_u64();
+                let mut servers = d.servers.clone();
+                servers.retain(|s| !ask.given_up.contains(&s.server));
+                if servers.is_empty() {
+                    // Every server named went silent before: they may be back.
+                    ask.given_up.clear();
+                    servers = d.servers;
+                }
+                ask.servers = servers;
+                let first = ask.servers[0].server;
+                if ask.asking.is_none_or(|(s, ..)| s != first) {
+                    ask.asking = Some((first, now, now));
+                }
+                self.events.push_back(ClientEvent::Directed {
+                    name: d.name,
+                    servers: ask.servers.iter().map(|s| s.server).collect(),
+                });
+            }
+        }
+    }
+
+    /// Runs the look-ups' timers: LOOKUPs due, listing requests due, and the
+    /// move to the next server when the one followed or asked went silent.
+    pub(super) fn directed_timers(&mut self, now: Instant) {
+        let names: Vec<String> = self.directed.asks.keys().cloned().collect();
+        for name in names {
+            let following = (self.receptions.iter())
+                .find(|r| r.entry.name == name && r.phase == Phase::Receiving)
+                .map(|r| {
+                    let silent = r.fsm.last_heard().unwrap_or(r.started) + SESSION_SILENCE < now;
+                    (self.servers.get(&r.fsm.session_id()).copied(), silent)
+                });
+            let done = (self.receptions.iter())
+                .any(|r| r.entry.name == name && r.phase != Phase::Receiving);
+            let ask = self.directed.asks.get_mut(&name).expect("listed above");
+            if done {
+                ask.asking = None;
+                ask.next_lookup = None;
+                continue;
+            }
+            let mut lost = None;
+            match following {
+                // Following a live server: nothing to ask for.
+                Some((Some(_), false)) => ask.asking = None,
+                Some((Some(server), true)) if !ask.given_up.contains(&server) => {
+                    lost = Some(server);
+                }
+                // The server asked has not listed the file in time.
+                _ => {
+                    if let Some((asked, since, _)) = ask.asking
+                        && now >= since + SESSION_SILENCE
+                    {
+                        lost = Some(asked);
+                    }
+                }
+            }
+            if let Some(server) = lost {
+                ask.given_up.insert(server);
+                ask.servers.retain(|s| s.server != server);
+                ask.asking = ask.servers.first().map(|s| (s.server, now, now));
+                // Ask again too: the director may know better by now.
+                ask.next_lookup = Some(now);
+                self.events.push_back(ClientEvent::ServerLost {
+                    name: name.clone(),
+                    server,
+                    next: ask.asking.map(|(s, ..)| s),
+                });
+            }
+            if let Some(at) = ask.next_lookup
+                && now >= at
+                && !self.directed.directors.is_empty()
+            {
+                let to = self.directed.directors[ask.next_director % self.directed.directors.len()];
+                ask.next_director += 1;
+                ask.next_lookup = Some(now + REQUEST_RETRY);
+                let lookup = wire::Lookup {
+                    receiver_id: self.link_id,
+                    nonce: ask.nonce,
+                    name: name.clone(),
+                };
+                let datagram = wire::encode_lookup(&self.directed.key, &lookup);
+                self.out.transmit(Transmit {
+                    via: Via::Link,
+                    to,
+                    datagram,
+                });
+            }
+            let ask = self.directed.asks.get_mut(&name).expect("listed above");
+            if let Some((server, since, next)) = ask.asking
+                && now >= next
+            {
+                ask.asking = Some((server, since, now + REQUEST_RETRY));
+                self.link_request(server, 0, String::new());
+            }
+        }
+    }
+}

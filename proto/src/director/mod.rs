@@ -1,0 +1,306 @@
+//! The director: a live registry of servers and the files they carry, built
+//! from their heartbeats, which answers receivers' look-ups with the servers
+//! carrying a file, best first (spec §9).
+//!
+//! Contract (as the other endpoints'): after any input (`handle_datagram`,
+//! `handle_timeout`), call `poll_transmit` until `None`, then `poll_event`
+//! until `None`, then sleep until `poll_timeout`. The director's state is soft:
+//! a restarted director knows every server again within two heartbeats.
+
+mod rank;
+
+pub use rank::{Candidate, SAME_SUBNET_BONUS, load_fraction, rank};
+
+use crate::wire::{self, AnnounceEntry, Directions, Found, Heartbeat, Lookup, MacKey, Packet};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddrV4;
+use std::time::{Duration, Instant};
+
+/// How often a server heartbeats to each director.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// A server unheard for this many heartbeat intervals is down.
+pub const DOWN_AFTER_HEARTBEATS: u32 = 3;
+/// Most servers a director keeps (heartbeats of further ones are counted, not kept).
+pub const MAX_SERVERS: usize = 1024;
+
+/// When a server unheard since `last` is down.
+pub fn down_at(last: Instant) -> Instant {
+    last + HEARTBEAT_INTERVAL * DOWN_AFTER_HEARTBEATS
+}
+
+/// What a director knows of one server.
+#[derive(Debug, Clone)]
+pub struct ServerRecord {
+    /// The server's session id.
+    pub session_id: u32,
+    /// Its unicast address: the heartbeat's source (sent from its unicast port).
+    pub address: SocketAddrV4,
+    /// Its last heartbeat.
+    pub load: Heartbeat,
+    /// When that heartbeat came.
+    pub last_heard: Instant,
+    /// Receivers sent to it as primary since that heartbeat: counted as unicast
+    /// streams until its next heartbeat tells, so that a burst of look-ups is
+    /// spread rather than all sent to whichever server was least loaded.
+    pub directed: u16,
+    /// Its listing, part by part as the ANNOUNCE parts after its heartbeats come.
+    parts: Vec<Option<Vec<AnnounceEntry>>>,
+}
+
+impl ServerRecord {
+    /// The files it carries, as far as its listing has come.
+    pub fn files(&self) -> impl Iterator<Item = &AnnounceEntry> {
+        self.parts.iter().flatten().flatten()
+    }
+}
+
+/// Something the director did, for logs and `--json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectorEvent {
+    /// A server heartbeat for the first time (or after it was down).
+    ServerUp {
+        /// Its session id.
+        session_id: u32,
+        /// Its unicast address.
+        address: SocketAddrV4,
+    },
+    /// A server missed `DOWN_AFTER_HEARTBEATS` heartbeats, or restarted under a new session.
+    ServerDown {
+        /// Its session id.
+        session_id: u32,
+        /// Its unicast address.
+        address: SocketAddrV4,
+    },
+    /// A look-up was answered.
+    Answered {
+        /// Who asked.
+        from: SocketAddrV4,
+        /// The name.
+        name: String,
+        /// What was found.
+        found: Found,
+        /// The first server named.
+        primary: Option<SocketAddrV4>,
+    },
+}
+
+/// Counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DirectorStats {
+    /// Datagrams whose tag did not verify under the director or directory key.
+    pub unauthenticated: u64,
+    /// Heartbeats no newer than the last heard of their session (replays).
+    pub stale: u64,
+    /// Heartbeats of new servers dropped because `MAX_SERVERS` are known.
+    pub over_capacity: u64,
+    /// Look-ups answered.
+    pub answered: u64,
+    /// Datagrams that were not for a director, or malformed.
+    pub ignored: u64,
+}
+
+/// The director (see the module documentation for its contract).
+pub struct Director {
+    director_key: MacKey,
+    directory_key: MacKey,
+    started: Instant,
+    servers: HashMap<u32, ServerRecord>,
+    out: VecDeque<(SocketAddrV4, Vec<u8>)>,
+    events: VecDeque<DirectorEvent>,
+    stats: DirectorStats,
+}
+
+impl Director {
+    /// A director started at `now`, checking heartbeats and look-ups with
+    /// `director_key` and listings with `directory_key`.
+    pub fn new(director_key: MacKey, directory_key: MacKey, now: Instant) -> Self {
+        Self {
+            director_key,
+            directory_key,
+            started: now,
+            servers: HashMap::new(),
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: DirectorStats::default(),
+        }
+    }
+
+    /// Takes one datagram from `from`.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddrV4, bytes: &[u8]) {
+        self.handle_timeout(now);
+        let Ok(datagram) = wire::decode(bytes) else {
+            self.stats.ignored += 1;
+            return;
+        };
+        let key = match datagram.packet {
+            Packet::Announce(_) => &self.directory_key,
+            Packet::Heartbeat(_) | Packet::Lookup(_) => &self.director_key,
+            _ => {
+                self.stats.ignored += 1;
+                return;
+            }
+        };
+        if !key.verifies(bytes) {
+            self.stats.unauthenticated += 1;
+            return;
+        }
+        match datagram.packet {
+            Packet::Heartbeat(h) => self.heartbeat(now, from, datagram.session_id, h),
+            Packet::Announce(a) => {
+                // A listing counts only for a server a heartbeat made live, from
+                // its address: a replayed one cannot bring a dead server back.
+                let Some(s) = self.servers.get_mut(&datagram.session_id) else {
+                    return;
+                };
+                if s.address != from || a.parts as usize != s.parts.len() {
+                    return;
+                }
+                s.parts[a.part as usize] = Some(a.entries);
+            }
+            Packet::Lookup(l) => self.answer(now, from, bytes.len(), l),
+            _ => {}
+        }
+    }
+
+    fn heartbeat(&mut self, now: Instant, from: SocketAddrV4, session_id: u32, h: Heartbeat) {
+        if let Some(s) = self.servers.get_mut(&session_id) {
+            if h.sequence <= s.load.sequence {
+                self.stats.stale += 1;
+                return;
+            }
+            if s.parts.len() != h.listing_parts as usize {
+                s.parts = vec![None; h.listing_parts as usize];
+            }
+            s.address = from;
+            s.load = h;
+            s.last_heard = now;
+            s.directed = 0;
+            return;
+        }
+        // A new session from the address of a known one: that server restarted.
+        let restarted: Vec<u32> = (self.servers.values())
+            .filter(|s| s.address == from)
+            .map(|s| s.session_id)
+            .collect();
+        for old in restarted {
+            self.remove(old);
+        }
+        if self.servers.len() >= MAX_SERVERS {
+            self.stats.over_capacity += 1;
+            return;
+        }
+        self.servers.insert(
+            session_id,
+            ServerRecord {
+                session_id,
+                address: from,
+                load: h,
+                last_heard: now,
+                directed: 0,
+                parts: vec![None; h.listing_parts as usize],
+            },
+        );
+        self.events.push_back(DirectorEvent::ServerUp {
+            session_id,
+            address: from,
+        });
+    }
+
+    fn remove(&mut self, session_id: u32) {
+        if let Some(s) = self.servers.remove(&session_id) {
+            self.events.push_back(DirectorEvent::ServerDown {
+                session_id,
+                address: s.address,
+            });
+        }
+    }
+
+    fn answer(&mut self, now: Instant, from: SocketAddrV4, asked_len: usize, lookup: Lookup) {
+        let candidates: Vec<Candidate> = (self.servers.values())
+            .filter_map(|s| {
+                let entry = s.files().find(|e| e.name == lookup.name)?;
+                let mut load = s.load;
+                load.unicast_clients = load.unicast_clients.saturating_add(s.directed);
+                Some(Candidate {
+                    session_id: s.session_id,
+                    address: s.address,
+                    archive_id: entry.archive_id,
+                    load,
+                })
+            })
+            .collect();
+        let servers = rank(&candidates, *from.ip());
+        let knows_all = now >= self.started + HEARTBEAT_INTERVAL * 2;
+        let found = match (servers.is_empty(), knows_all) {
+            (false, _) => Found::Carried,
+            (true, true) => Found::NotCarried,
+            (true, false) => Found::NotYetKnown,
+        };
+        let archive_id = servers.first().map_or(0, |(archive_id, _)| *archive_id);
+        let primary = servers.first().map(|(_, d)| d.server);
+        if let Some((_, d)) = servers.first()
+            && let Some(s) = self.servers.get_mut(&d.session_id)
+        {
+            s.directed = s.directed.saturating_add(1);
+        }
+        let directions = Directions {
+            nonce: lookup.nonce,
+            found,
+            name: lookup.name.clone(),
+            archive_id,
+            servers: servers.into_iter().map(|(_, d)| d).collect(),
+        };
+        let datagram = wire::encode_directions(&self.director_key, &directions);
+        // Never more bytes to an unvalidated address than it sent (LOOKUP is padded).
+        if datagram.len() > asked_len {
+            return;
+        }
+        self.stats.answered += 1;
+        self.out.push_back((from, datagram));
+        self.events.push_back(DirectorEvent::Answered {
+            from,
+            name: lookup.name,
+            found,
+            primary,
+        });
+    }
+
+    /// Forgets servers unheard for `DOWN_AFTER_HEARTBEATS` intervals.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let down: Vec<u32> = (self.servers.values())
+            .filter(|s| now >= down_at(s.last_heard))
+            .map(|s| s.session_id)
+            .collect();
+        for session_id in down {
+            self.remove(session_id);
+        }
+    }
+
+    /// The next datagram to send and where.
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddrV4, Vec<u8>)> {
+        self.out.pop_front()
+    }
+
+    /// When the next server goes down unless it heartbeats.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.servers.values().map(|s| down_at(s.last_heard)).min()
+    }
+
+    /// The next thing that happened.
+    pub fn poll_event(&mut self) -> Option<DirectorEvent> {
+        self.events.pop_front()
+    }
+
+    /// The live servers.
+    pub fn servers(&self) -> impl Iterator<Item = &ServerRecord> {
+        self.servers.values()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &DirectorStats {
+        &self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,74 @@
+//! Ranking the servers that carry a file (spec §9.3).
+
+use crate::wire::{Direction, Heartbeat, MAX_DIRECTIONS};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+/// What a server in the same /24 as the receiver is worth, in load fraction.
+pub const SAME_SUBNET_BONUS: f64 = 0.25;
+
+/// A live server carrying the file asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate {
+    /// Its session id.
+    pub session_id: u32,
+    /// Its unicast address.
+    pub address: SocketAddrV4,
+    /// The archive it carries under the name.
+    pub archive_id: u64,
+    /// Its last heartbeat.
+    pub load: Heartbeat,
+}
+
+/// How loaded a server is, 0 idle to 1 full (or more): the larger of its sending
+/// rate against its capacity and its unicast streams against its most.
+pub fn load_fraction(h: &Heartbeat) -> f64 {
+    let rate = (h.capacity_bps > 0).then(|| h.sending_bps as f64 / h.capacity_bps as f64);
+    let streams = (h.unicast_max_clients > 0)
+        .then(|| h.unicast_clients as f64 / h.unicast_max_clients as f64);
+    rate.into_iter().chain(streams).fold(0.0, f64::max)
+}
+
+fn same_subnet(a: Ipv4Addr, b: Ipv4Addr) -> bool {
+    a.octets()[..3] == b.octets()[..3]
+}
+
+/// The servers to name to a receiver at `receiver`, best first, with the archive
+/// each carries: the lowest score (load fraction, less `SAME_SUBNET_BONUS` in the
+/// receiver's /24) first, ties to the lower session id. Only servers carrying the
+/// best one's archive are named: two versions of a name are never mixed.
+pub fn rank(candidates: &[Candidate], receiver: Ipv4Addr) -> Vec<(u64, Direction)> {
+    let score = |c: &Candidate| {
+        let bonus = if same_subnet(*c.address.ip(), receiver) {
+            SAME_SUBNET_BONUS
+        } else {
+            0.0
+        };
+        load_fraction(&c.load) - bonus
+    };
+    let mut ranked: Vec<(f64, &Candidate)> = candidates.iter().map(|c| (score(c), c)).collect();
+    ranked.sort_by(|a, b| {
+        a.0.total_cmp(&b.0)
+            .then(a.1.session_id.cmp(&b.1.session_id))
+    });
+    let Some(archive_id) = ranked.first().map(|(_, c)| c.archive_id) else {
+        return Vec::new();
+    };
+    ranked
+        .into_iter()
+        .filter(|(_, c)| c.archive_id == archive_id)
+        .take(MAX_DIRECTIONS)
+        .map(|(_, c)| {
+            let permille = (load_fraction(&c.load) * 1000.0)
+                .round()
+                .min(u16::MAX as f64);
+            (
+                archive_id,
+                Direction {
+                    server: c.address,
+                    session_id: c.session_id,
+                    load_permille: permille as u16,
+                },
+            )
+        })
+        .collect()
+}

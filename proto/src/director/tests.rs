@@ -1,0 +1,304 @@
+//! The director on a virtual clock: registration, liveness, replays, forgeries,
+//! ranking and spreading a burst of look-ups.
+
+use super::*;
+use crate::MasterKey;
+use crate::wire::{Announce, ChannelInfo, Direction, LOOKUP_PADDING};
+use std::net::Ipv4Addr;
+
+fn key() -> MasterKey {
+    MasterKey::from_bytes([7; 32])
+}
+
+struct Site {
+    director: Director,
+    start: Instant,
+}
+
+fn addr(last: u8, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, last), port)
+}
+
+fn heartbeat(sequence: u64, clients: u16, max_clients: u16) -> Heartbeat {
+    Heartbeat {
+        sequence,
+        unicast_port: 7700,
+        listing_parts: 1,
+        capacity_bps: 0,
+        sending_bps: 0,
+        unicast_clients: clients,
+        unicast_max_clients: max_clients,
+        receivers: 0,
+    }
+}
+
+fn entry(name: &str, archive_id: u64) -> AnnounceEntry {
+    AnnounceEntry {
+        archive_id,
+        original_size: 10,
+        body_len: 100,
+        flags: 0,
+        name: name.into(),
+        channels: vec![ChannelInfo {
+            group: SocketAddrV4::new(Ipv4Addr::new(239, 1, 1, 1), 7701),
+            control_port: 17701,
+            rate_bps: 1_000_000,
+        }],
+    }
+}
+
+impl Site {
+    fn new() -> Self {
+        let start = Instant::now();
+        let k = key();
+        Self {
+            director: Director::new(k.director_mac_key(), k.directory_mac_key(), start),
+            start,
+        }
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.start + Duration::from_millis(ms)
+    }
+
+    /// A server's heartbeat and listing, as `serve --director` sends them.
+    fn beat(
+        &mut self,
+        ms: u64,
+        from: SocketAddrV4,
+        session: u32,
+        h: Heartbeat,
+        files: &[(&str, u64)],
+    ) {
+        let now = self.at(ms);
+        let k = key();
+        let bytes = wire::encode_heartbeat(&k.director_mac_key(), session, &h);
+        self.director.handle_datagram(now, from, &bytes);
+        let announce = Announce {
+            part: 0,
+            parts: 1,
+            unicast_port: 7700,
+            key_fingerprint: k.fingerprint(),
+            entries: files.iter().map(|(n, a)| entry(n, *a)).collect(),
+        };
+        let listing = wire::encode_announce(&k.directory_mac_key(), session, &announce);
+        self.director.handle_datagram(now, from, &listing);
+    }
+
+    fn lookup(&mut self, ms: u64, from: SocketAddrV4, name: &str) -> Directions {
+        let question = wire::encode_lookup(
+            &key().director_mac_key(),
+            &Lookup {
+                receiver_id: 1,
+                nonce: 42,
+                name: name.into(),
+            },
+        );
+        self.director.handle_datagram(self.at(ms), from, &question);
+        let (to, answer) = self.director.poll_transmit().expect("an answer");
+        assert_eq!(to, from);
+        assert!(answer.len() <= question.len());
+        assert!(key().director_mac_key().verifies(&answer));
+        match wire::decode(&answer).unwrap().packet {
+            Packet::Directions(d) => {
+                assert_eq!(d.nonce, 42);
+                d
+            }
+            other => panic!("not directions: {other:?}"),
+        }
+    }
+}
+
+fn servers(d: &Directions) -> Vec<SocketAddrV4> {
+    d.servers.iter().map(|s| s.server).collect()
+}
+
+#[test]
+fn a_server_heard_is_named_until_it_misses_three_heartbeats() {
+    let mut site = Site::new();
+    let a = addr(1, 7700);
+    assert_eq!(site.lookup(0, addr(9, 5000), "f").found, Found::NotYetKnown);
+    for s in 0..=3 {
+        site.beat(s * 1000, a, 11, heartbeat(s * 1000 + 1, 0, 4), &[("f", 5)]);
+    }
+    let d = site.lookup(3500, addr(9, 5000), "f");
+    assert_eq!(
+        (d.found, d.archive_id, servers(&d)),
+        (Found::Carried, 5, vec![a])
+    );
+    assert_eq!(
+        site.lookup(3500, addr(9, 5000), "g").found,
+        Found::NotCarried
+    );
+    assert_eq!(site.director.poll_timeout(), Some(site.at(6000)));
+    site.director.handle_timeout(site.at(5999));
+    assert_eq!(site.director.servers().count(), 1);
+    site.director.handle_timeout(site.at(6000));
+    assert_eq!(site.director.servers().count(), 0);
+    assert_eq!(
+        site.lookup(6000, addr(9, 5000), "f").found,
+        Found::NotCarried
+    );
+    let events: Vec<_> = std::iter::from_fn(|| site.director.poll_event())
+        .filter(|e| !matches!(e, DirectorEvent::Answered { .. }))
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            DirectorEvent::ServerUp {
+                session_id: 11,
+                address: a
+            },
+            DirectorEvent::ServerDown {
+                session_id: 11,
+                address: a
+            },
+        ]
+    );
+}
+
+#[test]
+fn replayed_and_forged_heartbeats_keep_no_server_alive() {
+    let mut site = Site::new();
+    let a = addr(1, 7700);
+    let h = heartbeat(500, 0, 4);
+    site.beat(0, a, 11, h, &[("f", 5)]);
+    // The same heartbeat again (a stranger replaying what it heard) is stale.
+    let bytes = wire::encode_heartbeat(&key().director_mac_key(), 11, &h);
+    for ms in [1000, 2000, 2900] {
+        site.director
+            .handle_datagram(site.at(ms), addr(66, 7700), &bytes);
+    }
+    assert_eq!(site.director.stats().stale, 3);
+    assert_eq!(site.director.servers().next().unwrap().address, a);
+    // A heartbeat under another key registers nothing.
+    let stranger = MasterKey::from_bytes([8; 32]);
+    let forged = wire::encode_heartbeat(&stranger.director_mac_key(), 12, &heartbeat(1, 0, 4));
+    site.director
+        .handle_datagram(site.at(2950), addr(66, 7700), &forged);
+    assert_eq!(site.director.stats().unauthenticated, 1);
+    site.director.handle_timeout(site.at(3000));
+    assert_eq!(site.director.servers().count(), 0);
+}
+
+#[test]
+fn a_restarted_server_replaces_its_old_session() {
+    let mut site = Site::new();
+    let a = addr(1, 7700);
+    site.beat(0, a, 11, heartbeat(1, 0, 4), &[("f", 5)]);
+    site.beat(500, a, 12, heartbeat(1, 0, 4), &[("f", 6)]);
+    let d = site.lookup(2500, addr(9, 5000), "f");
+    assert_eq!((d.archive_id, d.servers[0].session_id), (6, 12));
+    assert_eq!(site.director.servers().count(), 1);
+}
+
+#[test]
+fn the_least_loaded_server_comes_first_and_versions_are_never_mixed() {
+    let mut site = Site::new();
+    let (a, b, c) = (addr(1, 7700), addr(2, 7700), addr(3, 7700));
+    site.beat(0, a, 11, heartbeat(1, 3, 4), &[("f", 5)]);
+    site.beat(0, b, 12, heartbeat(1, 1, 4), &[("f", 5)]);
+    site.beat(0, c, 13, heartbeat(1, 2, 4), &[("f", 7)]);
+    let d = site.lookup(
+        2000,
+        SocketAddrV4::new(Ipv4Addr::new(192, 168, 0, 9), 1),
+        "f",
+    );
+    assert_eq!((d.archive_id, servers(&d)), (5, vec![b, a]));
+    assert_eq!(
+        d.servers[0],
+        Direction {
+            server: b,
+            session_id: 12,
+            load_permille: 250
+        }
+    );
+    // In the receiver's own /24 a busier server wins (the bonus is a quarter).
+    let near = SocketAddrV4::new(Ipv4Addr::new(192, 168, 0, 4), 7700);
+    site.beat(2000, near, 14, heartbeat(1, 3, 8), &[("f", 5)]);
+    let d = site.lookup(
+        2000,
+        SocketAddrV4::new(Ipv4Addr::new(192, 168, 0, 9), 1),
+        "f",
+    );
+    assert_eq!(servers(&d), vec![near, b, a]);
+    let d = site.lookup(2000, addr(9, 5000), "f");
+    assert_eq!(servers(&d)[0], b);
+}
+
+#[test]
+fn a_burst_of_lookups_is_spread_over_two_servers_at_capacity_three() {
+    let mut site = Site::new();
+    let (a, b) = (addr(1, 7700), addr(2, 7700));
+    site.beat(0, a, 11, heartbeat(1, 0, 3), &[("f", 5)]);
+    site.beat(0, b, 12, heartbeat(1, 0, 3), &[("f", 5)]);
+    let primaries: Vec<SocketAddrV4> = (0..6)
+        .map(|i| site.lookup(2000 + i, addr(50 + i as u8, 5000), "f").servers[0].server)
+        .collect();
+    assert_eq!(primaries.iter().filter(|p| **p == a).count(), 3);
+    assert_eq!(primaries.iter().filter(|p| **p == b).count(), 3);
+}
+
+#[test]
+fn a_lookup_without_its_padding_or_under_another_key_gets_no_answer() {
+    let mut site = Site::new();
+    site.beat(0, addr(1, 7700), 11, heartbeat(1, 0, 4), &[("f", 5)]);
+    let lookup = Lookup {
+        receiver_id: 1,
+        nonce: 1,
+        name: "f".into(),
+    };
+    let mut short = wire::encode_lookup(&key().director_mac_key(), &lookup);
+    short.truncate(short.len() - 16 - LOOKUP_PADDING);
+    key().director_mac_key().seal(&mut short);
+    site.director
+        .handle_datagram(site.at(2000), addr(9, 1), &short);
+    let stranger = MasterKey::from_bytes([8; 32]);
+    let forged = wire::encode_lookup(&stranger.director_mac_key(), &lookup);
+    site.director
+        .handle_datagram(site.at(2000), addr(9, 1), &forged);
+    assert!(site.director.poll_transmit().is_none());
+    assert_eq!(site.director.stats().unauthenticated, 1);
+    assert_eq!(site.director.stats().ignored, 1);
+}
+
+proptest::proptest! {
+    #[test]
+    fn any_datagrams_never_panic_and_no_answer_outgrows_its_question(
+        inputs in proptest::collection::vec(
+            (proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), 0u8..4, proptest::prelude::any::<u32>()),
+            1..60,
+        )
+    ) {
+        let mut site = Site::new();
+        let k = key();
+        for (i, (bytes, kind, n)) in inputs.into_iter().enumerate() {
+            // Raw bytes, or a key holder's heartbeat, lookup or listing with random fields.
+            let datagram = match kind {
+                0 => bytes,
+                1 => wire::encode_heartbeat(&k.director_mac_key(), n % 7, &heartbeat(n as u64 % 5, n as u16, 3)),
+                2 => wire::encode_lookup(&k.director_mac_key(), &Lookup {
+                    receiver_id: n,
+                    nonce: n as u64,
+                    name: String::from_utf8_lossy(&bytes[..bytes.len().min(40)]).chars().take(40).collect(),
+                }),
+                _ => {
+                    let mut d = wire::encode_announce(&k.directory_mac_key(), n % 7, &Announce {
+                        part: 0, parts: 1, unicast_port: 1, key_fingerprint: k.fingerprint(),
+                        entries: vec![entry("f", n as u64)],
+                    });
+                    if let Some(b) = bytes.first() { let at = *b as usize % d.len(); d[at] ^= 1; }
+                    d
+                }
+            };
+            let from = addr((n % 5) as u8, 7700);
+            let len = datagram.len();
+            site.director.handle_datagram(site.at(i as u64 * 300), from, &datagram);
+            while let Some((to, answer)) = site.director.poll_transmit() {
+                proptest::prop_assert_eq!(to, from);
+                proptest::prop_assert!(answer.len() <= len);
+            }
+            proptest::prop_assert!(site.director.servers().count() <= MAX_SERVERS);
+        }
+    }
+}

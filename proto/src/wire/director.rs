@@ -1,0 +1,203 @@
+//! HEARTBEAT, LOOKUP and DIRECTIONS: a server's load to the directors, a
+//! receiver's question for a file, and a director's ranked answer (spec §9).
+
+use super::{DecodeError, MacKey, PacketType, datagram};
+use crate::codec::Reader;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+/// Zero bytes that end every LOOKUP, so that no answer is longer than its question.
+pub const LOOKUP_PADDING: usize = 64;
+/// Most servers one DIRECTIONS names: the primary and three alternates.
+pub const MAX_DIRECTIONS: usize = 4;
+
+/// A server's heartbeat to a director: its load, then its listing follows as
+/// ANNOUNCE datagrams by unicast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Milliseconds since the server started: grows with every heartbeat, so a
+    /// replayed one is older than the last heard and is dropped.
+    pub sequence: u64,
+    /// The server's unicast port (requests, reports, unicast streams).
+    pub unicast_port: u16,
+    /// ANNOUNCE parts of the listing that follows.
+    pub listing_parts: u8,
+    /// The most the server means to send, bits/s (`serve --capacity`; 0: not set).
+    pub capacity_bps: u64,
+    /// What it sends now: its running channels' and streams' rates, bits/s.
+    pub sending_bps: u64,
+    /// Unicast streams running.
+    pub unicast_clients: u16,
+    /// Most unicast streams it takes.
+    pub unicast_max_clients: u16,
+    /// Receivers in its table (heard from within its memory).
+    pub receivers: u32,
+}
+
+/// A receiver's question: which servers carry `name`?
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lookup {
+    /// The receiver's random id.
+    pub receiver_id: u32,
+    /// Random per question; the answer echoes it.
+    pub nonce: u64,
+    /// File name (at most 255 bytes).
+    pub name: String,
+}
+
+/// What a director knows of a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Found {
+    /// Live servers carry it: the answer names them, best first.
+    Carried = 0,
+    /// No live server carries it.
+    NotCarried = 1,
+    /// The director started too recently to know every server: ask again.
+    NotYetKnown = 2,
+}
+
+/// One server in a director's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Direction {
+    /// The server's unicast address (its requests, reports, streams).
+    pub server: SocketAddrV4,
+    /// Its session id.
+    pub session_id: u32,
+    /// Its load in thousandths of its capacity (the ranking's figure, §9.3).
+    pub load_permille: u16,
+}
+
+/// A director's answer to a LOOKUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Directions {
+    /// The LOOKUP's nonce.
+    pub nonce: u64,
+    /// Whether the name is carried.
+    pub found: Found,
+    /// The name asked for.
+    pub name: String,
+    /// The archive every server named carries (0 when not carried).
+    pub archive_id: u64,
+    /// Servers, best first, at most `MAX_DIRECTIONS`.
+    pub servers: Vec<Direction>,
+}
+
+/// Encodes a HEARTBEAT (session id: the server's).
+pub fn encode_heartbeat(key: &MacKey, session_id: u32, h: &Heartbeat) -> Vec<u8> {
+    datagram(key, PacketType::Heartbeat, session_id, |buf| {
+        buf.extend_from_slice(&h.sequence.to_be_bytes());
+        buf.extend_from_slice(&h.unicast_port.to_be_bytes());
+        buf.push(h.listing_parts);
+        buf.extend_from_slice(&h.capacity_bps.to_be_bytes());
+        buf.extend_from_slice(&h.sending_bps.to_be_bytes());
+        buf.extend_from_slice(&h.unicast_clients.to_be_bytes());
+        buf.extend_from_slice(&h.unicast_max_clients.to_be_bytes());
+        buf.extend_from_slice(&h.receivers.to_be_bytes());
+    })
+}
+
+/// Encodes a LOOKUP, padded with `LOOKUP_PADDING` zero bytes. A name over 255
+/// bytes is a caller bug.
+pub fn encode_lookup(key: &MacKey, lookup: &Lookup) -> Vec<u8> {
+    assert!(
+        lookup.name.len() <= 255,
+        "lookup name longer than 255 bytes"
+    );
+    datagram(key, PacketType::Lookup, 0, |buf| {
+        buf.extend_from_slice(&lookup.receiver_id.to_be_bytes());
+        buf.extend_from_slice(&lookup.nonce.to_be_bytes());
+        buf.push(lookup.name.len() as u8);
+        buf.extend_from_slice(lookup.name.as_bytes());
+        buf.extend_from_slice(&[0; LOOKUP_PADDING]);
+    })
+}
+
+/// Encodes a DIRECTIONS. More than `MAX_DIRECTIONS` servers or a name over 255
+/// bytes is a caller bug.
+pub fn encode_directions(key: &MacKey, d: &Directions) -> Vec<u8> {
+    assert!(d.name.len() <= 255 && d.servers.len() <= MAX_DIRECTIONS);
+    datagram(key, PacketType::Directions, 0, |buf| {
+        buf.extend_from_slice(&d.nonce.to_be_bytes());
+        buf.push(d.found as u8);
+        buf.push(d.name.len() as u8);
+        buf.extend_from_slice(d.name.as_bytes());
+        buf.extend_from_slice(&d.archive_id.to_be_bytes());
+        buf.push(d.servers.len() as u8);
+        for s in &d.servers {
+            buf.extend_from_slice(&s.server.ip().octets());
+            buf.extend_from_slice(&s.server.port().to_be_bytes());
+            buf.extend_from_slice(&s.session_id.to_be_bytes());
+            buf.extend_from_slice(&s.load_permille.to_be_bytes());
+        }
+    })
+}
+
+pub(super) fn decode_heartbeat(r: &mut Reader<'_>) -> Result<Heartbeat, DecodeError> {
+    let h = Heartbeat {
+        sequence: r.u64()?,
+        unicast_port: r.u16()?,
+        listing_parts: r.u8()?,
+        capacity_bps: r.u64()?,
+        sending_bps: r.u64()?,
+        unicast_clients: r.u16()?,
+        unicast_max_clients: r.u16()?,
+        receivers: r.u32()?,
+    };
+    if h.listing_parts == 0 {
+        return Err(DecodeError::Invalid);
+    }
+    Ok(h)
+}
+
+fn name(r: &mut Reader<'_>) -> Result<String, DecodeError> {
+    let len = r.u8()? as usize;
+    std::str::from_utf8(r.take(len)?)
+        .map(str::to_owned)
+        .map_err(|_| DecodeError::Invalid)
+}
+
+pub(super) fn decode_lookup(r: &mut Reader<'_>) -> Result<Lookup, DecodeError> {
+    let receiver_id = r.u32()?;
+    let nonce = r.u64()?;
+    let name = name(r)?;
+    if r.take(LOOKUP_PADDING)?.iter().any(|&b| b != 0) {
+        return Err(DecodeError::Invalid);
+    }
+    Ok(Lookup {
+        receiver_id,
+        nonce,
+        name,
+    })
+}
+
+pub(super) fn decode_directions(r: &mut Reader<'_>) -> Result<Directions, DecodeError> {
+    let nonce = r.u64()?;
+    let found = match r.u8()? {
+        0 => Found::Carried,
+        1 => Found::NotCarried,
+        2 => Found::NotYetKnown,
+        _ => return Err(DecodeError::Invalid),
+    };
+    let name = name(r)?;
+    let archive_id = r.u64()?;
+    let count = r.u8()? as usize;
+    if count > MAX_DIRECTIONS || (found == Found::Carried) != (count > 0) {
+        return Err(DecodeError::Invalid);
+    }
+    let mut servers = Vec::with_capacity(count);
+    for _ in 0..count {
+        let ip = Ipv4Addr::from(r.array::<4>()?);
+        servers.push(Direction {
+            server: SocketAddrV4::new(ip, r.u16()?),
+            session_id: r.u32()?,
+            load_permille: r.u16()?,
+        });
+    }
+    Ok(Directions {
+        nonce,
+        found,
+        name,
+        archive_id,
+        servers,
+    })
+}
