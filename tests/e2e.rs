@@ -1222,6 +1222,7 @@ fn a_receiver_told_only_directors_fails_over_to_the_other_server_keeping_what_it
     assert!(packed.status.success(), "{}", stderr(&packed));
     let director_at = format!("127.0.0.1:{}", 21000 + 123 * 10);
     let dead_director = format!("127.0.0.1:{}", 21000 + 123 * 10 + 1);
+    let http_at = format!("127.0.0.1:{}", 21000 + 123 * 10 + 2);
     let director_log = std::fs::File::create(top.path().join("director.log")).unwrap();
     let _director = Running(
         loopcast(&[
@@ -1231,6 +1232,8 @@ fn a_receiver_told_only_directors_fails_over_to_the_other_server_keeping_what_it
             "--listen",
             &director_at,
             "--json",
+            "--http",
+            &http_at,
         ])
         .stdout(std::fs::File::create(top.path().join("director.json")).unwrap())
         .stderr(director_log)
@@ -1249,6 +1252,36 @@ fn a_receiver_told_only_directors_fails_over_to_the_other_server_keeping_what_it
     let alternate = format!("127.0.0.1:{}", 21000 + 121 * 10);
     // Within two heartbeats the director knows both; before, it says "not yet".
     std::thread::sleep(Duration::from_millis(2500));
+    // Its status API and `ls --director` show both servers carrying one version.
+    let get = |path: &str| {
+        let mut answer = ureq::get(&format!("http://{http_at}{path}"))
+            .call()
+            .unwrap();
+        answer.body_mut().read_to_string().unwrap()
+    };
+    let files: serde_json::Value = serde_json::from_str(&get("/v1/files")).unwrap();
+    assert_eq!(files[0]["name"], "image.bin", "{files}");
+    assert_eq!(files[0]["versions"].as_array().unwrap().len(), 1, "{files}");
+    assert_eq!(
+        files[0]["versions"][0]["servers"].as_array().unwrap().len(),
+        2,
+        "{files}"
+    );
+    let registry: serde_json::Value = serde_json::from_str(&get("/v1/servers")).unwrap();
+    assert_eq!(registry.as_array().unwrap().len(), 2, "{registry}");
+    assert!(get("/metrics").contains("loopcast_director_servers 2"));
+    assert!(
+        ureq::get(&format!("http://{http_at}/nothing"))
+            .call()
+            .is_err()
+    );
+    let ls = loopcast(&["ls", "--director", &http_at]).output().unwrap();
+    let listing = String::from_utf8_lossy(&ls.stdout);
+    assert!(ls.status.success(), "{}", stderr(&ls));
+    assert!(
+        listing.contains(&primary) && listing.contains(&alternate),
+        "{listing}"
+    );
     let directors = format!("{dead_director},{director_at}");
     let absent = recv_command(&key, &group(122), &top.path().join("none"), &[])
         .args(["--director", &directors, "--timeout", "20", "absent.bin"])
@@ -1298,4 +1331,12 @@ fn a_receiver_told_only_directors_fails_over_to_the_other_server_keeping_what_it
     assert!(resumed_packets(&log) >= 840.0, "{log}");
     let director = std::fs::read_to_string(top.path().join("director.json")).unwrap();
     assert!(director.contains("\"event\":\"server_down\""), "{director}");
+    let receivers: serde_json::Value = serde_json::from_str(&get("/v1/receivers")).unwrap();
+    let files: Vec<&str> = (receivers.as_array().unwrap().iter())
+        .map(|r| r["file"].as_str().unwrap())
+        .collect();
+    assert!(
+        files.contains(&"image.bin") && files.contains(&"absent.bin"),
+        "{receivers}"
+    );
 }

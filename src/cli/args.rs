@@ -82,6 +82,11 @@ pub(super) enum Command {
         /// Print events (server up or down, look-ups answered) as JSON lines on stdout.
         #[arg(long)]
         json: bool,
+        /// Where to serve the read-only HTTP status API (/v1/servers, /v1/files,
+        /// /v1/receivers, /metrics for Prometheus), or "off". It shows server
+        /// addresses, files, loads and receivers' addresses to whoever can reach it.
+        #[arg(long, value_name = "ADDR:PORT|off", default_value = "0.0.0.0:7791", value_parser = parse_http)]
+        http: HttpListen,
     },
     /// List the files on air and exit.
     Ls {
@@ -95,6 +100,10 @@ pub(super) enum Command {
         /// Seconds to listen before giving up.
         #[arg(long, default_value_t = 3)]
         timeout: u64,
+        /// List the files every server known to this director carries, with where
+        /// each one is and how loaded, from its HTTP API (default port 7791).
+        #[arg(long, value_name = "HOST[:PORT]")]
+        director: Option<String>,
     },
 }
 
@@ -302,7 +311,7 @@ pub(super) fn parse_seconds(text: &str) -> std::result::Result<f64, String> {
 }
 
 /// Resolves `HOST[:PORT]` (a name or an IPv4 address) given to `flag`, with `default_port`.
-pub(super) fn resolve_server(flag: &str, text: &str, default_port: u16) -> Result<SocketAddrV4> {
+pub(crate) fn resolve_server(flag: &str, text: &str, default_port: u16) -> Result<SocketAddrV4> {
     use std::net::ToSocketAddrs;
     let with_port = if text
         .rsplit_once(':')
@@ -322,6 +331,19 @@ pub(super) fn resolve_server(flag: &str, text: &str, default_port: u16) -> Resul
         })
         .next()
         .ok_or_else(|| Error::new(format!("{flag} {text}: no IPv4 address")))
+}
+
+/// Where the director's HTTP API listens, if anywhere (`--http ADDR:PORT|off`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct HttpListen(pub(super) Option<SocketAddrV4>);
+
+pub(super) fn parse_http(text: &str) -> std::result::Result<HttpListen, String> {
+    if text == "off" {
+        return Ok(HttpListen(None));
+    }
+    text.parse()
+        .map(|a| HttpListen(Some(a)))
+        .map_err(|_| format!("{text:?} is not ADDR:PORT (an IPv4 address and a port) or off"))
 }
 
 pub(super) fn parse_share(text: &str) -> std::result::Result<f64, String> {

@@ -80,15 +80,26 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Serve(a) => server::serve(config::serve(a)?),
         Command::Recv(a) => recv::recv(config::recv(a)?),
-        Command::Director { key, listen, json } => director::run(director::DirectorConfig {
+        Command::Director {
+            key,
+            listen,
+            json,
+            http,
+        } => director::run(director::DirectorConfig {
             key: keyfile::load(&key)?,
             listen,
             json,
+            http: http.0,
         }),
+        Command::Ls {
+            director: Some(director),
+            ..
+        } => ls_director(&director),
         Command::Ls {
             net: n,
             key,
             timeout,
+            director: None,
         } => ls(n, key, timeout),
     }
 }
@@ -135,6 +146,50 @@ fn ls(n: NetArgs, key: Option<PathBuf>, timeout: u64) -> Result<()> {
             &hex(&fingerprint)[..8],
             channels.join(", ")
         );
+    }
+    Ok(())
+}
+
+/// Default port of a director's HTTP API.
+const DEFAULT_DIRECTOR_HTTP_PORT: u16 = 7791;
+
+/// `ls --director`: every file the director's servers carry, from its HTTP API.
+fn ls_director(director: &str) -> Result<()> {
+    let at = args::resolve_server("--director", director, DEFAULT_DIRECTOR_HTTP_PORT)?;
+    let url = format!("http://{at}/v1/files");
+    let body = ureq::get(&url)
+        .call()
+        .and_then(|mut r| r.body_mut().read_to_string())
+        .map_err(|e| Error::new(format!("cannot read {url}: {e}")))?;
+    let files: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|e| Error::new(format!("{url} is not the director's JSON: {e}")))?;
+    let files = files.as_array().cloned().unwrap_or_default();
+    if files.is_empty() {
+        return Err(Error::timeout(format!(
+            "the director at {at} knows no file on air"
+        )));
+    }
+    println!(
+        "{:<32} {:>12}  {:<16}  SERVERS (load)",
+        "NAME", "SIZE", "ARCHIVE"
+    );
+    for file in &files {
+        let name = file["name"].as_str().unwrap_or("?");
+        for version in file["versions"].as_array().into_iter().flatten() {
+            let servers: Vec<String> = (version["servers"].as_array().into_iter().flatten())
+                .map(|s| {
+                    let load = s["load"].as_f64().unwrap_or(0.0) * 100.0;
+                    format!("{} ({load:.0}%)", s["address"].as_str().unwrap_or("?"))
+                })
+                .collect();
+            println!(
+                "{:<32} {:>12}  {:<16}  {}",
+                display_name(name),
+                format_bytes(version["size"].as_u64().unwrap_or(0)),
+                version["archive_id"].as_str().unwrap_or("?"),
+                servers.join(", ")
+            );
+        }
     }
     Ok(())
 }

@@ -1,5 +1,8 @@
 //! `loopcast director`: the driver of `proto::director::Director` — one UDP
-//! socket, the clock, logs and `--json` events. It decides nothing itself.
+//! socket, the clock, logs and `--json` events, and the HTTP status API
+//! (`http`). It decides nothing itself.
+
+mod http;
 
 use crate::error::{Context, Result};
 use crate::events::Events;
@@ -12,6 +15,7 @@ use mio::{Interest, Token};
 use serde_json::json;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// What `director` was asked to do.
@@ -22,6 +26,8 @@ pub struct DirectorConfig {
     pub listen: SocketAddrV4,
     /// Print events as JSON lines on stdout.
     pub json: bool,
+    /// Where to serve the HTTP status API (None: nowhere).
+    pub http: Option<SocketAddrV4>,
 }
 
 const SOCKET: Token = Token(0);
@@ -39,29 +45,39 @@ pub fn run(config: DirectorConfig) -> Result<()> {
         .register(&mut socket, SOCKET, Interest::READABLE)
         .context(|| "cannot register socket".into())?;
     let events = Events::new(config.json);
-    let mut director = Director::new(
+    let director = Arc::new(Mutex::new(Director::new(
         config.key.director_mac_key(),
         config.key.directory_mac_key(),
         Instant::now(),
-    );
+    )));
+    if let Some(address) = config.http {
+        http::serve(address, director.clone())?;
+        log::info!(
+            "status API on http://{address}/v1/servers (also /v1/files, /v1/receivers, /metrics)"
+        );
+    }
     log::info!("director listening on {}", config.listen);
     events.emit("listening", json!({"address": config.listen.to_string()}));
     let mut buf = vec![0u8; 65536];
     loop {
         let now = Instant::now();
-        director.handle_timeout(now);
-        flush(&mut director, &socket, &events);
-        let wait = director
-            .poll_timeout()
-            .map_or(Duration::from_secs(1), |at| {
-                at.saturating_duration_since(now)
-            });
+        let wait = {
+            let mut director = lock(&director);
+            director.handle_timeout(now);
+            flush(&mut director, &socket, &events);
+            director
+                .poll_timeout()
+                .map_or(Duration::from_secs(1), |at| {
+                    at.saturating_duration_since(now)
+                })
+        };
         if signals.wait(Some(wait.max(Duration::from_millis(1))))? {
             break;
         }
         for _ in 0..MAX_PER_TURN {
             match socket.recv_from(&mut buf) {
                 Ok((n, SocketAddr::V4(from))) => {
+                    let mut director = lock(&director);
                     director.handle_datagram(Instant::now(), from, &buf[..n]);
                     flush(&mut director, &socket, &events);
                 }
@@ -72,6 +88,7 @@ pub fn run(config: DirectorConfig) -> Result<()> {
             }
         }
     }
+    let director = lock(&director);
     let s = director.stats();
     log::info!(
         "stopping: {} server(s) live, {} look-up(s) answered, {} unauthenticated, {} stale heartbeat(s)",
@@ -81,6 +98,11 @@ pub fn run(config: DirectorConfig) -> Result<()> {
         s.stale
     );
     Ok(())
+}
+
+/// The director, from the loop or the HTTP thread (a panic elsewhere leaves it usable).
+fn lock(director: &Mutex<Director>) -> std::sync::MutexGuard<'_, Director> {
+    director.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Sends the director's answers and logs its events.

@@ -22,6 +22,23 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 pub const DOWN_AFTER_HEARTBEATS: u32 = 3;
 /// Most servers a director keeps (heartbeats of further ones are counted, not kept).
 pub const MAX_SERVERS: usize = 1024;
+/// Most (receiver, file) look-ups a director remembers, for its status.
+pub const MAX_RECEIVERS: usize = 4096;
+/// How long a director remembers a receiver's look-up.
+pub const RECEIVER_MEMORY: Duration = Duration::from_secs(600);
+
+/// A receiver's latest look-up of one file, as the director answered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiverSeen {
+    /// The receiver's link address.
+    pub address: SocketAddrV4,
+    /// The file it asked for.
+    pub name: String,
+    /// The server named first (None: not carried, or not yet known).
+    pub primary: Option<SocketAddrV4>,
+    /// When it asked.
+    pub at: Instant,
+}
 
 /// When a server unheard since `last` is down.
 pub fn down_at(last: Instant) -> Instant {
@@ -95,6 +112,8 @@ pub struct DirectorStats {
     pub over_capacity: u64,
     /// Look-ups answered.
     pub answered: u64,
+    /// Of those, answered "not carried".
+    pub not_carried: u64,
     /// Datagrams that were not for a director, or malformed.
     pub ignored: u64,
 }
@@ -105,6 +124,10 @@ pub struct Director {
     directory_key: MacKey,
     started: Instant,
     servers: HashMap<u32, ServerRecord>,
+    /// Recent look-ups by (receiver, file), at most `MAX_RECEIVERS`.
+    receivers: HashMap<(SocketAddrV4, String), ReceiverSeen>,
+    /// When receivers were last pruned.
+    pruned: Instant,
     out: VecDeque<(SocketAddrV4, Vec<u8>)>,
     events: VecDeque<DirectorEvent>,
     stats: DirectorStats,
@@ -119,6 +142,8 @@ impl Director {
             directory_key,
             started: now,
             servers: HashMap::new(),
+            receivers: HashMap::new(),
+            pruned: now,
             out: VecDeque::new(),
             events: VecDeque::new(),
             stats: DirectorStats::default(),
@@ -256,7 +281,9 @@ impl Director {
             return;
         }
         self.stats.answered += 1;
+        self.stats.not_carried += u64::from(found == Found::NotCarried);
         self.out.push_back((from, datagram));
+        self.remember(now, from, &lookup.name, primary);
         self.events.push_back(DirectorEvent::Answered {
             from,
             name: lookup.name,
@@ -265,8 +292,40 @@ impl Director {
         });
     }
 
-    /// Forgets servers unheard for `DOWN_AFTER_HEARTBEATS` intervals.
+    fn remember(
+        &mut self,
+        now: Instant,
+        from: SocketAddrV4,
+        name: &str,
+        primary: Option<SocketAddrV4>,
+    ) {
+        let key = (from, name.to_owned());
+        if !self.receivers.contains_key(&key) && self.receivers.len() >= MAX_RECEIVERS {
+            // Full: the oldest look-up makes room.
+            let oldest = (self.receivers.iter())
+                .min_by_key(|(_, r)| r.at)
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                self.receivers.remove(&oldest);
+            }
+        }
+        let seen = ReceiverSeen {
+            address: from,
+            name: key.1.clone(),
+            primary,
+            at: now,
+        };
+        self.receivers.insert(key, seen);
+    }
+
+    /// Forgets servers unheard for `DOWN_AFTER_HEARTBEATS` intervals, and (once a
+    /// second) look-ups older than `RECEIVER_MEMORY`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if now >= self.pruned + HEARTBEAT_INTERVAL {
+            self.pruned = now;
+            self.receivers
+                .retain(|_, r| now.saturating_duration_since(r.at) < RECEIVER_MEMORY);
+        }
         let down: Vec<u32> = (self.servers.values())
             .filter(|s| now >= down_at(s.last_heard))
             .map(|s| s.session_id)
@@ -294,6 +353,11 @@ impl Director {
     /// The live servers.
     pub fn servers(&self) -> impl Iterator<Item = &ServerRecord> {
         self.servers.values()
+    }
+
+    /// Receivers' recent look-ups.
+    pub fn receivers(&self) -> impl Iterator<Item = &ReceiverSeen> {
+        self.receivers.values()
     }
 
     /// Counters.

@@ -302,3 +302,27 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn lookups_are_remembered_per_receiver_and_file_for_ten_minutes() {
+    let mut site = Site::new();
+    let a = addr(1, 7700);
+    site.beat(0, a, 11, heartbeat(1, 0, 4), &[("f", 5)]);
+    site.lookup(2000, addr(9, 5000), "f");
+    site.lookup(2100, addr(9, 5000), "f");
+    site.lookup(2200, addr(9, 5000), "g");
+    let mut seen: Vec<_> = site
+        .director
+        .receivers()
+        .map(|r| (r.name.clone(), r.primary))
+        .collect();
+    seen.sort();
+    assert_eq!(seen, vec![("f".into(), Some(a)), ("g".into(), None)]);
+    site.director
+        .handle_timeout(site.at(2100) + RECEIVER_MEMORY - Duration::from_millis(1));
+    assert_eq!(site.director.receivers().count(), 2);
+    // Pruned once a second: gone within a second of their ten minutes.
+    let later = site.at(2200) + RECEIVER_MEMORY + HEARTBEAT_INTERVAL;
+    site.director.handle_timeout(later);
+    assert_eq!(site.director.receivers().count(), 0);
+}

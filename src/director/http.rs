@@ -1,0 +1,222 @@
+//! The director's HTTP status API (`director --http`): read-only JSON views of
+//! its registry and Prometheus metrics, served by `tiny_http` on a thread of
+//! its own. Nothing here changes the director.
+
+use loopcast_proto::director::{Director, load_fraction};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::net::SocketAddrV4;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tiny_http::{Header, Method, Response, Server};
+
+/// Starts the API on `address`; it serves until the process ends.
+pub fn serve(address: SocketAddrV4, director: Arc<Mutex<Director>>) -> crate::error::Result<()> {
+    let server = Server::http(address)
+        .map_err(|e| crate::error::Error::new(format!("cannot serve HTTP on {address}: {e}")))?;
+    std::thread::Builder::new()
+        .name("director-http".into())
+        .spawn(move || {
+            for request in server.incoming_requests() {
+                let (status, kind, body) = if *request.method() != Method::Get {
+                    (405, "text/plain", "only GET\n".to_string())
+                } else {
+                    let d = super::lock(&director);
+                    match page(&d, request.url(), Instant::now()) {
+                        Some((kind, body)) => (200, kind, body),
+                        None => (
+                            404,
+                            "text/plain",
+                            "see /v1/servers, /v1/files, /v1/receivers, /metrics\n".into(),
+                        ),
+                    }
+                };
+                let header = Header::from_bytes(&b"Content-Type"[..], kind.as_bytes())
+                    .expect("a static header");
+                let response = Response::from_string(body)
+                    .with_status_code(status)
+                    .with_header(header);
+                if let Err(e) = request.respond(response) {
+                    log::debug!("HTTP answer failed: {e}");
+                }
+            }
+        })
+        .map_err(|e| crate::error::Error::new(format!("cannot start the HTTP thread: {e}")))?;
+    Ok(())
+}
+
+/// The page at `url`: (content type, body), or None for an unknown path.
+pub fn page(d: &Director, url: &str, now: Instant) -> Option<(&'static str, String)> {
+    let path = url.split('?').next().unwrap_or(url);
+    let json = match path {
+        "/v1/servers" => servers(d, now),
+        "/v1/files" => files(d),
+        "/v1/receivers" => receivers(d, now),
+        "/metrics" => return Some(("text/plain; version=0.0.4", metrics(d))),
+        _ => return None,
+    };
+    Some(("application/json", format!("{json:#}\n")))
+}
+
+fn age(now: Instant, then: Instant) -> f64 {
+    (now.saturating_duration_since(then).as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+fn servers(d: &Director, now: Instant) -> Value {
+    let mut list: Vec<_> = d.servers().collect();
+    list.sort_by_key(|s| s.address);
+    Value::Array(
+        list.into_iter()
+            .map(|s| {
+                let files: Vec<Value> = s
+                    .files()
+                    .map(|e| {
+                        json!({"name": e.name, "archive_id": format!("{:016x}", e.archive_id),
+                               "size": e.original_size, "idle": e.idle(),
+                               "channels": e.channels.iter().map(|c| json!({
+                                   "group": c.group.to_string(), "rate_bps": c.rate_bps})).collect::<Vec<_>>()})
+                    })
+                    .collect();
+                let h = &s.load;
+                json!({"session": format!("{:08x}", s.session_id), "address": s.address.to_string(),
+                       "last_heard_s": age(now, s.last_heard), "load": load_fraction(h),
+                       "capacity_bps": h.capacity_bps, "sending_bps": h.sending_bps,
+                       "unicast_clients": h.unicast_clients, "unicast_max_clients": h.unicast_max_clients,
+                       "receivers": h.receivers, "files": files})
+            })
+            .collect(),
+    )
+}
+
+fn files(d: &Director) -> Value {
+    // name -> archive id -> (size, servers)
+    let mut by_name: BTreeMap<&str, BTreeMap<u64, (u64, Vec<Value>)>> = BTreeMap::new();
+    for s in d.servers() {
+        for e in s.files() {
+            let version = by_name
+                .entry(&e.name)
+                .or_default()
+                .entry(e.archive_id)
+                .or_insert((e.original_size, Vec::new()));
+            version.1.push(json!({"address": s.address.to_string(),
+                                  "session": format!("{:08x}", s.session_id),
+                                  "load": load_fraction(&s.load)}));
+        }
+    }
+    Value::Array(
+        by_name
+            .into_iter()
+            .map(|(name, versions)| {
+                let versions: Vec<Value> = versions
+                    .into_iter()
+                    .map(|(id, (size, mut servers))| {
+                        let load = |s: &Value| s["load"].as_f64().unwrap_or(0.0);
+                        servers.sort_by(|a, b| load(a).total_cmp(&load(b)));
+                        json!({"archive_id": format!("{id:016x}"), "size": size, "servers": servers})
+                    })
+                    .collect();
+                json!({"name": name, "versions": versions})
+            })
+            .collect(),
+    )
+}
+
+fn receivers(d: &Director, now: Instant) -> Value {
+    let mut list: Vec<_> = d.receivers().collect();
+    list.sort_by_key(|r| (r.address, r.name.clone()));
+    Value::Array(
+        list.into_iter()
+            .map(|r| {
+                json!({"address": r.address.to_string(), "file": r.name,
+                       "primary": r.primary.map(|p| p.to_string()), "asked_s_ago": age(now, r.at)})
+            })
+            .collect(),
+    )
+}
+
+fn metrics(d: &Director) -> String {
+    let mut registry = Registry::with_prefix("loopcast_director");
+    let gauge = |registry: &mut Registry, name: &str, help: &str, value: i64| {
+        let g = Gauge::<i64>::default();
+        g.set(value);
+        registry.register(name, help, g);
+    };
+    let files: std::collections::HashSet<&str> = d
+        .servers()
+        .flat_map(|s| s.files().map(|e| e.name.as_str()))
+        .collect();
+    gauge(
+        &mut registry,
+        "servers",
+        "Live servers",
+        d.servers().count() as i64,
+    );
+    gauge(
+        &mut registry,
+        "files",
+        "Distinct file names carried",
+        files.len() as i64,
+    );
+    gauge(
+        &mut registry,
+        "receivers",
+        "Receivers' recent look-ups",
+        d.receivers().count() as i64,
+    );
+    let s = d.stats();
+    for (name, help, value) in [
+        ("lookups_answered", "Look-ups answered", s.answered),
+        (
+            "lookups_not_carried",
+            "Look-ups answered: not carried",
+            s.not_carried,
+        ),
+        (
+            "unauthenticated",
+            "Datagrams whose tag did not verify",
+            s.unauthenticated,
+        ),
+        (
+            "stale_heartbeats",
+            "Heartbeats no newer than the last (replays)",
+            s.stale,
+        ),
+        (
+            "ignored",
+            "Datagrams not for a director, or malformed",
+            s.ignored,
+        ),
+    ] {
+        let c = Counter::<u64>::default();
+        c.inc_by(value);
+        registry.register(name, help, c);
+    }
+    let load = Family::<Vec<(String, String)>, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    let sending = Family::<Vec<(String, String)>, Gauge>::default();
+    for server in d.servers() {
+        let labels = vec![
+            ("session".to_string(), format!("{:08x}", server.session_id)),
+            ("address".to_string(), server.address.to_string()),
+        ];
+        load.get_or_create(&labels).set(load_fraction(&server.load));
+        sending
+            .get_or_create(&labels)
+            .set(server.load.sending_bps.min(i64::MAX as u64) as i64);
+    }
+    registry.register(
+        "server_load",
+        "A server's load, 0 idle to 1 full (spec §9.3)",
+        load,
+    );
+    registry.register("server_sending_bps", "What a server sends, bits/s", sending);
+    let mut text = String::new();
+    if encode(&mut text, &registry).is_err() {
+        text = "# encoding failed\n".into();
+    }
+    text
+}
