@@ -683,7 +683,8 @@ fn two_servers_on_one_group_are_both_listed_and_a_receiver_gets_both_files() {
         // one misses the other server most of the time.
         std::thread::sleep(Duration::from_millis(250));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // A server new on the group moves off channels another uses (within 750 ms).
+    std::thread::sleep(Duration::from_millis(1500));
     let ls = on_loopback("ls", &key, &g).output().unwrap();
     let listing = String::from_utf8_lossy(&ls.stdout);
     assert!(ls.status.success(), "{}", stderr(&ls));
@@ -701,6 +702,9 @@ fn two_servers_on_one_group_are_both_listed_and_a_receiver_gets_both_files() {
         })
         .collect();
     assert_eq!(sessions.len(), 2, "{listing}");
+    // Each server on channels of its own: the group address each line lists.
+    let channels = common::channels_listed(&listing);
+    assert_eq!(channels.len(), 2, "{listing}");
     let out = top.path().join("out");
     let got = recv_command(&key, &g, &out, &["--timeout", "60", "one.bin", "two.bin"])
         .output()

@@ -14,7 +14,7 @@ use crate::signals::StopSignals;
 use crate::units::{format_bytes, format_rate};
 use loopcast_proto::server::{
     Archives, BatchLimits, ChannelSpec, DirectorLink, Endpoint, FileSpec, Origin, ServerConfig,
-    Socket, Transmit,
+    ServerEvent, Socket, Transmit,
 };
 use loopcast_proto::wire;
 use loopcast_proto::{AdaptMode, CookieJar, MasterKey, PayloadSource};
@@ -74,6 +74,8 @@ const MAX_DRAIN: usize = 256;
 const SEND_RETRY: Duration = Duration::from_micros(200);
 /// Token of the unicast socket (channel control sockets use their channel's number).
 const UNICAST: mio::Token = mio::Token(usize::MAX - 16);
+/// Token of the directory group socket (other servers' listings).
+const DIRECTORY: mio::Token = mio::Token(usize::MAX - 17);
 
 /// The archives being served, read by the endpoint's carousels.
 struct ArchiveSet(Vec<ArchiveFile>);
@@ -92,6 +94,9 @@ struct Server {
     sender: BatchSender,
     unicast: mio::net::UdpSocket,
     unicast_sender: BatchSender,
+    /// The directory group, where other servers' listings are heard (None: the
+    /// unicast socket hears them, or nothing does).
+    directory: Option<mio::net::UdpSocket>,
     /// Control sockets, one per channel, in the endpoint's (file, channel) order.
     controls: Vec<mio::net::UdpSocket>,
     /// Datagrams the kernel could not take yet (ENOBUFS), and when to try again.
@@ -100,8 +105,23 @@ struct Server {
     buf: Vec<u8>,
 }
 
-/// Runs the server until SIGINT or SIGTERM.
+/// Runs the server until SIGINT or SIGTERM. A server new on its directory group
+/// that finds its channel addresses in use starts again on free ones (spec §7.8).
 pub fn serve(config: ServeConfig) -> Result<()> {
+    let mut signals = StopSignals::new()?;
+    let mut first_channel = 1;
+    loop {
+        let mut server = start(&config, first_channel, &mut signals)?;
+        match server.run(&mut signals)? {
+            Some(next) => first_channel = next,
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Opens the archives and sockets and makes the endpoint, with a new session id
+/// and channels numbered from `first_channel`.
+fn start(config: &ServeConfig, first_channel: u32, signals: &mut StopSignals) -> Result<Server> {
     let session_id: u32 = rand::random();
     let payload_size = wire::payload_size_for_packet(config.packet_size) as u16;
     let now = Instant::now();
@@ -112,7 +132,6 @@ pub fn serve(config: ServeConfig) -> Result<()> {
         net::buffer_size_for_rate(total_rate * config.paths.len() as u64),
     )?;
     let sender = BatchSender::new(&socket, config.gso);
-    let mut signals = StopSignals::new()?;
     let mut archives = Vec::new();
     let mut specs = Vec::new();
     let mut controls = Vec::new();
@@ -134,7 +153,7 @@ pub fn serve(config: ServeConfig) -> Result<()> {
         let mut channels = Vec::new();
         for (j, &rate_bps) in config.rates.iter().enumerate() {
             let number = i * config.rates.len() + j;
-            let group = net::channel_for(config.group, number as u32 + 1)?;
+            let group = net::channel_for(config.group, number as u32 + first_channel)?;
             let control_port = net::control_port_for(group)?;
             let mut control = mio::net::UdpSocket::from_std(net::multicast_receiver(
                 SocketAddrV4::new(*group.ip(), control_port),
@@ -181,6 +200,7 @@ pub fn serve(config: ServeConfig) -> Result<()> {
         .register(&mut unicast, UNICAST, mio::Interest::READABLE)
         .context(|| "cannot register socket".into())?;
     let unicast_sender = BatchSender::new(&unicast, config.gso);
+    let directory = hear_other_servers(config, &mut unicast, signals);
     let mut cookie_key = [0u8; 32];
     rand::fill(&mut cookie_key);
     let endpoint = Endpoint::new(
@@ -226,7 +246,7 @@ pub fn serve(config: ServeConfig) -> Result<()> {
             "sending without GSO (sendmmsg)"
         }
     );
-    let mut server = Server {
+    Ok(Server {
         buf: vec![0u8; endpoint.buffer_len().max(65536)],
         endpoint,
         archives: ArchiveSet(archives),
@@ -234,15 +254,58 @@ pub fn serve(config: ServeConfig) -> Result<()> {
         sender,
         unicast,
         unicast_sender,
+        directory,
         controls,
         blocked: None,
         render: render::Render::new(Events::new(config.json), config.idle),
+    })
+}
+
+/// A socket on the directory group, so that the endpoint hears other servers'
+/// listings (spec §7.8). A unicast socket bound to every address on the group's
+/// port is joined to the group instead (no other socket may share its port); a
+/// server that can do neither says so and serves without moving off taken channels.
+fn hear_other_servers(
+    config: &ServeConfig,
+    unicast: &mut mio::net::UdpSocket,
+    signals: &StopSignals,
+) -> Option<mio::net::UdpSocket> {
+    let cannot = |e: &dyn std::fmt::Display| {
+        log::warn!(
+            "cannot hear other servers on {} ({e}): channel addresses another server uses are not avoided",
+            config.group
+        )
     };
-    server.run(&mut signals)
+    if config.interface.is_unspecified() && config.unicast_port == config.group.port() {
+        if let Err(e) = unicast.join_multicast_v4(config.group.ip(), &config.interface) {
+            cannot(&e);
+        }
+        return None;
+    }
+    let socket = match net::multicast_receiver(config.group, config.interface, 1 << 20) {
+        Ok(socket) => socket,
+        Err(e) => {
+            cannot(&e);
+            return None;
+        }
+    };
+    let mut socket = mio::net::UdpSocket::from_std(socket);
+    if let Err(e) =
+        signals
+            .poll
+            .registry()
+            .register(&mut socket, DIRECTORY, mio::Interest::READABLE)
+    {
+        cannot(&e);
+        return None;
+    }
+    Some(socket)
 }
 
 impl Server {
-    fn run(&mut self, signals: &mut StopSignals) -> Result<()> {
+    /// Serves until a stop signal (None), or until the endpoint finds its channels
+    /// taken (Some: the first channel number to start again from).
+    fn run(&mut self, signals: &mut StopSignals) -> Result<Option<u32>> {
         let started = Instant::now();
         let mut unfinished: Vec<mio::Token> = Vec::new();
         loop {
@@ -251,6 +314,9 @@ impl Server {
             self.transmit(now)?;
             while let Some(event) = self.endpoint.poll_event() {
                 self.render.server_event(&self.endpoint, &event);
+                if let ServerEvent::ChannelsTaken { first_channel, .. } = event {
+                    return Ok(Some(first_channel));
+                }
             }
             let wake = match &self.blocked {
                 Some((.., retry)) => *retry,
@@ -275,7 +341,7 @@ impl Server {
             }
         }
         self.render.final_log(&self.endpoint, started);
-        Ok(())
+        Ok(None)
     }
 
     /// Hands the datagrams waiting on the socket of `token` to the endpoint, at
@@ -289,6 +355,16 @@ impl Server {
                     .context(|| "cannot receive on the unicast port".into())?
                 {
                     Some((n, from)) => (n, Origin::Unicast(from)),
+                    None => return Ok(true),
+                }
+            } else if token == DIRECTORY {
+                let Some(directory) = &self.directory else {
+                    return Ok(true);
+                };
+                match net::recv_from_nonblocking(directory, &mut self.buf)
+                    .context(|| "cannot receive on the directory group".into())?
+                {
+                    Some((n, from)) => (n, Origin::Directory(from)),
                     None => return Ok(true),
                 }
             } else {

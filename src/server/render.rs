@@ -130,6 +130,18 @@ impl Render {
                     json!({"file": name(file), "from": by.to_string()}),
                 );
             }
+            ServerEvent::ChannelsTaken {
+                by_session,
+                first_channel,
+            } => {
+                log::warn!(
+                    "server {by_session:08x} on the directory group uses our channel addresses; starting again on channels from number {first_channel}"
+                );
+                self.events.emit(
+                    "channels_taken",
+                    json!({"by_session": format!("{by_session:08x}"), "first_channel": first_channel}),
+                );
+            }
             ServerEvent::ChannelsStopped { file } => {
                 log::info!(
                     "{}: no receiver for {} s; stopping its channels",

@@ -227,3 +227,13 @@ pub fn join_group(group: std::net::SocketAddrV4, iface: std::net::Ipv4Addr) -> s
     s.join_multicast_v4(group.ip(), &iface).unwrap();
     s.into()
 }
+
+/// The channel group each line of `loopcast ls` output lists (one per server
+/// file line, header skipped).
+pub fn channels_listed(listing: &str) -> std::collections::HashSet<&str> {
+    listing
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("239.")))
+        .collect()
+}

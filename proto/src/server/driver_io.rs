@@ -132,4 +132,6 @@ pub enum Origin {
     },
     /// The unicast port, from this address.
     Unicast(SocketAddrV4),
+    /// The directory group (other servers' listings), from this address.
+    Directory(SocketAddrV4),
 }

@@ -61,6 +61,15 @@ pub enum ServerEvent {
         /// Who asked.
         by: SocketAddrV4,
     },
+    /// Another server on the directory group uses one of this server's channel
+    /// addresses, and this one is new on the group: the driver restarts it under
+    /// a new session with its channels numbered from `first_channel` (spec §7.8).
+    ChannelsTaken {
+        /// The other server's session.
+        by_session: u32,
+        /// The first channel number to take (the rest follow it in order).
+        first_channel: u32,
+    },
     /// An on-demand file's channels stopped (idle).
     ChannelsStopped {
         /// File index.

@@ -26,6 +26,7 @@ impl<A: Admission> Endpoint<A> {
                 }
             }
             Origin::Unicast(from) => self.handle_unicast(now, from, bytes),
+            Origin::Directory(_) => self.heard_on_directory(now, bytes),
         }
     }
 
@@ -34,6 +35,10 @@ impl<A: Admission> Endpoint<A> {
             self.stats.dropped += 1;
             return;
         };
+        // A unicast socket on the group's port, joined to it, hears other servers.
+        if let Packet::Announce(_) = datagram.packet {
+            return self.heard_on_directory(now, bytes);
+        }
         let ours = datagram.session_id == self.config.session_id;
         // Nothing is acted on before its tag verifies: a request under the
         // directory key, the rest under the session key of the file it names.

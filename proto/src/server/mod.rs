@@ -12,6 +12,7 @@ mod clients;
 mod driver_io;
 mod events;
 mod inbound;
+mod neighbours;
 mod receivers;
 mod stream;
 
@@ -22,6 +23,8 @@ pub use driver_io::{
     Transmit,
 };
 pub use events::{ServerEvent, ServerStats, StreamEnd};
+use neighbours::Neighbours;
+pub use neighbours::{MAX_CHANNEL_NUMBER, MAX_NEIGHBOURS, channel_number};
 pub use receivers::{MAX_RECEIVERS, Noted, RECEIVER_MEMORY, ReceiverEntry, ReceiverTable};
 use stream::Stream;
 
@@ -101,6 +104,8 @@ pub struct Endpoint<A: Admission = CookieJar> {
     started: Instant,
     /// When the next heartbeat goes to the directors (with `ServerConfig::directors`).
     next_heartbeat: Instant,
+    /// Other servers heard on the directory group.
+    neighbours: Neighbours,
     stats: ServerStats,
 }
 
@@ -144,6 +149,7 @@ impl<A: Admission> Endpoint<A> {
             next_housekeeping: now + HOUSEKEEPING,
             started: now,
             next_heartbeat: now,
+            neighbours: Neighbours::new(config.session_id as u64),
             stats: ServerStats::default(),
             files,
             config,

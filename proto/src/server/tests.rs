@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::MasterKey;
+use crate::sender::HEAR_EVERY_SERVER;
 use crate::sim::Bodies;
 use crate::wire::{Datagram, Packet, Report, Request};
 use rand::SeedableRng;
@@ -503,4 +504,122 @@ fn a_server_heartbeats_each_second_to_every_director_which_then_names_it() {
         vec![h.name.clone()]
     );
     assert_eq!(crate::director::load_fraction(&record.load), 0.5);
+}
+
+/// Another server's listing (session `session`) with one file on `group`.
+fn listing_of(signer: &MasterKey, session: u32, group: &str) -> Vec<u8> {
+    let announce = wire::Announce {
+        part: 0,
+        parts: 1,
+        unicast_port: 7009,
+        key_fingerprint: signer.fingerprint(),
+        entries: vec![wire::AnnounceEntry {
+            archive_id: 77,
+            original_size: 1,
+            body_len: 100,
+            flags: 0,
+            name: "other.bin".into(),
+            channels: vec![ChannelInfo {
+                group: group.parse().unwrap(),
+                control_port: 17001,
+                rate_bps: 1_000_000,
+            }],
+        }],
+    };
+    wire::encode_announce(&signer.directory_mac_key(), session, &announce)
+}
+
+fn taken(h: &mut Harness) -> Vec<(u32, u32)> {
+    std::iter::from_fn(|| h.server.poll_event())
+        .filter_map(|e| match e {
+            ServerEvent::ChannelsTaken {
+                by_session,
+                first_channel,
+            } => Some((by_session, first_channel)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_server_new_on_the_group_moves_off_channels_another_server_uses() {
+    let other = addr(7009);
+    // Our one channel is number 1 (239.1.1.2:7001 on 239.1.1.1:7000).
+    let mut h = harness(|_| {});
+    let t = h.t + Duration::from_millis(300);
+    // A stranger's listing, our own, and another server's on other channels move nothing.
+    let stranger = MasterKey::from_bytes([3; 32]);
+    h.server.handle_datagram(
+        t,
+        Origin::Directory(other),
+        &listing_of(&stranger, 9, "239.1.1.2:7001"),
+    );
+    h.server.handle_datagram(
+        t,
+        Origin::Directory(other),
+        &listing_of(&site_key(), SESSION, "239.1.1.2:7001"),
+    );
+    h.server.handle_datagram(
+        t,
+        Origin::Directory(other),
+        &listing_of(&site_key(), 9, "239.1.1.5:7004"),
+    );
+    assert_eq!(taken(&mut h), vec![]);
+    // Another server's listing using our channel, heard in our first 750 ms: move
+    // to a number neither uses.
+    h.server.handle_datagram(
+        t,
+        Origin::Directory(other),
+        &listing_of(&site_key(), 8, "239.1.1.2:7001"),
+    );
+    let moved = taken(&mut h);
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    let (by, first) = moved[0];
+    assert_eq!(by, 8);
+    assert!(
+        ![1, 4].contains(&first) && first < MAX_CHANNEL_NUMBER,
+        "{first}"
+    );
+    // It asks once.
+    h.server.handle_datagram(
+        t,
+        Origin::Directory(other),
+        &listing_of(&site_key(), 8, "239.1.1.2:7001"),
+    );
+    assert_eq!(taken(&mut h), vec![]);
+
+    // An established server (past 750 ms) stays, even when heard by its unicast
+    // port (joined to the group when it shares the group's port).
+    let mut h = harness(|_| {});
+    let late = h.t + HEAR_EVERY_SERVER;
+    h.server.handle_datagram(
+        late,
+        Origin::Unicast(other),
+        &listing_of(&site_key(), 8, "239.1.1.2:7001"),
+    );
+    assert_eq!(taken(&mut h), vec![]);
+    let mut h = harness(|_| {});
+    let early = h.t + Duration::from_millis(10);
+    h.server.handle_datagram(
+        early,
+        Origin::Unicast(other),
+        &listing_of(&site_key(), 8, "239.1.1.2:7001"),
+    );
+    assert_eq!(taken(&mut h).len(), 1);
+}
+
+#[test]
+fn channel_numbers_are_read_back_from_group_and_port() {
+    let dir: SocketAddrV4 = "239.1.1.1:7000".parse().unwrap();
+    assert_eq!(
+        channel_number(dir, "239.1.1.2:7001".parse().unwrap()),
+        Some(1)
+    );
+    assert_eq!(
+        channel_number(dir, "239.1.2.1:7256".parse().unwrap()),
+        Some(256)
+    );
+    assert_eq!(channel_number(dir, "239.1.1.2:7002".parse().unwrap()), None);
+    assert_eq!(channel_number(dir, "239.1.1.1:7000".parse().unwrap()), None);
+    assert_eq!(channel_number(dir, "239.1.1.0:6999".parse().unwrap()), None);
 }

@@ -1,0 +1,106 @@
+//! Other servers on the directory group (spec §7.8): a server that finds, within
+//! `HEAR_EVERY_SERVER` of its start, another server's listing using one of its
+//! channel addresses moves its channels to numbers no server heard uses.
+
+use super::{Endpoint, ServerEvent};
+use crate::client::SESSION_SILENCE;
+use crate::sender::HEAR_EVERY_SERVER;
+use crate::server::Admission;
+use crate::wire::{self, Packet};
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddrV4;
+use std::time::Instant;
+
+/// Most other servers remembered (listings of further ones are not kept).
+pub const MAX_NEIGHBOURS: usize = 256;
+/// Highest channel number a server moves to.
+pub const MAX_CHANNEL_NUMBER: u32 = 4096;
+
+/// What the endpoint heard of other servers on its directory group.
+pub(super) struct Neighbours {
+    /// Per session: when last heard, and the channel addresses it lists.
+    heard: HashMap<u32, (Instant, HashSet<SocketAddrV4>)>,
+    /// True once this server asked to move (it moves at most once).
+    moved: bool,
+    rng: SmallRng,
+}
+
+impl Neighbours {
+    /// Nothing heard yet; `seed` drives the choice of new numbers.
+    pub(super) fn new(seed: u64) -> Self {
+        Self {
+            heard: HashMap::new(),
+            moved: false,
+            rng: SmallRng::seed_from_u64(seed),
+        }
+    }
+}
+
+impl<A: Admission> Endpoint<A> {
+    /// A datagram heard on the directory group: another server's listing.
+    pub(super) fn heard_on_directory(&mut self, now: Instant, bytes: &[u8]) {
+        let Ok(wire::Datagram {
+            session_id,
+            packet: Packet::Announce(announce),
+        }) = wire::decode(bytes)
+        else {
+            return;
+        };
+        // Our own listing, or one a stranger forged (it must not move us).
+        if session_id == self.config.session_id || !self.config.directory_key.verifies(bytes) {
+            return;
+        }
+        let n = &mut self.neighbours;
+        n.heard
+            .retain(|_, (last, _)| now.saturating_duration_since(*last) < SESSION_SILENCE);
+        if !n.heard.contains_key(&session_id) && n.heard.len() >= MAX_NEIGHBOURS {
+            return;
+        }
+        let (last, groups) = n
+            .heard
+            .entry(session_id)
+            .or_insert_with(|| (now, HashSet::new()));
+        *last = now;
+        groups.extend(
+            announce
+                .entries
+                .iter()
+                .flat_map(|e| e.channels.iter().map(|c| c.group)),
+        );
+        let ours: Vec<SocketAddrV4> = (self.files.iter())
+            .flat_map(|f| f.channels.iter().map(|c| c.stream.to))
+            .collect();
+        let taken = ours.iter().any(|g| groups.contains(g));
+        if !taken || n.moved || now >= self.started + HEAR_EVERY_SERVER {
+            return;
+        }
+        let directory = self.config.directory;
+        let used: HashSet<u32> = (n.heard.values())
+            .flat_map(|(_, groups)| groups.iter())
+            .filter_map(|g| channel_number(directory, *g))
+            .collect();
+        let need = ours.len().max(1) as u32;
+        let free: Vec<u32> = (1..MAX_CHANNEL_NUMBER / need)
+            .map(|k| k * need + 1)
+            .filter(|first| (*first..first + need).all(|c| !used.contains(&c)))
+            .collect();
+        if free.is_empty() {
+            return;
+        }
+        n.moved = true;
+        let first_channel = free[n.rng.random_range(0..free.len())];
+        self.events.push_back(ServerEvent::ChannelsTaken {
+            by_session: session_id,
+            first_channel,
+        });
+    }
+}
+
+/// The number of channel `group` on `directory` (group + n, port + n), if it is one.
+pub fn channel_number(directory: SocketAddrV4, group: SocketAddrV4) -> Option<u32> {
+    let n = u32::from(*group.ip()).checked_sub(u32::from(*directory.ip()))?;
+    let port = directory.port().checked_add(u16::try_from(n).ok()?)?;
+    (n > 0 && group.port() == port).then_some(n)
+}
