@@ -87,7 +87,11 @@ fn servers(d: &Director, now: Instant) -> Value {
                        "last_heard_s": age(now, s.last_heard), "load": load_fraction(h),
                        "capacity_bps": h.capacity_bps, "sending_bps": h.sending_bps,
                        "unicast_clients": h.unicast_clients, "unicast_max_clients": h.unicast_max_clients,
-                       "receivers": h.receivers, "files": files})
+                       "receivers": h.receivers, "cpu_permille": h.cpu_permille,
+                       "throughput": h.subnets.iter().map(|t| json!({
+                           "subnet": format!("{}.{}.{}.0/24", t.subnet[0], t.subnet[1], t.subnet[2]),
+                           "receivers": t.receivers, "goodput_kbps": t.goodput_kbps})).collect::<Vec<_>>(),
+                       "files": files})
             })
             .collect(),
     )

@@ -261,6 +261,26 @@ fn start(config: &ServeConfig, first_channel: u32, signals: &mut StopSignals) ->
     })
 }
 
+/// CPU time this process has used (user and system).
+fn cpu_time() -> Duration {
+    // SAFETY: rusage is plain old data that getrusage fills for this process.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage owned by this frame.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let t = |tv: libc::timeval| Duration::new(tv.tv_sec as u64, tv.tv_usec as u32 * 1000);
+    t(usage.ru_utime) + t(usage.ru_stime)
+}
+
+/// Thousandths of a core this process used between two samples of (wall, CPU) time.
+fn cpu_permille(before: (Instant, Duration), after: (Instant, Duration)) -> u16 {
+    let wall = after.0.saturating_duration_since(before.0).as_secs_f64();
+    let cpu = after.1.saturating_sub(before.1).as_secs_f64();
+    if wall <= 0.0 {
+        return 0;
+    }
+    (cpu / wall * 1000.0).round().clamp(0.0, u16::MAX as f64) as u16
+}
+
 /// A socket on the directory group, so that the endpoint hears other servers'
 /// listings (spec §7.8). A unicast socket bound to every address on the group's
 /// port is joined to the group instead (no other socket may share its port); a
@@ -308,8 +328,15 @@ impl Server {
     fn run(&mut self, signals: &mut StopSignals) -> Result<Option<u32>> {
         let started = Instant::now();
         let mut unfinished: Vec<mio::Token> = Vec::new();
+        let mut cpu_sample = (started, cpu_time());
         loop {
             let now = Instant::now();
+            // The CPU this server uses, per core, told to directors (spec §9.1).
+            if now >= cpu_sample.0 + Duration::from_secs(1) {
+                let sample = (now, cpu_time());
+                self.endpoint.set_cpu_load(cpu_permille(cpu_sample, sample));
+                cpu_sample = sample;
+            }
             self.endpoint.handle_timeout(now);
             self.transmit(now)?;
             while let Some(event) = self.endpoint.poll_event() {

@@ -9,7 +9,7 @@
 
 mod rank;
 
-pub use rank::{Candidate, SAME_SUBNET_BONUS, load_fraction, rank};
+pub use rank::{Candidate, SAME_SUBNET_BONUS, THROUGHPUT_BONUS, load_fraction, rank};
 
 use crate::wire::{self, AnnounceEntry, Directions, Found, Heartbeat, Lookup, MacKey, Packet};
 use std::collections::{HashMap, VecDeque};
@@ -214,6 +214,7 @@ impl Director {
             self.stats.over_capacity += 1;
             return;
         }
+        let parts = vec![None; h.listing_parts as usize];
         self.servers.insert(
             session_id,
             ServerRecord {
@@ -222,7 +223,7 @@ impl Director {
                 load: h,
                 last_heard: now,
                 directed: 0,
-                parts: vec![None; h.listing_parts as usize],
+                parts,
             },
         );
         self.events.push_back(DirectorEvent::ServerUp {
@@ -244,7 +245,7 @@ impl Director {
         let candidates: Vec<Candidate> = (self.servers.values())
             .filter_map(|s| {
                 let entry = s.files().find(|e| e.name == lookup.name)?;
-                let mut load = s.load;
+                let mut load = s.load.clone();
                 load.unicast_clients = load.unicast_clients.saturating_add(s.directed);
                 Some(Candidate {
                     session_id: s.session_id,

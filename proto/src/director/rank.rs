@@ -5,9 +5,12 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// What a server in the same /24 as the receiver is worth, in load fraction.
 pub const SAME_SUBNET_BONUS: f64 = 0.25;
+/// What the best throughput to the receiver's /24 is worth, in load fraction
+/// (others get their share of it in proportion to theirs).
+pub const THROUGHPUT_BONUS: f64 = 0.25;
 
 /// A live server carrying the file asked for.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Candidate {
     /// Its session id.
     pub session_id: u32,
@@ -19,13 +22,23 @@ pub struct Candidate {
     pub load: Heartbeat,
 }
 
-/// How loaded a server is, 0 idle to 1 full (or more): the larger of its sending
-/// rate against its capacity and its unicast streams against its most.
+/// How loaded a server is, 0 idle to 1 full (or more): the largest of its
+/// sending rate against its capacity, its unicast streams against its most, and
+/// the share of one core its process uses.
 pub fn load_fraction(h: &Heartbeat) -> f64 {
     let rate = (h.capacity_bps > 0).then(|| h.sending_bps as f64 / h.capacity_bps as f64);
     let streams = (h.unicast_max_clients > 0)
         .then(|| h.unicast_clients as f64 / h.unicast_max_clients as f64);
-    rate.into_iter().chain(streams).fold(0.0, f64::max)
+    let cpu = h.cpu_permille as f64 / 1000.0;
+    rate.into_iter().chain(streams).fold(cpu, f64::max)
+}
+
+/// The goodput a server's receivers in `receiver`'s /24 report, kbit/s (0: none).
+fn throughput_to(h: &Heartbeat, receiver: Ipv4Addr) -> u32 {
+    let subnet: [u8; 3] = receiver.octets()[..3].try_into().expect("3 bytes");
+    (h.subnets.iter())
+        .find(|s| s.subnet == subnet)
+        .map_or(0, |s| s.goodput_kbps)
 }
 
 fn same_subnet(a: Ipv4Addr, b: Ipv4Addr) -> bool {
@@ -33,17 +46,27 @@ fn same_subnet(a: Ipv4Addr, b: Ipv4Addr) -> bool {
 }
 
 /// The servers to name to a receiver at `receiver`, best first, with the archive
-/// each carries: the lowest score (load fraction, less `SAME_SUBNET_BONUS` in the
-/// receiver's /24) first, ties to the lower session id. Only servers carrying the
+/// each carries: the lowest score first, ties to the lower session id. The score
+/// is the load fraction, less `SAME_SUBNET_BONUS` in the receiver's /24, less
+/// `THROUGHPUT_BONUS` times its receivers' goodput in the receiver's /24 over the
+/// best such goodput among the candidates (spec §9.3). Only servers carrying the
 /// best one's archive are named: two versions of a name are never mixed.
 pub fn rank(candidates: &[Candidate], receiver: Ipv4Addr) -> Vec<(u64, Direction)> {
+    let best = (candidates.iter())
+        .map(|c| throughput_to(&c.load, receiver))
+        .max()
+        .unwrap_or(0);
     let score = |c: &Candidate| {
-        let bonus = if same_subnet(*c.address.ip(), receiver) {
+        let near = if same_subnet(*c.address.ip(), receiver) {
             SAME_SUBNET_BONUS
         } else {
             0.0
         };
-        load_fraction(&c.load) - bonus
+        let history = match best {
+            0 => 0.0,
+            best => THROUGHPUT_BONUS * throughput_to(&c.load, receiver) as f64 / best as f64,
+        };
+        load_fraction(&c.load) - near - history
     };
     let mut ranked: Vec<(f64, &Candidate)> = candidates.iter().map(|c| (score(c), c)).collect();
     ranked.sort_by(|a, b| {

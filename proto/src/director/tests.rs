@@ -29,6 +29,8 @@ fn heartbeat(sequence: u64, clients: u16, max_clients: u16) -> Heartbeat {
         unicast_clients: clients,
         unicast_max_clients: max_clients,
         receivers: 0,
+        cpu_permille: 0,
+        subnets: Vec::new(),
     }
 }
 
@@ -162,7 +164,7 @@ fn replayed_and_forged_heartbeats_keep_no_server_alive() {
     let mut site = Site::new();
     let a = addr(1, 7700);
     let h = heartbeat(500, 0, 4);
-    site.beat(0, a, 11, h, &[("f", 5)]);
+    site.beat(0, a, 11, h.clone(), &[("f", 5)]);
     // The same heartbeat again (a stranger replaying what it heard) is stale.
     let bytes = wire::encode_heartbeat(&key().director_mac_key(), 11, &h);
     for ms in [1000, 2000, 2900] {
@@ -325,4 +327,33 @@ fn lookups_are_remembered_per_receiver_and_file_for_ten_minutes() {
     let later = site.at(2200) + RECEIVER_MEMORY + HEARTBEAT_INTERVAL;
     site.director.handle_timeout(later);
     assert_eq!(site.director.receivers().count(), 0);
+}
+
+#[test]
+fn throughput_to_the_receivers_subnet_and_cpu_weigh_in_the_ranking() {
+    let mut site = Site::new();
+    let (a, b) = (addr(1, 7700), addr(2, 7700));
+    let far = SocketAddrV4::new(Ipv4Addr::new(192, 168, 7, 9), 5000);
+    let with = |sequence: u64, kbps: u32, cpu: u16| {
+        let mut h = heartbeat(sequence, 1, 4);
+        h.cpu_permille = cpu;
+        h.subnets = vec![wire::SubnetThroughput {
+            subnet: [192, 168, 7],
+            receivers: 3,
+            goodput_kbps: kbps,
+        }];
+        h
+    };
+    // Equal load: the one whose receivers in 192.168.7/24 get more comes first.
+    site.beat(0, a, 11, with(1, 20_000, 0), &[("f", 5)]);
+    site.beat(0, b, 12, with(1, 80_000, 0), &[("f", 5)]);
+    assert_eq!(servers(&site.lookup(2000, far, "f")), vec![b, a]);
+    // Elsewhere the history says nothing: the lower session id wins the tie.
+    site.beat(1000, a, 11, with(2, 20_000, 0), &[("f", 5)]);
+    site.beat(1000, b, 12, with(2, 80_000, 0), &[("f", 5)]);
+    assert_eq!(servers(&site.lookup(2000, addr(9, 1), "f"))[0], a);
+    // A server using most of a core is busier than its streams say.
+    site.beat(2000, b, 12, with(3, 80_000, 900), &[("f", 5)]);
+    site.beat(2000, a, 11, with(3, 20_000, 0), &[("f", 5)]);
+    assert_eq!(servers(&site.lookup(2100, far, "f")), vec![a, b]);
 }

@@ -47,6 +47,8 @@ pub const UNICAST_MIN_RATE: u64 = 1_000_000;
 const MAX_BATCHES_PER_TURN: u32 = 16;
 /// How often lifecycle, time-outs and rates are looked at.
 pub const HOUSEKEEPING: Duration = Duration::from_millis(50);
+/// Reports older than this do not count towards the throughput heartbeats tell.
+pub const THROUGHPUT_MEMORY: Duration = Duration::from_secs(60);
 
 /// One multicast channel of a file.
 struct Channel {
@@ -106,6 +108,8 @@ pub struct Endpoint<A: Admission = CookieJar> {
     next_heartbeat: Instant,
     /// Other servers heard on the directory group.
     neighbours: Neighbours,
+    /// Thousandths of a core the server process uses, as the driver last said.
+    cpu_permille: u16,
     stats: ServerStats,
 }
 
@@ -150,6 +154,7 @@ impl<A: Admission> Endpoint<A> {
             started: now,
             next_heartbeat: now,
             neighbours: Neighbours::new(config.session_id as u64),
+            cpu_permille: 0,
             stats: ServerStats::default(),
             files,
             config,
@@ -370,6 +375,8 @@ impl<A: Admission> Endpoint<A> {
             unicast_clients: self.client_slots.len().min(u16::MAX as usize) as u16,
             unicast_max_clients: self.config.unicast_max_clients.min(u16::MAX as usize) as u16,
             receivers: self.receivers.len() as u32,
+            cpu_permille: self.cpu_permille,
+            subnets: self.throughput_by_subnet(now),
         };
         let beat = wire::encode_heartbeat(&link.key, self.config.session_id, &heartbeat);
         for &to in &link.addresses {
@@ -378,6 +385,43 @@ impl<A: Admission> Endpoint<A> {
                 self.control.push_back((Socket::Unicast, to, part.clone()));
             }
         }
+    }
+
+    /// Its receivers' mean goodput per /24, from their last reports within
+    /// `THROUGHPUT_MEMORY`: the subnets with the most receivers, at most `MAX_SUBNETS`.
+    fn throughput_by_subnet(&self, now: Instant) -> Vec<wire::SubnetThroughput> {
+        let mut by_subnet: HashMap<[u8; 3], (u32, u64)> = HashMap::new();
+        for e in self.receivers.iter() {
+            let (arrived, ms) = e.arrived;
+            if e.done || ms == 0 || now.saturating_duration_since(e.last_heard) > THROUGHPUT_MEMORY
+            {
+                continue;
+            }
+            let payload = self
+                .files
+                .get(e.file)
+                .map_or(0, |f| f.manifest.payload_size) as u64;
+            let subnet = e.addr.ip().octets()[..3].try_into().expect("3 bytes");
+            let (count, bps) = by_subnet.entry(subnet).or_default();
+            *count += 1;
+            *bps += arrived as u64 * payload * 8 * 1000 / ms as u64;
+        }
+        let mut subnets: Vec<wire::SubnetThroughput> = by_subnet
+            .into_iter()
+            .map(|(subnet, (count, bps))| wire::SubnetThroughput {
+                subnet,
+                receivers: count.min(255) as u8,
+                goodput_kbps: (bps / count as u64 / 1000).min(u32::MAX as u64) as u32,
+            })
+            .collect();
+        subnets.sort_by(|a, b| b.receivers.cmp(&a.receivers).then(a.subnet.cmp(&b.subnet)));
+        subnets.truncate(wire::MAX_SUBNETS);
+        subnets
+    }
+
+    /// Tells the endpoint how much of a core its process uses, in thousandths (heartbeats carry it).
+    pub fn set_cpu_load(&mut self, permille: u16) {
+        self.cpu_permille = permille;
     }
 
     /// When the endpoint next needs `handle_timeout` or `poll_transmit`.

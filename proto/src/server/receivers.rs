@@ -31,6 +31,8 @@ pub struct ReceiverEntry {
     pub last_heard: Instant,
     /// True once it said DONE.
     pub done: bool,
+    /// Loop packets arrived and milliseconds covered in its last report (its goodput).
+    pub arrived: (u32, u32),
 }
 
 /// What a report changed in the table.
@@ -88,6 +90,7 @@ impl ReceiverTable {
                     packet_count: report.packet_count,
                     last_heard: now,
                     done: false,
+                    arrived: (0, 0),
                 }),
                 Noted::New,
             ),
@@ -97,6 +100,7 @@ impl ReceiverTable {
         entry.held = report.held;
         entry.packet_count = report.packet_count;
         entry.last_heard = now;
+        entry.arrived = (report.arrived, report.interval_ms);
         noted
     }
 
@@ -125,6 +129,7 @@ impl ReceiverTable {
                 packet_count: 0,
                 last_heard: now,
                 done: false,
+                arrived: (0, 0),
             }),
         };
         entry.last_heard = now;

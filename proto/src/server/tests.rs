@@ -108,6 +108,18 @@ impl Harness {
         sent
     }
 
+    /// Runs 200 ms and returns the server time of a STATUS the channel sent, for
+    /// reports to echo.
+    fn status_echo(&mut self) -> u64 {
+        (self.run(Duration::from_millis(200)).into_iter())
+            .flat_map(|(_, _, datagrams)| datagrams)
+            .find_map(|d| match wire::decode(&d).map(|d| d.packet) {
+                Ok(Packet::Status(s)) => Some(s.server_time_us),
+                _ => None,
+            })
+            .expect("a STATUS")
+    }
+
     /// Runs for `total`, waking at each `poll_timeout` as a driver does; returns
     /// everything sent.
     fn run(&mut self, total: Duration) -> Sent {
@@ -322,13 +334,7 @@ fn done_ends_a_stream_once_and_a_silent_client_is_dropped() {
 fn reports_make_receivers_known_and_moves_are_told() {
     let mut h = harness(|_| {});
     // Reports echo the server time of a STATUS the channel sent.
-    let echo = (h.run(Duration::from_millis(200)).into_iter())
-        .flat_map(|(_, _, datagrams)| datagrams)
-        .find_map(|d| match wire::decode(&d).map(|d| d.packet) {
-            Ok(Packet::Status(s)) => Some(s.server_time_us),
-            _ => None,
-        })
-        .expect("a STATUS");
+    let echo = h.status_echo();
     let archive_id = h.server.manifest(0).archive_id;
     let report = |channel| {
         wire::encode_report(
@@ -622,4 +628,66 @@ fn channel_numbers_are_read_back_from_group_and_port() {
     assert_eq!(channel_number(dir, "239.1.1.2:7002".parse().unwrap()), None);
     assert_eq!(channel_number(dir, "239.1.1.1:7000".parse().unwrap()), None);
     assert_eq!(channel_number(dir, "239.1.1.0:6999".parse().unwrap()), None);
+}
+
+#[test]
+fn heartbeats_tell_the_receivers_goodput_per_subnet_and_the_cpu_used() {
+    let director = addr(7790);
+    let mut h = harness(|c| {
+        c.directors = Some(DirectorLink {
+            addresses: vec![director],
+            key: site_key().director_mac_key(),
+            capacity_bps: 0,
+        })
+    });
+    h.server.set_cpu_load(420);
+    let echo = h.status_echo();
+    let archive_id = h.server.manifest(0).archive_id;
+    let payload = h.server.manifest(0).payload_size as u64;
+    // Two receivers in 10.0.0/24 getting 1000 and 3000 packets a second, one in 10.0.9/24.
+    for (last, id, arrived) in [(5, 1, 1000), (6, 2, 3000), (0, 3, 500)] {
+        let ip = if last == 0 {
+            Ipv4Addr::new(10, 0, 9, 1)
+        } else {
+            Ipv4Addr::new(10, 0, 0, last)
+        };
+        let report = Report {
+            archive_id,
+            receiver_id: id,
+            arrived,
+            interval_ms: 1000,
+            packet_count: 150,
+            echo_time_us: echo,
+            ..Report::default()
+        };
+        let bytes = wire::encode_report(&session_mac(archive_id, SESSION), SESSION, &report);
+        h.server
+            .handle_datagram(h.t, Origin::Unicast(SocketAddrV4::new(ip, 6000)), &bytes);
+    }
+    let beat = (h.run(Duration::from_millis(1100)).into_iter())
+        .filter(|(_, to, _)| *to == director)
+        .flat_map(|(_, _, datagrams)| datagrams)
+        .filter_map(|d| match wire::decode(&d).map(|d| d.packet) {
+            Ok(Packet::Heartbeat(beat)) => Some(beat),
+            _ => None,
+        })
+        .last()
+        .expect("a heartbeat");
+    assert_eq!(beat.cpu_permille, 420);
+    let kbps = |packets: u64| (packets * payload * 8 / 1000) as u32;
+    assert_eq!(
+        beat.subnets,
+        vec![
+            wire::SubnetThroughput {
+                subnet: [10, 0, 0],
+                receivers: 2,
+                goodput_kbps: kbps(2000)
+            },
+            wire::SubnetThroughput {
+                subnet: [10, 0, 9],
+                receivers: 1,
+                goodput_kbps: kbps(500)
+            },
+        ]
+    );
 }

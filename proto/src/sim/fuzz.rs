@@ -209,6 +209,12 @@ impl World {
             unicast_clients: 1,
             unicast_max_clients: MAX_CLIENTS as u16,
             receivers: 2,
+            cpu_permille: 300,
+            subnets: vec![wire::SubnetThroughput {
+                subnet: [10, 0, 0],
+                receivers: 2,
+                goodput_kbps: 40_000,
+            }],
         };
         let lookup = wire::Lookup {
             receiver_id: 9,

@@ -9,10 +9,23 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 pub const LOOKUP_PADDING: usize = 64;
 /// Most servers one DIRECTIONS names: the primary and three alternates.
 pub const MAX_DIRECTIONS: usize = 4;
+/// Most subnets one HEARTBEAT reports its receivers' throughput for.
+pub const MAX_SUBNETS: usize = 32;
+
+/// What a server's receivers in one /24 report getting from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubnetThroughput {
+    /// The /24: the first three bytes of the receivers' addresses.
+    pub subnet: [u8; 3],
+    /// Receivers counted (at most 255).
+    pub receivers: u8,
+    /// Their mean goodput, kbit/s.
+    pub goodput_kbps: u32,
+}
 
 /// A server's heartbeat to a director: its load, then its listing follows as
 /// ANNOUNCE datagrams by unicast.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Heartbeat {
     /// Milliseconds since the server started: grows with every heartbeat, so a
     /// replayed one is older than the last heard and is dropped.
@@ -31,6 +44,10 @@ pub struct Heartbeat {
     pub unicast_max_clients: u16,
     /// Receivers in its table (heard from within its memory).
     pub receivers: u32,
+    /// The CPU the server process uses, in thousandths of one core.
+    pub cpu_permille: u16,
+    /// Its receivers' goodput by subnet, at most `MAX_SUBNETS`.
+    pub subnets: Vec<SubnetThroughput>,
 }
 
 /// A receiver's question: which servers carry `name`?
@@ -93,6 +110,17 @@ pub fn encode_heartbeat(key: &MacKey, session_id: u32, h: &Heartbeat) -> Vec<u8>
         buf.extend_from_slice(&h.unicast_clients.to_be_bytes());
         buf.extend_from_slice(&h.unicast_max_clients.to_be_bytes());
         buf.extend_from_slice(&h.receivers.to_be_bytes());
+        buf.extend_from_slice(&h.cpu_permille.to_be_bytes());
+        assert!(
+            h.subnets.len() <= MAX_SUBNETS,
+            "more than {MAX_SUBNETS} subnets"
+        );
+        buf.push(h.subnets.len() as u8);
+        for s in &h.subnets {
+            buf.extend_from_slice(&s.subnet);
+            buf.push(s.receivers);
+            buf.extend_from_slice(&s.goodput_kbps.to_be_bytes());
+        }
     })
 }
 
@@ -133,7 +161,7 @@ pub fn encode_directions(key: &MacKey, d: &Directions) -> Vec<u8> {
 }
 
 pub(super) fn decode_heartbeat(r: &mut Reader<'_>) -> Result<Heartbeat, DecodeError> {
-    let h = Heartbeat {
+    let mut h = Heartbeat {
         sequence: r.u64()?,
         unicast_port: r.u16()?,
         listing_parts: r.u8()?,
@@ -142,9 +170,19 @@ pub(super) fn decode_heartbeat(r: &mut Reader<'_>) -> Result<Heartbeat, DecodeEr
         unicast_clients: r.u16()?,
         unicast_max_clients: r.u16()?,
         receivers: r.u32()?,
+        cpu_permille: r.u16()?,
+        subnets: Vec::new(),
     };
-    if h.listing_parts == 0 {
+    let count = r.u8()? as usize;
+    if h.listing_parts == 0 || count > MAX_SUBNETS {
         return Err(DecodeError::Invalid);
+    }
+    for _ in 0..count {
+        h.subnets.push(SubnetThroughput {
+            subnet: r.array()?,
+            receivers: r.u8()?,
+            goodput_kbps: r.u32()?,
+        });
     }
     Ok(h)
 }

@@ -17,8 +17,8 @@ pub use control::{
 };
 pub use data::{DataHeader, encode_data, encode_manifest, write_data_header};
 pub use director::{
-    Direction, Directions, Found, Heartbeat, LOOKUP_PADDING, Lookup, MAX_DIRECTIONS,
-    encode_directions, encode_heartbeat, encode_lookup,
+    Direction, Directions, Found, Heartbeat, LOOKUP_PADDING, Lookup, MAX_DIRECTIONS, MAX_SUBNETS,
+    SubnetThroughput, encode_directions, encode_heartbeat, encode_lookup,
 };
 use director::{decode_directions, decode_heartbeat, decode_lookup};
 use directory::decode_announce;

@@ -110,13 +110,16 @@ proptest! {
     #[test]
     fn heartbeats_round_trip(session in any::<u32>(), sequence in any::<u64>(), port in any::<u16>(), parts in 1u8..,
                              capacity in any::<u64>(), sending in any::<u64>(), clients in any::<u16>(),
-                             max_clients in any::<u16>(), receivers in any::<u32>()) {
+                             max_clients in any::<u16>(), receivers in any::<u32>(), cpu in any::<u16>(),
+                             subnets in proptest::collection::vec((any::<[u8; 3]>(), any::<u8>(), any::<u32>()), 0..=MAX_SUBNETS)) {
+        let subnets = subnets.into_iter().map(|(subnet, receivers, goodput_kbps)| SubnetThroughput { subnet, receivers, goodput_kbps }).collect();
         let h = Heartbeat { sequence, unicast_port: port, listing_parts: parts, capacity_bps: capacity,
-                            sending_bps: sending, unicast_clients: clients, unicast_max_clients: max_clients, receivers };
+                            sending_bps: sending, unicast_clients: clients, unicast_max_clients: max_clients, receivers,
+                            cpu_permille: cpu, subnets };
         let bytes = encode_heartbeat(&mac(), session, &h);
         let d = decode(&bytes).unwrap();
         prop_assert_eq!(d.session_id, session);
-        prop_assert_eq!(d.packet, Packet::Heartbeat(h));
+        prop_assert_eq!(d.packet, Packet::Heartbeat(h.clone()));
     }
 
     #[test]
