@@ -1321,11 +1321,11 @@ fn a_receiver_told_only_directors_fails_over_to_the_other_server_keeping_what_it
     assert!(status.success(), "{log}");
     assert_eq!(std::fs::read(out.join("image.bin")).unwrap(), data);
     let json = std::fs::read_to_string(&events).unwrap();
+    // Moved by the director (its REDIRECT, as the primary stops heartbeating)
+    // or by the receiver itself (3 s without a word from the primary).
     let lost = format!("\"next\":\"{alternate}\"");
-    assert!(
-        json.contains("\"event\":\"server_lost\"") && json.contains(&lost),
-        "{json}"
-    );
+    let moved = format!("\"to\":\"{alternate}\"");
+    assert!(json.contains(&lost) || json.contains(&moved), "{json}");
     assert!(
         json.contains(&format!("\"server\":\"{alternate}\"")),
         "{json}"

@@ -63,6 +63,13 @@ fn answer(signer: &MasterKey, nonce: u64, found: Found) -> Vec<u8> {
     wire::encode_directions(&signer.director_mac_key(), &d)
 }
 
+/// Answers the session's first LOOKUP (to D1) with `found`; returns its nonce.
+fn first_answer(s: &mut Session, t0: Instant, found: Found) -> u64 {
+    let nonce = lookup_nonce(&sent(s, t0)[0], D1);
+    s.handle_datagram(t0, Origin::Link { from: D1 }, &answer(&key(), nonce, found));
+    nonce
+}
+
 #[test]
 fn lookups_go_round_the_directors_and_only_the_answer_to_the_question_counts() {
     let t0 = Instant::now();
@@ -130,12 +137,7 @@ fn lookups_go_round_the_directors_and_only_the_answer_to_the_question_counts() {
 fn not_yet_known_is_asked_again_and_not_carried_ends_the_session() {
     let t0 = Instant::now();
     let mut s = session(t0);
-    let nonce = lookup_nonce(&sent(&mut s, t0)[0], D1);
-    s.handle_datagram(
-        t0,
-        Origin::Link { from: D1 },
-        &answer(&key(), nonce, Found::NotYetKnown),
-    );
+    first_answer(&mut s, t0, Found::NotYetKnown);
     assert!(s.poll_event().is_none());
     let again = sent(&mut s, t0 + Duration::from_secs(1));
     let nonce = lookup_nonce(&again[0], D2);
@@ -150,4 +152,47 @@ fn not_yet_known_is_asked_again_and_not_carried_ends_the_session() {
             name: "image.bin".into()
         }))
     );
+}
+
+#[test]
+fn a_redirect_is_taken_once_and_only_with_the_nonce_of_the_last_answer() {
+    let t0 = Instant::now();
+    let mut s = session(t0);
+    let nonce = first_answer(&mut s, t0, Found::Carried);
+    while s.poll_event().is_some() {}
+    sent(&mut s, t0);
+    let other = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 7700);
+    let redirect = |nonce| {
+        let directions = Directions {
+            nonce,
+            found: Found::Carried,
+            name: "image.bin".into(),
+            archive_id: 9,
+            servers: vec![Direction {
+                server: other,
+                session_id: 6,
+                load_permille: 0,
+            }],
+        };
+        let r = wire::Redirect {
+            reason: wire::RedirectReason::Overloaded,
+            directions,
+        };
+        wire::encode_redirect(&key().director_mac_key(), &r)
+    };
+    let at = t0 + Duration::from_millis(100);
+    s.handle_datagram(at, Origin::Link { from: D1 }, &redirect(nonce + 1));
+    assert!(s.poll_event().is_none(), "another nonce moves nothing");
+    s.handle_datagram(at, Origin::Link { from: D1 }, &redirect(nonce));
+    let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+    assert!(events.contains(&ClientEvent::Redirected {
+        name: "image.bin".into(),
+        reason: wire::RedirectReason::Overloaded,
+        to: Some(other),
+    }));
+    let asked = sent(&mut s, at);
+    assert!(asked.iter().any(|t| t.to == other), "{asked:?}");
+    // The same redirect again (a replay) is not taken.
+    s.handle_datagram(at, Origin::Link { from: D1 }, &redirect(nonce));
+    assert!(s.poll_event().is_none());
 }

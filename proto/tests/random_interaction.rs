@@ -10,7 +10,7 @@ use proptest::prelude::*;
 
 fn step() -> impl Strategy<Value = Step> {
     (
-        0usize..12,
+        0usize..13,
         proptest::collection::vec((0usize..1600, any::<u8>()), 0..4),
         proptest::option::of(0usize..1600),
         any::<bool>(),

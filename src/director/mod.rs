@@ -130,6 +130,19 @@ fn flush(director: &mut Director, socket: &mio::net::UdpSocket, events: &Events)
                     json!({"session": format!("{session_id:08x}"), "address": address.to_string()}),
                 );
             }
+            DirectorEvent::Redirected {
+                to,
+                name,
+                reason,
+                primary,
+            } => {
+                log::info!("moving {to} to {primary} for {name:?}: {reason:?}");
+                events.emit(
+                    "redirected",
+                    json!({"receiver": to.to_string(), "file": name,
+                           "reason": format!("{reason:?}"), "to": primary.to_string()}),
+                );
+            }
             DirectorEvent::Answered {
                 from,
                 name,

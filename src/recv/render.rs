@@ -7,6 +7,7 @@ use crate::units::{format_bytes, format_rate};
 use loopcast_proto::MasterKey;
 use loopcast_proto::client::{ClientError, ClientEvent, Fallback, Phase, Reception, Session};
 use loopcast_proto::keys::hex;
+use loopcast_proto::wire::RedirectReason;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -128,6 +129,23 @@ impl Render {
                 log::info!("{}: the director names {}", name, list.join(", "));
                 self.events
                     .emit("directed", json!({"file": name, "servers": list}));
+            }
+            ClientEvent::Redirected {
+                ref name,
+                reason,
+                to,
+            } => {
+                let why = match reason {
+                    RedirectReason::ServerDown => "its server is down",
+                    RedirectReason::Overloaded => "its server is overloaded",
+                    RedirectReason::Throughput => "another server serves this subnet better",
+                };
+                let to = to.map_or("-".to_string(), |t| t.to_string());
+                log::info!("{name}: the director moves it to {to}: {why}");
+                self.events.emit(
+                    "redirected",
+                    json!({"file": name, "to": to, "reason": format!("{reason:?}")}),
+                );
             }
             ClientEvent::ServerLost {
                 ref name,

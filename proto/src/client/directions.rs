@@ -25,6 +25,12 @@ struct Ask {
     asking: Option<(SocketAddrV4, Instant, Instant)>,
     /// Servers that went silent while followed or asked.
     given_up: HashSet<SocketAddrV4>,
+    /// The nonce of the last answer taken: a director's REDIRECT must echo it,
+    /// and is taken once.
+    answered: Option<u64>,
+    /// A director moved this file to this server: its listing switches the
+    /// reception even though the server followed still speaks.
+    moving_to: Option<SocketAddrV4>,
 }
 
 /// Every look-up of a receiver that was given directors.
@@ -55,6 +61,8 @@ impl Directed {
                         servers: Vec::new(),
                         asking: None,
                         given_up: HashSet::new(),
+                        answered: None,
+                        moving_to: None,
                     };
                     (name.clone(), ask)
                 })
@@ -86,6 +94,11 @@ impl Directed {
                 ask.asking = Some((asked, since, now));
             }
         }
+    }
+
+    /// True when a director moved `name` to `server` and the move is not done yet.
+    pub(super) fn moving_to(&self, name: &str, server: Option<SocketAddrV4>) -> bool {
+        server.is_some() && self.asks.get(name).is_some_and(|a| a.moving_to == server)
     }
 
     /// True when `server` went silent while it served `name`, and another is asked.
@@ -135,25 +148,70 @@ impl Session {
             }
             Found::Carried => {
                 ask.next_lookup = None;
+                ask.answered = Some(d.nonce);
                 ask.nonce = self.rng.next_u64();
-                let mut servers = d.servers.clone();
-                servers.retain(|s| !ask.given_up.contains(&s.server));
-                if servers.is_empty() {
-                    // Every server named went silent before: they may be back.
-                    ask.given_up.clear();
-                    servers = d.servers;
-                }
-                ask.servers = servers;
-                let first = ask.servers[0].server;
-                if ask.asking.is_none_or(|(s, ..)| s != first) {
-                    ask.asking = Some((first, now, now));
-                }
-                self.events.push_back(ClientEvent::Directed {
-                    name: d.name,
-                    servers: ask.servers.iter().map(|s| s.server).collect(),
-                });
+                self.take_servers(now, d.name, d.servers);
             }
         }
+    }
+
+    /// A REDIRECT from a director: taken once, if it echoes the nonce of the last
+    /// answer taken for the file; the file moves to the first server named.
+    pub(super) fn take_redirect(&mut self, now: Instant, bytes: &[u8]) {
+        if !self.directed.key.verifies(bytes) {
+            self.unauthenticated += 1;
+            return;
+        }
+        let Ok(wire::Datagram {
+            packet: Packet::Redirect(r),
+            ..
+        }) = wire::decode(bytes)
+        else {
+            return;
+        };
+        let d = r.directions;
+        let Some(ask) = self.directed.asks.get_mut(&d.name) else {
+            return;
+        };
+        if ask.answered != Some(d.nonce) {
+            return; // a replay, or not to us
+        }
+        ask.answered = None;
+        let name = d.name.clone();
+        self.take_servers(now, d.name, d.servers);
+        let ask = self.directed.asks.get_mut(&name).expect("found above");
+        ask.moving_to = ask.servers.first().map(|s| s.server);
+        self.events.push_back(ClientEvent::Redirected {
+            name,
+            reason: r.reason,
+            to: ask.moving_to,
+        });
+    }
+
+    /// Takes `servers` (best first) for file `name`, less those given up, and
+    /// asks the first for its listing.
+    fn take_servers(&mut self, now: Instant, name: String, servers: Vec<Direction>) {
+        let Some(ask) = self.directed.asks.get_mut(&name) else {
+            return;
+        };
+        let mut kept = servers.clone();
+        kept.retain(|s| !ask.given_up.contains(&s.server));
+        if kept.is_empty() {
+            // Every server named went silent before: they may be back.
+            ask.given_up.clear();
+            kept = servers;
+        }
+        ask.servers = kept;
+        let Some(first) = ask.servers.first().map(|s| s.server) else {
+            return;
+        };
+        if ask.asking.is_none_or(|(s, ..)| s != first) {
+            ask.asking = Some((first, now, now));
+        }
+        self.events.push_back(ClientEvent::Directed {
+            name,
+            servers: ask.servers.iter().map(|s| s.server).collect(),
+        });
     }
 
     /// Runs the look-ups' timers: LOOKUPs due, listing requests due, and the
@@ -177,6 +235,22 @@ impl Session {
             }
             let mut lost = None;
             match following {
+                // Moved by a director, and now following the new server: ask
+                // again, so that the director has a nonce to move it by later.
+                Some((Some(server), false)) if ask.moving_to == Some(server) => {
+                    ask.moving_to = None;
+                    ask.asking = None;
+                    ask.next_lookup = Some(now);
+                }
+                // Moving: keep asking the new server until its listing switches us.
+                Some((Some(_), false)) if ask.moving_to.is_some() => {
+                    if let Some((asked, since, _)) = ask.asking
+                        && now >= since + SESSION_SILENCE
+                    {
+                        lost = Some(asked);
+                        ask.moving_to = None;
+                    }
+                }
                 // Following a live server: nothing to ask for.
                 Some((Some(_), false)) => ask.asking = None,
                 Some((Some(server), true)) if !ask.given_up.contains(&server) => {

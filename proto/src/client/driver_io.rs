@@ -285,6 +285,15 @@ pub enum ClientEvent {
         /// The servers' unicast addresses.
         servers: Vec<SocketAddrV4>,
     },
+    /// A director moved a file to other servers.
+    Redirected {
+        /// The file.
+        name: String,
+        /// Why.
+        reason: crate::wire::RedirectReason,
+        /// The server it moves to.
+        to: Option<SocketAddrV4>,
+    },
     /// The server followed (or asked) for a file went silent; the next named is asked.
     ServerLost {
         /// The file.

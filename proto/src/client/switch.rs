@@ -41,6 +41,12 @@ impl Session {
             let restarted = other
                 && self.servers.contains_key(&r.fsm.session_id())
                 && self.servers.get(&r.fsm.session_id()) == self.servers.get(&session);
+            // A director moved this file to the server of this session.
+            let silent = silent
+                || (other
+                    && self
+                        .directed
+                        .moving_to(&entry.name, self.servers.get(&session).copied()));
             if r.phase != Phase::Receiving || !(changed || silent || restarted) {
                 if r.fsm.session_id() == session {
                     r.entry.flags = entry.flags; // on-demand channels started or stopped

@@ -7,11 +7,14 @@
 //! until `None`, then sleep until `poll_timeout`. The director's state is soft:
 //! a restarted director knows every server again within two heartbeats.
 
+mod moves;
 mod rank;
 
 pub use rank::{Candidate, SAME_SUBNET_BONUS, THROUGHPUT_BONUS, load_fraction, rank};
 
-use crate::wire::{self, AnnounceEntry, Directions, Found, Heartbeat, Lookup, MacKey, Packet};
+use crate::wire::{
+    self, AnnounceEntry, Directions, Found, Heartbeat, Lookup, MacKey, Packet, RedirectReason,
+};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
@@ -38,6 +41,8 @@ pub struct ReceiverSeen {
     pub primary: Option<SocketAddrV4>,
     /// When it asked.
     pub at: Instant,
+    /// The nonce of its look-up, which a REDIRECT echoes; None once used.
+    pub nonce: Option<u64>,
 }
 
 /// When a server unheard since `last` is down.
@@ -88,6 +93,17 @@ pub enum DirectorEvent {
         /// Its unicast address.
         address: SocketAddrV4,
     },
+    /// A receiver was moved to other servers.
+    Redirected {
+        /// The receiver.
+        to: SocketAddrV4,
+        /// The file.
+        name: String,
+        /// Why.
+        reason: RedirectReason,
+        /// The server it moves to.
+        primary: SocketAddrV4,
+    },
     /// A look-up was answered.
     Answered {
         /// Who asked.
@@ -112,6 +128,8 @@ pub struct DirectorStats {
     pub over_capacity: u64,
     /// Look-ups answered.
     pub answered: u64,
+    /// Receivers moved by REDIRECT.
+    pub redirects: u64,
     /// Of those, answered "not carried".
     pub not_carried: u64,
     /// Datagrams that were not for a director, or malformed.
@@ -284,7 +302,8 @@ impl Director {
         self.stats.answered += 1;
         self.stats.not_carried += u64::from(found == Found::NotCarried);
         self.out.push_back((from, datagram));
-        self.remember(now, from, &lookup.name, primary);
+        let nonce = (found == Found::Carried).then_some(lookup.nonce);
+        self.remember(now, from, &lookup.name, primary, nonce);
         self.events.push_back(DirectorEvent::Answered {
             from,
             name: lookup.name,
@@ -299,6 +318,7 @@ impl Director {
         from: SocketAddrV4,
         name: &str,
         primary: Option<SocketAddrV4>,
+        nonce: Option<u64>,
     ) {
         let key = (from, name.to_owned());
         if !self.receivers.contains_key(&key) && self.receivers.len() >= MAX_RECEIVERS {
@@ -315,6 +335,7 @@ impl Director {
             name: key.1.clone(),
             primary,
             at: now,
+            nonce,
         };
         self.receivers.insert(key, seen);
     }
@@ -322,7 +343,8 @@ impl Director {
     /// Forgets servers unheard for `DOWN_AFTER_HEARTBEATS` intervals, and (once a
     /// second) look-ups older than `RECEIVER_MEMORY`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if now >= self.pruned + HEARTBEAT_INTERVAL {
+        let turn = now >= self.pruned + HEARTBEAT_INTERVAL;
+        if turn {
             self.pruned = now;
             self.receivers
                 .retain(|_, r| now.saturating_duration_since(r.at) < RECEIVER_MEMORY);
@@ -331,8 +353,13 @@ impl Director {
             .filter(|s| now >= down_at(s.last_heard))
             .map(|s| s.session_id)
             .collect();
+        let any_down = !down.is_empty();
         for session_id in down {
             self.remove(session_id);
+        }
+        // Receivers of a server gone are moved at once; load and throughput once a second.
+        if turn || any_down {
+            self.rebalance();
         }
     }
 

@@ -34,7 +34,7 @@ pub fn load_fraction(h: &Heartbeat) -> f64 {
 }
 
 /// The goodput a server's receivers in `receiver`'s /24 report, kbit/s (0: none).
-fn throughput_to(h: &Heartbeat, receiver: Ipv4Addr) -> u32 {
+pub(super) fn throughput_to(h: &Heartbeat, receiver: Ipv4Addr) -> u32 {
     let subnet: [u8; 3] = receiver.octets()[..3].try_into().expect("3 bytes");
     (h.subnets.iter())
         .find(|s| s.subnet == subnet)

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::MasterKey;
-use crate::wire::{Announce, ChannelInfo, Direction, LOOKUP_PADDING};
+use crate::wire::{Announce, ChannelInfo, Direction, LOOKUP_PADDING, RedirectReason};
 use std::net::Ipv4Addr;
 
 fn key() -> MasterKey {
@@ -356,4 +356,100 @@ fn throughput_to_the_receivers_subnet_and_cpu_weigh_in_the_ranking() {
     site.beat(2000, b, 12, with(3, 80_000, 900), &[("f", 5)]);
     site.beat(2000, a, 11, with(3, 20_000, 0), &[("f", 5)]);
     assert_eq!(servers(&site.lookup(2100, far, "f")), vec![a, b]);
+}
+
+/// The REDIRECTs the director sends at `ms`: (receiver, reason, nonce, servers).
+fn redirects(
+    site: &mut Site,
+    ms: u64,
+) -> Vec<(SocketAddrV4, RedirectReason, u64, Vec<SocketAddrV4>)> {
+    site.director.handle_timeout(site.at(ms));
+    std::iter::from_fn(|| site.director.poll_transmit())
+        .map(|(to, bytes)| {
+            assert!(key().director_mac_key().verifies(&bytes));
+            match wire::decode(&bytes).unwrap().packet {
+                Packet::Redirect(r) => (to, r.reason, r.directions.nonce, servers(&r.directions)),
+                other => panic!("not a redirect: {other:?}"),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn receivers_of_a_server_gone_are_moved_to_the_alternate_once() {
+    let mut site = Site::new();
+    let (a, b) = (addr(1, 7700), addr(2, 7700));
+    let (r1, r2) = (addr(50, 5000), addr(51, 5000));
+    site.beat(0, a, 11, heartbeat(1, 0, 4), &[("f", 5)]);
+    site.beat(500, b, 12, heartbeat(1, 2, 4), &[("f", 5)]);
+    site.beat(1500, b, 12, heartbeat(2, 2, 4), &[("f", 5)]);
+    assert_eq!(servers(&site.lookup(2000, r1, "f"))[0], a);
+    assert_eq!(servers(&site.lookup(2000, r2, "f"))[0], a);
+    site.beat(2500, b, 12, heartbeat(3, 2, 4), &[("f", 5)]);
+    assert_eq!(redirects(&mut site, 2900), vec![]);
+    // a last heartbeat at 0: down at 3000; both of its receivers go to b.
+    let moved = redirects(&mut site, 3000);
+    assert_eq!(
+        moved,
+        vec![
+            (r1, RedirectReason::ServerDown, 42, vec![b]),
+            (r2, RedirectReason::ServerDown, 42, vec![b])
+        ]
+    );
+    assert_eq!(
+        redirects(&mut site, 4000),
+        vec![],
+        "each moved once per look-up"
+    );
+    assert_eq!(site.director.stats().redirects, 2);
+}
+
+#[test]
+fn an_overloaded_servers_excess_receivers_and_poorly_served_ones_are_moved() {
+    let mut site = Site::new();
+    let (a, b) = (addr(1, 7700), addr(2, 7700));
+    let near = |last: u8| SocketAddrV4::new(Ipv4Addr::new(192, 168, 7, last), 5000);
+    site.beat(0, a, 11, heartbeat(1, 0, 4), &[("f", 5)]);
+    site.beat(0, b, 12, heartbeat(1, 8, 9), &[("f", 5)]);
+    // Three receivers sent to a (the least loaded) ...
+    for i in 0..3 {
+        assert_eq!(servers(&site.lookup(100, near(i), "f"))[0], a);
+    }
+    // ... which then has 5 streams of 4: one is moved to b.
+    site.beat(1000, a, 11, heartbeat(2, 5, 4), &[("f", 5)]);
+    site.beat(1000, b, 12, heartbeat(2, 8, 9), &[("f", 5)]);
+    // (The director looks once a second.)
+    let moved = redirects(&mut site, 2000);
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(
+        (moved[0].1, moved[0].3.clone()),
+        (RedirectReason::Overloaded, vec![b])
+    );
+    // a recovers, but b's receivers in 192.168.7/24 now get 3x what a's do there.
+    let with = |sequence: u64, clients: u16, max: u16, kbps: u32| {
+        let mut h = heartbeat(sequence, clients, max);
+        h.subnets = vec![wire::SubnetThroughput {
+            subnet: [192, 168, 7],
+            receivers: 2,
+            goodput_kbps: kbps,
+        }];
+        h
+    };
+    site.beat(2500, a, 11, with(3, 2, 4, 10_000), &[("f", 5)]);
+    site.beat(2500, b, 12, with(3, 8, 9, 30_000), &[("f", 5)]);
+    let moved = redirects(&mut site, 3000);
+    assert_eq!(moved.len(), 2, "{moved:?}");
+    assert!(
+        moved
+            .iter()
+            .all(|m| m.1 == RedirectReason::Throughput && m.3 == vec![b])
+    );
+    // Twice as much is the threshold: at 1.5x nobody moves.
+    let mut site = Site::new();
+    site.beat(0, a, 11, with(1, 0, 4, 20_000), &[("f", 5)]);
+    site.beat(0, b, 12, with(1, 0, 4, 30_000), &[("f", 5)]);
+    let far = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 5000);
+    site.lookup(2000, far, "f");
+    site.lookup(2000, near(1), "f");
+    assert_eq!(redirects(&mut site, 3000).len(), 0);
 }

@@ -253,6 +253,13 @@ impl World {
             wire::encode_heartbeat(&director, SESSION, &heartbeat),
             wire::encode_lookup(&director, &lookup),
             wire::encode_directions(&director, &directions),
+            wire::encode_redirect(
+                &director,
+                &wire::Redirect {
+                    reason: wire::RedirectReason::ServerDown,
+                    directions: directions.clone(),
+                },
+            ),
         ]
     }
 
@@ -304,7 +311,8 @@ impl World {
             }
             t if t == PacketType::Heartbeat as u8
                 || t == PacketType::Lookup as u8
-                || t == PacketType::Directions as u8 =>
+                || t == PacketType::Directions as u8
+                || t == PacketType::Redirect as u8 =>
             {
                 self.key.director_mac_key().seal(d)
             }
@@ -420,16 +428,23 @@ impl World {
     /// Runs `steps` into a receiver session; Err names the bound that broke.
     pub fn drive_session(&self, steps: &[Step]) -> Result<(), String> {
         let mut now = Instant::now();
+        // One run in two looks the file up with a director (10.0.0.9:7790).
+        let director = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 9), 7790);
+        let directed = steps.first().is_some_and(|s| s.origin & 0x80 != 0);
         let config = ClientConfig {
             key: self.key.clone(),
-            names: Vec::new(),
+            names: if directed {
+                vec![self.manifest.name.clone()]
+            } else {
+                Vec::new()
+            },
             max_rate: None,
             aggregate: false,
             sync_timeout: Duration::from_secs(1),
-            server: Some(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7000)),
+            server: (!directed).then(|| SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7000)),
             unicast_only: false,
             nak_mode: NakMode::Suppressed,
-            directors: Vec::new(),
+            directors: if directed { vec![director] } else { Vec::new() },
         };
         let mut session = Session::new(config, now, 3);
         for s in steps {
@@ -440,7 +455,10 @@ impl World {
                     source: Ipv4Addr::new(10, 0, 0, s.source),
                 },
                 1 => client::Origin::Link {
-                    from: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7000),
+                    from: match s.source % 2 {
+                        1 if directed => director,
+                        _ => SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7000),
+                    },
                 },
                 2 => client::Origin::Channel {
                     reception,

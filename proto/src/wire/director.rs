@@ -99,6 +99,52 @@ pub struct Directions {
     pub servers: Vec<Direction>,
 }
 
+/// Why a director moves a receiver to other servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RedirectReason {
+    /// Its server stopped heartbeating.
+    ServerDown = 0,
+    /// Its server has more unicast streams than it takes.
+    Overloaded = 1,
+    /// Receivers near it get at least twice as much from another server.
+    Throughput = 2,
+}
+
+/// A director's unasked move of a receiver: the servers to take a file from
+/// now, best first. It echoes the nonce of the receiver's last answered LOOKUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// Why.
+    pub reason: RedirectReason,
+    /// The servers, as a DIRECTIONS names them (found: carried).
+    pub directions: Directions,
+}
+
+/// Encodes a REDIRECT: the reason, then a DIRECTIONS body.
+pub fn encode_redirect(key: &MacKey, r: &Redirect) -> Vec<u8> {
+    let d = &r.directions;
+    assert!(d.name.len() <= 255 && d.servers.len() <= MAX_DIRECTIONS);
+    datagram(key, PacketType::Redirect, 0, |buf| {
+        buf.push(r.reason as u8);
+        put_directions(buf, d);
+    })
+}
+
+pub(super) fn decode_redirect(r: &mut Reader<'_>) -> Result<Redirect, DecodeError> {
+    let reason = match r.u8()? {
+        0 => RedirectReason::ServerDown,
+        1 => RedirectReason::Overloaded,
+        2 => RedirectReason::Throughput,
+        _ => return Err(DecodeError::Invalid),
+    };
+    let directions = decode_directions(r)?;
+    if directions.found != Found::Carried {
+        return Err(DecodeError::Invalid);
+    }
+    Ok(Redirect { reason, directions })
+}
+
 /// Encodes a HEARTBEAT (session id: the server's).
 pub fn encode_heartbeat(key: &MacKey, session_id: u32, h: &Heartbeat) -> Vec<u8> {
     datagram(key, PacketType::Heartbeat, session_id, |buf| {
@@ -144,20 +190,22 @@ pub fn encode_lookup(key: &MacKey, lookup: &Lookup) -> Vec<u8> {
 /// bytes is a caller bug.
 pub fn encode_directions(key: &MacKey, d: &Directions) -> Vec<u8> {
     assert!(d.name.len() <= 255 && d.servers.len() <= MAX_DIRECTIONS);
-    datagram(key, PacketType::Directions, 0, |buf| {
-        buf.extend_from_slice(&d.nonce.to_be_bytes());
-        buf.push(d.found as u8);
-        buf.push(d.name.len() as u8);
-        buf.extend_from_slice(d.name.as_bytes());
-        buf.extend_from_slice(&d.archive_id.to_be_bytes());
-        buf.push(d.servers.len() as u8);
-        for s in &d.servers {
-            buf.extend_from_slice(&s.server.ip().octets());
-            buf.extend_from_slice(&s.server.port().to_be_bytes());
-            buf.extend_from_slice(&s.session_id.to_be_bytes());
-            buf.extend_from_slice(&s.load_permille.to_be_bytes());
-        }
-    })
+    datagram(key, PacketType::Directions, 0, |buf| put_directions(buf, d))
+}
+
+fn put_directions(buf: &mut Vec<u8>, d: &Directions) {
+    buf.extend_from_slice(&d.nonce.to_be_bytes());
+    buf.push(d.found as u8);
+    buf.push(d.name.len() as u8);
+    buf.extend_from_slice(d.name.as_bytes());
+    buf.extend_from_slice(&d.archive_id.to_be_bytes());
+    buf.push(d.servers.len() as u8);
+    for s in &d.servers {
+        buf.extend_from_slice(&s.server.ip().octets());
+        buf.extend_from_slice(&s.server.port().to_be_bytes());
+        buf.extend_from_slice(&s.session_id.to_be_bytes());
+        buf.extend_from_slice(&s.load_permille.to_be_bytes());
+    }
 }
 
 pub(super) fn decode_heartbeat(r: &mut Reader<'_>) -> Result<Heartbeat, DecodeError> {

@@ -18,9 +18,10 @@ pub use control::{
 pub use data::{DataHeader, encode_data, encode_manifest, write_data_header};
 pub use director::{
     Direction, Directions, Found, Heartbeat, LOOKUP_PADDING, Lookup, MAX_DIRECTIONS, MAX_SUBNETS,
-    SubnetThroughput, encode_directions, encode_heartbeat, encode_lookup,
+    Redirect, RedirectReason, SubnetThroughput, encode_directions, encode_heartbeat, encode_lookup,
+    encode_redirect,
 };
-use director::{decode_directions, decode_heartbeat, decode_lookup};
+use director::{decode_directions, decode_heartbeat, decode_lookup, decode_redirect};
 use directory::decode_announce;
 pub use directory::{
     ANNOUNCE_HEADER_LEN, Announce, AnnounceEntry, ChannelInfo, announce_entry_len, encode_announce,
@@ -84,6 +85,8 @@ pub enum PacketType {
     Lookup = 11,
     /// A director's answer: the servers carrying the file, best first.
     Directions = 12,
+    /// A director's unasked move of a receiver to other servers.
+    Redirect = 13,
 }
 
 /// Bytes of a STATUS datagram: common header, 32-byte body, trailer.
@@ -148,6 +151,8 @@ pub enum Packet<'a> {
     Lookup(Lookup),
     /// A DIRECTIONS packet.
     Directions(Directions),
+    /// A REDIRECT packet.
+    Redirect(Redirect),
 }
 /// A decoded datagram with its sender's session id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,6 +270,7 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
         k if k == PacketType::Heartbeat as u8 => Packet::Heartbeat(decode_heartbeat(&mut r)?),
         k if k == PacketType::Lookup as u8 => Packet::Lookup(decode_lookup(&mut r)?),
         k if k == PacketType::Directions as u8 => Packet::Directions(decode_directions(&mut r)?),
+        k if k == PacketType::Redirect as u8 => Packet::Redirect(decode_redirect(&mut r)?),
         _ => return Err(DecodeError::UnknownType),
     };
     // Every body but DATA's and MANIFEST's must end exactly where its fields do.

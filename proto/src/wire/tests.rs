@@ -135,7 +135,12 @@ proptest! {
         let d = Directions { nonce, found, name, archive_id, servers };
         let answer = encode_directions(&mac(), &d);
         prop_assert!(answer.len() <= question.len());
-        prop_assert_eq!(decode(&answer).unwrap().packet, Packet::Directions(d));
+        prop_assert_eq!(decode(&answer).unwrap().packet, Packet::Directions(d.clone()));
+        if d.found == Found::Carried {
+            let r = Redirect { reason: RedirectReason::Throughput, directions: d };
+            let bytes = encode_redirect(&mac(), &r);
+            prop_assert_eq!(decode(&bytes).unwrap().packet, Packet::Redirect(r));
+        }
     }
 
     #[test]
@@ -144,7 +149,7 @@ proptest! {
     }
 
     #[test]
-    fn random_bodies_never_panic(kind in 0u8..14, body in proptest::collection::vec(any::<u8>(), 0..400)) {
+    fn random_bodies_never_panic(kind in 0u8..15, body in proptest::collection::vec(any::<u8>(), 0..400)) {
         let mut bytes = vec![b'L', b'C', VERSION, kind, 0, 0, 0, 1];
         bytes.extend_from_slice(&body);
         let _ = decode(&bytes);
