@@ -79,7 +79,8 @@ pub(super) enum Command {
         /// Address and UDP port to listen on.
         #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:7790")]
         listen: SocketAddrV4,
-        /// Print events (server up or down, look-ups answered) as JSON lines on stdout.
+        /// Print events (server up or down, look-ups answered, receivers redirected) as
+        /// JSON lines on stdout.
         #[arg(long)]
         json: bool,
         /// Where to serve the read-only HTTP status API (/v1/servers, /v1/files,
@@ -276,8 +277,8 @@ pub(super) struct RecvArgs {
     pub(super) unicast: bool,
     /// Directors to ask which servers carry the wanted files (default port 7790).
     /// The best server named is taken (its multicast, else a unicast stream); when it
-    /// goes silent the next one named is, keeping what is stored. Exit code 4 when
-    /// a director says no live server carries a file.
+    /// goes silent, or a director moves the file, the next one named is, keeping what
+    /// is stored. Exit code 4 when a director says no live server carries a file.
     #[arg(long, value_name = "HOST[:PORT],...", value_delimiter = ',', conflicts_with_all = ["server", "unicast"])]
     pub(super) director: Vec<String>,
     /// Print events (join, progress, channel change, fallback, done, error) as JSON

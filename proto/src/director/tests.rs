@@ -296,10 +296,16 @@ proptest::proptest! {
             let from = addr((n % 5) as u8, 7700);
             let len = datagram.len();
             site.director.handle_datagram(site.at(i as u64 * 300), from, &datagram);
+            // Answers go to the asker, no longer than the question; REDIRECTs go
+            // to receivers remembered, at most one per answer.
             while let Some((to, answer)) = site.director.poll_transmit() {
-                proptest::prop_assert_eq!(to, from);
-                proptest::prop_assert!(answer.len() <= len);
+                if answer.get(3) != Some(&(wire::PacketType::Redirect as u8)) {
+                    proptest::prop_assert_eq!(to, from);
+                    proptest::prop_assert!(answer.len() <= len);
+                }
             }
+            let stats = site.director.stats();
+            proptest::prop_assert!(stats.redirects <= stats.answered);
             proptest::prop_assert!(site.director.servers().count() <= MAX_SERVERS);
         }
     }

@@ -408,14 +408,24 @@ impl World {
             let datagram = self.datagram(s);
             director.handle_datagram(now, from, &datagram);
             director.handle_timeout(now);
+            // Answers go to the asker and are no longer than the question; moves
+            // (REDIRECT, to receivers remembered) are at most one per answer.
             while let Some((to, answer)) = director.poll_transmit() {
-                if to != from || answer.len() > datagram.len() {
+                let redirect = answer.get(3) == Some(&(PacketType::Redirect as u8));
+                if !redirect && (to != from || answer.len() > datagram.len()) {
                     return Err(format!(
                         "{} bytes to {to} for {}",
                         answer.len(),
                         datagram.len()
                     ));
                 }
+            }
+            let stats = director.stats();
+            if stats.redirects > stats.answered {
+                return Err(format!(
+                    "{} redirects for {} answers",
+                    stats.redirects, stats.answered
+                ));
             }
             while director.poll_event().is_some() {}
             if director.servers().count() > MAX_SERVERS {
