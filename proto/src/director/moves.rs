@@ -30,20 +30,25 @@ impl Director {
             .map(|(k, _)| k.clone())
             .collect();
         keys.sort();
+        // The servers carrying each name, found once per pass.
+        let mut carrying: HashMap<String, Vec<Candidate>> = HashMap::new();
         for key in keys {
             let r = &self.receivers[&key];
             let primary = r.primary.expect("filtered above");
-            let candidates: Vec<Candidate> = (self.servers.values())
-                .filter_map(|s| {
-                    let entry = s.files().find(|e| e.name == r.name)?;
-                    Some(Candidate {
-                        session_id: s.session_id,
-                        address: s.address,
-                        archive_id: entry.archive_id,
-                        load: s.load.clone(),
+            let servers = &self.servers;
+            let candidates = carrying.entry(r.name.clone()).or_insert_with(|| {
+                (servers.values())
+                    .filter_map(|s| {
+                        let entry = s.files().find(|e| e.name == r.name)?;
+                        Some(Candidate {
+                            session_id: s.session_id,
+                            address: s.address,
+                            archive_id: entry.archive_id,
+                            load: s.load.clone(),
+                        })
                     })
-                })
-                .collect();
+                    .collect()
+            });
             let current = candidates.iter().find(|c| c.address == primary);
             let alternates: Vec<Candidate> = (candidates.iter())
                 .filter(|c| {
