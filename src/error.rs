@@ -24,10 +24,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// A general failure.
     pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            code: EXIT_FAILURE,
-        }
+        Self::with_code(message, EXIT_FAILURE)
     }
 
     /// A failure with its own exit code.
@@ -40,10 +37,7 @@ impl Error {
 
     /// A time-out.
     pub fn timeout(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            code: EXIT_TIMEOUT,
-        }
+        Self::with_code(message, EXIT_TIMEOUT)
     }
 }
 

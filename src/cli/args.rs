@@ -13,6 +13,8 @@ use std::path::PathBuf;
 pub const DEFAULT_GROUP: &str = "239.255.77.1:7700";
 /// Default UDP port of a director.
 pub const DEFAULT_DIRECTOR_PORT: u16 = 7790;
+/// Default port of a director's HTTP API (`director --http`'s default says it too).
+pub const DEFAULT_DIRECTOR_HTTP_PORT: u16 = 7791;
 
 /// loopcast: push the same files to many machines over UDP multicast.
 ///

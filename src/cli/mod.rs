@@ -150,12 +150,9 @@ fn ls(n: NetArgs, key: Option<PathBuf>, timeout: u64) -> Result<()> {
     Ok(())
 }
 
-/// Default port of a director's HTTP API.
-const DEFAULT_DIRECTOR_HTTP_PORT: u16 = 7791;
-
 /// `ls --director`: every file the director's servers carry, from its HTTP API.
 fn ls_director(director: &str) -> Result<()> {
-    let at = args::resolve_server("--director", director, DEFAULT_DIRECTOR_HTTP_PORT)?;
+    let at = args::resolve_server("--director", director, args::DEFAULT_DIRECTOR_HTTP_PORT)?;
     let url = format!("http://{at}/v1/files");
     let body = ureq::get(&url)
         .call()

@@ -6,7 +6,7 @@
 use super::{
     ClientError, ClientEvent, Phase, REQUEST_RETRY, SESSION_SILENCE, Session, Transmit, Via,
 };
-use crate::wire::{self, Direction, Found, MacKey, Packet};
+use crate::wire::{self, Direction, Directions, Found, MacKey, Packet, Redirect};
 use rand::Rng;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddrV4;
@@ -118,19 +118,22 @@ impl Directed {
 }
 
 impl Session {
-    /// A DIRECTIONS from a director, to the link.
-    pub(super) fn take_directions(&mut self, now: Instant, bytes: &[u8]) {
+    /// A datagram from a director to the link: DIRECTIONS or REDIRECT, under the
+    /// director key.
+    pub(super) fn take_from_director(&mut self, now: Instant, bytes: &[u8]) {
         if !self.directed.key.verifies(bytes) {
             self.unauthenticated += 1;
             return;
         }
-        let Ok(wire::Datagram {
-            packet: Packet::Directions(d),
-            ..
-        }) = wire::decode(bytes)
-        else {
-            return;
-        };
+        match wire::decode(bytes).map(|d| d.packet) {
+            Ok(Packet::Directions(d)) => self.take_directions(now, d),
+            Ok(Packet::Redirect(r)) => self.take_redirect(now, r),
+            _ => {}
+        }
+    }
+
+    /// A director's answer: taken if it answers the question outstanding.
+    fn take_directions(&mut self, now: Instant, d: Directions) {
         let Some(ask) = self.directed.asks.get_mut(&d.name) else {
             return;
         };
@@ -155,20 +158,9 @@ impl Session {
         }
     }
 
-    /// A REDIRECT from a director: taken once, if it echoes the nonce of the last
-    /// answer taken for the file; the file moves to the first server named.
-    pub(super) fn take_redirect(&mut self, now: Instant, bytes: &[u8]) {
-        if !self.directed.key.verifies(bytes) {
-            self.unauthenticated += 1;
-            return;
-        }
-        let Ok(wire::Datagram {
-            packet: Packet::Redirect(r),
-            ..
-        }) = wire::decode(bytes)
-        else {
-            return;
-        };
+    /// A director's move: taken once, if it echoes the nonce of the last answer
+    /// taken for the file; the file moves to the first server named.
+    fn take_redirect(&mut self, now: Instant, r: Redirect) {
         let d = r.directions;
         let Some(ask) = self.directed.asks.get_mut(&d.name) else {
             return;
@@ -222,8 +214,10 @@ impl Session {
             let following = (self.receptions.iter())
                 .find(|r| r.entry.name == name && r.phase == Phase::Receiving)
                 .map(|r| {
-                    let silent = r.fsm.last_heard().unwrap_or(r.started) + SESSION_SILENCE < now;
-                    (self.servers.get(&r.fsm.session_id()).copied(), silent)
+                    (
+                        self.servers.get(&r.fsm.session_id()).copied(),
+                        r.silent(now),
+                    )
                 });
             let done = (self.receptions.iter())
                 .any(|r| r.entry.name == name && r.phase != Phase::Receiving);
@@ -277,9 +271,9 @@ impl Session {
                     next: ask.asking.map(|(s, ..)| s),
                 });
             }
+            // (Asks exist only when directors were given.)
             if let Some(at) = ask.next_lookup
                 && now >= at
-                && !self.directed.directors.is_empty()
             {
                 let to = self.directed.directors[ask.next_director % self.directed.directors.len()];
                 ask.next_director += 1;

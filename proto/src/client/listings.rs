@@ -9,18 +9,10 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Instant;
 
 impl Session {
-    /// Answers from servers to the link: cookies and listings.
+    /// Answers to the link: cookies and listings from servers, and what directors say.
     pub(super) fn handle_link(&mut self, now: Instant, from: SocketAddrV4, bytes: &[u8]) {
         if self.directed.is_director(from) {
-            match bytes.get(3).copied() {
-                Some(t) if t == wire::PacketType::Directions as u8 => {
-                    return self.take_directions(now, bytes);
-                }
-                Some(t) if t == wire::PacketType::Redirect as u8 => {
-                    return self.take_redirect(now, bytes);
-                }
-                _ => {}
-            }
+            return self.take_from_director(now, bytes);
         }
         if !self.directory_key.verifies(bytes) {
             self.unauthenticated += 1;

@@ -68,6 +68,17 @@ pub struct Reception {
 }
 
 impl Reception {
+    /// When its server session has been silent (nothing that verifies) for
+    /// `SESSION_SILENCE`: it counts as silent at any time after this.
+    pub(super) fn silent_after(&self) -> Instant {
+        self.fsm.last_heard().unwrap_or(self.started) + super::SESSION_SILENCE
+    }
+
+    /// True when its server session is silent at `now`.
+    pub(super) fn silent(&self, now: Instant) -> bool {
+        now > self.silent_after()
+    }
+
     /// The file as listed.
     pub fn entry(&self) -> &AnnounceEntry {
         &self.entry

@@ -6,8 +6,7 @@
 
 use super::reception::{Pending, selector_for};
 use super::{
-    ClientEvent, Command, Fallback, MAX_ACTIVE_RECEPTIONS, Phase, Reception, ReceptionId,
-    SESSION_SILENCE, Session,
+    ClientEvent, Command, Fallback, MAX_ACTIVE_RECEPTIONS, Phase, Reception, ReceptionId, Session,
 };
 use crate::FileReceiver;
 use crate::manifest::Manifest;
@@ -35,7 +34,7 @@ impl Session {
             let r = &mut self.receptions[i];
             let changed = r.entry.archive_id != entry.archive_id;
             let other = r.fsm.session_id() != session;
-            let silent = other && r.fsm.last_heard().unwrap_or(r.started) + SESSION_SILENCE < now;
+            let silent = other && r.silent(now);
             // A new session from the very address of the one followed: that server
             // restarted (two cannot hold one port), so its old session is gone.
             let restarted = other

@@ -2,8 +2,8 @@
 //! stream requests, fallback to unicast, channel choice.
 
 use super::{
-    ClientError, ClientEvent, Command, Fallback, Phase, REQUEST_RETRY, ReceptionId,
-    SESSION_SILENCE, Session, Transmit, Via, WRONG_KEY_GRACE,
+    ClientError, ClientEvent, Command, Fallback, Phase, REQUEST_RETRY, ReceptionId, Session,
+    Transmit, Via, WRONG_KEY_GRACE,
 };
 use crate::rate::SELECT_SAMPLE;
 use crate::sender::HEAR_EVERY_SERVER;
@@ -183,8 +183,9 @@ impl Session {
         // With directors, a followed server's silence moves the file to the next one.
         let silence = (self.receptions.iter())
             .filter(|r| r.phase == Phase::Receiving && self.directed.active())
-            .map(|r| r.fsm.last_heard().unwrap_or(r.started) + SESSION_SILENCE)
+            .map(|r| r.silent_after())
             .filter(|at| *at > self.now)
+            // `silent` holds only strictly after: wake just after.
             .map(|at| at + std::time::Duration::from_millis(1));
         receptions
             .chain(listing)

@@ -259,10 +259,13 @@ impl Director {
         }
     }
 
-    fn answer(&mut self, now: Instant, from: SocketAddrV4, asked_len: usize, lookup: Lookup) {
-        let candidates: Vec<Candidate> = (self.servers.values())
+    /// The live servers carrying `name`, with the receivers sent to each since
+    /// its last heartbeat counted as unicast streams (a burst of look-ups is
+    /// spread, not all sent to the server that was least loaded).
+    fn carrying(&self, name: &str) -> Vec<Candidate> {
+        (self.servers.values())
             .filter_map(|s| {
-                let entry = s.files().find(|e| e.name == lookup.name)?;
+                let entry = s.files().find(|e| e.name == name)?;
                 let mut load = s.load.clone();
                 load.unicast_clients = load.unicast_clients.saturating_add(s.directed);
                 Some(Candidate {
@@ -272,7 +275,11 @@ impl Director {
                     load,
                 })
             })
-            .collect();
+            .collect()
+    }
+
+    fn answer(&mut self, now: Instant, from: SocketAddrV4, asked_len: usize, lookup: Lookup) {
+        let candidates = self.carrying(&lookup.name);
         let servers = rank(&candidates, *from.ip());
         let knows_all = now >= self.started + HEARTBEAT_INTERVAL * 2;
         let found = match (servers.is_empty(), knows_all) {

@@ -18,7 +18,8 @@ impl Director {
     /// Looks at every receiver remembered and moves those whose server is gone,
     /// overloaded, or much slower for their subnet than an alternate.
     pub(super) fn rebalance(&mut self) {
-        // Unicast streams each live server has beyond its most.
+        // Unicast streams each live server has beyond its most (receivers sent
+        // to it since its heartbeat counted, as in `carrying`).
         let mut excess: HashMap<SocketAddrV4, i64> = (self.servers.values())
             .map(|s| {
                 let streams = s.load.unicast_clients as i64 + s.directed as i64;
@@ -35,20 +36,9 @@ impl Director {
         for key in keys {
             let r = &self.receivers[&key];
             let primary = r.primary.expect("filtered above");
-            let servers = &self.servers;
-            let candidates = carrying.entry(r.name.clone()).or_insert_with(|| {
-                (servers.values())
-                    .filter_map(|s| {
-                        let entry = s.files().find(|e| e.name == r.name)?;
-                        Some(Candidate {
-                            session_id: s.session_id,
-                            address: s.address,
-                            archive_id: entry.archive_id,
-                            load: s.load.clone(),
-                        })
-                    })
-                    .collect()
-            });
+            let candidates = carrying
+                .entry(r.name.clone())
+                .or_insert_with(|| self.carrying(&r.name));
             let current = candidates.iter().find(|c| c.address == primary);
             let alternates: Vec<Candidate> = (candidates.iter())
                 .filter(|c| {

@@ -1,6 +1,6 @@
 //! Ranking the servers that carry a file (spec §9.3).
 
-use crate::wire::{Direction, Heartbeat, MAX_DIRECTIONS};
+use crate::wire::{Direction, Heartbeat, MAX_DIRECTIONS, subnet_of};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// What a server in the same /24 as the receiver is worth, in load fraction.
@@ -35,14 +35,10 @@ pub fn load_fraction(h: &Heartbeat) -> f64 {
 
 /// The goodput a server's receivers in `receiver`'s /24 report, kbit/s (0: none).
 pub(super) fn throughput_to(h: &Heartbeat, receiver: Ipv4Addr) -> u32 {
-    let subnet: [u8; 3] = receiver.octets()[..3].try_into().expect("3 bytes");
+    let subnet = subnet_of(receiver);
     (h.subnets.iter())
         .find(|s| s.subnet == subnet)
         .map_or(0, |s| s.goodput_kbps)
-}
-
-fn same_subnet(a: Ipv4Addr, b: Ipv4Addr) -> bool {
-    a.octets()[..3] == b.octets()[..3]
 }
 
 /// The servers to name to a receiver at `receiver`, best first, with the archive
@@ -57,7 +53,7 @@ pub fn rank(candidates: &[Candidate], receiver: Ipv4Addr) -> Vec<(u64, Direction
         .max()
         .unwrap_or(0);
     let score = |c: &Candidate| {
-        let near = if same_subnet(*c.address.ip(), receiver) {
+        let near = if subnet_of(*c.address.ip()) == subnet_of(receiver) {
             SAME_SUBNET_BONUS
         } else {
             0.0

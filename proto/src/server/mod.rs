@@ -401,7 +401,7 @@ impl<A: Admission> Endpoint<A> {
                 .files
                 .get(e.file)
                 .map_or(0, |f| f.manifest.payload_size) as u64;
-            let subnet = e.addr.ip().octets()[..3].try_into().expect("3 bytes");
+            let subnet = wire::subnet_of(*e.addr.ip());
             let (count, bps) = by_subnet.entry(subnet).or_default();
             *count += 1;
             *bps += arrived as u64 * payload * 8 * 1000 / ms as u64;

@@ -3,7 +3,6 @@
 //! channel addresses moves its channels to numbers no server heard uses.
 
 use super::{Endpoint, ServerEvent};
-use crate::client::SESSION_SILENCE;
 use crate::sender::HEAR_EVERY_SERVER;
 use crate::server::Admission;
 use crate::wire::{self, Packet};
@@ -20,8 +19,9 @@ pub const MAX_CHANNEL_NUMBER: u32 = 4096;
 
 /// What the endpoint heard of other servers on its directory group.
 pub(super) struct Neighbours {
-    /// Per session: when last heard, and the channel addresses it lists.
-    heard: HashMap<u32, (Instant, HashSet<SocketAddrV4>)>,
+    /// Per session heard in this server's first `HEAR_EVERY_SERVER`: the channel
+    /// addresses it lists.
+    heard: HashMap<u32, HashSet<SocketAddrV4>>,
     /// True once this server asked to move (it moves at most once).
     moved: bool,
     rng: SmallRng,
@@ -41,6 +41,11 @@ impl Neighbours {
 impl<A: Admission> Endpoint<A> {
     /// A datagram heard on the directory group: another server's listing.
     pub(super) fn heard_on_directory(&mut self, now: Instant, bytes: &[u8]) {
+        // Only a server new on the group moves, and only once: past that, what
+        // others list changes nothing.
+        if self.neighbours.moved || now >= self.started + HEAR_EVERY_SERVER {
+            return;
+        }
         let Ok(wire::Datagram {
             session_id,
             packet: Packet::Announce(announce),
@@ -53,16 +58,10 @@ impl<A: Admission> Endpoint<A> {
             return;
         }
         let n = &mut self.neighbours;
-        n.heard
-            .retain(|_, (last, _)| now.saturating_duration_since(*last) < SESSION_SILENCE);
         if !n.heard.contains_key(&session_id) && n.heard.len() >= MAX_NEIGHBOURS {
             return;
         }
-        let (last, groups) = n
-            .heard
-            .entry(session_id)
-            .or_insert_with(|| (now, HashSet::new()));
-        *last = now;
+        let groups = n.heard.entry(session_id).or_default();
         groups.extend(
             announce
                 .entries
@@ -72,13 +71,12 @@ impl<A: Admission> Endpoint<A> {
         let ours: Vec<SocketAddrV4> = (self.files.iter())
             .flat_map(|f| f.channels.iter().map(|c| c.stream.to))
             .collect();
-        let taken = ours.iter().any(|g| groups.contains(g));
-        if !taken || n.moved || now >= self.started + HEAR_EVERY_SERVER {
+        if !ours.iter().any(|g| groups.contains(g)) {
             return;
         }
         let directory = self.config.directory;
         let used: HashSet<u32> = (n.heard.values())
-            .flat_map(|(_, groups)| groups.iter())
+            .flatten()
             .filter_map(|g| channel_number(directory, *g))
             .collect();
         let need = ours.len().max(1) as u32;

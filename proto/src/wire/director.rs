@@ -23,6 +23,12 @@ pub struct SubnetThroughput {
     pub goodput_kbps: u32,
 }
 
+/// The /24 of `ip` as heartbeats name it: its first three bytes.
+pub fn subnet_of(ip: Ipv4Addr) -> [u8; 3] {
+    let [a, b, c, _] = ip.octets();
+    [a, b, c]
+}
+
 /// A server's heartbeat to a director: its load, then its listing follows as
 /// ANNOUNCE datagrams by unicast.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,7 +19,7 @@ pub use data::{DataHeader, encode_data, encode_manifest, write_data_header};
 pub use director::{
     Direction, Directions, Found, Heartbeat, LOOKUP_PADDING, Lookup, MAX_DIRECTIONS, MAX_SUBNETS,
     Redirect, RedirectReason, SubnetThroughput, encode_directions, encode_heartbeat, encode_lookup,
-    encode_redirect,
+    encode_redirect, subnet_of,
 };
 use director::{decode_directions, decode_heartbeat, decode_lookup, decode_redirect};
 use directory::decode_announce;
