@@ -90,6 +90,40 @@ fn a_restarted_server_is_followed_at_once_and_stored_packets_are_kept() {
     );
 }
 
+/// A receiver holding about 45% of a file switches to a new session whose loop
+/// starts at packet 0: how many packets it takes twice from the new loop (held
+/// already, or come before it could check them), of the file's packets.
+fn share_taken_twice_after_a_switch(stay_joined: bool) -> f64 {
+    // 16 MB at 40 Mbit/s: a loop is about 3.3 s.
+    let mut lan = Lan::new(one_file(16_000_000), |_| {});
+    let node = lan.add_node(|c| c.stay_joined = stay_joined, true);
+    lan.run(Duration::from_millis(1500));
+    let total = lan.files[0].manifest.packet_count();
+    let before = lan.held(node);
+    assert!(
+        before > total / 3 && before < total / 2,
+        "{before} of {total}"
+    );
+    lan.restart_server(0xb0b);
+    let name = lan.files[0].manifest.name.clone();
+    assert!(lan.run_until(Duration::from_secs(8), |l| l.delivered(node, &name)));
+    assert!(lan.body_matches(node, 0));
+    let r = &lan.nodes[node].session.receptions()[0];
+    assert_eq!(r.receiver().stats().repairs, 0, "nothing was lost");
+    let s = r.receiver().stats();
+    (s.duplicates + s.before_manifest) as f64 / total as f64
+}
+
+#[test]
+fn a_receiver_that_switched_servers_leaves_the_channel_while_the_loop_passes_what_it_holds() {
+    let leaving = share_taken_twice_after_a_switch(false);
+    let staying = share_taken_twice_after_a_switch(true);
+    println!("packets taken twice: {leaving:.4} leaving, {staying:.4} staying joined");
+    assert!(leaving < 0.01, "{leaving}");
+    // Staying joined, the new loop brings again everything held (its first 45%).
+    assert!(staying > 0.3, "{staying}");
+}
+
 #[test]
 fn with_multicast_silent_a_receiver_given_the_server_completes_by_unicast() {
     let mut lan = Lan::new(one_file(500_000), |_| {});
@@ -99,9 +133,9 @@ fn with_multicast_silent_a_receiver_given_the_server_completes_by_unicast() {
     assert!(lan.body_matches(node, 0));
     // It waited out the sync time-out, asked for the listing (cookie first), then
     // for a stream (cookie first again, from the stream's own socket).
-    let unvalidated = lan.server.stats().unvalidated;
+    let unvalidated = lan.server().stats().unvalidated;
     assert!(unvalidated >= 2, "{unvalidated}");
-    assert!(lan.server.stats().unicast_bytes > 500_000);
+    assert!(lan.server().stats().unicast_bytes > 500_000);
     let events = &lan.nodes[node].events;
     assert!(events.iter().any(|e| matches!(
         e,
@@ -119,7 +153,7 @@ fn with_multicast_silent_a_receiver_given_the_server_completes_by_unicast() {
             ..
         }
     )));
-    assert_eq!(lan.server.unicast_clients(), 0);
+    assert_eq!(lan.server().unicast_clients(), 0);
 }
 
 #[test]
@@ -149,7 +183,7 @@ fn a_receiver_whose_multicast_stops_mid_transfer_falls_back_to_unicast() {
 fn an_on_demand_file_starts_when_asked_and_stops_when_nobody_reports() {
     let mut lan = Lan::new(one_file(300_000), |c| c.on_demand = true);
     lan.run(Duration::from_millis(700));
-    assert!(!lan.server.is_active(0), "nobody asked yet");
+    assert!(!lan.server().is_active(0), "nobody asked yet");
     let node = lan.add_node(|_| {}, true);
     let name = lan.files[0].manifest.name.clone();
     assert!(lan.run_until(Duration::from_secs(5), |l| l.delivered(node, &name)));
@@ -160,9 +194,9 @@ fn an_on_demand_file_starts_when_asked_and_stops_when_nobody_reports() {
             .any(|e| matches!(e, ServerEvent::ChannelsStarted { .. }))
     );
     // Delivered: no more reports; after --idle (3 s) the channels stop.
-    assert!(lan.server.is_active(0));
+    assert!(lan.server().is_active(0));
     lan.run(Duration::from_millis(3200));
-    assert!(!lan.server.is_active(0));
+    assert!(!lan.server().is_active(0));
     assert!(
         lan.server_events
             .iter()

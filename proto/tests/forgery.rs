@@ -144,8 +144,9 @@ fn forged_reports(key: &MasterKey) -> (u64, usize) {
             };
             let from = SocketAddrV4::new(Ipv4Addr::new(10, 0, 9, (id % 250) as u8), 4000);
             let datagram = wire::encode_report(&keys.mac, SESSION, &report);
-            lan.server
-                .handle_datagram(lan.now, ServerOrigin::Unicast(from), &datagram);
+            let now = lan.now;
+            lan.server()
+                .handle_datagram(now, ServerOrigin::Unicast(from), &datagram);
         }
     }
     let lowest = (lan.server_events.iter())
@@ -155,7 +156,7 @@ fn forged_reports(key: &MasterKey) -> (u64, usize) {
         })
         .min()
         .unwrap_or(channel_of(0).rate_bps);
-    (lowest, lan.server.receivers().len())
+    (lowest, lan.server().receivers().len())
 }
 
 #[test]
@@ -181,7 +182,7 @@ fn replayed_reports_keep_a_vanished_unicast_client_for_seconds_only() {
     let node = lan.add_node(|c| c.server = Some(SERVER), false);
     // It asks for the stream after the sync time-out (3 s), then reports.
     lan.run(Duration::from_secs(6));
-    assert_eq!(lan.server.unicast_clients(), 1);
+    assert_eq!(lan.server().unicast_clients(), 1);
     let (origin, report) = (lan.to_server.iter().rev())
         .find(|(_, d)| matches!(wire::decode(d).map(|d| d.packet), Ok(Packet::Report(_))))
         .cloned()
@@ -189,21 +190,23 @@ fn replayed_reports_keep_a_vanished_unicast_client_for_seconds_only() {
     lan.nodes[node].gone = true;
     let gone_at = lan.now;
     let mut replays = 0;
-    while lan.server.unicast_clients() > 0 && lan.now - gone_at < Duration::from_secs(30) {
-        lan.server.handle_datagram(lan.now, origin, &report);
+    while lan.server().unicast_clients() > 0 && lan.now - gone_at < Duration::from_secs(30) {
+        lan.servers[0]
+            .endpoint
+            .handle_datagram(lan.now, origin, &report);
         replays += 1;
         lan.run(Duration::from_millis(200));
     }
     let kept = lan.now - gone_at;
     println!("stream kept {kept:?} after the client vanished, by {replays} replays");
     assert_eq!(
-        lan.server.unicast_clients(),
+        lan.server().unicast_clients(),
         0,
         "still streaming after {kept:?}"
     );
     let bound = UNICAST_CLIENT_TIMEOUT + Duration::from_millis(2500 + 500);
     assert!(kept <= bound, "kept {kept:?} by {replays} replays");
-    assert!(lan.server.stats().stale_reports > 0);
+    assert!(lan.server().stats().stale_reports > 0);
 }
 
 /// Third-party NAKs for the whole file at 20/s under `key` while a receiver joins
@@ -243,12 +246,14 @@ fn third_party_naks(key: &MasterKey) -> (u64, u64) {
             channel: 0,
             from: SocketAddrV4::new(Ipv4Addr::new(10, 0, 9, 9), 4000),
         };
-        lan.server.handle_datagram(lan.now, origin, &nak);
+        lan.servers[0]
+            .endpoint
+            .handle_datagram(lan.now, origin, &nak);
     }
     let heard = (lan.nodes[node].session.receptions().iter())
         .map(|r| r.receiver().stats().naks_heard)
         .sum();
-    let taken = lan.server.channel(0, 0).unwrap().0.stats().naks;
+    let taken = lan.server().channel(0, 0).unwrap().0.stats().naks;
     (heard, taken)
 }
 

@@ -212,6 +212,7 @@ pub fn recv(config: RecvConfig) -> Result<()> {
             unicast_only: config.unicast_only,
             nak_mode: loopcast_proto::NakMode::Suppressed,
             directors: config.directors.clone(),
+            stay_joined: false,
         },
         now,
         rand::random(),

@@ -232,7 +232,7 @@ impl Render {
             .map(|p| p.display().to_string())
             .unwrap_or_default();
         log::info!(
-            "{}: complete and verified in {secs:.2} s ({} at {}) over {}; {} packets stored, {} resumed, {} duplicates, {} dropped ({} forged), {} debug-dropped, {} dropped by the kernel (socket buffer full); repair: {} repairs received, {} NAKs sent, {} heard, {} suppressed -> {path}",
+            "{}: complete and verified in {secs:.2} s ({} at {}) over {}; {} packets stored, {} resumed, {} duplicates, {} held packets passed while away, {} dropped ({} forged), {} debug-dropped, {} dropped by the kernel (socket buffer full); repair: {} repairs received, {} NAKs sent, {} heard, {} suppressed -> {path}",
             r.entry().name,
             format_bytes(size),
             format_rate(size as f64 * 8.0 / secs.max(1e-9)),
@@ -240,6 +240,7 @@ impl Render {
             s.stored,
             r.resumed(),
             s.duplicates,
+            r.skipped(),
             s.dropped(),
             s.unauthenticated,
             local.map_or(0, |l| l.debug_dropped),
@@ -256,7 +257,8 @@ impl Render {
         self.events.emit(
             "done",
             json!({"file": r.entry().name, "path": path, "seconds": secs,
-                   "bytes": size, "via": via(r)}),
+                   "bytes": size, "via": via(r), "duplicates": s.duplicates,
+                   "skipped": r.skipped()}),
         );
     }
 

@@ -29,6 +29,8 @@ pub struct ClientConfig {
     pub nak_mode: NakMode,
     /// Directors to look the wanted files up with (empty: the directory group).
     pub directors: Vec<SocketAddrV4>,
+    /// Never leave a channel while its loop passes packets held (spec §6.4): for comparisons.
+    pub stay_joined: bool,
 }
 
 /// A file being received: its place in the session (stable while it runs; a

@@ -20,6 +20,7 @@ mod driver_io;
 mod listings;
 mod reception;
 mod results;
+mod skip;
 mod switch;
 mod timers;
 
@@ -237,6 +238,7 @@ impl Session {
     /// Leaves every multicast channel and the unicast stream of reception `id`.
     fn close_sources(&mut self, id: ReceptionId) {
         let r = &mut self.receptions[id];
+        r.away_until = None;
         for channel in std::mem::take(&mut r.joined) {
             self.out.command(Command::Leave {
                 reception: id,
@@ -321,7 +323,10 @@ impl Session {
         if is_data {
             r.last_data = now;
             r.next_start_request = None; // the channels are running
+            let new = matches!(outcome, Outcome::Store { .. });
+            self.maybe_leave(now, id, track, new);
         }
+        let r = &mut self.receptions[id];
         match outcome {
             Outcome::Store {
                 packet_index,
@@ -345,19 +350,7 @@ impl Session {
                 })
             }
             Outcome::ManifestAccepted => {
-                let manifest = r.fsm.manifest()?.clone();
-                if manifest.name != r.entry.name {
-                    self.events
-                        .push_back(ClientEvent::Failed(ClientError::NameMismatch {
-                            announced: r.entry.name.clone(),
-                            manifest: manifest.name,
-                        }));
-                    return None;
-                }
-                self.out.command(Command::OpenStorage {
-                    reception: id,
-                    manifest: Box::new(manifest),
-                });
+                self.manifest_accepted(id);
                 None
             }
             Outcome::WrongKey { theirs } => {
@@ -368,6 +361,27 @@ impl Session {
             }
             Outcome::Nothing => None,
         }
+    }
+
+    /// Reception `id` has its manifest: the driver opens (or resumes) its storage,
+    /// unless the manifest names another file than the listing did.
+    fn manifest_accepted(&mut self, id: ReceptionId) {
+        let r = &self.receptions[id];
+        let Some(manifest) = r.fsm.manifest().cloned() else {
+            return;
+        };
+        if manifest.name != r.entry.name {
+            self.events
+                .push_back(ClientEvent::Failed(ClientError::NameMismatch {
+                    announced: r.entry.name.clone(),
+                    manifest: manifest.name,
+                }));
+            return;
+        }
+        self.out.command(Command::OpenStorage {
+            reception: id,
+            manifest: Box::new(manifest),
+        });
     }
 
     /// Notes how many datagrams the kernel dropped on reception `id`'s sockets, for its reports.

@@ -65,13 +65,31 @@ pub struct Reception {
     pub(super) resumed: u32,
     /// Datagrams the driver's sockets for this reception dropped (buffer full).
     pub(super) kernel_drops: u32,
+    /// While its channel is left over packets held: when to join it again.
+    pub(super) away_until: Option<Instant>,
+    /// When it last joined its channel (in the future while away): silence and the
+    /// sync time-out count from here at the earliest.
+    pub(super) listening_from: Instant,
+    /// Time and loop positions passed at the first loop packet since joining.
+    pub(super) pace: Option<(Instant, u64)>,
+    /// When it may next look at the held run ahead of the loop.
+    pub(super) next_skip_check: Instant,
+    /// Packets held that the loop passed while it was away.
+    pub(super) skipped: u64,
 }
 
 impl Reception {
     /// When its server session has been silent (nothing that verifies) for
     /// `SESSION_SILENCE`: it counts as silent at any time after this.
     pub(super) fn silent_after(&self) -> Instant {
-        self.fsm.last_heard().unwrap_or(self.started) + super::SESSION_SILENCE
+        let heard = self.fsm.last_heard().unwrap_or(self.started);
+        heard.max(self.listening_from) + super::SESSION_SILENCE
+    }
+
+    /// Since when DATA is missed: its last arrival, or when the channel was joined
+    /// again after time away.
+    pub(super) fn data_missed_since(&self) -> Instant {
+        self.last_data.max(self.listening_from)
     }
 
     /// True when its server session is silent at `now`.
@@ -122,6 +140,16 @@ impl Reception {
     /// Packets resumed from an earlier run.
     pub fn resumed(&self) -> u32 {
         self.resumed
+    }
+
+    /// Packets held that the loop passed while the reception was away from its channel.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    /// True while it is away from its channel (the loop passes packets held).
+    pub fn away(&self) -> bool {
+        self.away_until.is_some()
     }
 
     /// What to call the channel it reports on (announce index or unicast).

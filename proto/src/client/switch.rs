@@ -64,6 +64,7 @@ impl Session {
             }
             self.close_reception(i);
         }
+        let carried = existing.and_then(|i| self.carried_manifest(i, entry.archive_id));
         let receiving = self
             .receptions
             .iter()
@@ -73,7 +74,7 @@ impl Session {
             // Taken up when one finishes: the listing comes round every 500 ms (T16).
             return;
         }
-        self.start_reception(now, existing, session, entry, by_unicast);
+        self.start_reception(now, existing, session, entry, by_unicast, carried);
     }
 
     /// A MANIFEST came on reception `id`'s channel while a switch waits: if it is
@@ -102,6 +103,7 @@ impl Session {
             return false;
         }
         let pending = self.receptions[id].pending.take().expect("checked above");
+        let carried = self.carried_manifest(id, pending.entry.archive_id);
         self.close_reception(id);
         self.start_reception(
             now,
@@ -109,8 +111,17 @@ impl Session {
             pending.session,
             pending.entry,
             pending.by_unicast,
+            carried,
         );
         true
+    }
+
+    /// Reception `id`'s manifest, if it is of archive `archive_id`: a switch to
+    /// another session of the same archive takes it along, so the new session's
+    /// DATA is taken from its first packet rather than after its next MANIFEST.
+    fn carried_manifest(&self, id: ReceptionId, archive_id: u64) -> Option<Manifest> {
+        let m = self.receptions[id].fsm.manifest()?;
+        (m.archive_id == archive_id).then(|| m.clone())
     }
 
     /// Leaves reception `id`'s sources and saves and closes its storage.
@@ -127,7 +138,8 @@ impl Session {
     }
 
     /// Makes a reception for `entry` of `session` (in place of `existing`, whose
-    /// sources and storage are closed already) and joins its channels or stream.
+    /// sources and storage are closed already, with its manifest `carried` when the
+    /// archive is the same) and joins its channels or stream.
     fn start_reception(
         &mut self,
         now: Instant,
@@ -135,6 +147,7 @@ impl Session {
         session: u32,
         entry: AnnounceEntry,
         by_unicast: bool,
+        carried: Option<Manifest>,
     ) {
         let id = existing.unwrap_or(self.receptions.len());
         let reception = Reception {
@@ -162,6 +175,11 @@ impl Session {
             started: now,
             resumed: 0,
             kernel_drops: 0,
+            away_until: None,
+            listening_from: now,
+            pace: None,
+            next_skip_check: now,
+            skipped: 0,
         };
         match existing {
             Some(i) => self.receptions[i] = reception,
@@ -171,6 +189,11 @@ impl Session {
             reception: id,
             switched: existing.is_some(),
         });
+        if let Some(m) = carried
+            && self.receptions[id].fsm.accept_manifest(m)
+        {
+            self.manifest_accepted(id);
+        }
         if by_unicast || self.config.unicast_only {
             self.fall_back(now, id, Fallback::NoMulticast);
             return;

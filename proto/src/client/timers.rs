@@ -98,7 +98,11 @@ impl Session {
         let lost = r
             .server
             .is_some_and(|s| self.directed.gave_up(&r.entry.name, s));
-        if r.server.is_some() && !lost && now >= r.last_data + self.config.sync_timeout {
+        if self.away_timer(now, id) {
+            return; // nothing is heard, or sampled, while away
+        }
+        let r = &mut self.receptions[id];
+        if r.server.is_some() && !lost && now >= r.data_missed_since() + self.config.sync_timeout {
             let wait = self.config.sync_timeout;
             self.fall_back(now, id, Fallback::SyncTimeout(wait));
             return;
@@ -162,9 +166,11 @@ impl Session {
                 let multicast = r.stream.is_none();
                 [
                     r.fsm.poll_timeout(),
-                    (multicast && !self.config.aggregate).then_some(r.next_sample),
+                    (multicast && !self.config.aggregate && r.away_until.is_none())
+                        .then_some(r.next_sample),
                     (multicast && r.server.is_some())
-                        .then(|| r.last_data + self.config.sync_timeout),
+                        .then(|| r.data_missed_since() + self.config.sync_timeout),
+                    r.away_until,
                     r.stream
                         .as_ref()
                         .map(|s| s.next_request.max(r.last_data + REQUEST_RETRY)),

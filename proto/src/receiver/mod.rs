@@ -236,19 +236,30 @@ impl FileReceiver {
         }
     }
 
+    /// Takes the manifest of its archive as verified already (by a reception of the
+    /// same archive under another session), so DATA is taken from the first packet.
+    /// False (and nothing changes) for another archive's manifest or when it has one.
+    pub fn accept_manifest(&mut self, m: Manifest) -> bool {
+        if self.manifest.is_some() || m.archive_id != self.archive_id {
+            return false;
+        }
+        self.received = ReceivedMap::new(m.packet_count());
+        self.data_mac = Some(
+            self.master
+                .file_key(self.archive_id)
+                .data_mac(self.session_id, m.payload_size),
+        );
+        self.manifest = Some(m);
+        true
+    }
+
     fn handle_manifest<'a>(&mut self, body: &[u8]) -> Outcome<'a> {
         if self.manifest.is_some() {
             return Outcome::Nothing;
         }
         match Manifest::decode(body, &self.master) {
             Ok(m) if m.archive_id == self.archive_id => {
-                self.received = ReceivedMap::new(m.packet_count());
-                self.data_mac = Some(
-                    self.master
-                        .file_key(self.archive_id)
-                        .data_mac(self.session_id, m.payload_size),
-                );
-                self.manifest = Some(m);
+                self.accept_manifest(m);
                 Outcome::ManifestAccepted
             }
             Ok(_) => {
@@ -447,6 +458,16 @@ impl FileReceiver {
     /// Counters of what was taken and dropped.
     pub fn stats(&self) -> &ReceiverStats {
         &self.stats
+    }
+
+    /// True while gaps the loop has passed wait for a NAK or its repairs.
+    pub fn awaiting_repair(&self) -> bool {
+        self.timer != NakTimer::Idle
+    }
+
+    /// The channel's rate as the latest STATUS said it.
+    pub fn status_rate(&self) -> Option<u64> {
+        self.status.map(|(s, _)| s.rate_bps)
     }
 
     /// When a datagram of this session was last heard.

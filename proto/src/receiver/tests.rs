@@ -306,3 +306,42 @@ fn a_status_advertising_grtt_0_cannot_shrink_the_nak_timers() {
     let floor = crate::sender::DEFAULT_GRTT_FLOOR.mul_f64(HOLDOFF_GRTTS);
     assert!(holdoff >= floor, "{holdoff:?} < {floor:?}");
 }
+
+#[test]
+fn the_run_held_after_a_position_goes_round_the_loop() {
+    let (key, m, _) = random_archive();
+    let mut r = FileReceiver::new(key, 7, m.archive_id, 1, NakMode::Suppressed);
+    assert!(r.accept_manifest(m.clone()));
+    let count = m.packet_count();
+    assert!(count > 12);
+    for i in (0..4).chain(8..count) {
+        r.received.insert(i);
+    }
+    // After 9 the rest is held, then 0..4 round the loop: 4 is the first missing.
+    assert_eq!(r.held_after(9), count - 10 + 4);
+    assert_eq!(r.held_after(4), 0);
+    assert_eq!(r.held_after(6), 0);
+    assert_eq!(r.held_after(7), count - 8 + 4);
+    assert_eq!(r.held_after(count), 0, "out of range");
+    for i in 4..8 {
+        r.received.insert(i);
+    }
+    assert_eq!(r.held_after(3), count - 1, "everything held");
+}
+
+#[test]
+fn a_track_left_over_held_packets_counts_no_loss_when_the_receiver_is_back() {
+    let (key, m, _) = random_archive();
+    let t0 = Instant::now();
+    let mut r = FileReceiver::new(key, 7, m.archive_id, 1, NakMode::Suppressed);
+    assert!(r.accept_manifest(m.clone()));
+    let count = m.packet_count();
+    r.handle_datagram(t0, &zero_data(&m, 0));
+    r.handle_datagram(t0, &zero_data(&m, 1));
+    r.stop_listening(0);
+    // Back at 10: positions 2..10 passed unheard, and they are gaps to NAK.
+    r.handle_datagram(t0, &zero_data(&m, 10));
+    assert_eq!(r.track_counters(0), (1, 3));
+    assert!(r.awaiting_repair());
+    assert!(count > 10);
+}

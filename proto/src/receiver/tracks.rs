@@ -18,10 +18,11 @@ pub(super) struct LoopTrack {
     /// Loop packets that arrived (new or not).
     arrived: u64,
     /// Of `advanced`, positions restored from disk or passed while the receiver was
-    /// not running: passed, but not losses to report or to choose a channel by.
+    /// not listening: passed, but not losses to report or to choose a channel by.
     uncounted: u64,
-    /// Restored from disk and not yet moved by a packet of this run.
-    resumed: bool,
+    /// Not listened to since its latest packet (restored from disk, or its channel
+    /// left while the loop passes packets held): the next packet's step is uncounted.
+    unheard: bool,
 }
 
 impl LoopTrack {
@@ -119,7 +120,7 @@ impl FileReceiver {
                 advanced: 0,
                 arrived: 1,
                 uncounted: 0,
-                resumed: false,
+                unheard: false,
             });
             let table_missing = !self
                 .received
@@ -132,18 +133,18 @@ impl FileReceiver {
         };
         t.arrived += 1;
         let step = (index as u64 + count as u64 - t.position as u64) % count as u64;
-        let resumed = std::mem::take(&mut t.resumed);
-        if resumed {
-            // The loop went on while this receiver was down: what it passed in the
-            // meantime is behind the loop now, and repair brings it sooner.
+        let unheard = std::mem::take(&mut t.unheard);
+        if unheard {
+            // The loop went on while this receiver was down or away: what it passed
+            // in the meantime is behind the loop now, and repair brings it sooner.
             t.uncounted += step;
         }
         let from = t.position;
         t.position = index;
         t.advanced += step;
-        // Packets strictly between the old and new position were lost on the way; a
-        // resumed track's holes from its earlier run are gaps too.
-        let gap = if resumed {
+        // Packets strictly between the old and new position were lost on the way; an
+        // unheard track's holes from before are gaps too.
+        let gap = if unheard {
             !self.missing_passed(None, 1).is_empty()
         } else {
             step > 1
@@ -187,6 +188,42 @@ impl FileReceiver {
             .copied()
             .flatten()
             .map_or((0, 0), |t| (t.advanced - t.uncounted, t.arrived))
+    }
+
+    /// Track `track`'s latest loop position and the positions passed since its join.
+    pub fn loop_position(&self, track: usize) -> Option<(u32, u64)> {
+        let t = self.tracks.get(track).copied().flatten()?;
+        Some((t.position, t.advanced))
+    }
+
+    /// The receiver stops listening to track `track` until its next packet there (it
+    /// leaves the channel while the loop passes packets it holds): the positions
+    /// passed meanwhile are not losses, and missing packets among them are gaps.
+    pub fn stop_listening(&mut self, track: usize) {
+        if let Some(Some(t)) = self.tracks.get_mut(track) {
+            t.unheard = true;
+        }
+    }
+
+    /// How many packets after `index`, going round the loop, are held in a row.
+    pub fn held_after(&self, index: u32) -> u32 {
+        let count = self.received.len();
+        if index >= count {
+            return 0;
+        }
+        let first_missing = |range: Range<u32>| {
+            self.received
+                .missing_runs(range, 1)
+                .first()
+                .map(|r| r.start)
+        };
+        match first_missing(index + 1..count) {
+            Some(m) => m - index - 1,
+            None => match first_missing(0..index + 1) {
+                Some(m) => count - index - 1 + m,
+                None => count - 1,
+            },
+        }
     }
 
     /// Where this receiver's loop tracks stand, to save beside its received map.
@@ -236,7 +273,7 @@ impl FileReceiver {
                 advanced: t.advanced,
                 arrived: 0,
                 uncounted: t.advanced,
-                resumed: true,
+                unheard: true,
             });
         }
         true

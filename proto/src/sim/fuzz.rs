@@ -455,6 +455,7 @@ impl World {
             unicast_only: false,
             nak_mode: NakMode::Suppressed,
             directors: if directed { vec![director] } else { Vec::new() },
+            stay_joined: false,
         };
         let mut session = Session::new(config, now, 3);
         for s in steps {

@@ -303,6 +303,7 @@ impl Lan<'_> {
             unicast_only: false,
             nak_mode: self.config.nak_mode,
             directors: Vec::new(),
+            stay_joined: false,
         };
         let seed = self.config.seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         self.nodes[i].session = Some(Session::new(config, self.instant(), seed));

@@ -1,16 +1,18 @@
 //! The virtual LAN the endpoint tests run on: a server (`server::Endpoint`) and
 //! receiver sessions (`client::Session`), a virtual clock, a one-way latency, and
 //! per receiver an in-memory disk, in the manner of quinn-proto's `Pair`. Shared
-//! by `endpoints.rs` and `forgery.rs`, each of which uses part of it.
+//! by `endpoints.rs`, `forgery.rs` and `site.rs`, each of which uses part of it.
+//! A site adds more servers (each on channels of its own) and a director.
 #![allow(dead_code)]
 
 use loopcast_proto::archive::Unpacker;
 use loopcast_proto::client::{
     ClientConfig, ClientEvent, Command, Origin as ClientOrigin, ReceptionId, Session, Via,
 };
+use loopcast_proto::director::Director;
 use loopcast_proto::server::{
-    BatchLimits, ChannelSpec, Endpoint, FileSpec, Origin as ServerOrigin, ServerConfig,
-    ServerEvent, Socket,
+    BatchLimits, ChannelSpec, DirectorLink, Endpoint, FileSpec, Origin as ServerOrigin,
+    ServerConfig, ServerEvent, Socket,
 };
 use loopcast_proto::sim::Bodies;
 use loopcast_proto::wire::ChannelInfo;
@@ -24,6 +26,12 @@ use std::time::{Duration, Instant};
 pub const LATENCY: Duration = Duration::from_micros(300);
 pub const SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7000);
 pub const DIRECTORY: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(239, 9, 0, 1), 7000);
+pub const DIRECTOR: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 99), 7790);
+
+/// Where server `k` of a site listens (server 0 at `SERVER`).
+pub fn server_addr(k: usize) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1 + k as u8), SERVER.port())
+}
 
 /// One file: manifest, its encoded form, the body (what the server loops).
 #[derive(Clone)]
@@ -49,9 +57,15 @@ pub fn packed(key: &MasterKey, size: usize, seed: u64) -> Packed {
 }
 
 pub fn channel_of(file: usize) -> ChannelSpec {
+    server_channel(0, file)
+}
+
+/// The channel of file `file` on server `k` (servers on one LAN take distinct ones).
+pub fn server_channel(k: usize, file: usize) -> ChannelSpec {
+    let (k8, f) = (k as u8, file as u16);
     ChannelSpec {
-        group: SocketAddrV4::new(Ipv4Addr::new(239, 9, 0, 2 + file as u8), 7001 + file as u16),
-        control_port: 17001 + file as u16,
+        group: SocketAddrV4::new(Ipv4Addr::new(239, 9, k8, 2 + file as u8), 7001 + f),
+        control_port: 17001 + f,
         rate_bps: 40_000_000,
     }
 }
@@ -73,6 +87,7 @@ pub fn client_config(key: MasterKey) -> ClientConfig {
         unicast_only: false,
         nak_mode: loopcast_proto::NakMode::Suppressed,
         directors: Vec::new(),
+        stay_joined: false,
     }
 }
 
@@ -101,6 +116,11 @@ pub fn server_config(session_id: u32) -> ServerConfig {
 }
 
 pub fn new_server(config: ServerConfig, files: &[Packed], now: Instant) -> Endpoint {
+    site_server(0, config, files, now)
+}
+
+/// Server `k` of a site, carrying `files` on its own channels.
+pub fn site_server(k: usize, config: ServerConfig, files: &[Packed], now: Instant) -> Endpoint {
     let specs = files
         .iter()
         .enumerate()
@@ -108,7 +128,7 @@ pub fn new_server(config: ServerConfig, files: &[Packed], now: Instant) -> Endpo
             manifest: f.manifest.clone(),
             manifest_bytes: f.manifest_bytes.clone(),
             file_key: site_key().file_key(f.manifest.archive_id),
-            channels: vec![channel_of(i)],
+            channels: vec![server_channel(k, i)],
         })
         .collect();
     Endpoint::new(config, specs, CookieJar::new([5; 32], now), now).unwrap()
@@ -142,23 +162,35 @@ pub struct Node {
 }
 
 pub enum Delivery {
-    ToServer(ServerOrigin, Vec<u8>),
+    ToServer(usize, ServerOrigin, Vec<u8>),
     ToNode(usize, ClientOrigin, Vec<u8>),
+    ToDirector(SocketAddrV4, Vec<u8>),
+}
+
+/// One server of the LAN.
+pub struct SimServer {
+    pub endpoint: Endpoint,
+    pub addr: SocketAddrV4,
+    /// Killed: it neither hears nor sends anything.
+    pub down: bool,
 }
 
 /// The virtual LAN.
 pub struct Lan {
     pub key: MasterKey,
     pub now: Instant,
-    pub server: Endpoint,
+    /// The servers: the first at `SERVER`, more with `add_server`.
+    pub servers: Vec<SimServer>,
+    pub director: Option<Director>,
     pub bodies: Bodies,
     pub files: Vec<Packed>,
     pub nodes: Vec<Node>,
     pub queue: BTreeMap<(Instant, u64), Delivery>,
     pub seq: u64,
     pub buf: Vec<u8>,
+    /// Every server's events.
     pub server_events: Vec<ServerEvent>,
-    /// Every datagram sent to the server, as a sniffer on the segment saw it.
+    /// Every datagram sent to a server, as a sniffer on the segment saw it.
     pub to_server: Vec<(ServerOrigin, Vec<u8>)>,
     /// Server time of the newest STATUS the server sent, as a sniffer saw it.
     pub last_status_time: u64,
@@ -176,7 +208,12 @@ impl Lan {
             now,
             buf: vec![0; server.buffer_len()],
             bodies: Bodies(files.iter().map(|f| f.body.clone()).collect()),
-            server,
+            servers: vec![SimServer {
+                endpoint: server,
+                addr: SERVER,
+                down: false,
+            }],
+            director: None,
             files,
             nodes: Vec::new(),
             queue: BTreeMap::new(),
@@ -210,8 +247,13 @@ impl Lan {
         i
     }
 
+    /// The first server.
+    pub fn server(&mut self) -> &mut Endpoint {
+        &mut self.servers[0].endpoint
+    }
+
     pub fn send(&mut self, delivery: Delivery) {
-        if let Delivery::ToServer(origin, bytes) = &delivery {
+        if let Delivery::ToServer(_, origin, bytes) = &delivery {
             self.to_server.push((*origin, bytes.clone()));
         }
         self.seq += 1;
@@ -226,27 +268,32 @@ impl Lan {
                 return true;
             }
             self.pump();
-            let next = [
-                Some(self.server.poll_timeout()),
-                self.queue.keys().next().map(|k| k.0),
-            ]
-            .into_iter()
-            .flatten()
-            .chain(
-                (self.nodes.iter())
-                    .filter(|n| !n.gone)
-                    .filter_map(|n| n.session.poll_timeout()),
-            )
-            .min()
-            .unwrap_or(end);
+            let next = (self.servers.iter_mut())
+                .filter(|s| !s.down)
+                .map(|s| s.endpoint.poll_timeout())
+                .chain(self.queue.keys().next().map(|k| k.0))
+                .chain(self.director.as_ref().and_then(Director::poll_timeout))
+                .chain(
+                    (self.nodes.iter())
+                        .filter(|n| !n.gone)
+                        .filter_map(|n| n.session.poll_timeout()),
+                )
+                .min()
+                .unwrap_or(end);
             self.now = next.clamp(self.now, end);
             while let Some(entry) = self.queue.first_entry() {
                 if entry.key().0 > self.now {
                     break;
                 }
                 match entry.remove() {
-                    Delivery::ToServer(origin, bytes) => {
-                        self.server.handle_datagram(self.now, origin, &bytes)
+                    Delivery::ToServer(k, _, _) if self.servers[k].down => {}
+                    Delivery::ToServer(k, origin, bytes) => self.servers[k]
+                        .endpoint
+                        .handle_datagram(self.now, origin, &bytes),
+                    Delivery::ToDirector(from, bytes) => {
+                        if let Some(d) = self.director.as_mut() {
+                            d.handle_datagram(self.now, from, &bytes);
+                        }
                     }
                     Delivery::ToNode(i, _, _) if self.nodes[i].gone => {}
                     Delivery::ToNode(i, origin, bytes) => self.node_datagram(i, origin, &bytes),
@@ -262,22 +309,40 @@ impl Lan {
 
     /// Lets every machine act on its timers and sends what it says.
     pub fn pump(&mut self) {
-        self.server.handle_timeout(self.now);
-        while let Some(t) = self
-            .server
-            .poll_transmit(self.now, &mut self.buf, &mut self.bodies)
-            .unwrap()
-        {
-            let datagrams: Vec<Vec<u8>> = self.buf[..t.len]
-                .chunks(t.segment)
-                .map(<[u8]>::to_vec)
-                .collect();
-            for d in datagrams {
-                self.route_from_server(t.socket, t.to, d);
+        for k in 0..self.servers.len() {
+            if self.servers[k].down {
+                continue;
+            }
+            self.servers[k].endpoint.handle_timeout(self.now);
+            while let Some(t) = self.servers[k]
+                .endpoint
+                .poll_transmit(self.now, &mut self.buf, &mut self.bodies)
+                .unwrap()
+            {
+                let datagrams: Vec<Vec<u8>> = self.buf[..t.len]
+                    .chunks(t.segment)
+                    .map(<[u8]>::to_vec)
+                    .collect();
+                for d in datagrams {
+                    self.route_from(k, t.socket, t.to, d);
+                }
+            }
+            while let Some(e) = self.servers[k].endpoint.poll_event() {
+                self.server_events.push(e);
             }
         }
-        while let Some(e) = self.server.poll_event() {
-            self.server_events.push(e);
+        if let Some(d) = self.director.as_mut() {
+            d.handle_timeout(self.now);
+            let mut sent = Vec::new();
+            while let Some(t) = d.poll_transmit() {
+                sent.push(t);
+            }
+            for (to, datagram) in sent {
+                if let Some(i) = self.nodes.iter().position(|n| n.link == to) {
+                    let origin = ClientOrigin::Link { from: DIRECTOR };
+                    self.send(Delivery::ToNode(i, origin, datagram));
+                }
+            }
         }
         for i in 0..self.nodes.len() {
             if self.nodes[i].gone {
@@ -289,6 +354,17 @@ impl Lan {
     }
 
     pub fn route_from_server(&mut self, socket: Socket, to: SocketAddrV4, datagram: Vec<u8>) {
+        self.route_from(0, socket, to, datagram);
+    }
+
+    /// Delivers what server `k` sent: to a director, a receiver's link or stream,
+    /// or everyone listening on a group.
+    pub fn route_from(&mut self, k: usize, socket: Socket, to: SocketAddrV4, datagram: Vec<u8>) {
+        let from = self.servers[k].addr;
+        if to == DIRECTOR {
+            self.send(Delivery::ToDirector(from, datagram));
+            return;
+        }
         if datagram.get(3) == Some(&(loopcast_proto::wire::PacketType::Status as u8))
             && let Ok(loopcast_proto::wire::Datagram {
                 packet: loopcast_proto::wire::Packet::Status(status),
@@ -300,7 +376,7 @@ impl Lan {
         if socket == Socket::Unicast || !to.ip().is_multicast() {
             for (i, n) in self.nodes.iter().enumerate() {
                 if n.link == to {
-                    let origin = ClientOrigin::Link { from: SERVER };
+                    let origin = ClientOrigin::Link { from };
                     self.send(Delivery::ToNode(i, origin, datagram));
                     return;
                 }
@@ -318,9 +394,7 @@ impl Lan {
                 continue;
             }
             if to == DIRECTORY && !n.session.config().unicast_only {
-                let origin = ClientOrigin::Directory {
-                    source: *SERVER.ip(),
-                };
+                let origin = ClientOrigin::Directory { source: *from.ip() };
                 deliveries.push(Delivery::ToNode(i, origin, datagram.clone()));
             }
             for (&(reception, channel), info) in &n.joined {
@@ -357,20 +431,29 @@ impl Lan {
                 break;
             };
             let n = &self.nodes[i];
+            let server = self.servers.iter().position(|s| s.addr == t.to);
             match t.via {
+                Via::Link if t.to == DIRECTOR => {
+                    self.send(Delivery::ToDirector(n.link, t.datagram));
+                }
                 Via::Link => {
                     let origin = ServerOrigin::Unicast(n.link);
-                    self.send(Delivery::ToServer(origin, t.datagram));
+                    if let Some(k) = server {
+                        self.send(Delivery::ToServer(k, origin, t.datagram));
+                    }
                 }
                 Via::Stream(r) => {
                     let origin = ServerOrigin::Unicast(n.streams[&r]);
-                    self.send(Delivery::ToServer(origin, t.datagram));
+                    if let Some(k) = server {
+                        self.send(Delivery::ToServer(k, origin, t.datagram));
+                    }
                 }
                 Via::Multicast => {
                     let multicast = n.multicast;
-                    let file = (0..self.files.len())
-                        .find(|&f| {
-                            let c = channel_of(f);
+                    let (k, file) = (0..self.servers.len())
+                        .flat_map(|k| (0..self.files.len()).map(move |f| (k, f)))
+                        .find(|&(k, f)| {
+                            let c = server_channel(k, f);
                             SocketAddrV4::new(*c.group.ip(), c.control_port) == t.to
                         })
                         .expect("a control port");
@@ -380,7 +463,7 @@ impl Lan {
                             channel: 0,
                             from: n.link,
                         };
-                        self.send(Delivery::ToServer(origin, t.datagram.clone()));
+                        self.send(Delivery::ToServer(k, origin, t.datagram.clone()));
                     }
                     let others: Vec<(usize, ReceptionId)> = self
                         .nodes
@@ -436,7 +519,7 @@ impl Lan {
                 node.joined.remove(&(reception, channel));
             }
             Command::OpenStream { reception, server } => {
-                assert_eq!(server, SERVER);
+                assert!(self.servers.iter().any(|s| s.addr == server), "{server}");
                 let local = SocketAddrV4::new(*node.link.ip(), 41000 + reception as u16);
                 node.streams.insert(reception, local);
             }
@@ -533,7 +616,41 @@ pub fn two_files() -> Vec<Packed> {
 impl Lan {
     /// Stops the server and starts a new instance (new session) on the same files.
     pub fn restart_server(&mut self, session_id: u32) {
-        self.server = new_server(server_config(session_id), &self.files, self.now);
+        self.servers[0].endpoint = new_server(server_config(session_id), &self.files, self.now);
+    }
+
+    /// Starts a director, and has every server (those added later too) heartbeat
+    /// to it; the servers are started again with `configure`.
+    pub fn add_director(&mut self, configure: impl Fn(&mut ServerConfig)) {
+        let key = self.key.clone();
+        self.director = Some(Director::new(
+            key.director_mac_key(),
+            key.directory_mac_key(),
+            self.now,
+        ));
+        let (files, now) = (self.files.clone(), self.now);
+        for k in 0..self.servers.len() {
+            let mut config = directed(server_config(0xa11ce + k as u32));
+            configure(&mut config);
+            self.servers[k].endpoint = site_server(k, config, &files, now);
+        }
+    }
+
+    /// Adds server `k` (the next one) carrying the same files on channels of its
+    /// own, configured by `configure`.
+    pub fn add_server(&mut self, configure: impl Fn(&mut ServerConfig)) -> usize {
+        let k = self.servers.len();
+        let mut config = server_config(0xa11ce + k as u32);
+        if self.director.is_some() {
+            config = directed(config);
+        }
+        configure(&mut config);
+        self.servers.push(SimServer {
+            endpoint: site_server(k, config, &self.files, self.now),
+            addr: server_addr(k),
+            down: false,
+        });
+        k
     }
 
     pub fn held(&self, node: usize) -> u32 {
@@ -544,6 +661,16 @@ impl Lan {
             .map(|r| r.receiver().received().count())
             .sum()
     }
+}
+
+/// `config` heartbeating to `DIRECTOR`.
+fn directed(mut config: ServerConfig) -> ServerConfig {
+    config.directors = Some(DirectorLink {
+        addresses: vec![DIRECTOR],
+        key: site_key().director_mac_key(),
+        capacity_bps: 0,
+    });
+    config
 }
 
 pub fn one_file(size: usize) -> Vec<Packed> {
