@@ -8,20 +8,22 @@
 
 use super::{Command, Phase, ReceptionId, Session};
 use crate::rate::SELECT_SAMPLE;
+use crate::sender::MANIFEST_EVERY_PACKETS;
 use crate::wire;
 use std::time::{Duration, Instant};
 
 /// The shortest time worth leaving a channel for.
-pub const MIN_AWAY: Duration = Duration::from_millis(250);
+pub const MIN_AWAY: Duration = Duration::from_millis(100);
 /// Back on the channel this long before the loop is due at a missing packet...
 pub const AWAY_MARGIN: Duration = Duration::from_millis(10);
 /// ...and earlier by this share of the time away (the loop slows for repairs and
 /// speeds up when the rate adapts).
-pub const AWAY_MARGIN_SHARE: f64 = 0.01;
+pub const AWAY_MARGIN_SHARE: f64 = 0.005;
 /// How often, at most, a reception taking packets it holds looks at the run ahead.
 pub const SKIP_CHECK: Duration = Duration::from_millis(20);
 /// The loop's pace is measured once this long after (re)joining; before that it
-/// is taken from the channel's rate, which is never slower than the loop.
+/// is taken from the channel's rate less the MANIFESTs, which is never slower than
+/// the loop.
 pub const PACE_WINDOW: Duration = Duration::from_millis(250);
 
 impl Session {
@@ -60,7 +62,9 @@ impl Session {
         } else {
             let rate = (r.fsm.status_rate()).unwrap_or(r.entry.channels[track].rate_bps);
             let datagram = payload_size as usize + wire::DATA_HEADER_LEN + wire::TRAILER_LEN;
-            rate as f64 / (8 * datagram) as f64
+            // A MANIFEST goes out among every `MANIFEST_EVERY_PACKETS` DATA at least.
+            let every = MANIFEST_EVERY_PACKETS as f64;
+            rate as f64 / (8 * datagram) as f64 * every / (every + 1.0)
         };
         let held = r.fsm.held_after(position);
         let passing = held as f64 / per_second.max(1.0);

@@ -18,11 +18,29 @@ pub(super) struct LoopTrack {
     /// Loop packets that arrived (new or not).
     arrived: u64,
     /// Of `advanced`, positions restored from disk or passed while the receiver was
-    /// not listening: passed, but not losses to report or to choose a channel by.
+    /// not running: passed, but neither losses nor waited for by this run.
     uncounted: u64,
-    /// Not listened to since its latest packet (restored from disk, or its channel
-    /// left while the loop passes packets held): the next packet's step is uncounted.
-    unheard: bool,
+    /// Of `advanced`, positions passed while the receiver was away from the channel
+    /// (§6.4): waited for, but not losses to report or to choose a channel by.
+    away: u64,
+    /// Why the track has not been listened to since its latest packet, if so.
+    unheard: Option<Unheard>,
+}
+
+/// Why a track was not listened to for a while.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unheard {
+    /// Restored from disk: the receiver was not running.
+    Down,
+    /// The receiver left the channel while the loop passed packets it held.
+    Away,
+}
+
+impl LoopTrack {
+    /// Positions passed that are not losses: restored, or passed while away.
+    fn unheard_positions(&self) -> u64 {
+        self.uncounted + self.away
+    }
 }
 
 impl LoopTrack {
@@ -120,7 +138,8 @@ impl FileReceiver {
                 advanced: 0,
                 arrived: 1,
                 uncounted: 0,
-                unheard: false,
+                away: 0,
+                unheard: None,
             });
             let table_missing = !self
                 .received
@@ -133,18 +152,20 @@ impl FileReceiver {
         };
         t.arrived += 1;
         let step = (index as u64 + count as u64 - t.position as u64) % count as u64;
-        let unheard = std::mem::take(&mut t.unheard);
-        if unheard {
-            // The loop went on while this receiver was down or away: what it passed
-            // in the meantime is behind the loop now, and repair brings it sooner.
-            t.uncounted += step;
+        let unheard = t.unheard.take();
+        // The loop went on while this receiver was down or away: what it passed
+        // in the meantime is behind the loop now, and repair brings it sooner.
+        match unheard {
+            Some(Unheard::Down) => t.uncounted += step,
+            Some(Unheard::Away) => t.away += step,
+            None => {}
         }
         let from = t.position;
         t.position = index;
         t.advanced += step;
         // Packets strictly between the old and new position were lost on the way; an
         // unheard track's holes from before are gaps too.
-        let gap = if unheard {
+        let gap = if unheard.is_some() {
             !self.missing_passed(None, 1).is_empty()
         } else {
             step > 1
@@ -163,12 +184,13 @@ impl FileReceiver {
     /// Loop positions passed and loop packets arrived, summed over every track.
     pub(super) fn track_totals(&self) -> (u64, u64) {
         self.tracks.iter().flatten().fold((0, 0), |(a, b), t| {
-            (a + t.advanced - t.uncounted, b + t.arrived)
+            (a + t.advanced - t.unheard_positions(), b + t.arrived)
         })
     }
 
     /// Loops this run has waited through: loop positions passed since the join on
-    /// the track that passed the most, over the packet count (0 before any).
+    /// the track that passed the most (away from the channel too), over the packet
+    /// count (0 before any).
     pub fn loops_waited(&self) -> f64 {
         let most = self
             .tracks
@@ -187,7 +209,7 @@ impl FileReceiver {
             .get(track)
             .copied()
             .flatten()
-            .map_or((0, 0), |t| (t.advanced - t.uncounted, t.arrived))
+            .map_or((0, 0), |t| (t.advanced - t.unheard_positions(), t.arrived))
     }
 
     /// Track `track`'s latest loop position and the positions passed since its join.
@@ -201,7 +223,7 @@ impl FileReceiver {
     /// passed meanwhile are not losses, and missing packets among them are gaps.
     pub fn stop_listening(&mut self, track: usize) {
         if let Some(Some(t)) = self.tracks.get_mut(track) {
-            t.unheard = true;
+            t.unheard = Some(Unheard::Away);
         }
     }
 
@@ -273,7 +295,8 @@ impl FileReceiver {
                 advanced: t.advanced,
                 arrived: 0,
                 uncounted: t.advanced,
-                unheard: true,
+                away: 0,
+                unheard: Some(Unheard::Down),
             });
         }
         true
