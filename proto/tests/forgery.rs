@@ -1,5 +1,5 @@
 //! Forged and replayed packets against both endpoints on the virtual LAN (spec §8,
-//! T6, T8, T9, T10, T11, T13). Each attack runs twice: by a stranger, whose
+//! T6, T8, T9, T10, T11, T13, T28). Each attack runs twice: by a stranger, whose
 //! packets must do nothing, and by a key holder, whose same packets do harm. The
 //! second run shows each test can fail: what stops the stranger is the key.
 
@@ -268,4 +268,48 @@ fn third_party_naks_are_neither_heard_nor_repaired() {
     let (heard, taken) = third_party_naks(&site_key());
     println!("key holder: {heard} NAKs heard, {taken} taken");
     assert!(heard > 0 && taken >= 40, "heard {heard}, taken {taken}");
+}
+
+/// A genuine DATA packet from early in the loop, replayed to a receiver that holds
+/// 0..45% of the file with the loop at 45% (T28): returns (it left its channel
+/// at once, it had gaps to NAK at once, delivered).
+fn replayed_early_packet(key: &MasterKey) -> (bool, bool, bool) {
+    // 16 MB at 40 Mbit/s: a loop is about 3.3 s.
+    let mut lan = Lan::new(one_file(16_000_000), |_| {});
+    let node = lan.add_node(|_| {}, true);
+    lan.run(Duration::from_millis(1500));
+    let m = lan.files[0].manifest.clone();
+    let payload_size = m.payload_size as usize;
+    let header = DataHeader {
+        archive_id: m.archive_id,
+        packet_index: 1,
+        packet_count: m.packet_count(),
+        flags: 0,
+    };
+    let payload = &lan.files[0].body[payload_size..2 * payload_size];
+    let keys = keys(&lan, key, m.payload_size);
+    let datagram = wire::encode_data(&keys.data, SESSION, &header, payload);
+    let origin = ClientOrigin::Channel {
+        reception: 0,
+        channel: 0,
+    };
+    // Straight to the session: nothing else happens in between.
+    lan.node_datagram(node, origin, &datagram);
+    let r = &lan.nodes[node].session.receptions()[0];
+    let (left, gaps) = (r.away(), r.receiver().awaiting_repair());
+    let name = m.name.clone();
+    let delivered = lan.run_until(Duration::from_secs(10), |l| l.delivered(node, &name));
+    (left, gaps, delivered && lan.body_matches(node, 0))
+}
+
+#[test]
+fn a_replayed_early_packet_does_not_take_a_receiver_away_over_packets_it_lacks() {
+    // A stranger's packet does not verify: nothing moves.
+    let stranger = replayed_early_packet(&MasterKey::from_bytes(STRANGER));
+    assert_eq!(stranger, (false, false, true));
+    // A genuine packet replayed (made here with the key) moves the loop position
+    // over the 55% the receiver lacks: those are gaps (bounded false NAKs, T5), so
+    // it stays for their repair instead of leaving over 1..45%, which it holds.
+    let replayed = replayed_early_packet(&site_key());
+    assert_eq!(replayed, (false, true, true));
 }

@@ -33,16 +33,7 @@ impl Session {
     pub(super) fn maybe_leave(&mut self, now: Instant, id: ReceptionId, track: usize, new: bool) {
         let (aggregate, stay) = (self.config.aggregate, self.config.stay_joined);
         let r = &mut self.receptions[id];
-        if aggregate
-            || stay
-            || r.stream.is_some()
-            || r.joined != [track]
-            || r.pending.is_some()
-            || r.away_until.is_some()
-            || r.phase != Phase::Receiving
-            // Repairs come on the channel: stay for them.
-            || r.fsm.awaiting_repair()
-        {
+        if aggregate || stay || r.stream.is_some() || r.joined != [track] {
             return;
         }
         let (Some((position, advanced)), Some(payload_size)) = (
@@ -51,6 +42,16 @@ impl Session {
         ) else {
             return;
         };
+        if r.pending.is_some()
+            || r.away_until.is_some()
+            || r.phase != Phase::Receiving
+            // Repairs come on the channel: stay for them. This also keeps a
+            // replayed packet from taking the reception away over packets it
+            // lacks: the jump to it would have made gaps (T28).
+            || r.fsm.awaiting_repair()
+        {
+            return;
+        }
         let (since, advanced_then) = *r.pace.get_or_insert((now, advanced));
         if new || now < r.next_skip_check {
             return;
