@@ -99,7 +99,9 @@ impl Session {
         r.pace = None;
         r.listening_from = now;
         r.next_sample = now + SELECT_SAMPLE;
-        let channel = r.joined[0];
+        let Some(&channel) = r.joined.first() else {
+            return false;
+        };
         self.out.command(Command::Join {
             reception: id,
             channel,
