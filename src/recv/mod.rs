@@ -133,7 +133,8 @@ struct Local {
     progress: FileProgress,
     /// DATA packets thrown away by `--debug-drop`.
     debug_dropped: u64,
-    /// Frames let go for want of room in memory and the partial file.
+    /// Payloads let go for want of room in memory and the partial file (each
+    /// one makes its frame fetched again).
     let_go: u64,
     /// Where the file was delivered.
     delivered: Option<PathBuf>,
