@@ -7,12 +7,12 @@
 
 use loopcast_proto::archive::Unpacker;
 use loopcast_proto::client::{
-    ClientConfig, ClientEvent, Command, Origin as ClientOrigin, ReceptionId, Session, Via,
+    ClientConfig, ClientEvent, Origin as ClientOrigin, ReceptionId, Session, Via,
 };
 use loopcast_proto::director::Director;
 use loopcast_proto::server::{
-    BatchLimits, ChannelSpec, DirectorLink, Endpoint, FileSpec, Origin as ServerOrigin,
-    ServerConfig, ServerEvent, Socket,
+    BatchLimits, ChannelSpec, Endpoint, FileSpec, Origin as ServerOrigin, ServerConfig,
+    ServerEvent, Socket,
 };
 use loopcast_proto::sim::Bodies;
 use loopcast_proto::wire::ChannelInfo;
@@ -22,6 +22,9 @@ use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
+
+mod driver;
+mod site;
 
 pub const LATENCY: Duration = Duration::from_micros(300);
 pub const SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7000);
@@ -502,95 +505,6 @@ impl Lan {
         }
     }
 
-    /// The in-memory driver: what `recv` does with sockets and files.
-    pub fn carry_out(&mut self, i: usize, command: Command) {
-        let now = self.now;
-        let key = self.key.clone();
-        let node = &mut self.nodes[i];
-        match command {
-            Command::Join {
-                reception,
-                channel,
-                info,
-            } => {
-                node.joined.insert((reception, channel), info);
-            }
-            Command::Leave { reception, channel } => {
-                node.joined.remove(&(reception, channel));
-            }
-            Command::OpenStream { reception, server } => {
-                assert!(self.servers.iter().any(|s| s.addr == server), "{server}");
-                let local = SocketAddrV4::new(*node.link.ip(), 41000 + reception as u16);
-                node.streams.insert(reception, local);
-            }
-            Command::CloseStream { reception } => {
-                node.streams.remove(&reception);
-            }
-            Command::OpenStorage {
-                reception,
-                manifest,
-            } => {
-                let disk = node.disk.entry(manifest.name.clone()).or_default();
-                let resumed = match &disk.map {
-                    Some((map, point)) if map.len() == manifest.packet_count() => {
-                        Some((map.clone(), Some(point.clone())))
-                    }
-                    _ => {
-                        disk.body = vec![0; manifest.body_len as usize];
-                        None
-                    }
-                };
-                node.storage
-                    .insert(reception, (*manifest, None, HashSet::new()));
-                node.session.storage_opened(reception, resumed);
-            }
-            Command::CloseStorage {
-                reception,
-                map,
-                resume,
-            } => {
-                if let Some((manifest, ..)) = node.storage.remove(&reception) {
-                    node.disk.get_mut(&manifest.name).unwrap().map = Some((map, resume));
-                }
-            }
-            Command::CheckTable { reception } => {
-                let (manifest, unpacker, _) = node.storage.get_mut(&reception).unwrap();
-                let body = &node.disk[&manifest.name].body;
-                let table = &body[..manifest.table_len() as usize];
-                let checked = Unpacker::new(&key, manifest, table).ok();
-                let ranges = checked.as_ref().map(|u| u.frame_ranges().to_vec());
-                *unpacker = checked;
-                let archive_id = manifest.archive_id;
-                node.session
-                    .table_checked(now, reception, archive_id, ranges);
-            }
-            Command::Unpack { reception, frames } => {
-                let (manifest, unpacker, verified) = node.storage.get_mut(&reception).unwrap();
-                let unpacker = unpacker.as_mut().expect("table checked first");
-                let body = &node.disk[&manifest.name].body;
-                let archive_id = manifest.archive_id;
-                let mut failed = Vec::new();
-                for f in frames {
-                    let range = unpacker.frame_ranges()[f as usize].clone();
-                    match unpacker.open(f, &body[range.start as usize..range.end as usize]) {
-                        Ok(_) => {
-                            verified.insert(f);
-                        }
-                        Err(_) => failed.push((f, range)),
-                    }
-                }
-                let whole = verified.len() == unpacker.frame_ranges().len();
-                for (f, range) in failed {
-                    node.session
-                        .frame_failed(now, reception, archive_id, f, range);
-                }
-                if whole {
-                    node.session.delivered(now, reception, archive_id);
-                }
-            }
-        }
-    }
-
     pub fn delivered(&self, node: usize, name: &str) -> bool {
         self.nodes[node].delivered.iter().any(|n| n == name)
     }
@@ -619,40 +533,6 @@ impl Lan {
         self.servers[0].endpoint = new_server(server_config(session_id), &self.files, self.now);
     }
 
-    /// Starts a director, and has every server (those added later too) heartbeat
-    /// to it; the servers are started again with `configure`.
-    pub fn add_director(&mut self, configure: impl Fn(&mut ServerConfig)) {
-        let key = self.key.clone();
-        self.director = Some(Director::new(
-            key.director_mac_key(),
-            key.directory_mac_key(),
-            self.now,
-        ));
-        let (files, now) = (self.files.clone(), self.now);
-        for k in 0..self.servers.len() {
-            let mut config = directed(server_config(0xa11ce + k as u32));
-            configure(&mut config);
-            self.servers[k].endpoint = site_server(k, config, &files, now);
-        }
-    }
-
-    /// Adds server `k` (the next one) carrying the same files on channels of its
-    /// own, configured by `configure`.
-    pub fn add_server(&mut self, configure: impl Fn(&mut ServerConfig)) -> usize {
-        let k = self.servers.len();
-        let mut config = server_config(0xa11ce + k as u32);
-        if self.director.is_some() {
-            config = directed(config);
-        }
-        configure(&mut config);
-        self.servers.push(SimServer {
-            endpoint: site_server(k, config, &self.files, self.now),
-            addr: server_addr(k),
-            down: false,
-        });
-        k
-    }
-
     pub fn held(&self, node: usize) -> u32 {
         self.nodes[node]
             .session
@@ -661,16 +541,6 @@ impl Lan {
             .map(|r| r.receiver().received().count())
             .sum()
     }
-}
-
-/// `config` heartbeating to `DIRECTOR`.
-fn directed(mut config: ServerConfig) -> ServerConfig {
-    config.directors = Some(DirectorLink {
-        addresses: vec![DIRECTOR],
-        key: site_key().director_mac_key(),
-        capacity_bps: 0,
-    });
-    config
 }
 
 pub fn one_file(size: usize) -> Vec<Packed> {

@@ -1,0 +1,98 @@
+//! The virtual LAN's in-memory driver: what `recv` does with sockets and files.
+
+use super::Lan;
+use loopcast_proto::archive::Unpacker;
+use loopcast_proto::client::Command;
+use std::collections::HashSet;
+use std::net::SocketAddrV4;
+
+impl Lan {
+    /// The in-memory driver: what `recv` does with sockets and files.
+    pub fn carry_out(&mut self, i: usize, command: Command) {
+        let now = self.now;
+        let key = self.key.clone();
+        let node = &mut self.nodes[i];
+        match command {
+            Command::Join {
+                reception,
+                channel,
+                info,
+            } => {
+                node.joined.insert((reception, channel), info);
+            }
+            Command::Leave { reception, channel } => {
+                node.joined.remove(&(reception, channel));
+            }
+            Command::OpenStream { reception, server } => {
+                assert!(self.servers.iter().any(|s| s.addr == server), "{server}");
+                let local = SocketAddrV4::new(*node.link.ip(), 41000 + reception as u16);
+                node.streams.insert(reception, local);
+            }
+            Command::CloseStream { reception } => {
+                node.streams.remove(&reception);
+            }
+            Command::OpenStorage {
+                reception,
+                manifest,
+            } => {
+                let disk = node.disk.entry(manifest.name.clone()).or_default();
+                let resumed = match &disk.map {
+                    Some((map, point)) if map.len() == manifest.packet_count() => {
+                        Some((map.clone(), Some(point.clone())))
+                    }
+                    _ => {
+                        disk.body = vec![0; manifest.body_len as usize];
+                        None
+                    }
+                };
+                node.storage
+                    .insert(reception, (*manifest, None, HashSet::new()));
+                node.session.storage_opened(reception, resumed);
+            }
+            Command::CloseStorage {
+                reception,
+                map,
+                resume,
+            } => {
+                if let Some((manifest, ..)) = node.storage.remove(&reception) {
+                    node.disk.get_mut(&manifest.name).unwrap().map = Some((map, resume));
+                }
+            }
+            Command::CheckTable { reception } => {
+                let (manifest, unpacker, _) = node.storage.get_mut(&reception).unwrap();
+                let body = &node.disk[&manifest.name].body;
+                let table = &body[..manifest.table_len() as usize];
+                let checked = Unpacker::new(&key, manifest, table).ok();
+                let ranges = checked.as_ref().map(|u| u.frame_ranges().to_vec());
+                *unpacker = checked;
+                let archive_id = manifest.archive_id;
+                node.session
+                    .table_checked(now, reception, archive_id, ranges);
+            }
+            Command::Unpack { reception, frames } => {
+                let (manifest, unpacker, verified) = node.storage.get_mut(&reception).unwrap();
+                let unpacker = unpacker.as_mut().expect("table checked first");
+                let body = &node.disk[&manifest.name].body;
+                let archive_id = manifest.archive_id;
+                let mut failed = Vec::new();
+                for f in frames {
+                    let range = unpacker.frame_ranges()[f as usize].clone();
+                    match unpacker.open(f, &body[range.start as usize..range.end as usize]) {
+                        Ok(_) => {
+                            verified.insert(f);
+                        }
+                        Err(_) => failed.push((f, range)),
+                    }
+                }
+                let whole = verified.len() == unpacker.frame_ranges().len();
+                for (f, range) in failed {
+                    node.session
+                        .frame_failed(now, reception, archive_id, f, range);
+                }
+                if whole {
+                    node.session.delivered(now, reception, archive_id);
+                }
+            }
+        }
+    }
+}
