@@ -70,7 +70,8 @@ pub struct Reception {
     /// When it last joined its channel (in the future while away): silence and the
     /// sync time-out count from here at the earliest.
     pub(super) listening_from: Instant,
-    /// Time and loop positions passed at the first loop packet since joining.
+    /// Time and loop positions passed at its first loop packet (positions passed
+    /// while away count too, so the pace holds across time away).
     pub(super) pace: Option<(Instant, u64)>,
     /// When it may next look at the held run ahead of the loop.
     pub(super) next_skip_check: Instant,

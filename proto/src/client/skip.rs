@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 
 /// The shortest time worth leaving a channel for.
 pub const MIN_AWAY: Duration = Duration::from_millis(100);
+/// The longest time away at once: a pace foretold wrong (a STATUS saying a far
+/// lower rate than the loop runs at) costs at most this, and silence is noticed
+/// within this of its start. A longer run held is left again on coming back.
+pub const MAX_AWAY: Duration = Duration::from_secs(2);
 /// Back on the channel this long before the loop is due at a missing packet...
 pub const AWAY_MARGIN: Duration = Duration::from_millis(10);
 /// ...and earlier by this share of the time away (the loop slows for repairs and
@@ -21,7 +25,7 @@ pub const AWAY_MARGIN: Duration = Duration::from_millis(10);
 pub const AWAY_MARGIN_SHARE: f64 = 0.005;
 /// How often, at most, a reception taking packets it holds looks at the run ahead.
 pub const SKIP_CHECK: Duration = Duration::from_millis(20);
-/// The loop's pace is measured once this long after (re)joining; before that it
+/// The loop's pace is measured once this long after joining; before that it
 /// is taken from the channel's rate less the MANIFESTs, which is never slower than
 /// the loop.
 pub const PACE_WINDOW: Duration = Duration::from_millis(250);
@@ -74,6 +78,7 @@ impl Session {
         if away < MIN_AWAY {
             return;
         }
+        let away = away.min(MAX_AWAY);
         let back = now + away;
         r.away_until = Some(back);
         r.listening_from = back;
@@ -96,7 +101,6 @@ impl Session {
             return true;
         }
         r.away_until = None;
-        r.pace = None;
         r.listening_from = now;
         r.next_sample = now + SELECT_SAMPLE;
         let Some(&channel) = r.joined.first() else {
