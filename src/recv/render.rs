@@ -232,7 +232,7 @@ impl Render {
             .map(|p| p.display().to_string())
             .unwrap_or_default();
         log::info!(
-            "{}: complete and verified in {secs:.2} s ({} at {}) over {}; {} packets stored, {} resumed, {} duplicates, {} held packets passed while away, {} dropped ({} forged), {} debug-dropped, {} dropped by the kernel (socket buffer full), {} payloads let go for want of room (fetched again); repair: {} repairs received, {} NAKs sent, {} heard, {} suppressed -> {path}",
+            "{}: complete and verified in {secs:.2} s ({} at {}) over {}; {} packets stored, {} resumed, {} duplicates, {} loop positions passed while away, {} dropped ({} forged), {} debug-dropped, {} dropped by the kernel (socket buffer full), {} payloads let go for want of room (fetched again); repair: {} repairs received, {} NAKs sent, {} heard, {} suppressed -> {path}",
             r.entry().name,
             format_bytes(size),
             format_rate(size as f64 * 8.0 / secs.max(1e-9)),
@@ -240,7 +240,7 @@ impl Render {
             s.stored,
             r.resumed(),
             s.duplicates,
-            r.skipped(),
+            r.receiver().passed_away(),
             s.dropped(),
             s.unauthenticated,
             local.map_or(0, |l| l.debug_dropped),
@@ -259,7 +259,7 @@ impl Render {
             "done",
             json!({"file": r.entry().name, "path": path, "seconds": secs,
                    "bytes": size, "via": via(r), "duplicates": s.duplicates,
-                   "skipped": r.skipped()}),
+                   "passed_away": r.receiver().passed_away()}),
         );
     }
 

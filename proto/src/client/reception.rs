@@ -75,8 +75,6 @@ pub struct Reception {
     pub(super) pace: Option<(Instant, u64)>,
     /// When it may next look at the held run ahead of the loop.
     pub(super) next_skip_check: Instant,
-    /// Packets held that the loop passed while it was away.
-    pub(super) skipped: u64,
 }
 
 impl Reception {
@@ -141,11 +139,6 @@ impl Reception {
     /// Packets resumed from an earlier run.
     pub fn resumed(&self) -> u32 {
         self.resumed
-    }
-
-    /// Packets held that the loop passed while the reception was away from its channel.
-    pub fn skipped(&self) -> u64 {
-        self.skipped
     }
 
     /// True while it is away from its channel (the loop passes packets held).

@@ -82,7 +82,6 @@ impl Session {
         let back = now + away;
         r.away_until = Some(back);
         r.listening_from = back;
-        r.skipped += held as u64;
         r.fsm.stop_listening(track);
         self.out.command(Command::Leave {
             reception: id,

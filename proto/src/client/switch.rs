@@ -179,7 +179,6 @@ impl Session {
             listening_from: now,
             pace: None,
             next_skip_check: now,
-            skipped: 0,
         };
         match existing {
             Some(i) => self.receptions[i] = reception,

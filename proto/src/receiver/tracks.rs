@@ -212,6 +212,11 @@ impl FileReceiver {
             .map_or((0, 0), |t| (t.advanced - t.unheard_positions(), t.arrived))
     }
 
+    /// Loop positions passed while the receiver was away from its channels.
+    pub fn passed_away(&self) -> u64 {
+        self.tracks.iter().flatten().map(|t| t.away).sum()
+    }
+
     /// Track `track`'s latest loop position and the positions passed since its join.
     pub fn loop_position(&self, track: usize) -> Option<(u32, u64)> {
         let t = self.tracks.get(track).copied().flatten()?;

@@ -356,10 +356,6 @@ impl Lan {
         }
     }
 
-    pub fn route_from_server(&mut self, socket: Socket, to: SocketAddrV4, datagram: Vec<u8>) {
-        self.route_from(0, socket, to, datagram);
-    }
-
     /// Delivers what server `k` sent: to a director, a receiver's link or stream,
     /// or everyone listening on a group.
     pub fn route_from(&mut self, k: usize, socket: Socket, to: SocketAddrV4, datagram: Vec<u8>) {
