@@ -19,6 +19,11 @@ impl Events {
         }
     }
 
+    /// True with `--json`.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// Prints `{"event": kind, "t": seconds since start, ...fields}` as one line.
     /// `fields` must be a JSON object (`serde_json::json!({...})`).
     pub fn emit(&self, kind: &str, fields: Value) {

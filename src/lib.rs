@@ -5,6 +5,7 @@
 
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod archive_file;
 pub mod cli;
 pub mod datapath;
@@ -14,6 +15,7 @@ pub mod events;
 pub mod keyfile;
 pub mod net;
 pub mod progress;
+pub mod push;
 pub mod recv;
 pub mod server;
 pub mod signals;

@@ -63,6 +63,22 @@ impl StopSignals {
         })
     }
 
+    /// A UDP socket bound to `ip:port` (0: any free port), registered for reading as `token`.
+    pub fn udp_socket(
+        &self,
+        ip: std::net::Ipv4Addr,
+        port: u16,
+        token: Token,
+    ) -> Result<mio::net::UdpSocket> {
+        let mut socket =
+            mio::net::UdpSocket::from_std(crate::net::unicast_socket(ip, port, 1 << 20)?);
+        self.poll
+            .registry()
+            .register(&mut socket, token, Interest::READABLE)
+            .context(|| "cannot register socket".into())?;
+        Ok(socket)
+    }
+
     /// Arms the timer to fire once after `after` (zero disarms it).
     fn arm(&self, after: Duration) {
         let spec = libc::itimerspec {

@@ -1,6 +1,27 @@
-//! Parsing of command-line values: rates with K/M/G suffixes and multicast group addresses.
+//! Parsing of command-line values: rates with K/M/G suffixes, durations, and multicast group addresses.
 
 use std::net::SocketAddrV4;
+
+/// Parses a duration: a number of seconds, or with a unit: 90s, 30m, 2h, 1d.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => 0,
+    };
+    match number.parse::<u64>() {
+        Ok(n) if n > 0 && scale > 0 => Ok(std::time::Duration::from_secs(n.saturating_mul(scale))),
+        _ => Err(format!(
+            "{text:?} is not a duration in the future: a whole number with s, m, h or d (90s, 30m, 2h)"
+        )),
+    }
+}
 
 /// Parses a rate in bits per second: "100M", "1.5G", "800k", "2000000".
 pub fn parse_rate(text: &str) -> Result<u64, String> {
@@ -73,6 +94,19 @@ pub fn parse_group(text: &str) -> Result<SocketAddrV4, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86400)));
+        for bad in ["0", "0m", "-5m", "5x", "m", "", "1.5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn rates() {

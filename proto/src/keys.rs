@@ -21,6 +21,7 @@ const MANIFEST_MAC_INFO: &[u8] = b"loopcast/v1/manifest-mac";
 const FRAME_KEY_INFO: &[u8] = b"loopcast/v1/frame-key";
 const DIRECTORY_MAC_INFO: &[u8] = b"loopcast/v3/directory-mac";
 const DIRECTOR_MAC_INFO: &[u8] = b"loopcast/v3/director-mac";
+const JOBS_API_MAC_INFO: &[u8] = b"loopcast/v3/jobs-api-mac";
 const SESSION_MAC_INFO: &[u8] = b"loopcast/v3/session-mac";
 const DATA_MAC_INFO: &[u8] = b"loopcast/v3/data-gmac";
 
@@ -96,6 +97,14 @@ impl MasterKey {
     pub fn director_mac_key(&self) -> MacKey {
         let mut out = [0u8; KEY_LEN];
         expand(&self.0, None, &[DIRECTOR_MAC_INFO], &mut out);
+        MacKey::from_bytes(out)
+    }
+
+    /// Key of the tags on requests that change jobs in a director's HTTP API
+    /// (create, cancel): `push` and `jobs --cancel` hold the site key.
+    pub fn jobs_api_mac_key(&self) -> MacKey {
+        let mut out = [0u8; KEY_LEN];
+        expand(&self.0, None, &[JOBS_API_MAC_INFO], &mut out);
         MacKey::from_bytes(out)
     }
 }

@@ -13,6 +13,7 @@ pub mod codec;
 pub mod cookie;
 pub mod director;
 pub mod frames;
+pub mod jobs;
 pub mod keys;
 pub mod manifest;
 pub mod pacer;

@@ -163,7 +163,7 @@ impl ReceivedMap {
             buf[..chunk.len()].copy_from_slice(chunk);
             *w = u64::from_le_bytes(buf);
         }
-        if len % 64 != 0 {
+        if !len.is_multiple_of(64) {
             let last = map.words.last().copied().unwrap_or(0);
             if last >> (len % 64) != 0 {
                 return None;

@@ -3,11 +3,12 @@
 use crate::archive_file::PackOptions;
 use crate::error::{Context, Error, Result};
 use crate::net;
-use crate::units::{parse_group, parse_rate};
+use crate::units::{parse_duration, parse_group, parse_rate};
 use clap::{Args, Parser, Subcommand};
 use loopcast_proto::{AdaptMode, wire};
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Default directory group.
 pub const DEFAULT_GROUP: &str = "239.255.77.1:7700";
@@ -26,8 +27,10 @@ pub const DEFAULT_DIRECTOR_HTTP_PORT: u16 = 7791;
 /// Exit status: 0 done; 1 an error, with a one-line reason on stderr (wrong key,
 /// unwritable directory, full disk, unsafe file name, interrupted); 2 bad
 /// arguments; 3 a time-out (recv --timeout, ls finding no server); 4 a director
-/// says no live server carries a wanted file (recv --director). A receiver
-/// stopped in any way keeps its progress: run the same command again to resume.
+/// says no live server carries a wanted file (recv --director), or refuses a
+/// job for a file or node it does not know (push); 5 a pushed job ended with
+/// nodes not done (deadline, failure, cancel). A receiver stopped in any way
+/// keeps its progress: run the same command again to resume.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 pub(super) struct Cli {
@@ -90,7 +93,22 @@ pub(super) enum Command {
         /// addresses, files, loads and receivers' addresses to whoever can reach it.
         #[arg(long, value_name = "ADDR:PORT|off", default_value = "0.0.0.0:7791", value_parser = parse_http)]
         http: HttpListen,
+        /// Directory where jobs are kept (jobs.redb), so that they survive a
+        /// restart. Default: $STATE_DIRECTORY (systemd's StateDirectory=), else
+        /// none: jobs are kept in memory only.
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
     },
+    /// Run on each node: register with the directors and receive the files of
+    /// the jobs they give this node (until SIGINT/SIGTERM). Jobs survive a
+    /// restart: unfinished ones resume, finished ones are not fetched again.
+    Agent(AgentArgs),
+    /// Push files on air to a list of nodes (running `agent`) and follow them
+    /// until every node has them: exit 0 when all are done, 5 with the nodes
+    /// missing when the job ends otherwise (deadline, failure, cancel).
+    Push(PushArgs),
+    /// List a director's jobs, show one with its nodes, or cancel one.
+    Jobs(JobsArgs),
     /// List the files on air and exit.
     Ls {
         #[command(flatten)]
@@ -285,6 +303,86 @@ pub(super) struct RecvArgs {
     pub(super) director: Vec<String>,
     /// Print events (join, progress, channel change, fallback, done, error) as JSON
     /// lines on stdout.
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct AgentArgs {
+    /// Master key file of the site.
+    #[arg(short, long)]
+    pub(super) key: PathBuf,
+    /// Directors to register with (default port 7790).
+    #[arg(
+        long,
+        required = true,
+        value_name = "HOST[:PORT],...",
+        value_delimiter = ','
+    )]
+    pub(super) director: Vec<String>,
+    /// Directory to write received files into (created if missing).
+    #[arg(short, long)]
+    pub(super) out: PathBuf,
+    /// This node's name in jobs: 1 to 64 letters, digits, '.', '-', '_'.
+    /// Default: the host name.
+    #[arg(long, value_name = "NAME")]
+    pub(super) node: Option<String>,
+    /// Shell command run after each file of a job is delivered and verified,
+    /// with LOOPCAST_PATH, LOOPCAST_NAME, LOOPCAST_SIZE, LOOPCAST_BLAKE3 and
+    /// LOOPCAST_JOB in its environment. A non-zero exit marks the node failed
+    /// in the job (hook_failed).
+    #[arg(long, value_name = "CMD")]
+    pub(super) on_complete: Option<String>,
+    /// Interface to receive on: a name (eth0) or one of this host's IPv4 addresses.
+    #[arg(short, long, value_name = "IF")]
+    pub(super) interface: Option<String>,
+    /// Print events (job start, end, cancel) as JSON lines on stdout.
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct PushArgs {
+    /// Names of files on air (as `ls` shows them).
+    #[arg(required = true)]
+    pub(super) files: Vec<String>,
+    /// Master key file of the site (the request is tagged with it).
+    #[arg(short, long)]
+    pub(super) key: PathBuf,
+    /// Target nodes: NODE,NODE,… or @FILE with one node per line (# comments).
+    #[arg(long, required = true, value_name = "NODE,...|@FILE")]
+    pub(super) to: String,
+    /// The director's HTTP API (default port 7791).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub(super) director: String,
+    /// How long the nodes have: 90s, 30m, 2h, 1d.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    pub(super) deadline: Duration,
+    /// Fastest channel the nodes take, bits/s (e.g. 200M). Default: the fastest on offer.
+    #[arg(long, value_parser = parse_rate)]
+    pub(super) rate: Option<u64>,
+    /// Create the job, print its id and exit without following it.
+    #[arg(long)]
+    pub(super) detach: bool,
+    /// Print events (job created, node progress, job end) as JSON lines on stdout.
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+#[derive(Args, Debug)]
+pub(super) struct JobsArgs {
+    /// A job to show (default: list every job).
+    pub(super) id: Option<u64>,
+    /// The director's HTTP API (default port 7791).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub(super) director: String,
+    /// Cancel job ID: its nodes stop and it ends as cancelled (needs --key).
+    #[arg(long, requires_all = ["id", "key"])]
+    pub(super) cancel: bool,
+    /// Master key file of the site (for --cancel).
+    #[arg(short, long)]
+    pub(super) key: Option<PathBuf>,
+    /// Print the director's JSON.
     #[arg(long)]
     pub(super) json: bool,
 }

@@ -1,8 +1,10 @@
 //! Raw arguments turned into validated configurations ("high args"): every check
 //! that can fail before anything runs, with a clear reason.
 
-use super::args::{RecvArgs, ServeArgs, resolve_server};
+use super::args::{AgentArgs, PushArgs, RecvArgs, ServeArgs, resolve_server};
+use crate::agent::AgentConfig;
 use crate::error::{Error, Result};
+use crate::push::PushConfig;
 use crate::recv::RecvConfig;
 use crate::server::ServeConfig;
 use crate::units::format_rate;
@@ -102,4 +104,81 @@ pub(super) fn directors(list: &[String]) -> Result<Vec<std::net::SocketAddrV4>> 
     list.iter()
         .map(|d| resolve_server("--director", d, super::args::DEFAULT_DIRECTOR_PORT))
         .collect()
+}
+
+/// A usage error: exit code 2, as clap's own.
+fn usage(message: String) -> Error {
+    Error::with_code(message, 2)
+}
+
+/// `agent`'s arguments, checked: the node name, the key, the directors.
+pub(super) fn agent(a: AgentArgs) -> Result<AgentConfig> {
+    let node = match a.node {
+        Some(node) => node,
+        None => host_name()?,
+    };
+    if !wire::valid_node_name(&node) {
+        return Err(usage(format!(
+            "node name {node:?}: use --node NAME with 1 to 64 letters, digits, '.', '-' or '_'"
+        )));
+    }
+    Ok(AgentConfig {
+        key: keyfile::load(&a.key)?,
+        key_path: a.key,
+        node,
+        directors: directors(&a.director)?,
+        out_dir: a.out,
+        on_complete: a.on_complete,
+        local: net::resolve_interface(a.interface.as_deref())?,
+        interface: a.interface,
+        json: a.json,
+    })
+}
+
+fn host_name() -> Result<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return Err(usage("cannot read the host name; give --node NAME".into()));
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
+/// `push`'s arguments, checked: targets (a list or @FILE), names, repeats.
+pub(super) fn push(a: PushArgs) -> Result<PushConfig> {
+    let targets: Vec<String> = match a.to.strip_prefix('@') {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| usage(format!("--to @{path}: cannot read: {e}")))?;
+            text.lines()
+                .map(|l| l.split('#').next().unwrap_or("").trim().to_owned())
+                .filter(|l| !l.is_empty())
+                .collect()
+        }
+        None => a.to.split(',').map(|n| n.trim().to_owned()).collect(),
+    };
+    let spec = loopcast_proto::jobs::JobSpec {
+        files: a.files.clone(),
+        targets: targets.clone(),
+        deadline_ms: a.deadline.as_millis().min(u64::MAX as u128) as u64,
+        max_rate_bps: a.rate.unwrap_or(0),
+    };
+    if let Err(e) = loopcast_proto::jobs::check_spec(&spec) {
+        return Err(usage(e.to_string()));
+    }
+    Ok(PushConfig {
+        key: keyfile::load(&a.key)?.jobs_api_mac_key(),
+        director: resolve_server(
+            "--director",
+            &a.director,
+            super::args::DEFAULT_DIRECTOR_HTTP_PORT,
+        )?,
+        files: a.files,
+        targets,
+        deadline: a.deadline,
+        max_rate_bps: a.rate.unwrap_or(0),
+        detach: a.detach,
+        json: a.json,
+    })
 }

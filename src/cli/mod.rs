@@ -7,7 +7,7 @@ mod config;
 use crate::archive_file::{self, ArchiveFile};
 use crate::error::{Context, Error, Result};
 use crate::units::{display_name, format_bytes, format_rate};
-use crate::{director, keyfile, net, recv, server};
+use crate::{agent, director, keyfile, net, push, recv, server};
 use args::{Cli, Command, NetArgs};
 use clap::Parser;
 use loopcast_proto::keys::hex;
@@ -85,12 +85,25 @@ fn run(cli: Cli) -> Result<()> {
             listen,
             json,
             http,
+            state,
         } => director::run(director::DirectorConfig {
             key: keyfile::load(&key)?,
             listen,
             json,
             http: http.0,
+            state: state.or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from)),
         }),
+        Command::Agent(a) => agent::run(config::agent(a)?),
+        Command::Push(a) => push::push(config::push(a)?),
+        Command::Jobs(a) => {
+            let director =
+                args::resolve_server("--director", &a.director, args::DEFAULT_DIRECTOR_HTTP_PORT)?;
+            let key = match (a.cancel, &a.key) {
+                (true, Some(k)) => Some(keyfile::load(k)?.jobs_api_mac_key()),
+                _ => None,
+            };
+            push::jobs(director, a.id, key, a.json)
+        }
         Command::Ls {
             director: Some(director),
             ..

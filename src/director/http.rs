@@ -1,8 +1,10 @@
-//! The director's HTTP status API (`director --http`): read-only JSON views of
-//! its registry and Prometheus metrics, served by `tiny_http` on a thread of
-//! its own. Nothing here changes the director.
+//! The director's HTTP API (`director --http`): read-only JSON views of its
+//! registry, jobs and nodes, Prometheus metrics, and the tagged requests that
+//! create and cancel jobs (`jobs`), served by `tiny_http` on a thread of its own.
 
+use super::jobs::{self, JobStore};
 use loopcast_proto::director::{Director, load_fraction};
+use loopcast_proto::jobs::ApiRequest;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -10,31 +12,41 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::net::SocketAddrV4;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tiny_http::{Header, Method, Response, Server};
 
 /// Starts the API on `address`; it serves until the process ends.
-pub fn serve(address: SocketAddrV4, director: Arc<Mutex<Director>>) -> crate::error::Result<()> {
+pub fn serve(
+    address: SocketAddrV4,
+    director: Arc<Mutex<Director>>,
+    store: Arc<Option<JobStore>>,
+) -> crate::error::Result<()> {
     let server = Server::http(address)
         .map_err(|e| crate::error::Error::new(format!("cannot serve HTTP on {address}: {e}")))?;
     std::thread::Builder::new()
         .name("director-http".into())
         .spawn(move || {
-            for request in server.incoming_requests() {
-                let (status, kind, body) = if *request.method() != Method::Get {
-                    (405, "text/plain", "only GET\n".to_string())
-                } else {
-                    let d = super::lock(&director);
-                    match page(&d, request.url(), Instant::now()) {
-                        Some((kind, body)) => (200, kind, body),
-                        None => (
-                            404,
-                            "text/plain",
-                            "see /v1/servers, /v1/files, /v1/receivers, /metrics\n".into(),
-                        ),
+            for mut request in server.incoming_requests() {
+                let (status, kind, body) = match request.method() {
+                    Method::Get => {
+                        let d = super::lock(&director);
+                        match page(&d, request.url(), Instant::now()) {
+                            Some((status, kind, body)) => (status, kind, body),
+                            None => (
+                                404,
+                                "text/plain",
+                                "see /v1/servers, /v1/files, /v1/receivers, /v1/jobs, /v1/nodes, /metrics\n".into(),
+                            ),
+                        }
                     }
+                    Method::Post | Method::Delete => {
+                        let (status, json) = change(&mut request, &director, store.as_ref().as_ref());
+                        (status, "application/json", format!("{json:#}\n"))
+                    }
+                    _ => (405, "text/plain", "GET, or POST/DELETE on /v1/jobs\n".to_string()),
                 };
                 let header = Header::from_bytes(&b"Content-Type"[..], kind.as_bytes())
                     .expect("a static header");
@@ -50,20 +62,75 @@ pub fn serve(address: SocketAddrV4, director: Arc<Mutex<Director>>) -> crate::er
     Ok(())
 }
 
-/// The page at `url`: (content type, body), or None for an unknown path.
-pub fn page(d: &Director, url: &str, now: Instant) -> Option<(&'static str, String)> {
-    let path = url.split('?').next().unwrap_or(url);
-    let json = match path {
-        "/v1/servers" => servers(d, now),
-        "/v1/files" => files(d),
-        "/v1/receivers" => receivers(d, now),
-        "/metrics" => return Some(("text/plain; version=0.0.4", metrics(d))),
-        _ => return None,
+/// A request that creates or cancels a job: its headers and body checked and
+/// handed to `jobs::change`.
+fn change(
+    request: &mut tiny_http::Request,
+    director: &Mutex<Director>,
+    store: Option<&JobStore>,
+) -> jobs::Answer {
+    let header = |name: &'static str| {
+        (request.headers().iter())
+            .find(|h| h.field.equiv(name))
+            .map(|h| h.value.as_str().to_owned())
     };
-    Some(("application/json", format!("{json:#}\n")))
+    let issued_ms = header("X-Loopcast-Issued").and_then(|v| v.parse().ok());
+    let nonce = header("X-Loopcast-Nonce").and_then(|v| v.parse().ok());
+    let tag = header("X-Loopcast-Tag").and_then(|v| from_hex(&v));
+    let (Some(issued_ms), Some(nonce), Some(tag)) = (issued_ms, nonce, tag) else {
+        return (
+            401,
+            json!({"error": "a request that changes jobs needs X-Loopcast-Issued, -Nonce and -Tag (see PROTOCOL.md §10.4)", "kind": "unauthenticated"}),
+        );
+    };
+    let mut body = Vec::new();
+    let read = (request.as_reader().take(jobs::MAX_BODY as u64 + 1)).read_to_end(&mut body);
+    if read.is_err() || body.len() > jobs::MAX_BODY {
+        return (
+            413,
+            json!({"error": "the body is unreadable or over 1 MiB"}),
+        );
+    }
+    let method = request.method().as_str().to_owned();
+    let path = request.url().split('?').next().unwrap_or("").to_owned();
+    let request = ApiRequest {
+        method: &method,
+        path: &path,
+        issued_ms,
+        nonce,
+        body: &body,
+        tag: &tag,
+    };
+    let mut d = super::lock(director);
+    jobs::change(&mut d, store, &request)
 }
 
-fn age(now: Instant, then: Instant) -> f64 {
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// The page at `url`: (status, content type, body), or None for an unknown path.
+pub fn page(d: &Director, url: &str, now: Instant) -> Option<(u16, &'static str, String)> {
+    let path = url.split('?').next().unwrap_or(url);
+    let (status, json) = match path {
+        "/v1/servers" => (200, servers(d, now)),
+        "/v1/files" => (200, files(d)),
+        "/v1/receivers" => (200, receivers(d, now)),
+        "/v1/nodes" => (200, jobs::nodes(d, now)),
+        "/metrics" => return Some((200, "text/plain; version=0.0.4", metrics(d))),
+        _ => jobs::show(d, path)?,
+    };
+    Some((status, "application/json", format!("{json:#}\n")))
+}
+
+/// Seconds from `then` to `now`, to the millisecond.
+pub(super) fn age(now: Instant, then: Instant) -> f64 {
     (now.saturating_duration_since(then).as_secs_f64() * 1000.0).round() / 1000.0
 }
 

@@ -1,20 +1,22 @@
 //! `loopcast director`: the driver of `proto::director::Director` — one UDP
-//! socket, the clock, logs and `--json` events, and the HTTP status API
-//! (`http`). It decides nothing itself.
+//! socket, the clock, logs and `--json` events, the HTTP API (`http`) and the
+//! job store (`jobs`). It decides nothing itself.
 
 mod http;
+mod jobs;
 
-use crate::error::{Context, Result};
+use crate::error::Result;
 use crate::events::Events;
-use crate::net;
 use crate::signals::StopSignals;
 use loopcast_proto::MasterKey;
 use loopcast_proto::director::{Director, DirectorEvent};
+use loopcast_proto::jobs::JobChange;
 use loopcast_proto::wire::Found;
-use mio::{Interest, Token};
+use mio::Token;
 use serde_json::json;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,9 +28,15 @@ pub struct DirectorConfig {
     pub listen: SocketAddrV4,
     /// Print events as JSON lines on stdout.
     pub json: bool,
-    /// Where to serve the HTTP status API (None: nowhere).
+    /// Where to serve the HTTP API (None: nowhere).
     pub http: Option<SocketAddrV4>,
+    /// Directory of the job store (None: jobs are kept in memory only).
+    pub state: Option<PathBuf>,
 }
+
+/// How often changed jobs are written to the store (progress lost in a crash
+/// is reported again by the agents; a created job is stored before its answer).
+const STORE_INTERVAL: Duration = Duration::from_millis(500);
 
 const SOCKET: Token = Token(0);
 /// Datagrams taken per wake-up before timers run again (a flood cannot hold them).
@@ -37,25 +45,40 @@ const MAX_PER_TURN: usize = 256;
 /// Runs a director until SIGINT/SIGTERM.
 pub fn run(config: DirectorConfig) -> Result<()> {
     let mut signals = StopSignals::new()?;
-    let std_socket = net::unicast_socket(*config.listen.ip(), config.listen.port(), 1 << 20)?;
-    let mut socket = mio::net::UdpSocket::from_std(std_socket);
-    signals
-        .poll
-        .registry()
-        .register(&mut socket, SOCKET, Interest::READABLE)
-        .context(|| "cannot register socket".into())?;
+    let socket = signals.udp_socket(*config.listen.ip(), config.listen.port(), SOCKET)?;
     let events = Events::new(config.json);
-    let director = Arc::new(Mutex::new(Director::new(
+    let now = Instant::now();
+    let mut d = Director::with_jobs_key(
         config.key.director_mac_key(),
         config.key.directory_mac_key(),
-        Instant::now(),
-    )));
+        Some(config.key.jobs_api_mac_key()),
+        now,
+    );
+    d.set_wall_clock(now, unix_ms());
+    let store = match &config.state {
+        Some(dir) => {
+            let store = jobs::JobStore::open(dir)?;
+            let stored = store.load()?;
+            log::info!("{} job(s) in the store at {}", stored.len(), dir.display());
+            for job in stored {
+                d.restore_job(job);
+            }
+            Some(store)
+        }
+        None => {
+            log::warn!("no --state directory: jobs are kept in memory and lost with this process");
+            None
+        }
+    };
+    let store = Arc::new(store);
+    let director = Arc::new(Mutex::new(d));
     if let Some(address) = config.http {
-        http::serve(address, director.clone())?;
+        http::serve(address, director.clone(), store.clone())?;
         log::info!(
-            "status API on http://{address}/v1/servers (also /v1/files, /v1/receivers, /metrics)"
+            "HTTP API on http://{address}/v1/servers (also /v1/files, /v1/receivers, /v1/jobs, /v1/nodes, /metrics)"
         );
     }
+    let mut next_store = now + STORE_INTERVAL;
     log::info!("director listening on {}", config.listen);
     events.emit("listening", json!({"address": config.listen.to_string()}));
     let mut buf = vec![0u8; 65536];
@@ -65,11 +88,16 @@ pub fn run(config: DirectorConfig) -> Result<()> {
             let mut director = lock(&director);
             director.handle_timeout(now);
             flush(&mut director, &socket, &events);
-            director
+            if now >= next_store {
+                next_store = now + STORE_INTERVAL;
+                if let Some(store) = store.as_ref() {
+                    store.save_changed(&mut director)?;
+                }
+            }
+            let wake = director
                 .poll_timeout()
-                .map_or(Duration::from_secs(1), |at| {
-                    at.saturating_duration_since(now)
-                })
+                .unwrap_or(now + Duration::from_secs(1));
+            wake.min(next_store).saturating_duration_since(now)
         };
         if signals.wait(Some(wait.max(Duration::from_millis(1))))? {
             break;
@@ -88,7 +116,10 @@ pub fn run(config: DirectorConfig) -> Result<()> {
             }
         }
     }
-    let director = lock(&director);
+    let mut director = lock(&director);
+    if let Some(store) = store.as_ref() {
+        store.save_changed(&mut director)?;
+    }
     let s = director.stats();
     log::info!(
         "stopping: {} server(s) live, {} look-up(s) answered, {} unauthenticated, {} stale heartbeat(s)",
@@ -98,6 +129,13 @@ pub fn run(config: DirectorConfig) -> Result<()> {
         s.stale
     );
     Ok(())
+}
+
+/// Milliseconds since the Unix epoch, by this host's clock.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The director, from the loop or the HTTP thread (a panic elsewhere leaves it usable).
@@ -141,6 +179,28 @@ fn flush(director: &mut Director, socket: &mio::net::UdpSocket, events: &Events)
                     "redirected",
                     json!({"receiver": to.to_string(), "file": name,
                            "reason": format!("{reason:?}"), "to": primary.to_string()}),
+                );
+            }
+            DirectorEvent::NodeUp { node, address } => {
+                log::info!("node {node} registered from {address}");
+                events.emit(
+                    "node_up",
+                    json!({"node": node, "address": address.to_string()}),
+                );
+            }
+            DirectorEvent::NodeDown { node } => {
+                log::warn!("node {node} is unreachable (no REGISTER for 5 s)");
+                events.emit("node_down", json!({"node": node}));
+            }
+            DirectorEvent::Job(JobChange::Job { job, state }) => {
+                log::info!("job {job} is {}", state.name());
+                events.emit("job", json!({"job": job, "state": state.name()}));
+            }
+            DirectorEvent::Job(JobChange::Node { job, node, state }) => {
+                log::info!("job {job}: {node} is {}", state.name());
+                events.emit(
+                    "job_node",
+                    json!({"job": job, "node": node, "state": state.name()}),
                 );
             }
             DirectorEvent::Answered {

@@ -80,7 +80,7 @@ const TOKENS_PER_RECEPTION: usize = 2 * wire::MAX_CHANNELS + 1;
 /// How often received maps are made durable (the saved map trails the data by at
 /// most this plus one save: spec §5).
 const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
-/// How often plain progress lines are logged when no bar is drawn.
+/// How often progress lines are logged (JSON progress comes every `PERSIST_INTERVAL`).
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Where a reception's datagrams come from, by token.
@@ -297,10 +297,12 @@ impl Receiver {
             if now >= next_persist {
                 self.persist_all()?;
                 next_persist = now + PERSIST_INTERVAL;
-            }
-            if now >= next_progress {
-                self.io.render.progress(&self.session);
-                next_progress = now + PROGRESS_INTERVAL;
+                // JSON progress with every save (agents follow it); log lines less often.
+                let log_too = now >= next_progress;
+                if log_too {
+                    next_progress = now + PROGRESS_INTERVAL;
+                }
+                self.io.render.progress(&self.session, log_too);
             }
             let wake = [deadline, Some(next_persist), self.session.poll_timeout()]
                 .into_iter()

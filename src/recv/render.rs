@@ -259,13 +259,13 @@ impl Render {
             "done",
             json!({"file": r.entry().name, "path": path, "seconds": secs,
                    "bytes": size, "via": via(r), "duplicates": s.duplicates,
+                   "blake3": r.receiver().manifest().map(|m| loopcast_proto::keys::hex(&m.content_digest)),
                    "passed_away": r.receiver().passed_away()}),
         );
     }
 
-    /// A progress line per file being received (JSON always; a log line when no
-    /// bar is drawn).
-    pub fn progress(&self, session: &Session) {
+    /// A progress event per file being received, and a log line if `log_too`.
+    pub fn progress(&self, session: &Session, log_too: bool) {
         for r in session
             .receptions()
             .iter()
@@ -280,14 +280,17 @@ impl Render {
                         json!({"file": name, "held": held, "packets": m.packet_count(),
                                "via": via(r)}),
                     );
-                    log::info!(
-                        "{name}: {:.1}% ({held} of {} packets) over {}",
-                        100.0 * held as f64 / m.packet_count().max(1) as f64,
-                        m.packet_count(),
-                        via(r)
-                    );
+                    if log_too {
+                        log::info!(
+                            "{name}: {:.1}% ({held} of {} packets) over {}",
+                            100.0 * held as f64 / m.packet_count().max(1) as f64,
+                            m.packet_count(),
+                            via(r)
+                        );
+                    }
                 }
-                None => log::info!("{name}: waiting for its manifest on {}", via(r)),
+                None if log_too => log::info!("{name}: waiting for its manifest on {}", via(r)),
+                None => {}
             }
         }
     }

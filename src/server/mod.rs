@@ -421,11 +421,11 @@ impl Server {
     /// Sends what the endpoint has to send now, after anything the kernel refused
     /// before; a full device queue stops it until `SEND_RETRY` has passed.
     fn transmit(&mut self, now: Instant) -> Result<()> {
-        if let Some((t, bytes, retry)) = self.blocked.take() {
-            if now < retry || !self.send(&t, &bytes)? {
-                self.blocked = Some((t, bytes, retry.max(now + SEND_RETRY)));
-                return Ok(());
-            }
+        if let Some((t, bytes, retry)) = self.blocked.take()
+            && (now < retry || !self.send(&t, &bytes)?)
+        {
+            self.blocked = Some((t, bytes, retry.max(now + SEND_RETRY)));
+            return Ok(());
         }
         while let Some(t) = self
             .endpoint

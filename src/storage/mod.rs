@@ -15,7 +15,7 @@ pub use map::{SavedMap, SavedState, decode_state, encode_map};
 pub use output::PlainOutput;
 pub use partial::PartialFile;
 pub use persister::{Job, Persister};
-pub use private::partial_dir;
+pub use private::{own_dir, partial_dir, read_private};
 pub use unpack::{FrameReport, FrameWorker, OutputDir, deliver};
 
 use crate::error::Error;

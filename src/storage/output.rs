@@ -83,8 +83,9 @@ impl PlainOutput {
     /// in memory and in the file, the rest through the page cache.
     pub fn write_at(&mut self, plain: &[u8], at: u64) -> io::Result<()> {
         let aligned = plain.len() / ALIGN * ALIGN;
-        let direct_ok =
-            (plain.as_ptr() as usize) % ALIGN == 0 && at % ALIGN as u64 == 0 && aligned > 0;
+        let direct_ok = (plain.as_ptr() as usize).is_multiple_of(ALIGN)
+            && at.is_multiple_of(ALIGN as u64)
+            && aligned > 0;
         if let (true, Some(direct)) = (direct_ok, &self.direct) {
             match direct.write_all_at(&plain[..aligned], at) {
                 Ok(()) => {

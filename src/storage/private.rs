@@ -13,17 +13,23 @@ use std::path::{Path, PathBuf};
 /// Suffix of unpacked plaintext before its final rename.
 pub const UNPACKING_SUFFIX: &str = ".unpacking";
 
-/// Creates `out_dir` if needed and returns its partial directory, made ours: created
-/// 0700; an existing one must be a real directory owned by this user, and is set to
-/// 0700 (plaintext a stopped run left there, 0600, is kept for its resume).
+/// Creates `out_dir` if needed and returns its partial directory, made ours
+/// (`own_dir`): plaintext a stopped run left there, 0600, is kept for its resume.
 pub fn partial_dir(out_dir: &Path) -> Result<PathBuf> {
     fs::create_dir_all(out_dir)
         .context(|| format!("cannot create output directory {}", out_dir.display()))?;
     let dir = out_dir.join(PARTIAL_DIR);
-    match fs::symlink_metadata(&dir) {
+    own_dir(&dir)?;
+    Ok(dir)
+}
+
+/// Makes `dir` a directory of ours: created 0700 (its parent must exist); an
+/// existing one must be a real directory owned by this user, and is set to 0700.
+pub fn own_dir(dir: &Path) -> Result<()> {
+    match fs::symlink_metadata(dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => DirBuilder::new()
             .mode(0o700)
-            .create(&dir)
+            .create(dir)
             .context(|| format!("cannot create {}", dir.display()))?,
         Err(e) => return Err(Error::new(format!("cannot inspect {}: {e}", dir.display()))),
         Ok(meta) => {
@@ -37,12 +43,12 @@ pub fn partial_dir(out_dir: &Path) -> Result<PathBuf> {
                 )));
             }
             if meta.mode() & 0o077 != 0 {
-                fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
                     .context(|| format!("cannot restrict {} to 0700", dir.display()))?;
             }
         }
     }
-    Ok(dir)
+    Ok(())
 }
 
 /// Opens `path` for reading and writing, creating it 0600 if missing; a symlink

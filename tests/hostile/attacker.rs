@@ -252,7 +252,7 @@ pub fn run() {
                 }
             }
             // Keep what was granted: a stream ends when its client falls silent.
-            if row(12) && flap % 20 == 0 {
+            if row(12) && flap.is_multiple_of(20) {
                 let _ = r.send_to(&request([0; wire::COOKIE_LEN]), server);
             }
         }

@@ -8,10 +8,14 @@
 //! a restarted director knows every server again within two heartbeats.
 
 mod moves;
+mod nodes;
 mod rank;
+
+pub use nodes::{FORGET_NODE_AFTER, MAX_NODES, NodeRecord};
 
 pub use rank::{Candidate, SAME_SUBNET_BONUS, THROUGHPUT_BONUS, load_fraction, rank};
 
+use crate::jobs::{ApiAuth, JobChange, JobTable};
 use crate::wire::{
     self, AnnounceEntry, Directions, Found, Heartbeat, Lookup, MacKey, Packet, RedirectReason,
 };
@@ -104,6 +108,20 @@ pub enum DirectorEvent {
         /// The server it moves to.
         primary: SocketAddrV4,
     },
+    /// An agent registered for the first time, after silence, or restarted.
+    NodeUp {
+        /// Its node name.
+        node: String,
+        /// Where it registers from.
+        address: SocketAddrV4,
+    },
+    /// An agent went unheard for `jobs::UNREACHABLE_AFTER_MS`.
+    NodeDown {
+        /// Its node name.
+        node: String,
+    },
+    /// A job or one of its targets changed state.
+    Job(JobChange),
     /// A look-up was answered.
     Answered {
         /// Who asked.
@@ -142,6 +160,12 @@ pub struct Director {
     directory_key: MacKey,
     started: Instant,
     servers: HashMap<u32, ServerRecord>,
+    nodes: HashMap<String, NodeRecord>,
+    jobs: JobTable,
+    /// Checks job requests (None: every one is refused).
+    api: Option<ApiAuth>,
+    /// A moment and the wall-clock time then (ms since the Unix epoch).
+    wall: (Instant, u64),
     /// Recent look-ups by (receiver, file), at most `MAX_RECEIVERS`.
     receivers: HashMap<(SocketAddrV4, String), ReceiverSeen>,
     /// When receivers were last pruned.
@@ -155,7 +179,22 @@ impl Director {
     /// A director started at `now`, checking heartbeats and look-ups with
     /// `director_key` and listings with `directory_key`.
     pub fn new(director_key: MacKey, directory_key: MacKey, now: Instant) -> Self {
+        Self::with_jobs_key(director_key, directory_key, None, now)
+    }
+
+    /// A director that also takes job requests tagged under `jobs_api_key`
+    /// (`MasterKey::jobs_api_mac_key`; None: a key nobody holds).
+    pub fn with_jobs_key(
+        director_key: MacKey,
+        directory_key: MacKey,
+        jobs_api_key: Option<MacKey>,
+        now: Instant,
+    ) -> Self {
         Self {
+            nodes: HashMap::new(),
+            jobs: JobTable::default(),
+            api: jobs_api_key.map(ApiAuth::new),
+            wall: (now, 0),
             director_key,
             directory_key,
             started: now,
@@ -177,7 +216,7 @@ impl Director {
         };
         let key = match datagram.packet {
             Packet::Announce(_) => &self.directory_key,
-            Packet::Heartbeat(_) | Packet::Lookup(_) => &self.director_key,
+            Packet::Heartbeat(_) | Packet::Lookup(_) | Packet::Register(_) => &self.director_key,
             _ => {
                 self.stats.ignored += 1;
                 return;
@@ -201,8 +240,25 @@ impl Director {
                 s.parts[a.part as usize] = Some(a.entries);
             }
             Packet::Lookup(l) => self.answer(now, from, bytes.len(), l),
+            Packet::Register(r) => {
+                self.register(now, from, datagram.session_id, r);
+                self.drain_job_changes();
+            }
             _ => {}
         }
+    }
+
+    /// Tells the director the wall-clock time at `now` (ms since the Unix
+    /// epoch): job creation times and deadlines are wall-clock, so that they
+    /// survive a restart.
+    pub fn set_wall_clock(&mut self, now: Instant, unix_ms: u64) {
+        self.wall = (now, unix_ms);
+    }
+
+    /// The wall-clock time at `now`, ms.
+    pub fn wall_ms(&self, now: Instant) -> u64 {
+        let (at, ms) = self.wall;
+        ms + now.saturating_duration_since(at).as_millis() as u64
     }
 
     fn heartbeat(&mut self, now: Instant, from: SocketAddrV4, session_id: u32, h: Heartbeat) {
@@ -368,6 +424,12 @@ impl Director {
         if turn || any_down {
             self.rebalance();
         }
+        if turn {
+            self.check_nodes(now);
+            let wall = self.wall_ms(now);
+            self.jobs.expire(wall);
+            self.drain_job_changes();
+        }
     }
 
     /// The next datagram to send and where.
@@ -375,9 +437,14 @@ impl Director {
         self.out.pop_front()
     }
 
-    /// When the next server goes down unless it heartbeats.
+    /// When the next server goes down unless it heartbeats, or the next
+    /// once-a-second turn (nodes, deadlines) is due while jobs or nodes are held.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.servers.values().map(|s| down_at(s.last_heard)).min()
+        let turn = (!self.nodes.is_empty() || self.jobs.active().next().is_some())
+            .then_some(self.pruned + HEARTBEAT_INTERVAL);
+        (self.servers.values().map(|s| down_at(s.last_heard)))
+            .chain(turn)
+            .min()
     }
 
     /// The next thing that happened.

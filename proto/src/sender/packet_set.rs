@@ -73,7 +73,7 @@ impl PacketSet {
     /// Highest member < `end`.
     pub(super) fn last_below(&self, end: u32) -> Option<u32> {
         let mut w = end as usize / 64;
-        let mut mask = if end % 64 == 0 {
+        let mut mask = if end.is_multiple_of(64) {
             0
         } else {
             (1u64 << (end % 64)) - 1

@@ -9,6 +9,7 @@ mod control;
 mod data;
 mod director;
 mod directory;
+mod jobs;
 
 use control::decode_nak;
 pub use control::{
@@ -26,6 +27,11 @@ use directory::decode_announce;
 pub use directory::{
     ANNOUNCE_HEADER_LEN, Announce, AnnounceEntry, ChannelInfo, announce_entry_len, encode_announce,
 };
+pub use jobs::{
+    AgentJobState, Assign, AssignAction, JobFailure, JobReport, MAX_JOB_FILES, MAX_JOB_REPORTS,
+    MAX_NODE_NAME, Register, encode_assign, encode_register, valid_node_name,
+};
+use jobs::{decode_assign, decode_register};
 
 /// First two bytes of every loopcast datagram: "LC".
 pub const MAGIC: [u8; 2] = *b"LC";
@@ -87,6 +93,10 @@ pub enum PacketType {
     Directions = 12,
     /// A director's unasked move of a receiver to other servers.
     Redirect = 13,
+    /// An agent's liveness and job progress, to each director.
+    Register = 14,
+    /// A director's job for one agent.
+    Assign = 15,
 }
 
 /// Bytes of a STATUS datagram: common header, 32-byte body, trailer.
@@ -153,6 +163,10 @@ pub enum Packet<'a> {
     Directions(Directions),
     /// A REDIRECT packet.
     Redirect(Redirect),
+    /// REGISTER.
+    Register(Register),
+    /// ASSIGN.
+    Assign(Assign),
 }
 /// A decoded datagram with its sender's session id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,6 +285,8 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
         k if k == PacketType::Lookup as u8 => Packet::Lookup(decode_lookup(&mut r)?),
         k if k == PacketType::Directions as u8 => Packet::Directions(decode_directions(&mut r)?),
         k if k == PacketType::Redirect as u8 => Packet::Redirect(decode_redirect(&mut r)?),
+        k if k == PacketType::Register as u8 => Packet::Register(decode_register(&mut r)?),
+        k if k == PacketType::Assign as u8 => Packet::Assign(decode_assign(&mut r)?),
         _ => return Err(DecodeError::UnknownType),
     };
     // Every body but DATA's and MANIFEST's must end exactly where its fields do.

@@ -144,12 +144,36 @@ proptest! {
     }
 
     #[test]
+    fn registers_and_assigns_round_trip(instance in any::<u32>(), sequence in any::<u64>(), free in any::<u64>(),
+                                        node in "[a-zA-Z0-9._-]{1,64}",
+                                        jobs in proptest::collection::vec((any::<u64>(), 0u8..3, 0u16..=1000, 0u8..4), 0..=MAX_JOB_REPORTS),
+                                        job_id in any::<u64>(), remaining in any::<u32>(), rate in any::<u64>(),
+                                        files in proptest::collection::vec("[a-z.]{1,255}", 1..=MAX_JOB_FILES)) {
+        let state = |s| [AgentJobState::Receiving, AgentJobState::Done, AgentJobState::Failed][s as usize];
+        let failure = |f| [JobFailure::None, JobFailure::Retrying, JobFailure::HookFailed, JobFailure::NoRoom][f as usize];
+        let jobs = jobs.into_iter().map(|(job_id, s, permille, f)| JobReport { job_id, state: state(s), permille, failure: failure(f) }).collect();
+        let r = Register { sequence, free_bytes: free, node, jobs };
+        let bytes = encode_register(&mac(), instance, &r);
+        let d = decode(&bytes).unwrap();
+        prop_assert_eq!(d.session_id, instance);
+        prop_assert_eq!(d.packet, Packet::Register(r));
+        let a = Assign { echo: sequence, job_id, action: AssignAction::Fetch, remaining_ms: remaining, max_rate_bps: rate, files };
+        let bytes = encode_assign(&mac(), instance, &a);
+        let d = decode(&bytes).unwrap();
+        prop_assert_eq!(d.session_id, instance);
+        prop_assert_eq!(d.packet, Packet::Assign(a));
+        let cancel = Assign { echo: sequence, job_id, action: AssignAction::Cancel, remaining_ms: 0, max_rate_bps: 0, files: Vec::new() };
+        let bytes = encode_assign(&mac(), instance, &cancel);
+        prop_assert_eq!(decode(&bytes).unwrap().packet, Packet::Assign(cancel));
+    }
+
+    #[test]
     fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
         let _ = decode(&bytes);
     }
 
     #[test]
-    fn random_bodies_never_panic(kind in 0u8..15, body in proptest::collection::vec(any::<u8>(), 0..400)) {
+    fn random_bodies_never_panic(kind in 0u8..17, body in proptest::collection::vec(any::<u8>(), 0..400)) {
         let mut bytes = vec![b'L', b'C', VERSION, kind, 0, 0, 0, 1];
         bytes.extend_from_slice(&body);
         let _ = decode(&bytes);
@@ -253,4 +277,40 @@ fn rejects_each_kind_of_bad_datagram() {
 #[test]
 fn default_payload_size_is_1428() {
     assert_eq!(payload_size_for_packet(DEFAULT_PACKET_SIZE), 1428);
+}
+
+#[test]
+fn node_names_are_short_plain_words() {
+    assert!(valid_node_name("node-1.rack_2"));
+    assert!(valid_node_name(&"n".repeat(MAX_NODE_NAME)));
+    assert!(!valid_node_name(""));
+    assert!(!valid_node_name(&"n".repeat(MAX_NODE_NAME + 1)));
+    assert!(!valid_node_name("a b"));
+    assert!(!valid_node_name("a/b"));
+    assert!(!valid_node_name("ünï"));
+}
+
+#[test]
+fn a_fetch_without_files_or_a_cancel_with_files_is_invalid() {
+    let empty = Assign {
+        echo: 3,
+        job_id: 1,
+        action: AssignAction::Fetch,
+        remaining_ms: 5,
+        max_rate_bps: 0,
+        files: Vec::new(),
+    };
+    assert_eq!(
+        decode(&encode_assign(&mac(), 1, &empty)),
+        Err(DecodeError::Invalid)
+    );
+    let cancel = Assign {
+        action: AssignAction::Cancel,
+        files: vec!["x".into()],
+        ..empty
+    };
+    assert_eq!(
+        decode(&encode_assign(&mac(), 1, &cancel)),
+        Err(DecodeError::Invalid)
+    );
 }

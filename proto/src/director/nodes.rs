@@ -1,0 +1,208 @@
+//! The director's side of distribution jobs (spec §10.3): agents' REGISTERs
+//! keep a table of nodes and move their jobs' progress; each is answered with
+//! an ASSIGN per job the agent should start or stop.
+
+use super::{Director, DirectorEvent, HEARTBEAT_INTERVAL};
+use crate::jobs::{ApiRequest, Job, JobError, JobSpec, UNREACHABLE_AFTER_MS};
+use crate::wire::{self, AgentJobState, Assign, AssignAction, MAX_JOB_REPORTS, Register};
+use std::collections::HashMap;
+use std::net::SocketAddrV4;
+use std::time::{Duration, Instant};
+
+/// Most nodes a director keeps.
+pub const MAX_NODES: usize = 4096;
+/// An unreachable node is forgotten after this long (its jobs still name it).
+pub const FORGET_NODE_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// What a director knows of one agent.
+#[derive(Debug, Clone)]
+pub struct NodeRecord {
+    /// The node's name.
+    pub name: String,
+    /// Its agent's instance (random per start).
+    pub instance: u32,
+    /// Where its REGISTERs come from.
+    pub address: SocketAddrV4,
+    /// Its last REGISTER's sequence.
+    pub sequence: u64,
+    /// When that came.
+    pub last_heard: Instant,
+    /// Bytes free in its output directory.
+    pub free_bytes: u64,
+    /// Heard within `UNREACHABLE_AFTER_MS`.
+    pub reachable: bool,
+}
+
+impl Director {
+    /// Takes an agent's REGISTER (tag already verified).
+    pub(super) fn register(
+        &mut self,
+        now: Instant,
+        from: SocketAddrV4,
+        instance: u32,
+        r: Register,
+    ) {
+        let wall = self.wall_ms(now);
+        let back = match self.nodes.get(&r.node) {
+            Some(n) if n.instance == instance && r.sequence <= n.sequence => {
+                self.stats.stale += 1;
+                return;
+            }
+            Some(n) => !n.reachable || n.instance != instance,
+            None if self.nodes.len() >= MAX_NODES => {
+                self.stats.over_capacity += 1;
+                return;
+            }
+            None => true,
+        };
+        self.nodes.insert(
+            r.node.clone(),
+            NodeRecord {
+                name: r.node.clone(),
+                instance,
+                address: from,
+                sequence: r.sequence,
+                last_heard: now,
+                free_bytes: r.free_bytes,
+                reachable: true,
+            },
+        );
+        if back {
+            self.events.push_back(DirectorEvent::NodeUp {
+                node: r.node.clone(),
+                address: from,
+            });
+        }
+        for report in &r.jobs {
+            self.jobs.report(&r.node, report, wall);
+        }
+        // Start what it should be fetching and is not; stop what it should not.
+        let receiving: HashMap<u64, AgentJobState> =
+            r.jobs.iter().map(|j| (j.job_id, j.state)).collect();
+        let mut answers: Vec<Assign> = (self.jobs.active_for(&r.node))
+            .filter(|j| receiving.get(&j.id) != Some(&AgentJobState::Receiving))
+            .take(MAX_JOB_REPORTS)
+            .map(|j| Assign {
+                echo: r.sequence,
+                job_id: j.id,
+                action: AssignAction::Fetch,
+                remaining_ms: j.deadline_at_ms().saturating_sub(wall).min(u32::MAX as u64) as u32,
+                max_rate_bps: j.spec.max_rate_bps,
+                files: j.spec.files.clone(),
+            })
+            .collect();
+        let active: Vec<u64> = self.jobs.active_for(&r.node).map(|j| j.id).collect();
+        answers.extend(
+            (r.jobs.iter())
+                .filter(|j| j.state == AgentJobState::Receiving && !active.contains(&j.job_id))
+                .map(|j| Assign {
+                    echo: r.sequence,
+                    job_id: j.job_id,
+                    action: AssignAction::Cancel,
+                    remaining_ms: 0,
+                    max_rate_bps: 0,
+                    files: Vec::new(),
+                }),
+        );
+        for a in answers {
+            let datagram = wire::encode_assign(&self.director_key, instance, &a);
+            self.out.push_back((from, datagram));
+        }
+    }
+
+    /// Marks nodes unheard for `UNREACHABLE_AFTER_MS` unreachable, forgets long-gone ones.
+    pub(super) fn check_nodes(&mut self, now: Instant) {
+        let unreachable = Duration::from_millis(UNREACHABLE_AFTER_MS);
+        for n in self.nodes.values_mut() {
+            if n.reachable && now >= n.last_heard + unreachable {
+                n.reachable = false;
+                self.events.push_back(DirectorEvent::NodeDown {
+                    node: n.name.clone(),
+                });
+            }
+        }
+        self.nodes
+            .retain(|_, n| n.reachable || now < n.last_heard + FORGET_NODE_AFTER);
+    }
+
+    /// Creates a job: its files must be carried by live servers and its targets
+    /// known; returns its id.
+    pub fn create_job(&mut self, now: Instant, spec: JobSpec) -> Result<u64, JobError> {
+        crate::jobs::check_spec(&spec)?;
+        let young = now < self.started + HEARTBEAT_INTERVAL * 2;
+        if let Some(f) = spec.files.iter().find(|f| self.carrying(f).is_empty()) {
+            return Err(match young {
+                true => JobError::NotYetKnown,
+                false => JobError::NotCarried(f.clone()),
+            });
+        }
+        if let Some(n) = spec.targets.iter().find(|n| !self.nodes.contains_key(*n)) {
+            return Err(match young {
+                true => JobError::NotYetKnown,
+                false => JobError::UnknownNode(n.clone()),
+            });
+        }
+        let wall = self.wall_ms(now);
+        let id = self.jobs.create(spec, wall)?;
+        self.drain_job_changes();
+        Ok(id)
+    }
+
+    /// Cancels a job; its agents are told to stop at their next REGISTER.
+    pub fn cancel_job(&mut self, id: u64) -> Result<(), JobError> {
+        self.jobs.cancel(id)?;
+        self.drain_job_changes();
+        Ok(())
+    }
+
+    /// Puts back a job from the store (on start).
+    pub fn restore_job(&mut self, job: Job) {
+        self.jobs.restore(job);
+    }
+
+    /// One job.
+    pub fn job(&self, id: u64) -> Option<&Job> {
+        self.jobs.get(id)
+    }
+
+    /// Every job held, oldest first.
+    pub fn jobs(&self) -> impl Iterator<Item = &Job> {
+        self.jobs.all()
+    }
+
+    /// Ids of jobs changed or removed since the last call: what to store.
+    pub fn take_dirty_jobs(&mut self) -> Vec<u64> {
+        self.jobs.take_dirty()
+    }
+
+    /// The nodes known.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeRecord> {
+        self.nodes.values()
+    }
+
+    /// One node.
+    pub fn node(&self, name: &str) -> Option<&NodeRecord> {
+        self.nodes.get(name)
+    }
+
+    /// Checks a request that changes jobs (§10.4) and remembers its nonce.
+    pub fn authorize(&mut self, now: Instant, request: &ApiRequest<'_>) -> Result<(), JobError> {
+        let wall = self.wall_ms(now);
+        let result = match &mut self.api {
+            Some(api) => api.check(wall, request),
+            None => Err(JobError::Unauthenticated(
+                "this director takes no job requests",
+            )),
+        };
+        if result.is_err() {
+            self.stats.unauthenticated += 1;
+        }
+        result
+    }
+
+    pub(super) fn drain_job_changes(&mut self) {
+        for change in self.jobs.take_changes() {
+            self.events.push_back(DirectorEvent::Job(change));
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Authentication of requests that change jobs (spec §10.4): a tag under the
+//! jobs-API key over the method, path, issue time, nonce and body, a bounded
+//! clock skew, and nonces remembered while their time is acceptable, so a
+//! captured request cannot be replayed.
+
+use super::JobError;
+use crate::wire::{MacKey, TAG_LEN};
+use std::collections::HashMap;
+
+/// Most a request's issue time may differ from the director's clock, ms.
+pub const MAX_CLOCK_SKEW_MS: u64 = 60_000;
+/// Most nonces remembered; past it, requests are refused until old ones age out.
+const MAX_NONCES: usize = 4096;
+
+/// The bytes a request's tag covers.
+pub fn request_content(
+    method: &str,
+    path: &str,
+    issued_ms: u64,
+    nonce: u64,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut content = format!("{method} {path}\n{issued_ms}\n{nonce}\n").into_bytes();
+    content.extend_from_slice(body);
+    content
+}
+
+/// A request that changes jobs, as the director's HTTP API received it.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiRequest<'a> {
+    /// "POST" or "DELETE".
+    pub method: &'a str,
+    /// The path, without a query.
+    pub path: &'a str,
+    /// `X-Loopcast-Issued`: ms since the Unix epoch, by the client's clock.
+    pub issued_ms: u64,
+    /// `X-Loopcast-Nonce`: random per request.
+    pub nonce: u64,
+    /// The body.
+    pub body: &'a [u8],
+    /// `X-Loopcast-Tag`, decoded.
+    pub tag: &'a [u8],
+}
+
+/// Checks requests and remembers their nonces.
+#[derive(Debug)]
+pub struct ApiAuth {
+    key: MacKey,
+    /// Nonce → issue time, for requests taken within the skew.
+    seen: HashMap<u64, u64>,
+}
+
+impl ApiAuth {
+    /// A checker for tags under `key` (`MasterKey::jobs_api_mac_key`).
+    pub fn new(key: MacKey) -> Self {
+        Self {
+            key,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// The tag a client puts on a request.
+    pub fn tag(
+        key: &MacKey,
+        method: &str,
+        path: &str,
+        issued_ms: u64,
+        nonce: u64,
+        body: &[u8],
+    ) -> [u8; TAG_LEN] {
+        key.tag(&request_content(method, path, issued_ms, nonce, body))
+    }
+
+    /// Accepts a request once: its tag verifies, it was issued within
+    /// `MAX_CLOCK_SKEW_MS` of `now_ms`, and its nonce is new.
+    pub fn check(&mut self, now_ms: u64, r: &ApiRequest<'_>) -> Result<(), JobError> {
+        let (issued_ms, nonce, tag) = (r.issued_ms, r.nonce, r.tag);
+        let mut datagram = request_content(r.method, r.path, issued_ms, nonce, r.body);
+        datagram.extend_from_slice(tag);
+        if tag.len() != TAG_LEN || !self.key.verifies(&datagram) {
+            return Err(JobError::Unauthenticated(
+                "bad tag (is the key the site's?)",
+            ));
+        }
+        if now_ms.abs_diff(issued_ms) > MAX_CLOCK_SKEW_MS {
+            return Err(JobError::Unauthenticated(
+                "issued more than 60 s from the director's clock",
+            ));
+        }
+        self.seen
+            .retain(|_, issued| now_ms.abs_diff(*issued) <= MAX_CLOCK_SKEW_MS);
+        if self.seen.contains_key(&nonce) {
+            return Err(JobError::Unauthenticated("a replayed request"));
+        }
+        if self.seen.len() >= MAX_NONCES {
+            return Err(JobError::Unauthenticated(
+                "too many requests in the last minute",
+            ));
+        }
+        self.seen.insert(nonce, issued_ms);
+        Ok(())
+    }
+}

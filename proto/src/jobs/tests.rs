@@ -1,0 +1,491 @@
+//! The job table, request authentication, and an agent and a director talking
+//! on a virtual clock.
+
+use super::agent::{Agent, AgentEvent};
+use super::*;
+use crate::director::Director;
+use crate::wire::{self, AnnounceEntry, ChannelInfo, Heartbeat, MacKey};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+fn spec(targets: &[&str]) -> JobSpec {
+    JobSpec {
+        files: vec!["image.iso".into()],
+        targets: targets.iter().map(|t| t.to_string()).collect(),
+        deadline_ms: 60_000,
+        max_rate_bps: 0,
+    }
+}
+
+fn report(job_id: u64, state: AgentJobState, permille: u16) -> JobReport {
+    JobReport {
+        job_id,
+        state,
+        permille,
+        failure: JobFailure::None,
+    }
+}
+
+#[test]
+fn bad_specs_are_refused_with_the_reason() {
+    let mut t = JobTable::default();
+    let cases: [(JobSpec, &str); 6] = [
+        (
+            JobSpec {
+                files: vec![],
+                ..spec(&["a"])
+            },
+            "1 to 16 files",
+        ),
+        (spec(&[]), "1 to 4096 targets"),
+        (spec(&["a", "b", "a"]), "node \"a\" is named twice"),
+        (spec(&["a b"]), "node name \"a b\""),
+        (
+            JobSpec {
+                deadline_ms: 0,
+                ..spec(&["a"])
+            },
+            "deadline",
+        ),
+        (
+            JobSpec {
+                files: vec!["x".into(), "x".into()],
+                ..spec(&["a"])
+            },
+            "file \"x\" is named twice",
+        ),
+    ];
+    for (s, why) in cases {
+        let e = t.create(s, 0).unwrap_err().to_string();
+        assert!(e.contains(why), "{e} lacks {why}");
+    }
+    assert_eq!(t.all().count(), 0);
+}
+
+#[test]
+fn a_job_completes_when_every_target_is_done_and_nothing_final_is_undone() {
+    let mut t = JobTable::default();
+    let id = t.create(spec(&["a", "b"]), 1000).unwrap();
+    t.report("a", &report(id, AgentJobState::Receiving, 500), 2000);
+    assert_eq!(t.get(id).unwrap().nodes["a"].permille, 500);
+    t.report("a", &report(id, AgentJobState::Done, 0), 3000);
+    // A late (or replayed) report of receiving does not undo done.
+    t.report("a", &report(id, AgentJobState::Receiving, 10), 3500);
+    assert_eq!(t.get(id).unwrap().nodes["a"].state, NodeState::Done);
+    assert_eq!(t.get(id).unwrap().nodes["a"].permille, 1000);
+    assert_eq!(t.get(id).unwrap().state, JobState::Active);
+    // A node not in the job changes nothing.
+    t.report("c", &report(id, AgentJobState::Done, 0), 3600);
+    t.report("b", &report(id, AgentJobState::Done, 0), 4000);
+    assert_eq!(t.get(id).unwrap().state, JobState::Complete);
+    assert!(t.take_dirty().contains(&id));
+}
+
+#[test]
+fn the_deadline_ends_a_job_and_names_what_is_missing() {
+    let mut t = JobTable::default();
+    let id = t.create(spec(&["a", "b"]), 1000).unwrap();
+    t.report("a", &report(id, AgentJobState::Done, 0), 2000);
+    t.expire(60_999);
+    assert_eq!(t.get(id).unwrap().state, JobState::Active);
+    t.expire(61_000);
+    let job = t.get(id).unwrap();
+    assert_eq!(job.state, JobState::Expired);
+    assert_eq!(job.nodes["b"].state, NodeState::Missed);
+    assert_eq!(job.missing().collect::<Vec<_>>(), ["b"]);
+    // Reports after the end change nothing.
+    t.report("b", &report(id, AgentJobState::Done, 0), 62_000);
+    assert_eq!(t.get(id).unwrap().nodes["b"].state, NodeState::Missed);
+}
+
+#[test]
+fn a_failed_target_fails_the_job_once_the_rest_are_final() {
+    let mut t = JobTable::default();
+    let id = t.create(spec(&["a", "b"]), 0).unwrap();
+    t.report("a", &report(id, AgentJobState::Failed, 0), 1);
+    assert_eq!(t.get(id).unwrap().state, JobState::Active);
+    t.report("b", &report(id, AgentJobState::Done, 0), 2);
+    assert_eq!(t.get(id).unwrap().state, JobState::Failed);
+}
+
+#[test]
+fn a_cancelled_job_misses_its_unfinished_targets_and_ids_never_repeat() {
+    let mut t = JobTable::default();
+    let a = t.create(spec(&["a"]), 0).unwrap();
+    t.cancel(a).unwrap();
+    assert_eq!(t.get(a).unwrap().state, JobState::Cancelled);
+    assert_eq!(t.cancel(99), Err(JobError::NoSuchJob(99)));
+    let job = t.get(a).unwrap().clone();
+    let mut restored = JobTable::default();
+    restored.restore(job);
+    let b = restored.create(spec(&["a"]), 0).unwrap();
+    assert!(b > a);
+}
+
+#[test]
+fn a_node_takes_as_many_active_jobs_as_its_agent_can_report() {
+    let mut t = JobTable::default();
+    for _ in 0..wire::MAX_JOB_REPORTS {
+        t.create(spec(&["a"]), 0).unwrap();
+    }
+    let e = t.create(spec(&["b", "a"]), 0).unwrap_err();
+    assert!(matches!(e, JobError::Full(_)), "{e:?}");
+}
+
+#[test]
+fn requests_need_the_key_a_fresh_time_and_a_new_nonce() {
+    let key = MacKey::from_bytes([7; 32]);
+    let mut auth = ApiAuth::new(key.clone());
+    let body = b"{\"files\":[]}";
+    let tag = ApiAuth::tag(&key, "POST", "/v1/jobs", 100_000, 5, body);
+    let check = |auth: &mut ApiAuth, now, issued_ms, nonce, body: &[u8], tag: &[u8]| {
+        let request = ApiRequest {
+            method: "POST",
+            path: "/v1/jobs",
+            issued_ms,
+            nonce,
+            body,
+            tag,
+        };
+        auth.check(now, &request)
+    };
+    assert!(check(&mut auth, 100_500, 100_000, 5, body, &tag).is_ok());
+    // The same request again is a replay.
+    assert!(check(&mut auth, 100_600, 100_000, 5, body, &tag).is_err());
+    // Another body, nonce or time under the same tag does not verify.
+    let other = ApiAuth::tag(&key, "POST", "/v1/jobs", 100_000, 6, body);
+    assert!(check(&mut auth, 100_600, 100_000, 6, b"{}", &other).is_err());
+    assert!(check(&mut auth, 100_600, 100_001, 6, body, &other).is_err());
+    // A stranger's key.
+    let stranger = ApiAuth::tag(
+        &MacKey::from_bytes([8; 32]),
+        "POST",
+        "/v1/jobs",
+        100_000,
+        7,
+        body,
+    );
+    assert!(check(&mut auth, 100_600, 100_000, 7, body, &stranger).is_err());
+    // Too far from the director's clock either way.
+    let old = ApiAuth::tag(&key, "POST", "/v1/jobs", 10_000, 8, body);
+    assert!(check(&mut auth, 100_600, 10_000, 8, body, &old).is_err());
+    assert!(check(&mut auth, 100_600, 100_000, 6, body, &other).is_ok());
+}
+
+const DIRECTOR: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7790);
+const SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 7701);
+
+fn agent_addr(k: u8) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, k), 40000)
+}
+
+/// A director, a server heartbeating "image.iso", and agents, on a virtual clock.
+struct Site {
+    now: Instant,
+    director: Director,
+    agents: Vec<(Agent, SocketAddrV4)>,
+    key: MacKey,
+    heartbeats: u64,
+}
+
+impl Site {
+    fn new(nodes: &[&str]) -> Site {
+        let now = Instant::now();
+        let key = MacKey::from_bytes([1; 32]);
+        let mut director = Director::new(key.clone(), MacKey::from_bytes([2; 32]), now);
+        director.set_wall_clock(now, 1_000_000);
+        let agents = (nodes.iter().enumerate())
+            .map(|(k, n)| {
+                let agent = Agent::new(
+                    key.clone(),
+                    n.to_string(),
+                    vec![DIRECTOR],
+                    now,
+                    k as u32 + 1,
+                );
+                (agent, agent_addr(k as u8 + 1))
+            })
+            .collect();
+        Site {
+            now,
+            director,
+            agents,
+            key,
+            heartbeats: 0,
+        }
+    }
+
+    fn heartbeat(&mut self) {
+        self.heartbeats += 1;
+        let h = Heartbeat {
+            sequence: self.heartbeats,
+            unicast_port: SERVER.port(),
+            listing_parts: 1,
+            capacity_bps: 0,
+            sending_bps: 0,
+            unicast_clients: 0,
+            unicast_max_clients: 8,
+            receivers: 0,
+            cpu_permille: 0,
+            subnets: Vec::new(),
+        };
+        let bytes = wire::encode_heartbeat(&self.key, 9, &h);
+        self.director.handle_datagram(self.now, SERVER, &bytes);
+        let entry = AnnounceEntry {
+            archive_id: 5,
+            original_size: 100,
+            body_len: 100,
+            flags: 0,
+            name: "image.iso".into(),
+            channels: vec![ChannelInfo {
+                group: SocketAddrV4::new(Ipv4Addr::new(239, 1, 1, 1), 7701),
+                control_port: 7702,
+                rate_bps: 1_000_000,
+            }],
+        };
+        let announce = wire::Announce {
+            part: 0,
+            parts: 1,
+            unicast_port: SERVER.port(),
+            key_fingerprint: [0; 16],
+            entries: vec![entry],
+        };
+        let bytes = wire::encode_announce(&MacKey::from_bytes([2; 32]), 9, &announce);
+        self.director.handle_datagram(self.now, SERVER, &bytes);
+    }
+
+    /// Runs `ms` of virtual time in 100 ms steps; returns the agents' events.
+    fn run(&mut self, ms: u64) -> Vec<(usize, AgentEvent)> {
+        let mut events = Vec::new();
+        for _ in 0..ms / 100 {
+            self.now += Duration::from_millis(100);
+            if self.director.wall_ms(self.now) % 1000 == 0 {
+                self.heartbeat();
+            }
+            self.director.handle_timeout(self.now);
+            for (k, (agent, addr)) in self.agents.iter_mut().enumerate() {
+                agent.handle_timeout(self.now);
+                while let Some((to, bytes)) = agent.poll_transmit() {
+                    assert_eq!(to, DIRECTOR);
+                    self.director.handle_datagram(self.now, *addr, &bytes);
+                }
+                while let Some((to, bytes)) = self.director.poll_transmit() {
+                    if to == *addr {
+                        agent.handle_datagram(self.now, DIRECTOR, &bytes);
+                    }
+                }
+                while let Some(e) = agent.poll_event() {
+                    events.push((k, e));
+                }
+            }
+            while self.director.poll_event().is_some() {}
+        }
+        events
+    }
+}
+
+fn fetches(events: &[(usize, AgentEvent)]) -> Vec<usize> {
+    (events.iter())
+        .filter(|(_, e)| matches!(e, AgentEvent::Fetch { .. }))
+        .map(|(k, _)| *k)
+        .collect()
+}
+
+#[test]
+fn agents_are_given_their_job_report_it_done_and_the_job_completes() {
+    let mut site = Site::new(&["a", "b", "c"]);
+    site.run(2500);
+    // A file nobody carries and a node nobody runs are refused.
+    let bad = JobSpec {
+        files: vec!["nope".into()],
+        ..spec(&["a"])
+    };
+    assert_eq!(
+        site.director.create_job(site.now, bad),
+        Err(JobError::NotCarried("nope".into()))
+    );
+    assert_eq!(
+        site.director.create_job(site.now, spec(&["a", "zz"])),
+        Err(JobError::UnknownNode("zz".into()))
+    );
+    let id = site
+        .director
+        .create_job(site.now, spec(&["a", "b"]))
+        .unwrap();
+    let events = site.run(1000);
+    assert_eq!(
+        fetches(&events),
+        [0, 1],
+        "each target once, c nothing: {events:?}"
+    );
+    // Progress reaches the director with the next REGISTER.
+    site.agents[0].0.progress(id, 400, JobFailure::None);
+    site.run(1000);
+    assert_eq!(site.director.job(id).unwrap().nodes["a"].permille, 400);
+    assert_eq!(
+        site.director.job(id).unwrap().nodes["a"].state,
+        NodeState::Receiving
+    );
+    let now = site.now;
+    site.agents[0]
+        .0
+        .finish(now, id, AgentJobState::Done, JobFailure::None);
+    site.agents[1]
+        .0
+        .finish(now, id, AgentJobState::Done, JobFailure::None);
+    let events = site.run(500);
+    assert!(fetches(&events).is_empty(), "{events:?}");
+    assert_eq!(site.director.job(id).unwrap().state, JobState::Complete);
+}
+
+#[test]
+fn a_restarted_agent_is_given_its_unfinished_job_again_and_a_finished_one_is_answered_done() {
+    let mut site = Site::new(&["a", "b"]);
+    site.run(2500);
+    let id = site
+        .director
+        .create_job(site.now, spec(&["a", "b"]))
+        .unwrap();
+    site.run(1000);
+    let now = site.now;
+    site.agents[1]
+        .0
+        .finish(now, id, AgentJobState::Done, JobFailure::None);
+    site.run(1000);
+    // Both agents restart: a new instance each; b's record says it finished.
+    for (k, (agent, _)) in site.agents.iter_mut().enumerate() {
+        *agent = Agent::new(
+            site.key.clone(),
+            agent.node().to_owned(),
+            vec![DIRECTOR],
+            now,
+            100 + k as u32,
+        );
+    }
+    site.agents[1]
+        .0
+        .restore_finished(id, AgentJobState::Done, JobFailure::None);
+    let events = site.run(1000);
+    assert_eq!(fetches(&events), [0], "{events:?}");
+    assert_eq!(
+        site.director.job(id).unwrap().nodes["b"].state,
+        NodeState::Done
+    );
+}
+
+#[test]
+fn a_silent_node_is_unreachable_and_the_job_waits_for_it_until_the_deadline() {
+    let mut site = Site::new(&["a", "b"]);
+    site.run(2500);
+    let id = site
+        .director
+        .create_job(site.now, spec(&["a", "b"]))
+        .unwrap();
+    site.run(1000);
+    let b = site.agents.pop().unwrap();
+    site.run(6000);
+    assert!(!site.director.node("b").unwrap().reachable);
+    assert!(site.director.node("a").unwrap().reachable);
+    let now = site.now;
+    site.agents[0]
+        .0
+        .finish(now, id, AgentJobState::Done, JobFailure::None);
+    site.run(1000);
+    assert_eq!(site.director.job(id).unwrap().state, JobState::Active);
+    // b comes back (same instance: it was only cut off) and finishes in time.
+    site.agents.push(b);
+    site.run(1000);
+    assert!(site.director.node("b").unwrap().reachable);
+    let now = site.now;
+    site.agents[1]
+        .0
+        .finish(now, id, AgentJobState::Done, JobFailure::None);
+    site.run(1000);
+    assert_eq!(site.director.job(id).unwrap().state, JobState::Complete);
+}
+
+#[test]
+fn the_deadline_cancels_the_work_of_agents_still_at_it() {
+    let mut site = Site::new(&["a"]);
+    site.run(2500);
+    let short = JobSpec {
+        deadline_ms: 3000,
+        ..spec(&["a"])
+    };
+    let id = site.director.create_job(site.now, short).unwrap();
+    let events = site.run(5000);
+    assert!(
+        events
+            .iter()
+            .any(|(_, e)| *e == AgentEvent::Cancel { job: id }),
+        "{events:?}"
+    );
+    assert_eq!(site.director.job(id).unwrap().state, JobState::Expired);
+    assert_eq!(site.agents[0].0.receiving_jobs().count(), 0);
+}
+
+#[test]
+fn a_replayed_assign_is_stale_and_a_strangers_is_unheard() {
+    let mut site = Site::new(&["a"]);
+    site.run(2500);
+    let (agent, _) = &mut site.agents[0];
+    let now = site.now + Duration::from_secs(1);
+    agent.handle_timeout(now);
+    let (_, register) = agent.poll_transmit().unwrap();
+    let wire::Packet::Register(r) = wire::decode(&register).unwrap().packet else {
+        panic!("not a REGISTER");
+    };
+    let assign = |job_id| wire::Assign {
+        echo: r.sequence,
+        job_id,
+        action: wire::AssignAction::Fetch,
+        remaining_ms: 1000,
+        max_rate_bps: 0,
+        files: vec!["x".into()],
+    };
+    // A stranger's ASSIGN, with a fresh echo, starts nothing.
+    let forged = wire::encode_assign(&MacKey::from_bytes([9; 32]), 1, &assign(78));
+    agent.handle_datagram(now, DIRECTOR, &forged);
+    assert_eq!(agent.poll_event(), None);
+    // A genuine answer to that REGISTER, 4 s later (a replay), starts nothing;
+    // within the answer window it would.
+    let genuine = wire::encode_assign(&site.key, 1, &assign(77));
+    agent.handle_datagram(now + Duration::from_secs(4), DIRECTOR, &genuine);
+    assert_eq!(agent.poll_event(), None);
+    agent.handle_datagram(now + Duration::from_secs(2), DIRECTOR, &genuine);
+    assert!(matches!(
+        agent.poll_event(),
+        Some(AgentEvent::DirectorHeard { .. })
+    ));
+    assert!(matches!(
+        agent.poll_event(),
+        Some(AgentEvent::Fetch { job: 77, .. })
+    ));
+}
+
+#[test]
+fn a_replayed_register_is_stale_and_moves_nothing_back() {
+    let mut site = Site::new(&["a"]);
+    site.run(2500);
+    let id = site.director.create_job(site.now, spec(&["a"])).unwrap();
+    site.run(1000);
+    let (agent, addr) = &mut site.agents[0];
+    let addr = *addr;
+    agent.progress(id, 300, JobFailure::None);
+    let now = site.now + Duration::from_secs(1);
+    agent.handle_timeout(now);
+    let (_, at_30) = agent.poll_transmit().unwrap();
+    site.director.handle_datagram(now, addr, &at_30);
+    agent.finish(now, id, AgentJobState::Done, JobFailure::None);
+    agent.handle_timeout(now);
+    let (_, done) = agent.poll_transmit().unwrap();
+    site.director.handle_datagram(now, addr, &done);
+    assert_eq!(site.director.job(id).unwrap().state, JobState::Complete);
+    let stale = site.director.stats().stale;
+    site.director.handle_datagram(now, addr, &at_30);
+    assert_eq!(site.director.stats().stale, stale + 1);
+    assert_eq!(
+        site.director.job(id).unwrap().nodes["a"].state,
+        NodeState::Done
+    );
+}

@@ -1,0 +1,331 @@
+//! The director's jobs outside the protocol machine: their JSON form (one for
+//! the HTTP API and the store), the durable store (redb, in `--state DIR`),
+//! and the HTTP requests that create and cancel them (spec §10.4).
+
+use crate::error::{Context, Error, Result};
+use loopcast_proto::director::Director;
+use loopcast_proto::jobs::{ApiRequest, Job, JobError, JobSpec, JobState, NodeProgress, NodeState};
+use loopcast_proto::wire::JobFailure;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+/// Job id → the job's JSON.
+const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
+/// Largest request body taken (4096 targets of 64 bytes fit well).
+pub const MAX_BODY: usize = 1 << 20;
+
+fn failure_name(f: JobFailure) -> &'static str {
+    match f {
+        JobFailure::None => "none",
+        JobFailure::Retrying => "retrying",
+        JobFailure::HookFailed => "hook_failed",
+        JobFailure::NoRoom => "no_room",
+    }
+}
+
+fn failure_from(name: &str) -> Option<JobFailure> {
+    [
+        JobFailure::None,
+        JobFailure::Retrying,
+        JobFailure::HookFailed,
+        JobFailure::NoRoom,
+    ]
+    .into_iter()
+    .find(|f| failure_name(*f) == name)
+}
+
+fn node_state_from(name: &str) -> Option<NodeState> {
+    [
+        NodeState::Waiting,
+        NodeState::Receiving,
+        NodeState::Done,
+        NodeState::Failed,
+        NodeState::Missed,
+    ]
+    .into_iter()
+    .find(|s| s.name() == name)
+}
+
+/// A job as the API shows it and the store keeps it. `d` adds whether each
+/// node is reachable now (the store has no use for it).
+pub fn job_json(job: &Job, d: Option<&Director>) -> Value {
+    let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+    let nodes: Vec<Value> = (job.nodes.iter())
+        .map(|(name, p)| {
+            *counts.entry(p.state.name()).or_default() += 1;
+            let mut node = json!({"node": name, "state": p.state.name(), "permille": p.permille,
+                                  "failure": failure_name(p.failure), "moved_ms": p.moved_ms});
+            if let Some(d) = d {
+                node["reachable"] = json!(d.node(name).is_some_and(|n| n.reachable));
+            }
+            node
+        })
+        .collect();
+    json!({"id": job.id, "state": job.state.name(), "files": job.spec.files,
+           "created_ms": job.created_ms, "deadline_ms": job.spec.deadline_ms,
+           "deadline_at_ms": job.deadline_at_ms(), "max_rate_bps": job.spec.max_rate_bps,
+           "counts": counts, "nodes": nodes})
+}
+
+/// Reads `job_json`'s output back.
+pub fn job_from_json(v: &Value) -> Option<Job> {
+    let strings = |v: &Value| -> Option<Vec<String>> {
+        v.as_array()?
+            .iter()
+            .map(|s| s.as_str().map(str::to_owned))
+            .collect()
+    };
+    let mut nodes = BTreeMap::new();
+    for n in v["nodes"].as_array()? {
+        let progress = NodeProgress {
+            state: node_state_from(n["state"].as_str()?)?,
+            permille: n["permille"].as_u64()?.min(1000) as u16,
+            failure: failure_from(n["failure"].as_str()?)?,
+            moved_ms: n["moved_ms"].as_u64()?,
+        };
+        nodes.insert(n["node"].as_str()?.to_owned(), progress);
+    }
+    Some(Job {
+        id: v["id"].as_u64()?,
+        spec: JobSpec {
+            files: strings(&v["files"])?,
+            targets: nodes.keys().cloned().collect(),
+            deadline_ms: v["deadline_ms"].as_u64()?,
+            max_rate_bps: v["max_rate_bps"].as_u64()?,
+        },
+        created_ms: v["created_ms"].as_u64()?,
+        state: JobState::from_name(v["state"].as_str()?)?,
+        nodes,
+    })
+}
+
+/// Jobs kept across restarts in `DIR/jobs.redb`.
+pub struct JobStore {
+    db: Database,
+}
+
+impl JobStore {
+    /// Opens (or creates) the store in `dir`, a directory of ours (created 0700 if missing).
+    pub fn open(dir: &Path) -> Result<JobStore> {
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .context(|| format!("cannot create {}", parent.display()))?;
+        }
+        crate::storage::own_dir(dir)?;
+        let path = dir.join("jobs.redb");
+        let db = Database::create(&path)
+            .context(|| format!("cannot open the job store {}", path.display()))?;
+        Ok(JobStore { db })
+    }
+
+    /// Every job stored.
+    pub fn load(&self) -> Result<Vec<Job>> {
+        let fail =
+            |e: &dyn std::fmt::Display| Error::new(format!("cannot read the job store: {e}"));
+        let txn = self.db.begin_read().map_err(|e| fail(&e))?;
+        let table = match txn.open_table(JOBS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(fail(&e)),
+        };
+        let mut jobs = Vec::new();
+        for entry in table.iter().map_err(|e| fail(&e))? {
+            let (id, bytes) = entry.map_err(|e| fail(&e))?;
+            let job = serde_json::from_slice(bytes.value())
+                .ok()
+                .and_then(|v: Value| job_from_json(&v))
+                .ok_or_else(|| fail(&format!("job {} is not readable", id.value())))?;
+            jobs.push(job);
+        }
+        Ok(jobs)
+    }
+
+    /// Stores the jobs changed in `d` since the last save, as it holds them now
+    /// (a job it no longer holds is removed), in one transaction.
+    pub fn save_changed(&self, d: &mut Director) -> Result<()> {
+        let ids = d.take_dirty_jobs();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let fail =
+            |e: &dyn std::fmt::Display| Error::new(format!("cannot write the job store: {e}"));
+        let txn = self.db.begin_write().map_err(|e| fail(&e))?;
+        {
+            let mut table = txn.open_table(JOBS).map_err(|e| fail(&e))?;
+            for &id in &ids {
+                match d.job(id) {
+                    Some(job) => {
+                        let bytes = job_json(job, None).to_string();
+                        table.insert(id, bytes.as_bytes()).map_err(|e| fail(&e))?;
+                    }
+                    None => {
+                        table.remove(id).map_err(|e| fail(&e))?;
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(|e| fail(&e))
+    }
+}
+
+/// An answer to an API request: status and JSON body.
+pub type Answer = (u16, Value);
+
+fn refused(e: &JobError) -> Answer {
+    let status = match e {
+        JobError::Unauthenticated(_) => 401,
+        JobError::NoSuchJob(_) => 404,
+        JobError::NotYetKnown => 503,
+        JobError::Full(_) => 429,
+        _ => 400,
+    };
+    let kind = match e {
+        JobError::Invalid(_) => "invalid",
+        JobError::NotCarried(_) => "not_carried",
+        JobError::UnknownNode(_) => "unknown_node",
+        JobError::NotYetKnown => "not_yet_known",
+        JobError::Full(_) => "full",
+        JobError::NoSuchJob(_) => "no_such_job",
+        JobError::Unauthenticated(_) => "unauthenticated",
+    };
+    (status, json!({"error": e.to_string(), "kind": kind}))
+}
+
+/// POST /v1/jobs and DELETE /v1/jobs/ID. The job is stored before the answer.
+pub fn change(d: &mut Director, store: Option<&JobStore>, request: &ApiRequest<'_>) -> Answer {
+    let now = Instant::now();
+    if let Err(e) = d.authorize(now, request) {
+        return refused(&e);
+    }
+    let (method, path) = (request.method, request.path);
+    let result = match (method, path.strip_prefix("/v1/jobs")) {
+        ("POST", Some("")) => match spec_from(request.body) {
+            Ok(spec) => d.create_job(now, spec),
+            Err(e) => Err(e),
+        },
+        ("DELETE", Some(rest)) => match rest.strip_prefix('/').and_then(|id| id.parse().ok()) {
+            Some(id) => d.cancel_job(id).map(|()| id),
+            None => return (404, json!({"error": "no such job", "kind": "no_such_job"})),
+        },
+        _ => return (405, json!({"error": "POST /v1/jobs or DELETE /v1/jobs/ID"})),
+    };
+    let id = match result {
+        Ok(id) => id,
+        Err(e) => return refused(&e),
+    };
+    if let Some(store) = store
+        && let Err(e) = store.save_changed(d)
+    {
+        log::error!("{e}");
+        return (500, json!({"error": e.to_string()}));
+    }
+    let status = if method == "POST" { 201 } else { 200 };
+    let job = d.job(id).map_or(Value::Null, |j| job_json(j, Some(d)));
+    (status, job)
+}
+
+/// A job request's body: `{"files": [...], "targets": [...], "deadline_s": N, "max_rate_bps": N}`.
+fn spec_from(body: &[u8]) -> std::result::Result<JobSpec, JobError> {
+    let invalid = |why: &str| JobError::Invalid(why.to_owned());
+    let v: Value = serde_json::from_slice(body).map_err(|_| invalid("the body is not JSON"))?;
+    let strings = |key: &str| -> std::result::Result<Vec<String>, JobError> {
+        (v[key]
+            .as_array()
+            .ok_or_else(|| invalid(&format!("{key} must be a list"))))?
+        .iter()
+        .map(|s| s.as_str().map(str::to_owned))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| invalid(&format!("{key} must be a list of names")))
+    };
+    let deadline_s = v["deadline_s"]
+        .as_u64()
+        .ok_or_else(|| invalid("deadline_s must be a whole number of seconds"))?;
+    Ok(JobSpec {
+        files: strings("files")?,
+        targets: strings("targets")?,
+        deadline_ms: deadline_s.saturating_mul(1000),
+        max_rate_bps: v["max_rate_bps"].as_u64().unwrap_or(0),
+    })
+}
+
+/// GET /v1/jobs and /v1/jobs/ID.
+pub fn show(d: &Director, path: &str) -> Option<Answer> {
+    let rest = path.strip_prefix("/v1/jobs")?;
+    if rest.is_empty() {
+        let jobs: Vec<Value> = d.jobs().map(|j| job_json(j, Some(d))).collect();
+        return Some((200, Value::Array(jobs)));
+    }
+    let id: u64 = rest.strip_prefix('/')?.parse().ok()?;
+    Some(match d.job(id) {
+        Some(job) => (200, job_json(job, Some(d))),
+        None => refused(&JobError::NoSuchJob(id)),
+    })
+}
+
+/// GET /v1/nodes.
+pub fn nodes(d: &Director, now: Instant) -> Value {
+    let mut list: Vec<_> = d.nodes().collect();
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    Value::Array(
+        list.into_iter()
+            .map(|n| {
+                let active = d
+                    .jobs()
+                    .filter(|j| j.state == JobState::Active)
+                    .filter(|j| j.nodes.get(&n.name).is_some_and(|p| !p.state.is_final()))
+                    .count();
+                json!({"node": n.name, "address": n.address.to_string(), "reachable": n.reachable,
+                       "last_heard_s": super::http::age(now, n.last_heard), "free_bytes": n.free_bytes,
+                       "active_jobs": active})
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use loopcast_proto::jobs::JobTable;
+
+    #[test]
+    fn a_job_survives_the_json_round_trip_and_the_store() {
+        let mut t = JobTable::default();
+        let spec = JobSpec {
+            files: vec!["a.iso".into(), "b.img".into()],
+            targets: vec!["n1".into(), "n2".into()],
+            deadline_ms: 5000,
+            max_rate_bps: 7,
+        };
+        let id = t.create(spec, 1234).unwrap();
+        let report = loopcast_proto::wire::JobReport {
+            job_id: id,
+            state: loopcast_proto::wire::AgentJobState::Receiving,
+            permille: 321,
+            failure: JobFailure::Retrying,
+        };
+        t.report("n2", &report, 2000);
+        let job = t.get(id).unwrap().clone();
+        assert_eq!(job_from_json(&job_json(&job, None)), Some(job.clone()));
+        assert_eq!(job_from_json(&json!({"id": 1})), None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let key = loopcast_proto::wire::MacKey::from_bytes([1; 32]);
+        let mut d = Director::new(key.clone(), key, Instant::now());
+        d.restore_job(job);
+        d.cancel_job(id).unwrap();
+        JobStore::open(&state)
+            .unwrap()
+            .save_changed(&mut d)
+            .unwrap();
+        let cancelled = d.job(id).unwrap().clone();
+        assert_eq!(cancelled.state, JobState::Cancelled);
+        assert_eq!(
+            JobStore::open(&state).unwrap().load().unwrap(),
+            vec![cancelled]
+        );
+    }
+}

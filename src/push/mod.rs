@@ -1,0 +1,260 @@
+//! `loopcast push` and `loopcast jobs`: clients of a director's HTTP API. A push
+//! creates a job (a tagged POST, spec §10.4), then follows it until every
+//! target is done or the job ends; `jobs` lists, shows and cancels jobs.
+
+mod render;
+
+use crate::error::{EXIT_NOT_CARRIED, Error, Result};
+use crate::events::Events;
+use loopcast_proto::jobs::{ApiAuth, JobState};
+use loopcast_proto::keys::hex;
+use loopcast_proto::wire::MacKey;
+use serde_json::{Value, json};
+use std::net::SocketAddrV4;
+use std::time::{Duration, Instant};
+
+/// Exit code of a push whose job ended with targets not done (deadline, failure, cancel).
+pub const EXIT_TARGETS_MISSING: i32 = 5;
+/// How often a push asks how its job is going.
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// How often a push asks a director that just started again (every `POLL_INTERVAL`).
+const NOT_YET_KNOWN_TRIES: u32 = 10;
+/// How long a push keeps asking a director that does not answer, past the deadline.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// What `push` was asked to do.
+pub struct PushConfig {
+    /// The jobs-API key (from the site key).
+    pub key: MacKey,
+    /// The director's HTTP API.
+    pub director: SocketAddrV4,
+    /// Names of files on air.
+    pub files: Vec<String>,
+    /// Target node names.
+    pub targets: Vec<String>,
+    /// Deadline from now.
+    pub deadline: Duration,
+    /// Fastest channel the targets take (0: any).
+    pub max_rate_bps: u64,
+    /// Create the job and exit, without following it.
+    pub detach: bool,
+    /// Print events as JSON lines on stdout.
+    pub json: bool,
+}
+
+fn http() -> ureq::Agent {
+    ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build(),
+    )
+}
+
+/// Sends a request that changes jobs, tagged under `key`; returns (status, JSON).
+fn signed(
+    key: &MacKey,
+    director: SocketAddrV4,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<(u16, Value)> {
+    let issued_ms = crate::director::unix_ms();
+    let nonce: u64 = rand::random();
+    let tag = ApiAuth::tag(key, method, path, issued_ms, nonce, body);
+    let url = format!("http://{director}{path}");
+    let request = match method {
+        "POST" => http().post(&url),
+        _ => http().delete(&url).force_send_body(),
+    };
+    let response = request
+        .header("X-Loopcast-Issued", issued_ms.to_string())
+        .header("X-Loopcast-Nonce", nonce.to_string())
+        .header("X-Loopcast-Tag", hex(&tag))
+        .header("Content-Type", "application/json")
+        .send(body);
+    let (status, text) = answer(response, director, &url)?;
+    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+}
+
+/// An answer's status and body.
+fn answer(
+    response: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    director: SocketAddrV4,
+    url: &str,
+) -> Result<(u16, String)> {
+    let mut response = response
+        .map_err(|e| Error::new(format!("cannot reach the director at {director}: {e}")))?;
+    let text = response
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| Error::new(format!("{url}: unreadable answer: {e}")))?;
+    Ok((response.status().as_u16(), text))
+}
+
+/// GETs `path` from the director's API.
+pub fn get(director: SocketAddrV4, path: &str) -> Result<(u16, Value)> {
+    let url = format!("http://{director}{path}");
+    let (status, text) = answer(http().get(&url).call(), director, &url)?;
+    let value = serde_json::from_str(&text)
+        .map_err(|e| Error::new(format!("{url} is not the director's JSON: {e}")))?;
+    Ok((status, value))
+}
+
+/// A refusal as an error: exit 4 for what the site lacks (file, node), 1 otherwise.
+fn refusal(status: u16, answer: &Value) -> Error {
+    let message = answer["error"].as_str().unwrap_or("no reason given");
+    let message = format!("the director refused (HTTP {status}): {message}");
+    match answer["kind"].as_str() {
+        Some("not_carried" | "unknown_node" | "no_such_job") => {
+            Error::with_code(message, EXIT_NOT_CARRIED)
+        }
+        Some("invalid") => Error::with_code(message, 2),
+        _ => Error::new(message),
+    }
+}
+
+/// Creates the job, then follows it to its end.
+pub fn push(config: PushConfig) -> Result<()> {
+    let body = json!({"files": config.files, "targets": config.targets,
+                      "deadline_s": config.deadline.as_secs(), "max_rate_bps": config.max_rate_bps});
+    let body = body.to_string();
+    // A director that just started does not know every node and server yet
+    // (503): it will within two heartbeats, so ask again a few times.
+    let mut tries = 0;
+    let job = loop {
+        let (status, job) = signed(
+            &config.key,
+            config.director,
+            "POST",
+            "/v1/jobs",
+            body.as_bytes(),
+        )?;
+        match status {
+            201 => break job,
+            503 if tries < NOT_YET_KNOWN_TRIES => {
+                tries += 1;
+                std::thread::sleep(POLL_INTERVAL);
+            }
+            _ => return Err(refusal(status, &job)),
+        }
+    };
+    let id = job["id"].as_u64().unwrap_or(0);
+    let events = Events::new(config.json);
+    events.emit(
+        "job_created",
+        json!({"job": id, "targets": config.targets.len()}),
+    );
+    log::info!(
+        "job {id}: {} to {} node(s), deadline in {}",
+        config.files.join(", "),
+        config.targets.len(),
+        render::duration(config.deadline)
+    );
+    if config.detach {
+        println!("{id}");
+        return Ok(());
+    }
+    follow(&config, id, &events)
+}
+
+fn follow(config: &PushConfig, id: u64, events: &Events) -> Result<()> {
+    let give_up = Instant::now() + config.deadline + GRACE;
+    let mut view = render::Follow::new(!config.json, events);
+    let mut last_error = None;
+    loop {
+        match get(config.director, &format!("/v1/jobs/{id}")) {
+            Ok((200, job)) => {
+                last_error = None;
+                view.update(&job);
+                match job["state"].as_str().and_then(JobState::from_name) {
+                    Some(JobState::Active) | None => {}
+                    Some(JobState::Complete) => {
+                        view.finish(&job);
+                        return Ok(());
+                    }
+                    Some(state) => {
+                        view.finish(&job);
+                        return Err(missing(id, state, &job));
+                    }
+                }
+            }
+            Ok((status, answer)) => return Err(refusal(status, &answer)),
+            Err(e) => {
+                // The director may be restarting: its store keeps the job.
+                if last_error.is_none() {
+                    log::warn!("{e}; asking again");
+                }
+                last_error = Some(e);
+            }
+        }
+        if Instant::now() >= give_up {
+            let why = last_error.map_or("no answer".to_string(), |e| e.to_string());
+            return Err(Error::with_code(
+                format!(
+                    "job {id}: the deadline passed and the director cannot tell how it ended: {why}"
+                ),
+                EXIT_TARGETS_MISSING,
+            ));
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// The error a push ends with when targets are missing.
+fn missing(id: u64, state: JobState, job: &Value) -> Error {
+    let mut missing: Vec<String> = (job["nodes"].as_array().into_iter().flatten())
+        .filter(|n| n["state"] != "done")
+        .map(|n| {
+            let name = n["node"].as_str().unwrap_or("?");
+            match n["failure"].as_str() {
+                Some("none") | None => name.to_string(),
+                Some(why) => format!("{name} ({why})"),
+            }
+        })
+        .collect();
+    missing.sort();
+    let why = match state {
+        JobState::Expired => "the deadline passed",
+        JobState::Cancelled => "it was cancelled",
+        _ => "targets failed",
+    };
+    Error::with_code(
+        format!(
+            "job {id} ended ({why}) with {} node(s) not done: {}",
+            missing.len(),
+            missing.join(", ")
+        ),
+        EXIT_TARGETS_MISSING,
+    )
+}
+
+/// `jobs`: every job, or one with its nodes; `cancel` stops it (needs `key`).
+pub fn jobs(
+    director: SocketAddrV4,
+    id: Option<u64>,
+    cancel: Option<MacKey>,
+    json: bool,
+) -> Result<()> {
+    if let (Some(key), Some(id)) = (&cancel, id) {
+        let (status, answer) = signed(key, director, "DELETE", &format!("/v1/jobs/{id}"), b"")?;
+        if status != 200 {
+            return Err(refusal(status, &answer));
+        }
+        println!("job {id} cancelled");
+        return Ok(());
+    }
+    let path = id.map_or("/v1/jobs".to_string(), |id| format!("/v1/jobs/{id}"));
+    let (status, answer) = get(director, &path)?;
+    if status != 200 {
+        return Err(refusal(status, &answer));
+    }
+    if json {
+        println!("{answer:#}");
+    } else if id.is_some() {
+        render::job(&answer);
+    } else {
+        render::list(&answer);
+    }
+    Ok(())
+}
