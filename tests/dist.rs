@@ -53,7 +53,7 @@ fn every_unit_verifies_without_a_warning() {
     }
     let dir = tempfile::tempdir().unwrap();
     let units = units();
-    assert!(units.len() >= 2, "{units:?}");
+    assert!(units.len() >= 3, "{units:?}");
     for (name, text) in units {
         let unit = dir.path().join(&name);
         std::fs::write(&unit, text.replace("/usr/bin/loopcast", BIN)).unwrap();
@@ -76,12 +76,13 @@ fn every_units_command_line_is_accepted() {
         let words = exec_start(&text);
         assert_eq!(words[0], "/usr/bin/loopcast", "{name}");
         // Specifiers and the environment file's variable are systemd's to fill:
-        // here a credentials and a cache directory of our own, and no options.
+        // here a credentials, cache and state directory of our own, and no options.
         let args: Vec<String> = (words[1..].iter())
             .filter(|w| !w.starts_with('$'))
             .map(|w| {
                 w.replace("%d", &dir.path().to_string_lossy())
                     .replace("%C", &dir.path().to_string_lossy())
+                    .replace("%S", &dir.path().to_string_lossy())
             })
             .collect();
         let out = Command::new(BIN)
