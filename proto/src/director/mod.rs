@@ -11,7 +11,7 @@ mod moves;
 mod nodes;
 mod rank;
 
-pub use nodes::{FORGET_NODE_AFTER, MAX_NODES, NodeRecord};
+pub use nodes::{ANSWER_EVERY, FORGET_NODE_AFTER, MAX_NODES, NodeRecord};
 
 pub use rank::{Candidate, SAME_SUBNET_BONUS, THROUGHPUT_BONUS, load_fraction, rank};
 

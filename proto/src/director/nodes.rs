@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 pub const MAX_NODES: usize = 4096;
 /// An unreachable node is forgotten after this long (its jobs still name it).
 pub const FORGET_NODE_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// A node's REGISTERs are answered at most this often: ASSIGNs are larger than
+/// REGISTERs, and a burst of captured REGISTERs replayed right after a restart
+/// must not turn into a burst of ASSIGNs at a spoofed address (T29).
+pub const ANSWER_EVERY: Duration = Duration::from_millis(500);
 
 /// What a director knows of one agent.
 #[derive(Debug, Clone)]
@@ -31,6 +35,8 @@ pub struct NodeRecord {
     pub free_bytes: u64,
     /// Heard within `UNREACHABLE_AFTER_MS`.
     pub reachable: bool,
+    /// When its REGISTER was last answered.
+    pub answered: Option<Instant>,
 }
 
 impl Director {
@@ -43,6 +49,7 @@ impl Director {
         r: Register,
     ) {
         let wall = self.wall_ms(now);
+        let answered = self.nodes.get(&r.node).and_then(|n| n.answered);
         let back = match self.nodes.get(&r.node) {
             Some(n) if n.instance == instance && r.sequence <= n.sequence => {
                 self.stats.stale += 1;
@@ -65,6 +72,7 @@ impl Director {
                 last_heard: now,
                 free_bytes: r.free_bytes,
                 reachable: true,
+                answered,
             },
         );
         if back {
@@ -75,6 +83,12 @@ impl Director {
         }
         for report in &r.jobs {
             self.jobs.report(&r.node, report, wall);
+        }
+        if answered.is_some_and(|at| now < at + ANSWER_EVERY) {
+            return;
+        }
+        if let Some(n) = self.nodes.get_mut(&r.node) {
+            n.answered = Some(now);
         }
         // Start what it should be fetching and is not; stop what it should not.
         let receiving: HashMap<u64, AgentJobState> =

@@ -489,3 +489,32 @@ fn a_replayed_register_is_stale_and_moves_nothing_back() {
         NodeState::Done
     );
 }
+
+#[test]
+fn a_burst_of_registers_is_answered_at_most_every_half_second() {
+    let mut site = Site::new(&["a"]);
+    site.run(2500);
+    site.director.create_job(site.now, spec(&["a"])).unwrap();
+    // Twenty REGISTERs of one node within 100 ms (as a replayed capture would
+    // come): each is fresh, but one is answered.
+    let addr = site.agents[0].1;
+    let mut sent = Vec::new();
+    for k in 0..20u64 {
+        let r = wire::Register {
+            sequence: 1_000_000 + k,
+            free_bytes: 0,
+            node: "a".into(),
+            jobs: Vec::new(),
+        };
+        sent.push(wire::encode_register(&site.key, 99, &r));
+    }
+    let mut answers = 0;
+    for (k, bytes) in sent.iter().enumerate() {
+        let at = site.now + Duration::from_millis(600 + 5 * k as u64);
+        site.director.handle_datagram(at, addr, bytes);
+        while site.director.poll_transmit().is_some() {
+            answers += 1;
+        }
+    }
+    assert_eq!(answers, 1);
+}

@@ -28,6 +28,9 @@ use std::time::{Duration, Instant};
 pub const SESSION: u32 = 0x5e55;
 /// Unicast streams the world's server allows.
 const MAX_CLIENTS: usize = 4;
+/// The node and job of the REGISTER and ASSIGN seeds.
+const FUZZ_NODE: &str = "node-1";
+const FUZZ_JOB: u64 = 77;
 
 /// One small file, its keys and its channel.
 pub struct World {
@@ -260,6 +263,33 @@ impl World {
                     directions: directions.clone(),
                 },
             ),
+            wire::encode_register(
+                &director,
+                7,
+                &wire::Register {
+                    sequence: 1,
+                    free_bytes: 1 << 30,
+                    node: FUZZ_NODE.into(),
+                    jobs: vec![wire::JobReport {
+                        job_id: FUZZ_JOB,
+                        state: wire::AgentJobState::Receiving,
+                        permille: 10,
+                        failure: wire::JobFailure::None,
+                    }],
+                },
+            ),
+            wire::encode_assign(
+                &director,
+                7,
+                &wire::Assign {
+                    echo: 1,
+                    job_id: FUZZ_JOB,
+                    action: wire::AssignAction::Fetch,
+                    remaining_ms: 60_000,
+                    max_rate_bps: 0,
+                    files: vec![m.name.clone()],
+                },
+            ),
         ]
     }
 
@@ -312,7 +342,9 @@ impl World {
             t if t == PacketType::Heartbeat as u8
                 || t == PacketType::Lookup as u8
                 || t == PacketType::Directions as u8
-                || t == PacketType::Redirect as u8 =>
+                || t == PacketType::Redirect as u8
+                || t == PacketType::Register as u8
+                || t == PacketType::Assign as u8 =>
             {
                 self.key.director_mac_key().seal(d)
             }
@@ -402,6 +434,29 @@ impl World {
             self.key.directory_mac_key(),
             now,
         );
+        // A job for the seeds' node, so that its REGISTERs are answered.
+        let job = crate::jobs::Job {
+            id: FUZZ_JOB,
+            spec: crate::jobs::JobSpec {
+                files: vec![self.manifest.name.clone(), "other".into()],
+                targets: vec![FUZZ_NODE.into()],
+                deadline_ms: 60_000,
+                max_rate_bps: 0,
+            },
+            created_ms: 0,
+            state: crate::jobs::JobState::Active,
+            nodes: [(
+                FUZZ_NODE.to_string(),
+                crate::jobs::NodeProgress {
+                    state: crate::jobs::NodeState::Waiting,
+                    permille: 0,
+                    failure: wire::JobFailure::None,
+                    moved_ms: 0,
+                },
+            )]
+            .into(),
+        };
+        director.restore_job(job);
         for s in steps {
             now += Duration::from_millis(s.dt_ms as u64 * 4);
             let from = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, s.source), 7000);
@@ -410,8 +465,16 @@ impl World {
             director.handle_timeout(now);
             // Answers go to the asker and are no longer than the question; moves
             // (REDIRECT, to receivers remembered) are at most one per answer.
+            // ASSIGNs (to a node's REGISTER) may be longer: at most two per job
+            // reported or held (their rate per node is a unit test's).
+            let mut assigned = 0;
             while let Some((to, answer)) = director.poll_transmit() {
-                let redirect = answer.get(3) == Some(&(PacketType::Redirect as u8));
+                let kind = answer.get(3).copied();
+                if kind == Some(PacketType::Assign as u8) && to == from {
+                    assigned += 1;
+                    continue;
+                }
+                let redirect = kind == Some(PacketType::Redirect as u8);
                 if !redirect && (to != from || answer.len() > datagram.len()) {
                     return Err(format!(
                         "{} bytes to {to} for {}",
@@ -419,6 +482,12 @@ impl World {
                         datagram.len()
                     ));
                 }
+            }
+            if assigned > 2 * wire::MAX_JOB_REPORTS {
+                return Err(format!("{assigned} ASSIGNs for one REGISTER"));
+            }
+            if director.nodes().count() > crate::director::MAX_NODES {
+                return Err(format!("{} nodes", director.nodes().count()));
             }
             let stats = director.stats();
             if stats.redirects > stats.answered {
