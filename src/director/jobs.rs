@@ -207,7 +207,7 @@ pub fn change(d: &mut Director, store: Option<&JobStore>, request: &ApiRequest<'
             Err(e) => Err(e),
         },
         ("DELETE", Some(rest)) => match rest.strip_prefix('/').and_then(|id| id.parse().ok()) {
-            Some(id) => d.cancel_job(id).map(|()| id),
+            Some(id) => d.cancel_job(now, id).map(|()| id),
             None => return (404, json!({"error": "no such job", "kind": "no_such_job"})),
         },
         _ => return (405, json!({"error": "POST /v1/jobs or DELETE /v1/jobs/ID"})),
@@ -316,7 +316,7 @@ mod tests {
         let key = loopcast_proto::wire::MacKey::from_bytes([1; 32]);
         let mut d = Director::new(key.clone(), key, Instant::now());
         d.restore_job(job);
-        d.cancel_job(id).unwrap();
+        d.cancel_job(Instant::now(), id).unwrap();
         JobStore::open(&state)
             .unwrap()
             .save_changed(&mut d)

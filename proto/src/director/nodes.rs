@@ -3,7 +3,7 @@
 //! an ASSIGN per job the agent should start or stop.
 
 use super::{Director, DirectorEvent, HEARTBEAT_INTERVAL};
-use crate::jobs::{ApiRequest, Job, JobError, JobSpec, UNREACHABLE_AFTER_MS};
+use crate::jobs::{ApiRequest, Job, JobError, JobSpec, JobState, UNREACHABLE_AFTER_MS};
 use crate::wire::{self, AgentJobState, Assign, AssignAction, MAX_JOB_REPORTS, Register};
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
@@ -96,27 +96,13 @@ impl Director {
         let mut answers: Vec<Assign> = (self.jobs.active_for(&r.node))
             .filter(|j| receiving.get(&j.id) != Some(&AgentJobState::Receiving))
             .take(MAX_JOB_REPORTS)
-            .map(|j| Assign {
-                echo: r.sequence,
-                job_id: j.id,
-                action: AssignAction::Fetch,
-                remaining_ms: j.deadline_at_ms().saturating_sub(wall).min(u32::MAX as u64) as u32,
-                max_rate_bps: j.spec.max_rate_bps,
-                files: j.spec.files.clone(),
-            })
+            .map(|j| fetch(j, r.sequence, wall))
             .collect();
         let active: Vec<u64> = self.jobs.active_for(&r.node).map(|j| j.id).collect();
         answers.extend(
             (r.jobs.iter())
                 .filter(|j| j.state == AgentJobState::Receiving && !active.contains(&j.job_id))
-                .map(|j| Assign {
-                    echo: r.sequence,
-                    job_id: j.job_id,
-                    action: AssignAction::Cancel,
-                    remaining_ms: 0,
-                    max_rate_bps: 0,
-                    files: Vec::new(),
-                }),
+                .map(|j| cancel(j.job_id, r.sequence)),
         );
         for a in answers {
             let datagram = wire::encode_assign(&self.director_key, instance, &a);
@@ -159,14 +145,43 @@ impl Director {
         let wall = self.wall_ms(now);
         let id = self.jobs.create(spec, wall)?;
         self.drain_job_changes();
+        self.tell_targets(now, id, AssignAction::Fetch);
         Ok(id)
     }
 
-    /// Cancels a job; its agents are told to stop at their next REGISTER.
-    pub fn cancel_job(&mut self, id: u64) -> Result<(), JobError> {
+    /// Cancels a job; its reachable agents are told at once, the others at their next REGISTER.
+    pub fn cancel_job(&mut self, now: Instant, id: u64) -> Result<(), JobError> {
+        let active = self
+            .jobs
+            .get(id)
+            .is_some_and(|j| j.state == JobState::Active);
         self.jobs.cancel(id)?;
         self.drain_job_changes();
+        if active {
+            self.tell_targets(now, id, AssignAction::Cancel);
+        }
         Ok(())
+    }
+
+    /// Sends each reachable target of job `id` an ASSIGN now, rather than at
+    /// its next REGISTER (up to a second later): it echoes the node's last
+    /// REGISTER, at most a second old, so the agent takes it.
+    fn tell_targets(&mut self, now: Instant, id: u64, action: AssignAction) {
+        let Some(job) = self.jobs.get(id) else {
+            return;
+        };
+        let wall = self.wall_ms(now);
+        for name in job.nodes.keys() {
+            let Some(n) = self.nodes.get(name).filter(|n| n.reachable) else {
+                continue;
+            };
+            let a = match action {
+                AssignAction::Fetch => fetch(job, n.sequence, wall),
+                AssignAction::Cancel => cancel(id, n.sequence),
+            };
+            let datagram = wire::encode_assign(&self.director_key, n.instance, &a);
+            self.out.push_back((n.address, datagram));
+        }
     }
 
     /// Puts back a job from the store (on start).
@@ -218,5 +233,32 @@ impl Director {
         for change in self.jobs.take_changes() {
             self.events.push_back(DirectorEvent::Job(change));
         }
+    }
+}
+
+/// An ASSIGN to fetch `job`, answering REGISTER `echo` at wall time `wall`.
+fn fetch(job: &Job, echo: u64, wall: u64) -> Assign {
+    Assign {
+        echo,
+        job_id: job.id,
+        action: AssignAction::Fetch,
+        remaining_ms: job
+            .deadline_at_ms()
+            .saturating_sub(wall)
+            .min(u32::MAX as u64) as u32,
+        max_rate_bps: job.spec.max_rate_bps,
+        files: job.spec.files.clone(),
+    }
+}
+
+/// An ASSIGN to stop job `job_id`, answering REGISTER `echo`.
+fn cancel(job_id: u64, echo: u64) -> Assign {
+    Assign {
+        echo,
+        job_id,
+        action: AssignAction::Cancel,
+        remaining_ms: 0,
+        max_rate_bps: 0,
+        files: Vec::new(),
     }
 }

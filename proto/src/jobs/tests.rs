@@ -495,6 +495,8 @@ fn a_burst_of_registers_is_answered_at_most_every_half_second() {
     let mut site = Site::new(&["a"]);
     site.run(2500);
     site.director.create_job(site.now, spec(&["a"])).unwrap();
+    // (The creation told the node at once.)
+    assert!(site.director.poll_transmit().is_some());
     // Twenty REGISTERs of one node within 100 ms (as a replayed capture would
     // come): each is fresh, but one is answered.
     let addr = site.agents[0].1;
@@ -517,4 +519,34 @@ fn a_burst_of_registers_is_answered_at_most_every_half_second() {
         }
     }
     assert_eq!(answers, 1);
+}
+
+#[test]
+fn a_new_job_reaches_reachable_agents_at_once_and_a_cancel_too() {
+    let mut site = Site::new(&["a", "b"]);
+    site.run(2500);
+    let id = site
+        .director
+        .create_job(site.now, spec(&["a", "b"]))
+        .unwrap();
+    // Delivered within the same instant, before any REGISTER.
+    let mut told = Vec::new();
+    while let Some((to, bytes)) = site.director.poll_transmit() {
+        let k = site.agents.iter().position(|(_, a)| *a == to).unwrap();
+        site.agents[k].0.handle_datagram(site.now, DIRECTOR, &bytes);
+        while let Some(e) = site.agents[k].0.poll_event() {
+            told.push((k, e));
+        }
+    }
+    assert_eq!(fetches(&told), [0, 1]);
+    site.director.cancel_job(site.now, id).unwrap();
+    let mut cancelled = 0;
+    while let Some((to, bytes)) = site.director.poll_transmit() {
+        let k = site.agents.iter().position(|(_, a)| *a == to).unwrap();
+        site.agents[k].0.handle_datagram(site.now, DIRECTOR, &bytes);
+        while let Some(e) = site.agents[k].0.poll_event() {
+            cancelled += usize::from(e == AgentEvent::Cancel { job: id });
+        }
+    }
+    assert_eq!(cancelled, 2);
 }

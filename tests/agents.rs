@@ -1,0 +1,286 @@
+//! Distribution jobs in the namespace lab (root only; see `lab.rs`): a director
+//! and an on-demand server on s, six agents on r1-r6, and pushes: to all six
+//! (timed against one receiver alone), two at once from two clients, to all six
+//! with one agent killed mid-file and restarted, and to a node whose agent is
+//! gone.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const DIRECTOR: &str = "10.77.0.1:7790";
+const API: &str = "10.77.0.1:7791";
+
+/// Runs loopcast in host `host` of `lab` to its end.
+fn run_in(lab: &Lab, host: &str, args: &[&str]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", &format!("{}-{host}", lab.prefix), BIN])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap()
+}
+
+fn agent_args<'a>(key: &'a str, node: &'a str, addr: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "agent",
+        "-k",
+        key,
+        "--director",
+        DIRECTOR,
+        "--node",
+        node,
+        "-i",
+        addr,
+        "-o",
+        out,
+    ]
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Waits until the director lists every one of `nodes` reachable, at most 15 s.
+fn wait_for_nodes(lab: &Lab, nodes: &[String]) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(15) {
+        if nodes_listed(lab, nodes) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("the director did not hear {nodes:?} within 15 s");
+}
+
+/// Whether the director's /v1/nodes lists every one of `nodes` reachable (read
+/// from inside the namespace with bash's /dev/tcp).
+fn nodes_listed(lab: &Lab, nodes: &[String]) -> bool {
+    let script = "exec 3<>/dev/tcp/10.77.0.1/7791 && printf 'GET /v1/nodes HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3";
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("{}-s", lab.prefix),
+            "bash",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&out.stdout);
+    let Some((_, json)) = body.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let Ok(list) = serde_json::from_str::<serde_json::Value>(json) else {
+        return false;
+    };
+    nodes.iter().all(|n| {
+        (list.as_array().into_iter().flatten())
+            .any(|x| x["node"] == n.as_str() && x["reachable"] == true)
+    })
+}
+
+fn partial_held(out: &Path) -> bool {
+    std::fs::read_dir(out.join(".loopcast-partial")).is_ok_and(|d| d.count() > 0)
+}
+
+#[test]
+fn six_agents_take_a_push_survive_a_killed_agent_share_two_jobs_and_a_silent_node_is_named() {
+    if !lab_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (key, source, data) = key_and_payload(d, 41);
+    let d = &d;
+    // Three more files of the same bytes in other orders (each its own archive).
+    let write = |name: &str, bytes: Vec<u8>| {
+        std::fs::write(d.join(name), &bytes).unwrap();
+        bytes
+    };
+    let two_data = write(
+        "two.bin",
+        data.iter().rev().take(6_000_000).copied().collect(),
+    );
+    let three_data = write(
+        "three.bin",
+        data[..6_000_000].iter().rev().copied().collect(),
+    );
+    let (head, tail) = data.split_at(data.len() / 2);
+    let four_data = write("four.bin", [tail, head].concat());
+    let mut lab = Lab::up(6, "j");
+    let key_s = path(&key);
+    let state = d.join("state");
+    let director_args = [
+        "director",
+        "-k",
+        key_s,
+        "--listen",
+        DIRECTOR,
+        "--http",
+        API,
+        "--state",
+        path(&state),
+    ];
+    lab.start("s", &d.join("director.log"), &director_args);
+    let cache = d.join("cache");
+    let more: Vec<_> = ["two.bin", "three.bin", "four.bin"]
+        .map(|f| d.join(f))
+        .into();
+    let mut serve = serve_args(path(&source), key_s, path(&cache));
+    for (k, f) in more.iter().enumerate() {
+        serve.insert(2 + k, path(f));
+    }
+    // On demand: a file's channels run while its receivers report, and stop
+    // when they are done.
+    serve.extend(["--director", DIRECTOR, "--on-demand"]);
+    lab.start("s", &d.join("serve.log"), &serve);
+
+    // One receiver alone, as the figure to compare the push with.
+    let alone = d.join("alone");
+    let start = Instant::now();
+    let out = run_in(
+        &lab,
+        "r1",
+        &[
+            "recv",
+            "-k",
+            key_s,
+            "-i",
+            "10.77.0.11",
+            "-o",
+            path(&alone),
+            "--director",
+            DIRECTOR,
+            "--timeout",
+            "60",
+            "payload.bin",
+        ],
+    );
+    let alone_secs = start.elapsed().as_secs_f64();
+    assert!(out.status.success(), "{}", text(&out));
+
+    let nodes: Vec<String> = (1..=6).map(|k| format!("node-{k}")).collect();
+    let addrs: Vec<String> = (1..=6).map(|k| format!("10.77.0.{}", 10 + k)).collect();
+    let outs: Vec<_> = (1..=6).map(|k| d.join(format!("out-{k}"))).collect();
+    let mut agents = Vec::new();
+    for k in 0..6 {
+        let args = agent_args(key_s, &nodes[k], &addrs[k], path(&outs[k]));
+        let log = d.join(format!("agent-{}.log", k + 1));
+        agents.push(lab.start(&format!("r{}", k + 1), &log, &args));
+    }
+    wait_for_nodes(&lab, &nodes);
+
+    // A push to all six, timed from its start to its exit.
+    let all = nodes.join(",");
+    let push = |file: &str, to: &str, log: &str| {
+        let args = [
+            "push",
+            file,
+            "-k",
+            key_s,
+            "--to",
+            to,
+            "--director",
+            API,
+            "--deadline",
+            "90s",
+        ];
+        (d.join(log), args.map(str::to_owned))
+    };
+    let start = Instant::now();
+    let (_, args) = push("payload.bin", &all, "push.log");
+    let out = run_in(&lab, "s", &args.each_ref().map(String::as_str));
+    let push_secs = start.elapsed().as_secs_f64();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("complete: 6 of 6 node(s) done"),
+        "{}",
+        text(&out)
+    );
+    for out in &outs {
+        assert!(std::fs::read(out.join("payload.bin")).unwrap() == data);
+    }
+    eprintln!(
+        "24 MB at 80 Mbit/s: one receiver alone {alone_secs:.2} s; a push to six agents {push_secs:.2} s"
+    );
+
+    // Two jobs at once from two clients (s and r1), to overlapping nodes.
+    let (log_one, one) = push("two.bin", "node-1,node-2,node-3,node-4", "push-1.log");
+    let (log_two, two) = push("three.bin", "node-3,node-4,node-5,node-6", "push-2.log");
+    let one = lab.start("s", &log_one, &one.each_ref().map(String::as_str));
+    let two = lab.start("r1", &log_two, &two.each_ref().map(String::as_str));
+    for (i, log) in [(one, &log_one), (two, &log_two)] {
+        let status = lab.wait(i, Duration::from_secs(100));
+        let shown = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(status.is_some_and(|s| s.success()), "{status:?}\n{shown}");
+    }
+    for k in 0..4 {
+        assert!(std::fs::read(outs[k].join("two.bin")).unwrap() == two_data);
+        assert!(std::fs::read(outs[k + 2].join("three.bin")).unwrap() == three_data);
+    }
+
+    // A push to all six; node-3's agent is killed once it holds part of the
+    // file, and started again a second later.
+    let (log, args) = push("four.bin", &all, "push-4.log");
+    let four = lab.start("s", &log, &args.each_ref().map(String::as_str));
+    let wait_start = Instant::now();
+    while !partial_held(&outs[2]) && wait_start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    lab.children[agents[2]].kill().unwrap();
+    lab.children[agents[2]].wait().unwrap();
+    let before = std::fs::read_to_string(d.join("agent-3.log")).unwrap();
+    assert!(
+        !before.contains("four.bin: complete and verified"),
+        "node-3 finished before the kill: {before}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let args3 = agent_args(key_s, &nodes[2], &addrs[2], path(&outs[2]));
+    agents[2] = lab.start("r3", &d.join("agent-3b.log"), &args3);
+    let status = lab.wait(four, Duration::from_secs(100));
+    let shown = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{shown}");
+    for out in &outs {
+        assert!(std::fs::read(out.join("four.bin")).unwrap() == four_data);
+    }
+    let again = std::fs::read_to_string(d.join("agent-3b.log")).unwrap();
+    assert!(again.contains("resuming"), "node-3 started over: {again}");
+
+    // node-6's agent is gone: a push naming it ends at its deadline, exit 5,
+    // naming node-6 and no other.
+    lab.children[agents[5]].kill().unwrap();
+    lab.children[agents[5]].wait().unwrap();
+    let out = run_in(
+        &lab,
+        "s",
+        &[
+            "push",
+            "two.bin",
+            "-k",
+            key_s,
+            "--to",
+            "node-5,node-6",
+            "--director",
+            API,
+            "--deadline",
+            "10s",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(
+        text(&out).contains("1 node(s) not done: node-6"),
+        "{}",
+        text(&out)
+    );
+    assert!(std::fs::read(outs[4].join("two.bin")).unwrap() == two_data);
+}
