@@ -60,26 +60,9 @@ fn wait_for_nodes(lab: &Lab, nodes: &[String]) {
     panic!("the director did not hear {nodes:?} within 15 s");
 }
 
-/// Whether the director's /v1/nodes lists every one of `nodes` reachable (read
-/// from inside the namespace with bash's /dev/tcp).
+/// Whether the director's /v1/nodes lists every one of `nodes` reachable.
 fn nodes_listed(lab: &Lab, nodes: &[String]) -> bool {
-    let script = "exec 3<>/dev/tcp/10.77.0.1/7791 && printf 'GET /v1/nodes HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3";
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &format!("{}-s", lab.prefix),
-            "bash",
-            "-c",
-            script,
-        ])
-        .output()
-        .unwrap();
-    let body = String::from_utf8_lossy(&out.stdout);
-    let Some((_, json)) = body.split_once("\r\n\r\n") else {
-        return false;
-    };
-    let Ok(list) = serde_json::from_str::<serde_json::Value>(json) else {
+    let Some(list) = http_get_in(lab, "s", "10.77.0.1", 7791, "/v1/nodes") else {
         return false;
     };
     nodes.iter().all(|n| {

@@ -96,8 +96,21 @@ pub(super) enum Command {
         /// Directory where jobs are kept (jobs.redb), so that they survive a
         /// restart. Default: $STATE_DIRECTORY (systemd's StateDirectory=), else
         /// none: jobs are kept in memory only.
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "DIR", conflicts_with = "etcd")]
         state: Option<PathBuf>,
+        /// Keep jobs on etcd instead, shared by several directors: each
+        /// campaigns, one is elected to schedule jobs, the others follow and
+        /// take over within about 3 s when it dies (URL,URL,…).
+        #[arg(long, value_name = "URL,...", value_delimiter = ',')]
+        etcd: Vec<String>,
+        /// Prefix of this site's keys on etcd.
+        #[arg(
+            long,
+            value_name = "PREFIX",
+            default_value = "/loopcast",
+            requires = "etcd"
+        )]
+        etcd_prefix: String,
     },
     /// Run on each node: register with the directors and receive the files of
     /// the jobs they give this node (until SIGINT/SIGTERM). Jobs survive a
@@ -352,9 +365,15 @@ pub(super) struct PushArgs {
     /// Target nodes: NODE,NODE,… or @FILE with one node per line (# comments).
     #[arg(long, required = true, value_name = "NODE,...|@FILE")]
     pub(super) to: String,
-    /// The director's HTTP API (default port 7791).
-    #[arg(long, value_name = "HOST[:PORT]")]
-    pub(super) director: String,
+    /// The directors' HTTP APIs (default port 7791); with several on one etcd,
+    /// the one scheduling takes the job and the others show it.
+    #[arg(
+        long,
+        required = true,
+        value_name = "HOST[:PORT],...",
+        value_delimiter = ','
+    )]
+    pub(super) director: Vec<String>,
     /// How long the nodes have: 90s, 30m, 2h, 1d.
     #[arg(long, default_value = "30m", value_parser = parse_duration)]
     pub(super) deadline: Duration,
@@ -373,9 +392,14 @@ pub(super) struct PushArgs {
 pub(super) struct JobsArgs {
     /// A job to show (default: list every job).
     pub(super) id: Option<u64>,
-    /// The director's HTTP API (default port 7791).
-    #[arg(long, value_name = "HOST[:PORT]")]
-    pub(super) director: String,
+    /// The directors' HTTP APIs (default port 7791): the first that answers.
+    #[arg(
+        long,
+        required = true,
+        value_name = "HOST[:PORT],...",
+        value_delimiter = ','
+    )]
+    pub(super) director: Vec<String>,
     /// Cancel job ID: its nodes stop and it ends as cancelled (needs --key).
     #[arg(long, requires_all = ["id", "key"])]
     pub(super) cancel: bool,

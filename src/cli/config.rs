@@ -169,11 +169,7 @@ pub(super) fn push(a: PushArgs) -> Result<PushConfig> {
     }
     Ok(PushConfig {
         key: keyfile::load(&a.key)?.jobs_api_mac_key(),
-        director: resolve_server(
-            "--director",
-            &a.director,
-            super::args::DEFAULT_DIRECTOR_HTTP_PORT,
-        )?,
+        directors: apis(&a.director)?,
         files: a.files,
         targets,
         deadline: a.deadline,
@@ -181,4 +177,11 @@ pub(super) fn push(a: PushArgs) -> Result<PushConfig> {
         detach: a.detach,
         json: a.json,
     })
+}
+
+/// Resolves the directors' HTTP APIs `HOST[:PORT],…` (default port `DEFAULT_DIRECTOR_HTTP_PORT`).
+pub(super) fn apis(list: &[String]) -> Result<Vec<std::net::SocketAddrV4>> {
+    list.iter()
+        .map(|d| resolve_server("--director", d, super::args::DEFAULT_DIRECTOR_HTTP_PORT))
+        .collect()
 }

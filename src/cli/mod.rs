@@ -86,23 +86,29 @@ fn run(cli: Cli) -> Result<()> {
             json,
             http,
             state,
+            etcd,
+            etcd_prefix,
         } => director::run(director::DirectorConfig {
             key: keyfile::load(&key)?,
             listen,
             json,
             http: http.0,
-            state: state.or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from)),
+            state: match etcd.is_empty() {
+                true => state.or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from)),
+                false => None,
+            },
+            etcd,
+            etcd_prefix,
         }),
         Command::Agent(a) => agent::run(config::agent(a)?),
         Command::Push(a) => push::push(config::push(a)?),
         Command::Jobs(a) => {
-            let director =
-                args::resolve_server("--director", &a.director, args::DEFAULT_DIRECTOR_HTTP_PORT)?;
+            let directors = config::apis(&a.director)?;
             let key = match (a.cancel, &a.key) {
                 (true, Some(k)) => Some(keyfile::load(k)?.jobs_api_mac_key()),
                 _ => None,
             };
-            push::jobs(director, a.id, key, a.json)
+            push::jobs(&directors, a.id, key, a.json)
         }
         Command::Ls {
             director: Some(director),

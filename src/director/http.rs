@@ -2,7 +2,8 @@
 //! registry, jobs and nodes, Prometheus metrics, and the tagged requests that
 //! create and cancel jobs (`jobs`), served by `tiny_http` on a thread of its own.
 
-use super::jobs::{self, JobStore};
+use super::jobs;
+use super::store::Store;
 use loopcast_proto::director::{Director, load_fraction};
 use loopcast_proto::jobs::ApiRequest;
 use prometheus_client::encoding::text::encode;
@@ -22,7 +23,7 @@ use tiny_http::{Header, Method, Response, Server};
 pub fn serve(
     address: SocketAddrV4,
     director: Arc<Mutex<Director>>,
-    store: Arc<Option<JobStore>>,
+    store: Arc<Store>,
 ) -> crate::error::Result<()> {
     let server = Server::http(address)
         .map_err(|e| crate::error::Error::new(format!("cannot serve HTTP on {address}: {e}")))?;
@@ -33,7 +34,7 @@ pub fn serve(
                 let (status, kind, body) = match request.method() {
                     Method::Get => {
                         let d = super::lock(&director);
-                        match page(&d, request.url(), Instant::now()) {
+                        match page(&d, &store, request.url(), Instant::now()) {
                             Some((status, kind, body)) => (status, kind, body),
                             None => (
                                 404,
@@ -43,7 +44,7 @@ pub fn serve(
                         }
                     }
                     Method::Post | Method::Delete => {
-                        let (status, json) = change(&mut request, &director, store.as_ref().as_ref());
+                        let (status, json) = change(&mut request, &director, &store);
                         (status, "application/json", format!("{json:#}\n"))
                     }
                     _ => (405, "text/plain", "GET, or POST/DELETE on /v1/jobs\n".to_string()),
@@ -67,7 +68,7 @@ pub fn serve(
 fn change(
     request: &mut tiny_http::Request,
     director: &Mutex<Director>,
-    store: Option<&JobStore>,
+    store: &Store,
 ) -> jobs::Answer {
     let header = |name: &'static str| {
         (request.headers().iter())
@@ -116,13 +117,22 @@ fn from_hex(text: &str) -> Option<Vec<u8>> {
 }
 
 /// The page at `url`: (status, content type, body), or None for an unknown path.
-pub fn page(d: &Director, url: &str, now: Instant) -> Option<(u16, &'static str, String)> {
+pub fn page(
+    d: &Director,
+    store: &Store,
+    url: &str,
+    now: Instant,
+) -> Option<(u16, &'static str, String)> {
     let path = url.split('?').next().unwrap_or(url);
     let (status, json) = match path {
         "/v1/servers" => (200, servers(d, now)),
         "/v1/files" => (200, files(d)),
         "/v1/receivers" => (200, receivers(d, now)),
         "/v1/nodes" => (200, jobs::nodes(d, now)),
+        "/v1/status" => (
+            200,
+            json!({"scheduling": d.scheduling(), "scheduler": d.leader(), "store": store.kind()}),
+        ),
         "/metrics" => return Some((200, "text/plain; version=0.0.4", metrics(d))),
         _ => jobs::show(d, path)?,
     };

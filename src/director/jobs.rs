@@ -1,19 +1,15 @@
 //! The director's jobs outside the protocol machine: their JSON form (one for
-//! the HTTP API and the store), the durable store (redb, in `--state DIR`),
-//! and the HTTP requests that create and cancel them (spec §10.4).
+//! the HTTP API and the stores) and the HTTP requests that create and cancel
+//! them (spec §10.4).
 
-use crate::error::{Context, Error, Result};
+use super::store::Store;
 use loopcast_proto::director::Director;
 use loopcast_proto::jobs::{ApiRequest, Job, JobError, JobSpec, JobState, NodeProgress, NodeState};
 use loopcast_proto::wire::JobFailure;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Instant;
 
-/// Job id → the job's JSON.
-const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
 /// Largest request body taken (4096 targets of 64 bytes fit well).
 pub const MAX_BODY: usize = 1 << 20;
 
@@ -102,81 +98,13 @@ pub fn job_from_json(v: &Value) -> Option<Job> {
     })
 }
 
-/// Jobs kept across restarts in `DIR/jobs.redb`.
-pub struct JobStore {
-    db: Database,
-}
-
-impl JobStore {
-    /// Opens (or creates) the store in `dir`, a directory of ours (created 0700 if missing).
-    pub fn open(dir: &Path) -> Result<JobStore> {
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .context(|| format!("cannot create {}", parent.display()))?;
-        }
-        crate::storage::own_dir(dir)?;
-        let path = dir.join("jobs.redb");
-        let db = Database::create(&path)
-            .context(|| format!("cannot open the job store {}", path.display()))?;
-        Ok(JobStore { db })
-    }
-
-    /// Every job stored.
-    pub fn load(&self) -> Result<Vec<Job>> {
-        let fail =
-            |e: &dyn std::fmt::Display| Error::new(format!("cannot read the job store: {e}"));
-        let txn = self.db.begin_read().map_err(|e| fail(&e))?;
-        let table = match txn.open_table(JOBS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(fail(&e)),
-        };
-        let mut jobs = Vec::new();
-        for entry in table.iter().map_err(|e| fail(&e))? {
-            let (id, bytes) = entry.map_err(|e| fail(&e))?;
-            let job = serde_json::from_slice(bytes.value())
-                .ok()
-                .and_then(|v: Value| job_from_json(&v))
-                .ok_or_else(|| fail(&format!("job {} is not readable", id.value())))?;
-            jobs.push(job);
-        }
-        Ok(jobs)
-    }
-
-    /// Stores the jobs changed in `d` since the last save, as it holds them now
-    /// (a job it no longer holds is removed), in one transaction.
-    pub fn save_changed(&self, d: &mut Director) -> Result<()> {
-        let ids = d.take_dirty_jobs();
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let fail =
-            |e: &dyn std::fmt::Display| Error::new(format!("cannot write the job store: {e}"));
-        let txn = self.db.begin_write().map_err(|e| fail(&e))?;
-        {
-            let mut table = txn.open_table(JOBS).map_err(|e| fail(&e))?;
-            for &id in &ids {
-                match d.job(id) {
-                    Some(job) => {
-                        let bytes = job_json(job, None).to_string();
-                        table.insert(id, bytes.as_bytes()).map_err(|e| fail(&e))?;
-                    }
-                    None => {
-                        table.remove(id).map_err(|e| fail(&e))?;
-                    }
-                }
-            }
-        }
-        txn.commit().map_err(|e| fail(&e))
-    }
-}
-
 /// An answer to an API request: status and JSON body.
 pub type Answer = (u16, Value);
 
 fn refused(e: &JobError) -> Answer {
     let status = match e {
         JobError::Unauthenticated(_) => 401,
+        JobError::NotLeader(_) => 503,
         JobError::NoSuchJob(_) => 404,
         JobError::NotYetKnown => 503,
         JobError::Full(_) => 429,
@@ -190,12 +118,13 @@ fn refused(e: &JobError) -> Answer {
         JobError::Full(_) => "full",
         JobError::NoSuchJob(_) => "no_such_job",
         JobError::Unauthenticated(_) => "unauthenticated",
+        JobError::NotLeader(_) => "not_leader",
     };
     (status, json!({"error": e.to_string(), "kind": kind}))
 }
 
 /// POST /v1/jobs and DELETE /v1/jobs/ID. The job is stored before the answer.
-pub fn change(d: &mut Director, store: Option<&JobStore>, request: &ApiRequest<'_>) -> Answer {
+pub fn change(d: &mut Director, store: &Store, request: &ApiRequest<'_>) -> Answer {
     let now = Instant::now();
     if let Err(e) = d.authorize(now, request) {
         return refused(&e);
@@ -216,11 +145,9 @@ pub fn change(d: &mut Director, store: Option<&JobStore>, request: &ApiRequest<'
         Ok(id) => id,
         Err(e) => return refused(&e),
     };
-    if let Some(store) = store
-        && let Err(e) = store.save_changed(d)
-    {
+    if let Err(e) = store.save_changed(d) {
         log::error!("{e}");
-        return (500, json!({"error": e.to_string()}));
+        return (503, json!({"error": e.to_string(), "kind": "store"}));
     }
     let status = if method == "POST" { 201 } else { 200 };
     let job = d.job(id).map_or(Value::Null, |j| job_json(j, Some(d)));
@@ -288,6 +215,7 @@ pub fn nodes(d: &Director, now: Instant) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::director::store::RedbStore;
     use loopcast_proto::jobs::JobTable;
 
     #[test]
@@ -317,14 +245,14 @@ mod tests {
         let mut d = Director::new(key.clone(), key, Instant::now());
         d.restore_job(job);
         d.cancel_job(Instant::now(), id).unwrap();
-        JobStore::open(&state)
+        RedbStore::open(&state)
             .unwrap()
             .save_changed(&mut d)
             .unwrap();
         let cancelled = d.job(id).unwrap().clone();
         assert_eq!(cancelled.state, JobState::Cancelled);
         assert_eq!(
-            JobStore::open(&state).unwrap().load().unwrap(),
+            RedbStore::open(&state).unwrap().load().unwrap(),
             vec![cancelled]
         );
     }

@@ -2,8 +2,11 @@
 //! socket, the clock, logs and `--json` events, the HTTP API (`http`) and the
 //! job store (`jobs`). It decides nothing itself.
 
+#[cfg(feature = "etcd")]
+mod etcd;
 mod http;
 mod jobs;
+pub(crate) mod store;
 
 use crate::error::Result;
 use crate::events::Events;
@@ -32,6 +35,10 @@ pub struct DirectorConfig {
     pub http: Option<SocketAddrV4>,
     /// Directory of the job store (None: jobs are kept in memory only).
     pub state: Option<PathBuf>,
+    /// etcd endpoints to keep jobs on, shared with other directors (empty: none).
+    pub etcd: Vec<String>,
+    /// Prefix of this site's keys on etcd.
+    pub etcd_prefix: String,
 }
 
 /// How often changed jobs are written to the store (progress lost in a crash
@@ -55,27 +62,12 @@ pub fn run(config: DirectorConfig) -> Result<()> {
         now,
     );
     d.set_wall_clock(now, unix_ms());
-    let store = match &config.state {
-        Some(dir) => {
-            let store = jobs::JobStore::open(dir)?;
-            let stored = store.load()?;
-            log::info!("{} job(s) in the store at {}", stored.len(), dir.display());
-            for job in stored {
-                d.restore_job(job);
-            }
-            Some(store)
-        }
-        None => {
-            log::warn!("no --state directory: jobs are kept in memory and lost with this process");
-            None
-        }
-    };
-    let store = Arc::new(store);
     let director = Arc::new(Mutex::new(d));
+    let store = Arc::new(open_store(&config, &director)?);
     if let Some(address) = config.http {
         http::serve(address, director.clone(), store.clone())?;
         log::info!(
-            "HTTP API on http://{address}/v1/servers (also /v1/files, /v1/receivers, /v1/jobs, /v1/nodes, /metrics)"
+            "HTTP API on http://{address}/v1/servers (also /v1/files, /v1/receivers, /v1/jobs, /v1/nodes, /v1/status, /metrics)"
         );
     }
     let mut next_store = now + STORE_INTERVAL;
@@ -90,9 +82,7 @@ pub fn run(config: DirectorConfig) -> Result<()> {
             flush(&mut director, &socket, &events);
             if now >= next_store {
                 next_store = now + STORE_INTERVAL;
-                if let Some(store) = store.as_ref() {
-                    store.save_changed(&mut director)?;
-                }
+                save(&store, &mut director)?;
             }
             let wake = director
                 .poll_timeout()
@@ -116,10 +106,13 @@ pub fn run(config: DirectorConfig) -> Result<()> {
             }
         }
     }
-    let mut director = lock(&director);
-    if let Some(store) = store.as_ref() {
-        store.save_changed(&mut director)?;
+    save(&store, &mut lock(&director))?;
+    // Leadership is given up at once rather than when the lease runs out.
+    #[cfg(feature = "etcd")]
+    if let store::Store::Etcd(etcd) = store.as_ref() {
+        etcd.stop();
     }
+    let director = lock(&director);
     let s = director.stats();
     log::info!(
         "stopping: {} server(s) live, {} look-up(s) answered, {} unauthenticated, {} stale heartbeat(s)",
@@ -129,6 +122,61 @@ pub fn run(config: DirectorConfig) -> Result<()> {
         s.stale
     );
     Ok(())
+}
+
+/// The store `config` asks for, with its jobs put back into the director.
+fn open_store(config: &DirectorConfig, director: &Arc<Mutex<Director>>) -> Result<store::Store> {
+    if !config.etcd.is_empty() {
+        #[cfg(feature = "etcd")]
+        {
+            let me = config
+                .http
+                .map_or(config.listen.to_string(), |h| h.to_string());
+            log::info!(
+                "jobs on etcd at {} under {}",
+                config.etcd.join(","),
+                config.etcd_prefix
+            );
+            // Following the store until elected: it reads the jobs itself.
+            lock(director).set_scheduling(false, None);
+            let etcd = etcd::EtcdStore::start(
+                config.etcd.clone(),
+                config.etcd_prefix.clone(),
+                me,
+                director.clone(),
+            )?;
+            return Ok(store::Store::Etcd(etcd));
+        }
+        #[cfg(not(feature = "etcd"))]
+        return Err(crate::error::Error::with_code(
+            "--etcd: this loopcast was built without the etcd feature",
+            2,
+        ));
+    }
+    let Some(dir) = &config.state else {
+        log::warn!("no --state directory: jobs are kept in memory and lost with this process");
+        return Ok(store::Store::Memory);
+    };
+    let redb = store::RedbStore::open(dir)?;
+    let stored = redb.load()?;
+    log::info!("{} job(s) in the store at {}", stored.len(), dir.display());
+    let mut d = lock(director);
+    for job in stored {
+        d.restore_job(job);
+    }
+    Ok(store::Store::Redb(redb))
+}
+
+/// Stores what changed; a failure stops the director only for a local store.
+fn save(store: &store::Store, director: &mut Director) -> Result<()> {
+    match store.save_changed(director) {
+        Err(e) if store.failure_is_fatal() => Err(e),
+        Err(e) => {
+            log::warn!("{e}");
+            Ok(())
+        }
+        Ok(()) => Ok(()),
+    }
 }
 
 /// Milliseconds since the Unix epoch, by this host's clock.

@@ -26,8 +26,8 @@ const GRACE: Duration = Duration::from_secs(10);
 pub struct PushConfig {
     /// The jobs-API key (from the site key).
     pub key: MacKey,
-    /// The director's HTTP API.
-    pub director: SocketAddrV4,
+    /// The directors' HTTP APIs (the one that schedules takes the job).
+    pub directors: Vec<SocketAddrV4>,
     /// Names of files on air.
     pub files: Vec<String>,
     /// Target node names.
@@ -119,26 +119,7 @@ pub fn push(config: PushConfig) -> Result<()> {
     let body = json!({"files": config.files, "targets": config.targets,
                       "deadline_s": config.deadline.as_secs(), "max_rate_bps": config.max_rate_bps});
     let body = body.to_string();
-    // A director that just started does not know every node and server yet
-    // (503): it will within two heartbeats, so ask again a few times.
-    let mut tries = 0;
-    let job = loop {
-        let (status, job) = signed(
-            &config.key,
-            config.director,
-            "POST",
-            "/v1/jobs",
-            body.as_bytes(),
-        )?;
-        match status {
-            201 => break job,
-            503 if tries < NOT_YET_KNOWN_TRIES => {
-                tries += 1;
-                std::thread::sleep(POLL_INTERVAL);
-            }
-            _ => return Err(refusal(status, &job)),
-        }
-    };
+    let (director, job) = change(&config.key, &config.directors, "POST", "/v1/jobs", &body)?;
     let id = job["id"].as_u64().unwrap_or(0);
     let events = Events::new(config.json);
     events.emit(
@@ -155,15 +136,44 @@ pub fn push(config: PushConfig) -> Result<()> {
         println!("{id}");
         return Ok(());
     }
-    follow(&config, id, &events)
+    follow(&config, director, id, &events)
 }
 
-fn follow(config: &PushConfig, id: u64, events: &Events) -> Result<()> {
+/// Sends a request that changes jobs to the director that schedules: each in
+/// turn, past those unreachable or not scheduling; a director that just started
+/// (and knows too little, 503) is asked again for up to 5 s. Returns the
+/// director that took it and its answer.
+fn change(
+    key: &MacKey,
+    directors: &[SocketAddrV4],
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(usize, Value)> {
+    let mut last = Error::new("no director given");
+    for _ in 0..NOT_YET_KNOWN_TRIES {
+        for (k, &director) in directors.iter().enumerate() {
+            match signed(key, director, method, path, body.as_bytes()) {
+                Ok((200 | 201, answer)) => return Ok((k, answer)),
+                Ok((503, answer)) => last = refusal(503, &answer),
+                Ok((status, answer)) => return Err(refusal(status, &answer)),
+                Err(e) => last = e,
+            }
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    Err(last)
+}
+
+fn follow(config: &PushConfig, first: usize, id: u64, events: &Events) -> Result<()> {
     let give_up = Instant::now() + config.deadline + GRACE;
     let mut view = render::Follow::new(!config.json, events);
     let mut last_error = None;
+    // The director that took the job, then (should it fail) the others in turn:
+    // every director on a shared store shows every job.
+    let mut at = first;
     loop {
-        match get(config.director, &format!("/v1/jobs/{id}")) {
+        match get(config.directors[at], &format!("/v1/jobs/{id}")) {
             Ok((200, job)) => {
                 last_error = None;
                 view.update(&job);
@@ -179,13 +189,20 @@ fn follow(config: &PushConfig, id: u64, events: &Events) -> Result<()> {
                     }
                 }
             }
-            Ok((status, answer)) => return Err(refusal(status, &answer)),
-            Err(e) => {
-                // The director may be restarting: its store keeps the job.
+            Ok((status, answer)) if status != 404 => return Err(refusal(status, &answer)),
+            // The director may be restarting (its store keeps the job), gone
+            // (another on a shared store shows it), or following a shared store
+            // from a moment ago (it does not know the job yet): ask the others.
+            unanswered => {
+                let e = match unanswered {
+                    Ok((_, answer)) => refusal(404, &answer),
+                    Err(e) => e,
+                };
                 if last_error.is_none() {
                     log::warn!("{e}; asking again");
                 }
                 last_error = Some(e);
+                at = (at + 1) % config.directors.len();
             }
         }
         if Instant::now() >= give_up {
@@ -231,21 +248,26 @@ fn missing(id: u64, state: JobState, job: &Value) -> Error {
 
 /// `jobs`: every job, or one with its nodes; `cancel` stops it (needs `key`).
 pub fn jobs(
-    director: SocketAddrV4,
+    directors: &[SocketAddrV4],
     id: Option<u64>,
     cancel: Option<MacKey>,
     json: bool,
 ) -> Result<()> {
     if let (Some(key), Some(id)) = (&cancel, id) {
-        let (status, answer) = signed(key, director, "DELETE", &format!("/v1/jobs/{id}"), b"")?;
-        if status != 200 {
-            return Err(refusal(status, &answer));
-        }
+        change(key, directors, "DELETE", &format!("/v1/jobs/{id}"), "")?;
         println!("job {id} cancelled");
         return Ok(());
     }
     let path = id.map_or("/v1/jobs".to_string(), |id| format!("/v1/jobs/{id}"));
-    let (status, answer) = get(director, &path)?;
+    // The first director that answers.
+    let mut answered = Err(Error::new("no director given"));
+    for &director in directors {
+        answered = get(director, &path);
+        if answered.is_ok() {
+            break;
+        }
+    }
+    let (status, answer) = answered?;
     if status != 200 {
         return Err(refusal(status, &answer));
     }

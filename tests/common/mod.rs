@@ -237,3 +237,31 @@ pub fn channels_listed(listing: &str) -> std::collections::HashSet<&str> {
         .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("239.")))
         .collect()
 }
+
+/// GET `path` from `ip:port` inside host `host` of `lab` (bash's /dev/tcp: the
+/// lab's addresses are reachable only from its namespaces); the JSON body.
+pub fn http_get_in(
+    lab: &Lab,
+    host: &str,
+    ip: &str,
+    port: u16,
+    path: &str,
+) -> Option<serde_json::Value> {
+    let script = format!(
+        "exec 3<>/dev/tcp/{ip}/{port} && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+    );
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("{}-{host}", lab.prefix),
+            "bash",
+            "-c",
+            &script,
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (_, body) = text.split_once("\r\n\r\n")?;
+    serde_json::from_str(body).ok()
+}

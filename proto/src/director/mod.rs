@@ -164,6 +164,11 @@ pub struct Director {
     jobs: JobTable,
     /// Checks job requests (None: every one is refused).
     api: Option<ApiAuth>,
+    /// Whether this director schedules jobs (one of several on a shared store
+    /// does; the others follow the store, §10.5).
+    scheduling: bool,
+    /// The API address of the director that schedules, when another does.
+    leader: Option<String>,
     /// A moment and the wall-clock time then (ms since the Unix epoch).
     wall: (Instant, u64),
     /// Recent look-ups by (receiver, file), at most `MAX_RECEIVERS`.
@@ -194,6 +199,8 @@ impl Director {
             nodes: HashMap::new(),
             jobs: JobTable::default(),
             api: jobs_api_key.map(ApiAuth::new),
+            scheduling: true,
+            leader: None,
             wall: (now, 0),
             director_key,
             directory_key,
@@ -426,9 +433,11 @@ impl Director {
         }
         if turn {
             self.check_nodes(now);
-            let wall = self.wall_ms(now);
-            self.jobs.expire(wall);
-            self.drain_job_changes();
+            if self.scheduling {
+                let wall = self.wall_ms(now);
+                self.jobs.expire(wall);
+                self.drain_job_changes();
+            }
         }
     }
 

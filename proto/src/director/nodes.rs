@@ -81,10 +81,13 @@ impl Director {
                 address: from,
             });
         }
-        for report in &r.jobs {
-            self.jobs.report(&r.node, report, wall);
+        if self.scheduling {
+            for report in &r.jobs {
+                self.jobs.report(&r.node, report, wall);
+            }
         }
-        if answered.is_some_and(|at| now < at + ANSWER_EVERY) {
+        // Only the scheduling director moves jobs and answers (§10.5).
+        if !self.scheduling || answered.is_some_and(|at| now < at + ANSWER_EVERY) {
             return;
         }
         if let Some(n) = self.nodes.get_mut(&r.node) {
@@ -129,6 +132,7 @@ impl Director {
     /// known; returns its id.
     pub fn create_job(&mut self, now: Instant, spec: JobSpec) -> Result<u64, JobError> {
         crate::jobs::check_spec(&spec)?;
+        self.check_scheduling()?;
         let young = now < self.started + HEARTBEAT_INTERVAL * 2;
         if let Some(f) = spec.files.iter().find(|f| self.carrying(f).is_empty()) {
             return Err(match young {
@@ -151,6 +155,7 @@ impl Director {
 
     /// Cancels a job; its reachable agents are told at once, the others at their next REGISTER.
     pub fn cancel_job(&mut self, now: Instant, id: u64) -> Result<(), JobError> {
+        self.check_scheduling()?;
         let active = self
             .jobs
             .get(id)
@@ -182,6 +187,35 @@ impl Director {
             let datagram = wire::encode_assign(&self.director_key, n.instance, &a);
             self.out.push_back((n.address, datagram));
         }
+    }
+
+    fn check_scheduling(&self) -> Result<(), JobError> {
+        match self.scheduling {
+            true => Ok(()),
+            false => Err(JobError::NotLeader(self.leader.clone())),
+        }
+    }
+
+    /// Makes this director schedule jobs (the only one of several on a shared
+    /// store), or follow the store, whose scheduler's API is at `leader`.
+    pub fn set_scheduling(&mut self, scheduling: bool, leader: Option<String>) {
+        self.scheduling = scheduling;
+        self.leader = leader;
+    }
+
+    /// Whether this director schedules jobs.
+    pub fn scheduling(&self) -> bool {
+        self.scheduling
+    }
+
+    /// The API address of the director that schedules, when another does and it is known.
+    pub fn leader(&self) -> Option<&str> {
+        self.leader.as_deref()
+    }
+
+    /// Replaces every job with the store's (a director that does not schedule).
+    pub fn replace_jobs(&mut self, jobs: Vec<Job>) {
+        self.jobs.replace_all(jobs);
     }
 
     /// Puts back a job from the store (on start).

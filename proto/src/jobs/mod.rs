@@ -173,6 +173,9 @@ pub enum JobError {
     NoSuchJob(u64),
     /// The request's tag, time or nonce did not pass (§10.4).
     Unauthenticated(&'static str),
+    /// This director does not schedule jobs now (another one does: its API
+    /// address, if known).
+    NotLeader(Option<String>),
 }
 
 impl std::fmt::Display for JobError {
@@ -185,6 +188,8 @@ impl std::fmt::Display for JobError {
             JobError::Full(why) => write!(f, "too many jobs: {why}"),
             JobError::NoSuchJob(id) => write!(f, "no job {id}"),
             JobError::Unauthenticated(why) => write!(f, "request refused: {why}"),
+            JobError::NotLeader(Some(at)) => write!(f, "this director does not schedule jobs now; {at} does"),
+            JobError::NotLeader(None) => f.write_str("this director does not schedule jobs now, and no director does yet; try again"),
         }
     }
 }
@@ -262,6 +267,16 @@ pub struct JobTable {
 }
 
 impl JobTable {
+    /// Replaces every job with `jobs` (a director that does not schedule,
+    /// following the store); nothing becomes dirty.
+    pub fn replace_all(&mut self, jobs: Vec<Job>) {
+        self.jobs.clear();
+        self.dirty.clear();
+        for job in jobs {
+            self.restore(job);
+        }
+    }
+
     /// Puts back a stored job (on a director's start).
     pub fn restore(&mut self, job: Job) {
         self.next_id = self.next_id.max(job.id + 1);

@@ -550,3 +550,31 @@ fn a_new_job_reaches_reachable_agents_at_once_and_a_cancel_too() {
     }
     assert_eq!(cancelled, 2);
 }
+
+#[test]
+fn a_director_that_does_not_schedule_answers_no_agent_and_refuses_jobs() {
+    let mut site = Site::new(&["a"]);
+    site.run(2500);
+    let id = site.director.create_job(site.now, spec(&["a"])).unwrap();
+    let job = site.director.job(id).unwrap().clone();
+    // (What creation sent at once is lost.)
+    while site.director.poll_transmit().is_some() {}
+    site.director
+        .set_scheduling(false, Some("10.0.0.9:7791".into()));
+    site.director.replace_jobs(vec![job.clone()]);
+    let events = site.run(2000);
+    // Its REGISTERs keep the node known, but no ASSIGN comes and no report counts.
+    assert!(fetches(&events).is_empty(), "{events:?}");
+    assert!(site.director.node("a").unwrap().reachable);
+    assert_eq!(site.director.job(id), Some(&job));
+    let e = site
+        .director
+        .create_job(site.now, spec(&["a"]))
+        .unwrap_err();
+    assert_eq!(e, JobError::NotLeader(Some("10.0.0.9:7791".into())));
+    assert!(site.director.cancel_job(site.now, id).is_err());
+    // Taking over: the next REGISTERs are answered.
+    site.director.set_scheduling(true, None);
+    let events = site.run(1500);
+    assert_eq!(fetches(&events), [0]);
+}

@@ -1,0 +1,134 @@
+//! Where a director keeps its jobs: nowhere (memory only), a redb file in its
+//! state directory (one director), or etcd (several directors, one of them
+//! elected to schedule: `etcd`).
+
+use super::jobs::{job_from_json, job_json};
+use crate::error::{Context, Error, Result};
+use loopcast_proto::director::Director;
+use loopcast_proto::jobs::Job;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde_json::Value;
+use std::path::Path;
+
+/// Job id → the job's JSON.
+const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
+
+/// A director's job store.
+pub enum Store {
+    /// Jobs live in memory and die with the process.
+    Memory,
+    /// `--state DIR`: a redb file.
+    Redb(RedbStore),
+    /// `--etcd URL,…`: shared by several directors.
+    #[cfg(feature = "etcd")]
+    Etcd(super::etcd::EtcdStore),
+}
+
+impl Store {
+    /// Stores the jobs changed in `d` since the last save (a job it no longer
+    /// holds is removed). A director that does not schedule stores nothing.
+    pub fn save_changed(&self, d: &mut Director) -> Result<()> {
+        match self {
+            Store::Memory => {
+                d.take_dirty_jobs();
+                Ok(())
+            }
+            Store::Redb(s) => s.save_changed(d),
+            #[cfg(feature = "etcd")]
+            Store::Etcd(s) => s.save_changed(d),
+        }
+    }
+
+    /// Whether a failed save should stop the director (a local disk error),
+    /// rather than be logged (etcd, where losing leadership is routine).
+    pub fn failure_is_fatal(&self) -> bool {
+        matches!(self, Store::Redb(_))
+    }
+
+    /// The store's kind, for the status API.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::Memory => "memory",
+            Store::Redb(_) => "redb",
+            #[cfg(feature = "etcd")]
+            Store::Etcd(_) => "etcd",
+        }
+    }
+}
+
+/// The records of jobs `ids` as `d` holds them (None: removed).
+pub fn records(d: &Director, ids: &[u64]) -> Vec<(u64, Option<String>)> {
+    ids.iter()
+        .map(|&id| (id, d.job(id).map(|j| job_json(j, None).to_string())))
+        .collect()
+}
+
+/// A job from its stored record.
+pub fn parse_record(bytes: &[u8]) -> Option<Job> {
+    serde_json::from_slice::<Value>(bytes)
+        .ok()
+        .and_then(|v| job_from_json(&v))
+}
+
+/// Jobs kept across restarts in `DIR/jobs.redb`.
+pub struct RedbStore {
+    db: Database,
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store in `dir`, a directory of ours (created 0700 if missing).
+    pub fn open(dir: &Path) -> Result<RedbStore> {
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .context(|| format!("cannot create {}", parent.display()))?;
+        }
+        crate::storage::own_dir(dir)?;
+        let path = dir.join("jobs.redb");
+        let db = Database::create(&path)
+            .context(|| format!("cannot open the job store {}", path.display()))?;
+        Ok(RedbStore { db })
+    }
+
+    /// Every job stored.
+    pub fn load(&self) -> Result<Vec<Job>> {
+        let fail =
+            |e: &dyn std::fmt::Display| Error::new(format!("cannot read the job store: {e}"));
+        let txn = self.db.begin_read().map_err(|e| fail(&e))?;
+        let table = match txn.open_table(JOBS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(fail(&e)),
+        };
+        let mut jobs = Vec::new();
+        for entry in table.iter().map_err(|e| fail(&e))? {
+            let (id, bytes) = entry.map_err(|e| fail(&e))?;
+            let job = parse_record(bytes.value())
+                .ok_or_else(|| fail(&format!("job {} is not readable", id.value())))?;
+            jobs.push(job);
+        }
+        Ok(jobs)
+    }
+
+    /// Stores the jobs changed in `d` since the last save, as it holds them now
+    /// (a job it no longer holds is removed), in one transaction.
+    pub fn save_changed(&self, d: &mut Director) -> Result<()> {
+        let ids = d.take_dirty_jobs();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let fail =
+            |e: &dyn std::fmt::Display| Error::new(format!("cannot write the job store: {e}"));
+        let txn = self.db.begin_write().map_err(|e| fail(&e))?;
+        {
+            let mut table = txn.open_table(JOBS).map_err(|e| fail(&e))?;
+            for (id, record) in records(d, &ids) {
+                match record {
+                    Some(json) => table.insert(id, json.as_bytes()).map(drop),
+                    None => table.remove(id).map(drop),
+                }
+                .map_err(|e| fail(&e))?;
+            }
+        }
+        txn.commit().map_err(|e| fail(&e))
+    }
+}
