@@ -1,8 +1,8 @@
 //! Distribution jobs in the namespace lab (root only; see `lab.rs`): a director
 //! and an on-demand server on s, six agents on r1-r6, and pushes: to all six
 //! (timed against one receiver alone), two at once from two clients, to all six
-//! with one agent killed mid-file and restarted, and to a node whose agent is
-//! gone.
+//! with one agent killed mid-file and restarted and one hearing no multicast,
+//! and to a node whose agent is gone.
 
 mod common;
 
@@ -212,7 +212,9 @@ fn six_agents_take_a_push_survive_a_killed_agent_share_two_jobs_and_a_silent_nod
     }
 
     // A push to all six; node-3's agent is killed once it holds part of the
-    // file, and started again a second later.
+    // file, and started again a second later; node-5 hears no multicast at all
+    // from now on, so its receiver moves to a unicast stream.
+    lab.script(&["block-multicast", "r5"]);
     let (log, args) = push("four.bin", &all, "push-4.log");
     let four = lab.start("s", &log, &args.each_ref().map(String::as_str));
     let wait_start = Instant::now();
@@ -232,12 +234,20 @@ fn six_agents_take_a_push_survive_a_killed_agent_share_two_jobs_and_a_silent_nod
     agents[2] = lab.start("r3", &d.join("agent-3b.log"), &args3);
     let status = lab.wait(four, Duration::from_secs(100));
     let shown = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{shown}");
+    let five = std::fs::read_to_string(d.join("agent-5.log")).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{shown}\nnode-5: {five}"
+    );
     for out in &outs {
         assert!(std::fs::read(out.join("four.bin")).unwrap() == four_data);
     }
     let again = std::fs::read_to_string(d.join("agent-3b.log")).unwrap();
     assert!(again.contains("resuming"), "node-3 started over: {again}");
+    assert!(
+        five.contains("four.bin: no multicast heard; asking 10.77.0.1:7700 for a unicast stream"),
+        "node-5 did not move to unicast: {five}"
+    );
 
     // node-6's agent is gone: a push naming it ends at its deadline, exit 5,
     // naming node-6 and no other.

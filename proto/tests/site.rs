@@ -93,3 +93,31 @@ fn six_unicast_receivers_split_three_and_three_over_two_servers_taking_three_eac
     }
     assert_eq!(per_server, [3, 3]);
 }
+
+/// A receiver told only the director, which no multicast reaches: its server
+/// answers its listing request by unicast, so it is alive; the receiver asks it
+/// for a unicast stream rather than giving it up (and looking it up again in a
+/// loop, which is what it did before).
+#[test]
+fn a_directed_receiver_that_hears_no_multicast_takes_a_unicast_stream_from_the_server_named() {
+    let mut lan = Lan::new(one_file(2_000_000), |_| {});
+    lan.add_director(|_| {});
+    let name = lan.files[0].manifest.name.clone();
+    let wanted = name.clone();
+    let node = lan.add_node(
+        move |c| {
+            c.names = vec![wanted];
+            c.directors = vec![DIRECTOR];
+        },
+        false,
+    );
+    let delivered = |l: &Lan| l.delivered(node, &name);
+    assert!(lan.run_until(Duration::from_secs(30), delivered));
+    assert!(lan.body_matches(node, 0));
+    let r = &lan.nodes[node].session.receptions()[0];
+    assert!(r.stream_server().is_some(), "not by a unicast stream");
+    let events = format!("{:?}", lan.nodes[node].events);
+    assert!(!events.contains("ServerLost"), "{events}");
+    let answered = lan.director.as_ref().unwrap().stats().answered;
+    assert!(answered <= 2, "{answered} look-ups answered");
+}

@@ -4,7 +4,8 @@
 //! servers carry the same archive).
 
 use super::{
-    ClientError, ClientEvent, Phase, REQUEST_RETRY, SESSION_SILENCE, Session, Transmit, Via,
+    ClientError, ClientEvent, Fallback, Phase, REQUEST_RETRY, SESSION_SILENCE, Session, Transmit,
+    Via,
 };
 use crate::wire::{self, Direction, Directions, Found, MacKey, Packet, Redirect};
 use rand::Rng;
@@ -25,6 +26,10 @@ struct Ask {
     asking: Option<(SocketAddrV4, Instant, Instant)>,
     /// Servers that went silent while followed or asked.
     given_up: HashSet<SocketAddrV4>,
+    /// When a server was last given up: the next is given up no sooner than
+    /// `SESSION_SILENCE` later, so that a server named again at once (the
+    /// only one there is) is not left again in a tight loop of look-ups.
+    lost_at: Option<Instant>,
     /// The nonce of the last answer taken: a director's REDIRECT must echo it,
     /// and is taken once.
     answered: Option<u64>,
@@ -61,6 +66,7 @@ impl Directed {
                         servers: Vec::new(),
                         asking: None,
                         given_up: HashSet::new(),
+                        lost_at: None,
                         answered: None,
                         moving_to: None,
                     };
@@ -211,16 +217,28 @@ impl Session {
     pub(super) fn directed_timers(&mut self, now: Instant) {
         let names: Vec<String> = self.directed.asks.keys().cloned().collect();
         for name in names {
-            let following = (self.receptions.iter())
-                .find(|r| r.entry.name == name && r.phase == Phase::Receiving)
-                .map(|r| {
-                    (
-                        self.servers.get(&r.fsm.session_id()).copied(),
-                        r.silent(now),
-                    )
-                });
+            let reception = (self.receptions.iter())
+                .position(|r| r.entry.name == name && r.phase == Phase::Receiving);
+            let following = reception.map(|id| {
+                let r = &self.receptions[id];
+                (
+                    self.servers.get(&r.fsm.session_id()).copied(),
+                    r.silent(now),
+                )
+            });
+            // A server followed whose session was never heard on multicast, and
+            // which is not streaming to us yet: it answered our listing request by
+            // unicast, so it is alive and multicast does not reach us (§9.2).
+            let unreached = reception.filter(|&id| {
+                let r = &self.receptions[id];
+                r.fsm.last_heard().is_none() && r.stream.is_none() && r.server.is_some()
+            });
             let done = (self.receptions.iter())
                 .any(|r| r.entry.name == name && r.phase != Phase::Receiving);
+            if let (Some(id), Some((Some(_), true))) = (unreached, following) {
+                self.fall_back(now, id, Fallback::NoMulticast);
+                continue;
+            }
             let ask = self.directed.asks.get_mut(&name).expect("listed above");
             if done {
                 ask.asking = None;
@@ -247,7 +265,10 @@ impl Session {
                 }
                 // Following a live server: nothing to ask for.
                 Some((Some(_), false)) => ask.asking = None,
-                Some((Some(server), true)) if !ask.given_up.contains(&server) => {
+                Some((Some(server), true))
+                    if !ask.given_up.contains(&server)
+                        && ask.lost_at.is_none_or(|at| now >= at + SESSION_SILENCE) =>
+                {
                     lost = Some(server);
                 }
                 // The server asked has not listed the file in time.
@@ -260,6 +281,7 @@ impl Session {
                 }
             }
             if let Some(server) = lost {
+                ask.lost_at = Some(now);
                 ask.given_up.insert(server);
                 ask.servers.retain(|s| s.server != server);
                 ask.asking = ask.servers.first().map(|s| (s.server, now, now));

@@ -267,6 +267,8 @@ impl Session {
             next_request: now,
         });
         r.last_data = now;
+        // The stream has its own time to speak before its server counts as silent.
+        r.listening_from = r.listening_from.max(now);
         r.fsm.set_nak_mode(NakMode::Immediate);
         self.events.push_back(ClientEvent::FellBack {
             reception: id,
