@@ -515,3 +515,56 @@ fn a_job_survives_a_director_restart_and_can_be_cancelled() {
     let out = site.jobs(&["99", "--cancel", "-k", path(&site.key)]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
 }
+
+#[test]
+fn a_push_of_a_file_on_this_host_serves_it_itself_until_the_job_ends() {
+    let site = Site::new(137);
+    let (image, data) = site.file("local.bin", 2_000_000);
+    let _director = site.director(false);
+    let _agents: Vec<Running> = ["a", "b"].iter().map(|n| site.agent(n, &[])).collect();
+    // No server: the push serves the file itself, on this test's own group.
+    let start = Instant::now();
+    while get(&site.director_http(), "/v1/nodes")
+        .is_none_or(|v| v.as_array().is_none_or(|a| a.len() < 2))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "agents not heard"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let group = format!("239.255.{}.1:{}", site.n, site.base() + 2);
+    let out = site.push(
+        &[path(&image)],
+        "a,b",
+        &["-i", "127.0.0.1", "-g", &group, "--deadline", "60s"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("complete: 2 of 2 node(s) done"),
+        "{}",
+        stdout(&out)
+    );
+    for node in ["a", "b"] {
+        assert_eq!(
+            std::fs::read(site.out(node).join("local.bin")).unwrap(),
+            data
+        );
+    }
+    // Its server ended with it: the director stops listing the file within
+    // its 3 s heartbeat silence.
+    let start = Instant::now();
+    while get(&site.director_http(), "/v1/files")
+        .is_some_and(|f| f.as_array().is_some_and(|a| !a.is_empty()))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the push's server outlived it"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // With --detach it is refused: nothing would serve the file after the push.
+    let out = site.push(&[path(&image)], "a", &["--detach"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--detach cannot push files of this host"));
+}

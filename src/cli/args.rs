@@ -356,7 +356,9 @@ pub(super) struct AgentArgs {
 
 #[derive(Args, Debug)]
 pub(super) struct PushArgs {
-    /// Names of files on air (as `ls` shows them).
+    /// Files to push: names of files on air (as `ls` shows them), or files on
+    /// this host, which the push serves itself (on demand, heartbeating to the
+    /// director) until the job ends.
     #[arg(required = true)]
     pub(super) files: Vec<String>,
     /// Master key file of the site (the request is tagged with it).
@@ -380,9 +382,16 @@ pub(super) struct PushArgs {
     /// Fastest channel the nodes take, bits/s (e.g. 200M). Default: the fastest on offer.
     #[arg(long, value_parser = parse_rate)]
     pub(super) rate: Option<u64>,
-    /// Create the job, print its id and exit without following it.
+    /// Create the job, print its id and exit without following it (not with
+    /// files of this host: their server lives as long as the push).
     #[arg(long)]
     pub(super) detach: bool,
+    /// For files of this host: the interface to serve on (a name or an IPv4 address).
+    #[arg(short, long, value_name = "IF")]
+    pub(super) interface: Option<String>,
+    /// For files of this host: the directory group to serve on.
+    #[arg(short, long, value_name = "G:P")]
+    pub(super) group: Option<String>,
     /// Print events (job created, node progress, job end) as JSON lines on stdout.
     #[arg(long)]
     pub(super) json: bool,

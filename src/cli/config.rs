@@ -146,7 +146,27 @@ fn host_name() -> Result<String> {
 }
 
 /// `push`'s arguments, checked: targets (a list or @FILE), names, repeats.
-pub(super) fn push(a: PushArgs) -> Result<PushConfig> {
+pub(super) fn push(mut a: PushArgs) -> Result<PushConfig> {
+    // Files of this host are served by the push, under their own names.
+    let mut serve = Vec::new();
+    for file in a.files.iter_mut() {
+        let local = std::path::Path::new(file.as_str());
+        if !local.is_file() {
+            continue;
+        }
+        let name = (local.file_name())
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| usage(format!("{file:?}: not a file name loopcast can serve")))?
+            .to_owned();
+        serve.push(local.to_path_buf());
+        *file = name;
+    }
+    if a.detach && !serve.is_empty() {
+        return Err(usage(
+            "--detach cannot push files of this host: their server lives as long as the push"
+                .into(),
+        ));
+    }
     let targets: Vec<String> = match a.to.strip_prefix('@') {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -176,6 +196,10 @@ pub(super) fn push(a: PushArgs) -> Result<PushConfig> {
         max_rate_bps: a.rate.unwrap_or(0),
         detach: a.detach,
         json: a.json,
+        serve,
+        key_path: a.key,
+        interface: a.interface,
+        group: a.group,
     })
 }
 

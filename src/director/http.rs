@@ -22,6 +22,7 @@ use tiny_http::{Header, Method, Response, Server};
 /// Starts the API on `address`; it serves until the process ends.
 pub fn serve(
     address: SocketAddrV4,
+    listen: SocketAddrV4,
     director: Arc<Mutex<Director>>,
     store: Arc<Store>,
 ) -> crate::error::Result<()> {
@@ -34,7 +35,8 @@ pub fn serve(
                 let (status, kind, body) = match request.method() {
                     Method::Get => {
                         let d = super::lock(&director);
-                        match page(&d, &store, request.url(), Instant::now()) {
+                        let status = Status { store: &store, listen };
+                        match page(&d, &status, request.url(), Instant::now()) {
                             Some((status, kind, body)) => (status, kind, body),
                             None => (
                                 404,
@@ -116,10 +118,18 @@ fn from_hex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// What the status page tells beyond the director machine.
+pub struct Status<'a> {
+    /// The job store.
+    pub store: &'a Store,
+    /// The UDP address heartbeats, look-ups and REGISTERs go to.
+    pub listen: SocketAddrV4,
+}
+
 /// The page at `url`: (status, content type, body), or None for an unknown path.
 pub fn page(
     d: &Director,
-    store: &Store,
+    status: &Status<'_>,
     url: &str,
     now: Instant,
 ) -> Option<(u16, &'static str, String)> {
@@ -131,7 +141,8 @@ pub fn page(
         "/v1/nodes" => (200, jobs::nodes(d, now)),
         "/v1/status" => (
             200,
-            json!({"scheduling": d.scheduling(), "scheduler": d.leader(), "store": store.kind()}),
+            json!({"scheduling": d.scheduling(), "scheduler": d.leader(),
+                   "store": status.store.kind(), "listen": status.listen.to_string()}),
         ),
         "/metrics" => return Some((200, "text/plain; version=0.0.4", metrics(d))),
         _ => jobs::show(d, path)?,

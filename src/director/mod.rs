@@ -65,7 +65,7 @@ pub fn run(config: DirectorConfig) -> Result<()> {
     let director = Arc::new(Mutex::new(d));
     let store = Arc::new(open_store(&config, &director)?);
     if let Some(address) = config.http {
-        http::serve(address, director.clone(), store.clone())?;
+        http::serve(address, config.listen, director.clone(), store.clone())?;
         log::info!(
             "HTTP API on http://{address}/v1/servers (also /v1/files, /v1/receivers, /v1/jobs, /v1/nodes, /v1/status, /metrics)"
         );

@@ -2,6 +2,7 @@
 //! creates a job (a tagged POST, spec §10.4), then follows it until every
 //! target is done or the job ends; `jobs` lists, shows and cancels jobs.
 
+mod local;
 mod render;
 
 use crate::error::{EXIT_NOT_CARRIED, Error, Result};
@@ -38,6 +39,14 @@ pub struct PushConfig {
     pub max_rate_bps: u64,
     /// Create the job and exit, without following it.
     pub detach: bool,
+    /// Files on this host to serve for the job (their names are in `files`).
+    pub serve: Vec<std::path::PathBuf>,
+    /// The site key file (for serving them).
+    pub key_path: std::path::PathBuf,
+    /// `serve --interface` for them.
+    pub interface: Option<String>,
+    /// `serve --group` for them.
+    pub group: Option<String>,
     /// Print events as JSON lines on stdout.
     pub json: bool,
 }
@@ -119,6 +128,15 @@ pub fn push(config: PushConfig) -> Result<()> {
     let body = json!({"files": config.files, "targets": config.targets,
                       "deadline_s": config.deadline.as_secs(), "max_rate_bps": config.max_rate_bps});
     let body = body.to_string();
+    // Files of this host are served by this push, until the job ends.
+    let _server = match config.serve.is_empty() {
+        true => None,
+        false => {
+            let mut server = local::LocalServer::start(&config, director_udp(&config.directors)?)?;
+            server.wait_listed(&config.directors, &config.files, config.deadline)?;
+            Some(server)
+        }
+    };
     let (director, job) = change(&config.key, &config.directors, "POST", "/v1/jobs", &body)?;
     let id = job["id"].as_u64().unwrap_or(0);
     let events = Events::new(config.json);
@@ -137,6 +155,31 @@ pub fn push(config: PushConfig) -> Result<()> {
         return Ok(());
     }
     follow(&config, director, id, &events)
+}
+
+/// Where the directors take heartbeats: the first that answers tells its UDP
+/// address (`/v1/status`); an unspecified one means the address its API was reached at.
+fn director_udp(directors: &[SocketAddrV4]) -> Result<SocketAddrV4> {
+    let mut last = Error::new("no director given");
+    for &api in directors {
+        match get(api, "/v1/status") {
+            Ok((200, status)) => {
+                let listen: Option<SocketAddrV4> =
+                    status["listen"].as_str().and_then(|l| l.parse().ok());
+                if let Some(listen) = listen {
+                    let ip = match listen.ip().is_unspecified() {
+                        true => *api.ip(),
+                        false => *listen.ip(),
+                    };
+                    return Ok(SocketAddrV4::new(ip, listen.port()));
+                }
+                last = Error::new(format!("the director at {api} does not tell its address"));
+            }
+            Ok((status, answer)) => last = refusal(status, &answer),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Sends a request that changes jobs to the director that schedules: each in

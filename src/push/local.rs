@@ -1,0 +1,123 @@
+//! A push of files on this host: `push` serves them itself — a `loopcast serve`
+//! child heartbeating to the director, on demand — for as long as the job runs.
+
+use super::PushConfig;
+use crate::error::{Error, Result};
+use std::net::SocketAddrV4;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long the local server has to stop after SIGTERM before it is killed.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// The `serve` child; stopped (SIGTERM, by its PID) when dropped.
+pub struct LocalServer {
+    child: Child,
+}
+
+impl LocalServer {
+    /// Starts serving `config.serve`, heartbeating to the director at `udp`.
+    pub fn start(config: &PushConfig, udp: SocketAddrV4) -> Result<LocalServer> {
+        let exe = std::env::current_exe()
+            .map_err(|e| Error::new(format!("cannot find this program to serve with: {e}")))?;
+        let mut command = Command::new(exe);
+        command
+            .arg("serve")
+            .args(&config.serve)
+            .arg("-k")
+            .arg(&config.key_path)
+            .arg("--director")
+            .arg(udp.to_string())
+            .arg("--on-demand");
+        if let Some(interface) = &config.interface {
+            command.arg("--interface").arg(interface);
+        }
+        if let Some(group) = &config.group {
+            command.arg("--group").arg(group);
+        }
+        if config.max_rate_bps > 0 {
+            command.arg("--rate").arg(config.max_rate_bps.to_string());
+        }
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "warn"); // its receivers' comings and goings are not the push's
+        }
+        // SAFETY: prctl is async-signal-safe; the server dies with the push (which
+        // forks it from its only thread), even if the push is SIGKILLed.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| Error::new(format!("cannot start serving: {e}")))?;
+        log::info!(
+            "serving {} from this host until the job ends",
+            (config.serve.iter())
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(LocalServer { child })
+    }
+
+    /// Waits until the director lists every one of `names` (packing comes first,
+    /// so a big file takes a while), or the server fails, or `limit` passes.
+    pub fn wait_listed(
+        &mut self,
+        directors: &[SocketAddrV4],
+        names: &[String],
+        limit: Duration,
+    ) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(Error::new(format!(
+                    "serving the files failed ({status}); see its error above"
+                )));
+            }
+            let listed = (directors.iter())
+                .find_map(|&d| super::get(d, "/v1/files").ok())
+                .is_some_and(|(_, files)| {
+                    names.iter().all(|n| {
+                        (files.as_array().into_iter().flatten()).any(|f| f["name"] == n.as_str())
+                    })
+                });
+            if listed {
+                return Ok(());
+            }
+            if start.elapsed() >= limit {
+                return Err(Error::new(format!(
+                    "the director did not list {} within {} s of serving it",
+                    names.join(", "),
+                    limit.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory preconditions; the PID is our unreaped child's.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let start = Instant::now();
+        while start.elapsed() < STOP_WAIT {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
