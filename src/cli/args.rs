@@ -379,7 +379,8 @@ pub(super) struct PushArgs {
     /// How long the nodes have: 90s, 30m, 2h, 1d.
     #[arg(long, default_value = "30m", value_parser = parse_duration)]
     pub(super) deadline: Duration,
-    /// Fastest channel the nodes take, bits/s (e.g. 200M). Default: the fastest on offer.
+    /// Fastest channel the nodes take, bits/s (e.g. 200M), and the rate files
+    /// of this host are served at. Default: the fastest on offer (and serve's 100M).
     #[arg(long, value_parser = parse_rate)]
     pub(super) rate: Option<u64>,
     /// Create the job, print its id and exit without following it (not with
