@@ -9,7 +9,6 @@ use super::{Bodies, pack};
 use crate::ReceivedMap;
 use crate::archive::{FramePlace, decode_table, open_frame};
 use crate::client::{self, ClientConfig, Command, Session};
-use crate::director::{Director, MAX_SERVERS};
 use crate::receiver::ResumePoint;
 use crate::server::{
     BatchLimits, ChannelSpec, Endpoint, FileSpec, MAX_RECEIVERS, Origin, ServerConfig,
@@ -31,6 +30,8 @@ const MAX_CLIENTS: usize = 4;
 /// The node and job of the REGISTER and ASSIGN seeds.
 const FUZZ_NODE: &str = "node-1";
 const FUZZ_JOB: u64 = 77;
+
+mod director;
 
 /// One small file, its keys and its channel.
 pub struct World {
@@ -421,84 +422,6 @@ impl World {
             }
             if server.unicast_clients() > MAX_CLIENTS {
                 return Err(format!("{} unicast clients", server.unicast_clients()));
-            }
-        }
-        Ok(())
-    }
-
-    /// Runs `steps` into a director; Err names the bound that broke.
-    pub fn drive_director(&self, steps: &[Step]) -> Result<(), String> {
-        let mut now = Instant::now();
-        let mut director = Director::new(
-            self.key.director_mac_key(),
-            self.key.directory_mac_key(),
-            now,
-        );
-        // A job for the seeds' node, so that its REGISTERs are answered.
-        let job = crate::jobs::Job {
-            id: FUZZ_JOB,
-            spec: crate::jobs::JobSpec {
-                files: vec![self.manifest.name.clone(), "other".into()],
-                targets: vec![FUZZ_NODE.into()],
-                deadline_ms: 60_000,
-                max_rate_bps: 0,
-            },
-            created_ms: 0,
-            state: crate::jobs::JobState::Active,
-            nodes: [(
-                FUZZ_NODE.to_string(),
-                crate::jobs::NodeProgress {
-                    state: crate::jobs::NodeState::Waiting,
-                    permille: 0,
-                    failure: wire::JobFailure::None,
-                    moved_ms: 0,
-                },
-            )]
-            .into(),
-        };
-        director.restore_job(job);
-        for s in steps {
-            now += Duration::from_millis(s.dt_ms as u64 * 4);
-            let from = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, s.source), 7000);
-            let datagram = self.datagram(s);
-            director.handle_datagram(now, from, &datagram);
-            director.handle_timeout(now);
-            // Answers go to the asker and are no longer than the question; moves
-            // (REDIRECT, to receivers remembered) are at most one per answer.
-            // ASSIGNs (to a node's REGISTER) may be longer: at most two per job
-            // reported or held (their rate per node is a unit test's).
-            let mut assigned = 0;
-            while let Some((to, answer)) = director.poll_transmit() {
-                let kind = answer.get(3).copied();
-                if kind == Some(PacketType::Assign as u8) && to == from {
-                    assigned += 1;
-                    continue;
-                }
-                let redirect = kind == Some(PacketType::Redirect as u8);
-                if !redirect && (to != from || answer.len() > datagram.len()) {
-                    return Err(format!(
-                        "{} bytes to {to} for {}",
-                        answer.len(),
-                        datagram.len()
-                    ));
-                }
-            }
-            if assigned > 2 * wire::MAX_JOB_REPORTS {
-                return Err(format!("{assigned} ASSIGNs for one REGISTER"));
-            }
-            if director.nodes().count() > crate::director::MAX_NODES {
-                return Err(format!("{} nodes", director.nodes().count()));
-            }
-            let stats = director.stats();
-            if stats.redirects > stats.answered {
-                return Err(format!(
-                    "{} redirects for {} answers",
-                    stats.redirects, stats.answered
-                ));
-            }
-            while director.poll_event().is_some() {}
-            if director.servers().count() > MAX_SERVERS {
-                return Err(format!("{} servers", director.servers().count()));
             }
         }
         Ok(())
