@@ -8,6 +8,8 @@ pub const EXIT_FAILURE: i32 = 1;
 pub const EXIT_TIMEOUT: i32 = 3;
 /// Exit code when a director says no live server carries a wanted file.
 pub const EXIT_NOT_CARRIED: i32 = 4;
+/// Exit code when the output directory has no room for a wanted file.
+pub const EXIT_NO_ROOM: i32 = 6;
 
 /// A failure with a one-line, user-facing reason.
 #[derive(Debug)]

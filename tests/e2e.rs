@@ -563,7 +563,7 @@ fn a_full_disk_is_reported_up_front_and_a_disk_of_1_4x_the_file_is_enough() {
     let out = recv_command(key, g, &small.0, &["--timeout", "30"])
         .output()
         .unwrap();
-    assert_clean_failure(&out, 1, "not enough space");
+    assert_clean_failure(&out, 6, "not enough space");
     let said = stderr(&out);
     assert!(said.contains("it needs 3.4 MiB"), "{said}");
     assert!(!small.0.join("f.bin").exists());

@@ -568,3 +568,49 @@ fn a_push_of_a_file_on_this_host_serves_it_itself_until_the_job_ends() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--detach cannot push files of this host"));
 }
+
+/// Unmounts a small disk when the test ends.
+struct SmallDisk(PathBuf);
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_node_whose_disk_cannot_hold_the_file_is_shown_without_room_and_named_at_the_deadline() {
+    let site = Site::new(138);
+    let (image, _) = site.file("big.bin", 3_000_000);
+    let out = site.out("full");
+    std::fs::create_dir(&out).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&out)
+        .status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        assert!(
+            std::env::var_os("LOOPCAST_LAB_REQUIRED").is_none(),
+            "cannot mount a tmpfs, and LOOPCAST_LAB_REQUIRED is set"
+        );
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    let _disk = SmallDisk(out);
+    let _director = site.director(false);
+    let _server = site.server(&[&image], "100M");
+    let _agent = site.agent("full", &[]);
+    site.wait_ready(&["full"], "big.bin");
+    let out = site.push(&["big.bin"], "full", &["--deadline", "8s"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not done: full (no_room)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("receiving (no_room)"),
+        "{}",
+        stdout(&out)
+    );
+}

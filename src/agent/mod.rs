@@ -6,7 +6,7 @@
 
 mod fetch;
 
-use crate::error::{Context, Result};
+use crate::error::{Context, EXIT_NO_ROOM, Result};
 use crate::events::Events;
 use crate::signals::StopSignals;
 use fetch::{Fetch, FetchNews};
@@ -70,7 +70,8 @@ struct Running {
     /// The `recv` child, or None while waiting to try again.
     fetch: Option<Fetch>,
     retry_at: Option<Instant>,
-    attempts: u32,
+    /// Thousandths held, as its receiver last said (kept across a retry).
+    permille: u16,
 }
 
 /// Runs the agent until SIGINT/SIGTERM.
@@ -115,7 +116,10 @@ pub fn run(config: AgentConfig) -> Result<()> {
     let mut buf = vec![0u8; 65536];
     let result = 'run: loop {
         let now = Instant::now();
-        agent.set_free_bytes(free_bytes(&config.out_dir));
+        if now >= agent.poll_timeout() {
+            let free = crate::storage::free_bytes(&config.out_dir).unwrap_or(0);
+            agent.set_free_bytes(free);
+        }
         agent.handle_timeout(now);
         flush(&mut agent, &socket);
         // What the directors asked.
@@ -135,7 +139,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
                         max_rate_bps,
                         fetch: None,
                         retry_at: Some(now),
-                        attempts: 0,
+                        permille: 0,
                     };
                     start(&config, job, &mut r, now, &news_tx);
                     running.insert(job, r);
@@ -161,6 +165,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
             };
             let end = match news {
                 FetchNews::Progress(permille) => {
+                    r.permille = permille;
                     agent.progress(job, permille, JobFailure::None);
                     None
                 }
@@ -176,7 +181,12 @@ pub fn run(config: AgentConfig) -> Result<()> {
                     );
                     r.fetch = None;
                     r.retry_at = Some(now + RETRY_AFTER);
-                    agent.progress(job, 0, JobFailure::Retrying);
+                    // Room may be made: a full disk is retried too, but told.
+                    let failure = match code {
+                        Some(EXIT_NO_ROOM) => JobFailure::NoRoom,
+                        _ => JobFailure::Retrying,
+                    };
+                    agent.progress(job, r.permille, failure);
                     None
                 }
             };
@@ -243,7 +253,6 @@ fn start(
     if left.is_zero() {
         return;
     }
-    r.attempts += 1;
     match Fetch::start(
         config,
         job,
@@ -268,25 +277,10 @@ fn flush(agent: &mut Agent, socket: &mio::net::UdpSocket) {
     }
 }
 
-/// Bytes free to us in `dir` (0 if it cannot be told).
-fn free_bytes(dir: &std::path::Path) -> u64 {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-        return 0;
-    };
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a NUL-terminated path and a statvfs to fill.
-    if unsafe { libc::statvfs(path.as_ptr(), &mut s) } != 0 {
-        return 0;
-    }
-    (s.f_bavail as u64).saturating_mul(s.f_frsize as u64)
-}
-
 fn state_name(state: AgentJobState, failure: JobFailure) -> &'static str {
     match (state, failure) {
         (AgentJobState::Done, _) => "done",
         (_, JobFailure::HookFailed) => "hook_failed",
-        (_, JobFailure::NoRoom) => "no_room",
         _ => "failed",
     }
 }
@@ -321,7 +315,6 @@ fn read_finished(path: &std::path::Path) -> Vec<(u64, AgentJobState, JobFailure)
             let (state, failure) = match state {
                 "done" => (AgentJobState::Done, JobFailure::None),
                 "hook_failed" => (AgentJobState::Failed, JobFailure::HookFailed),
-                "no_room" => (AgentJobState::Failed, JobFailure::NoRoom),
                 "failed" => (AgentJobState::Failed, JobFailure::None),
                 _ => return None,
             };

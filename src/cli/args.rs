@@ -29,7 +29,8 @@ pub const DEFAULT_DIRECTOR_HTTP_PORT: u16 = 7791;
 /// arguments; 3 a time-out (recv --timeout, ls finding no server); 4 a director
 /// says no live server carries a wanted file (recv --director), or refuses a
 /// job for a file or node it does not know (push); 5 a pushed job ended with
-/// nodes not done (deadline, failure, cancel). A receiver stopped in any way
+/// nodes not done (deadline, failure, cancel); 6 the output directory has no
+/// room for a wanted file (recv). A receiver stopped in any way
 /// keeps its progress: run the same command again to resume.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]

@@ -379,19 +379,22 @@ fn check_space(work_dir: &Path, manifest: &Manifest) -> Result<()> {
         return Ok(());
     }
     let mib = |b: u64| b as f64 / 1048576.0;
-    Err(Error::new(format!(
-        "not enough space in {} for {}: it needs {:.1} MiB (the file, {:.1} MiB, and up to {:.1} MiB for frames waiting for repair), {:.1} MiB are free",
-        work_dir.display(),
-        manifest.name,
-        mib(needed),
-        mib(manifest.original_size),
-        mib(spill),
-        mib(free)
-    )))
+    Err(Error::with_code(
+        format!(
+            "not enough space in {} for {}: it needs {:.1} MiB (the file, {:.1} MiB, and up to {:.1} MiB for frames waiting for repair), {:.1} MiB are free",
+            work_dir.display(),
+            manifest.name,
+            mib(needed),
+            mib(manifest.original_size),
+            mib(spill),
+            mib(free)
+        ),
+        crate::error::EXIT_NO_ROOM,
+    ))
 }
 
 /// Bytes an unprivileged user may still write on `dir`'s file system.
-fn free_bytes(dir: &Path) -> Option<u64> {
+pub fn free_bytes(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     // SAFETY: statvfs is plain old data; all zeroes is a valid value.
