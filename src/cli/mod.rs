@@ -172,13 +172,7 @@ fn ls(n: NetArgs, key: Option<PathBuf>, timeout: u64) -> Result<()> {
 /// `ls --director`: every file the director's servers carry, from its HTTP API.
 fn ls_director(director: &str) -> Result<()> {
     let at = args::resolve_server("--director", director, args::DEFAULT_DIRECTOR_HTTP_PORT)?;
-    let url = format!("http://{at}/v1/files");
-    let body = ureq::get(&url)
-        .call()
-        .and_then(|mut r| r.body_mut().read_to_string())
-        .map_err(|e| Error::new(format!("cannot read {url}: {e}")))?;
-    let files: serde_json::Value = serde_json::from_str(&body)
-        .map_err(|e| Error::new(format!("{url} is not the director's JSON: {e}")))?;
+    let (_, files) = push::get(at, "/v1/files")?;
     let files = files.as_array().cloned().unwrap_or_default();
     if files.is_empty() {
         return Err(Error::timeout(format!(
