@@ -5,7 +5,7 @@
 use super::{Director, DirectorEvent, HEARTBEAT_INTERVAL};
 use crate::jobs::{ApiRequest, Job, JobError, JobSpec, JobState, UNREACHABLE_AFTER_MS};
 use crate::wire::{self, AgentJobState, Assign, AssignAction, MAX_JOB_REPORTS, Register};
-use std::collections::HashMap;
+use std::collections::BTreeSet;
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
@@ -94,18 +94,20 @@ impl Director {
             n.answered = Some(now);
         }
         // Start what it should be fetching and is not; stop what it should not.
-        let receiving: HashMap<u64, AgentJobState> =
-            r.jobs.iter().map(|j| (j.job_id, j.state)).collect();
+        let receiving: BTreeSet<u64> = (r.jobs.iter())
+            .filter(|j| j.state == AgentJobState::Receiving)
+            .map(|j| j.job_id)
+            .collect();
         let mut answers: Vec<Assign> = (self.jobs.active_for(&r.node))
-            .filter(|j| receiving.get(&j.id) != Some(&AgentJobState::Receiving))
+            .filter(|j| !receiving.contains(&j.id))
             .take(MAX_JOB_REPORTS)
             .map(|j| fetch(j, r.sequence, wall))
             .collect();
-        let active: Vec<u64> = self.jobs.active_for(&r.node).map(|j| j.id).collect();
+        let active: BTreeSet<u64> = self.jobs.active_for(&r.node).map(|j| j.id).collect();
         answers.extend(
-            (r.jobs.iter())
-                .filter(|j| j.state == AgentJobState::Receiving && !active.contains(&j.job_id))
-                .map(|j| cancel(j.job_id, r.sequence)),
+            (receiving.iter())
+                .filter(|id| !active.contains(id))
+                .map(|&id| cancel(id, r.sequence)),
         );
         for a in answers {
             let datagram = wire::encode_assign(&self.director_key, instance, &a);
