@@ -30,8 +30,12 @@ impl Render {
         } else {
             config.names.join(", ")
         };
+        let directors: Vec<String> = config.directors.iter().map(|d| d.to_string()).collect();
         match (config.server, config.unicast_only) {
             (Some(server), true) => log::info!("asking {server} for {wanted} by unicast"),
+            _ if !directors.is_empty() => {
+                log::info!("asking {} where {wanted} is carried", directors.join(", "))
+            }
             _ => log::info!("waiting for {wanted} on {}", config.group),
         }
     }
