@@ -183,6 +183,7 @@ pub(super) fn push(mut a: PushArgs) -> Result<PushConfig> {
         targets: targets.clone(),
         deadline_ms: a.deadline.as_millis().min(u64::MAX as u128) as u64,
         max_rate_bps: a.rate.unwrap_or(0),
+        request_id: 0,
     };
     if let Err(e) = loopcast_proto::jobs::check_spec(&spec) {
         return Err(usage(e.to_string()));

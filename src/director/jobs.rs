@@ -63,6 +63,7 @@ pub fn job_json(job: &Job, d: Option<&Director>) -> Value {
     json!({"id": job.id, "state": job.state.name(), "files": job.spec.files,
            "created_ms": job.created_ms, "deadline_ms": job.spec.deadline_ms,
            "deadline_at_ms": job.deadline_at_ms(), "max_rate_bps": job.spec.max_rate_bps,
+           "request_id": job.spec.request_id,
            "counts": counts, "nodes": nodes})
 }
 
@@ -91,6 +92,7 @@ pub fn job_from_json(v: &Value) -> Option<Job> {
             targets: nodes.keys().cloned().collect(),
             deadline_ms: v["deadline_ms"].as_u64()?,
             max_rate_bps: v["max_rate_bps"].as_u64()?,
+            request_id: v["request_id"].as_u64().unwrap_or(0),
         },
         created_ms: v["created_ms"].as_u64()?,
         state: JobState::from_name(v["state"].as_str()?)?,
@@ -175,6 +177,7 @@ fn spec_from(body: &[u8]) -> std::result::Result<JobSpec, JobError> {
         targets: strings("targets")?,
         deadline_ms: deadline_s.saturating_mul(1000),
         max_rate_bps: v["max_rate_bps"].as_u64().unwrap_or(0),
+        request_id: v["request_id"].as_u64().unwrap_or(0),
     })
 }
 
@@ -226,6 +229,7 @@ mod tests {
             targets: vec!["n1".into(), "n2".into()],
             deadline_ms: 5000,
             max_rate_bps: 7,
+            request_id: 9,
         };
         let id = t.create(spec, 1234).unwrap();
         let report = loopcast_proto::wire::JobReport {

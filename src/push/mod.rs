@@ -125,8 +125,12 @@ fn refusal(status: u16, answer: &Value) -> Error {
 
 /// Creates the job, then follows it to its end.
 pub fn push(config: PushConfig) -> Result<()> {
+    // One id for every try of this request: a try whose answer was lost made
+    // the job, and the next gets that job back rather than a second one.
+    let request_id: u64 = rand::random::<u64>().max(1);
     let body = json!({"files": config.files, "targets": config.targets,
-                      "deadline_s": config.deadline.as_secs(), "max_rate_bps": config.max_rate_bps});
+                      "deadline_s": config.deadline.as_secs(), "max_rate_bps": config.max_rate_bps,
+                      "request_id": request_id});
     let body = body.to_string();
     // Files of this host are served by this push, until the job ends.
     let _server = match config.serve.is_empty() {

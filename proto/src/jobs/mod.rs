@@ -35,6 +35,9 @@ pub struct JobSpec {
     pub deadline_ms: u64,
     /// Fastest channel the targets take, bits/s (0: any).
     pub max_rate_bps: u64,
+    /// The client's id for this request (random; 0: none): a request sent
+    /// again with it (its answer was lost) gets the job it made, not another.
+    pub request_id: u64,
 }
 
 /// Where one target is with a job.
@@ -287,6 +290,11 @@ impl JobTable {
     /// files and nodes); returns its id.
     pub fn create(&mut self, spec: JobSpec, now_ms: u64) -> Result<u64, JobError> {
         check_spec(&spec)?;
+        if spec.request_id != 0
+            && let Some(made) = self.all().find(|j| j.spec.request_id == spec.request_id)
+        {
+            return Ok(made.id);
+        }
         if self.active().count() >= MAX_ACTIVE_JOBS {
             return Err(JobError::Full(format!("{MAX_ACTIVE_JOBS} jobs are active")));
         }

@@ -14,6 +14,7 @@ fn spec(targets: &[&str]) -> JobSpec {
         targets: targets.iter().map(|t| t.to_string()).collect(),
         deadline_ms: 60_000,
         max_rate_bps: 0,
+        request_id: 0,
     }
 }
 
@@ -577,4 +578,23 @@ fn a_director_that_does_not_schedule_answers_no_agent_and_refuses_jobs() {
     site.director.set_scheduling(true, None);
     let events = site.run(1500);
     assert_eq!(fetches(&events), [0]);
+}
+
+#[test]
+fn a_request_sent_again_gets_the_job_it_made_not_another() {
+    let mut t = JobTable::default();
+    let asked = JobSpec {
+        request_id: 42,
+        ..spec(&["a"])
+    };
+    let first = t.create(asked.clone(), 1000).unwrap();
+    assert_eq!(t.create(asked.clone(), 2000), Ok(first));
+    assert_eq!(t.all().count(), 1);
+    // Even once the job has ended, and in a table restored from the store.
+    t.cancel(first).unwrap();
+    let mut restored = JobTable::default();
+    restored.restore(t.get(first).unwrap().clone());
+    assert_eq!(restored.create(asked, 3000), Ok(first));
+    // Without an id, each request is a job.
+    assert_ne!(t.create(spec(&["a"]), 4000), t.create(spec(&["a"]), 5000));
 }

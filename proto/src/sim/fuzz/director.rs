@@ -25,6 +25,7 @@ impl World {
                 targets: vec![FUZZ_NODE.into()],
                 deadline_ms: 60_000,
                 max_rate_bps: 0,
+                request_id: 0,
             },
             created_ms: 0,
             state: JobState::Active,
