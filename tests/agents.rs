@@ -217,6 +217,14 @@ fn six_agents_take_a_push_survive_a_killed_agent_share_two_jobs_and_a_silent_nod
     lab.script(&["block-multicast", "r5"]);
     let (log, args) = push("four.bin", &all, "push-4.log");
     let four = lab.start("s", &log, &args.each_ref().map(String::as_str));
+    // Meanwhile a host without the key forges: REGISTERs saying every node is
+    // done, and job requests to create and cancel (T29, T31).
+    let forger = lab.spawn_helper(
+        "r6",
+        "forger",
+        &[("FORGE_DIRECTOR", DIRECTOR), ("FORGE_API", API)],
+        &d.join("forger.log"),
+    );
     let wait_start = Instant::now();
     while !partial_held(&outs[2]) && wait_start.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(20));
@@ -239,9 +247,30 @@ fn six_agents_take_a_push_survive_a_killed_agent_share_two_jobs_and_a_silent_nod
         status.is_some_and(|s| s.success()),
         "{status:?}\n{shown}\nnode-5: {five}"
     );
+    // No forged "done" was taken: every node the push counted done has the file.
     for out in &outs {
         assert!(std::fs::read(out.join("four.bin")).unwrap() == four_data);
     }
+    lab.wait(forger, Duration::from_secs(30));
+    let forged = std::fs::read_to_string(d.join("forger.log")).unwrap_or_default();
+    assert!(
+        forged.contains("forged"),
+        "the forger did not run: {forged}"
+    );
+    let jobs = run_in(&lab, "s", &["jobs", "--json", "--director", API]);
+    let jobs: serde_json::Value = serde_json::from_slice(&jobs.stdout).unwrap();
+    assert_eq!(
+        jobs.as_array().map(Vec::len),
+        Some(4),
+        "a forged request made or changed a job: {jobs:#}"
+    );
+    assert!(
+        jobs.as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["state"] == "complete"),
+        "{jobs:#}"
+    );
     let again = std::fs::read_to_string(d.join("agent-3b.log")).unwrap();
     assert!(again.contains("resuming"), "node-3 started over: {again}");
     assert!(
@@ -276,4 +305,80 @@ fn six_agents_take_a_push_survive_a_killed_agent_share_two_jobs_and_a_silent_nod
         text(&out)
     );
     assert!(std::fs::read(outs[4].join("two.bin")).unwrap() == two_data);
+}
+
+/// The forger (run in a lab host by the test above): for 6 s, REGISTERs under a
+/// key that is not the site's saying each node of each active job is done, and
+/// job requests with made-up tags. Prints what it sent.
+#[test]
+#[ignore]
+fn forger() {
+    use loopcast_proto::wire::{self, AgentJobState, JobFailure, JobReport, MacKey, Register};
+    use std::io::{Read, Write};
+    let (Ok(director), Ok(api)) = (std::env::var("FORGE_DIRECTOR"), std::env::var("FORGE_API"))
+    else {
+        return; // run only by the lab test
+    };
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    let stranger = MacKey::from_bytes([0x5a; 32]);
+    let http = |request: String| -> String {
+        let Ok(mut s) = std::net::TcpStream::connect(&api) else {
+            return String::new();
+        };
+        let _ = s.write_all(request.as_bytes());
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer
+    };
+    let (mut registers, mut requests) = (0, 0);
+    let start = Instant::now();
+    let mut sequence = 1u64 << 40;
+    while start.elapsed() < Duration::from_secs(6) {
+        let listing = http(format!("GET /v1/jobs HTTP/1.0\r\nHost: {api}\r\n\r\n"));
+        let jobs: serde_json::Value = (listing.split_once("\r\n\r\n"))
+            .and_then(|(_, body)| serde_json::from_str(body).ok())
+            .unwrap_or_default();
+        for job in jobs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|j| j["state"] == "active")
+        {
+            let id = job["id"].as_u64().unwrap_or(0);
+            for node in job["nodes"].as_array().into_iter().flatten() {
+                sequence += 1;
+                let r = Register {
+                    sequence,
+                    free_bytes: 0,
+                    node: node["node"].as_str().unwrap_or("x").to_owned(),
+                    jobs: vec![JobReport {
+                        job_id: id,
+                        state: AgentJobState::Done,
+                        permille: 1000,
+                        failure: JobFailure::None,
+                    }],
+                };
+                let _ = socket.send_to(&wire::encode_register(&stranger, 7, &r), &director);
+                registers += 1;
+            }
+            let forged = format!(
+                "DELETE /v1/jobs/{id} HTTP/1.0\r\nX-Loopcast-Issued: {}\r\nX-Loopcast-Nonce: 1\r\nX-Loopcast-Tag: {}\r\nContent-Length: 0\r\n\r\n",
+                loopcast::director::unix_ms(),
+                "00".repeat(16)
+            );
+            http(forged);
+            requests += 1;
+        }
+        let body = r#"{"files": ["payload.bin"], "targets": ["node-1"], "deadline_s": 60}"#;
+        let forged = format!(
+            "POST /v1/jobs HTTP/1.0\r\nX-Loopcast-Issued: {}\r\nX-Loopcast-Nonce: 2\r\nX-Loopcast-Tag: {}\r\nContent-Length: {}\r\n\r\n{body}",
+            loopcast::director::unix_ms(),
+            "ab".repeat(16),
+            body.len()
+        );
+        http(forged);
+        requests += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("forged {registers} REGISTERs and {requests} job requests");
 }
