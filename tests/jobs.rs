@@ -2,6 +2,8 @@
 //! agents and `push` (spec §10). Each test has its own group and ports (131 and
 //! up, apart from e2e.rs's), and kills what it started, pass or fail.
 
+mod common;
+
 use rand::{Rng, SeedableRng};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -569,34 +571,13 @@ fn a_push_of_a_file_on_this_host_serves_it_itself_until_the_job_ends() {
     assert!(stderr(&out).contains("--detach cannot push files of this host"));
 }
 
-/// Unmounts a small disk when the test ends.
-struct SmallDisk(PathBuf);
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_node_whose_disk_cannot_hold_the_file_is_shown_without_room_and_named_at_the_deadline() {
     let site = Site::new(138);
     let (image, _) = site.file("big.bin", 3_000_000);
-    let out = site.out("full");
-    std::fs::create_dir(&out).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&out)
-        .status();
-    if !mounted.is_ok_and(|s| s.success()) {
-        assert!(
-            std::env::var_os("LOOPCAST_LAB_REQUIRED").is_none(),
-            "cannot mount a tmpfs, and LOOPCAST_LAB_REQUIRED is set"
-        );
-        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+    let Some(_disk) = common::SmallDisk::mount(&site.out("full"), "1m") else {
         return;
-    }
-    let _disk = SmallDisk(out);
+    };
     let _director = site.director(false);
     let _server = site.server(&[&image], "100M");
     let _agent = site.agent("full", &[]);

@@ -265,3 +265,34 @@ pub fn http_get_in(
     let (_, body) = text.split_once("\r\n\r\n")?;
     serde_json::from_str(body).ok()
 }
+
+/// A small tmpfs mounted for one test and unmounted when it ends.
+pub struct SmallDisk(pub PathBuf);
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `size` (e.g. "1m") on a new directory `at`; None
+    /// where that cannot be done (not root), which fails under
+    /// LOOPCAST_LAB_REQUIRED (CI runs as root: there the test must not skip).
+    pub fn mount(at: &Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir(at).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status();
+        if mounted.is_ok_and(|s| s.success()) {
+            return Some(SmallDisk(at.to_path_buf()));
+        }
+        assert!(
+            std::env::var_os("LOOPCAST_LAB_REQUIRED").is_none(),
+            "cannot mount a tmpfs, and LOOPCAST_LAB_REQUIRED is set"
+        );
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        None
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
