@@ -212,14 +212,18 @@ impl Site {
 /// GET from the director's API with the binary's own client (`jobs --json` is
 /// jobs-only): a tiny HTTP/1.0 exchange is enough for a test.
 fn get(at: &str, path: &str) -> Option<serde_json::Value> {
+    serde_json::from_str(&get_text(at, path)?).ok()
+}
+
+/// The body of GET `path`.
+fn get_text(at: &str, path: &str) -> Option<String> {
     use std::io::Read;
     let mut s = std::net::TcpStream::connect(at).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {at}\r\n\r\n").ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
-    let body = text.split_once("\r\n\r\n")?.1;
-    serde_json::from_str(body).ok()
+    Some(text.split_once("\r\n\r\n")?.1.to_owned())
 }
 
 fn stderr(o: &Output) -> String {
@@ -356,6 +360,16 @@ fn a_node_that_never_starts_is_named_when_the_deadline_passes() {
         err.contains("with 1 node(s) not done: d") && err.contains("the deadline passed"),
         "{err}"
     );
+    // /metrics counts the expired job and the silent node.
+    let metrics = get_text(&site.director_http(), "/metrics").unwrap();
+    for line in [
+        "loopcast_director_jobs{state=\"expired\"} 1",
+        "loopcast_director_nodes 2",
+        "loopcast_director_nodes_unreachable 1",
+        "loopcast_director_scheduling 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing: {metrics}");
+    }
     // On the way, d was shown unreachable, and a done.
     let shown = stdout(&out);
     assert!(shown.contains("unreachable"), "{shown}");

@@ -5,7 +5,7 @@
 use super::jobs;
 use super::store::Store;
 use loopcast_proto::director::{Director, load_fraction};
-use loopcast_proto::jobs::ApiRequest;
+use loopcast_proto::jobs::{ApiRequest, JobState};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -260,6 +260,36 @@ fn metrics(d: &Director) -> String {
         "Receivers' recent look-ups",
         d.receivers().count() as i64,
     );
+    let (nodes, reachable) = (d.nodes().count(), d.nodes().filter(|n| n.reachable).count());
+    gauge(&mut registry, "nodes", "Agents' nodes known", nodes as i64);
+    gauge(
+        &mut registry,
+        "nodes_unreachable",
+        "Nodes whose agent is silent (5 s or more)",
+        (nodes - reachable) as i64,
+    );
+    gauge(
+        &mut registry,
+        "scheduling",
+        "1 when this director schedules jobs",
+        i64::from(d.scheduling()),
+    );
+    // Jobs by state, and the targets of active jobs by their state.
+    let jobs = Family::<Vec<(String, String)>, Gauge>::default();
+    let targets = Family::<Vec<(String, String)>, Gauge>::default();
+    for job in d.jobs() {
+        jobs.get_or_create(&vec![("state".into(), job.state.name().into())])
+            .inc();
+        if job.state == JobState::Active {
+            for p in job.nodes.values() {
+                targets
+                    .get_or_create(&vec![("state".into(), p.state.name().into())])
+                    .inc();
+            }
+        }
+    }
+    registry.register("jobs", "Jobs held, by state", jobs);
+    registry.register("job_targets", "Targets of active jobs, by state", targets);
     let s = d.stats();
     for (name, help, value) in [
         ("lookups_answered", "Look-ups answered", s.answered),
