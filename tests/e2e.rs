@@ -13,20 +13,12 @@ use loopcast_proto::wire::{self, Announce, AnnounceEntry, ChannelInfo};
 use rand::{Rng, SeedableRng};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_loopcast");
 
-/// A child process killed when the test ends, pass or fail.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::Running;
 
 /// Directory group of test `n`: distinct groups and ports keep parallel tests apart.
 fn group(n: u8) -> String {

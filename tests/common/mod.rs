@@ -296,3 +296,20 @@ impl Drop for SmallDisk {
         let _ = Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// A child process killed when the test ends, pass or fail.
+pub struct Running(pub Child);
+
+impl Running {
+    /// SIGKILL, as a crash (also what the drop does).
+    pub fn crash(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}

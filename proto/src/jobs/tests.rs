@@ -285,6 +285,16 @@ impl Site {
     }
 }
 
+impl Site {
+    /// Agent `k` finished job `id`: every file delivered.
+    fn done(&mut self, k: usize, id: u64) {
+        let now = self.now;
+        self.agents[k]
+            .0
+            .finish(now, id, AgentJobState::Done, JobFailure::None);
+    }
+}
+
 fn fetches(events: &[(usize, AgentEvent)]) -> Vec<usize> {
     (events.iter())
         .filter(|(_, e)| matches!(e, AgentEvent::Fetch { .. }))
@@ -327,13 +337,8 @@ fn agents_are_given_their_job_report_it_done_and_the_job_completes() {
         site.director.job(id).unwrap().nodes["a"].state,
         NodeState::Receiving
     );
-    let now = site.now;
-    site.agents[0]
-        .0
-        .finish(now, id, AgentJobState::Done, JobFailure::None);
-    site.agents[1]
-        .0
-        .finish(now, id, AgentJobState::Done, JobFailure::None);
+    site.done(0, id);
+    site.done(1, id);
     let events = site.run(500);
     assert!(fetches(&events).is_empty(), "{events:?}");
     assert_eq!(site.director.job(id).unwrap().state, JobState::Complete);
@@ -348,12 +353,10 @@ fn a_restarted_agent_is_given_its_unfinished_job_again_and_a_finished_one_is_ans
         .create_job(site.now, spec(&["a", "b"]))
         .unwrap();
     site.run(1000);
-    let now = site.now;
-    site.agents[1]
-        .0
-        .finish(now, id, AgentJobState::Done, JobFailure::None);
+    site.done(1, id);
     site.run(1000);
     // Both agents restart: a new instance each; b's record says it finished.
+    let now = site.now;
     for (k, (agent, _)) in site.agents.iter_mut().enumerate() {
         *agent = Agent::new(
             site.key.clone(),
@@ -387,20 +390,14 @@ fn a_silent_node_is_unreachable_and_the_job_waits_for_it_until_the_deadline() {
     site.run(6000);
     assert!(!site.director.node("b").unwrap().reachable);
     assert!(site.director.node("a").unwrap().reachable);
-    let now = site.now;
-    site.agents[0]
-        .0
-        .finish(now, id, AgentJobState::Done, JobFailure::None);
+    site.done(0, id);
     site.run(1000);
     assert_eq!(site.director.job(id).unwrap().state, JobState::Active);
     // b comes back (same instance: it was only cut off) and finishes in time.
     site.agents.push(b);
     site.run(1000);
     assert!(site.director.node("b").unwrap().reachable);
-    let now = site.now;
-    site.agents[1]
-        .0
-        .finish(now, id, AgentJobState::Done, JobFailure::None);
+    site.done(1, id);
     site.run(1000);
     assert_eq!(site.director.job(id).unwrap().state, JobState::Complete);
 }
