@@ -1,13 +1,22 @@
-//! Repair benchmark (not a test): receivers × loss × loss kind on the simulated LAN.
-//! Prints a markdown table of completion time ÷ ideal, NAKs per lost packet and
-//! repair overhead. Run: `cargo run --release -p loopcast-proto --example repair_bench`
-//! (add `quick` for a smaller sweep).
+//! Repair benchmark (not a test): receivers × loss × loss kind on the simulated LAN,
+//! each case with repair by copies and by parity (spec §6.5). Prints a markdown
+//! table of completion time ÷ ideal, NAKs per lost packet, feedback (NAKs per
+//! DATA packet) and repair overhead. Run:
+//! `cargo run --release -p loopcast-proto --example repair_bench` (add `quick`
+//! for a smaller sweep, `parity` or `copies` for one kind of repair).
 
 use loopcast_proto::sim::{SimConfig, run};
 use std::time::Instant;
 
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
+    let kinds: &[bool] = if std::env::args().any(|a| a == "parity") {
+        &[true]
+    } else if std::env::args().any(|a| a == "copies") {
+        &[false]
+    } else {
+        &[false, true]
+    };
     let receivers: &[usize] = if quick {
         &[1, 10, 100]
     } else {
@@ -18,12 +27,15 @@ fn main() {
     );
     println!();
     println!(
-        "| receivers | loss | kind | worst completion ÷ ideal | NAKs per lost packet | repair overhead | sim wall time |"
+        "| receivers | loss | kind | repair | worst completion ÷ ideal | NAKs per lost packet | feedback | repair overhead | sim wall time |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for &n in receivers {
         for loss in [0.0, 0.01, 0.05, 0.20] {
-            for shared in [true, false] {
+            for (shared, &parity) in [true, false]
+                .into_iter()
+                .flat_map(|shared| kinds.iter().map(move |p| (shared, p)))
+            {
                 if loss == 0.0 && !shared {
                     continue; // no loss is one case, not two
                 }
@@ -32,6 +44,7 @@ fn main() {
                     file_size: 16 << 20,
                     shared_loss: if shared { loss } else { 0.0 },
                     independent_loss: if shared { 0.0 } else { loss },
+                    parity,
                     ..SimConfig::default()
                 };
                 let started = Instant::now();
@@ -48,10 +61,12 @@ fn main() {
                 } else {
                     "did not finish".into()
                 };
+                let repair = if parity { "parity" } else { "copies" };
                 println!(
-                    "| {n} | {:.0}% | {kind} | {ratio} | {:.2} | {:.1}% | {:.1} s |",
+                    "| {n} | {:.0}% | {kind} | {repair} | {ratio} | {:.2} | {:.2}% | {:.1}% | {:.1} s |",
                     loss * 100.0,
                     r.naks_per_loss(),
+                    r.feedback() * 100.0,
                     r.repair_overhead() * 100.0,
                     started.elapsed().as_secs_f64()
                 );

@@ -70,6 +70,20 @@ impl FrameTracker {
         }
     }
 
+    /// Counts again, from `received`, the missing packets of every frame that
+    /// packets `packets` carry bytes of.
+    pub fn recount_packets(&mut self, packets: Range<u32>, received: &ReceivedMap) {
+        let p = self.payload_size as u64;
+        let bytes = packets.start as u64 * p..packets.end as u64 * p;
+        let first = self.frames.partition_point(|f| f.end <= bytes.start);
+        for frame in first..self.frames.len() {
+            if self.frames[frame].start >= bytes.end {
+                break;
+            }
+            self.recount(frame as u32, received);
+        }
+    }
+
     /// Counts `frame`'s missing packets again from `received` (after packets were
     /// marked missing because the frame failed to verify).
     pub fn recount(&mut self, frame: u32, received: &ReceivedMap) {

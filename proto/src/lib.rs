@@ -12,6 +12,7 @@ pub mod client;
 pub mod codec;
 pub mod cookie;
 pub mod director;
+pub mod fec;
 pub mod frames;
 pub mod jobs;
 pub mod keys;

@@ -131,6 +131,24 @@ impl ReceivedMap {
         runs
     }
 
+    /// Number of packets held within `range`; counts a 64-packet word per step.
+    pub fn count_in(&self, range: Range<u32>) -> u32 {
+        let end = range.end.min(self.len);
+        let mut i = range.start;
+        let mut held = 0;
+        while i < end {
+            let w = (i / 64) as usize;
+            let word_end = (w as u32 + 1) * 64;
+            let mut bits = self.words[w] & (u64::MAX << (i % 64));
+            if word_end > end {
+                bits &= (1u64 << (end % 64)) - 1;
+            }
+            held += bits.count_ones();
+            i = word_end;
+        }
+        held
+    }
+
     /// Marks every packet in `range` held.
     pub fn insert_range(&mut self, range: Range<u32>) {
         for i in range.start..range.end.min(self.len) {
@@ -186,6 +204,15 @@ mod tests {
             for p in picks { if len > 0 { m.insert(p % len); } }
             let back = ReceivedMap::from_bytes(len, &m.to_bytes()).unwrap();
             prop_assert_eq!(back, m);
+        }
+
+        #[test]
+        fn count_in_matches_a_count_of_each_packet(len in 0u32..700, picks in proptest::collection::vec(any::<u32>(), 0..300), a in 0u32..800, b in 0u32..800) {
+            let mut m = ReceivedMap::new(len);
+            for p in picks { if len > 0 { m.insert(p % len); } }
+            let range = a.min(b)..a.max(b);
+            let slow = range.clone().filter(|&i| m.contains(i)).count() as u32;
+            prop_assert_eq!(m.count_in(range), slow);
         }
 
         #[test]

@@ -230,6 +230,7 @@ fn third_party_naks(key: &MasterKey) -> (u64, u64) {
                 .step_by(60_000)
                 .map(|first| (first, (count - first).min(60_000) as u16))
                 .collect(),
+            blocks: Vec::new(),
         },
     );
     let control = ClientOrigin::Control {

@@ -260,6 +260,14 @@ impl Io {
                 let ranges = self.start_worker(session, reception, &manifest)?;
                 session.table_checked(now, reception, manifest.archive_id, ranges);
             }
+            // Asked for copies (see `ClientConfig::repair` in `recv`), so never
+            // sent; were it, the packets would be fetched again.
+            Command::Rebuild { reception, rebuild } => {
+                let archive = session.reception(reception).map(|r| r.entry().archive_id);
+                if let Some(archive) = archive {
+                    session.rebuild_failed(Instant::now(), reception, archive, &rebuild.missing);
+                }
+            }
             Command::Unpack { reception, frames } => {
                 let local = self.local(session, reception);
                 if let (Some(worker), Some(partial)) = (&local.worker, &mut local.partial) {

@@ -20,7 +20,7 @@ use crate::progress::{FileProgress, Progress};
 use crate::signals::StopSignals;
 use crate::storage::{self, FrameReport, FrameWorker, PartialFile};
 use loopcast_proto::MasterKey;
-use loopcast_proto::client::{ClientConfig, ReceptionId, Session};
+use loopcast_proto::client::{ClientConfig, ReceptionId, RepairKind, Session};
 use loopcast_proto::wire;
 use mio::{Interest, Token, Waker};
 use rand::SeedableRng;
@@ -214,6 +214,9 @@ pub fn recv(config: RecvConfig) -> Result<()> {
             nak_mode: loopcast_proto::NakMode::Suppressed,
             directors: config.directors.clone(),
             stay_joined: false,
+            // This driver cannot yet read a block's stored packets back from its
+            // frames in memory (spec §6.5): it asks for copies.
+            repair: RepairKind::Copies,
         },
         now,
         rand::random(),

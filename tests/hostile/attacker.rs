@@ -131,6 +131,7 @@ pub fn run() {
                 .map(|first| (first, (count - first).min(60_000) as u16))
                 .take(wire::MAX_NAK_RANGES)
                 .collect(),
+            blocks: Vec::new(),
         },
     );
     let requesters: Vec<UdpSocket> = (0..16)

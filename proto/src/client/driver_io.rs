@@ -2,6 +2,7 @@
 //! where datagrams come from and go, commands, storage results and events.
 
 use crate::keys::FINGERPRINT_LEN;
+use crate::receiver::{Rebuild, RepairKind};
 use crate::wire::ChannelInfo;
 use crate::{Manifest, MasterKey, NakMode, ReceivedMap, ResumePoint};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -31,6 +32,9 @@ pub struct ClientConfig {
     pub directors: Vec<SocketAddrV4>,
     /// Never leave a channel while its loop passes packets held (spec §6.4): for comparisons.
     pub stay_joined: bool,
+    /// Ask for copies of missing packets, or for parity (the driver then carries
+    /// out `Command::Rebuild`).
+    pub repair: RepairKind,
 }
 
 /// A file being received: its place in the session (stable while it runs; a
@@ -157,6 +161,15 @@ pub enum Command {
     CheckTable {
         /// The reception.
         reception: ReceptionId,
+    },
+    /// Rebuild a block from parity: read its stored packets, rebuild the missing
+    /// ones (`fec::Blocks::rebuild`) and write them as if they had arrived; call
+    /// `rebuild_failed` if that cannot be done.
+    Rebuild {
+        /// The reception.
+        reception: ReceptionId,
+        /// What to rebuild.
+        rebuild: Rebuild,
     },
     /// These frames have all their packets: verify, decrypt and unpack them, and
     /// call `frame_failed` for any that fails and `delivered` when the file is whole.

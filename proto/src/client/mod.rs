@@ -31,6 +31,7 @@ pub use driver_io::{
 pub use reception::{Phase, Reception};
 
 use crate::receiver::{NakMode, Outcome};
+pub use crate::receiver::{Rebuild, RepairKind};
 use crate::sender::HEAR_EVERY_SERVER;
 use crate::wire::{self, COOKIE_LEN, MacKey};
 use directions::Directed;
@@ -344,6 +345,7 @@ impl Session {
                         });
                     }
                 }
+                self.take_rebuilds(id);
                 self.took_packets(id);
                 Some(Store {
                     reception: id,
@@ -361,8 +363,38 @@ impl Session {
                 r.wrong_key.get_or_insert((now, theirs));
                 None
             }
-            Outcome::Nothing => None,
+            Outcome::Nothing => {
+                if self.take_rebuilds(id) {
+                    self.took_packets(id);
+                }
+                None
+            }
         }
+    }
+
+    /// Hands the driver the blocks reception `id` can rebuild from parity; the
+    /// frames they complete are unpacked after. True if there were some.
+    fn take_rebuilds(&mut self, id: ReceptionId) -> bool {
+        let mut any = false;
+        while let Some(rebuild) = self.receptions[id].fsm.poll_rebuild() {
+            any = true;
+            if let Some(frames) = self.receptions[id].frames.as_mut() {
+                for &packet in &rebuild.missing {
+                    frames.packet_arrived(packet, &mut self.completed);
+                }
+            }
+            self.out.command(Command::Rebuild {
+                reception: id,
+                rebuild,
+            });
+            if !self.completed.is_empty() {
+                self.out.command(Command::Unpack {
+                    reception: id,
+                    frames: std::mem::take(&mut self.completed),
+                });
+            }
+        }
+        any
     }
 
     /// Reception `id` has its manifest: the driver opens (or resumes) its storage,

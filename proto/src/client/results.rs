@@ -85,6 +85,27 @@ impl Session {
         }
     }
 
+    /// The driver could not rebuild a block of reception `id` (`Command::Rebuild`):
+    /// the packets it was to restore are fetched again.
+    pub fn rebuild_failed(
+        &mut self,
+        now: Instant,
+        id: ReceptionId,
+        archive_id: u64,
+        missing: &[u32],
+    ) {
+        let Some(r) = self.live(id, archive_id) else {
+            return;
+        };
+        r.fsm.rebuild_failed(now, missing);
+        if let (Some(frames), Some(first), Some(last)) =
+            (r.frames.as_mut(), missing.first(), missing.last())
+        {
+            frames.recount_packets(*first..*last + 1, r.fsm.received());
+        }
+        r.phase = Phase::Receiving;
+    }
+
     /// The driver let body bytes `range` of reception `id` go before their frame
     /// was whole (frame `frame`, or before the frame table was known: None),
     /// for want of room in memory and under the partial file's cap (spec §5):

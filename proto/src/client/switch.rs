@@ -157,7 +157,8 @@ impl Session {
                 entry.archive_id,
                 self.rng.next_u64(),
                 self.config.nak_mode,
-            ),
+            )
+            .with_repair_kind(self.config.repair),
             server: self.servers.get(&session).copied().or(self.config.server),
             joined: Vec::new(),
             selector: selector_for(&entry, self.config.max_rate),

@@ -9,12 +9,15 @@ use crate::sender::{DEFAULT_GRTT_FLOOR, MAX_GRTT};
 use crate::wire::{self, DataMac, DecodeError, MacKey, Packet, Report, Status};
 
 mod nak;
+mod parity;
 mod tracks;
 
 use nak::NakTimer;
 pub use nak::{
     BACKOFF_FACTOR, DEFAULT_GROUP_SIZE, DEFAULT_GRTT, HOLDOFF_GRTTS, NakMode, random_backoff,
 };
+use parity::ParityState;
+pub use parity::{MAX_PARITY_BYTES, Rebuild, RepairKind};
 use rand::rngs::SmallRng;
 use rand::{Rng, RngExt, SeedableRng};
 use std::ops::Range;
@@ -74,6 +77,15 @@ pub struct ReceiverStats {
     pub naks_heard: u64,
     /// Back-offs that ended without a NAK because others had asked for everything.
     pub naks_suppressed: u64,
+    /// PARITY shards taken (held for a rebuild).
+    pub parity: u64,
+    /// PARITY shards not needed: the block was complete, the shard held already,
+    /// or this receiver repairs by copies.
+    pub parity_unused: u64,
+    /// PARITY shards dropped because `MAX_PARITY_BYTES` were held.
+    pub parity_dropped: u64,
+    /// Packets rebuilt from parity.
+    pub rebuilt: u64,
 }
 
 impl ReceiverStats {
@@ -128,6 +140,9 @@ pub struct FileReceiver {
     /// Last STATUS and when it arrived.
     status: Option<(Status, Instant)>,
     outgoing: Option<Vec<u8>>,
+    /// Copies or parity (§6.5).
+    repair_kind: RepairKind,
+    parity: ParityState,
 }
 
 impl FileReceiver {
@@ -162,6 +177,8 @@ impl FileReceiver {
             asked_until: None,
             status: None,
             outgoing: None,
+            repair_kind: RepairKind::Copies,
+            parity: ParityState::default(),
         }
     }
 
@@ -192,8 +209,8 @@ impl FileReceiver {
         // Nothing is acted on before its tag verifies (spec §2.10): DATA under the
         // session's GMAC key, the rest under its blake3 key.
         let verified = match (&datagram.packet, &self.data_mac) {
-            (Packet::Data(..), Some(data_mac)) => data_mac.verifies(bytes),
-            (Packet::Data(..), None) => {
+            (Packet::Data(..) | Packet::Parity(..), Some(data_mac)) => data_mac.verifies(bytes),
+            (Packet::Data(..) | Packet::Parity(..), None) => {
                 self.stats.before_manifest += 1;
                 return Outcome::Nothing;
             }
@@ -217,6 +234,7 @@ impl FileReceiver {
             Packet::Data(header, payload) => {
                 self.handle_data(now, track.min(MAX_TRACKS - 1), header, payload)
             }
+            Packet::Parity(header, shard) => self.handle_parity(header, shard),
             Packet::Manifest(body) => self.handle_manifest(body),
             Packet::Status(mut status) if status.archive_id == self.archive_id => {
                 // A GRTT out of the server's own bounds would make NAK back-offs
@@ -330,6 +348,7 @@ impl FileReceiver {
         if self.received.is_complete() {
             self.timer = NakTimer::Idle;
         }
+        self.block_gained(index);
         Outcome::Store {
             packet_index: index,
             body_offset,

@@ -1,7 +1,7 @@
 //! NAK timers of the receiver (spec §6.2): back-off, suppression by others' NAKs,
 //! holdoff, and what a NAK asks for.
 
-use super::FileReceiver;
+use super::{FileReceiver, RepairKind};
 use crate::received::ReceivedMap;
 use crate::wire::{self, Nak};
 use rand::RngExt;
@@ -39,6 +39,18 @@ pub(super) enum NakTimer {
     Backoff(Instant),
     /// The NAK data timer: a NAK (ours or another's) went out, waiting for repairs.
     Holdoff(Instant),
+}
+
+/// What a NAK would ask for: packet ranges or block requests.
+pub(super) struct NakRequest {
+    ranges: Vec<(u32, u16)>,
+    blocks: Vec<(u32, u16)>,
+}
+
+impl NakRequest {
+    fn is_empty(&self) -> bool {
+        self.ranges.is_empty() && self.blocks.is_empty()
+    }
 }
 
 /// Draws a NAK back-off from the truncated exponential distribution of RFC 5401:
@@ -93,8 +105,9 @@ impl FileReceiver {
             self.asked
                 .insert_range(first..first.saturating_add(count as u32));
         }
+        self.hear_block_requests(now, &nak.blocks);
         // Timer A is cancelled once others have asked for everything we miss.
-        if matches!(self.timer, NakTimer::Backoff(_)) && self.nak_ranges(now).is_empty() {
+        if matches!(self.timer, NakTimer::Backoff(_)) && self.nak_request(now).is_empty() {
             self.stats.naks_suppressed += 1;
             self.timer = NakTimer::Holdoff(until);
         }
@@ -117,8 +130,20 @@ impl FileReceiver {
         except: Option<&ReceivedMap>,
         max: usize,
     ) -> Vec<Range<u32>> {
+        let mut runs = Vec::new();
+        for range in self.gap_ranges() {
+            if runs.len() < max {
+                let left = max - runs.len();
+                runs.extend(self.received.missing_runs_except(range, except, left));
+            }
+        }
+        runs
+    }
+
+    /// Where gaps may be: the frame table's packets and what any channel's loop
+    /// has passed since it joined, merged, in order. Empty before any join.
+    fn gap_ranges(&self) -> Vec<Range<u32>> {
         let count = self.received.len();
-        // What any channel's loop has passed since it joined, merged.
         let mut passed: Vec<Range<u32>> = self
             .tracks
             .iter()
@@ -129,32 +154,35 @@ impl FileReceiver {
         if passed.is_empty() {
             return Vec::new();
         }
+        passed.push(self.table_packets());
         passed.sort_by_key(|r| r.start);
         let mut merged: Vec<Range<u32>> = Vec::with_capacity(passed.len());
-        for r in passed {
+        for r in passed.into_iter().filter(|r| r.start < r.end) {
             match merged.last_mut() {
                 Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
                 _ => merged.push(r),
             }
         }
-        let scan =
-            |range: Range<u32>, max: usize| self.received.missing_runs_except(range, except, max);
-        let table = self.table_packets().end;
-        let mut runs = scan(0..table, max);
-        // The rest, from the table's end on (the table is already in `runs`).
-        for range in merged {
-            let range = range.start.max(table)..range.end;
-            if range.start < range.end && runs.len() < max {
-                let left = max - runs.len();
-                runs.extend(scan(range, left));
-            }
-        }
-        runs
+        merged
     }
 
-    /// What our NAK would ask for now: passed gaps not already asked for by others.
-    pub(super) fn nak_ranges(&mut self, now: Instant) -> Vec<(u32, u16)> {
+    /// What our NAK would ask for now: passed gaps not already asked for by
+    /// others, as ranges (copies) or block requests (parity).
+    pub(super) fn nak_request(&mut self, now: Instant) -> NakRequest {
         self.expire_asked(now);
+        match self.repair_kind {
+            RepairKind::Copies => NakRequest {
+                ranges: self.nak_ranges(),
+                blocks: Vec::new(),
+            },
+            RepairKind::Parity => NakRequest {
+                ranges: Vec::new(),
+                blocks: self.block_requests(now, &self.gap_ranges()),
+            },
+        }
+    }
+
+    fn nak_ranges(&self) -> Vec<(u32, u16)> {
         let mut out = Vec::new();
         for run in self.missing_passed(Some(&self.asked), wire::MAX_NAK_RANGES) {
             let mut start = run.start;
@@ -181,8 +209,8 @@ impl FileReceiver {
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.timer {
             NakTimer::Backoff(at) if now >= at => {
-                let ranges = self.nak_ranges(now);
-                if ranges.is_empty() {
+                let NakRequest { ranges, blocks } = self.nak_request(now);
+                if ranges.is_empty() && blocks.is_empty() {
                     let waiting = !self.missing_passed(None, 1).is_empty();
                     self.stats.naks_suppressed += waiting as u64;
                     self.timer = if waiting {
@@ -202,6 +230,7 @@ impl FileReceiver {
                     echo_time_us,
                     hold_us,
                     ranges,
+                    blocks,
                 };
                 self.outgoing = Some(wire::encode_nak(&self.mac, self.session_id, &nak));
                 self.stats.naks_sent += 1;

@@ -345,3 +345,95 @@ fn a_track_left_over_held_packets_counts_no_loss_when_the_receiver_is_back() {
     assert!(r.awaiting_repair());
     assert!(count > 10);
 }
+
+#[test]
+fn a_parity_receiver_asks_each_block_for_what_it_lacks_and_rebuilds_it() {
+    let key = MasterKey::from_bytes([4; 32]);
+    let mut rng = SmallRng::seed_from_u64(6);
+    let mut original = vec![0u8; 20_000];
+    rand::Rng::fill_bytes(&mut rng, &mut original);
+    let (m, manifest_bytes, body) = crate::sim::pack(&key, &original, 4096, 1000, &mut rng);
+    let blocks = crate::fec::Blocks::of_manifest(&m);
+    let (count, keys) = (m.packet_count(), keys(&m));
+    assert_eq!(blocks.count(), 1, "{count} packets, one block");
+    let payload = |k: u32| &body[k as usize * 1000..k as usize * 1000 + blocks.payload_len(k)];
+    let now = Instant::now();
+    let lost = [3, 7, 12];
+    // A parity receiver that has every packet but `lost`.
+    let receiver = || {
+        let mut r = FileReceiver::new(key.clone(), 7, m.archive_id, 1, NakMode::Suppressed)
+            .with_repair_kind(RepairKind::Parity);
+        r.handle_datagram(now, &wire::encode_manifest(&keys.mac, 7, &manifest_bytes));
+        for k in (0..count).filter(|k| !lost.contains(k)) {
+            let header = DataHeader {
+                archive_id: m.archive_id,
+                packet_index: k,
+                packet_count: count,
+                flags: 0,
+            };
+            r.handle_datagram(now, &wire::encode_data(&keys.data, 7, &header, payload(k)));
+        }
+        r
+    };
+    let mut r = receiver();
+    // Another receiver asked for 2 parity packets: not enough, so ours goes out.
+    let theirs = Nak {
+        archive_id: m.archive_id,
+        receiver_id: 99,
+        echo_time_us: 0,
+        hold_us: 0,
+        ranges: Vec::new(),
+        blocks: vec![(0, 2)],
+    };
+    r.handle_datagram(now, &wire::encode_nak(&keys.mac, 7, &theirs));
+    r.handle_timeout(now + Duration::from_secs(1));
+    let nak = nak_of(&r.poll_transmit().expect("a NAK"));
+    assert_eq!((nak.ranges, nak.blocks), (vec![], vec![(0, 3)]));
+    // Had another asked for 3 or more, ours would have been held.
+    let mut held_back = receiver();
+    let enough = Nak {
+        blocks: vec![(0, 3)],
+        ..theirs
+    };
+    held_back.handle_datagram(now, &wire::encode_nak(&keys.mac, 7, &enough));
+    held_back.handle_timeout(now + Duration::from_millis(20));
+    assert_eq!(held_back.poll_transmit(), None);
+    assert_eq!(held_back.stats().naks_suppressed, 1);
+
+    // Parity: a forged shard is refused, two are held, the third rebuilds.
+    let sources: Vec<&[u8]> = (0..count).map(payload).collect();
+    let shards = blocks.encode(0, &sources).unwrap();
+    let parity = |j: u16, mac: &wire::DataMac| {
+        let header = wire::ParityHeader {
+            archive_id: m.archive_id,
+            block: 0,
+            packet_count: count,
+            parity_index: j,
+        };
+        wire::encode_parity(mac, 7, &header, &shards[j as usize])
+    };
+    r.handle_datagram(now, &parity(0, &DataMac::from_bytes(&[9; 32])));
+    assert_eq!(r.stats().unauthenticated, 1);
+    for j in [5, 9] {
+        r.handle_datagram(now, &parity(j, &keys.data));
+    }
+    r.handle_datagram(now, &parity(5, &keys.data));
+    assert_eq!((r.stats().parity, r.stats().parity_unused), (2, 1));
+    assert_eq!(r.poll_rebuild(), None);
+    // The holdoff ends, a new back-off starts, then the NAK goes.
+    r.handle_timeout(now + Duration::from_secs(2));
+    r.handle_timeout(now + Duration::from_secs(3));
+    let again = nak_of(&r.poll_transmit().expect("a NAK for the last one"));
+    assert_eq!(again.blocks, vec![(0, 1)]);
+    r.handle_datagram(now, &parity(2, &keys.data));
+    let rebuild = r.poll_rebuild().expect("the block rebuilds");
+    assert_eq!((rebuild.block, rebuild.missing.clone()), (0, lost.to_vec()));
+    assert!(r.is_complete());
+    assert_eq!(r.stats().rebuilt, 3);
+    let mut mine = body.clone();
+    for &k in &lost {
+        mine[k as usize * 1000..k as usize * 1000 + 1000].fill(0);
+    }
+    blocks.rebuild_in_body(&mut mine, &rebuild).unwrap();
+    assert_eq!(mine, body);
+}

@@ -5,9 +5,11 @@ use crate::wire::{self, DataHeader};
 
 mod announcer;
 mod packet_set;
+mod parity;
 
 pub use announcer::Announcer;
 use packet_set::PacketSet;
+use parity::ParityQueue;
 use std::io;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -36,6 +38,15 @@ pub enum Transmit {
     Manifest(usize),
     /// A STATUS datagram of this many bytes.
     Status(usize),
+    /// PARITY packet `index` of block `block`, a datagram of `len` bytes.
+    Parity {
+        /// Block.
+        block: u32,
+        /// Parity index within the block.
+        index: u16,
+        /// Datagram length.
+        len: usize,
+    },
     /// DATA packet `index` sent as a repair, a datagram of `len` bytes.
     Repair {
         /// Packet index.
@@ -59,6 +70,7 @@ impl Transmit {
             Transmit::Manifest(len)
             | Transmit::Status(len)
             | Transmit::Data { len, .. }
+            | Transmit::Parity { len, .. }
             | Transmit::Repair { len, .. } => len,
         }
     }
@@ -122,6 +134,7 @@ enum Next {
     Manifest,
     Status,
     Repair(u32),
+    Parity(u32),
     Data(u32),
 }
 
@@ -130,8 +143,10 @@ enum Next {
 pub struct CarouselStats {
     /// DATA packets sent in loop order.
     pub loop_packets: u64,
-    /// DATA packets sent as repairs.
+    /// DATA and PARITY packets sent as repairs.
     pub repair_packets: u64,
+    /// Of `repair_packets`, PARITY packets.
+    pub parity_packets: u64,
     /// NAKed packets not repaired because their natural turn came first.
     pub repairs_skipped: u64,
     /// NAK packets accepted.
@@ -159,6 +174,7 @@ pub struct Carousel {
     config: RepairConfig,
     grtt: Duration,
     pending: PacketSet,
+    parity: ParityQueue,
     credit: f64,
     /// Receivers heard lately (NAKs, reports): the group size estimate.
     members: Membership,
@@ -201,6 +217,7 @@ impl Carousel {
             grtt: config.grtt_floor,
             config,
             pending: PacketSet::new(manifest.packet_count()),
+            parity: ParityQueue::new(crate::fec::Blocks::of_manifest(manifest)),
             credit: 0.0,
             members: Membership::default(),
             peeked: None,
@@ -236,6 +253,7 @@ impl Carousel {
     /// Largest datagram this carousel writes; buffers passed in must be at least this long.
     pub fn max_datagram_len(&self) -> usize {
         (wire::DATA_HEADER_LEN + self.payload_size + wire::TRAILER_LEN)
+            .max(self.parity.datagram_len())
             .max(self.manifest_datagram.len())
     }
 
@@ -259,9 +277,9 @@ impl Carousel {
         &self.stats
     }
 
-    /// Packets waiting to be repaired.
+    /// Packets waiting to be repaired (copies and parity).
     pub fn pending_repairs(&self) -> u32 {
-        self.pending.count
+        self.pending.count + self.parity.len()
     }
 
     fn micros_since_epoch(&self, now: Instant) -> u64 {
@@ -307,10 +325,9 @@ impl Carousel {
     /// `handle_datagram`).
     pub fn handle_nak(&mut self, now: Instant, from: Ipv4Addr, nak: &wire::Nak) -> u32 {
         self.peeked = None; // the repair set may change
-        let in_range = nak
-            .ranges
-            .iter()
-            .all(|&(first, count)| first as u64 + count as u64 <= self.packet_count as u64);
+        let in_range = (nak.ranges.iter())
+            .all(|&(first, count)| first as u64 + count as u64 <= self.packet_count as u64)
+            && (nak.blocks.iter()).all(|&(block, _)| block < self.parity.blocks().count());
         if nak.archive_id != self.archive_id || !in_range {
             self.stats.naks_dropped += 1;
             return 0;
@@ -336,7 +353,7 @@ impl Carousel {
         }
         // A packet whose natural turn comes before its repair would is left to the loop.
         let packet_time = self.max_datagram_len() as f64 * 8.0 / self.config.rate_bps as f64;
-        let repair_wait = (self.pending.count as f64 + 1.0) / self.config.share * packet_time;
+        let repair_wait = (self.pending_repairs() as f64 + 1.0) / self.config.share * packet_time;
         let soon = ((repair_wait + self.grtt.as_secs_f64()) / packet_time) as u64;
         // Packets whose turn is within `soon`: the cyclic run from the loop position.
         let n = self.packet_count as u64;
@@ -382,6 +399,19 @@ impl Carousel {
                 budget -= queued;
                 new += queued;
             }
+        }
+        // A block whose every packet's turn comes first is left to the loop.
+        for &(block, count) in &nak.blocks {
+            let packets = self.parity.blocks().packets(block);
+            let ahead = (packets.start as u64 + n - p) % n;
+            if ahead + packets.len() as u64 <= soon + 1 {
+                self.stats.repairs_skipped += count as u64;
+                new += count as u32;
+                continue;
+            }
+            let rise = self.parity.ask(block, count, budget);
+            budget -= rise;
+            new += rise;
         }
         if let Some((tokens, _)) = self.sources.get_mut(&from) {
             *tokens = budget as f64 + tokens.fract();
@@ -433,13 +463,21 @@ impl Carousel {
         if self.next_status_at.is_none_or(|at| now >= at) {
             return Next::Status;
         }
-        // The repair set is searched only when a repair may go out (credit first).
-        match (self.credit >= 1.0)
-            .then(|| self.pending.furthest_before(self.next_index))
-            .flatten()
-        {
-            Some(index) => Next::Repair(index),
-            None => Next::Data(self.next_index),
+        if self.credit < 1.0 {
+            return Next::Data(self.next_index);
+        }
+        // Copies and parity: the one whose loop turn is furthest away goes first.
+        let n = self.packet_count.max(1) as u64;
+        let ahead = |k: u32| (k as u64 + n - self.next_index as u64) % n;
+        let copy = self.pending.furthest_before(self.next_index);
+        let parity = self.parity.furthest_before(self.next_index);
+        match (copy, parity) {
+            (Some(k), Some(b)) if ahead(self.parity.blocks().packets(b).start) > ahead(k) => {
+                Next::Parity(b)
+            }
+            (Some(k), _) => Next::Repair(k),
+            (None, Some(b)) => Next::Parity(b),
+            (None, None) => Next::Data(self.next_index),
         }
     }
 
@@ -456,6 +494,7 @@ impl Carousel {
             Next::Repair(index) | Next::Data(index) => {
                 wire::DATA_HEADER_LEN + self.payload_len(index) + wire::TRAILER_LEN
             }
+            Next::Parity(_) => self.parity.datagram_len(),
         }
     }
 
@@ -512,8 +551,20 @@ impl Carousel {
                 let len = self.write_data(index, wire::FLAG_REPAIR, buf, source)?;
                 Ok(Transmit::Repair { index, len })
             }
+            Next::Parity(block) => {
+                self.credit -= 1.0;
+                self.stats.repair_packets += 1;
+                self.stats.parity_packets += 1;
+                let header = (self.archive_id, self.session_id);
+                let (index, len) =
+                    (self.parity).write_next(block, header, &self.keys.data, buf, source)?;
+                Ok(Transmit::Parity { block, index, len })
+            }
             Next::Data(index) => {
                 self.pending.remove(index);
+                if index % crate::fec::BLOCK_PACKETS == 0 {
+                    self.parity.loop_reaches(self.parity.blocks().of(index));
+                }
                 let len = self.write_data(index, 0, buf, source)?;
                 self.stats.loop_packets += 1;
                 let share = self.config.share.clamp(0.0, 0.9);

@@ -59,6 +59,7 @@ fn nak(session: u32, archive_id: u64, ranges: Vec<(u32, u16)>) -> Vec<u8> {
             echo_time_us: 0,
             hold_us: 0,
             ranges,
+            blocks: Vec::new(),
         },
     )
 }
@@ -130,6 +131,7 @@ fn echo_nak(echo_time_us: u64, hold_us: u32) -> Nak {
         echo_time_us,
         hold_us,
         ranges: vec![(500, 1)],
+        blocks: Vec::new(),
     }
 }
 
@@ -210,9 +212,77 @@ proptest::proptest! {
                 }
             }
         }
-        let nak = Nak { archive_id: 5, receiver_id: 1, echo_time_us: 0, hold_us: 0, ranges };
+        let nak = Nak { archive_id: 5, receiver_id: 1, echo_time_us: 0, hold_us: 0, ranges, blocks: Vec::new() };
         c.handle_nak(now, RECEIVER, &nak);
         proptest::prop_assert_eq!(c.pending_repairs() as usize, queued.len());
         proptest::prop_assert_eq!(c.stats().repairs_skipped, skipped);
     }
+}
+
+/// A NAK asking parity: `blocks` as (block, count).
+fn parity_nak(receiver_id: u32, blocks: Vec<(u32, u16)>) -> Vec<u8> {
+    let key = crate::MasterKey::from_bytes([1; 32]);
+    wire::encode_nak(
+        &key.file_key(5).session_mac_key(9),
+        9,
+        &Nak {
+            archive_id: 5,
+            receiver_id,
+            echo_time_us: 0,
+            hold_us: 0,
+            ranges: Vec::new(),
+            blocks,
+        },
+    )
+}
+
+#[test]
+fn parity_goes_out_as_the_largest_count_asked_with_fresh_indices_each_time() {
+    let now = Instant::now();
+    // Three blocks, the loop in block 2: blocks 0 and 1 come round late.
+    let b = crate::fec::BLOCK_PACKETS;
+    let mut c = carousel_at(now, 100_000_000, 3 * b as u64).with_phase(2 * b + 100);
+    let mut buf = vec![0u8; c.max_datagram_len()];
+    c.handle_datagram(now, RECEIVER, &parity_nak(1, vec![(0, 3)]));
+    c.handle_datagram(now, RECEIVER, &parity_nak(2, vec![(0, 5), (1, 1)]));
+    c.handle_datagram(now, RECEIVER, &parity_nak(3, vec![(0, 2)])); // fewer: nothing more
+    assert_eq!(c.pending_repairs(), 6);
+    // A short last block that the loop is about to send whole is left to it.
+    let mut short = carousel_at(now, 100_000_000, 2 * b as u64 + 10).with_phase(2 * b);
+    short.handle_datagram(now, RECEIVER, &parity_nak(4, vec![(2, 9)]));
+    assert_eq!(
+        (short.pending_repairs(), short.stats().repairs_skipped),
+        (0, 9)
+    );
+    let mut parity = Vec::new();
+    for _ in 0..60 {
+        if let Transmit::Parity { block, index, len } =
+            c.poll_transmit(now, &mut buf, &mut Zeros).unwrap()
+        {
+            assert_eq!(len, c.max_datagram_len());
+            let Ok(wire::Datagram {
+                packet: Packet::Parity(h, shard),
+                ..
+            }) = wire::decode(&buf[..len])
+            else {
+                panic!("not a PARITY datagram");
+            };
+            assert_eq!((h.block, h.parity_index, shard.len()), (block, index, 1440));
+            parity.push((block, index));
+        }
+    }
+    // The block whose turn is furthest first; each index once.
+    assert_eq!(parity, [(1, 0), (0, 0), (0, 1), (0, 2), (0, 3), (0, 4)]);
+    assert_eq!(c.stats().parity_packets, 6);
+    // A later round of block 0 gets indices not sent before.
+    c.handle_datagram(now, RECEIVER, &parity_nak(1, vec![(0, 2)]));
+    let mut next = Vec::new();
+    while next.len() < 2 {
+        if let Transmit::Parity { block, index, .. } =
+            c.poll_transmit(now, &mut buf, &mut Zeros).unwrap()
+        {
+            next.push((block, index));
+        }
+    }
+    assert_eq!(next, [(0, 5), (0, 6)]);
 }

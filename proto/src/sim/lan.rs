@@ -2,7 +2,10 @@
 //! exchange datagrams through seeded links on a virtual clock.
 
 use super::{Bodies, SimConfig, SimReport, pack};
-use crate::client::{ClientConfig, ClientEvent, Command, Origin as ClientOrigin, Session, Via};
+use crate::client::{
+    ClientConfig, ClientEvent, Command, Origin as ClientOrigin, RepairKind, Session, Via,
+};
+use crate::fec::Blocks;
 use crate::server::{
     BatchLimits, ChannelSpec, Endpoint, FileSpec, Origin as ServerOrigin, ServerConfig, ServerEvent,
 };
@@ -113,6 +116,8 @@ struct Lan<'c> {
     server: Endpoint,
     server_wake: Option<Duration>,
     bodies: Bodies,
+    /// The archive's parity blocks (receivers that store bodies rebuild them).
+    blocks: Blocks,
     channels: Vec<ChannelSpec>,
     nodes: Vec<Node>,
     /// The server's latest ANNOUNCE: a receiver that starts listening hears it at once.
@@ -219,6 +224,7 @@ pub fn run(config: &SimConfig) -> SimReport {
         server,
         server_wake: None,
         bodies: Bodies(vec![body]),
+        blocks: Blocks::of_manifest(&manifest),
         channels,
         nodes,
         announce: None,
@@ -304,6 +310,11 @@ impl Lan<'_> {
             nak_mode: self.config.nak_mode,
             directors: Vec::new(),
             stay_joined: false,
+            repair: if self.config.parity {
+                RepairKind::Parity
+            } else {
+                RepairKind::Copies
+            },
         };
         let seed = self.config.seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         self.nodes[i].session = Some(Session::new(config, self.instant(), seed));
@@ -367,7 +378,8 @@ impl Lan<'_> {
         let Some(channel) = self.channels.iter().position(|c| c.group == to) else {
             return; // unicast answers: no receiver here asks for any
         };
-        let is_data = datagram.get(3) == Some(&(wire::PacketType::Data as u8));
+        let is_data =
+            [wire::PacketType::Data as u8, wire::PacketType::Parity as u8].contains(&datagram[3]);
         let shared_lost = self.rng.random_bool(self.config.shared_loss);
         // The channels' current rates matter only to links with a capacity.
         let rates: Vec<u64> = if self.config.capacity_bps.is_empty() {
@@ -446,6 +458,23 @@ impl Lan<'_> {
                     }
                     Command::OpenStorage { reception, .. } => {
                         session.storage_opened(reception, None);
+                    }
+                    Command::Rebuild { reception, rebuild } => {
+                        let node = &mut self.nodes[i];
+                        if !node.body.is_empty()
+                            && (self.blocks.rebuild_in_body(&mut node.body, &rebuild)).is_err()
+                        {
+                            let session = node.session.as_mut().expect("a node with a command");
+                            let archive =
+                                session.reception(reception).map(|r| r.entry().archive_id);
+                            let at = self.origin + self.now;
+                            session.rebuild_failed(
+                                at,
+                                reception,
+                                archive.unwrap_or(0),
+                                &rebuild.missing,
+                            );
+                        }
                     }
                     // Completion here is holding every packet: frames are not unpacked
                     // (a sham body has none), so the table is never checked.
@@ -545,10 +574,15 @@ impl Lan<'_> {
     }
 
     fn report(self, body_len: u64) -> SimReport {
-        let (loop_packets, repair_packets) = (0..self.channels.len())
+        let (loop_packets, repair_packets, parity_packets) = (0..self.channels.len())
             .filter_map(|j| self.server.channel(0, j))
-            .fold((0, 0), |(l, r), (c, _)| {
-                (l + c.stats().loop_packets, r + c.stats().repair_packets)
+            .fold((0, 0, 0), |(l, r, p), (c, _)| {
+                let s = c.stats();
+                (
+                    l + s.loop_packets,
+                    r + s.repair_packets,
+                    p + s.parity_packets,
+                )
             });
         let body = &self.bodies.0[0];
         SimReport {
@@ -559,6 +593,7 @@ impl Lan<'_> {
             lost_data: self.lost_data,
             loop_packets,
             repair_packets,
+            parity_packets,
             repair_cap_exceeded: self.cap_exceeded,
             bodies_identical: self.config.store_bodies.then(|| {
                 self.nodes

@@ -69,6 +69,8 @@ pub struct SimConfig {
     pub join_at: Vec<Duration>,
     /// How receivers NAK.
     pub nak_mode: NakMode,
+    /// Receivers ask for parity instead of copies of their missing packets (§6.5).
+    pub parity: bool,
     /// Largest share of packets the sender spends on repairs.
     pub repair_share: f64,
     /// Lowest GRTT the sender advertises.
@@ -100,6 +102,7 @@ impl Default for SimConfig {
             jitter: Duration::from_micros(100),
             join_at: Vec::new(),
             nak_mode: NakMode::Suppressed,
+            parity: false,
             repair_share: DEFAULT_REPAIR_SHARE,
             grtt_floor: DEFAULT_GRTT_FLOOR,
             seed: 1,
@@ -124,8 +127,10 @@ pub struct SimReport {
     pub lost_data: u64,
     /// DATA packets sent in loop order, all channels.
     pub loop_packets: u64,
-    /// DATA packets sent as repairs, all channels.
+    /// DATA and PARITY packets sent as repairs, all channels.
     pub repair_packets: u64,
+    /// Of `repair_packets`, PARITY packets.
+    pub parity_packets: u64,
     /// Whether repairs ever exceeded their share of the channel (plus a short burst).
     pub repair_cap_exceeded: bool,
     /// With `store_bodies`: whether every complete receiver holds the sender's bytes.
@@ -155,6 +160,11 @@ impl SimReport {
     /// NAK packets per lost DATA transmission.
     pub fn naks_per_loss(&self) -> f64 {
         self.naks_sent as f64 / self.lost_data.max(1) as f64
+    }
+
+    /// NAKs sent by all receivers per DATA and PARITY packet the server sent.
+    pub fn feedback(&self) -> f64 {
+        self.naks_sent as f64 / (self.loop_packets + self.repair_packets).max(1) as f64
     }
 
     /// Repair packets as a share of all DATA packets sent.

@@ -29,8 +29,11 @@ pub struct Nak {
     pub echo_time_us: u64,
     /// Microseconds between hearing that STATUS and sending this NAK.
     pub hold_us: u32,
-    /// Missing packets as (first, count) ranges.
+    /// Missing packets as (first, count) ranges: resend these packets.
     pub ranges: Vec<(u32, u16)>,
+    /// Blocks as (block, missing): send this many parity packets of the block
+    /// (spec §6.5). `ranges` and `blocks` hold at most `MAX_NAK_RANGES` in all.
+    pub blocks: Vec<(u32, u16)>,
 }
 /// A receiver's reception report for one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -93,7 +96,10 @@ pub fn encode_status(key: &MacKey, session_id: u32, status: &Status) -> Vec<u8> 
 }
 /// Encodes a NAK datagram. More than `MAX_NAK_RANGES` ranges is a caller bug.
 pub fn encode_nak(key: &MacKey, session_id: u32, nak: &Nak) -> Vec<u8> {
-    assert!(nak.ranges.len() <= MAX_NAK_RANGES, "too many NAK ranges");
+    assert!(
+        nak.ranges.len() + nak.blocks.len() <= MAX_NAK_RANGES,
+        "too many NAK ranges"
+    );
     datagram(key, PacketType::Nak, session_id, |buf| {
         buf.extend_from_slice(&nak.archive_id.to_be_bytes());
         buf.extend_from_slice(&nak.receiver_id.to_be_bytes());
@@ -103,6 +109,11 @@ pub fn encode_nak(key: &MacKey, session_id: u32, nak: &Nak) -> Vec<u8> {
         for &(first, count) in &nak.ranges {
             buf.extend_from_slice(&first.to_be_bytes());
             buf.extend_from_slice(&count.to_be_bytes());
+        }
+        buf.extend_from_slice(&(nak.blocks.len() as u16).to_be_bytes());
+        for &(block, missing) in &nak.blocks {
+            buf.extend_from_slice(&block.to_be_bytes());
+            buf.extend_from_slice(&missing.to_be_bytes());
         }
     })
 }
@@ -160,18 +171,10 @@ pub(super) fn decode_nak(r: &mut Reader<'_>) -> Result<Nak, DecodeError> {
     let receiver_id = r.u32()?;
     let echo_time_us = r.u64()?;
     let hold_us = r.u32()?;
-    let count = r.u16()? as usize;
-    if count == 0 || count > MAX_NAK_RANGES {
+    let ranges = nak_pairs(r, MAX_NAK_RANGES)?;
+    let blocks = nak_pairs(r, MAX_NAK_RANGES - ranges.len())?;
+    if ranges.is_empty() && blocks.is_empty() {
         return Err(DecodeError::Invalid);
-    }
-    let mut ranges = Vec::with_capacity(count);
-    for _ in 0..count {
-        let first = r.u32()?;
-        let len = r.u16()?;
-        if len == 0 || first.checked_add(len as u32).is_none() {
-            return Err(DecodeError::Invalid);
-        }
-        ranges.push((first, len));
     }
     Ok(Nak {
         archive_id,
@@ -179,5 +182,23 @@ pub(super) fn decode_nak(r: &mut Reader<'_>) -> Result<Nak, DecodeError> {
         echo_time_us,
         hold_us,
         ranges,
+        blocks,
     })
+}
+/// A NAK's list of (u32, u16 ≥ 1) pairs, at most `max` of them, whose sum fits a u32.
+fn nak_pairs(r: &mut Reader<'_>, max: usize) -> Result<Vec<(u32, u16)>, DecodeError> {
+    let count = r.u16()? as usize;
+    if count > max {
+        return Err(DecodeError::Invalid);
+    }
+    let mut pairs = Vec::with_capacity(count);
+    for _ in 0..count {
+        let first = r.u32()?;
+        let len = r.u16()?;
+        if len == 0 || first.checked_add(len as u32).is_none() {
+            return Err(DecodeError::Invalid);
+        }
+        pairs.push((first, len));
+    }
+    Ok(pairs)
 }

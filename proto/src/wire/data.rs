@@ -34,6 +34,44 @@ pub fn encode_data(mac: &DataMac, session_id: u32, header: &DataHeader, payload:
     mac.seal_in_place(&mut buf, DATA_HEADER_LEN + payload.len());
     buf
 }
+/// Header of a PARITY packet (after the common header): laid out like DATA's,
+/// so that its GMAC nonce (type, block, parity index) comes from the same bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParityHeader {
+    /// Archive the block belongs to.
+    pub archive_id: u64,
+    /// Block number b: packets [b·BLOCK_PACKETS, …) (spec §6.5).
+    pub block: u32,
+    /// Number of packets in one loop of the archive.
+    pub packet_count: u32,
+    /// Which of the block's parity shards this is.
+    pub parity_index: u16,
+}
+/// Writes a PARITY header into `buf[..DATA_HEADER_LEN]`; the shard follows it.
+pub fn write_parity_header(buf: &mut [u8], session_id: u32, header: &ParityHeader) {
+    buf[0..2].copy_from_slice(&MAGIC);
+    buf[2] = VERSION;
+    buf[3] = PacketType::Parity as u8;
+    buf[4..8].copy_from_slice(&session_id.to_be_bytes());
+    buf[8..16].copy_from_slice(&header.archive_id.to_be_bytes());
+    buf[16..20].copy_from_slice(&header.block.to_be_bytes());
+    buf[20..24].copy_from_slice(&header.packet_count.to_be_bytes());
+    buf[24..26].copy_from_slice(&header.parity_index.to_be_bytes());
+    buf[26..28].copy_from_slice(&0u16.to_be_bytes());
+}
+/// Encodes a complete PARITY datagram (tests and tools; the sender writes in place).
+pub fn encode_parity(
+    mac: &DataMac,
+    session_id: u32,
+    header: &ParityHeader,
+    shard: &[u8],
+) -> Vec<u8> {
+    let mut buf = vec![0u8; DATA_HEADER_LEN + shard.len() + TRAILER_LEN];
+    write_parity_header(&mut buf, session_id, header);
+    buf[DATA_HEADER_LEN..DATA_HEADER_LEN + shard.len()].copy_from_slice(shard);
+    mac.seal_in_place(&mut buf, DATA_HEADER_LEN + shard.len());
+    buf
+}
 /// Encodes a MANIFEST datagram around already-encoded manifest bytes.
 pub fn encode_manifest(key: &MacKey, session_id: u32, manifest: &[u8]) -> Vec<u8> {
     datagram(key, PacketType::Manifest, session_id, |b| {

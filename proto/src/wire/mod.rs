@@ -16,7 +16,10 @@ pub use control::{
     Done, Nak, Report, Request, Status, encode_cookie, encode_done, encode_nak, encode_report,
     encode_request, encode_status,
 };
-pub use data::{DataHeader, encode_data, encode_manifest, write_data_header};
+pub use data::{
+    DataHeader, ParityHeader, encode_data, encode_manifest, encode_parity, write_data_header,
+    write_parity_header,
+};
 pub use director::{
     Direction, Directions, Found, Heartbeat, LOOKUP_PADDING, Lookup, MAX_DIRECTIONS, MAX_SUBNETS,
     Redirect, RedirectReason, SubnetThroughput, encode_directions, encode_heartbeat, encode_lookup,
@@ -36,7 +39,7 @@ use jobs::{decode_assign, decode_register};
 /// First two bytes of every loopcast datagram: "LC".
 pub const MAGIC: [u8; 2] = *b"LC";
 /// Wire format version this code speaks.
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 /// Bytes of the common header (magic, version, type, session id).
 pub const COMMON_HEADER_LEN: usize = 8;
 /// Bytes of the trailer: the packet's authentication tag.
@@ -58,9 +61,11 @@ pub const COOKIE_LEN: usize = 24;
 /// `Report::channel` of a receiver fed by unicast.
 pub const UNICAST_CHANNEL: u8 = 255;
 
-/// Archive payload bytes carried by one DATA packet for a given IP packet size.
+/// Archive payload bytes carried by one DATA packet for a given IP packet size:
+/// even, so that a PARITY packet (whose shard is the payload size rounded up to
+/// even) is never longer than a DATA packet.
 pub fn payload_size_for_packet(packet_size: usize) -> usize {
-    packet_size - IP_UDP_OVERHEAD - DATA_HEADER_LEN - TRAILER_LEN
+    (packet_size - IP_UDP_OVERHEAD - DATA_HEADER_LEN - TRAILER_LEN) & !1
 }
 
 /// Datagram types.
@@ -97,6 +102,8 @@ pub enum PacketType {
     Register = 14,
     /// A director's job for one agent.
     Assign = 15,
+    /// Parity of a block of an archive's packets, on the data channel.
+    Parity = 16,
 }
 
 /// Bytes of a STATUS datagram: common header, 32-byte body, trailer.
@@ -104,7 +111,8 @@ pub const STATUS_DATAGRAM_LEN: usize = COMMON_HEADER_LEN + 32 + TRAILER_LEN;
 /// DATA flag: this packet is a repair sent out of loop order; it does not move the
 /// receiver's idea of where the loop is.
 pub const FLAG_REPAIR: u16 = 1;
-/// Most ranges one NAK may carry (keeps a NAK within 1472 bytes).
+/// Most ranges and block requests one NAK may carry together (keeps a NAK
+/// within 1472 bytes).
 pub const MAX_NAK_RANGES: usize = 200;
 /// Bytes of one NAK range: first packet (u32) and count (u16).
 pub const NAK_RANGE_LEN: usize = 6;
@@ -139,6 +147,8 @@ impl From<Truncated> for DecodeError {
 pub enum Packet<'a> {
     /// A DATA packet and its payload.
     Data(DataHeader, &'a [u8]),
+    /// A PARITY packet and its shard.
+    Parity(ParityHeader, &'a [u8]),
     /// A MANIFEST packet; the body is decoded by `Manifest::decode`.
     Manifest(&'a [u8]),
     /// An ANNOUNCE packet.
@@ -229,6 +239,23 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
             return Ok(Datagram {
                 session_id,
                 packet: Packet::Data(header, r.rest()),
+            });
+        }
+        k if k == PacketType::Parity as u8 => {
+            let header = ParityHeader {
+                archive_id: r.u64()?,
+                block: r.u32()?,
+                packet_count: r.u32()?,
+                parity_index: r.u16()?,
+            };
+            let _reserved = r.u16()?;
+            let first = header.block as u64 * crate::fec::BLOCK_PACKETS as u64;
+            if first >= header.packet_count as u64 || r.rest().is_empty() {
+                return Err(DecodeError::Invalid);
+            }
+            return Ok(Datagram {
+                session_id,
+                packet: Packet::Parity(header, r.rest()),
             });
         }
         k if k == PacketType::Manifest as u8 => {

@@ -53,6 +53,16 @@ proptest! {
     }
 
     #[test]
+    fn parity_round_trips(session in any::<u32>(), id in any::<u64>(), count in 1u32.., block in any::<u32>(),
+                          index in any::<u16>(), shard in proptest::collection::vec(any::<u8>(), 1..1500)) {
+        let block = block % count.div_ceil(crate::fec::BLOCK_PACKETS);
+        let header = ParityHeader { archive_id: id, block, packet_count: count, parity_index: index };
+        let bytes = encode_parity(&data_mac(), session, &header, &shard);
+        prop_assert!(data_mac().verifies(&bytes));
+        prop_assert_eq!(decode(&bytes).unwrap().packet, Packet::Parity(header, &shard[..]));
+    }
+
+    #[test]
     fn manifest_packet_round_trips(session in any::<u32>(), body in proptest::collection::vec(any::<u8>(), 0..600)) {
         let bytes = encode_manifest(&mac(), session, &body);
         let d = decode(&bytes).unwrap();
@@ -76,8 +86,10 @@ proptest! {
 
     #[test]
     fn nak_round_trips(session in any::<u32>(), a in any::<u64>(), id in any::<u32>(), echo in any::<u64>(), hold in any::<u32>(),
-                       ranges in proptest::collection::vec((0u32..u32::MAX / 2, 1u16..), 1..MAX_NAK_RANGES)) {
-        let nak = Nak { archive_id: a, receiver_id: id, echo_time_us: echo, hold_us: hold, ranges };
+                       mut ranges in proptest::collection::vec((0u32..u32::MAX / 2, 1u16..), 1..MAX_NAK_RANGES), split in any::<prop::sample::Index>()) {
+        // Some pairs are packet ranges, the rest block requests.
+        let blocks = ranges.split_off(split.index(ranges.len() + 1));
+        let nak = Nak { archive_id: a, receiver_id: id, echo_time_us: echo, hold_us: hold, ranges, blocks };
         let bytes = encode_nak(&mac(), session, &nak);
         prop_assert!(bytes.len() <= DEFAULT_PACKET_SIZE - IP_UDP_OVERHEAD);
         prop_assert_eq!(decode(&bytes).unwrap().packet, Packet::Nak(nak));
@@ -223,6 +235,16 @@ fn tags_need_the_right_key_and_nonce() {
     let tag_at = moved.len() - TAG_LEN;
     moved[tag_at..].copy_from_slice(&data[tag_at..]);
     assert!(!data_mac().verifies(&moved));
+    // Nor does PARITY of the same bytes: the type is in the nonce.
+    let parity = ParityHeader {
+        archive_id: 1,
+        block: 4,
+        packet_count: 9,
+        parity_index: 0,
+    };
+    let mut as_parity = encode_parity(&data_mac(), 5, &parity, b"abc");
+    as_parity[tag_at..].copy_from_slice(&data[tag_at..]);
+    assert!(!data_mac().verifies(&as_parity));
     let status = encode_status(
         &mac(),
         5,
@@ -270,6 +292,28 @@ fn rejects_each_kind_of_bad_datagram() {
     };
     assert_eq!(
         decode(&encode_data(&data_mac(), 5, &out_of_range, b"x")),
+        Err(DecodeError::Invalid)
+    );
+    let parity_beyond = ParityHeader {
+        archive_id: 1,
+        block: 1,
+        packet_count: crate::fec::BLOCK_PACKETS,
+        parity_index: 0,
+    };
+    assert_eq!(
+        decode(&encode_parity(&data_mac(), 5, &parity_beyond, b"x")),
+        Err(DecodeError::Invalid)
+    );
+    let empty_nak = Nak {
+        archive_id: 1,
+        receiver_id: 2,
+        echo_time_us: 0,
+        hold_us: 0,
+        ranges: Vec::new(),
+        blocks: Vec::new(),
+    };
+    assert_eq!(
+        decode(&encode_nak(&mac(), 5, &empty_nak)),
         Err(DecodeError::Invalid)
     );
 }

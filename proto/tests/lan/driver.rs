@@ -3,6 +3,7 @@
 use super::Lan;
 use loopcast_proto::archive::Unpacker;
 use loopcast_proto::client::Command;
+use loopcast_proto::fec::Blocks;
 use std::collections::HashSet;
 use std::net::SocketAddrV4;
 
@@ -68,6 +69,15 @@ impl Lan {
                 let archive_id = manifest.archive_id;
                 node.session
                     .table_checked(now, reception, archive_id, ranges);
+            }
+            Command::Rebuild { reception, rebuild } => {
+                let (manifest, ..) = &node.storage[&reception];
+                let blocks = Blocks::of_manifest(manifest);
+                let archive_id = manifest.archive_id;
+                let body = &mut node.disk.get_mut(&manifest.name).unwrap().body;
+                if blocks.rebuild_in_body(body, &rebuild).is_err() {
+                    (node.session).rebuild_failed(now, reception, archive_id, &rebuild.missing);
+                }
             }
             Command::Unpack { reception, frames } => {
                 let (manifest, unpacker, verified) = node.storage.get_mut(&reception).unwrap();

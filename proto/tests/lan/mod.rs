@@ -91,6 +91,7 @@ pub fn client_config(key: MasterKey) -> ClientConfig {
         nak_mode: loopcast_proto::NakMode::Suppressed,
         directors: Vec::new(),
         stay_joined: false,
+        repair: loopcast_proto::client::RepairKind::Copies,
     }
 }
 

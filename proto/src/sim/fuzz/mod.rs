@@ -184,7 +184,16 @@ impl World {
             echo_time_us: 1,
             hold_us: 0,
             ranges: vec![(1, 3), (10, 60000)],
+            blocks: vec![(0, 2)],
         };
+        let blocks = crate::fec::Blocks::of_manifest(m);
+        let parity = wire::ParityHeader {
+            archive_id: id,
+            block: 0,
+            packet_count: count,
+            parity_index: 0,
+        };
+        let shard = vec![5u8; blocks.shard_len()];
         let report = wire::Report {
             archive_id: id,
             receiver_id: 9,
@@ -248,6 +257,7 @@ impl World {
             wire::encode_announce(&directory, SESSION, &announce),
             wire::encode_manifest(&keys.mac, SESSION, &self.manifest_bytes),
             wire::encode_data(&keys.data, SESSION, &data, payload),
+            wire::encode_parity(&keys.data, SESSION, &parity, &shard),
             wire::encode_status(&keys.mac, SESSION, &status),
             wire::encode_nak(&keys.mac, SESSION, &nak),
             wire::encode_report(&keys.mac, SESSION, &report),
@@ -448,6 +458,11 @@ impl World {
             nak_mode: NakMode::Suppressed,
             directors: if directed { vec![director] } else { Vec::new() },
             stay_joined: false,
+            // One run in two asks for parity.
+            repair: match steps.first().is_some_and(|s| s.origin & 0x40 != 0) {
+                true => crate::receiver::RepairKind::Parity,
+                false => crate::receiver::RepairKind::Copies,
+            },
         };
         let mut session = Session::new(config, now, 3);
         for s in steps {
@@ -491,6 +506,14 @@ impl World {
                                 session.reception(reception).map(|r| r.entry().archive_id);
                             if let Some(archive) = archive {
                                 session.table_checked(now, reception, archive, None);
+                            }
+                        }
+                        // Half the rebuilds fail: their packets are asked for again.
+                        Command::Rebuild { reception, rebuild } if s.dt_ms % 2 == 1 => {
+                            let archive =
+                                session.reception(reception).map(|r| r.entry().archive_id);
+                            if let Some(archive) = archive {
+                                session.rebuild_failed(now, reception, archive, &rebuild.missing);
                             }
                         }
                         _ => {}

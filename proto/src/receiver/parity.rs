@@ -1,0 +1,223 @@
+//! Parity repair at the receiver (spec §6.5): parity shards held per block until
+//! the block can be rebuilt, the block requests of its NAKs, and others' requests
+//! that suppress them.
+
+use super::{FileReceiver, Outcome};
+use crate::fec::Blocks;
+use crate::wire::{self, ParityHeader};
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
+use std::time::Instant;
+
+/// Most bytes of parity shards one reception holds while their blocks wait for
+/// more; past it a new shard is dropped (and asked for again).
+pub const MAX_PARITY_BYTES: usize = 16 << 20;
+
+/// How a receiver asks for what the loop passed and it lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RepairKind {
+    /// Ask for the missing packets themselves (NAK ranges).
+    #[default]
+    Copies,
+    /// Ask each block for as many parity packets as it lacks (NAK block requests);
+    /// the driver rebuilds blocks from them (`poll_rebuild`).
+    Parity,
+}
+
+/// A block the driver is to rebuild: every packet of it not listed in `missing`
+/// is stored already; `parity` holds enough shards for the rest
+/// (`fec::Blocks::rebuild`). The receiver counts `missing` as held from now on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rebuild {
+    /// The block.
+    pub block: u32,
+    /// Its packets that are not stored, in order.
+    pub missing: Vec<u32>,
+    /// Parity shards of the block: (parity index, shard).
+    pub parity: Vec<(u16, Vec<u8>)>,
+}
+
+/// Parity state of one reception.
+#[derive(Debug, Default)]
+pub(super) struct ParityState {
+    /// Per block waiting for more: the parity shards held.
+    held: BTreeMap<u32, Vec<(u16, Vec<u8>)>>,
+    bytes: usize,
+    /// Others' block requests heard: per block, the largest count heard and
+    /// until when it holds (one holdoff after the NAK that asked it).
+    asked: BTreeMap<u32, (u16, Instant)>,
+    rebuilds: VecDeque<Rebuild>,
+}
+
+impl ParityState {
+    fn held_in(&self, block: u32) -> usize {
+        self.held.get(&block).map_or(0, Vec::len)
+    }
+
+    fn drop_block(&mut self, block: u32) -> Option<Vec<(u16, Vec<u8>)>> {
+        let shards = self.held.remove(&block)?;
+        self.bytes -= shards.iter().map(|(_, s)| s.len()).sum::<usize>();
+        Some(shards)
+    }
+}
+
+impl FileReceiver {
+    /// This receiver, asking for repairs as `kind` says (see `RepairKind`).
+    pub fn with_repair_kind(mut self, kind: RepairKind) -> Self {
+        self.repair_kind = kind;
+        self
+    }
+
+    /// The next block the driver must rebuild, once its DATA payloads are written.
+    pub fn poll_rebuild(&mut self) -> Option<Rebuild> {
+        self.parity.rebuilds.pop_front()
+    }
+
+    /// The rebuild of `block` failed (a shard was unreadable or did not decode):
+    /// the packets it was to restore are missing again, and asked for again.
+    pub fn rebuild_failed(&mut self, now: Instant, missing: &[u32]) {
+        let Some(m) = &self.manifest else { return };
+        let p = m.payload_size as u64;
+        for &k in missing {
+            self.mark_missing(now, k as u64 * p..k as u64 * p + 1);
+        }
+    }
+
+    pub(super) fn blocks(&self) -> Option<Blocks> {
+        self.manifest.as_ref().map(Blocks::of_manifest)
+    }
+
+    pub(super) fn handle_parity<'a>(&mut self, header: ParityHeader, shard: &[u8]) -> Outcome<'a> {
+        if header.archive_id != self.archive_id {
+            self.stats.other_archive += 1;
+            return Outcome::Nothing;
+        }
+        let Some(blocks) = self.blocks() else {
+            self.stats.before_manifest += 1;
+            return Outcome::Nothing;
+        };
+        let packets = blocks.packets(header.block);
+        if header.packet_count != self.received.len()
+            || shard.len() != blocks.shard_len()
+            || header.parity_index >= blocks.source_count(header.block)
+        {
+            self.stats.malformed += 1;
+            return Outcome::Nothing;
+        }
+        let held = self.received.count_in(packets.clone()) as usize;
+        let shards = self.parity.held.get(&header.block);
+        if self.repair_kind != RepairKind::Parity
+            || held == packets.len()
+            || shards.is_some_and(|s| s.iter().any(|(j, _)| *j == header.parity_index))
+        {
+            self.stats.parity_unused += 1;
+            return Outcome::Nothing;
+        }
+        if self.parity.bytes + shard.len() > MAX_PARITY_BYTES {
+            self.stats.parity_dropped += 1;
+            return Outcome::Nothing;
+        }
+        self.stats.parity += 1;
+        self.parity.bytes += shard.len();
+        (self.parity.held.entry(header.block).or_default())
+            .push((header.parity_index, shard.to_vec()));
+        self.try_rebuild(header.block);
+        Outcome::Nothing
+    }
+
+    /// After packet `index` was stored: its block may now be rebuilt, or, complete,
+    /// needs its parity no more.
+    pub(super) fn block_gained(&mut self, index: u32) {
+        if self.parity.held.is_empty() {
+            return;
+        }
+        if let Some(blocks) = self.blocks() {
+            self.try_rebuild(blocks.of(index));
+        }
+    }
+
+    /// Rebuilds `block` (hands it to the driver) once its packets held and parity
+    /// shards are as many as its packets.
+    fn try_rebuild(&mut self, block: u32) {
+        let Some(blocks) = self.blocks() else { return };
+        let packets = blocks.packets(block);
+        let held = self.received.count_in(packets.clone()) as usize;
+        if held == packets.len() {
+            self.parity.drop_block(block);
+            return;
+        }
+        if held + self.parity.held_in(block) < packets.len() {
+            return;
+        }
+        let parity = self.parity.drop_block(block).unwrap_or_default();
+        let missing: Vec<u32> = (self.received.missing_runs(packets.clone(), usize::MAX))
+            .into_iter()
+            .flatten()
+            .collect();
+        for &k in &missing {
+            self.received.insert(k);
+        }
+        self.stats.rebuilt += missing.len() as u64;
+        if self.received.is_complete() {
+            self.timer = super::NakTimer::Idle;
+        }
+        self.parity.rebuilds.push_back(Rebuild {
+            block,
+            missing,
+            parity,
+        });
+    }
+
+    /// Notes another receiver's block requests (suppression, §6.5): each holds
+    /// for one holdoff.
+    pub(super) fn hear_block_requests(&mut self, now: Instant, requests: &[(u32, u16)]) {
+        let until = now + self.holdoff();
+        self.parity.asked.retain(|_, (_, at)| *at > now);
+        for &(block, count) in requests {
+            let asked = self.parity.asked.entry(block).or_insert((0, until));
+            if asked.1 <= now || count >= asked.0 {
+                *asked = (count, until);
+            }
+        }
+    }
+
+    /// What a parity NAK would ask for now: per block the loop has passed with
+    /// packets missing, how many parity packets it still lacks, unless another
+    /// receiver asked for at least as many.
+    pub(super) fn block_requests(&self, now: Instant, passed: &[Range<u32>]) -> Vec<(u32, u16)> {
+        let Some(blocks) = self.blocks() else {
+            return Vec::new();
+        };
+        // Missing packets passed, per block (blocks come in order: ranges are sorted).
+        let mut lacking: Vec<(u32, u32)> = Vec::new();
+        for range in passed {
+            let mut block = blocks.of(range.start);
+            loop {
+                let packets = blocks.packets(block);
+                if packets.start >= range.end || packets.is_empty() {
+                    break;
+                }
+                let part = range.start.max(packets.start)..range.end.min(packets.end);
+                let missing = part.len() as u32 - self.received.count_in(part);
+                match lacking.last_mut() {
+                    Some((b, m)) if *b == block => *m += missing,
+                    _ if missing > 0 => lacking.push((block, missing)),
+                    _ => {}
+                }
+                block += 1;
+            }
+        }
+        lacking
+            .into_iter()
+            .filter_map(|(block, missing)| {
+                let need = missing.saturating_sub(self.parity.held_in(block) as u32);
+                let asked = match self.parity.asked.get(&block) {
+                    Some(&(count, until)) if until > now => count as u32,
+                    _ => 0,
+                };
+                (need > asked).then_some((block, need.min(u16::MAX as u32) as u16))
+            })
+            .take(wire::MAX_NAK_RANGES)
+            .collect()
+    }
+}
