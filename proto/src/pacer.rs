@@ -138,7 +138,7 @@ mod tests {
             // Like `serve`: wake when a GSO batch of 44 is due; every tenth wake-up
             // comes 3 ms late, as when other work holds the CPU.
             late += 1;
-            let delay = if late % 10 == 0 { 3000 } else { 0 };
+            let delay = if late.is_multiple_of(10) { 3000 } else { 0 };
             now = pacer.ready_at(44 * 1472).max(now) + Duration::from_micros(delay);
         }
         let rate = sent as f64;

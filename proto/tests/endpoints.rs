@@ -343,7 +343,11 @@ fn a_forged_announce_flapping_the_archive_or_session_does_not_move_a_reception()
             control_port: channel_of(0).control_port,
             rate_bps: channel_of(0).rate_bps,
         }];
-        let session = if flap % 2 == 0 { 0xa11ce } else { 0xf0e };
+        let session = if flap.is_multiple_of(2) {
+            0xa11ce
+        } else {
+            0xf0e
+        };
         // Tagged with the site key: the switch rule holds even against a key holder.
         let forged = loopcast_proto::wire::encode_announce(
             &lan.key.directory_mac_key(),

@@ -260,7 +260,7 @@ impl Site {
         let mut events = Vec::new();
         for _ in 0..ms / 100 {
             self.now += Duration::from_millis(100);
-            if self.director.wall_ms(self.now) % 1000 == 0 {
+            if self.director.wall_ms(self.now).is_multiple_of(1000) {
                 self.heartbeat();
             }
             self.director.handle_timeout(self.now);

@@ -218,7 +218,7 @@ fn heartbeats_tell_the_receivers_goodput_per_subnet_and_the_cpu_used() {
             Ok(Packet::Heartbeat(beat)) => Some(beat),
             _ => None,
         })
-        .last()
+        .next_back()
         .expect("a heartbeat");
     assert_eq!(beat.cpu_permille, 420);
     let kbps = |packets: u64| (packets * payload * 8 / 1000) as u32;
