@@ -15,6 +15,7 @@ const NO_REPAIR: RepairConfig = RepairConfig {
     share: 0.0,
     grtt_floor: Duration::from_millis(5),
     group_size: 1,
+    fec_overhead: 0.0,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, RngExt, SeedableRng};

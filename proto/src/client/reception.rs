@@ -106,6 +106,11 @@ impl Reception {
         &self.fsm
     }
 
+    /// Its frames' tracker, once the frame table is checked.
+    pub fn frames(&self) -> Option<&FrameTracker> {
+        self.frames.as_ref()
+    }
+
     /// Where it stands.
     pub fn phase(&self) -> Phase {
         self.phase

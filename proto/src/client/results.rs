@@ -86,21 +86,26 @@ impl Session {
     }
 
     /// The driver could not rebuild a block of reception `id` (`Command::Rebuild`):
-    /// the packets it was to restore are fetched again.
+    /// the packets `missing` it was to restore are fetched again; as copies if
+    /// `by_copies` (it no longer holds some of the block's stored packets as they
+    /// came, so no parity can rebuild it).
     pub fn rebuild_failed(
         &mut self,
         now: Instant,
         id: ReceptionId,
         archive_id: u64,
         missing: &[u32],
+        by_copies: bool,
     ) {
         let Some(r) = self.live(id, archive_id) else {
             return;
         };
-        r.fsm.rebuild_failed(now, missing);
-        if let (Some(frames), Some(first), Some(last)) =
-            (r.frames.as_mut(), missing.first(), missing.last())
-        {
+        r.fsm.rebuild_failed(now, missing, by_copies);
+        if let (Some(frames), Some(first), Some(last)) = (
+            r.frames.as_mut(),
+            missing.iter().min(),
+            missing.iter().max(),
+        ) {
             frames.recount_packets(*first..*last + 1, r.fsm.received());
         }
         r.phase = Phase::Receiving;

@@ -130,11 +130,24 @@ impl FileReceiver {
         except: Option<&ReceivedMap>,
         max: usize,
     ) -> Vec<Range<u32>> {
+        self.missing_in(&self.gap_ranges(), except, max)
+    }
+
+    /// Runs of packets missing in `gaps` and not in `except`, at most `max`.
+    fn missing_in(
+        &self,
+        gaps: &[Range<u32>],
+        except: Option<&ReceivedMap>,
+        max: usize,
+    ) -> Vec<Range<u32>> {
         let mut runs = Vec::new();
-        for range in self.gap_ranges() {
+        for range in gaps {
             if runs.len() < max {
                 let left = max - runs.len();
-                runs.extend(self.received.missing_runs_except(range, except, left));
+                (runs).extend(
+                    self.received
+                        .missing_runs_except(range.clone(), except, left),
+                );
             }
         }
         runs
@@ -172,21 +185,39 @@ impl FileReceiver {
         self.expire_asked(now);
         match self.repair_kind {
             RepairKind::Copies => NakRequest {
-                ranges: self.nak_ranges(),
+                ranges: self.nak_ranges(&self.gap_ranges(), wire::MAX_NAK_RANGES),
                 blocks: Vec::new(),
             },
-            RepairKind::Parity => NakRequest {
-                ranges: Vec::new(),
-                blocks: self.block_requests(now, &self.gap_ranges()),
-            },
+            RepairKind::Parity => {
+                // The frame table's packets are asked as copies: nothing can be
+                // placed before the table, so they must not wait for a block.
+                let table = self.table_packets().end;
+                let (mut by_copies, mut rest) = (Vec::new(), Vec::new());
+                for gap in self.gap_ranges() {
+                    if gap.start < table {
+                        by_copies.push(gap.start..gap.end.min(table));
+                    }
+                    if gap.end > table {
+                        rest.push(gap.start.max(table)..gap.end);
+                    }
+                }
+                let blocks = self.block_requests(now, &rest);
+                by_copies.extend(self.in_copies_blocks(&rest));
+                let left = wire::MAX_NAK_RANGES - blocks.len();
+                NakRequest {
+                    ranges: self.nak_ranges(&by_copies, left),
+                    blocks,
+                }
+            }
         }
     }
 
-    fn nak_ranges(&self) -> Vec<(u32, u16)> {
+    /// Runs of packets missing in `gaps` and not asked for by others, at most `max`.
+    fn nak_ranges(&self, gaps: &[Range<u32>], max: usize) -> Vec<(u32, u16)> {
         let mut out = Vec::new();
-        for run in self.missing_passed(Some(&self.asked), wire::MAX_NAK_RANGES) {
+        for run in self.missing_in(gaps, Some(&self.asked), max) {
             let mut start = run.start;
-            while start < run.end && out.len() < wire::MAX_NAK_RANGES {
+            while start < run.end && out.len() < max {
                 let len = (run.end - start).min(u16::MAX as u32);
                 out.push((start, len as u16));
                 start += len;

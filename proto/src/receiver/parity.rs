@@ -5,7 +5,7 @@
 use super::{FileReceiver, Outcome};
 use crate::fec::Blocks;
 use crate::wire::{self, ParityHeader};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Range;
 use std::time::Instant;
 
@@ -47,6 +47,9 @@ pub(super) struct ParityState {
     /// until when it holds (one holdoff after the NAK that asked it).
     asked: BTreeMap<u32, (u16, Instant)>,
     rebuilds: VecDeque<Rebuild>,
+    /// Blocks the driver could not rebuild because it no longer holds some of
+    /// their stored packets as they came: their gaps are asked for as copies.
+    by_copies: BTreeSet<u32>,
 }
 
 impl ParityState {
@@ -73,11 +76,17 @@ impl FileReceiver {
         self.parity.rebuilds.pop_front()
     }
 
-    /// The rebuild of `block` failed (a shard was unreadable or did not decode):
-    /// the packets it was to restore are missing again, and asked for again.
-    pub fn rebuild_failed(&mut self, now: Instant, missing: &[u32]) {
-        let Some(m) = &self.manifest else { return };
-        let p = m.payload_size as u64;
+    /// A rebuild failed: the packets it was to restore are missing again, and
+    /// asked for again; as copies if `by_copies` (the driver no longer holds
+    /// some of the block's stored packets, so parity cannot rebuild it).
+    pub fn rebuild_failed(&mut self, now: Instant, missing: &[u32], by_copies: bool) {
+        let Some(blocks) = self.blocks() else { return };
+        let p = blocks.payload_size() as u64;
+        if by_copies {
+            self.parity
+                .by_copies
+                .extend(missing.iter().map(|&k| blocks.of(k)));
+        }
         for &k in missing {
             self.mark_missing(now, k as u64 * p..k as u64 * p + 1);
         }
@@ -108,6 +117,7 @@ impl FileReceiver {
         let shards = self.parity.held.get(&header.block);
         if self.repair_kind != RepairKind::Parity
             || held == packets.len()
+            || self.parity.by_copies.contains(&header.block)
             || shards.is_some_and(|s| s.iter().any(|(j, _)| *j == header.parity_index))
         {
             self.stats.parity_unused += 1;
@@ -128,7 +138,7 @@ impl FileReceiver {
     /// After packet `index` was stored: its block may now be rebuilt, or, complete,
     /// needs its parity no more.
     pub(super) fn block_gained(&mut self, index: u32) {
-        if self.parity.held.is_empty() {
+        if self.parity.held.is_empty() && self.parity.by_copies.is_empty() {
             return;
         }
         if let Some(blocks) = self.blocks() {
@@ -144,9 +154,12 @@ impl FileReceiver {
         let held = self.received.count_in(packets.clone()) as usize;
         if held == packets.len() {
             self.parity.drop_block(block);
+            self.parity.by_copies.remove(&block);
             return;
         }
-        if held + self.parity.held_in(block) < packets.len() {
+        if self.parity.by_copies.contains(&block)
+            || held + self.parity.held_in(block) < packets.len()
+        {
             return;
         }
         let parity = self.parity.drop_block(block).unwrap_or_default();
@@ -181,6 +194,24 @@ impl FileReceiver {
         }
     }
 
+    /// The gap ranges `gaps` within blocks to be repaired by copies.
+    pub(super) fn in_copies_blocks(&self, gaps: &[Range<u32>]) -> Vec<Range<u32>> {
+        let Some(blocks) = self.blocks() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for &block in &self.parity.by_copies {
+            let packets = blocks.packets(block);
+            for gap in gaps {
+                let part = gap.start.max(packets.start)..gap.end.min(packets.end);
+                if part.start < part.end {
+                    out.push(part);
+                }
+            }
+        }
+        out
+    }
+
     /// What a parity NAK would ask for now: per block the loop has passed with
     /// packets missing, how many parity packets it still lacks, unless another
     /// receiver asked for at least as many.
@@ -209,6 +240,7 @@ impl FileReceiver {
         }
         lacking
             .into_iter()
+            .filter(|(block, _)| !self.parity.by_copies.contains(block))
             .filter_map(|(block, missing)| {
                 let need = missing.saturating_sub(self.parity.held_in(block) as u32);
                 let asked = match self.parity.asked.get(&block) {

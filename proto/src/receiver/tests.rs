@@ -141,9 +141,21 @@ proptest! {
 
 #[test]
 fn a_mid_stream_joiner_naks_the_frame_table_at_once() {
+    a_mid_stream_joiner_naks_the_frame_table_at_once_as(RepairKind::Copies);
+}
+
+#[test]
+fn a_mid_stream_joiner_repairing_by_parity_still_naks_the_frame_table_as_copies() {
+    // Its block would come whole only with the next loop: nothing can be placed
+    // before the table, so it is not left to wait for parity.
+    a_mid_stream_joiner_naks_the_frame_table_at_once_as(RepairKind::Parity);
+}
+
+fn a_mid_stream_joiner_naks_the_frame_table_at_once_as(kind: RepairKind) {
     let (key, m, manifest_bytes) = setup();
     let now = Instant::now();
-    let mut r = FileReceiver::new(key, 7, m.archive_id, 1, NakMode::Immediate);
+    let mut r =
+        FileReceiver::new(key, 7, m.archive_id, 1, NakMode::Immediate).with_repair_kind(kind);
     r.handle_datagram(
         now,
         &wire::encode_manifest(&keys(&m).mac, 7, &manifest_bytes),
@@ -172,7 +184,7 @@ fn a_mid_stream_joiner_naks_the_frame_table_at_once() {
     let Packet::Nak(nak) = wire::decode(&nak).unwrap().packet else {
         panic!("not a NAK");
     };
-    assert_eq!(nak.ranges, vec![(0, 1)]);
+    assert_eq!((nak.ranges, nak.blocks), (vec![(0, 1)], vec![]));
 }
 
 #[test]

@@ -92,6 +92,9 @@ pub struct RepairConfig {
     pub grtt_floor: Duration,
     /// Group size advertised until more distinct receivers have NAKed.
     pub group_size: u32,
+    /// Parity packets sent on the loop after each block, as a share of its
+    /// packets (`serve --fec-overhead`; 0: only on request).
+    pub fec_overhead: f64,
 }
 
 impl Default for RepairConfig {
@@ -101,6 +104,7 @@ impl Default for RepairConfig {
             share: DEFAULT_REPAIR_SHARE,
             grtt_floor: DEFAULT_GRTT_FLOOR,
             group_size: 1,
+            fec_overhead: 0.0,
         }
     }
 }
@@ -135,6 +139,7 @@ enum Next {
     Status,
     Repair(u32),
     Parity(u32),
+    Proactive(u32),
     Data(u32),
 }
 
@@ -147,6 +152,8 @@ pub struct CarouselStats {
     pub repair_packets: u64,
     /// Of `repair_packets`, PARITY packets.
     pub parity_packets: u64,
+    /// PARITY packets sent on the loop (`fec_overhead`), not as repairs.
+    pub proactive_packets: u64,
     /// NAKed packets not repaired because their natural turn came first.
     pub repairs_skipped: u64,
     /// NAK packets accepted.
@@ -175,6 +182,9 @@ pub struct Carousel {
     grtt: Duration,
     pending: PacketSet,
     parity: ParityQueue,
+    /// The block just looped and how many of its parity packets still go out
+    /// on the loop (`fec_overhead`).
+    proactive: Option<(u32, u16)>,
     credit: f64,
     /// Receivers heard lately (NAKs, reports): the group size estimate.
     members: Membership,
@@ -218,6 +228,7 @@ impl Carousel {
             config,
             pending: PacketSet::new(manifest.packet_count()),
             parity: ParityQueue::new(crate::fec::Blocks::of_manifest(manifest)),
+            proactive: None,
             credit: 0.0,
             members: Membership::default(),
             peeked: None,
@@ -463,6 +474,9 @@ impl Carousel {
         if self.next_status_at.is_none_or(|at| now >= at) {
             return Next::Status;
         }
+        if let Some((block, _)) = self.proactive {
+            return Next::Proactive(block);
+        }
         if self.credit < 1.0 {
             return Next::Data(self.next_index);
         }
@@ -494,7 +508,7 @@ impl Carousel {
             Next::Repair(index) | Next::Data(index) => {
                 wire::DATA_HEADER_LEN + self.payload_len(index) + wire::TRAILER_LEN
             }
-            Next::Parity(_) => self.parity.datagram_len(),
+            Next::Parity(_) | Next::Proactive(_) => self.parity.datagram_len(),
         }
     }
 
@@ -560,8 +574,26 @@ impl Carousel {
                     (self.parity).write_next(block, header, &self.keys.data, buf, source)?;
                 Ok(Transmit::Parity { block, index, len })
             }
+            Next::Proactive(block) => {
+                self.proactive = match self.proactive {
+                    Some((b, left)) if left > 1 => Some((b, left - 1)),
+                    _ => None,
+                };
+                self.stats.proactive_packets += 1;
+                let header = (self.archive_id, self.session_id);
+                let (index, len) =
+                    (self.parity).write_next(block, header, &self.keys.data, buf, source)?;
+                Ok(Transmit::Parity { block, index, len })
+            }
             Next::Data(index) => {
                 self.pending.remove(index);
+                let blocks = *self.parity.blocks();
+                let block = blocks.of(index);
+                let extra = (blocks.source_count(block) as f64 * self.config.fec_overhead).ceil();
+                if extra >= 1.0 && index + 1 == blocks.packets(block).end {
+                    self.proactive =
+                        Some((block, extra.min(blocks.source_count(block) as f64) as u16));
+                }
                 if index % crate::fec::BLOCK_PACKETS == 0 {
                     self.parity.loop_reaches(self.parity.blocks().of(index));
                 }

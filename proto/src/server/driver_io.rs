@@ -34,6 +34,9 @@ pub struct ServerConfig {
     pub max_datagram: usize,
     /// Largest share of each channel's packets spent on repairs (0 turns repair off).
     pub repair_share: f64,
+    /// Parity sent on each multicast loop after every block, as a share of its
+    /// packets (`serve --fec-overhead`; 0: parity only on request).
+    pub fec_overhead: f64,
     /// Lowest GRTT advertised (`sender::DEFAULT_GRTT_FLOOR`).
     pub grtt_floor: Duration,
     /// Group size advertised until more receivers are heard (1 unless known).

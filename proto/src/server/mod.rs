@@ -503,6 +503,7 @@ impl FileOnAir {
                     share: config.repair_share,
                     grtt_floor: config.grtt_floor,
                     group_size: config.group_size,
+                    fec_overhead: config.fec_overhead,
                 };
                 // Loops of one file's channels start evenly spread over the file.
                 let phase = (packets as u64 * j as u64 / count) as u32;

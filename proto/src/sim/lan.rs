@@ -163,6 +163,7 @@ pub fn run(config: &SimConfig) -> SimReport {
         unicast_port: 7000,
         max_datagram: 1472,
         repair_share: config.repair_share,
+        fec_overhead: config.fec_overhead,
         grtt_floor: config.grtt_floor,
         group_size: config.receivers as u32,
         adapt: config.adapt,
@@ -473,6 +474,7 @@ impl Lan<'_> {
                                 reception,
                                 archive.unwrap_or(0),
                                 &rebuild.missing,
+                                false,
                             );
                         }
                     }

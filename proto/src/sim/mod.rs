@@ -71,6 +71,8 @@ pub struct SimConfig {
     pub nak_mode: NakMode,
     /// Receivers ask for parity instead of copies of their missing packets (§6.5).
     pub parity: bool,
+    /// Parity the server sends on the loop after each block, as a share of it.
+    pub fec_overhead: f64,
     /// Largest share of packets the sender spends on repairs.
     pub repair_share: f64,
     /// Lowest GRTT the sender advertises.
@@ -103,6 +105,7 @@ impl Default for SimConfig {
             join_at: Vec::new(),
             nak_mode: NakMode::Suppressed,
             parity: false,
+            fec_overhead: 0.0,
             repair_share: DEFAULT_REPAIR_SHARE,
             grtt_floor: DEFAULT_GRTT_FLOOR,
             seed: 1,

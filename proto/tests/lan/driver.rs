@@ -76,7 +76,13 @@ impl Lan {
                 let archive_id = manifest.archive_id;
                 let body = &mut node.disk.get_mut(&manifest.name).unwrap().body;
                 if blocks.rebuild_in_body(body, &rebuild).is_err() {
-                    (node.session).rebuild_failed(now, reception, archive_id, &rebuild.missing);
+                    (node.session).rebuild_failed(
+                        now,
+                        reception,
+                        archive_id,
+                        &rebuild.missing,
+                        false,
+                    );
                 }
             }
             Command::Unpack { reception, frames } => {

@@ -104,6 +104,7 @@ pub fn server_config(session_id: u32) -> ServerConfig {
         unicast_port: SERVER.port(),
         max_datagram: 1472,
         repair_share: 0.25,
+        fec_overhead: 0.0,
         grtt_floor: loopcast_proto::sender::DEFAULT_GRTT_FLOOR,
         group_size: 1,
         adapt: None,
@@ -165,6 +166,8 @@ pub struct Node {
     pub gone: bool,
 }
 
+/// A datagram on its way: to whom it goes is what the variants say.
+#[allow(clippy::enum_variant_names)]
 pub enum Delivery {
     ToServer(usize, ServerOrigin, Vec<u8>),
     ToNode(usize, ClientOrigin, Vec<u8>),

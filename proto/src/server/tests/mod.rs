@@ -49,6 +49,7 @@ fn harness(configure: impl FnOnce(&mut ServerConfig)) -> Harness {
         unicast_port: 7000,
         max_datagram: 1472,
         repair_share: 0.25,
+        fec_overhead: 0.0,
         grtt_floor: crate::sender::DEFAULT_GRTT_FLOOR,
         group_size: 1,
         adapt: None,

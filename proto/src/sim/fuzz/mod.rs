@@ -373,6 +373,7 @@ impl World {
             unicast_port: 7000,
             max_datagram: 1472,
             repair_share: 0.25,
+            fec_overhead: 0.05,
             grtt_floor: crate::sender::DEFAULT_GRTT_FLOOR,
             group_size: 1,
             adapt: Some((AdaptMode::Min, 1_000_000, 100_000_000)),
@@ -513,7 +514,13 @@ impl World {
                             let archive =
                                 session.reception(reception).map(|r| r.entry().archive_id);
                             if let Some(archive) = archive {
-                                session.rebuild_failed(now, reception, archive, &rebuild.missing);
+                                session.rebuild_failed(
+                                    now,
+                                    reception,
+                                    archive,
+                                    &rebuild.missing,
+                                    false,
+                                );
                             }
                         }
                         _ => {}
@@ -552,6 +559,19 @@ pub fn decode_everything(data: &[u8]) {
             frame_size: 1 << 16,
         };
         let _ = open_frame(&key.file_key(1), &place, rest);
+    }
+    // A parity rebuild from shards of any length, index and count (§6.5).
+    if let [size, first, present, step, rest @ ..] = data {
+        let blocks = crate::fec::Blocks::new(*size as u64 * 7 + 1, 8);
+        let shards: Vec<&[u8]> = rest.chunks(8).collect();
+        let parity: Vec<(u16, &[u8])> = (shards.iter().enumerate())
+            .map(|(i, s)| (((*first as usize + i) % 40) as u16, *s))
+            .collect();
+        let stored: Vec<(u32, &[u8])> = (shards.iter().enumerate())
+            .take(*present as usize % 16)
+            .map(|(i, s)| (i as u32 * (*step as u32 % 3), *s))
+            .collect();
+        let _ = blocks.rebuild(0, &stored, &parity);
     }
 }
 
