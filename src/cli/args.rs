@@ -248,6 +248,12 @@ pub(super) struct ServeArgs {
     /// (0 to 0.9; 0 turns repair off and receivers wait for the next loop).
     #[arg(long, default_value_t = loopcast_proto::sender::DEFAULT_REPAIR_SHARE, value_parser = parse_share)]
     pub(super) repair_share: f64,
+    /// Parity sent on every loop after each block of 1024 packets, as a percentage
+    /// of it (e.g. 5): receivers that lose up to that much of a block rebuild it
+    /// without asking, for lossy segments with no return path. Default 0: parity
+    /// only when receivers ask.
+    #[arg(long, value_name = "PERCENT", default_value_t = 0.0, value_parser = parse_percent)]
+    pub(super) fec_overhead: f64,
     /// Where archives of plain files are kept and reused. Default: ~/.cache/loopcast.
     #[arg(long)]
     pub(super) cache_dir: Option<PathBuf>,
@@ -257,6 +263,15 @@ pub(super) struct ServeArgs {
     /// drivers that mishandle GSO; costs more CPU per packet).
     #[arg(long)]
     pub(super) no_gso: bool,
+}
+
+/// `recv --repair`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Repair {
+    /// Parity packets per block (spec §6.5).
+    Parity,
+    /// Copies of the missing packets.
+    Copies,
 }
 
 #[derive(Args, Debug)]
@@ -290,6 +305,11 @@ pub(super) struct RecvArgs {
     /// Take one datagram per read instead of UDP GRO bundles (costs more CPU per packet).
     #[arg(long)]
     pub(super) no_gro: bool,
+    /// How to ask for what the loop passed and this receiver lacks: parity packets
+    /// (one repairs a different loss at each receiver; the default) or copies of
+    /// the missing packets (as before parity repair, for comparisons).
+    #[arg(long, value_enum, default_value_t = Repair::Parity)]
+    pub(super) repair: Repair,
     /// Fastest channel to take, bits/s (e.g. 50M). Default: the fastest on offer.
     /// Also the most a unicast stream may send us.
     #[arg(long, value_parser = parse_rate)]
@@ -422,8 +442,9 @@ pub(super) struct JobsArgs {
     pub(super) json: bool,
 }
 
+/// A percentage from 0 to 100, with or without a `%` sign.
 pub(super) fn parse_percent(text: &str) -> std::result::Result<f64, String> {
-    match text.parse::<f64>() {
+    match text.strip_suffix('%').unwrap_or(text).parse::<f64>() {
         Ok(v) if (0.0..=100.0).contains(&v) => Ok(v),
         _ => Err(format!("{text:?} is not a percentage between 0 and 100")),
     }

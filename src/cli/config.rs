@@ -1,7 +1,7 @@
 //! Raw arguments turned into validated configurations ("high args"): every check
 //! that can fail before anything runs, with a clear reason.
 
-use super::args::{AgentArgs, PushArgs, RecvArgs, ServeArgs, resolve_server};
+use super::args::{AgentArgs, PushArgs, RecvArgs, Repair, ServeArgs, resolve_server};
 use crate::agent::AgentConfig;
 use crate::error::{Error, Result};
 use crate::push::PushConfig;
@@ -9,6 +9,7 @@ use crate::recv::RecvConfig;
 use crate::server::ServeConfig;
 use crate::units::format_rate;
 use crate::{archive_file, keyfile, net};
+use loopcast_proto::client::RepairKind;
 use loopcast_proto::wire;
 use std::time::Duration;
 
@@ -48,6 +49,7 @@ pub(super) fn serve(a: ServeArgs) -> Result<ServeConfig> {
         packet_size: a.packet_size.into(),
         ttl: a.ttl,
         repair_share: a.repair_share,
+        fec_overhead: a.fec_overhead / 100.0,
         cache_dir: a.cache_dir.unwrap_or_else(archive_file::default_cache_dir),
         pack: (&a.pack).into(),
         gso: !a.no_gso,
@@ -90,6 +92,10 @@ pub(super) fn recv(a: RecvArgs) -> Result<RecvConfig> {
         debug_drop: a.debug_drop / 100.0,
         debug_seed: a.debug_seed,
         gro: !a.no_gro,
+        repair: match a.repair {
+            Repair::Parity => RepairKind::Parity,
+            Repair::Copies => RepairKind::Copies,
+        },
         max_rate: a.max_rate,
         aggregate: a.aggregate,
         sync_timeout: Duration::from_secs_f64(a.sync_timeout),

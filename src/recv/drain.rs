@@ -124,7 +124,8 @@ impl Receiver {
             }
             let mut stores: Vec<(u64, &[u8])> = Vec::new();
             for datagram in self.batch.datagrams() {
-                let is_data = datagram.get(3) == Some(&(wire::PacketType::Data as u8));
+                let is_data = [wire::PacketType::Data as u8, wire::PacketType::Parity as u8]
+                    .contains(&datagram.get(3).copied().unwrap_or(0));
                 let drop = self.io.config.debug_drop;
                 if drop > 0.0 && is_data && self.io.drop_rng.random_bool(drop) {
                     self.io.locals[id].debug_dropped += 1;

@@ -5,11 +5,11 @@ use super::{Io, Joined, Local, Source, render, token};
 use crate::datapath::BatchReceiver;
 use crate::error::{Context, Error, Result};
 use crate::net;
-use crate::storage::{FrameWorker, OutputDir, PartialFile};
+use crate::storage::{FrameWorker, OutputDir, PartialFile, Rebuilt};
 use loopcast_proto::Manifest;
 use loopcast_proto::archive::Unpacker;
 use loopcast_proto::client::{
-    ClientError, ClientEvent, Command, ReceptionId, Session, Transmit, Via,
+    ClientError, ClientEvent, Command, Rebuild, ReceptionId, Session, Transmit, Via,
 };
 use mio::Interest;
 use std::collections::HashMap;
@@ -98,6 +98,47 @@ impl Io {
         Ok(())
     }
 
+    /// Rebuilds a block of reception `id` from parity and stores the packets
+    /// rebuilt. A block some of whose stored packets are no longer held as they
+    /// came (their frame is unpacked) is given back to the session to be repaired
+    /// by copies; one whose shards do not decode, to be asked for again.
+    fn rebuild(&mut self, session: &mut Session, id: ReceptionId, rebuild: &Rebuild) -> Result<()> {
+        let archive_id = session.reception(id).map_or(0, |r| r.entry().archive_id);
+        let rebuilt = match self.locals.get(id).and_then(|l| l.partial.as_ref()) {
+            Some(partial) => partial.rebuild(rebuild)?,
+            None => return Ok(()),
+        };
+        if let Rebuilt::Packets(_) = rebuilt
+            && let Some(partial) = self.locals.get_mut(id).and_then(|l| l.partial.as_mut())
+        {
+            partial.rebuilt(rebuild.block);
+        }
+        let (again, by_copies) = match rebuilt {
+            Rebuilt::Packets(packets) => {
+                let p = session.reception(id).and_then(|r| r.receiver().manifest());
+                let p = p.map_or(0, |m| m.payload_size as u64);
+                let mut stores: Vec<(u64, &[u8])> = packets
+                    .iter()
+                    .map(|(k, b)| (*k as u64 * p, b.as_slice()))
+                    .collect();
+                return self.write(session, id, &mut stores);
+            }
+            Rebuilt::Unavailable => {
+                self.local(session, id).rebuilds_by_copies += 1;
+                (&rebuild.missing, true)
+            }
+            Rebuilt::Failed(e) => {
+                log::warn!(
+                    "block {} of {archive_id:016x} did not rebuild: {e}",
+                    rebuild.block
+                );
+                (&rebuild.missing, false)
+            }
+        };
+        session.rebuild_failed(Instant::now(), id, archive_id, again, by_copies);
+        Ok(())
+    }
+
     /// Sends one datagram; a lost one is repeated by the session's timers.
     pub(super) fn send(&self, t: &Transmit) {
         let result = match t.via {
@@ -134,6 +175,7 @@ impl Io {
                 dirty: false,
                 progress: self.progress.add(&name, 0),
                 debug_dropped: 0,
+                rebuilds_by_copies: 0,
                 let_go: 0,
                 delivered: None,
             });
@@ -260,19 +302,29 @@ impl Io {
                 let ranges = self.start_worker(session, reception, &manifest)?;
                 session.table_checked(now, reception, manifest.archive_id, ranges);
             }
-            // Asked for copies (see `ClientConfig::repair` in `recv`), so never
-            // sent; were it, the packets would be fetched again.
             Command::Rebuild { reception, rebuild } => {
-                let archive = session.reception(reception).map(|r| r.entry().archive_id);
-                if let Some(archive) = archive {
-                    session.rebuild_failed(Instant::now(), reception, archive, &rebuild.missing);
-                }
+                self.rebuild(session, reception, &rebuild)?;
             }
             Command::Unpack { reception, frames } => {
+                // A frame completed by a rebuild that then failed waits for its packets.
+                let held = |frame: u32| {
+                    let r = session.reception(reception);
+                    let tracker = r.and_then(|r| r.frames());
+                    r.zip(tracker).is_some_and(|(r, t)| {
+                        r.receiver().received().contains_range(t.packets_of(frame))
+                    })
+                };
+                let frames: Vec<u32> = frames.into_iter().filter(|&f| held(f)).collect();
+                let Some(received) = session
+                    .reception(reception)
+                    .map(|r| r.receiver().received())
+                else {
+                    return Ok(());
+                };
                 let local = self.local(session, reception);
                 if let (Some(worker), Some(partial)) = (&local.worker, &mut local.partial) {
                     for frame in frames {
-                        if let Some(source) = partial.take_frame(frame) {
+                        if let Some(source) = partial.take_frame(frame, received) {
                             worker.submit(frame, source);
                         }
                     }

@@ -54,6 +54,8 @@ pub struct RecvConfig {
     pub debug_seed: Option<u64>,
     /// Read UDP GRO bundles where the kernel offers them (`--no-gro` clears it).
     pub gro: bool,
+    /// Ask for parity or copies (`--repair`).
+    pub repair: RepairKind,
     /// Fastest channel to take, bits/s (None: the fastest on offer).
     pub max_rate: Option<u64>,
     /// Join every channel within `max_rate` at once.
@@ -133,6 +135,9 @@ struct Local {
     progress: FileProgress,
     /// DATA packets thrown away by `--debug-drop`.
     debug_dropped: u64,
+    /// Blocks that could not be rebuilt because some of their stored packets were
+    /// no longer held as they came (their frame unpacked): repaired by copies.
+    rebuilds_by_copies: u64,
     /// Payloads let go for want of room in memory and the partial file (each
     /// one makes its frame fetched again).
     let_go: u64,
@@ -214,9 +219,7 @@ pub fn recv(config: RecvConfig) -> Result<()> {
             nak_mode: loopcast_proto::NakMode::Suppressed,
             directors: config.directors.clone(),
             stay_joined: false,
-            // This driver cannot yet read a block's stored packets back from its
-            // frames in memory (spec §6.5): it asks for copies.
-            repair: RepairKind::Copies,
+            repair: config.repair,
         },
         now,
         rand::random(),

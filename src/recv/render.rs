@@ -236,7 +236,7 @@ impl Render {
             .map(|p| p.display().to_string())
             .unwrap_or_default();
         log::info!(
-            "{}: complete and verified in {secs:.2} s ({} at {}) over {}; {} packets stored, {} resumed, {} duplicates, {} loop positions passed while away, {} dropped ({} forged), {} debug-dropped, {} dropped by the kernel (socket buffer full), {} payloads let go for want of room (fetched again); repair: {} repairs received, {} NAKs sent, {} heard, {} suppressed -> {path}",
+            "{}: complete and verified in {secs:.2} s ({} at {}) over {}; {} packets stored, {} resumed, {} duplicates, {} loop positions passed while away, {} dropped ({} forged), {} debug-dropped, {} dropped by the kernel (socket buffer full), {} payloads let go for want of room (fetched again); repair: {} repairs received, {} parity packets taken ({} not needed), {} packets rebuilt ({} blocks repaired by copies as part of them was unpacked), {} NAKs sent, {} heard, {} suppressed -> {path}",
             r.entry().name,
             format_bytes(size),
             format_rate(size as f64 * 8.0 / secs.max(1e-9)),
@@ -251,6 +251,10 @@ impl Render {
             r.kernel_drops(),
             local.map_or(0, |l| l.let_go),
             s.repairs,
+            s.parity,
+            s.parity_unused,
+            s.rebuilt,
+            local.map_or(0, |l| l.rebuilds_by_copies),
             s.naks_sent,
             s.naks_heard,
             s.naks_suppressed,
@@ -263,6 +267,7 @@ impl Render {
             "done",
             json!({"file": r.entry().name, "path": path, "seconds": secs,
                    "bytes": size, "via": via(r), "duplicates": s.duplicates,
+                   "rebuilt": s.rebuilt, "parity": s.parity,
                    "blake3": r.receiver().manifest().map(|m| loopcast_proto::keys::hex(&m.content_digest)),
                    "passed_away": r.receiver().passed_away()}),
         );

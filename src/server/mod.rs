@@ -44,6 +44,8 @@ pub struct ServeConfig {
     pub ttl: u32,
     /// Largest share of each channel's packets spent on repairs (0 turns repair off).
     pub repair_share: f64,
+    /// Parity on each loop after every block, as a share of it (`--fec-overhead`).
+    pub fec_overhead: f64,
     /// Where packed archives of plain files are kept.
     pub cache_dir: PathBuf,
     /// How plain files are packed.
@@ -212,6 +214,7 @@ fn start(config: &ServeConfig, first_channel: u32, signals: &mut StopSignals) ->
             unicast_port: config.unicast_port,
             max_datagram: config.packet_size - wire::IP_UDP_OVERHEAD,
             repair_share: config.repair_share,
+            fec_overhead: config.fec_overhead,
             grtt_floor: loopcast_proto::sender::DEFAULT_GRTT_FLOOR,
             group_size: 1,
             adapt: config.adapt,

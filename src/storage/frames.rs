@@ -7,6 +7,7 @@
 
 use loopcast_proto::ReceivedMap;
 use loopcast_proto::archive::FRAME_HEADER_LEN;
+use loopcast_proto::fec::Blocks;
 use loopcast_proto::received::packets_covering;
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
@@ -19,6 +20,10 @@ pub const MEMORY_BUDGET: usize = 32 << 20;
 /// The partial file holds at most 1/`SPILL_SHARE` of the body in frames waiting
 /// for repair (files up to `MEMORY_BUDGET` never need it).
 pub const SPILL_SHARE: u64 = 5;
+/// Most bytes kept of frames handed to the worker that parity blocks not yet
+/// whole still need for a rebuild (spec §6.5); the oldest go first, and their
+/// blocks are then repaired by copies.
+pub const RETAIN_BUDGET: usize = 8 << 20;
 
 /// A reusable buffer for one frame, laid out so that the byte after the sealed
 /// frame's header, where an uncompressed frame's plaintext starts, is `ALIGN`ed:
@@ -52,6 +57,12 @@ impl FrameBuffer {
     pub fn sealed_mut(&mut self, len: usize) -> &mut [u8] {
         let start = self.aligned + ALIGN - FRAME_HEADER_LEN;
         &mut self.bytes[start..start + len]
+    }
+
+    /// The sealed frame of `len` bytes it holds.
+    pub fn sealed(&self, len: usize) -> &[u8] {
+        let start = self.aligned + ALIGN - FRAME_HEADER_LEN;
+        &self.bytes[start..start + len]
     }
 
     /// `len` bytes starting on an `ALIGN`ed address (for decompressed plaintext).
@@ -105,6 +116,12 @@ pub struct FrameAssembly {
     spill_cap: u64,
     /// Frames let go since the driver last asked (their packets must come again).
     let_go: Vec<u32>,
+    /// The archive's parity blocks.
+    blocks: Blocks,
+    /// Bytes of frames handed to the worker that incomplete blocks need for a
+    /// rebuild, oldest first: (body offset, bytes as they came).
+    retained: VecDeque<(u64, Vec<u8>)>,
+    retained_bytes: usize,
 }
 
 impl FrameAssembly {
@@ -150,6 +167,9 @@ impl FrameAssembly {
             spilled,
             spill_cap: Self::spill_cap(body_len),
             let_go: Vec::new(),
+            blocks: Blocks::new(body_len, payload_size),
+            retained: VecDeque::new(),
+            retained_bytes: 0,
             buffer_len,
             ranges,
         }
@@ -209,6 +229,58 @@ impl FrameAssembly {
         }
     }
 
+    /// Reads back body bytes at `offset` as they were stored, into `buf`: parts
+    /// in frames held in memory are copied, parts in the partial file are listed
+    /// in `from_disk` (body offset, range of `buf`). False if a part is in a frame
+    /// with the frame worker or in the output: no longer held as it came.
+    pub fn read(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+        from_disk: &mut Vec<(u64, Range<usize>)>,
+    ) -> bool {
+        let end = offset + buf.len() as u64;
+        let first = self.ranges.partition_point(|r| r.end <= offset);
+        let mut covered = offset;
+        let at = |byte: u64| (byte - offset) as usize;
+        for frame in first..self.ranges.len() {
+            let r = self.ranges[frame].clone();
+            if r.start >= end {
+                break;
+            }
+            if covered < r.start {
+                from_disk.push((covered, at(covered)..at(r.start))); // the frame table
+            }
+            let (from, to) = (covered.max(r.start), end.min(r.end));
+            covered = to;
+            match self.place[frame] {
+                Place::Memory => {
+                    let sealed = self.buffers[&(frame as u32)].sealed((r.end - r.start) as usize);
+                    buf[at(from)..at(to)].copy_from_slice(
+                        &sealed[(from - r.start) as usize..(to - r.start) as usize],
+                    );
+                }
+                Place::Disk | Place::Nowhere => from_disk.push((from, at(from)..at(to))),
+                Place::Sent { .. } | Place::Done => {
+                    let kept = self
+                        .retained
+                        .iter()
+                        .find(|(start, bytes)| *start <= from && to <= start + bytes.len() as u64);
+                    let Some((start, bytes)) = kept else {
+                        return false;
+                    };
+                    let at_kept = (from - start) as usize;
+                    buf[at(from)..at(to)]
+                        .copy_from_slice(&bytes[at_kept..at_kept + (to - from) as usize]);
+                }
+            }
+        }
+        if covered < end {
+            from_disk.push((covered, at(covered)..buf.len()));
+        }
+        true
+    }
+
     /// Gives `frame` a buffer: from the pool, or new while under the budget, or
     /// by spilling the oldest frame in memory; else the frame goes to disk, or
     /// past the partial file's cap is let go.
@@ -258,6 +330,42 @@ impl FrameAssembly {
     /// Body range of frame `frame`.
     pub fn range(&self, frame: u32) -> Range<u64> {
         self.ranges[frame as usize].clone()
+    }
+
+    /// Before `frame` goes to the worker (which decrypts it where it lies): keeps
+    /// a copy of its bytes in each parity block that is not whole in `received`,
+    /// so that the block can still be rebuilt (a block can only straddle a frame
+    /// at its edges: the blocks inside a whole frame are whole).
+    pub fn retain_for_rebuild(&mut self, frame: u32, received: &ReceivedMap) {
+        let (Some(buffer), Some(r)) = (self.buffers.get(&frame), self.ranges.get(frame as usize))
+        else {
+            return;
+        };
+        let p = self.payload_size as u64;
+        let packets = packets_covering(r.clone(), self.payload_size);
+        let Some(last) = packets.end.checked_sub(1) else {
+            return;
+        };
+        let (first, last) = (self.blocks.of(packets.start), self.blocks.of(last));
+        let sealed = buffer.sealed((r.end - r.start) as usize);
+        for block in [first, last]
+            .into_iter()
+            .take(if first == last { 1 } else { 2 })
+        {
+            let in_block = self.blocks.packets(block);
+            if received.count_in(in_block.clone()) as usize == in_block.len() {
+                continue;
+            }
+            let from = r.start.max(in_block.start as u64 * p);
+            let to = r.end.min(in_block.end as u64 * p);
+            let bytes = sealed[(from - r.start) as usize..(to - r.start) as usize].to_vec();
+            self.retained_bytes += bytes.len();
+            self.retained.push_back((from, bytes));
+        }
+        while self.retained_bytes > RETAIN_BUDGET {
+            let (_, gone) = self.retained.pop_front().expect("bytes are counted");
+            self.retained_bytes -= gone.len();
+        }
     }
 
     /// Hands `frame` (all its packets held) to the frame worker: from memory, or
@@ -323,6 +431,18 @@ impl FrameAssembly {
     /// Which frames are verified and in the output.
     pub fn done(&self) -> Vec<bool> {
         self.place.iter().map(|p| *p == Place::Done).collect()
+    }
+
+    /// Forgets the bytes kept for rebuilds within body `range` (its block is whole).
+    pub fn forget_retained(&mut self, range: Range<u64>) {
+        let retained_bytes = &mut self.retained_bytes;
+        self.retained.retain(|(start, bytes)| {
+            let inside = range.start <= *start && start + bytes.len() as u64 <= range.end;
+            if inside {
+                *retained_bytes -= bytes.len();
+            }
+            !inside
+        });
     }
 
     /// `received` less the packets with bytes only in memory (frames held or sent

@@ -13,7 +13,7 @@ mod unpack;
 pub use frames::{FrameBuffer, FrameSource};
 pub use map::{SavedMap, SavedState, decode_state, encode_map};
 pub use output::PlainOutput;
-pub use partial::{PartialFile, free_bytes};
+pub use partial::{PartialFile, Rebuilt, free_bytes};
 pub use persister::{Job, Persister};
 pub use private::{own_dir, partial_dir, read_private};
 pub use unpack::{FrameReport, FrameWorker, OutputDir, deliver};

@@ -19,6 +19,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+mod rebuild;
+pub use rebuild::Rebuilt;
+
 /// Most payloads one vectored write takes (the kernel's IOV_MAX).
 const MAX_IOVECS: usize = 1024;
 /// Most payload bytes held in memory before the frame table is known (the
@@ -265,9 +268,12 @@ impl PartialFile {
         Ok(())
     }
 
-    /// Hands `frame` to the frame worker (None: it has it, or it is done).
-    pub fn take_frame(&mut self, frame: u32) -> Option<FrameSource> {
-        self.assembly.as_mut()?.take(frame)
+    /// Hands `frame` to the frame worker (None: it has it, or it is done),
+    /// keeping what parity blocks not whole in `received` need of it.
+    pub fn take_frame(&mut self, frame: u32, received: &ReceivedMap) -> Option<FrameSource> {
+        let assembly = self.assembly.as_mut()?;
+        assembly.retain_for_rebuild(frame, received);
+        assembly.take(frame)
     }
 
     /// The worker is through with `frame` (`ok`: it is in the output).

@@ -142,3 +142,41 @@ fn with_the_memory_all_at_the_worker_a_new_frame_goes_to_disk_within_the_cap() {
     assert_eq!(a.take_let_go(), vec![4]);
     assert!(matches!(a.take(2), Some(FrameSource::Disk)));
 }
+
+#[test]
+fn bytes_of_a_frame_sent_to_the_worker_are_read_back_for_a_rebuild_only_if_kept() {
+    let (ranges, body) = layout();
+    let mut received = ReceivedMap::new(7);
+    let mut a = FrameAssembly::new(ranges, 1000, 6640, &[false; 3], &received);
+    let (mut to_disk, mut spill) = (Vec::new(), Vec::new());
+    // Frame 0 (packets 0..3) whole; packet 5, in frame 2, missing: the one
+    // parity block (all 7 packets) is not whole.
+    for p in [0, 1, 2, 3, 4, 6] {
+        let (at, payload) = packet(&body, p);
+        a.store(at, payload, &mut to_disk, &mut spill);
+        received.insert(p as u32);
+    }
+    let mut buf = vec![0u8; 1000];
+    let mut from_disk = Vec::new();
+    assert!(a.read(1000, &mut buf, &mut from_disk));
+    assert_eq!((&buf[..], from_disk.len()), (&body[1000..2000], 0));
+    a.retain_for_rebuild(0, &received);
+    assert!(a.take(0).is_some());
+    // With the worker now (decrypted where it lies), but kept: still readable.
+    buf.fill(0);
+    assert!(a.read(1000, &mut buf, &mut from_disk));
+    assert_eq!(&buf[..], &body[1000..2000]);
+    // Packet 0 is partly the frame table (on disk), partly frame 0 (kept).
+    assert!(a.read(0, &mut buf, &mut from_disk));
+    assert_eq!(from_disk, vec![(0, 0..40)]);
+    assert_eq!(&buf[40..], &body[40..1000]);
+    // Forgotten once the block is rebuilt, and not kept for a whole block.
+    a.forget_retained(0..7000);
+    assert!(!a.read(1000, &mut buf, &mut from_disk));
+    let (at, payload) = packet(&body, 5);
+    a.store(at, payload, &mut to_disk, &mut spill);
+    received.insert(5);
+    a.retain_for_rebuild(2, &received);
+    assert!(a.take(2).is_some());
+    assert!(!a.read(3000, &mut buf, &mut from_disk));
+}
