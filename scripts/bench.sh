@@ -18,7 +18,8 @@
 # Rates: LOOPCAST_RATE (default 1.2G, loopcast's --rate; LOOPCAST_JUMBO_RATE in
 # scenario j, default 4G), UFTP_RATE_KBPS (default -1:
 # as fast as the interface allows), UDPCAST_RATE (default: none, udpcast's own pace).
-# LOOPCAST_SERVE_FLAGS adds flags to loopcast's serve (e.g. --no-gso); LOOPCAST_BIN
+# LOOPCAST_SERVE_FLAGS adds flags to loopcast's serve (e.g. --no-gso),
+# LOOPCAST_RECV_FLAGS to its receivers' (e.g. --repair copies); LOOPCAST_BIN
 # runs another loopcast build instead of building this tree's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -115,7 +116,7 @@ run_one() {
     case "$tool" in
         loopcast)
             for i in $(seq $n); do
-                spawn "r$i" "r$i" "$BIN" recv -k "$work/key" -i "$(addr "$i")" -o "$work/out$i" --timeout "$run_limit"
+                spawn "r$i" "r$i" "$BIN" recv -k "$work/key" -i "$(addr "$i")" -o "$work/out$i" --timeout "$run_limit" ${LOOPCAST_RECV_FLAGS:-}
                 receivers+=("$spawned"); rtags+=("r$i")
             done
             sleep 0.5
@@ -125,7 +126,7 @@ run_one() {
             server=$spawned
             if [ -n "$late" ]; then
                 sleep 3
-                spawn r4 r4 "$BIN" recv -k "$work/key" -i "$(addr 4)" -o "$work/out4" --timeout "$run_limit"
+                spawn r4 r4 "$BIN" recv -k "$work/key" -i "$(addr 4)" -o "$work/out4" --timeout "$run_limit" ${LOOPCAST_RECV_FLAGS:-}
                 receivers+=("$spawned"); rtags+=(r4)
             fi
             wait_all "$(after "$t0" "$run_limit")" "${receivers[@]}"

@@ -106,7 +106,8 @@ impl Io {
         let archive_id = session.reception(id).map_or(0, |r| r.entry().archive_id);
         let rebuilt = match self.locals.get(id).and_then(|l| l.partial.as_ref()) {
             Some(partial) => partial.rebuild(rebuild)?,
-            None => return Ok(()),
+            // No storage (closed meanwhile): nothing holds the block.
+            None => Rebuilt::Unavailable,
         };
         if let Rebuilt::Packets(_) = rebuilt
             && let Some(partial) = self.locals.get_mut(id).and_then(|l| l.partial.as_mut())
