@@ -264,6 +264,24 @@ fn t13_a_third_party_naking_everything_suppresses_no_honest_nak() {
 }
 
 #[test]
+fn t32_forged_parity_and_block_requests_are_dropped() {
+    // 100 NAKs/s asking every block's whole parity, about 1,000 forged PARITY/s.
+    // Bound: r1 (3% dropped, so rebuilding from parity) finishes identical and
+    // counts the forged parity as forged; the server drops every forged NAK.
+    let Some(o) = attack("32", false) else { return };
+    let forged = number_before(o.r1_done(), " forged)");
+    assert!(forged >= 100.0, "{forged} forged at r1");
+    assert!(
+        number_before(o.r1_done(), " packets rebuilt") > 0.0,
+        "{}",
+        o.r1
+    );
+    let sent = number_after(&o.attack, "naks_sent=");
+    let dropped = number_before(o.closing(), " dropped), ");
+    assert!(dropped >= sent * 0.9, "{dropped} of {sent} dropped");
+}
+
+#[test]
 fn t16_hundreds_of_forged_entries_are_not_followed() {
     // 60 entries in 3 parts, 20 times a second. Bound: r1 joins the real file only.
     let Some(o) = attack("16", false) else { return };

@@ -215,13 +215,15 @@ impl Render {
                 let (c, group) = endpoint.channel(f, j)?;
                 let s = c.stats();
                 Some(format!(
-                    "{} on {}: {} loops, {} repairs for {} NAKs ({} dropped), {} left to the loop, GRTT {:.1} ms",
+                    "{} on {}: {} loops, {} repairs ({} of them parity) for {} NAKs ({} dropped), {} parity packets on the loop, {} left to the loop, GRTT {:.1} ms",
                     endpoint.manifest(f).name,
                     group,
                     c.loops(),
                     s.repair_packets,
+                    s.parity_packets,
                     s.naks,
                     s.naks_dropped,
+                    s.proactive_packets,
                     s.repairs_skipped,
                     c.grtt().as_secs_f64() * 1e3
                 ))

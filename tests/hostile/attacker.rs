@@ -134,6 +134,24 @@ pub fn run() {
             blocks: Vec::new(),
         },
     );
+    // T32: every block's whole parity asked for, and forged parity.
+    let blocks = loopcast_proto::fec::Blocks::of_manifest(&manifest);
+    let block_nak = wire::encode_nak(
+        &own_keys.mac,
+        session,
+        &wire::Nak {
+            archive_id: manifest.archive_id,
+            receiver_id: 0xbad,
+            echo_time_us: 1,
+            hold_us: 0,
+            ranges: Vec::new(),
+            blocks: (0..blocks.count())
+                .take(wire::MAX_NAK_RANGES)
+                .map(|b| (b, blocks.source_count(b)))
+                .collect(),
+        },
+    );
+    let shard = vec![0x5au8; blocks.shard_len()];
     let requesters: Vec<UdpSocket> = (0..16)
         .map(|_| {
             let s = UdpSocket::bind(SocketAddrV4::new(iface, 0)).unwrap();
@@ -163,6 +181,7 @@ pub fn run() {
     let mut streamed = vec![0u64; requesters.len()];
     let mut flap = 0u64;
     let (mut naks_sent, mut data_sent, mut reports_sent) = (0u64, 0u64, 0u64);
+    let mut parity_sent = 0u64;
     let payload = vec![0xa5u8; manifest.payload_size as usize];
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(secs) {
@@ -222,6 +241,21 @@ pub fn run() {
             let forged = wire::encode_data(&own_keys.data, session, &header, &payload);
             data_sent += sender.send_to(&forged, channel.group).is_ok() as u64;
         }
+        // T32: 100 NAKs/s asking every block's parity; about 1,000 forged PARITY/s.
+        for _ in 0..5 * row(32) as u32 {
+            naks_sent += sender.send_to(&block_nak, channel.control()).is_ok() as u64;
+        }
+        for i in 0..50u32 * row(32) as u32 {
+            let block = (flap as u32 * 50 + i) % blocks.count();
+            let header = wire::ParityHeader {
+                archive_id: manifest.archive_id,
+                block,
+                packet_count: count,
+                parity_index: (flap % blocks.source_count(block) as u64) as u16,
+            };
+            let forged = wire::encode_parity(&own_keys.data, session, &header, &shard);
+            parity_sent += sender.send_to(&forged, channel.group).is_ok() as u64;
+        }
         // T9: 500 new receiver ids a round, 10,000 a second.
         for i in 0..500u32 * row(9) as u32 {
             let report = wire::encode_report(
@@ -261,7 +295,7 @@ pub fn run() {
     }
     let granted = streamed.iter().filter(|&&n| n > 0).count();
     println!(
-        "attack done: rounds={flap} streams_granted={granted} stream_datagrams={} naks_sent={naks_sent} data_sent={data_sent} reports_sent={reports_sent}",
+        "attack done: rounds={flap} streams_granted={granted} stream_datagrams={} naks_sent={naks_sent} data_sent={data_sent} parity_sent={parity_sent} reports_sent={reports_sent}",
         streamed.iter().sum::<u64>()
     );
 }
