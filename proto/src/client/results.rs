@@ -76,7 +76,7 @@ impl Session {
         frame: u32,
         range: Range<u64>,
     ) {
-        if let Some(packets) = self.refetch(now, id, archive_id, Some(frame), range) {
+        if let Some(packets) = self.refetch(now, id, archive_id, range) {
             self.events.push_back(ClientEvent::FrameDamaged {
                 reception: id,
                 frame,
@@ -112,34 +112,35 @@ impl Session {
     }
 
     /// The driver let body bytes `range` of reception `id` go before their frame
-    /// was whole (frame `frame`, or before the frame table was known: None),
-    /// for want of room in memory and under the partial file's cap (spec §5):
-    /// their packets are fetched again, as after damage but without a warning.
+    /// was whole (or before the frame table was known), for want of room in
+    /// memory and under the partial file's cap (spec §5): their packets are
+    /// fetched again, as after damage but without a warning.
     pub fn storage_dropped(
         &mut self,
         now: Instant,
         id: ReceptionId,
         archive_id: u64,
-        frame: Option<u32>,
         range: Range<u64>,
     ) {
-        self.refetch(now, id, archive_id, frame, range);
+        self.refetch(now, id, archive_id, range);
     }
 
-    /// Marks the packets of body bytes `range` (frame `frame`'s, if it is one)
-    /// missing again; how many were held.
+    /// Marks the packets of body bytes `range` missing again; how many were held.
+    /// Every frame those packets carry bytes of is recounted: a packet at a
+    /// frame's edge is its neighbour's too, which must not stay counted whole.
     fn refetch(
         &mut self,
         now: Instant,
         id: ReceptionId,
         archive_id: u64,
-        frame: Option<u32>,
         range: Range<u64>,
     ) -> Option<u32> {
         let r = self.live(id, archive_id)?;
+        let payload_size = r.fsm.manifest().map_or(1, |m| m.payload_size as u32);
+        let covering = crate::received::packets_covering(range.clone(), payload_size);
         let packets = r.fsm.mark_missing(now, range);
-        if let (Some(frame), Some(frames)) = (frame, r.frames.as_mut()) {
-            frames.recount(frame, r.fsm.received());
+        if let Some(frames) = r.frames.as_mut() {
+            frames.recount_packets(covering, r.fsm.received());
         }
         r.phase = Phase::Receiving;
         Some(packets)

@@ -1,0 +1,115 @@
+//! The receiver session's count of each frame's missing packets stays true when
+//! packets are taken back: a frame is unpacked only once all its packets are held.
+
+use loopcast_proto::archive::Unpacker;
+use loopcast_proto::client::{ClientConfig, Command, Origin, RepairKind, Session};
+use loopcast_proto::wire::{self, Announce, AnnounceEntry, ChannelInfo, DataHeader};
+use loopcast_proto::{MasterKey, NakMode};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+const SESSION: u32 = 0x5e55;
+
+#[test]
+fn packets_taken_back_from_one_frame_uncount_its_neighbour_too() {
+    let key = MasterKey::from_bytes([3; 32]);
+    let mut rng = SmallRng::seed_from_u64(9);
+    let mut original = vec![0u8; 20_000];
+    rand::Rng::fill_bytes(&mut rng, &mut original);
+    // 4 kB frames in 1000-byte packets: neighbouring frames share a packet.
+    let (m, manifest_bytes, body) =
+        loopcast_proto::sim::pack(&key, &original, 4096, 1000, &mut rng);
+    let keys = wire::SessionKeys::new(&key.file_key(m.archive_id), SESSION, m.payload_size);
+    let channel = ChannelInfo {
+        group: SocketAddrV4::new(Ipv4Addr::new(239, 9, 9, 2), 7002),
+        control_port: 17002,
+        rate_bps: 10_000_000,
+    };
+    let now = Instant::now();
+    let config = ClientConfig {
+        key: key.clone(),
+        names: Vec::new(),
+        max_rate: None,
+        aggregate: false,
+        sync_timeout: Duration::from_secs(3600),
+        server: None,
+        unicast_only: false,
+        nak_mode: NakMode::Suppressed,
+        directors: Vec::new(),
+        stay_joined: true,
+        repair: RepairKind::Parity,
+    };
+    let mut session = Session::new(config, now, 1);
+    let listing = Announce {
+        part: 0,
+        parts: 1,
+        unicast_port: 7000,
+        key_fingerprint: key.fingerprint(),
+        entries: vec![AnnounceEntry {
+            archive_id: m.archive_id,
+            original_size: m.original_size,
+            body_len: m.body_len,
+            flags: 0,
+            name: m.name.clone(),
+            channels: vec![channel],
+        }],
+    };
+    let source = Ipv4Addr::new(10, 0, 0, 1);
+    let directory = key.directory_mac_key();
+    let announce = wire::encode_announce(&directory, SESSION, &listing);
+    session.handle_datagram(now, Origin::Directory { source }, &announce);
+    let on_channel = Origin::Channel {
+        reception: 0,
+        channel: 0,
+    };
+    let manifest = wire::encode_manifest(&keys.mac, SESSION, &manifest_bytes);
+    session.handle_datagram(now, on_channel, &manifest);
+    // Every packet but the last: every frame is whole but the last one.
+    let count = m.packet_count();
+    let mut ranges = None;
+    for k in 0..count - 1 {
+        let at = k as usize * 1000;
+        let payload = &body[at..(at + 1000).min(body.len())];
+        let header = DataHeader {
+            archive_id: m.archive_id,
+            packet_index: k,
+            packet_count: count,
+            flags: 0,
+        };
+        let data = wire::encode_data(&keys.data, SESSION, &header, payload);
+        let _ = session.handle_datagram(now, on_channel, &data);
+        while let Some(command) = session.poll_command() {
+            match command {
+                Command::OpenStorage { reception, .. } => session.storage_opened(reception, None),
+                Command::CheckTable { reception } => {
+                    let table = &body[..m.table_len() as usize];
+                    let unpacker = Unpacker::new(&key, &m, table).unwrap();
+                    ranges = Some(unpacker.frame_ranges().to_vec());
+                    session.table_checked(now, reception, m.archive_id, ranges.clone());
+                }
+                _ => {}
+            }
+        }
+    }
+    let ranges = ranges.expect("the table was checked");
+    let whole_and_held = |session: &Session| {
+        let r = session.reception(0).unwrap();
+        let frames = r.frames().unwrap();
+        let whole: Vec<u32> = frames.complete_frames().collect();
+        let held = whole
+            .iter()
+            .all(|&f| r.receiver().received().contains_range(frames.packets_of(f)));
+        (whole, held)
+    };
+    let (whole, held) = whole_and_held(&session);
+    assert_eq!(whole.len(), ranges.len() - 1);
+    assert!(held);
+    // The driver lets frame 1 go: its packets, the one it shares with frame 2
+    // included, are missing again, and neither frame counts as whole.
+    session.storage_dropped(now, 0, m.archive_id, ranges[1].clone());
+    let (whole, held) = whole_and_held(&session);
+    assert!(held, "a frame counted whole lacks packets: {whole:?}");
+    assert!(!whole.contains(&1) && !whole.contains(&2), "{whole:?}");
+}
