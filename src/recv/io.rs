@@ -89,7 +89,7 @@ impl Io {
                 local.let_go += let_go.len() as u64;
                 let now = Instant::now();
                 let archive_id = session.reception(id).map_or(0, |r| r.entry().archive_id);
-                for (_, range) in let_go {
+                for range in let_go {
                     session.storage_dropped(now, id, archive_id, range);
                 }
             }

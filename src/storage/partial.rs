@@ -283,13 +283,13 @@ impl PartialFile {
         }
     }
 
-    /// Body ranges let go for want of room (with their frame, None before the
-    /// frame table was known): their packets must come again.
-    pub fn take_let_go(&mut self) -> Vec<(Option<u32>, std::ops::Range<u64>)> {
-        let mut let_go: Vec<_> = self.early_dropped.drain(..).map(|r| (None, r)).collect();
+    /// Body ranges let go for want of room (before the frame table was known, or
+    /// whole frames): their packets must come again.
+    pub fn take_let_go(&mut self) -> Vec<std::ops::Range<u64>> {
+        let mut let_go: Vec<_> = self.early_dropped.drain(..).collect();
         if let Some(a) = self.assembly.as_mut() {
             let frames = a.take_let_go().into_iter();
-            let_go.extend(frames.map(|f| (Some(f), a.range(f))));
+            let_go.extend(frames.map(|f| a.range(f)));
         }
         let_go
     }
@@ -575,7 +575,7 @@ mod tests {
             payloads.len() as u64 - in_memory - on_disk
         );
         let dropped = first + in_memory + on_disk;
-        assert_eq!(let_go[0], (None, dropped * p..(dropped + 1) * p));
+        assert_eq!(let_go[0], dropped * p..(dropped + 1) * p);
         // The partial file holds no more than its cap.
         use std::os::unix::fs::MetadataExt;
         let used = fs::metadata(&partial.body_path).unwrap().blocks() * 512;

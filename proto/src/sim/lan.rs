@@ -1,6 +1,7 @@
 //! The simulated LAN's event loop: the server endpoint and the receiver sessions
 //! exchange datagrams through seeded links on a virtual clock.
 
+use super::queue::Queue;
 use super::{Bodies, SimConfig, SimReport, pack};
 use crate::client::{
     ClientConfig, ClientEvent, Command, Origin as ClientOrigin, RepairKind, Session, Via,
@@ -13,8 +14,7 @@ use crate::wire::{self, ChannelInfo};
 use crate::{CookieJar, MasterKey};
 use rand::rngs::SmallRng;
 use rand::{Rng, RngExt, SeedableRng};
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -26,7 +26,8 @@ const SIM_PAYLOAD: u16 =
     (wire::DEFAULT_PACKET_SIZE - wire::IP_UDP_OVERHEAD - wire::DATA_HEADER_LEN - wire::TRAILER_LEN)
         as u16;
 
-enum Event {
+/// What happens at a time on the simulated LAN.
+pub(super) enum Event {
     /// The server's timers or pacer are due (stale unless it is the one scheduled).
     ServerWake,
     /// A datagram reaches the server.
@@ -37,38 +38,6 @@ enum Event {
     NodeTimer(usize),
     /// Receiver `.0` starts listening.
     Join(usize),
-}
-
-/// The event queue: time, then insertion order, so equal times stay deterministic.
-#[derive(Default)]
-struct Queue {
-    heap: BinaryHeap<Reverse<(Duration, u64, usize)>>,
-    events: Vec<Option<Event>>,
-    free: Vec<usize>,
-    seq: u64,
-}
-
-impl Queue {
-    fn push(&mut self, at: Duration, event: Event) {
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                self.events[slot] = Some(event);
-                slot
-            }
-            None => {
-                self.events.push(Some(event));
-                self.events.len() - 1
-            }
-        };
-        self.seq += 1;
-        self.heap.push(Reverse((at, self.seq, slot)));
-    }
-
-    fn pop(&mut self) -> Option<(Duration, Event)> {
-        let Reverse((at, _, slot)) = self.heap.pop()?;
-        self.free.push(slot);
-        Some((at, self.events[slot].take().expect("queued event")))
-    }
 }
 
 /// One simulated receiver.

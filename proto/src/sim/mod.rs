@@ -8,6 +8,7 @@
 
 pub mod fuzz;
 mod lan;
+mod queue;
 
 pub use lan::run;
 
