@@ -118,39 +118,26 @@ pub fn run() {
         })
         .collect();
     let count = manifest.packet_count();
-    let nak = wire::encode_nak(
-        &own_keys.mac,
-        session,
-        &wire::Nak {
+    // A forged NAK (tagged under the attacker's own key) asking `ranges` and `blocks`.
+    let forged_nak = |ranges: Vec<(u32, u16)>, blocks: Vec<(u32, u16)>| {
+        let nak = wire::Nak {
             archive_id: manifest.archive_id,
             receiver_id: 0xbad,
             echo_time_us: 1,
             hold_us: 0,
-            ranges: (0..count)
-                .step_by(60_000)
-                .map(|first| (first, (count - first).min(60_000) as u16))
-                .take(wire::MAX_NAK_RANGES)
-                .collect(),
-            blocks: Vec::new(),
-        },
-    );
+            ranges,
+            blocks,
+        };
+        wire::encode_nak(&own_keys.mac, session, &nak)
+    };
+    let whole_file = (0..count)
+        .step_by(60_000)
+        .map(|first| (first, (count - first).min(60_000) as u16));
+    let nak = forged_nak(whole_file.take(wire::MAX_NAK_RANGES).collect(), Vec::new());
     // T32: every block's whole parity asked for, and forged parity.
     let blocks = loopcast_proto::fec::Blocks::of_manifest(&manifest);
-    let block_nak = wire::encode_nak(
-        &own_keys.mac,
-        session,
-        &wire::Nak {
-            archive_id: manifest.archive_id,
-            receiver_id: 0xbad,
-            echo_time_us: 1,
-            hold_us: 0,
-            ranges: Vec::new(),
-            blocks: (0..blocks.count())
-                .take(wire::MAX_NAK_RANGES)
-                .map(|b| (b, blocks.source_count(b)))
-                .collect(),
-        },
-    );
+    let every_block = (0..blocks.count()).map(|b| (b, blocks.source_count(b)));
+    let block_nak = forged_nak(Vec::new(), every_block.take(wire::MAX_NAK_RANGES).collect());
     let shard = vec![0x5au8; blocks.shard_len()];
     let requesters: Vec<UdpSocket> = (0..16)
         .map(|_| {
