@@ -5,7 +5,7 @@ mod lan;
 
 use lan::*;
 use loopcast_proto::MasterKey;
-use loopcast_proto::client::{ClientEvent, Origin as ClientOrigin};
+use loopcast_proto::client::{ClientEvent, Origin as ClientOrigin, RepairKind};
 use loopcast_proto::sender::HEAR_EVERY_SERVER;
 use loopcast_proto::server::ServerEvent;
 use loopcast_proto::wire::ChannelInfo;
@@ -154,6 +154,36 @@ fn with_multicast_silent_a_receiver_given_the_server_completes_by_unicast() {
         }
     )));
     assert_eq!(lan.server().unicast_clients(), 0);
+}
+
+#[test]
+fn a_unicast_stream_losing_packets_is_repaired_by_parity_or_by_copies() {
+    // No multicast: the receiver takes a stream, and loses every 25th DATA or
+    // PARITY datagram of it.
+    for repair in [RepairKind::Parity, RepairKind::Copies] {
+        let mut lan = Lan::new(one_file(1_000_000), |_| {});
+        let node = lan.add_node(
+            |c| {
+                c.server = Some(SERVER);
+                c.repair = repair;
+            },
+            false,
+        );
+        lan.nodes[node].lose_every = 25;
+        let name = lan.files[0].manifest.name.clone();
+        assert!(
+            lan.run_until(Duration::from_secs(20), |l| l.delivered(node, &name)),
+            "{repair:?}"
+        );
+        assert!(lan.body_matches(node, 0), "{repair:?}");
+        let r = &lan.nodes[node].session.receptions()[0];
+        let s = r.receiver().stats();
+        assert!(r.stream_server().is_some(), "{repair:?}");
+        match repair {
+            RepairKind::Parity => assert!(s.rebuilt > 10 && s.repairs < s.rebuilt, "{s:?}"),
+            RepairKind::Copies => assert!(s.repairs > 10 && s.rebuilt == 0, "{s:?}"),
+        }
+    }
 }
 
 #[test]

@@ -15,7 +15,7 @@ use loopcast_proto::server::{
     ServerEvent, Socket,
 };
 use loopcast_proto::sim::Bodies;
-use loopcast_proto::wire::ChannelInfo;
+use loopcast_proto::wire::{self, ChannelInfo};
 use loopcast_proto::{CookieJar, Manifest, MasterKey, ReceivedMap, ResumePoint};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -164,6 +164,22 @@ pub struct Node {
     pub delivered: Vec<String>,
     /// True once the receiver is gone (killed): it neither hears nor says anything.
     pub gone: bool,
+    /// Loses every n-th DATA or PARITY datagram that reaches it (0: none).
+    pub lose_every: u32,
+    /// DATA and PARITY datagrams that reached it.
+    pub data_seen: u32,
+}
+
+impl Node {
+    /// Whether `datagram` is lost on its way here (`lose_every`).
+    fn loses(&mut self, datagram: &[u8]) -> bool {
+        let data = [wire::PacketType::Data as u8, wire::PacketType::Parity as u8];
+        if self.lose_every == 0 || !data.contains(&datagram.get(3).copied().unwrap_or(0)) {
+            return false;
+        }
+        self.data_seen += 1;
+        self.data_seen.is_multiple_of(self.lose_every)
+    }
 }
 
 /// A datagram on its way: to whom it goes is what the variants say.
@@ -250,6 +266,8 @@ impl Lan {
             events: Vec::new(),
             delivered: Vec::new(),
             gone: false,
+            lose_every: 0,
+            data_seen: 0,
         });
         i
     }
@@ -303,6 +321,7 @@ impl Lan {
                         }
                     }
                     Delivery::ToNode(i, _, _) if self.nodes[i].gone => {}
+                    Delivery::ToNode(i, _, bytes) if self.nodes[i].loses(&bytes) => {}
                     Delivery::ToNode(i, origin, bytes) => self.node_datagram(i, origin, &bytes),
                 }
             }
