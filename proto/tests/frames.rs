@@ -5,8 +5,6 @@ use loopcast_proto::archive::Unpacker;
 use loopcast_proto::client::{ClientConfig, Command, Origin, RepairKind, Session};
 use loopcast_proto::wire::{self, Announce, AnnounceEntry, ChannelInfo, DataHeader};
 use loopcast_proto::{MasterKey, NakMode};
-use rand::SeedableRng;
-use rand::rngs::SmallRng;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
@@ -15,12 +13,9 @@ const SESSION: u32 = 0x5e55;
 #[test]
 fn packets_taken_back_from_one_frame_uncount_its_neighbour_too() {
     let key = MasterKey::from_bytes([3; 32]);
-    let mut rng = SmallRng::seed_from_u64(9);
-    let mut original = vec![0u8; 20_000];
-    rand::Rng::fill_bytes(&mut rng, &mut original);
     // 4 kB frames in 1000-byte packets: neighbouring frames share a packet.
     let (m, manifest_bytes, body) =
-        loopcast_proto::sim::pack(&key, &original, 4096, 1000, &mut rng);
+        loopcast_proto::sim::random_archive(&key, 20_000, 4096, 1000, 9);
     let keys = wire::SessionKeys::new(&key.file_key(m.archive_id), SESSION, m.payload_size);
     let channel = ChannelInfo {
         group: SocketAddrV4::new(Ipv4Addr::new(239, 9, 9, 2), 7002),

@@ -68,10 +68,7 @@ fn nak_of(datagram: &[u8]) -> Nak {
 /// manifest, encoded manifest), about 21 packets.
 fn random_archive() -> (MasterKey, Manifest, Vec<u8>) {
     let key = MasterKey::from_bytes([4; 32]);
-    let mut rng = SmallRng::seed_from_u64(5);
-    let mut original = vec![0u8; 20_000];
-    rand::Rng::fill_bytes(&mut rng, &mut original);
-    let (m, manifest_bytes, _) = crate::sim::pack(&key, &original, 4096, 1000, &mut rng);
+    let (m, manifest_bytes, _) = crate::sim::random_archive(&key, 20_000, 4096, 1000, 5);
     (key, m, manifest_bytes)
 }
 
@@ -361,10 +358,7 @@ fn a_track_left_over_held_packets_counts_no_loss_when_the_receiver_is_back() {
 #[test]
 fn a_parity_receiver_asks_each_block_for_what_it_lacks_and_rebuilds_it() {
     let key = MasterKey::from_bytes([4; 32]);
-    let mut rng = SmallRng::seed_from_u64(6);
-    let mut original = vec![0u8; 20_000];
-    rand::Rng::fill_bytes(&mut rng, &mut original);
-    let (m, manifest_bytes, body) = crate::sim::pack(&key, &original, 4096, 1000, &mut rng);
+    let (m, manifest_bytes, body) = crate::sim::random_archive(&key, 20_000, 4096, 1000, 6);
     let blocks = crate::fec::Blocks::of_manifest(&m);
     let (count, keys) = (m.packet_count(), keys(&m));
     assert_eq!(blocks.count(), 1, "{count} packets, one block");

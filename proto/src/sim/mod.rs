@@ -18,7 +18,7 @@ use crate::rate::AdaptMode;
 use crate::receiver::NakMode;
 use crate::sender::{DEFAULT_GRTT_FLOOR, DEFAULT_REPAIR_SHARE};
 use crate::server::Archives;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use std::io;
 use std::time::Duration;
 
@@ -187,6 +187,22 @@ impl SimReport {
 }
 
 /// Packs `original` in memory with `frame_size` frames and `payload`-byte packets,
+/// A random (incompressible) file of `size` bytes packed with `key` in frames of
+/// `frame_size` and packets of `payload` bytes, from `seed`: (manifest, encoded
+/// manifest, body).
+pub fn random_archive(
+    key: &MasterKey,
+    size: usize,
+    frame_size: u32,
+    payload: u16,
+    seed: u64,
+) -> (crate::Manifest, Vec<u8>, Vec<u8>) {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut original = vec![0u8; size];
+    rng.fill_bytes(&mut original);
+    pack(key, &original, frame_size, payload, &mut rng)
+}
+
 /// salts from `rng`; returns the manifest, its encoded bytes, and the body.
 pub fn pack(
     key: &MasterKey,
