@@ -434,21 +434,18 @@ impl Carousel {
                 let len = self.write_data(index, wire::FLAG_REPAIR, buf, source)?;
                 Ok(Transmit::Repair { index, len })
             }
-            Next::Parity(block) => {
-                self.credit -= 1.0;
-                self.stats.repair_packets += 1;
-                self.stats.parity_packets += 1;
-                let header = (self.archive_id, self.session_id);
-                let (index, len) =
-                    (self.parity).write_next(block, header, &self.keys.data, buf, source)?;
-                Ok(Transmit::Parity { block, index, len })
-            }
-            Next::Proactive(block) => {
-                self.proactive = match self.proactive {
-                    Some((b, left)) if left > 1 => Some((b, left - 1)),
-                    _ => None,
-                };
-                self.stats.proactive_packets += 1;
+            Next::Parity(block) | Next::Proactive(block) => {
+                if let Next::Parity(_) = next {
+                    self.credit -= 1.0;
+                    self.stats.repair_packets += 1;
+                    self.stats.parity_packets += 1;
+                } else {
+                    self.proactive = match self.proactive {
+                        Some((b, left)) if left > 1 => Some((b, left - 1)),
+                        _ => None,
+                    };
+                    self.stats.proactive_packets += 1;
+                }
                 let header = (self.archive_id, self.session_id);
                 let (index, len) =
                     (self.parity).write_next(block, header, &self.keys.data, buf, source)?;
