@@ -46,7 +46,12 @@ impl FrameTracker {
 
     /// Frames whose every packet is held.
     pub fn complete_frames(&self) -> impl Iterator<Item = u32> + '_ {
-        (0..self.frame_count()).filter(|&f| self.missing[f as usize] == 0)
+        (0..self.frame_count()).filter(|&f| self.is_complete(f))
+    }
+
+    /// Whether every packet of `frame` is held.
+    pub fn is_complete(&self, frame: u32) -> bool {
+        self.missing.get(frame as usize) == Some(&0)
     }
 
     /// Records that packet `index` arrived (newly held) and appends the frames it

@@ -307,15 +307,6 @@ impl Io {
                 self.rebuild(session, reception, &rebuild)?;
             }
             Command::Unpack { reception, frames } => {
-                // A frame completed by a rebuild that then failed waits for its packets.
-                let held = |frame: u32| {
-                    let r = session.reception(reception);
-                    let tracker = r.and_then(|r| r.frames());
-                    r.zip(tracker).is_some_and(|(r, t)| {
-                        r.receiver().received().contains_range(t.packets_of(frame))
-                    })
-                };
-                let frames: Vec<u32> = frames.into_iter().filter(|&f| held(f)).collect();
                 let Some(received) = session
                     .reception(reception)
                     .map(|r| r.receiver().received())

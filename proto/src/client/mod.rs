@@ -442,12 +442,28 @@ impl Session {
 
     /// The next thing the driver must do, unless an older transmit must go first.
     pub fn poll_command(&mut self) -> Option<Command> {
-        let out = &mut self.out;
-        let (seq, _) = out.commands.front()?;
-        if out.transmits.front().is_some_and(|(t, _)| t < seq) {
-            return None;
+        loop {
+            let out = &mut self.out;
+            let (seq, _) = out.commands.front()?;
+            if out.transmits.front().is_some_and(|(t, _)| t < seq) {
+                return None;
+            }
+            let (_, mut command) = out.commands.pop_front()?;
+            // A frame queued whole may have lost packets since (a rebuild that
+            // failed, a neighbour let go): it is unpacked when it is whole again.
+            if let Command::Unpack { reception, frames } = &mut command
+                && let Some(tracker) = self
+                    .receptions
+                    .get(*reception)
+                    .and_then(|r| r.frames.as_ref())
+            {
+                frames.retain(|&f| tracker.is_complete(f));
+                if frames.is_empty() {
+                    continue;
+                }
+            }
+            return Some(command);
         }
-        out.commands.pop_front().map(|(_, c)| c)
     }
 
     /// The next thing that happened.
