@@ -134,8 +134,10 @@ pub fn pack_file(
             mtime_secs: meta.mtime(),
             mtime_nanos: meta.mtime_nsec() as u32,
         };
+        // A server signs its own payload size again (its packet size and family).
         let payload = loopcast_proto::wire::payload_size_for_packet(
             loopcast_proto::wire::DEFAULT_PACKET_SIZE,
+            loopcast_proto::wire::IP_UDP_OVERHEAD,
         ) as u16;
         let (table, manifest, manifest_bytes) = packer
             .finish(file_meta, payload)

@@ -3,28 +3,20 @@
 //! drop counter (SO_RXQ_OVFL). Linux only, like the rest of the driver.
 
 use crate::net::set_int_option;
+use socket2::SockAddr;
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 
 /// Most datagrams the kernel accepts in one GSO send (UDP_MAX_SEGMENTS).
 pub const MAX_GSO_SEGMENTS: usize = 64;
-/// Most UDP payload bytes one IPv4 send may carry, GSO or not.
+/// Most UDP payload bytes one send may carry, GSO or not (the IPv4 limit; IPv6 allows 20 more).
 pub const MAX_SEND_BYTES: usize = 65507;
 /// Datagrams (or GRO bundles) taken per `recvmmsg`.
 const RECV_BATCH: usize = 16;
 /// Room per received message: a GRO bundle is at most one IPv4 packet's worth.
 const RECV_SLOT: usize = 65536;
-
-fn sockaddr(to: SocketAddrV4) -> libc::sockaddr_in {
-    // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.
-    let mut sa: libc::sockaddr_in = unsafe { zeroed() };
-    sa.sin_family = libc::AF_INET as libc::sa_family_t;
-    sa.sin_port = to.port().to_be();
-    sa.sin_addr.s_addr = u32::from(*to.ip()).to_be();
-    sa
-}
 
 /// Sends runs of equal-sized datagrams with as few system calls as the kernel allows.
 #[derive(Debug)]
@@ -58,7 +50,7 @@ impl BatchSender {
         socket: &impl AsRawFd,
         buf: &[u8],
         segment: usize,
-        to: SocketAddrV4,
+        to: SocketAddr,
     ) -> io::Result<()> {
         if buf.is_empty() {
             return Ok(());
@@ -80,8 +72,8 @@ impl BatchSender {
     }
 }
 
-fn send_gso(fd: RawFd, buf: &[u8], segment: usize, to: SocketAddrV4) -> io::Result<()> {
-    let mut addr = sockaddr(to);
+fn send_gso(fd: RawFd, buf: &[u8], segment: usize, to: SocketAddr) -> io::Result<()> {
+    let addr = SockAddr::from(to);
     let mut iov = libc::iovec {
         iov_base: buf.as_ptr() as *mut libc::c_void,
         iov_len: buf.len(),
@@ -92,8 +84,9 @@ fn send_gso(fd: RawFd, buf: &[u8], segment: usize, to: SocketAddrV4) -> io::Resu
     debug_assert!(space <= size_of::<[u64; 8]>());
     // SAFETY: msghdr is plain old data; every pointer set below outlives the call.
     let mut msg: libc::msghdr = unsafe { zeroed() };
-    msg.msg_name = (&mut addr as *mut libc::sockaddr_in).cast();
-    msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // sendmsg only reads the name.
+    msg.msg_name = addr.as_ptr() as *mut libc::c_void;
+    msg.msg_namelen = addr.len();
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
@@ -119,8 +112,8 @@ fn send_gso(fd: RawFd, buf: &[u8], segment: usize, to: SocketAddrV4) -> io::Resu
     }
 }
 
-fn send_each(fd: RawFd, buf: &[u8], segment: usize, to: SocketAddrV4) -> io::Result<()> {
-    let mut addr = sockaddr(to);
+fn send_each(fd: RawFd, buf: &[u8], segment: usize, to: SocketAddr) -> io::Result<()> {
+    let addr = SockAddr::from(to);
     let mut iovs: Vec<libc::iovec> = buf
         .chunks(segment.max(1))
         .map(|c| libc::iovec {
@@ -131,8 +124,9 @@ fn send_each(fd: RawFd, buf: &[u8], segment: usize, to: SocketAddrV4) -> io::Res
     // SAFETY: mmsghdr is plain old data.
     let mut msgs: Vec<libc::mmsghdr> = (0..iovs.len()).map(|_| unsafe { zeroed() }).collect();
     for (m, iov) in msgs.iter_mut().zip(iovs.iter_mut()) {
-        m.msg_hdr.msg_name = (&mut addr as *mut libc::sockaddr_in).cast();
-        m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // sendmmsg only reads the name.
+        m.msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
+        m.msg_hdr.msg_namelen = addr.len();
         m.msg_hdr.msg_iov = iov;
         m.msg_hdr.msg_iovlen = 1;
     }
@@ -305,21 +299,21 @@ impl BatchReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::{Ipv4Addr, UdpSocket};
+    use std::net::UdpSocket;
 
-    fn pair() -> (UdpSocket, UdpSocket, SocketAddrV4) {
-        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    const V4: &str = "127.0.0.1:0";
+    const V6: &str = "[::1]:0";
+
+    fn pair(local: &str) -> (UdpSocket, UdpSocket, SocketAddr) {
+        let rx = UdpSocket::bind(local).unwrap();
         rx.set_nonblocking(true).unwrap();
-        let to = match rx.local_addr().unwrap() {
-            std::net::SocketAddr::V4(a) => a,
-            _ => unreachable!(),
-        };
-        let tx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let to = rx.local_addr().unwrap();
+        let tx = UdpSocket::bind(local).unwrap();
         (tx, rx, to)
     }
 
-    fn roundtrip(want_gso: bool, want_gro: bool) {
-        let (tx, rx, to) = pair();
+    fn roundtrip(local: &str, want_gso: bool, want_gro: bool) {
+        let (tx, rx, to) = pair(local);
         let gro = BatchReceiver::setup(&rx, want_gro);
         let mut sender = BatchSender::new(&tx, want_gso);
         // 40 datagrams of 1000 bytes and a short last one, each numbered.
@@ -340,7 +334,7 @@ mod tests {
             }
             got.extend(receiver.datagrams().map(|d| d.to_vec()));
         }
-        assert_eq!(got.len(), 41, "gso {want_gso} gro {gro}");
+        assert_eq!(got.len(), 41, "{local} gso {want_gso} gro {gro}");
         // GSO out and GRO in: the batch crosses loopback as one bundle.
         assert_eq!(messages == 1, want_gso && gro, "{messages} messages");
         for (i, d) in got.iter().take(40).enumerate() {
@@ -353,22 +347,26 @@ mod tests {
 
     #[test]
     fn batches_arrive_whole_and_in_order_with_and_without_gso_and_gro() {
-        roundtrip(true, true);
-        roundtrip(true, false);
-        roundtrip(false, true);
-        roundtrip(false, false);
+        for local in [V4, V6] {
+            roundtrip(local, true, true);
+            roundtrip(local, true, false);
+            roundtrip(local, false, true);
+            roundtrip(local, false, false);
+        }
     }
 
     #[test]
     fn gso_is_available_on_loopback() {
-        let (tx, _rx, _) = pair();
-        assert!(BatchSender::new(&tx, true).gso());
-        assert!(!BatchSender::new(&tx, false).gso());
+        for local in [V4, V6] {
+            let (tx, _rx, _) = pair(local);
+            assert!(BatchSender::new(&tx, true).gso());
+            assert!(!BatchSender::new(&tx, false).gso());
+        }
     }
 
     #[test]
     fn kernel_drops_are_counted_when_the_buffer_overflows() {
-        let (tx, rx, to) = pair();
+        let (tx, rx, to) = pair(V4);
         socket2::SockRef::from(&rx)
             .set_recv_buffer_size(4096)
             .unwrap();

@@ -1,8 +1,9 @@
 //! Sockets: interface resolution, multicast sender and receiver sockets, buffer sizing.
 
 use crate::error::{Context, Error, Result};
+use loopcast_proto::codec::ip_after;
 use socket2::{Domain, Protocol, Socket, Type};
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 
 /// Multicast TTL used unless `--ttl` says otherwise: stay on the LAN segment.
@@ -10,44 +11,166 @@ pub const DEFAULT_TTL: u32 = 1;
 /// Smallest socket buffer we ask the kernel for.
 pub const MIN_SOCKET_BUFFER: usize = 4 << 20;
 
-/// Resolves `--interface`: an interface name or one of this host's IPv4 addresses.
-/// `None` lets the kernel choose by its routing table.
-pub fn resolve_interface(spec: Option<&str>) -> Result<Ipv4Addr> {
+/// The interface `--interface` names: its addresses (sources and unicast
+/// sockets) and its index (IPv6 groups and link-local addresses). Unnamed, all
+/// is left to the kernel's routing table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Interface {
+    /// Its IPv4 address; None when none was named or it has none.
+    pub v4: Option<Ipv4Addr>,
+    /// Its IPv6 address, a global or unique-local one before a link-local one;
+    /// None when none was named or it has none.
+    pub v6: Option<Ipv6Addr>,
+    /// Its index; 0 when none was named.
+    pub index: u32,
+}
+
+impl Interface {
+    /// The kernel chooses.
+    pub const ANY: Interface = Interface {
+        v4: None,
+        v6: None,
+        index: 0,
+    };
+
+    /// The local address for `family`'s family on `port`: this interface's
+    /// address, or every address of the host when none was named.
+    fn local(&self, family: SocketAddr, port: u16) -> Result<SocketAddr> {
+        Ok(match family {
+            SocketAddr::V4(_) => (self.v4_or_any()?, port).into(),
+            SocketAddr::V6(_) => match (self.v6, self.index) {
+                (Some(ip), _) => self.scoped((ip, port).into()),
+                (None, 0) => (Ipv6Addr::UNSPECIFIED, port).into(),
+                (None, _) => {
+                    return Err(Error::new(
+                        "the --interface named has no IPv6 address; give an IPv4 group or another interface"
+                            .to_string(),
+                    ));
+                }
+            },
+        })
+    }
+
+    /// Whether unicast sockets bind every address of the host in `family`'s family.
+    pub fn binds_every_address(&self, family: SocketAddr) -> bool {
+        match family {
+            SocketAddr::V4(_) => self.v4.is_none(),
+            SocketAddr::V6(_) => self.v6.is_none(),
+        }
+    }
+
+    /// The IPv4 address to send and join IPv4 groups from.
+    fn v4_or_any(&self) -> Result<Ipv4Addr> {
+        match (self.v4, self.index) {
+            (Some(ip), _) => Ok(ip),
+            (None, 0) => Ok(Ipv4Addr::UNSPECIFIED),
+            (None, _) => Err(Error::new(
+                "the --interface named has no IPv4 address; give an IPv6 group or another interface"
+                    .to_string(),
+            )),
+        }
+    }
+
+    /// The address a datagram from `from` is known by: a link-local IPv6 source
+    /// on this interface loses its scope id, so that it compares equal to the
+    /// same address learnt from a packet (which carries no scope).
+    pub fn unscoped(&self, from: SocketAddr) -> SocketAddr {
+        match from {
+            SocketAddr::V6(mut v6) => {
+                v6.set_flowinfo(0);
+                if self.index != 0 && v6.scope_id() == self.index {
+                    v6.set_scope_id(0);
+                }
+                SocketAddr::V6(v6)
+            }
+            v4 => v4,
+        }
+    }
+
+    /// Where to send a datagram for `to`: a link-local IPv6 address without a
+    /// scope is taken to be on this interface.
+    pub fn scoped(&self, to: SocketAddr) -> SocketAddr {
+        match to {
+            SocketAddr::V6(mut v6) if v6.scope_id() == 0 && is_link_local(v6.ip()) => {
+                v6.set_scope_id(self.index);
+                SocketAddr::V6(v6)
+            }
+            other => other,
+        }
+    }
+}
+
+fn is_link_local(ip: &Ipv6Addr) -> bool {
+    ip.segments()[0] & 0xffc0 == 0xfe80
+}
+
+/// Resolves `--interface`: an interface name, or one of this host's IPv4 or
+/// IPv6 addresses. `None` lets the kernel choose by its routing table.
+pub fn resolve_interface(spec: Option<&str>) -> Result<Interface> {
     let Some(spec) = spec else {
-        return Ok(Ipv4Addr::UNSPECIFIED);
+        return Ok(Interface::ANY);
     };
     let addrs = if_addrs::get_if_addrs().context(|| "cannot list network interfaces".into())?;
-    let v4 = |a: &if_addrs::Interface| match a.ip() {
-        std::net::IpAddr::V4(ip) => Some(ip),
-        _ => None,
-    };
-    if let Ok(ip) = spec.parse::<Ipv4Addr>() {
-        return addrs
-            .iter()
-            .filter_map(v4)
-            .find(|a| *a == ip)
-            .ok_or_else(|| {
-                Error::new(format!(
-                    "--interface {spec}: no interface of this host has that address"
-                ))
-            });
-    }
-    addrs
-        .iter()
-        .filter(|a| a.name == spec)
-        .find_map(v4)
-        .ok_or_else(|| {
-            let mut names: Vec<_> = addrs
-                .iter()
-                .filter(|a| v4(a).is_some())
-                .map(|a| a.name.clone())
-                .collect();
-            names.dedup();
+    let name = if let Ok(ip) = spec.parse::<IpAddr>() {
+        let found = addrs.iter().find(|a| a.ip() == ip).ok_or_else(|| {
             Error::new(format!(
-                "--interface {spec}: no such interface with an IPv4 address (have: {})",
-                names.join(", ")
+                "--interface {spec}: no interface of this host has that address"
             ))
+        })?;
+        found.name.clone()
+    } else if addrs.iter().any(|a| a.name == spec) {
+        spec.to_string()
+    } else {
+        let mut names: Vec<_> = addrs.iter().map(|a| a.name.clone()).collect();
+        names.dedup();
+        return Err(Error::new(format!(
+            "--interface {spec}: no such interface with an address (have: {})",
+            names.join(", ")
+        )));
+    };
+    let ips = || addrs.iter().filter(|a| a.name == name).map(|a| a.ip());
+    let v4 = ips().find_map(|ip| match ip {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    });
+    let v6s = || {
+        ips().filter_map(|ip| match ip {
+            IpAddr::V6(v6) => Some(v6),
+            IpAddr::V4(_) => None,
         })
+    };
+    let v6 = v6s().find(|ip| !is_link_local(ip)).or_else(|| v6s().next());
+    let index = addrs
+        .iter()
+        .find(|a| a.name == name)
+        .and_then(|a| a.index)
+        .unwrap_or(0);
+    if index == 0 {
+        return Err(Error::new(format!(
+            "--interface {spec}: the kernel gives {name} no index"
+        )));
+    }
+    Ok(Interface { v4, v6, index })
+}
+
+fn domain_of(addr: SocketAddr) -> Domain {
+    if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    }
+}
+
+fn udp_socket(family: SocketAddr) -> Result<Socket> {
+    let socket = Socket::new(domain_of(family), Type::DGRAM, Some(Protocol::UDP))
+        .context(|| "cannot create UDP socket".into())?;
+    if family.is_ipv6() {
+        // An IPv6 socket hears IPv6 only; IPv4 has its own sockets.
+        socket
+            .set_only_v6(true)
+            .context(|| "cannot set IPV6_V6ONLY".into())?;
+    }
+    Ok(socket)
 }
 
 /// Sets an integer socket option; returns whether the kernel accepted it.
@@ -115,69 +238,115 @@ fn size_buffer(socket: &Socket, size: usize, receive: bool) -> usize {
     granted
 }
 
-/// A blocking UDP socket that sends multicast out of `interface` with `ttl`.
-pub fn multicast_sender(interface: Ipv4Addr, ttl: u32, send_buffer: usize) -> Result<UdpSocket> {
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
-        .context(|| "cannot create UDP socket".into())?;
-    if !interface.is_unspecified() {
-        socket
-            .set_multicast_if_v4(&interface)
-            .context(|| format!("cannot send multicast from {interface}"))?;
+/// A blocking UDP socket that sends multicast of `group`'s family out of
+/// `interface` with `ttl` (the hop limit on IPv6).
+pub fn multicast_sender(
+    group: SocketAddr,
+    interface: Interface,
+    ttl: u32,
+    send_buffer: usize,
+) -> Result<UdpSocket> {
+    let socket = udp_socket(group)?;
+    match group {
+        SocketAddr::V4(_) => {
+            let ip = interface.v4_or_any()?;
+            if !ip.is_unspecified() {
+                socket
+                    .set_multicast_if_v4(&ip)
+                    .context(|| format!("cannot send multicast from {ip}"))?;
+            }
+            socket
+                .set_multicast_ttl_v4(ttl)
+                .context(|| "cannot set multicast TTL".into())?;
+            socket
+                .set_multicast_loop_v4(true)
+                .context(|| "cannot enable multicast loop".into())?;
+        }
+        SocketAddr::V6(_) => {
+            if interface.index != 0 {
+                socket.set_multicast_if_v6(interface.index).context(|| {
+                    format!("cannot send multicast on interface {}", interface.index)
+                })?;
+            }
+            socket
+                .set_multicast_hops_v6(ttl)
+                .context(|| "cannot set the multicast hop limit".into())?;
+            socket
+                .set_multicast_loop_v6(true)
+                .context(|| "cannot enable multicast loop".into())?;
+        }
     }
-    socket
-        .set_multicast_ttl_v4(ttl)
-        .context(|| "cannot set multicast TTL".into())?;
-    socket
-        .set_multicast_loop_v4(true)
-        .context(|| "cannot enable multicast loop".into())?;
+    // Bound like the unicast socket, so that receivers answer the address
+    // that socket listens on.
+    let local = interface.local(group, 0)?;
     size_buffer(&socket, send_buffer, false);
     socket
-        .bind(&SocketAddrV4::new(interface, 0).into())
-        .context(|| format!("cannot bind a sending socket to {interface}"))?;
+        .bind(&local.into())
+        .context(|| format!("cannot bind a sending socket to {local}"))?;
     Ok(socket.into())
+}
+
+/// Joins `group` on `socket` on `interface`.
+pub fn join(socket: &Socket, group: IpAddr, interface: Interface) -> Result<()> {
+    match group {
+        IpAddr::V4(g) => {
+            let ip = interface.v4_or_any()?;
+            socket
+                .join_multicast_v4(&g, &ip)
+                .context(|| format!("cannot join {g} on interface {ip}"))
+        }
+        IpAddr::V6(g) => socket
+            .join_multicast_v6(&g, interface.index)
+            .context(|| format!("cannot join {g} on interface index {}", interface.index)),
+    }
 }
 
 /// A non-blocking UDP socket bound to `group` and joined to it on `interface`.
 /// Several receivers on one host can share a group (SO_REUSEADDR); binding to the
 /// group address and IP_MULTICAST_ALL off keep other groups' traffic out.
 pub fn multicast_receiver(
-    group: SocketAddrV4,
-    interface: Ipv4Addr,
+    group: SocketAddr,
+    interface: Interface,
     recv_buffer: usize,
 ) -> Result<UdpSocket> {
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
-        .context(|| "cannot create UDP socket".into())?;
+    let socket = udp_socket(group)?;
     socket
         .set_reuse_address(true)
         .context(|| "cannot set SO_REUSEADDR".into())?;
-    socket
-        .set_multicast_all_v4(false)
-        .context(|| "cannot clear IP_MULTICAST_ALL".into())?;
+    if group.is_ipv4() {
+        socket
+            .set_multicast_all_v4(false)
+            .context(|| "cannot clear IP_MULTICAST_ALL".into())?;
+    } else {
+        socket
+            .set_multicast_all_v6(false)
+            .context(|| "cannot clear IPV6_MULTICAST_ALL".into())?;
+    }
     size_buffer(&socket, recv_buffer, true);
     socket
         .bind(&group.into())
         .context(|| format!("cannot bind to {group}"))?;
-    socket
-        .join_multicast_v4(group.ip(), &interface)
-        .context(|| format!("cannot join {} on interface {interface}", group.ip()))?;
+    join(&socket, group.ip(), interface)?;
     socket
         .set_nonblocking(true)
         .context(|| "cannot make socket non-blocking".into())?;
     Ok(socket.into())
 }
 
-/// The group `offset` addresses after `base`, on port base port + `offset`.
-pub fn channel_for(base: SocketAddrV4, offset: u32) -> Result<SocketAddrV4> {
-    let ip = u32::from(*base.ip())
-        .checked_add(offset)
-        .map(Ipv4Addr::from)
-        .filter(|ip| ip.is_multicast());
+/// The group `offset` addresses after `base`, on port base port + `offset`. An
+/// IPv6 group keeps its flags and scope (its first two bytes).
+pub fn channel_for(base: SocketAddr, offset: u32) -> Result<SocketAddr> {
+    let same_prefix = |ip: &IpAddr| match (ip, base.ip()) {
+        (IpAddr::V6(ip), IpAddr::V6(b)) => ip.segments()[0] == b.segments()[0],
+        _ => true,
+    };
+    let ip = ip_after(base.ip(), offset).filter(|ip| ip.is_multicast() && same_prefix(ip));
     let port = base
         .port()
         .checked_add(u16::try_from(offset).unwrap_or(u16::MAX))
         .filter(|_| offset < u16::MAX as u32);
     match (ip, port) {
-        (Some(ip), Some(port)) => Ok(SocketAddrV4::new(ip, port)),
+        (Some(ip), Some(port)) => Ok(SocketAddr::new(ip, port)),
         _ => Err(Error::new(format!(
             "too many files or rates for directory group {base}: channel {offset} would leave the multicast range"
         ))),
@@ -193,16 +362,14 @@ pub fn recv_nonblocking(
     Ok(recv_from_nonblocking(socket, buf)?.map(|(n, _)| n))
 }
 
-/// `recv_nonblocking` that also says where the datagram came from (IPv4 only; others
-/// are skipped).
+/// `recv_nonblocking` that also says where the datagram came from.
 pub fn recv_from_nonblocking(
     socket: &mio::net::UdpSocket,
     buf: &mut [u8],
-) -> std::io::Result<Option<(usize, SocketAddrV4)>> {
+) -> std::io::Result<Option<(usize, SocketAddr)>> {
     loop {
         match socket.recv_from(buf) {
-            Ok((n, std::net::SocketAddr::V4(from))) => return Ok(Some((n, from))),
-            Ok(_) => continue,
+            Ok((n, from)) => return Ok(Some((n, from))),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
@@ -210,14 +377,17 @@ pub fn recv_from_nonblocking(
     }
 }
 
-/// A non-blocking UDP socket for unicast on `interface:port` (port 0: any free one;
-/// unspecified interface: every address of the host).
-pub fn unicast_socket(interface: Ipv4Addr, port: u16, buffer: usize) -> Result<UdpSocket> {
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
-        .context(|| "cannot create UDP socket".into())?;
+/// The local address for unicast in `family`'s family on `port` (0: any free
+/// one): `interface`'s address, or every address of the host when none was named.
+pub fn unicast_local(family: SocketAddr, interface: Interface, port: u16) -> Result<SocketAddr> {
+    interface.local(family, port)
+}
+
+/// A non-blocking UDP socket for unicast bound to `local`.
+pub fn unicast_socket(local: SocketAddr, buffer: usize) -> Result<UdpSocket> {
+    let socket = udp_socket(local)?;
     size_buffer(&socket, buffer, true);
     size_buffer(&socket, buffer, false);
-    let local = SocketAddrV4::new(interface, port);
     socket
         .bind(&local.into())
         .context(|| format!("cannot bind a unicast socket to {local}"))?;
@@ -232,7 +402,7 @@ pub const CONTROL_PORT_OFFSET: u16 = 10000;
 
 /// The control port of a channel: NAKs go to the channel's group on this port, so the
 /// server reads NAKs without reading its own data stream.
-pub fn control_port_for(channel: SocketAddrV4) -> Result<u16> {
+pub fn control_port_for(channel: SocketAddr) -> Result<u16> {
     channel
         .port()
         .checked_add(CONTROL_PORT_OFFSET)
@@ -250,23 +420,49 @@ mod tests {
 
     #[test]
     fn loopback_resolves_by_name_and_address_and_bad_ones_fail() {
-        assert_eq!(resolve_interface(Some("lo")).unwrap(), Ipv4Addr::LOCALHOST);
-        assert_eq!(
-            resolve_interface(Some("127.0.0.1")).unwrap(),
-            Ipv4Addr::LOCALHOST
-        );
+        let lo = resolve_interface(Some("lo")).unwrap();
+        assert_eq!(lo.v4, Some(Ipv4Addr::LOCALHOST));
+        assert_ne!(lo.index, 0);
+        assert_eq!(resolve_interface(Some("127.0.0.1")).unwrap(), lo);
+        assert_eq!(resolve_interface(Some("::1")).unwrap(), lo);
         assert!(resolve_interface(Some("no-such-if0")).is_err());
         assert!(resolve_interface(Some("192.0.2.77")).is_err());
-        assert!(resolve_interface(None).unwrap().is_unspecified());
+        assert!(resolve_interface(Some("2001:db8::77")).is_err());
+        assert_eq!(resolve_interface(None).unwrap(), Interface::ANY);
+    }
+
+    #[test]
+    fn link_local_addresses_take_the_interface_scope_and_lose_it_coming_in() {
+        let interface = Interface {
+            index: 7,
+            ..Interface::ANY
+        };
+        let bare: SocketAddr = "[fe80::1]:7000".parse().unwrap();
+        let scoped: SocketAddr = "[fe80::1%7]:7000".parse().unwrap();
+        assert_eq!(interface.scoped(bare), scoped);
+        assert_eq!(interface.unscoped(scoped), bare);
+        let global: SocketAddr = "[fd00::1]:7000".parse().unwrap();
+        assert_eq!(interface.scoped(global), global);
+        let elsewhere: SocketAddr = "[fe80::1%8]:7000".parse().unwrap();
+        assert_eq!(interface.unscoped(elsewhere), elsewhere);
     }
 
     #[test]
     fn channels_follow_the_directory_group() {
-        let base: SocketAddrV4 = "239.255.77.1:7700".parse().unwrap();
+        let base: SocketAddr = "239.255.77.1:7700".parse().unwrap();
         assert_eq!(
             channel_for(base, 1).unwrap(),
             "239.255.77.2:7701".parse().unwrap()
         );
         assert!(channel_for("239.255.255.255:7700".parse().unwrap(), 1).is_err());
+        let base: SocketAddr = "[ff15::77]:7700".parse().unwrap();
+        assert_eq!(
+            channel_for(base, 2).unwrap(),
+            "[ff15::79]:7702".parse().unwrap()
+        );
+        let top: SocketAddr = "[ff15:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:7700"
+            .parse()
+            .unwrap();
+        assert!(channel_for(top, 1).is_err());
     }
 }

@@ -63,15 +63,14 @@ impl StopSignals {
         })
     }
 
-    /// A UDP socket bound to `ip:port` (0: any free port), registered for reading as `token`.
+    /// A UDP socket bound to `local` (port 0: any free port), registered for
+    /// reading as `token`.
     pub fn udp_socket(
         &self,
-        ip: std::net::Ipv4Addr,
-        port: u16,
+        local: std::net::SocketAddr,
         token: Token,
     ) -> Result<mio::net::UdpSocket> {
-        let mut socket =
-            mio::net::UdpSocket::from_std(crate::net::unicast_socket(ip, port, 1 << 20)?);
+        let mut socket = mio::net::UdpSocket::from_std(crate::net::unicast_socket(local, 1 << 20)?);
         self.poll
             .registry()
             .register(&mut socket, token, Interest::READABLE)

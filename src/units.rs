@@ -1,6 +1,6 @@
 //! Parsing of command-line values: rates with K/M/G suffixes, durations, and multicast group addresses.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 /// Parses a duration: a number of seconds, or with a unit: 90s, 30m, 2h, 1d.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -74,14 +74,15 @@ pub fn format_bytes(bytes: u64) -> String {
     }
 }
 
-/// Parses a multicast group "G:P" with G in 224.0.0.0/4.
-pub fn parse_group(text: &str) -> Result<SocketAddrV4, String> {
-    let addr: SocketAddrV4 = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not GROUP:PORT (example: 239.255.77.1:7700)"))?;
+/// Parses a multicast group "G:P" with G in 224.0.0.0/4, or "[G]:P" with G in
+/// ff00::/8.
+pub fn parse_group(text: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = text.parse().map_err(|_| {
+        format!("{text:?} is not GROUP:PORT (examples: 239.255.77.1:7700, [ff15::77]:7700)")
+    })?;
     if !addr.ip().is_multicast() {
         return Err(format!(
-            "{} is not a multicast address (use 224.0.0.0/4, e.g. 239.255.77.1)",
+            "{} is not a multicast address (use 224.0.0.0/4, e.g. 239.255.77.1, or ff00::/8, e.g. ff15::77)",
             addr.ip()
         ));
     }

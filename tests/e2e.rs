@@ -389,7 +389,7 @@ fn a_path_traversal_name_from_a_rogue_sender_is_skipped_and_the_real_file_arrive
                 flags: 0,
                 name: "../evil".into(),
                 channels: vec![ChannelInfo {
-                    group: channel,
+                    group: channel.into(),
                     control_port: channel.port() + 10000,
                     rate_bps: 1_000_000,
                 }],
@@ -508,6 +508,59 @@ fn bad_inputs_fail_with_a_clear_reason() {
         .output()
         .unwrap();
     assert_clean_failure(&out, 2, "not a rate");
+    // One command's addresses are of one family.
+    let out = loopcast(&["serve", k, "-k", k, "-g", "[fd00::1]:7700"])
+        .output()
+        .unwrap();
+    assert_clean_failure(&out, 2, "not a multicast address");
+    let out = loopcast(&[
+        "serve",
+        k,
+        "-k",
+        k,
+        "-g",
+        "[ff15::77]:7700",
+        "--director",
+        "127.0.0.1",
+    ])
+    .output()
+    .unwrap();
+    assert_clean_failure(
+        &out,
+        2,
+        "--director 127.0.0.1:7790 is IPv4 but --group [ff15::77]:7700 is IPv6",
+    );
+    let dir = d.to_str().unwrap();
+    let out = loopcast(&[
+        "recv",
+        "-k",
+        k,
+        "-o",
+        dir,
+        "--server",
+        "[fd00::5]",
+        "-g",
+        "239.1.2.3:7000",
+    ])
+    .output()
+    .unwrap();
+    assert_clean_failure(
+        &out,
+        2,
+        "--group 239.1.2.3:7000 is IPv4 but --server [fd00::5]:7000 is IPv6",
+    );
+    let out = loopcast(&[
+        "agent",
+        "-k",
+        k,
+        "-o",
+        dir,
+        "--director",
+        "fd00::9,10.0.0.9",
+    ])
+    .output()
+    .unwrap();
+    assert_clean_failure(&out, 2, "use addresses of one family");
     // Nothing on air: time-out exit code 3 and a reason.
     let out = recv_command(
         &key,

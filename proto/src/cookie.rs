@@ -3,7 +3,7 @@
 //! received the server's answer at that address within the cookie's lifetime.
 
 use crate::wire::COOKIE_LEN;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// How long a cookie stays valid after it was issued.
@@ -23,11 +23,10 @@ impl CookieJar {
         Self { key, epoch }
     }
 
-    fn mac(&self, addr: SocketAddrV4, expiry_ms: u64) -> [u8; MAC_LEN] {
-        let mut input = [0u8; 14];
-        input[..4].copy_from_slice(&addr.ip().octets());
-        input[4..6].copy_from_slice(&addr.port().to_be_bytes());
-        input[6..].copy_from_slice(&expiry_ms.to_be_bytes());
+    fn mac(&self, addr: SocketAddr, expiry_ms: u64) -> [u8; MAC_LEN] {
+        let mut input = Vec::with_capacity(27);
+        crate::codec::put_socket_addr(&mut input, addr);
+        input.extend_from_slice(&expiry_ms.to_be_bytes());
         let hash = blake3::keyed_hash(&self.key, &input);
         let mut mac = [0u8; MAC_LEN];
         mac.copy_from_slice(&hash.as_bytes()[..MAC_LEN]);
@@ -35,7 +34,7 @@ impl CookieJar {
     }
 
     /// A cookie for requests from `addr`, valid for `COOKIE_LIFETIME` from `now`.
-    pub fn issue(&self, now: Instant, addr: SocketAddrV4) -> [u8; COOKIE_LEN] {
+    pub fn issue(&self, now: Instant, addr: SocketAddr) -> [u8; COOKIE_LEN] {
         let expiry_ms =
             (now.saturating_duration_since(self.epoch) + COOKIE_LIFETIME).as_millis() as u64;
         let mut cookie = [0u8; COOKIE_LEN];
@@ -45,7 +44,7 @@ impl CookieJar {
     }
 
     /// True when `cookie` was issued by this jar for `addr` and has not expired.
-    pub fn check(&self, now: Instant, addr: SocketAddrV4, cookie: &[u8; COOKIE_LEN]) -> bool {
+    pub fn check(&self, now: Instant, addr: SocketAddr, cookie: &[u8; COOKIE_LEN]) -> bool {
         let expiry_ms = u64::from_be_bytes(cookie[..8].try_into().expect("8 bytes"));
         let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
         if now_ms > expiry_ms {
@@ -69,7 +68,7 @@ mod tests {
     fn a_cookie_is_valid_for_its_address_until_it_expires() {
         let start = Instant::now();
         let jar = CookieJar::new([3; 32], start);
-        let addr: SocketAddrV4 = "10.0.0.5:4000".parse().unwrap();
+        let addr: SocketAddr = "10.0.0.5:4000".parse().unwrap();
         let cookie = jar.issue(start, addr);
         assert!(jar.check(start + Duration::from_secs(29), addr, &cookie));
         assert!(!jar.check(start + Duration::from_secs(31), addr, &cookie));
@@ -80,5 +79,23 @@ mod tests {
         forged[..8].copy_from_slice(&u64::MAX.to_be_bytes()); // a later expiry breaks the MAC
         assert!(!jar.check(start, addr, &forged));
         assert!(!jar.check(start, addr, &[0; COOKIE_LEN]));
+    }
+
+    #[test]
+    fn an_ipv6_cookie_is_bound_to_its_whole_address_and_port() {
+        let start = Instant::now();
+        let jar = CookieJar::new([3; 32], start);
+        let addr: SocketAddr = "[fd77::14]:4000".parse().unwrap();
+        let cookie = jar.issue(start, addr);
+        assert!(jar.check(start, addr, &cookie));
+        for other in ["[fd77::14]:4001", "[fd77::15]:4000", "[fd78::14]:4000"] {
+            assert!(
+                !jar.check(start, other.parse().unwrap(), &cookie),
+                "{other}"
+            );
+        }
+        // The IPv4 address written in the same last bytes is another address.
+        let v4 = jar.issue(start, "0.0.0.20:4000".parse().unwrap());
+        assert!(!jar.check(start, "[::14]:4000".parse().unwrap(), &v4));
     }
 }

@@ -7,12 +7,12 @@ mod lan;
 use loopcast_proto::MasterKey;
 use loopcast_proto::client::{ClientError, ClientEvent, Origin, Session, Transmit};
 use loopcast_proto::wire::{self, Direction, Directions, Found, Packet};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-const D1: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 9, 1), 7790);
-const D2: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 9, 2), 7790);
-const SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7700);
+const D1: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 9, 1), 7790));
+const D2: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 9, 2), 7790));
+const SERVER: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7700));
 
 fn key() -> MasterKey {
     MasterKey::from_bytes([3; 32])
@@ -32,7 +32,7 @@ fn sent(s: &mut Session, now: Instant) -> Vec<Transmit> {
 }
 
 /// The nonce of the LOOKUP in `t`, which must go to `to`.
-fn lookup_nonce(t: &Transmit, to: SocketAddrV4) -> u64 {
+fn lookup_nonce(t: &Transmit, to: SocketAddr) -> u64 {
     assert_eq!(t.to, to);
     assert!(key().director_mac_key().verifies(&t.datagram));
     match wire::decode(&t.datagram).unwrap().packet {
@@ -161,7 +161,7 @@ fn a_redirect_is_taken_once_and_only_with_the_nonce_of_the_last_answer() {
     let nonce = first_answer(&mut s, t0, Found::Carried);
     while s.poll_event().is_some() {}
     sent(&mut s, t0);
-    let other = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 7700);
+    let other = SocketAddr::new(Ipv4Addr::new(10, 0, 0, 2).into(), 7700);
     let redirect = |nonce| {
         let directions = Directions {
             nonce,

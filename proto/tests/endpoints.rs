@@ -356,7 +356,7 @@ fn a_forged_announce_flapping_the_archive_or_session_does_not_move_a_reception()
     let node = lan.add_node(|_| {}, true);
     let name = lan.files[0].manifest.name.clone();
     let server = ClientOrigin::Directory {
-        source: *SERVER.ip(),
+        source: SERVER.ip(),
     };
     let mut flap = 0u64;
     let done = loop {

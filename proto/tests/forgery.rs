@@ -10,7 +10,7 @@ use loopcast_proto::client::{ClientEvent, Origin as ClientOrigin};
 use loopcast_proto::server::{Origin as ServerOrigin, ServerEvent, UNICAST_CLIENT_TIMEOUT};
 use loopcast_proto::wire::{self, DataHeader, Packet, SessionKeys};
 use loopcast_proto::{AdaptMode, MasterKey};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 /// The session id of the Lan's server.
@@ -142,7 +142,7 @@ fn forged_reports(key: &MasterKey) -> (u64, usize) {
                 kernel_drops: 0,
                 echo_time_us: echo,
             };
-            let from = SocketAddrV4::new(Ipv4Addr::new(10, 0, 9, (id % 250) as u8), 4000);
+            let from = SocketAddr::new(Ipv4Addr::new(10, 0, 9, (id % 250) as u8).into(), 4000);
             let datagram = wire::encode_report(&keys.mac, SESSION, &report);
             let now = lan.now;
             lan.server()
@@ -245,7 +245,7 @@ fn third_party_naks(key: &MasterKey) -> (u64, u64) {
         let origin = ServerOrigin::Control {
             file: 0,
             channel: 0,
-            from: SocketAddrV4::new(Ipv4Addr::new(10, 0, 9, 9), 4000),
+            from: SocketAddr::new(Ipv4Addr::new(10, 0, 9, 9).into(), 4000),
         };
         lan.servers[0]
             .endpoint

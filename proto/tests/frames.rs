@@ -5,7 +5,7 @@ use loopcast_proto::archive::Unpacker;
 use loopcast_proto::client::{ClientConfig, Command, Origin, RepairKind, Session};
 use loopcast_proto::wire::{self, Announce, AnnounceEntry, ChannelInfo, DataHeader};
 use loopcast_proto::{MasterKey, NakMode};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 const SESSION: u32 = 0x5e55;
@@ -18,7 +18,7 @@ fn packets_taken_back_from_one_frame_uncount_its_neighbour_too() {
         loopcast_proto::sim::random_archive(&key, 20_000, 4096, 1000, 9);
     let keys = wire::SessionKeys::new(&key.file_key(m.archive_id), SESSION, m.payload_size);
     let channel = ChannelInfo {
-        group: SocketAddrV4::new(Ipv4Addr::new(239, 9, 9, 2), 7002),
+        group: SocketAddr::new(Ipv4Addr::new(239, 9, 9, 2).into(), 7002),
         control_port: 17002,
         rate_bps: 10_000_000,
     };
@@ -51,7 +51,7 @@ fn packets_taken_back_from_one_frame_uncount_its_neighbour_too() {
             channels: vec![channel],
         }],
     };
-    let source = Ipv4Addr::new(10, 0, 0, 1);
+    let source = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
     let directory = key.directory_mac_key();
     let announce = wire::encode_announce(&directory, SESSION, &listing);
     session.handle_datagram(now, Origin::Directory { source }, &announce);

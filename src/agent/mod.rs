@@ -17,7 +17,7 @@ use mio::Token;
 use serde_json::json;
 use std::collections::HashMap;
 use std::io::{ErrorKind, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -32,15 +32,16 @@ pub struct AgentConfig {
     /// This node's name.
     pub node: String,
     /// Directors to register with.
-    pub directors: Vec<SocketAddrV4>,
+    pub directors: Vec<SocketAddr>,
     /// Where files go.
     pub out_dir: PathBuf,
     /// Shell command run for each file delivered.
     pub on_complete: Option<String>,
     /// `--interface`, passed on to each `recv`.
     pub interface: Option<String>,
-    /// The interface's address (unspecified: the kernel's choice).
-    pub local: Ipv4Addr,
+    /// Where its socket binds: the interface's address in the directors'
+    /// family (unspecified: the kernel's choice).
+    pub local: SocketAddr,
     /// Print events as JSON lines on stdout.
     pub json: bool,
 }
@@ -86,7 +87,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
     crate::storage::own_dir(&state_dir)?;
     let finished_path = state_dir.join(FINISHED_FILE);
     let mut signals = StopSignals::new()?;
-    let socket = signals.udp_socket(config.local, 0, SOCKET)?;
+    let socket = signals.udp_socket(config.local, SOCKET)?;
     let events = Events::new(config.json);
     let now = Instant::now();
     let mut agent = Agent::new(
@@ -218,10 +219,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
         }
         loop {
             match socket.recv_from(&mut buf) {
-                Ok((n, SocketAddr::V4(from))) => {
-                    agent.handle_datagram(Instant::now(), from, &buf[..n])
-                }
-                Ok(_) => {}
+                Ok((n, from)) => agent.handle_datagram(Instant::now(), from, &buf[..n]),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -271,7 +269,7 @@ fn start(
 
 fn flush(agent: &mut Agent, socket: &mio::net::UdpSocket) {
     while let Some((to, datagram)) = agent.poll_transmit() {
-        if let Err(e) = socket.send_to(&datagram, to.into()) {
+        if let Err(e) = socket.send_to(&datagram, to) {
             log::debug!("REGISTER to {to} failed: {e}");
         }
     }

@@ -6,7 +6,7 @@ use crate::net;
 use crate::units::{parse_duration, parse_group, parse_rate};
 use clap::{Args, Parser, Subcommand};
 use loopcast_proto::{AdaptMode, wire};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -82,9 +82,10 @@ pub(super) enum Command {
         /// Master key file of the site (heartbeats and look-ups are tagged with it).
         #[arg(short, long)]
         key: PathBuf,
-        /// Address and UDP port to listen on.
+        /// Address and UDP port to listen on ([fd00::9]:7790 for IPv6; servers and
+        /// receivers then reach it over IPv6).
         #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:7790")]
-        listen: SocketAddrV4,
+        listen: SocketAddr,
         /// Print events (server up or down, look-ups answered, receivers redirected) as
         /// JSON lines on stdout.
         #[arg(long)]
@@ -144,13 +145,16 @@ pub(super) enum Command {
 
 #[derive(Args, Debug)]
 pub(super) struct NetArgs {
-    /// Interface to use: a name (eth0) or one of this host's IPv4 addresses.
+    /// Interface to use: a name (eth0) or one of this host's IPv4 or IPv6
+    /// addresses. IPv6 groups are joined on it; link-local servers need it.
     /// Default: the kernel's choice by its routing table.
     #[arg(short, long, value_name = "IF")]
     pub(super) interface: Option<String>,
-    /// Directory group where servers announce their files.
+    /// Directory group where servers announce their files: IPv4 (239.255.77.1:7700)
+    /// or IPv6 in brackets ([ff15::77]:7700). --server and --director must be of
+    /// the same family.
     #[arg(short, long, value_name = "G:P", default_value = DEFAULT_GROUP, value_parser = parse_group)]
-    pub(super) group: SocketAddrV4,
+    pub(super) group: SocketAddr,
 }
 
 #[derive(Args, Debug)]
@@ -367,7 +371,7 @@ pub(super) struct AgentArgs {
     /// in the job (hook_failed).
     #[arg(long, value_name = "CMD")]
     pub(super) on_complete: Option<String>,
-    /// Interface to receive on: a name (eth0) or one of this host's IPv4 addresses.
+    /// Interface to receive on: a name (eth0) or one of this host's IPv4 or IPv6 addresses.
     #[arg(short, long, value_name = "IF")]
     pub(super) interface: Option<String>,
     /// Print events (job start, end, cancel) as JSON lines on stdout.
@@ -408,7 +412,7 @@ pub(super) struct PushArgs {
     /// files of this host: their server lives as long as the push).
     #[arg(long)]
     pub(super) detach: bool,
-    /// For files of this host: the interface to serve on (a name or an IPv4 address).
+    /// For files of this host: the interface to serve on (a name or an IPv4 or IPv6 address).
     #[arg(short, long, value_name = "IF")]
     pub(super) interface: Option<String>,
     /// For files of this host: the directory group to serve on.
@@ -467,40 +471,45 @@ pub(super) fn parse_seconds(text: &str) -> std::result::Result<f64, String> {
     }
 }
 
-/// Resolves `HOST[:PORT]` (a name or an IPv4 address) given to `flag`, with `default_port`.
-pub(crate) fn resolve_server(flag: &str, text: &str, default_port: u16) -> Result<SocketAddrV4> {
+/// Resolves `HOST[:PORT]` (a name, an IPv4 address or a bracketed IPv6 address)
+/// given to `flag`, with `default_port`. A name with addresses of both families
+/// is taken as IPv4.
+pub(crate) fn resolve_server(flag: &str, text: &str, default_port: u16) -> Result<SocketAddr> {
     use std::net::ToSocketAddrs;
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, default_port));
+    }
     let with_port = if text
         .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        .is_some_and(|(host, p)| p.parse::<u16>().is_ok() && !host.ends_with(':'))
     {
         text.to_string()
     } else {
         format!("{text}:{default_port}")
     };
-    let addrs = with_port
+    let addrs: Vec<SocketAddr> = with_port
         .to_socket_addrs()
-        .context(|| format!("{flag} {text}: cannot resolve"))?;
+        .context(|| format!("{flag} {text}: cannot resolve"))?
+        .collect();
     addrs
-        .filter_map(|a| match a {
-            std::net::SocketAddr::V4(v4) => Some(v4),
-            _ => None,
-        })
-        .next()
-        .ok_or_else(|| Error::new(format!("{flag} {text}: no IPv4 address")))
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| Error::new(format!("{flag} {text}: no address")))
 }
 
 /// Where the director's HTTP API listens, if anywhere (`--http ADDR:PORT|off`).
 #[derive(Debug, Clone, Copy)]
-pub(super) struct HttpListen(pub(super) Option<SocketAddrV4>);
+pub(super) struct HttpListen(pub(super) Option<SocketAddr>);
 
 pub(super) fn parse_http(text: &str) -> std::result::Result<HttpListen, String> {
     if text == "off" {
         return Ok(HttpListen(None));
     }
-    text.parse()
-        .map(|a| HttpListen(Some(a)))
-        .map_err(|_| format!("{text:?} is not ADDR:PORT (an IPv4 address and a port) or off"))
+    text.parse().map(|a| HttpListen(Some(a))).map_err(|_| {
+        format!("{text:?} is not ADDR:PORT (an IP address and a port; IPv6 in brackets) or off")
+    })
 }
 
 pub(super) fn parse_share(text: &str) -> std::result::Result<f64, String> {

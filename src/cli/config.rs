@@ -11,6 +11,7 @@ use crate::units::format_rate;
 use crate::{archive_file, keyfile, net};
 use loopcast_proto::client::RepairKind;
 use loopcast_proto::wire;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// `serve`'s arguments, checked: rates, adaptive bounds, the key, the interface.
@@ -40,6 +41,11 @@ pub(super) fn serve(a: ServeArgs) -> Result<ServeConfig> {
             format_rate(max as f64)
         )));
     }
+    let directors = directors(&a.director)?;
+    one_family(
+        std::iter::once(("--group", a.net.group))
+            .chain(directors.iter().map(|&d| ("--director", d))),
+    )?;
     Ok(ServeConfig {
         key: keyfile::load(&a.key)?,
         interface: net::resolve_interface(a.net.interface.as_deref())?,
@@ -56,7 +62,7 @@ pub(super) fn serve(a: ServeArgs) -> Result<ServeConfig> {
         unicast_port: a.unicast_port.unwrap_or(a.net.group.port()),
         unicast_max_rate: a.unicast_max_rate,
         unicast_max_clients: a.unicast_max_clients,
-        directors: directors(&a.director)?,
+        directors,
         capacity: a.capacity.unwrap_or(0),
         on_demand: a.on_demand,
         idle: Duration::from_secs(a.idle),
@@ -76,15 +82,22 @@ pub(super) fn recv(a: RecvArgs) -> Result<RecvConfig> {
         loopcast_proto::manifest::check_name(name)
             .map_err(|why| Error::new(format!("{name:?} cannot be a file name: {why}")))?;
     }
+    let server = a
+        .server
+        .as_deref()
+        .map(|s| resolve_server("--server", s, a.net.group.port()))
+        .transpose()?;
+    let directors = directors(&a.director)?;
+    one_family(
+        (server.iter().map(|&s| ("--server", s)))
+            .chain(directors.iter().map(|&d| ("--director", d)))
+            .chain((!a.unicast).then_some(("--group", a.net.group))),
+    )?;
     Ok(RecvConfig {
         key: keyfile::load(&a.key)?,
         interface: net::resolve_interface(a.net.interface.as_deref())?,
         group: a.net.group,
-        server: a
-            .server
-            .as_deref()
-            .map(|s| resolve_server("--server", s, a.net.group.port()))
-            .transpose()?,
+        server,
         out_dir: a.out,
         no_clobber: a.no_clobber,
         names: a.names,
@@ -100,16 +113,34 @@ pub(super) fn recv(a: RecvArgs) -> Result<RecvConfig> {
         aggregate: a.aggregate,
         sync_timeout: Duration::from_secs_f64(a.sync_timeout),
         unicast_only: a.unicast,
-        directors: directors(&a.director)?,
+        directors,
         json: a.json,
     })
 }
 
 /// Resolves `--director HOST[:PORT],…` (default port `DEFAULT_DIRECTOR_PORT`).
-pub(super) fn directors(list: &[String]) -> Result<Vec<std::net::SocketAddrV4>> {
+pub(super) fn directors(list: &[String]) -> Result<Vec<std::net::SocketAddr>> {
     list.iter()
         .map(|d| resolve_server("--director", d, super::args::DEFAULT_DIRECTOR_PORT))
         .collect()
+}
+
+/// Checks that a command's addresses are all IPv4 or all IPv6: its sockets are
+/// of one family. The first address given decides.
+fn one_family<'a>(addresses: impl IntoIterator<Item = (&'a str, SocketAddr)>) -> Result<()> {
+    let mut addresses = addresses.into_iter();
+    let Some((first_flag, first)) = addresses.next() else {
+        return Ok(());
+    };
+    let family = |a: SocketAddr| if a.is_ipv4() { "IPv4" } else { "IPv6" };
+    match addresses.find(|(_, a)| a.is_ipv4() != first.is_ipv4()) {
+        None => Ok(()),
+        Some((flag, other)) => Err(usage(format!(
+            "{flag} {other} is {} but {first_flag} {first} is {}: use addresses of one family",
+            family(other),
+            family(first)
+        ))),
+    }
 }
 
 /// A usage error: exit code 2, as clap's own.
@@ -128,14 +159,19 @@ pub(super) fn agent(a: AgentArgs) -> Result<AgentConfig> {
             "node name {node:?}: use --node NAME with 1 to 64 letters, digits, '.', '-' or '_'"
         )));
     }
+    let directors = directors(&a.director)?;
+    one_family(directors.iter().map(|&d| ("--director", d)))?;
     Ok(AgentConfig {
         key: keyfile::load(&a.key)?,
         key_path: a.key,
         node,
-        directors: directors(&a.director)?,
+        local: match directors.first() {
+            Some(&d) => net::unicast_local(d, net::resolve_interface(a.interface.as_deref())?, 0)?,
+            None => return Err(usage("agent needs --director".to_string())),
+        },
+        directors,
         out_dir: a.out,
         on_complete: a.on_complete,
-        local: net::resolve_interface(a.interface.as_deref())?,
         interface: a.interface,
         json: a.json,
     })
@@ -211,7 +247,7 @@ pub(super) fn push(mut a: PushArgs) -> Result<PushConfig> {
 }
 
 /// Resolves the directors' HTTP APIs `HOST[:PORT],…` (default port `DEFAULT_DIRECTOR_HTTP_PORT`).
-pub(super) fn apis(list: &[String]) -> Result<Vec<std::net::SocketAddrV4>> {
+pub(super) fn apis(list: &[String]) -> Result<Vec<std::net::SocketAddr>> {
     list.iter()
         .map(|d| resolve_server("--director", d, super::args::DEFAULT_DIRECTOR_HTTP_PORT))
         .collect()

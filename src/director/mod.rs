@@ -18,7 +18,7 @@ use loopcast_proto::wire::Found;
 use mio::Token;
 use serde_json::json;
 use std::io::ErrorKind;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,11 +28,11 @@ pub struct DirectorConfig {
     /// Master key of the site.
     pub key: MasterKey,
     /// Address and port to listen on for heartbeats and look-ups.
-    pub listen: SocketAddrV4,
+    pub listen: SocketAddr,
     /// Print events as JSON lines on stdout.
     pub json: bool,
     /// Where to serve the HTTP API (None: nowhere).
-    pub http: Option<SocketAddrV4>,
+    pub http: Option<SocketAddr>,
     /// Directory of the job store (None: jobs are kept in memory only).
     pub state: Option<PathBuf>,
     /// etcd endpoints to keep jobs on, shared with other directors (empty: none).
@@ -52,7 +52,7 @@ const MAX_PER_TURN: usize = 256;
 /// Runs a director until SIGINT/SIGTERM.
 pub fn run(config: DirectorConfig) -> Result<()> {
     let mut signals = StopSignals::new()?;
-    let socket = signals.udp_socket(*config.listen.ip(), config.listen.port(), SOCKET)?;
+    let socket = signals.udp_socket(config.listen, SOCKET)?;
     let events = Events::new(config.json);
     let now = Instant::now();
     let mut d = Director::with_jobs_key(
@@ -94,12 +94,11 @@ pub fn run(config: DirectorConfig) -> Result<()> {
         }
         for _ in 0..MAX_PER_TURN {
             match socket.recv_from(&mut buf) {
-                Ok((n, SocketAddr::V4(from))) => {
+                Ok((n, from)) => {
                     let mut director = lock(&director);
                     director.handle_datagram(Instant::now(), from, &buf[..n]);
                     flush(&mut director, &socket, &events);
                 }
-                Ok(_) => {}
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => log::warn!("receive failed: {e}"),
@@ -194,7 +193,7 @@ fn lock(director: &Mutex<Director>) -> std::sync::MutexGuard<'_, Director> {
 /// Sends the director's answers and logs its events.
 fn flush(director: &mut Director, socket: &mio::net::UdpSocket, events: &Events) {
     while let Some((to, datagram)) = director.poll_transmit() {
-        if let Err(e) = socket.send_to(&datagram, to.into()) {
+        if let Err(e) = socket.send_to(&datagram, to) {
             log::debug!("answer to {to} failed: {e}");
         }
     }

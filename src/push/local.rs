@@ -3,7 +3,7 @@
 
 use super::PushConfig;
 use crate::error::{Error, Result};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ pub struct LocalServer {
 
 impl LocalServer {
     /// Starts serving `config.serve`, heartbeating to the director at `udp`.
-    pub fn start(config: &PushConfig, udp: SocketAddrV4) -> Result<LocalServer> {
+    pub fn start(config: &PushConfig, udp: SocketAddr) -> Result<LocalServer> {
         let exe = std::env::current_exe()
             .map_err(|e| Error::new(format!("cannot find this program to serve with: {e}")))?;
         let mut command = Command::new(exe);
@@ -71,7 +71,7 @@ impl LocalServer {
     /// so a big file takes a while), or the server fails, or `limit` passes.
     pub fn wait_listed(
         &mut self,
-        directors: &[SocketAddrV4],
+        directors: &[SocketAddr],
         names: &[String],
         limit: Duration,
     ) -> Result<()> {

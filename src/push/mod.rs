@@ -11,7 +11,7 @@ use loopcast_proto::jobs::{ApiAuth, JobState};
 use loopcast_proto::keys::hex;
 use loopcast_proto::wire::MacKey;
 use serde_json::{Value, json};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// Exit code of a push whose job ended with targets not done (deadline, failure, cancel).
@@ -28,7 +28,7 @@ pub struct PushConfig {
     /// The jobs-API key (from the site key).
     pub key: MacKey,
     /// The directors' HTTP APIs (the one that schedules takes the job).
-    pub directors: Vec<SocketAddrV4>,
+    pub directors: Vec<SocketAddr>,
     /// Names of files on air.
     pub files: Vec<String>,
     /// Target node names.
@@ -63,7 +63,7 @@ fn http() -> ureq::Agent {
 /// Sends a request that changes jobs, tagged under `key`; returns (status, JSON).
 fn signed(
     key: &MacKey,
-    director: SocketAddrV4,
+    director: SocketAddr,
     method: &str,
     path: &str,
     body: &[u8],
@@ -89,7 +89,7 @@ fn signed(
 /// An answer's status and body.
 fn answer(
     response: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    director: SocketAddrV4,
+    director: SocketAddr,
     url: &str,
 ) -> Result<(u16, String)> {
     let mut response = response
@@ -102,7 +102,7 @@ fn answer(
 }
 
 /// GETs `path` from the director's API.
-pub fn get(director: SocketAddrV4, path: &str) -> Result<(u16, Value)> {
+pub fn get(director: SocketAddr, path: &str) -> Result<(u16, Value)> {
     let url = format!("http://{director}{path}");
     let (status, text) = answer(http().get(&url).call(), director, &url)?;
     let value = serde_json::from_str(&text)
@@ -163,19 +163,19 @@ pub fn push(config: PushConfig) -> Result<()> {
 
 /// Where the directors take heartbeats: the first that answers tells its UDP
 /// address (`/v1/status`); an unspecified one means the address its API was reached at.
-fn director_udp(directors: &[SocketAddrV4]) -> Result<SocketAddrV4> {
+fn director_udp(directors: &[SocketAddr]) -> Result<SocketAddr> {
     let mut last = Error::new("no director given");
     for &api in directors {
         match get(api, "/v1/status") {
             Ok((200, status)) => {
-                let listen: Option<SocketAddrV4> =
+                let listen: Option<SocketAddr> =
                     status["listen"].as_str().and_then(|l| l.parse().ok());
                 if let Some(listen) = listen {
                     let ip = match listen.ip().is_unspecified() {
-                        true => *api.ip(),
-                        false => *listen.ip(),
+                        true => api.ip(),
+                        false => listen.ip(),
                     };
-                    return Ok(SocketAddrV4::new(ip, listen.port()));
+                    return Ok(SocketAddr::new(ip, listen.port()));
                 }
                 last = Error::new(format!("the director at {api} does not tell its address"));
             }
@@ -192,7 +192,7 @@ fn director_udp(directors: &[SocketAddrV4]) -> Result<SocketAddrV4> {
 /// director that took it and its answer.
 fn change(
     key: &MacKey,
-    directors: &[SocketAddrV4],
+    directors: &[SocketAddr],
     method: &str,
     path: &str,
     body: &str,
@@ -295,7 +295,7 @@ fn missing(id: u64, state: JobState, job: &Value) -> Error {
 
 /// `jobs`: every job, or one with its nodes; `cancel` stops it (needs `key`).
 pub fn jobs(
-    directors: &[SocketAddrV4],
+    directors: &[SocketAddr],
     id: Option<u64>,
     cancel: Option<MacKey>,
     json: bool,

@@ -57,8 +57,9 @@ impl Receiver {
         else {
             return Ok(false);
         };
+        let from = self.io.config.interface.unscoped(from);
         let origin = match token {
-            DIRECTORY => Origin::Directory { source: *from.ip() },
+            DIRECTORY => Origin::Directory { source: from.ip() },
             _ => Origin::Link { from },
         };
         self.session

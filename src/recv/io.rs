@@ -142,11 +142,12 @@ impl Io {
 
     /// Sends one datagram; a lost one is repeated by the session's timers.
     pub(super) fn send(&self, t: &Transmit) {
+        let to = self.config.interface.scoped(t.to);
         let result = match t.via {
-            Via::Link => self.link.send_to(&t.datagram, t.to.into()),
-            Via::Multicast => self.nak_socket.send_to(&t.datagram, t.to),
+            Via::Link => self.link.send_to(&t.datagram, to),
+            Via::Multicast => self.nak_socket.send_to(&t.datagram, to),
             Via::Stream(id) => match self.locals.get(id).and_then(|l| l.stream.as_ref()) {
-                Some(s) => s.send_to(&t.datagram, t.to.into()),
+                Some(s) => s.send_to(&t.datagram, to),
                 None => return,
             },
         };
@@ -241,8 +242,7 @@ impl Io {
             Command::OpenStream { reception, server } => {
                 let rate = self.config.max_rate.unwrap_or(0);
                 let mut socket = mio::net::UdpSocket::from_std(net::unicast_socket(
-                    interface,
-                    0,
+                    net::unicast_local(server, interface, 0)?,
                     net::receive_buffer_for_rate(rate.max(1_000_000_000)),
                 )?);
                 BatchReceiver::setup(&socket, gro);

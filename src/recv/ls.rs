@@ -8,7 +8,7 @@ use loopcast_proto::sender::HEAR_EVERY_SERVER;
 use loopcast_proto::wire::{self, AnnounceEntry, MacKey, Packet};
 use mio::{Interest, Token};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 const DIRECTORY: Token = Token(0);
@@ -26,8 +26,8 @@ pub struct Listing {
 /// every server on the group has announced once (`HEAR_EVERY_SERVER`). With `key`, listings whose tag
 /// does not verify with it are left out (and counted).
 pub fn list_on_air(
-    interface: Ipv4Addr,
-    group: SocketAddrV4,
+    interface: net::Interface,
+    group: SocketAddr,
     timeout: Duration,
     key: Option<&MacKey>,
 ) -> Result<Listing> {

@@ -26,7 +26,7 @@ use mio::{Interest, Token, Waker};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
@@ -36,10 +36,10 @@ use std::time::{Duration, Instant};
 pub struct RecvConfig {
     /// Master key.
     pub key: MasterKey,
-    /// Local address to join groups on (unspecified: the kernel's choice).
-    pub interface: Ipv4Addr,
+    /// The interface to join groups on (any: the kernel's choice).
+    pub interface: net::Interface,
     /// Directory group.
-    pub group: SocketAddrV4,
+    pub group: SocketAddr,
     /// Where finished files go.
     pub out_dir: PathBuf,
     /// Refuse to replace a file already in `out_dir` (`--no-clobber`).
@@ -63,13 +63,23 @@ pub struct RecvConfig {
     /// Ask for a unicast stream after this long without data.
     pub sync_timeout: Duration,
     /// The server's unicast address, for when no multicast is heard at all.
-    pub server: Option<SocketAddrV4>,
+    pub server: Option<SocketAddr>,
     /// Skip multicast entirely: unicast from `server`.
     pub unicast_only: bool,
     /// Directors to look the wanted files up with (empty: the directory group).
-    pub directors: Vec<SocketAddrV4>,
+    pub directors: Vec<SocketAddr>,
     /// Print events as JSON lines on stdout.
     pub json: bool,
+}
+
+impl RecvConfig {
+    /// An address of the family every socket of this run takes (the
+    /// arguments are checked to be of one family).
+    fn family(&self) -> SocketAddr {
+        (self.server)
+            .or(self.directors.first().copied())
+            .unwrap_or(self.group)
+    }
 }
 
 const DIRECTORY: Token = Token(0);
@@ -197,8 +207,10 @@ pub fn recv(config: RecvConfig) -> Result<()> {
             .context(|| "cannot register socket".into())?;
         Some(directory)
     };
-    let mut link =
-        mio::net::UdpSocket::from_std(net::unicast_socket(config.interface, 0, 1 << 20)?);
+    let mut link = mio::net::UdpSocket::from_std(net::unicast_socket(
+        net::unicast_local(config.family(), config.interface, 0)?,
+        1 << 20,
+    )?);
     registry
         .register(&mut link, LINK, Interest::READABLE)
         .context(|| "cannot register socket".into())?;
@@ -236,7 +248,12 @@ pub fn recv(config: RecvConfig) -> Result<()> {
         batch: BatchReceiver::new(),
         reports_rx,
         io: Io {
-            nak_socket: net::multicast_sender(config.interface, net::DEFAULT_TTL, 1 << 20)?,
+            nak_socket: net::multicast_sender(
+                config.group,
+                config.interface,
+                net::DEFAULT_TTL,
+                1 << 20,
+            )?,
             render: render::Render::new(Events::new(config.json)),
             config,
             work_dir,

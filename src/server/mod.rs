@@ -20,7 +20,7 @@ use loopcast_proto::wire;
 use loopcast_proto::{AdaptMode, CookieJar, MasterKey, PayloadSource};
 use std::collections::HashSet;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -31,9 +31,9 @@ pub struct ServeConfig {
     /// Master key.
     pub key: MasterKey,
     /// Local address to send from (unspecified: the kernel's choice).
-    pub interface: Ipv4Addr,
+    pub interface: net::Interface,
     /// Directory group.
-    pub group: SocketAddrV4,
+    pub group: SocketAddr,
     /// One channel per rate for every file, bits/s.
     pub rates: Vec<u64>,
     /// Adapt each channel's rate to its receivers' reports, within (min, max).
@@ -59,7 +59,7 @@ pub struct ServeConfig {
     /// Most unicast streams at once.
     pub unicast_max_clients: usize,
     /// Directors to heartbeat to (empty: none).
-    pub directors: Vec<SocketAddrV4>,
+    pub directors: Vec<SocketAddr>,
     /// The most this server means to send, bits/s, told to directors (0: not said).
     pub capacity: u64,
     /// Start a file's channels only when a receiver asks, stop them when idle.
@@ -101,6 +101,8 @@ struct Server {
     directory: Option<mio::net::UdpSocket>,
     /// Control sockets, one per channel, in the endpoint's (file, channel) order.
     controls: Vec<mio::net::UdpSocket>,
+    /// Scopes link-local addresses going out and unscopes them coming in.
+    interface: net::Interface,
     /// Datagrams the kernel could not take yet (ENOBUFS), and when to try again.
     blocked: Option<(Transmit, Vec<u8>, Instant)>,
     render: render::Render,
@@ -125,10 +127,12 @@ pub fn serve(config: ServeConfig) -> Result<()> {
 /// and channels numbered from `first_channel`.
 fn start(config: &ServeConfig, first_channel: u32, signals: &mut StopSignals) -> Result<Server> {
     let session_id: u32 = rand::random();
-    let payload_size = wire::payload_size_for_packet(config.packet_size) as u16;
+    let ip_udp_overhead = wire::ip_udp_overhead(config.group);
+    let payload_size = wire::payload_size_for_packet(config.packet_size, ip_udp_overhead) as u16;
     let now = Instant::now();
     let total_rate: u64 = config.rates.iter().sum();
     let socket = net::multicast_sender(
+        config.group,
         config.interface,
         config.ttl,
         net::buffer_size_for_rate(total_rate * config.paths.len() as u64),
@@ -158,7 +162,7 @@ fn start(config: &ServeConfig, first_channel: u32, signals: &mut StopSignals) ->
             let group = net::channel_for(config.group, number as u32 + first_channel)?;
             let control_port = net::control_port_for(group)?;
             let mut control = mio::net::UdpSocket::from_std(net::multicast_receiver(
-                SocketAddrV4::new(*group.ip(), control_port),
+                SocketAddr::new(group.ip(), control_port),
                 config.interface,
                 1 << 20,
             )?);
@@ -192,8 +196,7 @@ fn start(config: &ServeConfig, first_channel: u32, signals: &mut StopSignals) ->
         archives.push(archive);
     }
     let mut unicast = mio::net::UdpSocket::from_std(net::unicast_socket(
-        config.interface,
-        config.unicast_port,
+        net::unicast_local(config.group, config.interface, config.unicast_port)?,
         net::buffer_size_for_rate(config.unicast_max_rate),
     )?);
     signals
@@ -212,7 +215,7 @@ fn start(config: &ServeConfig, first_channel: u32, signals: &mut StopSignals) ->
             key_fingerprint: config.key.fingerprint(),
             directory: config.group,
             unicast_port: config.unicast_port,
-            max_datagram: config.packet_size - wire::IP_UDP_OVERHEAD,
+            max_datagram: config.packet_size - ip_udp_overhead,
             repair_share: config.repair_share,
             fec_overhead: config.fec_overhead,
             grtt_floor: loopcast_proto::sender::DEFAULT_GRTT_FLOOR,
@@ -259,6 +262,7 @@ fn start(config: &ServeConfig, first_channel: u32, signals: &mut StopSignals) ->
         unicast_sender,
         directory,
         controls,
+        interface: config.interface,
         blocked: None,
         render: render::Render::new(Events::new(config.json), config.idle),
     })
@@ -299,8 +303,15 @@ fn hear_other_servers(
             config.group
         )
     };
-    if config.interface.is_unspecified() && config.unicast_port == config.group.port() {
-        if let Err(e) = unicast.join_multicast_v4(config.group.ip(), &config.interface) {
+    if config.interface.binds_every_address(config.group)
+        && config.unicast_port == config.group.port()
+    {
+        let joined = net::join(
+            &socket2::SockRef::from(&*unicast),
+            config.group.ip(),
+            config.interface,
+        );
+        if let Err(e) = joined {
             cannot(&e);
         }
         return None;
@@ -384,7 +395,7 @@ impl Server {
                 match net::recv_from_nonblocking(&self.unicast, &mut self.buf)
                     .context(|| "cannot receive on the unicast port".into())?
                 {
-                    Some((n, from)) => (n, Origin::Unicast(from)),
+                    Some((n, from)) => (n, Origin::Unicast(self.interface.unscoped(from))),
                     None => return Ok(true),
                 }
             } else if token == DIRECTORY {
@@ -394,7 +405,7 @@ impl Server {
                 match net::recv_from_nonblocking(directory, &mut self.buf)
                     .context(|| "cannot receive on the directory group".into())?
                 {
-                    Some((n, from)) => (n, Origin::Directory(from)),
+                    Some((n, from)) => (n, Origin::Directory(self.interface.unscoped(from))),
                     None => return Ok(true),
                 }
             } else {
@@ -409,7 +420,7 @@ impl Server {
                         Origin::Control {
                             file: token.0 / per_file,
                             channel: token.0 % per_file,
-                            from,
+                            from: self.interface.unscoped(from),
                         },
                     ),
                     None => return Ok(true),
@@ -448,11 +459,12 @@ impl Server {
 
     /// Sends one transmit; false when the kernel's queue is full (try again later).
     fn send(&mut self, t: &Transmit, bytes: &[u8]) -> Result<bool> {
+        let to = self.interface.scoped(t.to);
         let result = match t.socket {
-            Socket::Multicast => self.sender.send(&self.socket, bytes, t.segment, t.to),
+            Socket::Multicast => self.sender.send(&self.socket, bytes, t.segment, to),
             Socket::Unicast => self
                 .unicast_sender
-                .send(&self.unicast, bytes, t.segment, t.to),
+                .send(&self.unicast, bytes, t.segment, to),
         };
         match result {
             Ok(()) => Ok(true),

@@ -57,7 +57,10 @@ pub fn run() {
         }
     };
     let channel = entry.channels[0];
-    let data = listen(channel.group);
+    let std::net::SocketAddr::V4(group) = channel.group else {
+        panic!("the hostile lab runs on IPv4");
+    };
+    let data = listen(group);
     let manifest = loop {
         if let Ok(n) = data.recv(&mut buf)
             && let Ok(d) = wire::decode(&buf[..n])
@@ -91,7 +94,7 @@ pub fn run() {
         flags: 0,
         name,
         channels: vec![ChannelInfo {
-            group: SocketAddrV4::new(Ipv4Addr::new(239, 77, 9, n), 9000 + n as u16),
+            group: SocketAddrV4::new(Ipv4Addr::new(239, 77, 9, n), 9000 + n as u16).into(),
             control_port: 19000,
             rate_bps: 1_000_000,
         }],

@@ -10,7 +10,7 @@ use super::{
 use crate::wire::{self, Direction, Directions, Found, MacKey, Packet, Redirect};
 use rand::Rng;
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 /// The look-up of one wanted file and the servers it named.
@@ -23,9 +23,9 @@ struct Ask {
     /// The servers named, best first, less those given up.
     servers: Vec<Direction>,
     /// The server whose listing is asked for, since when, and when again.
-    asking: Option<(SocketAddrV4, Instant, Instant)>,
+    asking: Option<(SocketAddr, Instant, Instant)>,
     /// Servers that went silent while followed or asked.
-    given_up: HashSet<SocketAddrV4>,
+    given_up: HashSet<SocketAddr>,
     /// When a server was last given up: the next is given up no sooner than
     /// `SESSION_SILENCE` later, so that a server named again at once (the
     /// only one there is) is not left again in a tight loop of look-ups.
@@ -35,13 +35,13 @@ struct Ask {
     answered: Option<u64>,
     /// A director moved this file to this server: its listing switches the
     /// reception even though the server followed still speaks.
-    moving_to: Option<SocketAddrV4>,
+    moving_to: Option<SocketAddr>,
 }
 
 /// Every look-up of a receiver that was given directors.
 pub(super) struct Directed {
     key: MacKey,
-    directors: Vec<SocketAddrV4>,
+    directors: Vec<SocketAddr>,
     asks: HashMap<String, Ask>,
 }
 
@@ -49,7 +49,7 @@ impl Directed {
     /// Look-ups of `names` from `directors`, the first due at `now`.
     pub(super) fn new(
         key: MacKey,
-        directors: Vec<SocketAddrV4>,
+        directors: Vec<SocketAddr>,
         names: &[String],
         now: Instant,
         rng: &mut impl Rng,
@@ -87,12 +87,12 @@ impl Directed {
     }
 
     /// True when `from` is a director.
-    pub(super) fn is_director(&self, from: SocketAddrV4) -> bool {
+    pub(super) fn is_director(&self, from: SocketAddr) -> bool {
         self.directors.contains(&from)
     }
 
     /// A COOKIE came from `server`: ask for its listing again at once, validated.
-    pub(super) fn cookie_from(&mut self, server: SocketAddrV4, now: Instant) {
+    pub(super) fn cookie_from(&mut self, server: SocketAddr, now: Instant) {
         for ask in self.asks.values_mut() {
             if let Some((asked, since, _)) = ask.asking
                 && asked == server
@@ -103,12 +103,12 @@ impl Directed {
     }
 
     /// True when a director moved `name` to `server` and the move is not done yet.
-    pub(super) fn moving_to(&self, name: &str, server: Option<SocketAddrV4>) -> bool {
+    pub(super) fn moving_to(&self, name: &str, server: Option<SocketAddr>) -> bool {
         server.is_some() && self.asks.get(name).is_some_and(|a| a.moving_to == server)
     }
 
     /// True when `server` went silent while it served `name`, and another is asked.
-    pub(super) fn gave_up(&self, name: &str, server: SocketAddrV4) -> bool {
+    pub(super) fn gave_up(&self, name: &str, server: SocketAddr) -> bool {
         self.asks
             .get(name)
             .is_some_and(|a| a.given_up.contains(&server))

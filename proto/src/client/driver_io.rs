@@ -5,7 +5,7 @@ use crate::keys::FINGERPRINT_LEN;
 use crate::receiver::{Rebuild, RepairKind};
 use crate::wire::ChannelInfo;
 use crate::{Manifest, MasterKey, NakMode, ReceivedMap, ResumePoint};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::time::Duration;
 
@@ -23,13 +23,13 @@ pub struct ClientConfig {
     /// Ask for a unicast stream after this long without data.
     pub sync_timeout: Duration,
     /// The server's unicast address, for when no multicast is heard at all.
-    pub server: Option<SocketAddrV4>,
+    pub server: Option<SocketAddr>,
     /// Skip multicast entirely: unicast from `server`.
     pub unicast_only: bool,
     /// How multicast receptions NAK (`Suppressed`; the others are for comparisons).
     pub nak_mode: NakMode,
     /// Directors to look the wanted files up with (empty: the directory group).
-    pub directors: Vec<SocketAddrV4>,
+    pub directors: Vec<SocketAddr>,
     /// Never leave a channel while its loop passes packets held (spec §6.4): for comparisons.
     pub stay_joined: bool,
     /// Ask for copies of missing packets, or for parity (the driver then carries
@@ -47,12 +47,12 @@ pub enum Origin {
     /// The directory group, sent from `source`.
     Directory {
         /// The sender's address.
-        source: Ipv4Addr,
+        source: IpAddr,
     },
     /// The link (the socket for requests and reports), from a server.
     Link {
         /// The sender.
-        from: SocketAddrV4,
+        from: SocketAddr,
     },
     /// The data socket of channel `channel` (announce index) of a reception.
     Channel {
@@ -92,7 +92,7 @@ pub struct Transmit {
     /// The socket.
     pub via: Via,
     /// The destination.
-    pub to: SocketAddrV4,
+    pub to: SocketAddr,
     /// The datagram.
     pub datagram: Vec<u8>,
 }
@@ -132,7 +132,7 @@ pub enum Command {
         /// The reception.
         reception: ReceptionId,
         /// The server.
-        server: SocketAddrV4,
+        server: SocketAddr,
     },
     /// Close the reception's unicast stream socket.
     CloseStream {
@@ -255,7 +255,7 @@ pub enum ClientEvent {
         /// The reception.
         reception: ReceptionId,
         /// The server asked.
-        server: SocketAddrV4,
+        server: SocketAddr,
         /// Why.
         why: Fallback,
     },
@@ -298,7 +298,7 @@ pub enum ClientEvent {
         /// The file.
         name: String,
         /// The servers' unicast addresses.
-        servers: Vec<SocketAddrV4>,
+        servers: Vec<SocketAddr>,
     },
     /// A director moved a file to other servers.
     Redirected {
@@ -307,16 +307,16 @@ pub enum ClientEvent {
         /// Why.
         reason: crate::wire::RedirectReason,
         /// The server it moves to.
-        to: Option<SocketAddrV4>,
+        to: Option<SocketAddr>,
     },
     /// The server followed (or asked) for a file went silent; the next named is asked.
     ServerLost {
         /// The file.
         name: String,
         /// The silent server.
-        server: SocketAddrV4,
+        server: SocketAddr,
         /// The server asked next, if any is left (the directors are asked again too).
-        next: Option<SocketAddrV4>,
+        next: Option<SocketAddr>,
     },
     /// The session cannot go on.
     Failed(ClientError),

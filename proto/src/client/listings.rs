@@ -5,12 +5,12 @@ use super::{ClientEvent, Listing, MAX_REFUSED_NAMES, ReceptionId, Session};
 use crate::manifest::check_name;
 use crate::wire::{self, Packet};
 use std::collections::HashSet;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 impl Session {
     /// Answers to the link: cookies and listings from servers, and what directors say.
-    pub(super) fn handle_link(&mut self, now: Instant, from: SocketAddrV4, bytes: &[u8]) {
+    pub(super) fn handle_link(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         if self.directed.is_director(from) {
             return self.take_from_director(now, bytes);
         }
@@ -38,7 +38,7 @@ impl Session {
             }
             return;
         }
-        self.take_listing(now, bytes, *from.ip(), Some(from));
+        self.take_listing(now, bytes, from.ip(), Some(from));
     }
 
     /// A COOKIE on a reception's stream socket: repeat the stream request with it.
@@ -70,8 +70,8 @@ impl Session {
         &mut self,
         now: Instant,
         bytes: &[u8],
-        source: Ipv4Addr,
-        unicast_from: Option<SocketAddrV4>,
+        source: IpAddr,
+        unicast_from: Option<SocketAddr>,
     ) {
         let Ok(datagram) = wire::decode(bytes) else {
             return;
@@ -116,7 +116,7 @@ impl Session {
                 false
             }
         });
-        let server = unicast_from.unwrap_or(SocketAddrV4::new(source, announce.unicast_port));
+        let server = unicast_from.unwrap_or(SocketAddr::new(source, announce.unicast_port));
         self.servers.insert(session, server);
         self.listing_request = None; // a listing was heard: no need to ask for one
         let listing = self.listings.entry(session).or_insert_with(|| Listing {

@@ -39,7 +39,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use reception::Stream;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// Most files received at once; further wanted files wait for a free place.
@@ -93,11 +93,11 @@ pub struct Session {
     /// Per server session: its file list as heard so far.
     listings: HashMap<u32, Listing>,
     /// Per server session: its unicast address.
-    servers: HashMap<u32, SocketAddrV4>,
+    servers: HashMap<u32, SocketAddr>,
     /// Cookies servers gave the link.
-    cookies: HashMap<SocketAddrV4, [u8; COOKIE_LEN]>,
+    cookies: HashMap<SocketAddr, [u8; COOKIE_LEN]>,
     /// With `--server`: where and when to ask for the listing, until one is heard.
-    listing_request: Option<(SocketAddrV4, Instant)>,
+    listing_request: Option<(SocketAddr, Instant)>,
     /// Random id of the link's requests.
     link_id: u32,
     rng: SmallRng,

@@ -4,7 +4,7 @@
 use crate::rate::ChannelSelector;
 use crate::wire::{AnnounceEntry, COOKIE_LEN};
 use crate::{FileReceiver, FrameTracker};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 /// Where a reception stands.
@@ -21,7 +21,7 @@ pub enum Phase {
 /// A unicast stream's server and the state of its request.
 #[derive(Debug, Clone)]
 pub(super) struct Stream {
-    pub(super) server: SocketAddrV4,
+    pub(super) server: SocketAddr,
     pub(super) cookie: [u8; COOKIE_LEN],
     pub(super) next_request: Instant,
 }
@@ -38,7 +38,7 @@ pub(super) struct Pending {
 pub struct Reception {
     pub(super) entry: AnnounceEntry,
     /// The server's unicast address, when known (ANNOUNCE's source, else `--server`).
-    pub(super) server: Option<SocketAddrV4>,
+    pub(super) server: Option<SocketAddr>,
     /// Multicast channels joined (announce indices; several with `--aggregate`).
     pub(super) joined: Vec<usize>,
     pub(super) selector: ChannelSelector,
@@ -122,12 +122,12 @@ impl Reception {
     }
 
     /// The server of its unicast stream, if it fell back to one.
-    pub fn stream_server(&self) -> Option<SocketAddrV4> {
+    pub fn stream_server(&self) -> Option<SocketAddr> {
         self.stream.as_ref().map(|s| s.server)
     }
 
     /// The server's unicast address, when known.
-    pub fn server(&self) -> Option<SocketAddrV4> {
+    pub fn server(&self) -> Option<SocketAddr> {
         self.server
     }
 

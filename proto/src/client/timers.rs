@@ -8,7 +8,7 @@ use super::{
 use crate::rate::SELECT_SAMPLE;
 use crate::sender::HEAR_EVERY_SERVER;
 use crate::wire::{self, COOKIE_LEN};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 impl Session {
@@ -135,7 +135,7 @@ impl Session {
     }
 
     /// Sends a request from the link to `server`, with its cookie once we have one.
-    pub(super) fn link_request(&mut self, server: SocketAddrV4, flags: u8, name: String) {
+    pub(super) fn link_request(&mut self, server: SocketAddr, flags: u8, name: String) {
         let request = wire::Request {
             receiver_id: self.link_id,
             flags,

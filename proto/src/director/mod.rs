@@ -20,7 +20,7 @@ use crate::wire::{
     self, AnnounceEntry, Directions, Found, Heartbeat, Lookup, MacKey, Packet, RedirectReason,
 };
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// How often a server heartbeats to each director.
@@ -38,11 +38,11 @@ pub const RECEIVER_MEMORY: Duration = Duration::from_secs(600);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceiverSeen {
     /// The receiver's link address.
-    pub address: SocketAddrV4,
+    pub address: SocketAddr,
     /// The file it asked for.
     pub name: String,
     /// The server named first (None: not carried, or not yet known).
-    pub primary: Option<SocketAddrV4>,
+    pub primary: Option<SocketAddr>,
     /// When it asked.
     pub at: Instant,
     /// The nonce of its look-up, which a REDIRECT echoes; None once used.
@@ -60,7 +60,7 @@ pub struct ServerRecord {
     /// The server's session id.
     pub session_id: u32,
     /// Its unicast address: the heartbeat's source (sent from its unicast port).
-    pub address: SocketAddrV4,
+    pub address: SocketAddr,
     /// Its last heartbeat.
     pub load: Heartbeat,
     /// When that heartbeat came.
@@ -88,32 +88,32 @@ pub enum DirectorEvent {
         /// Its session id.
         session_id: u32,
         /// Its unicast address.
-        address: SocketAddrV4,
+        address: SocketAddr,
     },
     /// A server missed `DOWN_AFTER_HEARTBEATS` heartbeats, or restarted under a new session.
     ServerDown {
         /// Its session id.
         session_id: u32,
         /// Its unicast address.
-        address: SocketAddrV4,
+        address: SocketAddr,
     },
     /// A receiver was moved to other servers.
     Redirected {
         /// The receiver.
-        to: SocketAddrV4,
+        to: SocketAddr,
         /// The file.
         name: String,
         /// Why.
         reason: RedirectReason,
         /// The server it moves to.
-        primary: SocketAddrV4,
+        primary: SocketAddr,
     },
     /// An agent registered for the first time, after silence, or restarted.
     NodeUp {
         /// Its node name.
         node: String,
         /// Where it registers from.
-        address: SocketAddrV4,
+        address: SocketAddr,
     },
     /// An agent went unheard for `jobs::UNREACHABLE_AFTER_MS`.
     NodeDown {
@@ -125,13 +125,13 @@ pub enum DirectorEvent {
     /// A look-up was answered.
     Answered {
         /// Who asked.
-        from: SocketAddrV4,
+        from: SocketAddr,
         /// The name.
         name: String,
         /// What was found.
         found: Found,
         /// The first server named.
-        primary: Option<SocketAddrV4>,
+        primary: Option<SocketAddr>,
     },
 }
 
@@ -172,10 +172,10 @@ pub struct Director {
     /// A moment and the wall-clock time then (ms since the Unix epoch).
     wall: (Instant, u64),
     /// Recent look-ups by (receiver, file), at most `MAX_RECEIVERS`.
-    receivers: HashMap<(SocketAddrV4, String), ReceiverSeen>,
+    receivers: HashMap<(SocketAddr, String), ReceiverSeen>,
     /// When receivers were last pruned.
     pruned: Instant,
-    out: VecDeque<(SocketAddrV4, Vec<u8>)>,
+    out: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<DirectorEvent>,
     stats: DirectorStats,
 }
@@ -215,7 +215,7 @@ impl Director {
     }
 
     /// Takes one datagram from `from`.
-    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddrV4, bytes: &[u8]) {
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         self.handle_timeout(now);
         let Ok(datagram) = wire::decode(bytes) else {
             self.stats.ignored += 1;
@@ -268,7 +268,7 @@ impl Director {
         ms + now.saturating_duration_since(at).as_millis() as u64
     }
 
-    fn heartbeat(&mut self, now: Instant, from: SocketAddrV4, session_id: u32, h: Heartbeat) {
+    fn heartbeat(&mut self, now: Instant, from: SocketAddr, session_id: u32, h: Heartbeat) {
         if let Some(s) = self.servers.get_mut(&session_id) {
             if h.sequence <= s.load.sequence {
                 self.stats.stale += 1;
@@ -341,9 +341,9 @@ impl Director {
             .collect()
     }
 
-    fn answer(&mut self, now: Instant, from: SocketAddrV4, asked_len: usize, lookup: Lookup) {
+    fn answer(&mut self, now: Instant, from: SocketAddr, asked_len: usize, lookup: Lookup) {
         let candidates = self.carrying(&lookup.name);
-        let servers = rank(&candidates, *from.ip());
+        let servers = rank(&candidates, from.ip());
         let knows_all = now >= self.started + HEARTBEAT_INTERVAL * 2;
         let found = match (servers.is_empty(), knows_all) {
             (false, _) => Found::Carried,
@@ -385,9 +385,9 @@ impl Director {
     fn remember(
         &mut self,
         now: Instant,
-        from: SocketAddrV4,
+        from: SocketAddr,
         name: &str,
-        primary: Option<SocketAddrV4>,
+        primary: Option<SocketAddr>,
         nonce: Option<u64>,
     ) {
         let key = (from, name.to_owned());
@@ -442,7 +442,7 @@ impl Director {
     }
 
     /// The next datagram to send and where.
-    pub fn poll_transmit(&mut self) -> Option<(SocketAddrV4, Vec<u8>)> {
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
         self.out.pop_front()
     }
 

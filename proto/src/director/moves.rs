@@ -8,7 +8,7 @@ use super::rank::throughput_to;
 use super::{Candidate, Director, DirectorEvent, rank};
 use crate::wire::{self, Directions, Found, Redirect, RedirectReason};
 use std::collections::HashMap;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 /// An alternate must offer receivers near the asker this many times the
 /// goodput of their server before the director moves them for it.
@@ -20,7 +20,7 @@ impl Director {
     pub(super) fn rebalance(&mut self) {
         // Unicast streams each live server has beyond its most (receivers sent
         // to it since its heartbeat counted, as in `carrying`).
-        let mut excess: HashMap<SocketAddrV4, i64> = (self.servers.values())
+        let mut excess: HashMap<SocketAddr, i64> = (self.servers.values())
             .map(|s| {
                 let streams = s.load.unicast_clients as i64 + s.directed as i64;
                 (s.address, streams - s.load.unicast_max_clients as i64)
@@ -52,9 +52,9 @@ impl Director {
                     Some(RedirectReason::Overloaded)
                 }
                 Some(c) => {
-                    let now_gets = throughput_to(&c.load, *r.address.ip());
+                    let now_gets = throughput_to(&c.load, r.address.ip());
                     let best = (alternates.iter())
-                        .map(|a| throughput_to(&a.load, *r.address.ip()))
+                        .map(|a| throughput_to(&a.load, r.address.ip()))
                         .max()
                         .unwrap_or(0);
                     (now_gets > 0 && best >= now_gets.saturating_mul(THROUGHPUT_FACTOR))
@@ -62,7 +62,7 @@ impl Director {
                 }
             };
             let Some(reason) = reason else { continue };
-            let ranked = rank(&alternates, *r.address.ip());
+            let ranked = rank(&alternates, r.address.ip());
             let Some((archive_id, first)) = ranked.first().copied() else {
                 continue;
             };

@@ -6,7 +6,7 @@ use super::{Director, DirectorEvent, HEARTBEAT_INTERVAL};
 use crate::jobs::{ApiRequest, Job, JobError, JobSpec, JobState, UNREACHABLE_AFTER_MS};
 use crate::wire::{self, AgentJobState, Assign, AssignAction, MAX_JOB_REPORTS, Register};
 use std::collections::BTreeSet;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// Most nodes a director keeps.
@@ -26,7 +26,7 @@ pub struct NodeRecord {
     /// Its agent's instance (random per start).
     pub instance: u32,
     /// Where its REGISTERs come from.
-    pub address: SocketAddrV4,
+    pub address: SocketAddr,
     /// Its last REGISTER's sequence.
     pub sequence: u64,
     /// When that came.
@@ -41,13 +41,7 @@ pub struct NodeRecord {
 
 impl Director {
     /// Takes an agent's REGISTER (tag already verified).
-    pub(super) fn register(
-        &mut self,
-        now: Instant,
-        from: SocketAddrV4,
-        instance: u32,
-        r: Register,
-    ) {
+    pub(super) fn register(&mut self, now: Instant, from: SocketAddr, instance: u32, r: Register) {
         let wall = self.wall_ms(now);
         let answered = self.nodes.get(&r.node).and_then(|n| n.answered);
         let back = match self.nodes.get(&r.node) {

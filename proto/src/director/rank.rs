@@ -1,7 +1,7 @@
 //! Ranking the servers that carry a file (spec §9.3).
 
 use crate::wire::{Direction, Heartbeat, MAX_DIRECTIONS, subnet_of};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 /// What a server in the same /24 as the receiver is worth, in load fraction.
 pub const SAME_SUBNET_BONUS: f64 = 0.25;
@@ -15,7 +15,7 @@ pub struct Candidate {
     /// Its session id.
     pub session_id: u32,
     /// Its unicast address.
-    pub address: SocketAddrV4,
+    pub address: SocketAddr,
     /// The archive it carries under the name.
     pub archive_id: u64,
     /// Its last heartbeat.
@@ -33,8 +33,8 @@ pub fn load_fraction(h: &Heartbeat) -> f64 {
     rate.into_iter().chain(streams).fold(cpu, f64::max)
 }
 
-/// The goodput a server's receivers in `receiver`'s /24 report, kbit/s (0: none).
-pub(super) fn throughput_to(h: &Heartbeat, receiver: Ipv4Addr) -> u32 {
+/// The goodput a server's receivers in `receiver`'s subnet (/24, /64) report, kbit/s (0: none).
+pub(super) fn throughput_to(h: &Heartbeat, receiver: IpAddr) -> u32 {
     let subnet = subnet_of(receiver);
     (h.subnets.iter())
         .find(|s| s.subnet == subnet)
@@ -43,17 +43,17 @@ pub(super) fn throughput_to(h: &Heartbeat, receiver: Ipv4Addr) -> u32 {
 
 /// The servers to name to a receiver at `receiver`, best first, with the archive
 /// each carries: the lowest score first, ties to the lower session id. The score
-/// is the load fraction, less `SAME_SUBNET_BONUS` in the receiver's /24, less
-/// `THROUGHPUT_BONUS` times its receivers' goodput in the receiver's /24 over the
+/// is the load fraction, less `SAME_SUBNET_BONUS` in the receiver's subnet (/24 or /64), less
+/// `THROUGHPUT_BONUS` times its receivers' goodput in the receiver's subnet over the
 /// best such goodput among the candidates (spec §9.3). Only servers carrying the
 /// best one's archive are named: two versions of a name are never mixed.
-pub fn rank(candidates: &[Candidate], receiver: Ipv4Addr) -> Vec<(u64, Direction)> {
+pub fn rank(candidates: &[Candidate], receiver: IpAddr) -> Vec<(u64, Direction)> {
     let best = (candidates.iter())
         .map(|c| throughput_to(&c.load, receiver))
         .max()
         .unwrap_or(0);
     let score = |c: &Candidate| {
-        let near = if subnet_of(*c.address.ip()) == subnet_of(receiver) {
+        let near = if subnet_of(c.address.ip()) == subnet_of(receiver) {
             SAME_SUBNET_BONUS
         } else {
             0.0

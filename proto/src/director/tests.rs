@@ -15,8 +15,8 @@ struct Site {
     start: Instant,
 }
 
-fn addr(last: u8, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, last), port)
+fn addr(last: u8, port: u16) -> SocketAddr {
+    SocketAddr::new(Ipv4Addr::new(10, 0, 0, last).into(), port)
 }
 
 fn heartbeat(sequence: u64, clients: u16, max_clients: u16) -> Heartbeat {
@@ -42,7 +42,7 @@ fn entry(name: &str, archive_id: u64) -> AnnounceEntry {
         flags: 0,
         name: name.into(),
         channels: vec![ChannelInfo {
-            group: SocketAddrV4::new(Ipv4Addr::new(239, 1, 1, 1), 7701),
+            group: SocketAddr::new(Ipv4Addr::new(239, 1, 1, 1).into(), 7701),
             control_port: 17701,
             rate_bps: 1_000_000,
         }],
@@ -67,7 +67,7 @@ impl Site {
     fn beat(
         &mut self,
         ms: u64,
-        from: SocketAddrV4,
+        from: SocketAddr,
         session: u32,
         h: Heartbeat,
         files: &[(&str, u64)],
@@ -87,7 +87,7 @@ impl Site {
         self.director.handle_datagram(now, from, &listing);
     }
 
-    fn lookup(&mut self, ms: u64, from: SocketAddrV4, name: &str) -> Directions {
+    fn lookup(&mut self, ms: u64, from: SocketAddr, name: &str) -> Directions {
         let question = wire::encode_lookup(
             &key().director_mac_key(),
             &Lookup {
@@ -111,7 +111,7 @@ impl Site {
     }
 }
 
-fn servers(d: &Directions) -> Vec<SocketAddrV4> {
+fn servers(d: &Directions) -> Vec<SocketAddr> {
     d.servers.iter().map(|s| s.server).collect()
 }
 
@@ -203,7 +203,7 @@ fn the_least_loaded_server_comes_first_and_versions_are_never_mixed() {
     site.beat(0, c, 13, heartbeat(1, 2, 4), &[("f", 7)]);
     let d = site.lookup(
         2000,
-        SocketAddrV4::new(Ipv4Addr::new(192, 168, 0, 9), 1),
+        SocketAddr::new(Ipv4Addr::new(192, 168, 0, 9).into(), 1),
         "f",
     );
     assert_eq!((d.archive_id, servers(&d)), (5, vec![b, a]));
@@ -216,11 +216,11 @@ fn the_least_loaded_server_comes_first_and_versions_are_never_mixed() {
         }
     );
     // In the receiver's own /24 a busier server wins (the bonus is a quarter).
-    let near = SocketAddrV4::new(Ipv4Addr::new(192, 168, 0, 4), 7700);
+    let near = SocketAddr::new(Ipv4Addr::new(192, 168, 0, 4).into(), 7700);
     site.beat(2000, near, 14, heartbeat(1, 3, 8), &[("f", 5)]);
     let d = site.lookup(
         2000,
-        SocketAddrV4::new(Ipv4Addr::new(192, 168, 0, 9), 1),
+        SocketAddr::new(Ipv4Addr::new(192, 168, 0, 9).into(), 1),
         "f",
     );
     assert_eq!(servers(&d), vec![near, b, a]);
@@ -234,7 +234,7 @@ fn a_burst_of_lookups_is_spread_over_two_servers_at_capacity_three() {
     let (a, b) = (addr(1, 7700), addr(2, 7700));
     site.beat(0, a, 11, heartbeat(1, 0, 3), &[("f", 5)]);
     site.beat(0, b, 12, heartbeat(1, 0, 3), &[("f", 5)]);
-    let primaries: Vec<SocketAddrV4> = (0..6)
+    let primaries: Vec<SocketAddr> = (0..6)
         .map(|i| site.lookup(2000 + i, addr(50 + i as u8, 5000), "f").servers[0].server)
         .collect();
     assert_eq!(primaries.iter().filter(|p| **p == a).count(), 3);
@@ -339,12 +339,12 @@ fn lookups_are_remembered_per_receiver_and_file_for_ten_minutes() {
 fn throughput_to_the_receivers_subnet_and_cpu_weigh_in_the_ranking() {
     let mut site = Site::new();
     let (a, b) = (addr(1, 7700), addr(2, 7700));
-    let far = SocketAddrV4::new(Ipv4Addr::new(192, 168, 7, 9), 5000);
+    let far = SocketAddr::new(Ipv4Addr::new(192, 168, 7, 9).into(), 5000);
     let with = |sequence: u64, kbps: u32, cpu: u16| {
         let mut h = heartbeat(sequence, 1, 4);
         h.cpu_permille = cpu;
         h.subnets = vec![wire::SubnetThroughput {
-            subnet: [192, 168, 7],
+            subnet: wire::Subnet::V4([192, 168, 7]),
             receivers: 3,
             goodput_kbps: kbps,
         }];
@@ -365,10 +365,7 @@ fn throughput_to_the_receivers_subnet_and_cpu_weigh_in_the_ranking() {
 }
 
 /// The REDIRECTs the director sends at `ms`: (receiver, reason, nonce, servers).
-fn redirects(
-    site: &mut Site,
-    ms: u64,
-) -> Vec<(SocketAddrV4, RedirectReason, u64, Vec<SocketAddrV4>)> {
+fn redirects(site: &mut Site, ms: u64) -> Vec<(SocketAddr, RedirectReason, u64, Vec<SocketAddr>)> {
     site.director.handle_timeout(site.at(ms));
     std::iter::from_fn(|| site.director.poll_transmit())
         .map(|(to, bytes)| {
@@ -414,7 +411,7 @@ fn receivers_of_a_server_gone_are_moved_to_the_alternate_once() {
 fn an_overloaded_servers_excess_receivers_and_poorly_served_ones_are_moved() {
     let mut site = Site::new();
     let (a, b) = (addr(1, 7700), addr(2, 7700));
-    let near = |last: u8| SocketAddrV4::new(Ipv4Addr::new(192, 168, 7, last), 5000);
+    let near = |last: u8| SocketAddr::new(Ipv4Addr::new(192, 168, 7, last).into(), 5000);
     site.beat(0, a, 11, heartbeat(1, 0, 4), &[("f", 5)]);
     site.beat(0, b, 12, heartbeat(1, 8, 9), &[("f", 5)]);
     // Three receivers sent to a (the least loaded) ...
@@ -435,7 +432,7 @@ fn an_overloaded_servers_excess_receivers_and_poorly_served_ones_are_moved() {
     let with = |sequence: u64, clients: u16, max: u16, kbps: u32| {
         let mut h = heartbeat(sequence, clients, max);
         h.subnets = vec![wire::SubnetThroughput {
-            subnet: [192, 168, 7],
+            subnet: wire::Subnet::V4([192, 168, 7]),
             receivers: 2,
             goodput_kbps: kbps,
         }];
@@ -454,8 +451,39 @@ fn an_overloaded_servers_excess_receivers_and_poorly_served_ones_are_moved() {
     let mut site = Site::new();
     site.beat(0, a, 11, with(1, 0, 4, 20_000), &[("f", 5)]);
     site.beat(0, b, 12, with(1, 0, 4, 30_000), &[("f", 5)]);
-    let far = SocketAddrV4::new(Ipv4Addr::new(10, 9, 9, 9), 5000);
+    let far = SocketAddr::new(Ipv4Addr::new(10, 9, 9, 9).into(), 5000);
     site.lookup(2000, far, "f");
     site.lookup(2000, near(1), "f");
     assert_eq!(redirects(&mut site, 3000).len(), 0);
+}
+
+#[test]
+fn over_ipv6_a_server_in_the_receivers_slash_64_and_its_history_there_rank_first() {
+    let mut site = Site::new();
+    let v6 = |s: &str| s.parse::<SocketAddr>().unwrap();
+    let (a, b) = (v6("[fd77::1]:7700"), v6("[fd78::1]:7700"));
+    // Equal load, nothing heard of throughput: the server in the receiver's /64 first.
+    site.beat(0, a, 11, heartbeat(1, 1, 4), &[("f", 5)]);
+    site.beat(0, b, 12, heartbeat(1, 1, 4), &[("f", 5)]);
+    assert_eq!(
+        servers(&site.lookup(100, v6("[fd78::9]:5000"), "f")),
+        vec![b, a]
+    );
+    assert_eq!(
+        servers(&site.lookup(200, v6("[fd77::9]:5000"), "f")),
+        vec![a, b]
+    );
+    // A receiver in a third /64 is sent where its neighbours fare best.
+    let mut with = heartbeat(2, 1, 4);
+    with.subnets = vec![wire::SubnetThroughput {
+        subnet: wire::subnet_of(v6("[fd79::5]:1").ip()),
+        receivers: 3,
+        goodput_kbps: 80_000,
+    }];
+    site.beat(1000, b, 12, with, &[("f", 5)]);
+    site.beat(1000, a, 11, heartbeat(2, 1, 4), &[("f", 5)]);
+    assert_eq!(
+        servers(&site.lookup(1100, v6("[fd79::9]:5000"), "f")),
+        vec![b, a]
+    );
 }

@@ -10,7 +10,7 @@ use crate::wire::{
     Packet, Register,
 };
 use std::collections::{BTreeMap, VecDeque};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// How long a finished job stays in the agent's reports (a director that
@@ -43,7 +43,7 @@ pub enum AgentEvent {
     /// A director answered for the first time, or after silence.
     DirectorHeard {
         /// Which.
-        director: SocketAddrV4,
+        director: SocketAddr,
     },
 }
 
@@ -58,7 +58,7 @@ struct Reported {
 pub struct Agent {
     key: MacKey,
     node: String,
-    directors: Vec<SocketAddrV4>,
+    directors: Vec<SocketAddr>,
     /// Random per start: answers to an earlier start of this node are not ours.
     instance: u32,
     started: Instant,
@@ -70,8 +70,8 @@ pub struct Agent {
     /// Final reports of jobs finished, kept to answer a director asking again.
     finished: BTreeMap<u64, JobReport>,
     /// When each director last answered.
-    heard: BTreeMap<SocketAddrV4, Instant>,
-    out: VecDeque<(SocketAddrV4, Vec<u8>)>,
+    heard: BTreeMap<SocketAddr, Instant>,
+    out: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<AgentEvent>,
 }
 
@@ -81,7 +81,7 @@ impl Agent {
     pub fn new(
         key: MacKey,
         node: String,
-        directors: Vec<SocketAddrV4>,
+        directors: Vec<SocketAddr>,
         now: Instant,
         instance: u32,
     ) -> Self {
@@ -140,7 +140,7 @@ impl Agent {
     }
 
     /// Takes one datagram from `from`.
-    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddrV4, bytes: &[u8]) {
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         if !self.directors.contains(&from) || !self.key.verifies(bytes) {
             return;
         }
@@ -257,7 +257,7 @@ impl Agent {
     }
 
     /// The next datagram to send and where.
-    pub fn poll_transmit(&mut self) -> Option<(SocketAddrV4, Vec<u8>)> {
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
         self.out.pop_front()
     }
 

@@ -5,7 +5,7 @@ use super::agent::{Agent, AgentEvent};
 use super::*;
 use crate::director::Director;
 use crate::wire::{self, AnnounceEntry, ChannelInfo, Heartbeat, MacKey};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 fn spec(targets: &[&str]) -> JobSpec {
@@ -173,18 +173,24 @@ fn requests_need_the_key_a_fresh_time_and_a_new_nonce() {
     assert!(check(&mut auth, 100_600, 100_000, 6, body, &other).is_ok());
 }
 
-const DIRECTOR: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7790);
-const SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 7701);
+const DIRECTOR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    Ipv4Addr::new(10, 0, 0, 1),
+    7790,
+));
+const SERVER: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    Ipv4Addr::new(10, 0, 0, 2),
+    7701,
+));
 
-fn agent_addr(k: u8) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, k), 40000)
+fn agent_addr(k: u8) -> SocketAddr {
+    SocketAddr::new(Ipv4Addr::new(10, 0, 1, k).into(), 40000)
 }
 
 /// A director, a server heartbeating "image.iso", and agents, on a virtual clock.
 struct Site {
     now: Instant,
     director: Director,
-    agents: Vec<(Agent, SocketAddrV4)>,
+    agents: Vec<(Agent, SocketAddr)>,
     key: MacKey,
     heartbeats: u64,
 }
@@ -239,7 +245,7 @@ impl Site {
             flags: 0,
             name: "image.iso".into(),
             channels: vec![ChannelInfo {
-                group: SocketAddrV4::new(Ipv4Addr::new(239, 1, 1, 1), 7701),
+                group: SocketAddr::new(Ipv4Addr::new(239, 1, 1, 1).into(), 7701),
                 control_port: 7702,
                 rate_bps: 1_000_000,
             }],

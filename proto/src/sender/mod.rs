@@ -12,7 +12,7 @@ pub use announcer::Announcer;
 use packet_set::PacketSet;
 use parity::ParityQueue;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// Longest time between two MANIFEST packets on a channel.
@@ -196,7 +196,7 @@ pub struct Carousel {
     /// (receiver, echo) pairs that gave a GRTT sample lately: a replayed NAK gives none.
     sampled: std::collections::VecDeque<(u32, u64)>,
     /// Per source address: repairs it may still queue, and when that was worked out.
-    sources: std::collections::HashMap<Ipv4Addr, (f64, Instant)>,
+    sources: std::collections::HashMap<IpAddr, (f64, Instant)>,
     stats: CarouselStats,
 }
 
@@ -307,7 +307,7 @@ impl Carousel {
     /// malformed, foreign, unauthenticated or absurd is dropped and counted. Returns
     /// how many packets the NAK newly asked for (queued or left to the loop), a loss
     /// signal.
-    pub fn handle_datagram(&mut self, now: Instant, from: Ipv4Addr, bytes: &[u8]) -> u32 {
+    pub fn handle_datagram(&mut self, now: Instant, from: IpAddr, bytes: &[u8]) -> u32 {
         match wire::decode(bytes) {
             Ok(wire::Datagram {
                 session_id,

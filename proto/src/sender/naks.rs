@@ -6,13 +6,13 @@ use super::{
     SOURCE_BURST_SECS,
 };
 use crate::wire;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 impl Carousel {
     /// Takes a decoded and verified NAK of this session from address `from` (see
     /// `handle_datagram`).
-    pub fn handle_nak(&mut self, now: Instant, from: Ipv4Addr, nak: &wire::Nak) -> u32 {
+    pub fn handle_nak(&mut self, now: Instant, from: IpAddr, nak: &wire::Nak) -> u32 {
         self.peeked = None; // the repair set may change
         let in_range = (nak.ranges.iter())
             .all(|&(first, count)| first as u64 + count as u64 <= self.packet_count as u64)
@@ -112,7 +112,7 @@ impl Carousel {
     /// among the sources that NAKed in the last `NAK_SOURCE_ACTIVE`, each holding
     /// at most `SOURCE_BURST_SECS` of its part (or `MIN_SOURCE_BURST`), so one host cannot take
     /// the share from the others (T3, T13). None when the table of sources is full.
-    fn source_budget(&mut self, now: Instant, from: Ipv4Addr, packet_time: f64) -> Option<u32> {
+    fn source_budget(&mut self, now: Instant, from: IpAddr, packet_time: f64) -> Option<u32> {
         let active = |at: Instant| now.saturating_duration_since(at) < NAK_SOURCE_ACTIVE;
         if !self.sources.contains_key(&from) && self.sources.len() >= MAX_NAK_SOURCES {
             self.sources.retain(|_, (_, at)| active(*at));

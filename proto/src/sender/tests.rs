@@ -4,7 +4,7 @@ use super::*;
 use crate::wire::{Nak, Packet};
 
 /// The address the test NAKs come from.
-const RECEIVER: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 0, 2);
+const RECEIVER: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
 
 struct Zeros;
 
@@ -142,7 +142,7 @@ fn one_source_cannot_take_the_repair_share_from_the_others() {
     // of it (852), not the archive, and then nothing more until its part refills.
     let now = Instant::now();
     let mut c = carousel_at(now, 10_000_000, 100_000);
-    let flooder = std::net::Ipv4Addr::new(10, 0, 0, 66);
+    let flooder = std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 66));
     let whole = nak(9, 5, vec![(0, 60_000), (60_000, 40_000)]);
     c.handle_datagram(now, flooder, &whole);
     let first = c.pending_repairs();

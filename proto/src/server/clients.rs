@@ -3,7 +3,7 @@
 use super::{Admission, Endpoint, ServerEvent, Stream, StreamEnd, UNICAST_MIN_RATE};
 use crate::rate::UnicastRate;
 use crate::sender::{Carousel, RepairConfig};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 /// Lowest repair share of a unicast stream (its client has nobody to share repairs with).
@@ -21,18 +21,12 @@ pub(super) struct UnicastClient {
 }
 
 impl<A: Admission> Endpoint<A> {
-    pub(super) fn client_at(&mut self, addr: SocketAddrV4) -> Option<&mut UnicastClient> {
+    pub(super) fn client_at(&mut self, addr: SocketAddr) -> Option<&mut UnicastClient> {
         let slot = *self.client_slots.get(&addr)?;
         self.clients.get_mut(slot)?.as_mut()
     }
 
-    pub(super) fn start_client(
-        &mut self,
-        now: Instant,
-        f: usize,
-        from: SocketAddrV4,
-        max_rate: u64,
-    ) {
+    pub(super) fn start_client(&mut self, now: Instant, f: usize, from: SocketAddr, max_rate: u64) {
         if let Some(client) = self.client_at(from) {
             client.last_heard = now; // a repeated request: keep streaming
             return;

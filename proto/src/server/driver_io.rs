@@ -5,7 +5,7 @@ use crate::rate::AdaptMode;
 use crate::wire::MacKey;
 use crate::{FileKey, Manifest};
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// The largest batch the driver's socket takes in one send (UDP GSO limits).
@@ -27,7 +27,7 @@ pub struct ServerConfig {
     /// Fingerprint of the master key, told in ANNOUNCE.
     pub key_fingerprint: [u8; crate::keys::FINGERPRINT_LEN],
     /// Directory group (ANNOUNCE goes there).
-    pub directory: SocketAddrV4,
+    pub directory: SocketAddr,
     /// Port for requests, reports and unicast streams.
     pub unicast_port: u16,
     /// Largest UDP payload (ANNOUNCE parts are cut to fit).
@@ -61,7 +61,7 @@ pub struct ServerConfig {
 #[derive(Debug, Clone)]
 pub struct DirectorLink {
     /// Every director's address.
-    pub addresses: Vec<SocketAddrV4>,
+    pub addresses: Vec<SocketAddr>,
     /// Key of HEARTBEAT tags (`MasterKey::director_mac_key`).
     pub key: MacKey,
     /// The most the server means to send, bits/s (0: not said).
@@ -72,7 +72,7 @@ pub struct DirectorLink {
 #[derive(Debug, Clone, Copy)]
 pub struct ChannelSpec {
     /// Multicast group and port of its data.
-    pub group: SocketAddrV4,
+    pub group: SocketAddr,
     /// Port on the same group where NAKs come.
     pub control_port: u16,
     /// Starting rate, bits/s.
@@ -114,7 +114,7 @@ pub struct Transmit {
     /// The socket to send from.
     pub socket: Socket,
     /// The destination.
-    pub to: SocketAddrV4,
+    pub to: SocketAddr,
     /// Bytes in the buffer.
     pub len: usize,
     /// Datagram size.
@@ -131,10 +131,10 @@ pub enum Origin {
         /// Channel index.
         channel: usize,
         /// The sender's address (repairs are shared out per source address).
-        from: SocketAddrV4,
+        from: SocketAddr,
     },
     /// The unicast port, from this address.
-    Unicast(SocketAddrV4),
+    Unicast(SocketAddr),
     /// The directory group (other servers' listings), from this address.
-    Directory(SocketAddrV4),
+    Directory(SocketAddr),
 }

@@ -1,7 +1,7 @@
 //! What the server endpoint tells its driver happened, and its counters.
 
 use crate::wire::Report;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Why a unicast stream ended.
@@ -23,7 +23,7 @@ pub enum ServerEvent {
         /// Receiver id.
         receiver: u32,
         /// Where it reports from.
-        addr: SocketAddrV4,
+        addr: SocketAddr,
         /// Its channel (announce index or `wire::UNICAST_CHANNEL`).
         channel: u8,
     },
@@ -50,7 +50,7 @@ pub enum ServerEvent {
         /// Receiver id.
         receiver: u32,
         /// Where DONE came from.
-        addr: SocketAddrV4,
+        addr: SocketAddr,
         /// Its time from joining to delivery.
         elapsed: Duration,
     },
@@ -59,7 +59,7 @@ pub enum ServerEvent {
         /// File index.
         file: usize,
         /// Who asked.
-        by: SocketAddrV4,
+        by: SocketAddr,
     },
     /// Another server on the directory group uses one of this server's channel
     /// addresses, and this one is new on the group: the driver restarts it under
@@ -89,14 +89,14 @@ pub enum ServerEvent {
         /// File index.
         file: usize,
         /// Its client.
-        to: SocketAddrV4,
+        to: SocketAddr,
     },
     /// A unicast stream ended.
     StreamEnded {
         /// File index.
         file: usize,
         /// Its client.
-        to: SocketAddrV4,
+        to: SocketAddr,
         /// How long it ran.
         after: Duration,
         /// Why.
@@ -107,7 +107,7 @@ pub enum ServerEvent {
         /// File index.
         file: usize,
         /// Who asked.
-        to: SocketAddrV4,
+        to: SocketAddr,
         /// Streams running.
         clients: usize,
     },

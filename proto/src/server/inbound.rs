@@ -5,7 +5,7 @@
 use super::{Endpoint, Noted, Origin, ServerEvent, Socket, StreamEnd};
 use crate::server::admission::Admission;
 use crate::wire::{self, Packet, Report};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 impl<A: Admission> Endpoint<A> {
@@ -22,7 +22,7 @@ impl<A: Admission> Endpoint<A> {
                     .get_mut(file)
                     .and_then(|f| f.channels.get_mut(channel))
                 {
-                    c.stream.carousel.handle_datagram(now, *from.ip(), bytes);
+                    c.stream.carousel.handle_datagram(now, from.ip(), bytes);
                 }
             }
             Origin::Unicast(from) => self.handle_unicast(now, from, bytes),
@@ -30,7 +30,7 @@ impl<A: Admission> Endpoint<A> {
         }
     }
 
-    fn handle_unicast(&mut self, now: Instant, from: SocketAddrV4, bytes: &[u8]) {
+    fn handle_unicast(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         let Ok(datagram) = wire::decode(bytes) else {
             self.stats.dropped += 1;
             return;
@@ -60,7 +60,7 @@ impl<A: Admission> Endpoint<A> {
             Packet::Nak(nak) if ours => match self.client_at(from) {
                 Some(client) => {
                     client.last_heard = now;
-                    let lost = client.stream.carousel.handle_nak(now, *from.ip(), &nak);
+                    let lost = client.stream.carousel.handle_nak(now, from.ip(), &nak);
                     client.rate.count(0, lost as u64);
                 }
                 None => self.stats.dropped += 1,
@@ -77,7 +77,7 @@ impl<A: Admission> Endpoint<A> {
     fn handle_request(
         &mut self,
         now: Instant,
-        from: SocketAddrV4,
+        from: SocketAddr,
         request_len: usize,
         request: &wire::Request,
     ) {
@@ -114,7 +114,7 @@ impl<A: Admission> Endpoint<A> {
         }
     }
 
-    fn handle_report(&mut self, now: Instant, from: SocketAddrV4, report: &Report) {
+    fn handle_report(&mut self, now: Instant, from: SocketAddr, report: &Report) {
         let Some(f) = self.file_of(report.archive_id) else {
             self.stats.dropped += 1;
             return;
@@ -168,7 +168,7 @@ impl<A: Admission> Endpoint<A> {
         });
     }
 
-    fn handle_done(&mut self, now: Instant, from: SocketAddrV4, done: &wire::Done) {
+    fn handle_done(&mut self, now: Instant, from: SocketAddr, done: &wire::Done) {
         let Some(f) = self.file_of(done.archive_id) else {
             self.stats.dropped += 1;
             return;

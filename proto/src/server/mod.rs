@@ -36,7 +36,7 @@ use crate::timers::TimerHeap;
 use crate::wire::{self, AnnounceEntry, ChannelInfo, SessionKeys};
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// A unicast client that sends nothing for this long is dropped.
@@ -92,14 +92,14 @@ pub struct Endpoint<A: Admission = CookieJar> {
     announcer: Announcer,
     clients: Vec<Option<UnicastClient>>,
     /// Unicast clients by address: their slot in `clients`.
-    client_slots: HashMap<SocketAddrV4, usize>,
+    client_slots: HashMap<SocketAddr, usize>,
     receivers: ReceiverTable,
     admission: A,
     /// Each stream's next send: channel streams first, then client slots.
     timers: TimerHeap,
     /// The stream being served and the batches left in its turn.
     serving: Option<(usize, u32)>,
-    control: VecDeque<(Socket, SocketAddrV4, Vec<u8>)>,
+    control: VecDeque<(Socket, SocketAddr, Vec<u8>)>,
     events: VecDeque<ServerEvent>,
     next_housekeeping: Instant,
     /// When the endpoint started (heartbeat sequence numbers count from it).
@@ -390,7 +390,7 @@ impl<A: Admission> Endpoint<A> {
     /// Its receivers' mean goodput per /24, from their last reports within
     /// `THROUGHPUT_MEMORY`: the subnets with the most receivers, at most `MAX_SUBNETS`.
     fn throughput_by_subnet(&self, now: Instant) -> Vec<wire::SubnetThroughput> {
-        let mut by_subnet: HashMap<[u8; 3], (u32, u64)> = HashMap::new();
+        let mut by_subnet: HashMap<wire::Subnet, (u32, u64)> = HashMap::new();
         for e in self.receivers.iter() {
             let (arrived, ms) = e.arrived;
             if e.done || ms == 0 || now.saturating_duration_since(e.last_heard) > THROUGHPUT_MEMORY
@@ -401,7 +401,7 @@ impl<A: Admission> Endpoint<A> {
                 .files
                 .get(e.file)
                 .map_or(0, |f| f.manifest.payload_size) as u64;
-            let subnet = wire::subnet_of(*e.addr.ip());
+            let subnet = wire::subnet_of(e.addr.ip());
             let (count, bps) = by_subnet.entry(subnet).or_default();
             *count += 1;
             *bps += arrived as u64 * payload * 8 * 1000 / ms as u64;
@@ -463,7 +463,7 @@ impl<A: Admission> Endpoint<A> {
     }
 
     /// Channel `channel` of file `file`: its carousel and group, if it exists.
-    pub fn channel(&self, file: usize, channel: usize) -> Option<(&Carousel, SocketAddrV4)> {
+    pub fn channel(&self, file: usize, channel: usize) -> Option<(&Carousel, SocketAddr)> {
         let c = self.files.get(file)?.channels.get(channel)?;
         Some((&c.stream.carousel, c.stream.to))
     }

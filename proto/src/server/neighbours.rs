@@ -9,7 +9,7 @@ use crate::wire::{self, Packet};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 /// Most other servers remembered (listings of further ones are not kept).
@@ -21,7 +21,7 @@ pub const MAX_CHANNEL_NUMBER: u32 = 4096;
 pub(super) struct Neighbours {
     /// Per session heard in this server's first `HEAR_EVERY_SERVER`: the channel
     /// addresses it lists.
-    heard: HashMap<u32, HashSet<SocketAddrV4>>,
+    heard: HashMap<u32, HashSet<SocketAddr>>,
     /// True once this server asked to move (it moves at most once).
     moved: bool,
     rng: SmallRng,
@@ -68,7 +68,7 @@ impl<A: Admission> Endpoint<A> {
                 .iter()
                 .flat_map(|e| e.channels.iter().map(|c| c.group)),
         );
-        let ours: Vec<SocketAddrV4> = (self.files.iter())
+        let ours: Vec<SocketAddr> = (self.files.iter())
             .flat_map(|f| f.channels.iter().map(|c| c.stream.to))
             .collect();
         if !ours.iter().any(|g| groups.contains(g)) {
@@ -97,8 +97,8 @@ impl<A: Admission> Endpoint<A> {
 }
 
 /// The number of channel `group` on `directory` (group + n, port + n), if it is one.
-pub fn channel_number(directory: SocketAddrV4, group: SocketAddrV4) -> Option<u32> {
-    let n = u32::from(*group.ip()).checked_sub(u32::from(*directory.ip()))?;
+pub fn channel_number(directory: SocketAddr, group: SocketAddr) -> Option<u32> {
+    let n = crate::codec::ip_distance(directory.ip(), group.ip())?;
     let port = directory.port().checked_add(u16::try_from(n).ok()?)?;
     (n > 0 && group.port() == port).then_some(n)
 }

@@ -4,7 +4,7 @@
 use crate::wire::Report;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// Most receivers the table holds; reports from further receivers are counted, not kept.
@@ -20,7 +20,7 @@ pub struct ReceiverEntry {
     /// The receiver's id (random per receiver and file).
     pub id: u32,
     /// Where its reports come from.
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     /// The channel it reports (announce index, or `wire::UNICAST_CHANNEL`).
     pub channel: u8,
     /// Packets it holds.
@@ -62,7 +62,7 @@ impl ReceiverTable {
         &mut self,
         now: Instant,
         file: usize,
-        from: SocketAddrV4,
+        from: SocketAddr,
         report: &Report,
     ) -> Noted {
         let full = self.entries.len() >= MAX_RECEIVERS;
@@ -110,7 +110,7 @@ impl ReceiverTable {
         now: Instant,
         file: usize,
         id: u32,
-        from: SocketAddrV4,
+        from: SocketAddr,
         channel: u8,
     ) -> bool {
         let full = self.entries.len() >= MAX_RECEIVERS;
@@ -179,7 +179,7 @@ mod tests {
     #[test]
     fn the_table_is_bounded_and_forgets_the_silent() {
         let now = Instant::now();
-        let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9);
+        let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 9);
         let mut t = ReceiverTable::default();
         assert_eq!(t.report(now, 0, addr, &report(1, 0)), Noted::New);
         assert_eq!(t.report(now, 0, addr, &report(1, 0)), Noted::Same);

@@ -4,7 +4,7 @@ use super::BatchLimits;
 use crate::pacer::Pacer;
 use crate::sender::{Carousel, PayloadSource};
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 /// A carousel, its pacer and where its datagrams go: a channel's group or one client.
@@ -13,13 +13,13 @@ pub(super) struct Stream {
     pub(super) pacer: Pacer,
     /// Datagrams per send: about a millisecond of data at the stream's rate.
     pub(super) batch: usize,
-    pub(super) to: SocketAddrV4,
+    pub(super) to: SocketAddr,
 }
 
 impl Stream {
     pub(super) fn new(
         carousel: Carousel,
-        to: SocketAddrV4,
+        to: SocketAddr,
         now: Instant,
         limits: BatchLimits,
     ) -> Self {

@@ -15,12 +15,15 @@ use crate::{CookieJar, MasterKey};
 use rand::rngs::SmallRng;
 use rand::{Rng, RngExt, SeedableRng};
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 const SESSION: u32 = 0x5eed;
-const DIRECTORY: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(239, 255, 0, 1), 7000);
+const DIRECTORY: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    Ipv4Addr::new(239, 255, 0, 1),
+    7000,
+));
 /// Payload size of the simulated archives: a 1500-byte IP packet's.
 const SIM_PAYLOAD: u16 =
     (wire::DEFAULT_PACKET_SIZE - wire::IP_UDP_OVERHEAD - wire::DATA_HEADER_LEN - wire::TRAILER_LEN)
@@ -43,7 +46,7 @@ pub(super) enum Event {
 /// One simulated receiver.
 struct Node {
     session: Option<Session>,
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     join: Duration,
     body: Vec<u8>,
     last_arrival: Duration,
@@ -119,7 +122,10 @@ pub fn run(config: &SimConfig) -> SimReport {
         .chain(config.more_rates.iter().copied())
         .enumerate()
         .map(|(j, rate_bps)| ChannelSpec {
-            group: SocketAddrV4::new(Ipv4Addr::new(239, 255, 0, 2 + j as u8), 7001 + j as u16),
+            group: SocketAddr::new(
+                Ipv4Addr::new(239, 255, 0, 2 + j as u8).into(),
+                7001 + j as u16,
+            ),
             control_port: 17001 + j as u16,
             rate_bps,
         })
@@ -162,8 +168,8 @@ pub fn run(config: &SimConfig) -> SimReport {
     let nodes = (0..config.receivers)
         .map(|i| Node {
             session: None,
-            addr: SocketAddrV4::new(
-                Ipv4Addr::new(10, 1, (i / 250) as u8, (i % 250) as u8 + 1),
+            addr: SocketAddr::new(
+                Ipv4Addr::new(10, 1, (i / 250) as u8, (i % 250) as u8 + 1).into(),
                 9000,
             ),
             join: config.join_at.get(i).copied().unwrap_or_default(),
@@ -290,7 +296,7 @@ impl Lan<'_> {
         self.nodes[i].session = Some(Session::new(config, self.instant(), seed));
         if let Some(announce) = self.announce.clone() {
             let origin = ClientOrigin::Directory {
-                source: Ipv4Addr::new(10, 0, 0, 1),
+                source: Ipv4Addr::new(10, 0, 0, 1).into(),
             };
             self.node_datagram(i, origin, &announce);
         }
@@ -340,7 +346,7 @@ impl Lan<'_> {
     }
 
     /// Delivers a server datagram: a channel's to the receivers on it, over their links.
-    fn deliver_from_server(&mut self, to: SocketAddrV4, datagram: Rc<Vec<u8>>) {
+    fn deliver_from_server(&mut self, to: SocketAddr, datagram: Rc<Vec<u8>>) {
         if to == DIRECTORY {
             self.announce = Some(datagram);
             return;
@@ -507,12 +513,12 @@ impl Lan<'_> {
 
     /// A NAK to a channel's control port: to the server, and to every other
     /// receiver on that channel (which is what lets them suppress their own).
-    fn nak(&mut self, from: usize, to: SocketAddrV4, datagram: Rc<Vec<u8>>) {
+    fn nak(&mut self, from: usize, to: SocketAddr, datagram: Rc<Vec<u8>>) {
         self.naks_sent += 1;
         let Some(channel) = self
             .channels
             .iter()
-            .position(|c| SocketAddrV4::new(*c.group.ip(), c.control_port) == to)
+            .position(|c| SocketAddr::new(c.group.ip(), c.control_port) == to)
         else {
             return;
         };

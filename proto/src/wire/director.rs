@@ -2,31 +2,73 @@
 //! receiver's question for a file, and a director's ranked answer (spec §9).
 
 use super::{DecodeError, MacKey, PacketType, datagram};
-use crate::codec::Reader;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use crate::codec::{FAMILY_V4, FAMILY_V6, Reader, put_socket_addr};
+use std::net::{IpAddr, SocketAddr};
 
-/// Zero bytes that end every LOOKUP, so that no answer is longer than its question.
-pub const LOOKUP_PADDING: usize = 64;
+/// Zero bytes that end every LOOKUP, so that no answer is longer than its
+/// question, even one naming four IPv6 servers.
+pub const LOOKUP_PADDING: usize = 120;
 /// Most servers one DIRECTIONS names: the primary and three alternates.
 pub const MAX_DIRECTIONS: usize = 4;
 /// Most subnets one HEARTBEAT reports its receivers' throughput for.
 pub const MAX_SUBNETS: usize = 32;
 
-/// What a server's receivers in one /24 report getting from it.
+/// Receivers near each other, as heartbeats and the ranking group them: the
+/// same IPv4 /24 or the same IPv6 /64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Subnet {
+    /// An IPv4 /24: the address's first three bytes.
+    V4([u8; 3]),
+    /// An IPv6 /64: the address's first eight bytes.
+    V6([u8; 8]),
+}
+
+/// What a server's receivers in one subnet report getting from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubnetThroughput {
-    /// The /24: the first three bytes of the receivers' addresses.
-    pub subnet: [u8; 3],
+    /// The receivers' subnet.
+    pub subnet: Subnet,
     /// Receivers counted (at most 255).
     pub receivers: u8,
     /// Their mean goodput, kbit/s.
     pub goodput_kbps: u32,
 }
 
-/// The /24 of `ip` as heartbeats name it: its first three bytes.
-pub fn subnet_of(ip: Ipv4Addr) -> [u8; 3] {
-    let [a, b, c, _] = ip.octets();
-    [a, b, c]
+/// The subnet of `ip` as heartbeats name it. An IPv4 address mapped into IPv6
+/// is its IPv4 /24.
+pub fn subnet_of(ip: IpAddr) -> Subnet {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            Subnet::V4([a, b, c])
+        }
+        IpAddr::V6(v6) => {
+            let mut prefix = [0u8; 8];
+            prefix.copy_from_slice(&v6.octets()[..8]);
+            Subnet::V6(prefix)
+        }
+    }
+}
+
+fn put_subnet(buf: &mut Vec<u8>, subnet: Subnet) {
+    match subnet {
+        Subnet::V4(bytes) => {
+            buf.push(FAMILY_V4);
+            buf.extend_from_slice(&bytes);
+        }
+        Subnet::V6(bytes) => {
+            buf.push(FAMILY_V6);
+            buf.extend_from_slice(&bytes);
+        }
+    }
+}
+
+fn subnet(r: &mut Reader<'_>) -> Result<Subnet, DecodeError> {
+    match r.u8()? {
+        FAMILY_V4 => Ok(Subnet::V4(r.array()?)),
+        FAMILY_V6 => Ok(Subnet::V6(r.array()?)),
+        _ => Err(DecodeError::Invalid),
+    }
 }
 
 /// A server's heartbeat to a director: its load, then its listing follows as
@@ -83,7 +125,7 @@ pub enum Found {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Direction {
     /// The server's unicast address (its requests, reports, streams).
-    pub server: SocketAddrV4,
+    pub server: SocketAddr,
     /// Its session id.
     pub session_id: u32,
     /// Its load in thousandths of its capacity (the ranking's figure, §9.3).
@@ -169,7 +211,7 @@ pub fn encode_heartbeat(key: &MacKey, session_id: u32, h: &Heartbeat) -> Vec<u8>
         );
         buf.push(h.subnets.len() as u8);
         for s in &h.subnets {
-            buf.extend_from_slice(&s.subnet);
+            put_subnet(buf, s.subnet);
             buf.push(s.receivers);
             buf.extend_from_slice(&s.goodput_kbps.to_be_bytes());
         }
@@ -207,8 +249,7 @@ fn put_directions(buf: &mut Vec<u8>, d: &Directions) {
     buf.extend_from_slice(&d.archive_id.to_be_bytes());
     buf.push(d.servers.len() as u8);
     for s in &d.servers {
-        buf.extend_from_slice(&s.server.ip().octets());
-        buf.extend_from_slice(&s.server.port().to_be_bytes());
+        put_socket_addr(buf, s.server);
         buf.extend_from_slice(&s.session_id.to_be_bytes());
         buf.extend_from_slice(&s.load_permille.to_be_bytes());
     }
@@ -233,7 +274,7 @@ pub(super) fn decode_heartbeat(r: &mut Reader<'_>) -> Result<Heartbeat, DecodeEr
     }
     for _ in 0..count {
         h.subnets.push(SubnetThroughput {
-            subnet: r.array()?,
+            subnet: subnet(r)?,
             receivers: r.u8()?,
             goodput_kbps: r.u32()?,
         });
@@ -278,9 +319,8 @@ pub(super) fn decode_directions(r: &mut Reader<'_>) -> Result<Directions, Decode
     }
     let mut servers = Vec::with_capacity(count);
     for _ in 0..count {
-        let ip = Ipv4Addr::from(r.array::<4>()?);
         servers.push(Direction {
-            server: SocketAddrV4::new(ip, r.u16()?),
+            server: r.socket_addr()?.ok_or(DecodeError::Invalid)?,
             session_id: r.u32()?,
             load_permille: r.u16()?,
         });

@@ -1,15 +1,15 @@
 //! ANNOUNCE: the server's file list and each file's channels.
 
 use super::{DecodeError, ENTRY_IDLE, MAX_CHANNELS, MacKey, PacketType, datagram};
-use crate::codec::Reader;
+use crate::codec::{Reader, put_socket_addr, socket_addr_len};
 use crate::keys::FINGERPRINT_LEN;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddr;
 
 /// One multicast channel of a file: where and how fast it loops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelInfo {
     /// Multicast group and port of the channel's data.
-    pub group: SocketAddrV4,
+    pub group: SocketAddr,
     /// UDP port on the channel's group where NAKs go.
     pub control_port: u16,
     /// Channel rate in bits per second (its starting rate when the server adapts it).
@@ -17,8 +17,8 @@ pub struct ChannelInfo {
 }
 impl ChannelInfo {
     /// Where NAKs for this channel go.
-    pub fn control(&self) -> SocketAddrV4 {
-        SocketAddrV4::new(*self.group.ip(), self.control_port)
+    pub fn control(&self) -> SocketAddr {
+        SocketAddr::new(self.group.ip(), self.control_port)
     }
 }
 /// One file on air, as listed in ANNOUNCE.
@@ -62,11 +62,14 @@ pub struct Announce {
 /// Bytes of the ANNOUNCE header after the common header: part, parts, unicast
 /// port, key fingerprint, count.
 pub const ANNOUNCE_HEADER_LEN: usize = 5 + FINGERPRINT_LEN;
-/// Bytes one channel takes in an ANNOUNCE entry.
-const CHANNEL_INFO_LEN: usize = 4 + 2 + 2 + 8;
 /// Bytes one entry takes in an ANNOUNCE datagram.
 pub fn announce_entry_len(entry: &AnnounceEntry) -> usize {
-    8 + 8 + 8 + 1 + 1 + entry.name.len() + 1 + entry.channels.len() * CHANNEL_INFO_LEN
+    let channels: usize = entry
+        .channels
+        .iter()
+        .map(|c| socket_addr_len(c.group) + 2 + 8)
+        .sum();
+    8 + 8 + 8 + 1 + 1 + entry.name.len() + 1 + channels
 }
 /// Encodes an ANNOUNCE datagram. Names over 255 bytes or more than `MAX_CHANNELS`
 /// channels are a caller bug.
@@ -92,8 +95,7 @@ pub fn encode_announce(key: &MacKey, session_id: u32, announce: &Announce) -> Ve
             buf.extend_from_slice(e.name.as_bytes());
             buf.push(e.channels.len() as u8);
             for c in &e.channels {
-                buf.extend_from_slice(&c.group.ip().octets());
-                buf.extend_from_slice(&c.group.port().to_be_bytes());
+                put_socket_addr(buf, c.group);
                 buf.extend_from_slice(&c.control_port.to_be_bytes());
                 buf.extend_from_slice(&c.rate_bps.to_be_bytes());
             }
@@ -125,9 +127,8 @@ pub(super) fn decode_announce(r: &mut Reader<'_>) -> Result<Announce, DecodeErro
         }
         let mut channels = Vec::with_capacity(channel_count);
         for _ in 0..channel_count {
-            let ip = Ipv4Addr::from(r.array::<4>()?);
             channels.push(ChannelInfo {
-                group: SocketAddrV4::new(ip, r.u16()?),
+                group: r.socket_addr()?.ok_or(DecodeError::Invalid)?,
                 control_port: r.u16()?,
                 rate_bps: r.u64()?,
             });

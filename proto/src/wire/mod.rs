@@ -22,8 +22,8 @@ pub use data::{
 };
 pub use director::{
     Direction, Directions, Found, Heartbeat, LOOKUP_PADDING, Lookup, MAX_DIRECTIONS, MAX_SUBNETS,
-    Redirect, RedirectReason, SubnetThroughput, encode_directions, encode_heartbeat, encode_lookup,
-    encode_redirect, subnet_of,
+    Redirect, RedirectReason, Subnet, SubnetThroughput, encode_directions, encode_heartbeat,
+    encode_lookup, encode_redirect, subnet_of,
 };
 use director::{decode_directions, decode_heartbeat, decode_lookup, decode_redirect};
 use directory::decode_announce;
@@ -39,7 +39,7 @@ use jobs::{decode_assign, decode_register};
 /// First two bytes of every loopcast datagram: "LC".
 pub const MAGIC: [u8; 2] = *b"LC";
 /// Wire format version this code speaks.
-pub const VERSION: u8 = 4;
+pub const VERSION: u8 = 5;
 /// Bytes of the common header (magic, version, type, session id).
 pub const COMMON_HEADER_LEN: usize = 8;
 /// Bytes of the trailer: the packet's authentication tag.
@@ -48,6 +48,17 @@ pub const TRAILER_LEN: usize = TAG_LEN;
 pub const DATA_HEADER_LEN: usize = COMMON_HEADER_LEN + 20;
 /// Bytes an IPv4 + UDP header add to a datagram.
 pub const IP_UDP_OVERHEAD: usize = 28;
+/// Bytes an IPv6 + UDP header add to a datagram.
+pub const IP6_UDP_OVERHEAD: usize = 48;
+
+/// Bytes the IP and UDP headers add to a datagram sent to `to`.
+pub fn ip_udp_overhead(to: std::net::SocketAddr) -> usize {
+    if to.is_ipv4() {
+        IP_UDP_OVERHEAD
+    } else {
+        IP6_UDP_OVERHEAD
+    }
+}
 /// Default IP packet size: a standard Ethernet MTU.
 pub const DEFAULT_PACKET_SIZE: usize = 1500;
 /// Smallest IP packet size accepted; a manifest must fit in one packet.
@@ -61,11 +72,12 @@ pub const COOKIE_LEN: usize = 24;
 /// `Report::channel` of a receiver fed by unicast.
 pub const UNICAST_CHANNEL: u8 = 255;
 
-/// Archive payload bytes carried by one DATA packet for a given IP packet size:
-/// even, so that a PARITY packet (whose shard is the payload size rounded up to
-/// even) is never longer than a DATA packet.
-pub fn payload_size_for_packet(packet_size: usize) -> usize {
-    (packet_size - IP_UDP_OVERHEAD - DATA_HEADER_LEN - TRAILER_LEN) & !1
+/// Archive payload bytes carried by one DATA packet for a given IP packet size
+/// whose IP and UDP headers take `ip_udp_overhead` bytes: even, so that a
+/// PARITY packet (whose shard is the payload size rounded up to even) is never
+/// longer than a DATA packet.
+pub fn payload_size_for_packet(packet_size: usize, ip_udp_overhead: usize) -> usize {
+    (packet_size - ip_udp_overhead - DATA_HEADER_LEN - TRAILER_LEN) & !1
 }
 
 /// Datagram types.

@@ -10,12 +10,12 @@ fn data_mac() -> DataMac {
     DataMac::from_bytes(&[5; 32])
 }
 use proptest::prelude::*;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 fn channel_strategy() -> impl Strategy<Value = ChannelInfo> {
-    (any::<[u8; 4]>(), any::<u16>(), any::<u16>(), any::<u64>()).prop_map(
+    (any::<IpAddr>(), any::<u16>(), any::<u16>(), any::<u64>()).prop_map(
         |(ip, port, control_port, rate_bps)| ChannelInfo {
-            group: SocketAddrV4::new(Ipv4Addr::from(ip), port),
+            group: SocketAddr::new(ip, port),
             control_port,
             rate_bps,
         },
@@ -123,8 +123,8 @@ proptest! {
     fn heartbeats_round_trip(session in any::<u32>(), sequence in any::<u64>(), port in any::<u16>(), parts in 1u8..,
                              capacity in any::<u64>(), sending in any::<u64>(), clients in any::<u16>(),
                              max_clients in any::<u16>(), receivers in any::<u32>(), cpu in any::<u16>(),
-                             subnets in proptest::collection::vec((any::<[u8; 3]>(), any::<u8>(), any::<u32>()), 0..=MAX_SUBNETS)) {
-        let subnets = subnets.into_iter().map(|(subnet, receivers, goodput_kbps)| SubnetThroughput { subnet, receivers, goodput_kbps }).collect();
+                             subnets in proptest::collection::vec((any::<IpAddr>(), any::<u8>(), any::<u32>()), 0..=MAX_SUBNETS)) {
+        let subnets = subnets.into_iter().map(|(ip, receivers, goodput_kbps)| SubnetThroughput { subnet: subnet_of(ip), receivers, goodput_kbps }).collect();
         let h = Heartbeat { sequence, unicast_port: port, listing_parts: parts, capacity_bps: capacity,
                             sending_bps: sending, unicast_clients: clients, unicast_max_clients: max_clients, receivers,
                             cpu_permille: cpu, subnets };
@@ -137,13 +137,13 @@ proptest! {
     #[test]
     fn lookups_round_trip_and_no_answer_is_longer(id in any::<u32>(), nonce in any::<u64>(), name in "[a-z.]{0,255}",
                                                   archive_id in any::<u64>(),
-                                                  servers in proptest::collection::vec((any::<[u8; 4]>(), any::<u16>(), any::<u32>(), any::<u16>()), 0..=MAX_DIRECTIONS)) {
+                                                  servers in proptest::collection::vec((any::<IpAddr>(), any::<u16>(), any::<u32>(), any::<u16>()), 0..=MAX_DIRECTIONS)) {
         let lookup = Lookup { receiver_id: id, nonce, name: name.clone() };
         let question = encode_lookup(&mac(), &lookup);
         prop_assert_eq!(decode(&question).unwrap().packet, Packet::Lookup(lookup));
         let found = if servers.is_empty() { Found::NotCarried } else { Found::Carried };
         let servers = servers.into_iter().map(|(ip, port, session_id, load_permille)| Direction {
-            server: SocketAddrV4::new(Ipv4Addr::from(ip), port), session_id, load_permille }).collect();
+            server: SocketAddr::new(ip, port), session_id, load_permille }).collect();
         let d = Directions { nonce, found, name, archive_id, servers };
         let answer = encode_directions(&mac(), &d);
         prop_assert!(answer.len() <= question.len());
@@ -319,8 +319,33 @@ fn rejects_each_kind_of_bad_datagram() {
 }
 
 #[test]
-fn default_payload_size_is_1428() {
-    assert_eq!(payload_size_for_packet(DEFAULT_PACKET_SIZE), 1428);
+fn default_payload_size_is_1428_on_ipv4_and_1408_on_ipv6() {
+    let v4: SocketAddr = "239.1.2.3:7000".parse().unwrap();
+    let v6: SocketAddr = "[ff15::1]:7000".parse().unwrap();
+    assert_eq!(
+        payload_size_for_packet(DEFAULT_PACKET_SIZE, ip_udp_overhead(v4)),
+        1428
+    );
+    assert_eq!(
+        payload_size_for_packet(DEFAULT_PACKET_SIZE, ip_udp_overhead(v6)),
+        1408
+    );
+}
+
+#[test]
+fn subnets_are_an_ipv4_slash_24_or_an_ipv6_slash_64() {
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    assert_eq!(subnet_of(ip("10.1.2.3")), subnet_of(ip("10.1.2.200")));
+    assert_ne!(subnet_of(ip("10.1.2.3")), subnet_of(ip("10.1.3.3")));
+    assert_eq!(
+        subnet_of(ip("fd00:1:2:3::5")),
+        subnet_of(ip("fd00:1:2:3:ffff::9"))
+    );
+    assert_ne!(
+        subnet_of(ip("fd00:1:2:3::5")),
+        subnet_of(ip("fd00:1:2:4::5"))
+    );
+    assert_eq!(subnet_of(ip("::ffff:10.1.2.3")), subnet_of(ip("10.1.2.9")));
 }
 
 #[test]

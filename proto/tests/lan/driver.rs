@@ -5,7 +5,7 @@ use loopcast_proto::archive::Unpacker;
 use loopcast_proto::client::Command;
 use loopcast_proto::fec::Blocks;
 use std::collections::HashSet;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 impl Lan {
     /// The in-memory driver: what `recv` does with sockets and files.
@@ -26,7 +26,7 @@ impl Lan {
             }
             Command::OpenStream { reception, server } => {
                 assert!(self.servers.iter().any(|s| s.addr == server), "{server}");
-                let local = SocketAddrV4::new(*node.link.ip(), 41000 + reception as u16);
+                let local = SocketAddr::new(node.link.ip(), 41000 + reception as u16);
                 node.streams.insert(reception, local);
             }
             Command::CloseStream { reception } => {

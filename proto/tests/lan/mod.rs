@@ -20,20 +20,22 @@ use loopcast_proto::{CookieJar, Manifest, MasterKey, ReceivedMap, ResumePoint};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 mod driver;
 mod site;
 
 pub const LATENCY: Duration = Duration::from_micros(300);
-pub const SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7000);
-pub const DIRECTORY: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(239, 9, 0, 1), 7000);
-pub const DIRECTOR: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 99), 7790);
+pub const SERVER: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7000));
+pub const DIRECTORY: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(239, 9, 0, 1), 7000));
+pub const DIRECTOR: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 99), 7790));
 
 /// Where server `k` of a site listens (server 0 at `SERVER`).
-pub fn server_addr(k: usize) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1 + k as u8), SERVER.port())
+pub fn server_addr(k: usize) -> SocketAddr {
+    SocketAddr::new(Ipv4Addr::new(10, 0, 0, 1 + k as u8).into(), SERVER.port())
 }
 
 /// One file: manifest, its encoded form, the body (what the server loops).
@@ -67,7 +69,7 @@ pub fn channel_of(file: usize) -> ChannelSpec {
 pub fn server_channel(k: usize, file: usize) -> ChannelSpec {
     let (k8, f) = (k as u8, file as u16);
     ChannelSpec {
-        group: SocketAddrV4::new(Ipv4Addr::new(239, 9, k8, 2 + file as u8), 7001 + f),
+        group: SocketAddr::new(Ipv4Addr::new(239, 9, k8, 2 + file as u8).into(), 7001 + f),
         control_port: 17001 + f,
         rate_bps: 40_000_000,
     }
@@ -150,11 +152,11 @@ pub struct Disk {
 /// One receiver: its session, sockets as sets of addresses, and disk.
 pub struct Node {
     pub session: Session,
-    pub link: SocketAddrV4,
+    pub link: SocketAddr,
     /// Multicast channels joined: (reception, channel) -> channel.
     pub joined: HashMap<(ReceptionId, usize), ChannelInfo>,
     /// Unicast stream sockets: reception -> local address.
-    pub streams: HashMap<ReceptionId, SocketAddrV4>,
+    pub streams: HashMap<ReceptionId, SocketAddr>,
     /// Open storage: reception -> (file name, manifest, unpacker once the table verified).
     pub storage: HashMap<ReceptionId, (Manifest, Option<Unpacker>, HashSet<u32>)>,
     pub disk: HashMap<String, Disk>,
@@ -187,13 +189,13 @@ impl Node {
 pub enum Delivery {
     ToServer(usize, ServerOrigin, Vec<u8>),
     ToNode(usize, ClientOrigin, Vec<u8>),
-    ToDirector(SocketAddrV4, Vec<u8>),
+    ToDirector(SocketAddr, Vec<u8>),
 }
 
 /// One server of the LAN.
 pub struct SimServer {
     pub endpoint: Endpoint,
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     /// Killed: it neither hears nor sends anything.
     pub down: bool,
 }
@@ -257,7 +259,7 @@ impl Lan {
         let i = self.nodes.len();
         self.nodes.push(Node {
             session: Session::new(config, self.now, 100 + i as u64),
-            link: SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 1 + i as u8), 40000),
+            link: SocketAddr::new(Ipv4Addr::new(10, 0, 1, 1 + i as u8).into(), 40000),
             joined: HashMap::new(),
             streams: HashMap::new(),
             storage: HashMap::new(),
@@ -381,7 +383,7 @@ impl Lan {
 
     /// Delivers what server `k` sent: to a director, a receiver's link or stream,
     /// or everyone listening on a group.
-    pub fn route_from(&mut self, k: usize, socket: Socket, to: SocketAddrV4, datagram: Vec<u8>) {
+    pub fn route_from(&mut self, k: usize, socket: Socket, to: SocketAddr, datagram: Vec<u8>) {
         let from = self.servers[k].addr;
         if to == DIRECTOR {
             self.send(Delivery::ToDirector(from, datagram));
@@ -416,7 +418,7 @@ impl Lan {
                 continue;
             }
             if to == DIRECTORY && !n.session.config().unicast_only {
-                let origin = ClientOrigin::Directory { source: *from.ip() };
+                let origin = ClientOrigin::Directory { source: from.ip() };
                 deliveries.push(Delivery::ToNode(i, origin, datagram.clone()));
             }
             for (&(reception, channel), info) in &n.joined {
@@ -476,7 +478,7 @@ impl Lan {
                         .flat_map(|k| (0..self.files.len()).map(move |f| (k, f)))
                         .find(|&(k, f)| {
                             let c = server_channel(k, f);
-                            SocketAddrV4::new(*c.group.ip(), c.control_port) == t.to
+                            SocketAddr::new(c.group.ip(), c.control_port) == t.to
                         })
                         .expect("a control port");
                     if multicast {
@@ -593,7 +595,7 @@ pub fn rogue_entry(name: &str, archive_id: u64) -> loopcast_proto::wire::Announc
         flags: 0,
         name: name.into(),
         channels: vec![ChannelInfo {
-            group: SocketAddrV4::new(Ipv4Addr::new(239, 9, 9, 9), 9999),
+            group: SocketAddr::new(Ipv4Addr::new(239, 9, 9, 9).into(), 9999),
             control_port: 19999,
             rate_bps: 1_000_000,
         }],
@@ -601,5 +603,5 @@ pub fn rogue_entry(name: &str, archive_id: u64) -> loopcast_proto::wire::Announc
 }
 
 pub const ROGUE: ClientOrigin = ClientOrigin::Directory {
-    source: Ipv4Addr::new(10, 0, 0, 66),
+    source: std::net::IpAddr::V4(Ipv4Addr::new(10, 0, 0, 66)),
 };

@@ -11,8 +11,8 @@ use std::net::Ipv4Addr;
 
 const SESSION: u32 = 0x5e55;
 
-fn addr(port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), port)
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::new(Ipv4Addr::new(10, 0, 0, 2).into(), port)
 }
 
 /// A server of one 200 kB file on one 80 Mbit/s channel, at virtual time `t`.
@@ -87,7 +87,7 @@ fn harness(configure: impl FnOnce(&mut ServerConfig)) -> Harness {
 }
 
 /// What the server sent in one step: (socket, destination, datagrams).
-type Sent = Vec<(Socket, SocketAddrV4, Vec<Vec<u8>>)>;
+type Sent = Vec<(Socket, SocketAddr, Vec<Vec<u8>>)>;
 
 impl Harness {
     /// Moves the clock by `dt`, runs timers and collects every transmit due.
@@ -133,7 +133,7 @@ impl Harness {
         sent
     }
 
-    fn request(&mut self, from: SocketAddrV4, flags: u8, cookie: [u8; wire::COOKIE_LEN]) -> usize {
+    fn request(&mut self, from: SocketAddr, flags: u8, cookie: [u8; wire::COOKIE_LEN]) -> usize {
         let request = Request {
             receiver_id: 1,
             flags,
@@ -152,14 +152,14 @@ impl Harness {
     }
 }
 
-fn kinds(sent: &Sent, to: SocketAddrV4) -> Vec<u8> {
+fn kinds(sent: &Sent, to: SocketAddr) -> Vec<u8> {
     sent.iter()
         .filter(|(_, dest, _)| *dest == to)
         .flat_map(|(_, _, ds)| ds.iter().map(|d| d[3]))
         .collect()
 }
 
-fn cookie_in(sent: &Sent, to: SocketAddrV4) -> [u8; wire::COOKIE_LEN] {
+fn cookie_in(sent: &Sent, to: SocketAddr) -> [u8; wire::COOKIE_LEN] {
     sent.iter()
         .filter(|(_, dest, _)| *dest == to)
         .flat_map(|(_, _, ds)| ds)
@@ -271,7 +271,7 @@ fn on_demand_channels_start_on_request_and_stop_when_idle() {
 #[test]
 fn done_ends_a_stream_once_and_a_silent_client_is_dropped() {
     let mut h = harness(|_| {});
-    let host = |n| SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, n), 5000);
+    let host = |n| SocketAddr::new(Ipv4Addr::new(10, 0, 0, n).into(), 5000);
     let (a, b, c) = (host(2), host(3), host(4));
     for client in [a, b, c] {
         h.request(client, wire::REQUEST_UNICAST, [0; wire::COOKIE_LEN]);
@@ -415,7 +415,7 @@ fn reports_make_receivers_known_and_moves_are_told() {
 #[test]
 fn a_channel_holds_its_rate_in_gso_sized_batches() {
     let mut h = harness(|_| {});
-    let group: SocketAddrV4 = "239.1.1.2:7001".parse().unwrap();
+    let group: SocketAddr = "239.1.1.2:7001".parse().unwrap();
     let sent = h.run(Duration::from_millis(1000));
     let bytes: usize = sent
         .iter()
@@ -450,7 +450,7 @@ fn one_host_cannot_take_every_unicast_place() {
         .count();
     assert_eq!(refused, 4);
     // Another host still gets a place.
-    let other = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 9), 5000);
+    let other = SocketAddr::new(Ipv4Addr::new(10, 0, 0, 9).into(), 5000);
     h.request(other, wire::REQUEST_UNICAST, [0; wire::COOKIE_LEN]);
     let cookie = cookie_in(&h.step(Duration::ZERO), other);
     h.request(other, wire::REQUEST_UNICAST, cookie);

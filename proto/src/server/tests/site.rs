@@ -5,7 +5,7 @@ use super::*;
 
 #[test]
 fn a_server_heartbeats_each_second_to_every_director_which_then_names_it() {
-    let directors: Vec<SocketAddrV4> = vec![addr(7790), addr(7791)];
+    let directors: Vec<SocketAddr> = vec![addr(7790), addr(7791)];
     let mut h = harness(|c| {
         c.directors = Some(DirectorLink {
             addresses: directors.clone(),
@@ -43,7 +43,7 @@ fn a_server_heartbeats_each_second_to_every_director_which_then_names_it() {
             if *to == directors[0] {
                 director.handle_datagram(
                     h.t,
-                    SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7000),
+                    SocketAddr::new(Ipv4Addr::new(10, 0, 0, 1).into(), 7000),
                     d,
                 );
             }
@@ -163,7 +163,7 @@ fn a_server_new_on_the_group_moves_off_channels_another_server_uses() {
 
 #[test]
 fn channel_numbers_are_read_back_from_group_and_port() {
-    let dir: SocketAddrV4 = "239.1.1.1:7000".parse().unwrap();
+    let dir: SocketAddr = "239.1.1.1:7000".parse().unwrap();
     assert_eq!(
         channel_number(dir, "239.1.1.2:7001".parse().unwrap()),
         Some(1)
@@ -208,8 +208,11 @@ fn heartbeats_tell_the_receivers_goodput_per_subnet_and_the_cpu_used() {
             ..Report::default()
         };
         let bytes = wire::encode_report(&session_mac(archive_id, SESSION), SESSION, &report);
-        h.server
-            .handle_datagram(h.t, Origin::Unicast(SocketAddrV4::new(ip, 6000)), &bytes);
+        h.server.handle_datagram(
+            h.t,
+            Origin::Unicast(SocketAddr::new(ip.into(), 6000)),
+            &bytes,
+        );
     }
     let beat = (h.run(Duration::from_millis(1100)).into_iter())
         .filter(|(_, to, _)| *to == director)
@@ -226,12 +229,12 @@ fn heartbeats_tell_the_receivers_goodput_per_subnet_and_the_cpu_used() {
         beat.subnets,
         vec![
             wire::SubnetThroughput {
-                subnet: [10, 0, 0],
+                subnet: wire::Subnet::V4([10, 0, 0]),
                 receivers: 2,
                 goodput_kbps: kbps(2000)
             },
             wire::SubnetThroughput {
-                subnet: [10, 0, 9],
+                subnet: wire::Subnet::V4([10, 0, 9]),
                 receivers: 1,
                 goodput_kbps: kbps(500)
             },

@@ -5,7 +5,7 @@ use super::{FUZZ_JOB, FUZZ_NODE, Step, World};
 use crate::director::{Director, MAX_NODES, MAX_SERVERS};
 use crate::jobs::{Job, JobSpec, JobState, NodeProgress, NodeState};
 use crate::wire::{self, PacketType};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 impl World {
@@ -43,7 +43,7 @@ impl World {
         director.restore_job(job);
         for s in steps {
             now += Duration::from_millis(s.dt_ms as u64 * 4);
-            let from = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, s.source), 7000);
+            let from = SocketAddr::new(Ipv4Addr::new(10, 0, 0, s.source).into(), 7000);
             let datagram = self.datagram(s);
             director.handle_datagram(now, from, &datagram);
             director.handle_timeout(now);

@@ -20,7 +20,7 @@ use crate::wire::{DataMac, MacKey};
 use crate::{AdaptMode, CookieJar, Manifest, MasterKey, NakMode};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// The server session of the world.
@@ -123,7 +123,7 @@ impl World {
             manifest_bytes,
             body,
             channel: ChannelSpec {
-                group: SocketAddrV4::new(Ipv4Addr::new(239, 1, 2, 3), 7001),
+                group: SocketAddr::new(Ipv4Addr::new(239, 1, 2, 3).into(), 7001),
                 control_port: 17001,
                 rate_bps: 50_000_000,
             },
@@ -224,7 +224,7 @@ impl World {
             receivers: 2,
             cpu_permille: 300,
             subnets: vec![wire::SubnetThroughput {
-                subnet: [10, 0, 0],
+                subnet: wire::Subnet::V4([10, 0, 0]),
                 receivers: 2,
                 goodput_kbps: 40_000,
             }],
@@ -240,7 +240,7 @@ impl World {
             name: m.name.clone(),
             archive_id: id,
             servers: vec![wire::Direction {
-                server: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7000),
+                server: SocketAddr::new(Ipv4Addr::new(10, 0, 0, 1).into(), 7000),
                 session_id: SESSION,
                 load_permille: 500,
             }],
@@ -369,7 +369,7 @@ impl World {
             session_id: SESSION,
             directory_key: self.key.directory_mac_key(),
             key_fingerprint: self.key.fingerprint(),
-            directory: SocketAddrV4::new(Ipv4Addr::new(239, 1, 2, 1), 7000),
+            directory: SocketAddr::new(Ipv4Addr::new(239, 1, 2, 1).into(), 7000),
             unicast_port: 7000,
             max_datagram: 1472,
             repair_share: 0.25,
@@ -405,7 +405,10 @@ impl World {
         let mut buf = vec![0u8; server.buffer_len()];
         for s in steps {
             now += Duration::from_millis(s.dt_ms as u64);
-            let from = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, s.source), 5000 + s.source as u16);
+            let from = SocketAddr::new(
+                Ipv4Addr::new(10, 0, 0, s.source).into(),
+                5000 + s.source as u16,
+            );
             let origin = match s.origin % 3 {
                 0 => Origin::Control {
                     file: (s.origin / 3 % 2) as usize,
@@ -442,7 +445,7 @@ impl World {
     pub fn drive_session(&self, steps: &[Step]) -> Result<(), String> {
         let mut now = Instant::now();
         // One run in two looks the file up with a director (10.0.0.9:7790).
-        let director = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 9), 7790);
+        let director = SocketAddr::new(Ipv4Addr::new(10, 0, 0, 9).into(), 7790);
         let directed = steps.first().is_some_and(|s| s.origin & 0x80 != 0);
         let config = ClientConfig {
             key: self.key.clone(),
@@ -454,7 +457,7 @@ impl World {
             max_rate: None,
             aggregate: false,
             sync_timeout: Duration::from_secs(1),
-            server: (!directed).then(|| SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7000)),
+            server: (!directed).then(|| SocketAddr::new(Ipv4Addr::new(10, 0, 0, 1).into(), 7000)),
             unicast_only: false,
             nak_mode: NakMode::Suppressed,
             directors: if directed { vec![director] } else { Vec::new() },
@@ -471,12 +474,12 @@ impl World {
             let reception = (s.source % 3) as usize;
             let origin = match s.origin % 5 {
                 0 => client::Origin::Directory {
-                    source: Ipv4Addr::new(10, 0, 0, s.source),
+                    source: Ipv4Addr::new(10, 0, 0, s.source).into(),
                 },
                 1 => client::Origin::Link {
                     from: match s.source % 2 {
                         1 if directed => director,
-                        _ => SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7000),
+                        _ => SocketAddr::new(Ipv4Addr::new(10, 0, 0, 1).into(), 7000),
                     },
                 },
                 2 => client::Origin::Channel {
