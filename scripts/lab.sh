@@ -3,19 +3,23 @@
 #
 # Usage: scripts/lab.sh [-p PREFIX] COMMAND [ARGS]      (root only)
 #   up N              switch namespace PREFIX-sw with a bridge (multicast snooping off),
-#                     sender PREFIX-s (10.77.0.1) and receivers PREFIX-r1..rN (10.77.0.11..);
-#                     one veth each into the bridge, lo up, 224.0.0.0/4 routed on the lab
-#                     link, no default route. Nothing is created in the root namespace.
+#                     sender PREFIX-s (10.77.0.1, fd77::1) and receivers PREFIX-r1..rN
+#                     (10.77.0.11.., fd77::11..); one veth each into the bridge, lo up,
+#                     224.0.0.0/4 routed on the lab link (IPv6 multicast is routed there
+#                     by the kernel), no default route. Nothing is created in the root
+#                     namespace.
 #   loss NS PERCENT   drop PERCENT% (0-100, two decimals) of UDP arriving in NS (s, r1, ...);
 #                     0 removes the rule. nftables `numgen random`.
 #   rate RATE|off     token bucket (tc tbf) on the sender's link, e.g. 500mbit; off removes it.
 #   mtu BYTES         MTU of every lab link, both ends, and the bridge (1500; 9000 for jumbo frames).
-#   block-multicast NS  drop every multicast datagram arriving in NS (a host behind a
-#                     switch that drops multicast); unicast still flows.
+#   block-multicast NS  drop every IPv4 multicast datagram and every IPv6 multicast UDP
+#                     datagram arriving in NS (a host behind a switch that drops
+#                     multicast); unicast and IPv6 neighbour discovery still flow.
 #   spawn NS LOG CMD...  start CMD in NS in the background, stdout+stderr to LOG; prints its
 #                     PID and records it so `down` can end it.
 #   exec NS CMD...    run CMD in NS in the foreground.
-#   addr NS           print the lab address of NS.
+#   addr NS           print the lab IPv4 address of NS.
+#   addr6 NS          print the lab IPv6 address of NS.
 #   status            namespaces, addresses, loss and rate rules, recorded processes.
 #   down              end the processes this lab started (by PID), delete its namespaces.
 #                     Safe to run twice.
@@ -29,7 +33,7 @@ if [ "${1:-}" = "-p" ]; then
     shift 2
 fi
 command=${1:-}
-[ -n "$command" ] || { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ -n "$command" ] || { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 shift
 case "$prefix" in
     *[!a-zA-Z0-9_]* | "") echo "lab.sh: prefix must be letters, digits or _: '$prefix'" >&2; exit 2 ;;
@@ -42,6 +46,7 @@ fi
 
 state=/run/loopcast-lab/$prefix
 subnet=10.77.0
+subnet6=fd77
 switch=$prefix-sw
 
 die() { echo "lab.sh: $*" >&2; exit 1; }
@@ -63,6 +68,11 @@ host_addr() {
     esac
 }
 
+# The IPv6 address: the IPv4 address's last number, read as hex, in fd77::/64.
+host_addr6() {
+    echo "$subnet6::$(host_addr "$1" | cut -d. -f4)"
+}
+
 own_namespaces() { [ -f "$state/namespaces" ] && cat "$state/namespaces" || true; }
 
 exists() { ip netns list | awk '{print $1}' | grep -qx "$1"; }
@@ -76,6 +86,8 @@ add_host() {
     ip -n "$switch" link set "$host" master br0 up
     ip -n "$ns" link set lo up
     ip -n "$ns" addr add "$(host_addr "$ns")/24" brd + dev eth0
+    # nodad: usable at once, not after duplicate detection; the lab has no duplicates.
+    ip -n "$ns" -6 addr add "$(host_addr6 "$ns")/64" dev eth0 nodad
     ip -n "$ns" link set eth0 up
     ip -n "$ns" route add 224.0.0.0/4 dev eth0
 }
@@ -171,12 +183,13 @@ block_multicast() {
     local ns
     ns=$(ns_of "${1:?block-multicast needs a host}")
     exists "$ns" || die "no namespace $ns"
-    ip netns exec "$ns" nft delete table ip loopcast_lab_nomcast 2>/dev/null || true
+    ip netns exec "$ns" nft delete table inet loopcast_lab_nomcast 2>/dev/null || true
     ip netns exec "$ns" nft -f - <<EOF
-table ip loopcast_lab_nomcast {
+table inet loopcast_lab_nomcast {
     chain input {
         type filter hook input priority 0; policy accept;
         ip daddr 224.0.0.0/4 drop
+        ip6 daddr ff00::/8 meta l4proto udp drop
     }
 }
 EOF
@@ -188,11 +201,11 @@ status() {
     for ns in $(own_namespaces); do
         exists "$ns" || { echo "$ns: missing"; continue; }
         [ "$ns" = "$switch" ] && { echo "$ns: bridge $(ip -n "$ns" -br link show br0 | awk '{print $2}')"; continue; }
-        printf '%s: %s' "$ns" "$(ip -n "$ns" -br -4 addr show eth0 | awk '{print $3}')"
+        printf '%s: %s %s' "$ns" "$(ip -n "$ns" -br -4 addr show eth0 | awk '{print $3}')" "$(ip -n "$ns" -br -6 addr show eth0 scope global | awk '{print $3}')"
         local drop
         drop=$(ip netns exec "$ns" nft list table inet loopcast_lab 2>/dev/null | grep -o 'mod 10000 < [0-9]*' | awk '{print $4 / 100 "%"}') || true
         [ -n "$drop" ] && printf ', loss %s' "$drop"
-        ip netns exec "$ns" nft list table ip loopcast_lab_nomcast >/dev/null 2>&1 && printf ', multicast blocked'
+        ip netns exec "$ns" nft list table inet loopcast_lab_nomcast >/dev/null 2>&1 && printf ', multicast blocked'
         tc -n "$ns" qdisc show dev eth0 | grep -o 'tbf.*rate [^ ]*' | sed 's/^/, /' | tr -d '\n' || true
         echo
     done
@@ -243,7 +256,8 @@ case "$command" in
     spawn) spawn "$@" ;;
     exec) ns=$(ns_of "${1:?exec needs a host}"); shift; exists "$ns" || die "no namespace $ns"; exec ip netns exec "$ns" "$@" ;;
     addr) host_addr "$(ns_of "${1:?addr needs a host}")" ;;
+    addr6) host_addr6 "$(ns_of "${1:?addr6 needs a host}")" ;;
     status) status ;;
     down) down ;;
-    *) die "unknown command '$command' (up, loss, rate, mtu, block-multicast, spawn, exec, addr, status, down)" ;;
+    *) die "unknown command '$command' (up, loss, rate, mtu, block-multicast, spawn, exec, addr, addr6, status, down)" ;;
 esac

@@ -1,0 +1,148 @@
+//! Namespace lab test over IPv6 (root only, like `tests/lab.rs`): a group in
+//! ff15::/16, hosts in fd77::/64, a director, repair under loss, a look-up and a
+//! receiver behind a switch that drops multicast, on unicast fallback.
+
+mod common;
+
+use common::*;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const GROUP6: &str = "[ff15::77]:7700";
+
+#[test]
+fn over_ipv6_a_lossy_receiver_a_director_look_up_and_a_unicast_fallback_all_get_the_file() {
+    if !lab_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (key, source, data) = key_and_payload(d, 66);
+    let mut lab = Lab::up(4, "v");
+    lab.script(&["loss", "r2", "3"]);
+    lab.script(&["block-multicast", "r4"]);
+    let key_s = path(&key);
+    let director_log = d.join("director.log");
+    let director = [
+        "director",
+        "-k",
+        key_s,
+        "--listen",
+        "[fd77::1]:7790",
+        "--http",
+        "[fd77::1]:7791",
+    ];
+    lab.start("s", &director_log, &director);
+    let server_log = d.join("s.log");
+    let cache = d.join("cache");
+    let server = [
+        "serve",
+        path(&source),
+        "-k",
+        key_s,
+        "-i",
+        "fd77::1",
+        "-g",
+        GROUP6,
+        "--rate",
+        "80M",
+        "--cache-dir",
+        path(&cache),
+        "--director",
+        "[fd77::1]",
+    ];
+    lab.start("s", &server_log, &server);
+    assert!(
+        wait_for_log(&director_log, "is up", Duration::from_secs(60)),
+        "no heartbeat reached the director: {}",
+        std::fs::read_to_string(&director_log).unwrap_or_default()
+    );
+
+    let out: Vec<PathBuf> = (1..=4).map(|i| d.join(format!("out{i}"))).collect();
+    let logs: Vec<PathBuf> = (1..=4).map(|i| d.join(format!("r{i}.log"))).collect();
+    let mut receivers = Vec::new();
+    for i in 0..4 {
+        let iface = format!("fd77::{}", 11 + i);
+        let mut args = vec![
+            "recv",
+            "-k",
+            key_s,
+            "-i",
+            &iface,
+            "-g",
+            GROUP6,
+            "-o",
+            path(&out[i]),
+            "--timeout",
+            "90",
+        ];
+        match i {
+            2 => args.extend(["--director", "fd77::1", "payload.bin"]),
+            3 => args.extend(["--server", "[fd77::1]"]),
+            _ => {}
+        }
+        receivers.push(lab.start(&format!("r{}", i + 1), &logs[i], &args));
+    }
+    for (i, &child) in receivers.iter().enumerate() {
+        let status = lab.wait(child, Duration::from_secs(100));
+        let text = std::fs::read_to_string(&logs[i]).unwrap_or_default();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "r{} did not finish: {status:?}\n{text}",
+            i + 1
+        );
+        let got = std::fs::read(out[i].join("payload.bin")).unwrap();
+        assert!(got == data, "r{}: output differs from the source", i + 1);
+    }
+    let log = |i: usize| std::fs::read_to_string(&logs[i]).unwrap();
+    for i in 0..3 {
+        assert!(
+            log(i).contains("over [ff15::78]:7701"),
+            "r{}: {}",
+            i + 1,
+            log(i)
+        );
+    }
+    // r2 lost 3% on the wire: its NAKs went to the IPv6 control group and were answered.
+    let naks: u64 = log(1)
+        .split(" NAKs sent")
+        .next()
+        .and_then(|before| before.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no NAK count in r2's log: {}", log(1)));
+    assert!(naks > 0, "r2 lost packets yet sent no NAK: {}", log(1));
+    assert!(
+        !log(1).contains(" 0 repairs received, 0 parity packets taken"),
+        "{}",
+        log(1)
+    );
+    assert!(
+        log(2).contains("payload.bin: the director names [fd77::1]:7700"),
+        "r3 was not directed: {}",
+        log(2)
+    );
+    assert!(
+        log(3).contains("over unicast from [fd77::1]:7700"),
+        "r4 did not fall back: {}",
+        log(3)
+    );
+    let server_text = std::fs::read_to_string(&server_log).unwrap();
+    assert!(
+        server_text.contains("by unicast to [fd77::14]"),
+        "{server_text}"
+    );
+    // A stream starts only on a request carrying a valid cookie: the cookie
+    // went to r4's IPv6 address and came back.
+    assert!(
+        server_text.contains("streaming by unicast"),
+        "{server_text}"
+    );
+    let director_text = std::fs::read_to_string(&director_log).unwrap();
+    assert!(
+        director_text.contains("at [fd77::1]:7700 is up"),
+        "{director_text}"
+    );
+    let status = http_get_in(&lab, "r1", "fd77::1", 7791, "/v1/servers")
+        .expect("the director's HTTP API answers over IPv6");
+    assert_eq!(status[0]["address"], "[fd77::1]:7700", "{status}");
+}
