@@ -20,6 +20,8 @@
 #   exec NS CMD...    run CMD in NS in the foreground.
 #   addr NS           print the lab IPv4 address of NS.
 #   addr6 NS          print the lab IPv6 address of NS.
+#   link-local NS     remove NS's fd77:: address: it keeps only its link-local one,
+#                     which it then prints.
 #   status            namespaces, addresses, loss and rate rules, recorded processes.
 #   down              end the processes this lab started (by PID), delete its namespaces.
 #                     Safe to run twice.
@@ -33,7 +35,7 @@ if [ "${1:-}" = "-p" ]; then
     shift 2
 fi
 command=${1:-}
-[ -n "$command" ] || { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ -n "$command" ] || { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 shift
 case "$prefix" in
     *[!a-zA-Z0-9_]* | "") echo "lab.sh: prefix must be letters, digits or _: '$prefix'" >&2; exit 2 ;;
@@ -81,12 +83,14 @@ add_host() {
     local host=$1 ns=$prefix-$1
     ip netns add "$ns"
     echo "$ns" >> "$state/namespaces"
+    # No duplicate address detection: IPv6 addresses, link-local ones included,
+    # are usable at once (the lab has no duplicates).
+    ip netns exec "$ns" sysctl -qw net.ipv6.conf.default.accept_dad=0 net.ipv6.conf.all.accept_dad=0
     # The veth is made inside the host namespace with its peer inside the switch.
     ip -n "$ns" link add eth0 type veth peer name "$host" netns "$switch"
     ip -n "$switch" link set "$host" master br0 up
     ip -n "$ns" link set lo up
     ip -n "$ns" addr add "$(host_addr "$ns")/24" brd + dev eth0
-    # nodad: usable at once, not after duplicate detection; the lab has no duplicates.
     ip -n "$ns" -6 addr add "$(host_addr6 "$ns")/64" dev eth0 nodad
     ip -n "$ns" link set eth0 up
     ip -n "$ns" route add 224.0.0.0/4 dev eth0
@@ -195,6 +199,14 @@ table inet loopcast_lab_nomcast {
 EOF
 }
 
+link_local() {
+    local ns
+    ns=$(ns_of "${1:?link-local needs a host}")
+    exists "$ns" || die "no namespace $ns"
+    ip -n "$ns" -6 addr flush dev eth0 scope global
+    ip -n "$ns" -6 -br addr show dev eth0 scope link | awk '{print $3}' | cut -d/ -f1
+}
+
 status() {
     local ns
     own_namespaces | grep -q . || { echo "lab '$prefix' is down"; return 0; }
@@ -257,7 +269,8 @@ case "$command" in
     exec) ns=$(ns_of "${1:?exec needs a host}"); shift; exists "$ns" || die "no namespace $ns"; exec ip netns exec "$ns" "$@" ;;
     addr) host_addr "$(ns_of "${1:?addr needs a host}")" ;;
     addr6) host_addr6 "$(ns_of "${1:?addr6 needs a host}")" ;;
+    link-local) link_local "$@" ;;
     status) status ;;
     down) down ;;
-    *) die "unknown command '$command' (up, loss, rate, mtu, block-multicast, spawn, exec, addr, addr6, status, down)" ;;
+    *) die "unknown command '$command' (up, loss, rate, mtu, block-multicast, spawn, exec, addr, addr6, link-local, status, down)" ;;
 esac

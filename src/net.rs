@@ -87,11 +87,12 @@ impl Interface {
         }
     }
 
-    /// Where to send a datagram for `to`: a link-local IPv6 address without a
-    /// scope is taken to be on this interface.
+    /// Where to send a datagram for `to`, or bind a group: a link-local IPv6
+    /// address (or an interface- or link-local group) without a scope is taken
+    /// to be on this interface.
     pub fn scoped(&self, to: SocketAddr) -> SocketAddr {
         match to {
-            SocketAddr::V6(mut v6) if v6.scope_id() == 0 && is_link_local(v6.ip()) => {
+            SocketAddr::V6(mut v6) if v6.scope_id() == 0 && needs_scope(v6.ip()) => {
                 v6.set_scope_id(self.index);
                 SocketAddr::V6(v6)
             }
@@ -102,6 +103,12 @@ impl Interface {
 
 fn is_link_local(ip: &Ipv6Addr) -> bool {
     ip.segments()[0] & 0xffc0 == 0xfe80
+}
+
+/// Link-local unicast, or a multicast group of interface- or link-local scope:
+/// an address that means something only on one interface.
+fn needs_scope(ip: &Ipv6Addr) -> bool {
+    is_link_local(ip) || (ip.is_multicast() && matches!(ip.segments()[0] & 0xf, 1 | 2))
 }
 
 /// Resolves `--interface`: an interface name, or one of this host's IPv4 or
@@ -323,9 +330,10 @@ pub fn multicast_receiver(
             .context(|| "cannot clear IPV6_MULTICAST_ALL".into())?;
     }
     size_buffer(&socket, recv_buffer, true);
+    let bound = interface.scoped(group);
     socket
-        .bind(&group.into())
-        .context(|| format!("cannot bind to {group}"))?;
+        .bind(&bound.into())
+        .context(|| format!("cannot bind to {bound}"))?;
     join(&socket, group.ip(), interface)?;
     socket
         .set_nonblocking(true)
@@ -443,6 +451,13 @@ mod tests {
         assert_eq!(interface.unscoped(scoped), bare);
         let global: SocketAddr = "[fd00::1]:7000".parse().unwrap();
         assert_eq!(interface.scoped(global), global);
+        let link_group: SocketAddr = "[ff12::77]:7000".parse().unwrap();
+        assert_eq!(
+            interface.scoped(link_group),
+            "[ff12::77%7]:7000".parse().unwrap()
+        );
+        let site_group: SocketAddr = "[ff15::77]:7000".parse().unwrap();
+        assert_eq!(interface.scoped(site_group), site_group);
         let elsewhere: SocketAddr = "[fe80::1%8]:7000".parse().unwrap();
         assert_eq!(interface.unscoped(elsewhere), elsewhere);
     }

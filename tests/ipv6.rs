@@ -1,6 +1,7 @@
-//! Namespace lab test over IPv6 (root only, like `tests/lab.rs`): a group in
+//! Namespace lab tests over IPv6 (root only, like `tests/lab.rs`): a group in
 //! ff15::/16, hosts in fd77::/64, a director, repair under loss, a look-up and a
-//! receiver behind a switch that drops multicast, on unicast fallback.
+//! receiver behind a switch that drops multicast, on unicast fallback; and hosts
+//! with link-local addresses only, on a link-local group.
 
 mod common;
 
@@ -145,4 +146,83 @@ fn over_ipv6_a_lossy_receiver_a_director_look_up_and_a_unicast_fallback_all_get_
     let status = http_get_in(&lab, "r1", "fd77::1", 7791, "/v1/servers")
         .expect("the director's HTTP API answers over IPv6");
     assert_eq!(status[0]["address"], "[fd77::1]:7700", "{status}");
+}
+
+#[test]
+fn with_link_local_addresses_only_a_link_local_group_and_a_link_local_server_serve_both_ways() {
+    if !lab_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (key, source, data) = key_and_payload(d, 67);
+    let mut lab = Lab::up(2, "w");
+    let server_address = lab.script(&["link-local", "s"]);
+    assert!(server_address.starts_with("fe80::"), "{server_address}");
+    for host in ["r1", "r2"] {
+        lab.script(&["link-local", host]);
+    }
+    lab.script(&["loss", "r1", "3"]);
+    lab.script(&["block-multicast", "r2"]);
+    let key_s = path(&key);
+    let group = "[ff12::77]:7700";
+    let cache = d.join("cache");
+    let server = [
+        "serve",
+        path(&source),
+        "-k",
+        key_s,
+        "-i",
+        "eth0",
+        "-g",
+        group,
+        "--rate",
+        "80M",
+        "--cache-dir",
+        path(&cache),
+    ];
+    lab.start("s", &d.join("s.log"), &server);
+    let server_flag = format!("[{server_address}]");
+    let out: Vec<PathBuf> = (1..=2).map(|i| d.join(format!("out{i}"))).collect();
+    let logs: Vec<PathBuf> = (1..=2).map(|i| d.join(format!("r{i}.log"))).collect();
+    let mut receivers = Vec::new();
+    for i in 0..2 {
+        let mut args = vec![
+            "recv",
+            "-k",
+            key_s,
+            "-i",
+            "eth0",
+            "-g",
+            group,
+            "-o",
+            path(&out[i]),
+            "--timeout",
+            "90",
+        ];
+        if i == 1 {
+            args.extend(["--server", &server_flag]);
+        }
+        receivers.push(lab.start(&format!("r{}", i + 1), &logs[i], &args));
+    }
+    for (i, &child) in receivers.iter().enumerate() {
+        let status = lab.wait(child, Duration::from_secs(100));
+        let text = std::fs::read_to_string(&logs[i]).unwrap_or_default();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "r{} did not finish: {status:?}\n{text}",
+            i + 1
+        );
+        let got = std::fs::read(out[i].join("payload.bin")).unwrap();
+        assert!(got == data, "r{}: output differs from the source", i + 1);
+    }
+    let log = |i: usize| std::fs::read_to_string(&logs[i]).unwrap();
+    assert!(log(0).contains("over [ff12::78]:7701"), "{}", log(0));
+    assert!(
+        !log(0).contains(" 0 NAKs sent"),
+        "r1 lost 3% yet sent no NAK: {}",
+        log(0)
+    );
+    let unicast_from = format!("over unicast from [{server_address}]:7700");
+    assert!(log(1).contains(&unicast_from), "{}", log(1));
 }

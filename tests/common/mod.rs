@@ -30,7 +30,8 @@ impl Lab {
         lab
     }
 
-    pub fn script(&self, args: &[&str]) {
+    /// Runs `lab.sh ARGS` on this lab (it must succeed); what it printed.
+    pub fn script(&self, args: &[&str]) -> String {
         let out = Command::new(LAB)
             .arg("-p")
             .arg(&self.prefix)
@@ -42,6 +43,7 @@ impl Lab {
             "lab.sh {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// Starts loopcast in host `host` (s, r1, ...) with its log in `log`; returns its index.
