@@ -84,17 +84,7 @@ fn over_ipv6_a_lossy_receiver_a_director_look_up_and_a_unicast_fallback_all_get_
         }
         receivers.push(lab.start(&format!("r{}", i + 1), &logs[i], &args));
     }
-    for (i, &child) in receivers.iter().enumerate() {
-        let status = lab.wait(child, Duration::from_secs(100));
-        let text = std::fs::read_to_string(&logs[i]).unwrap_or_default();
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "r{} did not finish: {status:?}\n{text}",
-            i + 1
-        );
-        let got = std::fs::read(out[i].join("payload.bin")).unwrap();
-        assert!(got == data, "r{}: output differs from the source", i + 1);
-    }
+    assert_all_received(&mut lab, &receivers, &logs, &out, &data);
     let log = |i: usize| std::fs::read_to_string(&logs[i]).unwrap();
     for i in 0..3 {
         assert!(
@@ -205,17 +195,7 @@ fn with_link_local_addresses_only_a_link_local_group_and_a_link_local_server_ser
         }
         receivers.push(lab.start(&format!("r{}", i + 1), &logs[i], &args));
     }
-    for (i, &child) in receivers.iter().enumerate() {
-        let status = lab.wait(child, Duration::from_secs(100));
-        let text = std::fs::read_to_string(&logs[i]).unwrap_or_default();
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "r{} did not finish: {status:?}\n{text}",
-            i + 1
-        );
-        let got = std::fs::read(out[i].join("payload.bin")).unwrap();
-        assert!(got == data, "r{}: output differs from the source", i + 1);
-    }
+    assert_all_received(&mut lab, &receivers, &logs, &out, &data);
     let log = |i: usize| std::fs::read_to_string(&logs[i]).unwrap();
     assert!(log(0).contains("over [ff12::78]:7701"), "{}", log(0));
     assert!(

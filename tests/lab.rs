@@ -146,17 +146,7 @@ fn a_host_without_multicast_gets_the_file_by_unicast_beside_three_multicast_rece
         let host = format!("r{}", i + 1);
         receivers.push(lab.start(&host, &logs[i], &args));
     }
-    for (i, &child) in receivers.iter().enumerate() {
-        let status = lab.wait(child, Duration::from_secs(100));
-        let text = std::fs::read_to_string(&logs[i]).unwrap_or_default();
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "r{} did not finish: {status:?}\n{text}",
-            i + 1
-        );
-        let got = std::fs::read(out[i].join("payload.bin")).unwrap();
-        assert!(got == data, "r{}: output differs from the source", i + 1);
-    }
+    assert_all_received(&mut lab, &receivers, &logs, &out, &data);
     let log4 = std::fs::read_to_string(&logs[3]).unwrap();
     assert!(
         log4.contains("a unicast stream"),

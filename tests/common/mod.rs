@@ -124,6 +124,28 @@ impl Drop for Lab {
     }
 }
 
+/// Waits for each receiver `children[i]` (100 s at most) and checks that it
+/// exited 0 with `out[i]/payload.bin` equal to `data`; its log is `logs[i]`.
+pub fn assert_all_received(
+    lab: &mut Lab,
+    children: &[usize],
+    logs: &[PathBuf],
+    out: &[PathBuf],
+    data: &[u8],
+) {
+    for (i, &child) in children.iter().enumerate() {
+        let status = lab.wait(child, Duration::from_secs(100));
+        let text = std::fs::read_to_string(&logs[i]).unwrap_or_default();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "r{} did not finish: {status:?}\n{text}",
+            i + 1
+        );
+        let got = std::fs::read(out[i].join("payload.bin")).unwrap();
+        assert!(got == data, "r{}: output differs from the source", i + 1);
+    }
+}
+
 pub fn lab_available() -> bool {
     let root = Command::new("id")
         .arg("-u")
