@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark in the namespace lab: loopcast, uftp (plain and AES-256-GCM),
 # udpcast, and an iperf2 multicast ceiling, one after another on the same lab LAN.
+# Tool loopcast6 is loopcast over IPv6 (group [ff15::77]:7700, hosts fd77::/64).
 #
 # Usage: [REPS=3] [SIZE_MIB=512] [TOOLS="..."] [SCENARIOS="a b c d"] scripts/bench.sh   (root)
 #   a  no loss, 3 receivers
@@ -67,6 +68,7 @@ head -c $((size_mib << 20)) /dev/urandom > "$work/data.bin"
 # packing; pack once here so every run starts sending at once.
 "$BIN" pack "$work/data.bin" -k "$work/key" -o "$work/data.lcar" 2>/dev/null
 addr() { echo "10.77.0.$((10 + $1))"; }
+addr6() { echo "fd77::$((10 + $1))"; }
 now() { date +%s.%N; }
 # Epoch seconds $2 seconds after epoch time $1.
 after() { awk -v t="$1" -v l="$2" 'BEGIN {printf "%.3f", t + l}'; }
@@ -114,19 +116,21 @@ run_one() {
     for i in 1 2 3 4; do mkdir -p "$work/out$i"; done
     local receivers=() rtags=() server t0 t1
     case "$tool" in
-        loopcast)
+        loopcast | loopcast6)
+            local at=addr family=() sender=10.77.0.1
+            [ "$tool" = loopcast6 ] && at=addr6 family=(-g '[ff15::77]:7700') sender=fd77::1
             for i in $(seq $n); do
-                spawn "r$i" "r$i" "$BIN" recv -k "$work/key" -i "$(addr "$i")" -o "$work/out$i" --timeout "$run_limit" ${LOOPCAST_RECV_FLAGS:-}
+                spawn "r$i" "r$i" "$BIN" recv -k "$work/key" -i "$($at "$i")" "${family[@]}" -o "$work/out$i" --timeout "$run_limit" ${LOOPCAST_RECV_FLAGS:-}
                 receivers+=("$spawned"); rtags+=("r$i")
             done
             sleep 0.5
             t0=$(now)
             # shellcheck disable=SC2086
-            spawn s s "$BIN" serve "$work/data.lcar" -k "$work/key" -i 10.77.0.1 --rate "$rate" "${packet[@]}" ${LOOPCAST_SERVE_FLAGS:-}
+            spawn s s "$BIN" serve "$work/data.lcar" -k "$work/key" -i "$sender" "${family[@]}" --rate "$rate" "${packet[@]}" ${LOOPCAST_SERVE_FLAGS:-}
             server=$spawned
             if [ -n "$late" ]; then
                 sleep 3
-                spawn r4 r4 "$BIN" recv -k "$work/key" -i "$(addr 4)" -o "$work/out4" --timeout "$run_limit" ${LOOPCAST_RECV_FLAGS:-}
+                spawn r4 r4 "$BIN" recv -k "$work/key" -i "$($at 4)" "${family[@]}" -o "$work/out4" --timeout "$run_limit" ${LOOPCAST_RECV_FLAGS:-}
                 receivers+=("$spawned"); rtags+=(r4)
             fi
             wait_all "$(after "$t0" "$run_limit")" "${receivers[@]}"
