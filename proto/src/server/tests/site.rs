@@ -175,6 +175,13 @@ fn channel_numbers_are_read_back_from_group_and_port() {
     assert_eq!(channel_number(dir, "239.1.1.2:7002".parse().unwrap()), None);
     assert_eq!(channel_number(dir, "239.1.1.1:7000".parse().unwrap()), None);
     assert_eq!(channel_number(dir, "239.1.1.0:6999".parse().unwrap()), None);
+    let dir6: SocketAddr = "[ff15::77]:7700".parse().unwrap();
+    let channel = |s: &str| channel_number(dir6, s.parse().unwrap());
+    assert_eq!(channel("[ff15::78]:7701"), Some(1));
+    assert_eq!(channel("[ff15::177]:7956"), Some(256));
+    assert_eq!(channel("[ff15::78]:7702"), None);
+    assert_eq!(channel("239.1.1.2:7701"), None);
+    assert_eq!(channel_number(dir, "[ff15::78]:7001".parse().unwrap()), None);
 }
 
 #[test]
