@@ -632,7 +632,7 @@ fn count_before(log: &str, label: &str) -> u64 {
 
 #[test]
 fn a_lossy_receiver_joining_mid_stream_is_repaired_by_parity_within_1_5_loops() {
-    let (loops, log) = lossy_receiver(108, &[]);
+    let (loops, log) = lossy_receiver(108, &["--repair", "parity"]);
     // Most losses are rebuilt; copies repair the frame table and blocks partly
     // unpacked before their parity came.
     let rebuilt = count_before(&log, "packets rebuilt");

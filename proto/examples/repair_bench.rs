@@ -3,19 +3,24 @@
 //! table of completion time ÷ ideal, NAKs per lost packet, feedback (NAKs per
 //! DATA packet) and repair overhead. Run:
 //! `cargo run --release -p loopcast-proto --example repair_bench` (add `quick`
-//! for a smaller sweep, `parity` or `copies` for one kind of repair).
+//! for a smaller sweep; `parity`, `copies` or `auto` for one kind of repair).
 
+use loopcast_proto::client::RepairKind;
 use loopcast_proto::sim::{SimConfig, run};
 use std::time::Instant;
 
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
-    let kinds: &[bool] = if std::env::args().any(|a| a == "parity") {
-        &[true]
-    } else if std::env::args().any(|a| a == "copies") {
-        &[false]
+    let args: Vec<String> = std::env::args().collect();
+    let asked = |kind: &str| args.iter().any(|a| a == kind);
+    let kinds: &[RepairKind] = if asked("parity") {
+        &[RepairKind::Parity]
+    } else if asked("copies") {
+        &[RepairKind::Copies]
+    } else if asked("auto") {
+        &[RepairKind::Auto]
     } else {
-        &[false, true]
+        &[RepairKind::Copies, RepairKind::Parity]
     };
     let receivers: &[usize] = if quick {
         &[1, 10, 100]
@@ -32,7 +37,7 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|---|");
     for &n in receivers {
         for loss in [0.0, 0.01, 0.05, 0.20] {
-            for (shared, &parity) in [true, false]
+            for (shared, &repair) in [true, false]
                 .into_iter()
                 .flat_map(|shared| kinds.iter().map(move |p| (shared, p)))
             {
@@ -44,7 +49,7 @@ fn main() {
                     file_size: 16 << 20,
                     shared_loss: if shared { loss } else { 0.0 },
                     independent_loss: if shared { 0.0 } else { loss },
-                    parity,
+                    repair,
                     ..SimConfig::default()
                 };
                 let started = Instant::now();
@@ -61,7 +66,7 @@ fn main() {
                 } else {
                     "did not finish".into()
                 };
-                let repair = if parity { "parity" } else { "copies" };
+                let repair = format!("{repair:?}").to_lowercase();
                 println!(
                     "| {n} | {:.0}% | {kind} | {repair} | {ratio} | {:.2} | {:.2}% | {:.1}% | {:.1} s |",
                     loss * 100.0,

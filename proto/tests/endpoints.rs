@@ -159,8 +159,8 @@ fn with_multicast_silent_a_receiver_given_the_server_completes_by_unicast() {
 #[test]
 fn a_unicast_stream_losing_packets_is_repaired_by_parity_or_by_copies() {
     // No multicast: the receiver takes a stream, and loses every 25th DATA or
-    // PARITY datagram of it.
-    for repair in [RepairKind::Parity, RepairKind::Copies] {
+    // PARITY datagram of it. A stream has one receiver: auto asks for copies.
+    for repair in [RepairKind::Parity, RepairKind::Copies, RepairKind::Auto] {
         let mut lan = Lan::new(one_file(1_000_000), |_| {});
         let node = lan.add_node(
             |c| {
@@ -181,7 +181,9 @@ fn a_unicast_stream_losing_packets_is_repaired_by_parity_or_by_copies() {
         assert!(r.stream_server().is_some(), "{repair:?}");
         match repair {
             RepairKind::Parity => assert!(s.rebuilt > 10 && s.repairs < s.rebuilt, "{s:?}"),
-            RepairKind::Copies => assert!(s.repairs > 10 && s.rebuilt == 0, "{s:?}"),
+            RepairKind::Copies | RepairKind::Auto => {
+                assert!(s.repairs > 10 && s.rebuilt == 0, "{s:?}")
+            }
         }
     }
 }

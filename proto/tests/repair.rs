@@ -3,6 +3,7 @@
 //! its bound would fail without it.
 
 use loopcast_proto::NakMode;
+use loopcast_proto::client::RepairKind;
 use loopcast_proto::sim::{SimConfig, run};
 use std::time::Duration;
 
@@ -148,7 +149,7 @@ fn parity_repair_rebuilds_identical_contents() {
         independent_loss: 0.05,
         join_at: (0..20).map(|i| Duration::from_millis(i * 17)).collect(),
         store_bodies: true,
-        parity: true,
+        repair: RepairKind::Parity,
         ..scene()
     });
     assert!(r.all_complete(), "{:?}", r.completion);
@@ -169,7 +170,7 @@ fn parity_keeps_100_receivers_at_5_percent_independent_loss_near_1_2_ideal() {
         ..scene()
     };
     let parity = run(&SimConfig {
-        parity: true,
+        repair: RepairKind::Parity,
         ..base.clone()
     });
     let copies = run(&base);
@@ -207,7 +208,7 @@ fn proactive_parity_brings_a_file_to_receivers_with_no_return_path_in_one_loop()
         receivers: 20,
         independent_loss: 0.05,
         nak_mode: NakMode::Off,
-        parity: true,
+        repair: RepairKind::Parity,
         store_bodies: true,
         ..scene()
     };
@@ -231,4 +232,36 @@ fn proactive_parity_brings_a_file_to_receivers_with_no_return_path_in_one_loop()
         proactive.worst_ratio()
     );
     assert!(plain.worst_ratio() >= 2.0, "{:.3}", plain.worst_ratio());
+}
+
+#[test]
+fn auto_repairs_few_receivers_by_copies_and_many_by_parity() {
+    // Three receivers (as in the lab's scenario b): copies, no rebuilds.
+    let few = run(&SimConfig {
+        receivers: 3,
+        independent_loss: 0.02,
+        repair: RepairKind::Auto,
+        ..scene()
+    });
+    assert!(few.all_complete(), "{:?}", few.completion);
+    assert_eq!(few.parity_packets, 0, "{} repairs", few.repair_packets);
+    assert!(few.repair_packets > 0);
+    // A hundred at 5% independent loss: parity, near the parity figure above.
+    let many = run(&SimConfig {
+        receivers: 100,
+        independent_loss: 0.05,
+        repair: RepairKind::Auto,
+        ..scene()
+    });
+    assert!(many.all_complete());
+    println!(
+        "auto: 3 receivers {:.3} ({} repairs, {} parity); 100 receivers {:.3} ({} parity)",
+        few.worst_ratio(),
+        few.repair_packets,
+        few.parity_packets,
+        many.worst_ratio(),
+        many.parity_packets
+    );
+    assert!(many.parity_packets * 10 > many.repair_packets * 9);
+    assert!(many.worst_ratio() <= 1.4, "{:.3}", many.worst_ratio());
 }

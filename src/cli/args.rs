@@ -272,6 +272,8 @@ pub(super) struct ServeArgs {
 /// `recv --repair`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Repair {
+    /// Copies while the server counts at most 4 receivers, parity above.
+    Auto,
     /// Parity packets per block (spec §6.5).
     Parity,
     /// Copies of the missing packets.
@@ -310,9 +312,11 @@ pub(super) struct RecvArgs {
     #[arg(long)]
     pub(super) no_gro: bool,
     /// How to ask for what the loop passed and this receiver lacks: parity packets
-    /// (one repairs a different loss at each receiver; the default) or copies of
-    /// the missing packets (as before parity repair, for comparisons).
-    #[arg(long, value_enum, default_value_t = Repair::Parity)]
+    /// (one repairs a different loss at each receiver, but rebuilding a block costs
+    /// the receiver CPU), copies of the missing packets, or auto: copies while the
+    /// server counts at most 4 receivers (their losses add up to little), parity
+    /// when more share the channel.
+    #[arg(long, value_enum, default_value_t = Repair::Auto)]
     pub(super) repair: Repair,
     /// Fastest channel to take, bits/s (e.g. 50M). Default: the fastest on offer.
     /// Also the most a unicast stream may send us.

@@ -106,6 +106,7 @@ pub(super) fn recv(a: RecvArgs) -> Result<RecvConfig> {
         debug_seed: a.debug_seed,
         gro: !a.no_gro,
         repair: match a.repair {
+            Repair::Auto => RepairKind::Auto,
             Repair::Parity => RepairKind::Parity,
             Repair::Copies => RepairKind::Copies,
         },

@@ -183,12 +183,12 @@ impl FileReceiver {
     /// others, as ranges (copies) or block requests (parity).
     pub(super) fn nak_request(&mut self, now: Instant) -> NakRequest {
         self.expire_asked(now);
-        match self.repair_kind {
+        match self.repair_now() {
             RepairKind::Copies => NakRequest {
                 ranges: self.nak_ranges(&self.gap_ranges(), wire::MAX_NAK_RANGES),
                 blocks: Vec::new(),
             },
-            RepairKind::Parity => {
+            RepairKind::Parity | RepairKind::Auto => {
                 // The frame table's packets are asked as copies: nothing can be
                 // placed before the table, so they must not wait for a block.
                 let table = self.table_packets().end;

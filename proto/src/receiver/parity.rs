@@ -13,6 +13,13 @@ use std::time::Instant;
 /// more; past it a new shard is dropped (and asked for again).
 pub const MAX_PARITY_BYTES: usize = 16 << 20;
 
+/// The most receivers (the server's count in STATUS) for which `RepairKind::Auto`
+/// asks for copies. With few receivers the union of their losses is small, so
+/// copies cost the channel little more than parity, and they cost the receiver
+/// no rebuild (a 1024-packet block takes 1-2 ms to decode however little it
+/// lacks); with more, each parity packet repairs a different loss at each.
+pub const AUTO_COPIES_UP_TO: u32 = 4;
+
 /// How a receiver asks for what the loop passed and it lacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RepairKind {
@@ -22,6 +29,10 @@ pub enum RepairKind {
     /// Ask each block for as many parity packets as it lacks (NAK block requests);
     /// the driver rebuilds blocks from them (`poll_rebuild`).
     Parity,
+    /// Ask for copies while the last STATUS counts at most `AUTO_COPIES_UP_TO`
+    /// receivers, for parity otherwise (and before any STATUS). Parity that
+    /// comes anyway (`serve --fec-overhead`, or asked by others) is taken.
+    Auto,
 }
 
 /// A block the driver is to rebuild: every packet of it not listed in `missing`
@@ -71,6 +82,18 @@ impl FileReceiver {
         self
     }
 
+    /// How this receiver asks for repairs now: `Copies` or `Parity` (`Auto`
+    /// resolved by the group the last STATUS counts).
+    pub(super) fn repair_now(&self) -> RepairKind {
+        match (self.repair_kind, self.status) {
+            (RepairKind::Auto, Some((status, _))) if status.group_size <= AUTO_COPIES_UP_TO => {
+                RepairKind::Copies
+            }
+            (RepairKind::Auto, _) => RepairKind::Parity,
+            (kind, _) => kind,
+        }
+    }
+
     /// The next block the driver must rebuild, once its DATA payloads are written.
     pub fn poll_rebuild(&mut self) -> Option<Rebuild> {
         self.parity.rebuilds.pop_front()
@@ -115,7 +138,7 @@ impl FileReceiver {
         }
         let held = self.received.count_in(packets.clone()) as usize;
         let shards = self.parity.held.get(&header.block);
-        if self.repair_kind != RepairKind::Parity
+        if self.repair_kind == RepairKind::Copies
             || held == packets.len()
             || self.parity.by_copies.contains(&header.block)
             || shards.is_some_and(|s| s.iter().any(|(j, _)| *j == header.parity_index))

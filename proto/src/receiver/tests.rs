@@ -443,3 +443,46 @@ fn a_parity_receiver_asks_each_block_for_what_it_lacks_and_rebuilds_it() {
     blocks.rebuild_in_body(&mut mine, &rebuild).unwrap();
     assert_eq!(mine, body);
 }
+
+#[test]
+fn auto_asks_copies_while_the_server_counts_few_receivers_and_parity_for_more() {
+    let (key, m, manifest_bytes) = random_archive();
+    let count = m.packet_count();
+    let now = Instant::now();
+    // (receivers the STATUS counts, whether the NAK asks parity).
+    for (group, by_parity) in [
+        (None, true),
+        (Some(1), false),
+        (Some(4), false),
+        (Some(5), true),
+    ] {
+        let mut r = FileReceiver::new(key.clone(), 7, m.archive_id, 1, NakMode::Immediate)
+            .with_repair_kind(RepairKind::Auto);
+        r.handle_datagram(
+            now,
+            &wire::encode_manifest(&keys(&m).mac, 7, &manifest_bytes),
+        );
+        if let Some(group_size) = group {
+            let status = Status {
+                archive_id: m.archive_id,
+                server_time_us: 1,
+                grtt_us: 5000,
+                group_size,
+                rate_bps: 1_000_000,
+            };
+            r.handle_datagram(now, &wire::encode_status(&keys(&m).mac, 7, &status));
+        }
+        // Every packet but the last two but one: past the frame table, a gap.
+        for k in (0..count).filter(|&k| k != count - 2) {
+            r.handle_datagram(now, &zero_data(&m, k));
+        }
+        r.handle_timeout(now);
+        let nak = nak_of(&r.poll_transmit().expect("a NAK"));
+        let asked = if by_parity {
+            (vec![], vec![(0, 1)])
+        } else {
+            (vec![(count - 2, 1)], vec![])
+        };
+        assert_eq!((nak.ranges, nak.blocks), asked, "group {group:?}");
+    }
+}

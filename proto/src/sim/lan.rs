@@ -3,9 +3,7 @@
 
 use super::queue::Queue;
 use super::{Bodies, SimConfig, SimReport, pack};
-use crate::client::{
-    ClientConfig, ClientEvent, Command, Origin as ClientOrigin, RepairKind, Session, Via,
-};
+use crate::client::{ClientConfig, ClientEvent, Command, Origin as ClientOrigin, Session, Via};
 use crate::fec::Blocks;
 use crate::server::{
     BatchLimits, ChannelSpec, Endpoint, FileSpec, Origin as ServerOrigin, ServerConfig, ServerEvent,
@@ -286,11 +284,7 @@ impl Lan<'_> {
             nak_mode: self.config.nak_mode,
             directors: Vec::new(),
             stay_joined: false,
-            repair: if self.config.parity {
-                RepairKind::Parity
-            } else {
-                RepairKind::Copies
-            },
+            repair: self.config.repair,
         };
         let seed = self.config.seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         self.nodes[i].session = Some(Session::new(config, self.instant(), seed));

@@ -70,8 +70,8 @@ pub struct SimConfig {
     pub join_at: Vec<Duration>,
     /// How receivers NAK.
     pub nak_mode: NakMode,
-    /// Receivers ask for parity instead of copies of their missing packets (§6.5).
-    pub parity: bool,
+    /// How receivers ask for their missing packets: copies or parity (§6.5).
+    pub repair: crate::client::RepairKind,
     /// Parity the server sends on the loop after each block, as a share of it.
     pub fec_overhead: f64,
     /// Largest share of packets the sender spends on repairs.
@@ -105,7 +105,7 @@ impl Default for SimConfig {
             jitter: Duration::from_micros(100),
             join_at: Vec::new(),
             nak_mode: NakMode::Suppressed,
-            parity: false,
+            repair: crate::client::RepairKind::Copies,
             fec_overhead: 0.0,
             repair_share: DEFAULT_REPAIR_SHARE,
             grtt_floor: DEFAULT_GRTT_FLOOR,

@@ -181,7 +181,10 @@ fn channel_numbers_are_read_back_from_group_and_port() {
     assert_eq!(channel("[ff15::177]:7956"), Some(256));
     assert_eq!(channel("[ff15::78]:7702"), None);
     assert_eq!(channel("239.1.1.2:7701"), None);
-    assert_eq!(channel_number(dir, "[ff15::78]:7001".parse().unwrap()), None);
+    assert_eq!(
+        channel_number(dir, "[ff15::78]:7001".parse().unwrap()),
+        None
+    );
 }
 
 #[test]
