@@ -78,7 +78,14 @@ fn attack(rows: &str, unicast: bool) -> Option<Outcome> {
     let log1 = d.join("r1.log");
     let mut args1 = recv_args(key_s, "10.77.0.11", path(&out1));
     // Parity, whatever the group: T32 attacks it, and the other rows ran with it.
-    args1.extend(["--debug-drop", "3", "--debug-seed", "1", "--repair", "parity"]);
+    args1.extend([
+        "--debug-drop",
+        "3",
+        "--debug-seed",
+        "1",
+        "--repair",
+        "parity",
+    ]);
     let r1 = lab.start("r1", &log1, &args1);
     assert!(wait_for_log(&log1, "joining", Duration::from_secs(10)));
     let attack_log = d.join("attack.log");

@@ -64,23 +64,13 @@ fn over_ipv6_a_lossy_receiver_a_director_look_up_and_a_unicast_fallback_all_get_
     let mut receivers = Vec::new();
     for i in 0..4 {
         let iface = format!("fd77::{}", 11 + i);
-        let mut args = vec![
-            "recv",
-            "-k",
-            key_s,
-            "-i",
-            &iface,
-            "-g",
-            GROUP6,
-            "-o",
-            path(&out[i]),
-            "--timeout",
-            "90",
-        ];
+        let mut args = vec!["recv", "-k", key_s, "-i", &iface, "-o", path(&out[i])];
+        args.extend(["--timeout", "90"]);
         match i {
+            // No -g: with an IPv6 director the default group is IPv6 too.
             2 => args.extend(["--director", "fd77::1", "payload.bin"]),
-            3 => args.extend(["--server", "[fd77::1]"]),
-            _ => {}
+            3 => args.extend(["-g", GROUP6, "--server", "[fd77::1]"]),
+            _ => args.extend(["-g", GROUP6]),
         }
         receivers.push(lab.start(&format!("r{}", i + 1), &logs[i], &args));
     }

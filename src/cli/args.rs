@@ -12,6 +12,10 @@ use std::time::Duration;
 
 /// Default directory group.
 pub const DEFAULT_GROUP: &str = "239.255.77.1:7700";
+/// Default directory group where a command's other addresses are IPv6.
+pub const DEFAULT_GROUP_V6: &str = "[ff15::77:1]:7700";
+/// The port of both default groups.
+const DEFAULT_GROUP_PORT: u16 = 7700;
 /// Default UDP port of a director.
 pub const DEFAULT_DIRECTOR_PORT: u16 = 7790;
 /// Default port of a director's HTTP API (`director --http`'s default says it too).
@@ -152,9 +156,26 @@ pub(super) struct NetArgs {
     pub(super) interface: Option<String>,
     /// Directory group where servers announce their files: IPv4 (239.255.77.1:7700)
     /// or IPv6 in brackets ([ff15::77]:7700). --server and --director must be of
-    /// the same family.
-    #[arg(short, long, value_name = "G:P", default_value = DEFAULT_GROUP, value_parser = parse_group)]
-    pub(super) group: SocketAddr,
+    /// the same family. Default: 239.255.77.1:7700, or [ff15::77:1]:7700 when
+    /// --server or --director is IPv6.
+    #[arg(short, long, value_name = "G:P", value_parser = parse_group)]
+    pub(super) group: Option<SocketAddr>,
+}
+
+impl NetArgs {
+    /// The group given, or the default of the family of `others` (a command's
+    /// --server or --directors; IPv4 when there are none).
+    pub(super) fn group_or_default(&self, others: &[SocketAddr]) -> SocketAddr {
+        let v6 = others.first().is_some_and(SocketAddr::is_ipv6);
+        let default = if v6 { DEFAULT_GROUP_V6 } else { DEFAULT_GROUP };
+        self.group
+            .unwrap_or_else(|| default.parse().expect("a valid default group"))
+    }
+
+    /// The port of the group given, or of the defaults.
+    pub(super) fn group_port(&self) -> u16 {
+        self.group.map_or(DEFAULT_GROUP_PORT, |g| g.port())
+    }
 }
 
 #[derive(Args, Debug)]
@@ -520,5 +541,40 @@ pub(super) fn parse_share(text: &str) -> std::result::Result<f64, String> {
     match text.parse::<f64>() {
         Ok(v) if (0.0..=0.9).contains(&v) => Ok(v),
         _ => Err(format!("{text:?} is not a share between 0 and 0.9")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_group_follows_the_family_of_the_servers_and_directors_given() {
+        let net = NetArgs {
+            interface: None,
+            group: None,
+        };
+        let v4: SocketAddr = DEFAULT_GROUP.parse().unwrap();
+        let v6: SocketAddr = DEFAULT_GROUP_V6.parse().unwrap();
+        assert_eq!(net.group_or_default(&[]), v4);
+        assert_eq!(
+            net.group_or_default(&["10.0.0.9:7790".parse().unwrap()]),
+            v4
+        );
+        assert_eq!(
+            net.group_or_default(&["[fd00::9]:7790".parse().unwrap()]),
+            v6
+        );
+        assert_eq!(v6.port(), net.group_port());
+        let given: SocketAddr = "239.1.2.3:7000".parse().unwrap();
+        let net = NetArgs {
+            interface: None,
+            group: Some(given),
+        };
+        assert_eq!(
+            net.group_or_default(&["[fd00::9]:7790".parse().unwrap()]),
+            given
+        );
+        assert_eq!(net.group_port(), 7000);
     }
 }

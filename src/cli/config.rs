@@ -42,14 +42,14 @@ pub(super) fn serve(a: ServeArgs) -> Result<ServeConfig> {
         )));
     }
     let directors = directors(&a.director)?;
+    let group = a.net.group_or_default(&directors);
     one_family(
-        std::iter::once(("--group", a.net.group))
-            .chain(directors.iter().map(|&d| ("--director", d))),
+        std::iter::once(("--group", group)).chain(directors.iter().map(|&d| ("--director", d))),
     )?;
     Ok(ServeConfig {
         key: keyfile::load(&a.key)?,
         interface: net::resolve_interface(a.net.interface.as_deref())?,
-        group: a.net.group,
+        group,
         rates,
         adapt,
         packet_size: a.packet_size.into(),
@@ -59,7 +59,7 @@ pub(super) fn serve(a: ServeArgs) -> Result<ServeConfig> {
         cache_dir: a.cache_dir.unwrap_or_else(archive_file::default_cache_dir),
         pack: (&a.pack).into(),
         gso: !a.no_gso,
-        unicast_port: a.unicast_port.unwrap_or(a.net.group.port()),
+        unicast_port: a.unicast_port.unwrap_or(group.port()),
         unicast_max_rate: a.unicast_max_rate,
         unicast_max_clients: a.unicast_max_clients,
         directors,
@@ -85,18 +85,20 @@ pub(super) fn recv(a: RecvArgs) -> Result<RecvConfig> {
     let server = a
         .server
         .as_deref()
-        .map(|s| resolve_server("--server", s, a.net.group.port()))
+        .map(|s| resolve_server("--server", s, a.net.group_port()))
         .transpose()?;
     let directors = directors(&a.director)?;
+    let others: Vec<SocketAddr> = server.iter().chain(&directors).copied().collect();
+    let group = a.net.group_or_default(&others);
     one_family(
         (server.iter().map(|&s| ("--server", s)))
             .chain(directors.iter().map(|&d| ("--director", d)))
-            .chain((!a.unicast).then_some(("--group", a.net.group))),
+            .chain((!a.unicast).then_some(("--group", group))),
     )?;
     Ok(RecvConfig {
         key: keyfile::load(&a.key)?,
         interface: net::resolve_interface(a.net.interface.as_deref())?,
-        group: a.net.group,
+        group,
         server,
         out_dir: a.out,
         no_clobber: a.no_clobber,

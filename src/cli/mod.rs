@@ -126,9 +126,10 @@ fn run(cli: Cli) -> Result<()> {
 /// `ls`: what is on air, one line per file.
 fn ls(n: NetArgs, key: Option<PathBuf>, timeout: u64) -> Result<()> {
     let key = key.map(|k| keyfile::load(&k)).transpose()?;
+    let group = n.group_or_default(&[]);
     let listing = recv::list_on_air(
         net::resolve_interface(n.interface.as_deref())?,
-        n.group,
+        group,
         Duration::from_secs(timeout),
         key.as_ref().map(|k| k.directory_mac_key()).as_ref(),
     )?;
@@ -140,8 +141,7 @@ fn ls(n: NetArgs, key: Option<PathBuf>, timeout: u64) -> Result<()> {
     }
     if listing.entries.is_empty() {
         return Err(Error::timeout(format!(
-            "no server heard on {} within {timeout} s",
-            n.group
+            "no server heard on {group} within {timeout} s"
         )));
     }
     if key.is_none() {

@@ -30,8 +30,9 @@ pub enum RepairKind {
     /// the driver rebuilds blocks from them (`poll_rebuild`).
     Parity,
     /// Ask for copies while the last STATUS counts at most `AUTO_COPIES_UP_TO`
-    /// receivers, for parity otherwise (and before any STATUS). Parity that
-    /// comes anyway (`serve --fec-overhead`, or asked by others) is taken.
+    /// receivers and no parity has come, for parity otherwise (and before any
+    /// STATUS). Parity that comes (`serve --fec-overhead`, or asked by others)
+    /// is taken, and from then on parity is asked: it is on the channel anyway.
     Auto,
 }
 
@@ -61,6 +62,9 @@ pub(super) struct ParityState {
     /// Blocks the driver could not rebuild because it no longer holds some of
     /// their stored packets as they came: their gaps are asked for as copies.
     by_copies: BTreeSet<u32>,
+    /// A PARITY packet of this archive has come (`RepairKind::Auto` then asks
+    /// for parity).
+    seen: bool,
 }
 
 impl ParityState {
@@ -83,10 +87,12 @@ impl FileReceiver {
     }
 
     /// How this receiver asks for repairs now: `Copies` or `Parity` (`Auto`
-    /// resolved by the group the last STATUS counts).
+    /// resolved by the group the last STATUS counts and the parity seen).
     pub(super) fn repair_now(&self) -> RepairKind {
         match (self.repair_kind, self.status) {
-            (RepairKind::Auto, Some((status, _))) if status.group_size <= AUTO_COPIES_UP_TO => {
+            (RepairKind::Auto, Some((status, _)))
+                if status.group_size <= AUTO_COPIES_UP_TO && !self.parity.seen =>
+            {
                 RepairKind::Copies
             }
             (RepairKind::Auto, _) => RepairKind::Parity,
@@ -136,6 +142,7 @@ impl FileReceiver {
             self.stats.malformed += 1;
             return Outcome::Nothing;
         }
+        self.parity.seen = true;
         let held = self.received.count_in(packets.clone()) as usize;
         let shards = self.parity.held.get(&header.block);
         if self.repair_kind == RepairKind::Copies

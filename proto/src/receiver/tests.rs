@@ -449,19 +449,21 @@ fn auto_asks_copies_while_the_server_counts_few_receivers_and_parity_for_more() 
     let (key, m, manifest_bytes) = random_archive();
     let count = m.packet_count();
     let now = Instant::now();
-    // (receivers the STATUS counts, whether the NAK asks parity).
-    for (group, by_parity) in [
-        (None, true),
-        (Some(1), false),
-        (Some(4), false),
-        (Some(5), true),
+    // (receivers the STATUS counts, a parity packet came, what the NAK asks).
+    let copies = (vec![(count - 3, 2)], vec![]);
+    for (group, parity_came, asked) in [
+        (None, false, (vec![], vec![(0, 2)])),
+        (Some(1), false, copies.clone()),
+        (Some(4), false, copies.clone()),
+        (Some(5), false, (vec![], vec![(0, 2)])),
+        // Parity is on the channel (a loop's --fec-overhead): asked for, less
+        // the one held.
+        (Some(1), true, (vec![], vec![(0, 1)])),
     ] {
         let mut r = FileReceiver::new(key.clone(), 7, m.archive_id, 1, NakMode::Immediate)
             .with_repair_kind(RepairKind::Auto);
-        r.handle_datagram(
-            now,
-            &wire::encode_manifest(&keys(&m).mac, 7, &manifest_bytes),
-        );
+        let mac = keys(&m).mac;
+        r.handle_datagram(now, &wire::encode_manifest(&mac, 7, &manifest_bytes));
         if let Some(group_size) = group {
             let status = Status {
                 archive_id: m.archive_id,
@@ -470,19 +472,28 @@ fn auto_asks_copies_while_the_server_counts_few_receivers_and_parity_for_more() 
                 group_size,
                 rate_bps: 1_000_000,
             };
-            r.handle_datagram(now, &wire::encode_status(&keys(&m).mac, 7, &status));
+            r.handle_datagram(now, &wire::encode_status(&mac, 7, &status));
         }
-        // Every packet but the last two but one: past the frame table, a gap.
-        for k in (0..count).filter(|&k| k != count - 2) {
+        if parity_came {
+            let header = wire::ParityHeader {
+                archive_id: m.archive_id,
+                block: 0,
+                packet_count: count,
+                parity_index: 0,
+            };
+            let shard = vec![0u8; crate::fec::Blocks::of_manifest(&m).shard_len()];
+            r.handle_datagram(
+                now,
+                &wire::encode_parity(&keys(&m).data, 7, &header, &shard),
+            );
+            assert_eq!(r.stats().parity, 1);
+        }
+        // Every packet but two before the last: past the frame table, a gap.
+        for k in (0..count).filter(|&k| k + 3 != count && k + 2 != count) {
             r.handle_datagram(now, &zero_data(&m, k));
         }
         r.handle_timeout(now);
         let nak = nak_of(&r.poll_transmit().expect("a NAK"));
-        let asked = if by_parity {
-            (vec![], vec![(0, 1)])
-        } else {
-            (vec![(count - 2, 1)], vec![])
-        };
         assert_eq!((nak.ranges, nak.blocks), asked, "group {group:?}");
     }
 }
