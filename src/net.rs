@@ -33,9 +33,10 @@ impl Interface {
         index: 0,
     };
 
-    /// The local address for `family`'s family on `port`: this interface's
-    /// address, or every address of the host when none was named.
-    fn local(&self, family: SocketAddr, port: u16) -> Result<SocketAddr> {
+    /// The local address for unicast (or a multicast sender) in `family`'s
+    /// family on `port` (0: any free one): this interface's address, or every
+    /// address of the host when none was named.
+    pub fn local(&self, family: SocketAddr, port: u16) -> Result<SocketAddr> {
         Ok(match family {
             SocketAddr::V4(_) => (self.v4_or_any()?, port).into(),
             SocketAddr::V6(_) => match (self.v6, self.index) {
@@ -383,12 +384,6 @@ pub fn recv_from_nonblocking(
             Err(e) => return Err(e),
         }
     }
-}
-
-/// The local address for unicast in `family`'s family on `port` (0: any free
-/// one): `interface`'s address, or every address of the host when none was named.
-pub fn unicast_local(family: SocketAddr, interface: Interface, port: u16) -> Result<SocketAddr> {
-    interface.local(family, port)
 }
 
 /// A non-blocking UDP socket for unicast bound to `local`.

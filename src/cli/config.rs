@@ -169,7 +169,7 @@ pub(super) fn agent(a: AgentArgs) -> Result<AgentConfig> {
         key_path: a.key,
         node,
         local: match directors.first() {
-            Some(&d) => net::unicast_local(d, net::resolve_interface(a.interface.as_deref())?, 0)?,
+            Some(&d) => net::resolve_interface(a.interface.as_deref())?.local(d, 0)?,
             None => return Err(usage("agent needs --director".to_string())),
         },
         directors,

@@ -177,7 +177,7 @@ fn servers(d: &Director, now: Instant) -> Value {
                        "unicast_clients": h.unicast_clients, "unicast_max_clients": h.unicast_max_clients,
                        "receivers": h.receivers, "cpu_permille": h.cpu_permille,
                        "throughput": h.subnets.iter().map(|t| json!({
-                           "subnet": subnet_text(t.subnet),
+                           "subnet": t.subnet.to_string(),
                            "receivers": t.receivers, "goodput_kbps": t.goodput_kbps})).collect::<Vec<_>>(),
                        "files": files})
             })
@@ -341,32 +341,4 @@ fn metrics(d: &Director) -> String {
         text = "# encoding failed\n".into();
     }
     text
-}
-
-/// A subnet as people write it: "10.0.9.0/24", "fd00:1:2:3::/64".
-fn subnet_text(subnet: loopcast_proto::wire::Subnet) -> String {
-    match subnet {
-        loopcast_proto::wire::Subnet::V4([a, b, c]) => format!("{a}.{b}.{c}.0/24"),
-        loopcast_proto::wire::Subnet::V6(prefix) => {
-            let mut octets = [0u8; 16];
-            octets[..8].copy_from_slice(&prefix);
-            format!("{}/64", std::net::Ipv6Addr::from(octets))
-        }
-    }
-}
-
-#[cfg(test)]
-mod subnet_tests {
-    use super::subnet_text;
-    use loopcast_proto::wire::subnet_of;
-
-    #[test]
-    fn subnets_read_as_people_write_them() {
-        assert_eq!(
-            subnet_text(subnet_of("10.0.9.7".parse().unwrap())),
-            "10.0.9.0/24"
-        );
-        let v6 = subnet_of("fd77:1:2:3:4::9".parse().unwrap());
-        assert_eq!(subnet_text(v6), "fd77:1:2:3::/64");
-    }
 }

@@ -242,7 +242,7 @@ impl Io {
             Command::OpenStream { reception, server } => {
                 let rate = self.config.max_rate.unwrap_or(0);
                 let mut socket = mio::net::UdpSocket::from_std(net::unicast_socket(
-                    net::unicast_local(server, interface, 0)?,
+                    interface.local(server, 0)?,
                     net::receive_buffer_for_rate(rate.max(1_000_000_000)),
                 )?);
                 BatchReceiver::setup(&socket, gro);

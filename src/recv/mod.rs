@@ -208,7 +208,7 @@ pub fn recv(config: RecvConfig) -> Result<()> {
         Some(directory)
     };
     let mut link = mio::net::UdpSocket::from_std(net::unicast_socket(
-        net::unicast_local(config.family(), config.interface, 0)?,
+        config.interface.local(config.family(), 0)?,
         1 << 20,
     )?);
     registry

@@ -196,7 +196,7 @@ fn start(config: &ServeConfig, first_channel: u32, signals: &mut StopSignals) ->
         archives.push(archive);
     }
     let mut unicast = mio::net::UdpSocket::from_std(net::unicast_socket(
-        net::unicast_local(config.group, config.interface, config.unicast_port)?,
+        config.interface.local(config.group, config.unicast_port)?,
         net::buffer_size_for_rate(config.unicast_max_rate),
     )?);
     signals

@@ -5,7 +5,7 @@ use super::agent::{Agent, AgentEvent};
 use super::*;
 use crate::director::Director;
 use crate::wire::{self, AnnounceEntry, ChannelInfo, Heartbeat, MacKey};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 fn spec(targets: &[&str]) -> JobSpec {
@@ -173,14 +173,8 @@ fn requests_need_the_key_a_fresh_time_and_a_new_nonce() {
     assert!(check(&mut auth, 100_600, 100_000, 6, body, &other).is_ok());
 }
 
-const DIRECTOR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
-    Ipv4Addr::new(10, 0, 0, 1),
-    7790,
-));
-const SERVER: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
-    Ipv4Addr::new(10, 0, 0, 2),
-    7701,
-));
+const DIRECTOR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7790));
+const SERVER: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 7701));
 
 fn agent_addr(k: u8) -> SocketAddr {
     SocketAddr::new(Ipv4Addr::new(10, 0, 1, k).into(), 40000)

@@ -23,6 +23,20 @@ pub enum Subnet {
     V6([u8; 8]),
 }
 
+impl std::fmt::Display for Subnet {
+    /// As people write it: "10.0.9.0/24", "fd00:1:2:3::/64".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Subnet::V4([a, b, c]) => write!(f, "{a}.{b}.{c}.0/24"),
+            Subnet::V6(prefix) => {
+                let mut octets = [0u8; 16];
+                octets[..8].copy_from_slice(&prefix);
+                write!(f, "{}/64", std::net::Ipv6Addr::from(octets))
+            }
+        }
+    }
+}
+
 /// What a server's receivers in one subnet report getting from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubnetThroughput {

@@ -346,6 +346,11 @@ fn subnets_are_an_ipv4_slash_24_or_an_ipv6_slash_64() {
         subnet_of(ip("fd00:1:2:4::5"))
     );
     assert_eq!(subnet_of(ip("::ffff:10.1.2.3")), subnet_of(ip("10.1.2.9")));
+    assert_eq!(subnet_of(ip("10.0.9.7")).to_string(), "10.0.9.0/24");
+    assert_eq!(
+        subnet_of(ip("fd77:1:2:3:4::9")).to_string(),
+        "fd77:1:2:3::/64"
+    );
 }
 
 #[test]
