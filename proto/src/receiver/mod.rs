@@ -134,8 +134,12 @@ pub struct FileReceiver {
     report_timer: Option<ReportTimer>,
     /// Track counters summed at the last report: (advanced, arrived).
     reported: (u64, u64),
-    /// Packets other receivers NAKed, forgotten when `asked_until` passes.
+    /// Packets other receivers NAKed in this holdoff window and the one before:
+    /// each stays asked one to two holdoffs, however long others keep NAKing.
     asked: ReceivedMap,
+    /// Of `asked`, those NAKed in this window.
+    asked_in_window: ReceivedMap,
+    /// When this window ends.
     asked_until: Option<Instant>,
     /// Last STATUS and when it arrived.
     status: Option<(Status, Instant)>,
@@ -174,6 +178,7 @@ impl FileReceiver {
             report_timer: None,
             reported: (0, 0),
             asked: ReceivedMap::new(0),
+            asked_in_window: ReceivedMap::new(0),
             asked_until: None,
             status: None,
             outgoing: None,

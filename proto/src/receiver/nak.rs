@@ -100,10 +100,11 @@ impl FileReceiver {
         }
         self.expire_asked(now);
         let until = now + self.holdoff();
-        self.asked_until = Some(until);
+        self.asked_until.get_or_insert(until);
         for &(first, count) in &nak.ranges {
-            self.asked
-                .insert_range(first..first.saturating_add(count as u32));
+            let range = first..first.saturating_add(count as u32);
+            self.asked.insert_range(range.clone());
+            self.asked_in_window.insert_range(range);
         }
         self.hear_block_requests(now, &nak.blocks);
         // Timer A is cancelled once others have asked for everything we miss.
@@ -113,12 +114,29 @@ impl FileReceiver {
         }
     }
 
+    /// Ends the window of others' NAKs once a holdoff has passed: what was asked
+    /// in it stays asked for one more window, what was asked before lapses. (A
+    /// single window stretched by every NAK heard never ended while others kept
+    /// NAKing, and a receiver whose repair was lost stayed silent.)
     pub(super) fn expire_asked(&mut self, now: Instant) {
         if self.asked.len() != self.received.len() {
-            self.asked = ReceivedMap::new(self.received.len()); // first use after the manifest
-        } else if self.asked_until.is_some_and(|t| now >= t) {
-            self.asked.clear();
+            // First use after the manifest.
+            self.asked = ReceivedMap::new(self.received.len());
+            self.asked_in_window = ReceivedMap::new(self.received.len());
             self.asked_until = None;
+            return;
+        }
+        let Some(until) = self.asked_until.filter(|&t| now >= t) else {
+            return;
+        };
+        let holdoff = self.holdoff();
+        std::mem::swap(&mut self.asked, &mut self.asked_in_window);
+        self.asked_in_window.clear();
+        if now >= until + holdoff {
+            self.asked.clear(); // the window before has lapsed too
+            self.asked_until = None;
+        } else {
+            self.asked_until = Some(until + holdoff);
         }
     }
 

@@ -497,3 +497,54 @@ fn auto_asks_copies_while_the_server_counts_few_receivers_and_parity_for_more() 
         assert_eq!((nak.ranges, nak.blocks), asked, "group {group:?}");
     }
 }
+
+#[test]
+fn a_gap_others_asked_for_once_is_asked_again_while_others_keep_naking_other_packets() {
+    let (key, m, manifest_bytes) = random_archive();
+    let (count, mac) = (m.packet_count(), keys(&m).mac);
+    let t0 = Instant::now();
+    let mut r = FileReceiver::new(key, 7, m.archive_id, 1, NakMode::Suppressed);
+    r.handle_datagram(t0, &wire::encode_manifest(&mac, 7, &manifest_bytes));
+    let status = Status {
+        archive_id: m.archive_id,
+        server_time_us: 1,
+        grtt_us: 10_000, // holdoff 60 ms
+        group_size: 2,
+        rate_bps: 1_000_000,
+    };
+    r.handle_datagram(t0, &wire::encode_status(&mac, 7, &status));
+    let gap = count - 2;
+    let theirs = |first: u32| Nak {
+        archive_id: m.archive_id,
+        receiver_id: 99,
+        echo_time_us: 0,
+        hold_us: 0,
+        ranges: vec![(first, 1)],
+        blocks: Vec::new(),
+    };
+    // Another receiver asks for our gap before we do; its repair never reaches us.
+    r.handle_datagram(t0, &wire::encode_nak(&mac, 7, &theirs(gap)));
+    for k in (0..count).filter(|&k| k != gap) {
+        r.handle_datagram(t0, &zero_data(&m, k));
+    }
+    // Then others NAK another packet every 30 ms, for a second.
+    let mut asked_for_gap = None;
+    for i in 0..34u32 {
+        let t = t0 + Duration::from_millis(30 * i as u64);
+        r.handle_datagram(t, &wire::encode_nak(&mac, 7, &theirs(1)));
+        r.handle_timeout(t);
+        while let Some(bytes) = r.poll_transmit() {
+            if let Ok(wire::Datagram {
+                packet: Packet::Nak(nak),
+                ..
+            }) = wire::decode(&bytes)
+                && nak.ranges.contains(&(gap, 1))
+            {
+                asked_for_gap.get_or_insert(t - t0);
+            }
+        }
+    }
+    let after = asked_for_gap.expect("the gap was never asked for again");
+    // Asked for by others at 0, it stays asked one to two holdoffs (60-120 ms).
+    assert!(after <= Duration::from_millis(300), "{after:?}");
+}
