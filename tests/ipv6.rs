@@ -196,3 +196,89 @@ fn with_link_local_addresses_only_a_link_local_group_and_a_link_local_server_ser
     let unicast_from = format!("over unicast from [{server_address}]:7700");
     assert!(log(1).contains(&unicast_from), "{}", log(1));
 }
+
+#[test]
+fn over_ipv6_a_push_reaches_two_agents_with_no_group_given_anywhere() {
+    if !lab_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (key, source, data) = key_and_payload(d, 68);
+    let mut lab = Lab::up(2, "x");
+    let key_s = path(&key);
+    let director_log = d.join("director.log");
+    let director = ["director", "-k", key_s, "--listen", "[fd77::1]:7790"];
+    let director = [&director[..], &["--http", "[fd77::1]:7791"]].concat();
+    lab.start("s", &director_log, &director);
+    // No -g: with an IPv6 director the server takes the IPv6 default group.
+    let cache = d.join("cache");
+    let serve = [
+        "serve",
+        path(&source),
+        "-k",
+        key_s,
+        "-i",
+        "fd77::1",
+        "--rate",
+        "80M",
+        "--cache-dir",
+        path(&cache),
+        "--director",
+        "[fd77::1]",
+    ];
+    let serve_log = d.join("s.log");
+    lab.start("s", &serve_log, &serve);
+    assert!(
+        wait_for_log(&director_log, "is up", Duration::from_secs(60)),
+        "{}",
+        std::fs::read_to_string(&director_log).unwrap_or_default()
+    );
+    let out: Vec<PathBuf> = (1..=2).map(|i| d.join(format!("node{i}"))).collect();
+    for (i, out) in out.iter().enumerate() {
+        let (node, addr) = (format!("node-{}", i + 1), format!("fd77::{}", 11 + i));
+        let agent = [
+            "agent",
+            "-k",
+            key_s,
+            "--director",
+            "fd77::1",
+            "--node",
+            &node,
+            "-i",
+            &addr,
+            "-o",
+            path(out),
+        ];
+        lab.start(
+            &format!("r{}", i + 1),
+            &d.join(format!("{node}.log")),
+            &agent,
+        );
+    }
+    let push = [
+        "push",
+        "payload.bin",
+        "-k",
+        key_s,
+        "--to",
+        "node-1,node-2",
+        "--director",
+        "fd77::1",
+        "--deadline",
+        "90s",
+    ];
+    let push_log = d.join("push.log");
+    let pushed = lab.start("s", &push_log, &push);
+    let status = lab.wait(pushed, Duration::from_secs(100));
+    let text = std::fs::read_to_string(&push_log).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "push: {status:?}\n{text}"
+    );
+    for dir in &out {
+        assert!(std::fs::read(dir.join("payload.bin")).unwrap() == data);
+    }
+    let serve_text = std::fs::read_to_string(&serve_log).unwrap();
+    assert!(serve_text.contains("on [ff15::77:1]:7700"), "{serve_text}");
+}
