@@ -6,10 +6,51 @@
 mod common;
 
 use common::*;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const GROUP6: &str = "[ff15::77]:7700";
+
+/// Starts in host s a director on [fd77::1]:7790 (HTTP API on 7791) and a server
+/// of `source` at 80 Mbit/s heartbeating to it, with `extra` flags; waits until
+/// the director has heard the server. Their logs: (director, server).
+fn director_and_server(
+    lab: &mut Lab,
+    d: &Path,
+    key: &str,
+    source: &Path,
+    extra: &[&str],
+) -> (PathBuf, PathBuf) {
+    let director_log = d.join("director.log");
+    let director = ["director", "-k", key, "--listen", "[fd77::1]:7790"];
+    let director = [&director[..], &["--http", "[fd77::1]:7791"]].concat();
+    lab.start("s", &director_log, &director);
+    let server_log = d.join("s.log");
+    let cache = d.join("cache");
+    let server = [
+        "serve",
+        path(source),
+        "-k",
+        key,
+        "-i",
+        "fd77::1",
+        "--rate",
+        "80M",
+    ];
+    let server = [
+        &server[..],
+        &["--cache-dir", path(&cache), "--director", "[fd77::1]"],
+        extra,
+    ]
+    .concat();
+    lab.start("s", &server_log, &server);
+    assert!(
+        wait_for_log(&director_log, "is up", Duration::from_secs(60)),
+        "no heartbeat reached the director: {}",
+        std::fs::read_to_string(&director_log).unwrap_or_default()
+    );
+    (director_log, server_log)
+}
 
 #[test]
 fn over_ipv6_a_lossy_receiver_a_director_look_up_and_a_unicast_fallback_all_get_the_file() {
@@ -23,42 +64,8 @@ fn over_ipv6_a_lossy_receiver_a_director_look_up_and_a_unicast_fallback_all_get_
     lab.script(&["loss", "r2", "3"]);
     lab.script(&["block-multicast", "r4"]);
     let key_s = path(&key);
-    let director_log = d.join("director.log");
-    let director = [
-        "director",
-        "-k",
-        key_s,
-        "--listen",
-        "[fd77::1]:7790",
-        "--http",
-        "[fd77::1]:7791",
-    ];
-    lab.start("s", &director_log, &director);
-    let server_log = d.join("s.log");
-    let cache = d.join("cache");
-    let server = [
-        "serve",
-        path(&source),
-        "-k",
-        key_s,
-        "-i",
-        "fd77::1",
-        "-g",
-        GROUP6,
-        "--rate",
-        "80M",
-        "--cache-dir",
-        path(&cache),
-        "--director",
-        "[fd77::1]",
-    ];
-    lab.start("s", &server_log, &server);
-    assert!(
-        wait_for_log(&director_log, "is up", Duration::from_secs(60)),
-        "no heartbeat reached the director: {}",
-        std::fs::read_to_string(&director_log).unwrap_or_default()
-    );
-
+    let (director_log, server_log) =
+        director_and_server(&mut lab, d, key_s, &source, &["-g", GROUP6]);
     let out: Vec<PathBuf> = (1..=4).map(|i| d.join(format!("out{i}"))).collect();
     let logs: Vec<PathBuf> = (1..=4).map(|i| d.join(format!("r{i}.log"))).collect();
     let mut receivers = Vec::new();
@@ -207,33 +214,8 @@ fn over_ipv6_a_push_reaches_two_agents_with_no_group_given_anywhere() {
     let (key, source, data) = key_and_payload(d, 68);
     let mut lab = Lab::up(2, "x");
     let key_s = path(&key);
-    let director_log = d.join("director.log");
-    let director = ["director", "-k", key_s, "--listen", "[fd77::1]:7790"];
-    let director = [&director[..], &["--http", "[fd77::1]:7791"]].concat();
-    lab.start("s", &director_log, &director);
     // No -g: with an IPv6 director the server takes the IPv6 default group.
-    let cache = d.join("cache");
-    let serve = [
-        "serve",
-        path(&source),
-        "-k",
-        key_s,
-        "-i",
-        "fd77::1",
-        "--rate",
-        "80M",
-        "--cache-dir",
-        path(&cache),
-        "--director",
-        "[fd77::1]",
-    ];
-    let serve_log = d.join("s.log");
-    lab.start("s", &serve_log, &serve);
-    assert!(
-        wait_for_log(&director_log, "is up", Duration::from_secs(60)),
-        "{}",
-        std::fs::read_to_string(&director_log).unwrap_or_default()
-    );
+    let (_, serve_log) = director_and_server(&mut lab, d, key_s, &source, &[]);
     let out: Vec<PathBuf> = (1..=2).map(|i| d.join(format!("node{i}"))).collect();
     for (i, out) in out.iter().enumerate() {
         let (node, addr) = (format!("node-{}", i + 1), format!("fd77::{}", 11 + i));
