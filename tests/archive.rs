@@ -7,7 +7,7 @@ use loopcast::storage::{
     deliver,
 };
 use loopcast_proto::MasterKey;
-use loopcast_proto::archive::Unpacker;
+use loopcast_proto::archive::{Check, Unpacker};
 use rand::{Rng, RngExt, SeedableRng};
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
@@ -306,7 +306,7 @@ fn the_frame_worker_unpacks_frames_out_of_order_reports_a_damaged_one_and_delive
             .copy_from_slice(
                 &bytes[(opened.body_start() + r.start) as usize..][..(r.end - r.start) as usize],
             );
-        FrameSource::Memory(buffer)
+        FrameSource::Memory(buffer, Check::Packets)
     };
     for frame in [6, 2, 4, 0, 1, 3, 5] {
         let source = match frame {

@@ -6,7 +6,7 @@
 //! let go and its packets are fetched again.
 
 use loopcast_proto::ReceivedMap;
-use loopcast_proto::archive::FRAME_HEADER_LEN;
+use loopcast_proto::archive::{Check, FRAME_HEADER_LEN};
 use loopcast_proto::fec::Blocks;
 use loopcast_proto::received::packets_covering;
 use std::collections::{HashMap, VecDeque};
@@ -91,8 +91,9 @@ enum Place {
 
 /// What the frame worker is to open a frame from.
 pub enum FrameSource {
-    /// This buffer holds the sealed frame.
-    Memory(FrameBuffer),
+    /// This buffer holds the sealed frame; `Check::Packets` when every byte of
+    /// it came in an authenticated DATA packet (none rebuilt from parity).
+    Memory(FrameBuffer, Check),
     /// The partial file holds it.
     Disk,
 }
@@ -103,6 +104,9 @@ pub struct FrameAssembly {
     ranges: Vec<Range<u64>>,
     payload_size: u32,
     place: Vec<Place>,
+    /// Frames with bytes rebuilt from parity since they were last opened: their
+    /// GCM tag is checked (the packets' GMACs do not cover rebuilt bytes).
+    rebuilt: Vec<bool>,
     buffers: HashMap<u32, FrameBuffer>,
     /// Frames in memory, oldest first (the first to spill).
     oldest: VecDeque<u32>,
@@ -158,6 +162,7 @@ impl FrameAssembly {
             .sum();
         Self {
             payload_size: payload_size.max(1),
+            rebuilt: vec![false; place.len()],
             place,
             buffers: HashMap::new(),
             oldest: VecDeque::new(),
@@ -375,7 +380,11 @@ impl FrameAssembly {
         let source = match *place {
             Place::Memory => {
                 self.oldest.retain(|&f| f != frame);
-                FrameSource::Memory(self.buffers.remove(&frame).expect("held in memory"))
+                let check = match self.rebuilt[frame as usize] {
+                    true => Check::Tag,
+                    false => Check::Packets,
+                };
+                FrameSource::Memory(self.buffers.remove(&frame).expect("held in memory"), check)
             }
             Place::Disk | Place::Nowhere => FrameSource::Disk,
             Place::Sent { .. } | Place::Done => return None,
@@ -394,6 +403,9 @@ impl FrameAssembly {
             self.recycle(b);
         }
         let len = self.len(frame);
+        if let Some(r) = self.rebuilt.get_mut(frame as usize) {
+            *r = false;
+        }
         if let Some(p) = self.place.get_mut(frame as usize) {
             if *p == (Place::Sent { from_disk: true }) {
                 // Punched out of the partial file by the worker.
@@ -431,6 +443,17 @@ impl FrameAssembly {
     /// Which frames are verified and in the output.
     pub fn done(&self) -> Vec<bool> {
         self.place.iter().map(|p| *p == Place::Done).collect()
+    }
+
+    /// Notes that the frames overlapping body `range` get bytes rebuilt from parity.
+    pub fn mark_rebuilt(&mut self, range: Range<u64>) {
+        let first = self.ranges.partition_point(|r| r.end <= range.start);
+        let overlapping = self.ranges[first..]
+            .iter()
+            .take_while(|r| r.start < range.end);
+        for frame in first..first + overlapping.count() {
+            self.rebuilt[frame] = true;
+        }
     }
 
     /// Forgets the bytes kept for rebuilds within body `range` (its block is whole).

@@ -6,7 +6,7 @@ use super::UnpackFailure;
 use super::frames::{FrameBuffer, FrameSource};
 use super::output::PlainOutput;
 use crate::error::{Context, Error, Result};
-use loopcast_proto::archive::{UnpackError, Unpacker};
+use loopcast_proto::archive::{Check, UnpackError, Unpacker};
 use loopcast_proto::{Manifest, MasterKey};
 use std::fs::{self, File, FileTimes};
 use std::io;
@@ -87,7 +87,7 @@ pub fn deliver(
     let mut bad = Vec::new();
     let mut result = Ok(());
     for frame in 0..manifest.frame_count {
-        match unpack.frame(frame, None) {
+        match unpack.frame(frame, None, Check::Tag) {
             Ok(Some(FrameOutcome::Bad(range))) => bad.push(range),
             Ok(Some(FrameOutcome::AllIn)) => result = unpack.finish(),
             Ok(None) => {}
@@ -251,11 +251,11 @@ impl FrameWorker {
                     if stop.load(Ordering::Acquire) {
                         return;
                     }
-                    let mut buffer = match source {
-                        FrameSource::Memory(b) => Some(b),
-                        FrameSource::Disk => None,
+                    let (mut buffer, check) = match source {
+                        FrameSource::Memory(b, check) => (Some(b), check),
+                        FrameSource::Disk => (None, Check::Tag),
                     };
-                    outcome = match unpack.frame(frame, buffer.as_mut()) {
+                    outcome = match unpack.frame(frame, buffer.as_mut(), check) {
                         Ok(Some(FrameOutcome::Bad(range))) => {
                             report(FrameReport::Bad(frame, range, buffer));
                             Ok(None)
@@ -360,12 +360,13 @@ impl FrameUnpack {
         start..(start + manifest.frame_size as u64).min(manifest.original_size)
     }
 
-    /// Opens frame `index` from `buffer` (in memory) or from the body, and writes
-    /// it to the output.
+    /// Opens frame `index` from `buffer` (in memory) or from the body, checking
+    /// what `check` says, and writes it to the output.
     fn frame(
         &mut self,
         index: u32,
         buffer: Option<&mut FrameBuffer>,
+        check: Check,
     ) -> std::result::Result<Option<FrameOutcome>, UnpackFailure> {
         let unpacker = self.unpacker.as_mut().expect("frames come before finish");
         if self.done.get(index as usize) != Some(&false) {
@@ -385,7 +386,7 @@ impl FrameUnpack {
             }
         };
         let scratch = self.plain.aligned_mut(self.manifest.frame_size as usize);
-        let opened = unpacker.open_in_place(index, sealed, scratch);
+        let opened = unpacker.open_in_place(index, sealed, scratch, check);
         let at = Self::plain_range(&self.manifest, index).start;
         let written = match &opened {
             Ok(plain) => Some(self.output.write_at(plain, at)),

@@ -14,7 +14,7 @@ use std::ops::Range;
 mod digest;
 mod open;
 pub use digest::{ContentDigest, FramePart};
-pub use open::{open_frame, open_frame_in_place};
+pub use open::{Check, open_frame, open_frame_in_place};
 
 /// First bytes of an archive file on disk.
 pub const ARCHIVE_MAGIC: [u8; 8] = *b"LCARCH01";
@@ -459,9 +459,10 @@ impl Unpacker {
         index: u32,
         sealed: &'a mut [u8],
         scratch: &'a mut [u8],
+        check: Check,
     ) -> Result<&'a [u8], FrameError> {
         let place = self.place(index);
-        let plain = open_frame_in_place(&self.file_key, &place, sealed, scratch)?;
+        let plain = open_frame_in_place(&self.file_key, &place, sealed, scratch, check)?;
         if plain.len() as u64 != self.expected_len(index) {
             return Err(FrameError::Invalid);
         }

@@ -35,22 +35,58 @@ fn opening_in_place_decrypts_raw_frames_where_they_lie_and_decompresses_into_scr
     blake3::Hasher::new().finalize_xof().fill(&mut noise);
     let mut sealed = seal_frame(&fk, &place(1), &noise, 3, [2; 16]);
     let mut scratch = vec![0u8; 1 << 16];
-    let plain = open_frame_in_place(&fk, &place(1), &mut sealed, &mut scratch).unwrap();
+    let plain = open_frame_in_place(&fk, &place(1), &mut sealed, &mut scratch, Check::Tag).unwrap();
     assert_eq!(plain, &noise[..]);
     // Raw: the plaintext is the sealed buffer, right after the header.
     assert_eq!(plain.as_ptr(), sealed[FRAME_HEADER_LEN..].as_ptr());
     let text = b"loopcast ".repeat(5000);
     let mut sealed = seal_frame(&fk, &place(2), &text, 3, [3; 16]);
-    let plain = open_frame_in_place(&fk, &place(2), &mut sealed, &mut scratch).unwrap();
+    let plain = open_frame_in_place(&fk, &place(2), &mut sealed, &mut scratch, Check::Tag).unwrap();
     assert_eq!(plain, &text[..]);
     assert_eq!(plain.as_ptr(), scratch.as_ptr());
     // Too small a scratch for the frame: refused, no panic.
     let mut sealed = seal_frame(&fk, &place(2), &text, 3, [3; 16]);
     let mut small = vec![0u8; 100];
     assert_eq!(
-        open_frame_in_place(&fk, &place(2), &mut sealed, &mut small),
+        open_frame_in_place(&fk, &place(2), &mut sealed, &mut small, Check::Tag),
         Err(FrameError::Invalid)
     );
+}
+
+#[test]
+fn opening_checked_by_packets_decrypts_as_gcm_does_and_still_checks_the_header() {
+    let fk = MasterKey::from_bytes([5; 32]).file_key(11);
+    let mut noise = vec![0u8; (1 << 16) - 7];
+    blake3::Hasher::new().finalize_xof().fill(&mut noise);
+    let text = b"loopcast ".repeat(5000);
+    let mut scratch = vec![0u8; 1 << 16];
+    for (index, plain) in [(1, &noise[..]), (2, &text[..])] {
+        let sealed = seal_frame(&fk, &place(index), plain, 3, [index as u8; 16]);
+        let open = |sealed: &[u8], place: FramePlace, check, scratch: &mut [u8]| {
+            let mut copy = sealed.to_vec();
+            open_frame_in_place(&fk, &place, &mut copy, scratch, check).map(|p| p.to_vec())
+        };
+        assert_eq!(
+            open(&sealed, place(index), Check::Packets, &mut scratch).unwrap(),
+            plain
+        );
+        // The tag is what it leaves out: a flipped tag bit fails only with Check::Tag.
+        let mut bad_tag = sealed.clone();
+        *bad_tag.last_mut().unwrap() ^= 1;
+        assert_eq!(
+            open(&bad_tag, place(index), Check::Tag, &mut scratch),
+            Err(FrameError::BadTag)
+        );
+        assert_eq!(
+            open(&bad_tag, place(index), Check::Packets, &mut scratch).unwrap(),
+            plain
+        );
+        // The header is still checked against the frame's place.
+        assert_eq!(
+            open(&sealed, place(index + 1), Check::Packets, &mut scratch),
+            Err(FrameError::Invalid)
+        );
+    }
 }
 
 #[test]

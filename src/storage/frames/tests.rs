@@ -13,7 +13,7 @@ fn packet(body: &[u8], index: usize) -> (u64, &[u8]) {
 
 fn sealed(source: FrameSource, len: usize) -> Vec<u8> {
     match source {
-        FrameSource::Memory(mut b) => b.sealed_mut(len).to_vec(),
+        FrameSource::Memory(mut b, _) => b.sealed_mut(len).to_vec(),
         FrameSource::Disk => panic!("expected the frame in memory"),
     }
 }
@@ -129,8 +129,14 @@ fn with_the_memory_all_at_the_worker_a_new_frame_goes_to_disk_within_the_cap() {
     let (mut to_disk, mut spill) = (Vec::new(), Vec::new());
     store_frame_starts(&mut a, &body, 0..2, 1000, &mut to_disk, &mut spill);
     // Both frames whole and at the worker: nothing in memory to spill.
-    assert!(matches!(a.take(0), Some(FrameSource::Memory(_))));
-    assert!(matches!(a.take(1), Some(FrameSource::Memory(_))));
+    assert!(matches!(
+        a.take(0),
+        Some(FrameSource::Memory(_, Check::Packets))
+    ));
+    assert!(matches!(
+        a.take(1),
+        Some(FrameSource::Memory(_, Check::Packets))
+    ));
     to_disk.clear();
     store_frame_starts(&mut a, &body, 2..5, 1, &mut to_disk, &mut spill);
     // Frames 2 and 3 go to disk (the cap is 2008 bytes), frame 4 is let go.
@@ -179,4 +185,34 @@ fn bytes_of_a_frame_sent_to_the_worker_are_read_back_for_a_rebuild_only_if_kept(
     a.retain_for_rebuild(2, &received);
     assert!(a.take(2).is_some());
     assert!(!a.read(3000, &mut buf, &mut from_disk));
+}
+
+#[test]
+fn a_frame_with_bytes_rebuilt_from_parity_is_opened_with_its_tag_checked() {
+    let (mut a, body) = ten_frames();
+    a.budget = 10 * a.buffer_len;
+    let (mut to_disk, mut spill) = (Vec::new(), Vec::new());
+    store_frame_starts(&mut a, &body, 0..3, 1000, &mut to_disk, &mut spill);
+    // A rebuilt range ending inside frame 1 marks frames 0 and 1, not frame 2.
+    let (r0, r1) = (a.range(0), a.range(1));
+    a.mark_rebuilt(r0.start + 10..r1.start + 1);
+    assert!(matches!(
+        a.take(0),
+        Some(FrameSource::Memory(_, Check::Tag))
+    ));
+    assert!(matches!(
+        a.take(1),
+        Some(FrameSource::Memory(_, Check::Tag))
+    ));
+    assert!(matches!(
+        a.take(2),
+        Some(FrameSource::Memory(_, Check::Packets))
+    ));
+    // Opened (or failed and fetched again), a frame's mark is gone.
+    a.opened(1, false, None);
+    store_frame_starts(&mut a, &body, 1..2, 1000, &mut to_disk, &mut spill);
+    assert!(matches!(
+        a.take(1),
+        Some(FrameSource::Memory(_, Check::Packets))
+    ));
 }

@@ -69,7 +69,9 @@ impl PartialFile {
         let blocks = Blocks::of_manifest(&self.manifest);
         let (packets, p) = (blocks.packets(block), blocks.payload_size() as u64);
         if let Some(assembly) = self.assembly.as_mut() {
-            assembly.forget_retained(packets.start as u64 * p..packets.end as u64 * p);
+            let range = packets.start as u64 * p..packets.end as u64 * p;
+            assembly.mark_rebuilt(range.clone());
+            assembly.forget_retained(range);
         }
     }
 
