@@ -307,16 +307,14 @@ impl Io {
                 self.rebuild(session, reception, &rebuild)?;
             }
             Command::Unpack { reception, frames } => {
-                let Some(received) = session
-                    .reception(reception)
-                    .map(|r| r.receiver().received())
-                else {
+                let Some(receiver) = session.reception(reception).map(|r| r.receiver()) else {
                     return Ok(());
                 };
+                let (received, may_rebuild) = (receiver.received(), receiver.may_rebuild());
                 let local = self.local(session, reception);
                 if let (Some(worker), Some(partial)) = (&local.worker, &mut local.partial) {
                     for frame in frames {
-                        if let Some(source) = partial.take_frame(frame, received) {
+                        if let Some(source) = partial.take_frame(frame, received, may_rebuild) {
                             worker.submit(frame, source);
                         }
                     }

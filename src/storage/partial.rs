@@ -269,10 +269,18 @@ impl PartialFile {
     }
 
     /// Hands `frame` to the frame worker (None: it has it, or it is done),
-    /// keeping what parity blocks not whole in `received` need of it.
-    pub fn take_frame(&mut self, frame: u32, received: &ReceivedMap) -> Option<FrameSource> {
+    /// keeping what parity blocks not whole in `received` need of it when the
+    /// receiver `may_rebuild` from parity.
+    pub fn take_frame(
+        &mut self,
+        frame: u32,
+        received: &ReceivedMap,
+        may_rebuild: bool,
+    ) -> Option<FrameSource> {
         let assembly = self.assembly.as_mut()?;
-        assembly.retain_for_rebuild(frame, received);
+        if may_rebuild {
+            assembly.retain_for_rebuild(frame, received);
+        }
         assembly.take(frame)
     }
 

@@ -100,6 +100,14 @@ impl FileReceiver {
         }
     }
 
+    /// True when this receiver may be told to rebuild blocks from parity: it asks
+    /// for parity, or parity has come. Only then need the driver keep the bytes
+    /// of frames it unpacks for blocks not yet whole (a rebuild with those bytes
+    /// gone is repaired by copies instead).
+    pub fn may_rebuild(&self) -> bool {
+        self.parity.seen || matches!(self.repair_now(), RepairKind::Parity)
+    }
+
     /// The next block the driver must rebuild, once its DATA payloads are written.
     pub fn poll_rebuild(&mut self) -> Option<Rebuild> {
         self.parity.rebuilds.pop_front()

@@ -494,6 +494,8 @@ fn auto_asks_copies_while_the_server_counts_few_receivers_and_parity_for_more() 
         }
         r.handle_timeout(now);
         let nak = nak_of(&r.poll_transmit().expect("a NAK"));
+        // Frames' bytes are kept for rebuilds only where a rebuild may come.
+        assert_eq!(r.may_rebuild(), !nak.blocks.is_empty(), "group {group:?}");
         assert_eq!((nak.ranges, nak.blocks), asked, "group {group:?}");
     }
 }
