@@ -3,7 +3,7 @@
 //! waiting for repair), the output being unpacked, and the received map saved
 //! beside them (synced data first, then the map, renamed into place). Spec §5.
 
-use super::frames::{FrameAssembly, FrameBuffer, FrameSource};
+use super::frames::{FrameAssembly, FrameBuffer};
 use super::map::{SavedMap, decode_state, encode_map, save};
 use super::output::PlainOutput;
 use super::persister::{Job, Persister};
@@ -266,22 +266,6 @@ impl PartialFile {
             rest = &rest[run..];
         }
         Ok(())
-    }
-
-    /// Hands `frame` to the frame worker (None: it has it, or it is done),
-    /// keeping what parity blocks not whole in `received` need of it when the
-    /// receiver `may_rebuild` from parity.
-    pub fn take_frame(
-        &mut self,
-        frame: u32,
-        received: &ReceivedMap,
-        may_rebuild: bool,
-    ) -> Option<FrameSource> {
-        let assembly = self.assembly.as_mut()?;
-        if may_rebuild {
-            assembly.retain_for_rebuild(frame, received);
-        }
-        assembly.take(frame)
     }
 
     /// The worker is through with `frame` (`ok`: it is in the output).

@@ -4,6 +4,8 @@
 
 use super::PartialFile;
 use crate::error::{Context, Result};
+use crate::storage::frames::FrameSource;
+use loopcast_proto::ReceivedMap;
 use loopcast_proto::client::Rebuild;
 use loopcast_proto::fec::{Blocks, FecError};
 use std::ops::Range;
@@ -62,6 +64,22 @@ impl PartialFile {
             Ok(packets) => Rebuilt::Packets(packets),
             Err(e) => Rebuilt::Failed(e),
         })
+    }
+
+    /// Hands `frame` to the frame worker (None: it has it, or it is done),
+    /// keeping what parity blocks not whole in `received` need of it when the
+    /// receiver `may_rebuild` from parity.
+    pub fn take_frame(
+        &mut self,
+        frame: u32,
+        received: &ReceivedMap,
+        may_rebuild: bool,
+    ) -> Option<FrameSource> {
+        let assembly = self.assembly.as_mut()?;
+        if may_rebuild {
+            assembly.retain_for_rebuild(frame, received);
+        }
+        assembly.take(frame)
     }
 
     /// The bytes kept for rebuilding `block` are needed no more.
