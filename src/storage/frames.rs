@@ -448,12 +448,8 @@ impl FrameAssembly {
     /// Notes that the frames overlapping body `range` get bytes rebuilt from parity.
     pub fn mark_rebuilt(&mut self, range: Range<u64>) {
         let first = self.ranges.partition_point(|r| r.end <= range.start);
-        let overlapping = self.ranges[first..]
-            .iter()
-            .take_while(|r| r.start < range.end);
-        for frame in first..first + overlapping.count() {
-            self.rebuilt[frame] = true;
-        }
+        let end = self.ranges.partition_point(|r| r.start < range.end);
+        self.rebuilt[first..end.max(first)].fill(true);
     }
 
     /// Forgets the bytes kept for rebuilds within body `range` (its block is whole).

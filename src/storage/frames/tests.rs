@@ -11,6 +11,14 @@ fn packet(body: &[u8], index: usize) -> (u64, &[u8]) {
     (start as u64, &body[start..(start + 1000).min(body.len())])
 }
 
+/// How the worker is told to open a frame taken from memory (None: not from memory).
+fn check_of(source: Option<FrameSource>) -> Option<Check> {
+    match source {
+        Some(FrameSource::Memory(_, check)) => Some(check),
+        _ => None,
+    }
+}
+
 fn sealed(source: FrameSource, len: usize) -> Vec<u8> {
     match source {
         FrameSource::Memory(mut b, _) => b.sealed_mut(len).to_vec(),
@@ -129,14 +137,8 @@ fn with_the_memory_all_at_the_worker_a_new_frame_goes_to_disk_within_the_cap() {
     let (mut to_disk, mut spill) = (Vec::new(), Vec::new());
     store_frame_starts(&mut a, &body, 0..2, 1000, &mut to_disk, &mut spill);
     // Both frames whole and at the worker: nothing in memory to spill.
-    assert!(matches!(
-        a.take(0),
-        Some(FrameSource::Memory(_, Check::Packets))
-    ));
-    assert!(matches!(
-        a.take(1),
-        Some(FrameSource::Memory(_, Check::Packets))
-    ));
+    assert_eq!(check_of(a.take(0)), Some(Check::Packets));
+    assert_eq!(check_of(a.take(1)), Some(Check::Packets));
     to_disk.clear();
     store_frame_starts(&mut a, &body, 2..5, 1, &mut to_disk, &mut spill);
     // Frames 2 and 3 go to disk (the cap is 2008 bytes), frame 4 is let go.
@@ -196,23 +198,11 @@ fn a_frame_with_bytes_rebuilt_from_parity_is_opened_with_its_tag_checked() {
     // A rebuilt range ending inside frame 1 marks frames 0 and 1, not frame 2.
     let (r0, r1) = (a.range(0), a.range(1));
     a.mark_rebuilt(r0.start + 10..r1.start + 1);
-    assert!(matches!(
-        a.take(0),
-        Some(FrameSource::Memory(_, Check::Tag))
-    ));
-    assert!(matches!(
-        a.take(1),
-        Some(FrameSource::Memory(_, Check::Tag))
-    ));
-    assert!(matches!(
-        a.take(2),
-        Some(FrameSource::Memory(_, Check::Packets))
-    ));
+    assert_eq!(check_of(a.take(0)), Some(Check::Tag));
+    assert_eq!(check_of(a.take(1)), Some(Check::Tag));
+    assert_eq!(check_of(a.take(2)), Some(Check::Packets));
     // Opened (or failed and fetched again), a frame's mark is gone.
     a.opened(1, false, None);
     store_frame_starts(&mut a, &body, 1..2, 1000, &mut to_disk, &mut spill);
-    assert!(matches!(
-        a.take(1),
-        Some(FrameSource::Memory(_, Check::Packets))
-    ));
+    assert_eq!(check_of(a.take(1)), Some(Check::Packets));
 }
