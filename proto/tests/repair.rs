@@ -236,11 +236,14 @@ fn proactive_parity_brings_a_file_to_receivers_with_no_return_path_in_one_loop()
 
 #[test]
 fn auto_repairs_few_receivers_by_copies_and_many_by_parity() {
-    // Three receivers (as in the lab's scenario b): copies, no rebuilds.
+    // Three receivers (as in the lab's scenario b): copies, no rebuilds. They
+    // join mid-stream between two STATUS, as in the lab, so their first gaps
+    // come before they know the group.
     let few = run(&SimConfig {
         receivers: 3,
         independent_loss: 0.02,
         repair: RepairKind::Auto,
+        join_at: [30, 55, 80].map(Duration::from_millis).to_vec(),
         ..scene()
     });
     assert!(few.all_complete(), "{:?}", few.completion);

@@ -258,6 +258,10 @@ impl FileReceiver {
     pub fn handle_timeout(&mut self, now: Instant) {
         match self.timer {
             NakTimer::Backoff(at) if now >= at => {
+                if self.holds_nak_for_status(now) {
+                    self.timer = NakTimer::Holdoff(now + self.holdoff());
+                    return;
+                }
                 let NakRequest { ranges, blocks } = self.nak_request(now);
                 if ranges.is_empty() && blocks.is_empty() {
                     let waiting = !self.missing_passed(None, 1).is_empty();

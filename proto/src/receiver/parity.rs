@@ -7,7 +7,7 @@ use crate::fec::Blocks;
 use crate::wire::{self, ParityHeader};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Range;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Most bytes of parity shards one reception holds while their blocks wait for
 /// more; past it a new shard is dropped (and asked for again).
@@ -20,6 +20,10 @@ pub const MAX_PARITY_BYTES: usize = 16 << 20;
 /// lacks); with more, each parity packet repairs a different loss at each.
 pub const AUTO_COPIES_UP_TO: u32 = 4;
 
+/// Longest a `RepairKind::Auto` receiver holds its first NAK for a STATUS to
+/// tell it the group (one comes every 100 ms); past it, it asks for copies.
+pub const AUTO_STATUS_WAIT: Duration = Duration::from_millis(500);
+
 /// How a receiver asks for what the loop passed and it lacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RepairKind {
@@ -29,10 +33,13 @@ pub enum RepairKind {
     /// Ask each block for as many parity packets as it lacks (NAK block requests);
     /// the driver rebuilds blocks from them (`poll_rebuild`).
     Parity,
-    /// Ask for copies while the last STATUS counts at most `AUTO_COPIES_UP_TO`
-    /// receivers and no parity has come, for parity otherwise (and before any
-    /// STATUS). Parity that comes (`serve --fec-overhead`, or asked by others)
-    /// is taken, and from then on parity is asked: it is on the channel anyway.
+    /// Ask for parity once the last STATUS counts more than `AUTO_COPIES_UP_TO`
+    /// receivers or parity has come, for copies otherwise. Before any STATUS the
+    /// NAK waits for one (`AUTO_STATUS_WAIT`): parity asked then would be on the
+    /// channel for all, and move a small group to parity for good; copies asked
+    /// then by a large group would be the union of all their losses. Parity that
+    /// comes (`serve --fec-overhead`, or asked by others) is taken, and from then
+    /// on parity is asked: it is on the channel anyway.
     Auto,
 }
 
@@ -65,6 +72,20 @@ pub(super) struct ParityState {
     /// A PARITY packet of this archive has come (`RepairKind::Auto` then asks
     /// for parity).
     seen: bool,
+    /// How an `Auto` receiver with no STATUS yet holds its NAKs.
+    status_wait: StatusWait,
+}
+
+/// An `Auto` receiver's wait for its first STATUS before it NAKs.
+#[derive(Debug, Default, Clone, Copy)]
+enum StatusWait {
+    /// No NAK has fallen due yet.
+    #[default]
+    NotStarted,
+    /// NAKs wait until then.
+    Until(Instant),
+    /// The wait passed with no STATUS: copies are asked.
+    Over,
 }
 
 impl ParityState {
@@ -90,22 +111,49 @@ impl FileReceiver {
     /// resolved by the group the last STATUS counts and the parity seen).
     pub(super) fn repair_now(&self) -> RepairKind {
         match (self.repair_kind, self.status) {
-            (RepairKind::Auto, Some((status, _)))
-                if status.group_size <= AUTO_COPIES_UP_TO && !self.parity.seen =>
-            {
-                RepairKind::Copies
+            (RepairKind::Auto, _) if self.parity.seen => RepairKind::Parity,
+            (RepairKind::Auto, Some((status, _))) if status.group_size > AUTO_COPIES_UP_TO => {
+                RepairKind::Parity
             }
-            (RepairKind::Auto, _) => RepairKind::Parity,
+            (RepairKind::Auto, _) => RepairKind::Copies,
             (kind, _) => kind,
         }
     }
 
+    /// True for an `Auto` receiver that knows neither the group nor of parity,
+    /// and still waits for the first STATUS to tell it which kind to ask.
+    fn kind_unknown(&self) -> bool {
+        self.repair_kind == RepairKind::Auto
+            && self.status.is_none()
+            && !self.parity.seen
+            && !matches!(self.parity.status_wait, StatusWait::Over)
+    }
+
+    /// True while a NAK falling due now is to wait for the first STATUS
+    /// (`AUTO_STATUS_WAIT` from the first NAK that fell due).
+    pub(super) fn holds_nak_for_status(&mut self, now: Instant) -> bool {
+        if !self.kind_unknown() {
+            return false;
+        }
+        let until = match self.parity.status_wait {
+            StatusWait::Until(until) => until,
+            _ => now + AUTO_STATUS_WAIT,
+        };
+        self.parity.status_wait = if now < until {
+            StatusWait::Until(until)
+        } else {
+            StatusWait::Over
+        };
+        now < until
+    }
+
     /// True when this receiver may be told to rebuild blocks from parity: it asks
-    /// for parity, or parity has come. Only then need the driver keep the bytes
-    /// of frames it unpacks for blocks not yet whole (a rebuild with those bytes
-    /// gone is repaired by copies instead).
+    /// for parity, parity has come, or it does not know yet which it will ask.
+    /// Only then need the driver keep the bytes of frames it unpacks for blocks
+    /// not yet whole (a rebuild with those bytes gone is repaired by copies
+    /// instead).
     pub fn may_rebuild(&self) -> bool {
-        self.parity.seen || matches!(self.repair_now(), RepairKind::Parity)
+        self.parity.seen || matches!(self.repair_now(), RepairKind::Parity) || self.kind_unknown()
     }
 
     /// The next block the driver must rebuild, once its DATA payloads are written.

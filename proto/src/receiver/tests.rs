@@ -452,7 +452,10 @@ fn auto_asks_copies_while_the_server_counts_few_receivers_and_parity_for_more() 
     // (receivers the STATUS counts, a parity packet came, what the NAK asks).
     let copies = (vec![(count - 3, 2)], vec![]);
     for (group, parity_came, asked) in [
-        (None, false, (vec![], vec![(0, 2)])),
+        // Before any STATUS the group is unknown: the NAK waits for one, and
+        // asks copies once it has waited `AUTO_STATUS_WAIT` in vain.
+        (None, false, copies.clone()),
+        (None, true, (vec![], vec![(0, 1)])),
         (Some(1), false, copies.clone()),
         (Some(4), false, copies.clone()),
         (Some(5), false, (vec![], vec![(0, 2)])),
@@ -493,7 +496,21 @@ fn auto_asks_copies_while_the_server_counts_few_receivers_and_parity_for_more() 
             r.handle_datagram(now, &zero_data(&m, k));
         }
         r.handle_timeout(now);
-        let nak = nak_of(&r.poll_transmit().expect("a NAK"));
+        let mut sent = r.poll_transmit();
+        // With no STATUS yet the NAK waits, and meanwhile frames' bytes are
+        // kept: the kind to be asked is not known.
+        let waits = group.is_none() && !parity_came;
+        assert_eq!(sent.is_none(), waits, "group {group:?}");
+        assert!(!waits || r.may_rebuild());
+        let wait_ends = now + super::parity::AUTO_STATUS_WAIT;
+        while sent.is_none() {
+            let at = r.poll_timeout().expect("a NAK timer");
+            assert!(at < wait_ends + Duration::from_secs(1), "no NAK by {at:?}");
+            r.handle_timeout(at);
+            sent = r.poll_transmit();
+            assert!(sent.is_none() || at >= wait_ends, "a NAK at {at:?}");
+        }
+        let nak = nak_of(&sent.unwrap());
         // Frames' bytes are kept for rebuilds only where a rebuild may come.
         assert_eq!(r.may_rebuild(), !nak.blocks.is_empty(), "group {group:?}");
         assert_eq!((nak.ranges, nak.blocks), asked, "group {group:?}");
