@@ -16,8 +16,9 @@
 # file), and whether every receiver verified. Medians of REPS runs. The file is random (incompressible) and lives on
 # tmpfs, as do the outputs. Prints a markdown table on stdout; with KEEP=DIR the logs of
 # every run are copied to DIR/logs (TOOL-SCENARIO-REP-HOST.log).
-# Rates: LOOPCAST_RATE (default 1.2G, loopcast's --rate; LOOPCAST_JUMBO_RATE in
-# scenario j, default 4G), UFTP_RATE_KBPS (default -1:
+# Rates: LOOPCAST_RATE (default 3G, loopcast's --rate; LOOPCAST_JUMBO_RATE in
+# scenario j, default 4G; both the best fixed rates of a sweep on the 2-core
+# development machine, README), UFTP_RATE_KBPS (default -1:
 # as fast as the interface allows), UDPCAST_RATE (default: none, udpcast's own pace).
 # LOOPCAST_SERVE_FLAGS adds flags to loopcast's serve (e.g. --no-gso),
 # LOOPCAST_RECV_FLAGS to its receivers' (e.g. --repair copies); LOOPCAST_BIN
@@ -30,7 +31,7 @@ reps=${REPS:-3}
 size_mib=${SIZE_MIB:-512}
 tools=${TOOLS:-"loopcast uftp uftp-aes udpcast iperf"}
 scenarios=${SCENARIOS:-"a b c d"}
-loopcast_rate=${LOOPCAST_RATE:-1.2G}
+loopcast_rate=${LOOPCAST_RATE:-3G}
 jumbo_rate=${LOOPCAST_JUMBO_RATE:-4G}
 uftp_rate=${UFTP_RATE_KBPS:--1}
 late_wait=${LATE_WAIT:-20}   # seconds a late joiner may take after the others finished
