@@ -139,12 +139,12 @@ impl FileReceiver {
             StatusWait::Until(until) => until,
             _ => now + AUTO_STATUS_WAIT,
         };
-        self.parity.status_wait = if now < until {
-            StatusWait::Until(until)
-        } else {
-            StatusWait::Over
+        let holds = now < until;
+        self.parity.status_wait = match holds {
+            true => StatusWait::Until(until),
+            false => StatusWait::Over,
         };
-        now < until
+        holds
     }
 
     /// True when this receiver may be told to rebuild blocks from parity: it asks
