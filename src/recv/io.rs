@@ -112,7 +112,7 @@ impl Io {
         if let Rebuilt::Packets(_) = rebuilt
             && let Some(partial) = self.locals.get_mut(id).and_then(|l| l.partial.as_mut())
         {
-            partial.rebuilt(rebuild.block);
+            partial.rebuilt(rebuild.block, &rebuild.missing);
         }
         let (again, by_copies) = match rebuilt {
             Rebuilt::Packets(packets) => {

@@ -82,14 +82,16 @@ impl PartialFile {
         assembly.take(frame)
     }
 
-    /// The bytes kept for rebuilding `block` are needed no more.
-    pub fn rebuilt(&mut self, block: u32) {
+    /// `block` was rebuilt: the frames holding its `missing` packets are opened
+    /// with their tag checked, and the bytes kept for it are needed no more.
+    pub fn rebuilt(&mut self, block: u32, missing: &[u32]) {
         let blocks = Blocks::of_manifest(&self.manifest);
         let (packets, p) = (blocks.packets(block), blocks.payload_size() as u64);
         if let Some(assembly) = self.assembly.as_mut() {
-            let range = packets.start as u64 * p..packets.end as u64 * p;
-            assembly.mark_rebuilt(range.clone());
-            assembly.forget_retained(range);
+            for &k in missing {
+                assembly.mark_rebuilt(k as u64 * p..(k as u64 + 1) * p);
+            }
+            assembly.forget_retained(packets.start as u64 * p..packets.end as u64 * p);
         }
     }
 
