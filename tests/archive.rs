@@ -294,6 +294,7 @@ fn the_frame_worker_unpacks_frames_out_of_order_reports_a_damaged_one_and_delive
         unpacker,
         m.clone(),
         &OutputDir::replacing(&out),
+        std::time::Duration::ZERO,
         move |report| tx.send(report).unwrap(),
     )
     .unwrap();

@@ -679,6 +679,33 @@ fn lossy_receiver(n: u8, extra: &[&str]) -> (f64, String) {
 }
 
 #[test]
+fn a_receiver_whose_frame_worker_is_behind_leaves_datagrams_in_the_socket() {
+    // A 48 MB loop at 1 Gbit/s comes in about eight times faster than a frame
+    // worker waiting 40 ms per 1 MiB frame takes it. The receiver leaves
+    // datagrams to the kernel while its worker holds half its frame memory, so
+    // the socket buffer overflows (the kernel drops what the loop brings again)
+    // and nothing it took is let go. Without the hold-back, frames spill to the
+    // partial file until its cap and then payloads are let go (571 in a trial,
+    // with no drop by the kernel).
+    let lab = lab(126, "slow.bin", 48_000_000, "1G");
+    let out = lab.dir.path().join("out");
+    let args = ["--debug-frame-delay", "40", "--timeout", "60"];
+    let result = recv_command(&lab.key, &lab.group, &out, &args)
+        .output()
+        .unwrap();
+    let log = stderr(&result);
+    assert!(result.status.success(), "{log}");
+    assert_eq!(std::fs::read(out.join("slow.bin")).unwrap(), lab.data);
+    let (kernel, let_go) = (
+        count_before(&log, "dropped by the kernel"),
+        count_before(&log, "payloads let go"),
+    );
+    eprintln!("{kernel} dropped by the kernel, {let_go} let go");
+    assert!(kernel > 100, "the worker was never behind: {log}");
+    assert_eq!(let_go, 0, "{log}");
+}
+
+#[test]
 fn parity_on_the_loop_rebuilds_what_a_receiver_loses_without_asking() {
     // 10% parity after each block; the receiver loses 3%: nearly every block is
     // rebuilt from the parity that follows it.

@@ -329,6 +329,11 @@ pub(super) struct RecvArgs {
     /// went (the seed used is logged). Default: a random seed.
     #[arg(long, value_name = "N", requires = "debug_drop")]
     pub(super) debug_seed: Option<u64>,
+    /// Testing aid: the frame worker waits this many milliseconds before opening
+    /// each frame, as a slow disk or a busy CPU would make it, to exercise how
+    /// the receiver holds back while its frame worker is behind.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub(super) debug_frame_delay: u64,
     /// Take one datagram per read instead of UDP GRO bundles (costs more CPU per packet).
     #[arg(long)]
     pub(super) no_gro: bool,

@@ -106,6 +106,7 @@ pub(super) fn recv(a: RecvArgs) -> Result<RecvConfig> {
         timeout: a.timeout.map(Duration::from_secs),
         debug_drop: a.debug_drop / 100.0,
         debug_seed: a.debug_seed,
+        debug_frame_delay: Duration::from_millis(a.debug_frame_delay),
         gro: !a.no_gro,
         repair: match a.repair {
             Repair::Auto => RepairKind::Auto,

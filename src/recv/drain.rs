@@ -3,7 +3,7 @@
 //! listing storm on the directory group, say) cannot starve the others; a data
 //! batch's new payloads are written with one vectored write.
 
-use super::{DIRECTORY, LINK};
+use super::{DIRECTORY, LINK, WORKER_STALL};
 use super::{FIRST_RECEPTION, Receiver, Source, TOKENS_PER_RECEPTION};
 use crate::error::{Context, Result};
 use crate::net;
@@ -40,6 +40,38 @@ impl Receiver {
             }
             _ => Ok(true),
         }
+    }
+
+    /// Whether `token` is a data socket to leave alone now (`hold_back`).
+    pub(super) fn worker_behind(&mut self, token: Token) -> bool {
+        let Some(t) = token.0.checked_sub(FIRST_RECEPTION) else {
+            return false;
+        };
+        let is_data = !matches!(
+            Source::from_offset(t % TOKENS_PER_RECEPTION),
+            Source::Control(_)
+        );
+        is_data && self.hold_back(t / TOKENS_PER_RECEPTION)
+    }
+
+    /// Whether reception `id`'s frame worker is behind and not stalled
+    /// (`WORKER_STALL`): its DATA then waits in the socket buffer (and past it is
+    /// dropped by the kernel, at no cost here) rather than being spilled to the
+    /// partial file, which would give the worker more to do.
+    fn hold_back(&mut self, id: ReceptionId) -> bool {
+        let now = Instant::now();
+        let Some(local) = self.io.locals.get_mut(id) else {
+            return false;
+        };
+        if !local
+            .partial
+            .as_ref()
+            .is_some_and(|p| p.worker_backlogged())
+        {
+            local.worker_seen = now;
+            return false;
+        }
+        now.duration_since(local.worker_seen) < WORKER_STALL
     }
 
     /// Hands one datagram from the directory socket or the link to the session;
@@ -95,6 +127,9 @@ impl Receiver {
     pub(super) fn drain_data(&mut self, id: ReceptionId, source: Source) -> Result<bool> {
         let now = Instant::now();
         for _ in 0..MAX_DRAIN {
+            if self.hold_back(id) {
+                return Ok(false);
+            }
             let Some(local) = self.io.locals.get(id) else {
                 return Ok(true);
             };

@@ -179,6 +179,7 @@ impl Io {
                 debug_dropped: 0,
                 rebuilds_by_copies: 0,
                 let_go: 0,
+                worker_seen: Instant::now(),
                 delivered: None,
             });
         }
@@ -359,6 +360,7 @@ impl Io {
             unpacker,
             manifest.clone(),
             &out,
+            self.config.debug_frame_delay,
             move |report| {
                 let _ = tx.send((id, archive_id, report));
                 let _ = waker.wake();

@@ -52,6 +52,8 @@ pub struct RecvConfig {
     pub debug_drop: f64,
     /// Seed of `debug_drop`'s random choices (None: a random one, logged).
     pub debug_seed: Option<u64>,
+    /// Testing aid: how long the frame worker waits before opening each frame.
+    pub debug_frame_delay: Duration,
     /// Read UDP GRO bundles where the kernel offers them (`--no-gro` clears it).
     pub gro: bool,
     /// Ask for parity or copies (`--repair`).
@@ -84,6 +86,13 @@ impl RecvConfig {
 
 const DIRECTORY: Token = Token(0);
 const WAKER: Token = Token(1);
+/// Longest a data socket is left alone for a frame worker that is behind before
+/// the receive loop looks again (its reports wake the loop sooner).
+const BACKLOG_RECHECK: Duration = Duration::from_millis(5);
+/// A frame worker behind that has opened nothing for this long is stalled (a
+/// hung disk): its data sockets are read again, so that the channel does not
+/// look silent to the session (`--sync-timeout`, failover).
+const WORKER_STALL: Duration = Duration::from_millis(500);
 /// The socket for requests and reports to servers.
 const LINK: Token = Token(2);
 const FIRST_RECEPTION: usize = 3;
@@ -151,6 +160,8 @@ struct Local {
     /// Payloads let go for want of room in memory and the partial file (each
     /// one makes its frame fetched again).
     let_go: u64,
+    /// When its frame worker last reported, or was last not behind.
+    worker_seen: Instant,
     /// Where the file was delivered.
     delivered: Option<PathBuf>,
 }
@@ -303,6 +314,9 @@ impl Receiver {
         self.io.render.waiting(&self.io.config);
         // Sockets a bounded drain left with datagrams: looked at again at once.
         let mut unfinished: Vec<Token> = Vec::new();
+        // Data sockets left alone while their frame worker catches up: looked at
+        // again when it reports, or after `BACKLOG_RECHECK`.
+        let mut held_back: Vec<Token> = Vec::new();
         loop {
             self.settle()?;
             if self.session.is_finished() {
@@ -332,27 +346,37 @@ impl Receiver {
                 .flatten()
                 .min()
                 .unwrap_or(next_persist);
-            let wait = match unfinished.is_empty() {
+            let mut wait = match unfinished.is_empty() {
                 true => wake.saturating_duration_since(Instant::now()),
                 false => Duration::ZERO,
             };
+            if !held_back.is_empty() {
+                wait = wait.min(BACKLOG_RECHECK);
+            }
             if self.io.signals.wait(Some(wait))? {
                 return Err(Error::new(format!(
                     "interrupted; progress saved, run again to resume: {}",
                     render::missing(&self.session, &self.io.config)
                 )));
             }
+            // Buffers the frame workers give back count before any socket is drained.
+            while let Ok((id, archive_id, report)) = self.reports_rx.try_recv() {
+                self.worker_report(id, archive_id, report)?;
+            }
             let mut tokens: Vec<Token> = self.io.signals.events.iter().map(|e| e.token()).collect();
             tokens.append(&mut unfinished);
+            tokens.append(&mut held_back);
             tokens.sort_unstable_by_key(|t| t.0);
             tokens.dedup();
             for t in tokens {
-                if !self.drain(t)? {
-                    unfinished.push(t);
+                if self.worker_behind(t) {
+                    held_back.push(t);
+                } else if !self.drain(t)? {
+                    match self.worker_behind(t) {
+                        true => held_back.push(t),
+                        false => unfinished.push(t),
+                    }
                 }
-            }
-            while let Ok((id, archive_id, report)) = self.reports_rx.try_recv() {
-                self.worker_report(id, archive_id, report)?;
             }
             if let Some(e) = self.io.persister.take_error() {
                 return Err(e);

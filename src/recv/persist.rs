@@ -26,6 +26,7 @@ impl Receiver {
                 self.session.delivered(now, id, archive_id);
             }
             FrameReport::Opened(frame, buffer) => {
+                self.io.locals[id].worker_seen = now;
                 if let Some(p) = self.io.locals[id].partial.as_mut()
                     && p.archive_id() == archive_id
                 {
@@ -34,6 +35,7 @@ impl Receiver {
                 return Ok(()); // nothing for the session: it counted the packets
             }
             FrameReport::Bad(frame, range, buffer) => {
+                self.io.locals[id].worker_seen = now;
                 if let Some(p) = self.io.locals[id].partial.as_mut()
                     && p.archive_id() == archive_id
                 {

@@ -319,6 +319,15 @@ impl FrameAssembly {
         self.place[frame as usize] = Place::Memory;
     }
 
+    /// Whether the frame worker holds half the memory budget or more (frames
+    /// handed to it and not given back): the receive loop then leaves new
+    /// datagrams in the socket until it catches up, rather than spilling frames
+    /// to the partial file, which would only give it more to do.
+    pub fn worker_backlogged(&self) -> bool {
+        let assembling = self.buffers.len() * self.buffer_len;
+        2 * self.held.saturating_sub(assembling) >= self.budget
+    }
+
     /// Returns a spilled frame's buffer, once its bytes are written.
     pub fn recycle(&mut self, buffer: FrameBuffer) {
         if buffer.capacity() == self.buffer_len {

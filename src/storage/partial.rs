@@ -268,6 +268,13 @@ impl PartialFile {
         Ok(())
     }
 
+    /// Whether the frame worker is behind (`FrameAssembly::worker_backlogged`).
+    pub fn worker_backlogged(&self) -> bool {
+        self.assembly
+            .as_ref()
+            .is_some_and(FrameAssembly::worker_backlogged)
+    }
+
     /// The worker is through with `frame` (`ok`: it is in the output).
     pub fn frame_opened(&mut self, frame: u32, ok: bool, buffer: Option<FrameBuffer>) {
         if let Some(a) = self.assembly.as_mut() {

@@ -204,6 +204,8 @@ pub struct FrameWorker {
 impl FrameWorker {
     /// Starts a worker for the partial file `body` and the output `output`, whose
     /// frames in `done` are there already; `report` is called on the worker thread.
+    /// It waits `delay` before each frame (a testing aid; zero in use).
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         body: File,
         output: PlainOutput,
@@ -211,6 +213,7 @@ impl FrameWorker {
         unpacker: Unpacker,
         manifest: Manifest,
         out: &OutputDir,
+        delay: Duration,
         report: impl Fn(FrameReport) + Send + 'static,
     ) -> Result<Self> {
         let mut unpack = FrameUnpack::new(body, 0, unpacker, manifest, output, done, out)?;
@@ -248,6 +251,7 @@ impl FrameWorker {
                     let Some((frame, source)) = jobs.next() else {
                         return;
                     };
+                    std::thread::sleep(delay);
                     if stop.load(Ordering::Acquire) {
                         return;
                     }

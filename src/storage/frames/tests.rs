@@ -206,3 +206,26 @@ fn a_frame_with_bytes_rebuilt_from_parity_is_opened_with_its_tag_checked() {
     store_frame_starts(&mut a, &body, 1..2, 1000, &mut to_disk, &mut spill);
     assert_eq!(check_of(a.take(1)), Some(Check::Packets));
 }
+
+#[test]
+fn the_worker_is_behind_while_it_holds_half_the_memory() {
+    let (mut a, body) = ten_frames();
+    a.budget = 4 * a.buffer_len;
+    let (mut to_disk, mut spill) = (Vec::new(), Vec::new());
+    store_frame_starts(&mut a, &body, 0..3, 1000, &mut to_disk, &mut spill);
+    assert!(
+        !a.worker_backlogged(),
+        "frames being assembled are not the worker's"
+    );
+    let Some(FrameSource::Memory(first, _)) = a.take(0) else {
+        panic!("frame 0 is in memory");
+    };
+    assert!(!a.worker_backlogged(), "a quarter of the memory");
+    assert!(a.take(1).is_some());
+    assert!(a.worker_backlogged(), "half of the memory");
+    a.opened(0, true, Some(first));
+    assert!(!a.worker_backlogged(), "a quarter again");
+    // A frame the worker reads from the partial file holds no memory.
+    assert!(matches!(a.take(4), Some(FrameSource::Disk)));
+    assert!(!a.worker_backlogged());
+}
