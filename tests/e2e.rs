@@ -680,16 +680,16 @@ fn lossy_receiver(n: u8, extra: &[&str]) -> (f64, String) {
 
 #[test]
 fn a_receiver_whose_frame_worker_is_behind_leaves_datagrams_in_the_socket() {
-    // A 48 MB loop at 1 Gbit/s comes in about eight times faster than a frame
-    // worker waiting 40 ms per 1 MiB frame takes it. The receiver leaves
-    // datagrams to the kernel while its worker holds half its frame memory, so
-    // the socket buffer overflows (the kernel drops what the loop brings again)
-    // and nothing it took is let go. Without the hold-back, frames spill to the
-    // partial file until its cap and then payloads are let go (571 in a trial,
-    // with no drop by the kernel).
-    let lab = lab(126, "slow.bin", 48_000_000, "1G");
+    // A 96 MB loop at 1 Gbit/s comes in about four times faster than a frame
+    // worker waiting 30 ms per 1 MiB frame takes it. Once its frame memory is
+    // full and the worker holds a quarter of it, the receiver leaves datagrams
+    // to the kernel, so the socket buffer overflows (the kernel drops what the
+    // loop brings again) and nothing it took is let go. Without the hold-back,
+    // frames spill to the partial file until its cap and then payloads are let
+    // go (25,369 in a trial, with no drop by the kernel).
+    let lab = lab(126, "slow.bin", 96_000_000, "1G");
     let out = lab.dir.path().join("out");
-    let args = ["--debug-frame-delay", "40", "--timeout", "60"];
+    let args = ["--debug-frame-delay", "30", "--timeout", "60"];
     let result = recv_command(&lab.key, &lab.group, &out, &args)
         .output()
         .unwrap();

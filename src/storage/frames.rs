@@ -319,13 +319,16 @@ impl FrameAssembly {
         self.place[frame as usize] = Place::Memory;
     }
 
-    /// Whether the frame worker holds half the memory budget or more (frames
-    /// handed to it and not given back): the receive loop then leaves new
-    /// datagrams in the socket until it catches up, rather than spilling frames
-    /// to the partial file, which would only give it more to do.
+    /// Whether the memory budget has no room for another frame while the frame
+    /// worker holds a quarter of it or more (frames handed to it and not given
+    /// back): the receive loop then leaves new datagrams in the socket until the
+    /// worker gives a buffer back, rather than have a frame spilled to the
+    /// partial file (or let go), which would only give the worker more to do.
     pub fn worker_backlogged(&self) -> bool {
-        let assembling = self.buffers.len() * self.buffer_len;
-        2 * self.held.saturating_sub(assembling) >= self.budget
+        let with_worker = self
+            .held
+            .saturating_sub(self.buffers.len() * self.buffer_len);
+        self.held + self.buffer_len > self.budget && 4 * with_worker >= self.budget
     }
 
     /// Returns a spilled frame's buffer, once its bytes are written.

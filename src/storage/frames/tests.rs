@@ -208,24 +208,26 @@ fn a_frame_with_bytes_rebuilt_from_parity_is_opened_with_its_tag_checked() {
 }
 
 #[test]
-fn the_worker_is_behind_while_it_holds_half_the_memory() {
+fn the_worker_is_behind_when_the_memory_is_full_and_a_quarter_of_it_is_the_workers() {
     let (mut a, body) = ten_frames();
     a.budget = 4 * a.buffer_len;
     let (mut to_disk, mut spill) = (Vec::new(), Vec::new());
-    store_frame_starts(&mut a, &body, 0..3, 1000, &mut to_disk, &mut spill);
+    store_frame_starts(&mut a, &body, 0..4, 1000, &mut to_disk, &mut spill);
     assert!(
         !a.worker_backlogged(),
-        "frames being assembled are not the worker's"
+        "full of frames being assembled: what they need is repairs"
     );
     let Some(FrameSource::Memory(first, _)) = a.take(0) else {
         panic!("frame 0 is in memory");
     };
-    assert!(!a.worker_backlogged(), "a quarter of the memory");
-    assert!(a.take(1).is_some());
-    assert!(a.worker_backlogged(), "half of the memory");
+    assert!(a.worker_backlogged(), "full, and a quarter at the worker");
     a.opened(0, true, Some(first));
-    assert!(!a.worker_backlogged(), "a quarter again");
+    assert!(!a.worker_backlogged(), "room for a frame");
+    store_frame_starts(&mut a, &body, 4..5, 1000, &mut to_disk, &mut spill);
+    assert!(a.take(1).is_some() && a.take(2).is_some());
+    assert!(a.worker_backlogged(), "full, half at the worker");
     // A frame the worker reads from the partial file holds no memory.
-    assert!(matches!(a.take(4), Some(FrameSource::Disk)));
-    assert!(!a.worker_backlogged());
+    assert!(matches!(a.take(6), Some(FrameSource::Disk)));
+    assert!(a.worker_backlogged());
+    assert!(spill.is_empty() && to_disk.is_empty());
 }
