@@ -20,7 +20,8 @@ const MAX_DRAIN: usize = 256;
 impl Receiver {
     /// Hands the datagrams waiting on the socket of `token` to the session, at most
     /// `MAX_DRAIN` of them (batches on a data socket). Returns true when the socket
-    /// is empty.
+    /// is empty; false when datagrams may wait (the drain's bound, or a frame
+    /// worker behind: `hold_back`).
     pub(super) fn drain(&mut self, token: Token) -> Result<bool> {
         match token {
             DIRECTORY | LINK => {
@@ -43,7 +44,7 @@ impl Receiver {
     }
 
     /// Whether `token` is a data socket to leave alone now (`hold_back`).
-    pub(super) fn worker_behind(&mut self, token: Token) -> bool {
+    pub(super) fn hold_back_socket(&mut self, token: Token) -> bool {
         let Some(t) = token.0.checked_sub(FIRST_RECEPTION) else {
             return false;
         };

@@ -369,10 +369,10 @@ impl Receiver {
             tokens.sort_unstable_by_key(|t| t.0);
             tokens.dedup();
             for t in tokens {
-                if self.worker_behind(t) {
+                if self.hold_back_socket(t) {
                     held_back.push(t);
                 } else if !self.drain(t)? {
-                    match self.worker_behind(t) {
+                    match self.hold_back_socket(t) {
                         true => held_back.push(t),
                         false => unfinished.push(t),
                     }
