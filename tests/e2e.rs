@@ -108,6 +108,19 @@ fn lab_with(n: u8, name: &str, len: usize, rate: &str, serve_args: &[&str]) -> L
     }
 }
 
+/// Receives `name` from `lab` into its `out` directory with `extra` arguments,
+/// asserts that the run succeeded and the file is whole, and returns its log.
+fn receive_whole(lab: &Lab, name: &str, extra: &[&str]) -> String {
+    let out = lab.dir.path().join("out");
+    let result = recv_command(&lab.key, &lab.group, &out, extra)
+        .output()
+        .unwrap();
+    let log = stderr(&result);
+    assert!(result.status.success(), "{log}");
+    assert_eq!(std::fs::read(out.join(name)).unwrap(), lab.data);
+    log
+}
+
 fn recv_command(key: &Path, group: &str, out: &Path, extra: &[&str]) -> Command {
     let mut c = on_loopback("recv", key, group);
     c.arg("-o").arg(out).args(extra);
@@ -688,14 +701,8 @@ fn a_receiver_whose_frame_worker_is_behind_leaves_datagrams_in_the_socket() {
     // frames spill to the partial file until its cap and then payloads are let
     // go (25,369 in a trial, with no drop by the kernel).
     let lab = lab(126, "slow.bin", 96_000_000, "1G");
-    let out = lab.dir.path().join("out");
     let args = ["--debug-frame-delay", "30", "--timeout", "60"];
-    let result = recv_command(&lab.key, &lab.group, &out, &args)
-        .output()
-        .unwrap();
-    let log = stderr(&result);
-    assert!(result.status.success(), "{log}");
-    assert_eq!(std::fs::read(out.join("slow.bin")).unwrap(), lab.data);
+    let log = receive_whole(&lab, "slow.bin", &args);
     let (kernel, let_go) = (
         count_before(&log, "dropped by the kernel"),
         count_before(&log, "payloads let go"),
@@ -710,14 +717,8 @@ fn parity_on_the_loop_rebuilds_what_a_receiver_loses_without_asking() {
     // 10% parity after each block; the receiver loses 3%: nearly every block is
     // rebuilt from the parity that follows it.
     let lab = lab_with(125, "fec.bin", 8_000_000, "64M", &["--fec-overhead", "10%"]);
-    let out = lab.dir.path().join("out");
     let args = ["--debug-drop", "3", "--debug-seed", "2", "--timeout", "60"];
-    let result = recv_command(&lab.key, &lab.group, &out, &args)
-        .output()
-        .unwrap();
-    let log = stderr(&result);
-    assert!(result.status.success(), "{log}");
-    assert_eq!(std::fs::read(out.join("fec.bin")).unwrap(), lab.data);
+    let log = receive_whole(&lab, "fec.bin", &args);
     let (rebuilt, dropped) = (
         count_before(&log, "packets rebuilt"),
         count_before(&log, "debug-dropped"),
