@@ -2,17 +2,21 @@
 //! an etcd election under a lease; the one elected schedules (the protocol
 //! machine's `set_scheduling`) and writes changed jobs in transactions fenced
 //! on its leadership key; the others read the jobs every 500 ms and answer
-//! look-ups and status. Consensus is etcd's; this is a client on a thread of
-//! its own (tokio, as etcd-client needs).
+//! look-ups and status. Consensus is etcd's. This client speaks etcd's JSON
+//! gateway (`/v3/...` over HTTP, keys and values base64) with the HTTP client
+//! the push already uses, so a build needs no protobuf compiler.
 
 use super::store::{parse_record, records};
 use crate::error::{Error, Result};
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use loopcast_proto::director::Director;
 use loopcast_proto::jobs::Job;
+use serde_json::{Value, json};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
 
 /// Seconds a director's lease lives without keep-alives: a dead scheduler is
 /// replaced within about this long.
@@ -21,8 +25,12 @@ pub const LEASE_TTL: i64 = 3;
 const TICK: Duration = Duration::from_millis(500);
 /// Most operations in one transaction (etcd's default limit is 128).
 const OPS_PER_TXN: usize = 100;
-/// How long one request to etcd may take (but the campaign, which waits).
+/// How long one request to etcd may take (but the campaign's).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one campaign request waits to be elected before it is asked
+/// again (a campaign abandoned on etcd's side resigns; asked again under the
+/// same lease, it finds its key).
+const CAMPAIGN_WAIT: Duration = Duration::from_secs(20);
 /// How long a save waits for etcd.
 const SAVE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -31,15 +39,15 @@ enum Request {
     /// Write these records (id, JSON or None to delete) if this director schedules.
     Save(
         Vec<(u64, Option<String>)>,
-        oneshot::Sender<std::result::Result<(), String>>,
+        Sender<std::result::Result<(), String>>,
     ),
     /// Give up leadership now (revoke the lease), then stop.
-    Stop(oneshot::Sender<()>),
+    Stop(Sender<()>),
 }
 
 /// The handle the director's threads hold.
 pub struct EtcdStore {
-    requests: mpsc::UnboundedSender<Request>,
+    requests: Sender<Request>,
 }
 
 impl EtcdStore {
@@ -51,14 +59,11 @@ impl EtcdStore {
         me: String,
         director: Arc<Mutex<Director>>,
     ) -> Result<EtcdStore> {
-        let (requests, inbox) = mpsc::unbounded_channel();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::new(format!("cannot start the etcd client: {e}")))?;
+        let gateway = Gateway::new(endpoints)?;
+        let (requests, inbox) = mpsc::channel();
         std::thread::Builder::new()
             .name("director-etcd".into())
-            .spawn(move || runtime.block_on(run(endpoints, prefix, me, director, inbox)))
+            .spawn(move || run(gateway, prefix, me, director, inbox))
             .map_err(|e| Error::new(format!("cannot start the etcd thread: {e}")))?;
         Ok(EtcdStore { requests })
     }
@@ -69,34 +74,24 @@ impl EtcdStore {
         if ids.is_empty() || !d.scheduling() {
             return Ok(());
         }
-        let (reply, answer) = oneshot::channel();
+        let (reply, answer) = mpsc::channel();
         let gone = || Error::new("the etcd thread stopped");
         (self.requests.send(Request::Save(records(d, &ids), reply))).map_err(|_| gone())?;
-        let started = Instant::now();
-        let mut answer = answer;
-        loop {
-            match answer.try_recv() {
-                Ok(result) => return result.map_err(|e| Error::new(format!("etcd: {e}"))),
-                Err(oneshot::error::TryRecvError::Closed) => return Err(gone()),
-                Err(oneshot::error::TryRecvError::Empty) if started.elapsed() < SAVE_TIMEOUT => {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err(_) => return Err(Error::new("etcd did not answer within 5 s")),
-            }
+        match answer.recv_timeout(SAVE_TIMEOUT) {
+            Ok(result) => result.map_err(|e| Error::new(format!("etcd: {e}"))),
+            Err(RecvTimeoutError::Disconnected) => Err(gone()),
+            Err(RecvTimeoutError::Timeout) => Err(Error::new(format!(
+                "etcd did not answer within {} s",
+                SAVE_TIMEOUT.as_secs()
+            ))),
         }
     }
 
     /// Revokes this director's lease (a follower takes over at once), at most 2 s.
     pub fn stop(&self) {
-        let (done, wait) = oneshot::channel();
+        let (done, wait) = mpsc::channel();
         if self.requests.send(Request::Stop(done)).is_ok() {
-            let started = Instant::now();
-            let mut wait = wait;
-            while matches!(wait.try_recv(), Err(oneshot::error::TryRecvError::Empty))
-                && started.elapsed() < Duration::from_secs(2)
-            {
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            let _ = wait.recv_timeout(Duration::from_secs(2));
         }
     }
 }
@@ -107,116 +102,191 @@ fn lock(d: &Mutex<Director>) -> std::sync::MutexGuard<'_, Director> {
 
 /// Sessions one after another: an error (etcd unreachable, lease lost,
 /// leadership lost) makes this director a follower, and it starts again.
-async fn run(
-    endpoints: Vec<String>,
+fn run(
+    gateway: Gateway,
     prefix: String,
     me: String,
     director: Arc<Mutex<Director>>,
-    mut inbox: mpsc::UnboundedReceiver<Request>,
+    inbox: Receiver<Request>,
 ) {
+    let mut failures = 0u32;
     loop {
-        match session(&endpoints, &prefix, &me, &director, &mut inbox).await {
+        let started = Instant::now();
+        match session(&gateway, &prefix, &me, &director, &inbox) {
             Ok(()) => return,
             Err(e) => {
                 let was = lock(&director).scheduling();
                 lock(&director).set_scheduling(false, None);
+                // A session that ran a while is a new problem; the same failure
+                // again is logged every 10th time (every 10 s or so).
+                failures = if started.elapsed() > Duration::from_secs(10) {
+                    0
+                } else {
+                    failures + 1
+                };
                 if was {
                     log::warn!("etcd: {e}; no longer scheduling jobs");
-                } else {
-                    log::warn!("etcd: {e}");
+                } else if failures % 10 == 1 {
+                    log::warn!("etcd: {e} (trying again every second)");
                 }
                 // Saves asked meanwhile are not this director's to make.
-                while let Ok(request) = inbox.try_recv() {
-                    match request {
-                        Request::Save(_, reply) => {
+                let wait_until = Instant::now() + Duration::from_secs(1);
+                while let Some(left) = wait_until.checked_duration_since(Instant::now()) {
+                    match inbox.recv_timeout(left) {
+                        Ok(Request::Save(_, reply)) => {
                             let _ = reply.send(Err("not scheduling".into()));
                         }
-                        Request::Stop(done) => {
+                        Ok(Request::Stop(done)) => {
                             let _ = done.send(());
                             return;
                         }
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => return,
                     }
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
 }
 
-async fn session(
-    endpoints: &[String],
+/// What the campaign thread reports: our leadership key and its creation
+/// revision, or why the campaign failed.
+type Won = std::result::Result<(String, i64), String>;
+
+/// One lease: campaign (on a thread of its own, since etcd answers a campaign
+/// only once elected), keep the lease alive, follow or schedule.
+fn session(
+    gateway: &Gateway,
     prefix: &str,
     me: &str,
     director: &Mutex<Director>,
-    inbox: &mut mpsc::UnboundedReceiver<Request>,
+    inbox: &Receiver<Request>,
 ) -> std::result::Result<(), String> {
-    // No time-out on the connection: the campaign waits as long as another
-    // director leads. Every other request has its own (`bounded`).
-    let options = ConnectOptions::new().with_connect_timeout(REQUEST_TIMEOUT);
-    let client = bounded(Client::connect(endpoints, Some(options))).await?;
-    let mut kv = client.kv_client();
-    let mut leases = client.lease_client();
-    let lease = bounded(leases.grant(LEASE_TTL, None)).await?.id();
-    let (mut keeper, mut alive) = bounded(leases.keep_alive(lease)).await?;
+    let granted = gateway.call("/v3/lease/grant", json!({ "TTL": LEASE_TTL }), None)?;
+    let lease = int(&granted["ID"]).ok_or("etcd granted no lease")?;
     let election = format!("{prefix}/scheduler");
-    let mut campaigner = client.election_client();
-    let mut asker = client.election_client();
-    let campaign = campaigner.campaign(election.clone(), me, lease);
-    tokio::pin!(campaign);
-    // Our leadership key and its creation revision, once elected.
-    let mut leading: Option<(Vec<u8>, i64)> = None;
-    let mut tick = tokio::time::interval(TICK);
-    log::info!("etcd: campaigning to schedule jobs (lease {lease:x}, {LEASE_TTL} s)");
-    loop {
-        tokio::select! {
-            won = &mut campaign, if leading.is_none() => {
-                let won = won.map_err(|e| e.to_string())?;
-                let key = won.leader().ok_or("elected without a leadership key")?;
-                leading = Some((key.key().to_vec(), key.rev()));
-                let jobs = load(&mut kv, prefix).await?;
-                let count = jobs.len();
-                let mut d = lock(director);
-                d.replace_jobs(jobs);
-                d.set_scheduling(true, None);
-                log::info!("etcd: this director now schedules jobs ({count} in the store)");
+    let abandoned = Arc::new(AtomicBool::new(false));
+    let won = campaign(gateway.clone(), &election, me, lease, abandoned.clone())?;
+    let result = lead_or_follow(gateway, prefix, &election, lease, director, inbox, &won);
+    abandoned.store(true, Ordering::Relaxed);
+    if result.is_err() {
+        // Best effort: a follower takes over at once instead of after the TTL.
+        let _ = gateway.call("/v3/lease/revoke", json!({ "ID": lease.to_string() }), None);
+    }
+    result
+}
+
+/// Starts the campaign thread under `lease`.
+fn campaign(
+    gateway: Gateway,
+    election: &str,
+    me: &str,
+    lease: i64,
+    abandoned: Arc<AtomicBool>,
+) -> std::result::Result<Receiver<Won>, String> {
+    let (tell, won) = mpsc::channel();
+    let body = json!({"name": BASE64.encode(election), "lease": lease.to_string(),
+                      "value": BASE64.encode(me)});
+    std::thread::Builder::new()
+        .name("director-campaign".into())
+        .spawn(move || {
+            while !abandoned.load(Ordering::Relaxed) {
+                match gateway.call("/v3/election/campaign", body.clone(), Some(CAMPAIGN_WAIT)) {
+                    Err(e) if e.contains("no answer") => continue,
+                    Err(e) => {
+                        let _ = tell.send(Err(e));
+                        return;
+                    }
+                    Ok(answer) => {
+                        let leader = &answer["leader"];
+                        let key = leader["key"].as_str().map(str::to_owned);
+                        let rev = int(&leader["rev"]);
+                        let _ = tell.send(match (key, rev) {
+                            (Some(key), Some(rev)) => Ok((key, rev)),
+                            _ => Err("elected without a leadership key".into()),
+                        });
+                        return;
+                    }
+                }
             }
-            request = inbox.recv() => match request {
-                Some(Request::Save(records, reply)) => {
-                    let result = match &leading {
-                        Some((key, rev)) => save(&mut kv, prefix, key, *rev, records).await,
-                        None => Err("not scheduling".into()),
-                    };
-                    let failed = result.clone().err();
-                    let _ = reply.send(result);
-                    if let Some(e) = failed {
-                        return Err(e);
+        })
+        .map_err(|e| format!("cannot start the campaign thread: {e}"))?;
+    log::info!("etcd: campaigning to schedule jobs (lease {lease:x}, {LEASE_TTL} s)");
+    Ok(won)
+}
+
+/// The session's loop: every `TICK` the lease is kept alive and, until
+/// elected, the jobs are read from etcd; saves are written while elected.
+fn lead_or_follow(
+    gateway: &Gateway,
+    prefix: &str,
+    election: &str,
+    lease: i64,
+    director: &Mutex<Director>,
+    inbox: &Receiver<Request>,
+    won: &Receiver<Won>,
+) -> std::result::Result<(), String> {
+    // Our leadership key (base64, as etcd gives it) and its creation revision.
+    let mut leading: Option<(String, i64)> = None;
+    let mut next_tick = Instant::now();
+    loop {
+        let now = Instant::now();
+        if now >= next_tick {
+            next_tick = now + TICK;
+            let alive = gateway.call("/v3/lease/keepalive", json!({ "ID": lease.to_string() }), None)?;
+            if int(&alive["result"]["TTL"]).unwrap_or(0) <= 0 {
+                return Err("the lease expired".into());
+            }
+            if leading.is_none() {
+                match won.try_recv() {
+                    Ok(Ok(key)) => {
+                        let jobs = load(gateway, prefix)?;
+                        let count = jobs.len();
+                        let mut d = lock(director);
+                        d.replace_jobs(jobs);
+                        d.set_scheduling(true, None);
+                        leading = Some(key);
+                        log::info!("etcd: this director now schedules jobs ({count} in the store)");
+                    }
+                    Ok(Err(e)) => return Err(e),
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        return Err("the campaign stopped".into());
+                    }
+                    Err(mpsc::TryRecvError::Empty) => {
+                        // Follow the store, and tell who schedules.
+                        let jobs = load(gateway, prefix)?;
+                        let asked = json!({ "name": BASE64.encode(election) });
+                        let leader = (gateway.call("/v3/election/leader", asked, None).ok())
+                            .and_then(|a| a["kv"]["value"].as_str().and_then(decode_text));
+                        let mut d = lock(director);
+                        d.replace_jobs(jobs);
+                        d.set_scheduling(false, leader);
                     }
                 }
-                stop => {
-                    let _ = bounded(leases.revoke(lease)).await;
-                    lock(director).set_scheduling(false, None);
-                    if let Some(Request::Stop(done)) = stop {
-                        let _ = done.send(());
-                    }
-                    return Ok(());
+            }
+        }
+        match inbox.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
+            Ok(Request::Save(records, reply)) => {
+                let result = match &leading {
+                    Some((key, rev)) => save(gateway, prefix, key, *rev, records),
+                    None => Err("not scheduling".into()),
+                };
+                let failed = result.clone().err();
+                let _ = reply.send(result);
+                if let Some(e) = failed {
+                    return Err(e);
                 }
-            },
-            message = alive.message() => match message {
-                Ok(Some(m)) if m.ttl() > 0 => {}
-                Ok(_) => return Err("the lease expired".into()),
-                Err(e) => return Err(e.to_string()),
-            },
-            _ = tick.tick() => {
-                bounded(keeper.keep_alive()).await?;
-                if leading.is_none() {
-                    // Follow the store, and tell who schedules.
-                    let jobs = load(&mut kv, prefix).await?;
-                    let leader = (bounded(asker.leader(election.clone())).await.ok())
-                        .and_then(|r| r.kv().and_then(|kv| kv.value_str().ok().map(str::to_owned)));
-                    let mut d = lock(director);
-                    d.replace_jobs(jobs);
-                    d.set_scheduling(false, leader);
-                }
+            }
+            Ok(Request::Stop(done)) => {
+                let _ = gateway.call("/v3/lease/revoke", json!({ "ID": lease.to_string() }), None);
+                lock(director).set_scheduling(false, None);
+                let _ = done.send(());
+                return Ok(());
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = gateway.call("/v3/lease/revoke", json!({ "ID": lease.to_string() }), None);
+                return Ok(());
             }
         }
     }
@@ -227,17 +297,20 @@ fn job_key(prefix: &str, id: u64) -> String {
 }
 
 /// Every job under `prefix` (a record that does not read is skipped, logged).
-async fn load(
-    kv: &mut etcd_client::KvClient,
-    prefix: &str,
-) -> std::result::Result<Vec<Job>, String> {
-    let all = format!("{prefix}/jobs/");
-    let got = bounded(kv.get(all, Some(GetOptions::new().with_prefix()))).await?;
+fn load(gateway: &Gateway, prefix: &str) -> std::result::Result<Vec<Job>, String> {
+    // The range [PREFIX/jobs/, PREFIX/jobs0): every key starting PREFIX/jobs/.
+    let asked = json!({"key": BASE64.encode(format!("{prefix}/jobs/")),
+                       "range_end": BASE64.encode(format!("{prefix}/jobs0"))});
+    let got = gateway.call("/v3/kv/range", asked, None)?;
     let mut jobs = Vec::new();
-    for record in got.kvs() {
-        match parse_record(record.value()) {
+    for record in got["kvs"].as_array().into_iter().flatten() {
+        let value = (record["value"].as_str()).and_then(|v| BASE64.decode(v).ok());
+        match value.as_deref().and_then(parse_record) {
             Some(job) => jobs.push(job),
-            None => log::warn!("etcd: {:?} is not a job record", record.key_str()),
+            None => log::warn!(
+                "etcd: {:?} is not a job record",
+                (record["key"].as_str()).and_then(decode_text).unwrap_or_default()
+            ),
         }
     }
     Ok(jobs)
@@ -245,37 +318,145 @@ async fn load(
 
 /// Writes `records` in transactions that apply only while our leadership key
 /// (created at `rev`) stands: a director that lost the election writes nothing.
-async fn save(
-    kv: &mut etcd_client::KvClient,
+fn save(
+    gateway: &Gateway,
     prefix: &str,
-    key: &[u8],
+    key: &str,
     rev: i64,
     records: Vec<(u64, Option<String>)>,
 ) -> std::result::Result<(), String> {
     for chunk in records.chunks(OPS_PER_TXN) {
-        let ops: Vec<TxnOp> = (chunk.iter())
-            .map(|(id, record)| match record {
-                Some(json) => TxnOp::put(job_key(prefix, *id), json.as_str(), None),
-                None => TxnOp::delete(job_key(prefix, *id), None),
+        let ops: Vec<Value> = (chunk.iter())
+            .map(|(id, record)| {
+                let at = BASE64.encode(job_key(prefix, *id));
+                match record {
+                    Some(json) => {
+                        json!({"request_put": {"key": at, "value": BASE64.encode(json)}})
+                    }
+                    None => json!({"request_delete_range": {"key": at}}),
+                }
             })
             .collect();
-        let txn = Txn::new()
-            .when([Compare::create_revision(key, CompareOp::Equal, rev)])
-            .and_then(ops);
-        let done = bounded(kv.txn(txn)).await?;
-        if !done.succeeded() {
+        let txn = json!({
+            "compare": [{"target": "CREATE", "key": key, "result": "EQUAL",
+                         "create_revision": rev.to_string()}],
+            "success": ops,
+        });
+        let done = gateway.call("/v3/kv/txn", txn, None)?;
+        if done["succeeded"].as_bool() != Some(true) {
             return Err("lost the election (leadership key gone)".into());
         }
     }
     Ok(())
 }
 
-/// `request`, failing after `REQUEST_TIMEOUT`.
-async fn bounded<T>(
-    request: impl std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
-) -> std::result::Result<T, String> {
-    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(_) => Err(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())),
+/// etcd's 64-bit integers, which its gateway writes as strings.
+fn int(value: &Value) -> Option<i64> {
+    value
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .or_else(|| value.as_i64())
+}
+
+fn decode_text(base64: &str) -> Option<String> {
+    let bytes = BASE64.decode(base64).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// etcd's JSON gateway on a list of endpoints: a request goes to the endpoint
+/// that answered last, then to the others in turn.
+#[derive(Clone)]
+struct Gateway {
+    endpoints: Arc<Vec<String>>,
+    current: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Gateway {
+    /// Checks the endpoints: `http://HOST:PORT`, as etcd's own `--endpoints`
+    /// (TLS endpoints are not supported yet).
+    fn new(endpoints: Vec<String>) -> Result<Gateway> {
+        let mut checked = Vec::new();
+        for endpoint in endpoints {
+            let trimmed = endpoint.trim_end_matches('/');
+            let base = match trimmed.split_once("://") {
+                Some(("http", rest)) if !rest.is_empty() => trimmed.to_owned(),
+                Some((scheme, _)) => {
+                    return Err(Error::with_code(
+                        format!("--etcd {endpoint}: {scheme}:// is not supported; give http://HOST:PORT"),
+                        2,
+                    ));
+                }
+                None => format!("http://{trimmed}"),
+            };
+            checked.push(base);
+        }
+        Ok(Gateway {
+            endpoints: Arc::new(checked),
+            current: Arc::default(),
+        })
     }
+
+    /// POSTs `body` to `path`; `wait` overrides the time-out of one try.
+    fn call(
+        &self,
+        path: &str,
+        body: Value,
+        wait: Option<Duration>,
+    ) -> std::result::Result<Value, String> {
+        let agent = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(wait.unwrap_or(REQUEST_TIMEOUT)))
+                .build(),
+        );
+        let body = body.to_string();
+        let first = self.current.load(Ordering::Relaxed);
+        let mut last_error = String::new();
+        for turn in 0..self.endpoints.len() {
+            let at = (first + turn) % self.endpoints.len();
+            let url = format!("{}{path}", self.endpoints[at]);
+            match try_call(&agent, &url, &body) {
+                Ok(value) => {
+                    self.current.store(at, Ordering::Relaxed);
+                    return Ok(value);
+                }
+                // etcd's own refusal is the same at every endpoint.
+                Err(Refused(e)) => return Err(e),
+                Err(Unreachable(e)) => last_error = e,
+            }
+        }
+        Err(last_error)
+    }
+}
+
+/// Why a call failed: etcd said no, or no endpoint answered.
+enum CallError {
+    Refused(String),
+    Unreachable(String),
+}
+use CallError::{Refused, Unreachable};
+
+fn try_call(agent: &ureq::Agent, url: &str, body: &str) -> std::result::Result<Value, CallError> {
+    let mut response = match agent
+        .post(url)
+        .header("Content-Type", "application/json")
+        .send(body)
+    {
+        Ok(r) => r,
+        Err(ureq::Error::Timeout(_)) => {
+            return Err(Unreachable(format!("{url}: no answer in time")));
+        }
+        Err(e) => return Err(Unreachable(format!("{url}: {e}"))),
+    };
+    let text = (response.body_mut().read_to_string())
+        .map_err(|e| Unreachable(format!("{url}: unreadable answer: {e}")))?;
+    let value: Value = serde_json::from_str(text.lines().next().unwrap_or(""))
+        .map_err(|_| Unreachable(format!("{url} is not etcd's JSON gateway")))?;
+    if !response.status().is_success() {
+        let why = (value["message"].as_str())
+            .or(value["error"].as_str())
+            .unwrap_or("no reason given");
+        return Err(Refused(format!("{url}: {why}")));
+    }
+    Ok(value)
 }

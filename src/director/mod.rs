@@ -2,7 +2,6 @@
 //! socket, the clock, logs and `--json` events, the HTTP API (`http`) and the
 //! job store (`jobs`). It decides nothing itself.
 
-#[cfg(feature = "etcd")]
 mod etcd;
 mod http;
 mod jobs;
@@ -107,7 +106,6 @@ pub fn run(config: DirectorConfig) -> Result<()> {
     }
     save(&store, &mut lock(&director))?;
     // Leadership is given up at once rather than when the lease runs out.
-    #[cfg(feature = "etcd")]
     if let store::Store::Etcd(etcd) = store.as_ref() {
         etcd.stop();
     }
@@ -126,31 +124,23 @@ pub fn run(config: DirectorConfig) -> Result<()> {
 /// The store `config` asks for, with its jobs put back into the director.
 fn open_store(config: &DirectorConfig, director: &Arc<Mutex<Director>>) -> Result<store::Store> {
     if !config.etcd.is_empty() {
-        #[cfg(feature = "etcd")]
-        {
-            let me = config
-                .http
-                .map_or(config.listen.to_string(), |h| h.to_string());
-            log::info!(
-                "jobs on etcd at {} under {}",
-                config.etcd.join(","),
-                config.etcd_prefix
-            );
-            // Following the store until elected: it reads the jobs itself.
-            lock(director).set_scheduling(false, None);
-            let etcd = etcd::EtcdStore::start(
-                config.etcd.clone(),
-                config.etcd_prefix.clone(),
-                me,
-                director.clone(),
-            )?;
-            return Ok(store::Store::Etcd(etcd));
-        }
-        #[cfg(not(feature = "etcd"))]
-        return Err(crate::error::Error::with_code(
-            "--etcd: this loopcast was built without the etcd feature",
-            2,
-        ));
+        let me = config
+            .http
+            .map_or(config.listen.to_string(), |h| h.to_string());
+        log::info!(
+            "jobs on etcd at {} under {}",
+            config.etcd.join(","),
+            config.etcd_prefix
+        );
+        // Following the store until elected: it reads the jobs itself.
+        lock(director).set_scheduling(false, None);
+        let etcd = etcd::EtcdStore::start(
+            config.etcd.clone(),
+            config.etcd_prefix.clone(),
+            me,
+            director.clone(),
+        )?;
+        return Ok(store::Store::Etcd(etcd));
     }
     let Some(dir) = &config.state else {
         log::warn!("no --state directory: jobs are kept in memory and lost with this process");
@@ -225,7 +215,7 @@ fn flush(director: &mut Director, socket: &mio::net::UdpSocket, events: &Events)
                 events.emit(
                     "redirected",
                     json!({"receiver": to.to_string(), "file": name,
-                           "reason": format!("{reason:?}"), "to": primary.to_string()}),
+                           "reason": reason.name(), "to": primary.to_string()}),
                 );
             }
             DirectorEvent::NodeUp { node, address } => {

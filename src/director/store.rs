@@ -20,7 +20,6 @@ pub enum Store {
     /// `--state DIR`: a redb file.
     Redb(RedbStore),
     /// `--etcd URL,…`: shared by several directors.
-    #[cfg(feature = "etcd")]
     Etcd(super::etcd::EtcdStore),
 }
 
@@ -34,7 +33,6 @@ impl Store {
                 Ok(())
             }
             Store::Redb(s) => s.save_changed(d),
-            #[cfg(feature = "etcd")]
             Store::Etcd(s) => s.save_changed(d),
         }
     }
@@ -50,7 +48,6 @@ impl Store {
         match self {
             Store::Memory => "memory",
             Store::Redb(_) => "redb",
-            #[cfg(feature = "etcd")]
             Store::Etcd(_) => "etcd",
         }
     }
