@@ -68,7 +68,8 @@ fn a_restarted_server_is_followed_at_once_and_stored_packets_are_kept() {
     assert!(
         events.contains(&ClientEvent::Following {
             reception: 0,
-            switched: true
+            switched: true,
+            dropped: 0,
         }),
         "{events:?}"
     );

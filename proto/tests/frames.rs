@@ -46,6 +46,7 @@ fn packets_taken_back_from_one_frame_uncount_its_neighbour_too() {
             archive_id: m.archive_id,
             original_size: m.original_size,
             body_len: m.body_len,
+            content_digest: m.content_digest,
             flags: 0,
             name: m.name.clone(),
             channels: vec![channel],

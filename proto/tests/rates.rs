@@ -184,7 +184,7 @@ fn report_share_of_1000(scaled: bool) -> (f64, f64, u32) {
 
 #[test]
 fn reports_of_1000_receivers_stay_near_half_a_percent_of_data_packets() {
-    // README: 0.508% over 120 s, worst second 0.78%, estimate 1000.
+    // docs/testing.md: 0.508% over 120 s, worst second 0.78%, estimate 1000.
     let (share, worst, advertised) = report_share_of_1000(true);
     assert!(share > 0.0025 && share < 0.0075, "{share}");
     assert!(worst < 0.0156, "worst second {worst}");

@@ -48,7 +48,7 @@ fn suppression_keeps_naks_per_lost_packet_near_0_08_with_50_receivers() {
         with.naks_per_loss(),
         without.naks_per_loss()
     );
-    // README: 0.08 with suppression, 3.98 without.
+    // docs/testing.md: 0.08 with suppression, 3.98 without.
     assert!(
         with.naks_per_loss() <= 0.16,
         "with suppression: {:.2}",
@@ -89,7 +89,7 @@ fn a_mid_stream_joiner_at_5_percent_loss_finishes_near_1_11_ideal() {
         repaired.worst_ratio(),
         carousel_only.worst_ratio()
     );
-    // README: 1.12 with repair, 4.08 as a plain carousel.
+    // docs/testing.md: 1.12 with repair, 4.08 as a plain carousel.
     assert!(
         repaired.worst_ratio() <= 1.15,
         "with repair: {:.3}",
@@ -182,7 +182,7 @@ fn parity_keeps_100_receivers_at_5_percent_independent_loss_near_1_2_ideal() {
         parity.feedback() * 100.0,
         copies.feedback() * 100.0
     );
-    // README: 1.20 with parity, 2.87 with copies.
+    // docs/testing.md: 1.20 with parity, 2.87 with copies.
     assert!(
         parity.worst_ratio() <= 1.3,
         "parity: {:.3}",
@@ -225,7 +225,7 @@ fn proactive_parity_brings_a_file_to_receivers_with_no_return_path_in_one_loop()
     );
     assert_eq!(proactive.bodies_identical, Some(true));
     assert_eq!((proactive.naks_sent, proactive.repair_packets), (0, 0));
-    // README: 1.17 with parity on the loop, 3.98 without.
+    // docs/testing.md: 1.17 with parity on the loop, 3.98 without.
     assert!(
         proactive.worst_ratio() <= 1.3,
         "{:.3}",

@@ -36,6 +36,8 @@ struct Ask {
     /// A director moved this file to this server: its listing switches the
     /// reception even though the server followed still speaks.
     moving_to: Option<SocketAddr>,
+    /// A director answered a look-up of this file (any answer).
+    heard_back: bool,
 }
 
 /// Every look-up of a receiver that was given directors.
@@ -69,6 +71,7 @@ impl Directed {
                         lost_at: None,
                         answered: None,
                         moving_to: None,
+                        heard_back: false,
                     };
                     (name.clone(), ask)
                 })
@@ -114,6 +117,21 @@ impl Directed {
             .is_some_and(|a| a.given_up.contains(&server))
     }
 
+    /// The server asked for `name`'s listing, if one is.
+    pub(super) fn asking(&self, name: &str) -> Option<SocketAddr> {
+        self.asks.get(name).and_then(|a| a.asking.map(|(s, ..)| s))
+    }
+
+    /// True when a director answered a look-up of `name`.
+    pub(super) fn answered(&self, name: &str) -> bool {
+        self.asks.get(name).is_some_and(|a| a.heard_back)
+    }
+
+    /// The directors asked.
+    pub(super) fn directors(&self) -> &[SocketAddr] {
+        &self.directors
+    }
+
     /// The earliest look-up or listing request due.
     pub(super) fn poll_timeout(&self) -> Option<Instant> {
         (self.asks.values())
@@ -146,6 +164,7 @@ impl Session {
         if ask.nonce != d.nonce || ask.next_lookup.is_none() {
             return; // not the question outstanding (a replay, or answered already)
         }
+        ask.heard_back = true;
         match d.found {
             Found::NotYetKnown => ask.next_lookup = Some(now + REQUEST_RETRY),
             Found::NotCarried => {

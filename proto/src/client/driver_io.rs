@@ -231,6 +231,9 @@ pub enum ClientEvent {
         reception: ReceptionId,
         /// True when it replaced an older archive or a silent server.
         switched: bool,
+        /// Packets stored of another archive of the file, dropped by the
+        /// switch (0 when the archive is the same or nothing was stored).
+        dropped: u32,
     },
     /// Storage resumed `held` packets from an earlier run.
     Resumed {

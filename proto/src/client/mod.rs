@@ -23,12 +23,14 @@ mod results;
 mod skip;
 mod switch;
 mod timers;
+mod waiting;
 
 pub use driver_io::{
     ClientConfig, ClientError, ClientEvent, Command, Fallback, FrameRanges, Origin, ReceptionId,
     Resumed, Store, Transmit, Via,
 };
 pub use reception::{Phase, Reception};
+pub use waiting::Waiting;
 
 use crate::receiver::{NakMode, Outcome};
 pub use crate::receiver::{Rebuild, RepairKind};
@@ -471,15 +473,17 @@ impl Session {
         self.events.pop_front()
     }
 
-    /// True when every wanted file is delivered. For "all files": once every
+    /// True when every wanted file is delivered or given up (`storage_refused`).
+    /// For "all files": once every
     /// server on the group has had time to announce (`HEAR_EVERY_SERVER` after the
     /// first listing), at least one whole listing (not empty) is delivered, and so
     /// is every other one heard within `SESSION_SILENCE`.
     pub fn is_finished(&self) -> bool {
+        // A file given up (no room) is as finished as one delivered.
         let done: HashSet<&str> = self
             .receptions
             .iter()
-            .filter(|r| r.phase == Phase::Done)
+            .filter(|r| matches!(r.phase, Phase::Done | Phase::Skipped))
             .map(|r| r.entry.name.as_str())
             .collect();
         if !self.config.names.is_empty() {

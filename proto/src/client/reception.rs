@@ -16,6 +16,8 @@ pub enum Phase {
     Verifying,
     /// Delivered.
     Done,
+    /// Given up by the driver (its output directory has no room for it).
+    Skipped,
 }
 
 /// A unicast stream's server and the state of its request.

@@ -155,6 +155,29 @@ impl Session {
         }
     }
 
+    /// The driver cannot store reception `id` (no room for it): the file is
+    /// given up and its channels or stream left; the others go on, and the
+    /// session counts it as finished.
+    pub fn storage_refused(&mut self, id: ReceptionId) {
+        let Some(r) = self.receptions.get_mut(id) else {
+            return;
+        };
+        if r.phase == Phase::Done {
+            return;
+        }
+        r.phase = Phase::Skipped;
+        r.frames = None;
+        for &channel in &r.joined {
+            self.out.command(Command::Leave {
+                reception: id,
+                channel,
+            });
+        }
+        if r.stream.is_some() {
+            self.out.command(Command::CloseStream { reception: id });
+        }
+    }
+
     /// Reception `id`'s file is delivered: tell the server (twice, as one datagram
     /// may be lost and nothing repeats it) and leave its channels or stream.
     pub fn delivered(&mut self, now: Instant, id: ReceptionId, archive_id: u64) {
@@ -198,8 +221,8 @@ impl Session {
     /// Reception `id` if it still receives archive `archive_id` (results of a
     /// replaced archive are stale).
     pub(super) fn live(&mut self, id: ReceptionId, archive_id: u64) -> Option<&mut Reception> {
-        self.receptions
-            .get_mut(id)
-            .filter(|r| r.entry.archive_id == archive_id && r.phase != Phase::Done)
+        self.receptions.get_mut(id).filter(|r| {
+            r.entry.archive_id == archive_id && !matches!(r.phase, Phase::Done | Phase::Skipped)
+        })
     }
 }

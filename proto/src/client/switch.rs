@@ -150,6 +150,10 @@ impl Session {
         carried: Option<Manifest>,
     ) {
         let id = existing.unwrap_or(self.receptions.len());
+        let dropped = match (existing, &carried) {
+            (Some(i), None) => self.receptions[i].fsm.received().count(),
+            _ => 0,
+        };
         let reception = Reception {
             fsm: FileReceiver::new(
                 self.config.key.clone(),
@@ -188,6 +192,7 @@ impl Session {
         self.events.push_back(ClientEvent::Following {
             reception: id,
             switched: existing.is_some(),
+            dropped,
         });
         if let Some(m) = carried
             && self.receptions[id].fsm.accept_manifest(m)

@@ -10,16 +10,18 @@
 mod moves;
 mod nodes;
 mod rank;
+pub mod strangers;
 
 pub use nodes::{ANSWER_EVERY, FORGET_NODE_AFTER, MAX_NODES, NodeRecord};
 
 pub use rank::{Candidate, SAME_SUBNET_BONUS, THROUGHPUT_BONUS, load_fraction, rank};
+use strangers::{Stranger, Strangers};
 
 use crate::jobs::{ApiAuth, JobChange, JobTable};
 use crate::wire::{
     self, AnnounceEntry, Directions, Found, Heartbeat, Lookup, MacKey, Packet, RedirectReason,
 };
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -122,6 +124,9 @@ pub enum DirectorEvent {
     },
     /// A job or one of its targets changed state.
     Job(JobChange),
+    /// Datagrams from an address did not verify (told at most every
+    /// `strangers::TELL_EVERY` per address).
+    Unauthenticated(Stranger),
     /// A look-up was answered.
     Answered {
         /// Who asked.
@@ -134,6 +139,11 @@ pub enum DirectorEvent {
         primary: Option<SocketAddr>,
     },
 }
+
+/// Per name, per archive id: the archive's listing entry (as the first server
+/// listing it gives it) and the servers carrying it.
+pub type Versions<'a> =
+    BTreeMap<&'a str, BTreeMap<u64, (&'a AnnounceEntry, Vec<&'a ServerRecord>)>>;
 
 /// Counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -178,6 +188,8 @@ pub struct Director {
     out: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<DirectorEvent>,
     stats: DirectorStats,
+    /// Addresses whose datagrams did not verify, told lately.
+    strangers: Strangers,
 }
 
 impl Director {
@@ -211,6 +223,7 @@ impl Director {
             out: VecDeque::new(),
             events: VecDeque::new(),
             stats: DirectorStats::default(),
+            strangers: Strangers::default(),
         }
     }
 
@@ -231,10 +244,21 @@ impl Director {
         };
         if !key.verifies(bytes) {
             self.stats.unauthenticated += 1;
+            if let Some(stranger) = self.strangers.note(now, from, &datagram.packet) {
+                self.events
+                    .push_back(DirectorEvent::Unauthenticated(stranger));
+            }
             return;
         }
         match datagram.packet {
-            Packet::Heartbeat(h) => self.heartbeat(now, from, datagram.session_id, h),
+            Packet::Heartbeat(h) => {
+                let sequence = h.sequence;
+                if self.heartbeat(now, from, datagram.session_id, h) {
+                    let heard =
+                        wire::encode_heard(&self.director_key, datagram.session_id, sequence);
+                    self.out.push_back((from, heard));
+                }
+            }
             Packet::Announce(a) => {
                 // A listing counts only for a server a heartbeat made live, from
                 // its address: a replayed one cannot bring a dead server back.
@@ -268,11 +292,12 @@ impl Director {
         ms + now.saturating_duration_since(at).as_millis() as u64
     }
 
-    fn heartbeat(&mut self, now: Instant, from: SocketAddr, session_id: u32, h: Heartbeat) {
+    /// Takes a verified heartbeat; true when it was fresh (and is answered).
+    fn heartbeat(&mut self, now: Instant, from: SocketAddr, session_id: u32, h: Heartbeat) -> bool {
         if let Some(s) = self.servers.get_mut(&session_id) {
             if h.sequence <= s.load.sequence {
                 self.stats.stale += 1;
-                return;
+                return false;
             }
             if s.parts.len() != h.listing_parts as usize {
                 s.parts = vec![None; h.listing_parts as usize];
@@ -281,7 +306,7 @@ impl Director {
             s.load = h;
             s.last_heard = now;
             s.directed = 0;
-            return;
+            return true;
         }
         // A new session from the address of a known one: that server restarted.
         let restarted: Vec<u32> = (self.servers.values())
@@ -293,7 +318,7 @@ impl Director {
         }
         if self.servers.len() >= MAX_SERVERS {
             self.stats.over_capacity += 1;
-            return;
+            return false;
         }
         let parts = vec![None; h.listing_parts as usize];
         self.servers.insert(
@@ -311,6 +336,7 @@ impl Director {
             session_id,
             address: from,
         });
+        true
     }
 
     fn remove(&mut self, session_id: u32) {
@@ -464,6 +490,22 @@ impl Director {
     /// The live servers.
     pub fn servers(&self) -> impl Iterator<Item = &ServerRecord> {
         self.servers.values()
+    }
+
+    /// Every name carried, and per name each archive (by id) with the live
+    /// servers carrying it: one file packed twice, or two files of one name,
+    /// show as two archives.
+    pub fn versions(&self) -> Versions<'_> {
+        let mut by_name: Versions<'_> = BTreeMap::new();
+        for s in self.servers.values() {
+            for e in s.files() {
+                (by_name.entry(&e.name).or_default().entry(e.archive_id))
+                    .or_insert_with(|| (e, Vec::new()))
+                    .1
+                    .push(s);
+            }
+        }
+        by_name
     }
 
     /// Receivers' recent look-ups.

@@ -80,8 +80,16 @@ impl Director {
                 self.jobs.report(&r.node, report, wall);
             }
         }
-        // Only the scheduling director moves jobs and answers (§10.5).
+        // Only the scheduling director moves jobs (§10.5); every director
+        // says it heard a fresh REGISTER (HEARD, unless ASSIGNs say it).
+        let heard = wire::encode_heard(&self.director_key, instance, r.sequence);
         if !self.scheduling || answered.is_some_and(|at| now < at + ANSWER_EVERY) {
+            if answered.is_none_or(|at| now >= at + ANSWER_EVERY) {
+                if let Some(n) = self.nodes.get_mut(&r.node) {
+                    n.answered = Some(now);
+                }
+                self.out.push_back((from, heard));
+            }
             return;
         }
         if let Some(n) = self.nodes.get_mut(&r.node) {
@@ -103,6 +111,9 @@ impl Director {
                 .filter(|id| !active.contains(id))
                 .map(|&id| cancel(id, r.sequence)),
         );
+        if answers.is_empty() {
+            self.out.push_back((from, heard));
+        }
         for a in answers {
             let datagram = wire::encode_assign(&self.director_key, instance, &a);
             self.out.push_back((from, datagram));

@@ -39,6 +39,7 @@ fn entry(name: &str, archive_id: u64) -> AnnounceEntry {
         archive_id,
         original_size: 10,
         body_len: 100,
+        content_digest: [7; 32],
         flags: 0,
         name: name.into(),
         channels: vec![ChannelInfo {
@@ -76,6 +77,15 @@ impl Site {
         let k = key();
         let bytes = wire::encode_heartbeat(&k.director_mac_key(), session, &h);
         self.director.handle_datagram(now, from, &bytes);
+        // A fresh heartbeat is answered with HEARD, shorter than it.
+        while let Some((to, heard)) = self.director.poll_transmit() {
+            assert_eq!(to, from);
+            assert!(heard.len() < bytes.len());
+            assert_eq!(
+                wire::decode(&heard).unwrap().packet,
+                Packet::Heard(h.sequence)
+            );
+        }
         let announce = Announce {
             part: 0,
             parts: 1,
@@ -262,6 +272,39 @@ fn a_lookup_without_its_padding_or_under_another_key_gets_no_answer() {
     assert!(site.director.poll_transmit().is_none());
     assert_eq!(site.director.stats().unauthenticated, 1);
     assert_eq!(site.director.stats().ignored, 1);
+}
+
+#[test]
+fn a_fresh_heartbeat_is_heard_a_replay_is_not_and_strangers_are_told_once_in_ten_seconds() {
+    let mut site = Site::new();
+    let k = key();
+    let server = addr(1, 1);
+    let h = heartbeat(5, 0, 16);
+    let bytes = wire::encode_heartbeat(&k.director_mac_key(), 7, &h);
+    site.director.handle_datagram(site.at(0), server, &bytes);
+    let (to, heard) = site.director.poll_transmit().expect("HEARD");
+    assert_eq!(to, server);
+    assert!(k.director_mac_key().verifies(&heard));
+    let d = wire::decode(&heard).unwrap();
+    assert_eq!((d.session_id, d.packet), (7, Packet::Heard(h.sequence)));
+    site.director.handle_datagram(site.at(500), server, &bytes);
+    assert!(
+        site.director.poll_transmit().is_none(),
+        "a replay is not answered"
+    );
+    // Another key's heartbeats: counted each, told once per 10 s, never answered.
+    let stranger = MasterKey::from_bytes([8; 32]);
+    let forged = wire::encode_heartbeat(&stranger.director_mac_key(), 9, &heartbeat(6, 0, 16));
+    for ms in [600, 700, 800] {
+        site.director
+            .handle_datagram(site.at(ms), addr(2, 2), &forged);
+    }
+    assert!(site.director.poll_transmit().is_none());
+    assert_eq!(site.director.stats().unauthenticated, 3);
+    let told: Vec<_> = std::iter::from_fn(|| site.director.poll_event())
+        .filter(|e| matches!(e, DirectorEvent::Unauthenticated(_)))
+        .collect();
+    assert_eq!(told.len(), 1, "{told:?}");
 }
 
 proptest::proptest! {

@@ -40,14 +40,20 @@ pub enum AgentEvent {
         /// The job.
         job: u64,
     },
-    /// A director answered for the first time, or after silence.
+    /// A director answered for the first time, or after `DIRECTOR_SILENT`.
     DirectorHeard {
         /// Which.
         director: SocketAddr,
     },
 }
 
-#[derive(Debug, Clone, Copy)]
+/// Most bytes of job details one REGISTER carries (16 reports of 13 bytes, a
+/// node name of 64 and this stay within a 1500-byte packet).
+const MAX_REGISTER_DETAILS: usize = 3 * wire::MAX_JOB_DETAIL;
+/// A director unheard this long is silent: the driver says so.
+pub const DIRECTOR_SILENT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
 struct Reported {
     report: JobReport,
     /// When it became final (None: still receiving).
@@ -105,7 +111,11 @@ impl Agent {
 
     /// Remembers a job finished before this start (from the driver's record).
     pub fn restore_finished(&mut self, job: u64, state: AgentJobState, failure: JobFailure) {
-        self.finished.insert(job, final_report(job, state, failure));
+        self.keep_finished(final_report(job, state, failure, String::new()));
+    }
+
+    fn keep_finished(&mut self, report: JobReport) {
+        self.finished.insert(report.job_id, report);
         while self.finished.len() > MAX_FINISHED {
             self.finished.pop_first();
         }
@@ -126,16 +136,24 @@ impl Agent {
         }
     }
 
-    /// A job ended: done, or failed for good. The next REGISTER says so.
-    pub fn finish(&mut self, now: Instant, job: u64, state: AgentJobState, failure: JobFailure) {
-        let report = final_report(job, state, failure);
+    /// A job ended: done, or failed for good (`detail` says how, in words).
+    /// The next REGISTER says so.
+    pub fn finish(
+        &mut self,
+        now: Instant,
+        job: u64,
+        state: AgentJobState,
+        failure: JobFailure,
+        detail: &str,
+    ) {
+        let report = final_report(job, state, failure, wire::job_detail(detail));
         if let Some(r) = self.jobs.get_mut(&job) {
             *r = Reported {
-                report,
+                report: report.clone(),
                 finished: Some(now),
             };
         }
-        self.restore_finished(job, state, failure);
+        self.keep_finished(report);
         self.next_register = now;
     }
 
@@ -147,20 +165,33 @@ impl Agent {
         let Ok(d) = wire::decode(bytes) else {
             return;
         };
-        let Packet::Assign(assign) = d.packet else {
-            return;
+        let echo = match &d.packet {
+            Packet::Assign(assign) => assign.echo,
+            Packet::Heard(echo) => *echo,
+            _ => return,
         };
-        let fresh = self.sent.iter().any(|&(seq, at)| {
-            seq == assign.echo && now.saturating_duration_since(at) <= ANSWER_WINDOW
-        });
+        let fresh = (self.sent.iter())
+            .any(|&(seq, at)| seq == echo && now.saturating_duration_since(at) <= ANSWER_WINDOW);
         if d.session_id != self.instance || !fresh {
             return;
         }
-        if self.heard.insert(from, now).is_none() {
+        let before = self.heard.insert(from, now);
+        if before.is_none_or(|at| now >= at + DIRECTOR_SILENT) {
             self.events
                 .push_back(AgentEvent::DirectorHeard { director: from });
         }
-        self.assign(now, assign);
+        if let Packet::Assign(assign) = d.packet {
+            self.assign(now, assign);
+        }
+    }
+
+    /// The directors that have not answered within `DIRECTOR_SILENT`, with when
+    /// each last did (None: never).
+    pub fn silent_directors(&self, now: Instant) -> Vec<(SocketAddr, Option<Instant>)> {
+        (self.directors.iter())
+            .map(|&d| (d, self.heard.get(&d).copied()))
+            .filter(|(_, at)| at.is_none_or(|at| now >= at + DIRECTOR_SILENT))
+            .collect()
     }
 
     fn assign(&mut self, now: Instant, a: Assign) {
@@ -169,7 +200,7 @@ impl Agent {
                 if self.jobs.contains_key(&a.job_id) {
                     return;
                 }
-                if let Some(&report) = self.finished.get(&a.job_id) {
+                if let Some(report) = self.finished.get(&a.job_id).cloned() {
                     // Asked again for a job finished: say so again.
                     self.jobs.insert(
                         a.job_id,
@@ -192,6 +223,7 @@ impl Agent {
                             state: AgentJobState::Receiving,
                             permille: 0,
                             failure: JobFailure::None,
+                            detail: String::new(),
                         },
                         finished: None,
                     },
@@ -232,13 +264,21 @@ impl Agent {
         let interval = Duration::from_millis(REGISTER_INTERVAL_MS);
         self.next_register = now + interval;
         // Receiving jobs first: they must be heard; finished ones as room allows.
-        let mut jobs: Vec<JobReport> = self.receiving().map(|r| r.report).collect();
+        let mut jobs: Vec<JobReport> = self.receiving().map(|r| r.report.clone()).collect();
         jobs.extend(
             (self.jobs.values())
                 .filter(|r| r.finished.is_some())
-                .map(|r| r.report),
+                .map(|r| r.report.clone()),
         );
         jobs.truncate(MAX_JOB_REPORTS);
+        // Details as room allows: a REGISTER stays within one 1500-byte packet.
+        let mut room = MAX_REGISTER_DETAILS;
+        for j in &mut jobs {
+            match room.checked_sub(j.detail.len()) {
+                Some(left) => room = left,
+                None => j.detail.clear(),
+            }
+        }
         // Milliseconds since start, plus one so that two REGISTERs in one
         // millisecond (a finish right after a turn) still grow.
         let since = now.saturating_duration_since(self.started).as_millis() as u64;
@@ -282,7 +322,7 @@ impl Agent {
     }
 }
 
-fn final_report(job: u64, state: AgentJobState, failure: JobFailure) -> JobReport {
+fn final_report(job: u64, state: AgentJobState, failure: JobFailure, detail: String) -> JobReport {
     JobReport {
         job_id: job,
         state,
@@ -292,5 +332,6 @@ fn final_report(job: u64, state: AgentJobState, failure: JobFailure) -> JobRepor
             0
         },
         failure,
+        detail,
     }
 }

@@ -51,8 +51,10 @@ pub enum NodeState {
     Done,
     /// Given up: `NodeProgress::failure` says why.
     Failed,
-    /// The deadline passed, or the job was cancelled, before it was done.
+    /// The deadline passed before it was done.
     Missed,
+    /// The job was cancelled before it was done.
+    Cancelled,
 }
 
 impl NodeState {
@@ -60,7 +62,7 @@ impl NodeState {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            NodeState::Done | NodeState::Failed | NodeState::Missed
+            NodeState::Done | NodeState::Failed | NodeState::Missed | NodeState::Cancelled
         )
     }
 
@@ -72,12 +74,13 @@ impl NodeState {
             NodeState::Done => "done",
             NodeState::Failed => "failed",
             NodeState::Missed => "missed",
+            NodeState::Cancelled => "cancelled",
         }
     }
 }
 
 /// One target's progress in one job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeProgress {
     /// Its state.
     pub state: NodeState,
@@ -87,6 +90,8 @@ pub struct NodeProgress {
     pub failure: JobFailure,
     /// When its progress last moved (wall ms; 0: never).
     pub moved_ms: u64,
+    /// What its agent last said in words (a failed hook's status and output).
+    pub detail: String,
 }
 
 /// Where a whole job is.
@@ -315,8 +320,11 @@ impl JobTable {
             permille: 0,
             failure: JobFailure::None,
             moved_ms: now_ms,
+            detail: String::new(),
         };
-        let nodes = spec.targets.iter().map(|n| (n.clone(), waiting)).collect();
+        let nodes = (spec.targets.iter())
+            .map(|n| (n.clone(), waiting.clone()))
+            .collect();
         self.jobs.insert(
             id,
             Job {
@@ -373,12 +381,13 @@ impl JobTable {
             p.moved_ms = now_ms;
         }
         let changed = state != p.state;
-        if changed || permille != p.permille || r.failure != p.failure {
+        if changed || permille != p.permille || r.failure != p.failure || r.detail != p.detail {
             self.dirty.insert(r.job_id);
         }
         p.state = state;
         p.permille = permille;
         p.failure = r.failure;
+        p.detail.clone_from(&r.detail);
         if changed {
             self.changes.push(JobChange::Node {
                 job: r.job_id,
@@ -421,12 +430,16 @@ impl JobTable {
             return;
         };
         job.state = state;
+        let left = match state {
+            JobState::Cancelled => NodeState::Cancelled,
+            _ => NodeState::Missed,
+        };
         for (node, p) in job.nodes.iter_mut().filter(|(_, p)| !p.state.is_final()) {
-            p.state = NodeState::Missed;
+            p.state = left;
             self.changes.push(JobChange::Node {
                 job: id,
                 node: node.clone(),
-                state: NodeState::Missed,
+                state: left,
             });
         }
         self.dirty.insert(id);

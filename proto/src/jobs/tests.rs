@@ -24,6 +24,7 @@ fn report(job_id: u64, state: AgentJobState, permille: u16) -> JobReport {
         state,
         permille,
         failure: JobFailure::None,
+        detail: String::new(),
     }
 }
 
@@ -110,11 +111,12 @@ fn a_failed_target_fails_the_job_once_the_rest_are_final() {
 }
 
 #[test]
-fn a_cancelled_job_misses_its_unfinished_targets_and_ids_never_repeat() {
+fn a_cancelled_job_cancels_its_unfinished_targets_and_ids_never_repeat() {
     let mut t = JobTable::default();
     let a = t.create(spec(&["a"]), 0).unwrap();
     t.cancel(a).unwrap();
     assert_eq!(t.get(a).unwrap().state, JobState::Cancelled);
+    assert_eq!(t.get(a).unwrap().nodes["a"].state, NodeState::Cancelled);
     assert_eq!(t.cancel(99), Err(JobError::NoSuchJob(99)));
     let job = t.get(a).unwrap().clone();
     let mut restored = JobTable::default();
@@ -236,6 +238,7 @@ impl Site {
             archive_id: 5,
             original_size: 100,
             body_len: 100,
+            content_digest: [7; 32],
             flags: 0,
             name: "image.iso".into(),
             channels: vec![ChannelInfo {
@@ -291,7 +294,7 @@ impl Site {
         let now = self.now;
         self.agents[k]
             .0
-            .finish(now, id, AgentJobState::Done, JobFailure::None);
+            .finish(now, id, AgentJobState::Done, JobFailure::None, "");
     }
 }
 
@@ -453,10 +456,6 @@ fn a_replayed_assign_is_stale_and_a_strangers_is_unheard() {
     agent.handle_datagram(now + Duration::from_secs(2), DIRECTOR, &genuine);
     assert!(matches!(
         agent.poll_event(),
-        Some(AgentEvent::DirectorHeard { .. })
-    ));
-    assert!(matches!(
-        agent.poll_event(),
         Some(AgentEvent::Fetch { job: 77, .. })
     ));
 }
@@ -474,7 +473,7 @@ fn a_replayed_register_is_stale_and_moves_nothing_back() {
     agent.handle_timeout(now);
     let (_, at_30) = agent.poll_transmit().unwrap();
     site.director.handle_datagram(now, addr, &at_30);
-    agent.finish(now, id, AgentJobState::Done, JobFailure::None);
+    agent.finish(now, id, AgentJobState::Done, JobFailure::None, "");
     agent.handle_timeout(now);
     let (_, done) = agent.poll_transmit().unwrap();
     site.director.handle_datagram(now, addr, &done);
@@ -594,4 +593,17 @@ fn a_request_sent_again_gets_the_job_it_made_not_another() {
     assert_eq!(restored.create(asked, 3000), Ok(first));
     // Without an id, each request is a job.
     assert_ne!(t.create(spec(&["a"]), 4000), t.create(spec(&["a"]), 5000));
+}
+
+#[test]
+fn an_agent_with_no_job_hears_its_director_and_tells_when_it_falls_silent() {
+    let mut site = Site::new(&["a"]);
+    let (agent, _) = &site.agents[0];
+    assert_eq!(agent.silent_directors(site.now).len(), 1, "never heard yet");
+    site.run(2500);
+    let (agent, _) = &site.agents[0];
+    assert!(site.director.jobs().next().is_none());
+    assert!(agent.silent_directors(site.now).is_empty());
+    let later = site.now + crate::jobs::agent::DIRECTOR_SILENT;
+    assert_eq!(agent.silent_directors(later).len(), 1);
 }

@@ -106,6 +106,8 @@ pub struct Endpoint<A: Admission = CookieJar> {
     started: Instant,
     /// When the next heartbeat goes to the directors (with `ServerConfig::directors`).
     next_heartbeat: Instant,
+    /// When each director last said HEARD to a recent heartbeat.
+    directors_heard: HashMap<SocketAddr, Instant>,
     /// Other servers heard on the directory group.
     neighbours: Neighbours,
     /// Thousandths of a core the server process uses, as the driver last said.
@@ -153,6 +155,7 @@ impl<A: Admission> Endpoint<A> {
             next_housekeeping: now + HOUSEKEEPING,
             started: now,
             next_heartbeat: now,
+            directors_heard: HashMap::new(),
             neighbours: Neighbours::new(config.session_id as u64),
             cpu_permille: 0,
             stats: ServerStats::default(),
@@ -419,6 +422,45 @@ impl<A: Admission> Endpoint<A> {
         subnets
     }
 
+    /// A director's HEARD: taken when it verifies under the director key, comes
+    /// from a director of ours, and echoes a heartbeat of the last
+    /// `jobs::agent::ANSWER_WINDOW` (a replayed one is stale).
+    pub(super) fn heard_from_director(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        echo: u64,
+        bytes: &[u8],
+    ) {
+        let Some(link) = &self.config.directors else {
+            return;
+        };
+        if !link.addresses.contains(&from) || !link.key.verifies(bytes) {
+            self.stats.unauthenticated += 1;
+            return;
+        }
+        let since_start = now.saturating_duration_since(self.started);
+        let oldest = since_start.saturating_sub(crate::jobs::agent::ANSWER_WINDOW);
+        if echo <= oldest.as_millis() as u64 || echo > since_start.as_millis() as u64 + 1 {
+            self.stats.dropped += 1;
+            return;
+        }
+        self.directors_heard.insert(from, now);
+    }
+
+    /// The directors that have not answered a heartbeat within
+    /// `jobs::agent::DIRECTOR_SILENT`, with when each last did (None: never).
+    pub fn silent_directors(&self, now: Instant) -> Vec<(SocketAddr, Option<Instant>)> {
+        let silent = crate::jobs::agent::DIRECTOR_SILENT;
+        let Some(link) = &self.config.directors else {
+            return Vec::new();
+        };
+        (link.addresses.iter())
+            .map(|&d| (d, self.directors_heard.get(&d).copied()))
+            .filter(|(_, at)| at.is_none_or(|at| now >= at + silent))
+            .collect()
+    }
+
     /// Tells the endpoint how much of a core its process uses, in thousandths (heartbeats carry it).
     pub fn set_cpu_load(&mut self, permille: u16) {
         self.cpu_permille = permille;
@@ -544,6 +586,7 @@ fn listing(files: &[FileOnAir]) -> Vec<AnnounceEntry> {
             archive_id: f.manifest.archive_id,
             original_size: f.manifest.original_size,
             body_len: f.manifest.body_len,
+            content_digest: f.manifest.content_digest,
             flags: if f.active { 0 } else { wire::ENTRY_IDLE },
             name: f.manifest.name.clone(),
             channels: f

@@ -173,6 +173,17 @@ pub enum RedirectReason {
     Throughput = 2,
 }
 
+impl RedirectReason {
+    /// The reason as a word for logs and JSON: server_down, overloaded, throughput.
+    pub fn name(self) -> &'static str {
+        match self {
+            RedirectReason::ServerDown => "server_down",
+            RedirectReason::Overloaded => "overloaded",
+            RedirectReason::Throughput => "throughput",
+        }
+    }
+}
+
 /// A director's unasked move of a receiver: the servers to take a file from
 /// now, best first. It echoes the nonce of the receiver's last answered LOOKUP.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,6 +216,14 @@ pub(super) fn decode_redirect(r: &mut Reader<'_>) -> Result<Redirect, DecodeErro
         return Err(DecodeError::Invalid);
     }
     Ok(Redirect { reason, directions })
+}
+
+/// Encodes a HEARD answering the HEARTBEAT or REGISTER of sequence `echo`
+/// (session id: the server's session or the agent's instance).
+pub fn encode_heard(key: &MacKey, session_id: u32, echo: u64) -> Vec<u8> {
+    datagram(key, PacketType::Heard, session_id, |buf| {
+        buf.extend_from_slice(&echo.to_be_bytes());
+    })
 }
 
 /// Encodes a HEARTBEAT (session id: the server's).

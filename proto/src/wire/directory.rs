@@ -30,6 +30,9 @@ pub struct AnnounceEntry {
     pub original_size: u64,
     /// Bytes of the archive body looped on the channel.
     pub body_len: u64,
+    /// blake3 digest of the original file (the manifest's), so that a push or a
+    /// director can tell one file packed twice from two files of one name.
+    pub content_digest: [u8; 32],
     /// `ENTRY_IDLE` when the channels wait for a request.
     pub flags: u8,
     /// File name (UTF-8, at most 255 bytes).
@@ -69,7 +72,7 @@ pub fn announce_entry_len(entry: &AnnounceEntry) -> usize {
         .iter()
         .map(|c| socket_addr_len(c.group) + 2 + 8)
         .sum();
-    8 + 8 + 8 + 1 + 1 + entry.name.len() + 1 + channels
+    8 + 8 + 8 + 32 + 1 + 1 + entry.name.len() + 1 + channels
 }
 /// Encodes an ANNOUNCE datagram. Names over 255 bytes or more than `MAX_CHANNELS`
 /// channels are a caller bug.
@@ -90,6 +93,7 @@ pub fn encode_announce(key: &MacKey, session_id: u32, announce: &Announce) -> Ve
             buf.extend_from_slice(&e.archive_id.to_be_bytes());
             buf.extend_from_slice(&e.original_size.to_be_bytes());
             buf.extend_from_slice(&e.body_len.to_be_bytes());
+            buf.extend_from_slice(&e.content_digest);
             buf.push(e.flags);
             buf.push(e.name.len() as u8);
             buf.extend_from_slice(e.name.as_bytes());
@@ -116,6 +120,7 @@ pub(super) fn decode_announce(r: &mut Reader<'_>) -> Result<Announce, DecodeErro
         let archive_id = r.u64()?;
         let original_size = r.u64()?;
         let body_len = r.u64()?;
+        let content_digest = r.array()?;
         let flags = r.u8()?;
         let name_len = r.u8()? as usize;
         let name = std::str::from_utf8(r.take(name_len)?)
@@ -137,6 +142,7 @@ pub(super) fn decode_announce(r: &mut Reader<'_>) -> Result<Announce, DecodeErro
             archive_id,
             original_size,
             body_len,
+            content_digest,
             flags,
             name,
             channels,

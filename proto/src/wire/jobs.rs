@@ -45,8 +45,11 @@ pub enum JobFailure {
     NoRoom = 3,
 }
 
+/// Longest `JobReport::detail`, in bytes.
+pub const MAX_JOB_DETAIL: usize = 160;
+
 /// One job in an agent's REGISTER.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobReport {
     /// The job.
     pub job_id: u64,
@@ -56,6 +59,18 @@ pub struct JobReport {
     pub permille: u16,
     /// What is wrong, if anything.
     pub failure: JobFailure,
+    /// What the agent can say of it, in words (a failed hook's exit status and
+    /// the tail of its error output), at most `MAX_JOB_DETAIL` bytes of UTF-8.
+    pub detail: String,
+}
+
+/// `text` cut to at most `MAX_JOB_DETAIL` bytes, on a character boundary.
+pub fn job_detail(text: &str) -> String {
+    let mut end = text.len().min(MAX_JOB_DETAIL);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 /// An agent's liveness and progress, sent to each director every second.
@@ -103,6 +118,7 @@ pub struct Assign {
 /// or more than `MAX_JOB_REPORTS` jobs is a caller bug.
 pub fn encode_register(key: &MacKey, instance: u32, r: &Register) -> Vec<u8> {
     assert!(valid_node_name(&r.node) && r.jobs.len() <= MAX_JOB_REPORTS);
+    assert!(r.jobs.iter().all(|j| j.detail.len() <= MAX_JOB_DETAIL));
     datagram(key, PacketType::Register, instance, |buf| {
         buf.extend_from_slice(&r.sequence.to_be_bytes());
         buf.extend_from_slice(&r.free_bytes.to_be_bytes());
@@ -114,6 +130,8 @@ pub fn encode_register(key: &MacKey, instance: u32, r: &Register) -> Vec<u8> {
             buf.push(j.state as u8);
             buf.extend_from_slice(&j.permille.to_be_bytes());
             buf.push(j.failure as u8);
+            buf.push(j.detail.len() as u8);
+            buf.extend_from_slice(j.detail.as_bytes());
         }
     })
 }
@@ -168,7 +186,8 @@ pub(super) fn decode_register(r: &mut Reader<'_>) -> Result<Register, DecodeErro
             3 => JobFailure::NoRoom,
             _ => return Err(DecodeError::Invalid),
         };
-        if permille > 1000 {
+        let detail = string(r)?;
+        if permille > 1000 || detail.len() > MAX_JOB_DETAIL {
             return Err(DecodeError::Invalid);
         }
         jobs.push(JobReport {
@@ -176,6 +195,7 @@ pub(super) fn decode_register(r: &mut Reader<'_>) -> Result<Register, DecodeErro
             state,
             permille,
             failure,
+            detail,
         });
     }
     Ok(Register {

@@ -22,8 +22,8 @@ pub use data::{
 };
 pub use director::{
     Direction, Directions, Found, Heartbeat, LOOKUP_PADDING, Lookup, MAX_DIRECTIONS, MAX_SUBNETS,
-    Redirect, RedirectReason, Subnet, SubnetThroughput, encode_directions, encode_heartbeat,
-    encode_lookup, encode_redirect, subnet_of,
+    Redirect, RedirectReason, Subnet, SubnetThroughput, encode_directions, encode_heard,
+    encode_heartbeat, encode_lookup, encode_redirect, subnet_of,
 };
 use director::{decode_directions, decode_heartbeat, decode_lookup, decode_redirect};
 use directory::decode_announce;
@@ -31,15 +31,16 @@ pub use directory::{
     ANNOUNCE_HEADER_LEN, Announce, AnnounceEntry, ChannelInfo, announce_entry_len, encode_announce,
 };
 pub use jobs::{
-    AgentJobState, Assign, AssignAction, JobFailure, JobReport, MAX_JOB_FILES, MAX_JOB_REPORTS,
-    MAX_NODE_NAME, Register, encode_assign, encode_register, valid_node_name,
+    AgentJobState, Assign, AssignAction, JobFailure, JobReport, MAX_JOB_DETAIL, MAX_JOB_FILES,
+    MAX_JOB_REPORTS, MAX_NODE_NAME, Register, encode_assign, encode_register, job_detail,
+    valid_node_name,
 };
 use jobs::{decode_assign, decode_register};
 
 /// First two bytes of every loopcast datagram: "LC".
 pub const MAGIC: [u8; 2] = *b"LC";
 /// Wire format version this code speaks.
-pub const VERSION: u8 = 5;
+pub const VERSION: u8 = 6;
 /// Bytes of the common header (magic, version, type, session id).
 pub const COMMON_HEADER_LEN: usize = 8;
 /// Bytes of the trailer: the packet's authentication tag.
@@ -116,6 +117,8 @@ pub enum PacketType {
     Assign = 15,
     /// Parity of a block of an archive's packets, on the data channel.
     Parity = 16,
+    /// A director's word that it verified a HEARTBEAT or REGISTER.
+    Heard = 17,
 }
 
 /// Bytes of a STATUS datagram: common header, 32-byte body, trailer.
@@ -189,6 +192,8 @@ pub enum Packet<'a> {
     Register(Register),
     /// ASSIGN.
     Assign(Assign),
+    /// HEARD: the sequence of the HEARTBEAT or REGISTER it answers.
+    Heard(u64),
 }
 /// A decoded datagram with its sender's session id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -326,6 +331,7 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
         k if k == PacketType::Redirect as u8 => Packet::Redirect(decode_redirect(&mut r)?),
         k if k == PacketType::Register as u8 => Packet::Register(decode_register(&mut r)?),
         k if k == PacketType::Assign as u8 => Packet::Assign(decode_assign(&mut r)?),
+        k if k == PacketType::Heard as u8 => Packet::Heard(r.u64()?),
         _ => return Err(DecodeError::UnknownType),
     };
     // Every body but DATA's and MANIFEST's must end exactly where its fields do.

@@ -27,14 +27,16 @@ fn entry_strategy() -> impl Strategy<Value = AnnounceEntry> {
         any::<u64>(),
         any::<u64>(),
         any::<u64>(),
+        any::<[u8; 32]>(),
         any::<u8>(),
         "[a-zA-Z0-9._ -]{0,60}",
         proptest::collection::vec(channel_strategy(), 1..=MAX_CHANNELS),
     )
-        .prop_map(|(a, o, b, flags, name, channels)| AnnounceEntry {
+        .prop_map(|(a, o, b, digest, flags, name, channels)| AnnounceEntry {
             archive_id: a,
             original_size: o,
             body_len: b,
+            content_digest: digest,
             flags,
             name,
             channels,
@@ -158,12 +160,12 @@ proptest! {
     #[test]
     fn registers_and_assigns_round_trip(instance in any::<u32>(), sequence in any::<u64>(), free in any::<u64>(),
                                         node in "[a-zA-Z0-9._-]{1,64}",
-                                        jobs in proptest::collection::vec((any::<u64>(), 0u8..3, 0u16..=1000, 0u8..4), 0..=MAX_JOB_REPORTS),
+                                        jobs in proptest::collection::vec((any::<u64>(), 0u8..3, 0u16..=1000, 0u8..4, "[ -~é]{0,80}"), 0..=MAX_JOB_REPORTS),
                                         job_id in any::<u64>(), remaining in any::<u32>(), rate in any::<u64>(),
                                         files in proptest::collection::vec("[a-z.]{1,255}", 1..=MAX_JOB_FILES)) {
         let state = |s| [AgentJobState::Receiving, AgentJobState::Done, AgentJobState::Failed][s as usize];
         let failure = |f| [JobFailure::None, JobFailure::Retrying, JobFailure::HookFailed, JobFailure::NoRoom][f as usize];
-        let jobs = jobs.into_iter().map(|(job_id, s, permille, f)| JobReport { job_id, state: state(s), permille, failure: failure(f) }).collect();
+        let jobs = jobs.into_iter().map(|(job_id, s, permille, f, detail)| JobReport { job_id, state: state(s), permille, failure: failure(f), detail: job_detail(&detail) }).collect();
         let r = Register { sequence, free_bytes: free, node, jobs };
         let bytes = encode_register(&mac(), instance, &r);
         let d = decode(&bytes).unwrap();
@@ -177,6 +179,9 @@ proptest! {
         let cancel = Assign { echo: sequence, job_id, action: AssignAction::Cancel, remaining_ms: 0, max_rate_bps: 0, files: Vec::new() };
         let bytes = encode_assign(&mac(), instance, &cancel);
         prop_assert_eq!(decode(&bytes).unwrap().packet, Packet::Assign(cancel));
+        let heard = encode_heard(&mac(), instance, sequence);
+        let d = decode(&heard).unwrap();
+        prop_assert_eq!((d.session_id, d.packet), (instance, Packet::Heard(sequence)));
     }
 
     #[test]
@@ -185,7 +190,7 @@ proptest! {
     }
 
     #[test]
-    fn random_bodies_never_panic(kind in 0u8..17, body in proptest::collection::vec(any::<u8>(), 0..400)) {
+    fn random_bodies_never_panic(kind in 0u8..19, body in proptest::collection::vec(any::<u8>(), 0..400)) {
         let mut bytes = vec![b'L', b'C', VERSION, kind, 0, 0, 0, 1];
         bytes.extend_from_slice(&body);
         let _ = decode(&bytes);

@@ -592,6 +592,7 @@ pub fn rogue_entry(name: &str, archive_id: u64) -> loopcast_proto::wire::Announc
         archive_id,
         original_size: 1,
         body_len: 100,
+        content_digest: [7; 32],
         flags: 0,
         name: name.into(),
         channels: vec![ChannelInfo {

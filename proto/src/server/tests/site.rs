@@ -70,6 +70,7 @@ fn listing_of(signer: &MasterKey, session: u32, group: &str) -> Vec<u8> {
             archive_id: 77,
             original_size: 1,
             body_len: 100,
+            content_digest: [7; 32],
             flags: 0,
             name: "other.bin".into(),
             channels: vec![ChannelInfo {

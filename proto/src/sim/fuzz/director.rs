@@ -36,6 +36,7 @@ impl World {
                     permille: 0,
                     failure: wire::JobFailure::None,
                     moved_ms: 0,
+                    detail: String::new(),
                 },
             )]
             .into(),

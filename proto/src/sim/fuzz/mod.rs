@@ -150,6 +150,7 @@ impl World {
             archive_id: id,
             original_size: m.original_size,
             body_len: m.body_len,
+            content_digest: m.content_digest,
             flags: 0,
             name: m.name.clone(),
             channels: vec![ChannelInfo {
@@ -286,6 +287,7 @@ impl World {
                         state: wire::AgentJobState::Receiving,
                         permille: 10,
                         failure: wire::JobFailure::None,
+                        detail: String::new(),
                     }],
                 },
             ),
