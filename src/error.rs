@@ -11,6 +11,24 @@ pub const EXIT_NOT_CARRIED: i32 = 4;
 /// Exit code when the output directory has no room for a wanted file.
 pub const EXIT_NO_ROOM: i32 = 6;
 
+/// Exit code of a command stopped by SIGINT (128 + 2), as shells expect.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// What one of loopcast's exit codes means, in words (None: success or unknown).
+pub fn exit_meaning(code: Option<i32>) -> Option<&'static str> {
+    match code? {
+        EXIT_FAILURE => Some("an error"),
+        2 => Some("bad arguments"),
+        EXIT_TIMEOUT => Some("time-out"),
+        EXIT_NOT_CARRIED => Some("no live server carries a file"),
+        5 => Some("nodes missing"),
+        EXIT_NO_ROOM => Some("no room for a file"),
+        130 => Some("interrupted"),
+        143 => Some("terminated"),
+        _ => None,
+    }
+}
+
 /// A failure with a one-line, user-facing reason.
 #[derive(Debug)]
 pub struct Error {

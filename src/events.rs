@@ -4,6 +4,11 @@ use serde_json::{Map, Value};
 use std::io::Write;
 use std::time::Instant;
 
+/// The log target of counters (debug level): key=value lines a server and a
+/// receiver write at the end, for scripts and tests
+/// (`RUST_LOG=info,loopcast::counters=debug`).
+pub const COUNTERS: &str = "loopcast::counters";
+
 /// Writes events as JSON lines when enabled; does nothing otherwise.
 pub struct Events {
     enabled: bool,

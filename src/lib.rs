@@ -21,3 +21,4 @@ pub mod server;
 pub mod signals;
 pub mod storage;
 pub mod units;
+pub mod waiting;

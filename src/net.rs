@@ -102,6 +102,28 @@ impl Interface {
     }
 }
 
+/// "lo (127.0.0.1)", or "the kernel's choice of interface" when none was named.
+impl std::fmt::Display for Interface {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.index == 0 && self.v4.is_none() && self.v6.is_none() {
+            return f.write_str("the kernel's choice of interface");
+        }
+        let mut name = [0u8; libc::IF_NAMESIZE];
+        // SAFETY: if_indextoname writes at most IF_NAMESIZE bytes, NUL included.
+        let found =
+            unsafe { !libc::if_indextoname(self.index, name.as_mut_ptr().cast()).is_null() };
+        let end = name.iter().position(|&b| b == 0).unwrap_or(0);
+        let name = match found {
+            true => String::from_utf8_lossy(&name[..end]).into_owned(),
+            false => format!("interface {}", self.index),
+        };
+        let addresses: Vec<String> = (self.v4.map(|a| a.to_string()).into_iter())
+            .chain(self.v6.map(|a| a.to_string()))
+            .collect();
+        write!(f, "{name} ({})", addresses.join(", "))
+    }
+}
+
 fn is_link_local(ip: &Ipv6Addr) -> bool {
     ip.segments()[0] & 0xffc0 == 0xfe80
 }

@@ -22,6 +22,8 @@ pub struct StopSignals {
     /// A timerfd: epoll's own time-out counts whole milliseconds, too coarse for
     /// pacing bursts of a millisecond.
     timer: OwnedFd,
+    /// The stop signal that arrived, if one did.
+    caught: Option<i32>,
 }
 
 impl StopSignals {
@@ -60,6 +62,7 @@ impl StopSignals {
             events: Events::with_capacity(64),
             signals,
             timer,
+            caught: None,
         })
     }
 
@@ -119,8 +122,19 @@ impl StopSignals {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(false),
             Err(e) => return Err(crate::error::Error::new(format!("event loop failed: {e}"))),
         }
-        let signalled = self.events.iter().any(|e| e.token() == SIGNAL_TOKEN)
-            && self.signals.pending().next().is_some();
-        Ok(signalled)
+        if self.events.iter().any(|e| e.token() == SIGNAL_TOKEN)
+            && let Some(signal) = self.signals.pending().next()
+        {
+            self.caught = Some(signal);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// The error a command interrupted by the signal caught ends with: exit
+    /// 128 + the signal's number (130 for SIGINT), as shells expect.
+    pub fn interrupted(&self, message: impl Into<String>) -> crate::error::Error {
+        let signal = self.caught.unwrap_or(SIGINT);
+        crate::error::Error::with_code(message, 128 + signal)
     }
 }

@@ -2,6 +2,11 @@
 
 use std::net::SocketAddr;
 
+/// The port of a group given without one (the default groups' port).
+pub const DEFAULT_GROUP_PORT: u16 = 7700;
+/// Default UDP port of a director.
+pub const DEFAULT_DIRECTOR_PORT: u16 = 7790;
+
 /// Parses a duration: a number of seconds, or with a unit: 90s, 30m, 2h, 1d.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
@@ -47,6 +52,18 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
     Ok(bps as u64)
 }
 
+/// Formats a duration as people write one: "1h30m", "45s".
+pub fn format_duration(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, s % 3600 / 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, 0, _) => format!("{h}h"),
+        (h, m, _) => format!("{h}h{m}m"),
+    }
+}
+
 /// Formats bits per second with a suffix, e.g. "100 Mbit/s".
 pub fn format_rate(bps: f64) -> String {
     if bps >= 1e9 {
@@ -75,8 +92,12 @@ pub fn format_bytes(bytes: u64) -> String {
 }
 
 /// Parses a multicast group "G:P" with G in 224.0.0.0/4, or "[G]:P" with G in
-/// ff00::/8.
+/// ff00::/8; without a port ("G", "[G]" or a bare IPv6 "G") the port is 7700.
 pub fn parse_group(text: &str) -> Result<SocketAddr, String> {
+    let bare = text.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        return parse_group(&SocketAddr::new(ip, DEFAULT_GROUP_PORT).to_string());
+    }
     let addr: SocketAddr = text.parse().map_err(|_| {
         format!("{text:?} is not GROUP:PORT (examples: 239.255.77.1:7700, [ff15::77]:7700)")
     })?;
@@ -124,7 +145,19 @@ mod tests {
     fn groups() {
         assert!(parse_group("239.255.77.1:7700").is_ok());
         assert!(parse_group("10.0.0.1:7700").is_err());
-        assert!(parse_group("239.1.1.1").is_err());
+        assert_eq!(
+            parse_group("239.1.1.1"),
+            Ok("239.1.1.1:7700".parse().unwrap())
+        );
+        assert_eq!(
+            parse_group("ff15::77"),
+            Ok("[ff15::77]:7700".parse().unwrap())
+        );
+        assert_eq!(
+            parse_group("[ff15::77]"),
+            Ok("[ff15::77]:7700".parse().unwrap())
+        );
+        assert!(parse_group("10.0.0.1").is_err());
         assert!(parse_group("239.1.1.1:0").is_err());
     }
 
@@ -146,6 +179,21 @@ pub fn display_name(name: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// Text from another host fit for a terminal: control characters escaped.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.chars().any(char::is_control) {
+        false => text.into(),
+        true => text
+            .chars()
+            .map(|c| match c.is_control() {
+                true => c.escape_default().to_string(),
+                false => c.to_string(),
+            })
+            .collect::<String>()
+            .into(),
+    }
+}
+
 #[cfg(test)]
 mod display_tests {
     use super::display_name;
@@ -160,5 +208,7 @@ mod display_tests {
             "{shown}"
         );
         assert!(shown.contains("\\u{1b}"), "{shown}");
+        assert_eq!(super::printable("exit 3: no space"), "exit 3: no space");
+        assert!(!super::printable("a\u{1b}[2Jb").contains('\u{1b}'));
     }
 }

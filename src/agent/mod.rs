@@ -44,6 +44,8 @@ pub struct AgentConfig {
     pub local: SocketAddr,
     /// Print events as JSON lines on stdout.
     pub json: bool,
+    /// Keep what a cancelled or expired job received (`--keep-partial`).
+    pub keep_partial: bool,
 }
 
 impl AgentConfig {
@@ -73,6 +75,8 @@ struct Running {
     retry_at: Option<Instant>,
     /// Thousandths held, as its receiver last said (kept across a retry).
     permille: u16,
+    /// Cancelled: its receiver is stopping, and then what it received goes.
+    cancelled: bool,
 }
 
 /// Runs the agent until SIGINT/SIGTERM.
@@ -112,6 +116,11 @@ pub fn run(config: AgentConfig) -> Result<()> {
         "registering",
         json!({"node": config.node, "directors": config.director_list()}),
     );
+    let mut silent = crate::waiting::SilentDirectors::new(
+        "REGISTERs",
+        loopcast_proto::keys::hex(&config.key.fingerprint()),
+        now,
+    );
     let (news_tx, news_rx) = mpsc::channel();
     let mut running: HashMap<u64, Running> = HashMap::new();
     let mut buf = vec![0u8; 65536];
@@ -141,16 +150,28 @@ pub fn run(config: AgentConfig) -> Result<()> {
                         fetch: None,
                         retry_at: Some(now),
                         permille: 0,
+                        cancelled: false,
                     };
                     start(&config, job, &mut r, now, &news_tx);
                     running.insert(job, r);
                 }
                 AgentEvent::Cancel { job } => {
-                    if let Some(r) = running.remove(&job) {
-                        log::info!("job {job}: cancelled by the director (or its deadline passed)");
-                        events.emit("job_cancelled", json!({"job": job}));
-                        if let Some(f) = r.fetch {
-                            f.stop();
+                    let Some(r) = running.get_mut(&job) else {
+                        continue;
+                    };
+                    let why = match now >= r.deadline {
+                        true => "its deadline passed",
+                        false => "cancelled",
+                    };
+                    log::info!("job {job}: {why}; stopping its receiver");
+                    r.cancelled = true;
+                    r.retry_at = None;
+                    match &r.fetch {
+                        Some(f) => f.cancel(),
+                        None => {
+                            let files = running.remove(&job).map(|r| r.files).unwrap_or_default();
+                            let freed = discard(&config, job, &files);
+                            cancelled(job, freed, &events);
                         }
                     }
                 }
@@ -170,14 +191,28 @@ pub fn run(config: AgentConfig) -> Result<()> {
                     agent.progress(job, permille, JobFailure::None);
                     None
                 }
-                FetchNews::Done => Some((AgentJobState::Done, JobFailure::None)),
-                FetchNews::HookFailed(code) => {
-                    log::warn!("job {job}: files delivered, but the hook failed ({code:?})");
-                    Some((AgentJobState::Failed, JobFailure::HookFailed))
+                FetchNews::Done => Some((AgentJobState::Done, JobFailure::None, String::new())),
+                FetchNews::HookFailed(how) => {
+                    log::warn!("job {job}: files delivered, but the hook failed: {how}");
+                    Some((AgentJobState::Failed, JobFailure::HookFailed, how))
                 }
-                FetchNews::Stopped(code) => {
+                FetchNews::Cancelled(freed) => {
+                    running.remove(&job);
+                    cancelled(job, freed, &events);
+                    None
+                }
+                FetchNews::Stopped(_, _) if now >= r.deadline => {
+                    log::info!("job {job}: its deadline passed");
+                    let files = running.remove(&job).map(|r| r.files).unwrap_or_default();
+                    let freed = discard(&config, job, &files);
+                    cancelled(job, freed, &events);
+                    None
+                }
+                FetchNews::Stopped(code, how) => {
                     log::warn!(
-                        "job {job}: receiving stopped (exit {code:?}); trying again in {} s",
+                        "job {job}: receiving stopped ({how}{}); trying again in {} s",
+                        crate::error::exit_meaning(code)
+                            .map_or(String::new(), |m| format!(": {m}")),
                         RETRY_AFTER.as_secs()
                     );
                     r.fetch = None;
@@ -191,7 +226,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
                     None
                 }
             };
-            if let Some((state, failure)) = end {
+            if let Some((state, failure, detail)) = end {
                 running.remove(&job);
                 let done = state == AgentJobState::Done;
                 log::info!("job {job}: {}", if done { "done" } else { "failed" });
@@ -199,9 +234,10 @@ pub fn run(config: AgentConfig) -> Result<()> {
                 if let Err(e) = record_finished(&finished_path, job, state, failure) {
                     break 'run Err(e);
                 }
-                agent.finish(now, job, state, failure);
+                agent.finish(now, job, state, failure, &detail);
             }
         }
+        silent.look(now, &agent.silent_directors(now));
         for (&job, r) in running.iter_mut() {
             if r.retry_at.is_some_and(|at| now >= at) {
                 start(&config, job, r, now, &news_tx);
@@ -236,6 +272,32 @@ pub fn run(config: AgentConfig) -> Result<()> {
         }
     }
     result
+}
+
+/// Removes what job `job` received of `files`, unless `--keep-partial`; the bytes freed.
+fn discard(config: &AgentConfig, job: u64, files: &[String]) -> Option<u64> {
+    if config.keep_partial {
+        return None;
+    }
+    match crate::storage::discard_partial(&config.out_dir, files) {
+        Ok(freed) => Some(freed),
+        Err(e) => {
+            log::warn!("job {job}: cannot remove what it received: {e}");
+            None
+        }
+    }
+}
+
+/// Tells that job `job` ended unfinished, and what became of its partial data.
+fn cancelled(job: u64, freed: Option<u64>, events: &Events) {
+    match freed {
+        Some(bytes) => log::info!(
+            "job {job}: cancelled; removed {} it had received (--keep-partial keeps it)",
+            crate::units::format_bytes(bytes)
+        ),
+        None => log::info!("job {job}: cancelled; what it received is kept"),
+    }
+    events.emit("job_cancelled", json!({"job": job, "freed_bytes": freed}));
 }
 
 /// Starts (or starts again) a job's `recv`, unless its deadline passed.

@@ -3,7 +3,7 @@
 use crate::archive_file::PackOptions;
 use crate::error::{Context, Error, Result};
 use crate::net;
-use crate::units::{parse_duration, parse_group, parse_rate};
+use crate::units::{DEFAULT_GROUP_PORT, parse_duration, parse_group, parse_rate};
 use clap::{Args, Parser, Subcommand};
 use loopcast_proto::{AdaptMode, wire};
 use std::net::SocketAddr;
@@ -14,10 +14,7 @@ use std::time::Duration;
 pub const DEFAULT_GROUP: &str = "239.255.77.1:7700";
 /// Default directory group where a command's other addresses are IPv6.
 pub const DEFAULT_GROUP_V6: &str = "[ff15::77:1]:7700";
-/// The port of both default groups.
-const DEFAULT_GROUP_PORT: u16 = 7700;
-/// Default UDP port of a director.
-pub const DEFAULT_DIRECTOR_PORT: u16 = 7790;
+pub use crate::units::DEFAULT_DIRECTOR_PORT;
 /// Default port of a director's HTTP API (`director --http`'s default says it too).
 pub const DEFAULT_DIRECTOR_HTTP_PORT: u16 = 7791;
 
@@ -26,16 +23,19 @@ pub const DEFAULT_DIRECTOR_HTTP_PORT: u16 = 7791;
 /// A server loops ("carousels") each file, compressed and encrypted, on its own
 /// multicast channel. Receivers may join at any time, store packets straight to
 /// disk, and finish when every packet has arrived and verified. Logs go to stderr;
-/// set RUST_LOG=debug for more.
+/// RUST_LOG=debug adds, once a second, what each file and channel took, asked
+/// and repaired. The key and the directors may come from LOOPCAST_KEY and
+/// LOOPCAST_DIRECTOR.
 ///
 /// Exit status: 0 done; 1 an error, with a one-line reason on stderr (wrong key,
-/// unwritable directory, full disk, unsafe file name, interrupted); 2 bad
-/// arguments; 3 a time-out (recv --timeout, ls finding no server); 4 a director
-/// says no live server carries a wanted file (recv --director), or refuses a
-/// job for a file or node it does not know (push); 5 a pushed job ended with
-/// nodes not done (deadline, failure, cancel); 6 the output directory has no
-/// room for a wanted file (recv). A receiver stopped in any way
-/// keeps its progress: run the same command again to resume.
+/// unwritable directory, full disk, unsafe file name); 2 bad arguments; 3 a
+/// time-out (recv --timeout, ls finding no server); 4 a director says no live
+/// server carries a wanted file (recv --director), refuses a job for a file or
+/// node it does not know (push), or knows no such job (jobs ID); 5 a pushed job
+/// ended with nodes not done (deadline, failure, cancel); 6 the output directory
+/// has no room for a wanted file (recv, after taking the files that fit); 130
+/// interrupted by SIGINT (143 by SIGTERM). A receiver stopped in any way keeps
+/// its progress: run the same command again to resume.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 pub(super) struct Cli {
@@ -48,7 +48,7 @@ pub(super) enum Command {
     /// Write a new random master key (file mode 0600; never overwrites).
     Keygen {
         /// Key file to create.
-        #[arg(short, long)]
+        #[arg(short, long, visible_alias = "out")]
         output: PathBuf,
     },
     /// Pack a file into an archive: compressed, encrypted frames plus a signed manifest.
@@ -56,10 +56,10 @@ pub(super) enum Command {
         /// File to pack.
         input: PathBuf,
         /// Master key file (from `loopcast keygen`).
-        #[arg(short, long)]
+        #[arg(short, long, env = "LOOPCAST_KEY", value_name = "FILE")]
         key: PathBuf,
         /// Archive to write.
-        #[arg(short, long)]
+        #[arg(short, long, visible_alias = "out")]
         output: PathBuf,
         #[command(flatten)]
         pack: PackArgs,
@@ -69,10 +69,10 @@ pub(super) enum Command {
         /// Archive to unpack.
         archive: PathBuf,
         /// Master key file.
-        #[arg(short, long)]
+        #[arg(short, long, env = "LOOPCAST_KEY", value_name = "FILE")]
         key: PathBuf,
         /// Directory to write the file into.
-        #[arg(short, long)]
+        #[arg(short, long = "output", visible_alias = "out")]
         out: PathBuf,
     },
     /// Loop files on multicast until interrupted (SIGINT/SIGTERM).
@@ -84,7 +84,7 @@ pub(super) enum Command {
     /// SIGINT/SIGTERM). Run several for redundancy: servers heartbeat to each.
     Director {
         /// Master key file of the site (heartbeats and look-ups are tagged with it).
-        #[arg(short, long)]
+        #[arg(short, long, env = "LOOPCAST_KEY", value_name = "FILE")]
         key: PathBuf,
         /// Address and UDP port to listen on ([fd00::9]:7790 for IPv6; servers and
         /// receivers then reach it over IPv6).
@@ -94,11 +94,13 @@ pub(super) enum Command {
         /// JSON lines on stdout.
         #[arg(long)]
         json: bool,
-        /// Where to serve the read-only HTTP status API (/v1/servers, /v1/files,
-        /// /v1/receivers, /metrics for Prometheus), or "off". It shows server
-        /// addresses, files, loads and receivers' addresses to whoever can reach it.
-        #[arg(long, value_name = "ADDR:PORT|off", default_value = "0.0.0.0:7791", value_parser = parse_http)]
-        http: HttpListen,
+        /// Where to serve the HTTP API (/v1/servers, /v1/files, /v1/receivers,
+        /// /v1/jobs, /metrics for Prometheus), or "off". Default: the --listen
+        /// address with the next port (7791), where `ls`, `push` and `jobs` look
+        /// for it. It shows server addresses, files, loads and receivers'
+        /// addresses to whoever can reach it.
+        #[arg(long, value_name = "ADDR:PORT|off", value_parser = parse_http)]
+        http: Option<HttpListen>,
         /// Directory where jobs are kept (jobs.redb), so that they survive a
         /// restart. Default: $STATE_DIRECTORY (systemd's StateDirectory=), else
         /// none: jobs are kept in memory only.
@@ -135,15 +137,17 @@ pub(super) enum Command {
         /// Master key file: list only servers whose listings verify with it. Without
         /// it every listing heard is shown, marked unverified: anyone on the LAN can
         /// forge one.
-        #[arg(short, long)]
+        #[arg(short, long, env = "LOOPCAST_KEY", value_name = "FILE")]
         key: Option<PathBuf>,
         /// Seconds to listen before giving up.
         #[arg(long, default_value_t = 3)]
         timeout: u64,
         /// List the files every server known to this director carries, with where
-        /// each one is and how loaded, from its HTTP API (default port 7791).
-        #[arg(long, value_name = "HOST[:PORT]")]
+        /// each one is and how loaded, from its HTTP API.
+        #[arg(long, env = "LOOPCAST_DIRECTOR", value_name = "HOST[:PORT]")]
         director: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
     },
 }
 
@@ -155,7 +159,7 @@ pub(super) struct NetArgs {
     #[arg(short, long, value_name = "IF")]
     pub(super) interface: Option<String>,
     /// Directory group where servers announce their files: IPv4 (239.255.77.1:7700)
-    /// or IPv6 in brackets ([ff15::77]:7700). --server and --director must be of
+    /// or IPv6 in brackets ([ff15::77]:7700); without a port, port 7700. --server and --director must be of
     /// the same family. Default: 239.255.77.1:7700, or [ff15::77:1]:7700 when
     /// --server or --director is IPv6.
     #[arg(short, long, value_name = "G:P", value_parser = parse_group)]
@@ -176,6 +180,21 @@ impl NetArgs {
     pub(super) fn group_port(&self) -> u16 {
         self.group.map_or(DEFAULT_GROUP_PORT, |g| g.port())
     }
+}
+
+/// Where the directors' HTTP APIs are, when not on their UDP port + 1.
+#[derive(Args, Debug)]
+pub(super) struct ApiArgs {
+    /// The directors' HTTP APIs, one per --director, when a director was
+    /// started with an --http of its own. Default: each director's host on
+    /// the port after its UDP port (7791 for 7790).
+    #[arg(
+        long,
+        env = "LOOPCAST_API",
+        value_name = "HOST:PORT,...",
+        value_delimiter = ','
+    )]
+    pub(super) api: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -204,7 +223,7 @@ pub(super) struct ServeArgs {
     #[arg(required = true)]
     pub(super) paths: Vec<PathBuf>,
     /// Master key file.
-    #[arg(short, long)]
+    #[arg(short, long, env = "LOOPCAST_KEY", value_name = "FILE")]
     pub(super) key: PathBuf,
     #[command(flatten)]
     pub(super) net: NetArgs,
@@ -226,8 +245,8 @@ pub(super) struct ServeArgs {
     /// Highest rate an adaptive channel speeds up to. Default: its starting rate.
     #[arg(long, value_parser = parse_rate, requires = "adapt")]
     pub(super) max_rate: Option<u64>,
-    /// UDP port for receivers' requests, reports and unicast streams. Default: the
-    /// directory group's port.
+    /// UDP port for receivers' requests, reports and unicast streams (0: any free
+    /// one; listings name it). Default: the directory group's port.
     #[arg(long, value_name = "PORT")]
     pub(super) unicast_port: Option<u16>,
     /// Total rate of all unicast streams (receivers that cannot get multicast), shared
@@ -239,7 +258,12 @@ pub(super) struct ServeArgs {
     pub(super) unicast_max_clients: usize,
     /// Directors to heartbeat to every second (default port 7790), so that receivers
     /// asking them find this server's files.
-    #[arg(long, value_name = "HOST[:PORT],...", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "LOOPCAST_DIRECTOR",
+        value_name = "HOST[:PORT],...",
+        value_delimiter = ','
+    )]
     pub(super) director: Vec<String>,
     /// The most this server should send, bits/s (e.g. 1G): directors rank servers
     /// by their sending rate against it (and by unicast streams against
@@ -306,12 +330,12 @@ pub(super) struct RecvArgs {
     /// Files to receive, by name. Default: every file on air.
     pub(super) names: Vec<String>,
     /// Master key file.
-    #[arg(short, long)]
+    #[arg(short, long, env = "LOOPCAST_KEY", value_name = "FILE")]
     pub(super) key: PathBuf,
     #[command(flatten)]
     pub(super) net: NetArgs,
     /// Directory to write the received files into (created if missing).
-    #[arg(short, long)]
+    #[arg(short, long = "output", visible_alias = "out", value_name = "DIR")]
     pub(super) out: PathBuf,
     /// Never replace a file already in the output directory: a wanted file found
     /// there ends the run with an error (exit 1) before anything of it is received.
@@ -323,16 +347,16 @@ pub(super) struct RecvArgs {
     pub(super) timeout: Option<u64>,
     /// Testing aid for labs: drop this percentage of incoming DATA packets at random,
     /// as if the network lost them, to exercise NAK repair.
-    #[arg(long, value_name = "PERCENT", default_value_t = 0.0, value_parser = parse_percent)]
+    #[arg(long, hide = true, value_name = "PERCENT", default_value_t = 0.0, value_parser = parse_percent)]
     pub(super) debug_drop: f64,
     /// Seed of --debug-drop's random choices, to repeat a lossy run exactly as it
     /// went (the seed used is logged). Default: a random seed.
-    #[arg(long, value_name = "N", requires = "debug_drop")]
+    #[arg(long, hide = true, value_name = "N", requires = "debug_drop")]
     pub(super) debug_seed: Option<u64>,
     /// Testing aid: the frame worker waits this many milliseconds before opening
     /// each frame, as a slow disk or a busy CPU would make it, to exercise how
     /// the receiver holds back while its frame worker is behind.
-    #[arg(long, value_name = "MS", default_value_t = 0)]
+    #[arg(long, hide = true, value_name = "MS", default_value_t = 0)]
     pub(super) debug_frame_delay: u64,
     /// Take one datagram per read instead of UDP GRO bundles (costs more CPU per packet).
     #[arg(long)]
@@ -367,7 +391,7 @@ pub(super) struct RecvArgs {
     /// The best server named is taken (its multicast, else a unicast stream); when it
     /// goes silent, or a director moves the file, the next one named is, keeping what
     /// is stored. Exit code 4 when a director says no live server carries a file.
-    #[arg(long, value_name = "HOST[:PORT],...", value_delimiter = ',', conflicts_with_all = ["server", "unicast"])]
+    #[arg(long, env = "LOOPCAST_DIRECTOR", value_name = "HOST[:PORT],...", value_delimiter = ',', conflicts_with_all = ["server", "unicast"])]
     pub(super) director: Vec<String>,
     /// Print events (join, progress, channel change, fallback, done, error) as JSON
     /// lines on stdout.
@@ -378,18 +402,19 @@ pub(super) struct RecvArgs {
 #[derive(Args, Debug)]
 pub(super) struct AgentArgs {
     /// Master key file of the site.
-    #[arg(short, long)]
+    #[arg(short, long, env = "LOOPCAST_KEY", value_name = "FILE")]
     pub(super) key: PathBuf,
     /// Directors to register with (default port 7790).
     #[arg(
         long,
+        env = "LOOPCAST_DIRECTOR",
         required = true,
         value_name = "HOST[:PORT],...",
         value_delimiter = ','
     )]
     pub(super) director: Vec<String>,
     /// Directory to write received files into (created if missing).
-    #[arg(short, long)]
+    #[arg(short, long = "output", visible_alias = "out", value_name = "DIR")]
     pub(super) out: PathBuf,
     /// This node's name in jobs: 1 to 64 letters, digits, '.', '-', '_'.
     /// Default: the host name.
@@ -407,6 +432,10 @@ pub(super) struct AgentArgs {
     /// Print events (job start, end, cancel) as JSON lines on stdout.
     #[arg(long)]
     pub(super) json: bool,
+    /// Keep what a cancelled or expired job received (in OUT/.loopcast-partial),
+    /// so that pushing the same file again resumes it. Default: removed.
+    #[arg(long)]
+    pub(super) keep_partial: bool,
 }
 
 #[derive(Args, Debug)]
@@ -417,20 +446,24 @@ pub(super) struct PushArgs {
     #[arg(required = true)]
     pub(super) files: Vec<String>,
     /// Master key file of the site (the request is tagged with it).
-    #[arg(short, long)]
+    #[arg(short, long, env = "LOOPCAST_KEY", value_name = "FILE")]
     pub(super) key: PathBuf,
     /// Target nodes: NODE,NODE,… or @FILE with one node per line (# comments).
     #[arg(long, required = true, value_name = "NODE,...|@FILE")]
     pub(super) to: String,
-    /// The directors' HTTP APIs (default port 7791); with several on one etcd,
-    /// the one scheduling takes the job and the others show it.
+    /// The directors (default port 7790; their HTTP API is found on the next
+    /// port, or at --api); with several on one etcd, the one scheduling takes
+    /// the job and the others show it.
     #[arg(
         long,
+        env = "LOOPCAST_DIRECTOR",
         required = true,
         value_name = "HOST[:PORT],...",
         value_delimiter = ','
     )]
     pub(super) director: Vec<String>,
+    #[command(flatten)]
+    pub(super) api: ApiArgs,
     /// How long the nodes have: 90s, 30m, 2h, 1d.
     #[arg(long, default_value = "30m", value_parser = parse_duration)]
     pub(super) deadline: Duration,
@@ -446,8 +479,8 @@ pub(super) struct PushArgs {
     #[arg(short, long, value_name = "IF")]
     pub(super) interface: Option<String>,
     /// For files of this host: the directory group to serve on.
-    #[arg(short, long, value_name = "G:P")]
-    pub(super) group: Option<String>,
+    #[arg(short, long, value_name = "G:P", value_parser = parse_group)]
+    pub(super) group: Option<SocketAddr>,
     /// Print events (job created, node progress, job end) as JSON lines on stdout.
     #[arg(long)]
     pub(super) json: bool,
@@ -457,19 +490,23 @@ pub(super) struct PushArgs {
 pub(super) struct JobsArgs {
     /// A job to show (default: list every job).
     pub(super) id: Option<u64>,
-    /// The directors' HTTP APIs (default port 7791): the first that answers.
+    /// The directors (default port 7790; their HTTP API is found on the next
+    /// port, or at --api): the first that answers.
     #[arg(
         long,
+        env = "LOOPCAST_DIRECTOR",
         required = true,
         value_name = "HOST[:PORT],...",
         value_delimiter = ','
     )]
     pub(super) director: Vec<String>,
+    #[command(flatten)]
+    pub(super) api: ApiArgs,
     /// Cancel job ID: its nodes stop and it ends as cancelled (needs --key).
     #[arg(long, requires_all = ["id", "key"])]
     pub(super) cancel: bool,
     /// Master key file of the site (for --cancel).
-    #[arg(short, long)]
+    #[arg(short, long, env = "LOOPCAST_KEY", value_name = "FILE")]
     pub(super) key: Option<PathBuf>,
     /// Print the director's JSON.
     #[arg(long)]

@@ -1,7 +1,10 @@
 //! Raw arguments turned into validated configurations ("high args"): every check
 //! that can fail before anything runs, with a clear reason.
 
-use super::args::{AgentArgs, PushArgs, RecvArgs, Repair, ServeArgs, resolve_server};
+use super::args::{
+    AgentArgs, ApiArgs, DEFAULT_DIRECTOR_HTTP_PORT, DEFAULT_DIRECTOR_PORT, PushArgs, RecvArgs,
+    Repair, ServeArgs, resolve_server,
+};
 use crate::agent::AgentConfig;
 use crate::error::{Error, Result};
 use crate::push::PushConfig;
@@ -74,7 +77,7 @@ pub(super) fn serve(a: ServeArgs) -> Result<ServeConfig> {
 /// `recv`'s arguments, checked: the key, the interface, the server address.
 pub(super) fn recv(a: RecvArgs) -> Result<RecvConfig> {
     if !a.director.is_empty() && a.names.is_empty() {
-        return Err(Error::new(
+        return Err(usage(
             "--director needs the names of the files to look up".to_string(),
         ));
     }
@@ -123,10 +126,21 @@ pub(super) fn recv(a: RecvArgs) -> Result<RecvConfig> {
 }
 
 /// Resolves `--director HOST[:PORT],…` (default port `DEFAULT_DIRECTOR_PORT`).
-pub(super) fn directors(list: &[String]) -> Result<Vec<std::net::SocketAddr>> {
-    list.iter()
-        .map(|d| resolve_server("--director", d, super::args::DEFAULT_DIRECTOR_PORT))
-        .collect()
+pub(super) fn directors(list: &[String]) -> Result<Vec<SocketAddr>> {
+    let resolved: Vec<SocketAddr> = list
+        .iter()
+        .map(|d| resolve_server("--director", d, DEFAULT_DIRECTOR_PORT))
+        .collect::<Result<_>>()?;
+    for d in resolved
+        .iter()
+        .filter(|d| d.port() == DEFAULT_DIRECTOR_HTTP_PORT)
+    {
+        log::warn!(
+            "--director {d}: {DEFAULT_DIRECTOR_HTTP_PORT} is the port of a director's HTTP API; \
+             directors take heartbeats, look-ups and agents on UDP port {DEFAULT_DIRECTOR_PORT} unless started with another --listen"
+        );
+    }
+    Ok(resolved)
 }
 
 /// Checks that a command's addresses are all IPv4 or all IPv6: its sockets are
@@ -178,6 +192,7 @@ pub(super) fn agent(a: AgentArgs) -> Result<AgentConfig> {
         on_complete: a.on_complete,
         interface: a.interface,
         json: a.json,
+        keep_partial: a.keep_partial,
     })
 }
 
@@ -236,7 +251,7 @@ pub(super) fn push(mut a: PushArgs) -> Result<PushConfig> {
     }
     Ok(PushConfig {
         key: keyfile::load(&a.key)?.jobs_api_mac_key(),
-        directors: apis(&a.director)?,
+        directors: apis(&a.director, &a.api)?,
         files: a.files,
         targets,
         deadline: a.deadline,
@@ -250,9 +265,32 @@ pub(super) fn push(mut a: PushArgs) -> Result<PushConfig> {
     })
 }
 
-/// Resolves the directors' HTTP APIs `HOST[:PORT],…` (default port `DEFAULT_DIRECTOR_HTTP_PORT`).
-pub(super) fn apis(list: &[String]) -> Result<Vec<std::net::SocketAddr>> {
-    list.iter()
-        .map(|d| resolve_server("--director", d, super::args::DEFAULT_DIRECTOR_HTTP_PORT))
+/// The directors' HTTP APIs: `--api HOST:PORT,…` if given, else each
+/// `--director`'s host on the port after its UDP port (as `director --http`
+/// defaults to). A `--director` given with the API's default port is taken as
+/// the API, with a warning: nothing else listens there by default.
+pub(super) fn apis(directors: &[String], api: &ApiArgs) -> Result<Vec<SocketAddr>> {
+    if !api.api.is_empty() {
+        return (api.api.iter())
+            .map(|a| resolve_server("--api", a, DEFAULT_DIRECTOR_HTTP_PORT))
+            .collect();
+    }
+    (directors.iter())
+        .map(|d| {
+            let udp = resolve_server("--director", d, DEFAULT_DIRECTOR_PORT)?;
+            if udp.port() == DEFAULT_DIRECTOR_HTTP_PORT {
+                log::warn!(
+                    "--director {d}: taking port {DEFAULT_DIRECTOR_HTTP_PORT} as the director's HTTP API; \
+                     --director names a director by its UDP port ({DEFAULT_DIRECTOR_PORT} by default), --api its HTTP API"
+                );
+                return Ok(udp);
+            }
+            Ok(SocketAddr::new(udp.ip(), api_port(udp.port())))
+        })
         .collect()
+}
+
+/// The port of a director's HTTP API by default: the one after its UDP port.
+pub(super) fn api_port(udp: u16) -> u16 {
+    udp.wrapping_add(1).max(1)
 }

@@ -21,6 +21,9 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
+        .target(env_logger::Target::Pipe(Box::new(
+            crate::progress::LogWriter,
+        )))
         .init();
     match run(cli) {
         Ok(()) => 0,
@@ -73,7 +76,7 @@ fn run(cli: Cli) -> Result<()> {
             )
             .map_err(|e| match e {
                 crate::storage::UnpackFailure::Io(e) => e,
-                other => Error::new(format!("{} is damaged: {other:?}", archive.display())),
+                other => Error::new(format!("{} is damaged: {other}", archive.display())),
             })?;
             println!("{}", path.display());
             Ok(())
@@ -92,7 +95,13 @@ fn run(cli: Cli) -> Result<()> {
             key: keyfile::load(&key)?,
             listen,
             json,
-            http: http.0,
+            http: match http {
+                Some(http) => http.0,
+                None => Some(std::net::SocketAddr::new(
+                    listen.ip(),
+                    config::api_port(listen.port()),
+                )),
+            },
             state: match etcd.is_empty() {
                 true => state.or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from)),
                 false => None,
@@ -103,7 +112,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Agent(a) => agent::run(config::agent(a)?),
         Command::Push(a) => push::push(config::push(a)?),
         Command::Jobs(a) => {
-            let directors = config::apis(&a.director)?;
+            let directors = config::apis(&a.director, &a.api)?;
             let key = match (a.cancel, &a.key) {
                 (true, Some(k)) => Some(keyfile::load(k)?.jobs_api_mac_key()),
                 _ => None,
@@ -112,13 +121,15 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Ls {
             director: Some(director),
+            api,
             ..
-        } => ls_director(&director),
+        } => ls_director(config::apis(&[director], &api)?[0]),
         Command::Ls {
             net: n,
             key,
             timeout,
             director: None,
+            ..
         } => ls(n, key, timeout),
     }
 }
@@ -169,9 +180,8 @@ fn ls(n: NetArgs, key: Option<PathBuf>, timeout: u64) -> Result<()> {
     Ok(())
 }
 
-/// `ls --director`: every file the director's servers carry, from its HTTP API.
-fn ls_director(director: &str) -> Result<()> {
-    let at = args::resolve_server("--director", director, args::DEFAULT_DIRECTOR_HTTP_PORT)?;
+/// `ls --director`: every file the director's servers carry, from its HTTP API at `at`.
+fn ls_director(at: std::net::SocketAddr) -> Result<()> {
     let (_, files) = push::get(at, "/v1/files")?;
     let files = files.as_array().cloned().unwrap_or_default();
     if files.is_empty() {

@@ -233,7 +233,11 @@ fn lead_or_follow(
         let now = Instant::now();
         if now >= next_tick {
             next_tick = now + TICK;
-            let alive = gateway.call("/v3/lease/keepalive", json!({ "ID": lease.to_string() }), None)?;
+            let alive = gateway.call(
+                "/v3/lease/keepalive",
+                json!({ "ID": lease.to_string() }),
+                None,
+            )?;
             if int(&alive["result"]["TTL"]).unwrap_or(0) <= 0 {
                 return Err("the lease expired".into());
             }
@@ -309,7 +313,9 @@ fn load(gateway: &Gateway, prefix: &str) -> std::result::Result<Vec<Job>, String
             Some(job) => jobs.push(job),
             None => log::warn!(
                 "etcd: {:?} is not a job record",
-                (record["key"].as_str()).and_then(decode_text).unwrap_or_default()
+                (record["key"].as_str())
+                    .and_then(decode_text)
+                    .unwrap_or_default()
             ),
         }
     }
@@ -382,7 +388,9 @@ impl Gateway {
                 Some(("http", rest)) if !rest.is_empty() => trimmed.to_owned(),
                 Some((scheme, _)) => {
                     return Err(Error::with_code(
-                        format!("--etcd {endpoint}: {scheme}:// is not supported; give http://HOST:PORT"),
+                        format!(
+                            "--etcd {endpoint}: {scheme}:// is not supported; give http://HOST:PORT"
+                        ),
                         2,
                     ));
                 }

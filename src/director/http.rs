@@ -12,12 +12,15 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tiny_http::{Header, Method, Response, Server};
+
+/// What `/metrics` is: prometheus-client writes OpenMetrics 1.0 text (`# EOF`,
+/// `_total` samples), which Prometheus reads when told so.
+const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Starts the API on `address`; it serves until the process ends.
 pub fn serve(
@@ -144,7 +147,7 @@ pub fn page(
             json!({"scheduling": d.scheduling(), "scheduler": d.leader(),
                    "store": status.store.kind(), "listen": status.listen.to_string()}),
         ),
-        "/metrics" => return Some((200, "text/plain; version=0.0.4", metrics(d))),
+        "/metrics" => return Some((200, METRICS_CONTENT_TYPE, metrics(d))),
         _ => jobs::show(d, path)?,
     };
     Some((status, "application/json", format!("{json:#}\n")))
@@ -165,7 +168,8 @@ fn servers(d: &Director, now: Instant) -> Value {
                     .files()
                     .map(|e| {
                         json!({"name": e.name, "archive_id": format!("{:016x}", e.archive_id),
-                               "size": e.original_size, "idle": e.idle(),
+                               "size": e.original_size, "body_len": e.body_len, "idle": e.idle(),
+                               "blake3": loopcast_proto::keys::hex(&e.content_digest),
                                "channels": e.channels.iter().map(|c| json!({
                                    "group": c.group.to_string(), "rate_bps": c.rate_bps})).collect::<Vec<_>>()})
                     })
@@ -186,30 +190,24 @@ fn servers(d: &Director, now: Instant) -> Value {
 }
 
 fn files(d: &Director) -> Value {
-    // name -> archive id -> (size, servers)
-    let mut by_name: BTreeMap<&str, BTreeMap<u64, (u64, Vec<Value>)>> = BTreeMap::new();
-    for s in d.servers() {
-        for e in s.files() {
-            let version = by_name
-                .entry(&e.name)
-                .or_default()
-                .entry(e.archive_id)
-                .or_insert((e.original_size, Vec::new()));
-            version.1.push(json!({"address": s.address.to_string(),
-                                  "session": format!("{:08x}", s.session_id),
-                                  "load": load_fraction(&s.load)}));
-        }
-    }
     Value::Array(
-        by_name
-            .into_iter()
+        (d.versions().into_iter())
             .map(|(name, versions)| {
-                let versions: Vec<Value> = versions
-                    .into_iter()
-                    .map(|(id, (size, mut servers))| {
-                        let load = |s: &Value| s["load"].as_f64().unwrap_or(0.0);
-                        servers.sort_by(|a, b| load(a).total_cmp(&load(b)));
-                        json!({"archive_id": format!("{id:016x}"), "size": size, "servers": servers})
+                let versions: Vec<Value> = (versions.into_iter())
+                    .map(|(id, (entry, mut servers))| {
+                        servers.sort_by(|a, b| {
+                            load_fraction(&a.load).total_cmp(&load_fraction(&b.load))
+                        });
+                        let servers: Vec<Value> = (servers.iter())
+                            .map(|s| {
+                                json!({"address": s.address.to_string(),
+                                       "session": format!("{:08x}", s.session_id),
+                                       "load": load_fraction(&s.load)})
+                            })
+                            .collect();
+                        json!({"archive_id": format!("{id:016x}"), "size": entry.original_size,
+                               "blake3": loopcast_proto::keys::hex(&entry.content_digest),
+                               "servers": servers})
                     })
                     .collect();
                 json!({"name": name, "versions": versions})

@@ -40,6 +40,7 @@ fn node_state_from(name: &str) -> Option<NodeState> {
         NodeState::Done,
         NodeState::Failed,
         NodeState::Missed,
+        NodeState::Cancelled,
     ]
     .into_iter()
     .find(|s| s.name() == name)
@@ -53,7 +54,8 @@ pub fn job_json(job: &Job, d: Option<&Director>) -> Value {
         .map(|(name, p)| {
             *counts.entry(p.state.name()).or_default() += 1;
             let mut node = json!({"node": name, "state": p.state.name(), "permille": p.permille,
-                                  "failure": failure_name(p.failure), "moved_ms": p.moved_ms});
+                                  "failure": failure_name(p.failure), "moved_ms": p.moved_ms,
+                                  "detail": p.detail});
             if let Some(d) = d {
                 node["reachable"] = json!(d.node(name).is_some_and(|n| n.reachable));
             }
@@ -82,6 +84,7 @@ pub fn job_from_json(v: &Value) -> Option<Job> {
             permille: n["permille"].as_u64()?.min(1000) as u16,
             failure: failure_from(n["failure"].as_str()?)?,
             moved_ms: n["moved_ms"].as_u64()?,
+            detail: n["detail"].as_str().unwrap_or_default().to_owned(),
         };
         nodes.insert(n["node"].as_str()?.to_owned(), progress);
     }
@@ -237,6 +240,7 @@ mod tests {
             state: loopcast_proto::wire::AgentJobState::Receiving,
             permille: 321,
             failure: JobFailure::Retrying,
+            detail: "exit 3: disk full".into(),
         };
         t.report("n2", &report, 2000);
         let job = t.get(id).unwrap().clone();

@@ -53,6 +53,7 @@ pub fn run(config: DirectorConfig) -> Result<()> {
     let mut signals = StopSignals::new()?;
     let socket = signals.udp_socket(config.listen, SOCKET)?;
     let events = Events::new(config.json);
+    let fingerprint = loopcast_proto::keys::hex(&config.key.fingerprint());
     let now = Instant::now();
     let mut d = Director::with_jobs_key(
         config.key.director_mac_key(),
@@ -70,6 +71,8 @@ pub fn run(config: DirectorConfig) -> Result<()> {
         );
     }
     let mut next_store = now + STORE_INTERVAL;
+    let mut next_versions_look = now + crate::waiting::REPEAT;
+    let mut versions_told = std::collections::BTreeSet::new();
     log::info!("director listening on {}", config.listen);
     events.emit("listening", json!({"address": config.listen.to_string()}));
     let mut buf = vec![0u8; 65536];
@@ -78,10 +81,14 @@ pub fn run(config: DirectorConfig) -> Result<()> {
         let wait = {
             let mut director = lock(&director);
             director.handle_timeout(now);
-            flush(&mut director, &socket, &events);
+            flush(&mut director, &socket, &events, &fingerprint);
             if now >= next_store {
                 next_store = now + STORE_INTERVAL;
                 save(&store, &mut director)?;
+            }
+            if now >= next_versions_look {
+                next_versions_look = now + crate::waiting::REPEAT;
+                tell_versions(&director, &mut versions_told);
             }
             let wake = director
                 .poll_timeout()
@@ -96,7 +103,7 @@ pub fn run(config: DirectorConfig) -> Result<()> {
                 Ok((n, from)) => {
                     let mut director = lock(&director);
                     director.handle_datagram(Instant::now(), from, &buf[..n]);
-                    flush(&mut director, &socket, &events);
+                    flush(&mut director, &socket, &events, &fingerprint);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -119,6 +126,41 @@ pub fn run(config: DirectorConfig) -> Result<()> {
         s.stale
     );
     Ok(())
+}
+
+/// Warns, once per set, of each name carried as several archives: the same
+/// contents packed twice (a receiver moved between them starts again), or
+/// different contents under one name (a receiver gets whichever ranks first).
+fn tell_versions(d: &Director, told: &mut std::collections::BTreeSet<(String, Vec<u64>)>) {
+    let versions = d.versions();
+    let current: std::collections::BTreeSet<(String, Vec<u64>)> = (versions.iter())
+        .filter(|(_, v)| v.len() > 1)
+        .map(|(n, v)| (n.to_string(), v.keys().copied().collect()))
+        .collect();
+    for (name, ids) in current.difference(told) {
+        let archives = &versions[name.as_str()];
+        let digests: std::collections::BTreeSet<[u8; 32]> =
+            archives.values().map(|(e, _)| e.content_digest).collect();
+        let list: Vec<String> = (archives.iter())
+            .map(|(id, (_, servers))| {
+                let at: Vec<String> = servers.iter().map(|s| s.address.to_string()).collect();
+                format!("{id:016x} on {}", at.join(", "))
+            })
+            .collect();
+        let why = match digests.len() {
+            1 => {
+                "the same contents packed more than once: a receiver moved from one server to another starts again; pack once and serve the same .lcar everywhere"
+            }
+            _ => "different contents under one name: a receiver gets whichever server ranks first",
+        };
+        log::warn!(
+            "{} is carried as {} archives ({}): {why}",
+            crate::units::display_name(name),
+            ids.len(),
+            list.join("; ")
+        );
+    }
+    *told = current;
 }
 
 /// The store `config` asks for, with its jobs put back into the director.
@@ -181,7 +223,7 @@ fn lock(director: &Mutex<Director>) -> std::sync::MutexGuard<'_, Director> {
 }
 
 /// Sends the director's answers and logs its events.
-fn flush(director: &mut Director, socket: &mio::net::UdpSocket, events: &Events) {
+fn flush(director: &mut Director, socket: &mio::net::UdpSocket, events: &Events, ours: &str) {
     while let Some((to, datagram)) = director.poll_transmit() {
         if let Err(e) = socket.send_to(&datagram, to) {
             log::debug!("answer to {to} failed: {e}");
@@ -211,11 +253,35 @@ fn flush(director: &mut Director, socket: &mio::net::UdpSocket, events: &Events)
                 reason,
                 primary,
             } => {
-                log::info!("moving {to} to {primary} for {name:?}: {reason:?}");
+                log::info!("moving {to} to {primary} for {name:?}: {}", reason.name());
                 events.emit(
                     "redirected",
                     json!({"receiver": to.to_string(), "file": name,
                            "reason": reason.name(), "to": primary.to_string()}),
+                );
+            }
+            DirectorEvent::Unauthenticated(stranger) => {
+                let who = match (&stranger.node, stranger.key_fingerprint) {
+                    (Some(node), _) => format!(" claiming node {node}"),
+                    (None, Some(theirs)) => {
+                        format!(
+                            " under key fingerprint {}",
+                            loopcast_proto::keys::hex(&theirs)
+                        )
+                    }
+                    _ => String::new(),
+                };
+                log::warn!(
+                    "{} unverified {} from {}{who} in the last 10 s: another site's key, or forged (ours: {ours}); ignored",
+                    stranger.count,
+                    stranger.packet,
+                    stranger.from
+                );
+                events.emit(
+                    "unauthenticated",
+                    json!({"from": stranger.from.to_string(), "packet": stranger.packet,
+                           "node": stranger.node, "count": stranger.count,
+                           "key_fingerprint": stranger.key_fingerprint.map(|k| loopcast_proto::keys::hex(&k))}),
                 );
             }
             DirectorEvent::NodeUp { node, address } => {

@@ -1,5 +1,8 @@
 //! A push of files on this host: `push` serves them itself — a `loopcast serve`
-//! child heartbeating to the director, on demand — for as long as the job runs.
+//! child heartbeating to the director, on demand, on a unicast port of its own
+//! so that it never collides with another server of the host — for as long as
+//! the job runs. A file some server carries already (the same contents: the
+//! same blake3) is pushed from there instead.
 
 use super::PushConfig;
 use crate::error::{Error, Result};
@@ -17,24 +20,29 @@ pub struct LocalServer {
 }
 
 impl LocalServer {
-    /// Starts serving `config.serve`, heartbeating to the director at `udp`.
-    pub fn start(config: &PushConfig, udp: SocketAddr) -> Result<LocalServer> {
+    /// Starts serving `files`, heartbeating to the director at `udp`.
+    pub fn start(
+        config: &PushConfig,
+        files: &[std::path::PathBuf],
+        udp: SocketAddr,
+    ) -> Result<LocalServer> {
         let exe = std::env::current_exe()
             .map_err(|e| Error::new(format!("cannot find this program to serve with: {e}")))?;
         let mut command = Command::new(exe);
         command
             .arg("serve")
-            .args(&config.serve)
+            .args(files)
             .arg("-k")
             .arg(&config.key_path)
             .arg("--director")
             .arg(udp.to_string())
-            .arg("--on-demand");
+            .arg("--on-demand")
+            .args(["--unicast-port", "0"]);
         if let Some(interface) = &config.interface {
             command.arg("--interface").arg(interface);
         }
         if let Some(group) = &config.group {
-            command.arg("--group").arg(group);
+            command.arg("--group").arg(group.to_string());
         }
         if config.max_rate_bps > 0 {
             command.arg("--rate").arg(config.max_rate_bps.to_string());
@@ -59,7 +67,7 @@ impl LocalServer {
             .map_err(|e| Error::new(format!("cannot start serving: {e}")))?;
         log::info!(
             "serving {} from this host until the job ends",
-            (config.serve.iter())
+            (files.iter())
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
@@ -102,6 +110,61 @@ impl LocalServer {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// The files of `config.serve` no live server carries: those to serve here. A
+/// file on air with the same contents is pushed from there; one whose name is
+/// on air with other contents is refused (the job names files by name, so a
+/// node could get either).
+pub fn not_on_air(config: &PushConfig) -> Result<Vec<std::path::PathBuf>> {
+    if config.serve.is_empty() {
+        return Ok(Vec::new());
+    }
+    let files = (config.directors.iter())
+        .find_map(|&d| super::get(d, "/v1/files").ok())
+        .map(|(_, files)| files)
+        .unwrap_or_default();
+    let mut to_serve = Vec::new();
+    for path in &config.serve {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let versions: Vec<&serde_json::Value> = (files.as_array().into_iter().flatten())
+            .filter(|f| f["name"] == name)
+            .flat_map(|f| f["versions"].as_array().into_iter().flatten())
+            .collect();
+        if versions.is_empty() {
+            to_serve.push(path.clone());
+            continue;
+        }
+        let digest = file_digest(path)?;
+        match versions.iter().find(|v| v["blake3"] == digest.as_str()) {
+            Some(v) => log::info!(
+                "{name} is on air already with the same contents (archive {}, from {}); pushing that",
+                v["archive_id"].as_str().unwrap_or("?"),
+                v["servers"][0]["address"].as_str().unwrap_or("?")
+            ),
+            None => {
+                return Err(Error::new(format!(
+                    "{name} is on air with other contents (archive {}, blake3 {}, from {}); this file's blake3 is {digest}: rename it, or stop that server",
+                    versions[0]["archive_id"].as_str().unwrap_or("?"),
+                    versions[0]["blake3"].as_str().unwrap_or("?"),
+                    versions[0]["servers"][0]["address"].as_str().unwrap_or("?")
+                )));
+            }
+        }
+    }
+    Ok(to_serve)
+}
+
+/// The blake3 digest of the file at `path`, hex (as the manifest has it).
+fn file_digest(path: &std::path::Path) -> Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    std::fs::File::open(path)
+        .and_then(|file| hasher.update_reader(file).map(|_| ()))
+        .map_err(|e| Error::new(format!("cannot read {}: {e}", path.display())))?;
+    Ok(hasher.finalize().to_hex().to_string())
 }
 
 impl Drop for LocalServer {

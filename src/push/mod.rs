@@ -46,7 +46,7 @@ pub struct PushConfig {
     /// `serve --interface` for them.
     pub interface: Option<String>,
     /// `serve --group` for them.
-    pub group: Option<String>,
+    pub group: Option<SocketAddr>,
     /// Print events as JSON lines on stdout.
     pub json: bool,
 }
@@ -92,8 +92,18 @@ fn answer(
     director: SocketAddr,
     url: &str,
 ) -> Result<(u16, String)> {
-    let mut response = response
-        .map_err(|e| Error::new(format!("cannot reach the director at {director}: {e}")))?;
+    let mut response = response.map_err(|e| {
+        let refused = match &e {
+            ureq::Error::Io(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
+            ureq::Error::ConnectionFailed => true,
+            _ => false,
+        };
+        let hint = match refused {
+            true => " (nothing listens there: a director's HTTP API is on its UDP port + 1 unless `director --http` put it elsewhere; give that with --api HOST:PORT)",
+            false => "",
+        };
+        Error::new(format!("cannot reach the director's HTTP API at {director}: {e}{hint}"))
+    })?;
     let text = response
         .body_mut()
         .read_to_string()
@@ -132,15 +142,19 @@ pub fn push(config: PushConfig) -> Result<()> {
                       "deadline_s": config.deadline.as_secs(), "max_rate_bps": config.max_rate_bps,
                       "request_id": request_id});
     let body = body.to_string();
-    // Files of this host are served by this push, until the job ends.
-    let _server = match config.serve.is_empty() {
+    // Files of this host are served by this push, until the job ends, unless
+    // a server carries them already.
+    let to_serve = local::not_on_air(&config)?;
+    let _server = match to_serve.is_empty() {
         true => None,
         false => {
-            let mut server = local::LocalServer::start(&config, director_udp(&config.directors)?)?;
+            let udp = director_udp(&config.directors)?;
+            let mut server = local::LocalServer::start(&config, &to_serve, udp)?;
             server.wait_listed(&config.directors, &config.files, config.deadline)?;
             Some(server)
         }
     };
+    warn_short_deadline(&config);
     let (director, job) = change(&config.key, &config.directors, "POST", "/v1/jobs", &body)?;
     let id = job["id"].as_u64().unwrap_or(0);
     let events = Events::new(config.json);
@@ -159,6 +173,40 @@ pub fn push(config: PushConfig) -> Result<()> {
         return Ok(());
     }
     follow(&config, director, id, &events)
+}
+
+/// Warns when the deadline is shorter than one loop of a file (at its fastest
+/// channel within `--rate`): a node that joins late cannot finish in time.
+fn warn_short_deadline(config: &PushConfig) {
+    let Some((_, servers)) = (config.directors.iter()).find_map(|&d| get(d, "/v1/servers").ok())
+    else {
+        return;
+    };
+    for name in &config.files {
+        // The shortest loop of the file among the servers carrying it.
+        let loop_secs = (servers.as_array().into_iter().flatten())
+            .flat_map(|s| s["files"].as_array().into_iter().flatten())
+            .filter(|f| f["name"] == name.as_str())
+            .filter_map(|f| {
+                let fastest = (f["channels"].as_array().into_iter().flatten())
+                    .filter_map(|c| c["rate_bps"].as_u64())
+                    .max()?;
+                let rate = match config.max_rate_bps {
+                    0 => fastest,
+                    cap => fastest.min(cap),
+                };
+                Some(f["body_len"].as_u64()? as f64 * 8.0 / rate.max(1) as f64)
+            })
+            .fold(f64::INFINITY, f64::min);
+        if loop_secs.is_finite() && config.deadline.as_secs_f64() < loop_secs {
+            log::warn!(
+                "--deadline {} is shorter than one loop of {} (about {}): a node that joins late cannot finish in time",
+                render::duration(config.deadline),
+                crate::units::display_name(name),
+                render::duration(Duration::from_secs_f64(loop_secs))
+            );
+        }
+    }
 }
 
 /// Where the directors take heartbeats: the first that answers tells its UDP

@@ -6,19 +6,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-/// "1h30m", "45s".
-pub fn duration(d: Duration) -> String {
-    let s = d.as_secs();
-    match (s / 3600, s % 3600 / 60, s % 60) {
-        (0, 0, s) => format!("{s}s"),
-        (0, m, 0) => format!("{m}m"),
-        (0, m, s) => format!("{m}m{s}s"),
-        (h, 0, _) => format!("{h}h"),
-        (h, m, _) => format!("{h}h{m}m"),
-    }
-}
+pub use crate::units::format_duration as duration;
 
 /// How a node is, as shown: state, and "unreachable" when its agent is silent.
 fn node_label(n: &Value) -> String {
@@ -27,7 +17,10 @@ fn node_label(n: &Value) -> String {
     if n["failure"].as_str().is_some_and(|f| f != "none") {
         label = format!("{label} ({})", n["failure"].as_str().unwrap_or(""));
     }
-    let final_state = matches!(state, "done" | "failed" | "missed");
+    if let Some(detail) = n["detail"].as_str().filter(|d| !d.is_empty()) {
+        label = format!("{label}: {}", crate::units::printable(detail));
+    }
+    let final_state = matches!(state, "done" | "failed" | "missed" | "cancelled");
     if n["reachable"] == false && !final_state {
         label.push_str(", unreachable");
     }
@@ -180,6 +173,7 @@ pub fn job(j: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn durations_read_as_people_write_them() {
@@ -198,5 +192,7 @@ mod tests {
         assert_eq!(node_label(&n), "done");
         let n = json!({"state": "receiving", "failure": "retrying", "reachable": true});
         assert_eq!(node_label(&n), "receiving (retrying)");
+        let n = json!({"state": "failed", "failure": "hook_failed", "detail": "exit 3: no space"});
+        assert_eq!(node_label(&n), "failed (hook_failed): exit 3: no space");
     }
 }

@@ -175,7 +175,7 @@ impl Io {
                 partial: None,
                 worker: None,
                 dirty: false,
-                progress: self.progress.add(&name, 0),
+                progress: self.progress.add(&name),
                 debug_dropped: 0,
                 rebuilds_by_copies: 0,
                 let_go: 0,
@@ -272,9 +272,20 @@ impl Io {
                 manifest,
             } => {
                 self.output().check_free(&manifest.name)?;
-                let (partial, resumed) = PartialFile::open(&self.work_dir, &manifest)?;
+                let (partial, resumed) = match PartialFile::open(&self.work_dir, &manifest) {
+                    Err(e) if e.code == crate::error::EXIT_NO_ROOM => {
+                        // The others may fit: this one is given up, and told at the end.
+                        log::warn!("{e}; receiving the other files");
+                        self.no_room.push(e.message);
+                        session.storage_refused(reception);
+                        return Ok(());
+                    }
+                    other => other?,
+                };
                 let local = self.local(session, reception);
-                local.progress.set_total(manifest.packet_count() as u64);
+                local
+                    .progress
+                    .set_total(manifest.packet_count() as u64, manifest.original_size);
                 local.partial = Some(partial);
                 local.worker = None;
                 session.storage_opened(reception, resumed);

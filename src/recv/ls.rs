@@ -1,6 +1,6 @@
 //! `loopcast ls`: what is on air, from the directory group's ANNOUNCE packets.
 
-use crate::error::{Context, Error, Result};
+use crate::error::{Context, Result};
 use crate::net;
 use crate::signals::StopSignals;
 use loopcast_proto::keys::FINGERPRINT_LEN;
@@ -48,7 +48,7 @@ pub fn list_on_air(
     let mut buf = vec![0u8; 65536];
     while Instant::now() < deadline {
         if signals.wait(Some(deadline.saturating_duration_since(Instant::now())))? {
-            return Err(Error::new("interrupted"));
+            return Err(signals.interrupted("interrupted"));
         }
         while let Some(n) = net::recv_nonblocking(&socket, &mut buf)
             .context(|| format!("cannot receive on {group}"))?

@@ -103,6 +103,8 @@ const TOKENS_PER_RECEPTION: usize = 2 * wire::MAX_CHANNELS + 1;
 const PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 /// How often progress lines are logged (JSON progress comes every `PERSIST_INTERVAL`).
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a receiver that has taken no packet says what it waits for.
+const WAITING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Where a reception's datagrams come from, by token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,6 +188,8 @@ struct Io {
     drop_rng: SmallRng,
     render: render::Render,
     buf: Vec<u8>,
+    /// Why files were given up for want of room (exit 6 at the end).
+    no_room: Vec<String>,
 }
 
 struct Receiver {
@@ -278,6 +282,7 @@ pub fn recv(config: RecvConfig) -> Result<()> {
             persister: storage::Persister::new()?,
             drop_rng: SmallRng::seed_from_u64(debug_seed),
             buf: vec![0u8; 65536],
+            no_room: Vec::new(),
         },
     };
     let result = receiver.run();
@@ -311,6 +316,8 @@ impl Receiver {
         let deadline = self.io.config.timeout.map(|t| started + t);
         let mut next_persist = started + PERSIST_INTERVAL;
         let mut next_progress = started + PROGRESS_INTERVAL;
+        let mut next_waiting = started + WAITING_INTERVAL;
+        let mut held_at_last_look = 0;
         self.io.render.waiting(&self.io.config);
         // Sockets a bounded drain left with datagrams: looked at again at once.
         let mut unfinished: Vec<Token> = Vec::new();
@@ -320,7 +327,13 @@ impl Receiver {
         loop {
             self.settle()?;
             if self.session.is_finished() {
-                self.io.render.finished(&self.session, started);
+                self.io.render.finished(&self.session);
+                if !self.io.no_room.is_empty() {
+                    return Err(Error::with_code(
+                        self.io.no_room.join("; "),
+                        crate::error::EXIT_NO_ROOM,
+                    ));
+                }
                 return Ok(());
             }
             let now = Instant::now();
@@ -341,11 +354,27 @@ impl Receiver {
                 }
                 self.io.render.progress(&self.session, log_too);
             }
-            let wake = [deadline, Some(next_persist), self.session.poll_timeout()]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(next_persist);
+            if now >= next_waiting {
+                next_waiting = now + WAITING_INTERVAL;
+                let held = render::packets_held(&self.session);
+                if held == held_at_last_look {
+                    let why = self.session.waiting(now);
+                    self.io
+                        .render
+                        .still_waiting(&why, &self.io.config, now - started);
+                }
+                held_at_last_look = held;
+            }
+            let wake = [
+                deadline,
+                Some(next_persist),
+                Some(next_waiting),
+                self.session.poll_timeout(),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(next_persist);
             let mut wait = match unfinished.is_empty() {
                 true => wake.saturating_duration_since(Instant::now()),
                 false => Duration::ZERO,
@@ -354,10 +383,8 @@ impl Receiver {
                 wait = wait.min(BACKLOG_RECHECK);
             }
             if self.io.signals.wait(Some(wait))? {
-                return Err(Error::new(format!(
-                    "interrupted; progress saved, run again to resume: {}",
-                    render::missing(&self.session, &self.io.config)
-                )));
+                let message = render::interrupted(&self.session, &self.io.config);
+                return Err(self.io.signals.interrupted(message));
             }
             // Buffers the frame workers give back count before any socket is drained.
             while let Ok((id, archive_id, report)) = self.reports_rx.try_recv() {

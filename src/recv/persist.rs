@@ -52,7 +52,7 @@ impl Receiver {
                 return Err(Error::new(format!("{}: {e}", name.unwrap_or_default())));
             }
             FrameReport::Failed(other) => {
-                return Err(Error::new(format!("cannot unpack: {other:?}")));
+                return Err(Error::new(format!("cannot unpack: {other}")));
             }
         }
         self.io.outputs(&mut self.session, Some(&mut self.batch))

@@ -2,10 +2,12 @@
 //! place that words them.
 
 use super::{Local, RecvConfig};
-use crate::events::Events;
+use crate::events::{COUNTERS, Events};
 use crate::units::{format_bytes, format_rate};
 use loopcast_proto::MasterKey;
-use loopcast_proto::client::{ClientError, ClientEvent, Fallback, Phase, Reception, Session};
+use loopcast_proto::client::{
+    ClientError, ClientEvent, Fallback, Phase, Reception, Session, Waiting,
+};
 use loopcast_proto::keys::hex;
 use loopcast_proto::wire::RedirectReason;
 use serde_json::json;
@@ -15,12 +17,21 @@ use std::time::Instant;
 /// Renders receiver events.
 pub struct Render {
     events: Events,
+    /// When the command started: times and rates count from it.
+    started: Instant,
+    /// Per file: counters at the last debug pulse (stored, NAKs sent, NAKs
+    /// heard, repairs, parity taken, kernel drops).
+    pulse: std::cell::RefCell<BTreeMap<String, [u64; 6]>>,
 }
 
 impl Render {
     /// A renderer printing `--json` events through `events`.
     pub fn new(events: Events) -> Self {
-        Self { events }
+        Self {
+            events,
+            started: Instant::now(),
+            pulse: Default::default(),
+        }
     }
 
     /// The first line: what is awaited, where.
@@ -36,7 +47,11 @@ impl Render {
             _ if !directors.is_empty() => {
                 log::info!("asking {} where {wanted} is carried", directors.join(", "))
             }
-            _ => log::info!("waiting for {wanted} on {}", config.group),
+            _ => log::info!(
+                "waiting for {wanted} on {} via {}",
+                config.group,
+                config.interface
+            ),
         }
     }
 
@@ -47,15 +62,30 @@ impl Render {
             ClientEvent::Following {
                 reception: id,
                 switched,
+                dropped,
             } => {
                 let r = reception(id);
                 let e = r.entry();
-                if switched {
-                    log::info!(
-                        "{}: server {:08x} now serves archive {:016x}; switching to it",
+                if dropped > 0 {
+                    log::warn!(
+                        "{}: server {:08x} serves it as archive {:016x}, another packing or version than the one being received; dropping the {dropped} packets stored and starting over (a site should serve one archive of a file everywhere)",
                         e.name,
                         r.receiver().session_id(),
                         e.archive_id
+                    );
+                } else if switched {
+                    log::info!(
+                        "{}: following server {:08x} (archive {:016x}), keeping what is stored",
+                        e.name,
+                        r.receiver().session_id(),
+                        e.archive_id
+                    );
+                }
+                if switched {
+                    self.events.emit(
+                        "switched",
+                        json!({"file": e.name, "archive": format!("{:016x}", e.archive_id),
+                               "dropped_packets": dropped}),
                     );
                 }
                 self.events.emit(
@@ -148,7 +178,7 @@ impl Render {
                 log::info!("{name}: the director moves it to {to}: {why}");
                 self.events.emit(
                     "redirected",
-                    json!({"file": name, "to": to, "reason": format!("{reason:?}")}),
+                    json!({"file": name, "to": to, "reason": reason.name()}),
                 );
             }
             ClientEvent::ServerLost {
@@ -191,11 +221,12 @@ impl Render {
             }
             ClientEvent::AllHeld { reception: id } => {
                 let r = reception(id);
-                log::info!(
-                    "{}: all {} packets held after {:.2} s ({:.2} loops), finishing the last frames",
+                log::debug!(
+                    target: COUNTERS,
+                    "{}: all held: packets={} after_s={:.2} loops={:.2}",
                     r.entry().name,
                     r.receiver().received().len(),
-                    r.started().elapsed().as_secs_f64(),
+                    self.started.elapsed().as_secs_f64(),
                     r.receiver().loops_waited()
                 );
                 if let Some(l) = local {
@@ -227,26 +258,47 @@ impl Render {
     }
 
     fn delivered(&self, r: &Reception, local: Option<&Local>) {
-        let elapsed = r.started().elapsed();
-        let secs = elapsed.as_secs_f64();
+        let secs = self.started.elapsed().as_secs_f64();
         let s = r.receiver().stats();
         let size = r.entry().original_size;
         let path = local
             .and_then(|l| l.delivered.as_ref())
             .map(|p| p.display().to_string())
             .unwrap_or_default();
+        // Bytes that came in this run: a resumed file had some already.
+        let total = r.receiver().received().len().max(1) as f64;
+        let this_run = size as f64 * (1.0 - r.resumed() as f64 / total);
+        let resumed = match r.resumed() {
+            0 => String::new(),
+            n => format!(
+                ", {:.0}% of it from an earlier run",
+                100.0 * n as f64 / total
+            ),
+        };
         log::info!(
-            "{}: complete and verified in {secs:.2} s ({} at {}) over {}; {} packets stored, {} resumed, {} duplicates, {} loop positions passed while away, {} dropped ({} forged), {} debug-dropped, {} dropped by the kernel (socket buffer full), {} payloads let go for want of room (fetched again); repair: {} repairs received, {} parity packets taken ({} not needed), {} packets rebuilt ({} blocks repaired by copies as part of them was unpacked), {} NAKs sent, {} heard, {} suppressed -> {path}",
+            "{}: done, {} in {secs:.1} s ({}{resumed}) over {} -> {path}",
             r.entry().name,
             format_bytes(size),
-            format_rate(size as f64 * 8.0 / secs.max(1e-9)),
+            format_rate(this_run * 8.0 / secs.max(1e-9)),
             via(r),
+        );
+        // The counters, as key=value for scripts and tests (RUST_LOG=loopcast::counters=debug).
+        log::debug!(
+            target: COUNTERS,
+            "{}: counters: stored={} resumed={} duplicates={} passed_away={} before_manifest={} \
+             other_session={} other_archive={} forged={} malformed={} debug_dropped={} kernel_drops={} \
+             let_go={} repairs={} parity={} parity_unused={} rebuilt={} rebuilt_by_copies={} \
+             naks_sent={} naks_heard={} naks_suppressed={} via={}",
+            r.entry().name,
             s.stored,
             r.resumed(),
             s.duplicates,
             r.receiver().passed_away(),
-            s.dropped(),
+            s.before_manifest,
+            s.foreign_session,
+            s.other_archive,
             s.unauthenticated,
+            s.malformed + s.not_ours + s.bad_manifest,
             local.map_or(0, |l| l.debug_dropped),
             r.kernel_drops(),
             local.map_or(0, |l| l.let_go),
@@ -258,6 +310,7 @@ impl Render {
             s.naks_sent,
             s.naks_heard,
             s.naks_suppressed,
+            via(r).replace(' ', "_"),
         );
         if let Some(l) = local {
             l.progress.set(r.receiver().received().count() as u64);
@@ -266,10 +319,49 @@ impl Render {
         self.events.emit(
             "done",
             json!({"file": r.entry().name, "path": path, "seconds": secs,
-                   "bytes": size, "via": via(r), "duplicates": s.duplicates,
-                   "rebuilt": s.rebuilt, "parity": s.parity,
+                   "bytes": size, "via": via(r), "stored": s.stored, "resumed": r.resumed(),
+                   "duplicates": s.duplicates, "repairs": s.repairs,
+                   "rebuilt": s.rebuilt, "parity": s.parity, "naks_sent": s.naks_sent,
+                   "naks_suppressed": s.naks_suppressed, "unauthenticated": s.unauthenticated,
+                   "kernel_drops": r.kernel_drops(),
+                   "let_go": local.map_or(0, |l| l.let_go),
                    "blake3": r.receiver().manifest().map(|m| loopcast_proto::keys::hex(&m.content_digest)),
                    "passed_away": r.receiver().passed_away()}),
+        );
+    }
+
+    /// At debug level, once a second per file being received: what came and
+    /// what was asked in the last second.
+    fn debug_pulse(&self, r: &Reception) {
+        if !log::log_enabled!(log::Level::Debug) {
+            return;
+        }
+        let s = r.receiver().stats();
+        let now = [
+            s.stored,
+            s.naks_sent,
+            s.naks_heard,
+            s.repairs,
+            s.parity,
+            r.kernel_drops() as u64,
+        ];
+        let mut pulse = self.pulse.borrow_mut();
+        let before = pulse
+            .insert(r.entry().name.clone(), now)
+            .unwrap_or_default();
+        let d = |i: usize| now[i].saturating_sub(before[i]);
+        log::debug!(
+            "{}: +{} packets/s ({} of {}), {} NAKs sent, {} heard, {} repairs, {} parity, {} kernel drops, over {}",
+            r.entry().name,
+            d(0),
+            r.receiver().received().count(),
+            r.receiver().received().len(),
+            d(1),
+            d(2),
+            d(3),
+            d(4),
+            d(5),
+            via(r)
         );
     }
 
@@ -280,6 +372,7 @@ impl Render {
             .iter()
             .filter(|r| r.phase() == Phase::Receiving)
         {
+            self.debug_pulse(r);
             let held = r.receiver().received().count();
             let name = &r.entry().name;
             match r.receiver().manifest() {
@@ -304,17 +397,21 @@ impl Render {
         }
     }
 
-    /// The last line of a successful run.
-    pub fn finished(&self, session: &Session, started: Instant) {
-        let done = session
-            .receptions()
-            .iter()
+    /// The last line of a successful run of several files (one file's done
+    /// line says it all).
+    pub fn finished(&self, session: &Session) {
+        let done: Vec<&Reception> = (session.receptions().iter())
             .filter(|r| r.phase() == Phase::Done)
-            .count();
-        log::info!(
-            "all {done} file(s) received in {:.2} s",
-            started.elapsed().as_secs_f64()
-        );
+            .collect();
+        if done.len() > 1 {
+            let bytes: u64 = done.iter().map(|r| r.entry().original_size).sum();
+            log::info!(
+                "all {} files received: {} in {:.1} s",
+                done.len(),
+                format_bytes(bytes),
+                self.started.elapsed().as_secs_f64()
+            );
+        }
     }
 
     /// An error that ends the run, as a JSON event (the log line is main's).
@@ -361,12 +458,135 @@ pub fn failure(e: &ClientError, key: &MasterKey) -> String {
     }
 }
 
+/// Packets held over every reception: what "progress" means for the waiting report.
+pub fn packets_held(session: &Session) -> u64 {
+    (session.receptions().iter())
+        .map(|r| r.receiver().received().count() as u64)
+        .sum()
+}
+
+/// Where the receiver listens: the group and the interface, or `--server`.
+fn listening(config: &RecvConfig) -> String {
+    match (config.server, config.unicast_only) {
+        (Some(server), true) => format!("from {server} by unicast"),
+        (Some(server), false) => format!(
+            "on {} via {}, and from {server}",
+            config.group, config.interface
+        ),
+        (None, _) => format!("on {} via {}", config.group, config.interface),
+    }
+}
+
+/// One reason a file is not arriving, in words with its likely cause.
+fn reason(why: &Waiting, config: &RecvConfig, key: &MasterKey) -> (Option<String>, String) {
+    let ours = || hex(&key.fingerprint());
+    match why {
+        Waiting::NoServer {
+            foreign: Some(theirs),
+        } => (
+            None,
+            format!(
+                "no server with our key heard {}; servers there use another key (fingerprint {}, ours {}): give the site's key with -k",
+                listening(config),
+                hex(theirs),
+                ours()
+            ),
+        ),
+        Waiting::NoServer { foreign: None } => (
+            None,
+            format!(
+                "no server heard {}: is one running on this group, and does multicast reach this interface? (`loopcast ls` lists what is heard)",
+                listening(config)
+            ),
+        ),
+        Waiting::NotOnAir { name, on_air } => (
+            Some(name.clone()),
+            format!(
+                "not on air {}; on air: {}",
+                listening(config),
+                on_air.join(", ")
+            ),
+        ),
+        Waiting::NoDirector { name, directors } => {
+            let list: Vec<String> = directors.iter().map(|d| d.to_string()).collect();
+            (
+                Some(name.clone()),
+                format!(
+                    "no answer from the director(s) at {}: is a director running there (UDP port, 7790 by default), and does it have this site's key (ours: {})?",
+                    list.join(", "),
+                    ours()
+                ),
+            )
+        }
+        Waiting::ServerSilent { name, server } => (
+            Some(name.clone()),
+            format!("the director named server {server}, which has not answered yet"),
+        ),
+        Waiting::NoData { name } => (
+            Some(name.clone()),
+            format!(
+                "no packet yet {}; a firewall, or multicast not reaching this host? (after --sync-timeout a server given with --server streams by unicast)",
+                listening(config)
+            ),
+        ),
+    }
+}
+
+/// A warning per reason the receiver still waits, `elapsed` after its start.
+pub fn still_waiting_lines(
+    why: &[Waiting],
+    config: &RecvConfig,
+    elapsed: std::time::Duration,
+) -> Vec<String> {
+    why.iter()
+        .map(|w| match reason(w, config, &config.key) {
+            (Some(name), text) => format!("after {} s, {name}: {text}", elapsed.as_secs()),
+            (None, text) => format!("after {} s, {text}", elapsed.as_secs()),
+        })
+        .collect()
+}
+
+impl Render {
+    /// Says what the receiver still waits for (every `WAITING_INTERVAL` without a packet).
+    pub fn still_waiting(
+        &self,
+        why: &[Waiting],
+        config: &RecvConfig,
+        elapsed: std::time::Duration,
+    ) {
+        for line in still_waiting_lines(why, config, elapsed) {
+            log::warn!("still waiting {line}");
+        }
+        self.events.emit(
+            "waiting",
+            json!({"seconds": elapsed.as_secs(),
+                   "reasons": still_waiting_lines(why, config, elapsed)}),
+        );
+    }
+}
+
+/// The message of a receiver stopped by a signal: what it holds, and whether a
+/// second run resumes anything.
+pub fn interrupted(session: &Session, config: &RecvConfig) -> String {
+    if packets_held(session) == 0 {
+        return format!(
+            "interrupted before anything was stored: {}",
+            missing(session, config)
+        );
+    }
+    format!(
+        "interrupted; what arrived is kept, run the same command to resume: {}",
+        missing(session, config)
+    )
+}
+
 /// What is still missing, per file, for time-out and interruption messages.
 pub fn missing(session: &Session, config: &RecvConfig) -> String {
     let mut parts: BTreeMap<String, String> = BTreeMap::new();
     for r in session.receptions() {
         let status = match (r.phase(), r.receiver().manifest()) {
             (Phase::Done, _) => continue,
+            (Phase::Skipped, _) => "no room for it".to_string(),
             (Phase::Verifying, _) => "verifying".to_string(),
             (_, Some(m)) => format!(
                 "{} of {} packets",
@@ -377,24 +597,26 @@ pub fn missing(session: &Session, config: &RecvConfig) -> String {
         };
         parts.insert(r.entry().name.clone(), status);
     }
+    let mut general = Vec::new();
+    for why in session.waiting(Instant::now()) {
+        match reason(&why, config, &config.key) {
+            (Some(name), text) => {
+                parts.entry(name).or_insert(text);
+            }
+            (None, text) => general.push(text),
+        }
+    }
     for name in &config.names {
         parts
             .entry(name.clone())
             .or_insert_with(|| "not on air".to_string());
     }
-    if parts.is_empty() {
-        return match (config.server, config.unicast_only) {
-            (Some(server), true) => format!("no answer from {server}"),
-            (Some(server), false) => format!(
-                "no server heard on {} and no answer from {server}",
-                config.group
-            ),
-            (None, _) => format!("no server heard on {}", config.group),
-        };
-    }
-    parts
+    let mut lines: Vec<String> = parts
         .into_iter()
         .map(|(n, s)| format!("{n}: {s}"))
-        .collect::<Vec<_>>()
-        .join("; ")
+        .collect();
+    if lines.is_empty() || config.names.is_empty() {
+        lines.extend(general);
+    }
+    lines.join("; ")
 }

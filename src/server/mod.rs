@@ -107,6 +107,8 @@ struct Server {
     blocked: Option<(Transmit, Vec<u8>, Instant)>,
     render: render::Render,
     buf: Vec<u8>,
+    /// This site's key fingerprint, hex (for messages).
+    fingerprint: String,
 }
 
 /// Runs the server until SIGINT or SIGTERM. A server new on its directory group
@@ -156,6 +158,7 @@ fn start(config: &ServeConfig, first_channel: u32, signals: &mut StopSignals) ->
         let manifest_bytes = archive
             .manifest
             .encode(&config.key.file_key(archive.manifest.archive_id));
+        warn_long_loop(&archive.manifest, &config.rates);
         let mut channels = Vec::new();
         for (j, &rate_bps) in config.rates.iter().enumerate() {
             let number = i * config.rates.len() + j;
@@ -205,7 +208,11 @@ fn start(config: &ServeConfig, first_channel: u32, signals: &mut StopSignals) ->
         .register(&mut unicast, UNICAST, mio::Interest::READABLE)
         .context(|| "cannot register socket".into())?;
     let unicast_sender = BatchSender::new(&unicast, config.gso);
-    let directory = hear_other_servers(config, &mut unicast, signals);
+    // `--unicast-port 0`: the port the kernel chose.
+    let unicast_port = (unicast.local_addr())
+        .context(|| "cannot read the unicast socket's address".into())?
+        .port();
+    let directory = hear_other_servers(config, unicast_port, &mut unicast, signals);
     let mut cookie_key = [0u8; 32];
     rand::fill(&mut cookie_key);
     let endpoint = Endpoint::new(
@@ -214,7 +221,7 @@ fn start(config: &ServeConfig, first_channel: u32, signals: &mut StopSignals) ->
             directory_key: config.key.directory_mac_key(),
             key_fingerprint: config.key.fingerprint(),
             directory: config.group,
-            unicast_port: config.unicast_port,
+            unicast_port,
             max_datagram: config.packet_size - ip_udp_overhead,
             repair_share: config.repair_share,
             fec_overhead: config.fec_overhead,
@@ -245,7 +252,7 @@ fn start(config: &ServeConfig, first_channel: u32, signals: &mut StopSignals) ->
         endpoint.file_count(),
         config.group,
         config.rates.len(),
-        config.unicast_port,
+        unicast_port,
         if sender.gso() {
             "sending with UDP GSO"
         } else {
@@ -265,7 +272,26 @@ fn start(config: &ServeConfig, first_channel: u32, signals: &mut StopSignals) ->
         interface: config.interface,
         blocked: None,
         render: render::Render::new(Events::new(config.json), config.idle),
+        fingerprint: loopcast_proto::keys::hex(&config.key.fingerprint()),
     })
+}
+
+/// A loop longer than this is told: receivers wait a loop for what they miss.
+const LONG_LOOP: Duration = Duration::from_secs(3600);
+
+/// Warns when one loop of `manifest` takes over `LONG_LOOP` at the fastest of `rates`.
+fn warn_long_loop(manifest: &loopcast_proto::Manifest, rates: &[u64]) {
+    let fastest = rates.iter().copied().max().unwrap_or(1).max(1);
+    let secs = manifest.body_len as f64 * 8.0 / fastest as f64;
+    if secs > LONG_LOOP.as_secs_f64() {
+        log::warn!(
+            "{}: one loop of {} takes {} at {}: a receiver waits that long for what it misses (rates are bits/s: 100M, 1G)",
+            manifest.name,
+            format_bytes(manifest.body_len),
+            crate::units::format_duration(Duration::from_secs_f64(secs)),
+            format_rate(fastest as f64)
+        );
+    }
 }
 
 /// CPU time this process has used (user and system).
@@ -294,6 +320,7 @@ fn cpu_permille(before: (Instant, Duration), after: (Instant, Duration)) -> u16 
 /// server that can do neither says so and serves without moving off taken channels.
 fn hear_other_servers(
     config: &ServeConfig,
+    unicast_port: u16,
     unicast: &mut mio::net::UdpSocket,
     signals: &StopSignals,
 ) -> Option<mio::net::UdpSocket> {
@@ -303,9 +330,7 @@ fn hear_other_servers(
             config.group
         )
     };
-    if config.interface.binds_every_address(config.group)
-        && config.unicast_port == config.group.port()
-    {
+    if config.interface.binds_every_address(config.group) && unicast_port == config.group.port() {
         let joined = net::join(
             &socket2::SockRef::from(&*unicast),
             config.group.ip(),
@@ -343,13 +368,18 @@ impl Server {
         let started = Instant::now();
         let mut unfinished: Vec<mio::Token> = Vec::new();
         let mut cpu_sample = (started, cpu_time());
+        let mut silent =
+            crate::waiting::SilentDirectors::new("heartbeats", self.fingerprint.clone(), started);
         loop {
             let now = Instant::now();
-            // The CPU this server uses, per core, told to directors (spec §9.1).
+            // The CPU this server uses, per core, told to directors (spec §9.1);
+            // the status line and the debug pulse, once a second too.
             if now >= cpu_sample.0 + Duration::from_secs(1) {
                 let sample = (now, cpu_time());
                 self.endpoint.set_cpu_load(cpu_permille(cpu_sample, sample));
                 cpu_sample = sample;
+                self.render.pulse(&self.endpoint, now - started);
+                silent.look(now, &self.endpoint.silent_directors(now));
             }
             self.endpoint.handle_timeout(now);
             self.transmit(now)?;
@@ -381,6 +411,7 @@ impl Server {
                 }
             }
         }
+        self.render.clear_status();
         self.render.final_log(&self.endpoint, started);
         Ok(None)
     }

@@ -1,9 +1,10 @@
 //! The server's events as log lines and `--json` events: the one place that words them.
 
-use crate::events::Events;
+use crate::events::{COUNTERS, Events};
 use crate::units::{format_bytes, format_rate};
 use loopcast_proto::server::{Endpoint, ServerEvent, StreamEnd};
 use serde_json::json;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// Most log lines about single receivers (joined, moved, completed) per second; the
@@ -24,15 +25,24 @@ pub struct Render {
     idle: Duration,
     /// The second being counted, lines logged in it, lines held back.
     receiver_lines: (Instant, u32, u64),
+    /// The live status line (on a terminal).
+    status: crate::progress::StatusLine,
+    /// Bytes sent and the time since start at the last pulse.
+    last_pulse: (u64, Duration),
+    /// Per channel: NAKs, repairs and parity at the last pulse.
+    channel_pulse: HashMap<(usize, usize), [u64; 3]>,
 }
 
 impl Render {
     /// A renderer printing `--json` events through `events`; `idle` is `--idle`.
     pub fn new(events: Events, idle: Duration) -> Self {
         Self {
+            status: crate::progress::StatusLine::new(events.enabled()),
             events,
             idle,
             receiver_lines: (Instant::now(), 0, 0),
+            last_pulse: (0, Duration::ZERO),
+            channel_pulse: HashMap::new(),
         }
     }
 
@@ -205,67 +215,140 @@ impl Render {
         }
     }
 
-    /// The closing line: what was sent, per channel, and who finished.
+    /// What each channel did, one line each at debug level and in `--json`.
+    fn channel_lines(&self, endpoint: &Endpoint) {
+        for (f, j) in (0..endpoint.file_count())
+            .flat_map(|f| (0..endpoint.channels_per_file()).map(move |j| (f, j)))
+        {
+            let Some((c, group)) = endpoint.channel(f, j) else {
+                continue;
+            };
+            let s = c.stats();
+            let name = &endpoint.manifest(f).name;
+            log::debug!(
+                target: COUNTERS,
+                "{name} on {group}: counters: loops={} repairs={} parity_repairs={} naks={} naks_dropped={} parity_on_loop={} repairs_skipped={} grtt_ms={:.1}",
+                c.loops(),
+                s.repair_packets,
+                s.parity_packets,
+                s.naks,
+                s.naks_dropped,
+                s.proactive_packets,
+                s.repairs_skipped,
+                c.grtt().as_secs_f64() * 1e3
+            );
+            self.events.emit(
+                "channel_stats",
+                json!({"file": name, "channel": group.to_string(), "loops": c.loops(),
+                       "repairs": s.repair_packets, "parity_repairs": s.parity_packets,
+                       "naks": s.naks, "naks_dropped": s.naks_dropped,
+                       "parity_on_loop": s.proactive_packets, "repairs_skipped": s.repairs_skipped,
+                       "grtt_ms": c.grtt().as_secs_f64() * 1e3}),
+            );
+        }
+    }
+
+    /// The closing line: how long, how much was sent, who finished; the
+    /// counters at debug level and in `--json`.
     pub fn final_log(&self, endpoint: &Endpoint, started: Instant) {
         tell_held(self.receiver_lines.2);
+        self.channel_lines(endpoint);
         let elapsed = started.elapsed().as_secs_f64();
-        let loops: Vec<String> = (0..endpoint.file_count())
-            .flat_map(|f| (0..endpoint.channels_per_file()).map(move |j| (f, j)))
-            .filter_map(|(f, j)| {
-                let (c, group) = endpoint.channel(f, j)?;
-                let s = c.stats();
-                Some(format!(
-                    "{} on {}: {} loops, {} repairs ({} of them parity) for {} NAKs ({} dropped), {} parity packets on the loop, {} left to the loop, GRTT {:.1} ms",
-                    endpoint.manifest(f).name,
-                    group,
-                    c.loops(),
-                    s.repair_packets,
-                    s.parity_packets,
-                    s.naks,
-                    s.naks_dropped,
-                    s.proactive_packets,
-                    s.repairs_skipped,
-                    c.grtt().as_secs_f64() * 1e3
-                ))
-            })
-            .collect();
         let receivers = endpoint.receivers();
         let done = receivers.iter().filter(|r| r.done).count();
         let unfinished = receivers.iter().filter(|r| !r.done).count();
-        // The closing line names at most 20 of them: the table may hold thousands.
-        let mut pending: Vec<String> = receivers
-            .iter()
-            .filter(|r| !r.done)
-            .take(20)
-            .map(|r| {
-                format!(
-                    "{} at {} ({}/{} packets)",
-                    endpoint.manifest(r.file).name,
-                    r.addr,
-                    r.held,
-                    r.packet_count
-                )
-            })
-            .collect();
-        if unfinished > pending.len() {
-            pending.push(format!("and {} more", unfinished - pending.len()));
-        }
         let stats = endpoint.stats();
+        let rate_bps = stats.sent_bytes as f64 * 8.0 / elapsed.max(1e-9);
         log::info!(
-            "stopped after {elapsed:.1} s, {} sent ({}), {} of it by unicast; {} unvalidated requests answered with a cookie; {} forged datagrams dropped on the unicast port; {} receiver(s) done{}; {}",
+            "stopped after {elapsed:.1} s: sent {} ({}); {done} receiver(s) done{}",
             format_bytes(stats.sent_bytes),
-            format_rate(stats.sent_bytes as f64 * 8.0 / elapsed.max(1e-9)),
-            format_bytes(stats.unicast_bytes),
+            format_rate(rate_bps),
+            match unfinished {
+                0 => String::new(),
+                n => format!(", {n} unfinished"),
+            }
+        );
+        // The unfinished, at most 20 of them: the table may hold thousands.
+        for r in receivers.iter().filter(|r| !r.done).take(20) {
+            log::debug!(
+                "unfinished: {} at {} ({}/{} packets)",
+                endpoint.manifest(r.file).name,
+                r.addr,
+                r.held,
+                r.packet_count
+            );
+        }
+        log::debug!(
+            target: COUNTERS,
+            "server counters: sent_bytes={} rate_bps={rate_bps:.0} unicast_bytes={} unvalidated={} forged={} dropped={} stale_reports={} receivers_done={done} receivers_unfinished={unfinished}",
+            stats.sent_bytes,
+            stats.unicast_bytes,
             stats.unvalidated,
             stats.unauthenticated,
-            done,
-            if pending.is_empty() {
-                String::new()
-            } else {
-                format!(", unfinished: {}", pending.join(", "))
-            },
-            loops.join(", ")
+            stats.dropped,
+            stats.stale_reports
         );
+        self.events.emit(
+            "stopped",
+            json!({"seconds": elapsed, "sent_bytes": stats.sent_bytes,
+                   "unicast_bytes": stats.unicast_bytes, "receivers_done": done,
+                   "receivers_unfinished": unfinished, "unvalidated": stats.unvalidated,
+                   "unauthenticated": stats.unauthenticated, "dropped": stats.dropped,
+                   "stale_reports": stats.stale_reports}),
+        );
+    }
+
+    /// Once a second: the status line on a terminal, and at debug level what
+    /// each channel did in the last second.
+    pub fn pulse(&mut self, endpoint: &Endpoint, elapsed: Duration) {
+        let sent = endpoint.stats().sent_bytes;
+        let (last_sent, last_at) = self.last_pulse;
+        let secs = elapsed.saturating_sub(last_at).as_secs_f64().max(1e-3);
+        let rate = (sent.saturating_sub(last_sent)) as f64 * 8.0 / secs;
+        let mut loops = 0;
+        let mut channels = 0;
+        for (f, j) in (0..endpoint.file_count())
+            .flat_map(|f| (0..endpoint.channels_per_file()).map(move |j| (f, j)))
+        {
+            let Some((c, group)) = endpoint.channel(f, j) else {
+                continue;
+            };
+            channels += 1;
+            loops += c.loops();
+            if log::log_enabled!(log::Level::Debug) {
+                let s = c.stats();
+                let key = (f, j);
+                let before = self
+                    .channel_pulse
+                    .insert(key, [s.naks, s.repair_packets, s.parity_packets]);
+                let [naks, repairs, parity] = before.unwrap_or_default();
+                log::debug!(
+                    "{} on {group}: loop {}, {} NAKs, {} repairs, {} parity in the last second; GRTT {:.1} ms",
+                    endpoint.manifest(f).name,
+                    c.loops() + 1,
+                    s.naks - naks,
+                    s.repair_packets - repairs,
+                    s.parity_packets - parity,
+                    c.grtt().as_secs_f64() * 1e3
+                );
+            }
+        }
+        let receivers = endpoint.receivers();
+        let done = receivers.iter().filter(|r| r.done).count();
+        self.status.set(format!(
+            "{} file(s) on {channels} channel(s), {} receiver(s) ({done} done), sending {}, {} loops, up {}",
+            endpoint.file_count(),
+            receivers.len(),
+            format_rate(rate),
+            loops,
+            crate::units::format_duration(elapsed)
+        ));
+        self.last_pulse = (sent, elapsed);
+    }
+
+    /// Removes the status line (before the closing line).
+    pub fn clear_status(&self) {
+        self.status.clear();
     }
 }
 

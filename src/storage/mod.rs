@@ -15,7 +15,7 @@ pub use map::{SavedMap, SavedState, decode_state, encode_map};
 pub use output::PlainOutput;
 pub use partial::{PartialFile, Rebuilt, free_bytes};
 pub use persister::{Job, Persister};
-pub use private::{own_dir, partial_dir, read_private};
+pub use private::{discard_partial, own_dir, partial_dir, read_private};
 pub use unpack::{FrameReport, FrameWorker, OutputDir, deliver};
 
 use crate::error::Error;
@@ -35,4 +35,17 @@ pub enum UnpackFailure {
     Digest,
     /// Reading the body or writing the output failed.
     Io(Error),
+}
+
+impl std::fmt::Display for UnpackFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UnpackFailure::Table => f.write_str("its frame table is damaged"),
+            UnpackFailure::Frames(ranges) => write!(f, "{} frame(s) are damaged", ranges.len()),
+            UnpackFailure::Digest => {
+                f.write_str("every frame opened but the file does not match its digest")
+            }
+            UnpackFailure::Io(e) => write!(f, "{e}"),
+        }
+    }
 }

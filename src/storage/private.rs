@@ -23,6 +23,45 @@ pub fn partial_dir(out_dir: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Removes what stopped runs left in `out_dir`'s partial directory for the
+/// files `names` (their `.part`, `.map` and `.unpacking` files); returns the
+/// bytes freed. Nothing outside the partial directory is touched, and unlink
+/// follows no symlink.
+pub fn discard_partial(out_dir: &Path, names: &[String]) -> Result<u64> {
+    let dir = out_dir.join(PARTIAL_DIR);
+    let entries = match fs::read_dir(&dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        other => other.context(|| format!("cannot list {}", dir.display()))?,
+    };
+    let ours = |file: &str| {
+        names.iter().any(|name| {
+            file.strip_prefix(name.as_str())
+                .and_then(|rest| rest.strip_prefix('.'))
+                .is_some_and(|rest| {
+                    rest == "part"
+                        || rest == "map"
+                        || rest.strip_suffix(&UNPACKING_SUFFIX[1..]).is_some_and(|id| {
+                            id.len() == 17
+                                && id.ends_with('.')
+                                && id[..16].bytes().all(|b| b.is_ascii_hexdigit())
+                        })
+                })
+        })
+    };
+    let mut freed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str().filter(|n| ours(n)) else {
+            continue;
+        };
+        let path = dir.join(name);
+        let size = fs::symlink_metadata(&path).map_or(0, |m| m.blocks() * 512);
+        fs::remove_file(&path).context(|| format!("cannot remove {}", path.display()))?;
+        freed += size;
+    }
+    Ok(freed)
+}
+
 /// Makes `dir` a directory of ours: created 0700 (its parent must exist); an
 /// existing one must be a real directory owned by this user, and is set to 0700.
 pub fn own_dir(dir: &Path) -> Result<()> {
@@ -97,6 +136,34 @@ pub fn read_private(path: &Path) -> Option<Vec<u8>> {
     let mut bytes = Vec::new();
     io::Read::read_to_end(&mut file, &mut bytes).ok()?;
     Some(bytes)
+}
+
+#[cfg(test)]
+mod discard_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_named_files_leftovers_are_removed() {
+        let out = tempfile::tempdir().unwrap();
+        let dir = partial_dir(out.path()).unwrap();
+        for f in [
+            "a.iso.part",
+            "a.iso.map",
+            "a.iso.0123456789abcdef.unpacking",
+            "a.iso.x",
+            "a.isox.part",
+            "b.iso.part",
+        ] {
+            fs::write(dir.join(f), b"12345").unwrap();
+        }
+        assert!(discard_partial(out.path(), &["a.iso".into()]).unwrap() > 0);
+        let mut left: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["a.iso.x", "a.isox.part", "b.iso.part"]);
+    }
 }
 
 #[cfg(test)]
