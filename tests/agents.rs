@@ -173,7 +173,7 @@ fn six_agents_take_a_push_survive_a_killed_agent_share_two_jobs_and_a_silent_nod
             "--to",
             to,
             "--director",
-            API,
+            DIRECTOR,
             "--deadline",
             "90s",
         ];
@@ -234,7 +234,7 @@ fn six_agents_take_a_push_survive_a_killed_agent_share_two_jobs_and_a_silent_nod
     lab.children[agents[2]].wait().unwrap();
     let before = std::fs::read_to_string(d.join("agent-3.log")).unwrap();
     assert!(
-        !before.contains("four.bin: complete and verified"),
+        !before.contains("four.bin: done, "),
         "node-3 finished before the kill: {before}"
     );
     std::thread::sleep(Duration::from_secs(1));
@@ -257,7 +257,7 @@ fn six_agents_take_a_push_survive_a_killed_agent_share_two_jobs_and_a_silent_nod
         forged.contains("forged"),
         "the forger did not run: {forged}"
     );
-    let jobs = run_in(&lab, "s", &["jobs", "--json", "--director", API]);
+    let jobs = run_in(&lab, "s", &["jobs", "--json", "--director", DIRECTOR]);
     let jobs: serde_json::Value = serde_json::from_slice(&jobs.stdout).unwrap();
     assert_eq!(
         jobs.as_array().map(Vec::len),
@@ -293,7 +293,7 @@ fn six_agents_take_a_push_survive_a_killed_agent_share_two_jobs_and_a_silent_nod
             "--to",
             "node-5,node-6",
             "--director",
-            API,
+            DIRECTOR,
             "--deadline",
             "10s",
         ],
@@ -356,6 +356,7 @@ fn forger() {
                         state: AgentJobState::Done,
                         permille: 1000,
                         failure: JobFailure::None,
+                        detail: String::new(),
                     }],
                 };
                 let _ = socket.send_to(&wire::encode_register(&stranger, 7, &r), &director);

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_loopcast");
 
-use common::Running;
+use common::{Running, counter};
 
 /// Directory group of test `n`: distinct groups and ports keep parallel tests apart.
 fn group(n: u8) -> String {
@@ -27,7 +27,7 @@ fn group(n: u8) -> String {
 
 fn loopcast(args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
-    c.args(args).env("RUST_LOG", "info");
+    c.args(args).env("RUST_LOG", common::WITH_COUNTERS);
     c
 }
 
@@ -306,7 +306,7 @@ fn a_receiver_killed_at_60_percent_repairs_what_the_loop_passed_and_needs_under_
     let resumed = resumed_packets(&log);
     let total = 24_000_000f64 / 1440.0;
     let loops = loops_after(&log);
-    let repairs = count_before(&log, "repairs received");
+    let repairs = count_before(&log, "repairs");
     eprintln!(
         "resumed {resumed} packets ({:.0}%), then held every packet after {loops:.2} loops with {repairs} repairs",
         100.0 * resumed / total
@@ -399,6 +399,7 @@ fn a_path_traversal_name_from_a_rogue_sender_is_skipped_and_the_real_file_arrive
                 archive_id: 5,
                 original_size: 1,
                 body_len: 65,
+                content_digest: [7; 32],
                 flags: 0,
                 name: "../evil".into(),
                 channels: vec![ChannelInfo {
@@ -623,24 +624,12 @@ fn resumed_packets(log: &str) -> f64 {
 
 /// Loops a receiver log says it waited from joining to holding every packet.
 fn loops_after(log: &str) -> f64 {
-    log.split("packets held after ")
-        .nth(1)
-        .and_then(|rest| rest.split(" loops)").next())
-        .and_then(|head| head.rsplit('(').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no '(N loops)' in: {log}"))
+    counter(log, "loops")
 }
 
-/// The number just before `label` in a log line, e.g. "12 repairs received".
-fn count_before(log: &str, label: &str) -> u64 {
-    let head = log
-        .split(label)
-        .next()
-        .unwrap_or_else(|| panic!("no {label:?} in: {log}"));
-    head.split_whitespace()
-        .last()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no count before {label:?} in: {log}"))
+/// A receiver's counter `key`, as a whole number.
+fn count_before(log: &str, key: &str) -> u64 {
+    counter(log, key) as u64
 }
 
 #[test]
@@ -648,8 +637,8 @@ fn a_lossy_receiver_joining_mid_stream_is_repaired_by_parity_within_1_5_loops() 
     let (loops, log) = lossy_receiver(108, &["--repair", "parity"]);
     // Most losses are rebuilt; copies repair the frame table and blocks partly
     // unpacked before their parity came.
-    let rebuilt = count_before(&log, "packets rebuilt");
-    let copies = count_before(&log, "repairs received");
+    let rebuilt = count_before(&log, "rebuilt");
+    let copies = count_before(&log, "repairs");
     assert!(rebuilt > 100 && rebuilt > 2 * copies, "{log}");
     assert!(loops <= 1.5, "took {loops:.2} loops: {log}");
 }
@@ -657,8 +646,8 @@ fn a_lossy_receiver_joining_mid_stream_is_repaired_by_parity_within_1_5_loops() 
 #[test]
 fn a_lossy_receiver_asking_for_copies_is_repaired_within_1_5_loops() {
     let (loops, log) = lossy_receiver(124, &["--repair", "copies"]);
-    assert!(count_before(&log, "repairs received") > 100, "{log}");
-    assert_eq!(count_before(&log, "packets rebuilt"), 0, "{log}");
+    assert!(count_before(&log, "repairs") > 100, "{log}");
+    assert_eq!(count_before(&log, "rebuilt"), 0, "{log}");
     assert!(loops <= 1.5, "took {loops:.2} loops: {log}");
 }
 
@@ -683,8 +672,8 @@ fn lossy_receiver(n: u8, extra: &[&str]) -> (f64, String) {
     );
     let loops = loops_after(&log);
     let (dropped, naks) = (
-        count_before(&log, "debug-dropped"),
-        count_before(&log, "NAKs sent"),
+        count_before(&log, "debug_dropped"),
+        count_before(&log, "naks_sent"),
     );
     eprintln!("held every packet after {loops:.2} loops; {dropped} dropped, {naks} NAKs");
     assert!(dropped > 100 && naks > 0, "{log}");
@@ -704,8 +693,8 @@ fn a_receiver_whose_frame_worker_is_behind_leaves_datagrams_in_the_socket() {
     let args = ["--debug-frame-delay", "30", "--timeout", "60"];
     let log = receive_whole(&lab, "slow.bin", &args);
     let (kernel, let_go) = (
-        count_before(&log, "dropped by the kernel"),
-        count_before(&log, "payloads let go"),
+        count_before(&log, "kernel_drops"),
+        count_before(&log, "let_go"),
     );
     eprintln!("{kernel} dropped by the kernel, {let_go} let go");
     assert!(kernel > 100, "the worker was never behind: {log}");
@@ -720,8 +709,8 @@ fn parity_on_the_loop_rebuilds_what_a_receiver_loses_without_asking() {
     let args = ["--debug-drop", "3", "--debug-seed", "2", "--timeout", "60"];
     let log = receive_whole(&lab, "fec.bin", &args);
     let (rebuilt, dropped) = (
-        count_before(&log, "packets rebuilt"),
-        count_before(&log, "debug-dropped"),
+        count_before(&log, "rebuilt"),
+        count_before(&log, "debug_dropped"),
     );
     eprintln!("{rebuilt} of {dropped} packets dropped were rebuilt");
     assert!(rebuilt * 2 > dropped, "{log}");
@@ -1032,7 +1021,7 @@ fn an_archive_and_a_plain_file_served_with_every_serve_flag_and_one_picked_by_na
     assert_eq!(kinds.first().map(String::as_str), Some("join"), "{kinds:?}");
     assert_eq!(kinds.last().map(String::as_str), Some("done"), "{kinds:?}");
     // --packet-size 1200: payloads of 1140 bytes, so more packets than 1500 would give.
-    let packets = count_before(&log.replace("all ", "all\n"), "packets held after");
+    let packets = count_before(&log, "packets");
     assert!(
         packets as f64 >= 16_000_000.0 / 1140.0,
         "{packets} packets: {log}"
@@ -1042,7 +1031,9 @@ fn an_archive_and_a_plain_file_served_with_every_serve_flag_and_one_picked_by_na
     let serve_log = std::fs::read_to_string(d.join("serve.log")).unwrap();
     assert!(serve_log.contains("stopped after"), "{serve_log}");
     // --repair-share 0: no channel repaired anything.
-    assert_eq!(serve_log.matches(" 0 repairs (").count(), 4, "{serve_log}");
+    let channels = (serve_log.lines()).filter(|l| l.contains(": counters: loops="));
+    let unrepaired = channels.filter(|l| l.contains(" repairs=0 ")).count();
+    assert_eq!(unrepaired, 4, "{serve_log}");
     assert!(!serve_log.contains("in 0 packets"), "{serve_log}");
     // serve --json: the receiver's join and done; --adapt moved a channel's rate.
     let served = json_kinds(&std::fs::read(d.join("serve.json")).unwrap());
@@ -1110,7 +1101,8 @@ fn a_server_restarted_with_its_cache_is_followed_at_once_and_nothing_stored_is_l
     let log = stderr(&out);
     assert!(out.status.success(), "{log}");
     assert_eq!(std::fs::read(d.join("out/restart.bin")).unwrap(), data);
-    assert!(log.contains("switching to it"), "{log}");
+    assert!(log.contains("following server "), "{log}");
+    assert!(log.contains("keeping what is stored"), "{log}");
     // What it held before the restart was kept: it resumed a good part of the file.
     let resumed = resumed_packets(&log);
     let total = 16_000_000.0 / 1440.0;
@@ -1360,7 +1352,7 @@ fn a_receiver_told_only_directors_fails_over_to_the_other_server_keeping_what_it
             .call()
             .is_err()
     );
-    let ls = loopcast(&["ls", "--director", &http_at]).output().unwrap();
+    let ls = (loopcast(&["ls", "--director", &director_at, "--api", &http_at]).output()).unwrap();
     let listing = String::from_utf8_lossy(&ls.stdout);
     assert!(ls.status.success(), "{}", stderr(&ls));
     assert!(

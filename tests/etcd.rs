@@ -88,7 +88,6 @@ fn when_the_scheduling_director_dies_the_other_takes_over_and_the_job_completes(
     };
     let mut running = directors(&mut lab, "1");
     let both_udp = format!("{D1}:7790,{D2}:7790");
-    let both_api = format!("{D1}:7791,{D2}:7791");
     let cache = d.join("cache");
     let mut serve = serve_args(path(&source), key_s, path(&cache));
     serve.extend(["--director", &both_udp]);
@@ -146,7 +145,7 @@ fn when_the_scheduling_director_dies_the_other_takes_over_and_the_job_completes(
             "--to",
             &nodes.join(","),
             "--director",
-            &both_api,
+            &both_udp,
         ])
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -191,7 +190,7 @@ fn when_the_scheduling_director_dies_the_other_takes_over_and_the_job_completes(
     let show = |lab: &Lab| {
         let out = Command::new("ip")
             .args(["netns", "exec", &format!("{}-s", lab.prefix), BIN])
-            .args(["jobs", "--json", "--director", &both_api])
+            .args(["jobs", "--json", "--director", &both_udp])
             .output()
             .unwrap();
         assert!(

@@ -51,6 +51,7 @@ impl Lab {
         let child = Command::new("ip")
             .args(["netns", "exec", &format!("{}-{host}", self.prefix), BIN])
             .args(args)
+            .env("RUST_LOG", WITH_COUNTERS)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())
             .spawn()
@@ -231,6 +232,21 @@ pub fn wait_for_log(log: &Path, needle: &str, limit: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
     false
+}
+
+/// The log filter that adds a receiver's counters (key=value lines) to its log.
+pub const WITH_COUNTERS: &str = "info,loopcast::counters=debug";
+
+/// The value of `key` in the last counters line of a receiver's `log` (run
+/// with `RUST_LOG=WITH_COUNTERS`): `counter(log, "naks_sent")`.
+pub fn counter(log: &str, key: &str) -> f64 {
+    let needle = format!(" {key}=");
+    (log.lines().rev())
+        .filter(|l| l.contains("counters: ") || l.contains("all held: "))
+        .find_map(|l| l.split(&needle).nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter {key:?} in: {log}"))
 }
 
 /// Reads `key=value` from the probe helper's output line.

@@ -91,6 +91,7 @@ pub fn run() {
         archive_id: 0xfa4e + n as u64,
         original_size: 1000,
         body_len: 2000,
+        content_digest: [7; 32],
         flags: 0,
         name,
         channels: vec![ChannelInfo {
