@@ -18,7 +18,7 @@
 # every run are copied to DIR/logs (TOOL-SCENARIO-REP-HOST.log).
 # Rates: LOOPCAST_RATE (default 3G, loopcast's --rate; LOOPCAST_JUMBO_RATE in
 # scenario j, default 4G; both the best fixed rates of a sweep on the 2-core
-# development machine, README), UFTP_RATE_KBPS (default -1:
+# development machine, docs/performance.md), UFTP_RATE_KBPS (default -1:
 # as fast as the interface allows), UDPCAST_RATE (default: none, udpcast's own pace).
 # LOOPCAST_SERVE_FLAGS adds flags to loopcast's serve (e.g. --no-gso),
 # LOOPCAST_RECV_FLAGS to its receivers' (e.g. --repair copies); LOOPCAST_BIN
