@@ -102,6 +102,16 @@ impl Site {
         self.start(log, &args)
     }
 
+    /// `push FILE --to TO` to this site's director, with `extra`, run to its end.
+    fn push(&self, file: &str, to: &str, extra: &[&str]) -> Output {
+        let key = path(&self.key);
+        let director = self.director();
+        loopcast(&["push", file, "-k", key, "--to", to, "--director", &director])
+            .args(extra)
+            .output()
+            .unwrap()
+    }
+
     fn director_running(&self, log: &str) -> Running {
         let listen = self.director();
         self.start(
@@ -597,19 +607,7 @@ fn a_hooks_output_stays_out_of_json_and_its_failure_reaches_jobs_and_push() {
         .unwrap(),
     );
     std::thread::sleep(Duration::from_secs(3));
-    let push = loopcast(&[
-        "push",
-        "h.bin",
-        "-k",
-        path(&site.key),
-        "--to",
-        "n1",
-        "--director",
-        &director,
-    ])
-    .args(["--deadline", "60s"])
-    .output()
-    .unwrap();
+    let push = site.push("h.bin", "n1", &["--deadline", "60s"]);
     let said = text(&push.stdout) + &text(&push.stderr);
     assert_eq!(push.status.code(), Some(5), "{said}");
     assert!(
@@ -682,19 +680,7 @@ fn a_cancelled_job_removes_its_partial_data_unless_kept_and_shows_cancelled() {
     let _b = agent("n2", &["--keep-partial"]);
     std::thread::sleep(Duration::from_secs(3));
     // A deadline shorter than a loop is warned of.
-    let push = loopcast(&[
-        "push",
-        "c.bin",
-        "-k",
-        path(&site.key),
-        "--to",
-        "n1,n2",
-        "--director",
-        &director,
-    ])
-    .args(["--deadline", "5m", "--detach"])
-    .output()
-    .unwrap();
+    let push = site.push("c.bin", "n1,n2", &["--deadline", "5m", "--detach"]);
     assert!(push.status.success(), "{}", text(&push.stderr));
     let id = text(&push.stdout).trim().to_owned();
     let partial = |node: &str| site.path(&format!("out-{node}/.loopcast-partial/c.bin.part"));
@@ -770,19 +756,7 @@ fn a_short_deadline_and_a_slow_rate_are_warned_of() {
         site.log("serve.log")
     );
     std::thread::sleep(Duration::from_secs(3));
-    let push = loopcast(&[
-        "push",
-        "slow.bin",
-        "-k",
-        path(&site.key),
-        "--to",
-        "nobody",
-        "--director",
-        &director,
-    ])
-    .args(["--deadline", "90s"])
-    .output()
-    .unwrap();
+    let push = site.push("slow.bin", "nobody", &["--deadline", "90s"]);
     let err = text(&push.stderr);
     assert!(
         err.contains("--deadline 1m30s is shorter than one loop of slow.bin"),
@@ -818,20 +792,12 @@ fn a_push_of_a_file_on_air_uses_its_server_and_one_of_other_contents_is_refused(
     );
     std::thread::sleep(Duration::from_secs(3));
     let group = site.group();
-    let push = |f: &Path| -> Output {
-        loopcast(&[
-            "push",
+    let push = |f: &Path| {
+        site.push(
             path(f),
-            "-k",
-            path(&site.key),
-            "--to",
             "n1",
-            "--director",
-            &director,
-        ])
-        .args(["-i", "127.0.0.1", "-g", &group, "--deadline", "60s"])
-        .output()
-        .unwrap()
+            &["-i", "127.0.0.1", "-g", &group, "--deadline", "60s"],
+        )
     };
     let same = push(&file);
     let err = text(&same.stderr);

@@ -167,6 +167,13 @@ impl Session {
         }
         r.phase = Phase::Skipped;
         r.frames = None;
+        self.leave_sources(id);
+    }
+
+    /// Leaves reception `id`'s channels and closes its stream; they stay named
+    /// (for the last report).
+    fn leave_sources(&mut self, id: ReceptionId) {
+        let r = &self.receptions[id];
         for &channel in &r.joined {
             self.out.command(Command::Leave {
                 reception: id,
@@ -203,17 +210,7 @@ impl Session {
                 });
             }
         }
-        // Its channels and stream are left, but still named (for the last report).
-        let r = &self.receptions[id];
-        for &channel in &r.joined {
-            self.out.command(Command::Leave {
-                reception: id,
-                channel,
-            });
-        }
-        if r.stream.is_some() {
-            self.out.command(Command::CloseStream { reception: id });
-        }
+        self.leave_sources(id);
         self.events
             .push_back(ClientEvent::Delivered { reception: id });
     }
