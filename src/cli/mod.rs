@@ -3,6 +3,7 @@
 
 mod args;
 mod config;
+mod values;
 
 use crate::archive_file::{self, ArchiveFile};
 use crate::error::{Context, Error, Result};

@@ -9,6 +9,7 @@ mod io;
 mod ls;
 mod persist;
 mod render;
+mod waits;
 
 pub use ls::list_on_air;
 
@@ -341,7 +342,7 @@ impl Receiver {
                 return Err(Error::timeout(format!(
                     "timed out after {} s: {}",
                     self.io.config.timeout.unwrap_or_default().as_secs(),
-                    render::missing(&self.session, &self.io.config)
+                    waits::missing(&self.session, &self.io.config)
                 )));
             }
             if now >= next_persist {
@@ -356,7 +357,7 @@ impl Receiver {
             }
             if now >= next_waiting {
                 next_waiting = now + WAITING_INTERVAL;
-                let held = render::packets_held(&self.session);
+                let held = waits::packets_held(&self.session);
                 if held == held_at_last_look {
                     let why = self.session.waiting(now);
                     self.io
@@ -383,7 +384,7 @@ impl Receiver {
                 wait = wait.min(BACKLOG_RECHECK);
             }
             if self.io.signals.wait(Some(wait))? {
-                let message = render::interrupted(&self.session, &self.io.config);
+                let message = waits::interrupted(&self.session, &self.io.config);
                 return Err(self.io.signals.interrupted(message));
             }
             // Buffers the frame workers give back count before any socket is drained.
