@@ -121,6 +121,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
         loopcast_proto::keys::hex(&config.key.fingerprint()),
         now,
     );
+    let mut heard_once = std::collections::HashSet::new();
     let (news_tx, news_rx) = mpsc::channel();
     let mut running: HashMap<u64, Running> = HashMap::new();
     let mut buf = vec![0u8; 65536];
@@ -175,8 +176,11 @@ pub fn run(config: AgentConfig) -> Result<()> {
                         }
                     }
                 }
+                // The first answer is told here; one after silence, by `silent`.
                 AgentEvent::DirectorHeard { director } => {
-                    log::info!("director {director} answers");
+                    if heard_once.insert(director) {
+                        log::info!("director {director} answers");
+                    }
                 }
             }
         }
