@@ -67,4 +67,7 @@ echo "== loopcast push random.bin --to node-1,node-2,node-3"
 "$BIN" push random.bin -k demo.key --to node-1,node-2,node-3 --director "$DIRECTOR" --api "$API" --deadline 2m
 "$BIN" jobs --director "$DIRECTOR" --api "$API"
 for n in 1 2 3; do cmp random.bin "node-$n/random.bin"; done
+echo "== what each agent's --on-complete hook said (hook output goes to the agent's log)"
+grep -h "hook (" agent-*.log | sed 's/^\[[^]]*\] //'
+
 echo "== OK: the push reached all three nodes, byte-identical ($(($(date +%s) - started)) s after the build)"
