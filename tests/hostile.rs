@@ -155,6 +155,14 @@ fn attack(rows: &str, unicast: bool) -> Option<Outcome> {
     Some(outcome)
 }
 
+/// Seconds from a receiver's start to its file's done line.
+fn done_after(log: &str) -> f64 {
+    let line = (log.lines())
+        .find(|l| l.contains("payload.bin: done, "))
+        .unwrap_or_else(|| panic!("no done line: {log}"));
+    number_after(line, " in ")
+}
+
 /// The number just after `label` in `text`.
 fn number_after(text: &str, label: &str) -> f64 {
     text.split(label)
@@ -215,6 +223,57 @@ fn t06_forged_data_is_dropped_before_it_is_stored() {
     let Some(o) = attack("6", false) else { return };
     let forged = counter(o.r1_done(), "forged");
     assert!(forged >= 100.0, "{forged} forged at r1");
+}
+
+#[test]
+fn t35_replayed_genuine_packets_neither_slow_a_receiver_nor_pin_grtt_nor_inflate_its_loss() {
+    // A host re-sending what it overhears (control datagrams 3 times at random
+    // delays up to 0.5 s, 2% of DATA, and each second the oldest 64 DATA heard),
+    // against the same transfer without it (row 0: an attacker that sends
+    // nothing). Bounds: r1 within 1.2× of its time without the attack, the
+    // channel's GRTT within 2× of it, r1's reported loss within 2× of it (plus
+    // 1% of the file).
+    let Some(quiet) = attack("0", false) else {
+        return;
+    };
+    let o = attack("35", false).unwrap();
+    let replayed = number_after(&o.attack, "replayed_data=");
+    assert!(
+        number_after(&o.attack, "replayed_control=") > 100.0 && replayed > 300.0,
+        "{}",
+        o.attack
+    );
+    // It arrived while r1 was receiving: r1 dropped replayed STATUS as stale and
+    // left replayed DATA of another pass out of its loop tracks.
+    let (stale, out_of_pace) = (
+        counter(o.r1_done(), "stale_status"),
+        counter(o.r1_done(), "out_of_pace"),
+    );
+    assert!(stale >= 10.0 && out_of_pace >= 10.0, "{}", o.r1_done());
+    let (quiet_s, attacked_s) = (done_after(&quiet.r1), done_after(&o.r1));
+    let (quiet_grtt, grtt) = (
+        counter(&quiet.server, "grtt_ms"),
+        counter(&o.server, "grtt_ms"),
+    );
+    let (quiet_lost, lost) = (
+        counter(quiet.r1_done(), "reported_lost"),
+        counter(o.r1_done(), "reported_lost"),
+    );
+    println!(
+        "t35: {quiet_s} s / {attacked_s} s; GRTT {quiet_grtt} / {grtt} ms; reported loss {quiet_lost} / {lost}"
+    );
+    assert!(
+        attacked_s <= 1.2 * quiet_s,
+        "{attacked_s} s under attack, {quiet_s} s without"
+    );
+    assert!(
+        grtt <= 2.0 * quiet_grtt.max(5.0),
+        "GRTT {grtt} ms under attack, {quiet_grtt} ms without"
+    );
+    assert!(
+        lost <= 2.0 * quiet_lost + 0.01 * 16_807.0,
+        "{lost} reported lost under attack, {quiet_lost} without"
+    );
 }
 
 #[test]

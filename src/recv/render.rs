@@ -286,7 +286,8 @@ impl Render {
             "{}: counters: stored={} resumed={} duplicates={} passed_away={} before_manifest={} \
              other_session={} other_archive={} forged={} malformed={} debug_dropped={} kernel_drops={} \
              let_go={} repairs={} parity={} parity_unused={} rebuilt={} rebuilt_by_copies={} \
-             naks_sent={} naks_heard={} naks_suppressed={} via={}",
+             naks_sent={} naks_heard={} naks_suppressed={} reported_lost={} stale_status={} \
+             out_of_pace={} via={}",
             r.entry().name,
             s.stored,
             r.resumed(),
@@ -308,6 +309,9 @@ impl Render {
             s.naks_sent,
             s.naks_heard,
             s.naks_suppressed,
+            s.reported_lost,
+            s.stale_status,
+            s.out_of_pace,
             via(r).replace(' ', "_"),
         );
         if let Some(l) = local {

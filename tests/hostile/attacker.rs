@@ -168,6 +168,12 @@ pub fn run() {
             r.send_to(&request([0; wire::COOKIE_LEN]), server).unwrap();
         }
     }
+    // T35: genuine datagrams overheard on the channel, its control group and the
+    // directory group, sent again: every control datagram 3 times at random
+    // delays up to 0.5 s, about 2% of DATA at once, and each second the oldest
+    // 64 DATA heard (a run of the loop from before).
+    let control = listen(channel_control(channel));
+    let mut replay = Replayer::new(row(35), [&data, &control, &directory]);
     println!("attacking session {session:08x}");
     let mut streamed = vec![0u64; requesters.len()];
     let mut flap = 0u64;
@@ -282,11 +288,115 @@ pub fn run() {
                 let _ = r.send_to(&request([0; wire::COOKIE_LEN]), server);
             }
         }
-        std::thread::sleep(Duration::from_millis(50));
+        replay.round(&sender, &mut buf, Duration::from_millis(50));
     }
     let granted = streamed.iter().filter(|&&n| n > 0).count();
     println!(
-        "attack done: rounds={flap} streams_granted={granted} stream_datagrams={} naks_sent={naks_sent} data_sent={data_sent} parity_sent={parity_sent} reports_sent={reports_sent}",
-        streamed.iter().sum::<u64>()
+        "attack done: rounds={flap} streams_granted={granted} stream_datagrams={} naks_sent={naks_sent} data_sent={data_sent} parity_sent={parity_sent} reports_sent={reports_sent} replayed_control={} replayed_data={}",
+        streamed.iter().sum::<u64>(),
+        replay.control_sent,
+        replay.data_sent,
     );
+}
+
+/// Where a channel's NAKs go.
+fn channel_control(c: loopcast_proto::wire::ChannelInfo) -> std::net::SocketAddrV4 {
+    match c.control() {
+        std::net::SocketAddr::V4(a) => a,
+        std::net::SocketAddr::V6(_) => panic!("the hostile lab runs on IPv4"),
+    }
+}
+
+/// T35's replayer: what it heard, sent again as it was.
+struct Replayer<'a> {
+    on: bool,
+    sockets: [&'a std::net::UdpSocket; 3],
+    /// Control datagrams to send again: (when, where, bytes).
+    due: Vec<(std::time::Instant, std::net::SocketAddr, Vec<u8>)>,
+    /// The first 64 DATA heard, and where they went.
+    oldest: Vec<(std::net::SocketAddr, Vec<u8>)>,
+    last_burst: std::time::Instant,
+    /// Digests of datagrams heard, so that each is replayed once (its own
+    /// replays come back to it).
+    heard: std::collections::HashSet<[u8; 32]>,
+    rng: rand::rngs::StdRng,
+    control_sent: u64,
+    data_sent: u64,
+}
+
+impl<'a> Replayer<'a> {
+    fn new(on: bool, sockets: [&'a std::net::UdpSocket; 3]) -> Self {
+        use rand::SeedableRng;
+        for s in sockets {
+            s.set_nonblocking(true).unwrap();
+        }
+        Self {
+            on,
+            sockets,
+            due: Vec::new(),
+            oldest: Vec::new(),
+            last_burst: std::time::Instant::now(),
+            heard: std::collections::HashSet::new(),
+            rng: rand::rngs::StdRng::seed_from_u64(35),
+            control_sent: 0,
+            data_sent: 0,
+        }
+    }
+
+    /// Hears what came for `wait`, and sends again what is due.
+    fn round(&mut self, sender: &std::net::UdpSocket, buf: &mut [u8], wait: Duration) {
+        use loopcast_proto::wire::{self, Packet};
+        use rand::RngExt;
+        let end = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < end {
+            if !self.on {
+                std::thread::sleep(end.saturating_duration_since(std::time::Instant::now()));
+                return;
+            }
+            for s in self.sockets {
+                let to = s.local_addr().unwrap();
+                while let Ok(n) = s.recv(buf) {
+                    let bytes = buf[..n].to_vec();
+                    if !self.heard.insert(*blake3::hash(&bytes).as_bytes()) {
+                        continue;
+                    }
+                    let Ok(d) = wire::decode(&bytes) else {
+                        continue;
+                    };
+                    let now = std::time::Instant::now();
+                    match d.packet {
+                        Packet::Data(..) => {
+                            if self.oldest.len() < 64 {
+                                self.oldest.push((to, bytes.clone()));
+                            }
+                            if self.rng.random::<f64>() < 0.02 {
+                                self.data_sent += sender.send_to(&bytes, to).is_ok() as u64;
+                            }
+                        }
+                        _ => {
+                            for _ in 0..3 {
+                                let delay =
+                                    Duration::from_micros(self.rng.random_range(0..500_000));
+                                self.due.push((now + delay, to, bytes.clone()));
+                            }
+                        }
+                    }
+                }
+            }
+            let now = std::time::Instant::now();
+            let (ready, later): (Vec<_>, Vec<_>) =
+                self.due.drain(..).partition(|(at, ..)| *at <= now);
+            self.due = later;
+            for (_, to, bytes) in ready {
+                self.control_sent += sender.send_to(&bytes, to).is_ok() as u64;
+            }
+            if now >= self.last_burst + Duration::from_secs(1) {
+                self.last_burst = now;
+                for (to, bytes) in &self.oldest {
+                    self.data_sent += sender.send_to(bytes, to).is_ok() as u64;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
 }

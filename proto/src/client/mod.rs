@@ -231,6 +231,8 @@ impl Session {
     fn join(&mut self, id: ReceptionId, channel: usize) {
         let r = &mut self.receptions[id];
         r.joined.push(channel);
+        r.fsm
+            .set_track_rate(channel, r.entry.channels[channel].rate_bps);
         self.out.command(Command::Join {
             reception: id,
             channel,

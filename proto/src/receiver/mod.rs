@@ -86,6 +86,13 @@ pub struct ReceiverStats {
     pub parity_dropped: u64,
     /// Packets rebuilt from parity.
     pub rebuilt: u64,
+    /// Loop positions this receiver's REPORTs said were lost, in all.
+    pub reported_lost: u64,
+    /// STATUS packets no newer than the last taken (replays), ignored.
+    pub stale_status: u64,
+    /// Loop packets whose position the channel could not have reached by now
+    /// (replays of an earlier pass): stored if new, but the loop track stays.
+    pub out_of_pace: u64,
 }
 
 impl ReceiverStats {
@@ -143,6 +150,8 @@ pub struct FileReceiver {
     asked_until: Option<Instant>,
     /// Last STATUS and when it arrived.
     status: Option<(Status, Instant)>,
+    /// Each track's channel rate as listed, bits/s (0: not told).
+    track_rates: [u64; MAX_TRACKS],
     outgoing: Option<Vec<u8>>,
     /// Copies or parity (§6.5).
     repair_kind: RepairKind,
@@ -181,6 +190,7 @@ impl FileReceiver {
             asked_in_window: ReceivedMap::new(0),
             asked_until: None,
             status: None,
+            track_rates: [0; MAX_TRACKS],
             outgoing: None,
             repair_kind: RepairKind::Copies,
             parity: ParityState::default(),
@@ -242,6 +252,16 @@ impl FileReceiver {
             Packet::Parity(header, shard) => self.handle_parity(header, shard),
             Packet::Manifest(body) => self.handle_manifest(body),
             Packet::Status(mut status) if status.archive_id == self.archive_id => {
+                // Only a STATUS newer than the last taken counts: a replayed one
+                // would have this receiver echo a stale time, which the server
+                // would take as a fresh round trip (T35).
+                if self
+                    .status
+                    .is_some_and(|(s, _)| status.server_time_us <= s.server_time_us)
+                {
+                    self.stats.stale_status += 1;
+                    return Outcome::Nothing;
+                }
                 // A GRTT out of the server's own bounds would make NAK back-offs
                 // vanish (a storm) or stall repair (T5): clamped even when genuine.
                 let (floor, max) = (DEFAULT_GRTT_FLOOR, MAX_GRTT);
@@ -420,6 +440,7 @@ impl FileReceiver {
             kernel_drops,
             echo_time_us: self.status.map_or(0, |(s, _)| s.server_time_us),
         };
+        self.stats.reported_lost += report.lost as u64;
         Some(wire::encode_report(&self.mac, self.session_id, &report))
     }
 
@@ -492,6 +513,26 @@ impl FileReceiver {
     /// The channel's rate as the latest STATUS said it.
     pub fn status_rate(&self) -> Option<u64> {
         self.status.map(|(s, _)| s.rate_bps)
+    }
+
+    /// Track `track`'s channel loops at `rate_bps` (as its listing says).
+    pub fn set_track_rate(&mut self, track: usize, rate_bps: u64) {
+        if let Some(rate) = self.track_rates.get_mut(track) {
+            *rate = rate_bps;
+        }
+    }
+
+    /// DATA packets a second on track `track`: the faster of its listed rate and
+    /// the latest STATUS's (None before either, or before the manifest).
+    pub(super) fn packets_per_second(&self, track: usize) -> Option<f64> {
+        let listed = self.track_rates.get(track).copied().unwrap_or(0);
+        let rate = self.status_rate().unwrap_or(0).max(listed);
+        if rate == 0 {
+            return None;
+        }
+        let m = self.manifest.as_ref()?;
+        let datagram = m.payload_size as usize + wire::DATA_HEADER_LEN + wire::TRAILER_LEN;
+        Some(rate as f64 / 8.0 / datagram as f64)
     }
 
     /// When a datagram of this session was last heard.

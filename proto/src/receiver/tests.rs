@@ -6,6 +6,8 @@ use crate::wire::DataHeader;
 use crate::wire::Nak;
 use proptest::prelude::*;
 
+mod replays;
+
 /// The packet keys of `m`'s archive in session `session` (every test here uses key [4; 32]).
 fn keys_of(m: &Manifest, session: u32) -> wire::SessionKeys {
     let file_key = MasterKey::from_bytes([4; 32]).file_key(m.archive_id);

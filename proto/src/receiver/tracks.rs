@@ -25,6 +25,8 @@ pub(super) struct LoopTrack {
     away: u64,
     /// Why the track has not been listened to since its latest packet, if so.
     unheard: Option<Unheard>,
+    /// When its latest loop packet came (None: restored from disk).
+    last_at: Option<Instant>,
 }
 
 /// Why a track was not listened to for a while.
@@ -55,6 +57,10 @@ impl LoopTrack {
         }
     }
 }
+
+/// Loop positions a channel may pass beyond what twice its rate explains
+/// before a step is out of pace (bursts, the rate changing under `--adapt`).
+const PACE_SLACK: u64 = 256;
 
 /// Most loop tracks (channels) one receiver follows for a file.
 pub const MAX_TRACKS: usize = 16;
@@ -140,6 +146,7 @@ impl FileReceiver {
                 uncounted: 0,
                 away: 0,
                 unheard: None,
+                last_at: Some(now),
             });
             let table_missing = !self
                 .received
@@ -150,8 +157,24 @@ impl FileReceiver {
             }
             return;
         };
-        t.arrived += 1;
         let step = (index as u64 + count as u64 - t.position as u64) % count as u64;
+        // A step the channel's rate cannot explain since the track's latest
+        // packet (twice the rate, and a slack) is a packet of another pass,
+        // sent again (T35): it moves neither the position nor the counts.
+        if let (None, Some(last_at)) = (t.unheard, t.last_at)
+            && step > PACE_SLACK
+        {
+            let elapsed = now.saturating_duration_since(last_at);
+            let reachable = (self.packets_per_second(track))
+                .map(|pps| 2.0 * pps * elapsed.as_secs_f64() + PACE_SLACK as f64);
+            if reachable.is_some_and(|r| (step as f64) > r) {
+                self.stats.out_of_pace += 1;
+                return;
+            }
+        }
+        let t = self.tracks[track].as_mut().expect("found above");
+        t.arrived += 1;
+        t.last_at = Some(now);
         let unheard = t.unheard.take();
         // The loop went on while this receiver was down or away: what it passed
         // in the meantime is behind the loop now, and repair brings it sooner.
@@ -302,6 +325,7 @@ impl FileReceiver {
                 uncounted: t.advanced,
                 away: 0,
                 unheard: Some(Unheard::Down),
+                last_at: None,
             });
         }
         true
