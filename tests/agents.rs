@@ -349,6 +349,7 @@ fn forger() {
                 sequence += 1;
                 let r = Register {
                     sequence,
+                    started_ms: 1,
                     free_bytes: 0,
                     node: node["node"].as_str().unwrap_or("x").to_owned(),
                     jobs: vec![JobReport {

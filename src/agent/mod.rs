@@ -99,6 +99,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
         config.node.clone(),
         config.directors.clone(),
         now,
+        crate::director::unix_ms(),
         rand::random(),
     );
     let mut restored = 0;

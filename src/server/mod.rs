@@ -237,6 +237,7 @@ fn start(config: &ServeConfig, first_channel: u32, signals: &mut StopSignals) ->
                 datagrams: MAX_GSO_SEGMENTS,
             },
             directors: (!config.directors.is_empty()).then(|| DirectorLink {
+                started_ms: crate::director::unix_ms(),
                 addresses: config.directors.clone(),
                 key: config.key.director_mac_key(),
                 capacity_bps: config.capacity,

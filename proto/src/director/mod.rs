@@ -7,6 +7,7 @@
 //! until `None`, then sleep until `poll_timeout`. The director's state is soft:
 //! a restarted director knows every server again within two heartbeats.
 
+mod memory;
 mod moves;
 mod nodes;
 mod rank;
@@ -14,6 +15,8 @@ pub mod strangers;
 
 pub use nodes::{ANSWER_EVERY, FORGET_NODE_AFTER, MAX_NODES, NodeRecord};
 
+pub use memory::{LOOKUP_MEMORY, LOOKUP_REPEAT, MAX_LOOKUPS, MAX_TOMBSTONES, TOMBSTONE_MEMORY};
+use memory::{RecentLookups, Tombstones};
 pub use rank::{Candidate, SAME_SUBNET_BONUS, THROUGHPUT_BONUS, load_fraction, rank};
 use strangers::{Stranger, Strangers};
 
@@ -150,7 +153,9 @@ pub type Versions<'a> =
 pub struct DirectorStats {
     /// Datagrams whose tag did not verify under the director or directory key.
     pub unauthenticated: u64,
-    /// Heartbeats no newer than the last heard of their session (replays).
+    /// Heartbeats no newer than the last heard of their session or tombstone,
+    /// of a session older than the one at their address, and REGISTERs no newer
+    /// than their node's (replays).
     pub stale: u64,
     /// Heartbeats of new servers dropped because `MAX_SERVERS` are known.
     pub over_capacity: u64,
@@ -162,6 +167,8 @@ pub struct DirectorStats {
     pub not_carried: u64,
     /// Datagrams that were not for a director, or malformed.
     pub ignored: u64,
+    /// Look-ups repeated within `LOOKUP_REPEAT` of their answer (replays): not answered.
+    pub replayed: u64,
 }
 
 /// The director (see the module documentation for its contract).
@@ -190,6 +197,10 @@ pub struct Director {
     stats: DirectorStats,
     /// Addresses whose datagrams did not verify, told lately.
     strangers: Strangers,
+    /// Dead sessions' last sequences: their replayed heartbeats list nothing.
+    tombstones: Tombstones,
+    /// Look-ups answered lately: a replay gets no answer and counts nothing.
+    lookups: RecentLookups,
 }
 
 impl Director {
@@ -224,6 +235,8 @@ impl Director {
             events: VecDeque::new(),
             stats: DirectorStats::default(),
             strangers: Strangers::default(),
+            tombstones: Tombstones::new(TOMBSTONE_MEMORY, MAX_TOMBSTONES),
+            lookups: RecentLookups::new(LOOKUP_MEMORY, MAX_LOOKUPS),
         }
     }
 
@@ -308,14 +321,31 @@ impl Director {
             s.directed = 0;
             return true;
         }
-        // A new session from the address of a known one: that server restarted.
-        let restarted: Vec<u32> = (self.servers.values())
-            .filter(|s| s.address == from)
-            .map(|s| s.session_id)
-            .collect();
-        for old in restarted {
-            self.remove(old);
+        // A session gone: only a heartbeat beyond its last counts (the server
+        // came back), never its replays.
+        if let Some(&(last, _)) = self.tombstones.get(&session_id)
+            && h.sequence <= last
+        {
+            self.stats.stale += 1;
+            return false;
         }
+        // A new session from the address of a known one that started later:
+        // that server restarted. One that started earlier is a replay.
+        let at_address: Vec<(u32, u64)> = (self.servers.values())
+            .filter(|s| s.address == from)
+            .map(|s| (s.session_id, s.load.started_ms))
+            .collect();
+        if at_address
+            .iter()
+            .any(|&(_, started)| started >= h.started_ms)
+        {
+            self.stats.stale += 1;
+            return false;
+        }
+        for (old, _) in at_address {
+            self.remove(now, old);
+        }
+        self.tombstones.remove(&session_id);
         if self.servers.len() >= MAX_SERVERS {
             self.stats.over_capacity += 1;
             return false;
@@ -339,8 +369,10 @@ impl Director {
         true
     }
 
-    fn remove(&mut self, session_id: u32) {
+    /// Forgets a session, keeping its last sequence as a tombstone.
+    fn remove(&mut self, now: Instant, session_id: u32) {
         if let Some(s) = self.servers.remove(&session_id) {
+            self.tombstones.put(now, session_id, s.load.sequence);
             self.events.push_back(DirectorEvent::ServerDown {
                 session_id,
                 address: s.address,
@@ -368,6 +400,16 @@ impl Director {
     }
 
     fn answer(&mut self, now: Instant, from: SocketAddr, asked_len: usize, lookup: Lookup) {
+        // The same question from the same source: a replay within
+        // `LOOKUP_REPEAT`, a retry after; neither counts load or a receiver.
+        let repeated = match self.lookups.get(&(from, lookup.nonce)) {
+            Some(&(_, at)) if now < at + LOOKUP_REPEAT => {
+                self.stats.replayed += 1;
+                return;
+            }
+            Some(_) => true,
+            None => false,
+        };
         let candidates = self.carrying(&lookup.name);
         let servers = rank(&candidates, from.ip());
         let knows_all = now >= self.started + HEARTBEAT_INTERVAL * 2;
@@ -378,7 +420,7 @@ impl Director {
         };
         let archive_id = servers.first().map_or(0, |(archive_id, _)| *archive_id);
         let primary = servers.first().map(|(_, d)| d.server);
-        if let Some((_, d)) = servers.first()
+        if let Some((_, d)) = servers.first().filter(|_| !repeated)
             && let Some(s) = self.servers.get_mut(&d.session_id)
         {
             s.directed = s.directed.saturating_add(1);
@@ -398,6 +440,10 @@ impl Director {
         self.stats.answered += 1;
         self.stats.not_carried += u64::from(found == Found::NotCarried);
         self.out.push_back((from, datagram));
+        self.lookups.put(now, (from, lookup.nonce), ());
+        if repeated {
+            return;
+        }
         let nonce = (found == Found::Carried).then_some(lookup.nonce);
         self.remember(now, from, &lookup.name, primary, nonce);
         self.events.push_back(DirectorEvent::Answered {
@@ -451,7 +497,7 @@ impl Director {
             .collect();
         let any_down = !down.is_empty();
         for session_id in down {
-            self.remove(session_id);
+            self.remove(now, session_id);
         }
         // Receivers of a server gone are moved at once; load and throughput once a second.
         if turn || any_down {

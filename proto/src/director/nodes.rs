@@ -29,6 +29,8 @@ pub struct NodeRecord {
     pub address: SocketAddr,
     /// Its last REGISTER's sequence.
     pub sequence: u64,
+    /// When its agent started, as its REGISTERs say (ms since the Unix epoch).
+    pub started_ms: u64,
     /// When that came.
     pub last_heard: Instant,
     /// Bytes free in its output directory.
@@ -49,6 +51,13 @@ impl Director {
                 self.stats.stale += 1;
                 return;
             }
+            // Another run of the node's agent takes the record only if it
+            // started later: an earlier run's REGISTER is a replay (T29). A node
+            // unreachable takes any (its clock may have stepped back).
+            Some(n) if n.instance != instance && n.reachable && r.started_ms <= n.started_ms => {
+                self.stats.stale += 1;
+                return;
+            }
             Some(n) => !n.reachable || n.instance != instance,
             None if self.nodes.len() >= MAX_NODES => {
                 self.stats.over_capacity += 1;
@@ -63,6 +72,7 @@ impl Director {
                 instance,
                 address: from,
                 sequence: r.sequence,
+                started_ms: r.started_ms,
                 last_heard: now,
                 free_bytes: r.free_bytes,
                 reachable: true,

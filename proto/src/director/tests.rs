@@ -6,6 +6,8 @@ use crate::MasterKey;
 use crate::wire::{Announce, ChannelInfo, Direction, LOOKUP_PADDING, RedirectReason};
 use std::net::Ipv4Addr;
 
+mod replays;
+
 fn key() -> MasterKey {
     MasterKey::from_bytes([7; 32])
 }
@@ -13,6 +15,8 @@ fn key() -> MasterKey {
 struct Site {
     director: Director,
     start: Instant,
+    /// The nonce of the next look-up (each question its own, as receivers do).
+    nonce: u64,
 }
 
 fn addr(last: u8, port: u16) -> SocketAddr {
@@ -22,6 +26,7 @@ fn addr(last: u8, port: u16) -> SocketAddr {
 fn heartbeat(sequence: u64, clients: u16, max_clients: u16) -> Heartbeat {
     Heartbeat {
         sequence,
+        started_ms: 1_000,
         unicast_port: 7700,
         listing_parts: 1,
         capacity_bps: 0,
@@ -57,6 +62,7 @@ impl Site {
         Self {
             director: Director::new(k.director_mac_key(), k.directory_mac_key(), start),
             start,
+            nonce: 42,
         }
     }
 
@@ -98,11 +104,13 @@ impl Site {
     }
 
     fn lookup(&mut self, ms: u64, from: SocketAddr, name: &str) -> Directions {
+        let nonce = self.nonce;
+        self.nonce += 1;
         let question = wire::encode_lookup(
             &key().director_mac_key(),
             &Lookup {
                 receiver_id: 1,
-                nonce: 42,
+                nonce,
                 name: name.into(),
             },
         );
@@ -113,7 +121,7 @@ impl Site {
         assert!(key().director_mac_key().verifies(&answer));
         match wire::decode(&answer).unwrap().packet {
             Packet::Directions(d) => {
-                assert_eq!(d.nonce, 42);
+                assert_eq!(d.nonce, nonce);
                 d
             }
             other => panic!("not directions: {other:?}"),
@@ -198,7 +206,11 @@ fn a_restarted_server_replaces_its_old_session() {
     let mut site = Site::new();
     let a = addr(1, 7700);
     site.beat(0, a, 11, heartbeat(1, 0, 4), &[("f", 5)]);
-    site.beat(500, a, 12, heartbeat(1, 0, 4), &[("f", 6)]);
+    let restarted = Heartbeat {
+        started_ms: 2_000,
+        ..heartbeat(1, 0, 4)
+    };
+    site.beat(500, a, 12, restarted, &[("f", 6)]);
     let d = site.lookup(2500, addr(9, 5000), "f");
     assert_eq!((d.archive_id, d.servers[0].session_id), (6, 12));
     assert_eq!(site.director.servers().count(), 1);
@@ -439,7 +451,7 @@ fn receivers_of_a_server_gone_are_moved_to_the_alternate_once() {
         moved,
         vec![
             (r1, RedirectReason::ServerDown, 42, vec![b]),
-            (r2, RedirectReason::ServerDown, 42, vec![b])
+            (r2, RedirectReason::ServerDown, 43, vec![b])
         ]
     );
     assert_eq!(

@@ -68,6 +68,8 @@ pub struct Agent {
     /// Random per start: answers to an earlier start of this node are not ours.
     instance: u32,
     started: Instant,
+    /// `started` on the wall clock, ms since the Unix epoch (told in REGISTERs).
+    started_ms: u64,
     next_register: Instant,
     /// Sequences of REGISTERs sent within `ANSWER_WINDOW`.
     sent: VecDeque<(u64, Instant)>,
@@ -83,12 +85,14 @@ pub struct Agent {
 
 impl Agent {
     /// An agent named `node` registering with `directors` under `key` (the
-    /// site's director key), started at `now`; `instance` is random.
+    /// site's director key), started at `now`, which the wall clock calls
+    /// `started_ms` (ms since the Unix epoch); `instance` is random.
     pub fn new(
         key: MacKey,
         node: String,
         directors: Vec<SocketAddr>,
         now: Instant,
+        started_ms: u64,
         instance: u32,
     ) -> Self {
         assert!(wire::valid_node_name(&node), "invalid node name");
@@ -98,6 +102,7 @@ impl Agent {
             directors,
             instance,
             started: now,
+            started_ms,
             next_register: now,
             sent: VecDeque::new(),
             free_bytes: 0,
@@ -286,6 +291,7 @@ impl Agent {
         self.sent.push_back((sequence, now));
         let register = Register {
             sequence,
+            started_ms: self.started_ms,
             free_bytes: self.free_bytes,
             node: self.node.clone(),
             jobs,

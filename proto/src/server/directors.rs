@@ -30,6 +30,7 @@ impl<A: Admission> Endpoint<A> {
         let heartbeat = wire::Heartbeat {
             // Never 0, and growing: a replayed heartbeat is older than the last heard.
             sequence: now.duration_since(self.started).as_millis() as u64 + 1,
+            started_ms: link.started_ms,
             unicast_port: self.config.unicast_port,
             listing_parts: listing.len() as u8,
             capacity_bps: link.capacity_bps,

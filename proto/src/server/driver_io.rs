@@ -66,6 +66,8 @@ pub struct DirectorLink {
     pub key: MacKey,
     /// The most the server means to send, bits/s (0: not said).
     pub capacity_bps: u64,
+    /// When this server started, ms since the Unix epoch (told in heartbeats).
+    pub started_ms: u64,
 }
 
 /// One multicast channel of a file, as the driver set it up.

@@ -92,6 +92,9 @@ pub struct Heartbeat {
     /// Milliseconds since the server started: grows with every heartbeat, so a
     /// replayed one is older than the last heard and is dropped.
     pub sequence: u64,
+    /// When the server started, ms since the Unix epoch (its clock): a session
+    /// replaces another at its address only when it started later (T21).
+    pub started_ms: u64,
     /// The server's unicast port (requests, reports, unicast streams).
     pub unicast_port: u16,
     /// ANNOUNCE parts of the listing that follows.
@@ -230,6 +233,7 @@ pub fn encode_heard(key: &MacKey, session_id: u32, echo: u64) -> Vec<u8> {
 pub fn encode_heartbeat(key: &MacKey, session_id: u32, h: &Heartbeat) -> Vec<u8> {
     datagram(key, PacketType::Heartbeat, session_id, |buf| {
         buf.extend_from_slice(&h.sequence.to_be_bytes());
+        buf.extend_from_slice(&h.started_ms.to_be_bytes());
         buf.extend_from_slice(&h.unicast_port.to_be_bytes());
         buf.push(h.listing_parts);
         buf.extend_from_slice(&h.capacity_bps.to_be_bytes());
@@ -291,6 +295,7 @@ fn put_directions(buf: &mut Vec<u8>, d: &Directions) {
 pub(super) fn decode_heartbeat(r: &mut Reader<'_>) -> Result<Heartbeat, DecodeError> {
     let mut h = Heartbeat {
         sequence: r.u64()?,
+        started_ms: r.u64()?,
         unicast_port: r.u16()?,
         listing_parts: r.u8()?,
         capacity_bps: r.u64()?,

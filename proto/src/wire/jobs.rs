@@ -78,6 +78,9 @@ pub fn job_detail(text: &str) -> String {
 pub struct Register {
     /// Milliseconds since the agent started: grows, so a replay is dropped.
     pub sequence: u64,
+    /// When the agent started, ms since the Unix epoch (its clock): an instance
+    /// replaces another of its node only when it started later (T29).
+    pub started_ms: u64,
     /// Bytes free in the agent's output directory.
     pub free_bytes: u64,
     /// The node's name (`valid_node_name`).
@@ -121,6 +124,7 @@ pub fn encode_register(key: &MacKey, instance: u32, r: &Register) -> Vec<u8> {
     assert!(r.jobs.iter().all(|j| j.detail.len() <= MAX_JOB_DETAIL));
     datagram(key, PacketType::Register, instance, |buf| {
         buf.extend_from_slice(&r.sequence.to_be_bytes());
+        buf.extend_from_slice(&r.started_ms.to_be_bytes());
         buf.extend_from_slice(&r.free_bytes.to_be_bytes());
         buf.push(r.node.len() as u8);
         buf.extend_from_slice(r.node.as_bytes());
@@ -163,6 +167,7 @@ fn string(r: &mut Reader<'_>) -> Result<String, DecodeError> {
 
 pub(super) fn decode_register(r: &mut Reader<'_>) -> Result<Register, DecodeError> {
     let sequence = r.u64()?;
+    let started_ms = r.u64()?;
     let free_bytes = r.u64()?;
     let node = string(r)?;
     let count = r.u8()? as usize;
@@ -200,6 +205,7 @@ pub(super) fn decode_register(r: &mut Reader<'_>) -> Result<Register, DecodeErro
     }
     Ok(Register {
         sequence,
+        started_ms,
         free_bytes,
         node,
         jobs,

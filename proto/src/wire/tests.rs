@@ -127,7 +127,7 @@ proptest! {
                              max_clients in any::<u16>(), receivers in any::<u32>(), cpu in any::<u16>(),
                              subnets in proptest::collection::vec((any::<IpAddr>(), any::<u8>(), any::<u32>()), 0..=MAX_SUBNETS)) {
         let subnets = subnets.into_iter().map(|(ip, receivers, goodput_kbps)| SubnetThroughput { subnet: subnet_of(ip), receivers, goodput_kbps }).collect();
-        let h = Heartbeat { sequence, unicast_port: port, listing_parts: parts, capacity_bps: capacity,
+        let h = Heartbeat { sequence, started_ms: sequence.rotate_left(7), unicast_port: port, listing_parts: parts, capacity_bps: capacity,
                             sending_bps: sending, unicast_clients: clients, unicast_max_clients: max_clients, receivers,
                             cpu_permille: cpu, subnets };
         let bytes = encode_heartbeat(&mac(), session, &h);
@@ -166,7 +166,7 @@ proptest! {
         let state = |s| [AgentJobState::Receiving, AgentJobState::Done, AgentJobState::Failed][s as usize];
         let failure = |f| [JobFailure::None, JobFailure::Retrying, JobFailure::HookFailed, JobFailure::NoRoom][f as usize];
         let jobs = jobs.into_iter().map(|(job_id, s, permille, f, detail)| JobReport { job_id, state: state(s), permille, failure: failure(f), detail: job_detail(&detail) }).collect();
-        let r = Register { sequence, free_bytes: free, node, jobs };
+        let r = Register { sequence, started_ms: free.rotate_left(3), free_bytes: free, node, jobs };
         let bytes = encode_register(&mac(), instance, &r);
         let d = decode(&bytes).unwrap();
         prop_assert_eq!(d.session_id, instance);

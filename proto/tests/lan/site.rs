@@ -44,6 +44,7 @@ impl Lan {
 /// `config` heartbeating to `DIRECTOR`.
 fn directed(mut config: ServerConfig) -> ServerConfig {
     config.directors = Some(DirectorLink {
+        started_ms: 1_000,
         addresses: vec![DIRECTOR],
         key: site_key().director_mac_key(),
         capacity_bps: 0,

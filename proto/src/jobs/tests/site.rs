@@ -38,6 +38,7 @@ impl Site {
                     n.to_string(),
                     vec![DIRECTOR],
                     now,
+                    1_000_000,
                     k as u32 + 1,
                 );
                 (agent, agent_addr(k as u8 + 1))
@@ -56,6 +57,7 @@ impl Site {
         self.heartbeats += 1;
         let h = Heartbeat {
             sequence: self.heartbeats,
+            started_ms: 1_000,
             unicast_port: SERVER.port(),
             listing_parts: 1,
             capacity_bps: 0,
@@ -200,6 +202,7 @@ fn a_restarted_agent_is_given_its_unfinished_job_again_and_a_finished_one_is_ans
             agent.node().to_owned(),
             vec![DIRECTOR],
             now,
+            2_000_000,
             100 + k as u32,
         );
     }
@@ -335,6 +338,7 @@ fn a_burst_of_registers_is_answered_at_most_every_half_second() {
     for k in 0..20u64 {
         let r = wire::Register {
             sequence: 1_000_000 + k,
+            started_ms: 2_000_000,
             free_bytes: 0,
             node: "a".into(),
             jobs: Vec::new(),

@@ -8,6 +8,7 @@ fn a_server_heartbeats_each_second_to_every_director_which_then_names_it() {
     let directors: Vec<SocketAddr> = vec![addr(7790), addr(7791)];
     let mut h = harness(|c| {
         c.directors = Some(DirectorLink {
+            started_ms: 1_000,
             addresses: directors.clone(),
             key: site_key().director_mac_key(),
             capacity_bps: 160_000_000,
@@ -193,6 +194,7 @@ fn heartbeats_tell_the_receivers_goodput_per_subnet_and_the_cpu_used() {
     let director = addr(7790);
     let mut h = harness(|c| {
         c.directors = Some(DirectorLink {
+            started_ms: 1_000,
             addresses: vec![director],
             key: site_key().director_mac_key(),
             capacity_bps: 0,

@@ -216,6 +216,7 @@ impl World {
         let director = self.key.director_mac_key();
         let heartbeat = wire::Heartbeat {
             sequence: 1,
+            started_ms: 1_000,
             unicast_port: 7000,
             listing_parts: 1,
             capacity_bps: 100_000_000,
@@ -280,6 +281,7 @@ impl World {
                 7,
                 &wire::Register {
                     sequence: 1,
+                    started_ms: 1_000,
                     free_bytes: 1 << 30,
                     node: FUZZ_NODE.into(),
                     jobs: vec![wire::JobReport {
