@@ -350,6 +350,7 @@ fn forger() {
                 let r = Register {
                     sequence,
                     started_ms: 1,
+                    cookie: [0; wire::COOKIE_LEN],
                     free_bytes: 0,
                     node: node["node"].as_str().unwrap_or("x").to_owned(),
                     jobs: vec![JobReport {

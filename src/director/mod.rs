@@ -59,6 +59,7 @@ pub fn run(config: DirectorConfig) -> Result<()> {
         config.key.director_mac_key(),
         config.key.directory_mac_key(),
         Some(config.key.jobs_api_mac_key()),
+        rand::random(),
         now,
     );
     d.set_wall_clock(now, unix_ms());

@@ -20,6 +20,7 @@ use memory::{RecentLookups, Tombstones};
 pub use rank::{Candidate, SAME_SUBNET_BONUS, THROUGHPUT_BONUS, load_fraction, rank};
 use strangers::{Stranger, Strangers};
 
+use crate::cookie::CookieJar;
 use crate::jobs::{ApiAuth, JobChange, JobTable};
 use crate::wire::{
     self, AnnounceEntry, Directions, Found, Heartbeat, Lookup, MacKey, Packet, RedirectReason,
@@ -201,21 +202,28 @@ pub struct Director {
     tombstones: Tombstones,
     /// Look-ups answered lately: a replay gets no answer and counts nothing.
     lookups: RecentLookups,
+    /// Cookies that prove an agent's address (§10.3): no answer larger than
+    /// its REGISTER goes to an address not proven.
+    cookies: CookieJar,
 }
 
 impl Director {
     /// A director started at `now`, checking heartbeats and look-ups with
     /// `director_key` and listings with `directory_key`.
+    /// (Its cookie secret is fixed: for tests and simulations. A director on
+    /// a network is made by `with_jobs_key` with a random one.)
     pub fn new(director_key: MacKey, directory_key: MacKey, now: Instant) -> Self {
-        Self::with_jobs_key(director_key, directory_key, None, now)
+        Self::with_jobs_key(director_key, directory_key, None, [0x5a; 32], now)
     }
 
     /// A director that also takes job requests tagged under `jobs_api_key`
-    /// (`MasterKey::jobs_api_mac_key`; None: a key nobody holds).
+    /// (`MasterKey::jobs_api_mac_key`; None: a key nobody holds), and proves
+    /// agents' addresses with cookies under `cookie_secret` (random per start).
     pub fn with_jobs_key(
         director_key: MacKey,
         directory_key: MacKey,
         jobs_api_key: Option<MacKey>,
+        cookie_secret: [u8; 32],
         now: Instant,
     ) -> Self {
         Self {
@@ -237,6 +245,7 @@ impl Director {
             strangers: Strangers::default(),
             tombstones: Tombstones::new(TOMBSTONE_MEMORY, MAX_TOMBSTONES),
             lookups: RecentLookups::new(LOOKUP_MEMORY, MAX_LOOKUPS),
+            cookies: CookieJar::new(cookie_secret, now),
         }
     }
 
@@ -267,8 +276,11 @@ impl Director {
             Packet::Heartbeat(h) => {
                 let sequence = h.sequence;
                 if self.heartbeat(now, from, datagram.session_id, h) {
-                    let heard =
-                        wire::encode_heard(&self.director_key, datagram.session_id, sequence);
+                    let heard = wire::Heard {
+                        echo: sequence,
+                        cookie: [0; wire::COOKIE_LEN],
+                    };
+                    let heard = wire::encode_heard(&self.director_key, datagram.session_id, &heard);
                     self.out.push_back((from, heard));
                 }
             }
@@ -285,7 +297,7 @@ impl Director {
             }
             Packet::Lookup(l) => self.answer(now, from, bytes.len(), l),
             Packet::Register(r) => {
-                self.register(now, from, datagram.session_id, r);
+                self.register(now, from, datagram.session_id, bytes.len(), r);
                 self.drain_job_changes();
             }
             _ => {}

@@ -39,11 +39,21 @@ pub struct NodeRecord {
     pub reachable: bool,
     /// When its REGISTER was last answered.
     pub answered: Option<Instant>,
+    /// Its last REGISTER's cookie proved its address (§10.3): ASSIGNs may be
+    /// larger than what it sent.
+    pub proven: bool,
 }
 
 impl Director {
     /// Takes an agent's REGISTER (tag already verified).
-    pub(super) fn register(&mut self, now: Instant, from: SocketAddr, instance: u32, r: Register) {
+    pub(super) fn register(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        instance: u32,
+        asked_len: usize,
+        r: Register,
+    ) {
         let wall = self.wall_ms(now);
         let answered = self.nodes.get(&r.node).and_then(|n| n.answered);
         let back = match self.nodes.get(&r.node) {
@@ -77,6 +87,7 @@ impl Director {
                 free_bytes: r.free_bytes,
                 reachable: true,
                 answered,
+                proven: self.cookies.check(now, from, &r.cookie),
             },
         );
         if back {
@@ -91,8 +102,14 @@ impl Director {
             }
         }
         // Only the scheduling director moves jobs (§10.5); every director
-        // says it heard a fresh REGISTER (HEARD, unless ASSIGNs say it).
-        let heard = wire::encode_heard(&self.director_key, instance, r.sequence);
+        // says it heard a fresh REGISTER (HEARD, unless ASSIGNs say it), with
+        // a cookie for the agent's next REGISTERs.
+        let heard = wire::Heard {
+            echo: r.sequence,
+            cookie: self.cookies.issue(now, from),
+        };
+        let heard = wire::encode_heard(&self.director_key, instance, &heard);
+        let proven = self.nodes.get(&r.node).is_some_and(|n| n.proven);
         if !self.scheduling || answered.is_some_and(|at| now < at + ANSWER_EVERY) {
             if answered.is_none_or(|at| now >= at + ANSWER_EVERY) {
                 if let Some(n) = self.nodes.get_mut(&r.node) {
@@ -121,11 +138,17 @@ impl Director {
                 .filter(|id| !active.contains(id))
                 .map(|&id| cancel(id, r.sequence)),
         );
-        if answers.is_empty() {
+        let datagrams: Vec<Vec<u8>> = (answers.iter())
+            .map(|a| wire::encode_assign(&self.director_key, instance, a))
+            .collect();
+        // No more bytes to an address not proven than it sent (no amplifier):
+        // it gets the cookie now, its ASSIGNs with its next REGISTER.
+        let bytes: usize = datagrams.iter().map(Vec::len).sum();
+        if datagrams.is_empty() || (!proven && bytes > asked_len) {
             self.out.push_back((from, heard));
+            return;
         }
-        for a in answers {
-            let datagram = wire::encode_assign(&self.director_key, instance, &a);
+        for datagram in datagrams {
             self.out.push_back((from, datagram));
         }
     }
@@ -194,7 +217,8 @@ impl Director {
         };
         let wall = self.wall_ms(now);
         for name in job.nodes.keys() {
-            let Some(n) = self.nodes.get(name).filter(|n| n.reachable) else {
+            // Unasked, so only to an address proven (§10.3).
+            let Some(n) = self.nodes.get(name).filter(|n| n.reachable && n.proven) else {
                 continue;
             };
             let a = match action {

@@ -6,6 +6,7 @@ use crate::MasterKey;
 use crate::wire::{Announce, ChannelInfo, Direction, LOOKUP_PADDING, RedirectReason};
 use std::net::Ipv4Addr;
 
+mod amplification;
 mod replays;
 
 fn key() -> MasterKey {
@@ -89,7 +90,10 @@ impl Site {
             assert!(heard.len() < bytes.len());
             assert_eq!(
                 wire::decode(&heard).unwrap().packet,
-                Packet::Heard(h.sequence)
+                Packet::Heard(wire::Heard {
+                    echo: h.sequence,
+                    cookie: [0; wire::COOKIE_LEN]
+                })
             );
         }
         let announce = Announce {
@@ -298,7 +302,11 @@ fn a_fresh_heartbeat_is_heard_a_replay_is_not_and_strangers_are_told_once_in_ten
     assert_eq!(to, server);
     assert!(k.director_mac_key().verifies(&heard));
     let d = wire::decode(&heard).unwrap();
-    assert_eq!((d.session_id, d.packet), (7, Packet::Heard(h.sequence)));
+    let heard = wire::Heard {
+        echo: h.sequence,
+        cookie: [0; wire::COOKIE_LEN],
+    };
+    assert_eq!((d.session_id, d.packet), (7, Packet::Heard(heard)));
     site.director.handle_datagram(site.at(500), server, &bytes);
     assert!(
         site.director.poll_transmit().is_none(),

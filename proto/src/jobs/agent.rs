@@ -79,6 +79,8 @@ pub struct Agent {
     finished: BTreeMap<u64, JobReport>,
     /// When each director last answered.
     heard: BTreeMap<SocketAddr, Instant>,
+    /// The last cookie each director gave (in a HEARD).
+    cookies: BTreeMap<SocketAddr, [u8; wire::COOKIE_LEN]>,
     out: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<AgentEvent>,
 }
@@ -109,6 +111,7 @@ impl Agent {
             jobs: BTreeMap::new(),
             finished: BTreeMap::new(),
             heard: BTreeMap::new(),
+            cookies: BTreeMap::new(),
             out: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -172,7 +175,7 @@ impl Agent {
         };
         let echo = match &d.packet {
             Packet::Assign(assign) => assign.echo,
-            Packet::Heard(echo) => *echo,
+            Packet::Heard(heard) => heard.echo,
             _ => return,
         };
         let fresh = (self.sent.iter())
@@ -185,8 +188,13 @@ impl Agent {
             self.events
                 .push_back(AgentEvent::DirectorHeard { director: from });
         }
-        if let Packet::Assign(assign) = d.packet {
-            self.assign(now, assign);
+        match d.packet {
+            Packet::Assign(assign) => self.assign(now, assign),
+            // The cookie proves this agent's address in its next REGISTERs.
+            Packet::Heard(heard) => {
+                self.cookies.insert(from, heard.cookie);
+            }
+            _ => {}
         }
     }
 
@@ -289,16 +297,18 @@ impl Agent {
         let since = now.saturating_duration_since(self.started).as_millis() as u64;
         let sequence = self.sent.back().map_or(since, |&(s, _)| since.max(s + 1));
         self.sent.push_back((sequence, now));
-        let register = Register {
+        let mut register = Register {
             sequence,
             started_ms: self.started_ms,
+            cookie: [0; wire::COOKIE_LEN],
             free_bytes: self.free_bytes,
             node: self.node.clone(),
             jobs,
         };
-        let datagram = wire::encode_register(&self.key, self.instance, &register);
         for &d in &self.directors {
-            self.out.push_back((d, datagram.clone()));
+            register.cookie = self.cookies.get(&d).copied().unwrap_or_default();
+            let datagram = wire::encode_register(&self.key, self.instance, &register);
+            self.out.push_back((d, datagram));
         }
     }
 

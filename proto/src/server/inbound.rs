@@ -39,12 +39,12 @@ impl<A: Admission> Endpoint<A> {
         if let Packet::Announce(_) = datagram.packet {
             return self.heard_on_directory(now, bytes);
         }
-        if let Packet::Heard(echo) = datagram.packet {
+        if let Packet::Heard(heard) = datagram.packet {
             if datagram.session_id != self.config.session_id {
                 self.stats.dropped += 1;
                 return;
             }
-            return self.heard_from_director(now, from, echo, bytes);
+            return self.heard_from_director(now, from, heard.echo, bytes);
         }
         let ours = datagram.session_id == self.config.session_id;
         // Nothing is acted on before its tag verifies: a request under the

@@ -221,11 +221,21 @@ pub(super) fn decode_redirect(r: &mut Reader<'_>) -> Result<Redirect, DecodeErro
     Ok(Redirect { reason, directions })
 }
 
-/// Encodes a HEARD answering the HEARTBEAT or REGISTER of sequence `echo`
-/// (session id: the server's session or the agent's instance).
-pub fn encode_heard(key: &MacKey, session_id: u32, echo: u64) -> Vec<u8> {
+/// A director's word that it took a HEARTBEAT or REGISTER.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heard {
+    /// The sequence of the HEARTBEAT or REGISTER answered.
+    pub echo: u64,
+    /// A cookie proving the asker's address, for its next REGISTERs (§10.3);
+    /// zeros in answer to a heartbeat.
+    pub cookie: [u8; super::COOKIE_LEN],
+}
+
+/// Encodes a HEARD (session id: the server's session or the agent's instance).
+pub fn encode_heard(key: &MacKey, session_id: u32, h: &Heard) -> Vec<u8> {
     datagram(key, PacketType::Heard, session_id, |buf| {
-        buf.extend_from_slice(&echo.to_be_bytes());
+        buf.extend_from_slice(&h.echo.to_be_bytes());
+        buf.extend_from_slice(&h.cookie);
     })
 }
 

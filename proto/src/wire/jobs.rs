@@ -81,6 +81,9 @@ pub struct Register {
     /// When the agent started, ms since the Unix epoch (its clock): an instance
     /// replaces another of its node only when it started later (T29).
     pub started_ms: u64,
+    /// The last cookie a director gave the agent (zeros: none yet): it proves
+    /// the agent's address, without which no answer outgrows the REGISTER.
+    pub cookie: [u8; super::COOKIE_LEN],
     /// Bytes free in the agent's output directory.
     pub free_bytes: u64,
     /// The node's name (`valid_node_name`).
@@ -125,6 +128,7 @@ pub fn encode_register(key: &MacKey, instance: u32, r: &Register) -> Vec<u8> {
     datagram(key, PacketType::Register, instance, |buf| {
         buf.extend_from_slice(&r.sequence.to_be_bytes());
         buf.extend_from_slice(&r.started_ms.to_be_bytes());
+        buf.extend_from_slice(&r.cookie);
         buf.extend_from_slice(&r.free_bytes.to_be_bytes());
         buf.push(r.node.len() as u8);
         buf.extend_from_slice(r.node.as_bytes());
@@ -168,6 +172,7 @@ fn string(r: &mut Reader<'_>) -> Result<String, DecodeError> {
 pub(super) fn decode_register(r: &mut Reader<'_>) -> Result<Register, DecodeError> {
     let sequence = r.u64()?;
     let started_ms = r.u64()?;
+    let cookie = r.array()?;
     let free_bytes = r.u64()?;
     let node = string(r)?;
     let count = r.u8()? as usize;
@@ -206,6 +211,7 @@ pub(super) fn decode_register(r: &mut Reader<'_>) -> Result<Register, DecodeErro
     Ok(Register {
         sequence,
         started_ms,
+        cookie,
         free_bytes,
         node,
         jobs,

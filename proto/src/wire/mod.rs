@@ -21,9 +21,9 @@ pub use data::{
     write_parity_header,
 };
 pub use director::{
-    Direction, Directions, Found, Heartbeat, LOOKUP_PADDING, Lookup, MAX_DIRECTIONS, MAX_SUBNETS,
-    Redirect, RedirectReason, Subnet, SubnetThroughput, encode_directions, encode_heard,
-    encode_heartbeat, encode_lookup, encode_redirect, subnet_of,
+    Direction, Directions, Found, Heard, Heartbeat, LOOKUP_PADDING, Lookup, MAX_DIRECTIONS,
+    MAX_SUBNETS, Redirect, RedirectReason, Subnet, SubnetThroughput, encode_directions,
+    encode_heard, encode_heartbeat, encode_lookup, encode_redirect, subnet_of,
 };
 use director::{decode_directions, decode_heartbeat, decode_lookup, decode_redirect};
 use directory::decode_announce;
@@ -192,8 +192,8 @@ pub enum Packet<'a> {
     Register(Register),
     /// ASSIGN.
     Assign(Assign),
-    /// HEARD: the sequence of the HEARTBEAT or REGISTER it answers.
-    Heard(u64),
+    /// HEARD.
+    Heard(Heard),
 }
 /// A decoded datagram with its sender's session id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -331,7 +331,10 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
         k if k == PacketType::Redirect as u8 => Packet::Redirect(decode_redirect(&mut r)?),
         k if k == PacketType::Register as u8 => Packet::Register(decode_register(&mut r)?),
         k if k == PacketType::Assign as u8 => Packet::Assign(decode_assign(&mut r)?),
-        k if k == PacketType::Heard as u8 => Packet::Heard(r.u64()?),
+        k if k == PacketType::Heard as u8 => Packet::Heard(Heard {
+            echo: r.u64()?,
+            cookie: r.array()?,
+        }),
         _ => return Err(DecodeError::UnknownType),
     };
     // Every body but DATA's and MANIFEST's must end exactly where its fields do.

@@ -166,7 +166,7 @@ proptest! {
         let state = |s| [AgentJobState::Receiving, AgentJobState::Done, AgentJobState::Failed][s as usize];
         let failure = |f| [JobFailure::None, JobFailure::Retrying, JobFailure::HookFailed, JobFailure::NoRoom][f as usize];
         let jobs = jobs.into_iter().map(|(job_id, s, permille, f, detail)| JobReport { job_id, state: state(s), permille, failure: failure(f), detail: job_detail(&detail) }).collect();
-        let r = Register { sequence, started_ms: free.rotate_left(3), free_bytes: free, node, jobs };
+        let r = Register { sequence, started_ms: free.rotate_left(3), cookie: [instance as u8; COOKIE_LEN], free_bytes: free, node, jobs };
         let bytes = encode_register(&mac(), instance, &r);
         let d = decode(&bytes).unwrap();
         prop_assert_eq!(d.session_id, instance);
@@ -179,9 +179,10 @@ proptest! {
         let cancel = Assign { echo: sequence, job_id, action: AssignAction::Cancel, remaining_ms: 0, max_rate_bps: 0, files: Vec::new() };
         let bytes = encode_assign(&mac(), instance, &cancel);
         prop_assert_eq!(decode(&bytes).unwrap().packet, Packet::Assign(cancel));
-        let heard = encode_heard(&mac(), instance, sequence);
-        let d = decode(&heard).unwrap();
-        prop_assert_eq!((d.session_id, d.packet), (instance, Packet::Heard(sequence)));
+        let heard = Heard { echo: sequence, cookie: [free as u8; COOKIE_LEN] };
+        let bytes = encode_heard(&mac(), instance, &heard);
+        let d = decode(&bytes).unwrap();
+        prop_assert_eq!((d.session_id, d.packet), (instance, Packet::Heard(heard)));
     }
 
     #[test]

@@ -63,6 +63,7 @@ fn register_of(sequence: u64, started_ms: u64) -> wire::Register {
     wire::Register {
         sequence,
         started_ms,
+        cookie: [0; wire::COOKIE_LEN],
         free_bytes: 0,
         node: "n1".into(),
         jobs: Vec::new(),

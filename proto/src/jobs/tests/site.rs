@@ -339,6 +339,7 @@ fn a_burst_of_registers_is_answered_at_most_every_half_second() {
         let r = wire::Register {
             sequence: 1_000_000 + k,
             started_ms: 2_000_000,
+            cookie: [0; wire::COOKIE_LEN],
             free_bytes: 0,
             node: "a".into(),
             jobs: Vec::new(),

@@ -282,6 +282,7 @@ impl World {
                 &wire::Register {
                     sequence: 1,
                     started_ms: 1_000,
+                    cookie: [0; wire::COOKIE_LEN],
                     free_bytes: 1 << 30,
                     node: FUZZ_NODE.into(),
                     jobs: vec![wire::JobReport {
