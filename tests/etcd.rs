@@ -226,6 +226,82 @@ fn when_the_scheduling_director_dies_the_other_takes_over_and_the_job_completes(
         }
         v
     };
-    assert_eq!(strip(show(&lab)), strip(before));
-    let _ = running;
+    assert_eq!(strip(show(&lab)), strip(before.clone()));
+
+    // Records no request could make, written straight to etcd (T38): 17 files,
+    // and a 256-byte file name (either would reach encode_assign's assert).
+    // Both directors log them, leave them out, and keep running.
+    let b64 = |s: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    };
+    for (id, files) in [
+        (
+            "00000000000000000001",
+            (0..17)
+                .map(|i| format!("\"f{i}\""))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        ("00000000000000000002", format!("\"{}\"", "x".repeat(256))),
+    ] {
+        let record = format!(
+            r#"{{"id":{},"state":"active","files":[{files}],"created_ms":1,"deadline_ms":600000,"max_rate_bps":0,"request_id":0,"nodes":[{{"node":"node-3","state":"waiting","permille":0,"failure":"none","moved_ms":0}}]}}"#,
+            id.trim_start_matches('0')
+        );
+        let put = format!(
+            r#"{{"key":"{}","value":"{}"}}"#,
+            b64(&format!("/lab/jobs/{id}")),
+            b64(&record)
+        );
+        assert!(http_post_in(&lab, "s", "10.77.0.1", 2379, "/v3/kv/put", &put).is_some());
+    }
+    // The follower reads them (every 500 ms) and leaves them out; then the
+    // scheduler stops, and the follower, elected, loads the store with them.
+    let logs = [d.join("r1-2.log"), d.join("r2-2.log")];
+    let told = |log: &std::path::Path| {
+        std::fs::read_to_string(log).is_ok_and(|t| t.contains("is not a valid job record"))
+    };
+    let start = Instant::now();
+    while !logs.iter().any(|l| told(l)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no director told the bad records"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let scheduler = (0..2)
+        .find(|&k| scheduling(&lab, ["r1", "r2"][k], [D1, D2][k]) == Some(true))
+        .expect("one director schedules");
+    let pid = lab.children[running[scheduler]].id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let _ = lab.children[running[scheduler]].wait();
+    let other = 1 - scheduler;
+    let start = Instant::now();
+    while scheduling(&lab, ["r1", "r2"][other], [D1, D2][other]) != Some(true) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the follower did not take over"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        lab.children[running[other]].try_wait().unwrap().is_none(),
+        "the elected director exited"
+    );
+    let show = |lab: &Lab| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &format!("{}-s", lab.prefix), BIN])
+            .args([
+                "jobs",
+                "--json",
+                "--director",
+                &format!("{}:7790", [D1, D2][other]),
+            ])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    assert_eq!(strip(show(&lab)), strip(before), "a bad record was taken");
 }

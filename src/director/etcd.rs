@@ -31,6 +31,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// again (a campaign abandoned on etcd's side resigns; asked again under the
 /// same lease, it finds its key).
 const CAMPAIGN_WAIT: Duration = Duration::from_secs(20);
+/// Most bad records told (each once).
+const MAX_TOLD: usize = 1024;
 /// How long a save waits for etcd.
 const SAVE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -110,9 +112,10 @@ fn run(
     inbox: Receiver<Request>,
 ) {
     let mut failures = 0u32;
+    let mut told = std::collections::HashSet::new();
     loop {
         let started = Instant::now();
-        match session(&gateway, &prefix, &me, &director, &inbox) {
+        match session(&gateway, &prefix, &me, &director, &inbox, &mut told) {
             Ok(()) => return,
             Err(e) => {
                 let was = lock(&director).scheduling();
@@ -161,13 +164,16 @@ fn session(
     me: &str,
     director: &Mutex<Director>,
     inbox: &Receiver<Request>,
+    told: &mut std::collections::HashSet<String>,
 ) -> std::result::Result<(), String> {
     let granted = gateway.call("/v3/lease/grant", json!({ "TTL": LEASE_TTL }), None)?;
     let lease = int(&granted["ID"]).ok_or("etcd granted no lease")?;
     let election = format!("{prefix}/scheduler");
     let abandoned = Arc::new(AtomicBool::new(false));
     let won = campaign(gateway.clone(), &election, me, lease, abandoned.clone())?;
-    let result = lead_or_follow(gateway, prefix, &election, lease, director, inbox, &won);
+    let result = lead_or_follow(
+        gateway, prefix, &election, lease, director, inbox, &won, told,
+    );
     abandoned.store(true, Ordering::Relaxed);
     if result.is_err() {
         // Best effort: a follower takes over at once instead of after the TTL.
@@ -225,6 +231,7 @@ fn lead_or_follow(
     director: &Mutex<Director>,
     inbox: &Receiver<Request>,
     won: &Receiver<Won>,
+    told: &mut std::collections::HashSet<String>,
 ) -> std::result::Result<(), String> {
     // Our leadership key (base64, as etcd gives it) and its creation revision.
     let mut leading: Option<(String, i64)> = None;
@@ -244,7 +251,7 @@ fn lead_or_follow(
             if leading.is_none() {
                 match won.try_recv() {
                     Ok(Ok(key)) => {
-                        let jobs = load(gateway, prefix)?;
+                        let jobs = load(gateway, prefix, told)?;
                         let count = jobs.len();
                         let mut d = lock(director);
                         d.replace_jobs(jobs);
@@ -258,7 +265,7 @@ fn lead_or_follow(
                     }
                     Err(mpsc::TryRecvError::Empty) => {
                         // Follow the store, and tell who schedules.
-                        let jobs = load(gateway, prefix)?;
+                        let jobs = load(gateway, prefix, told)?;
                         let asked = json!({ "name": BASE64.encode(election) });
                         let leader = (gateway.call("/v3/election/leader", asked, None).ok())
                             .and_then(|a| a["kv"]["value"].as_str().and_then(decode_text));
@@ -300,8 +307,13 @@ fn job_key(prefix: &str, id: u64) -> String {
     format!("{prefix}/jobs/{id:020}")
 }
 
-/// Every job under `prefix` (a record that does not read is skipped, logged).
-fn load(gateway: &Gateway, prefix: &str) -> std::result::Result<Vec<Job>, String> {
+/// Every job under `prefix`. A record that does not read, or that no request
+/// could have made (checked as one, T38), is skipped, and told once (`told`).
+fn load(
+    gateway: &Gateway,
+    prefix: &str,
+    told: &mut std::collections::HashSet<String>,
+) -> std::result::Result<Vec<Job>, String> {
     // The range [PREFIX/jobs/, PREFIX/jobs0): every key starting PREFIX/jobs/.
     let asked = json!({"key": BASE64.encode(format!("{prefix}/jobs/")),
                        "range_end": BASE64.encode(format!("{prefix}/jobs0"))});
@@ -311,12 +323,14 @@ fn load(gateway: &Gateway, prefix: &str) -> std::result::Result<Vec<Job>, String
         let value = (record["value"].as_str()).and_then(|v| BASE64.decode(v).ok());
         match value.as_deref().and_then(parse_record) {
             Some(job) => jobs.push(job),
-            None => log::warn!(
-                "etcd: {:?} is not a job record",
-                (record["key"].as_str())
+            None => {
+                let key = (record["key"].as_str())
                     .and_then(decode_text)
-                    .unwrap_or_default()
-            ),
+                    .unwrap_or_default();
+                if told.len() < MAX_TOLD && told.insert(key.clone()) {
+                    log::warn!("etcd: {key:?} is not a valid job record; left out");
+                }
+            }
         }
     }
     Ok(jobs)

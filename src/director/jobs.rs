@@ -69,8 +69,16 @@ pub fn job_json(job: &Job, d: Option<&Director>) -> Value {
            "counts": counts, "nodes": nodes})
 }
 
-/// Reads `job_json`'s output back.
+/// Reads `job_json`'s output back; None unless it is a job the API could have
+/// made (a store's record is checked as a request is: T38).
 pub fn job_from_json(v: &Value) -> Option<Job> {
+    let job = job_fields(v)?;
+    loopcast_proto::jobs::check_spec(&job.spec).ok()?;
+    let detail_fits = |p: &NodeProgress| p.detail.len() <= loopcast_proto::wire::MAX_JOB_DETAIL;
+    job.nodes.values().all(detail_fits).then_some(job)
+}
+
+fn job_fields(v: &Value) -> Option<Job> {
     let strings = |v: &Value| -> Option<Vec<String>> {
         v.as_array()?
             .iter()
@@ -223,6 +231,22 @@ mod tests {
     use super::*;
     use crate::director::store::RedbStore;
     use loopcast_proto::jobs::JobTable;
+
+    #[test]
+    fn a_record_no_request_could_make_is_not_a_job() {
+        let job = |files: Vec<String>, node: &str| {
+            json!({"id": 5, "state": "active", "files": files, "created_ms": 1,
+                   "deadline_ms": 60_000, "max_rate_bps": 0, "request_id": 0,
+                   "nodes": [{"node": node, "state": "waiting", "permille": 0,
+                              "failure": "none", "moved_ms": 0}]})
+        };
+        assert!(job_from_json(&job(vec!["a".into()], "n1")).is_some());
+        // 17 files, or a 256-byte name, would reach encode_assign's assert.
+        let seventeen: Vec<String> = (0..17).map(|i| format!("f{i}")).collect();
+        assert!(job_from_json(&job(seventeen, "n1")).is_none());
+        assert!(job_from_json(&job(vec!["x".repeat(256)], "n1")).is_none());
+        assert!(job_from_json(&job(vec!["a".into()], "bad name!")).is_none());
+    }
 
     #[test]
     fn a_job_survives_the_json_round_trip_and_the_store() {

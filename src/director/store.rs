@@ -99,9 +99,15 @@ impl RedbStore {
         let mut jobs = Vec::new();
         for entry in table.iter().map_err(|e| fail(&e))? {
             let (id, bytes) = entry.map_err(|e| fail(&e))?;
-            let job = parse_record(bytes.value())
-                .ok_or_else(|| fail(&format!("job {} is not readable", id.value())))?;
-            jobs.push(job);
+            // A record that does not read, or that no request could have made,
+            // is left out (and told), never fatal.
+            match parse_record(bytes.value()) {
+                Some(job) => jobs.push(job),
+                None => log::warn!(
+                    "job {} in the store is not a valid job record; left out",
+                    id.value()
+                ),
+            }
         }
         Ok(jobs)
     }

@@ -280,6 +280,38 @@ pub fn channels_listed(listing: &str) -> std::collections::HashSet<&str> {
 
 /// GET `path` from `ip:port` inside host `host` of `lab` (bash's /dev/tcp: the
 /// lab's addresses are reachable only from its namespaces); the JSON body.
+/// POSTs `body` (JSON) to `http://ip:port/path` from inside host `host`; the
+/// answer's JSON body, if any.
+pub fn http_post_in(
+    lab: &Lab,
+    host: &str,
+    ip: &str,
+    port: u16,
+    path: &str,
+    body: &str,
+) -> Option<serde_json::Value> {
+    let request = format!(
+        "POST {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let script = format!("exec 3<>/dev/tcp/{ip}/{port} && printf '%s' \"$REQUEST\" >&3 && cat <&3");
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("{}-{host}", lab.prefix),
+            "bash",
+            "-c",
+            &script,
+        ])
+        .env("REQUEST", request)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (_, body) = text.split_once("\r\n\r\n")?;
+    serde_json::from_str(body).ok()
+}
+
 pub fn http_get_in(
     lab: &Lab,
     host: &str,
