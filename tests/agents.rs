@@ -252,10 +252,22 @@ fn six_agents_take_a_push_survive_a_killed_agent_share_two_jobs_and_a_silent_nod
         assert!(std::fs::read(out.join("four.bin")).unwrap() == four_data);
     }
     lab.wait(forger, Duration::from_secs(30));
+    // The forgeries were sent, and reached the director (which told them).
     let forged = std::fs::read_to_string(d.join("forger.log")).unwrap_or_default();
+    let sent = |what: &str| -> u64 {
+        (forged.split(&format!(" {what}")).next())
+            .and_then(|head| head.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
     assert!(
-        forged.contains("forged"),
-        "the forger did not run: {forged}"
+        sent("REGISTERs") >= 10 && sent("job requests") >= 10,
+        "{forged}"
+    );
+    let director_log = std::fs::read_to_string(d.join("director.log")).unwrap_or_default();
+    assert!(
+        director_log.contains("unverified REGISTER from"),
+        "the director never heard the forged REGISTERs: {director_log}"
     );
     let jobs = run_in(&lab, "s", &["jobs", "--json", "--director", DIRECTOR]);
     let jobs: serde_json::Value = serde_json::from_slice(&jobs.stdout).unwrap();

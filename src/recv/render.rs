@@ -284,7 +284,7 @@ impl Render {
         log::debug!(
             target: COUNTERS,
             "{}: counters: stored={} resumed={} duplicates={} passed_away={} before_manifest={} \
-             other_session={} other_archive={} forged={} malformed={} debug_dropped={} kernel_drops={} \
+             other_session={} other_archive={} forged={} bad_manifest={} malformed={} debug_dropped={} kernel_drops={} \
              let_go={} repairs={} parity={} parity_unused={} rebuilt={} rebuilt_by_copies={} \
              naks_sent={} naks_heard={} naks_suppressed={} reported_lost={} stale_status={} \
              out_of_pace={} via={}",
@@ -297,7 +297,8 @@ impl Render {
             s.foreign_session,
             s.other_archive,
             s.unauthenticated,
-            s.malformed + s.not_ours + s.bad_manifest,
+            s.bad_manifest,
+            s.malformed + s.not_ours,
             local.map_or(0, |l| l.debug_dropped),
             r.kernel_drops(),
             local.map_or(0, |l| l.let_go),
@@ -400,8 +401,14 @@ impl Render {
     }
 
     /// The last line of a successful run of several files (one file's done
-    /// line says it all).
+    /// line says it all), and the session's counters.
     pub fn finished(&self, session: &Session) {
+        log::debug!(
+            target: COUNTERS,
+            "session counters: listings_unverified={} entries_refused={}",
+            session.unauthenticated(),
+            session.refused_entries()
+        );
         let done: Vec<&Reception> = (session.receptions().iter())
             .filter(|r| r.phase() == Phase::Done)
             .collect();

@@ -174,6 +174,19 @@ pub fn run() {
     // 64 DATA heard (a run of the loop from before).
     let control = listen(channel_control(channel));
     let mut replay = Replayer::new(row(35), [&data, &control, &directory]);
+    // Every send counted: what failed is told, and fails the test (an attack
+    // that did not leave this host proves nothing).
+    let send_errors = std::cell::Cell::new(0u64);
+    let send = |bytes: &[u8], to: std::net::SocketAddr| -> u64 {
+        match sender.send_to(bytes, to) {
+            Ok(_) => 1,
+            Err(_) => {
+                send_errors.set(send_errors.get() + 1);
+                0
+            }
+        }
+    };
+    let (mut listings_sent, mut status_sent, mut manifests_sent) = (0u64, 0u64, 0u64);
     println!("attacking session {session:08x}");
     let mut streamed = vec![0u64; requesters.len()];
     let mut flap = 0u64;
@@ -185,7 +198,7 @@ pub fn run() {
         flap += 1;
         if row(1) || row(16) {
             for d in &rogue_listing {
-                let _ = sender.send_to(d, GROUP);
+                listings_sent += send(d, GROUP.parse().unwrap());
             }
         }
         let mut flapping = entry.clone();
@@ -202,7 +215,7 @@ pub fn run() {
             },
         );
         if row(7) {
-            let _ = sender.send_to(&flapping, GROUP);
+            listings_sent += send(&flapping, GROUP.parse().unwrap());
         }
         let status = wire::encode_status(
             &own_keys.mac,
@@ -216,15 +229,15 @@ pub fn run() {
             },
         );
         if row(4) || row(5) {
-            let _ = sender.send_to(&status, channel.group);
+            status_sent += send(&status, channel.group);
         }
         if row(2) {
-            let _ = sender.send_to(&forged_manifest, channel.group);
+            manifests_sent += send(&forged_manifest, channel.group);
         }
         // T3, T13: 100 NAKs/s for the whole file; T6: about 1,000 forged DATA/s.
         for _ in 0..5 {
             if row(3) || row(4) || row(13) {
-                naks_sent += sender.send_to(&nak, channel.control()).is_ok() as u64;
+                naks_sent += send(&nak, channel.control());
             }
         }
         for i in 0..50u32 * row(6) as u32 {
@@ -236,11 +249,11 @@ pub fn run() {
                 flags: 0,
             };
             let forged = wire::encode_data(&own_keys.data, session, &header, &payload);
-            data_sent += sender.send_to(&forged, channel.group).is_ok() as u64;
+            data_sent += send(&forged, channel.group);
         }
         // T32: 100 NAKs/s asking every block's parity; about 1,000 forged PARITY/s.
         for _ in 0..5 * row(32) as u32 {
-            naks_sent += sender.send_to(&block_nak, channel.control()).is_ok() as u64;
+            naks_sent += send(&block_nak, channel.control());
         }
         for i in 0..50u32 * row(32) as u32 {
             let block = (flap as u32 * 50 + i) % blocks.count();
@@ -251,7 +264,7 @@ pub fn run() {
                 parity_index: (flap % blocks.source_count(block) as u64) as u16,
             };
             let forged = wire::encode_parity(&own_keys.data, session, &header, &shard);
-            parity_sent += sender.send_to(&forged, channel.group).is_ok() as u64;
+            parity_sent += send(&forged, channel.group);
         }
         // T9: 500 new receiver ids a round, 10,000 a second.
         for i in 0..500u32 * row(9) as u32 {
@@ -271,7 +284,7 @@ pub fn run() {
                     echo_time_us: 1,
                 },
             );
-            reports_sent += sender.send_to(&report, server).is_ok() as u64;
+            reports_sent += send(&report, server.into());
         }
         for (i, r) in requesters.iter().enumerate() {
             while let Ok(n) = r.recv(&mut buf) {
@@ -292,10 +305,11 @@ pub fn run() {
     }
     let granted = streamed.iter().filter(|&&n| n > 0).count();
     println!(
-        "attack done: rounds={flap} streams_granted={granted} stream_datagrams={} naks_sent={naks_sent} data_sent={data_sent} parity_sent={parity_sent} reports_sent={reports_sent} replayed_control={} replayed_data={}",
+        "attack done: rounds={flap} streams_granted={granted} stream_datagrams={} naks_sent={naks_sent} data_sent={data_sent} parity_sent={parity_sent} reports_sent={reports_sent} listings_sent={listings_sent} status_sent={status_sent} manifests_sent={manifests_sent} replayed_control={} replayed_data={} send_errors={}",
         streamed.iter().sum::<u64>(),
         replay.control_sent,
         replay.data_sent,
+        send_errors.get() + replay.send_errors,
     );
 }
 
@@ -322,6 +336,7 @@ struct Replayer<'a> {
     rng: rand::rngs::StdRng,
     control_sent: u64,
     data_sent: u64,
+    send_errors: u64,
 }
 
 impl<'a> Replayer<'a> {
@@ -340,6 +355,22 @@ impl<'a> Replayer<'a> {
             rng: rand::rngs::StdRng::seed_from_u64(35),
             control_sent: 0,
             data_sent: 0,
+            send_errors: 0,
+        }
+    }
+
+    /// Sends `bytes` to `to`, counted as DATA or control, or as an error.
+    fn send(
+        &mut self,
+        sender: &std::net::UdpSocket,
+        bytes: &[u8],
+        to: std::net::SocketAddr,
+        data: bool,
+    ) {
+        match (sender.send_to(bytes, to), data) {
+            (Err(_), _) => self.send_errors += 1,
+            (Ok(_), true) => self.data_sent += 1,
+            (Ok(_), false) => self.control_sent += 1,
         }
     }
 
@@ -370,7 +401,7 @@ impl<'a> Replayer<'a> {
                                 self.oldest.push((to, bytes.clone()));
                             }
                             if self.rng.random::<f64>() < 0.02 {
-                                self.data_sent += sender.send_to(&bytes, to).is_ok() as u64;
+                                self.send(sender, &bytes, to, true);
                             }
                         }
                         _ => {
@@ -388,12 +419,13 @@ impl<'a> Replayer<'a> {
                 self.due.drain(..).partition(|(at, ..)| *at <= now);
             self.due = later;
             for (_, to, bytes) in ready {
-                self.control_sent += sender.send_to(&bytes, to).is_ok() as u64;
+                self.send(sender, &bytes, to, false);
             }
             if now >= self.last_burst + Duration::from_secs(1) {
                 self.last_burst = now;
-                for (to, bytes) in &self.oldest {
-                    self.data_sent += sender.send_to(bytes, to).is_ok() as u64;
+                for (to, bytes) in std::mem::take(&mut self.oldest) {
+                    self.send(sender, &bytes, to, true);
+                    self.oldest.push((to, bytes));
                 }
             }
             std::thread::sleep(Duration::from_millis(2));
