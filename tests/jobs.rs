@@ -457,7 +457,8 @@ fn bad_pushes_are_refused_with_a_reason_and_start_nothing() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("HTTP 401"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("(HTTP 401)"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("another key"), "{}", stderr(&out));
     // None of them made a job.
     let list = site.jobs(&["--json"]);
     assert_eq!(stdout(&list).trim(), "[]");

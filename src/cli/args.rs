@@ -508,7 +508,8 @@ pub(super) struct JobsArgs {
     /// Cancel job ID: its nodes stop and it ends as cancelled (needs --key).
     #[arg(long, requires_all = ["id", "key"])]
     pub(super) cancel: bool,
-    /// Master key file of the site (for --cancel).
+    /// Master key file of the site: the director's answers are taken only if
+    /// they verify with it (needed for --cancel).
     #[arg(short, long, env = "LOOPCAST_KEY", value_name = "FILE")]
     pub(super) key: Option<PathBuf>,
     /// Print the director's JSON.

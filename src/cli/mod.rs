@@ -114,17 +114,22 @@ fn run(cli: Cli) -> Result<()> {
         Command::Push(a) => push::push(config::push(a)?),
         Command::Jobs(a) => {
             let directors = config::apis(&a.director, &a.api)?;
-            let key = match (a.cancel, &a.key) {
-                (true, Some(k)) => Some(keyfile::load(k)?.jobs_api_mac_key()),
-                _ => None,
-            };
-            push::jobs(&directors, a.id, key, a.json)
+            let key = (a.key.as_deref())
+                .map(|k| keyfile::load(k).map(|k| k.jobs_api_mac_key()))
+                .transpose()?;
+            push::jobs(&directors, a.id, key, a.cancel, a.json)
         }
         Command::Ls {
             director: Some(director),
             api,
+            key,
             ..
-        } => ls_director(config::apis(&[director], &api)?[0]),
+        } => {
+            let key = (key.as_deref())
+                .map(|k| keyfile::load(k).map(|k| k.jobs_api_mac_key()))
+                .transpose()?;
+            ls_director(config::apis(&[director], &api)?[0], key.as_ref())
+        }
         Command::Ls {
             net: n,
             key,
@@ -181,9 +186,15 @@ fn ls(n: NetArgs, key: Option<PathBuf>, timeout: u64) -> Result<()> {
     Ok(())
 }
 
-/// `ls --director`: every file the director's servers carry, from its HTTP API at `at`.
-fn ls_director(at: std::net::SocketAddr) -> Result<()> {
-    let (_, files) = push::get(at, "/v1/files")?;
+/// `ls --director`: every file the director's servers carry, from its HTTP API
+/// at `at` (its answer verified with `key`, when given).
+fn ls_director(at: std::net::SocketAddr, key: Option<&loopcast_proto::wire::MacKey>) -> Result<()> {
+    if key.is_none() {
+        log::warn!(
+            "without --key the director's answer is not verified: anyone on the path can change it"
+        );
+    }
+    let (_, files) = push::get(at, "/v1/files", key)?;
     let files = files.as_array().cloned().unwrap_or_default();
     if files.is_empty() {
         return Err(Error::timeout(format!(

@@ -223,6 +223,8 @@ fn campaign(
 
 /// The session's loop: every `TICK` the lease is kept alive and, until
 /// elected, the jobs are read from etcd; saves are written while elected.
+/// (Eight arguments: the session's parts, each used here once.)
+#[allow(clippy::too_many_arguments)]
 fn lead_or_follow(
     gateway: &Gateway,
     prefix: &str,

@@ -6,6 +6,7 @@ use super::jobs;
 use super::store::Store;
 use loopcast_proto::director::{Director, load_fraction};
 use loopcast_proto::jobs::{ApiRequest, JobState};
+use loopcast_proto::wire::MacKey;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -28,6 +29,7 @@ pub fn serve(
     listen: SocketAddr,
     director: Arc<Mutex<Director>>,
     store: Arc<Store>,
+    answer_key: MacKey,
 ) -> crate::error::Result<()> {
     let server = Server::http(address)
         .map_err(|e| crate::error::Error::new(format!("cannot serve HTTP on {address}: {e}")))?;
@@ -35,6 +37,10 @@ pub fn serve(
         .name("director-http".into())
         .spawn(move || {
             for mut request in server.incoming_requests() {
+                // A request with a nonce gets its answer tagged (T39).
+                let nonce = (request.headers().iter())
+                    .find(|h| h.field.equiv("X-Loopcast-Nonce"))
+                    .and_then(|h| h.value.as_str().parse::<u64>().ok());
                 let (status, kind, body) = match request.method() {
                     Method::Get => {
                         let d = super::lock(&director);
@@ -56,9 +62,17 @@ pub fn serve(
                 };
                 let header = Header::from_bytes(&b"Content-Type"[..], kind.as_bytes())
                     .expect("a static header");
-                let response = Response::from_string(body)
+                let tag = nonce.map(|n| {
+                    let tag = loopcast_proto::jobs::response_tag(&answer_key, n, status, body.as_bytes());
+                    Header::from_bytes(&b"X-Loopcast-Tag"[..], loopcast_proto::keys::hex(&tag))
+                        .expect("hex is a valid header value")
+                });
+                let mut response = Response::from_string(body)
                     .with_status_code(status)
                     .with_header(header);
+                if let Some(tag) = tag {
+                    response.add_header(tag);
+                }
                 if let Err(e) = request.respond(response) {
                     log::debug!("HTTP answer failed: {e}");
                 }
@@ -82,7 +96,7 @@ fn change(
     };
     let issued_ms = header("X-Loopcast-Issued").and_then(|v| v.parse().ok());
     let nonce = header("X-Loopcast-Nonce").and_then(|v| v.parse().ok());
-    let tag = header("X-Loopcast-Tag").and_then(|v| from_hex(&v));
+    let tag = header("X-Loopcast-Tag").and_then(|v| loopcast_proto::keys::unhex(&v));
     let (Some(issued_ms), Some(nonce), Some(tag)) = (issued_ms, nonce, tag) else {
         return (
             401,
@@ -109,16 +123,6 @@ fn change(
     };
     let mut d = super::lock(director);
     jobs::change(&mut d, store, &request)
-}
-
-fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// What the status page tells beyond the director machine.

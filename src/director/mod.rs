@@ -66,7 +66,14 @@ pub fn run(config: DirectorConfig) -> Result<()> {
     let director = Arc::new(Mutex::new(d));
     let store = Arc::new(open_store(&config, &director)?);
     if let Some(address) = config.http {
-        http::serve(address, config.listen, director.clone(), store.clone())?;
+        let answer_key = config.key.jobs_api_mac_key();
+        http::serve(
+            address,
+            config.listen,
+            director.clone(),
+            store.clone(),
+            answer_key,
+        )?;
         log::info!(
             "HTTP API on http://{address}/v1/servers (also /v1/files, /v1/receivers, /v1/jobs, /v1/nodes, /v1/status, /metrics)"
         );

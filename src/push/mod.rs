@@ -60,7 +60,8 @@ fn http() -> ureq::Agent {
     )
 }
 
-/// Sends a request that changes jobs, tagged under `key`; returns (status, JSON).
+/// Sends a request that changes jobs, tagged under `key`; returns (status, JSON)
+/// once the answer's tag verifies.
 fn signed(
     key: &MacKey,
     director: SocketAddr,
@@ -82,15 +83,17 @@ fn signed(
         .header("X-Loopcast-Tag", hex(&tag))
         .header("Content-Type", "application/json")
         .send(body);
-    let (status, text) = answer(response, director, &url)?;
+    let (status, text) = answer(response, director, &url, Some((key, nonce)))?;
     Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
 }
 
-/// An answer's status and body.
+/// An answer's status and body; with `check` (the key and the request's
+/// nonce), only if the director's tag on it verifies (T39).
 fn answer(
     response: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     director: SocketAddr,
     url: &str,
+    check: Option<(&MacKey, u64)>,
 ) -> Result<(u16, String)> {
     let mut response = response.map_err(|e| {
         let refused = match &e {
@@ -104,17 +107,34 @@ fn answer(
         };
         Error::new(format!("cannot reach the director's HTTP API at {director}: {e}{hint}"))
     })?;
+    let tag = (response.headers().get("X-Loopcast-Tag"))
+        .and_then(|v| v.to_str().ok())
+        .and_then(loopcast_proto::keys::unhex)
+        .unwrap_or_default();
     let text = response
         .body_mut()
         .read_to_string()
         .map_err(|e| Error::new(format!("{url}: unreadable answer: {e}")))?;
-    Ok((response.status().as_u16(), text))
+    let status = response.status().as_u16();
+    if let Some((key, nonce)) = check
+        && !loopcast_proto::jobs::response_verifies(key, nonce, status, text.as_bytes(), &tag)
+    {
+        return Err(Error::new(format!(
+            "{url}: the answer (HTTP {status}) does not verify with this key: the director holds another key than yours, or the answer is not the director's; not taken"
+        )));
+    }
+    Ok((status, text))
 }
 
-/// GETs `path` from the director's API.
-pub fn get(director: SocketAddr, path: &str) -> Result<(u16, Value)> {
+/// GETs `path` from the director's API; with `key`, only an answer the
+/// director tagged for this request is taken.
+pub fn get(director: SocketAddr, path: &str, key: Option<&MacKey>) -> Result<(u16, Value)> {
     let url = format!("http://{director}{path}");
-    let (status, text) = answer(http().get(&url).call(), director, &url)?;
+    let nonce: u64 = rand::random();
+    let request = http()
+        .get(&url)
+        .header("X-Loopcast-Nonce", nonce.to_string());
+    let (status, text) = answer(request.call(), director, &url, key.map(|k| (k, nonce)))?;
     let value = serde_json::from_str(&text)
         .map_err(|e| Error::new(format!("{url} is not the director's JSON: {e}")))?;
     Ok((status, value))
@@ -148,9 +168,14 @@ pub fn push(config: PushConfig) -> Result<()> {
     let _server = match to_serve.is_empty() {
         true => None,
         false => {
-            let udp = director_udp(&config.directors)?;
+            let udp = director_udp(&config.directors, &config.key)?;
             let mut server = local::LocalServer::start(&config, &to_serve, udp)?;
-            server.wait_listed(&config.directors, &config.files, config.deadline)?;
+            server.wait_listed(
+                &config.directors,
+                &config.key,
+                &config.files,
+                config.deadline,
+            )?;
             Some(server)
         }
     };
@@ -178,7 +203,8 @@ pub fn push(config: PushConfig) -> Result<()> {
 /// Warns when the deadline is shorter than one loop of a file (at its fastest
 /// channel within `--rate`): a node that joins late cannot finish in time.
 fn warn_short_deadline(config: &PushConfig) {
-    let Some((_, servers)) = (config.directors.iter()).find_map(|&d| get(d, "/v1/servers").ok())
+    let Some((_, servers)) =
+        (config.directors.iter()).find_map(|&d| get(d, "/v1/servers", Some(&config.key)).ok())
     else {
         return;
     };
@@ -211,10 +237,10 @@ fn warn_short_deadline(config: &PushConfig) {
 
 /// Where the directors take heartbeats: the first that answers tells its UDP
 /// address (`/v1/status`); an unspecified one means the address its API was reached at.
-fn director_udp(directors: &[SocketAddr]) -> Result<SocketAddr> {
+fn director_udp(directors: &[SocketAddr], key: &MacKey) -> Result<SocketAddr> {
     let mut last = Error::new("no director given");
     for &api in directors {
-        match get(api, "/v1/status") {
+        match get(api, "/v1/status", Some(key)) {
             Ok((200, status)) => {
                 let listen: Option<SocketAddr> =
                     status["listen"].as_str().and_then(|l| l.parse().ok());
@@ -268,7 +294,11 @@ fn follow(config: &PushConfig, first: usize, id: u64, events: &Events) -> Result
     // every director on a shared store shows every job.
     let mut at = first;
     loop {
-        match get(config.directors[at], &format!("/v1/jobs/{id}")) {
+        match get(
+            config.directors[at],
+            &format!("/v1/jobs/{id}"),
+            Some(&config.key),
+        ) {
             Ok((200, job)) => {
                 last_error = None;
                 view.update(&job);
@@ -345,10 +375,17 @@ fn missing(id: u64, state: JobState, job: &Value) -> Error {
 pub fn jobs(
     directors: &[SocketAddr],
     id: Option<u64>,
-    cancel: Option<MacKey>,
+    key: Option<MacKey>,
+    cancel: bool,
     json: bool,
 ) -> Result<()> {
-    if let (Some(key), Some(id)) = (&cancel, id) {
+    let verify = key.as_ref();
+    if verify.is_none() {
+        log::warn!(
+            "without --key the director's answer is not verified: anyone on the path can change it"
+        );
+    }
+    if let (true, Some(key), Some(id)) = (cancel, verify, id) {
         change(key, directors, "DELETE", &format!("/v1/jobs/{id}"), "")?;
         println!("job {id} cancelled");
         return Ok(());
@@ -357,7 +394,7 @@ pub fn jobs(
     // The first director that answers.
     let mut answered = Err(Error::new("no director given"));
     for &director in directors {
-        answered = get(director, &path);
+        answered = get(director, &path, verify);
         if answered.is_ok() {
             break;
         }

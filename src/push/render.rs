@@ -2,6 +2,7 @@
 //! time a node's state (or tenth of progress) changes; JSON events with `--json`.
 
 use crate::events::Events;
+use crate::units::{display_name, printable};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -18,7 +19,7 @@ fn node_label(n: &Value) -> String {
         label = format!("{label} ({})", n["failure"].as_str().unwrap_or(""));
     }
     if let Some(detail) = n["detail"].as_str().filter(|d| !d.is_empty()) {
-        label = format!("{label}: {}", crate::units::printable(detail));
+        label = format!("{label}: {}", printable(detail));
     }
     let final_state = matches!(state, "done" | "failed" | "missed" | "cancelled");
     if n["reachable"] == false && !final_state {
@@ -60,7 +61,7 @@ impl<'a> Follow<'a> {
     /// Shows what changed in `job` (the API's JSON).
     pub fn update(&mut self, job: &Value) {
         for n in job["nodes"].as_array().into_iter().flatten() {
-            let name = n["node"].as_str().unwrap_or("?").to_owned();
+            let name = printable(n["node"].as_str().unwrap_or("?")).into_owned();
             let label = node_label(n);
             let p = permille(n);
             if let Some((multi, bars)) = &mut self.bars {
@@ -143,6 +144,7 @@ pub fn list(jobs: &Value) {
             j["nodes"].as_array().map_or(0, Vec::len),
             (j["files"].as_array().into_iter().flatten())
                 .filter_map(Value::as_str)
+                .map(display_name)
                 .collect::<Vec<_>>()
                 .join(", ")
         );
@@ -151,8 +153,9 @@ pub fn list(jobs: &Value) {
 
 /// `jobs ID`: the job and a line per node.
 pub fn job(j: &Value) {
-    let files: Vec<&str> = (j["files"].as_array().into_iter().flatten())
+    let files: Vec<_> = (j["files"].as_array().into_iter().flatten())
         .filter_map(Value::as_str)
+        .map(display_name)
         .collect();
     println!(
         "job {}: {}, files {}",
@@ -163,7 +166,7 @@ pub fn job(j: &Value) {
     for n in j["nodes"].as_array().into_iter().flatten() {
         println!(
             "  {:<16} {:>5.1}%  {}",
-            n["node"].as_str().unwrap_or("?"),
+            printable(n["node"].as_str().unwrap_or("?")),
             permille(n) as f64 / 10.0,
             node_label(n)
         );

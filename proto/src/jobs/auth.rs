@@ -25,6 +25,28 @@ pub fn request_content(
     content
 }
 
+/// The bytes an answer's tag covers: its status and body, and the nonce of
+/// the request it answers (so that an answer cannot be replayed or moved to
+/// another request).
+fn response_content(nonce: u64, status: u16, body: &[u8]) -> Vec<u8> {
+    let mut content = format!("ANSWER {status}\n{nonce}\n").into_bytes();
+    content.extend_from_slice(body);
+    content
+}
+
+/// The tag a director puts on its answer to a request of `nonce` (any method,
+/// T39): clients holding the key check what they are told.
+pub fn response_tag(key: &MacKey, nonce: u64, status: u16, body: &[u8]) -> [u8; TAG_LEN] {
+    key.tag(&response_content(nonce, status, body))
+}
+
+/// True when `tag` is the director's tag on this answer to request `nonce`.
+pub fn response_verifies(key: &MacKey, nonce: u64, status: u16, body: &[u8], tag: &[u8]) -> bool {
+    let mut tagged = response_content(nonce, status, body);
+    tagged.extend_from_slice(tag);
+    tag.len() == TAG_LEN && key.verifies(&tagged)
+}
+
 /// A request that changes jobs, as the director's HTTP API received it.
 #[derive(Debug, Clone, Copy)]
 pub struct ApiRequest<'a> {
@@ -57,6 +79,11 @@ impl ApiAuth {
             key,
             seen: HashMap::new(),
         }
+    }
+
+    /// The key requests and answers are tagged under.
+    pub fn key(&self) -> &MacKey {
+        &self.key
     }
 
     /// The tag a client puts on a request.
@@ -99,5 +126,41 @@ impl ApiAuth {
         }
         self.seen.insert(nonce, issued_ms);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod answer_tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_verifies_only_for_its_request_status_body_and_key() {
+        let key = MacKey::from_bytes([3; 32]);
+        let tag = response_tag(&key, 7, 200, b"{}");
+        assert!(response_verifies(&key, 7, 200, b"{}", &tag));
+        assert!(
+            !response_verifies(&key, 8, 200, b"{}", &tag),
+            "another request"
+        );
+        assert!(
+            !response_verifies(&key, 7, 404, b"{}", &tag),
+            "another status"
+        );
+        assert!(
+            !response_verifies(&key, 7, 200, b"{ }", &tag),
+            "another body"
+        );
+        assert!(!response_verifies(
+            &MacKey::from_bytes([4; 32]),
+            7,
+            200,
+            b"{}",
+            &tag
+        ));
+        assert!(
+            !response_verifies(&key, 7, 200, b"{}", &tag[..8]),
+            "a short tag"
+        );
+        assert!(!response_verifies(&key, 7, 200, b"{}", &[]), "no tag");
     }
 }

@@ -6,7 +6,7 @@
 pub mod agent;
 mod auth;
 
-pub use auth::{ApiAuth, ApiRequest, MAX_CLOCK_SKEW_MS};
+pub use auth::{ApiAuth, ApiRequest, MAX_CLOCK_SKEW_MS, response_tag, response_verifies};
 
 use crate::wire::{AgentJobState, JobFailure, JobReport, MAX_JOB_FILES, MAX_JOB_REPORTS};
 use std::collections::{BTreeMap, HashSet};
