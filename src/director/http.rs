@@ -113,6 +113,9 @@ fn change(
     }
     let method = request.method().as_str().to_owned();
     let path = request.url().split('?').next().unwrap_or("").to_owned();
+    let source = request
+        .remote_addr()
+        .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip());
     let request = ApiRequest {
         method: &method,
         path: &path,
@@ -120,6 +123,7 @@ fn change(
         nonce,
         body: &body,
         tag: &tag,
+        source,
     };
     let mut d = super::lock(director);
     jobs::change(&mut d, store, &request)

@@ -13,7 +13,7 @@ mod nodes;
 mod rank;
 pub mod strangers;
 
-pub use nodes::{ANSWER_EVERY, FORGET_NODE_AFTER, MAX_NODES, NodeRecord};
+pub use nodes::{ANSWER_EVERY, FORGET_NODE_AFTER, MAX_NODES, MAX_NODES_PER_SOURCE, NodeRecord};
 
 pub use memory::{LOOKUP_MEMORY, LOOKUP_REPEAT, MAX_LOOKUPS, MAX_TOMBSTONES, TOMBSTONE_MEMORY};
 use memory::{RecentLookups, Tombstones};

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 /// Most nodes a director keeps.
 pub const MAX_NODES: usize = 4096;
+/// Most nodes whose REGISTERs come from one /24 (or /64): one host cannot fill
+/// the table for everyone.
+pub const MAX_NODES_PER_SOURCE: usize = 256;
 /// An unreachable node is forgotten after this long (its jobs still name it).
 pub const FORGET_NODE_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// A node's REGISTERs are answered at most this often: ASSIGNs are larger than
@@ -69,7 +72,23 @@ impl Director {
                 return;
             }
             Some(n) => !n.reachable || n.instance != instance,
-            None if self.nodes.len() >= MAX_NODES => {
+            // A node is made only by a REGISTER whose cookie proves its
+            // address (spoofed sources make none), at most
+            // `MAX_NODES_PER_SOURCE` per source subnet, `MAX_NODES` in all.
+            None if !self.cookies.check(now, from, &r.cookie) => {
+                let heard = wire::Heard {
+                    echo: r.sequence,
+                    cookie: self.cookies.issue(now, from),
+                };
+                self.out.push_back((
+                    from,
+                    wire::encode_heard(&self.director_key, instance, &heard),
+                ));
+                return;
+            }
+            None if self.nodes.len() >= MAX_NODES
+                || self.nodes_from(from) >= MAX_NODES_PER_SOURCE =>
+            {
                 self.stats.over_capacity += 1;
                 return;
             }
@@ -151,6 +170,14 @@ impl Director {
         for datagram in datagrams {
             self.out.push_back((from, datagram));
         }
+    }
+
+    /// Nodes registered from `from`'s subnet.
+    fn nodes_from(&self, from: SocketAddr) -> usize {
+        let subnet = wire::subnet_of(from.ip());
+        (self.nodes.values())
+            .filter(|n| wire::subnet_of(n.address.ip()) == subnet)
+            .count()
     }
 
     /// Marks nodes unheard for `UNREACHABLE_AFTER_MS` unreachable, forgets long-gone ones.

@@ -10,7 +10,10 @@ use std::collections::HashMap;
 /// Most a request's issue time may differ from the director's clock, ms.
 pub const MAX_CLOCK_SKEW_MS: u64 = 60_000;
 /// Most nonces remembered; past it, requests are refused until old ones age out.
-const MAX_NONCES: usize = 4096;
+pub const MAX_NONCES: usize = 4096;
+/// Most nonces remembered from one /24 (or /64): one host cannot lock everyone
+/// out of the job API (T40).
+pub const MAX_NONCES_PER_SOURCE: usize = 256;
 
 /// The bytes a request's tag covers.
 pub fn request_content(
@@ -62,14 +65,16 @@ pub struct ApiRequest<'a> {
     pub body: &'a [u8],
     /// `X-Loopcast-Tag`, decoded.
     pub tag: &'a [u8],
+    /// Where it came from (the TCP peer).
+    pub source: std::net::IpAddr,
 }
 
 /// Checks requests and remembers their nonces.
 #[derive(Debug)]
 pub struct ApiAuth {
     key: MacKey,
-    /// Nonce → issue time, for requests taken within the skew.
-    seen: HashMap<u64, u64>,
+    /// Nonce → issue time and source subnet, for requests taken within the skew.
+    seen: HashMap<u64, (u64, crate::wire::Subnet)>,
 }
 
 impl ApiAuth {
@@ -115,16 +120,18 @@ impl ApiAuth {
             ));
         }
         self.seen
-            .retain(|_, issued| now_ms.abs_diff(*issued) <= MAX_CLOCK_SKEW_MS);
+            .retain(|_, (issued, _)| now_ms.abs_diff(*issued) <= MAX_CLOCK_SKEW_MS);
         if self.seen.contains_key(&nonce) {
             return Err(JobError::Unauthenticated("a replayed request"));
         }
-        if self.seen.len() >= MAX_NONCES {
+        let subnet = crate::wire::subnet_of(r.source);
+        let from_here = self.seen.values().filter(|(_, s)| *s == subnet).count();
+        if self.seen.len() >= MAX_NONCES || from_here >= MAX_NONCES_PER_SOURCE {
             return Err(JobError::Unauthenticated(
                 "too many requests in the last minute",
             ));
         }
-        self.seen.insert(nonce, issued_ms);
+        self.seen.insert(nonce, (issued_ms, subnet));
         Ok(())
     }
 }

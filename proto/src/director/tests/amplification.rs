@@ -69,6 +69,9 @@ fn a_spoofed_register_gets_no_more_bytes_than_it_sent_and_the_proven_agent_its_a
         agent,
         &register(100, 1000, [0; wire::COOKIE_LEN]),
     );
+    // Its next REGISTER, with the cookie, makes the node.
+    let _ = register_from(&mut site, 1200, agent, 1, &register(101, 1000, cookie));
+    assert!(site.director.node("n").is_some_and(|n| n.proven));
     site.beat(2000, addr(1, 7700), 1, heartbeat(2001, 0, 16), &files);
     for _ in 0..wire::MAX_JOB_REPORTS {
         let spec = crate::jobs::JobSpec {
@@ -129,4 +132,26 @@ fn no_request_brings_more_bytes_than_it_has_to_an_address_not_proven() {
     assert!(answered <= asked);
     // LOOKUP: `lookup` checks every answer against its padded question.
     let _ = site.lookup(2500, addr(30, 5000), "absent");
+}
+
+#[test]
+fn spoofed_registers_make_no_node_and_one_subnet_makes_at_most_its_share() {
+    let mut site = Site::new();
+    // 1000 node names from 1000 spoofed sources, no cookie: no node.
+    for k in 0..1000u32 {
+        let mut r = register(1, 1, [0; wire::COOKIE_LEN]);
+        r.node = format!("fake-{k}");
+        let from = SocketAddr::new(Ipv4Addr::from(0x0a63_0000 + k).into(), 9);
+        let _ = register_from(&mut site, 10, from, k, &r);
+    }
+    assert_eq!(site.director.nodes().count(), 0);
+    // One host with the key, proving its address: at most its subnet's share.
+    let host = addr(50, 7);
+    for k in 0..MAX_NODES_PER_SOURCE as u32 + 50 {
+        let mut r = register(1, 1, site.director.cookies.issue(site.at(20), host));
+        r.node = format!("many-{k}");
+        let _ = register_from(&mut site, 20, host, k, &r);
+    }
+    assert_eq!(site.director.nodes().count(), MAX_NODES_PER_SOURCE);
+    assert_eq!(site.director.stats().over_capacity, 50);
 }

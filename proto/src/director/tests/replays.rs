@@ -70,8 +70,11 @@ fn register_of(sequence: u64, started_ms: u64) -> wire::Register {
     }
 }
 
+/// `r` from `from` with a cookie the director would have given that address.
 fn register(site: &mut Site, ms: u64, from: SocketAddr, instance: u32, r: &wire::Register) {
-    let bytes = wire::encode_register(&key().director_mac_key(), instance, r);
+    let mut r = r.clone();
+    r.cookie = site.director.cookies.issue(site.at(ms), from);
+    let bytes = wire::encode_register(&key().director_mac_key(), instance, &r);
     site.director.handle_datagram(site.at(ms), from, &bytes);
     while site.director.poll_transmit().is_some() {}
 }

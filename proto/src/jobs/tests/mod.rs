@@ -147,6 +147,7 @@ fn requests_need_the_key_a_fresh_time_and_a_new_nonce() {
             nonce,
             body,
             tag,
+            source: [10, 0, 0, 1].into(),
         };
         auth.check(now, &request)
     };
@@ -171,4 +172,32 @@ fn requests_need_the_key_a_fresh_time_and_a_new_nonce() {
     let old = ApiAuth::tag(&key, "POST", "/v1/jobs", 10_000, 8, body);
     assert!(check(&mut auth, 100_600, 10_000, 8, body, &old).is_err());
     assert!(check(&mut auth, 100_600, 100_000, 6, body, &other).is_ok());
+}
+
+#[test]
+fn one_subnet_cannot_fill_the_nonce_memory_for_everyone() {
+    let key = MacKey::from_bytes([7; 32]);
+    let mut auth = ApiAuth::new(key.clone());
+    let body = b"{}";
+    let mut check = |nonce: u64, source: [u8; 4]| {
+        let tag = ApiAuth::tag(&key, "POST", "/v1/jobs", 100_000, nonce, body);
+        let request = ApiRequest {
+            method: "POST",
+            path: "/v1/jobs",
+            issued_ms: 100_000,
+            nonce,
+            body,
+            tag: &tag,
+            source: source.into(),
+        };
+        auth.check(100_000, &request).is_ok()
+    };
+    let from_one = (0..auth::MAX_NONCES as u64)
+        .filter(|&n| check(n, [10, 0, 0, 9]))
+        .count();
+    assert_eq!(from_one, auth::MAX_NONCES_PER_SOURCE);
+    assert!(
+        check(1 << 40, [10, 0, 1, 9]),
+        "another subnet still gets in"
+    );
 }
