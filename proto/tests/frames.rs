@@ -24,6 +24,7 @@ fn packets_taken_back_from_one_frame_uncount_its_neighbour_too() {
     };
     let now = Instant::now();
     let config = ClientConfig {
+        pinned: Default::default(),
         key: key.clone(),
         names: Vec::new(),
         max_rate: None,

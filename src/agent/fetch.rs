@@ -58,6 +58,7 @@ impl Fetch {
         config: &AgentConfig,
         job: u64,
         files: Vec<String>,
+        archives: &[u64],
         timeout: Duration,
         max_rate_bps: u64,
         news: Sender<(u64, FetchNews)>,
@@ -81,7 +82,15 @@ impl Fetch {
         if max_rate_bps > 0 {
             command.arg("--max-rate").arg(max_rate_bps.to_string());
         }
-        command.arg("--").args(&files);
+        // Each file pinned to its job's archive: `recv NAME@ARCHIVE` takes no other.
+        let wanted = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| match archives.get(i) {
+                Some(&id) if id != 0 => format!("{f}@{id:016x}"),
+                _ => f.clone(),
+            });
+        command.arg("--").args(wanted);
         // SAFETY: prctl is async-signal-safe; between fork and exec it only asks
         // the kernel to SIGTERM the child if the agent dies (even by SIGKILL), so
         // that no receiver outlives its agent (its progress stays for the resume).

@@ -68,6 +68,8 @@ const FINISHED_FILE: &str = "finished";
 /// A job being fetched.
 struct Running {
     files: Vec<String>,
+    /// The archive each file is pinned to (0: any).
+    archives: Vec<u64>,
     deadline: Instant,
     max_rate_bps: u64,
     /// The `recv` child, or None while waiting to try again.
@@ -140,6 +142,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
                 AgentEvent::Fetch {
                     job,
                     files,
+                    archives,
                     remaining,
                     max_rate_bps,
                 } => {
@@ -147,6 +150,7 @@ pub fn run(config: AgentConfig) -> Result<()> {
                     events.emit("job_start", json!({"job": job, "files": files}));
                     let mut r = Running {
                         files,
+                        archives,
                         deadline: now + remaining,
                         max_rate_bps,
                         fetch: None,
@@ -322,6 +326,7 @@ fn start(
         config,
         job,
         r.files.clone(),
+        &r.archives,
         left,
         r.max_rate_bps,
         news.clone(),

@@ -330,7 +330,9 @@ pub(super) enum Repair {
 
 #[derive(Args, Debug)]
 pub(super) struct RecvArgs {
-    /// Files to receive, by name. Default: every file on air.
+    /// Files to receive, by name (NAME@ARCHIVE, with its 16 hex digits, takes
+    /// only that archive of the name, as an agent's job does). Default: every
+    /// file on air.
     pub(super) names: Vec<String>,
     /// Master key file.
     #[arg(short, long, env = "LOOPCAST_KEY", value_name = "FILE")]
@@ -443,9 +445,10 @@ pub(super) struct AgentArgs {
 
 #[derive(Args, Debug)]
 pub(super) struct PushArgs {
-    /// Files to push: names of files on air (as `ls` shows them), or files on
-    /// this host, which the push serves itself (on demand, heartbeating to the
-    /// director) until the job ends.
+    /// Files to push: names of files on air (as `ls` shows them; NAME@ARCHIVE
+    /// pins one of several archives of a name), or files on this host, which
+    /// the push serves itself (on demand, heartbeating to the director) until
+    /// the job ends. A job is pinned to the archives it was made for.
     #[arg(required = true)]
     pub(super) files: Vec<String>,
     /// Master key file of the site (the request is tagged with it).

@@ -75,15 +75,21 @@ pub(super) fn serve(a: ServeArgs) -> Result<ServeConfig> {
 }
 
 /// `recv`'s arguments, checked: the key, the interface, the server address.
-pub(super) fn recv(a: RecvArgs) -> Result<RecvConfig> {
+pub(super) fn recv(mut a: RecvArgs) -> Result<RecvConfig> {
     if !a.director.is_empty() && a.names.is_empty() {
         return Err(usage(
             "--director needs the names of the files to look up".to_string(),
         ));
     }
-    for name in &a.names {
+    // NAME@ARCHIVE takes only that archive of the name (as an agent's job does).
+    let mut pinned = std::collections::BTreeMap::new();
+    for name in a.names.iter_mut() {
+        if let Some((plain, id)) = split_archive(name) {
+            pinned.insert(plain.clone(), id);
+            *name = plain;
+        }
         loopcast_proto::manifest::check_name(name)
-            .map_err(|why| Error::new(format!("{name:?} cannot be a file name: {why}")))?;
+            .map_err(|why| usage(format!("{name:?} cannot be a file name: {why}")))?;
     }
     let server = a
         .server
@@ -106,6 +112,7 @@ pub(super) fn recv(a: RecvArgs) -> Result<RecvConfig> {
         out_dir: a.out,
         no_clobber: a.no_clobber,
         names: a.names,
+        pinned,
         timeout: a.timeout.map(Duration::from_secs),
         debug_drop: a.debug_drop / 100.0,
         debug_seed: a.debug_seed,
@@ -206,13 +213,25 @@ fn host_name() -> Result<String> {
     Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
 }
 
+/// `NAME@ARCHIVE` (16 hex digits) as the name and the archive id.
+pub(super) fn split_archive(text: &str) -> Option<(String, u64)> {
+    let (name, id) = text.rsplit_once('@')?;
+    let id = (id.len() == 16).then(|| u64::from_str_radix(id, 16).ok())??;
+    (!name.is_empty() && id != 0).then(|| (name.to_owned(), id))
+}
+
 /// `push`'s arguments, checked: targets (a list or @FILE), names, repeats.
 pub(super) fn push(mut a: PushArgs) -> Result<PushConfig> {
-    // Files of this host are served by the push, under their own names.
+    // Files of this host are served by the push, under their own names; a
+    // name on air may be pinned to one of its archives as NAME@ARCHIVE.
     let mut serve = Vec::new();
-    for file in a.files.iter_mut() {
+    let mut archives = vec![0; a.files.len()];
+    for (file, archive) in a.files.iter_mut().zip(archives.iter_mut()) {
         let local = std::path::Path::new(file.as_str());
         if !local.is_file() {
+            if let Some((name, id)) = split_archive(file) {
+                (*file, *archive) = (name, id);
+            }
             continue;
         }
         let name = (local.file_name())
@@ -245,6 +264,7 @@ pub(super) fn push(mut a: PushArgs) -> Result<PushConfig> {
         deadline_ms: a.deadline.as_millis().min(u64::MAX as u128) as u64,
         max_rate_bps: a.rate.unwrap_or(0),
         request_id: 0,
+        archives: archives.clone(),
     };
     if let Err(e) = loopcast_proto::jobs::check_spec(&spec) {
         return Err(usage(e.to_string()));
@@ -253,6 +273,7 @@ pub(super) fn push(mut a: PushArgs) -> Result<PushConfig> {
         key: keyfile::load(&a.key)?.jobs_api_mac_key(),
         directors: apis(&a.director, &a.api)?,
         files: a.files,
+        archives,
         targets,
         deadline: a.deadline,
         max_rate_bps: a.rate.unwrap_or(0),

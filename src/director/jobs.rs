@@ -62,7 +62,11 @@ pub fn job_json(job: &Job, d: Option<&Director>) -> Value {
             node
         })
         .collect();
+    let archives: Vec<String> = (0..job.spec.files.len())
+        .map(|i| format!("{:016x}", job.spec.archive(i)))
+        .collect();
     json!({"id": job.id, "state": job.state.name(), "files": job.spec.files,
+           "archives": archives,
            "created_ms": job.created_ms, "deadline_ms": job.spec.deadline_ms,
            "deadline_at_ms": job.deadline_at_ms(), "max_rate_bps": job.spec.max_rate_bps,
            "request_id": job.spec.request_id,
@@ -104,6 +108,13 @@ fn job_fields(v: &Value) -> Option<Job> {
             deadline_ms: v["deadline_ms"].as_u64()?,
             max_rate_bps: v["max_rate_bps"].as_u64()?,
             request_id: v["request_id"].as_u64().unwrap_or(0),
+            // Records from before pinning have none: their files are not pinned.
+            archives: match v.get("archives") {
+                None => Vec::new(),
+                Some(a) => (a.as_array()?.iter())
+                    .map(|a| u64::from_str_radix(a.as_str()?, 16).ok())
+                    .collect::<Option<Vec<u64>>>()?,
+            },
         },
         created_ms: v["created_ms"].as_u64()?,
         state: JobState::from_name(v["state"].as_str()?)?,
@@ -126,6 +137,7 @@ fn refused(e: &JobError) -> Answer {
     let kind = match e {
         JobError::Invalid(_) => "invalid",
         JobError::NotCarried(_) => "not_carried",
+        JobError::Ambiguous(..) => "ambiguous",
         JobError::UnknownNode(_) => "unknown_node",
         JobError::NotYetKnown => "not_yet_known",
         JobError::Full(_) => "full",
@@ -167,7 +179,9 @@ pub fn change(d: &mut Director, store: &Store, request: &ApiRequest<'_>) -> Answ
     (status, job)
 }
 
-/// A job request's body: `{"files": [...], "targets": [...], "deadline_s": N, "max_rate_bps": N}`.
+/// A job request's body: `{"files": [...], "targets": [...], "deadline_s": N,
+/// "max_rate_bps": N, "request_id": N, "archives": ["hex", ...]}` (archives:
+/// one per file, "0" or absent to let the director pin the one on air).
 fn spec_from(body: &[u8]) -> std::result::Result<JobSpec, JobError> {
     let invalid = |why: &str| JobError::Invalid(why.to_owned());
     let v: Value = serde_json::from_slice(body).map_err(|_| invalid("the body is not JSON"))?;
@@ -183,12 +197,20 @@ fn spec_from(body: &[u8]) -> std::result::Result<JobSpec, JobError> {
     let deadline_s = v["deadline_s"]
         .as_u64()
         .ok_or_else(|| invalid("deadline_s must be a whole number of seconds"))?;
+    let archives = match v.get("archives") {
+        None => Vec::new(),
+        Some(_) => strings("archives")?
+            .iter()
+            .map(|a| u64::from_str_radix(a, 16).map_err(|_| invalid("archives must be hex ids")))
+            .collect::<std::result::Result<_, _>>()?,
+    };
     Ok(JobSpec {
         files: strings("files")?,
         targets: strings("targets")?,
         deadline_ms: deadline_s.saturating_mul(1000),
         max_rate_bps: v["max_rate_bps"].as_u64().unwrap_or(0),
         request_id: v["request_id"].as_u64().unwrap_or(0),
+        archives,
     })
 }
 
@@ -252,6 +274,7 @@ mod tests {
     fn a_job_survives_the_json_round_trip_and_the_store() {
         let mut t = JobTable::default();
         let spec = JobSpec {
+            archives: Vec::new(),
             files: vec!["a.iso".into(), "b.img".into()],
             targets: vec!["n1".into(), "n2".into()],
             deadline_ms: 5000,

@@ -31,6 +31,8 @@ pub struct PushConfig {
     pub directors: Vec<SocketAddr>,
     /// Names of files on air.
     pub files: Vec<String>,
+    /// The archive each is pinned to (0: the one on air, as the director finds it).
+    pub archives: Vec<u64>,
     /// Target node names.
     pub targets: Vec<String>,
     /// Deadline from now.
@@ -148,7 +150,7 @@ fn refusal(status: u16, answer: &Value) -> Error {
         Some("not_carried" | "unknown_node" | "no_such_job") => {
             Error::with_code(message, EXIT_NOT_CARRIED)
         }
-        Some("invalid") => Error::with_code(message, 2),
+        Some("invalid" | "ambiguous") => Error::with_code(message, 2),
         _ => Error::new(message),
     }
 }
@@ -158,9 +160,14 @@ pub fn push(config: PushConfig) -> Result<()> {
     // One id for every try of this request: a try whose answer was lost made
     // the job, and the next gets that job back rather than a second one.
     let request_id: u64 = rand::random::<u64>().max(1);
+    let archives: Vec<String> = config
+        .archives
+        .iter()
+        .map(|a| format!("{a:016x}"))
+        .collect();
     let body = json!({"files": config.files, "targets": config.targets,
                       "deadline_s": config.deadline.as_secs(), "max_rate_bps": config.max_rate_bps,
-                      "request_id": request_id});
+                      "request_id": request_id, "archives": archives});
     let body = body.to_string();
     // Files of this host are served by this push, until the job ends, unless
     // a server carries them already.

@@ -47,6 +47,8 @@ pub struct RecvConfig {
     pub no_clobber: bool,
     /// Files to receive; empty means every file on air.
     pub names: Vec<String>,
+    /// Wanted files pinned to one archive (`NAME@ARCHIVE`).
+    pub pinned: std::collections::BTreeMap<String, u64>,
     /// Give up after this long.
     pub timeout: Option<Duration>,
     /// Testing aid: drop this share (0 to 1) of incoming DATA packets at random.
@@ -239,6 +241,7 @@ pub fn recv(config: RecvConfig) -> Result<()> {
         ClientConfig {
             key: config.key.clone(),
             names: config.names.clone(),
+            pinned: config.pinned.clone(),
             max_rate: config.max_rate,
             aggregate: config.aggregate,
             sync_timeout: config.sync_timeout,

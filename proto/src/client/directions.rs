@@ -323,6 +323,7 @@ impl Session {
                     receiver_id: self.link_id,
                     nonce: ask.nonce,
                     name: name.clone(),
+                    archive_id: self.config.pinned.get(&name).copied().unwrap_or(0),
                 };
                 let datagram = wire::encode_lookup(&self.directed.key, &lookup);
                 self.out.transmit(Transmit {

@@ -16,6 +16,9 @@ pub struct ClientConfig {
     pub key: MasterKey,
     /// Files to receive; empty means every file on air.
     pub names: Vec<String>,
+    /// Wanted files pinned to one archive (a job's, T41): listings of other
+    /// archives of those names are not followed, and look-ups ask for that one.
+    pub pinned: std::collections::BTreeMap<String, u64>,
     /// Fastest channel to take, bits/s (None: the fastest on offer).
     pub max_rate: Option<u64>,
     /// Join every channel within `max_rate` at once.

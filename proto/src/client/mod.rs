@@ -109,6 +109,8 @@ pub struct Session {
     completed: Vec<u32>,
     /// ANNOUNCE entries skipped for an unsafe name.
     refused_entries: u64,
+    /// Listings of another archive than the one a wanted file is pinned to.
+    other_archives: u64,
     /// Names refused so far (bounded), so that each is told once.
     refused_names: HashSet<String>,
     /// Key of ANNOUNCE, REQUEST and COOKIE tags.
@@ -163,6 +165,7 @@ impl Session {
             events: VecDeque::new(),
             completed: Vec::new(),
             refused_entries: 0,
+            other_archives: 0,
             unauthenticated: 0,
             foreign_listing: None,
             refused_names: HashSet::new(),
@@ -526,6 +529,11 @@ impl Session {
     /// ANNOUNCE entries skipped for an unsafe name.
     pub fn refused_entries(&self) -> u64 {
         self.refused_entries
+    }
+
+    /// Listing entries of another archive than the one their name is pinned to.
+    pub fn other_archives(&self) -> u64 {
+        self.other_archives
     }
 
     /// Listings and cookies dropped because their tag did not verify.

@@ -26,6 +26,16 @@ impl Session {
         entry: AnnounceEntry,
         by_unicast: bool,
     ) {
+        // A file pinned to one archive: another archive of its name is not it.
+        if self
+            .config
+            .pinned
+            .get(&entry.name)
+            .is_some_and(|&pinned| pinned != entry.archive_id)
+        {
+            self.other_archives += 1;
+            return;
+        }
         let existing = self
             .receptions
             .iter()

@@ -396,9 +396,16 @@ impl Director {
     /// its last heartbeat counted as unicast streams (a burst of look-ups is
     /// spread, not all sent to the server that was least loaded).
     fn carrying(&self, name: &str) -> Vec<Candidate> {
+        self.carrying_archive(name, 0)
+    }
+
+    /// `carrying`, only servers carrying archive `archive_id` of it (0: any).
+    fn carrying_archive(&self, name: &str, archive_id: u64) -> Vec<Candidate> {
         (self.servers.values())
             .filter_map(|s| {
-                let entry = s.files().find(|e| e.name == name)?;
+                let entry = s
+                    .files()
+                    .find(|e| e.name == name && (archive_id == 0 || e.archive_id == archive_id))?;
                 let mut load = s.load.clone();
                 load.unicast_clients = load.unicast_clients.saturating_add(s.directed);
                 Some(Candidate {
@@ -422,7 +429,7 @@ impl Director {
             Some(_) => true,
             None => false,
         };
-        let candidates = self.carrying(&lookup.name);
+        let candidates = self.carrying_archive(&lookup.name, lookup.archive_id);
         let servers = rank(&candidates, from.ip());
         let knows_all = now >= self.started + HEARTBEAT_INTERVAL * 2;
         let found = match (servers.is_empty(), knows_all) {

@@ -197,16 +197,36 @@ impl Director {
 
     /// Creates a job: its files must be carried by live servers and its targets
     /// known; returns its id.
-    pub fn create_job(&mut self, now: Instant, spec: JobSpec) -> Result<u64, JobError> {
+    pub fn create_job(&mut self, now: Instant, mut spec: JobSpec) -> Result<u64, JobError> {
         crate::jobs::check_spec(&spec)?;
         self.check_scheduling()?;
         let young = now < self.started + HEARTBEAT_INTERVAL * 2;
-        if let Some(f) = spec.files.iter().find(|f| self.carrying(f).is_empty()) {
-            return Err(match young {
-                true => JobError::NotYetKnown,
-                false => JobError::NotCarried(f.clone()),
+        // Each file pinned to one archive on air: the one asked, or the only one.
+        let mut archives = Vec::with_capacity(spec.files.len());
+        for (i, f) in spec.files.iter().enumerate() {
+            let mut carried: Vec<u64> = self.carrying(f).iter().map(|c| c.archive_id).collect();
+            carried.sort_unstable();
+            carried.dedup();
+            let asked = spec.archive(i);
+            archives.push(match (asked, carried.as_slice()) {
+                (0, [only]) => *only,
+                (0, []) => {
+                    return Err(match young {
+                        true => JobError::NotYetKnown,
+                        false => JobError::NotCarried(f.clone()),
+                    });
+                }
+                (0, _) => return Err(JobError::Ambiguous(f.clone(), carried)),
+                (id, _) if carried.contains(&id) => id,
+                (id, _) => {
+                    return Err(match young {
+                        true => JobError::NotYetKnown,
+                        false => JobError::NotCarried(format!("{f}@{id:016x}")),
+                    });
+                }
             });
         }
+        spec.archives = archives;
         if let Some(n) = spec.targets.iter().find(|n| !self.nodes.contains_key(*n)) {
             return Err(match young {
                 true => JobError::NotYetKnown,
@@ -350,6 +370,9 @@ fn fetch(job: &Job, echo: u64, wall: u64) -> Assign {
             .min(u32::MAX as u64) as u32,
         max_rate_bps: job.spec.max_rate_bps,
         files: job.spec.files.clone(),
+        archives: (0..job.spec.files.len())
+            .map(|i| job.spec.archive(i))
+            .collect(),
     }
 }
 
@@ -362,5 +385,6 @@ fn cancel(job_id: u64, echo: u64) -> Assign {
         remaining_ms: 0,
         max_rate_bps: 0,
         files: Vec::new(),
+        archives: Vec::new(),
     }
 }

@@ -101,6 +101,7 @@ mod tests {
         let now = Instant::now();
         let mut strangers = Strangers::default();
         let lookup = Packet::Lookup(wire::Lookup {
+            archive_id: 0,
             receiver_id: 1,
             nonce: 2,
             name: "x".into(),

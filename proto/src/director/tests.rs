@@ -7,6 +7,7 @@ use crate::wire::{Announce, ChannelInfo, Direction, LOOKUP_PADDING, RedirectReas
 use std::net::Ipv4Addr;
 
 mod amplification;
+mod pinning;
 mod replays;
 
 fn key() -> MasterKey {
@@ -113,6 +114,7 @@ impl Site {
         let question = wire::encode_lookup(
             &key().director_mac_key(),
             &Lookup {
+                archive_id: 0,
                 receiver_id: 1,
                 nonce,
                 name: name.into(),
@@ -272,6 +274,7 @@ fn a_lookup_without_its_padding_or_under_another_key_gets_no_answer() {
     let mut site = Site::new();
     site.beat(0, addr(1, 7700), 11, heartbeat(1, 0, 4), &[("f", 5)]);
     let lookup = Lookup {
+        archive_id: 0,
         receiver_id: 1,
         nonce: 1,
         name: "f".into(),
@@ -343,6 +346,7 @@ proptest::proptest! {
                 0 => bytes,
                 1 => wire::encode_heartbeat(&k.director_mac_key(), n % 7, &heartbeat(n as u64 % 5, n as u16, 3)),
                 2 => wire::encode_lookup(&k.director_mac_key(), &Lookup {
+                    archive_id: 0,
                     receiver_id: n,
                     nonce: n as u64,
                     name: String::from_utf8_lossy(&bytes[..bytes.len().min(40)]).chars().take(40).collect(),

@@ -30,6 +30,8 @@ pub enum AgentEvent {
         job: u64,
         /// File names.
         files: Vec<String>,
+        /// The archive each file is pinned to (0: any), one per file.
+        archives: Vec<u64>,
         /// Time left until the job's deadline.
         remaining: Duration,
         /// Fastest channel to take, bits/s (0: any).
@@ -244,6 +246,7 @@ impl Agent {
                 self.events.push_back(AgentEvent::Fetch {
                     job: a.job_id,
                     files: a.files,
+                    archives: a.archives,
                     remaining: Duration::from_millis(a.remaining_ms.into()),
                     max_rate_bps: a.max_rate_bps,
                 });

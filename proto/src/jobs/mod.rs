@@ -38,6 +38,17 @@ pub struct JobSpec {
     /// The client's id for this request (random; 0: none): a request sent
     /// again with it (its answer was lost) gets the job it made, not another.
     pub request_id: u64,
+    /// The archive each file is pinned to, one per file (0: the director pins
+    /// the one archive of that name on air when it creates the job), or empty
+    /// (all 0). Agents take only that archive (T41).
+    pub archives: Vec<u64>,
+}
+
+impl JobSpec {
+    /// The archive file `i` is pinned to (0: not pinned).
+    pub fn archive(&self, i: usize) -> u64 {
+        self.archives.get(i).copied().unwrap_or(0)
+    }
 }
 
 /// Where one target is with a job.
@@ -169,8 +180,10 @@ impl Job {
 pub enum JobError {
     /// The request is malformed: no files, no targets, repeats, bad names or deadline.
     Invalid(String),
-    /// A file no live server carries.
+    /// A file no live server carries (as the archive asked, if one was).
     NotCarried(String),
+    /// A file carried as several archives, none named: the request must pin one.
+    Ambiguous(String, Vec<u64>),
     /// A node no agent of that name has registered.
     UnknownNode(String),
     /// The director started too recently to know every server and node: ask again.
@@ -191,6 +204,15 @@ impl std::fmt::Display for JobError {
         match self {
             JobError::Invalid(why) => write!(f, "invalid job: {why}"),
             JobError::NotCarried(name) => write!(f, "no live server carries {name:?}"),
+            JobError::Ambiguous(name, ids) => {
+                let ids: Vec<String> = ids.iter().map(|id| format!("{id:016x}")).collect();
+                write!(
+                    f,
+                    "{name:?} is on air as {} archives ({}): name one as NAME@ARCHIVE",
+                    ids.len(),
+                    ids.join(", ")
+                )
+            }
             JobError::UnknownNode(node) => write!(f, "unknown node {node:?}: no agent of that name has registered"),
             JobError::NotYetKnown => f.write_str("the director started moments ago and does not know every server and node yet; try again"),
             JobError::Full(why) => write!(f, "too many jobs: {why}"),
@@ -222,6 +244,9 @@ pub fn check_spec(spec: &JobSpec) -> Result<(), JobError> {
         return invalid(format!(
             "node name {n:?}: 1 to 64 letters, digits, '.', '-' or '_'"
         ));
+    }
+    if !spec.archives.is_empty() && spec.archives.len() != spec.files.len() {
+        return invalid("an archive per file, or none".into());
     }
     if let Some(d) = first_repeat(&spec.files) {
         return invalid(format!("file {d:?} is named twice"));

@@ -275,6 +275,7 @@ impl Lan<'_> {
         let config = ClientConfig {
             key: self.key.clone(),
             names: Vec::new(),
+            pinned: Default::default(),
             max_rate: self.config.max_rate,
             aggregate: self.config.aggregate,
             // The simulated LAN has multicast everywhere: no unicast fallback.

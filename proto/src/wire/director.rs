@@ -124,6 +124,9 @@ pub struct Lookup {
     pub nonce: u64,
     /// File name (at most 255 bytes).
     pub name: String,
+    /// The archive wanted (0: any archive of the name): a receiver pinned to
+    /// one archive is named only servers carrying it (T41).
+    pub archive_id: u64,
 }
 
 /// What a director knows of a name.
@@ -277,6 +280,7 @@ pub fn encode_lookup(key: &MacKey, lookup: &Lookup) -> Vec<u8> {
         buf.extend_from_slice(&lookup.nonce.to_be_bytes());
         buf.push(lookup.name.len() as u8);
         buf.extend_from_slice(lookup.name.as_bytes());
+        buf.extend_from_slice(&lookup.archive_id.to_be_bytes());
         buf.extend_from_slice(&[0; LOOKUP_PADDING]);
     })
 }
@@ -341,6 +345,7 @@ pub(super) fn decode_lookup(r: &mut Reader<'_>) -> Result<Lookup, DecodeError> {
     let receiver_id = r.u32()?;
     let nonce = r.u64()?;
     let name = name(r)?;
+    let archive_id = r.u64()?;
     if r.take(LOOKUP_PADDING)?.iter().any(|&b| b != 0) {
         return Err(DecodeError::Invalid);
     }
@@ -348,6 +353,7 @@ pub(super) fn decode_lookup(r: &mut Reader<'_>) -> Result<Lookup, DecodeError> {
         receiver_id,
         nonce,
         name,
+        archive_id,
     })
 }
 

@@ -118,6 +118,8 @@ pub struct Assign {
     pub max_rate_bps: u64,
     /// The files' names (1 to `MAX_JOB_FILES`; none for a cancel).
     pub files: Vec<String>,
+    /// The archive of each file the job is pinned to (0: any), one per file.
+    pub archives: Vec<u64>,
 }
 
 /// Encodes a REGISTER (session id: the agent's instance). An invalid node name
@@ -148,6 +150,7 @@ pub fn encode_register(key: &MacKey, instance: u32, r: &Register) -> Vec<u8> {
 /// `MAX_JOB_FILES` files or a name over 255 bytes is a caller bug.
 pub fn encode_assign(key: &MacKey, instance: u32, a: &Assign) -> Vec<u8> {
     assert!(a.files.len() <= MAX_JOB_FILES && a.files.iter().all(|f| f.len() <= 255));
+    assert_eq!(a.files.len(), a.archives.len(), "an archive per file");
     datagram(key, PacketType::Assign, instance, |buf| {
         buf.extend_from_slice(&a.echo.to_be_bytes());
         buf.extend_from_slice(&a.job_id.to_be_bytes());
@@ -155,9 +158,10 @@ pub fn encode_assign(key: &MacKey, instance: u32, a: &Assign) -> Vec<u8> {
         buf.extend_from_slice(&a.remaining_ms.to_be_bytes());
         buf.extend_from_slice(&a.max_rate_bps.to_be_bytes());
         buf.push(a.files.len() as u8);
-        for f in &a.files {
+        for (f, archive) in a.files.iter().zip(&a.archives) {
             buf.push(f.len() as u8);
             buf.extend_from_slice(f.as_bytes());
+            buf.extend_from_slice(&archive.to_be_bytes());
         }
     })
 }
@@ -233,12 +237,14 @@ pub(super) fn decode_assign(r: &mut Reader<'_>) -> Result<Assign, DecodeError> {
         return Err(DecodeError::Invalid);
     }
     let mut files = Vec::with_capacity(count);
+    let mut archives = Vec::with_capacity(count);
     for _ in 0..count {
         let name = string(r)?;
         if name.is_empty() {
             return Err(DecodeError::Invalid);
         }
         files.push(name);
+        archives.push(r.u64()?);
     }
     Ok(Assign {
         echo,
@@ -247,5 +253,6 @@ pub(super) fn decode_assign(r: &mut Reader<'_>) -> Result<Assign, DecodeError> {
         remaining_ms,
         max_rate_bps,
         files,
+        archives,
     })
 }

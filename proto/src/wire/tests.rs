@@ -140,7 +140,7 @@ proptest! {
     fn lookups_round_trip_and_no_answer_is_longer(id in any::<u32>(), nonce in any::<u64>(), name in "[a-z.]{0,255}",
                                                   archive_id in any::<u64>(),
                                                   servers in proptest::collection::vec((any::<IpAddr>(), any::<u16>(), any::<u32>(), any::<u16>()), 0..=MAX_DIRECTIONS)) {
-        let lookup = Lookup { receiver_id: id, nonce, name: name.clone() };
+        let lookup = Lookup { receiver_id: id, nonce, name: name.clone(), archive_id: nonce.rotate_left(9) };
         let question = encode_lookup(&mac(), &lookup);
         prop_assert_eq!(decode(&question).unwrap().packet, Packet::Lookup(lookup));
         let found = if servers.is_empty() { Found::NotCarried } else { Found::Carried };
@@ -171,12 +171,13 @@ proptest! {
         let d = decode(&bytes).unwrap();
         prop_assert_eq!(d.session_id, instance);
         prop_assert_eq!(d.packet, Packet::Register(r));
-        let a = Assign { echo: sequence, job_id, action: AssignAction::Fetch, remaining_ms: remaining, max_rate_bps: rate, files };
+        let archives = (0..files.len() as u64).map(|i| job_id.wrapping_add(i)).collect();
+        let a = Assign { echo: sequence, job_id, action: AssignAction::Fetch, remaining_ms: remaining, max_rate_bps: rate, files, archives };
         let bytes = encode_assign(&mac(), instance, &a);
         let d = decode(&bytes).unwrap();
         prop_assert_eq!(d.session_id, instance);
         prop_assert_eq!(d.packet, Packet::Assign(a));
-        let cancel = Assign { echo: sequence, job_id, action: AssignAction::Cancel, remaining_ms: 0, max_rate_bps: 0, files: Vec::new() };
+        let cancel = Assign { echo: sequence, job_id, action: AssignAction::Cancel, remaining_ms: 0, max_rate_bps: 0, files: Vec::new(), archives: Vec::new() };
         let bytes = encode_assign(&mac(), instance, &cancel);
         prop_assert_eq!(decode(&bytes).unwrap().packet, Packet::Assign(cancel));
         let heard = Heard { echo: sequence, cookie: [free as u8; COOKIE_LEN] };
@@ -373,6 +374,7 @@ fn node_names_are_short_plain_words() {
 #[test]
 fn a_fetch_without_files_or_a_cancel_with_files_is_invalid() {
     let empty = Assign {
+        archives: Vec::new(),
         echo: 3,
         job_id: 1,
         action: AssignAction::Fetch,
@@ -387,6 +389,7 @@ fn a_fetch_without_files_or_a_cancel_with_files_is_invalid() {
     let cancel = Assign {
         action: AssignAction::Cancel,
         files: vec!["x".into()],
+        archives: vec![0],
         ..empty
     };
     assert_eq!(

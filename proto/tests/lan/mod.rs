@@ -85,6 +85,7 @@ pub fn client_config(key: MasterKey) -> ClientConfig {
     ClientConfig {
         key,
         names: Vec::new(),
+        pinned: Default::default(),
         max_rate: None,
         aggregate: false,
         sync_timeout: Duration::from_secs(3),

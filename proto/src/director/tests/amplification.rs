@@ -75,6 +75,7 @@ fn a_spoofed_register_gets_no_more_bytes_than_it_sent_and_the_proven_agent_its_a
     site.beat(2000, addr(1, 7700), 1, heartbeat(2001, 0, 16), &files);
     for _ in 0..wire::MAX_JOB_REPORTS {
         let spec = crate::jobs::JobSpec {
+            archives: Vec::new(),
             files: names.clone(),
             targets: vec!["n".into()],
             deadline_ms: 600_000,

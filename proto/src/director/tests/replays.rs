@@ -116,6 +116,7 @@ fn a_replayed_lookup_counts_no_load_and_is_answered_at_most_twice_a_second() {
     let question = wire::encode_lookup(
         &key().director_mac_key(),
         &Lookup {
+            archive_id: 0,
             receiver_id: 1,
             nonce: 42,
             name: "f".into(),

@@ -8,6 +8,7 @@ use crate::wire::{self, MacKey};
 
 fn spec(targets: &[&str]) -> JobSpec {
     JobSpec {
+        archives: Vec::new(),
         files: vec!["image.iso".into()],
         targets: targets.iter().map(|t| t.to_string()).collect(),
         deadline_ms: 60_000,

@@ -274,6 +274,7 @@ fn a_replayed_assign_is_stale_and_a_strangers_is_unheard() {
         panic!("not a REGISTER");
     };
     let assign = |job_id| wire::Assign {
+        archives: vec![0],
         echo: r.sequence,
         job_id,
         action: wire::AssignAction::Fetch,

@@ -26,6 +26,7 @@ impl World {
                 deadline_ms: 60_000,
                 max_rate_bps: 0,
                 request_id: 0,
+                archives: vec![self.manifest.archive_id, 7],
             },
             created_ms: 0,
             state: JobState::Active,

@@ -235,6 +235,7 @@ impl World {
             receiver_id: 9,
             nonce: 1,
             name: m.name.clone(),
+            archive_id: 0,
         };
         let directions = wire::Directions {
             nonce: 1,
@@ -304,6 +305,7 @@ impl World {
                     remaining_ms: 60_000,
                     max_rate_bps: 0,
                     files: vec![m.name.clone()],
+                    archives: vec![m.archive_id],
                 },
             ),
         ]
@@ -459,6 +461,7 @@ impl World {
             } else {
                 Vec::new()
             },
+            pinned: Default::default(),
             max_rate: None,
             aggregate: false,
             sync_timeout: Duration::from_secs(1),
