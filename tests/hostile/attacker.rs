@@ -305,10 +305,12 @@ pub fn run() {
     }
     let granted = streamed.iter().filter(|&&n| n > 0).count();
     println!(
-        "attack done: rounds={flap} streams_granted={granted} stream_datagrams={} naks_sent={naks_sent} data_sent={data_sent} parity_sent={parity_sent} reports_sent={reports_sent} listings_sent={listings_sent} status_sent={status_sent} manifests_sent={manifests_sent} replayed_control={} replayed_data={} send_errors={}",
+        "attack done: rounds={flap} streams_granted={granted} stream_datagrams={} naks_sent={naks_sent} data_sent={data_sent} parity_sent={parity_sent} reports_sent={reports_sent} listings_sent={listings_sent} status_sent={status_sent} manifests_sent={manifests_sent} replayed_control={} replayed_data={} channel_bps={:.0} send_errors={}",
         streamed.iter().sum::<u64>(),
         replay.control_sent,
         replay.data_sent,
+        // DATA heard on the channel while the attack ran, bits/s.
+        replay.data_heard_bytes as f64 * 8.0 / start.elapsed().as_secs_f64(),
         send_errors.get() + replay.send_errors,
     );
 }
@@ -337,6 +339,8 @@ struct Replayer<'a> {
     control_sent: u64,
     data_sent: u64,
     send_errors: u64,
+    /// Bytes of DATA heard on the channel (replays of its own included).
+    data_heard_bytes: u64,
 }
 
 impl<'a> Replayer<'a> {
@@ -356,6 +360,7 @@ impl<'a> Replayer<'a> {
             control_sent: 0,
             data_sent: 0,
             send_errors: 0,
+            data_heard_bytes: 0,
         }
     }
 
@@ -380,13 +385,20 @@ impl<'a> Replayer<'a> {
         use rand::RngExt;
         let end = std::time::Instant::now() + wait;
         while std::time::Instant::now() < end {
-            if !self.on {
-                std::thread::sleep(end.saturating_duration_since(std::time::Instant::now()));
-                return;
-            }
             for s in self.sockets {
                 let to = s.local_addr().unwrap();
                 while let Ok(n) = s.recv(buf) {
+                    // What the channel carries during the attack (T3's rate).
+                    if let Ok(wire::Datagram {
+                        packet: Packet::Data(..),
+                        ..
+                    }) = wire::decode(&buf[..n])
+                    {
+                        self.data_heard_bytes += n as u64;
+                    }
+                    if !self.on {
+                        continue;
+                    }
                     let bytes = buf[..n].to_vec();
                     if !self.heard.insert(*blake3::hash(&bytes).as_bytes()) {
                         continue;
