@@ -6,7 +6,7 @@
 //! gateway (`/v3/...` over HTTP, keys and values base64) with the HTTP client
 //! the push already uses, so a build needs no protobuf compiler.
 
-use super::store::{parse_record, records};
+use super::store::parse_record;
 use crate::error::{Error, Result};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -70,15 +70,11 @@ impl EtcdStore {
         Ok(EtcdStore { requests })
     }
 
-    /// Writes the jobs changed in `d`, if `d` schedules, and waits for etcd.
-    pub fn save_changed(&self, d: &mut Director) -> Result<()> {
-        let ids = d.take_dirty_jobs();
-        if ids.is_empty() || !d.scheduling() {
-            return Ok(());
-        }
+    /// Writes `changes` and waits for etcd (at most `SAVE_TIMEOUT`).
+    pub fn write(&self, changes: super::store::Changes) -> Result<()> {
         let (reply, answer) = mpsc::channel();
         let gone = || Error::new("the etcd thread stopped");
-        (self.requests.send(Request::Save(records(d, &ids), reply))).map_err(|_| gone())?;
+        (self.requests.send(Request::Save(changes, reply))).map_err(|_| gone())?;
         match answer.recv_timeout(SAVE_TIMEOUT) {
             Ok(result) => result.map_err(|e| Error::new(format!("etcd: {e}"))),
             Err(RecvTimeoutError::Disconnected) => Err(gone()),

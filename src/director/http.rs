@@ -125,8 +125,7 @@ fn change(
         tag: &tag,
         source,
     };
-    let mut d = super::lock(director);
-    jobs::change(&mut d, store, &request)
+    jobs::change(director, store, &request)
 }
 
 /// What the status page tells beyond the director machine.

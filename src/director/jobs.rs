@@ -8,6 +8,7 @@ use loopcast_proto::jobs::{ApiRequest, Job, JobError, JobSpec, JobState, NodePro
 use loopcast_proto::wire::JobFailure;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::Instant;
 
 /// Largest request body taken (4096 targets of 64 bytes fit well).
@@ -62,8 +63,8 @@ pub fn job_json(job: &Job, d: Option<&Director>) -> Value {
             node
         })
         .collect();
-    let archives: Vec<String> = (0..job.spec.files.len())
-        .map(|i| format!("{:016x}", job.spec.archive(i)))
+    let archives: Vec<String> = (job.spec.archives.iter())
+        .map(|a| format!("{a:016x}"))
         .collect();
     json!({"id": job.id, "state": job.state.name(), "files": job.spec.files,
            "archives": archives,
@@ -148,9 +149,11 @@ fn refused(e: &JobError) -> Answer {
     (status, json!({"error": e.to_string(), "kind": kind}))
 }
 
-/// POST /v1/jobs and DELETE /v1/jobs/ID. The job is stored before the answer.
-pub fn change(d: &mut Director, store: &Store, request: &ApiRequest<'_>) -> Answer {
+/// POST /v1/jobs and DELETE /v1/jobs/ID. The job is stored before the answer,
+/// without the director's lock held while the store writes (T42).
+pub fn change(director: &Mutex<Director>, store: &Store, request: &ApiRequest<'_>) -> Answer {
     let now = Instant::now();
+    let mut d = director.lock().unwrap_or_else(|e| e.into_inner());
     if let Err(e) = d.authorize(now, request) {
         return refused(&e);
     }
@@ -170,12 +173,14 @@ pub fn change(d: &mut Director, store: &Store, request: &ApiRequest<'_>) -> Answ
         Ok(id) => id,
         Err(e) => return refused(&e),
     };
-    if let Err(e) = store.save_changed(d) {
+    let changes = store.take(&mut d);
+    let job = d.job(id).map_or(Value::Null, |j| job_json(j, Some(&d)));
+    drop(d);
+    if let Err(e) = store.write(changes) {
         log::error!("{e}");
         return (503, json!({"error": e.to_string(), "kind": "store"}));
     }
     let status = if method == "POST" { 201 } else { 200 };
-    let job = d.job(id).map_or(Value::Null, |j| job_json(j, Some(d)));
     (status, job)
 }
 
@@ -300,10 +305,10 @@ mod tests {
         let mut d = Director::new(key.clone(), key, Instant::now());
         d.restore_job(job);
         d.cancel_job(Instant::now(), id).unwrap();
-        RedbStore::open(&state)
-            .unwrap()
-            .save_changed(&mut d)
-            .unwrap();
+        let store = Store::Redb(RedbStore::open(&state).unwrap());
+        let changes = store.take(&mut d);
+        store.write(changes).unwrap();
+        drop(store);
         let cancelled = d.job(id).unwrap().clone();
         assert_eq!(cancelled.state, JobState::Cancelled);
         assert_eq!(

@@ -86,13 +86,14 @@ pub fn run(config: DirectorConfig) -> Result<()> {
     let mut buf = vec![0u8; 65536];
     loop {
         let now = Instant::now();
+        let mut changes = Vec::new();
         let wait = {
             let mut director = lock(&director);
             director.handle_timeout(now);
             flush(&mut director, &socket, &events, &fingerprint);
             if now >= next_store {
                 next_store = now + STORE_INTERVAL;
-                save(&store, &mut director)?;
+                changes = store.take(&mut director);
             }
             if now >= next_versions_look {
                 next_versions_look = now + crate::waiting::REPEAT;
@@ -103,6 +104,8 @@ pub fn run(config: DirectorConfig) -> Result<()> {
                 .unwrap_or(now + Duration::from_secs(1));
             wake.min(next_store).saturating_duration_since(now)
         };
+        // Written without the lock: the UDP loop never waits on etcd (T42).
+        save(&store, changes)?;
         if signals.wait(Some(wait.max(Duration::from_millis(1))))? {
             break;
         }
@@ -119,7 +122,8 @@ pub fn run(config: DirectorConfig) -> Result<()> {
             }
         }
     }
-    save(&store, &mut lock(&director))?;
+    let changes = store.take(&mut lock(&director));
+    save(&store, changes)?;
     // Leadership is given up at once rather than when the lease runs out.
     if let store::Store::Etcd(etcd) = store.as_ref() {
         etcd.stop();
@@ -207,8 +211,8 @@ fn open_store(config: &DirectorConfig, director: &Arc<Mutex<Director>>) -> Resul
 }
 
 /// Stores what changed; a failure stops the director only for a local store.
-fn save(store: &store::Store, director: &mut Director) -> Result<()> {
-    match store.save_changed(director) {
+fn save(store: &store::Store, changes: store::Changes) -> Result<()> {
+    match store.write(changes) {
         Err(e) if store.failure_is_fatal() => Err(e),
         Err(e) => {
             log::warn!("{e}");

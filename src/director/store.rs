@@ -23,17 +23,33 @@ pub enum Store {
     Etcd(super::etcd::EtcdStore),
 }
 
+/// Jobs changed since the last take, as records to write: (id, the job's
+/// JSON, or None where the director no longer holds it).
+pub type Changes = Vec<(u64, Option<String>)>;
+
 impl Store {
-    /// Stores the jobs changed in `d` since the last save (a job it no longer
-    /// holds is removed). A director that does not schedule stores nothing.
-    pub fn save_changed(&self, d: &mut Director) -> Result<()> {
+    /// Takes the jobs changed in `d` since the last take, as records to write
+    /// (quick: called with the director locked). A director that does not
+    /// schedule, or keeps jobs in memory, has none to write.
+    pub fn take(&self, d: &mut Director) -> Changes {
+        let ids = d.take_dirty_jobs();
         match self {
-            Store::Memory => {
-                d.take_dirty_jobs();
-                Ok(())
-            }
-            Store::Redb(s) => s.save_changed(d),
-            Store::Etcd(s) => s.save_changed(d),
+            Store::Memory => Vec::new(),
+            Store::Etcd(_) if !d.scheduling() => Vec::new(),
+            _ => records(d, &ids),
+        }
+    }
+
+    /// Writes `changes` (slow: etcd may take seconds, so it is called without
+    /// the director's lock, which the UDP loop needs).
+    pub fn write(&self, changes: Changes) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Store::Memory => Ok(()),
+            Store::Redb(s) => s.write(changes),
+            Store::Etcd(s) => s.write(changes),
         }
     }
 
@@ -112,19 +128,14 @@ impl RedbStore {
         Ok(jobs)
     }
 
-    /// Stores the jobs changed in `d` since the last save, as it holds them now
-    /// (a job it no longer holds is removed), in one transaction.
-    pub fn save_changed(&self, d: &mut Director) -> Result<()> {
-        let ids = d.take_dirty_jobs();
-        if ids.is_empty() {
-            return Ok(());
-        }
+    /// Writes `changes` (a job no longer held is removed), in one transaction.
+    pub fn write(&self, changes: Changes) -> Result<()> {
         let fail =
             |e: &dyn std::fmt::Display| Error::new(format!("cannot write the job store: {e}"));
         let txn = self.db.begin_write().map_err(|e| fail(&e))?;
         {
             let mut table = txn.open_table(JOBS).map_err(|e| fail(&e))?;
-            for (id, record) in records(d, &ids) {
+            for (id, record) in changes {
                 match record {
                     Some(json) => table.insert(id, json.as_bytes()).map(drop),
                     None => table.remove(id).map(drop),
