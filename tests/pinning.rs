@@ -106,7 +106,8 @@ fn a_job_names_one_archive_and_the_node_gets_its_bytes_whichever_server_ranks_fi
     let api = format!("http://127.0.0.1:{}", BASE + 6);
     let digest = blake3::hash(&good).to_hex().to_string();
     let start_at = Instant::now();
-    let archive = loop {
+    // Both ids from one listing: the genuine archive, and the other.
+    let (archive, evil_id) = loop {
         let files: serde_json::Value = ureq::get(&format!("{api}/v1/files"))
             .call()
             .ok()
@@ -115,11 +116,13 @@ fn a_job_names_one_archive_and_the_node_gets_its_bytes_whichever_server_ranks_fi
             .unwrap_or_default();
         let versions = files[0]["versions"].as_array().cloned().unwrap_or_default();
         if versions.len() == 2 {
-            let v = versions
-                .iter()
-                .find(|v| v["blake3"] == digest.as_str())
-                .unwrap();
-            break v["archive_id"].as_str().unwrap().to_owned();
+            let id = |genuine: bool| {
+                let v = (versions.iter())
+                    .find(|v| (v["blake3"] == digest.as_str()) == genuine)
+                    .unwrap();
+                v["archive_id"].as_str().unwrap().to_owned()
+            };
+            break (id(true), id(false));
         }
         assert!(start_at.elapsed() < Duration::from_secs(20), "{files}");
         std::thread::sleep(Duration::from_millis(200));
@@ -179,23 +182,6 @@ fn a_job_names_one_archive_and_the_node_gets_its_bytes_whichever_server_ranks_fi
     assert!(pinned.status.success(), "{err}");
     assert_eq!(std::fs::read(out.join("f.bin")).unwrap(), good);
     // recv NAME@ARCHIVE of the other takes only that one.
-    let evil_id = {
-        let files: serde_json::Value = serde_json::from_str(
-            &ureq::get(&format!("{api}/v1/files"))
-                .call()
-                .unwrap()
-                .body_mut()
-                .read_to_string()
-                .unwrap(),
-        )
-        .unwrap();
-        (files[0]["versions"].as_array().unwrap().iter())
-            .find(|v| v["archive_id"] != archive.as_str())
-            .unwrap()["archive_id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
     let other = d.join("other");
     let got = loopcast(&[
         "recv",

@@ -294,6 +294,29 @@ pub fn http_post_in(
         "POST {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
+    http_in(lab, host, ip, port, request)
+}
+
+/// GETs `http://ip:port/path` from inside host `host`; the answer's JSON body.
+pub fn http_get_in(
+    lab: &Lab,
+    host: &str,
+    ip: &str,
+    port: u16,
+    path: &str,
+) -> Option<serde_json::Value> {
+    http_in(lab, host, ip, port, format!("GET {path} HTTP/1.0\r\n\r\n"))
+}
+
+/// Sends `request` to ip:port over TCP from inside host `host` (bash's
+/// /dev/tcp); the answer's JSON body, if any.
+fn http_in(
+    lab: &Lab,
+    host: &str,
+    ip: &str,
+    port: u16,
+    request: String,
+) -> Option<serde_json::Value> {
     let script = format!("exec 3<>/dev/tcp/{ip}/{port} && printf '%s' \"$REQUEST\" >&3 && cat <&3");
     let out = Command::new("ip")
         .args([
@@ -305,32 +328,6 @@ pub fn http_post_in(
             &script,
         ])
         .env("REQUEST", request)
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let (_, body) = text.split_once("\r\n\r\n")?;
-    serde_json::from_str(body).ok()
-}
-
-pub fn http_get_in(
-    lab: &Lab,
-    host: &str,
-    ip: &str,
-    port: u16,
-    path: &str,
-) -> Option<serde_json::Value> {
-    let script = format!(
-        "exec 3<>/dev/tcp/{ip}/{port} && printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
-    );
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &format!("{}-{host}", lab.prefix),
-            "bash",
-            "-c",
-            &script,
-        ])
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
