@@ -357,7 +357,11 @@ fn forger() {
             .filter(|j| j["state"] == "active")
         {
             let id = job["id"].as_u64().unwrap_or(0);
-            for node in job["nodes"].as_array().into_iter().flatten() {
+            let detail = http(format!("GET /v1/jobs/{id} HTTP/1.0\r\nHost: {api}\r\n\r\n"));
+            let detail: serde_json::Value = (detail.split_once("\r\n\r\n"))
+                .and_then(|(_, body)| serde_json::from_str(body).ok())
+                .unwrap_or_default();
+            for node in detail["nodes"].as_array().into_iter().flatten() {
                 sequence += 1;
                 let r = Register {
                     sequence,

@@ -31,7 +31,8 @@ fn impostor() -> std::net::SocketAddr {
             }
             let mut body = vec![0; length];
             let _ = reader.read_exact(&mut body);
-            let answer = match first.split_whitespace().nth(1).unwrap_or("") {
+            let target = first.split_whitespace().nth(1).unwrap_or("");
+            let answer = match target.split('?').next().unwrap_or("") {
                 "/v1/status" => r#"{"listen":"127.0.0.1:9","scheduling":true}"#.to_string(),
                 "/v1/files" | "/v1/servers" => "[]".to_string(),
                 _ => r#"{"id":1,"state":"complete","counts":{"done":1},"nodes":[{"node":"n1","state":"done","permille":1000,"failure":"none"}]}"#.to_string(),

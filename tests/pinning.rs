@@ -6,31 +6,11 @@
 
 mod common;
 
-use common::{BIN, Running, path, wait_for_log};
+use common::{loopcast_cmd, path, start_logged, wait_for_log};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BASE: u16 = 26000;
-
-fn loopcast(args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(args)
-        .env("RUST_LOG", "info")
-        .env_remove("LOOPCAST_KEY");
-    c
-}
-
-fn start(dir: &Path, log: &str, args: &[&str]) -> Running {
-    let log = std::fs::File::create(dir.join(log)).unwrap();
-    Running(
-        loopcast(args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
-}
 
 fn random(path: &Path, len: usize, seed: u64) -> Vec<u8> {
     use rand::{Rng, SeedableRng};
@@ -44,15 +24,9 @@ fn random(path: &Path, len: usize, seed: u64) -> Vec<u8> {
 fn a_job_names_one_archive_and_the_node_gets_its_bytes_whichever_server_ranks_first() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let key = d.join("key");
-    assert!(
-        loopcast(&["keygen", "-o", path(&key)])
-            .status()
-            .unwrap()
-            .success()
-    );
+    let key = common::new_key(d);
     let director = format!("127.0.0.1:{}", BASE + 5);
-    let _director = start(
+    let _director = start_logged(
         d,
         "director.log",
         &["director", "-k", path(&key), "--listen", &director],
@@ -78,14 +52,14 @@ fn a_job_names_one_archive_and_the_node_gets_its_bytes_whichever_server_ranks_fi
         ];
         args.extend(["--cache-dir", path(&cache), "--director", &director, file]);
         args.extend(extra);
-        start(d, &format!("serve{n}.log"), &args)
+        start_logged(d, &format!("serve{n}.log"), &args)
     };
     let good_path = d.join("good/f.bin");
     let evil_path = d.join("evil/f.bin");
     let _good = server(1, path(&good_path), &["--capacity", "1M"]);
     let _evil = server(2, path(&evil_path), &[]);
     let out = d.join("out");
-    let _agent = start(
+    let _agent = start_logged(
         d,
         "agent.log",
         &[
@@ -133,7 +107,7 @@ fn a_job_names_one_archive_and_the_node_gets_its_bytes_whichever_server_ranks_fi
         Duration::from_secs(10)
     ));
     let push = |name: &str| {
-        loopcast(&[
+        loopcast_cmd(&[
             "push",
             name,
             "-k",
@@ -149,7 +123,7 @@ fn a_job_names_one_archive_and_the_node_gets_its_bytes_whichever_server_ranks_fi
     };
     // Unpinned, a receiver takes the less loaded server: the other bytes.
     let ranked = d.join("ranked");
-    let got = loopcast(&[
+    let got = loopcast_cmd(&[
         "recv",
         "-k",
         path(&key),
@@ -183,7 +157,7 @@ fn a_job_names_one_archive_and_the_node_gets_its_bytes_whichever_server_ranks_fi
     assert_eq!(std::fs::read(out.join("f.bin")).unwrap(), good);
     // recv NAME@ARCHIVE of the other takes only that one.
     let other = d.join("other");
-    let got = loopcast(&[
+    let got = loopcast_cmd(&[
         "recv",
         "-k",
         path(&key),

@@ -194,7 +194,7 @@ fn ls_director(at: std::net::SocketAddr, key: Option<&loopcast_proto::wire::MacK
             "without --key the director's answer is not verified: anyone on the path can change it"
         );
     }
-    let (_, files) = push::get(at, "/v1/files", key)?;
+    let (_, files) = push::get_listing(at, "/v1/files", "name", key)?;
     let files = files.as_array().cloned().unwrap_or_default();
     if files.is_empty() {
         return Err(Error::timeout(format!(

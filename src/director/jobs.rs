@@ -7,7 +7,7 @@ use loopcast_proto::director::Director;
 use loopcast_proto::jobs::{ApiRequest, Job, JobError, JobSpec, JobState, NodeProgress, NodeState};
 use loopcast_proto::wire::JobFailure;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -47,9 +47,9 @@ fn node_state_from(name: &str) -> Option<NodeState> {
     .find(|s| s.name() == name)
 }
 
-/// A job as the API shows it and the store keeps it. `d` adds whether each
-/// node is reachable now (the store has no use for it).
-pub fn job_json(job: &Job, d: Option<&Director>) -> Value {
+/// A job as the API shows it and the store keeps it. `reachable` (the
+/// targets reachable now) adds whether each is (the store has no use for it).
+pub fn job_json(job: &Job, reachable: Option<&BTreeSet<String>>) -> Value {
     let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
     let nodes: Vec<Value> = (job.nodes.iter())
         .map(|(name, p)| {
@@ -57,8 +57,8 @@ pub fn job_json(job: &Job, d: Option<&Director>) -> Value {
             let mut node = json!({"node": name, "state": p.state.name(), "permille": p.permille,
                                   "failure": failure_name(p.failure), "moved_ms": p.moved_ms,
                                   "detail": p.detail});
-            if let Some(d) = d {
-                node["reachable"] = json!(d.node(name).is_some_and(|n| n.reachable));
+            if let Some(reachable) = reachable {
+                node["reachable"] = json!(reachable.contains(name));
             }
             node
         })
@@ -126,7 +126,7 @@ fn job_fields(v: &Value) -> Option<Job> {
 /// An answer to an API request: status and JSON body.
 pub type Answer = (u16, Value);
 
-fn refused(e: &JobError) -> Answer {
+pub(super) fn refused(e: &JobError) -> Answer {
     let status = match e {
         JobError::Unauthenticated(_) => 401,
         JobError::NotLeader(_) => 503,
@@ -174,8 +174,14 @@ pub fn change(director: &Mutex<Director>, store: &Store, request: &ApiRequest<'_
         Err(e) => return refused(&e),
     };
     let changes = store.take(&mut d);
-    let job = d.job(id).map_or(Value::Null, |j| job_json(j, Some(&d)));
+    let job = d.job(id).cloned().map(|job| {
+        let reachable = reachable_targets(&d, &job);
+        (job, reachable)
+    });
     drop(d);
+    let job = job.map_or(Value::Null, |(job, reachable)| {
+        job_json(&job, Some(&reachable))
+    });
     if let Err(e) = store.write(changes) {
         log::error!("{e}");
         return (503, json!({"error": e.to_string(), "kind": "store"}));
@@ -219,38 +225,12 @@ fn spec_from(body: &[u8]) -> std::result::Result<JobSpec, JobError> {
     })
 }
 
-/// GET /v1/jobs and /v1/jobs/ID.
-pub fn show(d: &Director, path: &str) -> Option<Answer> {
-    let rest = path.strip_prefix("/v1/jobs")?;
-    if rest.is_empty() {
-        let jobs: Vec<Value> = d.jobs().map(|j| job_json(j, Some(d))).collect();
-        return Some((200, Value::Array(jobs)));
-    }
-    let id: u64 = rest.strip_prefix('/')?.parse().ok()?;
-    Some(match d.job(id) {
-        Some(job) => (200, job_json(job, Some(d))),
-        None => refused(&JobError::NoSuchJob(id)),
-    })
-}
-
-/// GET /v1/nodes.
-pub fn nodes(d: &Director, now: Instant) -> Value {
-    let mut list: Vec<_> = d.nodes().collect();
-    list.sort_by(|a, b| a.name.cmp(&b.name));
-    Value::Array(
-        list.into_iter()
-            .map(|n| {
-                let active = d
-                    .jobs()
-                    .filter(|j| j.state == JobState::Active)
-                    .filter(|j| j.nodes.get(&n.name).is_some_and(|p| !p.state.is_final()))
-                    .count();
-                json!({"node": n.name, "address": n.address.to_string(), "reachable": n.reachable,
-                       "last_heard_s": super::http::age(now, n.last_heard), "free_bytes": n.free_bytes,
-                       "active_jobs": active})
-            })
-            .collect(),
-    )
+/// The targets of `job` whose agents are reachable now.
+pub(super) fn reachable_targets(d: &Director, job: &Job) -> BTreeSet<String> {
+    (job.nodes.keys())
+        .filter(|n| d.node(n).is_some_and(|r| r.reachable))
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]

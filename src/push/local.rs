@@ -92,7 +92,7 @@ impl LocalServer {
                 )));
             }
             let listed = (directors.iter())
-                .find_map(|&d| super::get(d, "/v1/files", Some(key)).ok())
+                .find_map(|&d| super::get_listing(d, "/v1/files", "name", Some(key)).ok())
                 .is_some_and(|(_, files)| {
                     names.iter().all(|n| {
                         (files.as_array().into_iter().flatten()).any(|f| f["name"] == n.as_str())
@@ -122,7 +122,7 @@ pub fn not_on_air(config: &PushConfig) -> Result<Vec<std::path::PathBuf>> {
         return Ok(Vec::new());
     }
     let files = (config.directors.iter())
-        .find_map(|&d| super::get(d, "/v1/files", Some(&config.key)).ok())
+        .find_map(|&d| super::get_listing(d, "/v1/files", "name", Some(&config.key)).ok())
         .map(|(_, files)| files)
         .unwrap_or_default();
     let mut to_serve = Vec::new();

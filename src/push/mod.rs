@@ -142,6 +142,49 @@ pub fn get(director: SocketAddr, path: &str, key: Option<&MacKey>) -> Result<(u1
     Ok((status, value))
 }
 
+/// Items asked for per page of a listing (the director's largest).
+const LISTING_PAGE: usize = 1000;
+
+/// GETs every page of a listing (`?limit=&after=`, spec §9.4): the items of
+/// all pages in one array. `key_field` is the item field pages continue after.
+pub fn get_listing(
+    director: SocketAddr,
+    path: &str,
+    key_field: &str,
+    key: Option<&MacKey>,
+) -> Result<(u16, Value)> {
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut url = format!("{path}?limit={LISTING_PAGE}");
+        if let Some(after) = &after {
+            let after =
+                percent_encoding::utf8_percent_encode(after, percent_encoding::NON_ALPHANUMERIC);
+            url.push_str(&format!("&after={after}"));
+        }
+        let (status, page) = get(director, &url, key)?;
+        if status != 200 {
+            return Ok((status, page));
+        }
+        let Value::Array(items) = page else {
+            return Err(Error::new(format!("{path} at {director} is not a listing")));
+        };
+        let next = match items.last().map(|item| &item[key_field]) {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        let full = items.len() == LISTING_PAGE;
+        all.extend(items);
+        // A next page only after a full one, and only if it moves on.
+        if !full || next.is_none() || next == after {
+            break;
+        }
+        after = next;
+    }
+    Ok((200, Value::Array(all)))
+}
+
 /// A refusal as an error: exit 4 for what the site lacks (file, node), 1 otherwise.
 fn refusal(status: u16, answer: &Value) -> Error {
     let message = answer["error"].as_str().unwrap_or("no reason given");
@@ -210,8 +253,8 @@ pub fn push(config: PushConfig) -> Result<()> {
 /// Warns when the deadline is shorter than one loop of a file (at its fastest
 /// channel within `--rate`): a node that joins late cannot finish in time.
 fn warn_short_deadline(config: &PushConfig) {
-    let Some((_, servers)) =
-        (config.directors.iter()).find_map(|&d| get(d, "/v1/servers", Some(&config.key)).ok())
+    let Some((_, servers)) = (config.directors.iter())
+        .find_map(|&d| get_listing(d, "/v1/servers", "address", Some(&config.key)).ok())
     else {
         return;
     };
@@ -401,7 +444,10 @@ pub fn jobs(
     // The first director that answers.
     let mut answered = Err(Error::new("no director given"));
     for &director in directors {
-        answered = get(director, &path, verify);
+        answered = match id {
+            Some(_) => get(director, &path, verify),
+            None => get_listing(director, &path, "id", verify),
+        };
         if answered.is_ok() {
             break;
         }

@@ -141,7 +141,7 @@ pub fn list(jobs: &Value) {
             j["id"].as_u64().unwrap_or(0),
             j["state"].as_str().unwrap_or("?"),
             j["counts"]["done"].as_u64().unwrap_or(0),
-            j["nodes"].as_array().map_or(0, Vec::len),
+            j["targets"].as_u64().unwrap_or(0),
             (j["files"].as_array().into_iter().flatten())
                 .filter_map(Value::as_str)
                 .map(display_name)

@@ -278,10 +278,8 @@ pub fn channels_listed(listing: &str) -> std::collections::HashSet<&str> {
         .collect()
 }
 
-/// GET `path` from `ip:port` inside host `host` of `lab` (bash's /dev/tcp: the
-/// lab's addresses are reachable only from its namespaces); the JSON body.
-/// POSTs `body` (JSON) to `http://ip:port/path` from inside host `host`; the
-/// answer's JSON body, if any.
+/// POSTs `body` (JSON) to `http://ip:port/path` from inside host `host` of
+/// `lab`; the answer's JSON body, if any.
 pub fn http_post_in(
     lab: &Lab,
     host: &str,
@@ -309,7 +307,8 @@ pub fn http_get_in(
 }
 
 /// Sends `request` to ip:port over TCP from inside host `host` (bash's
-/// /dev/tcp); the answer's JSON body, if any.
+/// /dev/tcp: the lab's addresses are reachable only from its namespaces); the
+/// answer's JSON body, if any.
 fn http_in(
     lab: &Lab,
     host: &str,
@@ -381,4 +380,39 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.crash();
     }
+}
+
+/// The binary with `args`, logging at info, taking no key from the environment.
+pub fn loopcast_cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("LOOPCAST_KEY");
+    c
+}
+
+/// Starts the binary with `args`, its log in `dir/log`; killed when dropped.
+pub fn start_logged(dir: &Path, log: &str, args: &[&str]) -> Running {
+    let log = std::fs::File::create(dir.join(log)).unwrap();
+    Running(
+        loopcast_cmd(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// A new key at `dir/key`.
+pub fn new_key(dir: &Path) -> PathBuf {
+    let key = dir.join("key");
+    let made = loopcast_cmd(&["keygen", "-o", path(&key)])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    key
 }
