@@ -11,6 +11,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 const D1: &str = "10.77.0.11";
+/// etcd's client URL, in s.
+const ETCD: &str = "https://10.77.0.1:2379";
+/// The directors' etcd password (their user may touch /lab only).
+const DIRECTOR_PASSWORD: &str = "lab-director-password";
 /// A director's etcd lease, seconds (spec §10.5): the take-over figure.
 const LEASE_SECS: f64 = 3.0;
 const D2: &str = "10.77.0.12";
@@ -42,15 +46,23 @@ fn when_the_scheduling_director_dies_the_other_takes_over_and_the_job_completes(
     let (key, source, data) = key_and_payload(d, 53);
     let mut lab = Lab::up(5, "e");
     let key_s = path(&key);
-    // etcd, one member, in s.
+    // etcd, one member, in s: TLS with client certificates, and users.
+    let tls = Tls::make(d);
     let etcd_data = d.join("etcd");
     let etcd_args = [
         "--data-dir",
         path(&etcd_data),
         "--listen-client-urls",
-        "http://10.77.0.1:2379",
+        ETCD,
         "--advertise-client-urls",
-        "http://10.77.0.1:2379",
+        ETCD,
+        "--cert-file",
+        path(&tls.server_cert),
+        "--key-file",
+        path(&tls.server_key),
+        "--trusted-ca-file",
+        path(&tls.ca),
+        "--client-cert-auth",
         "--listen-peer-urls",
         "http://10.77.0.1:2380",
         "--initial-advertise-peer-urls",
@@ -66,6 +78,18 @@ fn when_the_scheduling_director_dies_the_other_takes_over_and_the_job_completes(
         .spawn()
         .unwrap();
     lab.children.push(etcd);
+    // A user of its own for the directors, allowed /lab only; auth on.
+    let admin = |lab: &Lab, action: &str| {
+        let env = tls.env(action);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        lab.run_helper("s", "etcd_admin", &env)
+    };
+    let done = admin(&lab, "setup");
+    assert!(done.contains("auth enabled"), "{done}");
+    let password = d.join("etcd-password");
+    std::fs::write(&password, format!("{DIRECTOR_PASSWORD}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
     let directors = |lab: &mut Lab, round: &str| -> Vec<usize> {
         [("r1", D1), ("r2", D2)]
             .iter()
@@ -80,9 +104,19 @@ fn when_the_scheduling_director_dies_the_other_takes_over_and_the_job_completes(
                     "--http",
                     &http,
                     "--etcd",
-                    "http://10.77.0.1:2379",
+                    ETCD,
                     "--etcd-prefix",
                     "/lab",
+                    "--etcd-ca",
+                    path(&tls.ca),
+                    "--etcd-cert",
+                    path(&tls.client_cert),
+                    "--etcd-key",
+                    path(&tls.client_key),
+                    "--etcd-user",
+                    "loopcast",
+                    "--etcd-password-file",
+                    path(&password),
                 ];
                 lab.start(host, &d.join(format!("{host}-{round}.log")), &args)
             })
@@ -129,7 +163,8 @@ fn when_the_scheduling_director_dies_the_other_takes_over_and_the_job_completes(
         }
         assert!(
             start.elapsed() < Duration::from_secs(20),
-            "no director elected"
+            "no director elected: {}",
+            std::fs::read_to_string(d.join("r1-1.log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -196,6 +231,25 @@ fn when_the_scheduling_director_dies_the_other_takes_over_and_the_job_completes(
         assert!(std::fs::read(out.join("payload.bin")).unwrap() == data);
     }
     eprintln!("take-over after the scheduling director was killed: {takeover:.2} s");
+    // The directors' password is set again: etcd drops their tokens, and the
+    // scheduler asks for a new one (and goes on scheduling).
+    let other_log = d.join(format!("{}-1.log", ["r1", "r2"][1 - leader]));
+    let tokens = || counter(&std::fs::read_to_string(&other_log).unwrap(), "etcd_tokens");
+    let before_rotation = tokens();
+    let rotated = admin(&lab, "rotate");
+    assert!(rotated.contains("password set"), "{rotated}");
+    let start = Instant::now();
+    while tokens() <= before_rotation {
+        assert!(start.elapsed() < Duration::from_secs(5), "no new token");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        scheduling(&lab, other_host, other_ip),
+        Some(true),
+        "{}",
+        std::fs::read_to_string(&other_log).unwrap()
+    );
 
     // Both directors stop (SIGTERM) and start again: the job is as it ended.
     // `jobs --json`, or with an id, one job with its nodes.
@@ -242,39 +296,22 @@ fn when_the_scheduling_director_dies_the_other_takes_over_and_the_job_completes(
     assert_eq!(show(&lab, None), before);
     assert_eq!(strip(show(&lab, Some(&id))), strip(job_before));
 
-    // Records no request could make, written straight to etcd (T38): 17 files,
-    // and a 256-byte file name (either would reach encode_assign's assert).
-    // Both directors log them, leave them out, and keep running.
-    let b64 = |s: &str| {
-        use base64::Engine;
-        base64::engine::general_purpose::STANDARD.encode(s)
-    };
-    for (id, files) in [
-        (
-            "00000000000000000001",
-            (0..17)
-                .map(|i| format!("\"f{i}\""))
-                .collect::<Vec<_>>()
-                .join(","),
-        ),
-        ("00000000000000000002", format!("\"{}\"", "x".repeat(256))),
-    ] {
-        let record = format!(
-            r#"{{"id":{},"state":"active","files":[{files}],"created_ms":1,"deadline_ms":600000,"max_rate_bps":0,"request_id":0,"nodes":[{{"node":"node-3","state":"waiting","permille":0,"failure":"none","moved_ms":0}}]}}"#,
-            id.trim_start_matches('0')
-        );
-        let put = format!(
-            r#"{{"key":"{}","value":"{}"}}"#,
-            b64(&format!("/lab/jobs/{id}")),
-            b64(&record)
-        );
-        assert!(http_post_in(&lab, "s", "10.77.0.1", 2379, "/v3/kv/put", &put).is_some());
-    }
+    // Records no request could make, written straight to etcd (T38) by a
+    // user allowed to (root): 17 files, a 256-byte file name (either would
+    // reach encode_assign's assert), and progress of a node no job names.
+    // Without a user, etcd refuses the same write. Both directors log them,
+    // leave them out, and keep running.
+    let forged = admin(&lab, &format!("forge {id}"));
+    assert!(forged.contains("refused without a user"), "{forged}");
+    assert!(forged.contains("wrote 3 bad records"), "{forged}");
     // The follower reads them (every 500 ms) and leaves them out; then the
     // scheduler stops, and the follower, elected, loads the store with them.
     let logs = [d.join("r1-2.log"), d.join("r2-2.log")];
     let told = |log: &std::path::Path| {
-        std::fs::read_to_string(log).is_ok_and(|t| t.contains("is not a valid job record"))
+        std::fs::read_to_string(log).is_ok_and(|t| {
+            t.contains("is not a valid job record")
+                && t.contains("is not a valid target's progress")
+        })
     };
     let start = Instant::now();
     while !logs.iter().any(|l| told(l)) {
@@ -318,4 +355,281 @@ fn when_the_scheduling_director_dies_the_other_takes_over_and_the_job_completes(
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
     assert_eq!(show(&lab), before, "a bad record was taken");
+}
+
+/// The lab's TLS files: a CA, etcd's certificate (10.77.0.1; for clients too,
+/// since etcd's gateway dials its own gRPC with it) and a client's.
+struct Tls {
+    ca: std::path::PathBuf,
+    server_cert: std::path::PathBuf,
+    server_key: std::path::PathBuf,
+    client_cert: std::path::PathBuf,
+    client_key: std::path::PathBuf,
+}
+
+impl Tls {
+    fn make(dir: &std::path::Path) -> Tls {
+        use rcgen::{
+            BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose as Eku, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        use std::os::unix::fs::PermissionsExt;
+        let write = |name: &str, text: String, secret: bool| {
+            let at = dir.join(name);
+            std::fs::write(&at, text).unwrap();
+            let mode = if secret { 0o600 } else { 0o644 };
+            std::fs::set_permissions(&at, std::fs::Permissions::from_mode(mode)).unwrap();
+            at
+        };
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf = |sans: Vec<String>, uses: Vec<Eku>| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(sans).unwrap();
+            params.extended_key_usages = uses;
+            // No Common Name: etcd's gateway refuses a client certificate
+            // with one once authentication is on.
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(
+            vec!["10.77.0.1".into()],
+            vec![Eku::ServerAuth, Eku::ClientAuth],
+        );
+        let (client_cert, client_key) = leaf(vec!["director".into()], vec![Eku::ClientAuth]);
+        Tls {
+            ca: write("ca.pem", ca_cert.pem(), false),
+            server_cert: write("etcd.pem", server_cert, false),
+            server_key: write("etcd.key", server_key, true),
+            client_cert: write("client.pem", client_cert, false),
+            client_key: write("client.key", client_key, true),
+        }
+    }
+
+    /// What `etcd_admin` needs to reach etcd, and its `action`.
+    fn env(&self, action: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("ETCD_ADMIN", action.to_owned()),
+            ("ETCD_CA", path(&self.ca).to_owned()),
+            ("ETCD_CERT", path(&self.client_cert).to_owned()),
+            ("ETCD_KEY", path(&self.client_key).to_owned()),
+        ]
+    }
+}
+
+/// Run inside the lab by the test above (ETCD_ADMIN=setup, or forge JOB_ID):
+/// etcd's administrator over its JSON gateway, with the lab's client certificate.
+#[test]
+#[ignore]
+fn etcd_admin() {
+    let Ok(action) = std::env::var("ETCD_ADMIN") else {
+        return;
+    };
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let read = |var: &str| std::fs::read(std::env::var(var).unwrap()).unwrap();
+    let pem_certs = |pem: Vec<u8>| -> Vec<ureq::tls::Certificate<'static>> {
+        (ureq::tls::parse_pem(&pem))
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect()
+    };
+    let key = ureq::tls::PrivateKey::from_pem(&read("ETCD_KEY")).unwrap();
+    let tls = ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&pem_certs(read(
+            "ETCD_CA",
+        ))))
+        .client_cert(Some(ureq::tls::ClientCert::new_with_certs(
+            &pem_certs(read("ETCD_CERT")),
+            key,
+        )))
+        .build();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(tls)
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    // (status, JSON answer) of a POST, with a token or none.
+    let call = |path: &str, body: serde_json::Value, token: Option<&str>| {
+        let mut request = agent.post(format!("{ETCD}{path}"));
+        if let Some(token) = token {
+            request = request.header("Authorization", token);
+        }
+        let mut answer = request.send(body.to_string())?;
+        let text = answer.body_mut().read_to_string()?;
+        Ok::<_, ureq::Error>((
+            answer.status().as_u16(),
+            serde_json::from_str(&text).unwrap_or_default(),
+        ))
+    };
+    let ok = |(status, answer): (u16, serde_json::Value), what: &str| {
+        assert_eq!(status, 200, "{what}: {answer}");
+        answer
+    };
+    let root = || {
+        let asked = serde_json::json!({"name": "root", "password": "lab-root"});
+        let answer: serde_json::Value = call("/v3/auth/authenticate", asked, None).unwrap().1;
+        answer["token"].as_str().unwrap().to_owned()
+    };
+    let mut words = action.split_whitespace();
+    match words.next() {
+        Some("setup") => {
+            // etcd may still be starting.
+            let start = Instant::now();
+            while call("/v3/maintenance/status", serde_json::json!({}), None).is_err() {
+                assert!(
+                    start.elapsed() < Duration::from_secs(15),
+                    "etcd did not start"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            use serde_json::json;
+            for (path, body) in [
+                (
+                    "/v3/auth/user/add",
+                    json!({"name": "root", "password": "lab-root"}),
+                ),
+                ("/v3/auth/role/add", json!({"name": "root"})),
+                (
+                    "/v3/auth/user/grant",
+                    json!({"user": "root", "role": "root"}),
+                ),
+                ("/v3/auth/role/add", json!({"name": "lab"})),
+                (
+                    "/v3/auth/role/grant",
+                    json!({"name": "lab", "perm": {"permType": "READWRITE",
+                           "key": b64("/lab"), "range_end": b64("/lac")}}),
+                ),
+                (
+                    "/v3/auth/user/add",
+                    json!({"name": "loopcast", "password": DIRECTOR_PASSWORD}),
+                ),
+                (
+                    "/v3/auth/user/grant",
+                    json!({"user": "loopcast", "role": "lab"}),
+                ),
+                ("/v3/auth/enable", json!({})),
+            ] {
+                ok(call(path, body, None).unwrap(), path);
+            }
+            println!("auth enabled");
+        }
+        Some("rotate") => {
+            let token = root();
+            let body = serde_json::json!({"name": "loopcast", "password": DIRECTOR_PASSWORD});
+            ok(
+                call("/v3/auth/user/changepw", body, Some(&token)).unwrap(),
+                "changepw",
+            );
+            println!("password set");
+        }
+        Some("forge") => {
+            let id: u64 = words.next().unwrap().parse().unwrap();
+            let records = [
+                (1u64, (0..17).map(|i| format!("f{i}")).collect::<Vec<_>>()),
+                (2, vec!["x".repeat(256)]),
+            ];
+            let put = |key: String, value: String, token: Option<&str>| {
+                let body = serde_json::json!({"key": b64(&key), "value": b64(&value)});
+                call("/v3/kv/put", body, token).unwrap()
+            };
+            let record = |files: &[String], id: u64| {
+                serde_json::json!({"id": id, "state": "active", "files": files, "targets": ["node-3"],
+                                   "created_ms": 1, "deadline_ms": 600_000, "max_rate_bps": 0,
+                                   "request_id": 0})
+                .to_string()
+            };
+            // Without a user: refused.
+            let (status, answer) = put(
+                format!("/lab/jobs/{:020}", 1),
+                record(&records[0].1, 1),
+                None,
+            );
+            assert_ne!(status, 200, "{answer}");
+            println!("refused without a user: {status} {answer}");
+            let token = root();
+            for (n, files) in &records {
+                ok(
+                    put(
+                        format!("/lab/jobs/{n:020}"),
+                        record(files, *n),
+                        Some(&token),
+                    ),
+                    "put",
+                );
+            }
+            let progress =
+                r#"{"state":"done","permille":1000,"failure":"none","moved_ms":1,"detail":""}"#;
+            ok(
+                put(
+                    format!("/lab/progress/{id:020}/node-9"),
+                    progress.into(),
+                    Some(&token),
+                ),
+                "put",
+            );
+            println!("wrote 3 bad records");
+        }
+        other => panic!("unknown action {other:?}"),
+    }
+}
+
+/// etcd flags that cannot work stop the director at start (exit 2), with
+/// why; no etcd is needed to see it.
+#[test]
+fn etcd_flags_that_cannot_work_are_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = new_key(d);
+    let tls = Tls::make(d);
+    let open_password = d.join("open-password");
+    std::fs::write(&open_password, "secret\n").unwrap();
+    std::fs::set_permissions(&open_password, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let missing = d.join("missing.pem");
+    let (ca, missing, open) = (path(&tls.ca), path(&missing), path(&open_password));
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--etcd", "http://127.0.0.1:9", "--etcd-ca", ca],
+            "https://",
+        ),
+        (vec!["--etcd", "ftp://127.0.0.1:9"], "ftp:// is not etcd's"),
+        (
+            vec!["--etcd", "https://127.0.0.1:9", "--etcd-ca", missing],
+            "missing.pem",
+        ),
+        (
+            vec!["--etcd", "https://127.0.0.1:9", "--etcd-user", "u"],
+            "--etcd-password-file",
+        ),
+        (
+            vec![
+                "--etcd",
+                "https://127.0.0.1:9",
+                "--etcd-user",
+                "u",
+                "--etcd-password-file",
+                open,
+            ],
+            "readable by its group or others",
+        ),
+    ];
+    for (flags, why) in cases {
+        let out = loopcast_cmd(&["director", "-k", path(&key), "--listen", "127.0.0.1:0"])
+            .args(["--http", "off"])
+            .args(&flags)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {err}");
+        assert!(err.contains(why), "{flags:?}: {err}");
+    }
 }

@@ -122,6 +122,24 @@ pub(super) enum Command {
             requires = "etcd"
         )]
         etcd_prefix: String,
+        /// PEM certificate(s) of the CA that signed etcd's, for https://
+        /// endpoints (default: the web's public roots).
+        #[arg(long, value_name = "FILE", requires = "etcd")]
+        etcd_ca: Option<PathBuf>,
+        /// PEM client certificate (chain) to show etcd (with --etcd-key), for
+        /// an etcd started with --client-cert-auth.
+        #[arg(long, value_name = "FILE", requires_all = ["etcd", "etcd_key"])]
+        etcd_cert: Option<PathBuf>,
+        /// PEM private key of --etcd-cert (mode 0600).
+        #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+        etcd_key: Option<PathBuf>,
+        /// etcd user, for an etcd with authentication enabled (with
+        /// --etcd-password-file).
+        #[arg(long, value_name = "NAME", requires_all = ["etcd", "etcd_password_file"])]
+        etcd_user: Option<String>,
+        /// File holding the etcd user's password (mode 0600; one line).
+        #[arg(long, value_name = "FILE", requires = "etcd_user")]
+        etcd_password_file: Option<PathBuf>,
     },
     /// Run on each node: register with the directors and receive the files of
     /// the jobs they give this node (until SIGINT/SIGTERM). Jobs survive a

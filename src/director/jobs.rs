@@ -47,31 +47,114 @@ fn node_state_from(name: &str) -> Option<NodeState> {
     .find(|s| s.name() == name)
 }
 
-/// A job as the API shows it and the store keeps it. `reachable` (the
+/// A job's own fields, without its targets: what every form of a job shows.
+#[derive(Debug, Clone)]
+pub struct JobHead {
+    id: u64,
+    state: JobState,
+    files: Vec<String>,
+    archives: Vec<u64>,
+    created_ms: u64,
+    deadline_ms: u64,
+    deadline_at_ms: u64,
+    max_rate_bps: u64,
+    request_id: u64,
+}
+
+impl JobHead {
+    /// `job`'s fields (a copy of a few, whatever its targets).
+    pub fn of(job: &Job) -> Self {
+        JobHead {
+            id: job.id,
+            state: job.state,
+            files: job.spec.files.clone(),
+            archives: job.spec.archives.clone(),
+            created_ms: job.created_ms,
+            deadline_ms: job.spec.deadline_ms,
+            deadline_at_ms: job.deadline_at_ms(),
+            max_rate_bps: job.spec.max_rate_bps,
+            request_id: job.spec.request_id,
+        }
+    }
+
+    /// As JSON, for more fields to be added.
+    pub fn json(&self) -> Value {
+        let archives: Vec<String> = self.archives.iter().map(|a| format!("{a:016x}")).collect();
+        json!({"id": self.id, "state": self.state.name(), "files": self.files,
+               "archives": archives, "created_ms": self.created_ms,
+               "deadline_ms": self.deadline_ms, "deadline_at_ms": self.deadline_at_ms,
+               "max_rate_bps": self.max_rate_bps, "request_id": self.request_id})
+    }
+}
+
+/// A job as the API shows it and the redb store keeps it. `reachable` (the
 /// targets reachable now) adds whether each is (the store has no use for it).
 pub fn job_json(job: &Job, reachable: Option<&BTreeSet<String>>) -> Value {
     let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
     let nodes: Vec<Value> = (job.nodes.iter())
         .map(|(name, p)| {
             *counts.entry(p.state.name()).or_default() += 1;
-            let mut node = json!({"node": name, "state": p.state.name(), "permille": p.permille,
-                                  "failure": failure_name(p.failure), "moved_ms": p.moved_ms,
-                                  "detail": p.detail});
+            let mut node = progress_json(p);
+            node["node"] = json!(name);
             if let Some(reachable) = reachable {
                 node["reachable"] = json!(reachable.contains(name));
             }
             node
         })
         .collect();
-    let archives: Vec<String> = (job.spec.archives.iter())
-        .map(|a| format!("{a:016x}"))
-        .collect();
-    json!({"id": job.id, "state": job.state.name(), "files": job.spec.files,
-           "archives": archives,
-           "created_ms": job.created_ms, "deadline_ms": job.spec.deadline_ms,
-           "deadline_at_ms": job.deadline_at_ms(), "max_rate_bps": job.spec.max_rate_bps,
-           "request_id": job.spec.request_id,
-           "counts": counts, "nodes": nodes})
+    let mut json = JobHead::of(job).json();
+    json["counts"] = json!(counts);
+    json["nodes"] = json!(nodes);
+    json
+}
+
+/// A job's record on etcd: its fields and its targets' names; their progress
+/// is kept under keys of their own (`etcd::records`).
+pub fn record_json(job: &Job) -> Value {
+    let mut json = JobHead::of(job).json();
+    json["targets"] = json!(job.spec.targets);
+    json
+}
+
+/// Reads `record_json`'s output back, every target waiting since the job was
+/// made; None unless it is a job the API could have made (T38).
+pub fn job_from_record(v: &Value) -> Option<Job> {
+    let created_ms = v["created_ms"].as_u64()?;
+    let waiting = NodeProgress {
+        state: NodeState::Waiting,
+        permille: 0,
+        failure: JobFailure::None,
+        moved_ms: created_ms,
+        detail: String::new(),
+    };
+    let mut nodes = BTreeMap::new();
+    for target in v["targets"].as_array()? {
+        nodes.insert(target.as_str()?.to_owned(), waiting.clone());
+    }
+    let job = job_head_fields(v, nodes)?;
+    loopcast_proto::jobs::check_spec(&job.spec).ok()?;
+    Some(job)
+}
+
+/// One target's progress as the API shows it and the stores keep it.
+pub fn progress_json(p: &NodeProgress) -> Value {
+    json!({"state": p.state.name(), "permille": p.permille, "failure": failure_name(p.failure),
+           "moved_ms": p.moved_ms, "detail": p.detail})
+}
+
+/// Reads `progress_json`'s output back; None unless the API could have made it.
+pub fn progress_from_json(v: &Value) -> Option<NodeProgress> {
+    progress_fields(v).filter(|p| p.detail.len() <= loopcast_proto::wire::MAX_JOB_DETAIL)
+}
+
+fn progress_fields(n: &Value) -> Option<NodeProgress> {
+    Some(NodeProgress {
+        state: node_state_from(n["state"].as_str()?)?,
+        permille: n["permille"].as_u64()?.min(1000) as u16,
+        failure: failure_from(n["failure"].as_str()?)?,
+        moved_ms: n["moved_ms"].as_u64()?,
+        detail: n["detail"].as_str().unwrap_or_default().to_owned(),
+    })
 }
 
 /// Reads `job_json`'s output back; None unless it is a job the API could have
@@ -84,23 +167,21 @@ pub fn job_from_json(v: &Value) -> Option<Job> {
 }
 
 fn job_fields(v: &Value) -> Option<Job> {
+    let mut nodes = BTreeMap::new();
+    for n in v["nodes"].as_array()? {
+        nodes.insert(n["node"].as_str()?.to_owned(), progress_fields(n)?);
+    }
+    job_head_fields(v, nodes)
+}
+
+/// A job from `JobHead::json`'s fields and its targets' progress.
+fn job_head_fields(v: &Value, nodes: BTreeMap<String, NodeProgress>) -> Option<Job> {
     let strings = |v: &Value| -> Option<Vec<String>> {
         v.as_array()?
             .iter()
             .map(|s| s.as_str().map(str::to_owned))
             .collect()
     };
-    let mut nodes = BTreeMap::new();
-    for n in v["nodes"].as_array()? {
-        let progress = NodeProgress {
-            state: node_state_from(n["state"].as_str()?)?,
-            permille: n["permille"].as_u64()?.min(1000) as u16,
-            failure: failure_from(n["failure"].as_str()?)?,
-            moved_ms: n["moved_ms"].as_u64()?,
-            detail: n["detail"].as_str().unwrap_or_default().to_owned(),
-        };
-        nodes.insert(n["node"].as_str()?.to_owned(), progress);
-    }
     Some(Job {
         id: v["id"].as_u64()?,
         spec: JobSpec {

@@ -4,6 +4,8 @@
 
 mod etcd;
 mod http;
+
+pub use etcd::EtcdAccess;
 mod jobs;
 pub(crate) mod store;
 
@@ -34,8 +36,8 @@ pub struct DirectorConfig {
     pub http: Option<SocketAddr>,
     /// Directory of the job store (None: jobs are kept in memory only).
     pub state: Option<PathBuf>,
-    /// etcd endpoints to keep jobs on, shared with other directors (empty: none).
-    pub etcd: Vec<String>,
+    /// etcd to keep jobs on, shared with other directors (no endpoints: none).
+    pub etcd: EtcdAccess,
     /// Prefix of this site's keys on etcd.
     pub etcd_prefix: String,
 }
@@ -86,7 +88,7 @@ pub fn run(config: DirectorConfig) -> Result<()> {
     let mut buf = vec![0u8; 65536];
     loop {
         let now = Instant::now();
-        let mut changes = Vec::new();
+        let mut changes = store::Changes::default();
         let wait = {
             let mut director = lock(&director);
             director.handle_timeout(now);
@@ -177,19 +179,19 @@ fn tell_versions(d: &Director, told: &mut std::collections::BTreeSet<(String, Ve
 
 /// The store `config` asks for, with its jobs put back into the director.
 fn open_store(config: &DirectorConfig, director: &Arc<Mutex<Director>>) -> Result<store::Store> {
-    if !config.etcd.is_empty() {
+    if !config.etcd.endpoints.is_empty() {
         let me = config
             .http
             .map_or(config.listen.to_string(), |h| h.to_string());
         log::info!(
             "jobs on etcd at {} under {}",
-            config.etcd.join(","),
+            config.etcd.endpoints.join(","),
             config.etcd_prefix
         );
         // Following the store until elected: it reads the jobs itself.
         lock(director).set_scheduling(false, None);
         let etcd = etcd::EtcdStore::start(
-            config.etcd.clone(),
+            &config.etcd,
             config.etcd_prefix.clone(),
             me,
             director.clone(),

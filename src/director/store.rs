@@ -5,7 +5,7 @@
 use super::jobs::{job_from_json, job_json};
 use crate::error::{Context, Error, Result};
 use loopcast_proto::director::Director;
-use loopcast_proto::jobs::Job;
+use loopcast_proto::jobs::{Job, NodeProgress};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::Value;
 use std::path::Path;
@@ -23,20 +23,53 @@ pub enum Store {
     Etcd(super::etcd::EtcdStore),
 }
 
-/// Jobs changed since the last take, as records to write: (id, the job's
-/// JSON, or None where the director no longer holds it).
-pub type Changes = Vec<(u64, Option<String>)>;
+/// What a store is to write, copied out of the director under its lock and
+/// written without it.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Jobs whose record changed: (id, the job, or None where it was removed).
+    pub jobs: Vec<(u64, Option<Job>)>,
+    /// Targets whose progress moved (etcd only; redb writes their jobs whole):
+    /// (job, node, progress).
+    pub moved: Vec<(u64, String, NodeProgress)>,
+}
+
+impl Changes {
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty() && self.moved.is_empty()
+    }
+}
 
 impl Store {
-    /// Takes the jobs changed in `d` since the last take, as records to write
-    /// (quick: called with the director locked). A director that does not
-    /// schedule, or keeps jobs in memory, has none to write.
+    /// Takes what changed in `d` since the last take (quick: called with the
+    /// director locked). A director that does not schedule, or keeps jobs in
+    /// memory, has nothing to write.
     pub fn take(&self, d: &mut Director) -> Changes {
-        let ids = d.take_dirty_jobs();
+        let dirty = d.take_dirty_jobs();
+        let copy = |id: u64| (id, d.job(id).cloned());
         match self {
-            Store::Memory => Vec::new(),
-            Store::Etcd(_) if !d.scheduling() => Vec::new(),
-            _ => records(d, &ids),
+            Store::Memory => Changes::default(),
+            Store::Etcd(_) if !d.scheduling() => Changes::default(),
+            Store::Etcd(_) => Changes {
+                jobs: dirty.jobs.into_iter().map(copy).collect(),
+                moved: (dirty.moved.into_iter())
+                    .filter_map(|(id, node)| {
+                        let progress = d.job(id)?.nodes.get(&node)?.clone();
+                        Some((id, node, progress))
+                    })
+                    .collect(),
+            },
+            Store::Redb(_) => {
+                let mut ids: Vec<u64> = dirty.jobs;
+                ids.extend(dirty.moved.into_iter().map(|(id, _)| id));
+                ids.sort_unstable();
+                ids.dedup();
+                Changes {
+                    jobs: ids.into_iter().map(copy).collect(),
+                    moved: Vec::new(),
+                }
+            }
         }
     }
 
@@ -67,13 +100,6 @@ impl Store {
             Store::Etcd(_) => "etcd",
         }
     }
-}
-
-/// The records of jobs `ids` as `d` holds them (None: removed).
-pub fn records(d: &Director, ids: &[u64]) -> Vec<(u64, Option<String>)> {
-    ids.iter()
-        .map(|&id| (id, d.job(id).map(|j| job_json(j, None).to_string())))
-        .collect()
 }
 
 /// A job from its stored record.
@@ -135,9 +161,12 @@ impl RedbStore {
         let txn = self.db.begin_write().map_err(|e| fail(&e))?;
         {
             let mut table = txn.open_table(JOBS).map_err(|e| fail(&e))?;
-            for (id, record) in changes {
-                match record {
-                    Some(json) => table.insert(id, json.as_bytes()).map(drop),
+            for (id, job) in changes.jobs {
+                match job {
+                    Some(job) => {
+                        let record = job_json(&job, None).to_string();
+                        table.insert(id, record.as_bytes()).map(drop)
+                    }
                     None => table.remove(id).map(drop),
                 }
                 .map_err(|e| fail(&e))?;

@@ -321,8 +321,9 @@ impl Director {
         self.jobs.all()
     }
 
-    /// Ids of jobs changed or removed since the last call: what to store.
-    pub fn take_dirty_jobs(&mut self) -> Vec<u64> {
+    /// Jobs changed or removed, and targets whose progress moved, since the
+    /// last call: what to store.
+    pub fn take_dirty_jobs(&mut self) -> crate::jobs::Dirty {
         self.jobs.take_dirty()
     }
 

@@ -9,7 +9,7 @@ mod auth;
 pub use auth::{ApiAuth, ApiRequest, MAX_CLOCK_SKEW_MS, response_tag, response_verifies};
 
 use crate::wire::{AgentJobState, JobFailure, JobReport, MAX_JOB_FILES, MAX_JOB_REPORTS};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// How often an agent registers with each director.
 pub const REGISTER_INTERVAL_MS: u64 = 1000;
@@ -294,9 +294,23 @@ pub enum JobChange {
 pub struct JobTable {
     jobs: BTreeMap<u64, Job>,
     next_id: u64,
-    /// Jobs whose record changed since the driver last took them.
+    /// Jobs whose record changed (made, a new state, removed) since the
+    /// driver last took them.
     dirty: HashSet<u64>,
+    /// Targets whose progress moved since then.
+    moved: BTreeSet<(u64, String)>,
     changes: Vec<JobChange>,
+}
+
+/// What changed since the driver last stored the jobs: a store writes a job's
+/// record for `jobs` and one target's progress for `moved`, so that a tick
+/// writes in proportion to what changed (spec §10.5).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Dirty {
+    /// Jobs whose record changed or that were removed.
+    pub jobs: Vec<u64>,
+    /// (job, node) whose progress moved, in jobs still held.
+    pub moved: Vec<(u64, String)>,
 }
 
 impl JobTable {
@@ -305,6 +319,7 @@ impl JobTable {
     pub fn replace_all(&mut self, jobs: Vec<Job>) {
         self.jobs.clear();
         self.dirty.clear();
+        self.moved.clear();
         for job in jobs {
             self.restore(job);
         }
@@ -407,7 +422,7 @@ impl JobTable {
         }
         let changed = state != p.state;
         if changed || permille != p.permille || r.failure != p.failure || r.detail != p.detail {
-            self.dirty.insert(r.job_id);
+            self.moved.insert((r.job_id, node.to_owned()));
         }
         p.state = state;
         p.permille = permille;
@@ -461,6 +476,7 @@ impl JobTable {
         };
         for (node, p) in job.nodes.iter_mut().filter(|(_, p)| !p.state.is_final()) {
             p.state = left;
+            self.moved.insert((id, node.clone()));
             self.changes.push(JobChange::Node {
                 job: id,
                 node: node.clone(),
@@ -506,11 +522,16 @@ impl JobTable {
             .filter(move |j| j.nodes.get(node).is_some_and(|p| !p.state.is_final()))
     }
 
-    /// Ids of jobs changed (or removed) since the last call: what to store.
-    pub fn take_dirty(&mut self) -> Vec<u64> {
-        let mut ids: Vec<u64> = self.dirty.drain().collect();
-        ids.sort_unstable();
-        ids
+    /// What changed (or was removed) since the last call: what to store.
+    pub fn take_dirty(&mut self) -> Dirty {
+        let mut jobs: Vec<u64> = self.dirty.drain().collect();
+        jobs.sort_unstable();
+        let moved = std::mem::take(&mut self.moved);
+        // A removed job's progress goes with its record.
+        let moved = (moved.into_iter())
+            .filter(|(id, _)| self.jobs.contains_key(id))
+            .collect();
+        Dirty { jobs, moved }
     }
 
     /// State changes since the last call, in order.

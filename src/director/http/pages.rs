@@ -4,7 +4,7 @@
 //! the UDP loop (spec §9.4). Listings come in pages, `?limit=N&after=KEY`,
 //! in the order of their key; a page of `limit` items may have a next one.
 
-use super::super::jobs::{self, job_json};
+use super::super::jobs::{self, JobHead, job_json};
 use super::{HttpStats, metrics};
 use loopcast_proto::director::{Director, ReceiverSeen, ServerRecord, load_fraction};
 use loopcast_proto::jobs::{Job, JobError, JobState};
@@ -321,15 +321,7 @@ fn nodes(page: &[NodeCopy], now: Instant) -> Value {
 /// A job as /v1/jobs lists it: its targets counted by state, not listed
 /// (`/v1/jobs/ID` lists them).
 struct JobSummary {
-    id: u64,
-    state: JobState,
-    files: Vec<String>,
-    archives: Vec<u64>,
-    created_ms: u64,
-    deadline_ms: u64,
-    deadline_at_ms: u64,
-    max_rate_bps: u64,
-    request_id: u64,
+    head: JobHead,
     counts: BTreeMap<&'static str, u64>,
     targets: usize,
 }
@@ -341,27 +333,17 @@ impl JobSummary {
             *counts.entry(p.state.name()).or_default() += 1;
         }
         JobSummary {
-            id: job.id,
-            state: job.state,
-            files: job.spec.files.clone(),
-            archives: job.spec.archives.clone(),
-            created_ms: job.created_ms,
-            deadline_ms: job.spec.deadline_ms,
-            deadline_at_ms: job.deadline_at_ms(),
-            max_rate_bps: job.spec.max_rate_bps,
-            request_id: job.spec.request_id,
+            head: JobHead::of(job),
             counts,
             targets: job.nodes.len(),
         }
     }
 
     fn json(&self) -> Value {
-        let archives: Vec<String> = self.archives.iter().map(|a| format!("{a:016x}")).collect();
-        json!({"id": self.id, "state": self.state.name(), "files": self.files,
-               "archives": archives, "created_ms": self.created_ms,
-               "deadline_ms": self.deadline_ms, "deadline_at_ms": self.deadline_at_ms,
-               "max_rate_bps": self.max_rate_bps, "request_id": self.request_id,
-               "counts": self.counts, "targets": self.targets})
+        let mut json = self.head.json();
+        json["counts"] = json!(self.counts);
+        json["targets"] = json!(self.targets);
+        json
     }
 }
 

@@ -79,7 +79,16 @@ fn a_job_completes_when_every_target_is_done_and_nothing_final_is_undone() {
     t.report("c", &report(id, AgentJobState::Done, 0), 3600);
     t.report("b", &report(id, AgentJobState::Done, 0), 4000);
     assert_eq!(t.get(id).unwrap().state, JobState::Complete);
-    assert!(t.take_dirty().contains(&id));
+    let dirty = t.take_dirty();
+    assert_eq!(dirty.jobs, [id], "the record: a new state");
+    assert_eq!(dirty.moved, [(id, "a".into()), (id, "b".into())]);
+    // Progress alone moves only its target.
+    let other = t.create(spec(&["a", "b"]), 5000).unwrap();
+    t.take_dirty();
+    t.report("b", &report(other, AgentJobState::Receiving, 10), 5100);
+    let dirty = t.take_dirty();
+    assert!(dirty.jobs.is_empty());
+    assert_eq!(dirty.moved, [(other, "b".into())]);
 }
 
 #[test]

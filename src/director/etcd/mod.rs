@@ -3,15 +3,22 @@
 //! machine's `set_scheduling`) and writes changed jobs in transactions fenced
 //! on its leadership key; the others read the jobs every 500 ms and answer
 //! look-ups and status. Consensus is etcd's. This client speaks etcd's JSON
-//! gateway (`/v3/...` over HTTP, keys and values base64) with the HTTP client
-//! the push already uses, so a build needs no protobuf compiler.
+//! gateway (`gateway`) with the HTTP client the push already uses, so a build
+//! needs no protobuf compiler; `records` lays the jobs out in keys.
 
-use super::store::parse_record;
+mod gateway;
+mod records;
+
+pub use gateway::EtcdAccess;
+
+use super::store::Changes;
 use crate::error::{Error, Result};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use gateway::Gateway;
 use loopcast_proto::director::Director;
 use loopcast_proto::jobs::Job;
+use records::Op;
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -25,24 +32,19 @@ pub const LEASE_TTL: i64 = 3;
 const TICK: Duration = Duration::from_millis(500);
 /// Most operations in one transaction (etcd's default limit is 128).
 const OPS_PER_TXN: usize = 100;
-/// How long one request to etcd may take (but the campaign's).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most bytes in one transaction (etcd refuses requests over 1.5 MiB by default).
+const BYTES_PER_TXN: usize = 1 << 20;
 /// How long one campaign request waits to be elected before it is asked
 /// again (a campaign abandoned on etcd's side resigns; asked again under the
 /// same lease, it finds its key).
 const CAMPAIGN_WAIT: Duration = Duration::from_secs(20);
-/// Most bad records told (each once).
-const MAX_TOLD: usize = 1024;
 /// How long a save waits for etcd.
 const SAVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the director's threads ask of the etcd thread.
 enum Request {
-    /// Write these records (id, JSON or None to delete) if this director schedules.
-    Save(
-        Vec<(u64, Option<String>)>,
-        Sender<std::result::Result<(), String>>,
-    ),
+    /// Write these changes if this director schedules.
+    Save(Changes, Sender<std::result::Result<(), String>>),
     /// Give up leadership now (revoke the lease), then stop.
     Stop(Sender<()>),
 }
@@ -53,15 +55,15 @@ pub struct EtcdStore {
 }
 
 impl EtcdStore {
-    /// Starts the etcd thread for `endpoints`, keys under `prefix`; `me` (this
+    /// Starts the etcd thread for `access`, keys under `prefix`; `me` (this
     /// director's API address) is what the others show as the scheduler.
     pub fn start(
-        endpoints: Vec<String>,
+        access: &EtcdAccess,
         prefix: String,
         me: String,
         director: Arc<Mutex<Director>>,
     ) -> Result<EtcdStore> {
-        let gateway = Gateway::new(endpoints)?;
+        let gateway = Gateway::new(access)?;
         let (requests, inbox) = mpsc::channel();
         std::thread::Builder::new()
             .name("director-etcd".into())
@@ -71,7 +73,7 @@ impl EtcdStore {
     }
 
     /// Writes `changes` and waits for etcd (at most `SAVE_TIMEOUT`).
-    pub fn write(&self, changes: super::store::Changes) -> Result<()> {
+    pub fn write(&self, changes: Changes) -> Result<()> {
         let (reply, answer) = mpsc::channel();
         let gone = || Error::new("the etcd thread stopped");
         (self.requests.send(Request::Save(changes, reply))).map_err(|_| gone())?;
@@ -162,7 +164,7 @@ fn session(
     inbox: &Receiver<Request>,
     told: &mut std::collections::HashSet<String>,
 ) -> std::result::Result<(), String> {
-    let granted = gateway.call("/v3/lease/grant", json!({ "TTL": LEASE_TTL }), None)?;
+    let granted = gateway.call("/v3/lease/grant", &json!({ "TTL": LEASE_TTL }), None)?;
     let lease = int(&granted["ID"]).ok_or("etcd granted no lease")?;
     let election = format!("{prefix}/scheduler");
     let abandoned = Arc::new(AtomicBool::new(false));
@@ -173,7 +175,11 @@ fn session(
     abandoned.store(true, Ordering::Relaxed);
     if result.is_err() {
         // Best effort: a follower takes over at once instead of after the TTL.
-        let _ = gateway.call("/v3/lease/revoke", json!({ "ID": lease.to_string() }), None);
+        let _ = gateway.call(
+            "/v3/lease/revoke",
+            &json!({ "ID": lease.to_string() }),
+            None,
+        );
     }
     result
 }
@@ -193,7 +199,7 @@ fn campaign(
         .name("director-campaign".into())
         .spawn(move || {
             while !abandoned.load(Ordering::Relaxed) {
-                match gateway.call("/v3/election/campaign", body.clone(), Some(CAMPAIGN_WAIT)) {
+                match gateway.call("/v3/election/campaign", &body, Some(CAMPAIGN_WAIT)) {
                     Err(e) if e.contains("no answer") => continue,
                     Err(e) => {
                         let _ = tell.send(Err(e));
@@ -240,7 +246,7 @@ fn lead_or_follow(
             next_tick = now + TICK;
             let alive = gateway.call(
                 "/v3/lease/keepalive",
-                json!({ "ID": lease.to_string() }),
+                &json!({ "ID": lease.to_string() }),
                 None,
             )?;
             if int(&alive["result"]["TTL"]).unwrap_or(0) <= 0 {
@@ -265,7 +271,7 @@ fn lead_or_follow(
                         // Follow the store, and tell who schedules.
                         let jobs = load(gateway, prefix, told)?;
                         let asked = json!({ "name": BASE64.encode(election) });
-                        let leader = (gateway.call("/v3/election/leader", asked, None).ok())
+                        let leader = (gateway.call("/v3/election/leader", &asked, None).ok())
                             .and_then(|a| a["kv"]["value"].as_str().and_then(decode_text));
                         let mut d = lock(director);
                         d.replace_jobs(jobs);
@@ -277,7 +283,7 @@ fn lead_or_follow(
         match inbox.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
             Ok(Request::Save(records, reply)) => {
                 let result = match &leading {
-                    Some((key, rev)) => save(gateway, prefix, key, *rev, records),
+                    Some((key, rev)) => save(gateway, prefix, key, *rev, &records),
                     None => Err("not scheduling".into()),
                 };
                 let failed = result.clone().err();
@@ -287,80 +293,85 @@ fn lead_or_follow(
                 }
             }
             Ok(Request::Stop(done)) => {
-                let _ = gateway.call("/v3/lease/revoke", json!({ "ID": lease.to_string() }), None);
+                let _ = gateway.call(
+                    "/v3/lease/revoke",
+                    &json!({ "ID": lease.to_string() }),
+                    None,
+                );
                 lock(director).set_scheduling(false, None);
                 let _ = done.send(());
                 return Ok(());
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
-                let _ = gateway.call("/v3/lease/revoke", json!({ "ID": lease.to_string() }), None);
+                let _ = gateway.call(
+                    "/v3/lease/revoke",
+                    &json!({ "ID": lease.to_string() }),
+                    None,
+                );
                 return Ok(());
             }
         }
     }
 }
 
-fn job_key(prefix: &str, id: u64) -> String {
-    format!("{prefix}/jobs/{id:020}")
-}
-
-/// Every job under `prefix`. A record that does not read, or that no request
-/// could have made (checked as one, T38), is skipped, and told once (`told`).
+/// Every job under `prefix`: records and progress read in pages and put
+/// together; what is not valid is left out and told once (`told`, T38).
 fn load(
     gateway: &Gateway,
     prefix: &str,
     told: &mut std::collections::HashSet<String>,
 ) -> std::result::Result<Vec<Job>, String> {
-    // The range [PREFIX/jobs/, PREFIX/jobs0): every key starting PREFIX/jobs/.
-    let asked = json!({"key": BASE64.encode(format!("{prefix}/jobs/")),
-                       "range_end": BASE64.encode(format!("{prefix}/jobs0"))});
-    let got = gateway.call("/v3/kv/range", asked, None)?;
-    let mut jobs = Vec::new();
-    for record in got["kvs"].as_array().into_iter().flatten() {
-        let value = (record["value"].as_str()).and_then(|v| BASE64.decode(v).ok());
-        match value.as_deref().and_then(parse_record) {
-            Some(job) => jobs.push(job),
-            None => {
-                let key = (record["key"].as_str())
-                    .and_then(decode_text)
-                    .unwrap_or_default();
-                if told.len() < MAX_TOLD && told.insert(key.clone()) {
-                    log::warn!("etcd: {key:?} is not a valid job record; left out");
-                }
-            }
-        }
-    }
-    Ok(jobs)
+    let range = |under: String, per_page: usize| {
+        gateway.range(under.as_bytes(), &records::prefix_end(&under), per_page)
+    };
+    let jobs = range(records::jobs_prefix(prefix), records::RECORDS_PER_PAGE)?;
+    let progress = range(records::progress_prefix(prefix), records::PROGRESS_PER_PAGE)?;
+    Ok(records::assemble(prefix, jobs, progress, told))
 }
 
-/// Writes `records` in transactions that apply only while our leadership key
+/// Writes `changes` in transactions that apply only while our leadership key
 /// (created at `rev`) stands: a director that lost the election writes nothing.
 fn save(
     gateway: &Gateway,
     prefix: &str,
     key: &str,
     rev: i64,
-    records: Vec<(u64, Option<String>)>,
+    changes: &Changes,
 ) -> std::result::Result<(), String> {
-    for chunk in records.chunks(OPS_PER_TXN) {
-        let ops: Vec<Value> = (chunk.iter())
-            .map(|(id, record)| {
-                let at = BASE64.encode(job_key(prefix, *id));
-                match record {
-                    Some(json) => {
-                        json!({"request_put": {"key": at, "value": BASE64.encode(json)}})
-                    }
-                    None => json!({"request_delete_range": {"key": at}}),
-                }
+    let ops: Vec<(usize, Value)> = (records::ops(prefix, changes).into_iter())
+        .map(|op| match op {
+            Op::Put(at, value) => (
+                at.len() + value.len(),
+                json!({"request_put": {"key": BASE64.encode(at), "value": BASE64.encode(value)}}),
+            ),
+            Op::Delete(at) => (at.len(), json!({"request_delete_range": {"key": BASE64.encode(at)}})),
+            Op::DeletePrefix(at) => (
+                2 * at.len(),
+                json!({"request_delete_range": {"key": BASE64.encode(&at),
+                                                "range_end": BASE64.encode(records::prefix_end(&at))}}),
+            ),
+        })
+        .collect();
+    let mut rest = &ops[..];
+    while !rest.is_empty() {
+        // As many as fit one transaction (at least one: a record fits).
+        let mut bytes = 0;
+        let count = (rest.iter().take(OPS_PER_TXN))
+            .take_while(|(size, _)| {
+                bytes += size * 4 / 3;
+                bytes <= BYTES_PER_TXN
             })
-            .collect();
+            .count()
+            .max(1);
+        let (chunk, after) = rest.split_at(count);
+        rest = after;
         let txn = json!({
             "compare": [{"target": "CREATE", "key": key, "result": "EQUAL",
                          "create_revision": rev.to_string()}],
-            "success": ops,
+            "success": chunk.iter().map(|(_, op)| op.clone()).collect::<Vec<_>>(),
         });
-        let done = gateway.call("/v3/kv/txn", txn, None)?;
+        let done = gateway.call("/v3/kv/txn", &txn, None)?;
         if done["succeeded"].as_bool() != Some(true) {
             return Err("lost the election (leadership key gone)".into());
         }
@@ -379,104 +390,4 @@ fn int(value: &Value) -> Option<i64> {
 fn decode_text(base64: &str) -> Option<String> {
     let bytes = BASE64.decode(base64).ok()?;
     String::from_utf8(bytes).ok()
-}
-
-/// etcd's JSON gateway on a list of endpoints: a request goes to the endpoint
-/// that answered last, then to the others in turn.
-#[derive(Clone)]
-struct Gateway {
-    endpoints: Arc<Vec<String>>,
-    current: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl Gateway {
-    /// Checks the endpoints: `http://HOST:PORT`, as etcd's own `--endpoints`
-    /// (TLS endpoints are not supported yet).
-    fn new(endpoints: Vec<String>) -> Result<Gateway> {
-        let mut checked = Vec::new();
-        for endpoint in endpoints {
-            let trimmed = endpoint.trim_end_matches('/');
-            let base = match trimmed.split_once("://") {
-                Some(("http", rest)) if !rest.is_empty() => trimmed.to_owned(),
-                Some((scheme, _)) => {
-                    return Err(Error::with_code(
-                        format!(
-                            "--etcd {endpoint}: {scheme}:// is not supported; give http://HOST:PORT"
-                        ),
-                        2,
-                    ));
-                }
-                None => format!("http://{trimmed}"),
-            };
-            checked.push(base);
-        }
-        Ok(Gateway {
-            endpoints: Arc::new(checked),
-            current: Arc::default(),
-        })
-    }
-
-    /// POSTs `body` to `path`; `wait` overrides the time-out of one try.
-    fn call(
-        &self,
-        path: &str,
-        body: Value,
-        wait: Option<Duration>,
-    ) -> std::result::Result<Value, String> {
-        let agent = ureq::Agent::new_with_config(
-            ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(wait.unwrap_or(REQUEST_TIMEOUT)))
-                .build(),
-        );
-        let body = body.to_string();
-        let first = self.current.load(Ordering::Relaxed);
-        let mut last_error = String::new();
-        for turn in 0..self.endpoints.len() {
-            let at = (first + turn) % self.endpoints.len();
-            let url = format!("{}{path}", self.endpoints[at]);
-            match try_call(&agent, &url, &body) {
-                Ok(value) => {
-                    self.current.store(at, Ordering::Relaxed);
-                    return Ok(value);
-                }
-                // etcd's own refusal is the same at every endpoint.
-                Err(Refused(e)) => return Err(e),
-                Err(Unreachable(e)) => last_error = e,
-            }
-        }
-        Err(last_error)
-    }
-}
-
-/// Why a call failed: etcd said no, or no endpoint answered.
-enum CallError {
-    Refused(String),
-    Unreachable(String),
-}
-use CallError::{Refused, Unreachable};
-
-fn try_call(agent: &ureq::Agent, url: &str, body: &str) -> std::result::Result<Value, CallError> {
-    let mut response = match agent
-        .post(url)
-        .header("Content-Type", "application/json")
-        .send(body)
-    {
-        Ok(r) => r,
-        Err(ureq::Error::Timeout(_)) => {
-            return Err(Unreachable(format!("{url}: no answer in time")));
-        }
-        Err(e) => return Err(Unreachable(format!("{url}: {e}"))),
-    };
-    let text = (response.body_mut().read_to_string())
-        .map_err(|e| Unreachable(format!("{url}: unreadable answer: {e}")))?;
-    let value: Value = serde_json::from_str(text.lines().next().unwrap_or(""))
-        .map_err(|_| Unreachable(format!("{url} is not etcd's JSON gateway")))?;
-    if !response.status().is_success() {
-        let why = (value["message"].as_str())
-            .or(value["error"].as_str())
-            .unwrap_or("no reason given");
-        return Err(Refused(format!("{url}: {why}")));
-    }
-    Ok(value)
 }
