@@ -14,9 +14,10 @@ pub const TOMBSTONE_MEMORY: Duration = Duration::from_secs(3600);
 pub const MAX_TOMBSTONES: usize = 4096;
 /// A look-up repeated sooner than this (same source, same nonce) is a replay
 /// and gets no answer; later it is a retry (the answer may have been lost),
-/// answered again but counted nowhere.
+/// answered again but counted nowhere. Its nonce from another source is a
+/// replay at any time within `LOOKUP_MEMORY`.
 pub const LOOKUP_REPEAT: Duration = Duration::from_millis(500);
-/// How long a look-up's (source, nonce) is remembered.
+/// How long a look-up's nonce (and the source it came from) is remembered.
 pub const LOOKUP_MEMORY: Duration = Duration::from_secs(60);
 /// Most look-ups remembered (the oldest go first).
 pub const MAX_LOOKUPS: usize = 8192;
@@ -76,8 +77,8 @@ impl<K: Hash + Eq + Clone, V> Recent<K, V> {
 
 /// Dead sessions' last heartbeat sequences, by session id.
 pub(super) type Tombstones = Recent<u32, u64>;
-/// Look-ups answered lately, by (source, nonce).
-pub(super) type RecentLookups = Recent<(SocketAddr, u64), ()>;
+/// Look-ups answered lately: the source of each nonce.
+pub(super) type RecentLookups = Recent<u64, SocketAddr>;
 
 #[cfg(test)]
 mod tests {

@@ -155,9 +155,11 @@ pub struct DirectorStats {
     /// Datagrams whose tag did not verify under the director or directory key.
     pub unauthenticated: u64,
     /// Heartbeats no newer than the last heard of their session or tombstone,
-    /// of a session older than the one at their address, and REGISTERs no newer
-    /// than their node's (replays).
+    /// or of a session older than the one at their address (replays).
     pub stale: u64,
+    /// REGISTERs no newer than their node's: of its instance, or of an
+    /// earlier run of its agent (replays, T29).
+    pub stale_registers: u64,
     /// Heartbeats of new servers dropped because `MAX_SERVERS` are known.
     pub over_capacity: u64,
     /// Look-ups answered.
@@ -168,7 +170,8 @@ pub struct DirectorStats {
     pub not_carried: u64,
     /// Datagrams that were not for a director, or malformed.
     pub ignored: u64,
-    /// Look-ups repeated within `LOOKUP_REPEAT` of their answer (replays): not answered.
+    /// Look-ups repeated within `LOOKUP_REPEAT` of their answer, or heard
+    /// from another source than the first (replays): not answered.
     pub replayed: u64,
 }
 
@@ -421,8 +424,10 @@ impl Director {
     fn answer(&mut self, now: Instant, from: SocketAddr, asked_len: usize, lookup: Lookup) {
         // The same question from the same source: a replay within
         // `LOOKUP_REPEAT`, a retry after; neither counts load or a receiver.
-        let repeated = match self.lookups.get(&(from, lookup.nonce)) {
-            Some(&(_, at)) if now < at + LOOKUP_REPEAT => {
+        // The same nonce from another source is a replay too: a receiver's
+        // retry comes from where it asked first.
+        let repeated = match self.lookups.get(&lookup.nonce) {
+            Some(&(first, at)) if first != from || now < at + LOOKUP_REPEAT => {
                 self.stats.replayed += 1;
                 return;
             }
@@ -459,7 +464,7 @@ impl Director {
         self.stats.answered += 1;
         self.stats.not_carried += u64::from(found == Found::NotCarried);
         self.out.push_back((from, datagram));
-        self.lookups.put(now, (from, lookup.nonce), ());
+        self.lookups.put(now, lookup.nonce, from);
         if repeated {
             return;
         }

@@ -61,14 +61,14 @@ impl Director {
         let answered = self.nodes.get(&r.node).and_then(|n| n.answered);
         let back = match self.nodes.get(&r.node) {
             Some(n) if n.instance == instance && r.sequence <= n.sequence => {
-                self.stats.stale += 1;
+                self.stats.stale_registers += 1;
                 return;
             }
             // Another run of the node's agent takes the record only if it
             // started later: an earlier run's REGISTER is a replay (T29). A node
             // unreachable takes any (its clock may have stepped back).
             Some(n) if n.instance != instance && n.reachable && r.started_ms <= n.started_ms => {
-                self.stats.stale += 1;
+                self.stats.stale_registers += 1;
                 return;
             }
             Some(n) => !n.reachable || n.instance != instance,

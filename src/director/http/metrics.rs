@@ -127,6 +127,16 @@ impl Counts {
                 s.stale,
             ),
             (
+                "stale_registers",
+                "REGISTERs no newer than their node's (replays)",
+                s.stale_registers,
+            ),
+            (
+                "lookups_replayed",
+                "Look-ups replayed: not answered, counted nowhere",
+                s.replayed,
+            ),
+            (
                 "ignored",
                 "Datagrams not for a director, or malformed",
                 s.ignored,

@@ -203,7 +203,7 @@ fn servers(list: &[ServerRecord], now: Instant) -> Value {
                        "last_heard_s": age(now, s.last_heard), "load": load_fraction(h),
                        "capacity_bps": h.capacity_bps, "sending_bps": h.sending_bps,
                        "unicast_clients": h.unicast_clients, "unicast_max_clients": h.unicast_max_clients,
-                       "receivers": h.receivers, "cpu_permille": h.cpu_permille,
+                       "receivers": h.receivers, "cpu_permille": h.cpu_permille, "directed": s.directed,
                        "throughput": h.subnets.iter().map(|t| json!({
                            "subnet": t.subnet.to_string(),
                            "receivers": t.receivers, "goodput_kbps": t.goodput_kbps})).collect::<Vec<_>>(),

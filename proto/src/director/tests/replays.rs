@@ -89,7 +89,7 @@ fn an_earlier_agent_runs_register_replayed_takes_no_nodes_record() {
     register(&mut site, 100, node, 2, &register_of(10, 2000));
     assert_eq!(site.director.node("n1").unwrap().instance, 2);
     // Instance 1's REGISTER replayed, from anywhere, before each real one.
-    let stale = site.director.stats().stale;
+    let stale = site.director.stats().stale_registers;
     for (ms, seq) in [(200, 20), (1200, 1020), (2200, 2020)] {
         register(&mut site, ms, addr(66, 1), 1, &old);
         let n = site.director.node("n1").unwrap();
@@ -100,7 +100,7 @@ fn an_earlier_agent_runs_register_replayed_takes_no_nodes_record() {
         );
         register(&mut site, ms + 1, node, 2, &register_of(seq, 2000));
     }
-    assert_eq!(site.director.stats().stale, stale + 3);
+    assert_eq!(site.director.stats().stale_registers, stale + 3);
 }
 
 #[test]
@@ -135,4 +135,15 @@ fn a_replayed_lookup_counts_no_load_and_is_answered_at_most_twice_a_second() {
     assert!(site.director.poll_transmit().is_some());
     assert_eq!(directed(&site), 1);
     assert_eq!(site.director.receivers().count(), 1);
+    // The same question from other sources, even 500 ms and more later:
+    // a replay (a retry comes from where it asked first).
+    let replayed = site.director.stats().replayed;
+    for (ms, source) in [(2710, 31), (3300, 32), (3900, 33)] {
+        site.director
+            .handle_datagram(site.at(ms), addr(source, 5000), &question);
+    }
+    assert!(site.director.poll_transmit().is_none());
+    assert_eq!(directed(&site), 1);
+    assert_eq!(site.director.receivers().count(), 1);
+    assert_eq!(site.director.stats().replayed, replayed + 3);
 }

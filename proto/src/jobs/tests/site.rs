@@ -316,9 +316,9 @@ fn a_replayed_register_is_stale_and_moves_nothing_back() {
     let (_, done) = agent.poll_transmit().unwrap();
     site.director.handle_datagram(now, addr, &done);
     assert_eq!(site.director.job(id).unwrap().state, JobState::Complete);
-    let stale = site.director.stats().stale;
+    let stale = site.director.stats().stale_registers;
     site.director.handle_datagram(now, addr, &at_30);
-    assert_eq!(site.director.stats().stale, stale + 1);
+    assert_eq!(site.director.stats().stale_registers, stale + 1);
     assert_eq!(
         site.director.job(id).unwrap().nodes["a"].state,
         NodeState::Done
