@@ -2,14 +2,18 @@
 //! the HTTP API and the stores) and the HTTP requests that create and cancel
 //! them (spec §10.4).
 
-use super::store::Store;
+use super::writer::Writer;
 use loopcast_proto::director::Director;
 use loopcast_proto::jobs::{ApiRequest, Job, JobError, JobSpec, JobState, NodeProgress, NodeState};
 use loopcast_proto::wire::JobFailure;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long a job request waits for its record to be written: the store's
+/// own time-out (etcd: 5 s) behind one batch of the loop's.
+const WRITE_WAIT: Duration = Duration::from_secs(12);
 
 /// Largest request body taken (4096 targets of 64 bytes fit well).
 pub const MAX_BODY: usize = 1 << 20;
@@ -232,7 +236,7 @@ pub(super) fn refused(e: &JobError) -> Answer {
 
 /// POST /v1/jobs and DELETE /v1/jobs/ID. The job is stored before the answer,
 /// without the director's lock held while the store writes (T42).
-pub fn change(director: &Mutex<Director>, store: &Store, request: &ApiRequest<'_>) -> Answer {
+pub fn change(director: &Mutex<Director>, writer: &Writer, request: &ApiRequest<'_>) -> Answer {
     let now = Instant::now();
     let mut d = director.lock().unwrap_or_else(|e| e.into_inner());
     if let Err(e) = d.authorize(now, request) {
@@ -254,7 +258,7 @@ pub fn change(director: &Mutex<Director>, store: &Store, request: &ApiRequest<'_
         Ok(id) => id,
         Err(e) => return refused(&e),
     };
-    let changes = store.take(&mut d);
+    let written = writer.take_for_answer(&mut d);
     let job = d.job(id).cloned().map(|job| {
         let reachable = reachable_targets(&d, &job);
         (job, reachable)
@@ -263,9 +267,11 @@ pub fn change(director: &Mutex<Director>, store: &Store, request: &ApiRequest<'_
     let job = job.map_or(Value::Null, |(job, reachable)| {
         job_json(&job, Some(&reachable))
     });
-    if let Err(e) = store.write(changes) {
+    let written = (written.recv_timeout(WRITE_WAIT))
+        .unwrap_or_else(|_| Err("the job store did not answer in time".into()));
+    if let Err(e) = written {
         log::error!("{e}");
-        return (503, json!({"error": e.to_string(), "kind": "store"}));
+        return (503, json!({"error": e, "kind": "store"}));
     }
     let status = if method == "POST" { 201 } else { 200 };
     (status, job)
@@ -317,8 +323,9 @@ pub(super) fn reachable_targets(d: &Director, job: &Job) -> BTreeSet<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::director::store::RedbStore;
+    use crate::director::store::{RedbStore, Store};
     use loopcast_proto::jobs::JobTable;
+    use std::sync::Arc;
 
     #[test]
     fn a_record_no_request_could_make_is_not_a_job() {
@@ -366,10 +373,11 @@ mod tests {
         let mut d = Director::new(key.clone(), key, Instant::now());
         d.restore_job(job);
         d.cancel_job(Instant::now(), id).unwrap();
-        let store = Store::Redb(RedbStore::open(&state).unwrap());
-        let changes = store.take(&mut d);
-        store.write(changes).unwrap();
-        drop(store);
+        let writer = Writer::start(Arc::new(Store::Redb(RedbStore::open(&state).unwrap())));
+        let written = writer.take_for_answer(&mut d);
+        assert_eq!(written.recv().unwrap(), Ok(()));
+        writer.finish().unwrap();
+        drop(writer);
         let cancelled = d.job(id).unwrap().clone();
         assert_eq!(cancelled.state, JobState::Cancelled);
         assert_eq!(

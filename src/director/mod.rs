@@ -8,6 +8,7 @@ mod http;
 pub use etcd::EtcdAccess;
 mod jobs;
 pub(crate) mod store;
+mod writer;
 
 use crate::error::Result;
 use crate::events::Events;
@@ -66,14 +67,16 @@ pub fn run(config: DirectorConfig) -> Result<()> {
     );
     d.set_wall_clock(now, unix_ms());
     let director = Arc::new(Mutex::new(d));
-    let store = Arc::new(open_store(&config, &director)?);
+    let writer = Arc::new(writer::Writer::start(Arc::new(open_store(
+        &config, &director,
+    )?)));
     if let Some(address) = config.http {
         let answer_key = config.key.jobs_api_mac_key();
         http::serve(
             address,
             config.listen,
             director.clone(),
-            store.clone(),
+            writer.clone(),
             answer_key,
         )?;
         log::info!(
@@ -88,14 +91,15 @@ pub fn run(config: DirectorConfig) -> Result<()> {
     let mut buf = vec![0u8; 65536];
     loop {
         let now = Instant::now();
-        let mut changes = store::Changes::default();
         let wait = {
             let mut director = lock(&director);
             director.handle_timeout(now);
             flush(&mut director, &socket, &events, &fingerprint);
-            if now >= next_store {
+            // Queued, written by the store's thread: the UDP loop never waits
+            // on etcd (T42). A store still writing keeps the changes here.
+            if now >= next_store && writer.idle() {
                 next_store = now + STORE_INTERVAL;
-                changes = store.take(&mut director);
+                writer.take(&mut director);
             }
             if now >= next_versions_look {
                 next_versions_look = now + crate::waiting::REPEAT;
@@ -106,8 +110,9 @@ pub fn run(config: DirectorConfig) -> Result<()> {
                 .unwrap_or(now + Duration::from_secs(1));
             wake.min(next_store).saturating_duration_since(now)
         };
-        // Written without the lock: the UDP loop never waits on etcd (T42).
-        save(&store, changes)?;
+        if let Some(e) = writer.failed() {
+            return Err(e);
+        }
         if signals.wait(Some(wait.max(Duration::from_millis(1))))? {
             break;
         }
@@ -124,10 +129,10 @@ pub fn run(config: DirectorConfig) -> Result<()> {
             }
         }
     }
-    let changes = store.take(&mut lock(&director));
-    save(&store, changes)?;
+    writer.take(&mut lock(&director));
+    writer.finish()?;
     // Leadership is given up at once rather than when the lease runs out.
-    if let store::Store::Etcd(etcd) = store.as_ref() {
+    if let store::Store::Etcd(etcd) = writer.store() {
         etcd.stop();
     }
     let director = lock(&director);
@@ -210,18 +215,6 @@ fn open_store(config: &DirectorConfig, director: &Arc<Mutex<Director>>) -> Resul
         d.restore_job(job);
     }
     Ok(store::Store::Redb(redb))
-}
-
-/// Stores what changed; a failure stops the director only for a local store.
-fn save(store: &store::Store, changes: store::Changes) -> Result<()> {
-    match store.write(changes) {
-        Err(e) if store.failure_is_fatal() => Err(e),
-        Err(e) => {
-            log::warn!("{e}");
-            Ok(())
-        }
-        Ok(()) => Ok(()),
-    }
 }
 
 /// Milliseconds since the Unix epoch, by this host's clock.

@@ -382,6 +382,19 @@ impl Drop for Running {
     }
 }
 
+/// Whether `etcd` is installed (required under LOOPCAST_LAB_REQUIRED).
+pub fn etcd_available() -> bool {
+    if Command::new("etcd").arg("--version").output().is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("LOOPCAST_LAB_REQUIRED").is_none(),
+        "etcd is required (.ci/run installs etcd-server)"
+    );
+    eprintln!("skipping: etcd is missing");
+    false
+}
+
 /// The binary with `args`, logging at info, taking no key from the environment.
 pub fn loopcast_cmd(args: &[&str]) -> Command {
     let mut c = Command::new(BIN);

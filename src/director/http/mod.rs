@@ -10,7 +10,7 @@ mod metrics;
 mod pages;
 
 use super::jobs;
-use super::store::Store;
+use super::writer::Writer;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
@@ -66,7 +66,7 @@ impl HttpStats {
 /// Everything a request may use.
 struct Api {
     director: Arc<Mutex<Director>>,
-    store: Arc<Store>,
+    writer: Arc<Writer>,
     answer_key: MacKey,
     status: pages::Status,
     open: Mutex<Open>,
@@ -120,7 +120,7 @@ pub fn serve(
     address: SocketAddr,
     listen: SocketAddr,
     director: Arc<Mutex<Director>>,
-    store: Arc<Store>,
+    writer: Arc<Writer>,
     answer_key: MacKey,
 ) -> crate::error::Result<()> {
     let cannot = |what: &str, e: std::io::Error| crate::error::Error::new(format!("{what}: {e}"));
@@ -138,12 +138,12 @@ pub fn serve(
         .map_err(|e| cannot("cannot start the HTTP runtime", e))?;
     let api = Arc::new(Api {
         status: pages::Status {
-            store: store.kind(),
+            store: writer.store().kind(),
             listen,
             http: Arc::default(),
         },
         director,
-        store,
+        writer,
         answer_key,
         open: Mutex::default(),
     });
@@ -293,7 +293,7 @@ async fn change(request: Request<Incoming>, peer: IpAddr, api: &Arc<Api>) -> Pag
             tag: &tag,
             source: peer,
         };
-        let (status, json) = jobs::change(&api.director, &api.store, &request);
+        let (status, json) = jobs::change(&api.director, &api.writer, &request);
         json_answer(status, &json)
     })
     .await
