@@ -5,7 +5,7 @@
 //! Contract (as the other endpoints'): after any input (`handle_datagram`,
 //! `handle_timeout`), call `poll_transmit` until `None`, then `poll_event`
 //! until `None`, then sleep until `poll_timeout`. The director's state is soft:
-//! a restarted director knows every server again within two heartbeats.
+//! a restarted director knows every server again within `KNOWS_ALL_AFTER`.
 
 mod memory;
 mod moves;
@@ -35,6 +35,16 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 pub const DOWN_AFTER_HEARTBEATS: u32 = 3;
 /// Most servers a director keeps (heartbeats of further ones are counted, not kept).
 pub const MAX_SERVERS: usize = 1024;
+/// Most servers whose heartbeats come from one /24 (or /64): one host cannot
+/// fill the table for everyone (T44).
+pub const MAX_SERVERS_PER_SOURCE: usize = 64;
+/// Most parts of a server's listing a director keeps (about 4000 files): a
+/// key holder's heartbeats cannot make it hold 255 parts of 9000 bytes each (T44).
+pub const MAX_LISTING_PARTS: usize = 64;
+/// A director started this long ago knows every live server: a heartbeat,
+/// the HEARD that gives the server a cookie, and the next heartbeat, which
+/// proves the server's address with it (T44).
+pub const KNOWS_ALL_AFTER: Duration = Duration::from_secs(3);
 /// Most (receiver, file) look-ups a director remembers, for its status.
 pub const MAX_RECEIVERS: usize = 4096;
 /// How long a director remembers a receiver's look-up.
@@ -160,8 +170,12 @@ pub struct DirectorStats {
     /// REGISTERs no newer than their node's: of its instance, or of an
     /// earlier run of its agent (replays, T29).
     pub stale_registers: u64,
-    /// Heartbeats of new servers dropped because `MAX_SERVERS` are known.
+    /// Heartbeats of new servers dropped because `MAX_SERVERS` are known, or
+    /// `MAX_SERVERS_PER_SOURCE` from their subnet; REGISTERs of new nodes likewise.
     pub over_capacity: u64,
+    /// Heartbeats of new sessions whose cookie did not prove their address:
+    /// answered with one, no record made (T44).
+    pub unproven: u64,
     /// Look-ups answered.
     pub answered: u64,
     /// Receivers moved by REDIRECT.
@@ -173,6 +187,11 @@ pub struct DirectorStats {
     /// Look-ups repeated within `LOOKUP_REPEAT` of their answer, or heard
     /// from another source than the first (replays): not answered.
     pub replayed: u64,
+}
+
+/// The listing parts of `h` a director keeps.
+fn kept_parts(h: &Heartbeat) -> usize {
+    (h.listing_parts as usize).min(MAX_LISTING_PARTS)
 }
 
 /// The director (see the module documentation for its contract).
@@ -278,10 +297,12 @@ impl Director {
         match datagram.packet {
             Packet::Heartbeat(h) => {
                 let sequence = h.sequence;
+                // Fresh (taken, or unproven: HEARD gives it the cookie to
+                // prove its address with), answered by a HEARD no larger.
                 if self.heartbeat(now, from, datagram.session_id, h) {
                     let heard = wire::Heard {
                         echo: sequence,
-                        cookie: [0; wire::COOKIE_LEN],
+                        cookie: self.cookies.issue(now, from),
                     };
                     let heard = wire::encode_heard(&self.director_key, datagram.session_id, &heard);
                     self.out.push_back((from, heard));
@@ -293,10 +314,11 @@ impl Director {
                 let Some(s) = self.servers.get_mut(&datagram.session_id) else {
                     return;
                 };
-                if s.address != from || a.parts as usize != s.parts.len() {
+                let part = a.part as usize;
+                if s.address != from || a.parts != s.load.listing_parts || part >= s.parts.len() {
                     return;
                 }
-                s.parts[a.part as usize] = Some(a.entries);
+                s.parts[part] = Some(a.entries);
             }
             Packet::Lookup(l) => self.answer(now, from, bytes.len(), l),
             Packet::Register(r) => {
@@ -327,8 +349,8 @@ impl Director {
                 self.stats.stale += 1;
                 return false;
             }
-            if s.parts.len() != h.listing_parts as usize {
-                s.parts = vec![None; h.listing_parts as usize];
+            if s.load.listing_parts != h.listing_parts {
+                s.parts = vec![None; kept_parts(&h)];
             }
             s.address = from;
             s.load = h;
@@ -357,15 +379,25 @@ impl Director {
             self.stats.stale += 1;
             return false;
         }
+        // A record only for an address proven by our cookie (T44): a spoofed
+        // source makes none, and evicts nothing. Answered, to get the cookie.
+        if !self.cookies.check(now, from, &h.cookie) {
+            self.stats.unproven += 1;
+            return true;
+        }
+        let subnet = wire::subnet_of(from.ip());
+        let from_subnet = (self.servers.values())
+            .filter(|s| s.address != from && wire::subnet_of(s.address.ip()) == subnet)
+            .count();
+        if self.servers.len() >= MAX_SERVERS || from_subnet >= MAX_SERVERS_PER_SOURCE {
+            self.stats.over_capacity += 1;
+            return false;
+        }
         for (old, _) in at_address {
             self.remove(now, old);
         }
         self.tombstones.remove(&session_id);
-        if self.servers.len() >= MAX_SERVERS {
-            self.stats.over_capacity += 1;
-            return false;
-        }
-        let parts = vec![None; h.listing_parts as usize];
+        let parts = vec![None; kept_parts(&h)];
         self.servers.insert(
             session_id,
             ServerRecord {
@@ -436,7 +468,7 @@ impl Director {
         };
         let candidates = self.carrying_archive(&lookup.name, lookup.archive_id);
         let servers = rank(&candidates, from.ip());
-        let knows_all = now >= self.started + HEARTBEAT_INTERVAL * 2;
+        let knows_all = now >= self.started + KNOWS_ALL_AFTER;
         let found = match (servers.is_empty(), knows_all) {
             (false, _) => Found::Carried,
             (true, true) => Found::NotCarried,

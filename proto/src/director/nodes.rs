@@ -2,7 +2,7 @@
 //! keep a table of nodes and move their jobs' progress; each is answered with
 //! an ASSIGN per job the agent should start or stop.
 
-use super::{Director, DirectorEvent, HEARTBEAT_INTERVAL};
+use super::{Director, DirectorEvent};
 use crate::jobs::{ApiRequest, Job, JobError, JobSpec, JobState, UNREACHABLE_AFTER_MS};
 use crate::wire::{self, AgentJobState, Assign, AssignAction, MAX_JOB_REPORTS, Register};
 use std::collections::BTreeSet;
@@ -200,7 +200,7 @@ impl Director {
     pub fn create_job(&mut self, now: Instant, mut spec: JobSpec) -> Result<u64, JobError> {
         crate::jobs::check_spec(&spec)?;
         self.check_scheduling()?;
-        let young = now < self.started + HEARTBEAT_INTERVAL * 2;
+        let young = now < self.started + super::KNOWS_ALL_AFTER;
         // Each file pinned to one archive on air: the one asked, or the only one.
         let mut archives = Vec::with_capacity(spec.files.len());
         for (i, f) in spec.files.iter().enumerate() {

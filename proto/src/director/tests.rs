@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 mod amplification;
 mod pinning;
 mod replays;
+mod servers;
 
 fn key() -> MasterKey {
     MasterKey::from_bytes([7; 32])
@@ -19,6 +20,8 @@ struct Site {
     start: Instant,
     /// The nonce of the next look-up (each question its own, as receivers do).
     nonce: u64,
+    /// The last cookie the director gave each server address (T44).
+    cookies: HashMap<SocketAddr, [u8; wire::COOKIE_LEN]>,
 }
 
 fn addr(last: u8, port: u16) -> SocketAddr {
@@ -37,6 +40,7 @@ fn heartbeat(sequence: u64, clients: u16, max_clients: u16) -> Heartbeat {
         unicast_max_clients: max_clients,
         receivers: 0,
         cpu_permille: 0,
+        cookie: [0; wire::COOKIE_LEN],
         subnets: Vec::new(),
     }
 }
@@ -65,11 +69,47 @@ impl Site {
             director: Director::new(k.director_mac_key(), k.directory_mac_key(), start),
             start,
             nonce: 42,
+            cookies: HashMap::new(),
         }
     }
 
     fn at(&self, ms: u64) -> Instant {
         self.start + Duration::from_millis(ms)
+    }
+
+    /// A server's heartbeat: with its cookie, or, if the director did not
+    /// know it, again with the one the HEARD gave (as a server does).
+    fn heartbeat_proven(&mut self, ms: u64, from: SocketAddr, session: u32, h: &Heartbeat) {
+        let unproven = self.director.stats().unproven;
+        self.heartbeat_with_cookie(self.at(ms), from, session, h);
+        if self.director.stats().unproven > unproven {
+            self.heartbeat_with_cookie(self.at(ms), from, session, h);
+        }
+    }
+
+    /// Sends `h` from `from` with the last cookie the director gave that
+    /// address, and keeps the one its HEARD gives.
+    fn heartbeat_with_cookie(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        session: u32,
+        h: &Heartbeat,
+    ) {
+        let mut h = h.clone();
+        h.cookie = self.cookies.get(&from).copied().unwrap_or_default();
+        let bytes = wire::encode_heartbeat(&key().director_mac_key(), session, &h);
+        self.director.handle_datagram(now, from, &bytes);
+        // A fresh heartbeat is answered with HEARD, shorter than it.
+        while let Some((to, heard)) = self.director.poll_transmit() {
+            assert_eq!(to, from);
+            assert!(heard.len() < bytes.len());
+            let Packet::Heard(heard) = wire::decode(&heard).unwrap().packet else {
+                panic!("not a HEARD");
+            };
+            assert_eq!(heard.echo, h.sequence);
+            self.cookies.insert(from, heard.cookie);
+        }
     }
 
     /// A server's heartbeat and listing, as `serve --director` sends them.
@@ -83,20 +123,7 @@ impl Site {
     ) {
         let now = self.at(ms);
         let k = key();
-        let bytes = wire::encode_heartbeat(&k.director_mac_key(), session, &h);
-        self.director.handle_datagram(now, from, &bytes);
-        // A fresh heartbeat is answered with HEARD, shorter than it.
-        while let Some((to, heard)) = self.director.poll_transmit() {
-            assert_eq!(to, from);
-            assert!(heard.len() < bytes.len());
-            assert_eq!(
-                wire::decode(&heard).unwrap().packet,
-                Packet::Heard(wire::Heard {
-                    echo: h.sequence,
-                    cookie: [0; wire::COOKIE_LEN]
-                })
-            );
-        }
+        self.heartbeat_proven(ms, from, session, &h);
         let announce = Announce {
             part: 0,
             parts: 1,
@@ -298,18 +325,26 @@ fn a_fresh_heartbeat_is_heard_a_replay_is_not_and_strangers_are_told_once_in_ten
     let mut site = Site::new();
     let k = key();
     let server = addr(1, 1);
-    let h = heartbeat(5, 0, 16);
+    let mut h = heartbeat(5, 0, 16);
+    // Unknown: answered with a cookie for its address, and no record (T44).
     let bytes = wire::encode_heartbeat(&k.director_mac_key(), 7, &h);
     site.director.handle_datagram(site.at(0), server, &bytes);
     let (to, heard) = site.director.poll_transmit().expect("HEARD");
     assert_eq!(to, server);
     assert!(k.director_mac_key().verifies(&heard));
     let d = wire::decode(&heard).unwrap();
-    let heard = wire::Heard {
-        echo: h.sequence,
-        cookie: [0; wire::COOKIE_LEN],
+    let Packet::Heard(heard) = d.packet else {
+        panic!("not a HEARD")
     };
-    assert_eq!((d.session_id, d.packet), (7, Packet::Heard(heard)));
+    assert_eq!((d.session_id, heard.echo), (7, h.sequence));
+    assert_eq!(site.director.servers().count(), 0);
+    assert_eq!(site.director.stats().unproven, 1);
+    // With it: taken, and heard again.
+    h.cookie = heard.cookie;
+    let bytes = wire::encode_heartbeat(&k.director_mac_key(), 7, &h);
+    site.director.handle_datagram(site.at(10), server, &bytes);
+    assert!(site.director.poll_transmit().is_some());
+    assert_eq!(site.director.servers().count(), 1);
     site.director.handle_datagram(site.at(500), server, &bytes);
     assert!(
         site.director.poll_transmit().is_none(),

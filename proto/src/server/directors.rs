@@ -27,7 +27,7 @@ impl<A: Admission> Endpoint<A> {
         let sending_bps = channels.map(|c| c.stream.carousel.rate()).sum::<u64>()
             + clients.map(|c| c.stream.carousel.rate()).sum::<u64>();
         let listing = self.announcer.datagrams();
-        let heartbeat = wire::Heartbeat {
+        let mut heartbeat = wire::Heartbeat {
             // Never 0, and growing: a replayed heartbeat is older than the last heard.
             sequence: now.duration_since(self.started).as_millis() as u64 + 1,
             started_ms: link.started_ms,
@@ -39,11 +39,14 @@ impl<A: Admission> Endpoint<A> {
             unicast_max_clients: self.config.unicast_max_clients.min(u16::MAX as usize) as u16,
             receivers: self.receivers.len() as u32,
             cpu_permille: self.cpu_permille,
+            cookie: [0; wire::COOKIE_LEN],
             subnets: self.throughput_by_subnet(now),
         };
-        let beat = wire::encode_heartbeat(&link.key, self.config.session_id, &heartbeat);
         for &to in &link.addresses {
-            self.control.push_back((Socket::Unicast, to, beat.clone()));
+            // Each director's own cookie proves our address to it (T44).
+            heartbeat.cookie = (self.director_cookies.get(&to).copied()).unwrap_or_default();
+            let beat = wire::encode_heartbeat(&link.key, self.config.session_id, &heartbeat);
+            self.control.push_back((Socket::Unicast, to, beat));
             for part in listing {
                 self.control.push_back((Socket::Unicast, to, part.clone()));
             }
@@ -84,14 +87,17 @@ impl<A: Admission> Endpoint<A> {
 
     /// A director's HEARD: taken when it verifies under the director key, comes
     /// from a director of ours, and echoes a heartbeat of the last
-    /// `jobs::agent::ANSWER_WINDOW` (a replayed one is stale).
+    /// `jobs::agent::ANSWER_WINDOW` (a replayed one is stale). Its cookie goes
+    /// in our next heartbeats to it; the first one a director gives is used at
+    /// once, so that a new director knows us within a heartbeat.
     pub(super) fn heard_from_director(
         &mut self,
         now: Instant,
         from: SocketAddr,
-        echo: u64,
+        heard: &wire::Heard,
         bytes: &[u8],
     ) {
+        let echo = heard.echo;
         let Some(link) = &self.config.directors else {
             return;
         };
@@ -106,6 +112,9 @@ impl<A: Admission> Endpoint<A> {
             return;
         }
         self.directors_heard.insert(from, now);
+        if self.director_cookies.insert(from, heard.cookie).is_none() {
+            self.next_heartbeat = now;
+        }
     }
 
     /// The directors that have not answered a heartbeat within

@@ -44,7 +44,7 @@ impl<A: Admission> Endpoint<A> {
                 self.stats.dropped += 1;
                 return;
             }
-            return self.heard_from_director(now, from, heard.echo, bytes);
+            return self.heard_from_director(now, from, &heard, bytes);
         }
         let ours = datagram.session_id == self.config.session_id;
         // Nothing is acted on before its tag verifies: a request under the

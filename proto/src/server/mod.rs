@@ -109,6 +109,8 @@ pub struct Endpoint<A: Admission = CookieJar> {
     next_heartbeat: Instant,
     /// When each director last said HEARD to a recent heartbeat.
     directors_heard: HashMap<SocketAddr, Instant>,
+    /// The last cookie each director gave us (T44).
+    director_cookies: HashMap<SocketAddr, [u8; wire::COOKIE_LEN]>,
     /// Other servers heard on the directory group.
     neighbours: Neighbours,
     /// Thousandths of a core the server process uses, as the driver last said.
@@ -157,6 +159,7 @@ impl<A: Admission> Endpoint<A> {
             started: now,
             next_heartbeat: now,
             directors_heard: HashMap::new(),
+            director_cookies: HashMap::new(),
             neighbours: Neighbours::new(config.session_id as u64),
             cpu_permille: 0,
             stats: ServerStats::default(),

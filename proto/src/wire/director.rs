@@ -111,6 +111,9 @@ pub struct Heartbeat {
     pub receivers: u32,
     /// The CPU the server process uses, in thousandths of one core.
     pub cpu_permille: u16,
+    /// The last cookie this director gave the server in a HEARD (zeros: none
+    /// yet): it proves the server's address, without which no record is made (T44).
+    pub cookie: [u8; super::COOKIE_LEN],
     /// Its receivers' goodput by subnet, at most `MAX_SUBNETS`.
     pub subnets: Vec<SubnetThroughput>,
 }
@@ -255,6 +258,7 @@ pub fn encode_heartbeat(key: &MacKey, session_id: u32, h: &Heartbeat) -> Vec<u8>
         buf.extend_from_slice(&h.unicast_max_clients.to_be_bytes());
         buf.extend_from_slice(&h.receivers.to_be_bytes());
         buf.extend_from_slice(&h.cpu_permille.to_be_bytes());
+        buf.extend_from_slice(&h.cookie);
         assert!(
             h.subnets.len() <= MAX_SUBNETS,
             "more than {MAX_SUBNETS} subnets"
@@ -318,6 +322,7 @@ pub(super) fn decode_heartbeat(r: &mut Reader<'_>) -> Result<Heartbeat, DecodeEr
         unicast_max_clients: r.u16()?,
         receivers: r.u32()?,
         cpu_permille: r.u16()?,
+        cookie: r.array()?,
         subnets: Vec::new(),
     };
     let count = r.u8()? as usize;

@@ -40,7 +40,7 @@ use jobs::{decode_assign, decode_register};
 /// First two bytes of every loopcast datagram: "LC".
 pub const MAGIC: [u8; 2] = *b"LC";
 /// Wire format version this code speaks.
-pub const VERSION: u8 = 6;
+pub const VERSION: u8 = 7;
 /// Bytes of the common header (magic, version, type, session id).
 pub const COMMON_HEADER_LEN: usize = 8;
 /// Bytes of the trailer: the packet's authentication tag.

@@ -129,7 +129,7 @@ proptest! {
         let subnets = subnets.into_iter().map(|(ip, receivers, goodput_kbps)| SubnetThroughput { subnet: subnet_of(ip), receivers, goodput_kbps }).collect();
         let h = Heartbeat { sequence, started_ms: sequence.rotate_left(7), unicast_port: port, listing_parts: parts, capacity_bps: capacity,
                             sending_bps: sending, unicast_clients: clients, unicast_max_clients: max_clients, receivers,
-                            cpu_permille: cpu, subnets };
+                            cpu_permille: cpu, cookie: [sequence as u8; COOKIE_LEN], subnets };
         let bytes = encode_heartbeat(&mac(), session, &h);
         let d = decode(&bytes).unwrap();
         prop_assert_eq!(d.session_id, session);

@@ -370,6 +370,13 @@ impl Lan {
                 if let Some(i) = self.nodes.iter().position(|n| n.link == to) {
                     let origin = ClientOrigin::Link { from: DIRECTOR };
                     self.send(Delivery::ToNode(i, origin, datagram));
+                } else if let Some(k) = self.servers.iter().position(|s| s.addr == to) {
+                    // HEARD, with the cookie that proves the server's address.
+                    self.send(Delivery::ToServer(
+                        k,
+                        ServerOrigin::Unicast(DIRECTOR),
+                        datagram,
+                    ));
                 }
             }
         }

@@ -127,6 +127,11 @@ impl Counts {
                 s.stale,
             ),
             (
+                "heartbeats_unproven",
+                "Heartbeats of new sessions whose address no cookie proved (T44)",
+                s.unproven,
+            ),
+            (
                 "stale_registers",
                 "REGISTERs no newer than their node's (replays)",
                 s.stale_registers,

@@ -17,7 +17,7 @@ fn spec(files: &[&str], archives: Vec<u64>) -> crate::jobs::JobSpec {
 /// A director with two servers carrying archives 5 and 6 of "f", and node "n".
 fn two_archives() -> Site {
     let mut site = Site::new();
-    for ms in [0, 1000, 2000] {
+    for ms in [0, 1000, 2000, 3000] {
         site.beat(
             ms,
             addr(1, 7700),
@@ -30,14 +30,14 @@ fn two_archives() -> Site {
     let r = wire::Register {
         sequence: 1,
         started_ms: 1,
-        cookie: site.director.cookies.issue(site.at(2000), addr(20, 1)),
+        cookie: site.director.cookies.issue(site.at(3000), addr(20, 1)),
         free_bytes: 0,
         node: "n".into(),
         jobs: Vec::new(),
     };
     let bytes = wire::encode_register(&key().director_mac_key(), 1, &r);
     site.director
-        .handle_datagram(site.at(2000), addr(20, 1), &bytes);
+        .handle_datagram(site.at(3000), addr(20, 1), &bytes);
     while site.director.poll_transmit().is_some() {}
     site
 }
@@ -45,7 +45,7 @@ fn two_archives() -> Site {
 #[test]
 fn a_job_of_a_name_on_two_archives_must_name_one_and_is_pinned_to_it() {
     let mut site = two_archives();
-    let now = site.at(2100);
+    let now = site.at(3100);
     assert_eq!(
         site.director.create_job(now, spec(&["f"], vec![])),
         Err(crate::jobs::JobError::Ambiguous("f".into(), vec![5, 6]))
@@ -80,7 +80,7 @@ fn a_lookup_pinned_to_an_archive_is_named_only_its_servers() {
     };
     for (nonce, archive, server) in [(1, 5, addr(1, 7700)), (2, 6, addr(2, 7700))] {
         site.director
-            .handle_datagram(site.at(2200), addr(30, 5), &question(nonce, archive));
+            .handle_datagram(site.at(3200), addr(30, 5), &question(nonce, archive));
         let (_, answer) = site.director.poll_transmit().unwrap();
         let Packet::Directions(d) = wire::decode(&answer).unwrap().packet else {
             panic!("not directions");

@@ -12,8 +12,17 @@ fn beat_of(sequence: u64, started_ms: u64) -> Heartbeat {
     }
 }
 
+/// A server's own heartbeat (its address proven).
 fn send(site: &mut Site, ms: u64, from: SocketAddr, session: u32, h: &Heartbeat) {
-    let bytes = wire::encode_heartbeat(&key().director_mac_key(), session, h);
+    site.heartbeat_proven(ms, from, session, h);
+}
+
+/// A heartbeat sent again, with the cookie it carried when captured (that of
+/// its server's address; none from elsewhere).
+fn replay(site: &mut Site, ms: u64, from: SocketAddr, session: u32, h: &Heartbeat) {
+    let mut h = h.clone();
+    h.cookie = site.cookies.get(&from).copied().unwrap_or_default();
+    let bytes = wire::encode_heartbeat(&key().director_mac_key(), session, &h);
     site.director.handle_datagram(site.at(ms), from, &bytes);
     while site.director.poll_transmit().is_some() {}
 }
@@ -35,7 +44,7 @@ fn an_earlier_sessions_heartbeat_replayed_from_a_live_servers_address_evicts_not
     assert_eq!(sessions(&site), [2]);
     // Session 1's heartbeat, replayed from the server's own address.
     let stale = site.director.stats().stale;
-    send(&mut site, 200, server, 1, &old);
+    replay(&mut site, 200, server, 1, &old);
     assert_eq!(sessions(&site), [2], "the live session stays");
     assert_eq!(site.director.stats().stale, stale + 1);
 }
@@ -49,7 +58,7 @@ fn a_dead_sessions_heartbeats_replayed_from_elsewhere_list_nothing_until_it_come
     site.director.handle_timeout(site.at(3500));
     assert!(sessions(&site).is_empty());
     // Its last heartbeat, replayed from another address: still not listed.
-    send(&mut site, 4000, addr(66, 7700), 1, &last);
+    replay(&mut site, 4000, addr(66, 7700), 1, &last);
     assert!(
         sessions(&site).is_empty(),
         "a dead session replayed is listed"

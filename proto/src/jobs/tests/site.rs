@@ -23,6 +23,8 @@ struct Site {
     agents: Vec<(Agent, SocketAddr)>,
     key: MacKey,
     heartbeats: u64,
+    /// The server's last cookie from the director (T44).
+    cookie: [u8; wire::COOKIE_LEN],
 }
 
 impl Site {
@@ -50,6 +52,7 @@ impl Site {
             agents,
             key,
             heartbeats: 0,
+            cookie: [0; wire::COOKIE_LEN],
         }
     }
 
@@ -66,10 +69,28 @@ impl Site {
             unicast_max_clients: 8,
             receivers: 0,
             cpu_permille: 0,
+            cookie: [0; wire::COOKIE_LEN],
             subnets: Vec::new(),
         };
-        let bytes = wire::encode_heartbeat(&self.key, 9, &h);
-        self.director.handle_datagram(self.now, SERVER, &bytes);
+        // With the last cookie; unknown to the director, again with the new one.
+        for _ in 0..2 {
+            let unproven = self.director.stats().unproven;
+            let h = Heartbeat {
+                cookie: self.cookie,
+                ..h.clone()
+            };
+            let bytes = wire::encode_heartbeat(&self.key, 9, &h);
+            self.director.handle_datagram(self.now, SERVER, &bytes);
+            while let Some((to, bytes)) = self.director.poll_transmit() {
+                if let Ok(wire::Packet::Heard(heard)) = wire::decode(&bytes).map(|d| d.packet) {
+                    assert_eq!(to, SERVER);
+                    self.cookie = heard.cookie;
+                }
+            }
+            if self.director.stats().unproven == unproven {
+                break;
+            }
+        }
         let entry = AnnounceEntry {
             archive_id: 5,
             original_size: 100,
@@ -144,7 +165,7 @@ fn fetches(events: &[(usize, AgentEvent)]) -> Vec<usize> {
 #[test]
 fn agents_are_given_their_job_report_it_done_and_the_job_completes() {
     let mut site = Site::new(&["a", "b", "c"]);
-    site.run(2500);
+    site.run(3100);
     // A file nobody carries and a node nobody runs are refused.
     let bad = JobSpec {
         files: vec!["nope".into()],

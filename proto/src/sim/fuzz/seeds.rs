@@ -91,6 +91,7 @@ impl World {
             unicast_max_clients: MAX_CLIENTS as u16,
             receivers: 2,
             cpu_permille: 300,
+            cookie: [0; wire::COOKIE_LEN],
             subnets: vec![wire::SubnetThroughput {
                 subnet: wire::Subnet::V4([10, 0, 0]),
                 receivers: 2,
