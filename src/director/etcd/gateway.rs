@@ -50,6 +50,8 @@ pub struct Gateway {
     token: Arc<Mutex<Option<String>>>,
     /// Tokens asked for so far (logged as a counter).
     tokens: Arc<std::sync::atomic::AtomicU64>,
+    /// Bytes of etcd's answers read so far (logged as a counter).
+    read_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn refuse(why: String) -> Error {
@@ -164,6 +166,7 @@ impl Gateway {
             user,
             token: Arc::default(),
             tokens: Arc::default(),
+            read_bytes: Arc::default(),
         })
     }
 
@@ -198,8 +201,8 @@ impl Gateway {
             let answer = self.call_as("/v3/auth/authenticate", &asked, None, None)?;
             let token = answer["token"].as_str().ok_or("etcd gave no token")?;
             *held = Some(token.to_owned());
-            let n = self.tokens.fetch_add(1, Ordering::Relaxed) + 1;
-            log::debug!(target: "loopcast::counters", "etcd counters: etcd_tokens={n}");
+            self.tokens.fetch_add(1, Ordering::Relaxed);
+            self.log_counters();
         }
         Ok(held.clone())
     }
@@ -257,6 +260,7 @@ impl Gateway {
         let text = (response.body_mut().with_config().limit(MAX_ANSWER_BYTES))
             .read_to_string()
             .map_err(|e| Unreachable(format!("{url}: unreadable answer: {e}")))?;
+        (self.read_bytes).fetch_add(text.len() as u64, Ordering::Relaxed);
         let value: Value =
             serde_json::from_str(text.lines().next().unwrap_or("")).map_err(|_| {
                 let start: String = text.chars().take(120).collect();
@@ -277,33 +281,46 @@ impl Gateway {
         Ok(value)
     }
 
-    /// Every key and value in [`key`, `range_end`), read `per_page` at a
-    /// time, all at one revision.
+    /// Logs the counters line (target `loopcast::counters`, at debug).
+    pub fn log_counters(&self) {
+        log::debug!(
+            target: "loopcast::counters",
+            "etcd counters: etcd_tokens={} etcd_read_bytes={}",
+            self.tokens.load(Ordering::Relaxed),
+            self.read_bytes.load(Ordering::Relaxed)
+        );
+    }
+
+    /// The keys (and values, unless `ask.keys_only`) in [`key`, `range_end`),
+    /// read `ask.per_page` at a time, all at one revision (`ask.revision`, or
+    /// the latest), which is returned with them.
     pub fn range(
         &self,
         key: &[u8],
         range_end: &[u8],
-        per_page: usize,
-    ) -> std::result::Result<Vec<(String, Vec<u8>)>, String> {
+        ask: Ask,
+    ) -> std::result::Result<(Vec<KeyValue>, i64), String> {
         let mut all = Vec::new();
         let mut from = key.to_vec();
-        let mut revision: Option<String> = None;
+        let mut revision = ask.revision;
         loop {
             let mut asked = json!({"key": BASE64.encode(&from), "range_end": BASE64.encode(range_end),
-                                   "limit": per_page.to_string()});
-            if let Some(revision) = &revision {
-                asked["revision"] = json!(revision);
+                                   "limit": ask.per_page.to_string(), "keys_only": ask.keys_only});
+            if revision > 0 {
+                asked["revision"] = json!(revision.to_string());
+            }
+            if ask.min_mod_revision > 0 {
+                asked["min_mod_revision"] = json!(ask.min_mod_revision.to_string());
             }
             let got = self.call("/v3/kv/range", &asked, None)?;
-            revision.get_or_insert_with(|| {
-                (got["header"]["revision"].as_str())
-                    .unwrap_or("0")
-                    .to_owned()
-            });
+            if revision <= 0 {
+                revision = super::int(&got["header"]["revision"])
+                    .ok_or("etcd gave no revision with a range")?;
+            }
             let mut last = None;
             for kv in got["kvs"].as_array().into_iter().flatten() {
                 let key = (kv["key"].as_str()).and_then(|k| BASE64.decode(k).ok());
-                // etcd leaves an empty value out.
+                // etcd leaves an empty value out (and every value, keys only).
                 let value =
                     (kv["value"].as_str()).map_or(Some(Vec::new()), |v| BASE64.decode(v).ok());
                 let (Some(key), Some(value)) = (key, value) else {
@@ -318,10 +335,26 @@ impl Gateway {
                     last.push(0);
                     from = last;
                 }
-                _ => return Ok(all),
+                _ => return Ok((all, revision)),
             }
         }
     }
+}
+
+/// A key (as text) and its value, as read.
+pub type KeyValue = (String, Vec<u8>);
+
+/// How to read a range ([`Gateway::range`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ask {
+    /// Keys per answer.
+    pub per_page: usize,
+    /// Keys only, no values.
+    pub keys_only: bool,
+    /// Only keys modified at this revision or later (0: all).
+    pub min_mod_revision: i64,
+    /// Read at this revision (0: the latest).
+    pub revision: i64,
 }
 
 /// Whether etcd refused a token it no longer takes: expired, dropped (the

@@ -6,6 +6,7 @@
 //! gateway (`gateway`) with the HTTP client the push already uses, so a build
 //! needs no protobuf compiler; `records` lays the jobs out in keys.
 
+mod follow;
 mod gateway;
 mod records;
 
@@ -30,6 +31,8 @@ use std::time::{Duration, Instant};
 pub const LEASE_TTL: i64 = 3;
 /// How often keep-alives go, and how often a follower reads the jobs.
 const TICK: Duration = Duration::from_millis(500);
+/// How often the gateway's counters are logged (at debug).
+const COUNTERS_EVERY: Duration = Duration::from_secs(5);
 /// Most operations in one transaction (etcd's default limit is 128).
 const OPS_PER_TXN: usize = 100;
 /// Most bytes in one transaction (etcd refuses requests over 1.5 MiB by default).
@@ -239,9 +242,15 @@ fn lead_or_follow(
 ) -> std::result::Result<(), String> {
     // Our leadership key (base64, as etcd gives it) and its creation revision.
     let mut leading: Option<(String, i64)> = None;
+    let mut followed = follow::Followed::default();
     let mut next_tick = Instant::now();
+    let mut next_counters = next_tick + COUNTERS_EVERY;
     loop {
         let now = Instant::now();
+        if now >= next_counters {
+            next_counters = now + COUNTERS_EVERY;
+            gateway.log_counters();
+        }
         if now >= next_tick {
             next_tick = now + TICK;
             let alive = gateway.call(
@@ -268,13 +277,15 @@ fn lead_or_follow(
                         return Err("the campaign stopped".into());
                     }
                     Err(mpsc::TryRecvError::Empty) => {
-                        // Follow the store, and tell who schedules.
-                        let jobs = load(gateway, prefix, told)?;
+                        // Follow the store (what changed), and tell who schedules.
+                        let jobs = followed.update(gateway, prefix, told)?;
                         let asked = json!({ "name": BASE64.encode(election) });
                         let leader = (gateway.call("/v3/election/leader", &asked, None).ok())
                             .and_then(|a| a["kv"]["value"].as_str().and_then(decode_text));
                         let mut d = lock(director);
-                        d.replace_jobs(jobs);
+                        if let Some(jobs) = jobs {
+                            d.replace_jobs(jobs);
+                        }
                         d.set_scheduling(false, leader);
                     }
                 }
@@ -323,10 +334,21 @@ fn load(
     told: &mut std::collections::HashSet<String>,
 ) -> std::result::Result<Vec<Job>, String> {
     let range = |under: String, per_page: usize| {
-        gateway.range(under.as_bytes(), &records::prefix_end(&under), per_page)
+        let ask = gateway::Ask {
+            per_page,
+            ..gateway::Ask::default()
+        };
+        gateway.range(under.as_bytes(), &records::prefix_end(&under), ask)
     };
-    let jobs = range(records::jobs_prefix(prefix), records::RECORDS_PER_PAGE)?;
-    let progress = range(records::progress_prefix(prefix), records::PROGRESS_PER_PAGE)?;
+    let (jobs, revision) = range(records::jobs_prefix(prefix), records::RECORDS_PER_PAGE)?;
+    // Progress at the records' revision: one state of the store.
+    let under = records::progress_prefix(prefix);
+    let ask = gateway::Ask {
+        per_page: records::PROGRESS_PER_PAGE,
+        revision,
+        ..gateway::Ask::default()
+    };
+    let (progress, _) = gateway.range(under.as_bytes(), &records::prefix_end(&under), ask)?;
     Ok(records::assemble(prefix, jobs, progress, told))
 }
 

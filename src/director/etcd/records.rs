@@ -44,12 +44,20 @@ pub fn progress_prefix(prefix: &str) -> String {
     format!("{prefix}/progress/")
 }
 
-fn job_key(prefix: &str, id: u64) -> String {
+/// Where job `id`'s record is.
+pub fn job_key(prefix: &str, id: u64) -> String {
     format!("{}{id:020}", jobs_prefix(prefix))
 }
 
 fn job_progress_prefix(prefix: &str, id: u64) -> String {
     format!("{}{id:020}/", progress_prefix(prefix))
+}
+
+/// The job and target a progress key is for (None: not a progress key).
+pub fn progress_place<'a>(prefix: &str, key: &'a str) -> Option<(u64, &'a str)> {
+    let rest = key.strip_prefix(&progress_prefix(prefix))?;
+    let (id, node) = rest.split_once('/')?;
+    Some((id.parse().ok()?, node))
 }
 
 /// The end of the range of keys starting with `prefix`: its last byte plus one.
@@ -117,11 +125,8 @@ pub fn assemble(
             None => tell(&key, "job record"),
         }
     }
-    let under = progress_prefix(prefix);
     for (key, value) in progress {
-        let place = (key.strip_prefix(&under))
-            .and_then(|rest| rest.split_once('/'))
-            .and_then(|(id, node)| Some((id.parse::<u64>().ok()?, node)));
+        let place = progress_place(prefix, &key);
         let progress = serde_json::from_slice::<Value>(&value)
             .ok()
             .and_then(|v| progress_from_json(&v));
