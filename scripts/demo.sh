@@ -48,7 +48,7 @@ sleep 2
 echo "== receiver B joins 2 s late"
 "$BIN" recv -k demo.key -i 127.0.0.1 -g "$GROUP" -o receiver-b --timeout 120
 wait "$recv_a"
-"$BIN" ls -i 127.0.0.1 -g "$GROUP"
+"$BIN" ls -k demo.key -i 127.0.0.1 -g "$GROUP"
 echo "== digests"
 sha256sum random.bin numbers.txt receiver-a/* receiver-b/*
 for f in random.bin numbers.txt; do
@@ -65,7 +65,7 @@ done
 sleep 2
 echo "== loopcast push random.bin --to node-1,node-2,node-3"
 "$BIN" push random.bin -k demo.key --to node-1,node-2,node-3 --director "$DIRECTOR" --api "$API" --deadline 2m
-"$BIN" jobs --director "$DIRECTOR" --api "$API"
+"$BIN" jobs -k demo.key --director "$DIRECTOR" --api "$API"
 for n in 1 2 3; do cmp random.bin "node-$n/random.bin"; done
 echo "== what each agent's --on-complete hook said (hook output goes to the agent's log)"
 grep -h "hook (" agent-*.log | sed 's/^\[[^]]*\] //'
