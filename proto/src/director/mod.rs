@@ -11,6 +11,7 @@ mod memory;
 mod moves;
 mod nodes;
 mod rank;
+mod servers;
 pub mod strangers;
 
 pub use nodes::{ANSWER_EVERY, FORGET_NODE_AFTER, MAX_NODES, MAX_NODES_PER_SOURCE, NodeRecord};
@@ -189,11 +190,6 @@ pub struct DirectorStats {
     pub replayed: u64,
 }
 
-/// The listing parts of `h` a director keeps.
-fn kept_parts(h: &Heartbeat) -> usize {
-    (h.listing_parts as usize).min(MAX_LISTING_PARTS)
-}
-
 /// The director (see the module documentation for its contract).
 pub struct Director {
     director_key: MacKey,
@@ -308,18 +304,7 @@ impl Director {
                     self.out.push_back((from, heard));
                 }
             }
-            Packet::Announce(a) => {
-                // A listing counts only for a server a heartbeat made live, from
-                // its address: a replayed one cannot bring a dead server back.
-                let Some(s) = self.servers.get_mut(&datagram.session_id) else {
-                    return;
-                };
-                let part = a.part as usize;
-                if s.address != from || a.parts != s.load.listing_parts || part >= s.parts.len() {
-                    return;
-                }
-                s.parts[part] = Some(a.entries);
-            }
+            Packet::Announce(a) => self.listing_part(from, datagram.session_id, a),
             Packet::Lookup(l) => self.answer(now, from, bytes.len(), l),
             Packet::Register(r) => {
                 self.register(now, from, datagram.session_id, bytes.len(), r);
@@ -340,91 +325,6 @@ impl Director {
     pub fn wall_ms(&self, now: Instant) -> u64 {
         let (at, ms) = self.wall;
         ms + now.saturating_duration_since(at).as_millis() as u64
-    }
-
-    /// Takes a verified heartbeat; true when it was fresh (and is answered).
-    fn heartbeat(&mut self, now: Instant, from: SocketAddr, session_id: u32, h: Heartbeat) -> bool {
-        if let Some(s) = self.servers.get_mut(&session_id) {
-            if h.sequence <= s.load.sequence {
-                self.stats.stale += 1;
-                return false;
-            }
-            if s.load.listing_parts != h.listing_parts {
-                s.parts = vec![None; kept_parts(&h)];
-            }
-            s.address = from;
-            s.load = h;
-            s.last_heard = now;
-            s.directed = 0;
-            return true;
-        }
-        // A session gone: only a heartbeat beyond its last counts (the server
-        // came back), never its replays.
-        if let Some(&(last, _)) = self.tombstones.get(&session_id)
-            && h.sequence <= last
-        {
-            self.stats.stale += 1;
-            return false;
-        }
-        // A new session from the address of a known one that started later:
-        // that server restarted. One that started earlier is a replay.
-        let at_address: Vec<(u32, u64)> = (self.servers.values())
-            .filter(|s| s.address == from)
-            .map(|s| (s.session_id, s.load.started_ms))
-            .collect();
-        if at_address
-            .iter()
-            .any(|&(_, started)| started >= h.started_ms)
-        {
-            self.stats.stale += 1;
-            return false;
-        }
-        // A record only for an address proven by our cookie (T44): a spoofed
-        // source makes none, and evicts nothing. Answered, to get the cookie.
-        if !self.cookies.check(now, from, &h.cookie) {
-            self.stats.unproven += 1;
-            return true;
-        }
-        let subnet = wire::subnet_of(from.ip());
-        let from_subnet = (self.servers.values())
-            .filter(|s| s.address != from && wire::subnet_of(s.address.ip()) == subnet)
-            .count();
-        if self.servers.len() >= MAX_SERVERS || from_subnet >= MAX_SERVERS_PER_SOURCE {
-            self.stats.over_capacity += 1;
-            return false;
-        }
-        for (old, _) in at_address {
-            self.remove(now, old);
-        }
-        self.tombstones.remove(&session_id);
-        let parts = vec![None; kept_parts(&h)];
-        self.servers.insert(
-            session_id,
-            ServerRecord {
-                session_id,
-                address: from,
-                load: h,
-                last_heard: now,
-                directed: 0,
-                parts,
-            },
-        );
-        self.events.push_back(DirectorEvent::ServerUp {
-            session_id,
-            address: from,
-        });
-        true
-    }
-
-    /// Forgets a session, keeping its last sequence as a tombstone.
-    fn remove(&mut self, now: Instant, session_id: u32) {
-        if let Some(s) = self.servers.remove(&session_id) {
-            self.tombstones.put(now, session_id, s.load.sequence);
-            self.events.push_back(DirectorEvent::ServerDown {
-                session_id,
-                address: s.address,
-            });
-        }
     }
 
     /// The live servers carrying `name`, with the receivers sent to each since
