@@ -244,6 +244,14 @@ impl Site {
         )
     }
 
+    /// `recv NAME` through the director, into `out`.
+    fn recv(&self, name: &str, out: &Path) -> std::process::Command {
+        let (key, udp) = (path(&self.key), self.udp().to_string());
+        let mut c = loopcast_cmd(&["recv", name, "-k", key, "-i", "127.0.0.1", "--director"]);
+        c.args([udp.as_str(), "-o", path(out), "--timeout", "30"]);
+        c
+    }
+
     fn get(&self, path: &str) -> String {
         let url = format!("http://{}{path}", self.at(1));
         let mut answer = (ureq::get(&url).call()).unwrap_or_else(|e| panic!("GET {url}: {e}"));
@@ -380,23 +388,11 @@ fn old_sessions_heartbeats_replayed_neither_unlist_a_restarted_server_nor_list_a
     // A receiver looks `one` up and takes it while the replays go on; the
     // listing is read every 100 ms.
     let out = site.d().join("out");
-    let (key, udp) = (path(&site.key), site.udp().to_string());
-    let mut receiver = site.start(
-        "recv",
-        &[
-            "recv",
-            "one.bin",
-            "-k",
-            key,
-            "-i",
-            "127.0.0.1",
-            "--director",
-            &udp,
-            "-o",
-            path(&out),
-            "--timeout",
-            "30",
-        ],
+    let mut receiver = Running(
+        (site.recv("one.bin", &out))
+            .stderr(std::fs::File::create(site.d().join("recv.log")).unwrap())
+            .spawn()
+            .unwrap(),
     );
     let (mut polls, mut one_missing, mut two_listed) = (0, 0, 0);
     let start = Instant::now();
@@ -573,24 +569,8 @@ fn replayed_lookups_count_no_load_make_no_receiver_entry_and_are_not_answered_el
     let _server = site.serve("serve", &small, 2, "40M");
     site.wait("the file listed", || site.files_listed() == ["small.bin"]);
     let tap = Tap::start(site.udp().port());
-    let (key, udp) = (path(&site.key), site.udp().to_string());
     let out = site.d().join("out");
-    let got = loopcast_cmd(&[
-        "recv",
-        "small.bin",
-        "-k",
-        key,
-        "-i",
-        "127.0.0.1",
-        "--director",
-        &udp,
-        "-o",
-        path(&out),
-        "--timeout",
-        "30",
-    ])
-    .output()
-    .unwrap();
+    let got = site.recv("small.bin", &out).output().unwrap();
     assert!(
         got.status.success(),
         "{}",
