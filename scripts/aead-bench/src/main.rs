@@ -42,10 +42,39 @@ fn nonce_of(i: u64) -> [u8; 12] {
     n
 }
 
+/// The same measure for `ring` and `aws-lc-rs`, whose AEAD APIs are one.
+macro_rules! ring_like {
+    ($lib:ident, $name:expr, $size:expr, $key:expr, $aad:expr) => {{
+        use $lib::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+        let (size, aad) = ($size, $aad);
+        let k = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &$key).unwrap());
+        let mut sealed = vec![7u8; size];
+        let nonce = |i| Nonce::assume_unique_for_key(nonce_of(i));
+        let tag = k
+            .seal_in_place_separate_tag(nonce(0), Aad::from(aad), &mut sealed)
+            .unwrap();
+        sealed.extend_from_slice(tag.as_ref());
+        let seal = rate(size, |buf, i| {
+            let t = k.seal_in_place_separate_tag(nonce(i), Aad::from(aad), buf);
+            let _ = black_box(t.unwrap());
+        });
+        let mut with_tag = vec![0u8; size + 16];
+        let open = rate(size, |_, _| {
+            with_tag.copy_from_slice(&sealed);
+            k.open_in_place(nonce(0), Aad::from(aad), &mut with_tag)
+                .unwrap();
+        });
+        println!("{size:>6}  {:<10} {seal:>10.0} {open:>10.0}", $name);
+    }};
+}
+
 fn main() {
     let key = [3u8; 32];
     let aad = [5u8; AAD_LEN];
-    println!("{:>6}  {:<10} {:>10} {:>10}", "bytes", "library", "seal MB/s", "open MB/s");
+    println!(
+        "{:>6}  {:<10} {:>10} {:>10}",
+        "bytes", "library", "seal MB/s", "open MB/s"
+    );
     for size in SIZES {
         // RustCrypto aes-gcm 0.11.
         {
@@ -70,51 +99,7 @@ fn main() {
             });
             println!("{size:>6}  {:<10} {seal:>10.0} {open:>10.0}", "aes-gcm");
         }
-        // ring.
-        {
-            use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
-            let k = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key).unwrap());
-            let mut sealed = vec![7u8; size];
-            let tag = k
-                .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce_of(0)), Aad::from(aad), &mut sealed)
-                .unwrap();
-            sealed.extend_from_slice(tag.as_ref());
-            let seal = rate(size, |buf, i| {
-                let t = k
-                    .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce_of(i)), Aad::from(aad), buf)
-                    .unwrap();
-                let _ = black_box(t);
-            });
-            let mut with_tag = vec![0u8; size + 16];
-            let open = rate(size, |_, _| {
-                with_tag.copy_from_slice(&sealed);
-                k.open_in_place(Nonce::assume_unique_for_key(nonce_of(0)), Aad::from(aad), &mut with_tag)
-                    .unwrap();
-            });
-            println!("{size:>6}  {:<10} {seal:>10.0} {open:>10.0}", "ring");
-        }
-        // aws-lc-rs.
-        {
-            use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
-            let k = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key).unwrap());
-            let mut sealed = vec![7u8; size];
-            let tag = k
-                .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce_of(0)), Aad::from(aad), &mut sealed)
-                .unwrap();
-            sealed.extend_from_slice(tag.as_ref());
-            let seal = rate(size, |buf, i| {
-                let t = k
-                    .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce_of(i)), Aad::from(aad), buf)
-                    .unwrap();
-                let _ = black_box(t);
-            });
-            let mut with_tag = vec![0u8; size + 16];
-            let open = rate(size, |_, _| {
-                with_tag.copy_from_slice(&sealed);
-                k.open_in_place(Nonce::assume_unique_for_key(nonce_of(0)), Aad::from(aad), &mut with_tag)
-                    .unwrap();
-            });
-            println!("{size:>6}  {:<10} {seal:>10.0} {open:>10.0}", "aws-lc-rs");
-        }
+        ring_like!(ring, "ring", size, key, aad);
+        ring_like!(aws_lc_rs, "aws-lc-rs", size, key, aad);
     }
 }
