@@ -24,6 +24,7 @@ const DIRECTOR_MAC_INFO: &[u8] = b"loopcast/v3/director-mac";
 const JOBS_API_MAC_INFO: &[u8] = b"loopcast/v3/jobs-api-mac";
 const SESSION_MAC_INFO: &[u8] = b"loopcast/v3/session-mac";
 const DATA_MAC_INFO: &[u8] = b"loopcast/v3/data-gmac";
+const CELL_KEY_INFO: &[u8] = b"loopcast/v4/cell-key";
 
 /// The secret shared by server and receivers; 32 random bytes from `keygen`.
 /// Wiped from memory when dropped, like every key derived from it.
@@ -163,6 +164,13 @@ impl FileKey {
         let mac = DataMac::from_bytes(&out);
         out.zeroize();
         mac
+    }
+
+    /// AES-256-GCM key of this archive's sealed cells (format v4, `cell`).
+    pub fn cell_key(&self) -> [u8; KEY_LEN] {
+        let mut out = [0u8; KEY_LEN];
+        expand(&self.0, None, &[CELL_KEY_INFO], &mut out);
+        out
     }
 
     /// Key and nonce of the frame whose header carries `salt`.

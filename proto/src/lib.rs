@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod archive;
+pub mod cell;
 pub mod client;
 pub mod codec;
 pub mod cookie;
