@@ -66,37 +66,20 @@ fn a_push_or_jobs_answered_by_an_impostor_does_not_take_its_word() {
             .success()
     );
     let api = impostor().to_string();
-    let push = Command::new(BIN)
-        .args([
-            "push",
-            "f.bin",
-            "--to",
-            "n1",
-            "--director",
-            "127.0.0.1:9",
-            "--api",
-            &api,
-            "-k",
-        ])
-        .arg(&key)
-        .output()
-        .unwrap();
+    // Told the impostor's address as the API, and the site key.
+    let asking = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .args(["--director", "127.0.0.1:9", "--api", &api, "-k"])
+            .arg(&key)
+            .output()
+            .unwrap()
+    };
+    let push = asking(&["push", "f.bin", "--to", "n1"]);
     let err = String::from_utf8_lossy(&push.stderr);
     assert_ne!(push.status.code(), Some(0), "{err}");
     assert!(err.contains("does not verify with this key"), "{err}");
-    let jobs = Command::new(BIN)
-        .args([
-            "jobs",
-            "1",
-            "--director",
-            "127.0.0.1:9",
-            "--api",
-            &api,
-            "-k",
-        ])
-        .arg(&key)
-        .output()
-        .unwrap();
+    let jobs = asking(&["jobs", "1"]);
     let err = String::from_utf8_lossy(&jobs.stderr);
     assert_eq!(jobs.status.code(), Some(1), "{err}");
     assert!(err.contains("does not verify"), "{err}");

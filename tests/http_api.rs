@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{Running, loopcast_cmd, path, start_logged};
+use common::{Running, loopback_serve, loopcast_cmd, path, start_logged};
 use socket2::{Domain, SockAddr, Socket, Type};
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -126,21 +126,8 @@ impl Site {
             .collect();
         let group = format!("239.254.70.1:{}", base + 10);
         let cache = d.join("cache");
-        let mut args = vec![
-            "serve",
-            "-k",
-            path(&key),
-            "-i",
-            "127.0.0.1",
-            "-g",
-            &group,
-            "--rate",
-            "20M",
-            "--cache-dir",
-            path(&cache),
-            "--director",
-            &listen,
-        ];
+        let mut args = loopback_serve(path(&key), &group, "20M", path(&cache));
+        args.extend(["--director", &listen]);
         args.extend(sources.iter().map(|f| path(f)));
         let server = start_logged(d, "serve.log", &args);
         let site = Site {

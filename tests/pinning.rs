@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{loopcast_cmd, path, start_logged, wait_for_log};
+use common::{loopback_serve, loopcast_cmd, path, recv_via_director, start_logged, wait_for_log};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -39,18 +39,8 @@ fn a_job_names_one_archive_and_the_node_gets_its_bytes_whichever_server_ranks_fi
     let server = |n: u16, file: &str, extra: &[&str]| {
         let group = format!("239.254.{}.1:{}", 60 + n, BASE + 10 * n);
         let cache = d.join(format!("cache{n}"));
-        let mut args = vec![
-            "serve",
-            "-k",
-            path(&key),
-            "-i",
-            "127.0.0.1",
-            "-g",
-            &group,
-            "--rate",
-            "20M",
-        ];
-        args.extend(["--cache-dir", path(&cache), "--director", &director, file]);
+        let mut args = loopback_serve(path(&key), &group, "20M", path(&cache));
+        args.extend(["--director", &director, file]);
         args.extend(extra);
         start_logged(d, &format!("serve{n}.log"), &args)
     };
@@ -123,18 +113,9 @@ fn a_job_names_one_archive_and_the_node_gets_its_bytes_whichever_server_ranks_fi
     };
     // Unpinned, a receiver takes the less loaded server: the other bytes.
     let ranked = d.join("ranked");
-    let got = loopcast_cmd(&[
-        "recv",
-        "-k",
-        path(&key),
-        "-i",
-        "127.0.0.1",
-        "-o",
-        path(&ranked),
-    ])
-    .args(["--director", &director, "--timeout", "30", "f.bin"])
-    .output()
-    .unwrap();
+    let got = recv_via_director(&key, &director, "f.bin", &ranked, "30")
+        .output()
+        .unwrap();
     assert!(
         got.status.success(),
         "{}",
@@ -157,24 +138,10 @@ fn a_job_names_one_archive_and_the_node_gets_its_bytes_whichever_server_ranks_fi
     assert_eq!(std::fs::read(out.join("f.bin")).unwrap(), good);
     // recv NAME@ARCHIVE of the other takes only that one.
     let other = d.join("other");
-    let got = loopcast_cmd(&[
-        "recv",
-        "-k",
-        path(&key),
-        "-i",
-        "127.0.0.1",
-        "-o",
-        path(&other),
-    ])
-    .args([
-        "--director",
-        &director,
-        "--timeout",
-        "30",
-        &format!("f.bin@{evil_id}"),
-    ])
-    .output()
-    .unwrap();
+    let pinned_name = format!("f.bin@{evil_id}");
+    let got = recv_via_director(&key, &director, &pinned_name, &other, "30")
+        .output()
+        .unwrap();
     assert!(
         got.status.success(),
         "{}",

@@ -221,35 +221,14 @@ impl Site {
         let (port, udp) = (self.at(k).port().to_string(), self.udp().to_string());
         let cache = self.d().join(format!("cache-{k}"));
         let key = path(&self.key);
-        self.start(
-            log,
-            &[
-                "serve",
-                path(file),
-                "-k",
-                key,
-                "-i",
-                "127.0.0.1",
-                "-g",
-                &group,
-                "--rate",
-                rate,
-                "--unicast-port",
-                &port,
-                "--director",
-                &udp,
-                "--cache-dir",
-                path(&cache),
-            ],
-        )
+        let mut args = loopback_serve(key, &group, rate, path(&cache));
+        args.extend(["--unicast-port", &port, "--director", &udp, path(file)]);
+        self.start(log, &args)
     }
 
     /// `recv NAME` through the director, into `out`.
     fn recv(&self, name: &str, out: &Path) -> std::process::Command {
-        let (key, udp) = (path(&self.key), self.udp().to_string());
-        let mut c = loopcast_cmd(&["recv", name, "-k", key, "-i", "127.0.0.1", "--director"]);
-        c.args([udp.as_str(), "-o", path(out), "--timeout", "30"]);
-        c
+        recv_via_director(&self.key, &self.udp().to_string(), name, out, "30")
     }
 
     fn get(&self, path: &str) -> String {

@@ -42,8 +42,8 @@ fn a_stopped_etcd_stalls_neither_heartbeats_nor_look_ups_and_the_job_completes_a
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let key = new_key(d);
-    let key = path(&key);
+    let key_file = new_key(d);
+    let key = path(&key_file);
     let etcd = Command::new("etcd")
         .args(["--data-dir", path(&d.join("etcd"))])
         .args([
@@ -93,28 +93,15 @@ fn a_stopped_etcd_stalls_neither_heartbeats_nor_look_ups_and_the_job_completes_a
     );
     std::fs::write(&payload, &data).unwrap();
     let cache = d.join("cache");
-    let _server = start_logged(
-        d,
-        "serve.log",
-        &[
-            "serve",
-            path(&payload),
-            "-k",
-            key,
-            "-i",
-            "127.0.0.1",
-            "-g",
-            "239.255.150.1:28105",
-            "--rate",
-            "8M",
-            "--unicast-port",
-            "28104",
-            "--director",
-            DIRECTOR,
-            "--cache-dir",
-            path(&cache),
-        ],
-    );
+    let mut serve = loopback_serve(key, "239.255.150.1:28105", "8M", path(&cache));
+    serve.extend([
+        "--unicast-port",
+        "28104",
+        "--director",
+        DIRECTOR,
+        path(&payload),
+    ]);
+    let _server = start_logged(d, "serve.log", &serve);
     let out = d.join("out");
     let _agent = start_logged(
         d,
@@ -177,15 +164,8 @@ fn a_stopped_etcd_stalls_neither_heartbeats_nor_look_ups_and_the_job_completes_a
         // Midway, a look-up of a name no server carries: answered at once
         // (exit 4) by a loop that is not waiting on etcd.
         if looked_up.is_none() && stopped.elapsed() > Duration::from_secs(3) {
-            let asked = loopcast_cmd(&["recv", "absent.bin", "-k", key, "-i", "127.0.0.1"])
-                .args([
-                    "--director",
-                    DIRECTOR,
-                    "--timeout",
-                    "3",
-                    "-o",
-                    path(&d.join("none")),
-                ])
+            let none = d.join("none");
+            let asked = recv_via_director(&key_file, DIRECTOR, "absent.bin", &none, "3")
                 .output()
                 .unwrap();
             looked_up = asked.status.code();

@@ -404,6 +404,51 @@ pub fn loopcast_cmd(args: &[&str]) -> Command {
     c
 }
 
+/// `serve` on loopback with `key`, `group`, `rate` and `cache`; files and
+/// other flags follow.
+pub fn loopback_serve<'a>(
+    key: &'a str,
+    group: &'a str,
+    rate: &'a str,
+    cache: &'a str,
+) -> Vec<&'a str> {
+    let i = "127.0.0.1";
+    vec![
+        "serve",
+        "-k",
+        key,
+        "-i",
+        i,
+        "-g",
+        group,
+        "--rate",
+        rate,
+        "--cache-dir",
+        cache,
+    ]
+}
+
+/// `recv NAME` on loopback, told only `director`, into `out`, giving up after
+/// `timeout` seconds.
+pub fn recv_via_director(
+    key: &Path,
+    director: &str,
+    name: &str,
+    out: &Path,
+    timeout: &str,
+) -> Command {
+    let mut c = loopcast_cmd(&["recv", name, "-k", path(key), "-i", "127.0.0.1"]);
+    c.args([
+        "--director",
+        director,
+        "-o",
+        path(out),
+        "--timeout",
+        timeout,
+    ]);
+    c
+}
+
 /// Starts the binary with `args`, its log in `dir/log`; killed when dropped.
 pub fn start_logged(dir: &Path, log: &str, args: &[&str]) -> Running {
     let log = std::fs::File::create(dir.join(log)).unwrap();
