@@ -3,7 +3,8 @@
 //! gives the store's revision and the jobs that exist; when the revision has
 //! moved, the records and progress keys modified since are read at that
 //! revision (etcd's `min_mod_revision`). A tick thus carries what changed, not
-//! the whole store.
+//! the whole store. A director elected brings the same copy up to date and
+//! schedules from it.
 
 use super::gateway::{Ask, Gateway};
 use super::records;
@@ -25,13 +26,9 @@ pub struct Followed {
 }
 
 impl Followed {
-    /// Reads what changed since the last call: the jobs if anything did.
-    pub fn update(
-        &mut self,
-        gateway: &Gateway,
-        prefix: &str,
-        told: &mut HashSet<String>,
-    ) -> Result<Option<Vec<Job>>, String> {
+    /// Reads what changed since the last call (the whole store on the
+    /// first); true if anything did.
+    pub fn update(&mut self, gateway: &Gateway, prefix: &str) -> Result<bool, String> {
         let (jobs_under, progress_under) = (
             records::jobs_prefix(prefix),
             records::progress_prefix(prefix),
@@ -46,7 +43,7 @@ impl Followed {
         };
         let (live, revision) = range(&jobs_under, keys_only)?;
         if revision == self.revision {
-            return Ok(None);
+            return Ok(false);
         }
         let changed = |per_page: usize| Ask {
             per_page,
@@ -68,13 +65,14 @@ impl Followed {
                 .is_none_or(|(id, _)| held.contains_key(&records::job_key(prefix, id)))
         });
         self.revision = revision;
+        Ok(true)
+    }
+
+    /// The jobs as last read; what is not valid is left out and told once
+    /// (`told`, T38).
+    pub fn jobs(&self, prefix: &str, told: &mut HashSet<String>) -> Vec<Job> {
         let copy =
             |m: &BTreeMap<String, Vec<u8>>| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        Ok(Some(records::assemble(
-            prefix,
-            copy(&self.records),
-            copy(&self.progress),
-            told,
-        )))
+        records::assemble(prefix, copy(&self.records), copy(&self.progress), told)
     }
 }

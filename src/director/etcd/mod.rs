@@ -18,7 +18,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use gateway::Gateway;
 use loopcast_proto::director::Director;
-use loopcast_proto::jobs::Job;
 use records::Op;
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -264,7 +263,8 @@ fn lead_or_follow(
             if leading.is_none() {
                 match won.try_recv() {
                     Ok(Ok(key)) => {
-                        let jobs = load(gateway, prefix, told)?;
+                        followed.update(gateway, prefix)?;
+                        let jobs = followed.jobs(prefix, told);
                         let count = jobs.len();
                         let mut d = lock(director);
                         d.replace_jobs(jobs);
@@ -278,13 +278,13 @@ fn lead_or_follow(
                     }
                     Err(mpsc::TryRecvError::Empty) => {
                         // Follow the store (what changed), and tell who schedules.
-                        let jobs = followed.update(gateway, prefix, told)?;
+                        let changed = followed.update(gateway, prefix)?;
                         let asked = json!({ "name": BASE64.encode(election) });
                         let leader = (gateway.call("/v3/election/leader", &asked, None).ok())
                             .and_then(|a| a["kv"]["value"].as_str().and_then(decode_text));
                         let mut d = lock(director);
-                        if let Some(jobs) = jobs {
-                            d.replace_jobs(jobs);
+                        if changed {
+                            d.replace_jobs(followed.jobs(prefix, told));
                         }
                         d.set_scheduling(false, leader);
                     }
@@ -324,32 +324,6 @@ fn lead_or_follow(
             }
         }
     }
-}
-
-/// Every job under `prefix`: records and progress read in pages and put
-/// together; what is not valid is left out and told once (`told`, T38).
-fn load(
-    gateway: &Gateway,
-    prefix: &str,
-    told: &mut std::collections::HashSet<String>,
-) -> std::result::Result<Vec<Job>, String> {
-    let range = |under: String, per_page: usize| {
-        let ask = gateway::Ask {
-            per_page,
-            ..gateway::Ask::default()
-        };
-        gateway.range(under.as_bytes(), &records::prefix_end(&under), ask)
-    };
-    let (jobs, revision) = range(records::jobs_prefix(prefix), records::RECORDS_PER_PAGE)?;
-    // Progress at the records' revision: one state of the store.
-    let under = records::progress_prefix(prefix);
-    let ask = gateway::Ask {
-        per_page: records::PROGRESS_PER_PAGE,
-        revision,
-        ..gateway::Ask::default()
-    };
-    let (progress, _) = gateway.range(under.as_bytes(), &records::prefix_end(&under), ask)?;
-    Ok(records::assemble(prefix, jobs, progress, told))
 }
 
 /// Writes `changes` in transactions that apply only while our leadership key
