@@ -1223,7 +1223,7 @@ fn the_partial_directory_is_private_and_nothing_in_it_is_followed_or_left_readab
 #[test]
 fn as_another_user_the_partial_directory_of_someone_else_is_refused() {
     // Needs root to act as another user (nobody, via setpriv); CI runs as root.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = common::running_as_root();
     let setpriv = Command::new("setpriv").arg("--version").output().is_ok();
     if !(root && setpriv) {
         assert!(

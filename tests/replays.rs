@@ -127,8 +127,7 @@ impl Spoofer {
 
 /// Whether raw sockets can be had (root); required under LOOPCAST_LAB_REQUIRED.
 fn raw_sockets() -> bool {
-    let root = (std::process::Command::new("id").arg("-u").output())
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let root = running_as_root();
     assert!(
         root || std::env::var_os("LOOPCAST_LAB_REQUIRED").is_none(),
         "replay test required but not root"

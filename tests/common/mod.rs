@@ -148,11 +148,7 @@ pub fn assert_all_received(
 }
 
 pub fn lab_available() -> bool {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0\n"))
-        .unwrap_or(false);
+    let root = running_as_root();
     let nft = Command::new("nft").arg("--version").output().is_ok();
     if root && nft {
         return true;
@@ -393,6 +389,11 @@ pub fn etcd_available() -> bool {
     );
     eprintln!("skipping: etcd is missing");
     false
+}
+
+/// Whether these tests run as root.
+pub fn running_as_root() -> bool {
+    (Command::new("id").arg("-u").output()).is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
 /// The binary with `args`, logging at info, taking no key from the environment.
