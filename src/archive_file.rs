@@ -2,7 +2,7 @@
 //! the server's cache of packed files.
 
 use crate::error::{Context, Error, Result};
-use loopcast_proto::archive::{self, FileMeta, Packer, SALT_LEN};
+use loopcast_proto::archive::{self, FileMeta, Packer};
 use loopcast_proto::keys::hex;
 use loopcast_proto::manifest::ManifestError;
 use loopcast_proto::{Manifest, MasterKey, PayloadSource};
@@ -18,8 +18,10 @@ pub struct PackOptions {
     pub frame_size: u32,
     /// zstd level.
     pub level: i32,
-    /// Threads that seal frames (1: on the calling thread).
+    /// Threads that compress frames (1: on the calling thread).
     pub threads: usize,
+    /// Bytes of each sealed cell (`wire::cell_size_for_packet`).
+    pub cell_size: u16,
 }
 
 impl Default for PackOptions {
@@ -28,6 +30,9 @@ impl Default for PackOptions {
             frame_size: archive::DEFAULT_FRAME_SIZE,
             level: 3,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cell_size: loopcast_proto::wire::cell_size_for_packet(
+                loopcast_proto::wire::DEFAULT_PACKET_SIZE,
+            ),
         }
     }
 }
@@ -68,11 +73,12 @@ pub fn pack_file(
         meta.len(),
         options.frame_size,
         options.level,
+        options.cell_size,
     )
     .map_err(|e| Error::new(e.to_string()))?;
     let manifest_len = loopcast_proto::manifest::FIXED_LEN + name.len();
     let body_start = (archive::ARCHIVE_HEADER_LEN + manifest_len) as u64;
-    let table_len = archive::table_len(packer.frame_count());
+    let table_len = packer.table_region_len();
 
     let dir = output
         .parent()
@@ -134,11 +140,9 @@ pub fn pack_file(
             mtime_secs: meta.mtime(),
             mtime_nanos: meta.mtime_nsec() as u32,
         };
-        // A server signs its own payload size again (its packet size and family).
-        let payload = loopcast_proto::wire::payload_size_for_packet(
-            loopcast_proto::wire::DEFAULT_PACKET_SIZE,
-            loopcast_proto::wire::IP_UDP_OVERHEAD,
-        ) as u16;
+        // One cell per packet; a server signs its own payload size again (as
+        // many cells as its packets carry).
+        let payload = options.cell_size;
         let (table, manifest, manifest_bytes) = packer
             .finish(file_meta, payload)
             .map_err(|e| Error::new(e.to_string()))?;
@@ -168,10 +172,12 @@ enum SealError {
     Write(io::Error),
 }
 
-/// Reads every frame of the source, in order, seals them on `threads` threads
-/// (compression, encryption, and each frame's share of the content digest), and
-/// writes them to `out` in order. At most two frames per thread are in flight, so memory stays bounded;
-/// one thread seals in place, as before.
+/// Reads every frame of the source, in order, compresses them on `threads`
+/// threads (with each frame's share of the content digest), then seals each
+/// into its cells here, in order (a cell's index depends on the frames before
+/// it; sealing runs at several GB/s, compression far slower), and writes them
+/// to `out`. At most two frames per thread are in flight, so memory stays
+/// bounded; one thread compresses in place.
 fn seal_frames(
     packer: &mut Packer,
     source: &mut impl Read,
@@ -179,56 +185,54 @@ fn seal_frames(
     threads: usize,
     changed: impl Fn() -> Error,
 ) -> std::result::Result<(), SealError> {
-    // Frame buffers come back from the sealing threads and are used again: fresh
-    // megabytes each time would cost page faults.
+    // Frame buffers come back from the compressing threads and are used again:
+    // fresh megabytes each time would cost page faults.
     let read = |source: &mut dyn Read, packer: &mut Packer, spare: Option<Vec<u8>>| {
         let mut plain = spare.unwrap_or_default();
         plain.resize(packer.next_frame_len(), 0);
         source
             .read_exact(&mut plain)
             .map_err(|_| SealError::Read(changed()))?;
-        let sealer = packer
+        let compressor = packer
             .take_next(&plain)
             .map_err(|e| SealError::Read(Error::new(e.to_string())))?;
-        let mut salt = [0u8; SALT_LEN];
-        rand::fill(&mut salt);
-        Ok::<_, SealError>((sealer, plain, salt))
+        Ok::<_, SealError>((compressor, plain))
     };
     let count = packer.frame_count();
     if threads <= 1 {
         for _ in 0..count {
-            let (sealer, plain, salt) = read(source, packer, None)?;
-            let sealed = sealer.seal(&plain, salt);
-            packer.record_sealed(sealed.len(), sealer.digest_part(&plain));
-            out.write_all(&sealed).map_err(SealError::Write)?;
+            let (compressor, plain) = read(source, packer, None)?;
+            let stored = compressor.compress(&plain);
+            let cells = packer.seal_stored(&stored, compressor.digest_part(&plain));
+            out.write_all(&cells).map_err(SealError::Write)?;
         }
         return Ok(());
     }
     let in_flight = 2 * threads;
     let (jobs_tx, jobs_rx) =
-        std::sync::mpsc::sync_channel::<(archive::FrameSealer, Vec<u8>, [u8; SALT_LEN])>(in_flight);
+        std::sync::mpsc::sync_channel::<(archive::FrameCompressor, Vec<u8>)>(in_flight);
     let jobs_rx = std::sync::Mutex::new(jobs_rx);
-    type Sealed = (u32, Vec<u8>, Option<archive::FramePart>, Vec<u8>);
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<Sealed>();
+    type Compressed = (archive::StoredFrame, Option<archive::FramePart>, Vec<u8>);
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Compressed>();
     std::thread::scope(|scope| {
         for _ in 0..threads {
             let (jobs_rx, done_tx) = (&jobs_rx, done_tx.clone());
             scope.spawn(move || {
                 loop {
                     let job = jobs_rx.lock().map(|rx| rx.recv());
-                    let Ok(Ok((sealer, plain, salt))) = job else {
+                    let Ok(Ok((compressor, plain))) = job else {
                         return;
                     };
-                    let sealed = sealer.seal(&plain, salt);
-                    let part = sealer.digest_part(&plain);
-                    if done_tx.send((sealer.index(), sealed, part, plain)).is_err() {
+                    let stored = compressor.compress(&plain);
+                    let part = compressor.digest_part(&plain);
+                    if done_tx.send((stored, part, plain)).is_err() {
                         return;
                     }
                 }
             });
         }
         drop(done_tx);
-        // Frames come back in any order; they are written in order.
+        // Frames come back in any order; they are sealed and written in order.
         let mut waiting = std::collections::BTreeMap::new();
         let mut spare: Vec<Vec<u8>> = Vec::new();
         let (mut sent, mut written) = (0u32, 0u32);
@@ -241,14 +245,14 @@ fn seal_frames(
                 sent += 1;
                 continue;
             }
-            let Ok((index, sealed, part, plain)) = done_rx.recv() else {
+            let Ok((stored, part, plain)) = done_rx.recv() else {
                 break;
             };
             spare.push(plain);
-            waiting.insert(index, (sealed, part));
-            while let Some((sealed, part)) = waiting.remove(&written) {
-                packer.record_sealed(sealed.len(), part);
-                out.write_all(&sealed).map_err(SealError::Write)?;
+            waiting.insert(stored.index, (stored, part));
+            while let Some((stored, part)) = waiting.remove(&written) {
+                let cells = packer.seal_stored(&stored, part);
+                out.write_all(&cells).map_err(SealError::Write)?;
                 written += 1;
             }
         }
@@ -269,7 +273,8 @@ pub fn is_archive(path: &Path) -> Result<bool> {
     let mut magic = [0u8; 8];
     let mut f = File::open(path).context(|| format!("cannot open {}", path.display()))?;
     match f.read_exact(&mut magic) {
-        Ok(()) => Ok(magic == archive::ARCHIVE_MAGIC),
+        // A v3 archive counts as one, so that opening it says to pack it again.
+        Ok(()) => Ok(magic == archive::ARCHIVE_MAGIC || archive::is_v3_archive(&magic)),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
         Err(e) => Err(Error::new(format!("cannot read {}: {e}", path.display()))),
     }
@@ -291,6 +296,13 @@ impl ArchiveFile {
         let not_archive = || Error::new(format!("{} is not a loopcast archive", path.display()));
         file.read_exact_at(&mut header, 0)
             .map_err(|_| not_archive())?;
+        if archive::is_v3_archive(&header) {
+            return Err(Error::new(format!(
+                "{} is a format v3 archive, which this loopcast no longer reads; \
+                 pack its file again with `loopcast pack`",
+                path.display()
+            )));
+        }
         let manifest_len = archive::decode_archive_header(&header).ok_or_else(not_archive)?;
         let mut bytes = vec![0u8; manifest_len];
         file.read_exact_at(&mut bytes, archive::ARCHIVE_HEADER_LEN as u64)
@@ -369,6 +381,7 @@ pub fn archive_for(
         meta.dev(),
         options.frame_size as u64,
         options.level as u64,
+        options.cell_size as u64,
     ] {
         id.update(&v.to_be_bytes());
     }

@@ -265,18 +265,25 @@ impl BatchReceiver {
 
     /// The datagrams taken by the last `recv`, GRO bundles split back into datagrams.
     pub fn datagrams(&self) -> impl Iterator<Item = &[u8]> {
-        self.received
-            .iter()
-            .enumerate()
-            .flat_map(move |(i, &(len, segment))| {
-                let slot = &self.buf[i * RECV_SLOT..i * RECV_SLOT + len.min(RECV_SLOT)];
-                let step = if segment == 0 {
-                    slot.len().max(1)
-                } else {
-                    segment
-                };
-                slot.chunks(step)
-            })
+        (self.buf.chunks(RECV_SLOT).zip(&self.received)).flat_map(|(slot, &(len, segment))| {
+            let (len, step) = Self::split(len, segment);
+            slot[..len].chunks(step)
+        })
+    }
+
+    /// The same datagrams, to be changed where they lie (a receiver opens
+    /// DATA's cells in place).
+    pub fn datagrams_mut(&mut self) -> impl Iterator<Item = &mut [u8]> {
+        (self.buf.chunks_mut(RECV_SLOT).zip(&self.received)).flat_map(|(slot, &(len, segment))| {
+            let (len, step) = Self::split(len, segment);
+            slot[..len].chunks_mut(step)
+        })
+    }
+
+    /// Bytes a slot holds, and the length of each datagram in it.
+    fn split(len: usize, segment: usize) -> (usize, usize) {
+        let len = len.min(RECV_SLOT);
+        (len, if segment == 0 { len.max(1) } else { segment })
     }
 
     /// Datagrams the kernel dropped on `socket` for want of buffer space, as last

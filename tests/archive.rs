@@ -7,7 +7,7 @@ use loopcast::storage::{
     deliver,
 };
 use loopcast_proto::MasterKey;
-use loopcast_proto::archive::{Check, Unpacker};
+use loopcast_proto::archive::{Cells, Unpacker};
 use rand::{Rng, RngExt, SeedableRng};
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
@@ -23,13 +23,13 @@ fn key(byte: u8) -> MasterKey {
 fn round_trip(dir: &Path, name: &str, data: &[u8], frame_size: u32) -> Vec<u8> {
     let serial = round_trip_on(dir, &format!("{name}.1"), data, frame_size, 1);
     let parallel = round_trip_on(dir, &format!("{name}.3"), data, frame_size, 3);
-    assert_eq!(serial.1, parallel.1, "{name}: frame tables differ");
+    assert_eq!(serial.1, parallel.1, "{name}: frame layouts differ");
     assert!(serial.0 == parallel.0, "{name}: unpacked files differ");
     serial.0
 }
 
-/// Packs `data` as `name` with `threads` sealing threads and unpacks it: (the
-/// result, the archive's frame table).
+/// Packs `data` as `name` with `threads` compressing threads and unpacks it:
+/// (the result, the frame layout its table gives).
 fn round_trip_on(
     dir: &Path,
     name: &str,
@@ -48,11 +48,12 @@ fn round_trip_on(
             frame_size,
             level: 3,
             threads,
+            ..PackOptions::default()
         },
     )
     .unwrap();
     assert_eq!(m.original_size, data.len() as u64);
-    // Hashed frame by frame on the sealing threads, it is blake3 of the whole.
+    // Hashed frame by frame on the compressing threads, it is blake3 of the whole.
     assert_eq!(&m.content_digest, blake3::hash(data).as_bytes(), "{name}");
     let opened = ArchiveFile::open(&archive, &key(1)).unwrap();
     let out = dir.join(format!("{name}.out"));
@@ -74,7 +75,10 @@ fn round_trip_on(
         body_start,
     )
     .unwrap();
-    (fs::read(path).unwrap(), table)
+    // The layout the table gives (its cells differ: each pack has its own archive id).
+    let unpacker = Unpacker::new(&key(1), &opened.manifest, &mut table, Cells::Sealed).unwrap();
+    let layout = format!("{:?}", unpacker.frame_ranges()).into_bytes();
+    (fs::read(path).unwrap(), layout)
 }
 
 #[test]
@@ -103,8 +107,11 @@ fn incompressible_64_mib_round_trips_and_highly_compressible_shrinks() {
     let archive_len = fs::metadata(dir.path().join("random.3.lcar"))
         .unwrap()
         .len();
+    // Grown by the cells' tags (16 bytes in every 1424), at most a cell of
+    // padding per frame, and the table's cell (spec §3.4).
+    let cells = (data.len() as u64).div_ceil(1408);
     assert!(
-        archive_len < data.len() as u64 + 64 * 100 + 1000,
+        archive_len < data.len() as u64 + cells * 16 + 65 * 1424 + 1000,
         "random data grew to {archive_len}"
     );
 
@@ -158,7 +165,8 @@ fn a_flipped_bit_in_any_frame_is_detected_and_located() {
     let body_start = opened.body_start();
     let mut table = vec![0u8; m.table_len() as usize];
     table.copy_from_slice(&pristine[body_start as usize..(body_start + m.table_len()) as usize]);
-    let ranges = loopcast_proto::archive::decode_table(&table, m.frame_count, m.body_len).unwrap();
+    let unpacker = Unpacker::new(&key(1), m, &mut table, Cells::Sealed).unwrap();
+    let ranges = unpacker.frame_ranges().to_vec();
     assert_eq!(ranges.len(), 7);
     let out = dir.path().join("out");
     fs::create_dir_all(&out).unwrap();
@@ -265,22 +273,25 @@ fn the_frame_worker_unpacks_frames_out_of_order_reports_a_damaged_one_and_delive
     .unwrap();
     let opened = ArchiveFile::open(&archive, &key(1)).unwrap();
     let m = opened.manifest.clone();
-    // The body alone, as a receiver's partial file holds it.
+    // The body alone, as a receiver's partial file holds it: cells opened.
     let bytes = fs::read(&archive).unwrap();
+    let sealed = &bytes[opened.body_start() as usize..];
+    let bytes = loopcast_proto::sim::opened_body(&key(1), &m, sealed);
     let body_path = dir.path().join("w.part");
-    fs::write(&body_path, &bytes[opened.body_start() as usize..]).unwrap();
+    fs::write(&body_path, &bytes).unwrap();
     let body = fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(&body_path)
         .unwrap();
-    let table = &bytes[opened.body_start() as usize..][..m.table_len() as usize];
-    let unpacker = Unpacker::new(&key(1), &m, table).unwrap();
+    let mut table = bytes[..m.table_len() as usize].to_vec();
+    let unpacker = Unpacker::new(&key(1), &m, &mut table, Cells::Opened).unwrap();
     let ranges = unpacker.frame_ranges().to_vec();
     assert_eq!(ranges.len(), 7);
-    // Damage frame 4.
-    let pristine_byte = bytes[(opened.body_start() + ranges[4].start + 30) as usize];
-    body.write_all_at(&[pristine_byte ^ 0x40], ranges[4].start + 30)
+    // Damage frame 4 in the partial file (its zstd magic: its cells were opened
+    // as they came, so only decompression, or the digest, can tell).
+    let pristine_byte = bytes[(ranges[4].start + 2) as usize];
+    body.write_all_at(&[pristine_byte ^ 0x40], ranges[4].start + 2)
         .unwrap();
 
     let out = dir.path().join("out");
@@ -303,11 +314,9 @@ fn the_frame_worker_unpacks_frames_out_of_order_reports_a_damaged_one_and_delive
         let r = &ranges[frame];
         let mut buffer = FrameBuffer::new((r.end - r.start) as usize);
         buffer
-            .sealed_mut((r.end - r.start) as usize)
-            .copy_from_slice(
-                &bytes[(opened.body_start() + r.start) as usize..][..(r.end - r.start) as usize],
-            );
-        FrameSource::Memory(buffer, Check::Packets)
+            .cells_mut((r.end - r.start) as usize)
+            .copy_from_slice(&bytes[r.start as usize..r.end as usize]);
+        FrameSource::Memory(buffer)
     };
     for frame in [6, 2, 4, 0, 1, 3, 5] {
         let source = match frame {

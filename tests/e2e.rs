@@ -381,8 +381,9 @@ fn a_path_traversal_name_from_a_rogue_sender_is_skipped_and_the_real_file_arrive
         mtime_nanos: 0,
         frame_size: 1 << 20,
         frame_count: 1,
-        body_len: 65,
-        payload_size: 1428,
+        body_len: 2 * 1424,
+        payload_size: 1424,
+        cell_size: 1424,
         content_digest: [0; 32],
         table_digest: [0; 32],
         name: "../evil".into(),
@@ -398,7 +399,7 @@ fn a_path_traversal_name_from_a_rogue_sender_is_skipped_and_the_real_file_arrive
             entries: vec![AnnounceEntry {
                 archive_id: 5,
                 original_size: 1,
-                body_len: 65,
+                body_len: 2 * 1424,
                 content_digest: [7; 32],
                 flags: 0,
                 name: "../evil".into(),
@@ -967,13 +968,37 @@ fn an_archive_and_a_plain_file_served_with_every_serve_flag_and_one_picked_by_na
     let k = key.to_str().unwrap();
     let a = random_file(&d.join("a.bin"), 16_000_000, 112);
     random_file(&d.join("b.bin"), 1_000_000, 113);
-    // pack, and unpack offline.
+    // pack (cells for 1200-byte packets), and unpack offline.
     let archive = d.join("a.lcar");
     let packed = loopcast(&["pack", d.join("a.bin").to_str().unwrap(), "-k", k, "-o"])
         .arg(&archive)
+        .args(["--packet-size", "1200"])
         .output()
         .unwrap();
     assert!(packed.status.success(), "{}", stderr(&packed));
+    assert!(
+        String::from_utf8_lossy(&packed.stdout).contains("1124-byte cells"),
+        "{}",
+        String::from_utf8_lossy(&packed.stdout)
+    );
+    // Cells that do not fit the server's packets: refused at start, saying how.
+    let small = loopcast(&[
+        "serve",
+        archive.to_str().unwrap(),
+        "-k",
+        k,
+        "-i",
+        "127.0.0.1",
+    ])
+    .args(["--packet-size", "1100", "-g", "239.255.112.99:22199"])
+    .output()
+    .unwrap();
+    assert_eq!(small.status.code(), Some(1), "{}", stderr(&small));
+    assert!(
+        stderr(&small).contains("its cells are 1124 bytes") && stderr(&small).contains("pack"),
+        "{}",
+        stderr(&small)
+    );
     let unpacked = loopcast(&["unpack", archive.to_str().unwrap(), "-k", k, "-o"])
         .arg(d.join("restored"))
         .output()

@@ -1,11 +1,12 @@
-//! Sealed cells (format v4, spec §3.4; being built: nothing packs or sends
-//! them yet). At pack time a frame's stored bytes are cut into cells of one
-//! packet's payload, each sealed with AES-256-GCM under its archive's cell
-//! key. The nonce is (frame index, cell index), unique within the archive
-//! whose key it is; the associated data binds the archive id, the frame index,
-//! the cell index and the frame's cell count, so a cell cannot move within its
-//! frame, to another frame or archive, and a frame cannot lose its last cells
-//! unnoticed. A cell is opened in place in one pass, with `ring` (the fastest
+//! Sealed cells (format v4, spec §3.4): the unit an archive body is made of and
+//! a DATA packet carries. At pack time the frame table and each frame's stored
+//! bytes are cut into cells of one size (the archive's `cell_size`, which fits a
+//! packet), each sealed with AES-256-GCM under the archive's cell key. A cell's
+//! nonce and associated data are its index in the body and the archive id, so a
+//! cell cannot move, be swapped between archives, or be truncated; which frame
+//! (and which cell of it) an index is follows from the frame table, itself
+//! sealed in the body's first cells. The receiver opens a cell in place in one
+//! fused pass as it arrives, knowing only the manifest, with `ring` (the fastest
 //! here: docs/performance.md).
 
 use crate::keys::FileKey;
@@ -14,38 +15,65 @@ use zeroize::Zeroize;
 
 /// Bytes a sealed cell carries after its sealed bytes.
 pub const TAG_LEN: usize = 16;
-/// Bytes of a cell's associated data.
-const AAD_LEN: usize = 20;
+/// Bytes of a cell's associated data: archive id, cell index.
+const AAD_LEN: usize = 16;
+/// Smallest cell size an archive may have (a 576-byte IPv6 packet's payload).
+pub const MIN_CELL_SIZE: u16 = 484;
 
-/// Where a cell belongs.
+/// Where a cell belongs: its archive and its index in the archive's body
+/// (body offset = index × cell size).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CellPlace {
     /// The archive's id.
     pub archive_id: u64,
-    /// The frame's index in the archive.
-    pub frame: u32,
-    /// The cell's index in its frame.
-    pub cell: u32,
-    /// How many cells the frame has.
-    pub cells: u32,
+    /// The cell's index in the body.
+    pub index: u64,
 }
 
 impl CellPlace {
     fn nonce(&self) -> Nonce {
         let mut n = [0u8; 12];
-        n[..4].copy_from_slice(&self.frame.to_be_bytes());
-        n[4..8].copy_from_slice(&self.cell.to_be_bytes());
+        n[..8].copy_from_slice(&self.index.to_be_bytes());
         Nonce::assume_unique_for_key(n)
     }
 
     fn aad(&self) -> Aad<[u8; AAD_LEN]> {
         let mut a = [0u8; AAD_LEN];
         a[..8].copy_from_slice(&self.archive_id.to_be_bytes());
-        a[8..12].copy_from_slice(&self.frame.to_be_bytes());
-        a[12..16].copy_from_slice(&self.cell.to_be_bytes());
-        a[16..].copy_from_slice(&self.cells.to_be_bytes());
+        a[8..].copy_from_slice(&self.index.to_be_bytes());
         Aad::from(a)
     }
+}
+
+/// Bytes of stored data one cell of `cell_size` bytes carries.
+pub fn cell_data_len(cell_size: u16) -> usize {
+    (cell_size as usize).saturating_sub(TAG_LEN)
+}
+
+/// Cells that carry `stored_len` bytes (at least one: an empty frame has one
+/// cell of padding).
+pub fn cells_for(stored_len: u64, cell_size: u16) -> u64 {
+    stored_len
+        .div_ceil(cell_data_len(cell_size).max(1) as u64)
+        .max(1)
+}
+
+/// Moves the data of opened cells (`bytes`, whole cells of `cell_size` each, their
+/// tags still in place) together at the start of `bytes`, and returns the first
+/// `stored_len` bytes of it. None if the cells cannot hold `stored_len` bytes.
+pub fn join_cells(bytes: &mut [u8], cell_size: u16, stored_len: usize) -> Option<&mut [u8]> {
+    let (size, data) = (cell_size as usize, cell_data_len(cell_size));
+    if size <= TAG_LEN
+        || !bytes.len().is_multiple_of(size)
+        || stored_len > bytes.len() / size * data
+    {
+        return None;
+    }
+    for cell in 1..stored_len.div_ceil(data) {
+        let from = cell * size;
+        bytes.copy_within(from..from + data, cell * data);
+    }
+    Some(&mut bytes[..stored_len])
 }
 
 /// The key that seals and opens one archive's cells.
@@ -73,6 +101,7 @@ impl CellKey {
 
     /// Opens `cell` (sealed bytes, then the tag) in place: its bytes, or None
     /// if it is not the cell at `place` of this archive, whole and unchanged.
+    /// The tag's bytes stay where they were.
     pub fn open<'a>(&self, place: &CellPlace, cell: &'a mut [u8]) -> Option<&'a mut [u8]> {
         if cell.len() < TAG_LEN {
             return None;
@@ -80,6 +109,42 @@ impl CellKey {
         (self.0)
             .open_in_place(place.nonce(), place.aad(), cell)
             .ok()
+    }
+
+    /// Seals whole cells of `cell_size` in place, the first at `first`: each
+    /// cell's data, then room for its tag, which is written there.
+    pub fn seal_cells(&self, archive_id: u64, first: u64, bytes: &mut [u8], cell_size: u16) {
+        let data = cell_data_len(cell_size);
+        for (i, cell) in bytes.chunks_exact_mut(cell_size as usize).enumerate() {
+            let place = CellPlace {
+                archive_id,
+                index: first + i as u64,
+            };
+            let (body, tag) = cell.split_at_mut(data);
+            tag.copy_from_slice(&self.seal(&place, body));
+        }
+    }
+
+    /// Opens whole cells of `cell_size` in place, the first at `first`; false (some
+    /// opened, the rest not) unless `bytes` is whole cells that all open.
+    pub fn open_cells(
+        &self,
+        archive_id: u64,
+        first: u64,
+        bytes: &mut [u8],
+        cell_size: u16,
+    ) -> bool {
+        let size = cell_size as usize;
+        if size <= TAG_LEN || !bytes.len().is_multiple_of(size) {
+            return false;
+        }
+        bytes.chunks_exact_mut(size).enumerate().all(|(i, cell)| {
+            let place = CellPlace {
+                archive_id,
+                index: first + i as u64,
+            };
+            self.open(&place, cell).is_some()
+        })
     }
 }
 
@@ -94,9 +159,7 @@ mod tests {
 
     const HERE: CellPlace = CellPlace {
         archive_id: 5,
-        frame: 3,
-        cell: 7,
-        cells: 12,
+        index: 7,
     };
 
     /// `plain` sealed at `place` under archive 5's key, tag appended.
@@ -132,9 +195,12 @@ mod tests {
         let plain = vec![1u8; 1408];
         let cell = sealed(&plain, &HERE);
         let elsewhere = [
-            CellPlace { cell: 8, ..HERE },
-            CellPlace { frame: 4, ..HERE },
-            CellPlace { cells: 11, ..HERE },
+            CellPlace { index: 8, ..HERE },
+            CellPlace { index: 6, ..HERE },
+            CellPlace {
+                index: 7 + (1 << 32),
+                ..HERE
+            },
             CellPlace {
                 archive_id: 6,
                 ..HERE
@@ -148,7 +214,7 @@ mod tests {
         }
         // Another archive's key, at the same place.
         assert!(key(6).open(&HERE, &mut cell.clone()).is_none());
-        // Truncated (the frame's last byte, or its tag), or one bit changed.
+        // Truncated (its first or last byte), or one bit changed.
         assert!(key(5).open(&HERE, &mut cell[1..].to_vec()).is_none());
         assert!(
             key(5)
@@ -163,15 +229,48 @@ mod tests {
         assert!(key(5).open(&HERE, &mut cell.clone()).is_some());
     }
 
+    #[test]
+    fn cells_sealed_together_open_and_join_to_their_data_and_seal_again_to_the_same_bytes() {
+        let size = 100u16;
+        let data: Vec<u8> = (0..250u32).map(|i| i as u8).collect();
+        let cells = cells_for(data.len() as u64, size) as usize;
+        assert_eq!(cells, 3); // 84 data bytes per cell
+        let mut bytes = vec![0u8; cells * size as usize];
+        for (i, chunk) in data.chunks(cell_data_len(size)).enumerate() {
+            bytes[i * size as usize..][..chunk.len()].copy_from_slice(chunk);
+        }
+        key(5).seal_cells(5, 40, &mut bytes, size);
+        let sealed = bytes.clone();
+        // At another first index, one cell swapped, or not whole cells: refused.
+        assert!(!key(5).open_cells(5, 41, &mut sealed.clone(), size));
+        let mut swapped = sealed.clone();
+        swapped[..100].copy_from_slice(&sealed[100..200]);
+        swapped[100..200].copy_from_slice(&sealed[..100]);
+        assert!(!key(5).open_cells(5, 40, &mut swapped, size));
+        assert!(!key(5).open_cells(5, 40, &mut sealed[..299].to_vec(), size));
+        assert!(key(5).open_cells(5, 40, &mut bytes, size));
+        let mut opened = bytes.clone();
+        // Opened cells sealed again are the bytes that came (parity rebuilds need them).
+        key(5).seal_cells(5, 40, &mut opened, size);
+        assert_eq!(opened, sealed);
+        assert_eq!(join_cells(&mut bytes, size, 250).unwrap(), &data[..]);
+        assert!(join_cells(&mut bytes, size, 253).is_none());
+        assert_eq!(cells_for(0, size), 1);
+    }
+
     proptest::proptest! {
         #[test]
         fn any_bytes_open_to_none_without_panic(
             bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000),
-            frame in proptest::prelude::any::<u32>(),
+            index in proptest::prelude::any::<u64>(),
+            cell_size in proptest::prelude::any::<u16>(),
         ) {
             let mut bytes = bytes;
-            let place = CellPlace { frame, ..HERE };
-            proptest::prop_assert!(key(5).open(&place, &mut bytes).is_none());
+            let place = CellPlace { index, ..HERE };
+            proptest::prop_assert!(key(5).open(&place, &mut bytes.clone()).is_none());
+            proptest::prop_assert!(bytes.is_empty() || !key(5).open_cells(5, index, &mut bytes.clone(), cell_size));
+            let len = bytes.len() / 2;
+            let _ = join_cells(&mut bytes, cell_size, len);
         }
     }
 }

@@ -4,7 +4,6 @@
 //! (GF(2¹⁶), Leopard construction); this module only lays out blocks and shards.
 
 use crate::manifest::Manifest;
-use crate::receiver::Rebuild;
 use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
 use std::ops::Range;
 
@@ -19,6 +18,9 @@ pub enum FecError {
     BadShards,
     /// The erasure code refused its input.
     Codec(String),
+    /// A rebuilt packet's cells did not open: some shard was not genuine
+    /// (PARITY carries no tag of its own, spec §2.11).
+    WrongShard,
 }
 
 impl std::fmt::Display for FecError {
@@ -26,6 +28,7 @@ impl std::fmt::Display for FecError {
         match self {
             FecError::BadShards => f.write_str("not the shards of one block"),
             FecError::Codec(e) => write!(f, "erasure code: {e}"),
+            FecError::WrongShard => f.write_str("a rebuilt packet failed its cells' tags"),
         }
     }
 }
@@ -172,29 +175,6 @@ impl Blocks {
         }
         rebuilt.sort_unstable_by_key(|&(packet, _)| packet);
         Ok(rebuilt)
-    }
-}
-
-impl Blocks {
-    /// Rebuilds `rebuild`'s packets in `body`, a whole archive body held in
-    /// memory whose other packets of the block are in place (simulators and tests).
-    pub fn rebuild_in_body(&self, body: &mut [u8], rebuild: &Rebuild) -> Result<(), FecError> {
-        let p = self.payload_size as usize;
-        let at = |k: u32| k as usize * p..k as usize * p + self.payload_len(k);
-        if body.len() as u64 != self.body_len {
-            return Err(FecError::BadShards);
-        }
-        let present: Vec<(u32, &[u8])> = (self.packets(rebuild.block))
-            .filter(|k| !rebuild.missing.contains(k))
-            .map(|k| (k, &body[at(k)]))
-            .collect();
-        let parity: Vec<(u16, &[u8])> = (rebuild.parity.iter())
-            .map(|(j, shard)| (*j, shard.as_slice()))
-            .collect();
-        for (k, bytes) in self.rebuild(rebuild.block, &present, &parity)? {
-            body[at(k)].copy_from_slice(&bytes);
-        }
-        Ok(())
     }
 }
 

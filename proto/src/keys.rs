@@ -8,7 +8,7 @@ use hkdf::Hkdf;
 use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-pub use crate::wire::auth::{DataMac, MacKey};
+pub use crate::wire::auth::MacKey;
 
 /// Length in bytes of every symmetric key in loopcast.
 pub const KEY_LEN: usize = 32;
@@ -23,7 +23,6 @@ const DIRECTORY_MAC_INFO: &[u8] = b"loopcast/v3/directory-mac";
 const DIRECTOR_MAC_INFO: &[u8] = b"loopcast/v3/director-mac";
 const JOBS_API_MAC_INFO: &[u8] = b"loopcast/v3/jobs-api-mac";
 const SESSION_MAC_INFO: &[u8] = b"loopcast/v3/session-mac";
-const DATA_MAC_INFO: &[u8] = b"loopcast/v3/data-gmac";
 const CELL_KEY_INFO: &[u8] = b"loopcast/v4/cell-key";
 
 /// The secret shared by server and receivers; 32 random bytes from `keygen`.
@@ -144,26 +143,6 @@ impl FileKey {
             &mut out,
         );
         MacKey::from_bytes(out)
-    }
-
-    /// GMAC key of one session's DATA packets of this archive at payload size
-    /// `payload_size`. Bound to both, so one nonce (packet index and flags) never
-    /// tags two different datagrams.
-    pub fn data_mac(&self, session_id: u32, payload_size: u16) -> DataMac {
-        let mut out = [0u8; KEY_LEN];
-        expand(
-            &self.0,
-            None,
-            &[
-                DATA_MAC_INFO,
-                &session_id.to_be_bytes(),
-                &payload_size.to_be_bytes(),
-            ],
-            &mut out,
-        );
-        let mac = DataMac::from_bytes(&out);
-        out.zeroize();
-        mac
     }
 
     /// AES-256-GCM key of this archive's sealed cells (format v4, `cell`).

@@ -4,15 +4,16 @@ use crate::codec::{Reader, Truncated};
 use crate::keys::{FINGERPRINT_LEN, FileKey, MasterKey};
 use std::ops::Range;
 
-/// Manifest format version this code writes and reads.
-pub const MANIFEST_VERSION: u8 = 1;
+/// Manifest format version this code writes and reads (2: format v4, cells;
+/// 1 was format v3).
+pub const MANIFEST_VERSION: u8 = 2;
 /// Longest file name a manifest may carry, in bytes.
 pub const MAX_NAME_LEN: usize = 255;
 /// Bytes of the blake3 MAC at the end of an encoded manifest.
 pub const MAC_LEN: usize = 32;
 /// Bytes of an encoded manifest besides its name.
 pub const FIXED_LEN: usize =
-    1 + 8 + FINGERPRINT_LEN + 8 + 4 + 8 + 4 + 4 + 4 + 8 + 2 + 32 + 32 + 2 + MAC_LEN;
+    1 + 8 + FINGERPRINT_LEN + 8 + 4 + 8 + 4 + 4 + 4 + 8 + 2 + 2 + 32 + 32 + 2 + MAC_LEN;
 
 /// Everything a receiver needs to know about an archive before its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,8 +36,11 @@ pub struct Manifest {
     pub frame_count: u32,
     /// Bytes of the archive body (frame table and sealed frames) carried in DATA packets.
     pub body_len: u64,
-    /// Body bytes per DATA packet.
+    /// Body bytes per DATA packet: whole cells, as many as the server's packets
+    /// carry (the server signs the manifest again with its own).
     pub payload_size: u16,
+    /// Bytes of each sealed cell of the body (spec §3.4), tag included.
+    pub cell_size: u16,
     /// blake3 digest of the original file.
     pub content_digest: [u8; 32],
     /// blake3 digest of the frame table at the start of the body.
@@ -70,9 +74,19 @@ impl Manifest {
         self.body_len.div_ceil(self.payload_size as u64) as u32
     }
 
-    /// Bytes of the frame table at the start of the body.
+    /// Body bytes of the frame table's cells at the start of the body.
     pub fn table_len(&self) -> u64 {
-        crate::archive::table_len(self.frame_count)
+        crate::archive::table_cells(self.frame_count, self.cell_size) * self.cell_size as u64
+    }
+
+    /// Cells of the body.
+    pub fn cell_count(&self) -> u64 {
+        self.body_len / self.cell_size.max(1) as u64
+    }
+
+    /// Cells each DATA packet carries (the last packet may carry fewer).
+    pub fn cells_per_packet(&self) -> u64 {
+        (self.payload_size / self.cell_size.max(1)) as u64
     }
 
     /// The packets that carry the frame table (no frame can be opened without them).
@@ -96,6 +110,7 @@ impl Manifest {
         b.extend_from_slice(&self.frame_count.to_be_bytes());
         b.extend_from_slice(&self.body_len.to_be_bytes());
         b.extend_from_slice(&self.payload_size.to_be_bytes());
+        b.extend_from_slice(&self.cell_size.to_be_bytes());
         b.extend_from_slice(&self.content_digest);
         b.extend_from_slice(&self.table_digest);
         b.extend_from_slice(&(self.name.len() as u16).to_be_bytes());
@@ -139,6 +154,7 @@ impl Manifest {
             frame_count: r.u32()?,
             body_len: r.u64()?,
             payload_size: r.u16()?,
+            cell_size: r.u16()?,
             content_digest: r.array()?,
             table_digest: r.array()?,
             name: {
@@ -162,12 +178,16 @@ impl Manifest {
     /// Checks that the layout fields are consistent with each other.
     fn validate(&self) -> Result<(), ManifestError> {
         let ok = self.frame_size > 0
-            && self.payload_size > 0
+            && self.cell_size >= crate::cell::MIN_CELL_SIZE
+            && self.cell_size.is_multiple_of(2)
+            && self.payload_size >= self.cell_size
+            && self.payload_size.is_multiple_of(self.cell_size)
+            && self.body_len.is_multiple_of(self.cell_size as u64)
             && self.frame_count > 0
             && self.mtime_nanos < 1_000_000_000
             && self.frame_count as u64
                 == crate::archive::frame_count(self.original_size, self.frame_size)
-            && self.body_len >= crate::archive::min_body_len(self.frame_count)
+            && self.body_len >= crate::archive::min_body_len(self.frame_count, self.cell_size)
             && self.body_len.div_ceil(self.payload_size as u64) <= u32::MAX as u64;
         if ok {
             Ok(())
@@ -212,8 +232,9 @@ mod tests {
             mtime_nanos: 5,
             frame_size: 1 << 20,
             frame_count: 3,
-            body_len: 3_100_000,
-            payload_size: 1440,
+            body_len: 3_100_000 / 1424 * 1424,
+            payload_size: 1424,
+            cell_size: 1424,
             content_digest: [7; 32],
             table_digest: [8; 32],
             name: name.into(),
@@ -260,12 +281,14 @@ mod tests {
     proptest! {
         #[test]
         fn round_trips(name in "[^/]{0,80}", size in 0u64..1<<40, frame_shift in 10u32..26, extra in 0u64..100_000,
-                       payload in 500u16..9000, mode in any::<u32>(), secs in any::<i64>(), nanos in 0u32..1_000_000_000) {
+                       cell in 242u16..4500, cells in 1u16..6, mode in any::<u32>(), secs in any::<i64>(), nanos in 0u32..1_000_000_000) {
             let key = MasterKey::from_bytes([3; 32]);
             let frame_size = 1u32 << frame_shift;
             let frame_count = crate::archive::frame_count(size, frame_size) as u32;
+            let cell_size = cell * 2;
+            let body = crate::archive::min_body_len(frame_count, cell_size) + size + extra;
             let m = Manifest { name, original_size: size, frame_size, frame_count, mode, mtime_secs: secs, mtime_nanos: nanos,
-                body_len: crate::archive::min_body_len(frame_count) + size + extra, payload_size: payload,
+                body_len: body.next_multiple_of(cell_size as u64), payload_size: cell_size * cells.min(9000 / cell_size), cell_size,
                 ..sample("", key.fingerprint()) };
             let bytes = m.encode(&key.file_key(m.archive_id));
             prop_assert_eq!(Manifest::decode(&bytes, &key), Ok(m));

@@ -66,7 +66,11 @@ fn answer(signer: &MasterKey, nonce: u64, found: Found) -> Vec<u8> {
 /// Answers the session's first LOOKUP (to D1) with `found`; returns its nonce.
 fn first_answer(s: &mut Session, t0: Instant, found: Found) -> u64 {
     let nonce = lookup_nonce(&sent(s, t0)[0], D1);
-    s.handle_datagram(t0, Origin::Link { from: D1 }, &answer(&key(), nonce, found));
+    s.handle_datagram(
+        t0,
+        Origin::Link { from: D1 },
+        &mut answer(&key(), nonce, found).to_vec(),
+    );
     nonce
 }
 
@@ -88,17 +92,17 @@ fn lookups_go_round_the_directors_and_only_the_answer_to_the_question_counts() {
     s.handle_datagram(
         at,
         Origin::Link { from: D2 },
-        &answer(&stranger, nonce, Found::Carried),
+        &mut answer(&stranger, nonce, Found::Carried).to_vec(),
     );
     s.handle_datagram(
         at,
         Origin::Link { from: D2 },
-        &answer(&key(), nonce + 1, Found::Carried),
+        &mut answer(&key(), nonce + 1, Found::Carried).to_vec(),
     );
     s.handle_datagram(
         at,
         Origin::Link { from: SERVER },
-        &answer(&key(), nonce, Found::Carried),
+        &mut answer(&key(), nonce, Found::Carried).to_vec(),
     );
     assert!(std::iter::from_fn(|| s.poll_event()).next().is_none());
     // The stranger's, and the one from the server (checked as a listing there).
@@ -107,7 +111,7 @@ fn lookups_go_round_the_directors_and_only_the_answer_to_the_question_counts() {
     s.handle_datagram(
         at,
         Origin::Link { from: D2 },
-        &answer(&key(), nonce, Found::Carried),
+        &mut answer(&key(), nonce, Found::Carried).to_vec(),
     );
     assert_eq!(
         s.poll_event(),
@@ -144,7 +148,7 @@ fn not_yet_known_is_asked_again_and_not_carried_ends_the_session() {
     s.handle_datagram(
         t0,
         Origin::Link { from: D2 },
-        &answer(&key(), nonce, Found::NotCarried),
+        &mut answer(&key(), nonce, Found::NotCarried).to_vec(),
     );
     assert_eq!(
         s.poll_event(),
@@ -181,9 +185,13 @@ fn a_redirect_is_taken_once_and_only_with_the_nonce_of_the_last_answer() {
         wire::encode_redirect(&key().director_mac_key(), &r)
     };
     let at = t0 + Duration::from_millis(100);
-    s.handle_datagram(at, Origin::Link { from: D1 }, &redirect(nonce + 1));
+    s.handle_datagram(
+        at,
+        Origin::Link { from: D1 },
+        &mut redirect(nonce + 1).to_vec(),
+    );
     assert!(s.poll_event().is_none(), "another nonce moves nothing");
-    s.handle_datagram(at, Origin::Link { from: D1 }, &redirect(nonce));
+    s.handle_datagram(at, Origin::Link { from: D1 }, &mut redirect(nonce).to_vec());
     let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
     assert!(events.contains(&ClientEvent::Redirected {
         name: "image.bin".into(),
@@ -193,6 +201,6 @@ fn a_redirect_is_taken_once_and_only_with_the_nonce_of_the_last_answer() {
     let asked = sent(&mut s, at);
     assert!(asked.iter().any(|t| t.to == other), "{asked:?}");
     // The same redirect again (a replay) is not taken.
-    s.handle_datagram(at, Origin::Link { from: D1 }, &redirect(nonce));
+    s.handle_datagram(at, Origin::Link { from: D1 }, &mut redirect(nonce).to_vec());
     assert!(s.poll_event().is_none());
 }

@@ -1,7 +1,7 @@
 //! The receiver session's count of each frame's missing packets stays true when
 //! packets are taken back: a frame is unpacked only once all its packets are held.
 
-use loopcast_proto::archive::Unpacker;
+use loopcast_proto::archive::{Cells, Unpacker};
 use loopcast_proto::client::{ClientConfig, Command, Origin, RepairKind, Session};
 use loopcast_proto::wire::{self, Announce, AnnounceEntry, ChannelInfo, DataHeader};
 use loopcast_proto::{MasterKey, NakMode};
@@ -13,10 +13,12 @@ const SESSION: u32 = 0x5e55;
 #[test]
 fn packets_taken_back_from_one_frame_uncount_its_neighbour_too() {
     let key = MasterKey::from_bytes([3; 32]);
-    // 4 kB frames in 1000-byte packets: neighbouring frames share a packet.
-    let (m, manifest_bytes, body) =
-        loopcast_proto::sim::random_archive(&key, 20_000, 4096, 1000, 9);
-    let keys = wire::SessionKeys::new(&key.file_key(m.archive_id), SESSION, m.payload_size);
+    // 4 kB frames in 500-byte cells, two to a packet: neighbouring frames
+    // (9 cells each) share a packet.
+    let (mut m, _, body) = loopcast_proto::sim::random_archive(&key, 20_000, 4096, 500, 9);
+    m.payload_size = 1000;
+    let manifest_bytes = m.encode(&key.file_key(m.archive_id));
+    let keys = wire::SessionKeys::new(&key.file_key(m.archive_id), SESSION);
     let channel = ChannelInfo {
         group: SocketAddr::new(Ipv4Addr::new(239, 9, 9, 2).into(), 7002),
         control_port: 17002,
@@ -56,13 +58,13 @@ fn packets_taken_back_from_one_frame_uncount_its_neighbour_too() {
     let source = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
     let directory = key.directory_mac_key();
     let announce = wire::encode_announce(&directory, SESSION, &listing);
-    session.handle_datagram(now, Origin::Directory { source }, &announce);
+    session.handle_datagram(now, Origin::Directory { source }, &mut announce.to_vec());
     let on_channel = Origin::Channel {
         reception: 0,
         channel: 0,
     };
     let manifest = wire::encode_manifest(&keys.mac, SESSION, &manifest_bytes);
-    session.handle_datagram(now, on_channel, &manifest);
+    session.handle_datagram(now, on_channel, &mut manifest.to_vec());
     // Every packet but the last: every frame is whole but the last one.
     let count = m.packet_count();
     let mut ranges = None;
@@ -75,16 +77,16 @@ fn packets_taken_back_from_one_frame_uncount_its_neighbour_too() {
             packet_count: count,
             flags: 0,
         };
-        wire::encode_data(&keys.data, SESSION, &header, payload)
+        wire::encode_data(SESSION, &header, payload)
     };
     for k in 0..count - 1 {
-        let _ = session.handle_datagram(now, on_channel, &data(k));
+        let _ = session.handle_datagram(now, on_channel, &mut data(k).to_vec());
         while let Some(command) = session.poll_command() {
             match command {
                 Command::OpenStorage { reception, .. } => session.storage_opened(reception, None),
                 Command::CheckTable { reception } => {
-                    let table = &body[..m.table_len() as usize];
-                    let unpacker = Unpacker::new(&key, &m, table).unwrap();
+                    let mut table = body[..m.table_len() as usize].to_vec();
+                    let unpacker = Unpacker::new(&key, &m, &mut table, Cells::Sealed).unwrap();
                     ranges = Some(unpacker.frame_ranges().to_vec());
                     session.table_checked(now, reception, m.archive_id, ranges.clone());
                 }
@@ -114,7 +116,7 @@ fn packets_taken_back_from_one_frame_uncount_its_neighbour_too() {
     // The last packet makes the last frame whole and queues its unpacking; it is
     // let go before the driver polls: no Unpack names it.
     let last = ranges.len() as u32 - 1;
-    let _ = session.handle_datagram(now, on_channel, &data(count - 1));
+    let _ = session.handle_datagram(now, on_channel, &mut data(count - 1).to_vec());
     session.storage_dropped(now, 0, m.archive_id, ranges[last as usize].clone());
     while let Some(command) = session.poll_command() {
         if let Command::Unpack { frames, .. } = command {

@@ -66,6 +66,13 @@ pub(super) enum Command {
         output: PathBuf,
         #[command(flatten)]
         pack: PackArgs,
+        /// IP packet size the archive's cells are cut for (576 to 9000): one
+        /// cell fills the payload of an IPv6 packet of this size. A server sends
+        /// as many whole cells per packet as its own --packet-size holds, and
+        /// refuses packets too small for one. 9000 makes jumbo cells.
+        #[arg(long, default_value_t = wire::DEFAULT_PACKET_SIZE as u16,
+              value_parser = clap::value_parser!(u16).range(wire::MIN_PACKET_SIZE as i64..=wire::MAX_PACKET_SIZE as i64))]
+        packet_size: u16,
     },
     /// Unpack and verify an archive into a directory (the receiver's last step, offline).
     Unpack {

@@ -6,12 +6,13 @@ use super::args::{
     Repair, ServeArgs, resolve_server,
 };
 use crate::agent::AgentConfig;
+use crate::archive_file::{self, PackOptions};
 use crate::error::{Error, Result};
 use crate::push::PushConfig;
 use crate::recv::RecvConfig;
 use crate::server::ServeConfig;
 use crate::units::format_rate;
-use crate::{archive_file, keyfile, net};
+use crate::{keyfile, net};
 use loopcast_proto::client::RepairKind;
 use loopcast_proto::wire;
 use std::net::SocketAddr;
@@ -60,7 +61,11 @@ pub(super) fn serve(a: ServeArgs) -> Result<ServeConfig> {
         repair_share: a.repair_share,
         fec_overhead: a.fec_overhead / 100.0,
         cache_dir: a.cache_dir.unwrap_or_else(archive_file::default_cache_dir),
-        pack: (&a.pack).into(),
+        // Plain files are packed with cells that fit this server's packets.
+        pack: PackOptions {
+            cell_size: wire::cell_size_for_packet(a.packet_size.into()),
+            ..(&a.pack).into()
+        },
         gso: !a.no_gso,
         unicast_port: a.unicast_port.unwrap_or(group.port()),
         unicast_max_rate: a.unicast_max_rate,

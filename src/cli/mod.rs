@@ -12,6 +12,7 @@ use crate::{agent, director, keyfile, net, push, recv, server};
 use args::{Cli, Command, NetArgs};
 use clap::Parser;
 use loopcast_proto::keys::hex;
+use loopcast_proto::wire;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -51,15 +52,21 @@ fn run(cli: Cli) -> Result<()> {
             key,
             output,
             pack,
+            packet_size,
         } => {
             let key = keyfile::load(&key)?;
-            let m = archive_file::pack_file(&input, &output, &key, (&pack).into())?;
+            let options = archive_file::PackOptions {
+                cell_size: wire::cell_size_for_packet(packet_size.into()),
+                ..(&pack).into()
+            };
+            let m = archive_file::pack_file(&input, &output, &key, options)?;
             println!(
-                "{}: {} -> {} in {} frames",
+                "{}: {} -> {} in {} frames of {}-byte cells",
                 output.display(),
                 format_bytes(m.original_size),
                 format_bytes(m.body_len),
-                m.frame_count
+                m.frame_count,
+                m.cell_size
             );
             Ok(())
         }

@@ -96,7 +96,7 @@ impl Receiver {
             _ => Origin::Link { from },
         };
         self.session
-            .handle_datagram(Instant::now(), origin, &self.io.buf[..n]);
+            .handle_datagram(Instant::now(), origin, &mut self.io.buf[..n]);
         self.io.outputs(&mut self.session, Some(&mut self.batch))?;
         Ok(true)
     }
@@ -117,7 +117,7 @@ impl Receiver {
                 channel,
             };
             self.session
-                .handle_datagram(Instant::now(), origin, &self.io.buf[..n]);
+                .handle_datagram(Instant::now(), origin, &mut self.io.buf[..n]);
             self.io.outputs(&mut self.session, Some(&mut self.batch))?;
         }
         Ok(false)
@@ -160,7 +160,7 @@ impl Receiver {
                 return Ok(true);
             }
             let mut stores: Vec<(u64, &[u8])> = Vec::new();
-            for datagram in self.batch.datagrams() {
+            for datagram in self.batch.datagrams_mut() {
                 let is_data = [wire::PacketType::Data as u8, wire::PacketType::Parity as u8]
                     .contains(&datagram.get(3).copied().unwrap_or(0));
                 let drop = self.io.config.debug_drop;

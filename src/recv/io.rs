@@ -7,10 +7,11 @@ use crate::error::{Context, Error, Result};
 use crate::net;
 use crate::storage::{FrameWorker, OutputDir, PartialFile, Rebuilt};
 use loopcast_proto::Manifest;
-use loopcast_proto::archive::Unpacker;
+use loopcast_proto::archive::{Cells, Unpacker};
 use loopcast_proto::client::{
     ClientError, ClientEvent, Command, Rebuild, ReceptionId, Session, Transmit, Via,
 };
+use loopcast_proto::fec::FecError;
 use mio::Interest;
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
@@ -104,15 +105,19 @@ impl Io {
     /// by copies; one whose shards do not decode, to be asked for again.
     fn rebuild(&mut self, session: &mut Session, id: ReceptionId, rebuild: &Rebuild) -> Result<()> {
         let archive_id = session.reception(id).map_or(0, |r| r.entry().archive_id);
-        let rebuilt = match self.locals.get(id).and_then(|l| l.partial.as_ref()) {
-            Some(partial) => partial.rebuild(rebuild)?,
+        let receiver = session.reception(id).map(|r| r.receiver());
+        let rebuilt = match (
+            self.locals.get(id).and_then(|l| l.partial.as_ref()),
+            receiver,
+        ) {
+            (Some(partial), Some(receiver)) => partial.rebuild(receiver, rebuild)?,
             // No storage (closed meanwhile): nothing holds the block.
-            None => Rebuilt::Unavailable,
+            _ => Rebuilt::Unavailable,
         };
         if let Rebuilt::Packets(_) = rebuilt
             && let Some(partial) = self.locals.get_mut(id).and_then(|l| l.partial.as_mut())
         {
-            partial.rebuilt(rebuild.block, &rebuild.missing);
+            partial.rebuilt(rebuild.block);
         }
         let (again, by_copies) = match rebuilt {
             Rebuilt::Packets(packets) => {
@@ -133,7 +138,11 @@ impl Io {
                     "block {} of {archive_id:016x} did not rebuild: {e}",
                     rebuild.block
                 );
-                (&rebuild.missing, false)
+                // A shard that was not genuine (PARITY has no tag): the block
+                // is repaired by copies, which prove themselves (T32).
+                let wrong = e == FecError::WrongShard;
+                self.local(session, id).wrong_shards += wrong as u64;
+                (&rebuild.missing, wrong)
             }
         };
         session.rebuild_failed(Instant::now(), id, archive_id, again, by_copies);
@@ -178,6 +187,7 @@ impl Io {
                 progress: self.progress.add(&name),
                 debug_dropped: 0,
                 rebuilds_by_copies: 0,
+                wrong_shards: 0,
                 let_go: 0,
                 worker_seen: Instant::now(),
                 delivered: None,
@@ -352,7 +362,9 @@ impl Io {
         let mut table = vec![0u8; manifest.table_len() as usize];
         body.read_exact_at(&mut table, 0)
             .context(|| format!("{}: cannot read the frame table", manifest.name))?;
-        let Ok(unpacker) = Unpacker::new(&self.config.key, manifest, &table) else {
+        // The table's cells were opened as they came.
+        let Ok(unpacker) = Unpacker::new(&self.config.key, manifest, &mut table, Cells::Opened)
+        else {
             return Ok(None);
         };
         let ranges = unpacker.frame_ranges().to_vec();

@@ -162,6 +162,9 @@ struct Local {
     /// Blocks that could not be rebuilt because some of their stored packets were
     /// no longer held as they came (their frame unpacked): repaired by copies.
     rebuilds_by_copies: u64,
+    /// Blocks whose rebuild failed its cells' tags (a shard not genuine: PARITY
+    /// has no tag of its own), repaired by copies since.
+    wrong_shards: u64,
     /// Payloads let go for want of room in memory and the partial file (each
     /// one makes its frame fetched again).
     let_go: u64,

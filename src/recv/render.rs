@@ -285,7 +285,7 @@ impl Render {
             target: COUNTERS,
             "{}: counters: stored={} resumed={} duplicates={} passed_away={} before_manifest={} \
              other_session={} other_archive={} forged={} bad_manifest={} malformed={} debug_dropped={} kernel_drops={} \
-             let_go={} repairs={} parity={} parity_unused={} rebuilt={} rebuilt_by_copies={} \
+             let_go={} repairs={} parity={} parity_unused={} rebuilt={} rebuilt_by_copies={} wrong_shards={} \
              naks_sent={} naks_heard={} naks_suppressed={} reported_lost={} stale_status={} \
              out_of_pace={} via={}",
             r.entry().name,
@@ -307,6 +307,7 @@ impl Render {
             s.parity_unused,
             s.rebuilt,
             local.map_or(0, |l| l.rebuilds_by_copies),
+            local.map_or(0, |l| l.wrong_shards),
             s.naks_sent,
             s.naks_heard,
             s.naks_suppressed,

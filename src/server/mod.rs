@@ -130,7 +130,6 @@ pub fn serve(config: ServeConfig) -> Result<()> {
 fn start(config: &ServeConfig, first_channel: u32, signals: &mut StopSignals) -> Result<Server> {
     let session_id: u32 = rand::random();
     let ip_udp_overhead = wire::ip_udp_overhead(config.group);
-    let payload_size = wire::payload_size_for_packet(config.packet_size, ip_udp_overhead) as u16;
     let now = Instant::now();
     let total_rate: u64 = config.rates.iter().sum();
     let socket = net::multicast_sender(
@@ -153,8 +152,21 @@ fn start(config: &ServeConfig, first_channel: u32, signals: &mut StopSignals) ->
                 archive.manifest.name
             )));
         }
-        // Re-sign with this server's payload size; the body and archive id are unchanged.
-        archive.manifest.payload_size = payload_size;
+        // Re-sign with this server's payload size (as many whole cells as its
+        // packets carry); the body and archive id are unchanged.
+        let cell_size = archive.manifest.cell_size;
+        let cells = wire::cells_per_packet(config.packet_size, ip_udp_overhead, cell_size);
+        if cells == 0 {
+            return Err(Error::new(format!(
+                "{}: its cells are {cell_size} bytes, and packets of {} bytes carry at most {}; \
+                 serve it with a larger --packet-size or pack it again with `pack --packet-size {}`",
+                archive_path.display(),
+                config.packet_size,
+                wire::payload_size_for_packet(config.packet_size, ip_udp_overhead),
+                config.packet_size
+            )));
+        }
+        archive.manifest.payload_size = cells * cell_size;
         let manifest_bytes = archive
             .manifest
             .encode(&config.key.file_key(archive.manifest.archive_id));

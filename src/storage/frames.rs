@@ -6,7 +6,6 @@
 //! let go and its packets are fetched again.
 
 use loopcast_proto::ReceivedMap;
-use loopcast_proto::archive::{Check, FRAME_HEADER_LEN};
 use loopcast_proto::fec::Blocks;
 use loopcast_proto::received::packets_covering;
 use std::collections::{HashMap, VecDeque};
@@ -25,9 +24,9 @@ pub const SPILL_SHARE: u64 = 5;
 /// blocks are then repaired by copies.
 pub const RETAIN_BUDGET: usize = 8 << 20;
 
-/// A reusable buffer for one frame, laid out so that the byte after the sealed
-/// frame's header, where an uncompressed frame's plaintext starts, is `ALIGN`ed:
-/// the plaintext is written to the output without a copy.
+/// A reusable buffer for one frame's cells, `ALIGN`ed: an uncompressed frame's
+/// plaintext, once its cells' data is moved together, starts there and is
+/// written to the output without another copy.
 pub struct FrameBuffer {
     bytes: Vec<u8>,
     /// First `ALIGN`ed byte of `bytes`.
@@ -41,27 +40,27 @@ impl std::fmt::Debug for FrameBuffer {
 }
 
 impl FrameBuffer {
-    /// A buffer for frames of up to `capacity` sealed bytes.
+    /// A buffer for frames of up to `capacity` bytes of cells.
     pub fn new(capacity: usize) -> Self {
         let bytes = vec![0u8; capacity + 2 * ALIGN];
         let aligned = bytes.as_ptr().align_offset(ALIGN);
         Self { bytes, aligned }
     }
 
-    /// How long a sealed frame it holds.
+    /// How long a frame's cells it holds.
     pub fn capacity(&self) -> usize {
         self.bytes.len() - 2 * ALIGN
     }
 
-    /// Room for a sealed frame of `len` bytes, its plaintext `ALIGN`ed.
-    pub fn sealed_mut(&mut self, len: usize) -> &mut [u8] {
-        let start = self.aligned + ALIGN - FRAME_HEADER_LEN;
+    /// Room for a frame's cells, `len` bytes, `ALIGN`ed.
+    pub fn cells_mut(&mut self, len: usize) -> &mut [u8] {
+        let start = self.aligned;
         &mut self.bytes[start..start + len]
     }
 
-    /// The sealed frame of `len` bytes it holds.
-    pub fn sealed(&self, len: usize) -> &[u8] {
-        let start = self.aligned + ALIGN - FRAME_HEADER_LEN;
+    /// The frame's cells of `len` bytes it holds.
+    pub fn cells(&self, len: usize) -> &[u8] {
+        let start = self.aligned;
         &self.bytes[start..start + len]
     }
 
@@ -91,9 +90,8 @@ enum Place {
 
 /// What the frame worker is to open a frame from.
 pub enum FrameSource {
-    /// This buffer holds the sealed frame; `Check::Packets` when every byte of
-    /// it came in an authenticated DATA packet (none rebuilt from parity).
-    Memory(FrameBuffer, Check),
+    /// This buffer holds the frame's cells (opened as they came).
+    Memory(FrameBuffer),
     /// The partial file holds it.
     Disk,
 }
@@ -104,9 +102,6 @@ pub struct FrameAssembly {
     ranges: Vec<Range<u64>>,
     payload_size: u32,
     place: Vec<Place>,
-    /// Frames with bytes rebuilt from parity since they were last opened: their
-    /// GCM tag is checked (the packets' GMACs do not cover rebuilt bytes).
-    rebuilt: Vec<bool>,
     buffers: HashMap<u32, FrameBuffer>,
     /// Frames in memory, oldest first (the first to spill).
     oldest: VecDeque<u32>,
@@ -162,7 +157,6 @@ impl FrameAssembly {
             .sum();
         Self {
             payload_size: payload_size.max(1),
-            rebuilt: vec![false; place.len()],
             place,
             buffers: HashMap::new(),
             oldest: VecDeque::new(),
@@ -222,7 +216,7 @@ impl FrameAssembly {
                 Place::Memory => {
                     let buffer = self.buffers.get_mut(&frame).expect("held in memory");
                     let at = (from - r.start) as usize;
-                    buffer.sealed_mut((r.end - r.start) as usize)[at..at + part.len()]
+                    buffer.cells_mut((r.end - r.start) as usize)[at..at + part.len()]
                         .copy_from_slice(part);
                 }
                 Place::Disk => to_disk.push((from, part)),
@@ -260,7 +254,7 @@ impl FrameAssembly {
             covered = to;
             match self.place[frame] {
                 Place::Memory => {
-                    let sealed = self.buffers[&(frame as u32)].sealed((r.end - r.start) as usize);
+                    let sealed = self.buffers[&(frame as u32)].cells((r.end - r.start) as usize);
                     buf[at(from)..at(to)].copy_from_slice(
                         &sealed[(from - r.start) as usize..(to - r.start) as usize],
                     );
@@ -364,7 +358,7 @@ impl FrameAssembly {
             return;
         };
         let (first, last) = (self.blocks.of(packets.start), self.blocks.of(last));
-        let sealed = buffer.sealed((r.end - r.start) as usize);
+        let sealed = buffer.cells((r.end - r.start) as usize);
         for block in [first, last]
             .into_iter()
             .take(if first == last { 1 } else { 2 })
@@ -392,11 +386,7 @@ impl FrameAssembly {
         let source = match *place {
             Place::Memory => {
                 self.oldest.retain(|&f| f != frame);
-                let check = match self.rebuilt[frame as usize] {
-                    true => Check::Tag,
-                    false => Check::Packets,
-                };
-                FrameSource::Memory(self.buffers.remove(&frame).expect("held in memory"), check)
+                FrameSource::Memory(self.buffers.remove(&frame).expect("held in memory"))
             }
             Place::Disk | Place::Nowhere => FrameSource::Disk,
             Place::Sent { .. } | Place::Done => return None,
@@ -415,9 +405,6 @@ impl FrameAssembly {
             self.recycle(b);
         }
         let len = self.len(frame);
-        if let Some(r) = self.rebuilt.get_mut(frame as usize) {
-            *r = false;
-        }
         if let Some(p) = self.place.get_mut(frame as usize) {
             if *p == (Place::Sent { from_disk: true }) {
                 // Punched out of the partial file by the worker.
@@ -455,13 +442,6 @@ impl FrameAssembly {
     /// Which frames are verified and in the output.
     pub fn done(&self) -> Vec<bool> {
         self.place.iter().map(|p| *p == Place::Done).collect()
-    }
-
-    /// Notes that the frames overlapping body `range` get bytes rebuilt from parity.
-    pub fn mark_rebuilt(&mut self, range: Range<u64>) {
-        let first = self.ranges.partition_point(|r| r.end <= range.start);
-        let end = self.ranges.partition_point(|r| r.start < range.end);
-        self.rebuilt[first..end.max(first)].fill(true);
     }
 
     /// Forgets the bytes kept for rebuilds within body `range` (its block is whole).

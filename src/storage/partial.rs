@@ -191,7 +191,7 @@ impl PartialFile {
         for (frame, mut buffer) in frames {
             let r = assembly.range(frame);
             self.file
-                .write_all_at(buffer.sealed_mut((r.end - r.start) as usize), r.start)
+                .write_all_at(buffer.cells_mut((r.end - r.start) as usize), r.start)
                 .context(|| format!("cannot write {}", self.body_path.display()))?;
             assembly.recycle(buffer);
         }

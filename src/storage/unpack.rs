@@ -6,7 +6,7 @@ use super::UnpackFailure;
 use super::frames::{FrameBuffer, FrameSource};
 use super::output::PlainOutput;
 use crate::error::{Context, Error, Result};
-use loopcast_proto::archive::{Check, UnpackError, Unpacker};
+use loopcast_proto::archive::{Cells, UnpackError, Unpacker};
 use loopcast_proto::{Manifest, MasterKey};
 use std::fs::{self, File, FileTimes};
 use std::io;
@@ -67,7 +67,8 @@ pub fn deliver(
     let mut table = vec![0u8; manifest.table_len() as usize];
     body.read_exact_at(&mut table, body_start)
         .map_err(|e| io("cannot read frame table", e))?;
-    let unpacker = Unpacker::new(key, manifest, &table).map_err(|_| UnpackFailure::Table)?;
+    let unpacker = Unpacker::new(key, manifest, &mut table, Cells::Sealed)
+        .map_err(|_| UnpackFailure::Table)?;
     let body = body
         .try_clone()
         .map_err(|e| io("cannot reopen the archive", e))?;
@@ -87,7 +88,7 @@ pub fn deliver(
     let mut bad = Vec::new();
     let mut result = Ok(());
     for frame in 0..manifest.frame_count {
-        match unpack.frame(frame, None, Check::Tag) {
+        match unpack.frame(frame, None, Cells::Sealed) {
             Ok(Some(FrameOutcome::Bad(range))) => bad.push(range),
             Ok(Some(FrameOutcome::AllIn)) => result = unpack.finish(),
             Ok(None) => {}
@@ -255,11 +256,12 @@ impl FrameWorker {
                     if stop.load(Ordering::Acquire) {
                         return;
                     }
-                    let (mut buffer, check) = match source {
-                        FrameSource::Memory(b, check) => (Some(b), check),
-                        FrameSource::Disk => (None, Check::Tag),
+                    // A receiver stores cells opened as they came (spec §5).
+                    let mut buffer = match source {
+                        FrameSource::Memory(b) => Some(b),
+                        FrameSource::Disk => None,
                     };
-                    outcome = match unpack.frame(frame, buffer.as_mut(), check) {
+                    outcome = match unpack.frame(frame, buffer.as_mut(), Cells::Opened) {
                         Ok(Some(FrameOutcome::Bad(range))) => {
                             report(FrameReport::Bad(frame, range, buffer));
                             Ok(None)
@@ -312,8 +314,8 @@ struct FrameUnpack {
     done: Vec<bool>,
     remaining: u32,
     manifest: Manifest,
-    /// A frame read from `body`.
-    sealed: FrameBuffer,
+    /// A frame's cells read from `body`.
+    cells: FrameBuffer,
     /// Decompressed plaintext, and plaintext read back for the digest.
     plain: FrameBuffer,
 }
@@ -348,7 +350,7 @@ impl FrameUnpack {
             unpacker: Some(unpacker),
             remaining: done.iter().filter(|d| !**d).count() as u32,
             done,
-            sealed: FrameBuffer::new(largest),
+            cells: FrameBuffer::new(largest),
             plain: FrameBuffer::new(manifest.frame_size as usize),
             manifest,
         })
@@ -364,13 +366,13 @@ impl FrameUnpack {
         start..(start + manifest.frame_size as u64).min(manifest.original_size)
     }
 
-    /// Opens frame `index` from `buffer` (in memory) or from the body, checking
-    /// what `check` says, and writes it to the output.
+    /// Opens frame `index` from `buffer` (in memory) or from the body, its cells
+    /// in the state `cells` says, and writes it to the output.
     fn frame(
         &mut self,
         index: u32,
         buffer: Option<&mut FrameBuffer>,
-        check: Check,
+        cells: Cells,
     ) -> std::result::Result<Option<FrameOutcome>, UnpackFailure> {
         let unpacker = self.unpacker.as_mut().expect("frames come before finish");
         if self.done.get(index as usize) != Some(&false) {
@@ -379,18 +381,18 @@ impl FrameUnpack {
         let range = unpacker.frame_ranges()[index as usize].clone();
         let len = (range.end - range.start) as usize;
         let from_disk = buffer.is_none();
-        let sealed = match buffer {
-            Some(b) => b.sealed_mut(len),
+        let bytes = match buffer {
+            Some(b) => b.cells_mut(len),
             None => {
-                let sealed = self.sealed.sealed_mut(len);
+                let bytes = self.cells.cells_mut(len);
                 self.body
-                    .read_exact_at(sealed, self.body_start + range.start)
+                    .read_exact_at(bytes, self.body_start + range.start)
                     .map_err(|e| Self::io("cannot read frame", e))?;
-                sealed
+                bytes
             }
         };
         let scratch = self.plain.aligned_mut(self.manifest.frame_size as usize);
-        let opened = unpacker.open_in_place(index, sealed, scratch, check);
+        let opened = unpacker.open_in_place(index, bytes, scratch, cells);
         let at = Self::plain_range(&self.manifest, index).start;
         let written = match &opened {
             Ok(plain) => Some(self.output.write_at(plain, at)),

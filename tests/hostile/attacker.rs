@@ -9,6 +9,7 @@ use std::time::Duration;
 /// Runs the attack the environment describes (see the module documentation).
 pub fn run() {
     use loopcast_proto::MasterKey;
+    use loopcast_proto::cell::CellKey;
     use loopcast_proto::manifest::Manifest;
     use loopcast_proto::wire::{self, Announce, AnnounceEntry, ChannelInfo, Packet};
     use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -75,11 +76,8 @@ pub fn run() {
     sender.bind(&SocketAddrV4::new(iface, 0).into()).unwrap();
     let sender: UdpSocket = sender.into();
     // Forgeries, all under the attacker's own key.
-    let own_keys = wire::SessionKeys::new(
-        &own.file_key(manifest.archive_id),
-        session,
-        manifest.payload_size,
-    );
+    let own_keys = wire::SessionKeys::new(&own.file_key(manifest.archive_id), session);
+    let own_cells = CellKey::new(&own.file_key(manifest.archive_id));
     let mut forged = manifest.clone();
     forged.key_fingerprint = own.fingerprint();
     let forged_manifest = wire::encode_manifest(
@@ -248,7 +246,11 @@ pub fn run() {
                 packet_count: count,
                 flags: 0,
             };
-            let forged = wire::encode_data(&own_keys.data, session, &header, &payload);
+            // Cells sealed, at their place, under the attacker's own key.
+            let mut cells = payload.clone();
+            let first = index as u64 * manifest.cells_per_packet();
+            own_cells.seal_cells(manifest.archive_id, first, &mut cells, manifest.cell_size);
+            let forged = wire::encode_data(session, &header, &cells);
             data_sent += send(&forged, channel.group);
         }
         // T32: 100 NAKs/s asking every block's parity; about 1,000 forged PARITY/s.
@@ -263,7 +265,8 @@ pub fn run() {
                 packet_count: count,
                 parity_index: (flap % blocks.source_count(block) as u64) as u16,
             };
-            let forged = wire::encode_parity(&own_keys.data, session, &header, &shard);
+            // PARITY has no tag: any shard is taken, and fails at the rebuild.
+            let forged = wire::encode_parity(session, &header, &shard);
             parity_sent += send(&forged, channel.group);
         }
         // T9: 500 new receiver ids a round, 10,000 a second.

@@ -174,21 +174,22 @@ impl Session {
         }
     }
 
-    /// Takes one datagram. New payload comes back to be written at its offset.
+    /// Takes one datagram. New payload comes back to be written at its offset:
+    /// DATA's cells opened in place in `bytes` (spec §3.4).
     pub fn handle_datagram<'a>(
         &mut self,
         now: Instant,
         origin: Origin,
-        bytes: &'a [u8],
+        bytes: &'a mut [u8],
     ) -> Option<Store<'a>> {
         self.now = self.now.max(now);
         match origin {
             Origin::Directory { source } => {
-                self.take_listing(now, bytes, source, None);
+                self.take_listing(now, &*bytes, source, None);
                 None
             }
             Origin::Link { from } => {
-                self.handle_link(now, from, bytes);
+                self.handle_link(now, from, &*bytes);
                 None
             }
             Origin::Control { reception, channel } => {
@@ -203,7 +204,7 @@ impl Session {
             }
             Origin::Stream { reception } => {
                 if bytes.get(3) == Some(&(wire::PacketType::Cookie as u8)) {
-                    self.stream_cookie(now, reception, bytes);
+                    self.stream_cookie(now, reception, &*bytes);
                     return None;
                 }
                 self.handle_data(now, reception, STREAM_TRACK, bytes)
@@ -315,7 +316,7 @@ impl Session {
         now: Instant,
         id: ReceptionId,
         track: usize,
-        bytes: &'a [u8],
+        bytes: &'a mut [u8],
     ) -> Option<Store<'a>> {
         let r = self.receptions.get_mut(id)?;
         if r.phase != Phase::Receiving {
@@ -323,14 +324,16 @@ impl Session {
         }
         if r.pending.is_some()
             && bytes.get(3) == Some(&(wire::PacketType::Manifest as u8))
-            && self.take_pending(now, id, bytes)
+            && self.take_pending(now, id, &*bytes)
         {
             return None;
         }
         let r = &mut self.receptions[id];
         let is_data = bytes.get(3) == Some(&(wire::PacketType::Data as u8));
         let outcome = r.fsm.handle_datagram_on(now, track, bytes);
-        if is_data {
+        // Only DATA whose cells opened shows the channel is running: forged
+        // DATA must not hold off a fall-back.
+        if is_data && r.fsm.data_heard() == Some(now) {
             r.last_data = now;
             r.next_start_request = None; // the channels are running
             let new = matches!(outcome, Outcome::Store { .. });

@@ -66,7 +66,7 @@ impl Session {
             (advanced - advanced_then) as f64 / measured.as_secs_f64()
         } else {
             let rate = (r.fsm.status_rate()).unwrap_or(r.entry.channels[track].rate_bps);
-            let datagram = payload_size as usize + wire::DATA_HEADER_LEN + wire::TRAILER_LEN;
+            let datagram = payload_size as usize + wire::DATA_HEADER_LEN;
             // A MANIFEST goes out among every `MANIFEST_EVERY_PACKETS` DATA at least.
             let every = MANIFEST_EVERY_PACKETS as f64;
             rate as f64 / (8 * datagram) as f64 * every / (every + 1.0)

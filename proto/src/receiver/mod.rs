@@ -1,13 +1,15 @@
 //! Receiver side: the state machine that takes one file's channel datagrams in and
 //! says which payload goes where. The driver does the writing.
 
+use crate::cell::CellKey;
 use crate::keys::{FINGERPRINT_LEN, MasterKey};
 use crate::manifest::Manifest;
 use crate::rate::{ReportTimer, report_interval};
 use crate::received::ReceivedMap;
 use crate::sender::{DEFAULT_GRTT_FLOOR, MAX_GRTT};
-use crate::wire::{self, DataMac, DecodeError, MacKey, Packet, Report, Status};
+use crate::wire::{self, DecodeError, MacKey, Packet, Report, Status};
 
+mod data;
 mod nak;
 mod parity;
 mod tracks;
@@ -124,8 +126,10 @@ pub struct FileReceiver {
     session_id: u32,
     /// Tags of this archive's control packets in this session.
     mac: MacKey,
-    /// Tags of its DATA, known once the manifest gives the payload size.
-    data_mac: Option<DataMac>,
+    /// Opens the sealed cells its DATA carries (spec §3.4).
+    cells: CellKey,
+    /// When a DATA packet whose cells opened last came (new or held already).
+    data_heard: Option<Instant>,
     archive_id: u64,
     manifest: Option<Manifest>,
     received: ReceivedMap,
@@ -171,7 +175,8 @@ impl FileReceiver {
         let mut rng = SmallRng::seed_from_u64(seed);
         Self {
             mac: master.file_key(archive_id).session_mac_key(session_id),
-            data_mac: None,
+            cells: CellKey::new(&master.file_key(archive_id)),
+            data_heard: None,
             master,
             session_id,
             archive_id,
@@ -198,18 +203,24 @@ impl FileReceiver {
     }
 
     /// Takes one datagram from the file's (only) channel: track 0.
-    pub fn handle_datagram<'a>(&mut self, now: Instant, bytes: &'a [u8]) -> Outcome<'a> {
+    pub fn handle_datagram<'a>(&mut self, now: Instant, bytes: &'a mut [u8]) -> Outcome<'a> {
         self.handle_datagram_on(now, 0, bytes)
     }
 
     /// Takes one datagram that came on the channel the driver numbers `track`
     /// (below `MAX_TRACKS`); each channel's loop position is followed on its own.
+    /// A DATA datagram's cells are opened in place (`bytes` is changed): the
+    /// payload of `Outcome::Store` is the opened cells.
     pub fn handle_datagram_on<'a>(
         &mut self,
         now: Instant,
         track: usize,
-        bytes: &'a [u8],
+        bytes: &'a mut [u8],
     ) -> Outcome<'a> {
+        if bytes.get(3) == Some(&(wire::PacketType::Data as u8)) {
+            return self.take_data(now, track.min(MAX_TRACKS - 1), bytes);
+        }
+        let bytes: &'a [u8] = bytes;
         let datagram = match wire::decode(bytes) {
             Ok(d) => d,
             Err(e) => {
@@ -221,17 +232,12 @@ impl FileReceiver {
             self.stats.foreign_session += 1;
             return Outcome::Nothing;
         }
-        // Nothing is acted on before its tag verifies (spec §2.10): DATA under the
-        // session's GMAC key, the rest under its blake3 key.
-        let verified = match (&datagram.packet, &self.data_mac) {
-            (Packet::Data(..) | Packet::Parity(..), Some(data_mac)) => data_mac.verifies(bytes),
-            (Packet::Data(..) | Packet::Parity(..), None) => {
-                self.stats.before_manifest += 1;
-                return Outcome::Nothing;
-            }
-            (Packet::Manifest(_) | Packet::Status(_) | Packet::Nak(_), _) => {
-                self.mac.verifies(bytes)
-            }
+        // Nothing is acted on before its tag verifies (spec §2.10). PARITY has
+        // none: a shard is only held, and what it rebuilds is checked by its
+        // cells' tags; it tells nothing of the session being alive.
+        let verified = match &datagram.packet {
+            Packet::Parity(header, shard) => return self.handle_parity(*header, shard),
+            Packet::Manifest(_) | Packet::Status(_) | Packet::Nak(_) => self.mac.verifies(bytes),
             _ => return Outcome::Nothing,
         };
         if !verified {
@@ -246,10 +252,6 @@ impl FileReceiver {
             self.report_timer = Some(ReportTimer::new(now, self.rng.random::<f64>()));
         }
         match datagram.packet {
-            Packet::Data(header, payload) => {
-                self.handle_data(now, track.min(MAX_TRACKS - 1), header, payload)
-            }
-            Packet::Parity(header, shard) => self.handle_parity(header, shard),
             Packet::Manifest(body) => self.handle_manifest(body),
             Packet::Status(mut status) if status.archive_id == self.archive_id => {
                 // Only a STATUS newer than the last taken counts: a replayed one
@@ -287,11 +289,6 @@ impl FileReceiver {
             return false;
         }
         self.received = ReceivedMap::new(m.packet_count());
-        self.data_mac = Some(
-            self.master
-                .file_key(self.archive_id)
-                .data_mac(self.session_id, m.payload_size),
-        );
         self.manifest = Some(m);
         true
     }
@@ -337,50 +334,6 @@ impl FileReceiver {
         }
     }
 
-    fn handle_data<'a>(
-        &mut self,
-        now: Instant,
-        track: usize,
-        header: wire::DataHeader,
-        payload: &'a [u8],
-    ) -> Outcome<'a> {
-        if header.archive_id != self.archive_id {
-            self.stats.other_archive += 1;
-            return Outcome::Nothing;
-        }
-        let Some(m) = &self.manifest else {
-            self.stats.before_manifest += 1;
-            return Outcome::Nothing;
-        };
-        let index = header.packet_index;
-        if header.packet_count != self.received.len()
-            || payload.len() as u64 != payload_len(m, index)
-        {
-            self.stats.malformed += 1;
-            return Outcome::Nothing;
-        }
-        let body_offset = index as u64 * m.payload_size as u64;
-        let repair = header.flags & wire::FLAG_REPAIR != 0;
-        if !repair {
-            self.advance(now, track, index);
-        }
-        if !self.received.insert(index) {
-            self.stats.duplicates += 1;
-            return Outcome::Nothing;
-        }
-        self.stats.stored += 1;
-        self.stats.repairs += repair as u64;
-        if self.received.is_complete() {
-            self.timer = NakTimer::Idle;
-        }
-        self.block_gained(index);
-        Outcome::Store {
-            packet_index: index,
-            body_offset,
-            payload,
-        }
-    }
-
     /// The packets carrying the frame table: gaps from the join on, wherever the loop
     /// is, because no frame can be verified before the table is.
     fn table_packets(&self) -> Range<u32> {
@@ -406,7 +359,7 @@ impl FileReceiver {
             .manifest
             .as_ref()
             .map_or(wire::DEFAULT_PACKET_SIZE, |m| {
-                m.payload_size as usize + wire::DATA_HEADER_LEN + wire::TRAILER_LEN
+                m.payload_size as usize + wire::DATA_HEADER_LEN
             });
         // Until a STATUS says the rate, assume a slow channel: fewer reports, not more.
         report_interval(group, rate.max(1_000_000), datagram)
@@ -531,7 +484,7 @@ impl FileReceiver {
             return None;
         }
         let m = self.manifest.as_ref()?;
-        let datagram = m.payload_size as usize + wire::DATA_HEADER_LEN + wire::TRAILER_LEN;
+        let datagram = m.payload_size as usize + wire::DATA_HEADER_LEN;
         Some(rate as f64 / 8.0 / datagram as f64)
     }
 

@@ -339,3 +339,68 @@ impl FileReceiver {
             .collect()
     }
 }
+
+impl FileReceiver {
+    /// Rebuilds `rebuild`'s missing packets from the block's other packets as
+    /// stored (`present`: opened cells, which are sealed again here, in place,
+    /// since parity is over the bytes that were sent) and its parity shards.
+    /// Returns the rebuilt packets with their cells opened, ready to store as
+    /// arrivals; `FecError::WrongShard` if any of them fails its cells' tags.
+    pub fn rebuild_block(
+        &self,
+        rebuild: &Rebuild,
+        present: &mut [(u32, &mut [u8])],
+    ) -> Result<Vec<(u32, Vec<u8>)>, crate::fec::FecError> {
+        let blocks = self.blocks().ok_or(crate::fec::FecError::BadShards)?;
+        for (k, bytes) in present.iter_mut() {
+            self.seal_again(*k, bytes);
+        }
+        let present: Vec<(u32, &[u8])> = present.iter().map(|(k, b)| (*k, &**b)).collect();
+        let parity: Vec<(u16, &[u8])> = (rebuild.parity.iter())
+            .map(|(j, shard)| (*j, shard.as_slice()))
+            .collect();
+        let mut rebuilt = blocks.rebuild(rebuild.block, &present, &parity)?;
+        for (k, bytes) in rebuilt.iter_mut() {
+            if !self.open_rebuilt(*k, bytes) {
+                return Err(crate::fec::FecError::WrongShard);
+            }
+        }
+        Ok(rebuilt)
+    }
+
+    /// Rebuilds `rebuild`'s packets in `body`, a whole archive body held in
+    /// memory (opened cells) whose other packets of the block are in place
+    /// (simulators and tests). The block's present packets are left sealed.
+    pub fn rebuild_in_body(
+        &self,
+        body: &mut [u8],
+        rebuild: &Rebuild,
+    ) -> Result<(), crate::fec::FecError> {
+        let blocks = self.blocks().ok_or(crate::fec::FecError::BadShards)?;
+        let p = blocks.payload_size() as usize;
+        if body.len() as u64 != self.manifest().map_or(0, |m| m.body_len) {
+            return Err(crate::fec::FecError::BadShards);
+        }
+        let packets = blocks.packets(rebuild.block);
+        let len: usize = packets.clone().map(|k| blocks.payload_len(k)).sum();
+        let block = &mut body[packets.start as usize * p..][..len];
+        let mut present: Vec<(u32, &mut [u8])> = Vec::new();
+        let mut rest = block;
+        for k in packets.clone() {
+            let (here, after) = rest.split_at_mut(blocks.payload_len(k));
+            rest = after;
+            if !rebuild.missing.contains(&k) {
+                present.push((k, here));
+            }
+        }
+        let rebuilt = self.rebuild_block(rebuild, &mut present);
+        // The present packets go back to their opened state.
+        for (k, bytes) in present.iter_mut() {
+            self.open_rebuilt(*k, bytes);
+        }
+        for (k, bytes) in rebuilt? {
+            body[k as usize * p..][..bytes.len()].copy_from_slice(&bytes);
+        }
+        Ok(())
+    }
+}

@@ -264,7 +264,7 @@ impl Carousel {
 
     /// Largest datagram this carousel writes; buffers passed in must be at least this long.
     pub fn max_datagram_len(&self) -> usize {
-        (wire::DATA_HEADER_LEN + self.payload_size + wire::TRAILER_LEN)
+        (wire::DATA_HEADER_LEN + self.payload_size)
             .max(self.parity.datagram_len())
             .max(self.manifest_datagram.len())
     }
@@ -375,7 +375,7 @@ impl Carousel {
             Next::Manifest => self.manifest_datagram.len(),
             Next::Status => wire::STATUS_DATAGRAM_LEN,
             Next::Repair(index) | Next::Data(index) => {
-                wire::DATA_HEADER_LEN + self.payload_len(index) + wire::TRAILER_LEN
+                wire::DATA_HEADER_LEN + self.payload_len(index)
             }
             Next::Parity(_) | Next::Proactive(_) => self.parity.datagram_len(),
         }
@@ -447,8 +447,7 @@ impl Carousel {
                     self.stats.proactive_packets += 1;
                 }
                 let header = (self.archive_id, self.session_id);
-                let (index, len) =
-                    (self.parity).write_next(block, header, &self.keys.data, buf, source)?;
+                let (index, len) = (self.parity).write_next(block, header, buf, source)?;
                 Ok(Transmit::Parity { block, index, len })
             }
             Next::Data(index) => {
@@ -500,14 +499,11 @@ impl Carousel {
             flags,
         };
         wire::write_data_header(buf, self.session_id, &header);
-        source.read_payload(
-            offset,
-            &mut buf[wire::DATA_HEADER_LEN..wire::DATA_HEADER_LEN + payload_len],
-        )?;
-        Ok(self
-            .keys
-            .data
-            .seal_in_place(buf, wire::DATA_HEADER_LEN + payload_len))
+        // The payload is sealed cells, sent as the archive holds them: no
+        // cryptography here (spec §2.1).
+        let end = wire::DATA_HEADER_LEN + payload_len;
+        source.read_payload(offset, &mut buf[wire::DATA_HEADER_LEN..end])?;
+        Ok(end)
     }
 }
 

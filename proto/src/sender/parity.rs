@@ -4,7 +4,7 @@
 
 use super::PayloadSource;
 use crate::fec::Blocks;
-use crate::wire::{self, DataMac, ParityHeader};
+use crate::wire::{self, ParityHeader};
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 
@@ -74,7 +74,7 @@ impl ParityQueue {
 
     /// Bytes of a PARITY datagram.
     pub(super) fn datagram_len(&self) -> usize {
-        wire::DATA_HEADER_LEN + self.blocks.shard_len() + wire::TRAILER_LEN
+        wire::DATA_HEADER_LEN + self.blocks.shard_len()
     }
 
     /// Writes the next parity packet of `block` into `buf`; returns its parity
@@ -83,7 +83,6 @@ impl ParityQueue {
         &mut self,
         block: u32,
         header: (u64, u32),
-        mac: &DataMac,
         buf: &mut [u8],
         source: &mut impl PayloadSource,
     ) -> io::Result<(u16, usize)> {
@@ -109,7 +108,7 @@ impl ParityQueue {
         wire::write_parity_header(buf, session_id, &parity);
         let end = wire::DATA_HEADER_LEN + shard.len();
         buf[wire::DATA_HEADER_LEN..end].copy_from_slice(shard);
-        Ok((index, mac.seal_in_place(buf, end)))
+        Ok((index, end))
     }
 
     /// The parity shards of `block`, encoded from its source payloads when not cached.

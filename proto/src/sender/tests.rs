@@ -22,8 +22,8 @@ fn carousel(now: Instant) -> Carousel {
 /// A carousel of a `packets`-packet archive at `rate_bps`, repair share 25%.
 fn carousel_at(now: Instant, rate_bps: u64, packets: u64) -> Carousel {
     let key = crate::MasterKey::from_bytes([1; 32]);
-    let mut packer = crate::archive::Packer::new(&key, 5, 0, 1 << 20, 1).unwrap();
-    packer.seal_next(&[], [0; 16]).unwrap();
+    let mut packer = crate::archive::Packer::new(&key, 5, 0, 1 << 20, 1, 1440).unwrap();
+    packer.seal_next(&[]).unwrap();
     let meta = crate::archive::FileMeta {
         name: "x".into(),
         mode: 0,
@@ -34,7 +34,7 @@ fn carousel_at(now: Instant, rate_bps: u64, packets: u64) -> Carousel {
     manifest.body_len = 1440 * packets; // a body of zeros is enough here
     let bytes = manifest.encode(&key.file_key(5));
     Carousel::new(
-        wire::SessionKeys::new(&key.file_key(5), 9, manifest.payload_size),
+        wire::SessionKeys::new(&key.file_key(5), 9),
         9,
         &manifest,
         &bytes,

@@ -422,11 +422,7 @@ impl<A: Admission> Endpoint<A> {
 impl FileOnAir {
     fn new(config: &ServerConfig, spec: FileSpec, now: Instant) -> Self {
         let packets = spec.manifest.packet_count();
-        let keys = SessionKeys::new(
-            &spec.file_key,
-            config.session_id,
-            spec.manifest.payload_size,
-        );
+        let keys = SessionKeys::new(&spec.file_key, config.session_id);
         let count = spec.channels.len().max(1) as u64;
         let channels = spec
             .channels

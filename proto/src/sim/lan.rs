@@ -4,7 +4,6 @@
 use super::queue::Queue;
 use super::{Bodies, SimConfig, SimReport, pack};
 use crate::client::{ClientConfig, ClientEvent, Command, Origin as ClientOrigin, Session, Via};
-use crate::fec::Blocks;
 use crate::server::{
     BatchLimits, ChannelSpec, Endpoint, FileSpec, Origin as ServerOrigin, ServerConfig, ServerEvent,
 };
@@ -22,10 +21,9 @@ const DIRECTORY: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
     Ipv4Addr::new(239, 255, 0, 1),
     7000,
 ));
-/// Payload size of the simulated archives: a 1500-byte IP packet's.
-const SIM_PAYLOAD: u16 =
-    (wire::DEFAULT_PACKET_SIZE - wire::IP_UDP_OVERHEAD - wire::DATA_HEADER_LEN - wire::TRAILER_LEN)
-        as u16;
+/// Payload size of the simulated archives: one cell, as `pack` cuts them for a
+/// 1500-byte IP packet.
+const SIM_PAYLOAD: u16 = wire::cell_size_for_packet(wire::DEFAULT_PACKET_SIZE);
 
 /// What happens at a time on the simulated LAN.
 pub(super) enum Event {
@@ -86,8 +84,8 @@ struct Lan<'c> {
     server: Endpoint,
     server_wake: Option<Duration>,
     bodies: Bodies,
-    /// The archive's parity blocks (receivers that store bodies rebuild them).
-    blocks: Blocks,
+    /// The body as receivers store it (cells opened), when they store bodies.
+    opened: Vec<u8>,
     channels: Vec<ChannelSpec>,
     nodes: Vec<Node>,
     /// The server's latest ANNOUNCE: a receiver that starts listening hears it at once.
@@ -106,14 +104,27 @@ pub fn run(config: &SimConfig) -> SimReport {
     let mut rng = SmallRng::seed_from_u64(config.seed);
     let key = MasterKey::from_bytes([7; 32]);
     let (manifest, manifest_bytes, body) = if config.sham_body {
+        // Cells of zeros, sealed: receivers open them as any (a body with no
+        // frames to unpack).
         let (mut manifest, _, _) = pack(&key, &[], 1 << 20, SIM_PAYLOAD, &mut rng);
-        manifest.body_len = config.file_size.max(64) as u64;
-        let bytes = manifest.encode(&key.file_key(manifest.archive_id));
-        (manifest, bytes, vec![0; config.file_size.max(64)])
+        manifest.body_len = (config.file_size.max(64) as u64).next_multiple_of(SIM_PAYLOAD as u64);
+        let file_key = key.file_key(manifest.archive_id);
+        let mut body = vec![0; manifest.body_len as usize];
+        crate::cell::CellKey::new(&file_key).seal_cells(
+            manifest.archive_id,
+            0,
+            &mut body,
+            SIM_PAYLOAD,
+        );
+        (manifest.clone(), manifest.encode(&file_key), body)
     } else {
         let mut original = vec![0u8; config.file_size];
         rng.fill_bytes(&mut original);
         pack(&key, &original, 1 << 20, SIM_PAYLOAD, &mut rng)
+    };
+    let opened = match config.store_bodies {
+        true => super::opened_body(&key, &manifest, &body),
+        false => Vec::new(),
     };
     let origin = Instant::now();
     let channels: Vec<ChannelSpec> = std::iter::once(config.rate_bps)
@@ -197,8 +208,8 @@ pub fn run(config: &SimConfig) -> SimReport {
         queue: Queue::default(),
         server,
         server_wake: None,
+        opened,
         bodies: Bodies(vec![body]),
-        blocks: Blocks::of_manifest(&manifest),
         channels,
         nodes,
         announce: None,
@@ -403,7 +414,9 @@ impl Lan<'_> {
         let Some(session) = node.session.as_mut() else {
             return;
         };
-        if let Some(store) = session.handle_datagram(at, origin, datagram)
+        // The receiver opens DATA's cells in place: in its own copy here.
+        let mut datagram = datagram.to_vec();
+        if let Some(store) = session.handle_datagram(at, origin, &mut datagram)
             && !node.body.is_empty()
         {
             let start = store.body_offset as usize;
@@ -432,10 +445,13 @@ impl Lan<'_> {
                     }
                     Command::Rebuild { reception, rebuild } => {
                         let node = &mut self.nodes[i];
+                        let session = node.session.as_mut().expect("a node with a command");
+                        let receiver = session.reception(reception).map(|r| r.receiver());
                         if !node.body.is_empty()
-                            && (self.blocks.rebuild_in_body(&mut node.body, &rebuild)).is_err()
+                            && receiver.is_none_or(|r| {
+                                r.rebuild_in_body(&mut node.body, &rebuild).is_err()
+                            })
                         {
-                            let session = node.session.as_mut().expect("a node with a command");
                             let archive =
                                 session.reception(reception).map(|r| r.entry().archive_id);
                             let at = self.origin + self.now;
@@ -556,7 +572,6 @@ impl Lan<'_> {
                     p + s.parity_packets,
                 )
             });
-        let body = &self.bodies.0[0];
         SimReport {
             ideal: Duration::from_secs_f64(body_len as f64 * 8.0 / self.config.rate_bps as f64),
             completion: self.nodes.iter().map(|n| n.done).collect(),
@@ -571,7 +586,7 @@ impl Lan<'_> {
                 self.nodes
                     .iter()
                     .filter(|n| n.done.is_some())
-                    .all(|n| n.body == *body)
+                    .all(|n| n.body == self.opened)
             }),
             channel_changes: self.nodes.into_iter().map(|n| n.changes).collect(),
             rate_changes: self.rate_changes,

@@ -13,7 +13,7 @@ mod queue;
 pub use lan::run;
 
 use crate::MasterKey;
-use crate::archive::{FileMeta, Packer, SALT_LEN};
+use crate::archive::{FileMeta, Packer};
 use crate::rate::AdaptMode;
 use crate::receiver::NakMode;
 use crate::sender::{DEFAULT_GRTT_FLOOR, DEFAULT_REPAIR_SHARE};
@@ -211,17 +211,23 @@ pub fn pack(
     payload: u16,
     rng: &mut impl Rng,
 ) -> (crate::Manifest, Vec<u8>, Vec<u8>) {
-    let mut packer = Packer::new(key, rng.next_u64(), original.len() as u64, frame_size, 1)
-        .expect("valid frame size");
+    // One cell per packet, as `pack` makes for the default packet size.
+    let mut packer = Packer::new(
+        key,
+        rng.next_u64(),
+        original.len() as u64,
+        frame_size,
+        1,
+        payload,
+    )
+    .expect("valid frame and cell size");
     let mut frames = Vec::with_capacity(original.len() + 4096);
     let mut offset = 0;
     for _ in 0..packer.frame_count() {
         let n = packer.next_frame_len();
-        let mut salt = [0u8; SALT_LEN];
-        rng.fill_bytes(&mut salt);
         frames.extend(
             packer
-                .seal_next(&original[offset..offset + n], salt)
+                .seal_next(&original[offset..offset + n])
                 .expect("frame sizes follow the packer"),
         );
         offset += n;
@@ -235,4 +241,14 @@ pub fn pack(
     let (mut body, manifest, bytes) = packer.finish(meta, payload).expect("valid name");
     body.extend(frames);
     (manifest, bytes, body)
+}
+
+/// `body` (sealed cells, as an archive holds them) as a receiver stores it:
+/// every cell opened in place, its tag's bytes left where they were.
+pub fn opened_body(key: &MasterKey, manifest: &crate::Manifest, body: &[u8]) -> Vec<u8> {
+    let mut opened = body.to_vec();
+    let cells = crate::cell::CellKey::new(&key.file_key(manifest.archive_id));
+    let whole = cells.open_cells(manifest.archive_id, 0, &mut opened, manifest.cell_size);
+    assert!(whole, "a body sealed under this key");
+    opened
 }

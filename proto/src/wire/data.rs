@@ -1,6 +1,6 @@
 //! DATA (archive body bytes at fixed offsets) and MANIFEST packets.
 
-use super::{DATA_HEADER_LEN, DataMac, MAGIC, MacKey, PacketType, TRAILER_LEN, VERSION, datagram};
+use super::{DATA_HEADER_LEN, MAGIC, MacKey, PacketType, VERSION, datagram};
 
 /// Header of a DATA packet (after the common header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,16 +26,15 @@ pub fn write_data_header(buf: &mut [u8], session_id: u32, header: &DataHeader) {
     buf[24..26].copy_from_slice(&header.flags.to_be_bytes());
     buf[26..28].copy_from_slice(&0u16.to_be_bytes());
 }
-/// Encodes a complete DATA datagram (used by tests and tools; the sender writes in place).
-pub fn encode_data(mac: &DataMac, session_id: u32, header: &DataHeader, payload: &[u8]) -> Vec<u8> {
-    let mut buf = vec![0u8; DATA_HEADER_LEN + payload.len() + TRAILER_LEN];
+/// Encodes a complete DATA datagram (used by tests and tools; the sender writes
+/// in place). It has no tag: `payload` is sealed cells (spec §2.1).
+pub fn encode_data(session_id: u32, header: &DataHeader, payload: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; DATA_HEADER_LEN + payload.len()];
     write_data_header(&mut buf, session_id, header);
-    buf[DATA_HEADER_LEN..DATA_HEADER_LEN + payload.len()].copy_from_slice(payload);
-    mac.seal_in_place(&mut buf, DATA_HEADER_LEN + payload.len());
+    buf[DATA_HEADER_LEN..].copy_from_slice(payload);
     buf
 }
-/// Header of a PARITY packet (after the common header): laid out like DATA's,
-/// so that its GMAC nonce (type, block, parity index) comes from the same bytes.
+/// Header of a PARITY packet (after the common header), laid out like DATA's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ParityHeader {
     /// Archive the block belongs to.
@@ -59,17 +58,12 @@ pub fn write_parity_header(buf: &mut [u8], session_id: u32, header: &ParityHeade
     buf[24..26].copy_from_slice(&header.parity_index.to_be_bytes());
     buf[26..28].copy_from_slice(&0u16.to_be_bytes());
 }
-/// Encodes a complete PARITY datagram (tests and tools; the sender writes in place).
-pub fn encode_parity(
-    mac: &DataMac,
-    session_id: u32,
-    header: &ParityHeader,
-    shard: &[u8],
-) -> Vec<u8> {
-    let mut buf = vec![0u8; DATA_HEADER_LEN + shard.len() + TRAILER_LEN];
+/// Encodes a complete PARITY datagram (tests and tools; the sender writes in
+/// place). It has no tag: what it rebuilds is checked by its cells' tags (§2.11).
+pub fn encode_parity(session_id: u32, header: &ParityHeader, shard: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; DATA_HEADER_LEN + shard.len()];
     write_parity_header(&mut buf, session_id, header);
-    buf[DATA_HEADER_LEN..DATA_HEADER_LEN + shard.len()].copy_from_slice(shard);
-    mac.seal_in_place(&mut buf, DATA_HEADER_LEN + shard.len());
+    buf[DATA_HEADER_LEN..].copy_from_slice(shard);
     buf
 }
 /// Encodes a MANIFEST datagram around already-encoded manifest bytes.

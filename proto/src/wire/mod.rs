@@ -2,7 +2,7 @@
 //! `proto/PROTOCOL.md` is the normative description of every field here.
 
 use crate::codec::{Reader, Truncated};
-pub use auth::{DataMac, MacKey, SessionKeys, TAG_LEN};
+pub use auth::{MacKey, SessionKeys, TAG_LEN};
 
 pub mod auth;
 mod control;
@@ -40,10 +40,10 @@ use jobs::{decode_assign, decode_register};
 /// First two bytes of every loopcast datagram: "LC".
 pub const MAGIC: [u8; 2] = *b"LC";
 /// Wire format version this code speaks.
-pub const VERSION: u8 = 7;
+pub const VERSION: u8 = 8;
 /// Bytes of the common header (magic, version, type, session id).
 pub const COMMON_HEADER_LEN: usize = 8;
-/// Bytes of the trailer: the packet's authentication tag.
+/// Bytes of the trailer of a tagged packet (all but DATA and PARITY).
 pub const TRAILER_LEN: usize = TAG_LEN;
 /// Bytes of a DATA packet header, common header included.
 pub const DATA_HEADER_LEN: usize = COMMON_HEADER_LEN + 20;
@@ -73,12 +73,23 @@ pub const COOKIE_LEN: usize = 24;
 /// `Report::channel` of a receiver fed by unicast.
 pub const UNICAST_CHANNEL: u8 = 255;
 
-/// Archive payload bytes carried by one DATA packet for a given IP packet size
-/// whose IP and UDP headers take `ip_udp_overhead` bytes: even, so that a
-/// PARITY packet (whose shard is the payload size rounded up to even) is never
-/// longer than a DATA packet.
-pub fn payload_size_for_packet(packet_size: usize, ip_udp_overhead: usize) -> usize {
-    (packet_size - ip_udp_overhead - DATA_HEADER_LEN - TRAILER_LEN) & !1
+/// Most archive payload bytes one DATA packet may carry for a given IP packet
+/// size whose IP and UDP headers take `ip_udp_overhead` bytes, rounded down to
+/// even. A server carries as many whole cells as fit (`cells_per_packet`).
+pub const fn payload_size_for_packet(packet_size: usize, ip_udp_overhead: usize) -> usize {
+    (packet_size.saturating_sub(ip_udp_overhead + DATA_HEADER_LEN)) & !1
+}
+
+/// The cell size `pack --packet-size S` makes: one cell per IPv6 packet of S
+/// bytes, so that IPv4 and IPv6 servers share archives (spec §3.4).
+pub const fn cell_size_for_packet(packet_size: usize) -> u16 {
+    payload_size_for_packet(packet_size, IP6_UDP_OVERHEAD) as u16
+}
+
+/// Whole cells of `cell_size` one DATA packet carries at IP packet size
+/// `packet_size` (0: the cells do not fit).
+pub fn cells_per_packet(packet_size: usize, ip_udp_overhead: usize, cell_size: u16) -> u16 {
+    (payload_size_for_packet(packet_size, ip_udp_overhead) / (cell_size.max(1) as usize)) as u16
 }
 
 /// Datagram types.
@@ -225,8 +236,8 @@ fn datagram(
 }
 /// Decodes one datagram's fields; never panics, whatever the input. The tag is
 /// not checked here: the caller checks it with the key the packet's type,
-/// session and archive call for (`MacKey::verifies`, `DataMac::verifies`)
-/// before acting on anything in it.
+/// session and archive call for (`MacKey::verifies`; DATA's cells with their
+/// `cell::CellKey`) before acting on anything in it.
 pub fn decode(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
     if bytes.len() < COMMON_HEADER_LEN + TRAILER_LEN {
         return Err(DecodeError::Truncated);
@@ -234,10 +245,15 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
     if bytes[0..2] != MAGIC {
         return Err(DecodeError::BadMagic);
     }
-    let content = &bytes[..bytes.len() - TRAILER_LEN];
     if bytes[2] != VERSION {
         return Err(DecodeError::BadVersion);
     }
+    // DATA and PARITY have no trailer: their cells carry their tags.
+    let untagged = [PacketType::Data as u8, PacketType::Parity as u8].contains(&bytes[3]);
+    let content = match untagged {
+        true => bytes,
+        false => &bytes[..bytes.len() - TRAILER_LEN],
+    };
     let mut r = Reader::new(&content[3..]);
     let kind = r.u8()?;
     let session_id = r.u32()?;

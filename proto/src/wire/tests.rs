@@ -6,9 +6,6 @@ fn mac() -> MacKey {
     MacKey::from_bytes([4; 32])
 }
 
-fn data_mac() -> DataMac {
-    DataMac::from_bytes(&[5; 32])
-}
 use proptest::prelude::*;
 use std::net::{IpAddr, SocketAddr};
 
@@ -48,7 +45,7 @@ proptest! {
     fn data_round_trips(session in any::<u32>(), id in any::<u64>(), count in 1u32.., idx in any::<u32>(),
                         flags in any::<u16>(), payload in proptest::collection::vec(any::<u8>(), 1..1500)) {
         let header = DataHeader { archive_id: id, packet_index: idx % count, packet_count: count, flags };
-        let bytes = encode_data(&data_mac(), session, &header, &payload);
+        let bytes = encode_data(session, &header, &payload);
         let d = decode(&bytes).unwrap();
         prop_assert_eq!(d.session_id, session);
         prop_assert_eq!(d.packet, Packet::Data(header, &payload[..]));
@@ -59,8 +56,7 @@ proptest! {
                           index in any::<u16>(), shard in proptest::collection::vec(any::<u8>(), 1..1500)) {
         let block = block % count.div_ceil(crate::fec::BLOCK_PACKETS);
         let header = ParityHeader { archive_id: id, block, packet_count: count, parity_index: index };
-        let bytes = encode_parity(&data_mac(), session, &header, &shard);
-        prop_assert!(data_mac().verifies(&bytes));
+        let bytes = encode_parity(session, &header, &shard);
         prop_assert_eq!(decode(&bytes).unwrap().packet, Packet::Parity(header, &shard[..]));
     }
 
@@ -196,18 +192,7 @@ proptest! {
         let mut bytes = vec![b'L', b'C', VERSION, kind, 0, 0, 0, 1];
         bytes.extend_from_slice(&body);
         let _ = decode(&bytes);
-        let _ = data_mac().verifies(&bytes);
         let _ = mac().verifies(&bytes);
-    }
-
-    #[test]
-    fn any_flipped_bit_fails_the_data_tag(payload in proptest::collection::vec(any::<u8>(), 1..200), bit in any::<usize>()) {
-        let header = DataHeader { archive_id: 9, packet_index: 0, packet_count: 1, flags: 0 };
-        let mut bytes = encode_data(&data_mac(), 1, &header, &payload);
-        prop_assert!(data_mac().verifies(&bytes));
-        let bit = bit % (bytes.len() * 8);
-        bytes[bit / 8] ^= 1 << (bit % 8);
-        prop_assert!(!data_mac().verifies(&bytes));
     }
 
     #[test]
@@ -222,36 +207,20 @@ proptest! {
 }
 
 #[test]
-fn tags_need_the_right_key_and_nonce() {
+fn control_tags_need_the_right_key_and_data_has_none() {
+    // DATA and PARITY end with their payload: their cells carry the tags.
     let header = DataHeader {
         archive_id: 1,
         packet_index: 4,
         packet_count: 9,
         flags: 0,
     };
-    let data = encode_data(&data_mac(), 5, &header, b"abc");
-    assert!(!DataMac::from_bytes(&[6; 32]).verifies(&data));
-    assert!(!data_mac().verifies(&data[..data.len() - 1]));
-    assert!(!data_mac().verifies(&[]));
-    // The same bytes under another index or flags (the nonce) do not verify.
-    let repair = DataHeader {
-        flags: FLAG_REPAIR,
-        ..header
-    };
-    let mut moved = encode_data(&data_mac(), 5, &repair, b"abc");
-    let tag_at = moved.len() - TAG_LEN;
-    moved[tag_at..].copy_from_slice(&data[tag_at..]);
-    assert!(!data_mac().verifies(&moved));
-    // Nor does PARITY of the same bytes: the type is in the nonce.
-    let parity = ParityHeader {
-        archive_id: 1,
-        block: 4,
-        packet_count: 9,
-        parity_index: 0,
-    };
-    let mut as_parity = encode_parity(&data_mac(), 5, &parity, b"abc");
-    as_parity[tag_at..].copy_from_slice(&data[tag_at..]);
-    assert!(!data_mac().verifies(&as_parity));
+    let data = encode_data(5, &header, b"abc");
+    assert_eq!(data.len(), DATA_HEADER_LEN + 3);
+    assert_eq!(
+        decode(&data).unwrap().packet,
+        Packet::Data(header, &b"abc"[..])
+    );
     let status = encode_status(
         &mac(),
         5,
@@ -276,16 +245,12 @@ fn rejects_each_kind_of_bad_datagram() {
         packet_count: 1,
         flags: 0,
     };
-    let good = encode_data(&data_mac(), 5, &header, b"abc");
+    let good = encode_data(5, &header, b"abc");
     assert_eq!(decode(&good[..5]), Err(DecodeError::Truncated));
     let mut bad_magic = good.clone();
     bad_magic[0] = b'X';
     assert_eq!(decode(&bad_magic), Err(DecodeError::BadMagic));
-    let reseal = |mut v: Vec<u8>| {
-        let n = v.len() - TRAILER_LEN;
-        data_mac().seal_in_place(&mut v, n);
-        v
-    };
+    let reseal = |v: Vec<u8>| v; // DATA has no tag to make again
     let mut bad_version = good.clone();
     bad_version[2] = 9;
     assert_eq!(decode(&reseal(bad_version)), Err(DecodeError::BadVersion));
@@ -298,7 +263,7 @@ fn rejects_each_kind_of_bad_datagram() {
         ..header
     };
     assert_eq!(
-        decode(&encode_data(&data_mac(), 5, &out_of_range, b"x")),
+        decode(&encode_data(5, &out_of_range, b"x")),
         Err(DecodeError::Invalid)
     );
     let parity_beyond = ParityHeader {
@@ -308,7 +273,7 @@ fn rejects_each_kind_of_bad_datagram() {
         parity_index: 0,
     };
     assert_eq!(
-        decode(&encode_parity(&data_mac(), 5, &parity_beyond, b"x")),
+        decode(&encode_parity(5, &parity_beyond, b"x")),
         Err(DecodeError::Invalid)
     );
     let empty_nak = Nak {
@@ -326,16 +291,23 @@ fn rejects_each_kind_of_bad_datagram() {
 }
 
 #[test]
-fn default_payload_size_is_1428_on_ipv4_and_1408_on_ipv6() {
+fn default_cells_are_1424_bytes_and_fit_one_packet_of_either_family() {
     let v4: SocketAddr = "239.1.2.3:7000".parse().unwrap();
     let v6: SocketAddr = "[ff15::1]:7000".parse().unwrap();
-    assert_eq!(
-        payload_size_for_packet(DEFAULT_PACKET_SIZE, ip_udp_overhead(v4)),
-        1428
-    );
+    assert_eq!(cell_size_for_packet(DEFAULT_PACKET_SIZE), 1424);
+    assert_eq!(cell_size_for_packet(MAX_PACKET_SIZE), 8924);
+    for (to, most) in [(v4, 1444), (v6, 1424)] {
+        let overhead = ip_udp_overhead(to);
+        assert_eq!(payload_size_for_packet(DEFAULT_PACKET_SIZE, overhead), most);
+        assert_eq!(cells_per_packet(DEFAULT_PACKET_SIZE, overhead, 1424), 1);
+        // Jumbo packets carry six standard cells, or one jumbo cell.
+        assert_eq!(cells_per_packet(MAX_PACKET_SIZE, overhead, 1424), 6);
+        assert_eq!(cells_per_packet(MAX_PACKET_SIZE, overhead, 8924), 1);
+        assert_eq!(cells_per_packet(DEFAULT_PACKET_SIZE, overhead, 8924), 0);
+    }
     assert_eq!(
         payload_size_for_packet(DEFAULT_PACKET_SIZE, ip_udp_overhead(v6)),
-        1408
+        1424
     );
 }
 

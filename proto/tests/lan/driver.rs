@@ -1,9 +1,9 @@
 //! The virtual LAN's in-memory driver: what `recv` does with sockets and files.
 
 use super::Lan;
-use loopcast_proto::archive::Unpacker;
+use loopcast_proto::archive::{Cells, Unpacker};
 use loopcast_proto::client::Command;
-use loopcast_proto::fec::Blocks;
+use loopcast_proto::fec::FecError;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
@@ -62,8 +62,8 @@ impl Lan {
             Command::CheckTable { reception } => {
                 let (manifest, unpacker, _) = node.storage.get_mut(&reception).unwrap();
                 let body = &node.disk[&manifest.name].body;
-                let table = &body[..manifest.table_len() as usize];
-                let checked = Unpacker::new(&key, manifest, table).ok();
+                let mut table = body[..manifest.table_len() as usize].to_vec();
+                let checked = Unpacker::new(&key, manifest, &mut table, Cells::Opened).ok();
                 let ranges = checked.as_ref().map(|u| u.frame_ranges().to_vec());
                 *unpacker = checked;
                 let archive_id = manifest.archive_id;
@@ -72,16 +72,19 @@ impl Lan {
             }
             Command::Rebuild { reception, rebuild } => {
                 let (manifest, ..) = &node.storage[&reception];
-                let blocks = Blocks::of_manifest(manifest);
                 let archive_id = manifest.archive_id;
                 let body = &mut node.disk.get_mut(&manifest.name).unwrap().body;
-                if blocks.rebuild_in_body(body, &rebuild).is_err() {
+                let receiver = node.session.reception(reception).map(|r| r.receiver());
+                let result = receiver.map(|r| r.rebuild_in_body(body, &rebuild));
+                if let Some(Err(e)) = result {
+                    // A wrong shard: the block is repaired by copies from then on.
+                    let by_copies = e == FecError::WrongShard;
                     (node.session).rebuild_failed(
                         now,
                         reception,
                         archive_id,
                         &rebuild.missing,
-                        false,
+                        by_copies,
                     );
                 }
             }
@@ -93,7 +96,9 @@ impl Lan {
                 let mut failed = Vec::new();
                 for f in frames {
                     let range = unpacker.frame_ranges()[f as usize].clone();
-                    match unpacker.open(f, &body[range.start as usize..range.end as usize]) {
+                    let mut cells = body[range.start as usize..range.end as usize].to_vec();
+                    let mut scratch = vec![0u8; manifest.frame_size as usize];
+                    match unpacker.open_in_place(f, &mut cells, &mut scratch, Cells::Opened) {
                         Ok(_) => {
                             verified.insert(f);
                         }

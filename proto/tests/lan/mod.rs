@@ -44,6 +44,8 @@ pub struct Packed {
     pub manifest: Manifest,
     pub manifest_bytes: Vec<u8>,
     pub body: Vec<u8>,
+    /// The body as a receiver stores it: its cells opened.
+    pub opened: Vec<u8>,
 }
 
 pub fn packed(key: &MasterKey, size: usize, seed: u64) -> Packed {
@@ -51,10 +53,11 @@ pub fn packed(key: &MasterKey, size: usize, seed: u64) -> Packed {
     let mut original = vec![0u8; size];
     rng.fill_bytes(&mut original);
     let (mut manifest, _, body) =
-        loopcast_proto::sim::pack(key, &original, 1 << 16, 1440, &mut rng);
+        loopcast_proto::sim::pack(key, &original, 1 << 16, 1424, &mut rng);
     manifest.name = format!("file-{seed}.bin");
     let manifest_bytes = manifest.encode(&key.file_key(manifest.archive_id));
     Packed {
+        opened: loopcast_proto::sim::opened_body(key, &manifest, &body),
         manifest,
         manifest_bytes,
         body,
@@ -441,7 +444,9 @@ impl Lan {
 
     pub fn node_datagram(&mut self, i: usize, origin: ClientOrigin, bytes: &[u8]) {
         let node = &mut self.nodes[i];
-        if let Some(store) = node.session.handle_datagram(self.now, origin, bytes) {
+        // The receiver opens DATA's cells in place: in its own copy.
+        let mut bytes = bytes.to_vec();
+        if let Some(store) = node.session.handle_datagram(self.now, origin, &mut bytes) {
             let (manifest, ..) = &node.storage[&store.reception];
             let disk = node.disk.get_mut(&manifest.name).expect("storage open");
             let at = store.body_offset as usize;
@@ -540,7 +545,7 @@ impl Lan {
 
     pub fn body_matches(&self, node: usize, file: usize) -> bool {
         let f = &self.files[file];
-        self.nodes[node].disk[&f.manifest.name].body == f.body
+        self.nodes[node].disk[&f.manifest.name].body == f.opened
     }
 
     pub fn server_done(&self) -> usize {

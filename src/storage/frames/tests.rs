@@ -11,17 +11,14 @@ fn packet(body: &[u8], index: usize) -> (u64, &[u8]) {
     (start as u64, &body[start..(start + 1000).min(body.len())])
 }
 
-/// How the worker is told to open a frame taken from memory (None: not from memory).
-fn check_of(source: Option<FrameSource>) -> Option<Check> {
-    match source {
-        Some(FrameSource::Memory(_, check)) => Some(check),
-        _ => None,
-    }
+/// Whether a frame was taken from memory.
+fn in_memory(source: Option<FrameSource>) -> bool {
+    matches!(source, Some(FrameSource::Memory(_)))
 }
 
 fn sealed(source: FrameSource, len: usize) -> Vec<u8> {
     match source {
-        FrameSource::Memory(mut b, _) => b.sealed_mut(len).to_vec(),
+        FrameSource::Memory(mut b) => b.cells_mut(len).to_vec(),
         FrameSource::Disk => panic!("expected the frame in memory"),
     }
 }
@@ -93,7 +90,7 @@ fn past_the_budget_the_oldest_frame_spills_and_past_the_cap_a_new_one_is_let_go(
     assert_eq!(spilled, vec![0, 1]);
     assert_eq!(a.take_let_go(), vec![4]);
     let mut buffer = spill.remove(0).1;
-    assert_eq!(buffer.sealed_mut(1000)[0], body[40]);
+    assert_eq!(buffer.cells_mut(1000)[0], body[40]);
     // Later bytes of a spilled frame go to disk; of a frame let go, nowhere.
     to_disk.clear();
     a.store(41, &body[41..42], &mut to_disk, &mut spill);
@@ -137,8 +134,8 @@ fn with_the_memory_all_at_the_worker_a_new_frame_goes_to_disk_within_the_cap() {
     let (mut to_disk, mut spill) = (Vec::new(), Vec::new());
     store_frame_starts(&mut a, &body, 0..2, 1000, &mut to_disk, &mut spill);
     // Both frames whole and at the worker: nothing in memory to spill.
-    assert_eq!(check_of(a.take(0)), Some(Check::Packets));
-    assert_eq!(check_of(a.take(1)), Some(Check::Packets));
+    assert!(in_memory(a.take(0)));
+    assert!(in_memory(a.take(1)));
     to_disk.clear();
     store_frame_starts(&mut a, &body, 2..5, 1, &mut to_disk, &mut spill);
     // Frames 2 and 3 go to disk (the cap is 2008 bytes), frame 4 is let go.
@@ -190,24 +187,6 @@ fn bytes_of_a_frame_sent_to_the_worker_are_read_back_for_a_rebuild_only_if_kept(
 }
 
 #[test]
-fn a_frame_with_bytes_rebuilt_from_parity_is_opened_with_its_tag_checked() {
-    let (mut a, body) = ten_frames();
-    a.budget = 10 * a.buffer_len;
-    let (mut to_disk, mut spill) = (Vec::new(), Vec::new());
-    store_frame_starts(&mut a, &body, 0..3, 1000, &mut to_disk, &mut spill);
-    // A rebuilt range ending inside frame 1 marks frames 0 and 1, not frame 2.
-    let (r0, r1) = (a.range(0), a.range(1));
-    a.mark_rebuilt(r0.start + 10..r1.start + 1);
-    assert_eq!(check_of(a.take(0)), Some(Check::Tag));
-    assert_eq!(check_of(a.take(1)), Some(Check::Tag));
-    assert_eq!(check_of(a.take(2)), Some(Check::Packets));
-    // Opened (or failed and fetched again), a frame's mark is gone.
-    a.opened(1, false, None);
-    store_frame_starts(&mut a, &body, 1..2, 1000, &mut to_disk, &mut spill);
-    assert_eq!(check_of(a.take(1)), Some(Check::Packets));
-}
-
-#[test]
 fn the_worker_is_behind_when_the_memory_is_full_and_a_quarter_of_it_is_the_workers() {
     let (mut a, body) = ten_frames();
     a.budget = 4 * a.buffer_len;
@@ -217,7 +196,7 @@ fn the_worker_is_behind_when_the_memory_is_full_and_a_quarter_of_it_is_the_worke
         !a.worker_backlogged(),
         "full of frames being assembled: what they need is repairs"
     );
-    let Some(FrameSource::Memory(first, _)) = a.take(0) else {
+    let Some(FrameSource::Memory(first)) = a.take(0) else {
         panic!("frame 0 is in memory");
     };
     assert!(a.worker_backlogged(), "full, and a quarter at the worker");

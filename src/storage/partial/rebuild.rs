@@ -5,6 +5,7 @@
 use super::PartialFile;
 use crate::error::{Context, Result};
 use crate::storage::frames::FrameSource;
+use loopcast_proto::FileReceiver;
 use loopcast_proto::ReceivedMap;
 use loopcast_proto::client::Rebuild;
 use loopcast_proto::fec::{Blocks, FecError};
@@ -24,8 +25,10 @@ pub enum Rebuilt {
 
 impl PartialFile {
     /// Rebuilds `rebuild`'s missing packets from the block's stored packets and
-    /// its parity; stores nothing (the caller stores the packets rebuilt).
-    pub fn rebuild(&self, rebuild: &Rebuild) -> Result<Rebuilt> {
+    /// its parity, their cells opened by `receiver` (which seals the stored
+    /// ones again first: parity is over the bytes sent); stores nothing (the
+    /// caller stores the packets rebuilt).
+    pub fn rebuild(&self, receiver: &FileReceiver, rebuild: &Rebuild) -> Result<Rebuilt> {
         let blocks = Blocks::of_manifest(&self.manifest);
         let p = blocks.payload_size() as usize;
         let packets = blocks.packets(rebuild.block);
@@ -56,11 +59,11 @@ impl PartialFile {
                 .read_exact_at(&mut bytes[range], offset)
                 .context(|| format!("cannot read {}", self.body_path.display()))?;
         }
-        let present: Vec<(u32, &[u8])> = present.iter().map(|&k| (k, &bytes[slot(k)])).collect();
-        let parity: Vec<(u16, &[u8])> = (rebuild.parity.iter())
-            .map(|(j, shard)| (*j, shard.as_slice()))
+        let mut held: Vec<(u32, &mut [u8])> = (packets.clone().zip(bytes.chunks_mut(p)))
+            .filter(|(k, _)| !rebuild.missing.contains(k))
+            .map(|(k, slot)| (k, &mut slot[..blocks.payload_len(k)]))
             .collect();
-        Ok(match blocks.rebuild(rebuild.block, &present, &parity) {
+        Ok(match receiver.rebuild_block(rebuild, &mut held) {
             Ok(packets) => Rebuilt::Packets(packets),
             Err(e) => Rebuilt::Failed(e),
         })
@@ -82,15 +85,11 @@ impl PartialFile {
         assembly.take(frame)
     }
 
-    /// `block` was rebuilt: the frames holding its `missing` packets are opened
-    /// with their tag checked, and the bytes kept for it are needed no more.
-    pub fn rebuilt(&mut self, block: u32, missing: &[u32]) {
+    /// `block` was rebuilt: the bytes kept for it are needed no more.
+    pub fn rebuilt(&mut self, block: u32) {
         let blocks = Blocks::of_manifest(&self.manifest);
         let (packets, p) = (blocks.packets(block), blocks.payload_size() as u64);
         if let Some(assembly) = self.assembly.as_mut() {
-            for &k in missing {
-                assembly.mark_rebuilt(k as u64 * p..(k as u64 + 1) * p);
-            }
             assembly.forget_retained(packets.start as u64 * p..packets.end as u64 * p);
         }
     }

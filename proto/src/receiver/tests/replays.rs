@@ -12,9 +12,9 @@ fn receiver_at(rate_bps: u64, now: Instant) -> (FileReceiver, Manifest) {
     let mut r = FileReceiver::new(key, 7, m.archive_id, 1, NakMode::Suppressed);
     r.handle_datagram(
         now,
-        &wire::encode_manifest(&keys(&m).mac, 7, &manifest_bytes),
+        &mut wire::encode_manifest(&keys(&m).mac, 7, &manifest_bytes).to_vec(),
     );
-    r.handle_datagram(now, &status(&m, 5000, rate_bps));
+    r.handle_datagram(now, &mut status(&m, 5000, rate_bps).to_vec());
     (r, m)
 }
 
@@ -40,12 +40,12 @@ fn report_of(datagram: &[u8]) -> Report {
 fn a_replayed_status_is_not_taken_so_its_stale_time_is_never_echoed() {
     let now = Instant::now();
     let (mut r, m) = receiver_at(8_000_000, now);
-    r.handle_datagram(now, &status(&m, 9000, 8_000_000));
+    r.handle_datagram(now, &mut status(&m, 9000, 8_000_000).to_vec());
     // The STATUS of time 5000, replayed, and 9000 again: neither is taken.
-    r.handle_datagram(now, &status(&m, 5000, 8_000_000));
-    r.handle_datagram(now, &status(&m, 9000, 8_000_000));
+    r.handle_datagram(now, &mut status(&m, 5000, 8_000_000).to_vec());
+    r.handle_datagram(now, &mut status(&m, 9000, 8_000_000).to_vec());
     assert_eq!(r.stats().stale_status, 2);
-    r.handle_datagram(now, &zero_data_of(&m, 0));
+    r.handle_datagram(now, &mut zero_data_of(&m, 0).to_vec());
     let later = now + Duration::from_secs(30);
     let report = r.poll_report(later, 0, 0).expect("a report is due");
     assert_eq!(report_of(&report).echo_time_us, 9000);
@@ -65,14 +65,14 @@ fn a_replayed_data_packet_of_an_earlier_pass_moves_no_loop_track_and_counts_no_l
     assert!(count > 900, "{count}");
     let at = |ms: u64| t0 + Duration::from_millis(ms);
     for i in 0..600 {
-        r.handle_datagram(at(i as u64), &zero_data_of(&m, i));
+        r.handle_datagram(at(i as u64), &mut zero_data_of(&m, i).to_vec());
     }
     // Packet 10 again, 1 ms after 599: it is count - 589 steps ahead of the
     // loop's position, which no channel passes in a millisecond.
-    r.handle_datagram(at(600), &zero_data_of(&m, 10));
+    r.handle_datagram(at(600), &mut zero_data_of(&m, 10).to_vec());
     assert_eq!(r.stats().out_of_pace, 1);
     assert_eq!(r.loop_position(0), Some((599, 599)));
-    r.handle_datagram(at(601), &zero_data_of(&m, 600));
+    r.handle_datagram(at(601), &mut zero_data_of(&m, 600).to_vec());
     assert_eq!(r.loop_position(0), Some((600, 600)));
     let report = report_of(&r.poll_report(at(60_000), 0, 0).expect("a report is due"));
     assert_eq!(report.lost, 0, "{report:?}");
@@ -84,9 +84,12 @@ fn a_long_outage_the_rate_explains_still_moves_the_track_and_makes_gaps() {
     let t0 = Instant::now();
     let (mut r, m) = receiver_at(8_000_000, t0);
     let count = m.packet_count();
-    r.handle_datagram(t0, &zero_data_of(&m, 0));
+    r.handle_datagram(t0, &mut zero_data_of(&m, 0).to_vec());
     let far = count - 50;
-    r.handle_datagram(t0 + Duration::from_millis(700), &zero_data_of(&m, far));
+    r.handle_datagram(
+        t0 + Duration::from_millis(700),
+        &mut zero_data_of(&m, far).to_vec(),
+    );
     assert_eq!(r.stats().out_of_pace, 0);
     assert_eq!(r.loop_position(0), Some((far, far as u64)));
     assert!(r.awaiting_repair());

@@ -7,16 +7,19 @@
 
 use super::{Bodies, pack};
 use crate::ReceivedMap;
-use crate::archive::{Check, FramePlace, decode_table, open_frame, open_frame_in_place};
+use crate::archive::{
+    BodyShape, Cells, FrameLayout, TableEntry, decode_table, open_frame_in_place,
+};
+use crate::cell::CellKey;
 use crate::client::{self, ClientConfig, Command, Session};
 use crate::receiver::ResumePoint;
 use crate::server::{
     BatchLimits, ChannelSpec, Endpoint, FileSpec, MAX_RECEIVERS, Origin, ServerConfig,
 };
+use crate::wire::MacKey;
 use crate::wire::{
     self, Announce, AnnounceEntry, ChannelInfo, DataHeader, PacketType, SessionKeys,
 };
-use crate::wire::{DataMac, MacKey};
 use crate::{AdaptMode, CookieJar, Manifest, MasterKey, NakMode};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -117,7 +120,7 @@ impl World {
         let mut rng = SmallRng::seed_from_u64(11);
         let mut original = vec![0u8; 50_000];
         rand::Rng::fill_bytes(&mut rng, &mut original);
-        let (manifest, manifest_bytes, body) = pack(&key, &original, 1 << 14, 1428, &mut rng);
+        let (manifest, manifest_bytes, body) = pack(&key, &original, 1 << 14, 1424, &mut rng);
         let mut world = World {
             key,
             manifest,
@@ -136,7 +139,7 @@ impl World {
 
     fn session_keys(&self) -> SessionKeys {
         let file_key = self.key.file_key(self.manifest.archive_id);
-        SessionKeys::new(&file_key, SESSION, self.manifest.payload_size)
+        SessionKeys::new(&file_key, SESSION)
     }
 
     /// The datagram of `step`.
@@ -166,19 +169,29 @@ impl World {
         d
     }
 
-    /// Replaces the tag of `d` with the one its type calls for (a key holder's forgery).
+    /// Replaces the tag of `d` with the one its type calls for (a key holder's
+    /// forgery): DATA's cells sealed again at the place its header names.
     fn retag(&self, d: &mut Vec<u8>) {
         if d.len() < wire::DATA_HEADER_LEN + wire::TRAILER_LEN {
+            return;
+        }
+        if d[3] == PacketType::Parity as u8 {
+            return; // no tag: what it rebuilds is checked by its cells
+        }
+        if d[3] == PacketType::Data as u8 {
+            let m = &self.manifest;
+            let index = u32::from_be_bytes([d[16], d[17], d[18], d[19]]);
+            let first = index as u64 * m.cells_per_packet();
+            let cells = CellKey::new(&self.key.file_key(m.archive_id));
+            let payload = &mut d[wire::DATA_HEADER_LEN..];
+            let whole = payload.len() - payload.len() % m.cell_size as usize;
+            cells.seal_cells(m.archive_id, first, &mut payload[..whole], m.cell_size);
             return;
         }
         let content = d.len() - wire::TRAILER_LEN;
         d.truncate(content);
         let keys = self.session_keys();
         match d[3] {
-            t if t == PacketType::Data as u8 => {
-                d.resize(content + wire::TRAILER_LEN, 0);
-                keys.data.seal_in_place(d, content);
-            }
             t if t == PacketType::Announce as u8
                 || t == PacketType::Request as u8
                 || t == PacketType::Cookie as u8 =>
@@ -328,7 +341,7 @@ impl World {
                 },
                 _ => client::Origin::Stream { reception },
             };
-            let _ = session.handle_datagram(now, origin, &self.datagram(s));
+            let _ = session.handle_datagram(now, origin, &mut self.datagram(s));
             session.handle_timeout(now);
             let mut outputs = 0;
             loop {
@@ -384,31 +397,36 @@ pub fn decode_everything(data: &[u8]) {
     let key = MasterKey::from_bytes([8; 32]);
     let _ = wire::decode(data);
     let _ = MacKey::from_bytes([1; 32]).verifies(data);
-    let _ = DataMac::from_bytes(&[2; 32]).verifies(data);
+    let cells = CellKey::new(&key.file_key(1));
+    let _ = cells.open_cells(1, data.len() as u64, &mut data.to_vec(), 484);
     let _ = Manifest::decode(data, &key);
     let _ = Manifest::decode_unverified(data);
     let _ = ResumePoint::decode(data);
     if let Some((&n, rest)) = data.split_first() {
         let _ = ReceivedMap::from_bytes(n as u32 * 8, rest);
-        let _ = decode_table(rest, n as u32, rest.len() as u64 * 3);
-        let place = FramePlace {
-            archive_id: 1,
-            index: 0,
-            count: n as u32 + 1,
+        let shape = BodyShape {
+            frame_count: n as u32,
             frame_size: 1 << 16,
+            original_size: n as u64 * 40_000,
+            cell_size: 484,
+            body_len: rest.len() as u64 * 3,
         };
-        let _ = open_frame(&key.file_key(1), &place, rest);
-        // Decrypted without its tag, as a frame assembled from verified packets
-        // is: zstd then sees whatever the bytes decrypt to.
-        let mut sealed = rest.to_vec();
+        let _ = decode_table(rest, &shape);
+        // A frame's cells, sealed or as opened on arrival: zstd then sees
+        // whatever the bytes are.
+        let frame = FrameLayout {
+            range: 484..484 + (rest.len() / 484 * 484) as u64,
+            entry: TableEntry {
+                stored_len: (n as u32) << 8,
+                compressed: n % 2 == 0,
+            },
+            plain_len: 1 << 16,
+        };
         let mut scratch = vec![0u8; 1 << 16];
-        let _ = open_frame_in_place(
-            &key.file_key(1),
-            &place,
-            &mut sealed,
-            &mut scratch,
-            Check::Packets,
-        );
+        for state in [Cells::Sealed, Cells::Opened] {
+            let mut bytes = rest[..rest.len() / 484 * 484].to_vec();
+            let _ = open_frame_in_place(&cells, 1, 484, &frame, &mut bytes, &mut scratch, state);
+        }
     }
     // A parity rebuild from shards of any length, index and count (§6.5).
     if let [size, first, present, step, rest @ ..] = data {

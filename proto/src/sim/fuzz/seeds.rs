@@ -126,8 +126,8 @@ impl World {
         vec![
             wire::encode_announce(&directory, SESSION, &announce),
             wire::encode_manifest(&keys.mac, SESSION, &self.manifest_bytes),
-            wire::encode_data(&keys.data, SESSION, &data, payload),
-            wire::encode_parity(&keys.data, SESSION, &parity, &shard),
+            wire::encode_data(SESSION, &data, payload),
+            wire::encode_parity(SESSION, &parity, &shard),
             wire::encode_status(&keys.mac, SESSION, &status),
             wire::encode_nak(&keys.mac, SESSION, &nak),
             wire::encode_report(&keys.mac, SESSION, &report),
