@@ -22,7 +22,9 @@
 # as fast as the interface allows), UDPCAST_RATE (default: none, udpcast's own pace).
 # LOOPCAST_SERVE_FLAGS adds flags to loopcast's serve (e.g. --no-gso),
 # LOOPCAST_RECV_FLAGS to its receivers' (e.g. --repair copies); LOOPCAST_BIN
-# runs another loopcast build instead of building this tree's.
+# runs another loopcast build instead of building this tree's. With
+# LOOPCAST_BEFORE_BIN (an older build, e.g. format v3's), tool loopcast-before
+# runs it on an archive it packed itself, in the same run, for a before/after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench.sh: the namespace lab needs root" >&2; exit 1; }
@@ -68,6 +70,9 @@ head -c $((size_mib << 20)) /dev/urandom > "$work/data.bin"
 # loopcast packs before serving, like uftp -Y encrypts on the fly but needs no
 # packing; pack once here so every run starts sending at once.
 "$BIN" pack "$work/data.bin" -k "$work/key" -o "$work/data.lcar" 2>/dev/null
+if [ -n "${LOOPCAST_BEFORE_BIN:-}" ]; then
+    "$LOOPCAST_BEFORE_BIN" pack "$work/data.bin" -k "$work/key" -o "$work/data-before.lcar" 2>/dev/null
+fi
 addr() { echo "10.77.0.$((10 + $1))"; }
 addr6() { echo "fd77::$((10 + $1))"; }
 now() { date +%s.%N; }
@@ -117,21 +122,22 @@ run_one() {
     for i in 1 2 3 4; do mkdir -p "$work/out$i"; done
     local receivers=() rtags=() server t0 t1
     case "$tool" in
-        loopcast | loopcast6)
-            local at=addr family=() sender=10.77.0.1
+        loopcast | loopcast6 | loopcast-before)
+            local at=addr family=() sender=10.77.0.1 bin=$BIN archive=$work/data.lcar
             [ "$tool" = loopcast6 ] && at=addr6 family=(-g '[ff15::77]:7700') sender=fd77::1
+            [ "$tool" = loopcast-before ] && bin=${LOOPCAST_BEFORE_BIN:?} archive=$work/data-before.lcar
             for i in $(seq $n); do
-                spawn "r$i" "r$i" "$BIN" recv -k "$work/key" -i "$($at "$i")" "${family[@]}" -o "$work/out$i" --timeout "$run_limit" ${LOOPCAST_RECV_FLAGS:-}
+                spawn "r$i" "r$i" "$bin" recv -k "$work/key" -i "$($at "$i")" "${family[@]}" -o "$work/out$i" --timeout "$run_limit" ${LOOPCAST_RECV_FLAGS:-}
                 receivers+=("$spawned"); rtags+=("r$i")
             done
             sleep 0.5
             t0=$(now)
             # shellcheck disable=SC2086
-            spawn s s "$BIN" serve "$work/data.lcar" -k "$work/key" -i "$sender" "${family[@]}" --rate "$rate" "${packet[@]}" ${LOOPCAST_SERVE_FLAGS:-}
+            spawn s s "$bin" serve "$archive" -k "$work/key" -i "$sender" "${family[@]}" --rate "$rate" "${packet[@]}" ${LOOPCAST_SERVE_FLAGS:-}
             server=$spawned
             if [ -n "$late" ]; then
                 sleep 3
-                spawn r4 r4 "$BIN" recv -k "$work/key" -i "$($at 4)" "${family[@]}" -o "$work/out4" --timeout "$run_limit" ${LOOPCAST_RECV_FLAGS:-}
+                spawn r4 r4 "$bin" recv -k "$work/key" -i "$($at 4)" "${family[@]}" -o "$work/out4" --timeout "$run_limit" ${LOOPCAST_RECV_FLAGS:-}
                 receivers+=("$spawned"); rtags+=(r4)
             fi
             wait_all "$(after "$t0" "$run_limit")" "${receivers[@]}"

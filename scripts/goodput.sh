@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Receiver goodput, CPU, disk writes, disk space and peak RSS on loopback
 # multicast, one receiver, no loss.
-# Usage: [REPS=3] [WORKDIR=/var/tmp] [LOOPCAST_BIN=path] scripts/goodput.sh SIZE_MIB RATE [RATE...]
+# Usage: [REPS=3] [WORKDIR=/var/tmp] [LOOPCAST_BIN=path] [PACKET_SIZE=1500] scripts/goodput.sh SIZE_MIB RATE [RATE...]
 #   e.g. scripts/goodput.sh 512 1G 2G 4G
 # For each rate, REPS runs: a fresh server loops a random file; the receiver joins as
-# the server starts; its own lines give the time from joining to the last packet
-# and to a verified file on disk. GNU time gives its CPU seconds (user + system),
+# the server starts; its counters (RUST_LOG=loopcast::counters=debug) give the
+# time to the last packet and the duplicates, its `done` event (--json) the time
+# to a verified file on disk, both from its `join` event. GNU time gives its CPU seconds (user + system),
 # its peak RSS and the bytes it had written to the device (ru_oublock: bytes dirtied
 # less those dropped before writeback, as /proc/PID/io's write_bytes less
 # cancelled_write_bytes). Disk space is the most the output directory held (du,
@@ -36,8 +37,9 @@ for rate in "$@"; do
     for _ in $(seq "$reps"); do
         rm -rf "$work/out"; mkdir "$work/out"
         # GNU time: peak RSS (KiB), CPU seconds, blocks of 512 bytes written.
-        /usr/bin/time -f '%M %U %S %O' -o "$work/rss" "$BIN" recv -k "$work/key" -i 127.0.0.1 -g 239.255.78.1:7800 \
-            -o "$work/out" --timeout 600 2> "$work/recv.log" &
+        RUST_LOG=info,loopcast::counters=debug /usr/bin/time -f '%M %U %S %O' -o "$work/rss" \
+            "$BIN" recv -k "$work/key" -i 127.0.0.1 -g 239.255.78.1:7800 \
+            -o "$work/out" --timeout 600 --json > "$work/recv.json" 2> "$work/recv.log" &
         recv_pid=$!
         ( peak=0; while kill -0 "$recv_pid" 2>/dev/null; do
               used=$(du -s -B1 "$work/out" 2>/dev/null | cut -f1); [ "${used:-0}" -gt "$peak" ] && peak=$used
@@ -45,16 +47,21 @@ for rate in "$@"; do
           done ) &
         sampler=$!
         sleep 0.3
-        "$BIN" serve "$work/data.lcar" -k "$work/key" -i 127.0.0.1 -g 239.255.78.1:7800 --rate "$rate" 2> "$work/serve.log" &
+        "$BIN" serve "$work/data.lcar" -k "$work/key" -i 127.0.0.1 -g 239.255.78.1:7800 --rate "$rate" \
+            --packet-size "${PACKET_SIZE:-1500}" 2> "$work/serve.log" &
         server=$!
         wait "$recv_pid"
         wait "$sampler"
         kill "$server"; wait "$server" 2>/dev/null || true; server=""
         cmp "$work/data.bin" "$work/out/data.bin"
-        grep 'packets held after' "$work/recv.log" | sed -E 's/.*held after ([0-9.]+) s.*/\1/' >> "$work/held"
-        line=$(grep 'complete and verified' "$work/recv.log")
-        sed -E 's/.*verified in ([0-9.]+) s.*/\1/' <<<"$line" >> "$work/times"
-        sed -E 's/.* ([0-9]+) duplicates.*/\1/' <<<"$line" >> "$work/dups"
+        [ -n "${SHOW_LOG:-}" ] && cat "$work/recv.log" >&2
+        # Times from the receiver's join (its `join` event), not from its start.
+        joined=$(grep '"event":"join"' "$work/recv.json" | grep -o '"t":[0-9.]*' | cut -d: -f2)
+        grep -o 'all held: .*after_s=[0-9.]*' "$work/recv.log" | sed -E 's/.*after_s=//' |
+            awk -v j="$joined" '{printf "%.3f\n", $1 - j}' >> "$work/held"
+        grep '"event":"done"' "$work/recv.json" | grep -o '"t":[0-9.]*' | cut -d: -f2 |
+            awk -v j="$joined" '{printf "%.3f\n", $1 - j}' >> "$work/times"
+        grep -o 'counters: stored=[0-9]* resumed=[0-9]* duplicates=[0-9]*' "$work/recv.log" | sed -E 's/.*duplicates=//' >> "$work/dups"
         read -r rss user sys blocks < <(tail -1 "$work/rss")
         echo "$rss" >> "$work/rsses"
         awk -v u="$user" -v s="$sys" 'BEGIN {print u + s}' >> "$work/cpus"

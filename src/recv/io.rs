@@ -323,6 +323,19 @@ impl Io {
                     return Ok(());
                 };
                 let ranges = self.start_worker(session, reception, &manifest)?;
+                let held = session
+                    .reception(reception)
+                    .map(|r| r.receiver().received().count());
+                log::debug!(
+                    "{}: frame table {} with {} packets held",
+                    manifest.name,
+                    if ranges.is_some() {
+                        "checked"
+                    } else {
+                        "failed"
+                    },
+                    held.unwrap_or(0)
+                );
                 session.table_checked(now, reception, manifest.archive_id, ranges);
             }
             Command::Rebuild { reception, rebuild } => {

@@ -340,6 +340,13 @@ impl FileReceiver {
         self.manifest.as_ref().map_or(0..0, |m| m.table_packets())
     }
 
+    /// Whether some packet of the frame table is not held.
+    fn table_missing(&self) -> bool {
+        !(self.received)
+            .missing_runs(self.table_packets(), 1)
+            .is_empty()
+    }
+
     /// When `handle_timeout` next needs to run (NAK timers), or a report is due.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let nak = match self.timer {

@@ -201,6 +201,20 @@ impl FileReceiver {
     /// others, as ranges (copies) or block requests (parity).
     pub(super) fn nak_request(&mut self, now: Instant) -> NakRequest {
         self.expire_asked(now);
+        if self.kind_unknown() {
+            // Before the first STATUS tells an `Auto` receiver which kind to
+            // ask, only the frame table goes: it is asked as copies whatever
+            // the kind, and nothing can be placed before it (§6.5).
+            let table = self.table_packets();
+            let gaps: Vec<Range<u32>> = (self.gap_ranges().into_iter())
+                .filter(|g| g.start < table.end)
+                .map(|g| g.start..g.end.min(table.end))
+                .collect();
+            return NakRequest {
+                ranges: self.nak_ranges(&gaps, wire::MAX_NAK_RANGES),
+                blocks: Vec::new(),
+            };
+        }
         match self.repair_now() {
             RepairKind::Copies => NakRequest {
                 ranges: self.nak_ranges(&self.gap_ranges(), wire::MAX_NAK_RANGES),
@@ -285,6 +299,7 @@ impl FileReceiver {
                     ranges,
                     blocks,
                 };
+
                 self.outgoing = Some(wire::encode_nak(&self.mac, self.session_id, &nak));
                 self.stats.naks_sent += 1;
                 self.timer = NakTimer::Holdoff(now + self.holdoff());

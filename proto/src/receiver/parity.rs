@@ -122,7 +122,7 @@ impl FileReceiver {
 
     /// True for an `Auto` receiver that knows neither the group nor of parity,
     /// and still waits for the first STATUS to tell it which kind to ask.
-    fn kind_unknown(&self) -> bool {
+    pub(super) fn kind_unknown(&self) -> bool {
         self.repair_kind == RepairKind::Auto
             && self.status.is_none()
             && !self.parity.seen
@@ -130,9 +130,10 @@ impl FileReceiver {
     }
 
     /// True while a NAK falling due now is to wait for the first STATUS
-    /// (`AUTO_STATUS_WAIT` from the first NAK that fell due).
+    /// (`AUTO_STATUS_WAIT` from the first NAK that fell due). A NAK for a frame
+    /// table with gaps never waits: the table is asked as copies at once.
     pub(super) fn holds_nak_for_status(&mut self, now: Instant) -> bool {
-        if !self.kind_unknown() {
+        if !self.kind_unknown() || self.table_missing() {
             return false;
         }
         let until = match self.parity.status_wait {

@@ -162,6 +162,34 @@ fn a_mid_stream_joiner_repairing_by_parity_still_naks_the_frame_table_as_copies(
     a_mid_stream_joiner_naks_the_frame_table_at_once_as(RepairKind::Parity);
 }
 
+#[test]
+fn an_auto_joiner_with_no_status_yet_naks_the_frame_table_at_once_and_nothing_else() {
+    // Before a STATUS says the group, `auto` does not know which kind to ask
+    // and holds its NAKs; the table is asked as copies whatever the kind, so it
+    // goes at once (waiting let a fast channel fill the memory for payloads
+    // held before the table, and drop the rest: a second loop).
+    let (key, m, manifest_bytes) = random_archive();
+    let now = Instant::now();
+    let mut r = FileReceiver::new(key, 7, m.archive_id, 1, NakMode::Immediate)
+        .with_repair_kind(RepairKind::Auto);
+    let mac = keys(&m).mac;
+    r.handle_datagram(now, &mut wire::encode_manifest(&mac, 7, &manifest_bytes));
+    let count = m.packet_count();
+    assert!(count >= 5, "{count} packets");
+    assert_eq!(m.table_packets(), 0..1);
+    // Joins at packet 2, then packet 4: packet 3 is a gap the loop passed.
+    for k in [2, 4] {
+        r.handle_datagram(now, &mut zero_data(&m, k));
+    }
+    r.handle_timeout(now);
+    let nak = nak_of(&r.poll_transmit().expect("a NAK for the table"));
+    assert_eq!((nak.ranges, nak.blocks), (vec![(0, 1)], vec![]));
+    // With the table held, the gap waits for the STATUS (or AUTO_STATUS_WAIT).
+    r.handle_datagram(now, &mut zero_data(&m, 0));
+    r.handle_timeout(now + Duration::from_millis(100));
+    assert_eq!(r.poll_transmit(), None);
+}
+
 fn a_mid_stream_joiner_naks_the_frame_table_at_once_as(kind: RepairKind) {
     let (key, m, manifest_bytes) = setup();
     let now = Instant::now();

@@ -148,11 +148,7 @@ impl FileReceiver {
                 unheard: None,
                 last_at: Some(now),
             });
-            let table_missing = !self
-                .received
-                .missing_runs(self.table_packets(), 1)
-                .is_empty();
-            if table_missing && self.timer == NakTimer::Idle {
+            if self.table_missing() && self.timer == NakTimer::Idle {
                 self.start_backoff(now);
             }
             return;
