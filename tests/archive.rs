@@ -361,3 +361,40 @@ fn the_frame_worker_unpacks_frames_out_of_order_reports_a_damaged_one_and_delive
         other => panic!("expected delivery, got {other:?}"),
     }
 }
+
+#[test]
+fn payloads_read_in_order_through_the_read_ahead_or_out_of_order_are_the_bodys_bytes() {
+    use loopcast_proto::PayloadSource;
+    let dir = tempfile::tempdir().unwrap();
+    let mut data = vec![0u8; 3_000_000];
+    rand::rngs::StdRng::seed_from_u64(12).fill_bytes(&mut data);
+    let input = dir.path().join("r.bin");
+    fs::write(&input, &data).unwrap();
+    let archive = dir.path().join("r.lcar");
+    pack_file(&input, &archive, &key(1), PackOptions::default()).unwrap();
+    let mut source = ArchiveFile::open(&archive, &key(1)).unwrap();
+    let (start, len) = (source.body_start() as usize, source.manifest.body_len);
+    let bytes = fs::read(&archive).unwrap();
+    let body = &bytes[start..];
+    let p = 1424u64;
+    let check = |source: &mut ArchiveFile, offset: u64, n: u64| {
+        let n = n.min(len - offset) as usize;
+        let mut buf = vec![0u8; n];
+        source.read_payload(offset, &mut buf).unwrap();
+        assert_eq!(&buf[..], &body[offset as usize..][..n], "at {offset}");
+    };
+    // Two loops in order (the second wraps round), repairs in between, and
+    // reads larger than the read-ahead window.
+    for round in 0..2 {
+        let mut offset = 0;
+        while offset < len {
+            check(&mut source, offset, p);
+            if offset % (200 * p) == 0 {
+                check(&mut source, (offset * 7 + round * p) % len / p * p, p);
+            }
+            offset += p;
+        }
+    }
+    check(&mut source, 0, 600 << 10);
+    check(&mut source, len - 10, 10);
+}
