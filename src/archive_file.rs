@@ -286,22 +286,6 @@ pub struct ArchiveFile {
     body_start: u64,
     /// The manifest, verified with the server's key.
     pub manifest: Manifest,
-    /// Body bytes read ahead for the loop, which reads the body in order.
-    ahead: ReadAhead,
-}
-
-/// Bytes read in one go when payloads are read in order: the loop then costs
-/// one `pread` per this many bytes instead of one per packet.
-const READ_AHEAD: usize = 256 << 10;
-
-/// A window of body bytes read ahead, and where the last read ended.
-#[derive(Default)]
-struct ReadAhead {
-    bytes: Vec<u8>,
-    /// Body offset of `bytes[0]`.
-    start: u64,
-    /// Body offset just after the last payload read.
-    last_end: u64,
 }
 
 impl ArchiveFile {
@@ -351,7 +335,6 @@ impl ArchiveFile {
             file,
             body_start,
             manifest,
-            ahead: ReadAhead::default(),
         })
     }
 }
@@ -370,31 +353,7 @@ impl ArchiveFile {
 
 impl PayloadSource for ArchiveFile {
     fn read_payload(&mut self, body_offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let a = &mut self.ahead;
-        let end = body_offset + buf.len() as u64;
-        let in_order = body_offset == a.last_end;
-        a.last_end = end;
-        let in_window = a.start <= body_offset && end <= a.start + a.bytes.len() as u64;
-        if !in_window {
-            // Out of order (a repair) or too large: read it alone, keep the window.
-            if !in_order || buf.len() > READ_AHEAD {
-                return self.file.read_exact_at(buf, self.body_start + body_offset);
-            }
-            let rest = self.manifest.body_len.saturating_sub(body_offset);
-            let len = rest.min(READ_AHEAD as u64).max(buf.len() as u64) as usize;
-            a.bytes.resize(len, 0);
-            a.start = body_offset;
-            if let Err(e) = self
-                .file
-                .read_exact_at(&mut a.bytes, self.body_start + body_offset)
-            {
-                a.bytes.clear();
-                return Err(e);
-            }
-        }
-        let at = (body_offset - a.start) as usize;
-        buf.copy_from_slice(&a.bytes[at..at + buf.len()]);
-        Ok(())
+        self.file.read_exact_at(buf, self.body_start + body_offset)
     }
 }
 

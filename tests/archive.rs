@@ -363,7 +363,7 @@ fn the_frame_worker_unpacks_frames_out_of_order_reports_a_damaged_one_and_delive
 }
 
 #[test]
-fn payloads_read_in_order_through_the_read_ahead_or_out_of_order_are_the_bodys_bytes() {
+fn payloads_read_in_order_or_out_of_order_are_the_bodys_bytes() {
     use loopcast_proto::PayloadSource;
     let dir = tempfile::tempdir().unwrap();
     let mut data = vec![0u8; 3_000_000];
@@ -383,8 +383,8 @@ fn payloads_read_in_order_through_the_read_ahead_or_out_of_order_are_the_bodys_b
         source.read_payload(offset, &mut buf).unwrap();
         assert_eq!(&buf[..], &body[offset as usize..][..n], "at {offset}");
     };
-    // Two loops in order (the second wraps round), repairs in between, and
-    // reads larger than the read-ahead window.
+    // Two loops in order (the second wraps round), repairs in between, and a
+    // read larger than a packet.
     for round in 0..2 {
         let mut offset = 0;
         while offset < len {
