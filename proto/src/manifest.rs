@@ -76,7 +76,8 @@ impl Manifest {
 
     /// Body bytes of the frame table's cells at the start of the body.
     pub fn table_len(&self) -> u64 {
-        crate::archive::table_cells(self.frame_count, self.cell_size) * self.cell_size as u64
+        crate::archive::layout::table_cells(self.frame_count, self.cell_size)
+            * self.cell_size as u64
     }
 
     /// Cells of the body.
@@ -186,8 +187,9 @@ impl Manifest {
             && self.frame_count > 0
             && self.mtime_nanos < 1_000_000_000
             && self.frame_count as u64
-                == crate::archive::frame_count(self.original_size, self.frame_size)
-            && self.body_len >= crate::archive::min_body_len(self.frame_count, self.cell_size)
+                == crate::archive::layout::frame_count(self.original_size, self.frame_size)
+            && self.body_len
+                >= crate::archive::layout::min_body_len(self.frame_count, self.cell_size)
             && self.body_len.div_ceil(self.payload_size as u64) <= u32::MAX as u64;
         if ok {
             Ok(())
@@ -284,9 +286,9 @@ mod tests {
                        cell in 242u16..4500, cells in 1u16..6, mode in any::<u32>(), secs in any::<i64>(), nanos in 0u32..1_000_000_000) {
             let key = MasterKey::from_bytes([3; 32]);
             let frame_size = 1u32 << frame_shift;
-            let frame_count = crate::archive::frame_count(size, frame_size) as u32;
+            let frame_count = crate::archive::layout::frame_count(size, frame_size) as u32;
             let cell_size = cell * 2;
-            let body = crate::archive::min_body_len(frame_count, cell_size) + size + extra;
+            let body = crate::archive::layout::min_body_len(frame_count, cell_size) + size + extra;
             let m = Manifest { name, original_size: size, frame_size, frame_count, mode, mtime_secs: secs, mtime_nanos: nanos,
                 body_len: body.next_multiple_of(cell_size as u64), payload_size: cell_size * cells.min(9000 / cell_size), cell_size,
                 ..sample("", key.fingerprint()) };

@@ -12,9 +12,11 @@ use crate::codec::Reader;
 use std::ops::Range;
 
 mod digest;
+pub mod layout;
 mod open;
 mod pack;
 pub use digest::{ContentDigest, FramePart};
+pub use layout::{TABLE_ENTRY_LEN, frame_count, min_body_len, table_cells, table_len};
 pub use open::{Cells, open_frame, open_frame_in_place};
 pub use pack::{FrameCompressor, Packer, StoredFrame};
 
@@ -28,30 +30,8 @@ pub const ARCHIVE_HEADER_LEN: usize = 12;
 pub const DEFAULT_FRAME_SIZE: u32 = 1 << 20;
 /// Largest frame size accepted (bounds the memory a receiver spends on one frame).
 pub const MAX_FRAME_SIZE: u32 = 64 << 20;
-/// Bytes of one frame table entry.
-pub const TABLE_ENTRY_LEN: usize = 4;
 /// Table entry bit: the frame is zstd-compressed.
 const COMPRESSED_BIT: u32 = 1 << 31;
-
-/// Number of frames for a file of `size` bytes (an empty file still has one, empty, frame).
-pub fn frame_count(size: u64, frame_size: u32) -> u64 {
-    size.div_ceil(frame_size as u64).max(1)
-}
-
-/// Bytes of the frame table (its data, before it is cut into cells).
-pub fn table_len(frame_count: u32) -> u64 {
-    frame_count as u64 * TABLE_ENTRY_LEN as u64
-}
-
-/// Cells the frame table of `frame_count` frames fills at the start of the body.
-pub fn table_cells(frame_count: u32, cell_size: u16) -> u64 {
-    cells_for(table_len(frame_count), cell_size)
-}
-
-/// Smallest possible body: the table's cells plus one cell per frame.
-pub fn min_body_len(frame_count: u32, cell_size: u16) -> u64 {
-    (table_cells(frame_count, cell_size) + frame_count as u64) * cell_size as u64
-}
 
 /// Most bytes a frame of up to `frame_size` original bytes may store (zstd's
 /// worst case is below this; a raw frame stores exactly its original bytes).
