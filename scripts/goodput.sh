@@ -16,17 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 size_mib=${1:?size in MiB}; shift
 command -v /usr/bin/time >/dev/null || { echo "needs GNU time: apt-get install -y time" >&2; exit 1; }
-# LOOPCAST_BIN measures another build (e.g. an older commit's, for a before/after).
-if [ -z "${LOOPCAST_BIN:-}" ]; then cargo build --release --quiet; fi
-BIN=${LOOPCAST_BIN:-$PWD/target/release/loopcast}
-work=$(mktemp -d -p "${WORKDIR:-/var/tmp}")
-server=""
-cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-"$BIN" keygen -o "$work/key" >/dev/null
-head -c $((size_mib << 20)) /dev/urandom > "$work/data.bin"
-# Pack once so every run starts sending at once.
-"$BIN" pack "$work/data.bin" -k "$work/key" -o "$work/data.lcar" >/dev/null
+. scripts/loopback_archive.sh
 reps=${REPS:-3}
 median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 size_bytes=$((size_mib << 20))

@@ -10,15 +10,7 @@ cd "$(dirname "$0")/.."
 size_mib=${1:?size in MiB}
 rate=${2:?rate, e.g. 3G}
 command -v perf >/dev/null || { echo "needs perf: apt-get install -y linux-perf" >&2; exit 1; }
-if [ -z "${LOOPCAST_BIN:-}" ]; then cargo build --release --quiet; fi
-BIN=${LOOPCAST_BIN:-$PWD/target/release/loopcast}
-work=$(mktemp -d -p "${WORKDIR:-/var/tmp}")
-server=""
-cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-"$BIN" keygen -o "$work/key" >/dev/null
-head -c $((size_mib << 20)) /dev/urandom > "$work/data.bin"
-"$BIN" pack "$work/data.bin" -k "$work/key" -o "$work/data.lcar" >/dev/null
+. scripts/loopback_archive.sh
 mkdir "$work/out"
 perf record -q -g -o "$work/perf.data" -- "$BIN" recv -k "$work/key" -i 127.0.0.1 -g 239.255.79.1:7900 \
     -o "$work/out" --timeout 600 2> "$work/recv.log" &
