@@ -398,3 +398,23 @@ fn payloads_read_in_order_or_out_of_order_are_the_bodys_bytes() {
     check(&mut source, 0, 600 << 10);
     check(&mut source, len - 10, 10);
 }
+
+#[test]
+fn an_archive_of_format_v3_is_refused_with_a_word_to_pack_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    // A v3 archive's first bytes: its magic, a manifest length, a v1 manifest.
+    let old = dir.path().join("old.lcar");
+    let mut bytes = b"LCARCH01".to_vec();
+    bytes.extend_from_slice(&200u32.to_be_bytes());
+    bytes.extend_from_slice(&[1u8; 400]);
+    fs::write(&old, &bytes).unwrap();
+    assert!(loopcast::archive_file::is_archive(&old).unwrap());
+    let err = ArchiveFile::open(&old, &key(1))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("format v3") && err.contains("loopcast pack"),
+        "{err}"
+    );
+}
