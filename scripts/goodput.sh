@@ -37,9 +37,7 @@ for rate in "$@"; do
           done ) &
         sampler=$!
         sleep 0.3
-        "$BIN" serve "$work/data.lcar" -k "$work/key" -i 127.0.0.1 -g 239.255.78.1:7800 --rate "$rate" \
-            --packet-size "${PACKET_SIZE:-1500}" 2> "$work/serve.log" &
-        server=$!
+        serve_loopback 239.255.78.1:7800 "$rate"
         wait "$recv_pid"
         wait "$sampler"
         kill "$server"; wait "$server" 2>/dev/null || true; server=""

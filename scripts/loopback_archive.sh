@@ -13,3 +13,10 @@ trap cleanup EXIT
 "$BIN" keygen -o "$work/key" >/dev/null
 head -c $((size_mib << 20)) /dev/urandom > "$work/data.bin"
 "$BIN" pack "$work/data.bin" -k "$work/key" -o "$work/data.lcar" >/dev/null
+# Starts the server of data.lcar on loopback group $1 at rate $2 (packets of
+# PACKET_SIZE, default 1500) in the background; sets $server.
+serve_loopback() {
+    "$BIN" serve "$work/data.lcar" -k "$work/key" -i 127.0.0.1 -g "$1" --rate "$2" \
+        --packet-size "${PACKET_SIZE:-1500}" 2> "$work/serve.log" &
+    server=$!
+}

@@ -16,9 +16,7 @@ perf record -q -g -o "$work/perf.data" -- "$BIN" recv -k "$work/key" -i 127.0.0.
     -o "$work/out" --timeout 600 2> "$work/recv.log" &
 recv_pid=$!
 sleep 0.5
-"$BIN" serve "$work/data.lcar" -k "$work/key" -i 127.0.0.1 -g 239.255.79.1:7900 --rate "$rate" \
-    --packet-size "${PACKET_SIZE:-1500}" 2> "$work/serve.log" &
-server=$!
+serve_loopback 239.255.79.1:7900 "$rate"
 wait "$recv_pid"
 kill "$server"; wait "$server" 2>/dev/null || true; server=""
 cmp "$work/data.bin" "$work/out/data.bin"

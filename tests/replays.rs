@@ -416,24 +416,7 @@ fn an_earlier_agent_runs_registers_replayed_before_each_real_one_do_not_keep_a_c
     let tap = Tap::start(site.udp().port());
     let (key, udp) = (path(&site.key), site.udp().to_string());
     let out = site.d().join("out");
-    let agent = |log: &str| {
-        site.start(
-            log,
-            &[
-                "agent",
-                "-k",
-                key,
-                "--node",
-                "n1",
-                "-i",
-                "127.0.0.1",
-                "--director",
-                &udp,
-                "--out",
-                path(&out),
-            ],
-        )
-    };
+    let agent = |log: &str| site.start(log, &loopback_agent(key, "n1", &udp, path(&out)));
     let mut first = agent("agent-1");
     let node = || {
         let nodes = site.get_json("/v1/nodes");

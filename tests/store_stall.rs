@@ -106,19 +106,7 @@ fn a_stopped_etcd_stalls_neither_heartbeats_nor_look_ups_and_the_job_completes_a
     let _agent = start_logged(
         d,
         "agent.log",
-        &[
-            "agent",
-            "-k",
-            key,
-            "--node",
-            "n1",
-            "-i",
-            "127.0.0.1",
-            "--director",
-            DIRECTOR,
-            "--out",
-            path(&out),
-        ],
+        &loopback_agent(key, "n1", DIRECTOR, path(&out)),
     );
     wait_for("the node and the file known", 15, || {
         let node = get("/v1/nodes").is_some_and(|n| n[0]["reachable"] == true);

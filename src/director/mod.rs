@@ -6,6 +6,8 @@ mod etcd;
 mod http;
 
 pub use etcd::EtcdAccess;
+mod changes;
+mod job_json;
 mod jobs;
 pub(crate) mod store;
 mod writer;

@@ -2,10 +2,11 @@
 //! state directory (one director), or etcd (several directors, one of them
 //! elected to schedule: `etcd`).
 
-use super::jobs::{job_from_json, job_json};
+use super::changes::Changes;
+use super::job_json::{job_from_json, job_json};
 use crate::error::{Context, Error, Result};
 use loopcast_proto::director::Director;
-use loopcast_proto::jobs::{Job, NodeProgress};
+use loopcast_proto::jobs::Job;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::Value;
 use std::path::Path;
@@ -21,24 +22,6 @@ pub enum Store {
     Redb(RedbStore),
     /// `--etcd URL,…`: shared by several directors.
     Etcd(super::etcd::EtcdStore),
-}
-
-/// What a store is to write, copied out of the director under its lock and
-/// written without it.
-#[derive(Debug, Default)]
-pub struct Changes {
-    /// Jobs whose record changed: (id, the job, or None where it was removed).
-    pub jobs: Vec<(u64, Option<Job>)>,
-    /// Targets whose progress moved (etcd only; redb writes their jobs whole):
-    /// (job, node, progress).
-    pub moved: Vec<(u64, String, NodeProgress)>,
-}
-
-impl Changes {
-    /// Nothing to write.
-    pub fn is_empty(&self) -> bool {
-        self.jobs.is_empty() && self.moved.is_empty()
-    }
 }
 
 impl Store {

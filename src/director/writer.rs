@@ -3,7 +3,8 @@
 //! they were taken, and written here in that order: the UDP loop queues and
 //! goes on (it never waits on etcd), the job API waits for its own batch.
 
-use super::store::{Changes, Store};
+use super::changes::Changes;
+use super::store::Store;
 use crate::error::{Error, Result};
 use loopcast_proto::director::Director;
 use std::sync::atomic::{AtomicUsize, Ordering};

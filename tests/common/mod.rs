@@ -405,6 +405,29 @@ pub fn loopcast_cmd(args: &[&str]) -> Command {
     c
 }
 
+/// `agent` arguments on loopback: node `node` under `key`, reporting to
+/// `director`, receiving into `out`.
+pub fn loopback_agent<'a>(
+    key: &'a str,
+    node: &'a str,
+    director: &'a str,
+    out: &'a str,
+) -> [&'a str; 11] {
+    [
+        "agent",
+        "-k",
+        key,
+        "--node",
+        node,
+        "-i",
+        "127.0.0.1",
+        "--director",
+        director,
+        "--out",
+        out,
+    ]
+}
+
 /// `serve` on loopback with `key`, `group`, `rate` and `cache`; files and
 /// other flags follow.
 pub fn loopback_serve<'a>(

@@ -12,7 +12,7 @@ mod records;
 
 pub use gateway::EtcdAccess;
 
-use super::store::Changes;
+use super::changes::Changes;
 use crate::error::{Error, Result};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;

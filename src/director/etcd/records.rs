@@ -5,8 +5,8 @@
 //! record is written when its job is made or changes state, and removed with
 //! its progress.
 
-use super::super::jobs::{job_from_record, progress_from_json, progress_json, record_json};
-use super::super::store::Changes;
+use super::super::changes::Changes;
+use super::super::job_json::{job_from_record, progress_from_json, progress_json, record_json};
 use loopcast_proto::jobs::Job;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
@@ -222,7 +222,7 @@ mod tests {
         );
         assert_eq!(tick.len(), 1);
         // Before per-target keys, a tick rewrote the job whole, progress and all.
-        let before = super::super::super::jobs::job_json(&big, None)
+        let before = super::super::super::job_json::job_json(&big, None)
             .to_string()
             .len();
         eprintln!(

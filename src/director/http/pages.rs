@@ -4,7 +4,8 @@
 //! the UDP loop (spec §9.4). Listings come in pages, `?limit=N&after=KEY`,
 //! in the order of their key; a page of `limit` items may have a next one.
 
-use super::super::jobs::{self, JobHead, job_json};
+use super::super::job_json::{JobHead, job_json};
+use super::super::jobs;
 use super::{HttpStats, metrics};
 use loopcast_proto::director::{Director, ReceiverSeen, ServerRecord, load_fraction};
 use loopcast_proto::jobs::{Job, JobError, JobState};
