@@ -309,13 +309,15 @@ fn the_frame_worker_unpacks_frames_out_of_order_reports_a_damaged_one_and_delive
         move |report| tx.send(report).unwrap(),
     )
     .unwrap();
-    // Frames held in memory, as a receiver assembles them.
+    // Frames held in memory, as a receiver assembles them: their cells' data joined.
     let in_memory = |frame: usize| {
         let r = &ranges[frame];
         let mut buffer = FrameBuffer::new((r.end - r.start) as usize);
-        buffer
-            .cells_mut((r.end - r.start) as usize)
-            .copy_from_slice(&bytes[r.start as usize..r.end as usize]);
+        loopcast_proto::cell::copy_joined(
+            &bytes[r.start as usize..r.end as usize],
+            m.cell_size,
+            buffer.cells_mut((r.end - r.start) as usize),
+        );
         FrameSource::Memory(buffer)
     };
     for frame in [6, 2, 4, 0, 1, 3, 5] {

@@ -76,6 +76,47 @@ pub fn join_cells(bytes: &mut [u8], cell_size: u16, stored_len: usize) -> Option
     Some(&mut bytes[..stored_len])
 }
 
+/// Copies the data of whole opened cells (`cells`, of `cell_size` each, tags in
+/// place) to `joined`, where cell `k`'s data goes at `k × cell_data_len`: one
+/// pass where `join_cells` after a copy would be two. `joined` must be at least
+/// as long as the cells' data.
+pub fn copy_joined(cells: &[u8], cell_size: u16, joined: &mut [u8]) {
+    let data = cell_data_len(cell_size);
+    for (cell, out) in cells
+        .chunks_exact(cell_size as usize)
+        .zip(joined.chunks_mut(data))
+    {
+        out.copy_from_slice(&cell[..data]);
+    }
+}
+
+/// The inverse of `copy_joined`: copies cell data held together in `joined` to
+/// the places of whole cells of `cell_size` in `cells` (the first cell's data
+/// from `joined`'s start); the tags' bytes in `cells` are left as they were.
+pub fn copy_spread(joined: &[u8], cell_size: u16, cells: &mut [u8]) {
+    let data = cell_data_len(cell_size);
+    for (cell, from) in cells
+        .chunks_mut(cell_size as usize)
+        .zip(joined.chunks(data))
+    {
+        let n = from.len().min(cell.len()).min(data);
+        cell[..n].copy_from_slice(&from[..n]);
+    }
+}
+
+/// The inverse of `join_cells`, in place: moves the data of the first `cells`
+/// cells, held together at the start of `bytes`, back to their places as whole
+/// cells of `cell_size` (the tags' bytes are then left as they were: a sealed
+/// layout of opened cells, as a partial file holds them).
+pub fn spread_cells(bytes: &mut [u8], cell_size: u16, cells: usize) {
+    let (size, data) = (cell_size as usize, cell_data_len(cell_size));
+    let cells = cells.min(bytes.len() / size.max(1));
+    // The last first: each cell moves up, over nothing not yet moved.
+    for cell in (1..cells).rev() {
+        bytes.copy_within(cell * data..cell * data + data, cell * size);
+    }
+}
+
 /// The key that seals and opens one archive's cells.
 pub struct CellKey(LessSafeKey);
 
@@ -249,12 +290,28 @@ mod tests {
         assert!(!key(5).open_cells(5, 40, &mut swapped, size));
         assert!(!key(5).open_cells(5, 40, &mut sealed[..299].to_vec(), size));
         assert!(key(5).open_cells(5, 40, &mut bytes, size));
+        let opened_cells = bytes.clone();
         let mut opened = bytes.clone();
         // Opened cells sealed again are the bytes that came (parity rebuilds need them).
         key(5).seal_cells(5, 40, &mut opened, size);
         assert_eq!(opened, sealed);
         assert_eq!(join_cells(&mut bytes, size, 250).unwrap(), &data[..]);
         assert!(join_cells(&mut bytes, size, 253).is_none());
+        // Spread back, the data is at the cells' places again, and copying the
+        // opened cells joined gives what joining them in place gives.
+        let mut spread = bytes.clone();
+        spread_cells(&mut spread, size, 3);
+        for k in 0..3 {
+            let (at, d) = (k * size as usize, cell_data_len(size));
+            assert_eq!(spread[at..at + d], opened_cells[at..at + d], "cell {k}");
+        }
+        let mut joined = vec![0u8; 3 * cell_data_len(size)];
+        copy_joined(&opened_cells, size, &mut joined);
+        assert_eq!(&joined[..250], &data[..]);
+        let mut out = vec![0u8; 2 * size as usize];
+        copy_spread(&joined[cell_data_len(size)..], size, &mut out);
+        assert_eq!(out[..84], opened_cells[100..184]);
+        assert_eq!(out[100..184], opened_cells[200..284]);
         assert_eq!(cells_for(0, size), 1);
     }
 

@@ -6,6 +6,7 @@
 //! let go and its packets are fetched again.
 
 use loopcast_proto::ReceivedMap;
+use loopcast_proto::cell::{cell_data_len, copy_joined, copy_spread, spread_cells};
 use loopcast_proto::fec::Blocks;
 use loopcast_proto::received::packets_covering;
 use std::collections::{HashMap, VecDeque};
@@ -24,9 +25,10 @@ pub const SPILL_SHARE: u64 = 5;
 /// blocks are then repaired by copies.
 pub const RETAIN_BUDGET: usize = 8 << 20;
 
-/// A reusable buffer for one frame's cells, `ALIGN`ed: an uncompressed frame's
-/// plaintext, once its cells' data is moved together, starts there and is
-/// written to the output without another copy.
+/// A reusable buffer for one frame's cells, `ALIGN`ed. A frame assembled in
+/// memory holds its cells' data joined (each opened cell's data copied over its
+/// tag's place as it is stored), so an uncompressed frame's plaintext starts at
+/// the buffer's aligned start and is written to the output without another copy.
 pub struct FrameBuffer {
     bytes: Vec<u8>,
     /// First `ALIGN`ed byte of `bytes`.
@@ -101,6 +103,8 @@ pub enum FrameSource {
 pub struct FrameAssembly {
     ranges: Vec<Range<u64>>,
     payload_size: u32,
+    /// The archive's cell size: frames and packets are whole cells.
+    cell_size: u16,
     place: Vec<Place>,
     buffers: HashMap<u32, FrameBuffer>,
     /// Frames in memory, oldest first (the first to spill).
@@ -124,12 +128,13 @@ pub struct FrameAssembly {
 }
 
 impl FrameAssembly {
-    /// Frames at body `ranges`, carried in packets of `payload_size` bytes; those
-    /// in `done` are in the output already, and any other with a packet in
-    /// `received` has its bytes in the partial file.
+    /// Frames at body `ranges`, carried in packets of `payload_size` bytes, both
+    /// whole cells of `cell_size`; those in `done` are in the output already, and
+    /// any other with a packet in `received` has its bytes in the partial file.
     pub fn new(
         ranges: Vec<Range<u64>>,
         payload_size: u32,
+        cell_size: u16,
         body_len: u64,
         done: &[bool],
         received: &ReceivedMap,
@@ -157,6 +162,7 @@ impl FrameAssembly {
             .sum();
         Self {
             payload_size: payload_size.max(1),
+            cell_size: cell_size.max(loopcast_proto::cell::TAG_LEN as u16 + 1),
             place,
             buffers: HashMap::new(),
             oldest: VecDeque::new(),
@@ -214,10 +220,15 @@ impl FrameAssembly {
             }
             match self.place[frame as usize] {
                 Place::Memory => {
+                    let (size, data) = (self.cell_size as usize, cell_data_len(self.cell_size));
                     let buffer = self.buffers.get_mut(&frame).expect("held in memory");
                     let at = (from - r.start) as usize;
-                    buffer.cells_mut((r.end - r.start) as usize)[at..at + part.len()]
-                        .copy_from_slice(part);
+                    debug_assert!(
+                        at.is_multiple_of(size) && part.len().is_multiple_of(size),
+                        "whole cells"
+                    );
+                    let joined = buffer.cells_mut((r.end - r.start) as usize);
+                    copy_joined(part, self.cell_size, &mut joined[at / size * data..]);
                 }
                 Place::Disk => to_disk.push((from, part)),
                 Place::Nowhere | Place::Sent { .. } | Place::Done => {}
@@ -228,7 +239,9 @@ impl FrameAssembly {
         }
     }
 
-    /// Reads back body bytes at `offset` as they were stored, into `buf`: parts
+    /// Reads back body bytes at `offset` as they were stored, into `buf` (opened
+    /// cells; the bytes at tags' places are left as they were in `buf` where the
+    /// frame is held joined in memory: sealing again writes them): parts
     /// in frames held in memory are copied, parts in the partial file are listed
     /// in `from_disk` (body offset, range of `buf`). False if a part is in a frame
     /// with the frame worker or in the output: no longer held as it came.
@@ -254,10 +267,8 @@ impl FrameAssembly {
             covered = to;
             match self.place[frame] {
                 Place::Memory => {
-                    let sealed = self.buffers[&(frame as u32)].cells((r.end - r.start) as usize);
-                    buf[at(from)..at(to)].copy_from_slice(
-                        &sealed[(from - r.start) as usize..(to - r.start) as usize],
-                    );
+                    let joined = self.buffers[&(frame as u32)].cells((r.end - r.start) as usize);
+                    self.spread_part(joined, from - r.start, &mut buf[at(from)..at(to)]);
                 }
                 Place::Disk | Place::Nowhere => from_disk.push((from, at(from)..at(to))),
                 Place::Sent { .. } | Place::Done => {
@@ -358,7 +369,7 @@ impl FrameAssembly {
             return;
         };
         let (first, last) = (self.blocks.of(packets.start), self.blocks.of(last));
-        let sealed = buffer.cells((r.end - r.start) as usize);
+        let joined = buffer.cells((r.end - r.start) as usize);
         for block in [first, last]
             .into_iter()
             .take(if first == last { 1 } else { 2 })
@@ -369,7 +380,8 @@ impl FrameAssembly {
             }
             let from = r.start.max(in_block.start as u64 * p);
             let to = r.end.min(in_block.end as u64 * p);
-            let bytes = sealed[(from - r.start) as usize..(to - r.start) as usize].to_vec();
+            let mut bytes = vec![0u8; (to - from) as usize];
+            self.spread_part(joined, from - r.start, &mut bytes);
             self.retained_bytes += bytes.len();
             self.retained.push_back((from, bytes));
         }
@@ -425,13 +437,26 @@ impl FrameAssembly {
             .collect()
     }
 
-    /// Takes frame `frame`'s buffer out of memory (the caller writes it to the
-    /// partial file, where the frame now counts; `oldest` is the caller's).
+    /// Takes frame `frame`'s buffer out of memory, its cells spread back to
+    /// their places (the caller writes it to the partial file, where the frame
+    /// now counts; `oldest` is the caller's).
     fn move_to_disk(&mut self, frame: u32) -> FrameBuffer {
         self.place[frame as usize] = Place::Disk;
-        self.spilled += self.len(frame);
+        let len = self.len(frame);
+        self.spilled += len;
         self.held = self.held.saturating_sub(self.buffer_len);
-        self.buffers.remove(&frame).expect("held in memory")
+        let mut buffer = self.buffers.remove(&frame).expect("held in memory");
+        let cells = len as usize / self.cell_size as usize;
+        spread_cells(buffer.cells_mut(len as usize), self.cell_size, cells);
+        buffer
+    }
+
+    /// Copies the cells at byte `at` (a cell's start) of a frame held `joined`
+    /// into `out`, each cell's data at its place as the cells came.
+    fn spread_part(&self, joined: &[u8], at: u64, out: &mut [u8]) {
+        let first = at as usize / self.cell_size as usize;
+        let data = cell_data_len(self.cell_size);
+        copy_spread(&joined[first * data..], self.cell_size, out);
     }
 
     /// Frames let go since the last call.

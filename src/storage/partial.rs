@@ -131,6 +131,7 @@ impl PartialFile {
         self.assembly = Some(FrameAssembly::new(
             ranges,
             self.manifest.payload_size as u32,
+            self.manifest.cell_size,
             self.manifest.body_len,
             &self.done_at_open,
             &on_disk,

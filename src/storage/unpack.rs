@@ -256,12 +256,13 @@ impl FrameWorker {
                     if stop.load(Ordering::Acquire) {
                         return;
                     }
-                    // A receiver stores cells opened as they came (spec §5).
-                    let mut buffer = match source {
-                        FrameSource::Memory(b) => Some(b),
-                        FrameSource::Disk => None,
+                    // A receiver stores cells opened as they came, joined in
+                    // memory and at their places on disk (spec §5).
+                    let (mut buffer, cells) = match source {
+                        FrameSource::Memory(b) => (Some(b), Cells::Joined),
+                        FrameSource::Disk => (None, Cells::Opened),
                     };
-                    outcome = match unpack.frame(frame, buffer.as_mut(), Cells::Opened) {
+                    outcome = match unpack.frame(frame, buffer.as_mut(), cells) {
                         Ok(Some(FrameOutcome::Bad(range))) => {
                             report(FrameReport::Bad(frame, range, buffer));
                             Ok(None)

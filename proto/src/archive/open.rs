@@ -1,8 +1,9 @@
 //! Opening a frame's cells where they lie: their tags (unless they were opened
-//! as they came), their data moved together, then decompressed.
+//! as they came), their data moved together (unless it was as they came), then
+//! decompressed.
 
 use super::{FrameError, FrameLayout};
-use crate::cell::{CellKey, join_cells};
+use crate::cell::{CellKey, cell_data_len, join_cells};
 
 /// What state a frame's cells are in when it is opened (spec §3.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,6 +13,9 @@ pub enum Cells {
     /// Opened already, each as it came in a DATA packet (or was rebuilt from
     /// parity) and before it was stored: their tags were checked then.
     Opened,
+    /// Opened as they came and their data already moved together (a receiver's
+    /// frame in memory, spec §5): the stored bytes start at the first byte.
+    Joined,
 }
 
 /// Opens frame `frame` of archive `archive_id` from its sealed cells.
@@ -59,8 +63,18 @@ pub fn open_frame_in_place<'a>(
     if cells == Cells::Sealed && !key.open_cells(archive_id, first, bytes, cell_size) {
         return Err(FrameError::BadTag);
     }
-    let data =
-        join_cells(bytes, cell_size, frame.entry.stored_len as usize).ok_or(FrameError::Invalid)?;
+    let stored_len = frame.entry.stored_len as usize;
+    let data = match cells {
+        Cells::Joined
+            if stored_len <= bytes.len() / cell_size as usize * cell_data_len(cell_size) =>
+        {
+            &mut bytes[..stored_len]
+        }
+        Cells::Joined => return Err(FrameError::Invalid),
+        Cells::Sealed | Cells::Opened => {
+            join_cells(bytes, cell_size, stored_len).ok_or(FrameError::Invalid)?
+        }
+    };
     if !frame.entry.compressed {
         return match data.len() == frame.plain_len as usize {
             true => Ok(data),

@@ -88,6 +88,16 @@ fn opening_in_place_leaves_raw_frames_where_they_lie_and_decompresses_into_scrat
         .unwrap();
     assert_eq!(plain, &original[3 << 16..]);
     assert_eq!(plain.as_ptr(), scratch.as_ptr());
+    // Opened and joined as they came (a receiver's frame in memory).
+    let sealed = &body[ranges[3].start as usize..ranges[3].end as usize];
+    let mut opened = sealed.to_vec();
+    assert!(cell_key.open_cells(m.archive_id, first, &mut opened, CELL));
+    let mut joined = vec![0u8; opened.len()];
+    crate::cell::copy_joined(&opened, CELL, &mut joined);
+    let plain = u
+        .open_in_place(3, &mut joined, &mut scratch, Cells::Joined)
+        .unwrap();
+    assert_eq!(plain, &original[3 << 16..]);
     // Too small a scratch, or the cells of another frame: refused, no panic.
     let mut cells = body[ranges[3].start as usize..ranges[3].end as usize].to_vec();
     let mut small = vec![0u8; 100];

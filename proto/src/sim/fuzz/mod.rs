@@ -423,7 +423,7 @@ pub fn decode_everything(data: &[u8]) {
             plain_len: 1 << 16,
         };
         let mut scratch = vec![0u8; 1 << 16];
-        for state in [Cells::Sealed, Cells::Opened] {
+        for state in [Cells::Sealed, Cells::Opened, Cells::Joined] {
             let mut bytes = rest[..rest.len() / 484 * 484].to_vec();
             let _ = open_frame_in_place(&cells, 1, 484, &frame, &mut bytes, &mut scratch, state);
         }
