@@ -280,6 +280,23 @@ impl BatchReceiver {
         })
     }
 
+    /// Copies the bytes the last `recv` took into `copy`, each at the offset it
+    /// has in this receiver's buffer (`address`): bytes as they came, for
+    /// when what `datagrams_mut` yields is changed where it lies.
+    pub fn copy_received(&self, copy: &mut Vec<u8>) {
+        copy.resize(self.buf.len(), 0);
+        for (i, &(len, _)) in self.received.iter().enumerate() {
+            let slot = i * RECV_SLOT..i * RECV_SLOT + len.min(RECV_SLOT);
+            copy[slot.clone()].copy_from_slice(&self.buf[slot]);
+        }
+    }
+
+    /// The address of this receiver's buffer: a datagram's bytes at address
+    /// *a* are at offset *a* − this in `copy_received`'s copy.
+    pub fn address(&self) -> usize {
+        self.buf.as_ptr() as usize
+    }
+
     /// Bytes a slot holds, and the length of each datagram in it.
     fn split(len: usize, segment: usize) -> (usize, usize) {
         let len = len.min(RECV_SLOT);

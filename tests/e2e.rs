@@ -254,11 +254,8 @@ fn a_receiver_killed_half_way_resumes_with_what_it_stored() {
             .spawn()
             .unwrap(),
     );
-    let start = Instant::now();
-    while !map.exists() && start.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(map.exists(), "no received map was persisted");
+    let saved = common::wait_for_path(&map, Duration::from_secs(20));
+    assert!(saved, "no received map was persisted");
     std::thread::sleep(Duration::from_millis(1200));
     first.0.kill().unwrap(); // SIGKILL
     first.0.wait().unwrap();

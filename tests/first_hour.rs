@@ -573,7 +573,7 @@ fn metrics_are_openmetrics_and_say_so() {
 }
 
 #[test]
-fn a_hooks_output_stays_out_of_json_and_its_failure_reaches_jobs_and_push() {
+fn a_hooks_output_stays_out_of_json_its_failure_reaches_jobs_and_push_and_the_archive_is_kept() {
     let site = Site::new(9);
     let director = site.director();
     let _d = site.director_running("director.log");
@@ -600,6 +600,8 @@ fn a_hooks_output_stays_out_of_json_and_its_failure_reaches_jobs_and_push() {
             "--json",
             "--on-complete",
             hook,
+            "--keep-archive",
+            path(&site.path("kept")),
         ])
         .stdout(agent_out)
         .stderr(std::fs::File::create(site.path("agent.log")).unwrap())
@@ -644,6 +646,17 @@ fn a_hooks_output_stays_out_of_json_and_its_failure_reaches_jobs_and_push() {
     assert!(log.contains("hook (h.bin): HOOK-SAYS-HELLO"), "{log}");
     assert_plain(&log);
     assert_plain(&said);
+    // The job's archive, kept as it came, is the one in the server's cache.
+    let kept = std::fs::read(site.path("kept").join("h.bin.lcar")).unwrap();
+    let cached = std::fs::read_dir(site.path("cache")).unwrap().flatten();
+    let served: Vec<Vec<u8>> = cached
+        .filter(|e| e.path().extension().is_some_and(|x| x == "lcar"))
+        .map(|e| std::fs::read(e.path()).unwrap())
+        .collect();
+    assert!(
+        served.contains(&kept),
+        "the kept archive is not the server's"
+    );
 }
 
 #[test]

@@ -82,6 +82,9 @@ impl Fetch {
         if max_rate_bps > 0 {
             command.arg("--max-rate").arg(max_rate_bps.to_string());
         }
+        if let Some(dir) = &config.keep_archive {
+            command.arg("--keep-archive").arg(dir);
+        }
         // Each file pinned to its job's archive: `recv NAME@ARCHIVE` takes no other.
         let wanted = files
             .iter()

@@ -46,6 +46,8 @@ pub struct AgentConfig {
     pub json: bool,
     /// Keep what a cancelled or expired job received (`--keep-partial`).
     pub keep_partial: bool,
+    /// Keep each job's archives as they came in this directory (`--keep-archive`).
+    pub keep_archive: Option<PathBuf>,
 }
 
 impl AgentConfig {

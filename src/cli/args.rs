@@ -372,6 +372,13 @@ pub(super) struct RecvArgs {
     /// Default: a verified file replaces an older one atomically (by rename).
     #[arg(long)]
     pub no_clobber: bool,
+    /// Also keep each archive as it came, sealed, as DIR/NAME.lcar: the server's
+    /// very archive file (`cmp` passes), which `serve` can loop again with the
+    /// same archive id. Costs the archive's size on disk besides the file (its
+    /// cells are written as they verify, never read back); it is put in place,
+    /// 0600, when the file is delivered.
+    #[arg(long, value_name = "DIR")]
+    pub keep_archive: Option<PathBuf>,
     /// Give up after this many seconds (exit code 3). Default: wait as long as it takes.
     #[arg(long, value_name = "SECS")]
     pub(super) timeout: Option<u64>,
@@ -466,6 +473,10 @@ pub(super) struct AgentArgs {
     /// so that pushing the same file again resumes it. Default: removed.
     #[arg(long)]
     pub(super) keep_partial: bool,
+    /// Also keep each job's archives as they came, sealed, as DIR/NAME.lcar (as
+    /// `recv --keep-archive`): the servers' very files, which `serve` can loop.
+    #[arg(long, value_name = "DIR")]
+    pub(super) keep_archive: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -116,6 +116,7 @@ pub(super) fn recv(mut a: RecvArgs) -> Result<RecvConfig> {
         server,
         out_dir: a.out,
         no_clobber: a.no_clobber,
+        keep_archive: a.keep_archive,
         names: a.names,
         pinned,
         timeout: a.timeout.map(Duration::from_secs),
@@ -205,6 +206,7 @@ pub(super) fn agent(a: AgentArgs) -> Result<AgentConfig> {
         interface: a.interface,
         json: a.json,
         keep_partial: a.keep_partial,
+        keep_archive: a.keep_archive,
     })
 }
 

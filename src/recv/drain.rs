@@ -159,7 +159,16 @@ impl Receiver {
             {
                 return Ok(true);
             }
+            // Copied before any cell is opened in place: the storage that keeps
+            // them may open in the middle of this batch (a MANIFEST in it).
+            let keeps = self.io.config.keep_archive.is_some();
+            if keeps {
+                self.batch.copy_received(&mut self.as_received);
+            }
+            let address = self.batch.address();
+            // Payloads to store (opened) and to keep (as they came), by body offset.
             let mut stores: Vec<(u64, &[u8])> = Vec::new();
+            let mut kept: Vec<(u64, &[u8])> = Vec::new();
             for datagram in self.batch.datagrams_mut() {
                 let is_data = [wire::PacketType::Data as u8, wire::PacketType::Parity as u8]
                     .contains(&datagram.get(3).copied().unwrap_or(0));
@@ -174,21 +183,28 @@ impl Receiver {
                     ..
                 }) = self.session.handle_datagram(now, origin, datagram)
                 {
+                    if keeps {
+                        let at = payload.as_ptr() as usize - address;
+                        kept.push((body_offset, &self.as_received[at..at + payload.len()]));
+                    }
                     stores.push((body_offset, payload));
                 }
                 if self.session.has_output() {
                     // What the session asks next may read these payloads back (the
-                    // frame table, whole frames), or open the storage they go to.
+                    // frame table, whole frames), save the map, or open the
+                    // storage they go to.
+                    self.io.keep(id, &mut kept)?;
                     self.io.write(&mut self.session, id, &mut stores)?;
                     self.io.outputs(&mut self.session, None)?;
                 }
             }
+            self.io.keep(id, &mut kept)?;
             self.io.write(&mut self.session, id, &mut stores)?;
             let local = &mut self.io.locals[id];
             if let Some(r) = self.session.reception(id) {
                 local.progress.set(r.receiver().received().count() as u64);
             }
-            drop(stores);
+            drop((stores, kept));
             self.io.outputs(&mut self.session, Some(&mut self.batch))?;
         }
         Ok(false)

@@ -99,6 +99,16 @@ impl Io {
         Ok(())
     }
 
+    /// Writes payloads of reception `id` as they came (sealed) to its kept
+    /// archive, and empties `sealed`.
+    pub(super) fn keep(&mut self, id: ReceptionId, sealed: &mut Vec<(u64, &[u8])>) -> Result<()> {
+        if let Some(partial) = self.locals.get(id).and_then(|l| l.partial.as_ref()) {
+            partial.keep(sealed)?;
+        }
+        sealed.clear();
+        Ok(())
+    }
+
     /// Rebuilds a block of reception `id` from parity and stores the packets
     /// rebuilt. A block some of whose stored packets are no longer held as they
     /// came (their frame is unpacked) is given back to the session to be repaired
@@ -123,6 +133,22 @@ impl Io {
             Rebuilt::Packets(packets) => {
                 let p = session.reception(id).and_then(|r| r.receiver().manifest());
                 let p = p.map_or(0, |m| m.payload_size as u64);
+                let keeps = self.locals.get(id).and_then(|l| l.partial.as_ref());
+                if let Some(r) = session
+                    .reception(id)
+                    .filter(|_| keeps.is_some_and(PartialFile::keeps))
+                {
+                    // Sealed again, they are the bytes the lost packets carried.
+                    let sealed: Vec<(u64, Vec<u8>)> = (packets.iter())
+                        .map(|(k, b)| {
+                            let mut copy = b.clone();
+                            r.receiver().seal_again(*k, &mut copy);
+                            (*k as u64 * p, copy)
+                        })
+                        .collect();
+                    let mut sealed = sealed.iter().map(|(at, b)| (*at, b.as_slice())).collect();
+                    self.keep(id, &mut sealed)?;
+                }
                 let mut stores: Vec<(u64, &[u8])> = packets
                     .iter()
                     .map(|(k, b)| (*k as u64 * p, b.as_slice()))
@@ -191,6 +217,7 @@ impl Io {
                 let_go: 0,
                 worker_seen: Instant::now(),
                 delivered: None,
+                kept: None,
             });
         }
         &mut self.locals[id]
@@ -282,7 +309,8 @@ impl Io {
                 manifest,
             } => {
                 self.output().check_free(&manifest.name)?;
-                let (partial, resumed) = match PartialFile::open(&self.work_dir, &manifest) {
+                let keep = (self.config.keep_archive.as_deref()).map(|d| (d, &self.config.key));
+                let (partial, resumed) = match PartialFile::open(&self.work_dir, &manifest, keep) {
                     Err(e) if e.code == crate::error::EXIT_NO_ROOM => {
                         // The others may fit: this one is given up, and told at the end.
                         log::warn!("{e}; receiving the other files");

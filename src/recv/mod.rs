@@ -75,6 +75,8 @@ pub struct RecvConfig {
     pub directors: Vec<SocketAddr>,
     /// Print events as JSON lines on stdout.
     pub json: bool,
+    /// Also keep each archive as it came, in this directory (`--keep-archive`).
+    pub keep_archive: Option<PathBuf>,
 }
 
 impl RecvConfig {
@@ -172,6 +174,8 @@ struct Local {
     worker_seen: Instant,
     /// Where the file was delivered.
     delivered: Option<PathBuf>,
+    /// Where its archive was kept (`--keep-archive`).
+    kept: Option<PathBuf>,
 }
 
 /// A frame worker's report: reception, archive id, report.
@@ -201,6 +205,9 @@ struct Io {
 struct Receiver {
     session: Session,
     batch: BatchReceiver,
+    /// The last batch's bytes as they came (`--keep-archive`: the session opens
+    /// DATA's cells where they lie in `batch`).
+    as_received: Vec<u8>,
     io: Io,
     reports_rx: mpsc::Receiver<WorkerReport>,
 }
@@ -268,6 +275,7 @@ pub fn recv(config: RecvConfig) -> Result<()> {
     let mut receiver = Receiver {
         session,
         batch: BatchReceiver::new(),
+        as_received: Vec::new(),
         reports_rx,
         io: Io {
             nak_socket: net::multicast_sender(

@@ -19,7 +19,8 @@ impl Receiver {
             FrameReport::Delivered(path) => {
                 let local = &mut self.io.locals[id];
                 local.worker = None;
-                if let Some(p) = local.partial.take() {
+                if let Some(mut p) = local.partial.take() {
+                    local.kept = p.finish_kept()?;
                     p.remove(&self.io.persister);
                 }
                 local.delivered = Some(path);

@@ -273,8 +273,12 @@ impl Render {
                 100.0 * n as f64 / total
             ),
         };
+        let kept = local.and_then(|l| l.kept.as_ref());
+        let kept_note = kept.map_or(String::new(), |k| {
+            format!(" (archive kept: {})", k.display())
+        });
         log::info!(
-            "{}: done, {} in {secs:.1} s ({}{resumed}) over {} -> {path}",
+            "{}: done, {} in {secs:.1} s ({}{resumed}) over {} -> {path}{kept_note}",
             r.entry().name,
             format_bytes(size),
             format_rate(this_run * 8.0 / secs.max(1e-9)),
@@ -330,7 +334,8 @@ impl Render {
                    "kernel_drops": r.kernel_drops(),
                    "let_go": local.map_or(0, |l| l.let_go),
                    "blake3": r.receiver().manifest().map(|m| loopcast_proto::keys::hex(&m.content_digest)),
-                   "passed_away": r.receiver().passed_away()}),
+                   "passed_away": r.receiver().passed_away(),
+                   "archive": kept.map(|k| k.display().to_string())}),
         );
     }
 

@@ -3,14 +3,17 @@
 //! the original with its atomic delivery.
 
 mod frames;
+mod kept;
 mod map;
 mod output;
 mod partial;
 mod persister;
 mod private;
 mod unpack;
+mod vectored;
 
 pub use frames::{FrameBuffer, FrameSource};
+pub use kept::KeptArchive;
 pub use map::{SavedMap, SavedState, decode_state, encode_map};
 pub use output::PlainOutput;
 pub use partial::{PartialFile, Rebuilt, free_bytes};

@@ -4,12 +4,14 @@
 //! beside them (synced data first, then the map, renamed into place). Spec §5.
 
 use super::frames::{FrameAssembly, FrameBuffer};
+use super::kept::KeptArchive;
 use super::map::{SavedMap, decode_state, encode_map, save};
 use super::output::PlainOutput;
 use super::persister::{Job, Persister};
 use super::private::{open_private, read_private};
+use super::vectored::write_runs;
 use crate::error::{Context, Error, Result};
-use loopcast_proto::{Manifest, ReceivedMap, ResumePoint};
+use loopcast_proto::{Manifest, MasterKey, ReceivedMap, ResumePoint};
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -22,8 +24,6 @@ use std::time::Duration;
 mod rebuild;
 pub use rebuild::Rebuilt;
 
-/// Most payloads one vectored write takes (the kernel's IOV_MAX).
-const MAX_IOVECS: usize = 1024;
 /// Most payload bytes held in memory before the frame table is known (the
 /// table's packets are NAKed at once, so this is a short while).
 const EARLY_BUDGET: usize = 16 << 20;
@@ -54,18 +54,42 @@ pub struct PartialFile {
     early_on_disk: u64,
     /// Body ranges that came before the frame table with no room left for them.
     early_dropped: Vec<std::ops::Range<u64>>,
+    /// The archive kept as it came (`--keep-archive`).
+    kept: Option<KeptArchive>,
 }
 
 impl PartialFile {
     /// Opens the storage for `manifest` in `work_dir`; resumes the stored map (and
     /// the output's frames) if it belongs to the same archive and layout, else
     /// starts over, after checking that the disk has room for the output and the
-    /// partial file's cap.
-    pub fn open(work_dir: &Path, manifest: &Manifest) -> Result<(Self, Option<SavedMap>)> {
+    /// partial file's cap. With `keep` (a directory and the key), the archive is
+    /// also kept as it comes there, and a resume needs the kept archive too.
+    pub fn open(
+        work_dir: &Path,
+        manifest: &Manifest,
+        keep: Option<(&Path, &MasterKey)>,
+    ) -> Result<(Self, Option<SavedMap>)> {
         let body_path = work_dir.join(format!("{}.part", manifest.name));
         let map_path = work_dir.join(format!("{}.map", manifest.name));
         PlainOutput::remove_others(work_dir, manifest);
-        let saved = read_private(&map_path).and_then(|bytes| decode_state(&bytes, manifest));
+        let kept = keep
+            .map(|(dir, key)| KeptArchive::open(dir, manifest, key))
+            .transpose()?;
+        // What a saved map claims must be in the kept archive too.
+        let saved = read_private(&map_path)
+            .and_then(|bytes| decode_state(&bytes, manifest))
+            .filter(|_| match &kept {
+                Some((_, false)) => {
+                    log::info!(
+                        "{}: the part received earlier was not kept as it came: starting over \
+                         to keep its archive",
+                        manifest.name
+                    );
+                    false
+                }
+                _ => true,
+            });
+        let kept = kept.map(|(k, _)| k);
         let file = open_private(&body_path)?;
         let length_ok = file
             .metadata()
@@ -112,6 +136,7 @@ impl PartialFile {
                 early_payloads: Vec::new(),
                 early_on_disk: 0,
                 early_dropped: Vec::new(),
+                kept,
             },
             resumed.map(|s| (s.map, s.resume)),
         ))
@@ -250,23 +275,8 @@ impl PartialFile {
     }
 
     fn write_to_disk(&self, payloads: &[(u64, &[u8])]) -> Result<()> {
-        let mut rest = payloads;
-        while let Some(&(start, _)) = rest.first() {
-            let mut end = start;
-            let run = rest
-                .iter()
-                .take(MAX_IOVECS)
-                .take_while(|(offset, payload)| {
-                    let next = *offset == end;
-                    end += payload.len() as u64;
-                    next
-                })
-                .count();
-            write_vectored_at(&self.file, &rest[..run], start)
-                .context(|| format!("cannot write {}", self.body_path.display()))?;
-            rest = &rest[run..];
-        }
-        Ok(())
+        write_runs(&self.file, payloads, 0)
+            .context(|| format!("cannot write {}", self.body_path.display()))
     }
 
     /// Whether the frame worker is behind (`FrameAssembly::worker_backlogged`).
@@ -313,12 +323,14 @@ impl PartialFile {
         if self.saving.load(Ordering::Acquire) {
             return Ok(false);
         }
-        let file = self.body()?;
-        let output = self.output()?.file;
+        let mut files = vec![self.body()?, self.output()?.file];
+        if let Some(kept) = &self.kept {
+            files.push(kept.handle()?);
+        }
         let (map, done) = self.durable(map);
         self.saving.store(true, Ordering::Release);
         persister.submit(Job::Save {
-            files: vec![file, output],
+            files,
             map_path: self.map_path.clone(),
             map: encode_map(&map, &done, resume, &self.manifest),
             saving: Arc::clone(&self.saving),
@@ -340,8 +352,12 @@ impl PartialFile {
     /// Syncs the payloads written and saves `map`, on this thread.
     pub fn persist_now(&mut self, map: &ReceivedMap, resume: &ResumePoint) -> Result<()> {
         let (map, done) = self.durable(map);
+        let kept = self.kept.as_ref().map(KeptArchive::handle).transpose()?;
         save(
-            &[&self.file, &self.output.file],
+            &[&self.file, &self.output.file]
+                .into_iter()
+                .chain(kept.as_ref())
+                .collect::<Vec<_>>(),
             &self.map_path,
             &encode_map(&map, &done, resume, &self.manifest),
         )
@@ -352,6 +368,25 @@ impl PartialFile {
         self.file
             .try_clone()
             .context(|| format!("cannot reopen {}", self.body_path.display()))
+    }
+
+    /// Writes payloads as they came (sealed) to the kept archive, if one is kept.
+    pub fn keep(&self, sealed: &[(u64, &[u8])]) -> Result<()> {
+        match &self.kept {
+            Some(kept) if !sealed.is_empty() => kept.write(sealed),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the archive is kept as it comes (`--keep-archive`).
+    pub fn keeps(&self) -> bool {
+        self.kept.is_some()
+    }
+
+    /// The file is delivered: the kept archive, if any, is put in place.
+    /// Returns where.
+    pub fn finish_kept(&mut self) -> Result<Option<PathBuf>> {
+        self.kept.take().map(KeptArchive::finish).transpose()
     }
 
     /// Removes the partial file and its map (after delivery), after any queued save.
@@ -408,54 +443,6 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
     // SAFETY: a valid NUL-terminated path and a statvfs to fill.
     (unsafe { libc::statvfs(path.as_ptr(), &mut st) } == 0)
         .then(|| st.f_bavail as u64 * st.f_frsize as u64)
-}
-
-/// `pwritev` of consecutive `payloads` at `offset`, resumed after short writes.
-fn write_vectored_at(file: &File, payloads: &[(u64, &[u8])], offset: u64) -> io::Result<()> {
-    let mut iovs: Vec<libc::iovec> = payloads
-        .iter()
-        .map(|(_, p)| libc::iovec {
-            iov_base: p.as_ptr() as *mut libc::c_void,
-            iov_len: p.len(),
-        })
-        .collect();
-    let (mut first, mut at) = (0, offset);
-    while first < iovs.len() {
-        let rest = &iovs[first..];
-        // SAFETY: every iovec points into a payload the caller keeps alive for this call.
-        let n = unsafe {
-            libc::pwritev(
-                file.as_raw_fd(),
-                rest.as_ptr(),
-                rest.len() as libc::c_int,
-                at as libc::off_t,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        // Skip what was written: whole iovecs, then part of the next.
-        let mut written = n as usize;
-        at += written as u64;
-        while first < iovs.len() && written >= iovs[first].iov_len {
-            written -= iovs[first].iov_len;
-            first += 1;
-        }
-        if written > 0 {
-            let iov = &mut iovs[first];
-            // SAFETY: `written` is less than this iovec's length.
-            iov.iov_base = unsafe { iov.iov_base.cast::<u8>().add(written) }.cast();
-            iov.iov_len -= written;
-        }
-    }
-    Ok(())
 }
 
 /// Reserves `len` bytes for `file` where the file system can do so without
@@ -520,35 +507,6 @@ mod tests {
     }
 
     #[test]
-    fn a_vectored_write_puts_every_payload_at_its_place() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("v"))
-            .unwrap();
-        // 1000 payloads of 1 to 7 bytes, consecutive from offset 5.
-        let payloads: Vec<Vec<u8>> = (0..1000u32)
-            .map(|i| vec![(i % 251) as u8; 1 + (i % 7) as usize])
-            .collect();
-        let mut at = 5u64;
-        let runs: Vec<(u64, &[u8])> = payloads
-            .iter()
-            .map(|p| {
-                let run = (at, p.as_slice());
-                at += p.len() as u64;
-                run
-            })
-            .collect();
-        write_vectored_at(&file, &runs, 5).unwrap();
-        let mut expected = vec![0u8; 5];
-        payloads.iter().for_each(|p| expected.extend(p));
-        assert_eq!(fs::read(dir.path().join("v")).unwrap(), expected);
-    }
-
-    #[test]
     fn payloads_before_the_table_go_to_memory_then_to_disk_up_to_its_cap_then_are_let_go() {
         let key = loopcast_proto::MasterKey::from_bytes([3; 32]);
         let mut rng = rand::rngs::SmallRng::seed_from_u64(2);
@@ -556,7 +514,7 @@ mod tests {
         blake3::Hasher::new().finalize_xof().fill(&mut original);
         let (manifest, _, _) = loopcast_proto::sim::pack(&key, &original, 1 << 20, 1428, &mut rng);
         let dir = tempfile::tempdir().unwrap();
-        let (mut partial, resumed) = PartialFile::open(dir.path(), &manifest).unwrap();
+        let (mut partial, resumed) = PartialFile::open(dir.path(), &manifest, None).unwrap();
         assert!(resumed.is_none());
         // Every packet after the table's, before the table is known.
         let p = manifest.payload_size as u64;

@@ -218,6 +218,15 @@ pub fn key_and_payload(d: &Path, seed: u64) -> (PathBuf, PathBuf, Vec<u8>) {
     (key, source, data)
 }
 
+/// Waits until `path` exists, for at most `limit`; returns whether it does.
+pub fn wait_for_path(path: &Path, limit: Duration) -> bool {
+    let start = Instant::now();
+    while !path.exists() && start.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    path.exists()
+}
+
 /// Waits until `log` contains `needle`, for at most `limit`; returns whether it did.
 pub fn wait_for_log(log: &Path, needle: &str, limit: Duration) -> bool {
     let start = Instant::now();
