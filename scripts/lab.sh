@@ -22,6 +22,17 @@
 #   addr6 NS          print the lab IPv6 address of NS.
 #   link-local NS     remove NS's fd77:: address: it keeps only its link-local one,
 #                     which it then prints.
+#   segments N1 N2 .. a routed site instead of one LAN: segments a, b, c, .. (2 to 8) in a
+#                     chain, each a switch namespace PREFIX-sw<x> with a bridge and hosts
+#                     PREFIX-<x>1..<x>N (10.77.K.11.., K = 1 for a, 2 for b, ..; the first
+#                     count may be 0); the sender PREFIX-s is in segment a (10.77.1.1). A
+#                     router PREFIX-<x><y> joins each two neighbouring segments (ab:
+#                     10.77.1.254 in a, 10.77.2.253 in b): it forwards unicast and, with no
+#                     multicast routing, no multicast. Every host reaches every segment
+#                     through its routers. IPv4 only; loss and spawn take these hosts too.
+#   link-rate ROUTER RATE|off  token bucket (tc tbf) on both of ROUTER's interfaces,
+#                     so both directions of that link carry at most RATE.
+#   link-bytes ROUTER   bytes ROUTER has sent into each of its two segments, as "a=N b=M".
 #   status            namespaces, addresses, loss and rate rules, recorded processes.
 #   down              end the processes this lab started (by PID), delete its namespaces.
 #                     Safe to run twice.
@@ -35,7 +46,7 @@ if [ "${1:-}" = "-p" ]; then
     shift 2
 fi
 command=${1:-}
-[ -n "$command" ] || { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ -n "$command" ] || { sed -n '2,39p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 shift
 case "$prefix" in
     *[!a-zA-Z0-9_]* | "") echo "lab.sh: prefix must be letters, digits or _: '$prefix'" >&2; exit 2 ;;
@@ -53,19 +64,27 @@ switch=$prefix-sw
 
 die() { echo "lab.sh: $*" >&2; exit 1; }
 
-# Namespace name for a short host name: s, r1, r2, ... (a full name is accepted too).
+# Namespace name for a short host name: s, r1, r2, ..., or in a routed site a1,
+# b2, ... and routers ab, bc, ... (a full name is accepted too).
 ns_of() {
     case "$1" in
         "$prefix"-*) echo "$1" ;;
-        s | r[0-9]*) echo "$prefix-$1" ;;
-        *) die "unknown host '$1' (expected s, r1, r2, ...)" ;;
+        s | r[0-9]* | [a-h][0-9]* | [a-h][a-h]) echo "$prefix-$1" ;;
+        *) die "unknown host '$1' (expected s, r1, r2, ..., or a1, b1, ..., ab, ...)" ;;
     esac
 }
 
+# A segment's number: a is 1, b 2, ...
+segment_number() { echo $(( $(printf '%d' "'$1") - 96 )); }
+
+routed() { [ -f "$state/segments" ]; }
+
 host_addr() {
-    case "${1#"$prefix"-}" in
-        s) echo "$subnet.1" ;;
-        r[0-9]*) local i=${1#"$prefix"-r}; echo "$subnet.$((10 + i))" ;;
+    local host=${1#"$prefix"-}
+    case "$host" in
+        s) if routed; then echo "10.77.1.1"; else echo "$subnet.1"; fi ;;
+        r[0-9]*) echo "$subnet.$((10 + ${host#r}))" ;;
+        [a-h][0-9]*) echo "10.77.$(segment_number "${host:0:1}").$((10 + ${host:1}))" ;;
         *) die "no address for '$1'" ;;
     esac
 }
@@ -114,6 +133,115 @@ up() {
     for i in $(seq "$n"); do add_host "r$i"; done
     trap - ERR
     echo "lab '$prefix' up: sender $prefix-s ($subnet.1), receivers $prefix-r1..r$n ($subnet.11..$subnet.$((10 + n)))"
+}
+
+# Host HOST (a1, s, ...) on segment SEG's switch at ADDR/24, with routes to the
+# other segments through GATEWAYS ("10.77.1.254=10.77.2.0/24 ..."), IPv4 only.
+add_routed_host() {
+    local host=$1 seg=$2 addr=$3 ns=$prefix-$1 sw=$prefix-sw$2
+    shift 3
+    ip netns add "$ns"
+    echo "$ns" >> "$state/namespaces"
+    ip -n "$ns" link add eth0 type veth peer name "$host" netns "$sw"
+    ip -n "$sw" link set "$host" master br0 up
+    ip -n "$ns" link set lo up
+    ip -n "$ns" addr add "$addr/24" brd + dev eth0
+    ip -n "$ns" link set eth0 up
+    ip -n "$ns" route add 224.0.0.0/4 dev eth0
+    local route
+    for route in "$@"; do ip -n "$ns" route add "${route#*=}" via "${route%%=*}"; done
+}
+
+# The routes a host (or router side) in segment K takes to the others: segments
+# before K through K's left router (10.77.K.253), after it through its right one
+# (10.77.K.254); SKIP is a segment it reaches directly.
+routes_from() {
+    local k=$1 count=$2 skip=${3:-0} j
+    for j in $(seq "$count"); do
+        [ "$j" = "$k" ] || [ "$j" = "$skip" ] && continue
+        if [ "$j" -lt "$k" ]; then echo "10.77.$k.253=10.77.$j.0/24"; else echo "10.77.$k.254=10.77.$j.0/24"; fi
+    done
+}
+
+segments() {
+    [ $# -ge 2 ] && [ $# -le 8 ] || die "segments needs 2 to 8 host counts, e.g. segments 3 6"
+    local n
+    for n in "$@"; do
+        [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -le 100 ] || die "hosts per segment must be 0..100, not '$n'"
+    done
+    exists "$switch" || exists "$prefix-swa" && die "lab '$prefix' is already up (scripts/lab.sh -p $prefix down)"
+    mkdir -p "$state"
+    : > "$state/namespaces"
+    : > "$state/pids"
+    echo "$#" > "$state/segments"
+    trap 'echo "lab.sh: segments failed; removing what was made" >&2; down' ERR
+    local count=$# k=0 seg i
+    for n in "$@"; do
+        k=$((k + 1)); seg=$(printf "\\$(printf '%03o' $((96 + k)))")
+        ip netns add "$prefix-sw$seg"
+        echo "$prefix-sw$seg" >> "$state/namespaces"
+        ip -n "$prefix-sw$seg" link set lo up
+        ip -n "$prefix-sw$seg" link add br0 type bridge mcast_snooping 0
+        ip -n "$prefix-sw$seg" link set br0 up
+        # shellcheck disable=SC2046
+        [ "$k" = 1 ] && add_routed_host s a 10.77.1.1 $(routes_from 1 "$count")
+        for i in $(seq "$n"); do
+            # shellcheck disable=SC2046
+            add_routed_host "$seg$i" "$seg" "10.77.$k.$((10 + i))" $(routes_from "$k" "$count")
+        done
+        [ "$k" = 1 ] && continue
+        # The router between the segment before and this one.
+        local left; left=$(printf "\\$(printf '%03o' $((95 + k)))")
+        local router=$prefix-$left$seg
+        ip netns add "$router"
+        echo "$router" >> "$state/namespaces"
+        ip -n "$router" link set lo up
+        ip netns exec "$router" sysctl -qw net.ipv4.ip_forward=1
+        ip -n "$router" link add "to-$left" type veth peer name "$left$seg" netns "$prefix-sw$left"
+        ip -n "$router" link add "to-$seg" type veth peer name "$left$seg" netns "$prefix-sw$seg"
+        ip -n "$prefix-sw$left" link set "$left$seg" master br0 up
+        ip -n "$prefix-sw$seg" link set "$left$seg" master br0 up
+        ip -n "$router" addr add "10.77.$((k - 1)).254/24" dev "to-$left"
+        ip -n "$router" addr add "10.77.$k.253/24" dev "to-$seg"
+        ip -n "$router" link set "to-$left" up
+        ip -n "$router" link set "to-$seg" up
+        # Beyond its two segments: left of the left one, right of the right one.
+        local j
+        for j in $(seq "$count"); do
+            if [ "$j" -lt $((k - 1)) ]; then ip -n "$router" route add "10.77.$j.0/24" via "10.77.$((k - 1)).253"; fi
+            if [ "$j" -gt "$k" ]; then ip -n "$router" route add "10.77.$j.0/24" via "10.77.$k.254"; fi
+        done
+    done
+    trap - ERR
+    echo "lab '$prefix' up: $count segments in a chain, sender $prefix-s (10.77.1.1)"
+}
+
+# ROUTER's namespace and its two segments' letters.
+router_of() {
+    local r=${1:?needs a router like ab}
+    [[ "$r" =~ ^[a-h][a-h]$ ]] || die "a router is named by its two segments, like ab, not '$r'"
+    exists "$prefix-$r" || die "no router $prefix-$r"
+    echo "$prefix-$r ${r:0:1} ${r:1:1}"
+}
+
+link_rate() {
+    local ns left right r=${2:?link-rate needs a rate like 100mbit, or off}
+    read -r ns left right <<< "$(router_of "$1")"
+    local dev
+    for dev in "to-$left" "to-$right"; do
+        if [ "$r" = off ]; then
+            tc -n "$ns" qdisc del dev "$dev" root 2>/dev/null || true
+        else
+            tc -n "$ns" qdisc replace dev "$dev" root tbf rate "$r" burst 65536 latency 50ms
+        fi
+    done
+}
+
+link_bytes() {
+    local ns left right
+    read -r ns left right <<< "$(router_of "${1:-}")"
+    echo "$left=$(ip netns exec "$ns" cat "/sys/class/net/to-$left/statistics/tx_bytes")" \
+        "$right=$(ip netns exec "$ns" cat "/sys/class/net/to-$right/statistics/tx_bytes")"
 }
 
 loss() {
@@ -212,7 +340,14 @@ status() {
     own_namespaces | grep -q . || { echo "lab '$prefix' is down"; return 0; }
     for ns in $(own_namespaces); do
         exists "$ns" || { echo "$ns: missing"; continue; }
-        [ "$ns" = "$switch" ] && { echo "$ns: bridge $(ip -n "$ns" -br link show br0 | awk '{print $2}')"; continue; }
+        case "$ns" in
+            "$switch" | "$prefix"-sw[a-h])
+                echo "$ns: bridge $(ip -n "$ns" -br link show br0 | awk '{print $2}')"; continue ;;
+            "$prefix"-[a-h][a-h])
+                echo "$ns: router $(ip -n "$ns" -br -4 addr show | awk '$1 != "lo" {printf "%s ", $3}')"
+                tc -n "$ns" qdisc show | grep -o 'tbf.*rate [^ ]*' | sed 's/^/  /' || true
+                continue ;;
+        esac
         printf '%s: %s %s' "$ns" "$(ip -n "$ns" -br -4 addr show eth0 | awk '{print $3}')" "$(ip -n "$ns" -br -6 addr show eth0 scope global | awk '{print $3}')"
         local drop
         drop=$(ip netns exec "$ns" nft list table inet loopcast_lab 2>/dev/null | grep -o 'mod 10000 < [0-9]*' | awk '{print $4 / 100 "%"}') || true
@@ -261,6 +396,9 @@ down() {
 
 case "$command" in
     up) up "$@" ;;
+    segments) segments "$@" ;;
+    link-rate) link_rate "$@" ;;
+    link-bytes) link_bytes "$@" ;;
     loss) loss "$@" ;;
     block-multicast) block_multicast "$@" ;;
     rate) rate "$@" ;;
@@ -272,5 +410,5 @@ case "$command" in
     link-local) link_local "$@" ;;
     status) status ;;
     down) down ;;
-    *) die "unknown command '$command' (up, loss, rate, mtu, block-multicast, spawn, exec, addr, addr6, link-local, status, down)" ;;
+    *) die "unknown command '$command' (up, segments, loss, rate, link-rate, link-bytes, mtu, block-multicast, spawn, exec, addr, addr6, link-local, status, down)" ;;
 esac

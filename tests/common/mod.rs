@@ -30,6 +30,30 @@ impl Lab {
         lab
     }
 
+    /// A routed site (`lab.sh segments`): `hosts[k]` hosts in segment k (a, b,
+    /// ...), the sender in segment a, routers between neighbouring segments.
+    pub fn segments(hosts: &[usize], tag: &str) -> Lab {
+        let prefix = format!("lct{}{tag}", std::process::id() % 1_000_000);
+        let lab = Lab {
+            prefix,
+            children: Vec::new(),
+        };
+        let counts: Vec<String> = hosts.iter().map(|n| n.to_string()).collect();
+        let mut args = vec!["segments"];
+        args.extend(counts.iter().map(String::as_str));
+        lab.script(&args);
+        lab
+    }
+
+    /// Bytes router `router` (ab, bc, ...) has sent into segment `segment` (b, ...).
+    pub fn link_bytes(&self, router: &str, segment: char) -> u64 {
+        let said = self.script(&["link-bytes", router]);
+        (said.split_whitespace())
+            .find_map(|kv| kv.strip_prefix(&format!("{segment}=")))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no bytes into {segment} in {said:?}"))
+    }
+
     /// Runs `lab.sh ARGS` on this lab (it must succeed); what it printed.
     pub fn script(&self, args: &[&str]) -> String {
         let out = Command::new(LAB)
