@@ -131,22 +131,42 @@ impl ReceivedMap {
         runs
     }
 
+    /// The held bits of the word holding packet `i`, from `i` on and below
+    /// `end` (bit k = packet 64·word + k), and where the next word starts.
+    fn held_bits(&self, i: u32, end: u32) -> (u64, u32) {
+        let w = (i / 64) as usize;
+        let word_end = (w as u32 + 1) * 64;
+        let mut bits = self.words[w] & (u64::MAX << (i % 64));
+        if word_end > end {
+            bits &= (1u64 << (end % 64)) - 1;
+        }
+        (bits, word_end)
+    }
+
     /// Number of packets held within `range`; counts a 64-packet word per step.
     pub fn count_in(&self, range: Range<u32>) -> u32 {
         let end = range.end.min(self.len);
-        let mut i = range.start;
-        let mut held = 0;
+        let (mut i, mut held) = (range.start, 0);
         while i < end {
-            let w = (i / 64) as usize;
-            let word_end = (w as u32 + 1) * 64;
-            let mut bits = self.words[w] & (u64::MAX << (i % 64));
-            if word_end > end {
-                bits &= (1u64 << (end % 64)) - 1;
-            }
+            let (bits, next) = self.held_bits(i, end);
             held += bits.count_ones();
-            i = word_end;
+            i = next;
         }
         held
+    }
+
+    /// The first packet held within `range`; scans a 64-packet word per step.
+    pub fn first_held_in(&self, range: Range<u32>) -> Option<u32> {
+        let end = range.end.min(self.len);
+        let mut i = range.start;
+        while i < end {
+            let (bits, next) = self.held_bits(i, end);
+            if bits != 0 {
+                return Some(next - 64 + bits.trailing_zeros());
+            }
+            i = next;
+        }
+        None
     }
 
     /// Marks every packet in `range` held.

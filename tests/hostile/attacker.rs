@@ -224,6 +224,7 @@ pub fn run() {
                 grtt_us: 0,
                 group_size: 1,
                 rate_bps: 1_000_000,
+                lacking: 0,
             },
         );
         if row(4) || row(5) {

@@ -270,7 +270,17 @@ impl FileReceiver {
                 status.grtt_us =
                     (status.grtt_us as u128).clamp(floor.as_micros(), max.as_micros()) as u32;
                 status.group_size = status.group_size.max(1);
+                let lacked = self.server_lacks();
                 self.status = Some((status, now));
+                // A relay that now holds its whole loop: the gaps it passed are
+                // asked for from now on.
+                if lacked
+                    && !self.server_lacks()
+                    && self.timer == NakTimer::Idle
+                    && !self.missing_passed(None, 1).is_empty()
+                {
+                    self.start_backoff(now);
+                }
                 Outcome::Nothing
             }
             Packet::Nak(nak) if nak.archive_id == self.archive_id => {

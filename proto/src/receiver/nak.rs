@@ -72,7 +72,18 @@ impl FileReceiver {
         self.grtt().mul_f64(HOLDOFF_GRTTS)
     }
 
+    /// Whether the server's latest STATUS says it lacks packets of its loop (a
+    /// relay still receiving, spec §2.4): what the loop passes is not lost, so
+    /// nothing is asked for until it holds them all.
+    pub(super) fn server_lacks(&self) -> bool {
+        self.status.is_some_and(|(s, _)| s.lacking > 0)
+    }
+
     pub(super) fn start_backoff(&mut self, now: Instant) {
+        if self.server_lacks() {
+            self.timer = NakTimer::Idle;
+            return;
+        }
         let wait = match self.mode {
             NakMode::Off => return,
             NakMode::Immediate => Duration::ZERO,

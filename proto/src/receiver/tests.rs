@@ -7,6 +7,7 @@ use crate::wire::Nak;
 use proptest::prelude::*;
 
 mod parity;
+mod relay;
 mod replays;
 
 /// The packet keys of `m`'s archive in session `session` (every test here uses key [4; 32]).
@@ -69,6 +70,19 @@ fn zero_data(m: &Manifest, index: u32) -> Vec<u8> {
         flags: 0,
     };
     data_of(m, 7, &header, &vec![0u8; payload_len(m, index) as usize])
+}
+
+/// A STATUS of `m`'s archive from session 7 (GRTT 5 ms, one receiver).
+fn status_of(m: &Manifest, time_us: u64, rate_bps: u64, lacking: u32) -> Vec<u8> {
+    let status = Status {
+        archive_id: m.archive_id,
+        server_time_us: time_us,
+        grtt_us: 5000,
+        group_size: 1,
+        rate_bps,
+        lacking,
+    };
+    wire::encode_status(&keys(m).mac, 7, &status)
 }
 
 fn nak_of(datagram: &[u8]) -> Nak {
@@ -344,6 +358,7 @@ fn a_status_advertising_grtt_0_cannot_shrink_the_nak_timers() {
         grtt_us: 0,
         group_size: 0,
         rate_bps: 1_000_000,
+        lacking: 0,
     };
     r.handle_datagram(
         now,
@@ -416,6 +431,7 @@ fn a_gap_others_asked_for_once_is_asked_again_while_others_keep_naking_other_pac
         grtt_us: 10_000, // holdoff 60 ms
         group_size: 2,
         rate_bps: 1_000_000,
+        lacking: 0,
     };
     r.handle_datagram(t0, &mut wire::encode_status(&mac, 7, &status).to_vec());
     let gap = count - 2;

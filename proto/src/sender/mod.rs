@@ -4,11 +4,13 @@ use crate::rate::{Membership, membership_memory};
 use crate::wire::{self, DataHeader};
 
 mod announcer;
+mod coverage;
 mod naks;
 mod packet_set;
 mod parity;
 
 pub use announcer::Announcer;
+use coverage::Coverage;
 use packet_set::PacketSet;
 use parity::ParityQueue;
 use std::io;
@@ -62,6 +64,9 @@ pub enum Transmit {
         /// Datagram length.
         len: usize,
     },
+    /// Nothing: a relay's carousel holding no packet yet (`hold`) has only its
+    /// MANIFEST and STATUS to send, when they are due.
+    Idle,
 }
 
 impl Transmit {
@@ -73,10 +78,11 @@ impl Transmit {
             | Transmit::Data { len, .. }
             | Transmit::Parity { len, .. }
             | Transmit::Repair { len, .. } => len,
+            Transmit::Idle => 0,
         }
     }
 
-    /// True for an empty datagram (never produced; for API completeness).
+    /// True for no datagram (`Idle`).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -141,7 +147,10 @@ enum Next {
     Repair(u32),
     Parity(u32),
     Proactive(u32),
+    /// A packet newly held by a relay's carousel, sent at once (cut-through).
+    Fresh(u32),
     Data(u32),
+    Idle,
 }
 
 /// Counters of a carousel, for logs, tests and benchmarks.
@@ -161,6 +170,10 @@ pub struct CarouselStats {
     pub naks: u64,
     /// NAK packets dropped: malformed, foreign session or archive, or ranges beyond the file.
     pub naks_dropped: u64,
+    /// DATA packets a relay's carousel sent as soon as it held them.
+    pub fresh_packets: u64,
+    /// Packets NAKed that a relay's carousel did not hold yet (left to its loop).
+    pub not_held: u64,
 }
 
 /// Loops one archive body on a channel, interleaving its manifest and STATUS, and
@@ -197,6 +210,8 @@ pub struct Carousel {
     sampled: std::collections::VecDeque<(u32, u64)>,
     /// Per source address: repairs it may still queue, and when that was worked out.
     sources: std::collections::HashMap<IpAddr, (f64, Instant)>,
+    /// A relay's carousel still receiving its archive: what it holds (None: all).
+    coverage: Option<Coverage>,
     stats: CarouselStats,
 }
 
@@ -236,7 +251,37 @@ impl Carousel {
             sent_status_times: std::collections::VecDeque::with_capacity(STATUS_TIMES_KEPT),
             sampled: std::collections::VecDeque::with_capacity(SAMPLES_KEPT),
             sources: std::collections::HashMap::new(),
+            coverage: None,
             stats: CarouselStats::default(),
+        }
+    }
+
+    /// A relay's carousel (cut-through, spec §2.4): it holds no packet yet and
+    /// sends only those `hold` names, each at once and then in its loop.
+    pub fn holding_nothing_yet(mut self) -> Self {
+        self.coverage = Some(Coverage::new(self.packet_count));
+        self
+    }
+
+    /// Packets `range` are held now (a relay's archive, as it arrives).
+    pub fn hold(&mut self, range: std::ops::Range<u32>) {
+        if let Some(c) = self.coverage.as_mut() {
+            self.peeked = None;
+            c.hold(range);
+        }
+    }
+
+    /// Packets of the loop not held yet (0 for an archive on disk).
+    pub fn lacking(&self) -> u32 {
+        self.coverage.as_ref().map_or(0, Coverage::lacking)
+    }
+
+    /// The loop's next packet: the one at the loop position, or for a relay's
+    /// carousel the next it holds (Idle: none yet).
+    fn loop_next(&self) -> Next {
+        match &self.coverage {
+            None => Next::Data(self.next_index),
+            Some(c) => c.next_held(self.next_index).map_or(Next::Idle, Next::Data),
         }
     }
 
@@ -346,8 +391,11 @@ impl Carousel {
         if let Some((block, _)) = self.proactive {
             return Next::Proactive(block);
         }
+        if let Some(k) = self.coverage.as_ref().and_then(Coverage::next_fresh) {
+            return Next::Fresh(k);
+        }
         if self.credit < 1.0 {
-            return Next::Data(self.next_index);
+            return self.loop_next();
         }
         // Copies and parity: the one whose loop turn is furthest away goes first.
         let n = self.packet_count.max(1) as u64;
@@ -360,7 +408,7 @@ impl Carousel {
             }
             (Some(k), _) => Next::Repair(k),
             (None, Some(b)) => Next::Parity(b),
-            (None, None) => Next::Data(self.next_index),
+            (None, None) => self.loop_next(),
         }
     }
 
@@ -374,10 +422,11 @@ impl Carousel {
         match next {
             Next::Manifest => self.manifest_datagram.len(),
             Next::Status => wire::STATUS_DATAGRAM_LEN,
-            Next::Repair(index) | Next::Data(index) => {
+            Next::Repair(index) | Next::Data(index) | Next::Fresh(index) => {
                 wire::DATA_HEADER_LEN + self.payload_len(index)
             }
             Next::Parity(_) | Next::Proactive(_) => self.parity.datagram_len(),
+            Next::Idle => 0,
         }
     }
 
@@ -422,6 +471,7 @@ impl Carousel {
                     grtt_us: self.grtt.as_micros() as u32,
                     group_size: self.group_size(),
                     rate_bps: self.config.rate_bps,
+                    lacking: self.lacking(),
                 };
                 let datagram = wire::encode_status(&self.keys.mac, self.session_id, &status);
                 buf[..datagram.len()].copy_from_slice(&datagram);
@@ -450,12 +500,32 @@ impl Carousel {
                 let (index, len) = (self.parity).write_next(block, header, buf, source)?;
                 Ok(Transmit::Parity { block, index, len })
             }
+            Next::Fresh(index) => {
+                let c = self.coverage.as_mut().expect("fresh packets are a relay's");
+                c.sent_fresh();
+                if c.is_done() {
+                    self.coverage = None;
+                }
+                self.stats.fresh_packets += 1;
+                self.data_since_manifest += 1;
+                let len = self.write_data(index, 0, buf, source)?;
+                Ok(Transmit::Data { index, len })
+            }
+            Next::Idle => Ok(Transmit::Idle),
             Next::Data(index) => {
                 self.pending.remove(index);
+                if index < self.next_index {
+                    // A relay's carousel went round past packets it lacks.
+                    self.loops += 1;
+                }
                 let blocks = *self.parity.blocks();
                 let block = blocks.of(index);
                 let extra = (blocks.source_count(block) as f64 * self.config.fec_overhead).ceil();
-                if extra >= 1.0 && index + 1 == blocks.packets(block).end {
+                let whole = self
+                    .coverage
+                    .as_ref()
+                    .is_none_or(|c| c.holds_all(blocks.packets(block)));
+                if extra >= 1.0 && whole && index + 1 == blocks.packets(block).end {
                     self.proactive =
                         Some((block, extra.min(blocks.source_count(block) as f64) as u16));
                 }
@@ -466,7 +536,7 @@ impl Carousel {
                 self.stats.loop_packets += 1;
                 let share = self.config.share.clamp(0.0, 0.9);
                 self.credit = (self.credit + share / (1.0 - share)).min(MAX_REPAIR_CREDIT);
-                self.next_index += 1;
+                self.next_index = index + 1;
                 self.data_since_manifest += 1;
                 if self.next_index == self.packet_count {
                     self.next_index = 0;

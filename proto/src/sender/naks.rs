@@ -7,6 +7,10 @@ use super::{
 };
 use crate::wire;
 use std::net::IpAddr;
+
+/// Most runs of held packets a relay's carousel queues per NAK range (work per
+/// NAK stays bounded, T3).
+const MAX_HELD_RUNS: usize = 64;
 use std::time::{Duration, Instant};
 
 impl Carousel {
@@ -61,37 +65,56 @@ impl Carousel {
         };
         let mut new = 0;
         for &(first, count) in &nak.ranges {
-            let asked = first as u64..first as u64 + count as u64;
-            let mut rest = vec![asked.clone()];
-            for skip in &loop_first {
-                let overlap = asked.start.max(skip.start)..asked.end.min(skip.end);
-                if overlap.start >= overlap.end {
-                    continue;
+            let asked = first..first.saturating_add(count as u32);
+            // A relay's carousel repairs what it holds; the rest comes in its
+            // loop once it holds it.
+            let held = match &self.coverage {
+                None => vec![asked.clone()],
+                Some(c) => c.held_runs(asked.clone(), MAX_HELD_RUNS),
+            };
+            let held_len: u32 = held.iter().map(|h| h.len() as u32).sum();
+            self.stats.not_held += (asked.len() as u32 - held_len) as u64;
+            for asked in held {
+                let asked = asked.start as u64..asked.end as u64;
+                let mut rest = vec![asked.clone()];
+                for skip in &loop_first {
+                    let overlap = asked.start.max(skip.start)..asked.end.min(skip.end);
+                    if overlap.start >= overlap.end {
+                        continue;
+                    }
+                    let skipped = overlap.end - overlap.start;
+                    self.stats.repairs_skipped += skipped;
+                    new += skipped as u32;
+                    rest = rest
+                        .into_iter()
+                        .flat_map(|r| {
+                            [
+                                r.start..r.end.min(overlap.start),
+                                r.start.max(overlap.end)..r.end,
+                            ]
+                        })
+                        .filter(|r| r.start < r.end)
+                        .collect();
                 }
-                let skipped = overlap.end - overlap.start;
-                self.stats.repairs_skipped += skipped;
-                new += skipped as u32;
-                rest = rest
-                    .into_iter()
-                    .flat_map(|r| {
-                        [
-                            r.start..r.end.min(overlap.start),
-                            r.start.max(overlap.end)..r.end,
-                        ]
-                    })
-                    .filter(|r| r.start < r.end)
-                    .collect();
-            }
-            for r in rest {
-                let queued =
-                    (self.pending).insert_range_up_to(r.start as u32..r.end as u32, budget);
-                budget -= queued;
-                new += queued;
+                for r in rest {
+                    let queued =
+                        (self.pending).insert_range_up_to(r.start as u32..r.end as u32, budget);
+                    budget -= queued;
+                    new += queued;
+                }
             }
         }
         // A block whose every packet's turn comes first is left to the loop.
         for &(block, count) in &nak.blocks {
             let packets = self.parity.blocks().packets(block);
+            if !self
+                .coverage
+                .as_ref()
+                .is_none_or(|c| c.holds_all(packets.clone()))
+            {
+                self.stats.not_held += count as u64;
+                continue;
+            }
             let ahead = (packets.start as u64 + n - p) % n;
             if ahead + packets.len() as u64 <= soon + 1 {
                 self.stats.repairs_skipped += count as u64;

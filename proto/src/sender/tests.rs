@@ -1,4 +1,4 @@
-//! Carousel repair tests.
+//! Carousel repair tests (a relay's carousel: `tests/relay.rs`).
 
 use super::*;
 use crate::wire::{Nak, Packet};
@@ -286,3 +286,5 @@ fn parity_goes_out_as_the_largest_count_asked_with_fresh_indices_each_time() {
     }
     assert_eq!(next, [(0, 5), (0, 6)]);
 }
+
+mod relay;

@@ -57,7 +57,8 @@ impl Stream {
         let (mut used, mut count, mut segment) = (0, 0, 0);
         while count < self.batch {
             let len = self.carousel.next_len(now);
-            if (count > 0 && len > segment) || !self.pacer.try_send(now, len) {
+            // 0: a relay's carousel with nothing held to send (Transmit::Idle).
+            if len == 0 || (count > 0 && len > segment) || !self.pacer.try_send(now, len) {
                 break;
             }
             let written = self

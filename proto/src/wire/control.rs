@@ -17,6 +17,9 @@ pub struct Status {
     pub group_size: u32,
     /// The channel's current rate in bits/s.
     pub rate_bps: u64,
+    /// Packets of the loop this server does not hold yet (0: the whole archive;
+    /// a relay still receiving it loops what it holds, spec §2.4).
+    pub lacking: u32,
 }
 /// A request for missing packets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +95,7 @@ pub fn encode_status(key: &MacKey, session_id: u32, status: &Status) -> Vec<u8> 
         buf.extend_from_slice(&status.grtt_us.to_be_bytes());
         buf.extend_from_slice(&status.group_size.to_be_bytes());
         buf.extend_from_slice(&status.rate_bps.to_be_bytes());
+        buf.extend_from_slice(&status.lacking.to_be_bytes());
     })
 }
 /// Encodes a NAK datagram. More than `MAX_NAK_RANGES` ranges is a caller bug.

@@ -40,7 +40,7 @@ use jobs::{decode_assign, decode_register};
 /// First two bytes of every loopcast datagram: "LC".
 pub const MAGIC: [u8; 2] = *b"LC";
 /// Wire format version this code speaks.
-pub const VERSION: u8 = 8;
+pub const VERSION: u8 = 9;
 /// Bytes of the common header (magic, version, type, session id).
 pub const COMMON_HEADER_LEN: usize = 8;
 /// Bytes of the trailer of a tagged packet (all but DATA and PARITY).
@@ -132,8 +132,8 @@ pub enum PacketType {
     Heard = 17,
 }
 
-/// Bytes of a STATUS datagram: common header, 32-byte body, trailer.
-pub const STATUS_DATAGRAM_LEN: usize = COMMON_HEADER_LEN + 32 + TRAILER_LEN;
+/// Bytes of a STATUS datagram: common header, 36-byte body, trailer.
+pub const STATUS_DATAGRAM_LEN: usize = COMMON_HEADER_LEN + 36 + TRAILER_LEN;
 /// DATA flag: this packet is a repair sent out of loop order; it does not move the
 /// receiver's idea of where the loop is.
 pub const FLAG_REPAIR: u16 = 1;
@@ -304,6 +304,7 @@ pub fn decode(bytes: &[u8]) -> Result<Datagram<'_>, DecodeError> {
             grtt_us: r.u32()?,
             group_size: r.u32()?,
             rate_bps: r.u64()?,
+            lacking: r.u32()?,
         }),
         k if k == PacketType::Nak as u8 => Packet::Nak(decode_nak(&mut r)?),
         k if k == PacketType::Report as u8 => Packet::Report(Report {

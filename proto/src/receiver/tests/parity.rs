@@ -173,6 +173,7 @@ fn auto_asks_copies_while_the_server_counts_few_receivers_and_parity_for_more() 
                 grtt_us: 5000,
                 group_size,
                 rate_bps: 1_000_000,
+                lacking: 0,
             };
             r.handle_datagram(now, &mut wire::encode_status(&mac, 7, &status).to_vec());
         }

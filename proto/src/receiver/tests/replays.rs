@@ -19,14 +19,7 @@ fn receiver_at(rate_bps: u64, now: Instant) -> (FileReceiver, Manifest) {
 }
 
 fn status(m: &Manifest, time_us: u64, rate_bps: u64) -> Vec<u8> {
-    let status = Status {
-        archive_id: m.archive_id,
-        server_time_us: time_us,
-        grtt_us: 5000,
-        group_size: 1,
-        rate_bps,
-    };
-    wire::encode_status(&keys(m).mac, 7, &status)
+    status_of(m, time_us, rate_bps, 0)
 }
 
 fn report_of(datagram: &[u8]) -> Report {

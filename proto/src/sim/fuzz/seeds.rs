@@ -44,6 +44,7 @@ impl World {
             grtt_us: 5000,
             group_size: 3,
             rate_bps: 50_000_000,
+            lacking: 0,
         };
         let nak = wire::Nak {
             archive_id: id,

@@ -1,0 +1,53 @@
+//! A receiver on a relay's channel (spec §2.4): what the loop passes while the
+//! relay's STATUS says it lacks packets is not asked for (the relay loops what
+//! it holds as it gets it); once a STATUS says it holds them all, the gaps are.
+
+use super::*;
+
+/// NAKs the receiver sends while its timers run from `from` for 200 ms.
+fn naks_within(r: &mut FileReceiver, from: Instant) -> Vec<Nak> {
+    let mut naks = Vec::new();
+    for ms in 0..200 {
+        r.handle_timeout(from + Duration::from_millis(ms));
+        while let Some(bytes) = r.poll_transmit() {
+            naks.push(nak_of(&bytes));
+        }
+    }
+    naks
+}
+
+#[test]
+fn gaps_passed_while_the_relay_lacks_packets_are_asked_for_once_it_holds_them_all() {
+    let (key, m, manifest_bytes) = random_archive();
+    let (count, mac) = (m.packet_count(), keys(&m).mac);
+    let t0 = Instant::now();
+    let mut r = FileReceiver::new(key, 7, m.archive_id, 1, NakMode::Immediate);
+    r.handle_datagram(
+        t0,
+        &mut wire::encode_manifest(&mac, 7, &manifest_bytes).to_vec(),
+    );
+    r.handle_datagram(t0, &mut status_of(&m, 1, 1_000_000, count / 2));
+    // The relay holds every other packet and goes round them twice.
+    for _ in 0..2 {
+        for k in (0..count).step_by(2) {
+            r.handle_datagram(t0, &mut zero_data(&m, k));
+        }
+    }
+    assert_eq!(r.received().count(), count.div_ceil(2));
+    assert!(
+        naks_within(&mut r, t0).is_empty(),
+        "asked while the relay lacks them"
+    );
+    // Its STATUS now says it holds them all: the odd packets are asked for.
+    let t1 = t0 + Duration::from_secs(1);
+    r.handle_datagram(t1, &mut status_of(&m, 2, 1_000_000, 0));
+    let naks = naks_within(&mut r, t1);
+    let asked: u32 = (naks.iter().flat_map(|n| &n.ranges))
+        .map(|&(_, c)| c as u32)
+        .sum();
+    assert!(
+        asked >= count / 2,
+        "asked for {asked} of {} missing",
+        count / 2
+    );
+}
