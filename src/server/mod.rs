@@ -203,6 +203,7 @@ fn start(config: &ServeConfig, first_channel: u32, signals: &mut StopSignals) ->
             });
         }
         specs.push(FileSpec {
+            relayed: false,
             file_key: config.key.file_key(archive.manifest.archive_id),
             manifest: archive.manifest.clone(),
             manifest_bytes,

@@ -271,6 +271,15 @@ impl Carousel {
         }
     }
 
+    /// When its next MANIFEST or STATUS is due (what an idle relay's carousel,
+    /// holding nothing to send, waits for).
+    pub fn next_control_at(&self) -> Instant {
+        match (self.next_manifest_at, self.next_status_at) {
+            (Some(m), Some(s)) => m.min(s),
+            _ => self.epoch,
+        }
+    }
+
     /// Packets of the loop not held yet (0 for an archive on disk).
     pub fn lacking(&self) -> u32 {
         self.coverage.as_ref().map_or(0, Coverage::lacking)

@@ -54,7 +54,7 @@ impl<A: Admission> Endpoint<A> {
             share: self.config.repair_share.max(UNICAST_MIN_REPAIR_SHARE),
             ..RepairConfig::default()
         };
-        let carousel = Carousel::new(
+        let mut carousel = Carousel::new(
             file.keys.clone(),
             self.config.session_id,
             &file.manifest,
@@ -62,6 +62,14 @@ impl<A: Admission> Endpoint<A> {
             now,
             repair,
         );
+        if let Some(relayed) = &file.relayed {
+            // A relay's file still arriving: the stream starts with what it holds.
+            carousel = carousel.holding_nothing_yet();
+            relayed
+                .held_packets()
+                .into_iter()
+                .for_each(|run| carousel.hold(run));
+        }
         let stream = Stream::new(carousel, from, now, self.config.batch);
         let slot = match self.clients.iter().position(Option::is_none) {
             Some(slot) => slot,

@@ -92,6 +92,9 @@ pub struct FileSpec {
     pub file_key: FileKey,
     /// Its channels, one per rate, all files the same number.
     pub channels: Vec<ChannelSpec>,
+    /// A relay's file, still arriving: its carousels send only what
+    /// `Endpoint::hold` has named (cut-through, spec §2.4).
+    pub relayed: bool,
 }
 
 /// Where the archive bytes come from: the driver reads file `file`'s body.

@@ -15,6 +15,7 @@ mod events;
 mod inbound;
 mod neighbours;
 mod receivers;
+mod relayed;
 mod stream;
 
 pub use admission::Admission;
@@ -27,6 +28,7 @@ pub use events::{ServerEvent, ServerStats, StreamEnd};
 use neighbours::Neighbours;
 pub use neighbours::{MAX_CHANNEL_NUMBER, MAX_NEIGHBOURS, channel_number};
 pub use receivers::{MAX_RECEIVERS, Noted, RECEIVER_MEMORY, ReceiverEntry, ReceiverTable};
+use relayed::RelayedFile;
 use stream::Stream;
 
 use crate::Manifest;
@@ -70,6 +72,8 @@ struct FileOnAir {
     active: bool,
     /// Last request or report for this file (on demand: idle time-out).
     last_interest: Instant,
+    /// A relay's file still arriving: what it holds (None: all of it).
+    relayed: Option<RelayedFile>,
 }
 
 /// Reads one file's body for a carousel.
@@ -327,9 +331,14 @@ impl<A: Admission> Endpoint<A> {
             let (len, segment, count) = stream.write_batch(now, buf, &mut source)?;
             let to = stream.to;
             if count == 0 || left <= 1 {
-                let next = stream
-                    .pacer
-                    .ready_at(stream.carousel.max_datagram_len() * stream.batch);
+                let next = match count == 0 && stream.carousel.next_len(now) == 0 {
+                    // A relay's carousel with nothing held to send: its next
+                    // MANIFEST or STATUS, or sooner when `hold` gives it packets.
+                    true => stream.carousel.next_control_at(),
+                    false => {
+                        (stream.pacer).ready_at(stream.carousel.max_datagram_len() * stream.batch)
+                    }
+                };
                 self.timers.schedule(id, next);
                 self.serving = None;
             } else {
@@ -438,7 +447,7 @@ impl FileOnAir {
                 };
                 // Loops of one file's channels start evenly spread over the file.
                 let phase = (packets as u64 * j as u64 / count) as u32;
-                let carousel = Carousel::new(
+                let mut carousel = Carousel::new(
                     keys.clone(),
                     config.session_id,
                     &spec.manifest,
@@ -447,6 +456,9 @@ impl FileOnAir {
                     repair,
                 )
                 .with_phase(phase);
+                if spec.relayed {
+                    carousel = carousel.holding_nothing_yet();
+                }
                 Channel {
                     stream: Stream::new(carousel, c.group, now, config.batch),
                     control_port: c.control_port,
@@ -458,6 +470,7 @@ impl FileOnAir {
             .collect();
         Self {
             keys,
+            relayed: spec.relayed.then(|| RelayedFile::new(&spec.manifest)),
             manifest: spec.manifest,
             manifest_bytes: spec.manifest_bytes,
             channels,

@@ -162,6 +162,7 @@ pub fn run(config: &SimConfig) -> SimReport {
         directors: None,
     };
     let spec = FileSpec {
+        relayed: false,
         manifest: manifest.clone(),
         manifest_bytes,
         file_key: key.file_key(manifest.archive_id),

@@ -136,6 +136,7 @@ pub fn site_server(k: usize, config: ServerConfig, files: &[Packed], now: Instan
         .iter()
         .enumerate()
         .map(|(i, f)| FileSpec {
+            relayed: false,
             manifest: f.manifest.clone(),
             manifest_bytes: f.manifest_bytes.clone(),
             file_key: site_key().file_key(f.manifest.archive_id),

@@ -35,6 +35,11 @@ fn session_mac(archive_id: u64, session: u32) -> wire::MacKey {
 }
 
 fn harness(configure: impl FnOnce(&mut ServerConfig)) -> Harness {
+    harness_of(configure, false)
+}
+
+/// `harness`, its file relayed (`FileSpec::relayed`) or not.
+fn harness_of(configure: impl FnOnce(&mut ServerConfig), relayed: bool) -> Harness {
     let key = site_key();
     let mut rng = SmallRng::seed_from_u64(3);
     let mut original = vec![0u8; 200_000];
@@ -66,6 +71,7 @@ fn harness(configure: impl FnOnce(&mut ServerConfig)) -> Harness {
     configure(&mut config);
     let name = manifest.name.clone();
     let spec = FileSpec {
+        relayed,
         file_key: key.file_key(manifest.archive_id),
         manifest,
         manifest_bytes,
@@ -458,4 +464,5 @@ fn one_host_cannot_take_every_unicast_place() {
 }
 
 /// Other servers and directors: heartbeats, moving off taken channels.
+mod relay;
 mod site;

@@ -236,6 +236,7 @@ impl World {
             directors: None,
         };
         let spec = FileSpec {
+            relayed: false,
             manifest: self.manifest.clone(),
             manifest_bytes: self.manifest_bytes.clone(),
             file_key: self.key.file_key(self.manifest.archive_id),
