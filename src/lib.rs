@@ -17,6 +17,7 @@ pub mod net;
 pub mod progress;
 pub mod push;
 pub mod recv;
+pub mod relay;
 pub mod server;
 pub mod signals;
 pub mod storage;

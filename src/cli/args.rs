@@ -89,6 +89,11 @@ pub(super) enum Command {
     Serve(ServeArgs),
     /// Receive files from a server, verify them and write them into a directory.
     Recv(RecvArgs),
+    /// Receive files as `recv` does (keeping their archives as they came, in
+    /// --output) and serve them into this relay's own segment as they arrive:
+    /// each packet goes on the relay's loop as soon as its cells verify, so
+    /// its receivers need not wait for the relay to finish (until SIGINT/SIGTERM).
+    Relay(RelayArgs),
     /// Keep a live map of servers and their files from their heartbeats, and
     /// answer receivers' look-ups with the best servers for a file (until
     /// SIGINT/SIGTERM). Run several for redundancy: servers heartbeat to each.
@@ -340,6 +345,28 @@ pub(super) struct ServeArgs {
     /// drivers that mishandle GSO; costs more CPU per packet).
     #[arg(long)]
     pub(super) no_gso: bool,
+}
+
+/// `relay`'s own flags, after `recv`'s.
+#[derive(Args, Debug)]
+pub(super) struct RelayArgs {
+    #[command(flatten)]
+    pub(super) recv: RecvArgs,
+    /// Directory group this relay serves on, in its own segment (its listings
+    /// go there; receivers there use it as their -g). Its port is also the
+    /// relay's unicast port.
+    #[arg(long, value_name = "G:P", value_parser = parse_group)]
+    pub(super) relay_group: SocketAddr,
+    /// Interface (name or address) this relay serves on. Default: the kernel's choice.
+    #[arg(long, value_name = "IF")]
+    pub(super) relay_interface: Option<String>,
+    /// Rate of the relay's channel for each file, bits/s with K/M/G.
+    #[arg(long, default_value = "100M", value_parser = parse_rate)]
+    pub(super) relay_rate: u64,
+    /// IP packet size the relay sends (576 to 9000; at least its archives' cells).
+    #[arg(long, default_value_t = wire::DEFAULT_PACKET_SIZE as u16,
+          value_parser = clap::value_parser!(u16).range(wire::MIN_PACKET_SIZE as i64..=wire::MAX_PACKET_SIZE as i64))]
+    pub(super) relay_packet_size: u16,
 }
 
 /// `recv --repair`.

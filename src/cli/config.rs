@@ -3,13 +3,14 @@
 
 use super::args::{
     AgentArgs, ApiArgs, DEFAULT_DIRECTOR_HTTP_PORT, DEFAULT_DIRECTOR_PORT, PushArgs, RecvArgs,
-    Repair, ServeArgs, resolve_server,
+    RelayArgs, Repair, ServeArgs, resolve_server,
 };
 use crate::agent::AgentConfig;
 use crate::archive_file::{self, PackOptions};
 use crate::error::{Error, Result};
 use crate::push::PushConfig;
 use crate::recv::RecvConfig;
+use crate::relay::RelayConfig;
 use crate::server::ServeConfig;
 use crate::units::format_rate;
 use crate::{keyfile, net};
@@ -79,6 +80,41 @@ pub(super) fn serve(a: ServeArgs) -> Result<ServeConfig> {
     })
 }
 
+/// `relay`'s arguments: `recv`'s, and a server of the kept archives on the
+/// relay's own group (one channel per file, defaults as `serve`'s).
+pub(super) fn relay(a: RelayArgs) -> Result<RelayConfig> {
+    if a.recv.names.is_empty() {
+        return Err(usage(
+            "relay needs the names of the files to relay".to_string(),
+        ));
+    }
+    let recv = recv(a.recv)?;
+    let serve = ServeConfig {
+        paths: Vec::new(),
+        key: recv.key.clone(),
+        interface: net::resolve_interface(a.relay_interface.as_deref())?,
+        group: a.relay_group,
+        rates: vec![a.relay_rate],
+        adapt: None,
+        packet_size: a.relay_packet_size.into(),
+        ttl: net::DEFAULT_TTL,
+        repair_share: loopcast_proto::sender::DEFAULT_REPAIR_SHARE,
+        fec_overhead: 0.0,
+        cache_dir: archive_file::default_cache_dir(),
+        pack: PackOptions::default(),
+        gso: true,
+        unicast_port: a.relay_group.port(),
+        unicast_max_rate: 100_000_000,
+        unicast_max_clients: 16,
+        directors: Vec::new(),
+        capacity: 0,
+        on_demand: false,
+        idle: Duration::from_secs(10),
+        json: false,
+    };
+    Ok(RelayConfig { recv, serve })
+}
+
 /// `recv`'s arguments, checked: the key, the interface, the server address.
 pub(super) fn recv(mut a: RecvArgs) -> Result<RecvConfig> {
     if !a.director.is_empty() && a.names.is_empty() {
@@ -117,6 +153,7 @@ pub(super) fn recv(mut a: RecvArgs) -> Result<RecvConfig> {
         out_dir: a.out,
         no_clobber: a.no_clobber,
         keep_archive: a.keep_archive,
+        relay_news: None,
         names: a.names,
         pinned,
         timeout: a.timeout.map(Duration::from_secs),

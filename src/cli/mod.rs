@@ -91,6 +91,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Serve(a) => server::serve(config::serve(a)?),
         Command::Recv(a) => recv::recv(config::recv(a)?),
+        Command::Relay(a) => crate::relay::run(config::relay(a)?),
         Command::Director {
             key,
             listen,

@@ -5,6 +5,7 @@ use super::{Io, Joined, Local, Source, render, token};
 use crate::datapath::BatchReceiver;
 use crate::error::{Context, Error, Result};
 use crate::net;
+use crate::relay::RelayNews;
 use crate::storage::{FrameWorker, OutputDir, PartialFile, Rebuilt};
 use loopcast_proto::Manifest;
 use loopcast_proto::archive::{Cells, Unpacker};
@@ -100,10 +101,20 @@ impl Io {
     }
 
     /// Writes payloads of reception `id` as they came (sealed) to its kept
-    /// archive, and empties `sealed`.
+    /// archive, tells a relay's server in this process, and empties `sealed`.
     pub(super) fn keep(&mut self, id: ReceptionId, sealed: &mut Vec<(u64, &[u8])>) -> Result<()> {
-        if let Some(partial) = self.locals.get(id).and_then(|l| l.partial.as_ref()) {
+        if let Some(partial) = self.locals.get(id).and_then(|l| l.partial.as_ref())
+            && partial.keeps()
+            && !sealed.is_empty()
+        {
             partial.keep(sealed)?;
+            if let Some(news) = &self.config.relay_news {
+                let ranges = sealed.iter().map(|(at, b)| *at..at + b.len() as u64);
+                let _ = news.send(RelayNews::Held {
+                    archive_id: partial.archive_id(),
+                    ranges: ranges.collect(),
+                });
+            }
         }
         sealed.clear();
         Ok(())
@@ -320,6 +331,24 @@ impl Io {
                     }
                     other => other?,
                 };
+                if let (Some(news), Some(path)) = (&self.config.relay_news, partial.kept_path()) {
+                    // A relay's server serves the kept archive as it arrives,
+                    // from what a resumed run kept on.
+                    let archive_id = manifest.archive_id;
+                    let _ = news.send(RelayNews::Opened {
+                        archive_id,
+                        name: manifest.name.clone(),
+                        path: path.to_path_buf(),
+                    });
+                    if let Some((map, _)) = &resumed {
+                        let p = manifest.payload_size as u64;
+                        let held = (0..map.len()).filter(|&k| map.contains(k));
+                        let ranges = held
+                            .map(|k| k as u64 * p..((k as u64 + 1) * p).min(manifest.body_len))
+                            .collect();
+                        let _ = news.send(RelayNews::Held { archive_id, ranges });
+                    }
+                }
                 let local = self.local(session, reception);
                 local
                     .progress

@@ -77,6 +77,9 @@ pub struct RecvConfig {
     pub json: bool,
     /// Also keep each archive as it came, in this directory (`--keep-archive`).
     pub keep_archive: Option<PathBuf>,
+    /// A relay's server in this process, told where each kept archive is and
+    /// what of it is written (`loopcast relay`).
+    pub relay_news: Option<std::sync::mpsc::Sender<crate::relay::RelayNews>>,
 }
 
 impl RecvConfig {

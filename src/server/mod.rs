@@ -3,7 +3,10 @@
 //! datagrams to the endpoint, sends what the endpoint transmits and renders its
 //! events; every protocol decision is the endpoint's.
 
+mod feed;
 mod render;
+
+use feed::Feed;
 
 use crate::archive_file::{ArchiveFile, PackOptions, archive_for};
 use crate::datapath::{BatchSender, MAX_GSO_SEGMENTS, MAX_SEND_BYTES};
@@ -114,11 +117,29 @@ struct Server {
 /// Runs the server until SIGINT or SIGTERM. A server new on its directory group
 /// that finds its channel addresses in use starts again on free ones (spec §7.8).
 pub fn serve(config: ServeConfig) -> Result<()> {
+    serve_with(config, None)
+}
+
+/// Serves a relay's kept archives as they arrive (`relay`): `early`, then
+/// `news`, say what of them is written (spec §2.4).
+pub fn serve_relayed(
+    config: ServeConfig,
+    early: Vec<crate::relay::RelayNews>,
+    news: std::sync::mpsc::Receiver<crate::relay::RelayNews>,
+) -> Result<()> {
+    serve_with(config, Some(Feed::new(early, news)))
+}
+
+fn serve_with(config: ServeConfig, mut feed: Option<Feed>) -> Result<()> {
     let mut signals = StopSignals::new()?;
     let mut first_channel = 1;
     loop {
-        let mut server = start(&config, first_channel, &mut signals)?;
-        match server.run(&mut signals)? {
+        let relayed = feed.is_some();
+        let mut server = start(&config, first_channel, &mut signals, relayed)?;
+        if let Some(feed) = &feed {
+            feed.replay(Instant::now(), &mut server.endpoint);
+        }
+        match server.run(&mut signals, feed.as_mut())? {
             Some(next) => first_channel = next,
             None => return Ok(()),
         }
@@ -127,7 +148,12 @@ pub fn serve(config: ServeConfig) -> Result<()> {
 
 /// Opens the archives and sockets and makes the endpoint, with a new session id
 /// and channels numbered from `first_channel`.
-fn start(config: &ServeConfig, first_channel: u32, signals: &mut StopSignals) -> Result<Server> {
+fn start(
+    config: &ServeConfig,
+    first_channel: u32,
+    signals: &mut StopSignals,
+    relayed: bool,
+) -> Result<Server> {
     let session_id: u32 = rand::random();
     let ip_udp_overhead = wire::ip_udp_overhead(config.group);
     let now = Instant::now();
@@ -203,7 +229,7 @@ fn start(config: &ServeConfig, first_channel: u32, signals: &mut StopSignals) ->
             });
         }
         specs.push(FileSpec {
-            relayed: false,
+            relayed,
             file_key: config.key.file_key(archive.manifest.archive_id),
             manifest: archive.manifest.clone(),
             manifest_bytes,
@@ -378,7 +404,11 @@ fn hear_other_servers(
 impl Server {
     /// Serves until a stop signal (None), or until the endpoint finds its channels
     /// taken (Some: the first channel number to start again from).
-    fn run(&mut self, signals: &mut StopSignals) -> Result<Option<u32>> {
+    fn run(
+        &mut self,
+        signals: &mut StopSignals,
+        mut feed: Option<&mut Feed>,
+    ) -> Result<Option<u32>> {
         let started = Instant::now();
         let mut unfinished: Vec<mio::Token> = Vec::new();
         let mut cpu_sample = (started, cpu_time());
@@ -395,6 +425,9 @@ impl Server {
                 self.render.pulse(&self.endpoint, now - started);
                 silent.look(now, &self.endpoint.silent_directors(now));
             }
+            if let Some(feed) = feed.as_deref_mut() {
+                feed.take(now, &mut self.endpoint);
+            }
             self.endpoint.handle_timeout(now);
             self.transmit(now)?;
             while let Some(event) = self.endpoint.poll_event() {
@@ -408,10 +441,13 @@ impl Server {
                 None => self.endpoint.poll_timeout(),
             };
             // Sockets left with datagrams by a bounded drain: look again at once.
-            let wait = match unfinished.is_empty() {
+            let mut wait = match unfinished.is_empty() {
                 true => wake.saturating_duration_since(Instant::now()),
                 false => Duration::ZERO,
             };
+            if feed.as_ref().is_some_and(|f| f.open) {
+                wait = wait.min(feed::FEED_INTERVAL);
+            }
             if signals.wait(Some(wait))? {
                 break;
             }

@@ -77,6 +77,11 @@ impl KeptArchive {
             .context(|| format!("cannot write {}", self.path.display()))
     }
 
+    /// Where the archive is being kept.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// A handle on the file, for a save to sync before the map claims its bytes.
     pub fn handle(&self) -> Result<File> {
         self.file

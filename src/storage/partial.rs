@@ -383,6 +383,11 @@ impl PartialFile {
         self.kept.is_some()
     }
 
+    /// Where the archive is being kept, if it is.
+    pub fn kept_path(&self) -> Option<&Path> {
+        self.kept.as_ref().map(KeptArchive::path)
+    }
+
     /// The file is delivered: the kept archive, if any, is put in place.
     /// Returns where.
     pub fn finish_kept(&mut self) -> Result<Option<PathBuf>> {
