@@ -322,8 +322,12 @@ impl Render {
                     .channel_pulse
                     .insert(key, [s.naks, s.repair_packets, s.parity_packets]);
                 let [naks, repairs, parity] = before.unwrap_or_default();
+                let lacking = match c.lacking() {
+                    0 => String::new(),
+                    n => format!("; relaying, {n} packets still to come"),
+                };
                 log::debug!(
-                    "{} on {group}: loop {}, {} NAKs, {} repairs, {} parity in the last second; GRTT {:.1} ms",
+                    "{} on {group}: loop {}, {} NAKs, {} repairs, {} parity in the last second; GRTT {:.1} ms{lacking}",
                     endpoint.manifest(f).name,
                     c.loops() + 1,
                     s.naks - naks,

@@ -56,6 +56,13 @@ impl Session {
         {
             return;
         }
+        if r.fsm.server_lacks() {
+            // A relay still receiving loops only what it holds: its loop is not
+            // the archive's, so neither its pace nor the run held ahead of it
+            // foretell anything. Its pace is measured once it holds all.
+            r.pace = None;
+            return;
+        }
         let (since, advanced_then) = *r.pace.get_or_insert((now, advanced));
         if new || now < r.next_skip_check {
             return;

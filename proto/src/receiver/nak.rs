@@ -75,7 +75,7 @@ impl FileReceiver {
     /// Whether the server's latest STATUS says it lacks packets of its loop (a
     /// relay still receiving, spec §2.4): what the loop passes is not lost, so
     /// nothing is asked for until it holds them all.
-    pub(super) fn server_lacks(&self) -> bool {
+    pub fn server_lacks(&self) -> bool {
         self.status.is_some_and(|(s, _)| s.lacking > 0)
     }
 
