@@ -1,4 +1,6 @@
 //! The raw arguments ("low args"): clap definitions and value parsers.
+//! Over 600 lines on purpose: every flag of every command, with its `--help`
+//! text, in one place.
 
 pub(crate) use super::values::resolve_server;
 use super::values::{

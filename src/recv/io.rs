@@ -5,8 +5,7 @@ use super::{Io, Joined, Local, Source, render, token};
 use crate::datapath::BatchReceiver;
 use crate::error::{Context, Error, Result};
 use crate::net;
-use crate::relay::RelayNews;
-use crate::storage::{FrameWorker, OutputDir, PartialFile, Rebuilt};
+use crate::storage::{FrameWorker, OutputDir, PartialFile, Rebuilt, RelayNews};
 use loopcast_proto::Manifest;
 use loopcast_proto::archive::{Cells, Unpacker};
 use loopcast_proto::client::{

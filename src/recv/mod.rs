@@ -79,7 +79,7 @@ pub struct RecvConfig {
     pub keep_archive: Option<PathBuf>,
     /// A relay's server in this process, told where each kept archive is and
     /// what of it is written (`loopcast relay`).
-    pub relay_news: Option<std::sync::mpsc::Sender<crate::relay::RelayNews>>,
+    pub relay_news: Option<std::sync::mpsc::Sender<crate::storage::RelayNews>>,
 }
 
 impl RecvConfig {

@@ -7,32 +7,9 @@
 use crate::error::{Error, Result};
 use crate::recv::RecvConfig;
 use crate::server::ServeConfig;
-use std::ops::Range;
-use std::path::PathBuf;
+use crate::storage::RelayNews;
 use std::sync::mpsc;
 use std::time::Duration;
-
-/// What a keeping receiver tells the relay's server.
-#[derive(Debug, Clone)]
-pub enum RelayNews {
-    /// The archive `archive_id` is kept at `path` (header and manifest written,
-    /// its body sparse until its cells come).
-    Opened {
-        /// The archive.
-        archive_id: u64,
-        /// Its file name.
-        name: String,
-        /// The kept file.
-        path: PathBuf,
-    },
-    /// These body ranges of `archive_id` are written as they came.
-    Held {
-        /// The archive.
-        archive_id: u64,
-        /// Body byte ranges.
-        ranges: Vec<Range<u64>>,
-    },
-}
 
 /// What `relay` was asked to do: receive as `recv` (keeping archives in its
 /// output directory) and serve what it receives as `serve`.

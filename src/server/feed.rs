@@ -2,7 +2,7 @@
 //! handed to the endpoint as it comes, and everything held so far, to hand
 //! to a new endpoint when the server starts again on other channels.
 
-use crate::relay::RelayNews;
+use crate::storage::RelayNews;
 use loopcast_proto::server::Endpoint;
 use std::collections::HashMap;
 use std::ops::Range;

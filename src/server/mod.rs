@@ -124,8 +124,8 @@ pub fn serve(config: ServeConfig) -> Result<()> {
 /// `news`, say what of them is written (spec §2.4).
 pub fn serve_relayed(
     config: ServeConfig,
-    early: Vec<crate::relay::RelayNews>,
-    news: std::sync::mpsc::Receiver<crate::relay::RelayNews>,
+    early: Vec<crate::storage::RelayNews>,
+    news: std::sync::mpsc::Receiver<crate::storage::RelayNews>,
 ) -> Result<()> {
     serve_with(config, Some(Feed::new(early, news)))
 }

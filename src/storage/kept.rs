@@ -11,8 +11,32 @@ use crate::error::{Context, Error, Result};
 use loopcast_proto::archive::{ARCHIVE_HEADER_LEN, encode_archive_header};
 use loopcast_proto::{Manifest, MasterKey};
 use std::fs::{self, File};
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+/// What a keeping receiver tells a relay's server in the same process
+/// (`loopcast relay`): where each kept archive is, and what of it is written.
+#[derive(Debug, Clone)]
+pub enum RelayNews {
+    /// The archive `archive_id` is kept at `path` (header and manifest written,
+    /// its body sparse until its cells come).
+    Opened {
+        /// The archive.
+        archive_id: u64,
+        /// Its file name.
+        name: String,
+        /// The kept file.
+        path: PathBuf,
+    },
+    /// These body ranges of `archive_id` are written as they came.
+    Held {
+        /// The archive.
+        archive_id: u64,
+        /// Body byte ranges.
+        ranges: Vec<Range<u64>>,
+    },
+}
 
 /// Suffix of an archive being kept, in the keep directory's partial directory.
 pub const KEPT_SUFFIX: &str = ".kept";

@@ -13,7 +13,7 @@ mod unpack;
 mod vectored;
 
 pub use frames::{FrameBuffer, FrameSource};
-pub use kept::KeptArchive;
+pub use kept::{KeptArchive, RelayNews};
 pub use map::{SavedMap, SavedState, decode_state, encode_map};
 pub use output::PlainOutput;
 pub use partial::{PartialFile, Rebuilt, free_bytes};

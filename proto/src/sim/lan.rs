@@ -80,7 +80,7 @@ struct Lan<'c> {
     rng: SmallRng,
     origin: Instant,
     now: Duration,
-    queue: Queue,
+    queue: Queue<Event>,
     server: Endpoint,
     server_wake: Option<Duration>,
     bodies: Bodies,

@@ -1,21 +1,30 @@
 //! The simulated LAN's event queue.
 
-use super::lan::Event;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Duration;
 
 /// The event queue: time, then insertion order, so equal times stay deterministic.
-#[derive(Default)]
-pub(super) struct Queue {
+pub(super) struct Queue<E> {
     heap: BinaryHeap<Reverse<(Duration, u64, usize)>>,
-    events: Vec<Option<Event>>,
+    events: Vec<Option<E>>,
     free: Vec<usize>,
     seq: u64,
 }
 
-impl Queue {
-    pub(super) fn push(&mut self, at: Duration, event: Event) {
+impl<E> Default for Queue<E> {
+    fn default() -> Self {
+        Self {
+            heap: BinaryHeap::new(),
+            events: Vec::new(),
+            free: Vec::new(),
+            seq: 0,
+        }
+    }
+}
+
+impl<E> Queue<E> {
+    pub(super) fn push(&mut self, at: Duration, event: E) {
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.events[slot] = Some(event);
@@ -30,7 +39,7 @@ impl Queue {
         self.heap.push(Reverse((at, self.seq, slot)));
     }
 
-    pub(super) fn pop(&mut self) -> Option<(Duration, Event)> {
+    pub(super) fn pop(&mut self) -> Option<(Duration, E)> {
         let Reverse((at, _, slot)) = self.heap.pop()?;
         self.free.push(slot);
         Some((at, self.events[slot].take().expect("queued event")))
