@@ -169,6 +169,23 @@ impl ReceivedMap {
         None
     }
 
+    /// Runs of held packets within `range`, in order, at most `max` of them;
+    /// scans a 64-packet word per step.
+    pub fn held_runs(&self, range: Range<u32>, max: usize) -> Vec<Range<u32>> {
+        let end = range.end.min(self.len);
+        let (mut runs, mut at) = (Vec::new(), range.start);
+        while runs.len() < max {
+            let Some(start) = self.first_held_in(at..end) else {
+                break;
+            };
+            // The first missing run's start is exact (its end may not be).
+            let stop = (self.missing_runs(start..end, 1).first()).map_or(end, |r| r.start);
+            runs.push(start..stop);
+            at = stop;
+        }
+        runs
+    }
+
     /// Marks every packet in `range` held.
     pub fn insert_range(&mut self, range: Range<u32>) {
         for i in range.start..range.end.min(self.len) {
@@ -274,6 +291,19 @@ mod tests {
             let plain: Vec<u32> = (lo..hi).filter(|&i| !m.contains(i) && !e.contains(i)).collect();
             let scanned: Vec<u32> = m.missing_runs_except(lo..hi, Some(&e), usize::MAX).into_iter().flatten().collect();
             prop_assert_eq!(scanned, plain);
+        }
+
+        #[test]
+        fn held_runs_and_first_held_match_a_plain_scan(len in 1u32..700, held in proptest::collection::vec(any::<u32>(), 0..700),
+                                                       a in any::<u32>(), b in any::<u32>()) {
+            let mut m = ReceivedMap::new(len);
+            held.iter().for_each(|&i| { m.insert(i % len); });
+            let (lo, hi) = ((a % (len + 1)).min(b % (len + 1)), (a % (len + 1)).max(b % (len + 1)));
+            let plain: Vec<u32> = (lo..hi).filter(|&i| m.contains(i)).collect();
+            let runs = m.held_runs(lo..hi, usize::MAX);
+            prop_assert!(runs.windows(2).all(|w| w[0].end < w[1].start), "runs apart: {:?}", runs);
+            prop_assert_eq!(runs.into_iter().flatten().collect::<Vec<u32>>(), plain.clone());
+            prop_assert_eq!(m.first_held_in(lo..hi), plain.first().copied());
         }
     }
 

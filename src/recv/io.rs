@@ -341,9 +341,9 @@ impl Io {
                     });
                     if let Some((map, _)) = &resumed {
                         let p = manifest.payload_size as u64;
-                        let held = (0..map.len()).filter(|&k| map.contains(k));
+                        let held = map.held_runs(0..map.len(), usize::MAX).into_iter();
                         let ranges = held
-                            .map(|k| k as u64 * p..((k as u64 + 1) * p).min(manifest.body_len))
+                            .map(|r| r.start as u64 * p..(r.end as u64 * p).min(manifest.body_len))
                             .collect();
                         let _ = news.send(RelayNews::Held { archive_id, ranges });
                     }

@@ -9,7 +9,6 @@ use crate::recv::RecvConfig;
 use crate::server::ServeConfig;
 use crate::storage::RelayNews;
 use std::sync::mpsc;
-use std::time::Duration;
 
 /// What `relay` was asked to do: receive as `recv` (keeping archives in its
 /// output directory) and serve what it receives as `serve`.
@@ -19,10 +18,6 @@ pub struct RelayConfig {
     /// The serving side (its paths are the kept archives, filled in at start).
     pub serve: ServeConfig,
 }
-
-/// Longest wait for the wanted files' archives to be opened before serving
-/// starts without the ones still missing (they are served by a later run).
-const OPEN_WAIT: Duration = Duration::from_secs(3600);
 
 /// Runs the relay until SIGINT or SIGTERM (the receiver ends once every file is
 /// delivered; the server goes on serving them).
@@ -42,12 +37,17 @@ pub fn run(mut config: RelayConfig) -> Result<()> {
         .map_err(|e| Error::new(format!("cannot start the relay's receiver: {e}")))?;
     // Serving starts once every wanted archive is kept (their manifests known);
     // what was written meanwhile is handed over first.
-    let (mut paths, mut early) = (Vec::new(), Vec::new());
+    // Each archive once, by name: a reception started again opens it again.
+    let mut paths = std::collections::BTreeMap::new();
+    let mut early = Vec::new();
     while paths.len() < wanted {
-        match rx.recv_timeout(OPEN_WAIT) {
+        // The receiver's own --timeout or a signal ends it, and the channel with it.
+        match rx.recv() {
             Ok(RelayNews::Opened { name, path, .. }) => {
-                log::info!("{name}: relaying as it arrives");
-                paths.push(path);
+                if !paths.contains_key(&name) {
+                    log::info!("{name}: relaying as it arrives");
+                }
+                paths.insert(name, path);
             }
             Ok(news) => early.push(news),
             Err(_) => {
@@ -60,7 +60,7 @@ pub fn run(mut config: RelayConfig) -> Result<()> {
             }
         }
     }
-    config.serve.paths = paths;
+    config.serve.paths = paths.into_values().collect();
     crate::server::serve_relayed(config.serve, early, rx)?;
     // Stopped by a signal: the receiver saw it too and saves its progress.
     match receiver.join() {

@@ -74,18 +74,7 @@ impl Coverage {
 
     /// The held runs within `range`, at most `max` of them (work bounded per NAK, T3).
     pub(super) fn held_runs(&self, range: Range<u32>, max: usize) -> Vec<Range<u32>> {
-        let end = range.end.min(self.held.len());
-        let (mut runs, mut at) = (Vec::new(), range.start);
-        while runs.len() < max {
-            let Some(start) = self.held.first_held_in(at..end) else {
-                break;
-            };
-            // The first missing run's start is exact (its end may not be).
-            let stop = (self.held.missing_runs(start..end, 1).first()).map_or(end, |r| r.start);
-            runs.push(start..stop);
-            at = stop;
-        }
-        runs
+        self.held.held_runs(range, max)
     }
 }
 

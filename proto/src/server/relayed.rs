@@ -98,19 +98,7 @@ impl RelayedFile {
 
     /// The packets held, in runs (for a carousel that starts now).
     pub(super) fn held_packets(&self) -> Vec<Range<u32>> {
-        let n = self.packets.len();
-        let mut runs = Vec::new();
-        let mut at = 0;
-        for gap in self.packets.missing_runs(0..n, usize::MAX) {
-            if at < gap.start {
-                runs.push(at..gap.start);
-            }
-            at = gap.end;
-        }
-        if at < n {
-            runs.push(at..n);
-        }
-        runs
+        self.packets.held_runs(0..self.packets.len(), usize::MAX)
     }
 }
 
